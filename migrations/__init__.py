@@ -1,0 +1,1 @@
+"""Alembic migrations of the outcome log (installed as ``zeta_adaptive.migrations``)."""

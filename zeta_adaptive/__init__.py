@@ -1,0 +1,45 @@
+"""zeta_adaptive: route LLM calls across a self-hosted fleet and learn, with bandits, which model to use."""
+
+from .backends import FakeBackend, HttpxBackend, Outcome, Reply
+from .config import Config, ModelConfig, RouteConfig, load_config
+from .exceptions import (
+    AllModelsFailed,
+    ConfigError,
+    FeedbackError,
+    RequestRejected,
+    StoreError,
+    UnknownTaskType,
+    ZetaError,
+)
+from .policies import Objective, Ranking, make_policy
+from .router import Attempt, ChatResult, EmbedResult, Router, classify
+from .store import Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Router",
+    "Config",
+    "ModelConfig",
+    "RouteConfig",
+    "load_config",
+    "Attempt",
+    "ChatResult",
+    "EmbedResult",
+    "classify",
+    "Objective",
+    "Ranking",
+    "make_policy",
+    "Store",
+    "HttpxBackend",
+    "FakeBackend",
+    "Outcome",
+    "Reply",
+    "ZetaError",
+    "ConfigError",
+    "UnknownTaskType",
+    "RequestRejected",
+    "AllModelsFailed",
+    "FeedbackError",
+    "StoreError",
+]

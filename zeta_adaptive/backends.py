@@ -1,0 +1,340 @@
+"""Backends: the seam between the router and model endpoints, as transports are in httpx.
+
+* :class:`HttpxBackend` speaks OpenAI-compatible ``/chat/completions`` and ``/embeddings`` over
+  httpx, sync and async, with one keep-alive connection pool per model;
+* :class:`FakeBackend` answers in-process from a script, for fast unit tests.
+
+A backend never raises for a failed attempt: it returns a :class:`Reply` whose ``outcome`` says
+what happened, so the router can log it and fall back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+
+from .config import ModelConfig
+
+__all__ = ["Outcome", "Reply", "Backend", "HttpxBackend", "FakeBackend", "REJECTING_STATUSES"]
+
+
+class Outcome(StrEnum):
+    """How one attempt ended; stored as its string value."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    CONNECT_ERROR = "connect_error"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    CLIENT_ERROR = "client_error"
+    MALFORMED = "malformed"
+
+
+#: statuses meaning the request itself is bad: the router returns the error instead of falling back.
+#: Other 4xx (401, 403, 404, ...) concern one endpoint's setup, so the router tries the next model.
+REJECTING_STATUSES = frozenset({400, 413, 422})
+
+Messages = Sequence[Mapping[str, Any]]
+
+
+@dataclass(slots=True)
+class Reply:
+    """What one attempt at one model produced."""
+
+    outcome: Outcome
+    latency_s: float
+    status: int | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    text: str | None = None
+    vectors: np.ndarray | None = None
+    error: str = ""
+    retry_after_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+    @property
+    def rejects_request(self) -> bool:
+        """True when the request itself was refused, so no other model should see it."""
+        return self.outcome is Outcome.CLIENT_ERROR and self.status in REJECTING_STATUSES
+
+
+class Backend(Protocol):
+    """Anything that can make one attempt at one model, sync and async."""
+
+    def chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply: ...
+    async def achat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply: ...
+    def embed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply: ...
+    async def aembed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply: ...
+    def close(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+# -- parsing OpenAI-compatible answers ----------------------------------------------------------
+
+
+def _usage(body: Mapping[str, Any]) -> tuple[int, int]:
+    usage = body.get("usage") or {}
+    if not isinstance(usage, Mapping):
+        return 0, 0
+    tin, tout = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+    return (tin if isinstance(tin, int) else 0), (tout if isinstance(tout, int) else 0)
+
+
+def parse_chat(body: Any, latency_s: float, status: int) -> Reply:
+    """Turn a chat completion body into a Reply; no choices or an empty answer is malformed."""
+    if not isinstance(body, Mapping):
+        return Reply(Outcome.MALFORMED, latency_s, status, error="answer is not a JSON object")
+    tin, tout = _usage(body)
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return Reply(Outcome.MALFORMED, latency_s, status, tin, tout, error="answer has no choices")
+    message = choices[0].get("message") if isinstance(choices[0], Mapping) else None
+    if not isinstance(message, Mapping):
+        return Reply(Outcome.MALFORMED, latency_s, status, tin, tout, error="first choice has no message")
+    text = message.get("content")
+    if isinstance(text, str) and text.strip():
+        return Reply(Outcome.OK, latency_s, status, tin, tout, text=text)
+    if message.get("tool_calls"):
+        return Reply(Outcome.OK, latency_s, status, tin, tout, text=json.dumps(message["tool_calls"]))
+    return Reply(Outcome.MALFORMED, latency_s, status, tin, tout, error="answer is empty")
+
+
+def parse_embeddings(body: Any, latency_s: float, status: int, count: int, dim: int | None) -> Reply:
+    """Turn an embeddings body into a Reply with an (count, dim) array, checking count and dimension."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("data"), list):
+        return Reply(Outcome.MALFORMED, latency_s, status, error="answer has no data list")
+    tin, _ = _usage(body)
+    data = body["data"]
+    if len(data) != count:
+        return Reply(Outcome.MALFORMED, latency_s, status, tin, error=f"expected {count} vectors, got {len(data)}")
+    try:
+        ordered = sorted(data, key=lambda d: d.get("index", 0))
+        vectors = np.array([d["embedding"] for d in ordered], dtype=np.float32)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return Reply(Outcome.MALFORMED, latency_s, status, tin, error="embedding is not a list of numbers")
+    if vectors.ndim != 2 or vectors.shape[1] == 0 or (dim is not None and vectors.shape[1] != dim):
+        got = vectors.shape[1] if vectors.ndim == 2 else "ragged"
+        return Reply(Outcome.MALFORMED, latency_s, status, tin, error=f"expected dimension {dim}, got {got}")
+    return Reply(Outcome.OK, latency_s, status, tin, 0, vectors=vectors)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _classify_response(response: httpx.Response, latency_s: float) -> Reply | None:
+    """A Reply for a non-2xx status, or None when the body should be parsed."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return None
+    detail = response.text[:200].strip()
+    if status == 429:
+        return Reply(Outcome.RATE_LIMITED, latency_s, status, error=detail, retry_after_s=_retry_after(response))
+    if status == 408:
+        return Reply(Outcome.TIMEOUT, latency_s, status, error=detail)
+    if 400 <= status < 500:
+        return Reply(Outcome.CLIENT_ERROR, latency_s, status, error=detail)
+    return Reply(Outcome.SERVER_ERROR, latency_s, status, error=detail)
+
+
+def _classify_exception(exc: Exception, latency_s: float) -> Reply:
+    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
+        return Reply(Outcome.TIMEOUT, latency_s, error=type(exc).__name__)
+    if isinstance(exc, httpx.TransportError):
+        return Reply(Outcome.CONNECT_ERROR, latency_s, error=f"{type(exc).__name__}: {exc}"[:200])
+    raise exc
+
+
+def _decode(response: httpx.Response, latency_s: float) -> Any:
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError):
+        return Reply(Outcome.MALFORMED, latency_s, response.status_code, error="answer is not valid JSON")
+
+
+# -- the real backend ---------------------------------------------------------------------------
+
+
+class HttpxBackend:
+    """OpenAI-compatible HTTP backend: one keep-alive pool per model, sync and async."""
+
+    def __init__(self, models: Mapping[str, ModelConfig]) -> None:
+        self._models = dict(models)
+        self._clients: dict[str, httpx.Client] = {}
+        self._aclients: dict[str, httpx.AsyncClient] = {}
+        self._aloop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"HttpxBackend(models={sorted(self._models)})"
+
+    def _options(self, model: ModelConfig) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if model.api_key_env:
+            key = os.environ.get(model.api_key_env)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+        limits = httpx.Limits(
+            max_connections=model.max_in_flight,
+            max_keepalive_connections=model.max_in_flight,
+            keepalive_expiry=30.0,
+        )
+        return {"base_url": model.base_url + "/", "headers": headers, "limits": limits, "timeout": model.timeout_s}
+
+    def _client(self, model: ModelConfig) -> httpx.Client:
+        client = self._clients.get(model.name)
+        if client is None:
+            client = self._clients[model.name] = httpx.Client(**self._options(model))
+        return client
+
+    def _aclient(self, model: ModelConfig) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._aloop is not loop:  # async clients belong to one event loop
+            self._aclients.clear()
+            self._aloop = loop
+        client = self._aclients.get(model.name)
+        if client is None:
+            client = self._aclients[model.name] = httpx.AsyncClient(**self._options(model))
+        return client
+
+    @staticmethod
+    def _chat_body(model: ModelConfig, messages: Messages, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {**params, "model": model.backend_model, "messages": list(messages)}
+
+    @staticmethod
+    def _embed_body(model: ModelConfig, texts: Sequence[str]) -> dict[str, Any]:
+        return {"model": model.backend_model, "input": list(texts)}
+
+    def _send(self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, parse: Callable[[Any, float, int], Reply]) -> Reply:
+        start = time.perf_counter()
+        try:
+            response = self._client(model).post(path, json=body, timeout=timeout_s)
+        except Exception as exc:  # classified, or re-raised when not a transport problem
+            return _classify_exception(exc, time.perf_counter() - start)
+        return self._finish(response, time.perf_counter() - start, parse)
+
+    async def _asend(self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, parse: Callable[[Any, float, int], Reply]) -> Reply:
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):  # a hard bound on the whole attempt
+                response = await self._aclient(model).post(path, json=body, timeout=timeout_s)
+        except Exception as exc:
+            return _classify_exception(exc, time.perf_counter() - start)
+        return self._finish(response, time.perf_counter() - start, parse)
+
+    @staticmethod
+    def _finish(response: httpx.Response, latency_s: float, parse: Callable[[Any, float, int], Reply]) -> Reply:
+        failed = _classify_response(response, latency_s)
+        if failed is not None:
+            return failed
+        body = _decode(response, latency_s)
+        return body if isinstance(body, Reply) else parse(body, latency_s, response.status_code)
+
+    def chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
+        return self._send(model, "chat/completions", self._chat_body(model, messages, params), timeout_s, parse_chat)
+
+    async def achat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
+        return await self._asend(model, "chat/completions", self._chat_body(model, messages, params), timeout_s, parse_chat)
+
+    def embed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
+        def parse(body: Any, latency: float, status: int) -> Reply:
+            return parse_embeddings(body, latency, status, len(texts), model.dim)
+
+        return self._send(model, "embeddings", self._embed_body(model, texts), timeout_s, parse)
+
+    async def aembed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
+        def parse(body: Any, latency: float, status: int) -> Reply:
+            return parse_embeddings(body, latency, status, len(texts), model.dim)
+
+        return await self._asend(model, "embeddings", self._embed_body(model, texts), timeout_s, parse)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    async def aclose(self) -> None:
+        for client in self._aclients.values():
+            await client.aclose()
+        self._aclients.clear()
+        self.close()
+
+
+# -- the in-process fake ------------------------------------------------------------------------
+
+Script = Callable[[ModelConfig, Any], Reply] | Sequence[Reply | str]
+
+
+class FakeBackend:
+    """Answers from a per-model script, without network: a list of Replies or outcome strings
+    consumed in order (the last one repeats), or a function ``(model, request) -> Reply``.
+
+    A scripted latency above the attempt's timeout turns into a timeout at that bound, as a real
+    backend would behave. ``calls`` records ``(model name, request)`` for each attempt.
+    """
+
+    def __init__(self, script: Mapping[str, Script], latency_s: float = 0.001) -> None:
+        self.script = dict(script)
+        self.latency_s = latency_s
+        self.calls: list[tuple[str, Any]] = []
+        self._pos: dict[str, int] = {}
+
+    def _next(self, model: ModelConfig, request: Any, timeout_s: float) -> Reply:
+        self.calls.append((model.name, request))
+        entry = self.script.get(model.name, ["ok"])
+        if callable(entry):
+            reply = entry(model, request)
+        else:
+            i = self._pos.get(model.name, 0)
+            self._pos[model.name] = i + 1
+            item = entry[min(i, len(entry) - 1)]
+            reply = item if isinstance(item, Reply) else self._reply(Outcome(item), request)
+        if reply.latency_s > timeout_s:
+            return Reply(Outcome.TIMEOUT, timeout_s, error="ReadTimeout")
+        return reply
+
+    def _reply(self, outcome: Outcome, request: Any) -> Reply:
+        status = {
+            Outcome.OK: 200, Outcome.RATE_LIMITED: 429, Outcome.SERVER_ERROR: 500,
+            Outcome.CLIENT_ERROR: 400, Outcome.MALFORMED: 200,
+        }.get(outcome)
+        reply = Reply(outcome, self.latency_s, status)
+        if outcome is Outcome.OK:
+            if isinstance(request, list) and all(isinstance(t, str) for t in request):
+                reply = replace(reply, vectors=np.ones((len(request), 4), dtype=np.float32), tokens_in=len(request))
+            else:
+                reply = replace(reply, text="fake answer", tokens_in=10, tokens_out=5)
+        return reply
+
+    def chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
+        return self._next(model, {"messages": list(messages), **params}, timeout_s)
+
+    async def achat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
+        return self.chat(model, messages, params, timeout_s)
+
+    def embed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
+        return self._next(model, list(texts), timeout_s)
+
+    async def aembed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
+        return self.embed(model, texts, timeout_s)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

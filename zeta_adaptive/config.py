@@ -1,0 +1,303 @@
+"""Router configuration: models, routes, policies, objective, store and deadline, from TOML or a dict.
+
+Everything is validated at load time; an invalid config raises :class:`ConfigError` naming the
+field (as a dotted path such as ``routes.code.models``) and the problem. ``Config.to_dict()`` gives
+back a dict that ``Config.from_dict`` loads to an equal config.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .exceptions import ConfigError
+from .policies import POLICIES, Objective, make_policy
+
+__all__ = ["ModelConfig", "RouteConfig", "Config", "load_config", "DEFAULT_STORE"]
+
+DEFAULT_STORE = "sqlite:///zeta.db"
+KINDS = ("chat", "embedding")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model endpoint. The API key itself is never held here, only the variable that has it."""
+
+    name: str
+    base_url: str
+    kind: str = "chat"
+    model: str = ""  # name sent to the backend; "" means the table key
+    api_key_env: str | None = None
+    timeout_s: float = 10.0
+    price_in_per_1k: float = 0.0
+    price_out_per_1k: float = 0.0
+    max_in_flight: int = 64
+    dim: int | None = None  # embedding dimension, checked on every answer
+    space: str = ""  # embedding space label: models sharing it give comparable vectors; "" means `model`
+
+    @property
+    def backend_model(self) -> str:
+        return self.model or self.name
+
+    @property
+    def embedding_space(self) -> str:
+        return self.space or self.backend_model
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float:
+        """Price of one attempt from its token usage."""
+        return tokens_in / 1000.0 * self.price_in_per_1k + tokens_out / 1000.0 * self.price_out_per_1k
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """A task type's candidate models (in the static table's order) and its policy."""
+
+    task_type: str
+    models: tuple[str, ...]
+    policy: str = "thompson"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole router: validated, immutable."""
+
+    models: Mapping[str, ModelConfig]
+    routes: Mapping[str, RouteConfig]
+    store: str = DEFAULT_STORE
+    deadline_s: float = 30.0
+    objective: Objective = field(default_factory=Objective)
+    log_prompts: bool = False
+    seed: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """Validate a plain dict (the TOML file's structure) and build a Config."""
+        return _parse(data)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Config:
+        """Read and validate a TOML file."""
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read config file: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"invalid TOML: {exc}") from None
+        return _parse(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a plain dict that :meth:`from_dict` accepts."""
+        out: dict[str, Any] = {
+            "store": self.store,
+            "deadline_s": self.deadline_s,
+            "log_prompts": self.log_prompts,
+            "objective": {"w_latency": self.objective.w_latency, "w_cost": self.objective.w_cost, "kind": self.objective.kind},
+            "models": {},
+            "routes": {},
+        }
+        if self.seed is not None:
+            out["seed"] = self.seed
+        for name, m in self.models.items():
+            out["models"][name] = {
+                f.name: getattr(m, f.name) for f in fields(m) if f.name != "name" and getattr(m, f.name) is not None
+            }
+        for task, r in self.routes.items():
+            out["routes"][task] = {"models": list(r.models), "policy": r.policy, **r.options}
+        return out
+
+
+def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
+    """Accept a Config, a dict, or a path to a TOML file."""
+    if isinstance(source, Config):
+        return source
+    if isinstance(source, Mapping):
+        return Config.from_dict(source)
+    return Config.from_toml(source)
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+_MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
+_TOP_KEYS = {"models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed"}
+_OPTION_TYPES: dict[str, type] = {"seed": int, "discount": float, "prior_alpha": float, "prior_beta": float, "samples": int}
+
+
+def _number(where: str, value: Any, *, positive: bool = False, minimum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(where, f"must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(where, f"must be > 0, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(where, f"must be >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def _integer(where: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(where, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(where, f"must be >= {minimum}, got {value!r}")
+    return value
+
+
+def _string(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(where, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _table(where: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(where, f"must be a table, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(where: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key; allowed keys are {sorted(allowed)}")
+
+
+def _base_url(where: str, value: Any) -> str:
+    url = _string(where, value)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(where, f"bad URL {url!r}: expected http(s)://host[:port]/path")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(where, f"bad URL {url!r}: invalid port") from None
+    return url.rstrip("/")
+
+
+def _store_url(value: Any) -> str:
+    url = _string("store", value)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("store", f"bad database URL {url!r}") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError("store", f"unsupported database {parsed.get_backend_name()!r}: use sqlite:// or postgresql+psycopg://")
+    return url
+
+
+def _model(name: str, data: Any) -> ModelConfig:
+    where = f"models.{name}"
+    data = _table(where, data)
+    _check_keys(where, data, _MODEL_KEYS)
+    if "base_url" not in data:
+        raise ConfigError(f"{where}.base_url", "is required")
+    kind = data.get("kind", "chat")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}.kind", f"must be one of {list(KINDS)}, got {kind!r}")
+    api_key_env = data.get("api_key_env")
+    if api_key_env is not None:
+        _string(f"{where}.api_key_env", api_key_env)
+    dim = data.get("dim")
+    if dim is not None:
+        dim = _integer(f"{where}.dim", dim, 1)
+    return ModelConfig(
+        name=name,
+        base_url=_base_url(f"{where}.base_url", data["base_url"]),
+        kind=kind,
+        model=_string(f"{where}.model", data["model"]) if data.get("model") else "",
+        api_key_env=api_key_env,
+        timeout_s=_number(f"{where}.timeout_s", data.get("timeout_s", 10.0), positive=True),
+        price_in_per_1k=_number(f"{where}.price_in_per_1k", data.get("price_in_per_1k", 0.0), minimum=0.0),
+        price_out_per_1k=_number(f"{where}.price_out_per_1k", data.get("price_out_per_1k", 0.0), minimum=0.0),
+        max_in_flight=_integer(f"{where}.max_in_flight", data.get("max_in_flight", 64), 1),
+        dim=dim,
+        space=_string(f"{where}.space", data["space"]) if data.get("space") else "",
+    )
+
+
+def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: Objective) -> RouteConfig:
+    where = f"routes.{task}"
+    data = _table(where, data)
+    names = data.get("models")
+    if not isinstance(names, list) or not names:
+        raise ConfigError(f"{where}.models", "must be a non-empty list of model names")
+    for name in names:
+        if name not in models:
+            raise ConfigError(f"{where}.models", f"unknown model {name!r}; defined models are {sorted(models)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}.models", f"lists a model twice: {names}")
+    kinds = {models[n].kind for n in names}
+    if len(kinds) > 1:
+        raise ConfigError(f"{where}.models", "mixes chat and embedding models")
+    if kinds == {"embedding"}:
+        spaces = {(models[n].embedding_space, models[n].dim) for n in names}
+        if len(spaces) > 1:
+            raise ConfigError(
+                f"{where}.models",
+                "embedding models of one route must be compatible (same `space` and `dim`); "
+                f"got {sorted(spaces, key=str)}",
+            )
+    policy = data.get("policy", "thompson")
+    if policy not in POLICIES:
+        raise ConfigError(f"{where}.policy", f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
+    options = {k: v for k, v in data.items() if k not in ("models", "policy")}
+    for key, value in options.items():
+        expected = _OPTION_TYPES.get(key)
+        if expected is int:
+            _integer(f"{where}.{key}", value, 0)
+        elif expected is float:
+            _number(f"{where}.{key}", value)
+    try:
+        make_policy(policy, names, objective, **options)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(where, str(exc)) from None
+    return RouteConfig(task_type=task, models=tuple(names), policy=policy, options=dict(options))
+
+
+def _objective(data: Any) -> Objective:
+    data = _table("objective", data)
+    _check_keys("objective", data, {"w_latency", "w_cost", "kind"})
+    kind = data.get("kind", "utility")
+    if kind not in Objective.KINDS:
+        raise ConfigError("objective.kind", f"must be one of {list(Objective.KINDS)}, got {kind!r}")
+    return Objective(
+        w_latency=_number("objective.w_latency", data.get("w_latency", Objective.w_latency), minimum=0.0),
+        w_cost=_number("objective.w_cost", data.get("w_cost", Objective.w_cost), minimum=0.0),
+        kind=kind,
+    )
+
+
+def _parse(data: Mapping[str, Any]) -> Config:
+    data = _table("config", data)
+    _check_keys("", data, _TOP_KEYS)
+    raw_models = _table("models", data.get("models", {}))
+    if not raw_models:
+        raise ConfigError("models", "at least one model is required")
+    models = {name: _model(name, spec) for name, spec in raw_models.items()}
+    objective = _objective(data.get("objective", {}))
+    raw_routes = _table("routes", data.get("routes", {}))
+    if not raw_routes:
+        raise ConfigError("routes", "at least one route is required")
+    routes = {task: _route(task, spec, models, objective) for task, spec in raw_routes.items()}
+    log_prompts = data.get("log_prompts", False)
+    if not isinstance(log_prompts, bool):
+        raise ConfigError("log_prompts", f"must be true or false, got {log_prompts!r}")
+    seed = data.get("seed")
+    if seed is not None:
+        seed = _integer("seed", seed, 0)
+    return Config(
+        models=models,
+        routes=routes,
+        store=_store_url(data.get("store", DEFAULT_STORE)),
+        deadline_s=_number("deadline_s", data.get("deadline_s", 30.0), positive=True),
+        objective=objective,
+        log_prompts=log_prompts,
+        seed=seed,
+    )

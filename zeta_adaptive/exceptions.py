@@ -1,0 +1,85 @@
+"""Every exception zeta_adaptive raises, under one base class so callers can catch them all."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .router import Attempt
+
+__all__ = [
+    "ZetaError",
+    "ConfigError",
+    "UnknownTaskType",
+    "RequestRejected",
+    "AllModelsFailed",
+    "FeedbackError",
+    "StoreError",
+]
+
+
+class ZetaError(Exception):
+    """Base class of every error raised by zeta_adaptive."""
+
+
+class ConfigError(ZetaError, ValueError):
+    """The configuration is invalid; `field` names the offending key (dotted path)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class UnknownTaskType(ZetaError, KeyError):
+    """A call named (or the classifier chose) a task type that has no route."""
+
+    def __init__(self, task_type: str, known: Sequence[str]) -> None:
+        self.task_type = task_type
+        self.known = tuple(known)
+        super().__init__(task_type)
+
+    def __str__(self) -> str:
+        return f"unknown task type {self.task_type!r}; routes exist for {sorted(self.known)}"
+
+
+def _describe(attempts: Sequence[Attempt]) -> str:
+    return "; ".join(
+        f"#{i} {a.model}: {a.outcome}"
+        + (f" (HTTP {a.status})" if a.status else "")
+        + (f" {a.error}" if a.error else "")
+        for i, a in enumerate(attempts)
+    )
+
+
+class RequestRejected(ZetaError):
+    """A backend rejected the request itself (HTTP 400/413/422): it is not retried on other models."""
+
+    def __init__(self, call_id: str, attempts: Sequence[Attempt]) -> None:
+        self.call_id = call_id
+        self.attempts = list(attempts)
+        last = self.attempts[-1]
+        super().__init__(
+            f"call {call_id}: request rejected by {last.model} (HTTP {last.status}): {last.error}"
+        )
+
+
+class AllModelsFailed(ZetaError):
+    """Every candidate model failed (or the deadline ran out); `attempts` lists each error."""
+
+    def __init__(self, call_id: str, task_type: str, attempts: Sequence[Attempt], reason: str = "") -> None:
+        self.call_id = call_id
+        self.task_type = task_type
+        self.attempts = list(attempts)
+        detail = _describe(self.attempts) or "no attempt was made"
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"call {call_id} [{task_type}]: every candidate failed{why}: {detail}")
+
+
+class FeedbackError(ZetaError, ValueError):
+    """Feedback was rejected (unknown call id, accuracy not in [0, 1], call without answer, duplicate)."""
+
+
+class StoreError(ZetaError):
+    """The outcome log could not be opened, migrated or read."""
