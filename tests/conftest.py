@@ -1,0 +1,63 @@
+"""Shared fixtures: a SQLite store URL per test, a clean PostgreSQL database when one is given,
+and the rule that CI (ZETA_REQUIRE_POSTGRES=1) fails when the PostgreSQL tests did not all run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from sqlalchemy import create_engine, text
+
+PG_URL = os.environ.get("ZETA_TEST_POSTGRES_URL")
+REQUIRE_PG = os.environ.get("ZETA_REQUIRE_POSTGRES") == "1"
+
+_pg = {"collected": 0, "passed": 0}
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'zeta.db'}"
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """The CI PostgreSQL database, emptied of zeta_adaptive's tables."""
+    if not PG_URL:
+        pytest.skip("ZETA_TEST_POSTGRES_URL is not set")
+    engine = create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS feedback, attempts, calls, alembic_version CASCADE"))
+    engine.dispose()
+    return PG_URL
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request, tmp_path) -> str:
+    """Each test that takes it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'zeta.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "pg_url" in getattr(item, "fixturenames", ()) and "postgres" not in item.keywords:
+            item.add_marker(pytest.mark.postgres)
+    _pg["collected"] = sum(1 for item in items if "postgres" in item.keywords)
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed and "postgres" in report.keywords:
+        _pg["passed"] += 1
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if REQUIRE_PG and _pg["passed"] < _pg["collected"] or (REQUIRE_PG and _pg["collected"] == 0):
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REQUIRE_PG:
+        terminalreporter.write_line(
+            f"PostgreSQL tests: {_pg['passed']} of {_pg['collected']} passed (required: all)"
+        )

@@ -1,0 +1,72 @@
+"""The ``zeta-adaptive`` command line: demo, database upgrade, and what a router has learned."""
+
+from __future__ import annotations
+
+import click
+
+from .config import DEFAULT_STORE, Config
+from .exceptions import ZetaError
+
+
+def _store_url(db: str | None, config: str | None) -> str:
+    if db:
+        return db
+    if config:
+        return Config.from_toml(config).store
+    return DEFAULT_STORE
+
+
+@click.group()
+@click.version_option(package_name="zeta_adaptive")
+def main() -> None:
+    """Adaptive routing of LLM calls across a self-hosted fleet."""
+
+
+@main.command()
+@click.option("--calls", default=2000, show_default=True, type=click.IntRange(min=10), help="Number of routed calls.")
+@click.option("--db", default=DEFAULT_STORE, show_default=True, help="Store URL for the log.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fleet, the traffic and the policies.")
+@click.option("--concurrency", default=16, show_default=True, type=click.IntRange(min=1), help="Calls in flight at once.")
+def demo(calls: int, db: str, seed: int, concurrency: int) -> None:
+    """Route calls across a simulated loopback fleet in which one model degrades halfway, and report."""
+    from .demo import run_demo
+
+    try:
+        report = run_demo(calls=calls, store=db, seed=seed, concurrency=concurrency)
+    except ZetaError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.render())
+
+
+@main.group()
+def db() -> None:
+    """Manage the outcome log's database."""
+
+
+@db.command()
+@click.option("--db", "url", default=None, help=f"Store URL (default: the config's store, else {DEFAULT_STORE}).")
+@click.option("--config", default=None, type=click.Path(exists=True, dir_okay=False), help="A router TOML file.")
+def upgrade(url: str | None, config: str | None) -> None:
+    """Create or upgrade the log's tables to the newest migration."""
+    from .store import Store
+
+    try:
+        store = Store(_store_url(url, config))
+    except ZetaError as exc:
+        raise click.ClickException(str(exc)) from None
+    store.close()
+    click.echo(f"{store.safe_url} is at the newest schema")
+
+
+@main.command()
+@click.option("--config", required=True, type=click.Path(exists=True, dir_okay=False), help="A router TOML file.")
+def preferences(config: str) -> None:
+    """Print each task type's learned order, rebuilt from the config's log."""
+    from .router import Router
+
+    try:
+        with Router.from_toml(config) as router:
+            for task, rows in router.preferences().items():
+                click.echo(f"{task}: " + " > ".join(f"{r['model']} ({r['score']:.3f}, n={r['n']:.0f})" for r in rows))
+    except ZetaError as exc:
+        raise click.ClickException(str(exc)) from None

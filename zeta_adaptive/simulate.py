@@ -1,0 +1,673 @@
+"""Simulated fleet of OpenAI-compatible fake LLM servers on loopback HTTP.
+
+Each model of a :class:`Fleet` is served by its own standard-library HTTP server on
+127.0.0.1 with configurable latency and faults (server errors, rate limits, malformed or
+empty answers, hangs, stalled or broken streams, refused connections), drawn from a
+seeded numpy generator, so that integration tests, demos and benchmarks of the router
+run against realistic, reproducible and fully local backends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http
+import json
+import math
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["ModelSpec", "Fleet", "example_fleet", "example_routes"]
+
+_HOST = "127.0.0.1"
+_POLL_S = 0.02  # how often an idle server loop checks for shutdown; bounds close() and down=True
+_ACCURACY_CONCENTRATION = 20.0
+_CONFIG_TIMEOUT_S = 2.0
+_CHAT_PATH = "/v1/chat/completions"
+_EMBED_PATH = "/v1/embeddings"
+_MODELS_PATH = "/v1/models"
+_STREAM_PIECE_CHARS = 16
+_CHUNKS_BEFORE_BREAK = 2
+_MALFORMED_CHAT = b'{"choices": ['
+_MALFORMED_EMBEDDING = b'{"object": "list", "data": ['
+_WORDS = ("the", "answer", "follows", "from", "a", "careful", "look", "at", "your", "question", "and", "so")
+_RATE_FIELDS = (
+    "error_rate",
+    "rate_limit_rate",
+    "malformed_rate",
+    "empty_rate",
+    "hang_rate",
+    "stall_first_token_rate",
+    "break_stream_rate",
+    "default_accuracy",
+)
+_NON_NEGATIVE_FIELDS = ("latency_s", "latency_sigma", "retry_after_s", "hang_s", "chunk_delay_s")
+
+
+@dataclass
+class ModelSpec:
+    """Behaviour of one simulated model; every rate is a per-request probability."""
+
+    name: str
+    kind: str = "chat"
+    latency_s: float = 0.01
+    latency_sigma: float = 0.3
+    error_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    retry_after_s: float = 1.0
+    malformed_rate: float = 0.0
+    empty_rate: float = 0.0
+    hang_rate: float = 0.0
+    hang_s: float = 30.0
+    down: bool = False
+    accuracy: dict[str, float] = field(default_factory=dict)
+    default_accuracy: float = 0.7
+    dim: int = 8
+    tokens_out: int = 32
+    stall_first_token_rate: float = 0.0
+    break_stream_rate: float = 0.0
+    chunk_delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Reject impossible settings at once, since a bad value would silently skew every run."""
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        if self.kind not in ("chat", "embedding"):
+            raise ValueError(f"kind must be 'chat' or 'embedding', got {self.kind!r}")
+        for name in _RATE_FIELDS:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        for name in _NON_NEGATIVE_FIELDS:
+            value = getattr(self, name)
+            if not 0.0 <= value < math.inf:
+                raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+        for task_type, value in self.accuracy.items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"accuracy[{task_type!r}] must be in [0, 1], got {value!r}")
+        if self.dim < 1 or self.tokens_out < 1:
+            raise ValueError(f"dim and tokens_out must be >= 1, got {self.dim!r} and {self.tokens_out!r}")
+
+    def mean_accuracy(self, task_type: str) -> float:
+        """Mean accuracy of this model's answers for a task type, falling back to the default."""
+        return self.accuracy.get(task_type, self.default_accuracy)
+
+
+class _Draw(NamedTuple):
+    """The random numbers of one request, always drawn together so a sequential run is reproducible."""
+
+    fault: float
+    stall: float
+    cut: float
+    z: float
+
+
+class _BadRequest(ValueError):
+    """The request is invalid and gets a 400 answer."""
+
+
+def _outcome(spec: ModelSpec, u: float) -> str:
+    """Pick the request's fate from one uniform draw; earlier faults win if the rates sum above 1."""
+    edge = 0.0
+    for outcome, rate in (
+        ("hang", spec.hang_rate),
+        ("error", spec.error_rate),
+        ("rate_limit", spec.rate_limit_rate),
+        ("malformed", spec.malformed_rate),
+        ("empty", spec.empty_rate),
+    ):
+        edge += rate
+        if u < edge:
+            return outcome
+    return "ok"
+
+
+def _latency(spec: ModelSpec, z: float) -> float:
+    """Lognormal latency with median `latency_s`, from a standard normal draw."""
+    return spec.latency_s * math.exp(spec.latency_sigma * z) if spec.latency_s > 0 else 0.0
+
+
+def _embed(text: str, dim: int) -> list[float]:
+    """A unit-norm vector that depends only on the text, so embeddings are stable across runs."""
+    raw = np.frombuffer(hashlib.shake_256(text.encode("utf-8")).digest(4 * dim), dtype="<u4")
+    vector = raw / 2.0**31 - 1.0
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0:
+        return [1.0] + [0.0] * (dim - 1)
+    return (vector / norm).tolist()
+
+
+def _text_tokens(chars: int) -> int:
+    """The usual rough token count: one token per four characters, at least one."""
+    return max(1, chars // 4)
+
+
+def _content_chars(content: Any) -> int:
+    """Characters of a message content, either a string or a list of OpenAI content parts."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
+    return 0
+
+
+def _parse_chat(payload: dict[str, Any], spec: ModelSpec) -> tuple[int, int]:
+    """Validate a chat request and return its (prompt_tokens, completion_tokens)."""
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise _BadRequest("'messages' must be a non-empty list of objects")
+    completion = spec.tokens_out
+    max_tokens = payload.get("max_tokens")
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise _BadRequest("'max_tokens' must be a positive integer")
+        completion = min(completion, max_tokens)
+    return _text_tokens(sum(_content_chars(m.get("content")) for m in messages)), completion
+
+
+def _parse_embedding(payload: dict[str, Any]) -> list[str]:
+    """Validate an embeddings request and return its input texts."""
+    texts = payload.get("input")
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts):
+        return texts
+    raise _BadRequest("'input' must be a string or a non-empty list of strings")
+
+
+def _answer_text(spec: ModelSpec, task: str | None, tokens: int) -> str:
+    """A non-empty answer naming its model (and task, if the client told it) with `tokens` words."""
+    label = f"answer from {spec.name}" + (f" [{task}]" if task else "")
+    return label + ": " + " ".join(_WORDS[i % len(_WORDS)] for i in range(tokens))
+
+
+def _error_body(message: str, kind: str, code: int) -> dict[str, Any]:
+    """An OpenAI-shaped error body."""
+    return {"error": {"message": message, "type": kind, "code": code}}
+
+
+def _seconds_header(seconds: float) -> str:
+    """Format a duration for Retry-After: an integer when whole, else a short decimal."""
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+
+
+class _SimHTTPServer(ThreadingHTTPServer):
+    """One model's HTTP server; it tracks open connections so going down can cut keep-alive ones."""
+
+    request_queue_size = 128
+
+    def __init__(self, port: int, model: _ModelServer) -> None:
+        self.model = model
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__((_HOST, port), _Handler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse-DNS lookup of the host, which can be slow in sandboxes."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection with Nagle disabled, so small answers leave at once."""
+        connection, address = super().get_request()
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._connections_lock:
+            self._connections.add(connection)
+        return connection, address
+
+    def shutdown_request(self, request: Any) -> None:
+        """Close a finished connection under the lock, so drop_connections never touches a closed socket."""
+        with self._connections_lock:
+            self._connections.discard(request)
+            super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Cut every open connection, as a crashed server would; their handlers then see end of input."""
+        with self._connections_lock:
+            for connection in self._connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Ignore socket errors (clients leaving, connections cut on purpose); report anything else."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves the OpenAI-compatible endpoints of one simulated model."""
+
+    protocol_version = "HTTP/1.1"
+    server: _SimHTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+        """Stay silent: a simulator serving thousands of requests must not flood the output."""
+
+    def handle_one_request(self) -> None:
+        """Serve one request, treating a client that went away as the end of the connection."""
+        try:
+            super().handle_one_request()
+        except ConnectionError:
+            self.close_connection = True
+
+    def do_GET(self) -> None:
+        """List the model on /v1/models."""
+        spec, _, _ = self.server.model.begin()
+        path = self.path.partition("?")[0]
+        if path == _MODELS_PATH:
+            model = {"id": spec.name, "object": "model", "created": 0, "owned_by": "zeta-sim"}
+            self._send_json(200, {"object": "list", "data": [model]})
+        elif path in (_CHAT_PATH, _EMBED_PATH):
+            self._send_json(405, _error_body(f"use POST on {path}", "invalid_request_error", 405))
+        else:
+            self._send_json(404, _error_body(f"no route {path}", "invalid_request_error", 404))
+
+    def do_POST(self) -> None:
+        """Answer a chat completion or embeddings request, with faults drawn from the model's spec."""
+        model = self.server.model
+        spec, wake, number = model.begin()
+        path = self.path.partition("?")[0]
+        try:
+            body = self._read_body()
+            if path not in (_CHAT_PATH, _EMBED_PATH):
+                status = 405 if path == _MODELS_PATH else 404
+                self._send_json(status, _error_body(f"no POST route {path}", "invalid_request_error", status))
+                return
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                raise _BadRequest("the request body is not valid JSON") from None
+            if not isinstance(payload, dict):
+                raise _BadRequest("the request body must be a JSON object")
+            wanted = "chat" if path == _CHAT_PATH else "embedding"
+            if spec.kind != wanted:
+                raise _BadRequest(f"{spec.name} is a {spec.kind} model; {path} needs a {wanted} model")
+            if wanted == "chat":
+                tokens = _parse_chat(payload, spec)
+            else:
+                texts = _parse_embedding(payload)
+        except _BadRequest as exc:
+            self._send_json(400, _error_body(str(exc), "invalid_request_error", 400))
+            return
+
+        draw = model.draw()
+        outcome = _outcome(spec, draw.fault)
+        if outcome == "error":
+            self._send_json(500, _error_body("simulated internal error", "server_error", 500))
+            return
+        if outcome == "rate_limit":
+            limit = _error_body("simulated rate limit", "rate_limit_error", 429)
+            self._send_json(429, limit, extra={"Retry-After": _seconds_header(spec.retry_after_s)})
+            return
+        if outcome == "hang" and self._sleep(wake, spec.hang_s):
+            self._drop()
+            return
+        model_name = payload.get("model") if isinstance(payload.get("model"), str) else spec.name
+        if wanted == "chat" and payload.get("stream") is True:
+            self._stream(spec, wake, draw, outcome, model_name, number, tokens)
+            return
+        if self._sleep(wake, _latency(spec, draw.z)):
+            self._drop()
+            return
+        if outcome == "malformed":
+            self._send(200, _MALFORMED_CHAT if wanted == "chat" else _MALFORMED_EMBEDDING, "application/json")
+        elif wanted == "embedding":
+            self._send_json(200, self._embedding_body(spec, model_name, texts, outcome == "empty"))
+        else:
+            self._send_json(200, self._chat_body(spec, model_name, number, tokens, outcome == "empty"))
+
+    def _chat_body(
+        self, spec: ModelSpec, model_name: str, number: int, tokens: tuple[int, int], empty: bool
+    ) -> dict[str, Any]:
+        """An OpenAI chat.completion body (with no choices when simulating an empty answer)."""
+        prompt, completion = tokens
+        content = _answer_text(spec, self.headers.get("X-Sim-Task"), completion)
+        message = {"role": "assistant", "content": content}
+        return {
+            "id": f"chatcmpl-{spec.name}-{number}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model_name,
+            "choices": [] if empty else [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        }
+
+    @staticmethod
+    def _embedding_body(spec: ModelSpec, model_name: str, texts: list[str], empty: bool) -> dict[str, Any]:
+        """An OpenAI embeddings list body (with no data when simulating an empty answer)."""
+        data = [] if empty else [
+            {"object": "embedding", "index": i, "embedding": _embed(text, spec.dim)} for i, text in enumerate(texts)
+        ]
+        prompt = _text_tokens(sum(len(text) for text in texts))
+        return {
+            "object": "list",
+            "data": data,
+            "model": model_name,
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        }
+
+    def _stream(
+        self,
+        spec: ModelSpec,
+        wake: threading.Event,
+        draw: _Draw,
+        outcome: str,
+        model_name: str,
+        number: int,
+        tokens: tuple[int, int],
+    ) -> None:
+        """Answer as OpenAI server-sent events in chunked encoding, possibly stalling or cutting the stream."""
+        self._send_head(200, "text/event-stream", {"Transfer-Encoding": "chunked", "Cache-Control": "no-cache"})
+        stalled = draw.stall < spec.stall_first_token_rate
+        if (stalled and self._sleep(wake, spec.hang_s)) or self._sleep(wake, _latency(spec, draw.z)):
+            self._drop()
+            return
+        chunk_id = f"chatcmpl-{spec.name}-{number}"
+        created = int(time.time())
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            chunk = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
+            return json.dumps({**chunk, "choices": choices, **extra}).encode()
+
+        cut_at = -1
+        if outcome == "malformed":
+            events = [_MALFORMED_CHAT]
+        elif outcome == "empty":
+            events = [event([])]
+        else:
+            prompt, completion = tokens
+            text = _answer_text(spec, self.headers.get("X-Sim-Task"), completion)
+            pieces = [text[i : i + _STREAM_PIECE_CHARS] for i in range(0, len(text), _STREAM_PIECE_CHARS)]
+            events = [
+                event([{"index": 0, "delta": {"role": "assistant", "content": piece} if i == 0 else {"content": piece},
+                        "finish_reason": None}])
+                for i, piece in enumerate(pieces)
+            ]
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+            events.append(event([{"index": 0, "delta": {}, "finish_reason": "stop"}], usage=usage))
+            if draw.cut < spec.break_stream_rate:
+                cut_at = min(_CHUNKS_BEFORE_BREAK, len(pieces))
+        for i, data in enumerate(events):
+            if i == cut_at or (i > 0 and spec.chunk_delay_s > 0 and self._sleep(wake, spec.chunk_delay_s)):
+                self._drop()
+                return
+            self._write_chunk(b"data: " + data + b"\n\n")
+        self._write_chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _read_body(self) -> bytes:
+        """Read the request body by Content-Length; without one the body is taken as empty."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            raise _BadRequest("invalid Content-Length")
+        if length == 0 and self.headers.get("Transfer-Encoding"):
+            self.close_connection = True  # an unread chunked body would corrupt the next request
+        return self.rfile.read(length) if length else b""
+
+    @staticmethod
+    def _sleep(wake: threading.Event, seconds: float) -> bool:
+        """Wait unless woken by close() or down=True; returns True if the request must be abandoned."""
+        return wake.wait(seconds) if seconds > 0 else wake.is_set()
+
+    def _drop(self) -> None:
+        """Cut the connection without (or in the middle of) an answer."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _head_bytes(self, status: int, content_type: str, extra: dict[str, str]) -> bytes:
+        """The status line and headers of a response, built by hand to keep per-request work small."""
+        lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}", f"Content-Type: {content_type}"]
+        lines += [f"{key}: {value}" for key, value in extra.items()]
+        if self.close_connection:
+            lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _send_head(self, status: int, content_type: str, extra: dict[str, str]) -> None:
+        """Send only the status line and headers (for streams)."""
+        self.wfile.write(self._head_bytes(status, content_type, extra))
+
+    def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
+        """Send a complete response in a single write."""
+        headers = {**(extra or {}), "Content-Length": str(len(body))}
+        self.wfile.write(self._head_bytes(status, content_type, headers) + body)
+
+    def _send_json(self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+        """Send a JSON response."""
+        self._send(status, json.dumps(payload).encode(), "application/json", extra)
+
+    def _write_chunk(self, data: bytes) -> None:
+        """Write one chunk of a chunked-encoded body."""
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+
+class _ModelServer:
+    """One model's live spec, random generator, request count and HTTP server."""
+
+    def __init__(self, spec: ModelSpec, rng: np.random.Generator) -> None:
+        self.lock = threading.Lock()  # guards spec, rng, count and wake; held only for a few microseconds
+        self.spec = spec
+        self.rng = rng
+        self.count = 0
+        self.wake = threading.Event()
+        self.port = 0
+        self.httpd: _SimHTTPServer | None = None
+
+    def current(self) -> ModelSpec:
+        """The spec in force (never mutated in place, so it can be read without copying)."""
+        with self.lock:
+            return self.spec
+
+    def begin(self) -> tuple[ModelSpec, threading.Event, int]:
+        """Count a request and return the spec, wake event and request number it will use."""
+        with self.lock:
+            self.count += 1
+            return self.spec, self.wake, self.count
+
+    def draw(self) -> _Draw:
+        """Draw a request's random numbers from the model's own generator."""
+        with self.lock:
+            fault, stall, cut = self.rng.random(3).tolist()
+            return _Draw(fault, stall, cut, float(self.rng.standard_normal()))
+
+    def listen(self) -> None:
+        """Start serving, on the port used before if there was one."""
+        httpd = _SimHTTPServer(self.port, self)
+        self.port = httpd.server_address[1]
+        with self.lock:
+            self.wake = threading.Event()
+        self.httpd = httpd
+        thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": _POLL_S}, name=f"zeta-sim-{self.spec.name}", daemon=True
+        )
+        thread.start()
+
+    def stop(self) -> None:
+        """Stop serving: wake sleeping handlers, close the listening socket and cut open connections."""
+        with self.lock:
+            self.wake.set()
+        httpd, self.httpd = self.httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+            httpd.drop_connections()
+
+
+class Fleet:
+    """A set of simulated models, each served on its own loopback port, changeable at run time."""
+
+    def __init__(self, specs: Iterable[ModelSpec], seed: int = 0) -> None:
+        specs = list(specs)
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        streams = np.random.SeedSequence(seed).spawn(len(specs) + 1)
+        self._servers = {
+            spec.name: _ModelServer(_copy(spec), np.random.default_rng(stream)) for spec, stream in zip(specs, streams)
+        }
+        self._accuracy_rng = np.random.default_rng(streams[-1])
+        self._accuracy_lock = threading.Lock()
+        self._state_lock = threading.RLock()  # serializes start, close and up/down changes
+        self._started = False
+        self._closed = False
+
+    @property
+    def names(self) -> list[str]:
+        """Model names, in the order the specs were given."""
+        return list(self._servers)
+
+    def start(self) -> Fleet:
+        """Start one server per model on a free loopback port; a no-op if already started."""
+        with self._state_lock:
+            if self._closed:
+                raise RuntimeError("the fleet is closed and cannot be restarted")
+            if self._started:
+                return self
+            self._started = True
+            try:
+                for server in self._servers.values():
+                    server.listen()
+                    if server.current().down:
+                        server.stop()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def close(self) -> None:
+        """Stop every server at once, even those with requests hanging; safe to call twice."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            for server in self._servers.values():
+                server.stop()
+
+    def __enter__(self) -> Fleet:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def base_url(self, name: str) -> str:
+        """The OpenAI base URL of a model, e.g. http://127.0.0.1:PORT/v1 (stable across down/up)."""
+        server = self._server(name)
+        if not self._started:
+            raise RuntimeError("start the fleet before asking for base URLs")
+        return f"http://{_HOST}:{server.port}/v1"
+
+    def update(self, name: str, **changes: Any) -> None:
+        """Change a model's spec at run time; down=True refuses connections, down=False serves again."""
+        server = self._server(name)
+        if changes.get("name", name) != name:
+            raise ValueError("a model cannot be renamed")
+        if "accuracy" in changes:
+            changes["accuracy"] = dict(changes["accuracy"])
+        with self._state_lock:
+            with server.lock:
+                was_down = server.spec.down
+                server.spec = dataclasses.replace(server.spec, **changes)
+                now_down = server.spec.down
+            if self._started and not self._closed and now_down != was_down:
+                if now_down:
+                    server.stop()
+                else:
+                    server.listen()
+
+    def spec(self, name: str) -> ModelSpec:
+        """A copy of a model's current spec."""
+        return _copy(self._server(name).current())
+
+    def requests(self, name: str) -> int:
+        """Number of HTTP requests the model has received so far."""
+        server = self._server(name)
+        with server.lock:
+            return server.count
+
+    def sample_accuracy(self, name: str, task_type: str, rng: np.random.Generator | None = None) -> float:
+        """Ground-truth accuracy of one answer: a Beta draw around the model's mean accuracy for the task."""
+        mean = self._server(name).current().mean_accuracy(task_type)
+        if mean <= 0.0 or mean >= 1.0:
+            return float(mean)
+        a, b = mean * _ACCURACY_CONCENTRATION, (1.0 - mean) * _ACCURACY_CONCENTRATION
+        if rng is not None:
+            return float(rng.beta(a, b))
+        with self._accuracy_lock:
+            return float(self._accuracy_rng.beta(a, b))
+
+    def fleet_config(self, routes: dict[str, list[str]] | None = None, **top: Any) -> dict[str, Any]:
+        """A router config for this started fleet; by default every task type routes to every chat model."""
+        if "models" in top:
+            raise TypeError("fleet_config builds 'models' itself")
+        specs = [server.current() for server in self._servers.values()]
+        models: dict[str, dict[str, Any]] = {}
+        for spec in specs:
+            entry: dict[str, Any] = {"base_url": self.base_url(spec.name), "kind": spec.kind, "timeout_s": _CONFIG_TIMEOUT_S}
+            if spec.kind == "embedding":
+                entry["dim"] = spec.dim
+            models[spec.name] = entry
+        if routes is None:
+            chat = [spec.name for spec in specs if spec.kind == "chat"]
+            embedding = [spec.name for spec in specs if spec.kind == "embedding"]
+            routes = {task: chat for spec in specs for task in spec.accuracy}
+            if embedding:
+                routes["embedding"] = embedding
+        unknown = sorted({name for names in routes.values() for name in names} - set(self._servers))
+        if unknown:
+            raise KeyError(f"routes name models not in the fleet: {unknown}")
+        return {**top, "models": models, "routes": {task: {"models": list(names)} for task, names in routes.items()}}
+
+    def _server(self, name: str) -> _ModelServer:
+        """The server of a model, with a clear error for unknown names."""
+        try:
+            return self._servers[name]
+        except KeyError:
+            raise KeyError(f"no model {name!r} in the fleet; models are {self.names}") from None
+
+
+def _copy(spec: ModelSpec) -> ModelSpec:
+    """A copy of a spec that shares no mutable state with it."""
+    return dataclasses.replace(spec, accuracy=dict(spec.accuracy))
+
+
+def example_routes() -> dict[str, list[str]]:
+    """Routes for example_fleet(), each listing the models a task may use, best guess first."""
+    return {
+        "embedding": ["embed-4b"],
+        "simple": ["general-7b", "coder-7b", "reasoner-14b"],
+        "code": ["coder-7b", "reasoner-14b", "general-7b"],
+        "reasoning": ["reasoner-14b", "coder-7b", "general-7b"],
+    }
+
+
+def example_fleet(seed: int = 0) -> Fleet:
+    """An unstarted fleet of one embedding and three chat models with different speed/accuracy trade-offs."""
+    return Fleet(
+        [
+            ModelSpec("embed-4b", kind="embedding", dim=8, latency_s=0.005),
+            ModelSpec("coder-7b", latency_s=0.02, accuracy={"code": 0.85, "simple": 0.75, "reasoning": 0.55}),
+            ModelSpec("reasoner-14b", latency_s=0.06, accuracy={"code": 0.8, "simple": 0.8, "reasoning": 0.85}),
+            ModelSpec("general-7b", latency_s=0.015, accuracy={"code": 0.6, "simple": 0.78, "reasoning": 0.6}),
+        ],
+        seed=seed,
+    )
