@@ -191,6 +191,11 @@ def _answer_text(spec: ModelSpec, task: str | None, tokens: int) -> str:
     return label + ": " + " ".join(_WORDS[i % len(_WORDS)] for i in range(tokens))
 
 
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    """An OpenAI usage object of a chat completion."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
 def _error_body(message: str, kind: str, code: int) -> dict[str, Any]:
     """An OpenAI-shaped error body."""
     return {"error": {"message": message, "type": kind, "code": code}}
@@ -341,15 +346,14 @@ class _Handler(BaseHTTPRequestHandler):
             "created": int(time.time()),
             "model": model_name,
             "choices": [] if empty else [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            "usage": _usage(prompt, completion),
         }
 
     @staticmethod
     def _embedding_body(spec: ModelSpec, model_name: str, texts: list[str], empty: bool) -> dict[str, Any]:
         """An OpenAI embeddings list body (with no data when simulating an empty answer)."""
-        data = [] if empty else [
-            {"object": "embedding", "index": i, "embedding": _embed(text, spec.dim)} for i, text in enumerate(texts)
-        ]
+        vectors = [] if empty else [_embed(text, spec.dim) for text in texts]
+        data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
         prompt = _text_tokens(sum(len(text) for text in texts))
         return {
             "object": "list",
@@ -368,7 +372,7 @@ class _Handler(BaseHTTPRequestHandler):
         number: int,
         tokens: tuple[int, int],
     ) -> None:
-        """Answer as OpenAI server-sent events in chunked encoding, possibly stalling or cutting the stream."""
+        """Answer with OpenAI server-sent events in chunked encoding, possibly stalling or cutting the stream."""
         self._send_head(200, "text/event-stream", {"Transfer-Encoding": "chunked", "Cache-Control": "no-cache"})
         stalled = draw.stall < spec.stall_first_token_rate
         if (stalled and self._sleep(wake, spec.hang_s)) or self._sleep(wake, _latency(spec, draw.z)):
@@ -381,6 +385,9 @@ class _Handler(BaseHTTPRequestHandler):
             chunk = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
             return json.dumps({**chunk, "choices": choices, **extra}).encode()
 
+        def delta(content: dict[str, str], finish_reason: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": content, "finish_reason": finish_reason}]
+
         cut_at = -1
         if outcome == "malformed":
             events = [_MALFORMED_CHAT]
@@ -390,13 +397,9 @@ class _Handler(BaseHTTPRequestHandler):
             prompt, completion = tokens
             text = _answer_text(spec, self.headers.get("X-Sim-Task"), completion)
             pieces = [text[i : i + _STREAM_PIECE_CHARS] for i in range(0, len(text), _STREAM_PIECE_CHARS)]
-            events = [
-                event([{"index": 0, "delta": {"role": "assistant", "content": piece} if i == 0 else {"content": piece},
-                        "finish_reason": None}])
-                for i, piece in enumerate(pieces)
-            ]
-            usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-            events.append(event([{"index": 0, "delta": {}, "finish_reason": "stop"}], usage=usage))
+            events = [event(delta({"role": "assistant", "content": pieces[0]}))]
+            events += [event(delta({"content": piece})) for piece in pieces[1:]]
+            events.append(event(delta({}, "stop"), usage=_usage(prompt, completion)))
             if draw.cut < spec.break_stream_rate:
                 cut_at = min(_CHUNKS_BEFORE_BREAK, len(pieces))
         for i, data in enumerate(events):
@@ -495,10 +498,8 @@ class _ModelServer:
         with self.lock:
             self.wake = threading.Event()
         self.httpd = httpd
-        thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": _POLL_S}, name=f"zeta-sim-{self.spec.name}", daemon=True
-        )
-        thread.start()
+        name = f"zeta-sim-{self.spec.name}"
+        threading.Thread(target=httpd.serve_forever, args=(_POLL_S,), name=name, daemon=True).start()
 
     def stop(self) -> None:
         """Stop serving: wake sleeping handlers, close the listening socket and cut open connections."""
@@ -521,7 +522,8 @@ class Fleet:
             raise ValueError(f"model names must be unique, got {names}")
         streams = np.random.SeedSequence(seed).spawn(len(specs) + 1)
         self._servers = {
-            spec.name: _ModelServer(_copy(spec), np.random.default_rng(stream)) for spec, stream in zip(specs, streams)
+            spec.name: _ModelServer(_copy(spec), np.random.default_rng(stream))
+            for spec, stream in zip(specs, streams)
         }
         self._accuracy_rng = np.random.default_rng(streams[-1])
         self._accuracy_lock = threading.Lock()
@@ -576,7 +578,7 @@ class Fleet:
             raise RuntimeError("start the fleet before asking for base URLs")
         return f"http://{_HOST}:{server.port}/v1"
 
-    def update(self, name: str, **changes: Any) -> None:
+    def update(self, name: str, /, **changes: Any) -> None:
         """Change a model's spec at run time; down=True refuses connections, down=False serves again."""
         server = self._server(name)
         if changes.get("name", name) != name:
@@ -585,14 +587,15 @@ class Fleet:
             changes["accuracy"] = dict(changes["accuracy"])
         with self._state_lock:
             with server.lock:
+                new = dataclasses.replace(server.spec, **changes)
                 was_down = server.spec.down
-                server.spec = dataclasses.replace(server.spec, **changes)
-                now_down = server.spec.down
-            if self._started and not self._closed and now_down != was_down:
-                if now_down:
+            if self._started and not self._closed and new.down != was_down:
+                if new.down:
                     server.stop()
                 else:
-                    server.listen()
+                    server.listen()  # if the port cannot be bound again, the old spec stays in force
+            with server.lock:
+                server.spec = new
 
     def spec(self, name: str) -> ModelSpec:
         """A copy of a model's current spec."""
@@ -622,7 +625,11 @@ class Fleet:
         specs = [server.current() for server in self._servers.values()]
         models: dict[str, dict[str, Any]] = {}
         for spec in specs:
-            entry: dict[str, Any] = {"base_url": self.base_url(spec.name), "kind": spec.kind, "timeout_s": _CONFIG_TIMEOUT_S}
+            entry: dict[str, Any] = {
+                "base_url": self.base_url(spec.name),
+                "kind": spec.kind,
+                "timeout_s": _CONFIG_TIMEOUT_S,
+            }
             if spec.kind == "embedding":
                 entry["dim"] = spec.dim
             models[spec.name] = entry
@@ -635,7 +642,8 @@ class Fleet:
         unknown = sorted({name for names in routes.values() for name in names} - set(self._servers))
         if unknown:
             raise KeyError(f"routes name models not in the fleet: {unknown}")
-        return {**top, "models": models, "routes": {task: {"models": list(names)} for task, names in routes.items()}}
+        route_config = {task: {"models": list(names)} for task, names in routes.items()}
+        return {**top, "models": models, "routes": route_config}
 
     def _server(self, name: str) -> _ModelServer:
         """The server of a model, with a clear error for unknown names."""

@@ -1,0 +1,119 @@
+"""The outcome log: migrations, batched background writes, idempotency, reads, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, inspect, text
+
+from zeta_adaptive import Config, StoreError
+from zeta_adaptive.cli import main
+from zeta_adaptive.store import Store
+
+
+def _attempt(call_id: str, idx: int) -> dict:
+    return {
+        "call_id": call_id, "idx": idx, "ts": 1.0 + idx, "task_type": "code", "model": "m", "outcome": "ok",
+        "status": 200, "latency_s": 0.01, "tokens_in": 3, "tokens_out": 4, "cost": 0.0, "error": None,
+    }
+
+
+def _call(call_id: str) -> dict:
+    return {
+        "call_id": call_id, "ts": 1.0, "task_type": "code", "policy": "static", "propensity": 1.0, "ranking": '["m"]',
+        "model": "m", "outcome": "ok", "latency_s": 0.01, "tokens_in": 3, "tokens_out": 4, "cost": 0.0,
+        "n_attempts": 1, "prompt": None, "answer": None,
+    }
+
+
+def test_migrations_create_the_tables_once(store_url):
+    Store(store_url).close()
+    Store(store_url).close()  # a second open finds the schema current
+    engine = create_engine(store_url)
+    try:
+        names = set(inspect(engine).get_table_names())
+        assert {"calls", "attempts", "feedback", "alembic_version"} <= names
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+    finally:
+        engine.dispose()
+
+
+def test_rows_written_in_batches_from_many_threads(store_url):
+    store = Store(store_url, batch_size=500)
+    n_threads, per_thread = 4, 750
+
+    def produce(t: int) -> None:
+        for i in range(per_thread):
+            cid = f"t{t}c{i}"
+            store.put_many([("calls", _call(cid)), ("attempts", _attempt(cid, 0))])
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert store.flush(timeout=60)
+    assert store.count("calls") == n_threads * per_thread
+    assert store.count("attempts") == n_threads * per_thread
+    store.close()
+
+
+def test_a_record_handed_in_twice_is_written_once(store_url):
+    store = Store(store_url)
+    store.put("calls", _call("dup"))
+    store.flush()
+    store.put("calls", _call("dup"))  # e.g. a retried batch
+    store.put("attempts", _attempt("dup", 0))
+    store.put("attempts", _attempt("dup", 0))
+    store.close()
+    reopened = Store(store_url)
+    assert reopened.count("calls") == 1
+    assert reopened.count("attempts") == 1
+    reopened.close()
+
+
+def test_reads_and_close_semantics(sqlite_url):
+    store = Store(sqlite_url)
+    store.put("calls", _call("abc"))
+    store.flush()
+    assert store.find_call("abc")["model"] == "m"
+    assert store.find_call("nope") is None
+    assert not store.has_feedback("abc")
+    frame = store.frame("calls", ["code"])
+    assert frame["call_id"].tolist() == ["abc"]
+    assert store.frame("calls", ["other"]).empty
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        store.put("calls", _call("late"))
+
+
+def test_unreachable_database_raises_store_error_without_the_password():
+    with pytest.raises(StoreError) as info:
+        Store("postgresql+psycopg://user:s3cret-pw@127.0.0.1:1/nothing")
+    assert "s3cret-pw" not in str(info.value)
+    assert "127.0.0.1" in str(info.value)
+
+
+def test_cli_db_upgrade(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    result = CliRunner().invoke(main, ["db", "upgrade", "--db", url])
+    assert result.exit_code == 0, result.output
+    assert "newest schema" in result.output
+    engine = create_engine(url)
+    assert "attempts" in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_cli_db_upgrade_reads_the_store_from_a_config(tmp_path):
+    cfg = Config.from_toml("examples/fleet.toml").to_dict()
+    cfg["store"] = f"sqlite:///{tmp_path / 'from-config.db'}"
+    path = tmp_path / "fleet.toml"
+    lines = [f'store = "{cfg["store"]}"', "[models.a]", 'base_url = "http://127.0.0.1:9/v1"', "[routes.simple]", 'models = ["a"]']
+    path.write_text("\n".join(lines))
+    result = CliRunner().invoke(main, ["db", "upgrade", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "from-config.db").exists()
