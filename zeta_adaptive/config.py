@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .exceptions import ConfigError
-from .policies import POLICIES, Objective, make_policy
+from .policies import OPTION_TYPES, POLICIES, Objective, make_policy
 
 __all__ = ["ModelConfig", "RouteConfig", "Config", "load_config", "DEFAULT_STORE"]
 
@@ -91,7 +91,7 @@ class Config:
                 data = tomllib.load(fh)
         except OSError as exc:
             raise ConfigError(str(path), f"cannot read config file: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(str(path), f"invalid TOML: {exc}") from None
         return _parse(data)
 
@@ -129,7 +129,6 @@ def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
 _TOP_KEYS = {"models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed"}
-_OPTION_TYPES: dict[str, type] = {"seed": int, "discount": float, "prior_alpha": float, "prior_beta": float, "samples": int}
 
 
 def _number(where: str, value: Any, *, positive: bool = False, minimum: float | None = None) -> float:
@@ -249,7 +248,7 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
         raise ConfigError(f"{where}.policy", f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
     options = {k: v for k, v in data.items() if k not in ("models", "policy")}
     for key, value in options.items():
-        expected = _OPTION_TYPES.get(key)
+        expected = OPTION_TYPES.get(key)
         if expected is int:
             _integer(f"{where}.{key}", value, 0)
         elif expected is float:

@@ -1,24 +1,25 @@
 """Bandit policies: pure objects that rank a task type's candidate models and learn from outcomes.
 
-A policy never does I/O and draws randomness only from its own seeded generator, so the same
-seed and the same history give the same decisions. Each policy keeps (optionally discounted)
-per-model statistics in numpy arrays:
+A policy never does I/O and draws randomness only from its own seeded generator, so the same seed
+and the same history give the same decisions. Each policy keeps per-model statistics in one numpy
+array (rows below), optionally discounted:
 
-* ``n`` / ``succ``: attempts and successes (every attempt, updated at once);
-* ``lat_n`` / ``lat_sum``: successful attempts and their latency in seconds;
-* ``cost_sum``: the cost of successful attempts;
-* ``acc_n`` / ``acc_sum``: fed-back answers and their accuracy in [0, 1] (fractional values are
-  Bernoulli-equivalent pseudo-counts), updated only when feedback arrives, so a call without
-  feedback never counts as accuracy 0.
+* attempts (updated at once, after every attempt): ``n``, ``succ``; for successful attempts
+  ``lat_n``, ``lat_sum`` (seconds), ``loglat_sum``, ``loglat_sq`` (log seconds) and ``cost_sum``;
+* feedback (updated when it arrives, possibly much later, or never): ``acc_n``, ``acc_sum`` with
+  accuracy in [0, 1] as Bernoulli-equivalent pseudo-counts. A call without feedback never counts
+  as accuracy 0, and a policy that has had no feedback at all scores accuracy as 1.
 
-With ``discount`` gamma < 1 every update first multiplies all statistics of its stream by gamma, so
+With ``discount`` gamma < 1, every update first multiplies the statistics of its stream by gamma, so
 old observations fade and a model that degrades (or improves) changes place. ``rank`` returns the
-full order of the eligible models and the probability with which its primary was chosen, which
-the router logs for offline evaluation.
+full order of the eligible models, primary first, and the probability with which the primary was
+chosen: exact for static, random and epsilon-greedy, and for Thompson sampling the exact
+probability under its batch of posterior draws (see :class:`ThompsonPolicy`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -31,19 +32,23 @@ __all__ = [
     "Policy",
     "StaticPolicy",
     "RandomPolicy",
+    "EpsilonGreedyPolicy",
+    "UCB1Policy",
+    "KLUCBPolicy",
     "ThompsonPolicy",
     "POLICIES",
+    "OPTION_TYPES",
     "make_policy",
 ]
 
 
 @dataclass(frozen=True)
 class Objective:
-    """How an attempt's outcome becomes one number to maximise.
+    """How a model's outcomes become one number to maximise.
 
-    ``kind="utility"`` (default): ``P(success) * accuracy - w_latency * latency_s - w_cost * cost``.
+    ``kind="utility"`` (default): ``P(success) * accuracy - w_latency * latency_s - w_cost * cost``,
+    so a failure scores the worst (it earns no accuracy and still costs the time it took).
     ``kind="ratio"``: ``P(success) * accuracy / latency_s``, the fixed-table era's score.
-    A model with no accuracy feedback yet is scored with its prior accuracy.
     """
 
     w_latency: float = 0.1
@@ -52,12 +57,16 @@ class Objective:
 
     KINDS: ClassVar[tuple[str, ...]] = ("utility", "ratio")
 
-    def score(self, p_success: np.ndarray, accuracy: np.ndarray, latency_s: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    def score(self, p_success: np.ndarray, accuracy: np.ndarray | float, latency_s: np.ndarray, cost: np.ndarray) -> np.ndarray:
         """Vectorised score of each model (or of each posterior draw: arrays broadcast)."""
         value = p_success * accuracy
         if self.kind == "ratio":
             return value / np.maximum(latency_s, 1e-3)
         return value - self.w_latency * latency_s - self.w_cost * cost
+
+    @property
+    def uses_latency(self) -> bool:
+        return self.kind == "ratio" or self.w_latency > 0
 
 
 @dataclass(frozen=True)
@@ -72,11 +81,17 @@ class Ranking:
         return self.order[0]
 
 
+# rows of the statistics array
+N, SUCC, LAT_N, LAT_SUM, LOGLAT_SUM, LOGLAT_SQ, COST_SUM, ACC_N, ACC_SUM = range(9)
+ATTEMPT_ROWS = slice(N, COST_SUM + 1)
+FEEDBACK_ROWS = slice(ACC_N, ACC_SUM + 1)
+
+
 class Policy:
-    """Base class: statistics, discounting, warm start; subclasses implement ``_order``."""
+    """Base class: statistics, discounting, warm start, point estimates; subclasses implement ``_order``."""
 
     name: ClassVar[str] = ""
-    #: keyword options a route may set for this policy (beyond the common ones)
+    #: keyword options a route may set for this policy, beyond ``seed`` and ``discount``
     options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
@@ -98,38 +113,46 @@ class Policy:
         self.objective = objective or Objective()
         self.discount = float(discount)
         self.rng = np.random.default_rng(seed)
-        k = len(self.models)
-        self.n = np.zeros(k)
-        self.succ = np.zeros(k)
-        self.lat_n = np.zeros(k)
-        self.lat_sum = np.zeros(k)
-        self.cost_sum = np.zeros(k)
-        self.acc_n = np.zeros(k)
-        self.acc_sum = np.zeros(k)
+        self.stats = np.zeros((9, len(self.models)))
+        self.updates = 0  # undiscounted number of update() and feedback() calls
+        self._all = np.arange(len(self.models))
+
+    # named views of the statistics rows
+    n = property(lambda self: self.stats[N])
+    succ = property(lambda self: self.stats[SUCC])
+    lat_n = property(lambda self: self.stats[LAT_N])
+    lat_sum = property(lambda self: self.stats[LAT_SUM])
+    cost_sum = property(lambda self: self.stats[COST_SUM])
+    acc_n = property(lambda self: self.stats[ACC_N])
+    acc_sum = property(lambda self: self.stats[ACC_SUM])
 
     # -- learning -------------------------------------------------------------------------------
     def update(self, model: str, success: bool, latency_s: float, cost: float = 0.0) -> None:
         """Learn one attempt's outcome (called right after the attempt)."""
         i = self.index[model]
+        s = self.stats
         if self.discount < 1.0:
-            for a in (self.n, self.succ, self.lat_n, self.lat_sum, self.cost_sum):
-                a *= self.discount
-        self.n[i] += 1.0
+            s[ATTEMPT_ROWS] *= self.discount
+        s[N, i] += 1.0
         if success:
-            self.succ[i] += 1.0
-            self.lat_n[i] += 1.0
-            self.lat_sum[i] += latency_s
-            self.cost_sum[i] += cost
+            log_latency = math.log(max(latency_s, 1e-6))
+            s[SUCC, i] += 1.0
+            s[LAT_N, i] += 1.0
+            s[LAT_SUM, i] += latency_s
+            s[LOGLAT_SUM, i] += log_latency
+            s[LOGLAT_SQ, i] += log_latency * log_latency
+            s[COST_SUM, i] += cost
+        self.updates += 1
         self._changed()
 
     def feedback(self, model: str, accuracy: float) -> None:
         """Learn one answer's accuracy in [0, 1], whenever it arrives."""
         i = self.index[model]
         if self.discount < 1.0:
-            self.acc_n *= self.discount
-            self.acc_sum *= self.discount
-        self.acc_n[i] += 1.0
-        self.acc_sum[i] += accuracy
+            self.stats[FEEDBACK_ROWS] *= self.discount
+        self.stats[ACC_N, i] += 1.0
+        self.stats[ACC_SUM, i] += accuracy
+        self.updates += 1
         self._changed()
 
     def fit(
@@ -141,10 +164,9 @@ class Policy:
         feedback_models: Sequence[str] = (),
         accuracy: np.ndarray | None = None,
     ) -> None:
-        """Rebuild statistics from a time-ordered history, exactly as the same updates one by one would.
+        """Learn a time-ordered history exactly as the same updates one by one would, vectorised.
 
-        Vectorised: the weight of the k-th of n events is ``discount ** (n - 1 - k)``. Models no
-        longer in this policy are ignored.
+        The k-th of n events weighs ``discount ** (n - 1 - k)``. Models not in this policy are ignored.
         """
         k = len(self.models)
         idx, keep = self._indices(attempt_models)
@@ -152,19 +174,21 @@ class Policy:
         idx = idx[keep]
         ok = np.asarray(success, dtype=float)[keep]
         lat = np.asarray(latency_s, dtype=float)[keep]
-        cst = np.asarray(cost, dtype=float)[keep]
-        self.n = self.n * decay + np.bincount(idx, w, k)
-        self.succ = self.succ * decay + np.bincount(idx, w * ok, k)
-        self.lat_n = self.lat_n * decay + np.bincount(idx, w * ok, k)
-        self.lat_sum = self.lat_sum * decay + np.bincount(idx, w * ok * lat, k)
-        self.cost_sum = self.cost_sum * decay + np.bincount(idx, w * ok * cst, k)
+        loglat = np.log(np.maximum(lat, 1e-6))
+        wok = w * ok
+        rows = [w, wok, wok, wok * lat, wok * loglat, wok * loglat * loglat, wok * np.asarray(cost, dtype=float)[keep]]
+        self.stats[ATTEMPT_ROWS] = self.stats[ATTEMPT_ROWS] * decay + np.stack([np.bincount(idx, r, k) for r in rows])
+        n_events = len(idx)
         if accuracy is not None and len(feedback_models):
             fidx, fkeep = self._indices(feedback_models)
             fw, fdecay = self._weights(int(fkeep.sum()))
             fidx = fidx[fkeep]
             acc = np.asarray(accuracy, dtype=float)[fkeep]
-            self.acc_n = self.acc_n * fdecay + np.bincount(fidx, fw, k)
-            self.acc_sum = self.acc_sum * fdecay + np.bincount(fidx, fw * acc, k)
+            self.stats[FEEDBACK_ROWS] = self.stats[FEEDBACK_ROWS] * fdecay + np.stack(
+                [np.bincount(fidx, fw, k), np.bincount(fidx, fw * acc, k)]
+            )
+            n_events += len(fidx)
+        self.updates += n_events
         self._changed()
 
     def _indices(self, models: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -183,60 +207,74 @@ class Policy:
     # -- deciding -------------------------------------------------------------------------------
     def rank(self, eligible: Sequence[str] | None = None) -> Ranking:
         """Order the eligible models (default: all), best first, with P(primary chosen)."""
-        idx = self._eligible(eligible)
-        order, propensity = self._order(idx)
-        return Ranking(tuple(self.models[i] for i in order), propensity)
+        order, propensity = self._order(self._eligible(eligible))
+        if isinstance(order, np.ndarray):
+            order = order.tolist()
+        models = self.models
+        return Ranking(tuple([models[i] for i in order]), propensity)
 
     def _eligible(self, eligible: Sequence[str] | None) -> np.ndarray:
         if eligible is None:
-            return np.arange(len(self.models))
-        idx = np.array([self.index[m] for m in eligible], dtype=np.int64)
-        if len(idx) == 0:
+            return self._all
+        if not eligible:
             raise ValueError("no eligible model to rank")
-        return idx
+        return np.array([self.index[m] for m in eligible], dtype=np.int64)
 
-    def _order(self, idx: np.ndarray) -> tuple[np.ndarray, float]:
+    def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
         raise NotImplementedError
 
-    # -- reading --------------------------------------------------------------------------------
-    def means(self) -> dict[str, np.ndarray]:
-        """Posterior-mean style point estimates per model (success, accuracy, latency, cost)."""
-        p_success = (self.succ + 1.0) / (self.n + 2.0)
-        accuracy = (self.acc_sum + 1.0) / (self.acc_n + 2.0)
-        latency = np.divide(self.lat_sum, self.lat_n, out=np.zeros_like(self.lat_sum), where=self.lat_n > 0)
-        cost = np.divide(self.cost_sum, self.lat_n, out=np.zeros_like(self.cost_sum), where=self.lat_n > 0)
-        return {"success": p_success, "accuracy": accuracy, "latency_s": latency, "cost": cost}
+    # -- point estimates --------------------------------------------------------------------------
+    def _accuracy(self) -> np.ndarray | float:
+        """Posterior-mean accuracy per model, or 1 when no feedback has ever arrived."""
+        if not self.stats[ACC_N].any():
+            return 1.0
+        return (self.stats[ACC_SUM] + 1.0) / (self.stats[ACC_N] + 2.0)
+
+    def means(self) -> dict[str, Any]:
+        """Point estimates per model: success (Laplace-smoothed), accuracy, mean latency and cost."""
+        s = self.stats
+        served = s[LAT_N] > 0
+        return {
+            "success": (s[SUCC] + 1.0) / (s[N] + 2.0),
+            "accuracy": self._accuracy(),
+            "latency_s": np.divide(s[LAT_SUM], s[LAT_N], out=np.zeros(len(self.models)), where=served),
+            "cost": np.divide(s[COST_SUM], s[LAT_N], out=np.zeros(len(self.models)), where=served),
+        }
+
+    def scores(self) -> np.ndarray:
+        """The objective at the point estimates, per model."""
+        m = self.means()
+        return self.objective.score(m["success"], m["accuracy"], m["latency_s"], m["cost"])
 
     def preferences(self) -> list[dict[str, Any]]:
         """One row per model, best first by the objective's point estimate: what the policy believes."""
         m = self.means()
-        score = self.objective.score(m["success"], m["accuracy"], m["latency_s"], m["cost"])
-        rows = []
-        for i in np.argsort(-score, kind="stable"):
-            rows.append(
-                {
-                    "model": self.models[i],
-                    "score": float(score[i]),
-                    "success": float(m["success"][i]),
-                    "accuracy": float(m["accuracy"][i]),
-                    "latency_s": float(m["latency_s"][i]),
-                    "cost": float(m["cost"][i]),
-                    "n": float(self.n[i]),
-                    "feedback_n": float(self.acc_n[i]),
-                }
-            )
-        return rows
+        score = self.scores()
+        accuracy = np.broadcast_to(m["accuracy"], score.shape)
+        return [
+            {
+                "model": self.models[i],
+                "score": float(score[i]),
+                "success": float(m["success"][i]),
+                "accuracy": float(accuracy[i]),
+                "latency_s": float(m["latency_s"][i]),
+                "cost": float(m["cost"][i]),
+                "n": float(self.stats[N, i]),
+                "feedback_n": float(self.stats[ACC_N, i]),
+            }
+            for i in np.argsort(-score, kind="stable")
+        ]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(models={list(self.models)}, discount={self.discount})"
 
 
 class StaticPolicy(Policy):
-    """The fixed table: always the configured order (propensity 1); learns statistics but ignores them."""
+    """The fixed table: always the configured order (propensity 1); keeps statistics for reading only."""
 
     name = "static"
 
-    def _order(self, idx: np.ndarray) -> tuple[np.ndarray, float]:
+    def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
         return np.sort(idx), 1.0
 
 
@@ -245,20 +283,127 @@ class RandomPolicy(Policy):
 
     name = "random"
 
-    def _order(self, idx: np.ndarray) -> tuple[np.ndarray, float]:
+    def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
         return self.rng.permutation(idx), 1.0 / len(idx)
+
+
+class _IndexPolicy(Policy):
+    """Deterministic ranking by an index per model (propensity 1); models never tried come first."""
+
+    def _index(self, idx: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
+        untried = self.stats[N, idx] <= 0
+        index = np.where(untried, np.inf, self._index(idx)) if untried.any() else self._index(idx)
+        return idx[np.argsort(-index, kind="stable")], 1.0
+
+    def _empirical(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Empirical mean of success x accuracy, the latency/cost penalty, and counts, for the index."""
+        s = self.stats[:, idx]
+        n = np.maximum(s[N], 1e-12)
+        acc = self._accuracy()
+        acc = acc[idx] if isinstance(acc, np.ndarray) else acc
+        served = s[LAT_N] > 0
+        latency = np.divide(s[LAT_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
+        cost = np.divide(s[COST_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
+        penalty = self.objective.w_latency * latency + self.objective.w_cost * cost
+        return np.clip(s[SUCC] / n * acc, 0.0, 1.0), penalty
+
+
+class EpsilonGreedyPolicy(Policy):
+    """With probability epsilon a uniformly random order, else the order of the point estimates."""
+
+    name = "epsilon_greedy"
+    options = ("epsilon",)
+
+    def __init__(self, models: Sequence[str], *, epsilon: float = 0.1, **common: Any) -> None:
+        super().__init__(models, **common)
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        self.epsilon = float(epsilon)
+
+    def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
+        greedy = idx[np.argsort(-self.scores()[idx], kind="stable")]
+        explore = self.rng.random() < self.epsilon
+        order = self.rng.permutation(idx) if explore else greedy
+        share = self.epsilon / len(idx)
+        return order, share + (1.0 - self.epsilon) * (order[0] == greedy[0])
+
+
+class UCB1Policy(_IndexPolicy):
+    """UCB1: empirical score plus ``c * sqrt(2 ln N / n)``."""
+
+    name = "ucb1"
+    options = ("c",)
+
+    def __init__(self, models: Sequence[str], *, c: float = 1.0, **common: Any) -> None:
+        super().__init__(models, **common)
+        if c < 0:
+            raise ValueError(f"c must be >= 0, got {c}")
+        self.c = float(c)
+
+    def _index(self, idx: np.ndarray) -> np.ndarray:
+        mean, penalty = self._empirical(idx)
+        n = np.maximum(self.stats[N, idx], 1e-12)
+        total = max(float(self.stats[N].sum()), 1.0)
+        return mean - penalty + self.c * np.sqrt(2.0 * math.log(max(total, 1.0 + 1e-9)) / n)
+
+
+def _kl_bernoulli(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    q = np.clip(q, 1e-12, 1 - 1e-12)
+    return p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
+
+
+class KLUCBPolicy(_IndexPolicy):
+    """KL-UCB (Garivier & Cappe 2011): the largest q with ``n * KL(mean, q) <= log N + c log log N``.
+
+    The Bernoulli KL applies to success x accuracy in [0, 1]; latency and cost are then subtracted.
+    The bound is found by vectorised bisection.
+    """
+
+    name = "kl_ucb"
+    options = ("c",)
+
+    def __init__(self, models: Sequence[str], *, c: float = 0.0, **common: Any) -> None:
+        super().__init__(models, **common)
+        if c < 0:
+            raise ValueError(f"c must be >= 0, got {c}")
+        self.c = float(c)
+
+    def _index(self, idx: np.ndarray) -> np.ndarray:
+        mean, penalty = self._empirical(idx)
+        n = np.maximum(self.stats[N, idx], 1e-12)
+        total = max(float(self.stats[N].sum()), math.e)
+        budget = (math.log(total) + self.c * math.log(max(math.log(total), 1.0))) / n
+        lo, hi = mean.copy(), np.ones_like(mean)
+        for _ in range(16):  # precision 2**-16
+            mid = 0.5 * (lo + hi)
+            inside = _kl_bernoulli(mean, mid) <= budget
+            lo = np.where(inside, mid, lo)
+            hi = np.where(inside, hi, mid)
+        return lo - penalty
 
 
 class ThompsonPolicy(Policy):
     """Thompson sampling: rank by one joint posterior draw of each model's score.
 
-    Success and accuracy have Beta posteriors (prior ``Beta(prior_alpha, prior_beta)``); latency and
-    cost enter through their running means. The primary's propensity, P(model is the argmax of a
-    draw), is estimated from ``samples`` vectorised draws and cached until the statistics change.
+    Posteriors: success and accuracy are Beta(``prior_alpha`` + successes, ``prior_beta`` +
+    failures), fractional accuracy counted as pseudo-counts; log-latency of successful attempts is
+    Normal-Inverse-Gamma (the latency entering the score is the draw's median, ``exp(mu)``); prices
+    are known, so cost is its running mean. Skipped parts: accuracy when no feedback has arrived,
+    latency when the objective ignores it.
+
+    Draws come in vectorised batches of ``samples`` joint draws. A decision picks one draw of the
+    current batch uniformly at random and ranks by it, so the primary's propensity is exactly the
+    share of the batch's draws whose best model it is. The batch is redrawn when statistics have
+    changed, at most every ``max(1, min(max_lag, 1% of updates so far))`` updates: early on after
+    every update, later in amortised batches, which keeps a decision cycle to microseconds.
     """
 
     name = "thompson"
-    options = ("prior_alpha", "prior_beta", "samples")
+    options = ("prior_alpha", "prior_beta", "samples", "max_lag")
 
     def __init__(
         self,
@@ -266,50 +411,99 @@ class ThompsonPolicy(Policy):
         *,
         prior_alpha: float = 1.0,
         prior_beta: float = 1.0,
-        samples: int = 1000,
+        samples: int = 256,
+        max_lag: int = 32,
         **common: Any,
     ) -> None:
         super().__init__(models, **common)
         if prior_alpha <= 0 or prior_beta <= 0:
             raise ValueError("prior_alpha and prior_beta must be > 0")
-        if samples < 10:
-            raise ValueError("samples must be >= 10")
+        if samples < 16:
+            raise ValueError(f"samples must be >= 16, got {samples}")
+        if max_lag < 1:
+            raise ValueError(f"max_lag must be >= 1, got {max_lag}")
         self.prior_alpha = float(prior_alpha)
         self.prior_beta = float(prior_beta)
         self.samples = int(samples)
-        self._propensity_cache: dict[bytes, np.ndarray] = {}
+        self.max_lag = int(max_lag)
+        self._batch: np.ndarray | None = None
+        self._stale = 0
+        self._orders: dict[bytes, tuple[list[list[int]], np.ndarray]] = {}
 
     def _changed(self) -> None:
-        self._propensity_cache.clear()
+        self._stale += 1
 
-    def _draw(self, idx: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    def draw(self, size: int) -> np.ndarray:
+        """``size`` joint posterior draws of every model's score, shape (size, models)."""
+        s = self.stats
+        k = len(self.models)
         a, b = self.prior_alpha, self.prior_beta
-        s = self.rng.beta(a + self.succ[idx], b + self.n[idx] - self.succ[idx], size=size)
-        acc = self.rng.beta(a + self.acc_sum[idx], b + self.acc_n[idx] - self.acc_sum[idx], size=size)
-        latency = np.divide(self.lat_sum[idx], self.lat_n[idx], out=np.zeros(len(idx)), where=self.lat_n[idx] > 0)
-        cost = np.divide(self.cost_sum[idx], self.lat_n[idx], out=np.zeros(len(idx)), where=self.lat_n[idx] > 0)
-        return self.objective.score(s, acc, latency, cost)
+        shapes = [a + s[SUCC], b + np.maximum(s[N] - s[SUCC], 0.0)]
+        rated = s[ACC_N].any()
+        if rated:
+            shapes += [a + s[ACC_SUM], b + np.maximum(s[ACC_N] - s[ACC_SUM], 0.0)]
+        g = self.rng.standard_gamma(np.concatenate(shapes), size=(size, len(shapes) * k))
+        p_success = g[:, :k] / (g[:, :k] + g[:, k : 2 * k])
+        accuracy = g[:, 2 * k : 3 * k] / (g[:, 2 * k : 3 * k] + g[:, 3 * k :]) if rated else 1.0
+        latency = self._latency_draws(size) if self.objective.uses_latency else 0.0
+        served = s[LAT_N] > 0
+        cost = np.divide(s[COST_SUM], s[LAT_N], out=np.zeros(k), where=served)
+        return self.objective.score(p_success, accuracy, latency, cost)
 
-    def win_probabilities(self, idx: np.ndarray) -> np.ndarray:
-        """P(each eligible model has the best score), from one batch of posterior draws."""
+    def _latency_draws(self, size: int) -> np.ndarray:
+        """Median latency exp(mu) with (mu, sigma^2) from each model's Normal-Inverse-Gamma posterior."""
+        s = self.stats
+        mu0, kappa0, alpha0, beta0 = math.log(0.5), 1.0, 1.0, 0.5  # weak prior around 0.5 s
+        n = s[LAT_N]
+        mean = np.divide(s[LOGLAT_SUM], n, out=np.zeros_like(n), where=n > 0)
+        sq_dev = np.maximum(s[LOGLAT_SQ] - n * mean * mean, 0.0)
+        kappa = kappa0 + n
+        mu = (kappa0 * mu0 + s[LOGLAT_SUM]) / kappa
+        alpha = alpha0 + n / 2.0
+        beta = beta0 + 0.5 * sq_dev + kappa0 * n * (mean - mu0) ** 2 / (2.0 * kappa)
+        sigma2 = beta / self.rng.standard_gamma(alpha, size=(size, len(n)))
+        return np.exp(np.minimum(mu + np.sqrt(sigma2 / kappa) * self.rng.standard_normal((size, len(n))), 7.0))
+
+    def _current_batch(self) -> np.ndarray:
+        lag = max(1, min(self.max_lag, self.updates // 100))
+        if self._batch is None or self._stale >= lag:
+            self._batch = self.draw(self.samples)
+            self._stale = 0
+            self._orders.clear()
+        return self._batch
+
+    def win_probabilities(self, eligible: Sequence[str] | None = None) -> np.ndarray:
+        """P(each model is the primary) under the current batch of draws, indexed like ``models``."""
+        return self._ordering(self._eligible(eligible))[1]
+
+    def _ordering(self, idx: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
+        """Per draw of the batch, the eligible models best first; and each model's share of wins
+        (indexed by model, zero for models not eligible)."""
+        batch = self._current_batch()
         key = idx.tobytes()
-        probs = self._propensity_cache.get(key)
-        if probs is None:
-            draws = self._draw(idx, (self.samples, len(idx)))
-            wins = np.bincount(np.argmax(draws, axis=1), minlength=len(idx))
-            # add-half smoothing keeps every propensity strictly positive
-            probs = (wins + 0.5) / (self.samples + 0.5 * len(idx))
-            self._propensity_cache[key] = probs
-        return probs
+        cached = self._orders.get(key)
+        if cached is None:
+            pos = np.argsort(-batch[:, idx], axis=1, kind="stable")
+            wins = np.zeros(len(self.models))
+            wins[idx] = np.bincount(pos[:, 0], minlength=len(idx)) / self.samples
+            cached = self._orders[key] = (idx[pos].tolist(), wins)
+        return cached
 
-    def _order(self, idx: np.ndarray) -> tuple[np.ndarray, float]:
-        draw = self._draw(idx, (len(idx),))
-        pos = np.argsort(-draw, kind="stable")
-        return idx[pos], float(self.win_probabilities(idx)[pos[0]])
+    def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
+        orders, wins = self._ordering(idx)
+        order = orders[int(self.rng.random() * self.samples)]
+        return order, float(wins[order[0]])
 
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (StaticPolicy, RandomPolicy, ThompsonPolicy)}
-COMMON_OPTIONS = ("seed", "discount")
+POLICIES: dict[str, type[Policy]] = {
+    p.name: p for p in (StaticPolicy, RandomPolicy, EpsilonGreedyPolicy, UCB1Policy, KLUCBPolicy, ThompsonPolicy)
+}
+
+#: the expected type of every policy option, for config validation
+OPTION_TYPES: dict[str, type] = {
+    "seed": int, "discount": float, "epsilon": float, "c": float,
+    "prior_alpha": float, "prior_beta": float, "samples": int, "max_lag": int,
+}
 
 
 def make_policy(name: str, models: Sequence[str], objective: Objective | None = None, **options: Any) -> Policy:
@@ -318,7 +512,7 @@ def make_policy(name: str, models: Sequence[str], objective: Objective | None = 
         cls = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; choose from {sorted(POLICIES)}") from None
-    allowed = set(COMMON_OPTIONS) | set(cls.options)
+    allowed = {"seed", "discount", *cls.options}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for policy {name!r}; allowed: {sorted(allowed)}")
