@@ -479,7 +479,7 @@ def plot_latency(distribution: pd.DataFrame, *, title: str = "Latency of success
     from :func:`latency_distribution`; with phases, "before" is filled and "after" drawn dashed."""
     models = sorted(distribution["model"].unique())
     phases = [p for p in ("all", "before", "after") if p in set(distribution["phase"])]
-    fig, axes = _figure(max(1, len(models)), ncols=1, panel=(8.0, 1.5))
+    fig, axes = _figure(max(1, len(models)), ncols=1, panel=(8.0, 1.7))
     colors = _colors(models)
     for ax, model in zip(axes, models):
         medians = []
@@ -498,9 +498,9 @@ def plot_latency(distribution: pd.DataFrame, *, title: str = "Latency of success
             medians.append(f"{median * 1000:.0f} ms" + ("" if phase == "all" else f" {phase}"))
         ax.set_xscale("log")
         ax.set_ylabel("share", fontsize="small")
-        ax.text(0.99, 0.9, f"{model}: median about {', '.join(medians)}", transform=ax.transAxes, ha="right", va="top")
+        ax.set_title(f"{model}: median about {', '.join(medians)}", loc="left", fontsize="small")
         if len(phases) > 1:
-            ax.legend(fontsize="x-small", loc="upper left")
+            ax.legend(fontsize="x-small", loc="upper right")
     for ax in axes[1:]:
         ax.sharex(axes[0])
     for ax in axes[:-1]:
@@ -531,7 +531,8 @@ def plot_failure_rates(
         left.scatter(_mid(d), d["failure_rate"], s=8 + size * d["attempts"], color=colors[model], zorder=3)
     _mark(left, mark, mark_label)
     left.set(title="Failed attempts per model (marker area ~ attempts)", xlabel=xlabel, ylabel="share of attempts failed", ylim=(-0.03, 1.03))
-    left.legend(handles=[Line2D([], [], color=c, marker="o", label=m) for m, c in colors.items()], fontsize="small", loc="upper left")
+    handles = [Line2D([], [], color=c, marker="o", label=m) for m, c in colors.items()]
+    left.legend(handles=handles + left.get_legend_handles_labels()[0], fontsize="small", loc="upper left")
     task_colors = _colors(rates["task_type"])
     for task, d in rates.groupby("task_type"):
         right.plot(_mid(d), d["fallback_rate"], marker="o", markersize=3, color=task_colors[task])
@@ -540,7 +541,7 @@ def plot_failure_rates(
     right.set(title="Calls that needed a fallback, or failed", xlabel=xlabel, ylabel="share of calls", ylim=(-0.03, 1.03))
     handles = [Line2D([], [], color=c, label=t) for t, c in task_colors.items()]
     handles += [Line2D([], [], color="0.4", marker="o", markersize=3, label="fallback"), Line2D([], [], color="0.4", linestyle="--", label="failed")]
-    right.legend(handles=handles, fontsize="small", loc="upper left", ncols=2)
+    right.legend(handles=handles + right.get_legend_handles_labels()[0], fontsize="small", loc="upper left", ncols=2)
     fig.suptitle("Failures and fallbacks over time")
     return fig
 

@@ -10,12 +10,18 @@ automatically when a store is opened.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import itertools
+import json
 import logging
+import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -40,7 +46,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .exceptions import StoreError
 
-__all__ = ["Store", "metadata", "calls", "attempts", "feedback", "upgrade"]
+__all__ = ["Store", "Journal", "metadata", "calls", "attempts", "feedback", "upgrade", "default_journal_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +158,84 @@ def _engine(url: str) -> Engine:
     return create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True)
 
 
+class Journal:
+    """A local append-only file of rows the database could not take yet, replayed when it returns.
+
+    Each store claims one journal file (an exclusive ``flock`` held while it is open), so several
+    processes on one host never share a file; on open, a store also replays the files that no live
+    process holds, which a crashed or cut-off process left behind.
+    """
+
+    def __init__(self, directory: Path, key: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.key = key
+        self.rows = 0  # rows in our file not yet in the database
+        for slot in itertools.count():
+            path = directory / f"{key}-{slot}.jsonl"
+            fh = open(path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                continue
+            self.path, self._fh = path, fh
+            break
+        self.rows = sum(1 for _ in self._lines(self.path))
+
+    @staticmethod
+    def _lines(path: Path) -> Iterator[str]:
+        with open(path, encoding="utf-8") as fh:
+            yield from (line for line in fh if line.endswith("\n"))  # a torn last line was never acknowledged
+
+    def append(self, batch: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Write rows durably (flushed and fsynced) before the caller forgets them."""
+        self._fh.write("".join(json.dumps([t, r], separators=(",", ":")) + "\n" for t, r in batch))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.rows += len(batch)
+
+    def orphans(self) -> list[Path]:
+        """Journal files of this store that no open store holds."""
+        found = []
+        for path in sorted(self.directory.glob(f"{self.key}-*.jsonl")):
+            if path == self.path:
+                continue
+            with open(path, "a+", encoding="utf-8") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue
+                fcntl.flock(fh, fcntl.LOCK_UN)
+            found.append(path)
+        return found
+
+    def read(self, path: Path | None = None) -> list[tuple[str, dict[str, Any]]]:
+        return [tuple(json.loads(line)) for line in self._lines(path or self.path)]  # type: ignore[misc]
+
+    def clear(self) -> None:
+        """Forget our rows once the database has them."""
+        self._fh.truncate(0)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.rows = 0
+
+    def close(self) -> None:
+        """Release the file; an empty journal is removed."""
+        empty = self.rows == 0
+        self._fh.close()
+        if empty:
+            self.path.unlink(missing_ok=True)
+
+
+def default_journal_dir() -> Path:
+    """Where journals live unless the config says otherwise: $XDG_STATE_HOME/zeta_adaptive."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "zeta_adaptive"
+
+
 class _Flush:
-    """A marker in the queue: its event is set once every row queued before it is written."""
+    """A marker in the queue: its event is set once every row queued before it is durable."""
 
     __slots__ = ("event",)
 
@@ -162,25 +244,50 @@ class _Flush:
 
 
 _STOP = object()
+Row = tuple[str, Mapping[str, Any]]
 
 
 class Store:
-    """One interface to the log: queue rows without waiting, flush, close, and read back."""
+    """One interface to the log: queue rows without waiting, flush, close, and read back.
 
-    def __init__(self, url: str, *, batch_size: int = 5000, migrate: bool = True) -> None:
+    If the database fails (stopped server, locked file, full disk), the writer appends each batch
+    to the local :class:`Journal` and goes on; it probes the database with back-off and, once it
+    answers, replays the journal before anything newer. Rows are idempotent (primary keys with
+    ``ON CONFLICT DO NOTHING``), so replaying a batch that did reach the database writes nothing
+    twice. Only if the journal cannot be written either are rows held in memory, up to
+    ``buffer_rows``; beyond that they are counted in ``dropped`` and logged as errors.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_size: int = 5000,
+        migrate: bool = True,
+        journal_dir: str | Path | None = None,
+        buffer_rows: int = 1_000_000,
+    ) -> None:
         self.url = url
         self.batch_size = batch_size
+        self.buffer_rows = buffer_rows
         try:
             self.engine = _engine(url)
             if migrate:
                 upgrade(self.engine)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open store {self.safe_url}: {type(exc).__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from None
+            raise StoreError(f"cannot open store {self.safe_url}: {type(exc).__name__}: {getattr(exc, 'orig', exc)}") from None
         self._insert = {name: _insert(self.engine, table) for name, table in TABLES.items()}
+        key = "journal-" + hashlib.sha1(self.safe_url.encode()).hexdigest()[:16]
+        self.journal = Journal(Path(journal_dir) if journal_dir else default_journal_dir(), key)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.written = {name: 0 for name in TABLES}  # rows handed to the database, per table
-        self.errors = 0  # failed batch writes (each was retried)
+        self.written = {name: 0 for name in TABLES}  # rows inserted (or found present), per table
+        self.errors = 0  # failed database writes
+        self.dropped = 0  # rows lost because neither the database nor the journal took them
+        self._backlog: list[Row] = []  # rows neither the database nor the journal took yet
+        self._next_probe = 0.0
+        self._delay = 0.05
         self._closed = False
+        self._recover()
         self._writer = threading.Thread(target=self._run, name="zeta-store-writer", daemon=True)
         self._writer.start()
 
@@ -192,6 +299,11 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.safe_url!r})"
 
+    @property
+    def pending(self) -> int:
+        """Rows held in the journal or in memory, waiting for the database."""
+        return self.journal.rows + len(self._backlog)
+
     # -- writing (never blocks the caller) --------------------------------------------------------
     def put(self, table: str, row: Mapping[str, Any]) -> None:
         """Queue one row for ``table``; the background writer inserts it."""
@@ -199,19 +311,23 @@ class Store:
             raise StoreError("the store is closed")
         self._queue.put((table, row))
 
-    def put_many(self, items: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+    def put_many(self, items: Iterable[Row]) -> None:
         """Queue several rows, in order."""
         for item in items:
             self.put(*item)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every row queued so far is written; False if ``timeout`` ran out first."""
+        """Wait until every row queued so far is in the database or the journal; False on timeout."""
         marker = _Flush()
         self._queue.put(marker)
         return marker.event.wait(timeout)
 
     def close(self, timeout: float = 60.0) -> None:
-        """Write what is queued, stop the writer and release connections (idempotent)."""
+        """Write what is queued, stop the writer and release connections (idempotent).
+
+        Rows the database cannot take stay in the journal and are written by the next store
+        opened on the same URL.
+        """
         if self._closed:
             return
         self._closed = True
@@ -219,6 +335,11 @@ class Store:
         self._writer.join(timeout)
         if self._writer.is_alive():
             raise StoreError(f"could not write the queued log records to {self.safe_url} within {timeout} s")
+        if self.journal.rows:
+            self._replay()
+        if self.journal.rows or self._backlog:
+            log.warning("%d log rows wait in %s for %s", self.pending, self.journal.path, self.safe_url)
+        self.journal.close()
         self.engine.dispose()
 
     def _run(self) -> None:
@@ -230,7 +351,7 @@ class Store:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            rows: dict[str, list[Mapping[str, Any]]] = {name: [] for name in TABLES}
+            rows: list[Row] = []
             markers = []
             for item in items:
                 if item is _STOP:
@@ -238,30 +359,71 @@ class Store:
                 elif isinstance(item, _Flush):
                     markers.append(item)
                 else:
-                    rows[item[0]].append(item[1])
-            self._write(rows)
+                    rows.append(item)
+            self._deliver(rows)
             for marker in markers:
                 marker.event.set()
 
-    def _write(self, rows: dict[str, list[Mapping[str, Any]]]) -> None:
-        """Insert a batch in one transaction, retrying with back-off until it succeeds."""
-        if not any(rows.values()):
+    def _deliver(self, rows: list[Row]) -> None:
+        """Put a batch in the database if it is healthy, else in the journal (or, failing that, memory)."""
+        if self._backlog:
+            rows, self._backlog = self._backlog + rows, []
+        if not rows:
             return
-        delay = 0.05
-        while True:
-            try:
-                with self.engine.begin() as conn:
-                    for name in ("calls", "attempts", "feedback"):  # parents first
-                        if rows[name]:
-                            conn.execute(self._insert[name], rows[name])
-                break
-            except SQLAlchemyError as exc:
-                self.errors += 1
-                log.warning("log write failed (%s); retrying in %.2f s", type(exc).__name__, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        for name, batch in rows.items():
+        if (not self.journal.rows or self._replay()) and self._insert_rows(rows):
+            return
+        try:
+            self.journal.append(rows)
+        except OSError as exc:
+            log.error("journal %s is not writable (%s): holding %d rows in memory", self.journal.path, exc, len(rows))
+            self._backlog = rows
+            if len(self._backlog) > self.buffer_rows:
+                lost = len(self._backlog) - self.buffer_rows
+                self._backlog = self._backlog[lost:]
+                self.dropped += lost
+                log.error("log buffer full: %d rows dropped", lost)
+
+    def _insert_rows(self, rows: Sequence[Row]) -> bool:
+        """Insert rows in one transaction per chunk; False (and back-off armed) if the database failed."""
+        by_table: dict[str, list[Mapping[str, Any]]] = {name: [] for name in TABLES}
+        for table, row in rows:
+            by_table[table].append(row)
+        try:
+            with self.engine.begin() as conn:
+                for name in ("calls", "attempts", "feedback"):  # parents first
+                    if by_table[name]:
+                        conn.execute(self._insert[name], by_table[name])
+        except SQLAlchemyError as exc:
+            self.errors += 1
+            self._next_probe = time.monotonic() + self._delay
+            log.warning("log write to %s failed (%s); journaling, next try in %.2f s", self.safe_url, type(exc).__name__, self._delay)
+            self._delay = min(self._delay * 2, 2.0)
+            return False
+        self._delay = 0.05
+        for name, batch in by_table.items():
             self.written[name] += len(batch)
+        return True
+
+    def _replay(self) -> bool:
+        """Move our journal into the database if it is time to try; True when the journal is empty."""
+        if time.monotonic() < self._next_probe:
+            return False
+        rows = self.journal.read()
+        for start in range(0, len(rows), self.batch_size):
+            if not self._insert_rows(rows[start : start + self.batch_size]):
+                return False
+        self.journal.clear()
+        return True
+
+    def _recover(self) -> None:
+        """At open: write what earlier runs left in journals (ours and orphans) to the database."""
+        for path in self.journal.orphans():
+            rows = self.journal.read(path)
+            if rows:
+                self.journal.append(rows)  # adopt them: one place to replay from
+            path.unlink(missing_ok=True)
+        if self.journal.rows:
+            self._replay()
 
     # -- reading --------------------------------------------------------------------------------
     def find_call(self, call_id: str) -> dict[str, Any] | None:
