@@ -4,9 +4,13 @@ and the rule that CI (ZETA_REQUIRE_POSTGRES=1) fails when the PostgreSQL tests d
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 from sqlalchemy import create_engine, text
+
+# journals of stores opened without a journal_dir go to a throwaway folder, not the user's home
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="zeta-test-state-")
 
 PG_URL = os.environ.get("ZETA_TEST_POSTGRES_URL")
 REQUIRE_PG = os.environ.get("ZETA_REQUIRE_POSTGRES") == "1"

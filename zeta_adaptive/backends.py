@@ -37,6 +37,7 @@ class Outcome(StrEnum):
     SERVER_ERROR = "server_error"
     CLIENT_ERROR = "client_error"
     MALFORMED = "malformed"
+    CANCELLED = "cancelled"  # a hedged attempt that lost the race
 
 
 #: statuses meaning the request itself is bad: the router returns the error instead of falling back.

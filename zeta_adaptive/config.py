@@ -21,7 +21,7 @@ from sqlalchemy.exc import ArgumentError
 from .exceptions import ConfigError
 from .policies import OPTION_TYPES, POLICIES, Objective, make_policy
 
-__all__ = ["ModelConfig", "RouteConfig", "Config", "load_config", "DEFAULT_STORE"]
+__all__ = ["ModelConfig", "RouteConfig", "BreakerConfig", "Config", "load_config", "DEFAULT_STORE"]
 
 DEFAULT_STORE = "sqlite:///zeta.db"
 KINDS = ("chat", "embedding")
@@ -58,12 +58,27 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RouteConfig:
-    """A task type's candidate models (in the static table's order) and its policy."""
+    """A task type's candidate models (in the static table's order), its policy and hedging."""
 
     task_type: str
     models: tuple[str, ...]
     policy: str = "thompson"
     options: Mapping[str, Any] = field(default_factory=dict)
+    hedge_quantile: float | None = None  # async calls: ask the next model too past this latency quantile
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """Cooldowns: when a model is skipped after failures, and for how long (see :mod:`.health`)."""
+
+    consecutive_failures: int = 3
+    failure_rate: float = 0.5
+    window: int = 20
+    min_calls: int = 10
+    cooldown_s: float = 5.0
+    max_cooldown_s: float = 60.0
+    when_all_cooling: str = "wait"  # wait for the first model to reopen (within the deadline), or "try" at once
+    latency_window: int = 200  # successful latencies kept per model for hedging quantiles
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,8 @@ class Config:
     objective: Objective = field(default_factory=Objective)
     log_prompts: bool = False
     seed: int | None = None
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    journal_dir: str | None = None  # where log rows wait while the database is down
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
@@ -107,12 +124,17 @@ class Config:
         }
         if self.seed is not None:
             out["seed"] = self.seed
+        if self.journal_dir is not None:
+            out["journal_dir"] = self.journal_dir
+        out["breaker"] = {f.name: getattr(self.breaker, f.name) for f in fields(self.breaker)}
         for name, m in self.models.items():
             out["models"][name] = {
                 f.name: getattr(m, f.name) for f in fields(m) if f.name != "name" and getattr(m, f.name) is not None
             }
         for task, r in self.routes.items():
             out["routes"][task] = {"models": list(r.models), "policy": r.policy, **r.options}
+            if r.hedge_quantile is not None:
+                out["routes"][task]["hedge_quantile"] = r.hedge_quantile
         return out
 
 
@@ -128,7 +150,7 @@ def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
 # -- validation ---------------------------------------------------------------------------------
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
-_TOP_KEYS = {"models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed"}
+_TOP_KEYS = {"models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir"}
 
 
 def _number(where: str, value: Any, *, positive: bool = False, minimum: float | None = None) -> float:
@@ -174,9 +196,11 @@ def _base_url(where: str, value: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(where, f"bad URL {url!r}: expected http(s)://host[:port]/path")
     try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        port = parts.port
     except ValueError:
-        raise ConfigError(where, f"bad URL {url!r}: invalid port") from None
+        port = 0
+    if port == 0:
+        raise ConfigError(where, f"bad URL {url!r}: invalid port")
     return url.rstrip("/")
 
 
@@ -210,14 +234,14 @@ def _model(name: str, data: Any) -> ModelConfig:
         name=name,
         base_url=_base_url(f"{where}.base_url", data["base_url"]),
         kind=kind,
-        model=_string(f"{where}.model", data["model"]) if data.get("model") else "",
+        model=_string(f"{where}.model", data["model"]) if "model" in data else "",
         api_key_env=api_key_env,
         timeout_s=_number(f"{where}.timeout_s", data.get("timeout_s", 10.0), positive=True),
         price_in_per_1k=_number(f"{where}.price_in_per_1k", data.get("price_in_per_1k", 0.0), minimum=0.0),
         price_out_per_1k=_number(f"{where}.price_out_per_1k", data.get("price_out_per_1k", 0.0), minimum=0.0),
         max_in_flight=_integer(f"{where}.max_in_flight", data.get("max_in_flight", 64), 1),
         dim=dim,
-        space=_string(f"{where}.space", data["space"]) if data.get("space") else "",
+        space=_string(f"{where}.space", data["space"]) if "space" in data else "",
     )
 
 
@@ -228,6 +252,8 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
     if not isinstance(names, list) or not names:
         raise ConfigError(f"{where}.models", "must be a non-empty list of model names")
     for name in names:
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}.models", f"model names must be strings, got {name!r}")
         if name not in models:
             raise ConfigError(f"{where}.models", f"unknown model {name!r}; defined models are {sorted(models)}")
     if len(set(names)) != len(names):
@@ -244,9 +270,14 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
                 f"got {sorted(spaces, key=str)}",
             )
     policy = data.get("policy", "thompson")
-    if policy not in POLICIES:
+    if not isinstance(policy, str) or policy not in POLICIES:
         raise ConfigError(f"{where}.policy", f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
-    options = {k: v for k, v in data.items() if k not in ("models", "policy")}
+    hedge = data.get("hedge_quantile")
+    if hedge is not None:
+        hedge = _number(f"{where}.hedge_quantile", hedge)
+        if not 0.0 < hedge < 1.0:
+            raise ConfigError(f"{where}.hedge_quantile", f"must be in (0, 1), got {hedge!r}")
+    options = {k: v for k, v in data.items() if k not in ("models", "policy", "hedge_quantile")}
     for key, value in options.items():
         expected = OPTION_TYPES.get(key)
         if expected is int:
@@ -257,7 +288,33 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
         make_policy(policy, names, objective, **options)
     except (ValueError, TypeError) as exc:
         raise ConfigError(where, str(exc)) from None
-    return RouteConfig(task_type=task, models=tuple(names), policy=policy, options=dict(options))
+    return RouteConfig(task_type=task, models=tuple(names), policy=policy, options=dict(options), hedge_quantile=hedge)
+
+
+def _breaker(data: Any) -> BreakerConfig:
+    data = _table("breaker", data)
+    _check_keys("breaker", data, {f.name for f in fields(BreakerConfig)})
+    d = BreakerConfig()
+    when = data.get("when_all_cooling", d.when_all_cooling)
+    if when not in ("wait", "try"):
+        raise ConfigError("breaker.when_all_cooling", f"must be 'wait' or 'try', got {when!r}")
+    rate = _number("breaker.failure_rate", data.get("failure_rate", d.failure_rate), positive=True)
+    if rate > 1:
+        raise ConfigError("breaker.failure_rate", f"must be in (0, 1], got {rate!r}")
+    cooldown = _number("breaker.cooldown_s", data.get("cooldown_s", d.cooldown_s), minimum=0.0)
+    cap = _number("breaker.max_cooldown_s", data.get("max_cooldown_s", d.max_cooldown_s), minimum=0.0)
+    if cap < cooldown:
+        raise ConfigError("breaker.max_cooldown_s", f"must be >= cooldown_s ({cooldown}), got {cap!r}")
+    return BreakerConfig(
+        consecutive_failures=_integer("breaker.consecutive_failures", data.get("consecutive_failures", d.consecutive_failures), 1),
+        failure_rate=rate,
+        window=_integer("breaker.window", data.get("window", d.window), 1),
+        min_calls=_integer("breaker.min_calls", data.get("min_calls", d.min_calls), 1),
+        cooldown_s=cooldown,
+        max_cooldown_s=cap,
+        when_all_cooling=when,
+        latency_window=_integer("breaker.latency_window", data.get("latency_window", d.latency_window), 1),
+    )
 
 
 def _objective(data: Any) -> Objective:
@@ -291,6 +348,9 @@ def _parse(data: Mapping[str, Any]) -> Config:
     seed = data.get("seed")
     if seed is not None:
         seed = _integer("seed", seed, 0)
+    journal_dir = data.get("journal_dir")
+    if journal_dir is not None:
+        journal_dir = _string("journal_dir", journal_dir)
     return Config(
         models=models,
         routes=routes,
@@ -299,4 +359,6 @@ def _parse(data: Mapping[str, Any]) -> Config:
         objective=objective,
         log_prompts=log_prompts,
         seed=seed,
+        breaker=_breaker(data.get("breaker", {})),
+        journal_dir=journal_dir,
     )

@@ -71,6 +71,7 @@ def render_report(
     the regret section, ``mark`` a dashed line at that call index on the plots over time."""
     if log.calls.empty:
         raise ZetaError("the log has no calls to report on")
+    regret = za.cumulative_regret(log, truth) if truth is not None else None  # first: a bad truth fails fast
     n = len(log.calls)
     bins = za.suggest_bins(n)
     over_time = {"mark": mark, "mark_label": mark_label}
@@ -109,8 +110,7 @@ def render_report(
             _table(windows),
         ),
     ]
-    if truth is not None:
-        regret = za.cumulative_regret(log, truth)
+    if regret is not None:
         final = regret.groupby("task_type", as_index=False).agg(
             calls=("call_id", "size"), cumulative_regret=("cumulative_regret", "last"), mean_regret=("regret", "mean")
         )

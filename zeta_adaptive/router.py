@@ -9,12 +9,13 @@ writer and returns the answer. Sync and async calls share one :class:`_Call` sta
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -22,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, HttpxBackend, Messages, Reply
+from .backends import Backend, HttpxBackend, Messages, Outcome, Reply
 from .config import Config, ModelConfig, RouteConfig, load_config
 from .exceptions import AllModelsFailed, ConfigError, RequestRejected, UnknownTaskType
 from .feedback import FeedbackBook
+from .health import Health
 from .policies import Policy, Ranking, make_policy
 from .store import Store
 
@@ -101,67 +103,123 @@ class EmbedResult(_Result):
     vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """The next attempt of a call: which model, its timeout, and how long to wait before it."""
+
+    model: ModelConfig
+    timeout_s: float
+    wait_s: float = 0.0
+
+
 class _Call:
-    """The state of one routed call: which model is next, how much time is left, what happened."""
+    """The state of one routed call: which model is next, how much time is left, what happened.
+
+    The candidates a call may try now (breaker closed or half-open, not saturated) are ranked by
+    the policy; models that are cooling down or saturated follow, so they are tried last rather
+    than never. When every candidate is cooling down the call first waits for the earliest one to
+    reopen, within its deadline (``breaker.when_all_cooling = "wait"``), or tries at once ("try").
+    A 429 with ``Retry-After`` is retried once on the same model after waiting what the backend
+    asked, if the deadline allows; otherwise the call falls back.
+    """
 
     def __init__(self, router: Router, task_type: str, route: RouteConfig, deadline_s: float, prompt: str | None) -> None:
         self.router = router
+        self.route = route
         self.task_type = task_type
         self.call_id = uuid.uuid4().hex
         self.ts = time.time()
         self.start = time.perf_counter()
         self.deadline = self.start + deadline_s
         self.policy = router.policies[task_type]
+        usable, self.skipped = router.health.split(route.models)
         with router.locks[task_type]:
-            self.ranking: Ranking = self.policy.rank()
+            self.ranking: Ranking = self.policy.rank(usable or None)
+        self.queue = list(self.ranking.order) + [m for m in route.models if m in self.skipped and usable]
+        self._wait_first = not usable and router.config.breaker.when_all_cooling == "wait"
+        self._retry: tuple[str, float] | None = None
+        self._retried: set[str] = set()
         self.attempts: list[Attempt] = []
-        self.starts: list[float] = []
+        self.starts: list[float] = []  # unix start time of each attempt, in start order
+        self.tokens: list[int] = []  # for each attempt (in completion order), its index in starts
         self.answer: Reply | None = None
+        self.answer_model: str | None = None
         self.rejected = False
         self.prompt = prompt
-        self._pos = 0
 
-    def next(self) -> tuple[ModelConfig, float] | None:
-        """The next model to try and its timeout, or None when done or out of time."""
-        if self.answer is not None or self.rejected or self._pos >= len(self.ranking.order):
+    def remaining(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def next(self) -> _Step | None:
+        """The next attempt, or None when the call is answered, rejected, out of models or of time."""
+        if self.answer is not None or self.rejected:
             return None
-        remaining = self.deadline - time.perf_counter()
-        if remaining <= 0:
+        remaining = self.remaining()
+        wait = 0.0
+        if self._retry is not None:
+            name, wait = self._retry
+            self._retry = None
+        elif not self.queue:
             return None
-        model = self.router.config.models[self.ranking.order[self._pos]]
-        self._pos += 1
+        else:
+            name = self.queue.pop(0)
+            if self._wait_first:
+                self._wait_first = False
+                wait = self.router.health.reopens_in([name, *self.queue])
+                wait = wait if wait < remaining else 0.0  # nothing reopens in time: try anyway
+        timeout = min(self.router.config.models[name].timeout_s, remaining - wait)
+        if timeout <= 0:
+            return None
+        return _Step(self.router.config.models[name], timeout, wait)
+
+    def hedge_delay(self, step: _Step) -> float | None:
+        """When to ask the next model too: the primary's learned latency quantile, if hedging is on."""
+        q = self.route.hedge_quantile
+        if q is None or not self.queue:
+            return None
+        delay = self.router.health.latency_quantile(step.model.name, q)
+        return delay if delay is not None and delay < step.timeout_s else None
+
+    def begin(self, model: ModelConfig) -> int:
+        """Note an attempt starting; returns its token for :meth:`record`."""
+        self.router.health.acquire(model.name)
         self.starts.append(time.time())
-        return model, min(model.timeout_s, remaining)
+        return len(self.starts) - 1
 
-    def record(self, model: ModelConfig, reply: Reply) -> None:
-        """Keep one attempt's reply and teach the policy at once."""
+    def record(self, model: ModelConfig, reply: Reply, token: int) -> None:
+        """Keep one attempt's reply, teach the policy and the breaker at once."""
         cost = model.cost(reply.tokens_in, reply.tokens_out)
-        self.attempts.append(
-            Attempt(model.name, str(reply.outcome), reply.latency_s, reply.status, reply.tokens_in, reply.tokens_out, cost, reply.error)
-        )
-        with self.router.locks[self.task_type]:
-            self.policy.update(model.name, reply.ok, reply.latency_s, cost)
-        if reply.ok:
-            self.answer = reply
+        attempt = Attempt(model.name, str(reply.outcome), reply.latency_s, reply.status, reply.tokens_in, reply.tokens_out, cost, reply.error)
+        self.attempts.append(attempt)
+        self.tokens.append(token)
+        self.router.health.release(model.name, reply)
+        if reply.outcome is not Outcome.CANCELLED:
+            with self.router.locks[self.task_type]:
+                self.policy.update(model.name, reply.ok, reply.latency_s, cost)
+        if reply.ok and self.answer is None:
+            self.answer, self.answer_model = reply, model.name
         elif reply.rejects_request:
             self.rejected = True
+        elif reply.outcome is Outcome.RATE_LIMITED and reply.retry_after_s is not None and model.name not in self._retried:
+            if reply.retry_after_s + 0.05 < self.remaining():
+                self._retried.add(model.name)
+                self._retry = (model.name, reply.retry_after_s)
 
     def finish(self) -> tuple[Reply, dict[str, Any]]:
         """Log the call; return the answering reply and the common result fields, or raise."""
         latency = time.perf_counter() - self.start
         answer = self.answer
-        model = self.attempts[-1].model if answer is not None else None
         outcome = "ok" if answer is not None else ("rejected" if self.rejected else "failed")
-        self.router._log(self, model, outcome, latency)
-        if self.rejected:
+        self.router._log(self, self.answer_model, outcome, latency)
+        if answer is None and self.rejected:
             raise RequestRejected(self.call_id, self.attempts)
         if answer is None:
-            reason = "deadline exceeded" if time.perf_counter() >= self.deadline else ""
+            reason = "deadline exceeded" if self.remaining() <= 0 else ""
             raise AllModelsFailed(self.call_id, self.task_type, self.attempts, reason)
         common = {
             "call_id": self.call_id,
             "task_type": self.task_type,
-            "model": model,
+            "model": self.answer_model,
             "attempts": self.attempts,
             "ranking": self.ranking.order,
             "propensity": self.ranking.propensity,
@@ -187,7 +245,7 @@ class Router:
     ) -> None:
         self.config = load_config(config)
         self.backend: Backend = backend if backend is not None else HttpxBackend(self.config.models)
-        self.store = store if store is not None else Store(self.config.store)
+        self.store = store if store is not None else Store(self.config.store, journal_dir=self.config.journal_dir)
         self.classifier = classifier
         seed = self.config.seed
         self.policies: dict[str, Policy] = {}
@@ -197,6 +255,7 @@ class Router:
                 options["seed"] = seed + i
             self.policies[task] = make_policy(route.policy, route.models, self.config.objective, **options)
         self.locks = {task: threading.Lock() for task in self.policies}
+        self.health = Health(self.config.models, self.config.breaker)
         self.book = FeedbackBook(self.store)
         self._closed = False
         if warm_start:
@@ -234,40 +293,52 @@ class Router:
         answered in time and :class:`RequestRejected` when a backend refused the request itself.
         """
         call = self._begin(task_type, "chat", deadline_s, messages, messages)
-        while (step := call.next()) is not None:
-            model, timeout = step
-            call.record(model, self.backend.chat(model, messages, params, timeout))
-        answer, common = call.finish()
+        answer, common = self._run(call, lambda m, t: self.backend.chat(m, messages, params, t))
         return ChatResult(**common, text=answer.text or "")
 
     async def achat(self, task_type: str | None, messages: Messages, *, deadline_s: float | None = None, **params: Any) -> ChatResult:
-        """Async twin of :meth:`chat`."""
+        """Async twin of :meth:`chat`; on routes with ``hedge_quantile`` it also hedges slow primaries."""
         call = self._begin(task_type, "chat", deadline_s, messages, messages)
-        while (step := call.next()) is not None:
-            model, timeout = step
-            call.record(model, await self.backend.achat(model, messages, params, timeout))
-        answer, common = call.finish()
+        answer, common = await self._arun(call, lambda m, t: self.backend.achat(m, messages, params, t))
         return ChatResult(**common, text=answer.text or "")
 
     def embed(self, texts: Sequence[str], *, task_type: str = "embedding", deadline_s: float | None = None) -> EmbedResult:
         """Route an embedding call; fallbacks are only models of the same embedding space."""
         texts = _texts(texts)
         call = self._begin(task_type, "embedding", deadline_s, None, texts)
-        while (step := call.next()) is not None:
-            model, timeout = step
-            call.record(model, self.backend.embed(model, texts, timeout))
-        answer, common = call.finish()
+        answer, common = self._run(call, lambda m, t: self.backend.embed(m, texts, t))
         return EmbedResult(**common, vectors=answer.vectors)
 
     async def aembed(self, texts: Sequence[str], *, task_type: str = "embedding", deadline_s: float | None = None) -> EmbedResult:
         """Async twin of :meth:`embed`."""
         texts = _texts(texts)
         call = self._begin(task_type, "embedding", deadline_s, None, texts)
-        while (step := call.next()) is not None:
-            model, timeout = step
-            call.record(model, await self.backend.aembed(model, texts, timeout))
-        answer, common = call.finish()
+        answer, common = await self._arun(call, lambda m, t: self.backend.aembed(m, texts, t))
         return EmbedResult(**common, vectors=answer.vectors)
+
+    @staticmethod
+    def _run(call: _Call, send: Callable[[ModelConfig, float], Reply]) -> tuple[Reply, dict[str, Any]]:
+        """Try the call's models in order, synchronously."""
+        while (step := call.next()) is not None:
+            if step.wait_s:
+                time.sleep(step.wait_s)
+            token = call.begin(step.model)
+            call.record(step.model, send(step.model, step.timeout_s), token)
+        return call.finish()
+
+    @staticmethod
+    async def _arun(call: _Call, send: Callable[[ModelConfig, float], Awaitable[Reply]]) -> tuple[Reply, dict[str, Any]]:
+        """Try the call's models in order, asynchronously, hedging where the route asks for it."""
+        while (step := call.next()) is not None:
+            if step.wait_s:
+                await asyncio.sleep(step.wait_s)
+            delay = call.hedge_delay(step)
+            if delay is None:
+                token = call.begin(step.model)
+                call.record(step.model, await send(step.model, step.timeout_s), token)
+            else:
+                await _hedge(call, send, step, delay)
+        return call.finish()
 
     # -- feedback and state ---------------------------------------------------------------------
     def feedback(self, call_id: str, accuracy: float) -> None:
@@ -291,7 +362,8 @@ class Router:
             if task not in self.policies:
                 raise UnknownTaskType(task, list(self.policies))
             with self.locks[task]:
-                out[task] = self.policies[task].preferences()
+                rows = self.policies[task].preferences()
+            out[task] = [{**row, **self.health.snapshot(row["model"])} for row in rows]
         return out
 
     def _log(self, call: _Call, model: str | None, outcome: str, latency: float) -> None:
@@ -318,10 +390,12 @@ class Router:
                     "n_attempts": len(call.attempts),
                     "prompt": call.prompt,
                     "answer": answer_text,
+                    "skipped": json.dumps(call.skipped) if call.skipped else None,
                 },
             )
         ]
-        for i, (a, ts) in enumerate(zip(call.attempts, call.starts, strict=True)):
+        for i, (a, token) in enumerate(zip(call.attempts, call.tokens, strict=True)):
+            ts = call.starts[token]
             rows.append(
                 (
                     "attempts",
@@ -380,6 +454,34 @@ class Router:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
+
+
+async def _hedge(call: _Call, send: Callable[[ModelConfig, float], Awaitable[Reply]], step: _Step, delay: float) -> None:
+    """Start the primary; if it has not answered after ``delay``, start the next model too.
+
+    The first success wins and the other attempt is cancelled and logged as ``cancelled``; if the
+    first to finish fails, the other keeps running, and the call goes on as usual afterwards.
+    """
+    running: dict[asyncio.Task[Reply], tuple[ModelConfig, int, float]] = {}
+
+    def launch(s: _Step) -> None:
+        token = call.begin(s.model)
+        running[asyncio.ensure_future(send(s.model, s.timeout_s))] = (s.model, token, time.perf_counter())
+
+    launch(step)
+    done, _ = await asyncio.wait(running, timeout=delay)
+    if not done and (second := call.next()) is not None:
+        launch(second)  # a second step never waits: retries and cooldown waits come only before a first attempt
+    while running:
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            model, token, _started = running.pop(task)
+            call.record(model, task.result(), token)
+        if call.answer is not None or call.rejected:
+            for task, (model, token, started) in running.items():
+                task.cancel()
+                call.record(model, Reply(Outcome.CANCELLED, time.perf_counter() - started), token)
+            running.clear()
 
 
 def _texts(texts: Sequence[str]) -> list[str]:

@@ -70,6 +70,7 @@ calls = Table(
     Column("n_attempts", Integer, nullable=False),
     Column("prompt", Text),  # only with log_prompts = true
     Column("answer", Text),  # only with log_prompts = true
+    Column("skipped", Text),  # JSON {model: "cooling_down" | "saturated"} passed over at decision time
     Index("ix_calls_task_ts", "task_type", "ts"),
 )
 

@@ -1,0 +1,174 @@
+"""Store outages: routing goes on, rows wait in the journal, and every row lands exactly once."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from zeta_adaptive import Router, Store
+from zeta_adaptive.simulate import Fleet, ModelSpec
+from zeta_adaptive.store import metadata
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def _call_row(i: int) -> dict:
+    return {
+        "call_id": f"c{i}", "ts": float(i), "task_type": "simple", "policy": "static", "propensity": 1.0,
+        "ranking": '["m"]', "model": "m", "outcome": "ok", "latency_s": 0.01, "tokens_in": 1, "tokens_out": 1,
+        "cost": 0.0, "n_attempts": 1, "prompt": None, "answer": None, "skipped": None,
+    }
+
+
+def test_rows_wait_in_the_journal_while_the_table_is_gone(sqlite_url, tmp_path):
+    store = Store(sqlite_url, journal_dir=tmp_path / "j")
+    engine = create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE calls RENAME TO calls_away"))  # every insert now fails
+    for i in range(50):
+        store.put("calls", _call_row(i))
+    assert store.flush(10)
+    assert store.journal.rows == 50 and store.errors >= 1
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE calls_away RENAME TO calls"))
+    time.sleep(2.1)  # past the longest back-off
+    for i in range(50, 60):
+        store.put("calls", _call_row(i))
+    assert store.flush(10)
+    assert store.journal.rows == 0
+    assert store.count("calls") == 60
+    store.close()
+    engine.dispose()
+    assert not list((tmp_path / "j").glob("*.jsonl"))  # an empty journal is removed
+
+
+def test_a_journal_left_by_a_dead_process_is_replayed_at_next_open(sqlite_url, tmp_path):
+    journal_dir = tmp_path / "j"
+    Store(sqlite_url, journal_dir=journal_dir).close()
+    engine = create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE calls"))
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_outage import _call_row
+        from zeta_adaptive.store import Store
+        store = Store({sqlite_url!r}, journal_dir={str(journal_dir)!r})
+        for i in range(30):
+            store.put("calls", _call_row(i))
+        assert store.flush(10) and store.journal.rows == 30
+        os._exit(0)  # dies without closing
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert len(list(journal_dir.glob("*.jsonl"))) == 1
+    metadata.tables["calls"].create(engine)
+    store = Store(sqlite_url, journal_dir=journal_dir)
+    assert store.count("calls") == 30
+    store.put("calls", _call_row(0))  # already there: written once
+    store.close()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM calls")).scalar_one() == 30
+    engine.dispose()
+
+
+# -- a private PostgreSQL server that the test may stop and start ------------------------------------
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivatePostgres:
+    """initdb + pg_ctl in a temporary folder on a free loopback port, run as the postgres user if we are root."""
+
+    def __init__(self, bindir: Path, root: Path) -> None:
+        self.bindir = bindir
+        self.data = root / "data"
+        self.port = _free_port()
+        self.as_root = os.geteuid() == 0
+        root.mkdir(parents=True, exist_ok=True)
+        if self.as_root:
+            shutil.chown(root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        cmd = [str(self.bindir / tool), *args]
+        if self.as_root:
+            cmd = ["su", "postgres", "-c", " ".join(f"'{c}'" for c in cmd)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.data / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
+@pytest.fixture
+def private_pg(tmp_path_factory):
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("no PostgreSQL binaries on this machine")
+    root = Path("/tmp") / f"zeta-pg-{os.getpid()}-{time.monotonic_ns()}"
+    pg = PrivatePostgres(bindir, root)
+    pg.start()
+    try:
+        yield pg
+    finally:
+        try:
+            pg.stop()
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_postgres_stopped_and_restarted_mid_run_loses_nothing(private_pg, tmp_path):
+    specs = [ModelSpec("a", latency_s=0.001, error_rate=0.2), ModelSpec("b", latency_s=0.001)]
+    with Fleet(specs, seed=4) as fleet:
+        cfg = fleet.fleet_config({"simple": ["a", "b"]}, store=private_pg.url, seed=1)
+        cfg["journal_dir"] = str(tmp_path / "journal")
+        cfg["breaker"] = {"consecutive_failures": 1000, "min_calls": 1000}
+        calls = attempts = 0
+        with Router(cfg) as router:
+            for phase in range(3):
+                if phase == 1:
+                    private_pg.stop()
+                if phase == 2:
+                    private_pg.start()
+                    time.sleep(0.5)
+                for _ in range(150):
+                    result = router.chat("simple", MSG)  # routing goes on whatever the database does
+                    calls += 1
+                    attempts += len(result.attempts)
+                    router.feedback(result.call_id, 0.9)
+                if phase == 1:
+                    assert router.flush(30)
+                    assert router.store.journal.rows > 0  # the outage was real and rows went to the journal
+    engine = create_engine(private_pg.url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*), count(DISTINCT call_id) FROM calls")).one() == (calls, calls)
+        assert conn.execute(text("SELECT count(*) FROM attempts")).scalar_one() == attempts
+        assert conn.execute(text("SELECT count(*) FROM feedback")).scalar_one() == calls
+    engine.dispose()

@@ -1,0 +1,157 @@
+"""Model health: per-model circuit breakers (cooldowns), in-flight limits and learned latency quantiles.
+
+A breaker opens after ``consecutive_failures`` failures in a row, or when the failure rate over
+the last ``window`` attempts reaches ``failure_rate`` with at least ``min_calls`` of them. While
+open the model is skipped; when the cooldown ends it is half-open and lets exactly one probe
+through; the probe's success closes it, its failure reopens it with twice the previous cooldown
+(capped at ``max_cooldown_s``). An HTTP 429's ``Retry-After`` sets the cooldown to what the backend
+asked. Request-shaped errors (the caller's fault) and cancelled hedges do not count.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backends import Outcome, Reply
+from .config import BreakerConfig, ModelConfig
+
+__all__ = ["Breaker", "Health", "CLOSED", "OPEN", "HALF_OPEN"]
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+_NEUTRAL = frozenset({Outcome.CLIENT_ERROR, Outcome.CANCELLED})
+
+
+@dataclass
+class Breaker:
+    """The circuit breaker of one model (not thread-safe on its own: :class:`Health` locks)."""
+
+    config: BreakerConfig
+    state: str = CLOSED
+    open_until: float = 0.0
+    cooldown_s: float = 0.0
+    consecutive: int = 0
+    probing: bool = False
+    opened: int = 0  # how many times it opened
+
+    def __post_init__(self) -> None:
+        self.recent: deque[bool] = deque(maxlen=self.config.window)
+
+    def available(self, now: float) -> bool:
+        """Whether a call may try this model now (a half-open breaker only while no probe is out)."""
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN and now >= self.open_until:
+            self.state = HALF_OPEN
+        return self.state == HALF_OPEN and not self.probing
+
+    def record(self, ok: bool, now: float, retry_after_s: float | None = None) -> None:
+        """Learn one attempt's outcome and move between states."""
+        self.recent.append(ok)
+        self.probing = False
+        if ok:
+            self.consecutive = 0
+            if self.state != CLOSED:
+                self.state, self.cooldown_s = CLOSED, 0.0
+                self.recent.clear()
+            return
+        self.consecutive += 1
+        c = self.config
+        failures = self.recent.count(False)
+        tripped = (
+            self.consecutive >= c.consecutive_failures
+            or (len(self.recent) >= c.min_calls and failures / len(self.recent) >= c.failure_rate)
+            or retry_after_s is not None
+        )
+        if self.state == CLOSED and not tripped:
+            return
+        if retry_after_s is not None:
+            cooldown = min(max(retry_after_s, 0.0), c.max_cooldown_s)
+        elif self.state == CLOSED:
+            cooldown = c.cooldown_s
+        else:  # a failure while cooling down, or a failed probe, extends the cooldown
+            cooldown = min(max(self.cooldown_s, c.cooldown_s) * 2.0, c.max_cooldown_s)
+        if self.state == CLOSED:
+            self.opened += 1
+        self.state, self.cooldown_s, self.open_until = OPEN, cooldown, now + cooldown
+
+
+class Health:
+    """Breakers, in-flight counts and latency windows of every model, behind one lock."""
+
+    def __init__(self, models: Mapping[str, ModelConfig], config: BreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.models = dict(models)
+        self.config = config
+        self.clock = clock
+        self.breakers = {name: Breaker(config) for name in models}
+        self.in_flight = dict.fromkeys(models, 0)
+        self.latencies: dict[str, deque[float]] = {name: deque(maxlen=config.latency_window) for name in models}
+        self._lock = threading.Lock()
+
+    def split(self, candidates: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        """The candidates a call may try now, and the others with why: ``cooling_down`` or ``saturated``."""
+        now = self.clock()
+        usable: list[str] = []
+        skipped: dict[str, str] = {}
+        with self._lock:
+            for name in candidates:
+                if not self.breakers[name].available(now):
+                    skipped[name] = "cooling_down"
+                elif self.in_flight[name] >= self.models[name].max_in_flight:
+                    skipped[name] = "saturated"
+                else:
+                    usable.append(name)
+        return usable, skipped
+
+    def reopens_in(self, names: Sequence[str]) -> float:
+        """Seconds until the first of these models may be tried again (0 if one may now)."""
+        now = self.clock()
+        with self._lock:
+            waits = [0.0 if self.breakers[n].available(now) else max(self.breakers[n].open_until - now, 0.0) for n in names]
+        return min(waits, default=0.0)
+
+    def acquire(self, name: str) -> None:
+        """Note an attempt starting (claims the probe of a half-open breaker)."""
+        with self._lock:
+            self.in_flight[name] += 1
+            breaker = self.breakers[name]
+            if breaker.state == HALF_OPEN:
+                breaker.probing = True
+
+    def release(self, name: str, reply: Reply) -> None:
+        """Note an attempt ending and learn its outcome."""
+        with self._lock:
+            self.in_flight[name] -= 1
+            if reply.outcome in _NEUTRAL:
+                self.breakers[name].probing = False
+                return
+            retry_after = reply.retry_after_s if reply.outcome is Outcome.RATE_LIMITED else None
+            self.breakers[name].record(reply.ok, self.clock(), retry_after)
+            if reply.ok:
+                self.latencies[name].append(reply.latency_s)
+
+    def latency_quantile(self, name: str, q: float) -> float | None:
+        """The q-quantile of recent successful latencies, or None with fewer than ``min_calls`` of them."""
+        with self._lock:
+            window = list(self.latencies[name])
+        if len(window) < self.config.min_calls:
+            return None
+        return float(np.quantile(window, q))
+
+    def snapshot(self, name: str) -> dict[str, Any]:
+        """The model's breaker state and load, for preferences() and logs."""
+        now = self.clock()
+        with self._lock:
+            b = self.breakers[name]
+            b.available(now)  # let an expired cooldown show as half-open
+            return {
+                "breaker": b.state,
+                "cooldown_left_s": max(b.open_until - now, 0.0) if b.state == OPEN else 0.0,
+                "in_flight": self.in_flight[name],
+            }
