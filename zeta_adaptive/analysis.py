@@ -51,6 +51,7 @@ __all__ = [
     "learned_order",
     "truth_from_specs",
     "demo_truth",
+    "true_rewards",
     "cumulative_regret",
     "plot_traffic_share",
     "plot_latency",
@@ -319,14 +320,21 @@ def rank_positions(calls: pd.DataFrame) -> pd.DataFrame:
 
 
 def ordering_over_time(log: Log, bins: int = 20, by: By = "call") -> pd.DataFrame:
-    """Per task type, window and model: ``primary_share`` (how often the policy put it first) and
-    ``mean_position`` in the ranking (0 = always primary): the order the policy learned, as it moved."""
+    """Per task type, window and model: ``primary_share`` (share of the task's calls that put it first),
+    ``ranked_share`` (share whose ranking held it at all: the router leaves out a model that is
+    cooling down) and ``mean_position`` (0 = primary; a model left out counts as placed after every
+    ranked one): the order the policy learned, as it moved."""
     w = with_windows(log.calls, bins, by)
-    r = rank_positions(w).merge(w[["call_id", "task_type", *_WINDOW]], on="call_id")
-    r = r.assign(primary=r["position"] == 0)
+    r = rank_positions(w)
+    models = r.merge(w[["call_id", "task_type"]], on="call_id")[["task_type", "model"]].drop_duplicates()
+    grid = w[["call_id", "task_type", *_WINDOW]].merge(models, on="task_type")  # each call x each model of its task
+    grid = grid.merge(r, on=["call_id", "model"], how="left")
+    grid["ranked"] = grid["position"].notna()
+    grid["position"] = grid["position"].fillna(grid["call_id"].map(r.groupby("call_id").size()))
+    grid["primary"] = grid["position"] == 0
     return (
-        r.groupby(["task_type", *_WINDOW, "model"])
-        .agg(primary_share=("primary", "mean"), mean_position=("position", "mean"))
+        grid.groupby(["task_type", *_WINDOW, "model"])
+        .agg(primary_share=("primary", "mean"), ranked_share=("ranked", "mean"), mean_position=("position", "mean"))
         .reset_index()
     )
 
@@ -385,43 +393,49 @@ def _truth_frame(truth: Mapping[tuple[str, str], float] | pd.DataFrame) -> pd.Da
     )
 
 
-def cumulative_regret(log: Log, truth: Mapping[tuple[str, str], float] | pd.DataFrame) -> pd.DataFrame:
-    """Per call, the expected reward lost by the policy's primary choice against an oracle that knew the
-    true rewards, accumulated per task type.
+def true_rewards(log: Log, truth: Mapping[tuple[str, str], float] | pd.DataFrame) -> pd.DataFrame:
+    """Per call and model of its task type: the true mean reward of that model at the call's index
+    (``call_id``, ``call_index``, ``task_type``, ``model``, ``reward``; NaN before the pair's first
+    truth row): what any choice would have earned in expectation, to value policies exactly.
 
     ``truth`` maps ``(task_type, model)`` to the true mean reward, or is a frame with columns
     ``task_type``, ``model``, ``reward`` and optionally ``from_call`` (each row holds from that call
     index until the same pair's next row: a piecewise-constant truth such as :func:`demo_truth`).
+    """
+    table = _truth_frame(truth).astype({"task_type": "str", "model": "str", "reward": float, "from_call": np.int64})
+    w = with_windows(log.calls, 1)[["call_id", "call_index", "task_type"]].astype({"task_type": "str", "call_index": np.int64})
+    grid = w.merge(table[["task_type", "model"]].drop_duplicates(), on="task_type").sort_values("call_index", kind="stable")
+    grid = pd.merge_asof(
+        grid, table.sort_values("from_call", kind="stable"), left_on="call_index", right_on="from_call", by=["task_type", "model"]
+    )
+    return grid[["call_id", "call_index", "task_type", "model", "reward"]].sort_values(["call_index", "model"]).reset_index(drop=True)
+
+
+def cumulative_regret(log: Log, truth: Mapping[tuple[str, str], float] | pd.DataFrame) -> pd.DataFrame:
+    """Per call, the expected reward lost by the policy's primary choice against an oracle that knew the
+    true rewards (see :func:`true_rewards` for ``truth``), accumulated per task type.
+
     Returns ``call_id``, ``call_index``, ``task_type``, ``task_call`` (the call's number within its
     task type), ``primary``, ``reward``, ``best``, ``regret`` and ``cumulative_regret``. A primary or
     task type without a true reward at the call's index raises ValueError rather than count as zero.
     """
-    table = _truth_frame(truth).astype({"task_type": "str", "model": "str", "reward": float, "from_call": np.int64})
-    table = table.sort_values("from_call", kind="stable")
-    # the truth in force at each change point of a task type, for every model it names
-    points = table[["task_type", "from_call"]].drop_duplicates()
-    grid = points.merge(table[["task_type", "model"]].drop_duplicates(), on="task_type").sort_values("from_call", kind="stable")
-    grid = pd.merge_asof(grid, table, on="from_call", by=["task_type", "model"])
-    best = grid.groupby(["task_type", "from_call"], as_index=False)["reward"].max().rename(columns={"reward": "best"})
-    best = best.astype({"task_type": "str"}).sort_values("from_call", kind="stable")
+    rewards = true_rewards(log, truth)
     w = with_windows(log.calls, 1)
     r = rank_positions(w)
-    primary = r.loc[r["position"] == 0, ["call_id", "model"]].rename(columns={"model": "primary"})
-    c = w[["call_id", "call_index", "task_type"]].merge(primary, on="call_id").sort_values("call_index", kind="stable")
-    c = c.astype({"call_index": np.int64, "task_type": "str", "primary": "str"})
-    got = pd.merge_asof(
-        c, table.rename(columns={"model": "primary"}), left_on="call_index", right_on="from_call", by=["task_type", "primary"]
+    c = w[["call_id", "call_index", "task_type"]].merge(
+        r.loc[r["position"] == 0, ["call_id", "model"]].rename(columns={"model": "primary"}), on="call_id", how="left"
     )
-    got = pd.merge_asof(got.drop(columns="from_call"), best, left_on="call_index", right_on="from_call", by="task_type")
-    missing = got[got["reward"].isna() | got["best"].isna()]
+    c = c.merge(rewards[["call_id", "model", "reward"]].rename(columns={"model": "primary"}), on=["call_id", "primary"], how="left")
+    c["best"] = c["call_id"].map(rewards.groupby("call_id")["reward"].max())
+    missing = c[c["reward"].isna() | c["best"].isna()]
     if not missing.empty:
-        pairs = sorted(set(zip(missing["task_type"], missing["primary"])))
+        pairs = sorted(set(zip(missing["task_type"], missing["primary"].fillna("?"))))
         raise ValueError(f"no true reward for (task_type, primary) {pairs[:5]}{' ...' if len(pairs) > 5 else ''}")
-    got["regret"] = got["best"] - got["reward"]
-    got["task_call"] = got.groupby("task_type").cumcount()
-    got["cumulative_regret"] = got.groupby("task_type")["regret"].cumsum()
+    c["regret"] = c["best"] - c["reward"]
+    c["task_call"] = c.groupby("task_type").cumcount()
+    c["cumulative_regret"] = c.groupby("task_type")["regret"].cumsum()
     cols = ["call_id", "call_index", "task_type", "task_call", "primary", "reward", "best", "regret", "cumulative_regret"]
-    return got[cols].reset_index(drop=True)
+    return c[cols].reset_index(drop=True)
 
 
 # -- plots ------------------------------------------------------------------------------------------

@@ -285,8 +285,10 @@ class FakeBackend:
     """Answers from a per-model script, without network: a list of Replies or outcome strings
     consumed in order (the last one repeats), or a function ``(model, request) -> Reply``.
 
-    A scripted latency above the attempt's timeout turns into a timeout at that bound, as a real
-    backend would behave. ``calls`` records ``(model name, request)`` for each attempt.
+    For scripted lists the fake spends the reply's latency (sleeping, or awaiting in async calls),
+    and a latency above the attempt's timeout becomes a timeout at that bound, as a real backend
+    would behave. A function is the behaviour itself: it spends whatever time it likes, and only a
+    latency above the timeout is turned into a timeout. ``calls`` records ``(model, request)``.
     """
 
     def __init__(self, script: Mapping[str, Script], latency_s: float = 0.001) -> None:
@@ -295,9 +297,11 @@ class FakeBackend:
         self.calls: list[tuple[str, Any]] = []
         self._pos: dict[str, int] = {}
 
-    def _next(self, model: ModelConfig, request: Any, timeout_s: float) -> Reply:
+    def _next(self, model: ModelConfig, request: Any, timeout_s: float) -> tuple[Reply, float]:
+        """The scripted reply and the time it takes."""
         self.calls.append((model.name, request))
         entry = self.script.get(model.name, ["ok"])
+        spends = not callable(entry)
         if callable(entry):
             reply = entry(model, request)
         else:
@@ -306,8 +310,8 @@ class FakeBackend:
             item = entry[min(i, len(entry) - 1)]
             reply = item if isinstance(item, Reply) else self._reply(Outcome(item), request)
         if reply.latency_s > timeout_s:
-            return Reply(Outcome.TIMEOUT, timeout_s, error="ReadTimeout")
-        return reply
+            return Reply(Outcome.TIMEOUT, timeout_s, error="ReadTimeout"), timeout_s if spends else 0.0
+        return reply, reply.latency_s if spends else 0.0
 
     def _reply(self, outcome: Outcome, request: Any) -> Reply:
         status = {
@@ -322,17 +326,27 @@ class FakeBackend:
                 reply = replace(reply, text="fake answer", tokens_in=10, tokens_out=5)
         return reply
 
+    def _sync(self, model: ModelConfig, request: Any, timeout_s: float) -> Reply:
+        reply, spent = self._next(model, request, timeout_s)
+        time.sleep(spent)
+        return reply
+
+    async def _async(self, model: ModelConfig, request: Any, timeout_s: float) -> Reply:
+        reply, spent = self._next(model, request, timeout_s)
+        await asyncio.sleep(spent)
+        return reply
+
     def chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
-        return self._next(model, {"messages": list(messages), **params}, timeout_s)
+        return self._sync(model, {"messages": list(messages), **params}, timeout_s)
 
     async def achat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
-        return self.chat(model, messages, params, timeout_s)
+        return await self._async(model, {"messages": list(messages), **params}, timeout_s)
 
     def embed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
-        return self._next(model, list(texts), timeout_s)
+        return self._sync(model, list(texts), timeout_s)
 
     async def aembed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
-        return self.embed(model, texts, timeout_s)
+        return await self._async(model, list(texts), timeout_s)
 
     def close(self) -> None:
         """Nothing to release."""

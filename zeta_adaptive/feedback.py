@@ -1,16 +1,20 @@
 """Delayed feedback: check an accuracy and the call it rates before anything is written or learned.
 
-The router remembers recent answered calls in memory (bounded), so feedback for them needs no
-database read; feedback for an older call, or one made by another process, is checked against
-the log. Each call takes one accuracy; a second one is rejected, so nothing is counted twice.
+The router remembers recent answered calls in memory (bounded); feedback for an older call, or one
+made by another process, is found in the log. Each call takes one accuracy: a second one, from this
+process (even before it is written) or logged by another, is rejected, so nothing counts twice.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from .exceptions import FeedbackError
 from .store import Store
@@ -19,8 +23,8 @@ __all__ = ["validate_accuracy", "RatedCall", "FeedbackBook"]
 
 
 def validate_accuracy(accuracy: object) -> float:
-    """The accuracy as a float in [0, 1]; anything else (NaN, bool, out of range) raises FeedbackError."""
-    if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)):
+    """The accuracy as a float in [0, 1] (numpy scalars too); NaN, bools, strings or out of range raise FeedbackError."""
+    if isinstance(accuracy, (bool, np.bool_)) or not isinstance(accuracy, numbers.Real):
         raise FeedbackError(f"accuracy must be a number in [0, 1], got {accuracy!r}")
     value = float(accuracy)
     if math.isnan(value) or not 0.0 <= value <= 1.0:
@@ -65,10 +69,17 @@ class FeedbackBook:
             task_type, model, rated = entry
             if model is None:
                 raise FeedbackError(f"call {call_id} has no answer to rate: every model failed")
-            if rated:
+            if rated or self._rated_elsewhere(call_id):
                 raise FeedbackError(f"call {call_id} already has feedback")
             self._recent[call_id] = (task_type, model, True)
         return RatedCall(call_id, task_type, model), value
+
+    def _rated_elsewhere(self, call_id: str) -> bool:
+        """Whether another process already logged feedback for this call (unknown if the log is down)."""
+        try:
+            return self.store.has_feedback(call_id)
+        except SQLAlchemyError:
+            return False
 
     def _from_log(self, call_id: str) -> tuple[str, str | None, bool]:
         row = self.store.find_call(call_id)

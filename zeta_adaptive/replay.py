@@ -624,7 +624,8 @@ class _Resolved:
 
     name: str
     probs: ActionProbs | None  # None: the policy exposes no action probabilities while it learns
-    accepted: np.ndarray | None  # rows a learning policy was matched with, in time order
+    accepted: np.ndarray | None = None  # rows a learning policy was matched with, in time order
+    learning: Learning | None = None  # the learning target replayed, for the interval
 
 
 def _distribution(policy: Policy, ranking: Ranking) -> np.ndarray | None:
@@ -709,7 +710,7 @@ def _replay_learning(data: Logged, target: Learning, progress: bool) -> _Resolve
                 row_step[rows] = sum(len(t) for t in tables) + local.searchsorted(np.arange(len(rows)), side="left")
                 tables.append(table)
     probs = ActionProbs(np.concatenate(tables), row_step) if exposes else None
-    return _Resolved(target.name, probs, np.sort(np.concatenate(accepted)))
+    return _Resolved(target.name, probs, np.sort(np.concatenate(accepted)), target)
 
 
 def _resolve(data: Logged, target: Any, progress: bool = False) -> _Resolved:
@@ -717,13 +718,13 @@ def _resolve(data: Logged, target: Any, progress: bool = False) -> _Resolved:
     if isinstance(target, Learning):
         return _replay_learning(data, target, progress)
     if isinstance(target, ActionProbs):
-        return _Resolved("probabilities", target, None)
+        return _Resolved("probabilities", target)
     if isinstance(target, np.ndarray):
         if target.shape != (data.n, len(data.actions)):
             raise ReplayError(f"a probability matrix must have shape {(data.n, len(data.actions))}, got {target.shape}")
-        return _Resolved("probabilities", ActionProbs.per_round(target), None)
+        return _Resolved("probabilities", ActionProbs.per_round(target))
     if isinstance(target, _Fixed):
-        return _Resolved(target.name, target.probabilities(data), None)
+        return _Resolved(target.name, target.probabilities(data))
     raise ReplayError(f"cannot evaluate {target!r}: use a target of this module or parse_target('...')")
 
 
@@ -823,10 +824,39 @@ def _percentiles(stats: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _take(data: Logged, idx: np.ndarray) -> Logged:
-    """The log's rounds at ``idx`` (a bootstrap resample)."""
-    arrays = ("action", "reward", "propensity", "group", "cell", "success", "latency_s", "cost", "accuracy")
-    return replace(data, **{name: getattr(data, name)[idx] for name in arrays})
+def _take(data: Logged, idx: np.ndarray, outcomes: bool = True) -> Logged:
+    """The log's rounds at ``idx`` (a bootstrap resample). Without ``outcomes`` only what DM and DR
+    read is taken and the learning outcomes are left empty, so anything reading them fails loudly."""
+    names = ["action", "reward", "propensity", "group", "cell"]
+    rest = ["success", "latency_s", "cost", "accuracy"]
+    taken = {name: getattr(data, name)[idx] for name in names + (rest if outcomes else [])}
+    return replace(data, **taken, **({} if outcomes else {name: np.empty(0) for name in rest}))
+
+
+def _learning_bootstrap(data: Logged, target: Learning, estimators: Sequence[_Estimator], n_boot: int, seed: int, progress: bool) -> np.ndarray:
+    """Bootstrap of the whole procedure for a learning target: per resample of the log's rounds (time
+    order kept), a fresh replay with its own seed, and every estimator's value on it.
+
+    So the interval covers both the data and the policy's own randomness (which models it happened
+    to explore). Returns (estimators, n_boot) values; NaN where a resample could not be replayed.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
+    stats = np.full((len(estimators), n_boot), np.nan)
+    for b in tqdm(range(n_boot), desc=f"bootstrap {target.name}", unit="replay", disable=not progress, leave=False):
+        idx = np.sort(rng.integers(0, data.n, data.n))
+        sub = _take(data, idx)
+        child = int(np.random.SeedSequence([target.seed, b]).generate_state(1)[0])
+        try:
+            resolved = _replay_learning(sub, replace(target, seed=child), False)
+        except ReplayError:
+            continue
+        for i, est in enumerate(estimators):
+            if resolved.probs is not None or isinstance(est, Replay):
+                try:
+                    stats[i, b] = _ratio(*est._parts(sub, resolved)[:2])
+                except ReplayError:
+                    pass
+    return stats
 
 
 @dataclass(frozen=True)
@@ -836,14 +866,15 @@ class _Estimator:
     n_boot: int = 1000
     alpha: float = 0.05
     seed: int = 0
+    learning_boot: int = 200
 
     name: ClassVar[str] = ""
     #: whether each bootstrap resample refits the reward model (else the per-round parts are resampled)
     refits: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if self.n_boot < 1:
-            raise ReplayError(f"n_boot must be >= 1, got {self.n_boot}")
+        if self.n_boot < 1 or self.learning_boot < 1:
+            raise ReplayError(f"n_boot and learning_boot must be >= 1, got {self.n_boot} and {self.learning_boot}")
         if not 0.0 < self.alpha < 1.0:
             raise ReplayError(f"alpha must be in (0, 1), got {self.alpha}")
         clip = getattr(self, "clip", None)
@@ -857,7 +888,11 @@ class _Estimator:
         return _ratio(num, den)
 
     def interval(self, data: Logged | pd.DataFrame, target: Any) -> tuple[float, float]:
-        """The ``1 - alpha`` percentile bootstrap interval over resampled rounds (seeded)."""
+        """The ``1 - alpha`` percentile bootstrap interval (seeded).
+
+        Fixed targets: ``n_boot`` resamples of the rounds (DM and DR refit their reward model on
+        each). Learning targets: ``learning_boot`` resamples, each replayed afresh with its own seed.
+        """
         logged = _logged(data)
         resolved = _resolve(logged, target)
         num, den, _ = self._parts(logged, resolved)
@@ -873,13 +908,19 @@ class _Estimator:
         logged = _logged(data)
         return self._evaluate(logged, _resolve(logged, target, progress), progress)
 
-    def _evaluate(self, data: Logged, resolved: _Resolved, progress: bool) -> Estimate:
+    def _evaluate(self, data: Logged, resolved: _Resolved, progress: bool, learned: np.ndarray | None = None) -> Estimate:
+        """``learned``: this estimator's values on the resamples of a learning target, if already run."""
         num, den, ess = self._parts(data, resolved)
-        lo, hi = self._interval(data, resolved, num, den, progress)
+        if learned is not None:
+            lo, hi = _percentiles(learned, self.alpha)
+        else:
+            lo, hi = self._interval(data, resolved, num, den, progress)
         return Estimate(self.name, resolved.name, _ratio(num, den), lo, hi, ess, data.n)
 
     def _interval(self, data: Logged, resolved: _Resolved, num: np.ndarray, den: np.ndarray | None, progress: bool) -> tuple[float, float]:
         desc = f"{self.name} {resolved.name}"
+        if resolved.learning is not None:
+            return _percentiles(_learning_bootstrap(data, resolved.learning, [self], self.learning_boot, self.seed, progress)[0], self.alpha)
         if not self.refits:
             return _bootstrap(num, den, self.n_boot, self.alpha, self.seed, progress, desc)
         probs = self._probs(resolved)
@@ -887,7 +928,7 @@ class _Estimator:
         stats = np.empty(self.n_boot)
         for b in tqdm(range(self.n_boot), desc=desc, unit="resample", disable=not progress, leave=False):
             idx = rng.integers(0, data.n, data.n)
-            part_num, part_den, _ = self._parts(_take(data, idx), _Resolved(resolved.name, ActionProbs(probs.table, probs.row[idx]), None))
+            part_num, part_den, _ = self._parts(_take(data, idx, outcomes=False), _Resolved(resolved.name, ActionProbs(probs.table, probs.row[idx])))
             stats[b] = _ratio(part_num, part_den)
         return _percentiles(stats, self.alpha)
 
@@ -926,7 +967,8 @@ class Replay(_Estimator):
     ``pi(action) * min propensity / propensity`` (rejection sampling, Dudik et al. 2012), drawn with
     ``seed``. Unbiased when the logs are uniformly random; with other logs it is still valid but keeps
     only a ``min propensity`` share of rounds. Several task types are weighted by their traffic.
-    ESS is the number of matched rounds; the interval resamples them, given the trajectory.
+    ESS is the number of matched rounds. The interval of a fixed target resamples the matched
+    rounds; that of a learning target replays resampled logs afresh (see :meth:`interval`).
     """
 
     name: ClassVar[str] = "replay"
@@ -1064,14 +1106,15 @@ def compare(
     objective: Objective | None = None,
     seed: int = 0,
     n_boot: int = 1000,
+    learning_boot: int = 200,
     alpha: float = 0.05,
     clip: float | None = None,
     progress: bool = False,
 ) -> Comparison:
     """Evaluate every target (a spec string or a target object) with every estimator, side by side.
 
-    A learning target is replayed once and all its estimators read that one trajectory. An
-    estimator that does not apply (IPS-style ones for a policy that exposes no action
+    A learning target is replayed once and all its estimators read that one trajectory; its
+    ``learning_boot`` bootstrap replays are shared by the estimators too. An estimator that does not apply (IPS-style ones for a policy that exposes no action
     probabilities) is skipped and named in :attr:`Comparison.skipped`, never given a number.
     """
     logged = _logged(data)
@@ -1084,15 +1127,17 @@ def compare(
             raise ReplayError(f"unknown estimator {e!r}; choose from {sorted(ESTIMATORS)}")
         cls = ESTIMATORS[e]
         extra = {"clip": clip} if "clip" in cls.__dataclass_fields__ else {}
-        built.append(cls(n_boot=n_boot, alpha=alpha, seed=seed, **extra))
+        built.append(cls(n_boot=n_boot, alpha=alpha, seed=seed, learning_boot=learning_boot, **extra))
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     for target in targets:
         resolved = _resolve(logged, parse_target(target, objective=objective, seed=seed) if isinstance(target, str) else target, progress)
-        for est in built:
-            if resolved.probs is None and not isinstance(est, Replay):
-                skipped.append(f"{est.name} for {resolved.name}: it exposes no action probabilities while it learns")
-                continue
-            rows.append(vars(est._evaluate(logged, resolved, progress)))
+        usable = [e for e in built if resolved.probs is not None or isinstance(e, Replay)]
+        skipped += [f"{e.name} for {resolved.name}: it exposes no action probabilities while it learns" for e in built if e not in usable]
+        learned = None
+        if resolved.learning is not None and usable:
+            learned = _learning_bootstrap(logged, resolved.learning, usable, learning_boot, seed, progress)
+        for i, est in enumerate(usable):
+            rows.append(vars(est._evaluate(logged, resolved, progress, None if learned is None else learned[i])))
     table = pd.DataFrame(rows, columns=["estimator", "policy", "value", "ci_low", "ci_high", "ess", "n"])
     return Comparison(table, tuple(skipped), dict(logged.dropped), logged.n, alpha)

@@ -142,6 +142,7 @@ class _Call:
         self.attempts: list[Attempt] = []
         self.starts: list[float] = []  # unix start time of each attempt, in start order
         self.tokens: list[int] = []  # for each attempt (in completion order), its index in starts
+        self.open: dict[int, tuple[ModelConfig, float]] = {}  # attempts started and not yet recorded
         self.answer: Reply | None = None
         self.answer_model: str | None = None
         self.rejected = False
@@ -184,7 +185,19 @@ class _Call:
         """Note an attempt starting; returns its token for :meth:`record`."""
         self.router.health.acquire(model.name)
         self.starts.append(time.time())
-        return len(self.starts) - 1
+        token = len(self.starts) - 1
+        self.open[token] = (model, time.perf_counter())
+        return token
+
+    def cancel_open(self, why: str) -> None:
+        """Record every attempt still in flight as cancelled (a hedge's loser, or an aborted call)."""
+        for token, (model, started) in list(self.open.items()):
+            self.record(model, Reply(Outcome.CANCELLED, time.perf_counter() - started, error=why[:200]), token)
+
+    def abort(self, exc: BaseException) -> None:
+        """The call was cancelled or a backend raised: close its open attempts and log what happened."""
+        self.cancel_open(f"{type(exc).__name__}: {exc}")
+        self.router._log(self, self.answer_model, "ok" if self.answer is not None else "failed", time.perf_counter() - self.start)
 
     def record(self, model: ModelConfig, reply: Reply, token: int) -> None:
         """Keep one attempt's reply, teach the policy and the breaker at once."""
@@ -192,6 +205,7 @@ class _Call:
         attempt = Attempt(model.name, str(reply.outcome), reply.latency_s, reply.status, reply.tokens_in, reply.tokens_out, cost, reply.error)
         self.attempts.append(attempt)
         self.tokens.append(token)
+        del self.open[token]
         self.router.health.release(model.name, reply)
         if reply.outcome is not Outcome.CANCELLED:
             with self.router.locks[self.task_type]:
@@ -319,25 +333,33 @@ class Router:
     @staticmethod
     def _run(call: _Call, send: Callable[[ModelConfig, float], Reply]) -> tuple[Reply, dict[str, Any]]:
         """Try the call's models in order, synchronously."""
-        while (step := call.next()) is not None:
-            if step.wait_s:
-                time.sleep(step.wait_s)
-            token = call.begin(step.model)
-            call.record(step.model, send(step.model, step.timeout_s), token)
+        try:
+            while (step := call.next()) is not None:
+                if step.wait_s:
+                    time.sleep(step.wait_s)
+                token = call.begin(step.model)
+                call.record(step.model, send(step.model, step.timeout_s), token)
+        except BaseException as exc:
+            call.abort(exc)
+            raise
         return call.finish()
 
     @staticmethod
     async def _arun(call: _Call, send: Callable[[ModelConfig, float], Awaitable[Reply]]) -> tuple[Reply, dict[str, Any]]:
         """Try the call's models in order, asynchronously, hedging where the route asks for it."""
-        while (step := call.next()) is not None:
-            if step.wait_s:
-                await asyncio.sleep(step.wait_s)
-            delay = call.hedge_delay(step)
-            if delay is None:
-                token = call.begin(step.model)
-                call.record(step.model, await send(step.model, step.timeout_s), token)
-            else:
-                await _hedge(call, send, step, delay)
+        try:
+            while (step := call.next()) is not None:
+                if step.wait_s:
+                    await asyncio.sleep(step.wait_s)
+                delay = call.hedge_delay(step)
+                if delay is None:
+                    token = call.begin(step.model)
+                    call.record(step.model, await send(step.model, step.timeout_s), token)
+                else:
+                    await _hedge(call, send, step, delay)
+        except BaseException as exc:  # the caller cancelled us, or a backend raised
+            call.abort(exc)
+            raise
         return call.finish()
 
     # -- feedback and state ---------------------------------------------------------------------
@@ -413,6 +435,7 @@ class Router:
         """Rebuild every policy's statistics from the logged history of its task type."""
         tasks = list(self.policies)
         tried = self.store.frame("attempts", tasks)
+        tried = tried[tried["outcome"] != str(Outcome.CANCELLED)]  # live policies never learn from these
         rated = self.store.frame("feedback", tasks)
         for task, policy in self.policies.items():
             a = tried[tried["task_type"] == task]
@@ -462,26 +485,28 @@ async def _hedge(call: _Call, send: Callable[[ModelConfig, float], Awaitable[Rep
     The first success wins and the other attempt is cancelled and logged as ``cancelled``; if the
     first to finish fails, the other keeps running, and the call goes on as usual afterwards.
     """
-    running: dict[asyncio.Task[Reply], tuple[ModelConfig, int, float]] = {}
+    running: dict[asyncio.Task[Reply], tuple[ModelConfig, int]] = {}
 
     def launch(s: _Step) -> None:
         token = call.begin(s.model)
-        running[asyncio.ensure_future(send(s.model, s.timeout_s))] = (s.model, token, time.perf_counter())
+        running[asyncio.ensure_future(send(s.model, s.timeout_s))] = (s.model, token)
 
     launch(step)
-    done, _ = await asyncio.wait(running, timeout=delay)
-    if not done and (second := call.next()) is not None:
-        launch(second)  # a second step never waits: retries and cooldown waits come only before a first attempt
-    while running:
-        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            model, token, _started = running.pop(task)
-            call.record(model, task.result(), token)
-        if call.answer is not None or call.rejected:
-            for task, (model, token, started) in running.items():
-                task.cancel()
-                call.record(model, Reply(Outcome.CANCELLED, time.perf_counter() - started), token)
-            running.clear()
+    try:
+        done, _ = await asyncio.wait(running, timeout=delay)
+        if not done and (second := call.next()) is not None:
+            launch(second)  # a second step never waits: retries and cooldown waits come only before a first attempt
+        while running:
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                model, token = running.pop(task)
+                call.record(model, task.result(), token)
+            if call.answer is not None or call.rejected:
+                break
+    finally:  # the loser of the race, or everything if we were cancelled: abort() logs them
+        for task in running:
+            task.cancel()
+    call.cancel_open("lost the hedge race")
 
 
 def _texts(texts: Sequence[str]) -> list[str]:
