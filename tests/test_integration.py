@@ -48,7 +48,7 @@ def test_every_fault_falls_back_to_the_healthy_model(faulty_fleet, store_url):
     assert [a.model for a in result.attempts] == order
     assert result.attempts[2].status == 500
     assert 0.45 <= result.attempts[1].latency_s <= 0.5 + MARGIN_S  # the hang was cut at its timeout
-    assert elapsed < 0.5 + 1.0
+    assert elapsed < 5.0 + MARGIN_S  # within the call deadline, whatever the load on the machine
     store = Store(store_url)
     try:
         logged = store.frame("attempts")

@@ -8,11 +8,12 @@ from .exceptions import (
     FeedbackError,
     RequestRejected,
     StoreError,
+    StreamBroken,
     UnknownTaskType,
     ZetaError,
 )
 from .policies import Objective, Ranking, make_policy
-from .router import Attempt, ChatResult, EmbedResult, Router, classify
+from .router import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult, Router, classify
 from .store import Store
 
 __version__ = "0.1.0"
@@ -26,6 +27,8 @@ __all__ = [
     "Attempt",
     "ChatResult",
     "EmbedResult",
+    "ChatStream",
+    "AsyncChatStream",
     "classify",
     "Objective",
     "Ranking",
@@ -42,4 +45,5 @@ __all__ = [
     "AllModelsFailed",
     "FeedbackError",
     "StoreError",
+    "StreamBroken",
 ]

@@ -14,7 +14,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
@@ -37,7 +37,9 @@ class Outcome(StrEnum):
     SERVER_ERROR = "server_error"
     CLIENT_ERROR = "client_error"
     MALFORMED = "malformed"
-    CANCELLED = "cancelled"  # a hedged attempt that lost the race
+    CANCELLED = "cancelled"  # a hedged attempt that lost the race, or a call its caller abandoned
+    STREAM_BROKEN = "stream_broken"  # a stream that failed after its first token reached the caller
+    INVALID = "invalid"  # an answer that failed the route's validators
 
 
 #: statuses meaning the request itself is bad: the router returns the error instead of falling back.
@@ -60,6 +62,7 @@ class Reply:
     vectors: np.ndarray | None = None
     error: str = ""
     retry_after_s: float | None = None
+    ttft_s: float | None = None  # time to first token, for streamed answers
 
     @property
     def ok(self) -> bool:
@@ -71,6 +74,10 @@ class Reply:
         return self.outcome is Outcome.CLIENT_ERROR and self.status in REJECTING_STATUSES
 
 
+#: what a streaming attempt yields: text deltas, then one final Reply (its ``text`` is the whole answer)
+StreamItem = str | Reply
+
+
 class Backend(Protocol):
     """Anything that can make one attempt at one model, sync and async."""
 
@@ -78,6 +85,8 @@ class Backend(Protocol):
     async def achat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply: ...
     def embed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply: ...
     async def aembed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply: ...
+    def stream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> Iterator[StreamItem]: ...
+    def astream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> AsyncIterator[StreamItem]: ...
     def close(self) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -167,6 +176,56 @@ def _decode(response: httpx.Response, latency_s: float) -> Any:
         return response.json()
     except (ValueError, UnicodeDecodeError):
         return Reply(Outcome.MALFORMED, latency_s, response.status_code, error="answer is not valid JSON")
+
+
+class _StreamState:
+    """Folds OpenAI server-sent events into text deltas and a final Reply."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.parts: list[str] = []
+        self.ttft: float | None = None
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.done = False
+
+    def feed(self, line: str) -> str | Reply | None:
+        """One line of the event stream: a text delta, a failure Reply, or None (nothing to show)."""
+        if not line.startswith("data:"):
+            return None
+        data = line[5:].strip()
+        if data == "[DONE]":
+            self.done = True
+            return None
+        try:
+            event = json.loads(data)
+            choices = event.get("choices") or []
+            delta = (choices[0].get("delta") or {}).get("content") if choices else None
+        except (ValueError, AttributeError, IndexError, TypeError):
+            return self.failure(Outcome.MALFORMED, "stream event is not valid JSON")
+        if isinstance(event.get("usage"), Mapping):
+            self.tokens_in, self.tokens_out = _usage(event)
+        if isinstance(delta, str) and delta:
+            if self.ttft is None:
+                self.ttft = time.perf_counter() - self.start
+            self.parts.append(delta)
+            return delta
+        return None
+
+    def failure(self, outcome: Outcome, error: str, status: int | None = 200) -> Reply:
+        """A failed attempt: after the first token it is a broken stream, whatever the cause."""
+        if self.parts:
+            outcome = Outcome.STREAM_BROKEN
+        return Reply(outcome, time.perf_counter() - self.start, status, self.tokens_in, self.tokens_out, error=error, ttft_s=self.ttft)
+
+    def finish(self, status: int) -> Reply:
+        """The final Reply once the body ended: ok if it said [DONE] and had text."""
+        if not self.done:
+            return self.failure(Outcome.MALFORMED, "stream ended without [DONE]", status)
+        text = "".join(self.parts)
+        if not text.strip():
+            return self.failure(Outcome.MALFORMED, "answer is empty", status)
+        return Reply(Outcome.OK, time.perf_counter() - self.start, status, self.tokens_in, self.tokens_out, text=text, ttft_s=self.ttft)
 
 
 # -- the real backend ---------------------------------------------------------------------------
@@ -264,6 +323,79 @@ class HttpxBackend:
 
         return await self._asend(model, "embeddings", self._embed_body(model, texts), timeout_s, parse)
 
+    def stream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> Iterator[StreamItem]:
+        """Stream a chat completion: text deltas, then a final Reply.
+
+        The first token must come within ``first_token_s`` (which also bounds each later gap
+        between chunks); the whole attempt within ``timeout_s``, checked between chunks.
+        """
+        body = {**self._chat_body(model, messages, params), "stream": True}
+        start = time.perf_counter()
+        timeout = httpx.Timeout(timeout_s, read=min(first_token_s, timeout_s))
+        state = _StreamState(start)
+        try:
+            with self._client(model).stream("POST", "chat/completions", json=body, timeout=timeout) as response:
+                if response.status_code >= 300:
+                    response.read()
+                    yield self._finish(response, time.perf_counter() - start, parse_chat)
+                    return
+                for line in response.iter_lines():
+                    item = state.feed(line)
+                    if item is not None:
+                        yield item
+                        if isinstance(item, Reply):
+                            return
+                    if time.perf_counter() - start > timeout_s:
+                        yield state.failure(Outcome.TIMEOUT, "attempt timed out mid-stream")
+                        return
+                yield state.finish(response.status_code)
+        except Exception as exc:  # classified, or re-raised when not a transport problem
+            failed = _classify_exception(exc, time.perf_counter() - start)
+            yield state.failure(failed.outcome, failed.error, None)
+
+    async def astream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> AsyncIterator[StreamItem]:
+        """Async twin of :meth:`stream_chat`; the bounds are hard (``asyncio.timeout`` on each read,
+        never across a ``yield``, so the caller's own awaits between deltas are not cut)."""
+        body = {**self._chat_body(model, messages, params), "stream": True}
+        start = time.perf_counter()
+        state = _StreamState(start)
+
+        def left() -> float:
+            bound = timeout_s if state.ttft is not None else min(first_token_s, timeout_s)
+            return max(bound - (time.perf_counter() - start), 0.0)
+
+        client = self._aclient(model)
+        try:
+            async with asyncio.timeout(left()):
+                response = await client.send(client.build_request("POST", "chat/completions", json=body, timeout=timeout_s), stream=True)
+        except Exception as exc:
+            yield state.failure(_classify_exception(exc, time.perf_counter() - start).outcome, type(exc).__name__, None)
+            return
+        try:
+            if response.status_code >= 300:
+                await response.aread()
+                yield self._finish(response, time.perf_counter() - start, parse_chat)
+                return
+            lines = response.aiter_lines()
+            while True:
+                try:
+                    async with asyncio.timeout(left()):
+                        line = await anext(lines)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    failed = _classify_exception(exc, time.perf_counter() - start)
+                    yield state.failure(failed.outcome, failed.error, None)
+                    return
+                item = state.feed(line)
+                if item is not None:
+                    yield item
+                    if isinstance(item, Reply):
+                        return
+            yield state.finish(response.status_code)
+        finally:
+            await response.aclose()
+
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
@@ -347,6 +479,24 @@ class FakeBackend:
 
     async def aembed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
         return await self._async(model, list(texts), timeout_s)
+
+    @staticmethod
+    def _pieces(reply: Reply) -> Iterable[StreamItem]:
+        if reply.ok and reply.text:
+            words = reply.text.split(" ")
+            yield from (w if i == 0 else " " + w for i, w in enumerate(words))
+            yield replace(reply, ttft_s=0.0)
+        else:
+            yield reply
+
+    def stream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> Iterator[StreamItem]:
+        """The scripted reply, its text streamed word by word."""
+        yield from self._pieces(self._sync(model, {"messages": list(messages), **params}, min(timeout_s, first_token_s)))
+
+    async def astream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> AsyncIterator[StreamItem]:
+        """Async twin of :meth:`stream_chat`."""
+        for item in self._pieces(await self._async(model, {"messages": list(messages), **params}, min(timeout_s, first_token_s))):
+            yield item
 
     def close(self) -> None:
         """Nothing to release."""

@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError
 
 from .exceptions import ConfigError
 from .policies import OPTION_TYPES, POLICIES, Objective, make_policy
+from .validators import build as build_validators
 
 __all__ = ["ModelConfig", "RouteConfig", "BreakerConfig", "Config", "load_config", "DEFAULT_STORE"]
 
@@ -41,6 +42,7 @@ class ModelConfig:
     price_out_per_1k: float = 0.0
     max_in_flight: int = 64
     dim: int | None = None  # embedding dimension, checked on every answer
+    first_token_timeout_s: float | None = None  # streams: bound on the first token (and each gap); None = timeout_s
     space: str = ""  # embedding space label: models sharing it give comparable vectors; "" means `model`
 
     @property
@@ -65,6 +67,8 @@ class RouteConfig:
     policy: str = "thompson"
     options: Mapping[str, Any] = field(default_factory=dict)
     hedge_quantile: float | None = None  # async calls: ask the next model too past this latency quantile
+    validators: tuple[Any, ...] = ()  # checks on a finished answer, see :mod:`.validators`
+    latency_measure: str = "total"  # what the policy learns as latency: "total" or "ttft" (streams)
 
 
 @dataclass(frozen=True)
@@ -129,12 +133,16 @@ class Config:
         out["breaker"] = {f.name: getattr(self.breaker, f.name) for f in fields(self.breaker)}
         for name, m in self.models.items():
             out["models"][name] = {
-                f.name: getattr(m, f.name) for f in fields(m) if f.name != "name" and getattr(m, f.name) is not None
+                f.name: getattr(m, f.name) for f in fields(m) if f.name != "name" and getattr(m, f.name) not in (None, "")
             }
         for task, r in self.routes.items():
             out["routes"][task] = {"models": list(r.models), "policy": r.policy, **r.options}
             if r.hedge_quantile is not None:
                 out["routes"][task]["hedge_quantile"] = r.hedge_quantile
+            if r.validators:
+                out["routes"][task]["validators"] = list(r.validators)
+            if r.latency_measure != "total":
+                out["routes"][task]["latency_measure"] = r.latency_measure
         return out
 
 
@@ -150,6 +158,7 @@ def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
 # -- validation ---------------------------------------------------------------------------------
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
+_ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure")
 _TOP_KEYS = {"models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir"}
 
 
@@ -242,6 +251,11 @@ def _model(name: str, data: Any) -> ModelConfig:
         max_in_flight=_integer(f"{where}.max_in_flight", data.get("max_in_flight", 64), 1),
         dim=dim,
         space=_string(f"{where}.space", data["space"]) if "space" in data else "",
+        first_token_timeout_s=(
+            _number(f"{where}.first_token_timeout_s", data["first_token_timeout_s"], positive=True)
+            if data.get("first_token_timeout_s") is not None
+            else None
+        ),
     )
 
 
@@ -277,7 +291,17 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
         hedge = _number(f"{where}.hedge_quantile", hedge)
         if not 0.0 < hedge < 1.0:
             raise ConfigError(f"{where}.hedge_quantile", f"must be in (0, 1), got {hedge!r}")
-    options = {k: v for k, v in data.items() if k not in ("models", "policy", "hedge_quantile")}
+    validators = data.get("validators", [])
+    if not isinstance(validators, list):
+        raise ConfigError(f"{where}.validators", "must be a list")
+    try:
+        build_validators(validators)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.validators", str(exc)) from None
+    measure = data.get("latency_measure", "total")
+    if measure not in ("total", "ttft"):
+        raise ConfigError(f"{where}.latency_measure", f"must be 'total' or 'ttft', got {measure!r}")
+    options = {k: v for k, v in data.items() if k not in _ROUTE_KEYS}
     for key, value in options.items():
         expected = OPTION_TYPES.get(key)
         if expected is int:
@@ -288,7 +312,10 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
         make_policy(policy, names, objective, **options)
     except (ValueError, TypeError) as exc:
         raise ConfigError(where, str(exc)) from None
-    return RouteConfig(task_type=task, models=tuple(names), policy=policy, options=dict(options), hedge_quantile=hedge)
+    return RouteConfig(
+        task_type=task, models=tuple(names), policy=policy, options=dict(options), hedge_quantile=hedge,
+        validators=tuple(validators), latency_measure=measure,
+    )
 
 
 def _breaker(data: Any) -> BreakerConfig:

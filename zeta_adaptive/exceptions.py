@@ -16,6 +16,7 @@ __all__ = [
     "AllModelsFailed",
     "FeedbackError",
     "StoreError",
+    "StreamBroken",
 ]
 
 
@@ -75,6 +76,16 @@ class AllModelsFailed(ZetaError):
         detail = _describe(self.attempts) or "no attempt was made"
         why = f" ({reason})" if reason else ""
         super().__init__(f"call {call_id} [{task_type}]: every candidate failed{why}: {detail}")
+
+
+class StreamBroken(ZetaError):
+    """A streamed answer failed after its first token reached the caller, so it cannot fall back."""
+
+    def __init__(self, call_id: str, attempts: Sequence[Attempt]) -> None:
+        self.call_id = call_id
+        self.attempts = list(attempts)
+        last = self.attempts[-1]
+        super().__init__(f"call {call_id}: the stream from {last.model} broke after it started: {last.error}")
 
 
 class FeedbackError(ZetaError, ValueError):

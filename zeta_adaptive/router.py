@@ -15,23 +15,26 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
-from .backends import Backend, HttpxBackend, Messages, Outcome, Reply
+from .backends import Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem
 from .config import Config, ModelConfig, RouteConfig, load_config
-from .exceptions import AllModelsFailed, ConfigError, RequestRejected, UnknownTaskType
+from .exceptions import AllModelsFailed, ConfigError, RequestRejected, StreamBroken, UnknownTaskType
 from .feedback import FeedbackBook
 from .health import Health
 from .policies import Policy, Ranking, make_policy
 from .store import Store
+from .validators import Validator
+from .validators import build as build_validators
+from .validators import check as check_answer
 
-__all__ = ["Router", "Attempt", "ChatResult", "EmbedResult", "classify"]
+__all__ = ["Router", "Attempt", "ChatResult", "EmbedResult", "ChatStream", "AsyncChatStream", "classify"]
 
 Classifier = Callable[[Messages], str]
 
@@ -64,6 +67,7 @@ class Attempt:
     tokens_out: int = 0
     cost: float = 0.0
     error: str = ""
+    ttft_s: float | None = None  # time to first token (streamed attempts)
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,70 @@ class _Step:
     timeout_s: float
     wait_s: float = 0.0
 
+    @property
+    def first_token_s(self) -> float:
+        """The bound on a streamed attempt's first token."""
+        return min(self.model.first_token_timeout_s or self.timeout_s, self.timeout_s)
+
+
+class ChatStream:
+    """A streamed chat call: iterate for text deltas; once exhausted, ``result`` is the ChatResult.
+
+    Fallback happens only before the first delta reaches you; a stream that breaks after that
+    raises :class:`StreamBroken`. Stopping early (``close()`` or leaving the loop) logs the call,
+    its open attempt as cancelled.
+    """
+
+    def __init__(self, items: Iterator[str | ChatResult]) -> None:
+        self._items = items
+        self._result: ChatResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for item in self._items:
+            if isinstance(item, ChatResult):
+                self._result = item
+            else:
+                yield item
+
+    @property
+    def result(self) -> ChatResult:
+        if self._result is None:
+            raise RuntimeError("the stream has not been read to its end")
+        return self._result
+
+    def close(self) -> None:
+        """Stop reading: the call is logged with what happened so far."""
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
+
+
+class AsyncChatStream:
+    """Async twin of :class:`ChatStream`: ``async for delta in stream``, then ``stream.result``."""
+
+    def __init__(self, items: AsyncIterator[str | ChatResult]) -> None:
+        self._items = items
+        self._result: ChatResult | None = None
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        async for item in self._items:
+            if isinstance(item, ChatResult):
+                self._result = item
+            else:
+                yield item
+
+    @property
+    def result(self) -> ChatResult:
+        if self._result is None:
+            raise RuntimeError("the stream has not been read to its end")
+        return self._result
+
+    async def aclose(self) -> None:
+        """Stop reading: the call is logged with what happened so far."""
+        aclose = getattr(self._items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
 
 class _Call:
     """The state of one routed call: which model is next, how much time is left, what happened.
@@ -146,14 +214,16 @@ class _Call:
         self.answer: Reply | None = None
         self.answer_model: str | None = None
         self.rejected = False
+        self.final = False  # a streamed attempt showed text: no fallback any more
         self.prompt = prompt
+        self.validators = router.validators[task_type]
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
 
     def next(self) -> _Step | None:
         """The next attempt, or None when the call is answered, rejected, out of models or of time."""
-        if self.answer is not None or self.rejected:
+        if self.answer is not None or self.rejected or self.final:
             return None
         remaining = self.remaining()
         wait = 0.0
@@ -199,17 +269,29 @@ class _Call:
         self.cancel_open(f"{type(exc).__name__}: {exc}")
         self.router._log(self, self.answer_model, "ok" if self.answer is not None else "failed", time.perf_counter() - self.start)
 
-    def record(self, model: ModelConfig, reply: Reply, token: int) -> None:
-        """Keep one attempt's reply, teach the policy and the breaker at once."""
+    def record(self, model: ModelConfig, reply: Reply, token: int, shown: bool = False) -> None:
+        """Keep one attempt's reply, validate it, teach the policy and the breaker at once.
+
+        ``shown`` means text of this attempt already reached the caller (a stream): the call then
+        ends here whatever happened, since answers from two models must never be spliced.
+        """
+        if reply.ok and self.validators:
+            problem = check_answer(self.validators, reply.text or "")
+            if problem:
+                reply = replace(reply, outcome=Outcome.INVALID, error=problem)
+        self.final = self.final or shown
         cost = model.cost(reply.tokens_in, reply.tokens_out)
-        attempt = Attempt(model.name, str(reply.outcome), reply.latency_s, reply.status, reply.tokens_in, reply.tokens_out, cost, reply.error)
+        attempt = Attempt(
+            model.name, str(reply.outcome), reply.latency_s, reply.status, reply.tokens_in, reply.tokens_out, cost, reply.error, reply.ttft_s
+        )
         self.attempts.append(attempt)
         self.tokens.append(token)
         del self.open[token]
         self.router.health.release(model.name, reply)
         if reply.outcome is not Outcome.CANCELLED:
+            latency = reply.ttft_s if self.route.latency_measure == "ttft" and reply.ttft_s is not None else reply.latency_s
             with self.router.locks[self.task_type]:
-                self.policy.update(model.name, reply.ok, reply.latency_s, cost)
+                self.policy.update(model.name, reply.ok, latency, cost)
         if reply.ok and self.answer is None:
             self.answer, self.answer_model = reply, model.name
         elif reply.rejects_request:
@@ -227,6 +309,8 @@ class _Call:
         self.router._log(self, self.answer_model, outcome, latency)
         if answer is None and self.rejected:
             raise RequestRejected(self.call_id, self.attempts)
+        if answer is None and self.attempts and self.attempts[-1].outcome == Outcome.STREAM_BROKEN:
+            raise StreamBroken(self.call_id, self.attempts)
         if answer is None:
             reason = "deadline exceeded" if self.remaining() <= 0 else ""
             raise AllModelsFailed(self.call_id, self.task_type, self.attempts, reason)
@@ -255,6 +339,7 @@ class Router:
         backend: Backend | None = None,
         store: Store | None = None,
         classifier: Classifier = classify,
+        validators: Mapping[str, Sequence[Validator]] | None = None,
         warm_start: bool = True,
     ) -> None:
         self.config = load_config(config)
@@ -270,6 +355,13 @@ class Router:
             self.policies[task] = make_policy(route.policy, route.models, self.config.objective, **options)
         self.locks = {task: threading.Lock() for task in self.policies}
         self.health = Health(self.config.models, self.config.breaker)
+        extra = dict(validators or {})
+        unknown = sorted(set(extra) - set(self.config.routes))
+        if unknown:
+            raise UnknownTaskType(unknown[0], list(self.config.routes))
+        self.validators = {
+            task: build_validators(route.validators) + list(extra.get(task, ())) for task, route in self.config.routes.items()
+        }
         self.book = FeedbackBook(self.store)
         self._closed = False
         if warm_start:
@@ -300,19 +392,34 @@ class Router:
         logged = json.dumps(prompt) if self.config.log_prompts else None
         return _Call(self, task, route, deadline, logged)
 
-    def chat(self, task_type: str | None, messages: Messages, *, deadline_s: float | None = None, **params: Any) -> ChatResult:
+    @overload
+    def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, **params: Any) -> ChatResult: ...
+    @overload
+    def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[True], deadline_s: float | None = None, **params: Any) -> ChatStream: ...
+
+    def chat(self, task_type: str | None, messages: Messages, *, stream: bool = False, deadline_s: float | None = None, **params: Any) -> ChatResult | ChatStream:
         """Route a chat completion; ``params`` (max_tokens, temperature, ...) go to the backend as they are.
 
         ``task_type=None`` lets the classifier choose. Raises :class:`AllModelsFailed` when no model
         answered in time and :class:`RequestRejected` when a backend refused the request itself.
+        With ``stream=True`` returns a :class:`ChatStream` of text deltas (see there).
         """
         call = self._begin(task_type, "chat", deadline_s, messages, messages)
+        if stream:
+            return ChatStream(self._stream(call, lambda m, t, f: self.backend.stream_chat(m, messages, params, t, f)))
         answer, common = self._run(call, lambda m, t: self.backend.chat(m, messages, params, t))
         return ChatResult(**common, text=answer.text or "")
 
-    async def achat(self, task_type: str | None, messages: Messages, *, deadline_s: float | None = None, **params: Any) -> ChatResult:
+    @overload
+    async def achat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, **params: Any) -> ChatResult: ...
+    @overload
+    async def achat(self, task_type: str | None, messages: Messages, *, stream: Literal[True], deadline_s: float | None = None, **params: Any) -> AsyncChatStream: ...
+
+    async def achat(self, task_type: str | None, messages: Messages, *, stream: bool = False, deadline_s: float | None = None, **params: Any) -> ChatResult | AsyncChatStream:
         """Async twin of :meth:`chat`; on routes with ``hedge_quantile`` it also hedges slow primaries."""
         call = self._begin(task_type, "chat", deadline_s, messages, messages)
+        if stream:
+            return AsyncChatStream(self._astream(call, lambda m, t, f: self.backend.astream_chat(m, messages, params, t, f)))
         answer, common = await self._arun(call, lambda m, t: self.backend.achat(m, messages, params, t))
         return ChatResult(**common, text=answer.text or "")
 
@@ -343,6 +450,50 @@ class Router:
             call.abort(exc)
             raise
         return call.finish()
+
+    @staticmethod
+    def _stream(call: _Call, send: Callable[[ModelConfig, float, float], Iterator[StreamItem]]) -> Iterator[str | ChatResult]:
+        """Stream from the call's models in order; fall back only while nothing was shown."""
+        try:
+            while (step := call.next()) is not None:
+                if step.wait_s:
+                    time.sleep(step.wait_s)
+                token = call.begin(step.model)
+                shown, reply = False, None
+                for item in send(step.model, step.timeout_s, step.first_token_s):
+                    if isinstance(item, str):
+                        shown = True
+                        yield item
+                    else:
+                        reply = item
+                call.record(step.model, reply or Reply(Outcome.MALFORMED, 0.0, error="stream gave no result"), token, shown)
+        except BaseException as exc:  # includes GeneratorExit: the caller stopped reading
+            call.abort(exc)
+            raise
+        answer, common = call.finish()
+        yield ChatResult(**common, text=answer.text or "")
+
+    @staticmethod
+    async def _astream(call: _Call, send: Callable[[ModelConfig, float, float], AsyncIterator[StreamItem]]) -> AsyncIterator[str | ChatResult]:
+        """Async twin of :meth:`_stream`."""
+        try:
+            while (step := call.next()) is not None:
+                if step.wait_s:
+                    await asyncio.sleep(step.wait_s)
+                token = call.begin(step.model)
+                shown, reply = False, None
+                async for item in send(step.model, step.timeout_s, step.first_token_s):
+                    if isinstance(item, str):
+                        shown = True
+                        yield item
+                    else:
+                        reply = item
+                call.record(step.model, reply or Reply(Outcome.MALFORMED, 0.0, error="stream gave no result"), token, shown)
+        except BaseException as exc:
+            call.abort(exc)
+            raise
+        answer, common = call.finish()
+        yield ChatResult(**common, text=answer.text or "")
 
     @staticmethod
     async def _arun(call: _Call, send: Callable[[ModelConfig, float], Awaitable[Reply]]) -> tuple[Reply, dict[str, Any]]:
@@ -424,7 +575,7 @@ class Router:
                     {
                         "call_id": call.call_id, "idx": i, "ts": ts, "task_type": call.task_type, "model": a.model,
                         "outcome": a.outcome, "status": a.status, "latency_s": a.latency_s, "tokens_in": a.tokens_in,
-                        "tokens_out": a.tokens_out, "cost": a.cost, "error": a.error or None,
+                        "tokens_out": a.tokens_out, "cost": a.cost, "error": a.error or None, "ttft_s": a.ttft_s,
                     },
                 )
             )

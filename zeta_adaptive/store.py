@@ -89,6 +89,7 @@ attempts = Table(
     Column("tokens_out", Integer, nullable=False),
     Column("cost", Float, nullable=False),
     Column("error", Text),
+    Column("ttft_s", Float),  # time to first token, streamed attempts only
     Index("ix_attempts_task_ts", "task_type", "ts"),
 )
 

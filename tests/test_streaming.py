@@ -1,0 +1,167 @@
+"""Streamed chat calls over loopback, and answer validators."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from zeta_adaptive import AllModelsFailed, FakeBackend, Outcome, Reply, Router, Store, StreamBroken
+from zeta_adaptive.exceptions import ConfigError
+from zeta_adaptive.simulate import Fleet, ModelSpec
+
+MSG = [{"role": "user", "content": "tell me something"}]
+
+
+def _cfg(fleet: Fleet, url: str, order: list[str], **route) -> dict:
+    cfg = fleet.fleet_config({"simple": order}, store=url, deadline_s=5.0)
+    cfg["routes"]["simple"].update(policy="static", **route)
+    for name in order:
+        cfg["models"][name].update(timeout_s=2.0, first_token_timeout_s=0.3)
+    return cfg
+
+
+def _attempts(url: str, call_id: str):
+    store = Store(url)
+    try:
+        frame = store.frame("attempts")
+        return frame[frame["call_id"] == call_id]
+    finally:
+        store.close()
+
+
+def test_stream_deltas_concatenate_to_the_answer(sqlite_url):
+    with Fleet([ModelSpec("a", latency_s=0.005, tokens_out=12)]) as fleet:
+        with Router(_cfg(fleet, sqlite_url, ["a"])) as router:
+            stream = router.chat("simple", MSG, stream=True)
+            deltas = list(stream)
+            result = stream.result
+    assert len(deltas) > 1
+    assert "".join(deltas) == result.text and result.text
+    assert result.model == "a"
+    assert result.attempts[0].ttft_s is not None and 0 < result.attempts[0].ttft_s <= result.attempts[0].latency_s
+    logged = _attempts(sqlite_url, result.call_id)
+    assert logged["ttft_s"].notna().all()
+
+
+def test_a_stream_that_stalls_before_the_first_token_falls_back(sqlite_url):
+    specs = [ModelSpec("stalls", stall_first_token_rate=1.0, hang_s=5.0), ModelSpec("b", latency_s=0.005)]
+    with Fleet(specs) as fleet:
+        with Router(_cfg(fleet, sqlite_url, ["stalls", "b"])) as router:
+            start = time.perf_counter()
+            stream = router.chat("simple", MSG, stream=True)
+            text = "".join(stream)
+            elapsed = time.perf_counter() - start
+    assert stream.result.model == "b" and text == stream.result.text
+    assert [a.outcome for a in stream.result.attempts] == ["timeout", "ok"]
+    assert 0.25 <= stream.result.attempts[0].latency_s <= 0.3 + 0.25
+    assert elapsed < 0.3 + 1.0
+
+
+def test_a_stream_that_breaks_mid_way_raises_and_is_logged(sqlite_url):
+    specs = [ModelSpec("breaks", break_stream_rate=1.0, tokens_out=40), ModelSpec("b")]
+    with Fleet(specs) as fleet:
+        with Router(_cfg(fleet, sqlite_url, ["breaks", "b"])) as router:
+            seen: list[str] = []
+            with pytest.raises(StreamBroken) as info:
+                for delta in router.chat("simple", MSG, stream=True):
+                    seen.append(delta)
+    assert seen  # text had reached the caller, so there was no fallback
+    assert [a.model for a in info.value.attempts] == ["breaks"]
+    assert info.value.attempts[0].outcome == "stream_broken"
+    logged = _attempts(sqlite_url, info.value.call_id)
+    assert logged["outcome"].tolist() == ["stream_broken"]
+
+
+def test_async_streams(sqlite_url):
+    specs = [ModelSpec("stalls", stall_first_token_rate=1.0, hang_s=5.0), ModelSpec("b", latency_s=0.005)]
+    with Fleet(specs) as fleet:
+        cfg = _cfg(fleet, sqlite_url, ["stalls", "b"])
+
+        async def main():
+            async with Router(cfg) as router:
+                stream = await router.achat("simple", MSG, stream=True)
+                deltas = [d async for d in stream]
+                return deltas, stream.result
+
+        deltas, result = asyncio.run(main())
+    assert "".join(deltas) == result.text and result.model == "b"
+    assert [a.outcome for a in result.attempts] == ["timeout", "ok"]
+
+
+def test_stopping_a_stream_early_logs_the_call(sqlite_url):
+    with Fleet([ModelSpec("a", tokens_out=30, chunk_delay_s=0.001)]) as fleet:
+        with Router(_cfg(fleet, sqlite_url, ["a"])) as router:
+            stream = router.chat("simple", MSG, stream=True)
+            for _ in stream:
+                break
+            stream.close()
+            assert router.health.in_flight["a"] == 0
+    store = Store(sqlite_url)
+    assert store.count("calls") == 1 and store.frame("attempts")["outcome"].tolist() == ["cancelled"]
+    store.close()
+
+
+def test_validator_failure_falls_back_for_plain_calls(sqlite_url):
+    script = {"a": [Reply(Outcome.OK, 0.001, 200, text="not json")], "b": [Reply(Outcome.OK, 0.001, 200, text='{"ok": true}')]}
+    cfg = {
+        "store": sqlite_url,
+        "models": {n: {"base_url": f"http://127.0.0.1:{9100 + i}/v1"} for i, n in enumerate(script)},
+        "routes": {"simple": {"models": ["a", "b"], "policy": "static", "validators": ["non_empty", "json"]}},
+    }
+    with Router(cfg, backend=FakeBackend(script)) as router:
+        result = router.chat("simple", MSG)
+        n_failed_a = router.policies["simple"].n[0] - router.policies["simple"].succ[0]
+    assert result.model == "b"
+    assert [(a.model, a.outcome) for a in result.attempts] == [("a", "invalid"), ("b", "ok")]
+    assert "not valid JSON" in result.attempts[0].error
+    assert n_failed_a == 1  # the policy counted the invalid answer as a failure
+
+
+def test_json_schema_regex_and_caller_validators(sqlite_url):
+    schema = {"type": "object", "required": ["answer"]}
+    script = {"a": [Reply(Outcome.OK, 0.001, 200, text='{"other": 1}')], "b": [Reply(Outcome.OK, 0.001, 200, text='{"answer": 42}')]}
+    cfg = {
+        "store": sqlite_url,
+        "models": {n: {"base_url": f"http://127.0.0.1:{9100 + i}/v1"} for i, n in enumerate(script)},
+        "routes": {"simple": {"models": ["a", "b"], "policy": "static", "validators": [{"json_schema": schema}, {"regex": "answer"}]}},
+    }
+    with Router(cfg, backend=FakeBackend(script)) as router:
+        result = router.chat("simple", MSG)
+    assert result.model == "b" and "schema" in result.attempts[0].error
+
+    def no_42(text: str) -> str | None:
+        return "42 is not allowed" if "42" in text else None
+
+    with Router(cfg, backend=FakeBackend(script), validators={"simple": [no_42]}) as router:
+        with pytest.raises(AllModelsFailed) as info:
+            router.chat("simple", MSG)
+    assert [a.outcome for a in info.value.attempts] == ["invalid", "invalid"]
+    assert "42 is not allowed" in info.value.attempts[1].error
+
+
+@pytest.mark.parametrize(
+    "validators",
+    [["nonsense"], [{"regex": "("}], [{"json_schema": {"type": 12}}], "json"],
+)
+def test_bad_validators_are_config_errors(validators, sqlite_url):
+    cfg = {
+        "store": sqlite_url,
+        "models": {"a": {"base_url": "http://127.0.0.1:9100/v1"}},
+        "routes": {"simple": {"models": ["a"], "validators": validators}},
+    }
+    with pytest.raises(ConfigError) as info:
+        Router(cfg, backend=FakeBackend({}))
+    assert info.value.field == "routes.simple.validators"
+
+
+def test_ttft_can_be_the_policys_latency(sqlite_url):
+    with Fleet([ModelSpec("a", latency_s=0.005, tokens_out=20, chunk_delay_s=0.01)]) as fleet:
+        with Router(_cfg(fleet, sqlite_url, ["a"], latency_measure="ttft")) as router:
+            stream = router.chat("simple", MSG, stream=True)
+            list(stream)
+            attempt = stream.result.attempts[0]
+            learned = router.policies["simple"].lat_sum[0]
+    assert learned == pytest.approx(attempt.ttft_s)
+    assert attempt.latency_s > attempt.ttft_s + 0.05
