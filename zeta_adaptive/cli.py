@@ -58,6 +58,42 @@ def upgrade(url: str | None, config: str | None) -> None:
     click.echo(f"{store.safe_url} is at the newest schema")
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds in a duration such as 30d, 12h, 15m or 90s."""
+    try:
+        value, unit = float(text[:-1]), _UNITS[text[-1]]
+    except (ValueError, KeyError, IndexError):
+        raise click.BadParameter(f"{text!r} is not a duration like 30d, 12h, 15m or 90s", param_hint="--older-than") from None
+    if value < 0:
+        raise click.BadParameter("must not be negative", param_hint="--older-than")
+    return value * unit
+
+
+@db.command()
+@click.option("--db", "url", default=None, help=f"Store URL (default: the config's store, else {DEFAULT_STORE}).")
+@click.option("--config", default=None, type=click.Path(exists=True, dir_okay=False), help="A router TOML file.")
+@click.option("--older-than", "older_than", required=True, help="Delete calls older than this (30d, 12h, 15m, 90s).")
+def prune(url: str | None, config: str | None, older_than: str) -> None:
+    """Delete old calls with their attempts and feedback, to bound the log's size."""
+    import time
+
+    from .store import Store
+
+    cutoff = time.time() - _duration(older_than)
+    try:
+        store = Store(_store_url(url, config))
+    except ZetaError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        deleted = store.prune(cutoff)
+    finally:
+        store.close()
+    click.echo(f"deleted {deleted['calls']} calls, {deleted['attempts']} attempts, {deleted['feedback']} feedback from {store.safe_url}")
+
+
 @main.command()
 @click.option("--config", required=True, type=click.Path(exists=True, dir_okay=False), help="A router TOML file.")
 def preferences(config: str) -> None:

@@ -98,6 +98,7 @@ class Config:
     seed: int | None = None
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     journal_dir: str | None = None  # where log rows wait while the database is down
+    refresh_s: float | None = None  # learn from other router processes' rows in the store this often
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
@@ -130,6 +131,8 @@ class Config:
             out["seed"] = self.seed
         if self.journal_dir is not None:
             out["journal_dir"] = self.journal_dir
+        if self.refresh_s is not None:
+            out["refresh_s"] = self.refresh_s
         out["breaker"] = {f.name: getattr(self.breaker, f.name) for f in fields(self.breaker)}
         for name, m in self.models.items():
             out["models"][name] = {
@@ -159,7 +162,7 @@ def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
 _ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure")
-_TOP_KEYS = {"models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir"}
+_TOP_KEYS = {"models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir", "refresh_s"}
 
 
 def _number(where: str, value: Any, *, positive: bool = False, minimum: float | None = None) -> float:
@@ -388,4 +391,5 @@ def _parse(data: Mapping[str, Any]) -> Config:
         seed=seed,
         breaker=_breaker(data.get("breaker", {})),
         journal_dir=journal_dir,
+        refresh_s=_number("refresh_s", data["refresh_s"], positive=True) if data.get("refresh_s") is not None else None,
     )

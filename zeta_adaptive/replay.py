@@ -760,6 +760,8 @@ class CellMeans:
         per_action = ((s_ga + m * np.repeat(group_mean, k)) / (n_ga + m)).reshape(n_groups, k)
         cell_group = np.zeros(n_cells, dtype=np.int64)
         cell_group[data.cell] = data.group
+        if n_cells == n_groups:  # no position or context: a cell is a task type, already fitted
+            return per_action[cell_group]
         key = data.cell * k + data.action
         n_ca = np.bincount(key, minlength=n_cells * k).reshape(n_cells, k)
         s_ca = np.bincount(key, r, n_cells * k).reshape(n_cells, k)
@@ -834,16 +836,19 @@ def _take(data: Logged, idx: np.ndarray, outcomes: bool = True) -> Logged:
 
 
 def _learning_bootstrap(data: Logged, target: Learning, estimators: Sequence[_Estimator], n_boot: int, seed: int, progress: bool) -> np.ndarray:
-    """Bootstrap of the whole procedure for a learning target: per resample of the log's rounds (time
-    order kept), a fresh replay with its own seed, and every estimator's value on it.
+    """Bootstrap of the whole procedure for a learning target: per resample, a fresh replay with its
+    own seed, and every estimator's value on it.
 
     So the interval covers both the data and the policy's own randomness (which models it happened
-    to explore). Returns (estimators, n_boot) values; NaN where a resample could not be replayed.
+    to explore). A resample is n rounds drawn with replacement in draw order, an exchangeable log as
+    the replay assumes (kept in time order, the copies of a round would sit side by side, which
+    biases estimators normalised by n). Under drift the interval is only indicative. Returns
+    (estimators, n_boot) values; NaN where a resample could not be replayed.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
     stats = np.full((len(estimators), n_boot), np.nan)
     for b in tqdm(range(n_boot), desc=f"bootstrap {target.name}", unit="replay", disable=not progress, leave=False):
-        idx = np.sort(rng.integers(0, data.n, data.n))
+        idx = rng.integers(0, data.n, data.n)
         sub = _take(data, idx)
         child = int(np.random.SeedSequence([target.seed, b]).generate_state(1)[0])
         try:

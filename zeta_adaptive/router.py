@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import threading
 import time
@@ -22,6 +23,8 @@ from types import TracebackType
 from typing import Any, Literal, overload
 
 import numpy as np
+import pandas as pd
+from sqlalchemy.exc import SQLAlchemyError
 
 from .backends import Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem
 from .config import Config, ModelConfig, RouteConfig, load_config
@@ -37,6 +40,7 @@ from .validators import check as check_answer
 __all__ = ["Router", "Attempt", "ChatResult", "EmbedResult", "ChatStream", "AsyncChatStream", "classify"]
 
 Classifier = Callable[[Messages], str]
+log = logging.getLogger(__name__)
 
 _CODE = re.compile(r"```|\bdef \w+\(|\bclass \w+[:(]|\bimport \w+|#include|\bfunction\b|=>|\bSELECT\b.+\bFROM\b|\w+\(\)\s*[{;]")
 _STEPS = re.compile(r"step by step|prove|derive|explain why|first,.+then|^\s*\d+[.)]\s", re.IGNORECASE | re.MULTILINE | re.DOTALL)
@@ -363,9 +367,17 @@ class Router:
             task: build_validators(route.validators) + list(extra.get(task, ())) for task, route in self.config.routes.items()
         }
         self.book = FeedbackBook(self.store)
+        self.router_id = uuid.uuid4().hex[:16]
         self._closed = False
+        self._synced_until = time.time()  # rows of other routers from here on are learned by sync()
+        self._seen: dict[tuple[str, str, int], float] = {}
         if warm_start:
             self._warm_start()
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+        if self.config.refresh_s is not None:
+            self._refresher = threading.Thread(target=self._refresh_loop, name="zeta-refresh", daemon=True)
+            self._refresher.start()
 
     @classmethod
     def from_toml(cls, path: str | Path, **kwargs: Any) -> Router:
@@ -521,7 +533,10 @@ class Router:
         no answer, a call already rated, NaN or a value outside [0, 1].
         """
         call, value = self.book.accept(call_id, accuracy)
-        self.store.put("feedback", {"call_id": call.call_id, "ts": time.time(), "task_type": call.task_type, "model": call.model, "accuracy": value})
+        self.store.put(
+            "feedback",
+            {"call_id": call.call_id, "ts": time.time(), "task_type": call.task_type, "model": call.model, "accuracy": value, "router_id": self.router_id},
+        )
         policy = self.policies.get(call.task_type)
         if policy is not None and call.model in policy.index:
             with self.locks[call.task_type]:
@@ -576,6 +591,7 @@ class Router:
                         "call_id": call.call_id, "idx": i, "ts": ts, "task_type": call.task_type, "model": a.model,
                         "outcome": a.outcome, "status": a.status, "latency_s": a.latency_s, "tokens_in": a.tokens_in,
                         "tokens_out": a.tokens_out, "cost": a.cost, "error": a.error or None, "ttft_s": a.ttft_s,
+                        "router_id": self.router_id,
                     },
                 )
             )
@@ -585,17 +601,56 @@ class Router:
     def _warm_start(self) -> None:
         """Rebuild every policy's statistics from the logged history of its task type."""
         tasks = list(self.policies)
-        tried = self.store.frame("attempts", tasks)
+        self._learn(self.store.frame("attempts", tasks), self.store.frame("feedback", tasks))
+
+    def _learn(self, tried: pd.DataFrame, rated: pd.DataFrame) -> None:
+        """Teach each policy a time-ordered slice of the log (vectorised, under its lock)."""
         tried = tried[tried["outcome"] != str(Outcome.CANCELLED)]  # live policies never learn from these
-        rated = self.store.frame("feedback", tasks)
         for task, policy in self.policies.items():
             a = tried[tried["task_type"] == task]
             f = rated[rated["task_type"] == task]
             if len(a) or len(f):
-                policy.fit(
-                    a["model"].tolist(), (a["outcome"] == "ok").to_numpy(), a["latency_s"].to_numpy(),
-                    a["cost"].to_numpy(), f["model"].tolist(), f["accuracy"].to_numpy(),
-                )
+                with self.locks[task]:
+                    policy.fit(
+                        a["model"].tolist(), (a["outcome"] == "ok").to_numpy(), a["latency_s"].to_numpy(),
+                        a["cost"].to_numpy(), f["model"].tolist(), f["accuracy"].to_numpy(),
+                    )
+
+    #: how far back each sync() looks again, for rows other routers wrote late (batched or journaled)
+    SYNC_OVERLAP_S = 5.0
+
+    def sync(self) -> int:
+        """Learn what other router processes logged since the last sync; returns the rows learned.
+
+        Run every ``refresh_s`` seconds by a background thread when the config sets it, so that all
+        processes sharing one database converge to the same preferences. Rows are read again for
+        ``SYNC_OVERLAP_S`` seconds back (others write in batches) and deduplicated by key; a row
+        that reaches the database later than that is learned only at the next warm start.
+        """
+        since = self._synced_until - self.SYNC_OVERLAP_S
+        tasks = list(self.policies)
+        tried = self.store.frame("attempts", tasks, since=since, exclude_router=self.router_id)
+        rated = self.store.frame("feedback", tasks, since=since, exclude_router=self.router_id)
+        tried_keys = list(zip(["a"] * len(tried), tried["call_id"], tried["idx"]))
+        rated_keys = list(zip(["f"] * len(rated), rated["call_id"], [0] * len(rated)))
+        new_tried = np.array([k not in self._seen for k in tried_keys], dtype=bool)
+        new_rated = np.array([k not in self._seen for k in rated_keys], dtype=bool)
+        self._learn(tried[new_tried], rated[new_rated])
+        for key, ts in zip(tried_keys + rated_keys, [*tried["ts"], *rated["ts"]]):
+            self._seen[key] = ts
+        latest = max([self._synced_until, *tried["ts"], *rated["ts"]])
+        self._synced_until = latest
+        horizon = latest - 2 * self.SYNC_OVERLAP_S
+        self._seen = {k: ts for k, ts in self._seen.items() if ts >= horizon}
+        return int(new_tried.sum() + new_rated.sum())
+
+    def _refresh_loop(self) -> None:
+        assert self.config.refresh_s is not None
+        while not self._stop.wait(self.config.refresh_s):
+            try:
+                self.sync()
+            except SQLAlchemyError as exc:  # the store is down: the journal has our rows, try again later
+                log.warning("refresh from %s failed: %s", self.store.safe_url, type(exc).__name__)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
@@ -607,6 +662,9 @@ class Router:
         if self._closed:
             return
         self._closed = True
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join()
         self.backend.close()
         self.store.close()
 

@@ -36,7 +36,9 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     event,
+    or_,
     func,
     select,
     text,
@@ -72,6 +74,7 @@ calls = Table(
     Column("answer", Text),  # only with log_prompts = true
     Column("skipped", Text),  # JSON {model: "cooling_down" | "saturated"} passed over at decision time
     Index("ix_calls_task_ts", "task_type", "ts"),
+    Index("ix_calls_ts", "ts"),
 )
 
 attempts = Table(
@@ -90,7 +93,9 @@ attempts = Table(
     Column("cost", Float, nullable=False),
     Column("error", Text),
     Column("ttft_s", Float),  # time to first token, streamed attempts only
+    Column("router_id", String(32)),  # the router process that made the attempt
     Index("ix_attempts_task_ts", "task_type", "ts"),
+    Index("ix_attempts_ts", "ts"),
 )
 
 feedback = Table(
@@ -101,7 +106,9 @@ feedback = Table(
     Column("task_type", String(64), nullable=False),
     Column("model", String(128), nullable=False),
     Column("accuracy", Float, nullable=False),
+    Column("router_id", String(32)),  # the router process that received the feedback
     Index("ix_feedback_task_ts", "task_type", "ts"),
+    Index("ix_feedback_ts", "ts"),
 )
 
 TABLES: dict[str, Table] = {t.name: t for t in (calls, attempts, feedback)}
@@ -438,17 +445,41 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(select(feedback.c.call_id).where(feedback.c.call_id == call_id)).first() is not None
 
+    def prune(self, older_than: float) -> dict[str, int]:
+        """Delete calls, attempts and feedback that started before ``older_than`` (unix time);
+        returns the rows deleted per table. Feedback goes with its call, whenever it arrived."""
+        with self.engine.begin() as conn:
+            old = select(calls.c.call_id).where(calls.c.ts < older_than)
+            deleted = {
+                "feedback": conn.execute(delete(feedback).where(feedback.c.call_id.in_(old))).rowcount,
+                "attempts": conn.execute(delete(attempts).where(attempts.c.ts < older_than)).rowcount,
+                "calls": conn.execute(delete(calls).where(calls.c.ts < older_than)).rowcount,
+            }
+        return deleted
+
     def count(self, table: str) -> int:
         """Rows in one table of the log."""
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(TABLES[table])).scalar_one())
 
-    def frame(self, table: str, task_types: Iterable[str] | None = None) -> pd.DataFrame:
-        """A whole table (optionally for some task types) as a DataFrame, in time order."""
+    def frame(
+        self,
+        table: str,
+        task_types: Iterable[str] | None = None,
+        *,
+        since: float | None = None,
+        exclude_router: str | None = None,
+    ) -> pd.DataFrame:
+        """A table as a DataFrame in time order: optionally some task types, rows from ``since``
+        (unix time) on, and not written by router ``exclude_router``."""
         t = TABLES[table]
         query = select(t)
         if task_types is not None:
             query = query.where(t.c.task_type.in_(list(task_types)))
+        if since is not None:
+            query = query.where(t.c.ts >= since)
+        if exclude_router is not None:
+            query = query.where(or_(t.c.router_id.is_(None), t.c.router_id != exclude_router))
         order = [t.c.ts, t.c.idx] if table == "attempts" else [t.c.ts]
         with self.engine.connect() as conn:
             return pd.read_sql(query.order_by(*order), conn)
