@@ -99,6 +99,7 @@ class Config:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     journal_dir: str | None = None  # where log rows wait while the database is down
     refresh_s: float | None = None  # learn from other router processes' rows in the store this often
+    pgbouncer: bool = False  # PostgreSQL behind PgBouncer in transaction mode: no prepared statements
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
@@ -133,6 +134,8 @@ class Config:
             out["journal_dir"] = self.journal_dir
         if self.refresh_s is not None:
             out["refresh_s"] = self.refresh_s
+        if self.pgbouncer:
+            out["pgbouncer"] = True
         out["breaker"] = {f.name: getattr(self.breaker, f.name) for f in fields(self.breaker)}
         for name, m in self.models.items():
             out["models"][name] = {
@@ -162,7 +165,7 @@ def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
 _ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure")
-_TOP_KEYS = {"models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir", "refresh_s"}
+_TOP_KEYS = {"models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir", "refresh_s", "pgbouncer"}
 
 
 def _number(where: str, value: Any, *, positive: bool = False, minimum: float | None = None) -> float:
@@ -375,6 +378,9 @@ def _parse(data: Mapping[str, Any]) -> Config:
     log_prompts = data.get("log_prompts", False)
     if not isinstance(log_prompts, bool):
         raise ConfigError("log_prompts", f"must be true or false, got {log_prompts!r}")
+    pgbouncer = data.get("pgbouncer", False)
+    if not isinstance(pgbouncer, bool):
+        raise ConfigError("pgbouncer", f"must be true or false, got {pgbouncer!r}")
     seed = data.get("seed")
     if seed is not None:
         seed = _integer("seed", seed, 0)
@@ -392,4 +398,5 @@ def _parse(data: Mapping[str, Any]) -> Config:
         breaker=_breaker(data.get("breaker", {})),
         journal_dir=journal_dir,
         refresh_s=_number("refresh_s", data["refresh_s"], positive=True) if data.get("refresh_s") is not None else None,
+        pgbouncer=pgbouncer,
     )

@@ -348,7 +348,7 @@ class Router:
     ) -> None:
         self.config = load_config(config)
         self.backend: Backend = backend if backend is not None else HttpxBackend(self.config.models)
-        self.store = store if store is not None else Store(self.config.store, journal_dir=self.config.journal_dir)
+        self.store = store if store is not None else Store(self.config.store, journal_dir=self.config.journal_dir, pgbouncer=self.config.pgbouncer)
         self.classifier = classifier
         seed = self.config.seed
         self.policies: dict[str, Policy] = {}

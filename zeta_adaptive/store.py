@@ -150,7 +150,7 @@ def _insert(engine: Engine, table: Table) -> Any:
     return insert(table).on_conflict_do_nothing()
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, pgbouncer: bool = False) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -164,7 +164,9 @@ def _engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True)
+    # a bounded pool per process: the writer, the refresher and feedback look-ups
+    connect_args = {"prepare_threshold": None} if pgbouncer else {}  # PgBouncer's transaction mode forbids prepared statements
+    return create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True, connect_args=connect_args)
 
 
 class Journal:
@@ -275,12 +277,13 @@ class Store:
         migrate: bool = True,
         journal_dir: str | Path | None = None,
         buffer_rows: int = 1_000_000,
+        pgbouncer: bool = False,
     ) -> None:
         self.url = url
         self.batch_size = batch_size
         self.buffer_rows = buffer_rows
         try:
-            self.engine = _engine(url)
+            self.engine = _engine(url, pgbouncer)
             if migrate:
                 upgrade(self.engine)
         except SQLAlchemyError as exc:
