@@ -288,7 +288,20 @@ class RandomPolicy(Policy):
 
 
 class _IndexPolicy(Policy):
-    """Deterministic ranking by an index per model (propensity 1); models never tried come first."""
+    """Deterministic ranking by an index per model (propensity 1); models never tried come first.
+
+    ``c`` scales the exploration term of the index.
+    """
+
+    options = ("c",)
+    default_c: ClassVar[float] = 1.0
+
+    def __init__(self, models: Sequence[str], *, c: float | None = None, **common: Any) -> None:
+        super().__init__(models, **common)
+        c = self.default_c if c is None else c
+        if c < 0:
+            raise ValueError(f"c must be >= 0, got {c}")
+        self.c = float(c)
 
     def _index(self, idx: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -335,13 +348,6 @@ class UCB1Policy(_IndexPolicy):
     """UCB1: empirical score plus ``c * sqrt(2 ln N / n)``."""
 
     name = "ucb1"
-    options = ("c",)
-
-    def __init__(self, models: Sequence[str], *, c: float = 1.0, **common: Any) -> None:
-        super().__init__(models, **common)
-        if c < 0:
-            raise ValueError(f"c must be >= 0, got {c}")
-        self.c = float(c)
 
     def _index(self, idx: np.ndarray) -> np.ndarray:
         mean, penalty = self._empirical(idx)
@@ -364,13 +370,7 @@ class KLUCBPolicy(_IndexPolicy):
     """
 
     name = "kl_ucb"
-    options = ("c",)
-
-    def __init__(self, models: Sequence[str], *, c: float = 0.0, **common: Any) -> None:
-        super().__init__(models, **common)
-        if c < 0:
-            raise ValueError(f"c must be >= 0, got {c}")
-        self.c = float(c)
+    default_c = 0.0
 
     def _index(self, idx: np.ndarray) -> np.ndarray:
         mean, penalty = self._empirical(idx)
