@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.exc import SQLAlchemyError
 
-from .backends import Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem
+from .backends import REJECTING_STATUSES, Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem
 from .config import Config, ModelConfig, RouteConfig, load_config
 from .exceptions import AllModelsFailed, ConfigError, RequestRejected, StreamBroken, UnknownTaskType
 from .feedback import FeedbackBook
@@ -292,7 +292,7 @@ class _Call:
         self.tokens.append(token)
         del self.open[token]
         self.router.health.release(model.name, reply)
-        if reply.outcome is not Outcome.CANCELLED:
+        if reply.outcome is not Outcome.CANCELLED and not reply.rejects_request:  # neither says anything about the model
             latency = reply.ttft_s if self.route.latency_measure == "ttft" and reply.ttft_s is not None else reply.latency_s
             with self.router.locks[self.task_type]:
                 self.policy.update(model.name, reply.ok, latency, cost)
@@ -605,7 +605,8 @@ class Router:
 
     def _learn(self, tried: pd.DataFrame, rated: pd.DataFrame) -> None:
         """Teach each policy a time-ordered slice of the log (vectorised, under its lock)."""
-        tried = tried[tried["outcome"] != str(Outcome.CANCELLED)]  # live policies never learn from these
+        rejected = (tried["outcome"] == str(Outcome.CLIENT_ERROR)) & tried["status"].isin(list(REJECTING_STATUSES))
+        tried = tried[(tried["outcome"] != str(Outcome.CANCELLED)) & ~rejected]  # live policies never learn from these
         for task, policy in self.policies.items():
             a = tried[tried["task_type"] == task]
             f = rated[rated["task_type"] == task]
