@@ -229,3 +229,16 @@ def test_a_saturated_model_is_skipped(sqlite_url):
     store = Store(sqlite_url)
     assert json.loads(store.find_call(second.call_id)["skipped"]) == {"small": "saturated"}
     store.close()
+
+
+def test_a_rejected_request_teaches_nothing_about_the_model(sqlite_url):
+    bad = Reply(Outcome.CLIENT_ERROR, 0.001, 400, error="context too long")
+    from zeta_adaptive import RequestRejected
+
+    with _router(sqlite_url, {"a": [bad], "b": ["ok"]}) as router:
+        with pytest.raises(RequestRejected):
+            router.chat("simple", MSG)
+        assert router.policies["simple"].n.sum() == 0
+        assert router.health.snapshot("a")["breaker"] == CLOSED
+    with _router(sqlite_url, {"a": ["ok"]}) as again:  # warm start agrees
+        assert again.policies["simple"].n.sum() == 0
