@@ -18,5 +18,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+report: $(STAMP)
+	test -f zeta.db || $(BIN)/zeta-adaptive demo
+	$(BIN)/zeta-adaptive report --db sqlite:///zeta.db --html zeta-report.html --demo-truth
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis zeta.db zeta.db-wal zeta.db-shm
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis zeta.db zeta.db-wal zeta.db-shm zeta-report.html

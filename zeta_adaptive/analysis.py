@@ -58,10 +58,12 @@ __all__ = [
     "plot_failure_rates",
     "plot_ordering",
     "plot_regret",
+    "plot_policy_estimates",
 ]
 
 By = Literal["call", "time"]
 _WINDOW = ["window", "start", "end"]
+_ESTIMATORS = ["ips", "snips", "dm", "dr", "replay"]  # zeta_adaptive.replay's, for stable colours
 _FAULT_RATES = ("hang_rate", "error_rate", "rate_limit_rate", "malformed_rate", "empty_rate")
 
 
@@ -160,17 +162,16 @@ def between(log: Log, start: int, stop: int) -> Log:
     return Log(calls, log.attempts[log.attempts["call_id"].isin(keep)], log.feedback[log.feedback["call_id"].isin(keep)])
 
 
-def _shares(rows: pd.DataFrame, keys: list[str], column: str = "model") -> pd.DataFrame:
-    """Count rows per ``keys`` + ``column`` and each count's share within ``keys``; every value of
-    ``column`` seen for a task type gets a row (zero if absent) in each of the task's groups."""
-    counts = rows.groupby([*keys, column]).size().rename("n")
+def _shares(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Count rows per ``keys`` and model, and each count's share within ``keys``; every model seen for a
+    task type gets a row (zero if absent) in each of the task's groups, so stacked plots line up."""
+    counts = rows.groupby([*keys, "model"]).size().rename("n")
     if counts.empty:
-        return pd.DataFrame(columns=[*keys, column, "n", "share"])
-    grid = counts.unstack(column, fill_value=0).stack().rename("n").reset_index()
-    seen = rows[["task_type", column]].drop_duplicates()
-    out = grid.merge(seen, on=["task_type", column], how="inner")
+        return pd.DataFrame(columns=[*keys, "model", "n", "share"])
+    grid = counts.unstack("model", fill_value=0).stack().rename("n").reset_index()
+    out = grid.merge(rows[["task_type", "model"]].drop_duplicates(), on=["task_type", "model"], how="inner")
     out["share"] = out["n"] / out.groupby(keys)["n"].transform("sum")
-    return out.sort_values([*keys, column], kind="stable").reset_index(drop=True)
+    return out.sort_values([*keys, "model"], kind="stable").reset_index(drop=True)
 
 
 # -- over time --------------------------------------------------------------------------------------
@@ -218,6 +219,7 @@ def model_failure_rates(log: Log, bins: int = 20, by: By = "call") -> pd.DataFra
 
 
 def _latencies(log: Log, successful_only: bool) -> pd.DataFrame:
+    """The attempts whose latency to study: by default the successful ones, since a timeout's latency is the timeout."""
     a = log.attempts
     return a[a["outcome"] == "ok"] if successful_only else a
 
@@ -262,9 +264,10 @@ def latency_distribution(
         index = a[["call_id"]].merge(w, on="call_id", how="left")["call_index"].to_numpy()
         phase = np.where(index < split_at, "before", "after").astype(object)
     counts = pd.DataFrame({"model": a["model"].to_numpy(), "phase": phase, "bin": idx}).groupby(["model", "phase", "bin"]).size()
-    present = counts.index.droplevel("bin").unique()
-    full = pd.MultiIndex.from_tuples(
-        [(m, p, b) for m, p in present for b in range(len(edges) - 1)], names=["model", "phase", "bin"]
+    present, k = counts.index.droplevel("bin").unique(), len(edges) - 1  # every bin of each (model, phase)
+    full = pd.MultiIndex.from_arrays(
+        [np.repeat(present.get_level_values(0), k), np.repeat(present.get_level_values(1), k), np.tile(np.arange(k), len(present))],
+        names=["model", "phase", "bin"],
     )
     out = counts.reindex(full, fill_value=0).rename("count").reset_index()
     out["left"] = edges[out["bin"].to_numpy()]
@@ -454,21 +457,35 @@ def _figure(n_panels: int, ncols: int = 2, panel: tuple[float, float] = (5.2, 3.
     return fig, axes[:n_panels]
 
 
-def _colors(names: Iterable[str]) -> dict[str, Any]:
-    """A fixed colour per name (sorted), so one model keeps its colour across the figures of a log."""
+def _colors(names: Iterable[str], first: Sequence[str] = ()) -> dict[str, Any]:
+    """A fixed colour per name, ``first`` names then the rest sorted, so one model (or estimator)
+    keeps its colour across the figures of a log."""
     from matplotlib import colormaps
 
     palette = colormaps["tab10"].colors
-    return {name: palette[i % len(palette)] for i, name in enumerate(sorted(set(names)))}
+    present = set(names)
+    ordered = [n for n in first if n in present] + sorted(present - set(first))
+    return {name: palette[i % len(palette)] for i, name in enumerate(ordered)}
 
 
 def _mid(frame: pd.DataFrame) -> pd.Series:
+    """Each window's centre, where its value is drawn, so a change on a window edge shows on the edge."""
     return (frame["start"] + frame["end"]) / 2
 
 
 def _mark(ax: Axes, mark: float | None, label: str) -> None:
+    """A dashed vertical line at a known change (a degradation), so a reader sees cause and effect."""
     if mark is not None:
         ax.axvline(mark, color="0.3", linestyle="--", linewidth=1, label=label)
+
+
+def _legend(fig: Figure, axes: Sequence[Axes]) -> None:
+    """One legend under the figure for every panel's lines, since a name keeps its colour across panels."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 6), fontsize="small")
 
 
 def plot_traffic_share(
@@ -483,7 +500,7 @@ def plot_traffic_share(
         ax.stackplot(wide.index, wide.to_numpy().T, labels=wide.columns, colors=[colors[m] for m in wide.columns], alpha=0.85)
         _mark(ax, mark, mark_label)
         ax.set(title=task, xlabel=xlabel, ylabel="share of traffic", ylim=(0, 1), xlim=(wide.index.min(), wide.index.max()))
-        ax.legend(loc="lower left", fontsize="small", framealpha=0.8)
+    _legend(fig, axes)
     fig.suptitle("Traffic share per model over time")
     return fig
 
@@ -575,7 +592,7 @@ def plot_ordering(
             ax.plot(_mid(m), m["mean_position"] + 1, marker="o", markersize=3, color=colors[model], label=model)
         _mark(ax, mark, mark_label)
         ax.set(title=task, xlabel=xlabel, ylabel="mean place in ranking", ylim=(sizes[task] + 0.1, 0.9))
-        ax.legend(fontsize="small", loc="best")
+    _legend(fig, axes)
     fig.suptitle("Learned preference order over time (1 = primary)")
     return fig
 
@@ -590,4 +607,40 @@ def plot_regret(regret: pd.DataFrame, *, mark: float | None = None, mark_label: 
     _mark(ax, mark, mark_label)
     ax.set(title="Cumulative regret against an oracle", xlabel="call index", ylabel="expected reward lost (sum)")
     ax.legend(fontsize="small")
+    return fig
+
+
+def plot_policy_estimates(
+    estimates: pd.DataFrame, truth: pd.DataFrame | None = None, *, xlabel: str = "estimated mean reward per call"
+) -> Figure:
+    """Offline estimates of each policy's value with their intervals, one panel per task type and one
+    colour per estimator, from a table with ``task_type``, ``policy``, ``estimator``, ``value``,
+    ``ci_low`` and ``ci_high`` (such as :func:`zeta_adaptive.replay.compare`'s); ``truth``
+    (``task_type``, ``policy``, ``value``) adds the true values as black diamonds."""
+    from matplotlib.lines import Line2D
+
+    tasks = sorted(estimates["task_type"].unique())
+    policies = list(dict.fromkeys(estimates["policy"]))
+    estimators = list(dict.fromkeys(estimates["estimator"]))
+    fig, axes = _figure(len(tasks), ncols=len(tasks), panel=(4.2, 0.45 * len(policies) + 1.4))
+    colors = _colors(_ESTIMATORS + estimators, first=_ESTIMATORS)
+    offset = {e: (i - (len(estimators) - 1) / 2) * 0.8 / max(len(estimators), 1) for i, e in enumerate(estimators)}
+    for ax, task in zip(axes, tasks):
+        d = estimates[estimates["task_type"] == task]
+        y = d["policy"].map({p: i for i, p in enumerate(policies)}) + d["estimator"].map(offset)
+        for estimator, rows in d.assign(y=y).groupby("estimator", sort=False):
+            err = np.vstack([rows["value"] - rows["ci_low"], rows["ci_high"] - rows["value"]]).clip(min=0)
+            ax.errorbar(rows["value"], rows["y"], xerr=err, fmt="o", markersize=4, capsize=2, color=colors[estimator])
+        if truth is not None:
+            t = truth[truth["task_type"] == task]
+            t = t[t["policy"].isin(policies)]
+            ax.scatter(t["value"], t["policy"].map({p: i for i, p in enumerate(policies)}), marker="D", color="black", s=28, zorder=3)
+        ax.set_yticks(range(len(policies)), policies if ax is axes[0] else [""] * len(policies))
+        ax.set(title=task, xlabel=xlabel, ylim=(len(policies) - 0.5, -0.5))
+        ax.grid(axis="x", alpha=0.3)
+    handles = [Line2D([], [], color=colors[e], marker="o", label=e) for e in estimators]
+    if truth is not None:
+        handles.append(Line2D([], [], color="black", marker="D", linestyle="", label="truth"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
+    fig.suptitle("Policies evaluated offline (95% intervals)")
     return fig

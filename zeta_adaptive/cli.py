@@ -106,3 +106,18 @@ def preferences(config: str) -> None:
                 click.echo(f"{task}: " + " > ".join(f"{r['model']} ({r['score']:.3f}, n={r['n']:.0f})" for r in rows))
     except ZetaError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--db", "url", default=DEFAULT_STORE, show_default=True, help="Store URL of the log to report on.")
+@click.option("--html", "html_path", default="zeta-report.html", show_default=True, type=click.Path(dir_okay=False), help="Where to write the page.")
+@click.option("--demo-truth", is_flag=True, help="The log is one `zeta-adaptive demo` run: add regret against the simulated fleet and mark its degradation.")
+def report(url: str, html_path: str, demo_truth: bool) -> None:
+    """Render the analysis of a log to one static HTML page, plots embedded, for readers without Jupyter."""
+    from .report import write_report
+
+    try:
+        out = write_report(url, html_path, demo=demo_truth)
+    except ZetaError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {out}")

@@ -47,14 +47,17 @@ def figure_png(fig: Figure, dpi: int = 90) -> str:
 
 
 def _img(fig: Figure, alt: str) -> str:
+    """An <img> tag carrying the figure inside the page, so the page is one self-contained file."""
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{figure_png(fig)}">'
 
 
 def _table(frame: pd.DataFrame) -> str:
+    """A DataFrame as an HTML table with three decimals, readable without scrolling through digits."""
     return frame.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="", border=0)
 
 
 def _section(title: str, reading: str, *parts: str) -> str:
+    """A titled section with a one-sentence reading above its plots and tables."""
     return f"<h2>{html.escape(title)}</h2>\n<p class=\"reading\">{html.escape(reading)}</p>\n" + "\n".join(parts)
 
 
@@ -145,10 +148,6 @@ def write_report(url: str, path: str | Path, *, demo: bool = False) -> Path:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") and not Path(parsed.database).exists():
         raise ZetaError(f"no log at {url} (run `zeta-adaptive demo` to make one)")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ZetaError("the report draws with matplotlib: pip install 'zeta_adaptive[plot]'") from None
     store = Store(url)
     try:
         log = za.load_log(store)
