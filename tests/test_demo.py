@@ -50,3 +50,13 @@ def test_model_summary_on_a_hand_built_log():
     assert s.loc["a", "share"] == 0.5 and s.loc["b", "share"] == 0.5
     assert s.loc["a", "accuracy"] == 0.8
     assert model_summary(Log(calls.iloc[:0], attempts.iloc[:0], feedback.iloc[:0])).empty
+
+
+def test_a_second_demo_starts_a_fresh_log(tmp_path):
+    url = f"sqlite:///{tmp_path / 'twice.db'}"
+    run_demo(calls=40, store=url, seed=1, concurrency=4, progress=False)
+    run_demo(calls=30, store=url, seed=2, concurrency=4, progress=False)
+    assert len(load_log(url).calls) == 30
+    assert (tmp_path / "twice.db.prev").exists()
+    run_demo(calls=20, store=url, seed=3, concurrency=4, progress=False, fresh=False)
+    assert len(load_log(url).calls) == 50

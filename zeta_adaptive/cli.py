@@ -27,12 +27,13 @@ def main() -> None:
 @click.option("--db", default=DEFAULT_STORE, show_default=True, help="Store URL for the log.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fleet, the traffic and the policies.")
 @click.option("--concurrency", default=16, show_default=True, type=click.IntRange(min=1), help="Calls in flight at once.")
-def demo(calls: int, db: str, seed: int, concurrency: int) -> None:
+@click.option("--append", is_flag=True, help="Add to an existing log instead of moving it to <file>.prev first.")
+def demo(calls: int, db: str, seed: int, concurrency: int, append: bool) -> None:
     """Route calls across a simulated loopback fleet in which one model degrades halfway, and report."""
     from .demo import run_demo
 
     try:
-        report = run_demo(calls=calls, store=db, seed=seed, concurrency=concurrency)
+        report = run_demo(calls=calls, store=db, seed=seed, concurrency=concurrency, fresh=not append)
     except ZetaError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.render())

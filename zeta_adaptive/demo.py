@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from .analysis import load_log, model_summary
@@ -95,8 +97,28 @@ async def _drive(router: Router, fleet: Fleet, calls: int, concurrency: int, see
     return failed, primary
 
 
-def run_demo(calls: int = 2000, store: str = "sqlite:///zeta.db", seed: int = 0, concurrency: int = 16, progress: bool = True) -> DemoReport:
-    """Run the demo end to end and return its report (the log stays in ``store``)."""
+def _start_fresh(store: str) -> None:
+    """Move an earlier SQLite demo log aside (to ``<file>.prev``), so the log holds one run."""
+    url = make_url(store)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    path = Path(url.database)
+    if path.exists():
+        path.replace(path.with_name(path.name + ".prev"))
+        for suffix in ("-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def run_demo(
+    calls: int = 2000, store: str = "sqlite:///zeta.db", seed: int = 0, concurrency: int = 16, progress: bool = True, fresh: bool = True
+) -> DemoReport:
+    """Run the demo end to end and return its report (the log stays in ``store``).
+
+    With ``fresh`` (the default) an existing SQLite log is moved to ``<file>.prev`` first, so the
+    log holds exactly one run, which is what the analysis notebook and report expect.
+    """
+    if fresh:
+        _start_fresh(store)
     with example_fleet(seed) as fleet:
         config = fleet.fleet_config({t: list(m) for t, m in example_routes().items()}, store=store, deadline_s=5.0, seed=seed)
         for task, route in config["routes"].items():

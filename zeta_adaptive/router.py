@@ -208,6 +208,7 @@ class _Call:
         with router.locks[task_type]:
             self.ranking: Ranking = self.policy.rank(usable or None)
         self.queue = list(self.ranking.order) + [m for m in route.models if m in self.skipped and usable]
+        self.order = tuple(self.queue)  # the whole order tried: the policy's ranking, then skipped models
         self._wait_first = not usable and router.config.breaker.when_all_cooling == "wait"
         self._retry: tuple[str, float] | None = None
         self._retried: set[str] = set()
@@ -323,7 +324,7 @@ class _Call:
             "task_type": self.task_type,
             "model": self.answer_model,
             "attempts": self.attempts,
-            "ranking": self.ranking.order,
+            "ranking": self.order,
             "propensity": self.ranking.propensity,
             "latency_s": latency,
         }
@@ -568,7 +569,7 @@ class Router:
                     "task_type": call.task_type,
                     "policy": call.policy.name,
                     "propensity": call.ranking.propensity,
-                    "ranking": json.dumps(call.ranking.order),
+                    "ranking": json.dumps(call.order),
                     "model": model,
                     "outcome": outcome,
                     "latency_s": latency,
