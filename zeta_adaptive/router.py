@@ -113,16 +113,24 @@ class EmbedResult(_Result):
 
 @dataclass(frozen=True, slots=True)
 class _Step:
-    """The next attempt of a call: which model, its timeout, and how long to wait before it."""
+    """The next attempt of a call: which model, and how long to wait before it."""
 
     model: ModelConfig
-    timeout_s: float
     wait_s: float = 0.0
 
-    @property
-    def first_token_s(self) -> float:
-        """The bound on a streamed attempt's first token."""
-        return min(self.model.first_token_timeout_s or self.timeout_s, self.timeout_s)
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """An attempt that has begun: its token for :meth:`_Call.record` and its bounds, cut to the
+    deadline at the moment it starts (a wait or a busy event loop may have eaten some)."""
+
+    token: int
+    timeout_s: float
+    first_token_s: float
+
+
+#: the least time worth waiting for a cooling model to reopen before trying it
+MIN_ATTEMPT_S = 0.1
 
 
 class ChatStream:
@@ -242,11 +250,10 @@ class _Call:
             if self._wait_first:
                 self._wait_first = False
                 wait = self.router.health.reopens_in([name, *self.queue])
-                wait = wait if wait < remaining else 0.0  # nothing reopens in time: try anyway
-        timeout = min(self.router.config.models[name].timeout_s, remaining - wait)
-        if timeout <= 0:
+                wait = wait if wait + MIN_ATTEMPT_S < remaining else 0.0  # nothing reopens in time: try anyway
+        if remaining - wait <= 0:
             return None
-        return _Step(self.router.config.models[name], timeout, wait)
+        return _Step(self.router.config.models[name], wait)
 
     def hedge_delay(self, step: _Step) -> float | None:
         """When to ask the next model too: the primary's learned latency quantile, if hedging is on."""
@@ -254,15 +261,18 @@ class _Call:
         if q is None or not self.queue:
             return None
         delay = self.router.health.latency_quantile(step.model.name, q)
-        return delay if delay is not None and delay < step.timeout_s else None
+        return delay if delay is not None and delay < min(step.model.timeout_s, self.remaining()) else None
 
-    def begin(self, model: ModelConfig) -> int:
-        """Note an attempt starting; returns its token for :meth:`record`."""
+    def begin(self, model: ModelConfig) -> _Started | None:
+        """Start an attempt now, or None if the deadline has passed in the meantime."""
+        timeout = min(model.timeout_s, self.remaining())
+        if timeout <= 0:
+            return None
         self.router.health.acquire(model.name)
         self.starts.append(time.time())
         token = len(self.starts) - 1
         self.open[token] = (model, time.perf_counter())
-        return token
+        return _Started(token, timeout, min(model.first_token_timeout_s or timeout, timeout))
 
     def cancel_open(self, why: str) -> None:
         """Record every attempt still in flight as cancelled (a hedge's loser, or an aborted call)."""
@@ -457,8 +467,8 @@ class Router:
             while (step := call.next()) is not None:
                 if step.wait_s:
                     time.sleep(step.wait_s)
-                token = call.begin(step.model)
-                call.record(step.model, send(step.model, step.timeout_s), token)
+                if (started := call.begin(step.model)) is not None:
+                    call.record(step.model, send(step.model, started.timeout_s), started.token)
         except BaseException as exc:
             call.abort(exc)
             raise
@@ -471,15 +481,16 @@ class Router:
             while (step := call.next()) is not None:
                 if step.wait_s:
                     time.sleep(step.wait_s)
-                token = call.begin(step.model)
+                if (started := call.begin(step.model)) is None:
+                    continue
                 shown, reply = False, None
-                for item in send(step.model, step.timeout_s, step.first_token_s):
+                for item in send(step.model, started.timeout_s, started.first_token_s):
                     if isinstance(item, str):
                         shown = True
                         yield item
                     else:
                         reply = item
-                call.record(step.model, reply or Reply(Outcome.MALFORMED, 0.0, error="stream gave no result"), token, shown)
+                call.record(step.model, reply or Reply(Outcome.MALFORMED, 0.0, error="stream gave no result"), started.token, shown)
         except BaseException as exc:  # includes GeneratorExit: the caller stopped reading
             call.abort(exc)
             raise
@@ -493,15 +504,16 @@ class Router:
             while (step := call.next()) is not None:
                 if step.wait_s:
                     await asyncio.sleep(step.wait_s)
-                token = call.begin(step.model)
+                if (started := call.begin(step.model)) is None:
+                    continue
                 shown, reply = False, None
-                async for item in send(step.model, step.timeout_s, step.first_token_s):
+                async for item in send(step.model, started.timeout_s, started.first_token_s):
                     if isinstance(item, str):
                         shown = True
                         yield item
                     else:
                         reply = item
-                call.record(step.model, reply or Reply(Outcome.MALFORMED, 0.0, error="stream gave no result"), token, shown)
+                call.record(step.model, reply or Reply(Outcome.MALFORMED, 0.0, error="stream gave no result"), started.token, shown)
         except BaseException as exc:
             call.abort(exc)
             raise
@@ -517,8 +529,8 @@ class Router:
                     await asyncio.sleep(step.wait_s)
                 delay = call.hedge_delay(step)
                 if delay is None:
-                    token = call.begin(step.model)
-                    call.record(step.model, await send(step.model, step.timeout_s), token)
+                    if (started := call.begin(step.model)) is not None:
+                        call.record(step.model, await send(step.model, started.timeout_s), started.token)
                 else:
                     await _hedge(call, send, step, delay)
         except BaseException as exc:  # the caller cancelled us, or a backend raised
@@ -699,10 +711,12 @@ async def _hedge(call: _Call, send: Callable[[ModelConfig, float], Awaitable[Rep
     running: dict[asyncio.Task[Reply], tuple[ModelConfig, int]] = {}
 
     def launch(s: _Step) -> None:
-        token = call.begin(s.model)
-        running[asyncio.ensure_future(send(s.model, s.timeout_s))] = (s.model, token)
+        if (started := call.begin(s.model)) is not None:
+            running[asyncio.ensure_future(send(s.model, started.timeout_s))] = (s.model, started.token)
 
     launch(step)
+    if not running:  # the deadline passed before the attempt could start
+        return
     try:
         done, _ = await asyncio.wait(running, timeout=delay)
         if not done and (second := call.next()) is not None:
