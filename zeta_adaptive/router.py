@@ -614,7 +614,13 @@ class Router:
     def _warm_start(self) -> None:
         """Rebuild every policy's statistics from the logged history of its task type."""
         tasks = list(self.policies)
-        self._learn(self.store.frame("attempts", tasks), self.store.frame("feedback", tasks))
+        self._learn(
+            self.store.frame("attempts", tasks, columns=self.LEARNED_ATTEMPT_COLUMNS),
+            self.store.frame("feedback", tasks, columns=self.LEARNED_FEEDBACK_COLUMNS),
+        )
+
+    LEARNED_ATTEMPT_COLUMNS = ("task_type", "model", "outcome", "status", "latency_s", "cost")
+    LEARNED_FEEDBACK_COLUMNS = ("task_type", "model", "accuracy")
 
     def _learn(self, tried: pd.DataFrame, rated: pd.DataFrame) -> None:
         """Teach each policy a time-ordered slice of the log (vectorised, under its lock)."""

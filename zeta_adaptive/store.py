@@ -482,11 +482,12 @@ class Store:
         *,
         since: float | None = None,
         exclude_router: str | None = None,
+        columns: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """A table as a DataFrame in time order: optionally some task types, rows from ``since``
-        (unix time) on, and not written by router ``exclude_router``."""
+        (unix time) on, not written by router ``exclude_router``, only some ``columns``."""
         t = TABLES[table]
-        query = select(t)
+        query = select(*(t.c[name] for name in columns)) if columns else select(t)
         if task_types is not None:
             query = query.where(t.c.task_type.in_(list(task_types)))
         if since is not None:
@@ -495,4 +496,7 @@ class Store:
             query = query.where(or_(t.c.router_id.is_(None), t.c.router_id != exclude_router))
         order = [t.c.ts, t.c.idx] if table == "attempts" else [t.c.ts]
         with self.engine.connect() as conn:
-            return pd.read_sql(query.order_by(*order), conn)
+            result = conn.execute(query.order_by(*order))
+            keys, rows = list(result.keys()), result.all()
+        # built column by column: pandas probing each SQLAlchemy Row for named fields is slow
+        return pd.DataFrame({key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys})
