@@ -191,6 +191,34 @@ class Policy:
         self.updates += n_events
         self._changed()
 
+    def add_sums(self, models: Sequence[str], sums: dict[str, np.ndarray]) -> None:
+        """Add per-model sums (keys: the statistics' names, e.g. from an aggregate query).
+
+        Exact for an undiscounted policy, whose statistics are plain sums in any order.
+        """
+        if self.discount != 1.0:
+            raise ValueError("sums lose the order a discounted policy needs: use fit()")
+        idx, keep = self._indices(models)
+        rows = {"n": N, "succ": SUCC, "lat_sum": LAT_SUM, "loglat_sum": LOGLAT_SUM, "loglat_sq": LOGLAT_SQ,
+                "cost_sum": COST_SUM, "acc_n": ACC_N, "acc_sum": ACC_SUM}
+        for name, values in sums.items():
+            kept = np.asarray(values, dtype=float)[keep]
+            np.add.at(self.stats[rows[name]], idx[keep], kept)
+            if name == "succ":
+                np.add.at(self.stats[LAT_N], idx[keep], kept)
+            if name in ("n", "acc_n"):
+                self.updates += int(kept.sum())
+        self._changed()
+
+    #: events older than this weight no longer count when a discounted policy warm-starts
+    NEGLIGIBLE_WEIGHT = 1e-12
+
+    def horizon(self) -> int | None:
+        """How many of the latest events decide a discounted policy's statistics (None: all)."""
+        if self.discount == 1.0:
+            return None
+        return int(math.ceil(math.log(self.NEGLIGIBLE_WEIGHT) / math.log(self.discount)))
+
     def _indices(self, models: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         idx = np.fromiter((self.index.get(m, -1) for m in models), dtype=np.int64, count=len(models))
         return idx, idx >= 0

@@ -24,6 +24,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import and_, not_
 from sqlalchemy.exc import SQLAlchemyError
 
 from .backends import REJECTING_STATUSES, Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem
@@ -33,6 +34,7 @@ from .feedback import FeedbackBook
 from .health import Health
 from .policies import Policy, Ranking, make_policy
 from .store import Store
+from .store import attempts as attempts_table
 from .validators import Validator
 from .validators import build as build_validators
 from .validators import check as check_answer
@@ -612,12 +614,33 @@ class Router:
         self.book.remember(call.call_id, call.task_type, model)
 
     def _warm_start(self) -> None:
-        """Rebuild every policy's statistics from the logged history of its task type."""
-        tasks = list(self.policies)
-        self._learn(
-            self.store.frame("attempts", tasks, columns=self.LEARNED_ATTEMPT_COLUMNS),
-            self.store.frame("feedback", tasks, columns=self.LEARNED_FEEDBACK_COLUMNS),
-        )
+        """Rebuild every policy's statistics from the logged history of its task type.
+
+        An undiscounted policy's statistics are sums, so it reads one aggregate row per model; a
+        discounted one reads only its last ``horizon()`` events, older ones weighing < 1e-12.
+        Either way the cost does not grow with the length of the log.
+        """
+        learnable = self._learnable()
+        for task, policy in self.policies.items():
+            horizon = policy.horizon()
+            if horizon is None:
+                tried = self.store.attempt_sums(task, learnable)
+                rated = self.store.feedback_sums(task)
+                with self.locks[task]:
+                    policy.add_sums(tried["model"].tolist(), {k: tried[k].to_numpy() for k in tried.columns if k != "model"})
+                    policy.add_sums(rated["model"].tolist(), {k: rated[k].to_numpy() for k in rated.columns if k != "model"})
+            else:
+                self._learn(
+                    self.store.tail("attempts", task, horizon, self.LEARNED_ATTEMPT_COLUMNS, learnable),
+                    self.store.tail("feedback", task, horizon, self.LEARNED_FEEDBACK_COLUMNS),
+                )
+
+    @staticmethod
+    def _learnable() -> Any:
+        """The attempts a live policy learns from: not cancelled, not a rejected request."""
+        a = attempts_table.c
+        rejected = and_(a.outcome == str(Outcome.CLIENT_ERROR), a.status.in_(sorted(REJECTING_STATUSES)))
+        return and_(a.outcome != str(Outcome.CANCELLED), not_(rejected))
 
     LEARNED_ATTEMPT_COLUMNS = ("task_type", "model", "outcome", "status", "latency_s", "cost")
     LEARNED_FEEDBACK_COLUMNS = ("task_type", "model", "accuracy")

@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -35,6 +36,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    case,
     create_engine,
     delete,
     event,
@@ -150,6 +152,11 @@ def _insert(engine: Engine, table: Table) -> Any:
     return insert(table).on_conflict_do_nothing()
 
 
+def _log_latency(latency_s: float | None) -> float | None:
+    """ln(latency) as the policies take it (floored at 1 microsecond); SQL's own on PostgreSQL."""
+    return None if latency_s is None else math.log(max(latency_s, 1e-6))
+
+
 def _engine(url: str, pgbouncer: bool = False) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -162,6 +169,7 @@ def _engine(url: str, pgbouncer: bool = False) -> Engine:
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+            dbapi_conn.create_function("zeta_log_latency", 1, _log_latency, deterministic=True)
 
         return engine
     # a bounded pool per process: the writer, the refresher and feedback look-ups
@@ -457,6 +465,50 @@ class Store:
     def has_feedback(self, call_id: str) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(select(feedback.c.call_id).where(feedback.c.call_id == call_id)).first() is not None
+
+    def tail(self, table: str, task_type: str, limit: int, columns: Sequence[str], where: Any = None) -> pd.DataFrame:
+        """The last ``limit`` rows of a task type (optionally filtered), in time order."""
+        t = TABLES[table]
+        query = select(*(t.c[name] for name in columns)).where(t.c.task_type == task_type)
+        if where is not None:
+            query = query.where(where)
+        order = [t.c.ts.desc(), t.c.idx.desc()] if table == "attempts" else [t.c.ts.desc()]
+        with self.engine.connect() as conn:
+            result = conn.execute(query.order_by(*order).limit(limit))
+            keys, rows = list(result.keys()), result.all()[::-1]
+        return pd.DataFrame({key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys})
+
+    def attempt_sums(self, task_type: str, where: Any = None) -> pd.DataFrame:
+        """Per model of a task type: attempts ``n``, successes ``succ``, and over successes the sums
+        of latency, log-latency, its square and cost: what an undiscounted policy keeps."""
+        t = attempts
+        ok = t.c.outcome == "ok"
+        if self.engine.dialect.name == "postgresql":
+            log_latency = func.ln(func.greatest(t.c.latency_s, 1e-6))
+        else:
+            log_latency = func.zeta_log_latency(t.c.latency_s)
+        when_ok = lambda value: func.sum(case((ok, value), else_=0.0))  # noqa: E731
+        query = select(
+            t.c.model,
+            func.count().label("n"),
+            when_ok(1.0).label("succ"),
+            when_ok(t.c.latency_s).label("lat_sum"),
+            when_ok(log_latency).label("loglat_sum"),
+            when_ok(log_latency * log_latency).label("loglat_sq"),
+            when_ok(t.c.cost).label("cost_sum"),
+        ).where(t.c.task_type == task_type)
+        if where is not None:
+            query = query.where(where)
+        with self.engine.connect() as conn:
+            result = conn.execute(query.group_by(t.c.model))
+            return pd.DataFrame(result.all(), columns=list(result.keys()))
+
+    def feedback_sums(self, task_type: str) -> pd.DataFrame:
+        """Per model of a task type: ratings ``acc_n`` and the sum of accuracy ``acc_sum``."""
+        query = select(feedback.c.model, func.count().label("acc_n"), func.sum(feedback.c.accuracy).label("acc_sum"))
+        with self.engine.connect() as conn:
+            result = conn.execute(query.where(feedback.c.task_type == task_type).group_by(feedback.c.model))
+            return pd.DataFrame(result.all(), columns=list(result.keys()))
 
     def prune(self, older_than: float) -> dict[str, int]:
         """Delete calls, attempts and feedback that started before ``older_than`` (unix time);

@@ -1,0 +1,37 @@
+"""Warm start rebuilds exactly what the live policies learned, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zeta_adaptive import AllModelsFailed, FakeBackend, Outcome, Reply, Router
+
+
+@pytest.mark.parametrize("discount", [1.0, 0.9])
+def test_warm_start_matches_live_statistics(store_url, tmp_path, discount):
+    rng = np.random.default_rng(3)
+
+    def flaky(model, request):
+        if rng.random() < 0.3:
+            return Reply(Outcome.SERVER_ERROR, 0.0, 500)
+        return Reply(Outcome.OK, float(rng.uniform(0.001, 0.01)), 200, text="x", tokens_in=3, tokens_out=2)
+
+    cfg = {
+        "store": store_url,
+        "journal_dir": str(tmp_path / "journal"),
+        "breaker": {"consecutive_failures": 1000, "min_calls": 1000},
+        "models": {n: {"base_url": f"http://127.0.0.1:{9200 + i}/v1", "price_in_per_1k": 1.0} for i, n in enumerate("abc")},
+        "routes": {"simple": {"models": ["a", "b", "c"], "policy": "thompson", "discount": discount, "seed": 1}},
+    }
+    with Router(cfg, backend=FakeBackend({"a": flaky, "b": flaky, "c": flaky})) as live:
+        for i in range(120):
+            try:
+                result = live.chat("simple", [{"role": "user", "content": "q"}])
+            except AllModelsFailed:
+                continue
+            if i % 3:
+                live.feedback(result.call_id, float(rng.uniform(0, 1)))
+        stats = live.policies["simple"].stats.copy()
+    with Router(cfg, backend=FakeBackend({})) as again:
+        np.testing.assert_allclose(again.policies["simple"].stats, stats, rtol=1e-9, atol=1e-9)
