@@ -22,5 +22,17 @@ report: $(STAMP)
 	test -f zeta.db || $(BIN)/zeta-adaptive demo
 	$(BIN)/zeta-adaptive report --db sqlite:///zeta.db --html zeta-report.html --demo-truth
 
+# `make bench`: every benchmark in experiments/, peers (LiteLLM, MABWiser) installed from the
+# `bench` extra; results and SUMMARY.md in experiments/results/. BENCH_ARGS passes options to
+# experiments/run_all.py, e.g. `make bench BENCH_ARGS="--quick --out /tmp/bench"` for a smoke run.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
+	$(BIN)/python experiments/run_all.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis zeta.db zeta.db-wal zeta.db-shm zeta-report.html

@@ -302,6 +302,11 @@ class StaticPolicy(Policy):
 
     name = "static"
 
+    def rank(self, eligible: Sequence[str] | None = None) -> Ranking:
+        if eligible is None:  # the common case needs no numpy at all
+            return Ranking(self.models, 1.0)
+        return super().rank(eligible)
+
     def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
         return np.sort(idx), 1.0
 

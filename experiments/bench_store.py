@@ -1,0 +1,450 @@
+"""Log writes: attempts per second the background writer sustains into SQLite and PostgreSQL.
+
+Rows are shaped as ``Router._log`` writes them: per call one ``calls`` row and its ``attempts``
+rows (1 attempt for 80% of calls, 2 for 15%, 3 for 5%; random uuid4 call ids), handed to
+``Store.put_many`` call by call from the main thread, as the router does. The clock runs from the
+first ``put_many`` until ``Store.flush()`` returns (every row committed), so the producer's
+queueing cost and the writer's inserts both count. Afterwards the rows are counted in the
+database: none may be missing.
+
+* SQLite: a file in a temporary folder (WAL, ``synchronous=NORMAL``, as the store sets it up).
+* PostgreSQL: the server named by ``ZETA_TEST_POSTGRES_URL`` (in a throwaway schema), else a
+  private server started with ``initdb`` / ``pg_ctl`` from ``/usr/lib/postgresql/*/bin`` in a
+  temporary folder on a free loopback port (default settings: fsync on); skipped with a note when
+  neither exists.
+* Peer: the naive alternative, one transaction per call (SQLAlchemy Core, the same INSERT ... ON
+  CONFLICT DO NOTHING), on the same database, fewer calls.
+* Floor: the same rows as tuples through the driver's ``executemany`` (5,000 rows a transaction,
+  no queue, no SQLAlchemy per-row work): what this machine gives at best right now, so the gap
+  between it and the writer is the writer's own cost.
+
+Repeats run interleaved (SQLite, PostgreSQL, and the naive writers, rotating), each into a fresh
+database file / schema; the table gives the median and the range.
+
+Targets (issue 9): >= 50,000 attempts/s into SQLite, >= 20,000/s into PostgreSQL, no row lost.
+
+    .venv/bin/python experiments/bench_store.py [--quick] [--out DIR] [--backends sqlite,postgres]
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleave, markdown_table, parse_args, write_csv, write_markdown  # noqa: E402
+
+TARGETS = {"sqlite": 50_000.0, "postgres": 20_000.0}
+TASKS = ("code", "simple", "reasoning")
+MODELS = ("coder-7b", "general-7b", "reasoner-14b")
+ROUTER_ID = "0123456789abcdef"
+FLOOR = "floor: driver executemany of tuples, no queue"
+
+
+# -- realistic rows ------------------------------------------------------------------------------
+
+
+def make_calls(n: int, seed: int) -> list[list[tuple[str, dict[str, Any]]]]:
+    """``n`` calls, each the list of rows Router._log hands to put_many (calls row, then attempts)."""
+    rng = np.random.default_rng(seed)
+    n_attempts = rng.choice([1, 2, 3], size=n, p=[0.80, 0.15, 0.05])
+    latency = rng.lognormal(np.log(0.4), 0.5, size=(n, 3))
+    task = rng.integers(0, len(TASKS), size=n)
+    first = rng.integers(0, len(MODELS), size=n)
+    ts0 = time.time() - n * 0.01
+    out = []
+    for i in range(n):
+        call_id = uuid.uuid4().hex
+        k = int(n_attempts[i])
+        order = [MODELS[(first[i] + j) % len(MODELS)] for j in range(len(MODELS))]
+        ts = ts0 + i * 0.01
+        attempts = []
+        for j in range(k):
+            ok = j == k - 1
+            attempts.append(
+                (
+                    "attempts",
+                    {
+                        "call_id": call_id, "idx": j, "ts": ts + j * 0.3, "task_type": TASKS[task[i]], "model": order[j],
+                        "outcome": "ok" if ok else "server_error", "status": 200 if ok else 500,
+                        "latency_s": float(latency[i, j]), "tokens_in": 120, "tokens_out": 48 if ok else 0,
+                        "cost": 0.00021 if ok else 0.0, "error": None if ok else "simulated internal error",
+                    },
+                )
+            )
+        call = {
+            "call_id": call_id, "ts": ts, "task_type": TASKS[task[i]], "policy": "thompson", "propensity": 0.62,
+            "ranking": '["' + '", "'.join(order) + '"]', "model": order[k - 1], "outcome": "ok",
+            "latency_s": float(latency[i, :k].sum()), "tokens_in": 120 * k, "tokens_out": 48, "cost": 0.00021,
+            "n_attempts": k, "prompt": None, "answer": None, "skipped": None,
+        }
+        out.append([("calls", _full("calls", call)), *((t, _full(t, r)) for t, r in attempts)])
+    return out
+
+
+def _full(table: str, row: dict[str, Any]) -> dict[str, Any]:
+    """The row with every column of the current schema (as Router._log sends them): a router id
+    where the table has one, None for the other columns this script does not know."""
+    from zeta_adaptive.store import TABLES
+
+    full = {c.name: None for c in TABLES[table].columns}
+    if "router_id" in full:
+        full["router_id"] = ROUTER_ID
+    full.update(row)
+    return full
+
+
+# -- databases -----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bindir() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    return found[-1].parent if found else None
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL server (initdb + pg_ctl, as the postgres user when we are root)."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="zeta-bench-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        opts = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
+        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.data / "log"), "-w", "start")
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        cmd = [str(self.bindir / tool), *args]
+        if self.as_root:
+            cmd = ["su", "postgres", "-c", " ".join(f"'{c}'" for c in cmd)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+    def close(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        except subprocess.SubprocessError:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[tuple[str | None, str]]:
+    """(base URL, where it comes from); URL None when no PostgreSQL can be had."""
+    url = os.environ.get("ZETA_TEST_POSTGRES_URL")
+    if url:
+        yield url, "ZETA_TEST_POSTGRES_URL (a throwaway schema per run)"
+        return
+    bindir = _pg_bindir()
+    if bindir is None:
+        yield None, "no ZETA_TEST_POSTGRES_URL and no /usr/lib/postgresql/*/bin/initdb"
+        return
+    try:
+        server = PrivatePostgres(bindir)
+    except (subprocess.SubprocessError, OSError) as exc:
+        yield None, f"could not start a private PostgreSQL: {exc}"
+        return
+    try:
+        yield server.url, f"private server {bindir.parent.name} (initdb/pg_ctl, default settings) on 127.0.0.1:{server.port}"
+    finally:
+        server.close()
+
+
+class Target:
+    """One fresh database per repeat: a SQLite file, or a PostgreSQL schema (search_path in the URL)."""
+
+    def __init__(self, kind: str, folder: Path, pg_url: str | None) -> None:
+        self.kind, self.folder, self.pg_url = kind, folder, pg_url
+        self.n = 0
+
+    @contextmanager
+    def fresh(self) -> Iterator[str]:
+        self.n += 1
+        if self.kind == "sqlite":
+            path = self.folder / f"store-{self.n}.db"
+            yield f"sqlite:///{path}"
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+            return
+        from sqlalchemy import create_engine, text
+
+        assert self.pg_url is not None
+        schema = f"zbench_{os.getpid()}_{self.n}"
+        admin = create_engine(self.pg_url)
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        sep = "&" if "?" in self.pg_url else "?"
+        try:
+            yield f"{self.pg_url}{sep}options=-csearch_path%3D{schema}"
+        finally:
+            with admin.begin() as conn:
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            admin.dispose()
+
+
+# -- the measurements ----------------------------------------------------------------------------
+
+
+def run_store(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: Path) -> dict[str, Any]:
+    """The background writer: put_many per call, then flush; count the rows afterwards."""
+    from zeta_adaptive import Store
+
+    store = Store(url, journal_dir=journal)
+    try:
+        expected_attempts = sum(len(c) - 1 for c in calls)
+        gc.collect()
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        for rows in calls:
+            store.put_many(rows)
+        t_put = time.perf_counter()
+        assert store.flush(600), "flush timed out"
+        t1 = time.perf_counter()
+        cpu = time.process_time() - c0
+        got_calls, got_attempts = store.count("calls"), store.count("attempts")
+        errors, pending = store.errors, store.pending
+    finally:
+        store.close()
+    return {
+        "calls": len(calls),
+        "attempts": expected_attempts,
+        "seconds": t1 - t0,
+        "put_seconds": t_put - t0,
+        "attempts_per_s": expected_attempts / (t1 - t0),
+        "rows_per_s": (expected_attempts + len(calls)) / (t1 - t0),
+        "attempts_per_cpu_s": expected_attempts / max(cpu, 1e-9),
+        "cpu_share": cpu / (t1 - t0),
+        "calls_found": got_calls,
+        "attempts_found": got_attempts,
+        "lost": (len(calls) - got_calls) + (expected_attempts - got_attempts),
+        "write_errors": errors,
+        "journaled": pending,
+    }
+
+
+def run_naive(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: Path) -> dict[str, Any]:
+    """The peer: one transaction per call, in the caller's thread (same tables and INSERT)."""
+    from zeta_adaptive import Store
+    from zeta_adaptive.store import TABLES, _insert
+
+    store = Store(url, journal_dir=journal)  # creates the schema; its writer stays idle
+    engine = store.engine
+    inserts = {name: _insert(engine, table) for name, table in TABLES.items()}
+    try:
+        expected_attempts = sum(len(c) - 1 for c in calls)
+        gc.collect()
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        for rows in calls:
+            with engine.begin() as conn:
+                conn.execute(inserts["calls"], [rows[0][1]])
+                conn.execute(inserts["attempts"], [r for _, r in rows[1:]])
+        t1 = time.perf_counter()
+        cpu = time.process_time() - c0
+        got_calls, got_attempts = store.count("calls"), store.count("attempts")
+    finally:
+        store.close()
+    return {
+        "calls": len(calls),
+        "attempts": expected_attempts,
+        "seconds": t1 - t0,
+        "put_seconds": t1 - t0,
+        "attempts_per_s": expected_attempts / (t1 - t0),
+        "rows_per_s": (expected_attempts + len(calls)) / (t1 - t0),
+        "attempts_per_cpu_s": expected_attempts / max(cpu, 1e-9),
+        "cpu_share": cpu / (t1 - t0),
+        "calls_found": got_calls,
+        "attempts_found": got_attempts,
+        "lost": (len(calls) - got_calls) + (expected_attempts - got_attempts),
+        "write_errors": 0,
+        "journaled": 0,
+    }
+
+
+def run_floor(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: Path) -> dict[str, Any]:
+    """The floor: the same rows as tuples through the driver's executemany (``exec_driver_sql``),
+    5,000 rows per transaction, in the caller's thread: no queue, no per-row SQLAlchemy work."""
+    from zeta_adaptive import Store
+    from zeta_adaptive.store import TABLES
+
+    store = Store(url, journal_dir=journal)
+    engine = store.engine
+    mark = "?" if engine.dialect.name == "sqlite" else "%s"
+    cols = {name: [c.name for c in table.columns] for name, table in TABLES.items()}
+    sql = {name: f"INSERT INTO {name} ({', '.join(c)}) VALUES ({', '.join(mark for _ in c)}) ON CONFLICT DO NOTHING" for name, c in cols.items()}
+    flat = [row for rows in calls for row in rows]
+    try:
+        expected_attempts = sum(len(c) - 1 for c in calls)
+        gc.collect()
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        for start in range(0, len(flat), 5000):
+            by: dict[str, list[tuple[Any, ...]]] = {"calls": [], "attempts": []}
+            for table, row in flat[start : start + 5000]:
+                by[table].append(tuple([row[c] for c in cols[table]]))
+            with engine.begin() as conn:
+                for name in ("calls", "attempts"):
+                    if by[name]:
+                        conn.exec_driver_sql(sql[name], by[name])
+        t1 = time.perf_counter()
+        cpu = time.process_time() - c0
+        got_calls, got_attempts = store.count("calls"), store.count("attempts")
+    finally:
+        store.close()
+    return {
+        "calls": len(calls),
+        "attempts": expected_attempts,
+        "seconds": t1 - t0,
+        "put_seconds": t1 - t0,
+        "attempts_per_s": expected_attempts / (t1 - t0),
+        "rows_per_s": (expected_attempts + len(calls)) / (t1 - t0),
+        "attempts_per_cpu_s": expected_attempts / max(cpu, 1e-9),
+        "cpu_share": cpu / (t1 - t0),
+        "calls_found": got_calls,
+        "attempts_found": got_attempts,
+        "lost": (len(calls) - got_calls) + (expected_attempts - got_attempts),
+        "write_errors": 0,
+        "journaled": 0,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(
+        __doc__, argv, **{"--backends": {"default": "sqlite,postgres", "help": "comma-separated: sqlite, postgres"}}
+    )
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    repeats, n_calls, n_naive = (1, 3_000, 300) if args.quick else (3, 60_000, 2_000)
+    folder = Path(tempfile.mkdtemp(prefix="zeta-bench-store-"))
+    journal = folder / "journal"
+    data = make_calls(n_calls, args.seed)
+    naive_data = make_calls(n_naive, args.seed + 1)
+    results: dict[str, list[dict[str, Any]]] = {}
+    notes_pg = "not requested"
+    with postgres_server() if "postgres" in backends else _none() as (pg_url, pg_from):
+        notes_pg = pg_from
+        kinds = [k for k in backends if k == "sqlite" or (k == "postgres" and pg_url)]
+        targets = {k: Target(k, folder, pg_url) for k in kinds}
+        tasks: dict[str, Callable[[], dict[str, Any]]] = {}
+        for k in kinds:
+            tasks[f"{k}: background writer"] = _task(run_store, targets[k], data, journal)
+            tasks[f"{k}: naive, one transaction per call"] = _task(run_naive, targets[k], naive_data, journal)
+            tasks[f"{k}: {FLOOR}"] = _task(run_floor, targets[k], data, journal)
+        for _, name in tqdm(list(interleave(list(tasks), repeats)), desc="store repeats", unit="run"):
+            results.setdefault(name, []).append(tasks[name]())
+    shutil.rmtree(folder, ignore_errors=True)
+
+    rows = []
+    for name, runs in results.items():
+        rates = [r["attempts_per_s"] for r in runs]
+        kind, how = name.split(": ", 1)
+        rows.append(
+            {
+                "backend": kind,
+                "writer": how,
+                "repeats": len(runs),
+                "calls": runs[0]["calls"],
+                "attempts": runs[0]["attempts"],
+                "attempts_per_s": float(np.median(rates)),
+                "min_attempts_per_s": float(min(rates)),
+                "max_attempts_per_s": float(max(rates)),
+                "rows_per_s": float(np.median([r["rows_per_s"] for r in runs])),
+                "attempts_per_cpu_s": float(np.median([r["attempts_per_cpu_s"] for r in runs])),
+                "cpu_share": float(np.median([r["cpu_share"] for r in runs])),
+                "put_seconds": float(np.median([r["put_seconds"] for r in runs])),
+                "seconds": float(np.median([r["seconds"] for r in runs])),
+                "lost": sum(r["lost"] for r in runs),
+                "write_errors": sum(r["write_errors"] for r in runs),
+                "journaled": sum(r["journaled"] for r in runs),
+            }
+        )
+    write_csv(args.out / "bench_store.csv", rows)
+    by = {(r["backend"], r["writer"]): r for r in rows}
+    summary = []
+    for kind in ("sqlite", "postgres"):
+        if kind not in backends:
+            continue
+        label = "SQLite file" if kind == "sqlite" else "PostgreSQL"
+        o = by.get((kind, "background writer"))
+        if o is None:
+            summary.append(
+                {"workload": f"log writes, {label}: attempts/s", "ours": "not run", "peer": notes_pg, "ratio": "–",
+                 "target": f">= {TARGETS[kind]:,.0f}/s, none lost", "met?": "not run"}
+            )
+            continue
+        p = by[(kind, "naive, one transaction per call")]
+        f = by[(kind, FLOOR)]
+        met = o["attempts_per_s"] >= TARGETS[kind] and o["lost"] == 0
+        summary.append(
+            {
+                "workload": f"log writes, {label}: attempts/s (background writer, batched)",
+                "ours": f"{o['attempts_per_s']:,.0f}/s ({o['min_attempts_per_s']:,.0f}..{o['max_attempts_per_s']:,.0f}); {o['attempts_per_cpu_s']:,.0f} per CPU-s; lost {o['lost']}",
+                "peer": f"one transaction per call {p['attempts_per_s']:,.0f}/s; floor (driver executemany, no queue) {f['attempts_per_s']:,.0f}/s",
+                "ratio": f"{o['attempts_per_s'] / p['attempts_per_s']:.1f}x naive, {o['attempts_per_s'] / f['attempts_per_s']:.2f}x floor",
+                "target": f">= {TARGETS[kind]:,.0f}/s, none lost",
+                "met?": "met" if met else "MISSED",
+            }
+        )
+    write_csv(args.out / "bench_store_summary.csv", summary)
+    notes = [
+        f"Background writer: {n_calls:,} calls per repeat ({by.get(('sqlite', 'background writer'), by.get(('postgres', 'background writer'), {})).get('attempts', 0):,} attempts + one calls row each), "
+        f"Store defaults (batch_size 5000); the floor writes the same calls. Naive peer: {n_naive:,} calls per repeat. {repeats} repeats each, interleaved; median, range in brackets.",
+        "Clock: first put_many until flush() returns, both in the same process (the producer shares the GIL with the writer, as in the router). "
+        "put_seconds = time spent queueing alone.",
+        "attempts_per_cpu_s = attempts per second of this process's CPU time (all threads; the database server's excluded); "
+        "cpu_share = that CPU time over the wall time: well below 1 means the process waited for a core (other load) or for the database.",
+        "lost = rows missing from the database after the run (counted with SELECT count(*)); journaled = rows left in the outage journal (must be 0).",
+        f"PostgreSQL: {notes_pg}.",
+    ]
+    write_markdown(
+        args.out / "bench_store.md",
+        "Log writes: attempts per second into SQLite and PostgreSQL",
+        list(summary[0]),
+        summary,
+        command=args.command,
+        sections=[("Every writer", markdown_table(list(rows[0]), rows))],
+        notes=notes,
+        quick=args.quick,
+    )
+    print((args.out / "bench_store.md").read_text())
+    return {"rows": rows, "summary": summary, "out": args.out}
+
+
+@contextmanager
+def _none() -> Iterator[tuple[None, str]]:
+    yield None, "not requested"
+
+
+def _task(fn: Callable[..., dict[str, Any]], target: Target, data: Any, journal: Path) -> Callable[[], dict[str, Any]]:
+    def run() -> dict[str, Any]:
+        with target.fresh() as url:
+            return fn(url, data, journal)
+
+    return run
+
+
+if __name__ == "__main__":
+    main()
