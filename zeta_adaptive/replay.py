@@ -27,13 +27,17 @@ Targets, and which estimator applies to which:
   the same quantity from every round instead of only the matched ones. Policies that do not
   expose them (epsilon-greedy) get the replay estimate only.
 
-The value of a learning policy is its mean reward over the decisions it made in the replay, i.e.
-over its first ``ess`` calls online: compare it with an online run of that length.
+The value of a learning policy is its mean reward per decision over the decisions it made in the
+replay, i.e. over its first ``ess`` calls online: compare it with online runs of that length. (IPS
+and the others weigh each state of the policy by the logged rounds it held, which estimates the
+same mean.) Its interval is a bootstrap of the whole procedure: the replay is rerun on resampled
+logs with fresh seeds, so it covers both sampling noise and the policy's own randomness.
 
 Assumptions, stated once: rounds are exchangeable given the logged propensities (no drift that
-the logging policy did not see); a reward model and the bootstrap treat rows as independent; a
-policy learns during replay only from the primary attempt of matched rounds (fallback attempts
-follow the logged order, not the policy's, so they cannot be replayed) and gets feedback at once.
+the logging policy did not see); every model had a positive logging probability when the policy
+might pick it; the reward model and the bootstrap treat rows as independent; a policy learns
+during replay only from the primary attempt of matched rounds (fallback attempts follow the
+logged order, not the policy's, so they cannot be replayed) and gets feedback at once.
 """
 
 from __future__ import annotations
@@ -41,16 +45,20 @@ from __future__ import annotations
 import json
 import math
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from .exceptions import StoreError, ZetaError
-from .policies import POLICIES, Objective, Policy, Ranking, make_policy
+from .policies import POLICIES, Objective, Policy, make_policy
+
+if TYPE_CHECKING:
+    from .store import Store
 
 __all__ = [
     "ReplayError",
@@ -93,6 +101,7 @@ class ReplayError(ZetaError, ValueError):
 
 
 def _check_on_invalid(on_invalid: str) -> None:
+    """Reject an unknown ``on_invalid`` before any work, so a typo never drops rows."""
     if on_invalid not in _ON_INVALID:
         raise ReplayError(f"on_invalid must be one of {_ON_INVALID}, got {on_invalid!r}")
 
@@ -131,7 +140,7 @@ def _primary(ranking: Any) -> str | None:
     return order[0] if isinstance(order, list) and order and isinstance(order[0], str) else None
 
 
-def _open_store(store: Any) -> tuple[Any, bool]:
+def _open_store(store: Store | str) -> tuple[Store, bool]:
     """A Store for a URL (refusing to create a missing SQLite file), or the given Store, flushed."""
     from sqlalchemy.engine import make_url
 
@@ -147,7 +156,7 @@ def _open_store(store: Any) -> tuple[Any, bool]:
 
 
 def load_logged(
-    store: Any,
+    store: Store | str,
     task_type: str | Sequence[str] | None = None,
     reward: str = "accuracy",
     *,
@@ -167,6 +176,9 @@ def load_logged(
     * ``"success"``: primary success, 1 or 0; feedback is not needed;
     * ``"utility"``: the router's objective on the one call, ``objective.score(success, accuracy,
       latency_s, cost)``, e.g. ``success * accuracy - w_latency * latency_s - w_cost * cost``.
+
+    A rejected request (HTTP 400/413/422, the request's own fault) counts as a failed primary: it
+    lowers every policy's value alike.
 
     Rows without a readable ranking or primary attempt, whose primary attempt is not the ranking's
     first model, with a missing, non-positive or >1 propensity, with a duplicated call id or without
@@ -416,12 +428,13 @@ def prepare(
         success=column("success", np.ones(n)),
         latency_s=column("latency_s", np.zeros(n)),
         cost=column("cost", np.zeros(n)),
-        accuracy=column("accuracy", reward) if "success" in frame else reward,
+        accuracy=column("accuracy", reward),
         dropped=dict(frame.attrs.get("dropped", {})),
     )
 
 
 def _logged(data: Logged | pd.DataFrame) -> Logged:
+    """Estimators accept a prepared log or a frame (prepared with default models)."""
     return data if isinstance(data, Logged) else prepare(data)
 
 
@@ -452,7 +465,6 @@ class ActionProbs:
 class _Fixed:
     """A target whose action probabilities do not depend on what it observes."""
 
-    learns: ClassVar[bool] = False
     name: str
 
     def _table(self, data: Logged) -> np.ndarray:
@@ -560,8 +572,6 @@ class Learning:
     seed: int = 0
     label: str = ""
 
-    learns: ClassVar[bool] = True
-
     @property
     def name(self) -> str:
         """The label, else the policy's name."""
@@ -581,6 +591,7 @@ Target = Uniform | Static | Always | Distribution | Learning
 
 
 def _option(text: str) -> tuple[str, Any]:
+    """One ``key=value`` policy option from the command line, the value as an int or a float."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ReplayError(f"policy option {text!r} must look like key=value")
@@ -628,17 +639,14 @@ class _Resolved:
     learning: Learning | None = None  # the learning target replayed, for the interval
 
 
-def _distribution(policy: Policy, ranking: Ranking) -> np.ndarray | None:
-    """The policy's probability of each model being primary in its current state, where it exposes it."""
-    k = len(policy.models)
-    if ranking.propensity >= 1.0:
-        out = np.zeros(k)
-        out[policy.index[ranking.primary]] = 1.0
-        return out
+def _probabilities_of(policy: Policy) -> Callable[[], np.ndarray] | None:
+    """Where the policy exposes it, a function giving its probability of each model being primary
+    now (used when its ranking is not deterministic: propensity < 1)."""
     if policy.name == "random":
-        return np.full(k, 1.0 / k)
+        uniform = np.full(len(policy.models), 1.0 / len(policy.models))
+        return lambda: uniform
     win = getattr(policy, "win_probabilities", None)
-    return np.asarray(win(), dtype=float) if callable(win) else None
+    return (lambda: np.asarray(win(), dtype=float)) if callable(win) else None
 
 
 def _replay_learning(data: Logged, target: Learning, progress: bool) -> _Resolved:
@@ -658,7 +666,7 @@ def _replay_learning(data: Logged, target: Learning, progress: bool) -> _Resolve
     tables: list[np.ndarray] = []
     row_step = np.zeros(data.n, dtype=np.int64)
     exposes = True
-    with tqdm(total=data.n, desc=f"replay {target.name}", unit="round", disable=not progress, leave=False) as bar:
+    with tqdm(total=data.n, desc=f"replay {target.name}", unit="round", disable=not progress, leave=False, delay=1.0) as bar:
         for g, models in enumerate(data.models):
             rows = np.flatnonzero(data.group == g)
             act = data.action[rows]
@@ -671,42 +679,50 @@ def _replay_learning(data: Logged, target: Learning, progress: bool) -> _Resolve
                 )
             mu = data.propensity[rows]
             candidate = u[rows] * mu < mu.min()
-            positions = {m: np.flatnonzero(candidate & (act == a)) for m, a in zip(models, idx)}
+            positions = {m: np.flatnonzero(candidate & (act == a)).tolist() for m, a in zip(models, idx)}
             succ = (data.success[rows] > 0).tolist()
             lat = data.latency_s[rows].tolist()
             cost = data.cost[rows].tolist()
             acc = data.accuracy[rows].tolist()
             policy = target.build(models, g)
+            probabilities = _probabilities_of(policy)
             steps: list[int] = []
-            dists: list[np.ndarray] = []
+            dists: list[int | np.ndarray] = []  # per decision: the primary's index if deterministic, else all probabilities
             pos = 0
             while True:
                 ranking = policy.rank()
-                if exposes:
-                    dist = _distribution(policy, ranking)
-                    exposes = dist is not None
-                    if exposes:
-                        dists.append(dist)
                 model = ranking.primary
+                if exposes:
+                    if ranking.propensity >= 1.0:
+                        dists.append(policy.index[model])
+                    elif probabilities is not None:
+                        dists.append(probabilities())
+                    else:
+                        exposes = False
                 cand = positions[model]
-                j = int(cand.searchsorted(pos))
+                j = bisect_left(cand, pos)
                 if j == len(cand):
                     break
-                t = int(cand[j])
+                t = cand[j]
                 steps.append(t)
                 policy.update(model, succ[t], lat[t], cost[t])
                 if acc[t] == acc[t]:  # not NaN: the primary was rated
                     policy.feedback(model, acc[t])
-                bar.update(t + 1 - pos)
+                if progress:
+                    bar.update(t + 1 - pos)
                 pos = t + 1
-            bar.update(len(rows) - pos)
+            bar.update(len(rows) - pos if progress else 0)
             if not steps:
                 raise ReplayError(f"{target.name}: no round of task type {data.groups[g]!r} could be replayed")
             local = np.asarray(steps, dtype=np.int64)
             accepted.append(rows[local])
             if exposes:
                 table = np.zeros((len(dists), len(data.actions)))
-                table[:, idx] = np.asarray(dists)
+                for step, dist in enumerate(dists):
+                    if isinstance(dist, int):
+                        table[step, idx[dist]] = 1.0
+                    else:
+                        table[step, idx] = dist
                 row_step[rows] = sum(len(t) for t in tables) + local.searchsorted(np.arange(len(rows)), side="left")
                 tables.append(table)
     probs = ActionProbs(np.concatenate(tables), row_step) if exposes else None
@@ -738,7 +754,8 @@ class CellMeans:
     A cell is a task type x position x context combination. The estimate for (cell, action) is
     ``(sum + m * parent) / (count + m)`` with ``m = pseudo_count``, where the parent is the action's
     mean over its task type, itself shrunk the same way toward the task type's mean reward: cells
-    and actions with little data fall back smoothly, and none is left at 0/0. Fitted in-sample.
+    and actions with little data fall back smoothly, and none is left at 0/0. Without position or
+    context a cell is a task type, and the action level is the model. Fitted in-sample.
     """
 
     pseudo_count: float = 1.0
@@ -807,7 +824,7 @@ def _bootstrap(num: np.ndarray, den: np.ndarray | None, n_boot: int, alpha: floa
     rng = np.random.default_rng(seed)
     per = max(1, _BOOT_ELEMENTS // n)
     stats = np.empty(n_boot)
-    with tqdm(total=n_boot, desc=desc, unit="resample", disable=not progress, leave=False) as bar, np.errstate(invalid="ignore", divide="ignore"):
+    with tqdm(total=n_boot, desc=desc, unit="resample", disable=not progress, leave=False, delay=1.0) as bar, np.errstate(invalid="ignore", divide="ignore"):
         for start in range(0, n_boot, per):
             b = min(per, n_boot - start)
             idx = rng.integers(0, n, size=(b, n), dtype=np.int64 if n >= 2**31 else np.int32)
@@ -847,7 +864,7 @@ def _learning_bootstrap(data: Logged, target: Learning, estimators: Sequence[_Es
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
     stats = np.full((len(estimators), n_boot), np.nan)
-    for b in tqdm(range(n_boot), desc=f"bootstrap {target.name}", unit="replay", disable=not progress, leave=False):
+    for b in tqdm(range(n_boot), desc=f"bootstrap {target.name}", unit="replay", disable=not progress, leave=False, delay=1.0):
         idx = rng.integers(0, data.n, data.n)
         sub = _take(data, idx)
         child = int(np.random.SeedSequence([target.seed, b]).generate_state(1)[0])
@@ -896,7 +913,8 @@ class _Estimator:
         """The ``1 - alpha`` percentile bootstrap interval (seeded).
 
         Fixed targets: ``n_boot`` resamples of the rounds (DM and DR refit their reward model on
-        each). Learning targets: ``learning_boot`` resamples, each replayed afresh with its own seed.
+        each). Learning targets: ``learning_boot`` resamples, each replayed afresh with its own seed
+        (see :func:`_learning_bootstrap`).
         """
         logged = _logged(data)
         resolved = _resolve(logged, target)
@@ -916,22 +934,24 @@ class _Estimator:
     def _evaluate(self, data: Logged, resolved: _Resolved, progress: bool, learned: np.ndarray | None = None) -> Estimate:
         """``learned``: this estimator's values on the resamples of a learning target, if already run."""
         num, den, ess = self._parts(data, resolved)
+        value = _ratio(num, den)
         if learned is not None:
             lo, hi = _percentiles(learned, self.alpha)
         else:
             lo, hi = self._interval(data, resolved, num, den, progress)
-        return Estimate(self.name, resolved.name, _ratio(num, den), lo, hi, ess, data.n)
+        return Estimate(self.name, resolved.name, value, lo, hi, ess, data.n)
 
     def _interval(self, data: Logged, resolved: _Resolved, num: np.ndarray, den: np.ndarray | None, progress: bool) -> tuple[float, float]:
         desc = f"{self.name} {resolved.name}"
         if resolved.learning is not None:
-            return _percentiles(_learning_bootstrap(data, resolved.learning, [self], self.learning_boot, self.seed, progress)[0], self.alpha)
+            learned = _learning_bootstrap(data, resolved.learning, [self], self.learning_boot, self.seed, progress)[0]
+            return _percentiles(learned, self.alpha)
         if not self.refits:
             return _bootstrap(num, den, self.n_boot, self.alpha, self.seed, progress, desc)
         probs = self._probs(resolved)
         rng = np.random.default_rng(self.seed)
         stats = np.empty(self.n_boot)
-        for b in tqdm(range(self.n_boot), desc=desc, unit="resample", disable=not progress, leave=False):
+        for b in tqdm(range(self.n_boot), desc=desc, unit="resample", disable=not progress, leave=False, delay=1.0):
             idx = rng.integers(0, data.n, data.n)
             part_num, part_den, _ = self._parts(_take(data, idx, outcomes=False), _Resolved(resolved.name, ActionProbs(probs.table, probs.row[idx])))
             stats[b] = _ratio(part_num, part_den)
@@ -955,6 +975,7 @@ class _Estimator:
 
 
 def _ratio(num: np.ndarray, den: np.ndarray | None) -> float:
+    """An estimator's value from its per-round parts: sum(num) / sum(den), or mean(num)."""
     if den is None:
         return float(num.mean())
     total = float(den.sum())
@@ -978,14 +999,21 @@ class Replay(_Estimator):
 
     name: ClassVar[str] = "replay"
 
+    def matched(self, data: Logged | pd.DataFrame, target: Any) -> np.ndarray:
+        """Indices of the logged rounds the target was matched with, in time order."""
+        logged = _logged(data)
+        return self._matched(logged, _resolve(logged, target))
+
+    def _matched(self, data: Logged, resolved: _Resolved) -> np.ndarray:
+        if resolved.accepted is not None:
+            return resolved.accepted
+        mu_min = np.full(len(data.groups), np.inf)
+        np.minimum.at(mu_min, data.group, data.propensity)
+        u = np.random.default_rng(np.random.SeedSequence([self.seed, 2])).random(data.n)
+        return np.flatnonzero(u * data.propensity < self._probs(resolved).of_logged(data) * mu_min[data.group])
+
     def _parts(self, data: Logged, resolved: _Resolved) -> tuple[np.ndarray, np.ndarray | None, float]:
-        rows = resolved.accepted
-        if rows is None:
-            mu_min = np.full(len(data.groups), np.inf)
-            np.minimum.at(mu_min, data.group, data.propensity)
-            u = np.random.default_rng(np.random.SeedSequence([self.seed, 2])).random(data.n)
-            keep = u * data.propensity < self._probs(resolved).of_logged(data) * mu_min[data.group]
-            rows = np.flatnonzero(keep)
+        rows = self._matched(data, resolved)
         groups = data.group[rows]
         matched = np.bincount(groups, minlength=len(data.groups))
         empty = [data.groups[g] for g in np.flatnonzero(matched == 0) if np.any(data.group == g)]
@@ -1118,9 +1146,12 @@ def compare(
 ) -> Comparison:
     """Evaluate every target (a spec string or a target object) with every estimator, side by side.
 
-    A learning target is replayed once and all its estimators read that one trajectory; its
-    ``learning_boot`` bootstrap replays are shared by the estimators too. An estimator that does not apply (IPS-style ones for a policy that exposes no action
+    Estimators given by name are built with ``n_boot``, ``alpha``, ``seed`` and ``clip``; instances
+    keep their own settings. A learning target is replayed once and all its estimators read that
+    one trajectory; its ``learning_boot`` bootstrap replays are shared by the estimators too. An
+    estimator that does not apply (IPS-style ones for a policy that exposes no action
     probabilities) is skipped and named in :attr:`Comparison.skipped`, never given a number.
+    ``progress`` shows tqdm bars (stderr) for replays and bootstraps that take over a second.
     """
     logged = _logged(data)
     built: list[_Estimator] = []
