@@ -122,3 +122,59 @@ def report(url: str, html_path: str, demo_truth: bool) -> None:
     except ZetaError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.option("--db", "url", default=None, help="Evaluate on the router's own log at this store URL.")
+@click.option("--csv", "csv_path", default=None, type=click.Path(exists=True, dir_okay=False), help="Evaluate on any logged bandit data in a CSV file.")
+@click.option("--policy", "policies", multiple=True, help="--db: a policy to evaluate (thompson, ucb1, static, always:MODEL, ...); repeatable.")
+@click.option("--task-type", default=None, help="--db: only this task type (default: every one, each with its own policy).")
+@click.option("--target", "targets", multiple=True, help="--csv: uniform or always:ACTION; repeatable.")
+@click.option("--action", default=None, help="--csv: the action column.")
+@click.option("--reward", default=None, help="--csv: the reward column. --db: accuracy (default), success or utility.")
+@click.option("--propensity", default=None, help="--csv: the logging propensity column.")
+@click.option("--position", default=None, help="--csv: a position column (uniform is then per position).")
+@click.option("--context", "contexts", multiple=True, help="--csv: context columns for the direct method's reward model; repeatable.")
+@click.option("--estimator", "estimators", multiple=True, help="replay, ips, snips, dm, dr; repeatable (default: all that apply).")
+@click.option("--on-invalid", type=click.Choice(["raise", "drop"]), default="raise", show_default=True, help="Rows with missing or zero propensities, duplicated ids or unknown models: fail, or exclude and count them.")
+@click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(min=10), help="Bootstrap resamples for the intervals.")
+@click.option("--learning-boot", default=200, show_default=True, type=click.IntRange(min=2), help="Bootstrap replays of a learning policy.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write rows estimator, policy, value, ci_low, ci_high, ess, n to this CSV.")
+def replay(
+    url: str | None, csv_path: str | None, policies: tuple[str, ...], task_type: str | None, targets: tuple[str, ...],
+    action: str | None, reward: str | None, propensity: str | None, position: str | None, contexts: tuple[str, ...],
+    estimators: tuple[str, ...], on_invalid: str, n_boot: int, learning_boot: int, seed: int, out: str | None,
+) -> None:
+    """Estimate offline what other policies would have earned on logged traffic, with intervals."""
+    import pandas as pd
+
+    from .replay import ESTIMATORS, compare, from_frame, load_logged, prepare
+
+    if (url is None) == (csv_path is None):
+        raise click.UsageError("give exactly one source: --db URL or --csv PATH")
+    try:
+        if url is not None:
+            if not policies:
+                raise click.UsageError("--db needs at least one --policy")
+            frame = load_logged(url, task_type, reward or "accuracy", on_invalid=on_invalid)
+            chosen = list(policies)
+        else:
+            missing = [flag for flag, value in (("--action", action), ("--reward", reward), ("--propensity", propensity)) if not value]
+            if missing:
+                raise click.UsageError(f"--csv needs {', '.join(missing)}")
+            if not targets:
+                raise click.UsageError("--csv needs at least one --target (uniform or always:ACTION)")
+            raw = pd.read_csv(csv_path)
+            frame = from_frame(raw, action=action, reward=reward, propensity=propensity, context=list(contexts), position=position, on_invalid=on_invalid)
+            chosen = list(targets)
+        result = compare(
+            prepare(frame, on_invalid=on_invalid), chosen, list(estimators) or list(ESTIMATORS),
+            seed=seed, n_boot=n_boot, learning_boot=learning_boot, progress=True,
+        )
+    except ZetaError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.render())
+    if out:
+        result.table.to_csv(out, index=False)
+        click.echo(f"wrote {out}")

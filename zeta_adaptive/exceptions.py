@@ -17,6 +17,7 @@ __all__ = [
     "FeedbackError",
     "StoreError",
     "StreamBroken",
+    "ReplayError",
 ]
 
 
@@ -90,6 +91,10 @@ class StreamBroken(ZetaError):
 
 class FeedbackError(ZetaError, ValueError):
     """Feedback was rejected (unknown call id, accuracy not in [0, 1], call without answer, duplicate)."""
+
+
+class ReplayError(ZetaError, ValueError):
+    """A log or a request that offline evaluation cannot turn into a trustworthy number."""
 
 
 class StoreError(ZetaError):

@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .exceptions import StoreError, ZetaError
+from .exceptions import ReplayError, StoreError
 from .policies import POLICIES, Objective, Policy, make_policy
 
 if TYPE_CHECKING:
@@ -91,10 +91,6 @@ REWARDS = ("accuracy", "success", "utility")
 _ON_INVALID = ("raise", "drop")
 _CONTEXT = "context."
 _BOOT_ELEMENTS = 1 << 23  # resampled values per bootstrap chunk: bounds memory to about 100 MB
-
-
-class ReplayError(ZetaError, ValueError):
-    """A log or a request that offline evaluation cannot turn into a trustworthy number."""
 
 
 # -- loading ----------------------------------------------------------------------------------------
