@@ -297,8 +297,13 @@ def test_on_the_demo_log(demo):
     assert final["embedding"] == 0 and final["code"] > 0
     after = regret[(regret["task_type"] == "code") & (regret["call_index"] >= half)]
     assert after["regret"].max() == pytest.approx(0.8 - 0.425)  # coder-7b first after it degraded
-    cover = za.feedback_coverage(log).set_index(["task_type", "model"])["coverage"]
-    assert cover["embedding"].eq(0).all() and cover.drop("embedding").between(0.5, 1).all()
+    coverage = za.feedback_coverage(log).set_index(["task_type", "model"])
+    cover = coverage["coverage"]
+    assert cover["embedding"].eq(0).all()
+    chat = coverage.drop("embedding")
+    busy = chat[chat["answered"] >= 20]  # 80% of answers are rated; a model with few answers can stray
+    assert len(busy) > 0 and busy["coverage"].between(0.5, 1).all()
+    assert 0.65 <= chat["rated"].sum() / chat["answered"].sum() <= 0.95
     quantiles = za.latency_quantiles(log)
     assert (quantiles["p50"] <= quantiles["p90"]).all() and (quantiles["p90"] <= quantiles["p99"]).all()
 

@@ -659,18 +659,20 @@ class Router:
                         a["cost"].to_numpy(), f["model"].tolist(), f["accuracy"].to_numpy(),
                     )
 
-    #: how far back each sync() looks again, for rows other routers wrote late (batched or journaled)
-    SYNC_OVERLAP_S = 5.0
+    #: beyond a call's deadline, how far back each sync() looks again for rows others wrote late
+    SYNC_SLACK_S = 5.0
 
     def sync(self) -> int:
         """Learn what other router processes logged since the last sync; returns the rows learned.
 
         Run every ``refresh_s`` seconds by a background thread when the config sets it, so that all
-        processes sharing one database converge to the same preferences. Rows are read again for
-        ``SYNC_OVERLAP_S`` seconds back (others write in batches) and deduplicated by key; a row
-        that reaches the database later than that is learned only at the next warm start.
+        processes sharing one database converge to the same preferences. An attempt is stamped
+        with its start but written when its call ends, in a batch; so rows are read again from a
+        deadline plus ``SYNC_SLACK_S`` back and deduplicated by key. A row that reaches the
+        database later than that (after an outage) is learned only at the next warm start.
         """
-        since = self._synced_until - self.SYNC_OVERLAP_S
+        overlap = self.config.deadline_s + self.SYNC_SLACK_S
+        since = self._synced_until - overlap
         tasks = list(self.policies)
         tried = self.store.frame("attempts", tasks, since=since, exclude_router=self.router_id)
         rated = self.store.frame("feedback", tasks, since=since, exclude_router=self.router_id)
@@ -683,7 +685,7 @@ class Router:
             self._seen[key] = ts
         latest = max([self._synced_until, *tried["ts"], *rated["ts"]])
         self._synced_until = latest
-        horizon = latest - 2 * self.SYNC_OVERLAP_S
+        horizon = latest - 2 * overlap
         self._seen = {k: ts for k, ts in self._seen.items() if ts >= horizon}
         return int(new_tried.sum() + new_rated.sum())
 
