@@ -242,3 +242,17 @@ def test_a_rejected_request_teaches_nothing_about_the_model(sqlite_url):
         assert router.health.snapshot("a")["breaker"] == CLOSED
     with _router(sqlite_url, {"a": ["ok"]}) as again:  # warm start agrees
         assert again.policies["simple"].n.sum() == 0
+
+
+def test_a_timeout_cut_short_by_the_deadline_does_not_extend_the_cooldown(sqlite_url):
+    slow = Reply(Outcome.OK, 0.4, 200, text="late")
+    script = {"a": ["server_error", "server_error", slow]}
+    with _router(sqlite_url, script, breaker={"cooldown_s": 0.3, "max_cooldown_s": 5.0}) as router:
+        for _ in range(2):
+            with pytest.raises(AllModelsFailed):
+                router.chat("simple", MSG)
+        with pytest.raises(AllModelsFailed) as info:
+            router.chat("simple", MSG, deadline_s=0.6)  # waits ~0.3 s, then only ~0.3 s are left
+        assert info.value.attempts[-1].outcome == "timeout"
+        state = router.health.snapshot("a")
+    assert state["breaker"] != OPEN  # the cut-short timeout taught the breaker nothing

@@ -124,11 +124,11 @@ class Health:
             if breaker.state == HALF_OPEN:
                 breaker.probing = True
 
-    def release(self, name: str, reply: Reply) -> None:
-        """Note an attempt ending and learn its outcome."""
+    def release(self, name: str, reply: Reply, neutral: bool = False) -> None:
+        """Note an attempt ending and learn its outcome (unless ``neutral``: it says nothing of the model)."""
         with self._lock:
             self.in_flight[name] -= 1
-            if reply.outcome in _NEUTRAL:
+            if neutral or reply.outcome in _NEUTRAL:
                 self.breakers[name].probing = False
                 return
             retry_after = reply.retry_after_s if reply.outcome is Outcome.RATE_LIMITED else None

@@ -226,6 +226,7 @@ class _Call:
         self.starts: list[float] = []  # unix start time of each attempt, in start order
         self.tokens: list[int] = []  # for each attempt (in completion order), its index in starts
         self.open: dict[int, tuple[ModelConfig, float]] = {}  # attempts started and not yet recorded
+        self.cut: dict[int, bool] = {}  # whether an attempt's timeout was cut by the deadline
         self.answer: Reply | None = None
         self.answer_model: str | None = None
         self.rejected = False
@@ -252,7 +253,9 @@ class _Call:
             if self._wait_first:
                 self._wait_first = False
                 wait = self.router.health.reopens_in([name, *self.queue])
-                wait = wait if wait + MIN_ATTEMPT_S < remaining else 0.0  # nothing reopens in time: try anyway
+                # wait only if what is left then covers the model's usual latency; else try anyway now
+                needed = max(MIN_ATTEMPT_S, self.router.health.latency_quantile(name, 0.9) or 0.0)
+                wait = wait if wait + needed < remaining else 0.0
         if remaining - wait <= 0:
             return None
         return _Step(self.router.config.models[name], wait)
@@ -274,6 +277,7 @@ class _Call:
         self.starts.append(time.time())
         token = len(self.starts) - 1
         self.open[token] = (model, time.perf_counter())
+        self.cut[token] = timeout < model.timeout_s
         return _Started(token, timeout, min(model.first_token_timeout_s or timeout, timeout))
 
     def cancel_open(self, why: str) -> None:
@@ -304,7 +308,8 @@ class _Call:
         self.attempts.append(attempt)
         self.tokens.append(token)
         del self.open[token]
-        self.router.health.release(model.name, reply)
+        # a timeout the deadline cut short says little about the model: the breaker ignores it
+        self.router.health.release(model.name, reply, neutral=reply.outcome is Outcome.TIMEOUT and self.cut.get(token, False))
         if reply.outcome is not Outcome.CANCELLED and not reply.rejects_request:  # neither says anything about the model
             latency = reply.ttft_s if self.route.latency_measure == "ttft" and reply.ttft_s is not None else reply.latency_s
             with self.router.locks[self.task_type]:
