@@ -22,7 +22,7 @@ samples. Median-of-paired-differences (same round) is shown too.
 
 The verdict is "met" when the median added time and its whole 95% interval are under the target,
 "MISSED" when the median is not, else "inconclusive". Unless met, a cProfile of the routed path up to the first token
-(and of the direct path, for comparison) is written to bench_stream_profile.txt and summarised in
+(and of the direct path, for comparison) is written to bench_stream_profile.md and summarised in
 the report: where the time goes, by file:function.
 
 Target (issue 10): under 100 µs added at the median.
@@ -30,7 +30,7 @@ Target (issue 10): under 100 µs added at the median.
     .venv/bin/python experiments/bench_stream.py [--rounds N] [--quick] [--out DIR] [--profile]
 
 Outputs: bench_stream.csv (one row per contender), bench_stream_samples.csv (every timed sample),
-bench_stream.md, bench_stream.png, and bench_stream_profile.txt when profiled.
+bench_stream.md, bench_stream.png, and bench_stream_profile.md when profiled.
 """
 
 from __future__ import annotations
@@ -435,7 +435,7 @@ def write_outputs(args: Any, samples: dict[str, list[int]], cpu: dict[str, list[
     if extra.get("profile_rows"):
         parts = [
             f"cProfile of {extra['profile_n']} streams per contender, the profiler on from the request to the first delta only "
-            "(µs per stream under the profiler, which inflates small functions; the full listings are in bench_stream_profile.txt).",
+            "(µs per stream under the profiler, which inflates small functions; the full listings are in bench_stream_profile.md).",
             "",
         ]
         for mode, table_rows in extra["profile_rows"].items():
@@ -605,8 +605,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.profile or not all(a["met"] == "met" for a in added):
                 n = 20 if args.quick else 1000
                 prof = profile_paths(c, n)
-                text = "\n\n".join(f"==== {k} ====\n{v}" for k, v in prof.items() if not k.endswith("::stats"))
-                (args.out / "bench_stream_profile.txt").write_text(text, encoding="utf-8")
+                parts = [f"# bench_stream: cProfile listings ({n} streams per contender, up to the first token)", "", f"- command: `{args.command}`", ""]
+                for k, v in prof.items():
+                    if not k.endswith("::stats"):
+                        parts += [f"## {k}", "", "```", v.strip(), "```", ""]
+                (args.out / "bench_stream_profile.md").write_text("\n".join(parts), encoding="utf-8")
                 extra["profile_n"] = n
                 extra["profile_rows"] = {m: _zeta_rows(prof[f"routed {m}::stats"], n) for m in ("sync", "async")}
                 totals = {}

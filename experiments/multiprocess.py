@@ -1066,10 +1066,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             pg.destroy()
         shutil.rmtree(tmp, ignore_errors=True)
     meta["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    raw = Path(tempfile.gettempdir()) / f"zeta-multiprocess-raw-{os.getpid()}.json"
-    plain = {k: v for k, v in vars(args).items() if k not in ("out", "command", "from_raw")}
-    raw.write_text(json.dumps({"args": plain, "meta": meta, "results": results}))
-    print(f"raw measurements: {raw} (--from-raw to re-write the outputs)", file=sys.stderr)
+    if not args.quick:  # a measurement's raw data, to re-write its outputs without running it again
+        raw = Path(tempfile.gettempdir()) / f"zeta-multiprocess-raw-{os.getpid()}.json"
+        plain = {k: v for k, v in vars(args).items() if k not in ("out", "command", "from_raw")}
+        raw.write_text(json.dumps({"args": plain, "meta": meta, "results": results}))
+        print(f"raw measurements: {raw} (--from-raw to re-write the outputs)", file=sys.stderr)
     summaries = write_outputs(results, args, meta)
     print(f"[outputs] written at {time.monotonic() - t_main:.1f} s", file=sys.stderr, flush=True)
     print((args.out / "multiprocess.md").read_text())

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, parse_args, write_csv, write_markdown  # noqa: E402
+from common import machine_line, markdown_table, parse_args, write_csv, write_markdown  # noqa: E402
 
 from zeta_adaptive.policies import POLICIES, Objective, make_policy  # noqa: E402
 from zeta_adaptive.replay import DM, DR, IPS, SNIPS, Always, Learning, Replay, Uniform, prepare  # noqa: E402
@@ -109,18 +109,30 @@ def main() -> None:
     boot_s, interval = timed(lambda: IPS(n_boot=200).interval(data, Uniform()), 1)
     rows.append({"what": "interval, 200 resamples", "estimator": "ips", "target": "uniform", "seconds": boot_s, "value": f"[{interval[0]:.4f}, {interval[1]:.4f}]", "matched": "", "goal_s": ""})
     write_csv(args.out / "replay_speed.csv", rows)
-    met = [r for r in rows if r["goal_s"] != ""]
+    alone = {r["target"]: r["seconds"] for r in rows if r["what"].startswith("the policy alone")}
+    headline = []
+    for name in ("ips", "snips", "dr"):
+        worst = max((r for r in rows if r["estimator"] == name and r["what"] == "estimate"), key=lambda r: r["seconds"])
+        headline.append({"workload": f"{name.upper()} estimate, {args.calls:,} logged calls (slower of two targets)", "ours": f"{worst['seconds']:.3f} s",
+                         "target": "< 1 s", "met?": "met" if worst["seconds"] < 1.0 else "MISSED"})
+    for r in rows:
+        if r["what"].startswith("replay ("):
+            own = alone[r["target"]]
+            headline.append({"workload": f"replay of {r['target']} learning, {args.calls:,} calls, 5 models", "ours": f"{r['seconds']:.1f} s",
+                             "target": f"< 20 s (the policy's own decisions: {own:.1f} s, {1e6 * own / r['matched']:.0f} us each)",
+                             "met?": "met" if r["seconds"] < 20.0 else "MISSED"})
     write_markdown(
         args.out / "replay_speed.md",
         f"Offline replay speed: {args.calls:,} logged calls, 5 models",
-        ["what", "estimator", "target", "seconds", "goal_s", "matched", "value"],
-        rows,
+        ["workload", "ours", "target", "met?"],
+        headline,
         command=args.command,
+        sections=[("All measurements", markdown_table(["what", "estimator", "target", "seconds", "goal_s", "matched", "value"], rows))],
         notes=[
-            f"goals met: {sum(r['seconds'] < r['goal_s'] for r in met)} of {len(met)}",
             "estimate: median of the repeats on prepared arrays; DR and DM fit their reward model inside the timing",
             "replay: one policy per run, updated only on matched rounds (about 1 in 5 here); the cost per matched round is "
-            "the policy's own rank + update + feedback (the next row: the policy alone), the rest is vectorised",
+            "the policy's own rank + update + feedback (timed alone on the next row), the rest is vectorised: "
+            "a replay that misses its goal does so by the policy's own cycle",
             f"machine at the start: {start_machine}",
         ],
         quick=args.quick,

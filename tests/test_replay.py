@@ -93,12 +93,19 @@ def test_replay_by_hand_on_uniform_logs():
     data = prepare(frame(["a", "b", "a", "c", "b"], [1.0, 0.0, 0.5, 1.0, 1.0], [1 / 3] * 5))
     fixed = Replay().evaluate(data, Always("a"))
     assert (fixed.value, fixed.ess, fixed.n) == (0.75, 2.0, 5)
+    assert Replay().matched(data, Always("a")).tolist() == [0, 2]
     assert Replay().estimate(data, Static()) == 0.75  # first model, sorted: a
     # the static policy learning during replay always picks a: matched on rows 0 and 2
     learned = Replay().evaluate(data, Learning("static"))
     assert (learned.value, learned.ess) == (0.75, 2.0)
     # IPS along the learning policy's trajectory: a's rows weigh 3, the others 0
     assert IPS().estimate(data, Learning("static")) == pytest.approx((3 * 1.0 + 3 * 0.5) / 5)
+
+
+def test_no_interval_when_too_many_resamples_cannot_be_replayed():
+    data = prepare(frame(["a"] * 9 + ["b"], [1.0] * 10, [0.5] * 10))  # a third of resamples lose b
+    estimate = Replay(learning_boot=50).evaluate(data, Learning("static"))
+    assert estimate.value == 1.0 and math.isnan(estimate.ci_low) and math.isnan(estimate.ci_high)
 
 
 def test_task_types_get_their_own_models_and_traffic_weights():
@@ -124,8 +131,9 @@ def test_replay_of_a_learning_policy_matches_its_own_choices():
     rows = result.table.set_index("estimator")
     assert 400 <= rows.loc["replay", "ess"] <= 600  # about a third of the rounds match
     assert rows.loc["replay", "value"] > 0.65  # it learns that c is best (0.8)
-    for e in rows.itertuples():
-        assert e.ci_low <= e.value <= e.ci_high
+    for e in rows.itertuples():  # IPS and DR along the same trajectory estimate the same mean
+        assert abs(e.value - rows.loc["replay", "value"]) < 0.05
+        assert 0 < e.ci_high - e.ci_low < 0.2
     # a seeded trajectory is reproducible
     assert Replay().estimate(data, Learning("thompson", objective=objective, seed=3)) == rows.loc["replay", "value"]
 
@@ -381,7 +389,8 @@ def test_cli_on_the_router_log(small_log, tmp_path):
             "--on-invalid", "drop", "--n-boot", "50", "--learning-boot", "10", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "static" in result.output and "thompson" in result.output and "dropped 1 rows" in result.output
+    assert "thompson" in result.output and "dropped 1 rows" in result.output
+    assert "static: the first of each task type's models (chat -> a)" in result.output
     rows = pd.read_csv(out)
     assert list(rows.columns) == ["estimator", "policy", "value", "ci_low", "ci_high", "ess", "n"]
     assert set(rows["policy"]) == {"static", "thompson"} and (rows["n"] == 3).all()

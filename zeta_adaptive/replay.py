@@ -642,10 +642,10 @@ def _probabilities_of(policy: Policy) -> Callable[[], np.ndarray] | None:
         uniform = np.full(len(policy.models), 1.0 / len(policy.models))
         return lambda: uniform
     win = getattr(policy, "win_probabilities", None)
-    return (lambda: np.asarray(win(), dtype=float)) if callable(win) else None
+    return (lambda: np.array(win(), dtype=float)) if callable(win) else None  # a copy: the policy may reuse its array
 
 
-def _replay_learning(data: Logged, target: Learning, progress: bool) -> _Resolved:
+def _replay_learning(data: Logged, target: Learning, progress: bool, record: bool = True) -> _Resolved:
     """Run a learning policy along the log (Li et al. 2011, with rejection for non-uniform logs).
 
     Per task type, a round is a candidate with probability ``min propensity / propensity`` (1 for
@@ -653,7 +653,8 @@ def _replay_learning(data: Logged, target: Learning, progress: bool) -> _Resolve
     logged primary is the policy's primary is matched, and only then does the policy learn (from the
     primary attempt and its feedback). Every candidate round holds each model with the same
     probability (``min propensity``), so skipping to it is equivalent in distribution to Li et al.'s
-    round-by-round test, and only matched rounds cost Python work.
+    round-by-round test, and only matched rounds cost Python work. ``record``: also keep the
+    policy's action probabilities at every decision, where it exposes them (IPS and the others).
     """
     if np.any((data.accuracy < 0) | (data.accuracy > 1)):
         raise ReplayError(f"{target.name} learns rewards as accuracies in [0, 1]; this log's rewards range outside it")
@@ -661,7 +662,7 @@ def _replay_learning(data: Logged, target: Learning, progress: bool) -> _Resolve
     accepted: list[np.ndarray] = []
     tables: list[np.ndarray] = []
     row_step = np.zeros(data.n, dtype=np.int64)
-    exposes = True
+    exposes = record
     with tqdm(total=data.n, desc=f"replay {target.name}", unit="round", disable=not progress, leave=False, delay=1.0) as bar:
         for g, models in enumerate(data.models):
             rows = np.flatnonzero(data.group == g)
@@ -707,28 +708,30 @@ def _replay_learning(data: Logged, target: Learning, progress: bool) -> _Resolve
                 if progress:
                     bar.update(t + 1 - pos)
                 pos = t + 1
-            bar.update(len(rows) - pos if progress else 0)
+            if progress:
+                bar.update(len(rows) - pos)
             if not steps:
                 raise ReplayError(f"{target.name}: no round of task type {data.groups[g]!r} could be replayed")
             local = np.asarray(steps, dtype=np.int64)
             accepted.append(rows[local])
             if exposes:
                 table = np.zeros((len(dists), len(data.actions)))
-                for step, dist in enumerate(dists):
-                    if isinstance(dist, int):
-                        table[step, idx[dist]] = 1.0
-                    else:
-                        table[step, idx] = dist
-                row_step[rows] = sum(len(t) for t in tables) + local.searchsorted(np.arange(len(rows)), side="left")
+                one_hot = np.array([isinstance(d, int) for d in dists], dtype=bool)
+                if one_hot.any():
+                    table[np.flatnonzero(one_hot), idx[[d for d in dists if isinstance(d, int)]]] = 1.0
+                if not one_hot.all():
+                    table[np.ix_(np.flatnonzero(~one_hot), idx)] = np.stack([d for d in dists if not isinstance(d, int)])
+                row_step[rows] = sum(len(done) for done in tables) + local.searchsorted(np.arange(len(rows)), side="left")
                 tables.append(table)
     probs = ActionProbs(np.concatenate(tables), row_step) if exposes else None
     return _Resolved(target.name, probs, np.sort(np.concatenate(accepted)), target)
 
 
-def _resolve(data: Logged, target: Any, progress: bool = False) -> _Resolved:
-    """Action probabilities of a target on this log (running the replay for a learning one)."""
+def _resolve(data: Logged, target: Any, progress: bool = False, record: bool = True) -> _Resolved:
+    """Action probabilities of a target on this log (running the replay for a learning one, which
+    keeps its probabilities only if ``record``)."""
     if isinstance(target, Learning):
-        return _replay_learning(data, target, progress)
+        return _replay_learning(data, target, progress, record)
     if isinstance(target, ActionProbs):
         return _Resolved("probabilities", target)
     if isinstance(target, np.ndarray):
@@ -856,16 +859,19 @@ def _learning_bootstrap(data: Logged, target: Learning, estimators: Sequence[_Es
     to explore). A resample is n rounds drawn with replacement in draw order, an exchangeable log as
     the replay assumes (kept in time order, the copies of a round would sit side by side, which
     biases estimators normalised by n). Under drift the interval is only indicative. Returns
-    (estimators, n_boot) values; NaN where a resample could not be replayed.
+    (estimators, n_boot) values. A resample that cannot be replayed (a model left without rounds)
+    is NaN; if more than a tenth of them are, the whole row is NaN: no interval rather than one
+    from the lucky resamples only.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
     stats = np.full((len(estimators), n_boot), np.nan)
+    record = any(e.needs_probabilities for e in estimators)
     for b in tqdm(range(n_boot), desc=f"bootstrap {target.name}", unit="replay", disable=not progress, leave=False, delay=1.0):
         idx = rng.integers(0, data.n, data.n)
         sub = _take(data, idx)
         child = int(np.random.SeedSequence([target.seed, b]).generate_state(1)[0])
         try:
-            resolved = _replay_learning(sub, replace(target, seed=child), False)
+            resolved = _replay_learning(sub, replace(target, seed=child), False, record)
         except ReplayError:
             continue
         for i, est in enumerate(estimators):
@@ -874,6 +880,7 @@ def _learning_bootstrap(data: Logged, target: Learning, estimators: Sequence[_Es
                     stats[i, b] = _ratio(*est._parts(sub, resolved)[:2])
                 except ReplayError:
                     pass
+    stats[np.isnan(stats).sum(axis=1) > 0.1 * n_boot] = np.nan
     return stats
 
 
@@ -889,6 +896,8 @@ class _Estimator:
     name: ClassVar[str] = ""
     #: whether each bootstrap resample refits the reward model (else the per-round parts are resampled)
     refits: ClassVar[bool] = False
+    #: whether it reads the target's action probabilities (all but the replay)
+    needs_probabilities: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.n_boot < 1 or self.learning_boot < 1:
@@ -902,7 +911,7 @@ class _Estimator:
     def estimate(self, data: Logged | pd.DataFrame, target: Any) -> float:
         """The estimated mean reward per round of ``target``."""
         logged = _logged(data)
-        num, den, _ = self._parts(logged, _resolve(logged, target))
+        num, den, _ = self._parts(logged, self._resolve(logged, target))
         return _ratio(num, den)
 
     def interval(self, data: Logged | pd.DataFrame, target: Any) -> tuple[float, float]:
@@ -913,19 +922,23 @@ class _Estimator:
         (see :func:`_learning_bootstrap`).
         """
         logged = _logged(data)
-        resolved = _resolve(logged, target)
+        resolved = self._resolve(logged, target)
         num, den, _ = self._parts(logged, resolved)
         return self._interval(logged, resolved, num, den, False)
 
     def ess(self, data: Logged | pd.DataFrame, target: Any) -> float:
-        """Effective sample size: Kish's (sum w)^2 / sum w^2 of the importance weights."""
+        """Effective sample size: Kish's (sum w)^2 / sum w^2 of the importance weights (DM: the
+        number of rounds; replay: of the matched rounds, weighted by task type)."""
         logged = _logged(data)
-        return self._parts(logged, _resolve(logged, target))[2]
+        return self._parts(logged, self._resolve(logged, target))[2]
 
     def evaluate(self, data: Logged | pd.DataFrame, target: Any, progress: bool = False) -> Estimate:
         """Value, interval and ESS at once."""
         logged = _logged(data)
-        return self._evaluate(logged, _resolve(logged, target, progress), progress)
+        return self._evaluate(logged, self._resolve(logged, target, progress), progress)
+
+    def _resolve(self, data: Logged, target: Any, progress: bool = False) -> _Resolved:
+        return _resolve(data, target, progress, record=self.needs_probabilities)
 
     def _evaluate(self, data: Logged, resolved: _Resolved, progress: bool, learned: np.ndarray | None = None) -> Estimate:
         """``learned``: this estimator's values on the resamples of a learning target, if already run."""
@@ -994,11 +1007,12 @@ class Replay(_Estimator):
     """
 
     name: ClassVar[str] = "replay"
+    needs_probabilities: ClassVar[bool] = False
 
     def matched(self, data: Logged | pd.DataFrame, target: Any) -> np.ndarray:
         """Indices of the logged rounds the target was matched with, in time order."""
         logged = _logged(data)
-        return self._matched(logged, _resolve(logged, target))
+        return self._matched(logged, self._resolve(logged, target))
 
     def _matched(self, data: Logged, resolved: _Resolved) -> np.ndarray:
         if resolved.accepted is not None:
@@ -1111,12 +1125,14 @@ class Comparison:
     dropped: Mapping[str, int]
     n: int
     alpha: float
+    notes: tuple[str, ...] = ()
 
     def render(self) -> str:
         """A plain-text comparison table, policy by policy."""
         lines = [f"{self.n:,} logged rounds"]
         for reason, count in self.dropped.items():
             lines.append(f"dropped {count:,} rows {reason}")
+        lines += list(self.notes)
         level = f"{100 * (1 - self.alpha):g}% interval"
         header = f"{'policy':<24} {'estimator':<9} {'value':>9}  {level:<22} {'ess':>10} {'n':>10}"
         lines += ["", header, "-" * len(header)]
@@ -1162,8 +1178,13 @@ def compare(
         built.append(cls(n_boot=n_boot, alpha=alpha, seed=seed, learning_boot=learning_boot, **extra))
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
+    notes: list[str] = []
     for target in targets:
-        resolved = _resolve(logged, parse_target(target, objective=objective, seed=seed) if isinstance(target, str) else target, progress)
+        target = parse_target(target, objective=objective, seed=seed) if isinstance(target, str) else target
+        if isinstance(target, Static):
+            tables = ", ".join(f"{g} -> {m[0]}" for g, m in zip(logged.groups, logged.models))
+            notes.append(f"static: the first of each task type's models ({tables})")
+        resolved = _resolve(logged, target, progress, record=any(e.needs_probabilities for e in built))
         usable = [e for e in built if resolved.probs is not None or isinstance(e, Replay)]
         skipped += [f"{e.name} for {resolved.name}: it exposes no action probabilities while it learns" for e in built if e not in usable]
         learned = None
@@ -1172,4 +1193,4 @@ def compare(
         for i, est in enumerate(usable):
             rows.append(vars(est._evaluate(logged, resolved, progress, None if learned is None else learned[i])))
     table = pd.DataFrame(rows, columns=["estimator", "policy", "value", "ci_low", "ci_high", "ess", "n"])
-    return Comparison(table, tuple(skipped), dict(logged.dropped), logged.n, alpha)
+    return Comparison(table, tuple(skipped), dict(logged.dropped), logged.n, alpha, tuple(notes))
