@@ -34,9 +34,9 @@ def test_migrations_create_the_tables_once(store_url):
     engine = create_engine(store_url)
     try:
         names = set(inspect(engine).get_table_names())
-        assert {"calls", "attempts", "feedback", "alembic_version"} <= names
+        assert {"calls", "attempts", "feedback", "dead_letters", "alembic_version"} <= names
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0004"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0005"
     finally:
         engine.dispose()
 

@@ -6,6 +6,7 @@ from .exceptions import (
     AllModelsFailed,
     ConfigError,
     FeedbackError,
+    InvalidRequest,
     RequestRejected,
     StoreError,
     StreamBroken,
@@ -44,6 +45,7 @@ __all__ = [
     "RequestRejected",
     "AllModelsFailed",
     "FeedbackError",
+    "InvalidRequest",
     "StoreError",
     "StreamBroken",
 ]

@@ -40,6 +40,7 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"  # a hedged attempt that lost the race, or a call its caller abandoned
     STREAM_BROKEN = "stream_broken"  # a stream that failed after its first token reached the caller
     INVALID = "invalid"  # an answer that failed the route's validators
+    CONTEXT_EXCEEDED = "context_exceeded"  # the prompt is longer than this model's context window
 
 
 #: statuses meaning the request itself is bad: the router returns the error instead of falling back.

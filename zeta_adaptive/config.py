@@ -44,6 +44,7 @@ class ModelConfig:
     dim: int | None = None  # embedding dimension, checked on every answer
     first_token_timeout_s: float | None = None  # streams: bound on the first token (and each gap); None = timeout_s
     space: str = ""  # embedding space label: models sharing it give comparable vectors; "" means `model`
+    context_window: int | None = None  # tokens the model accepts (prompt + answer); None = unknown
 
     @property
     def backend_model(self) -> str:
@@ -245,6 +246,9 @@ def _model(name: str, data: Any) -> ModelConfig:
     dim = data.get("dim")
     if dim is not None:
         dim = _integer(f"{where}.dim", dim, 1)
+    context_window = data.get("context_window")
+    if context_window is not None:
+        context_window = _integer(f"{where}.context_window", context_window, 1)
     return ModelConfig(
         name=name,
         base_url=_base_url(f"{where}.base_url", data["base_url"]),
@@ -256,6 +260,7 @@ def _model(name: str, data: Any) -> ModelConfig:
         price_out_per_1k=_number(f"{where}.price_out_per_1k", data.get("price_out_per_1k", 0.0), minimum=0.0),
         max_in_flight=_integer(f"{where}.max_in_flight", data.get("max_in_flight", 64), 1),
         dim=dim,
+        context_window=context_window,
         space=_string(f"{where}.space", data["space"]) if "space" in data else "",
         first_token_timeout_s=(
             _number(f"{where}.first_token_timeout_s", data["first_token_timeout_s"], positive=True)

@@ -12,6 +12,7 @@ __all__ = [
     "ZetaError",
     "ConfigError",
     "UnknownTaskType",
+    "InvalidRequest",
     "RequestRejected",
     "AllModelsFailed",
     "FeedbackError",
@@ -53,6 +54,10 @@ def _describe(attempts: Sequence[Attempt]) -> str:
         + (f" {a.error}" if a.error else "")
         for i, a in enumerate(attempts)
     )
+
+
+class InvalidRequest(ZetaError, ValueError):
+    """A call's own arguments are unusable (messages, texts, deadline, options); nothing was sent or logged."""
 
 
 class RequestRejected(ZetaError):

@@ -36,6 +36,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     case,
     create_engine,
     delete,
@@ -111,6 +112,19 @@ feedback = Table(
     Column("router_id", String(32)),  # the router process that received the feedback
     Index("ix_feedback_task_ts", "task_type", "ts"),
     Index("ix_feedback_ts", "ts"),
+)
+
+#: rows the database refused for a reason other than connectivity, with its error (see Store)
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("table_name", String(32), nullable=False),
+    Column("row_key", String(64), nullable=False),  # the refused row's primary key, as JSON
+    Column("row", Text, nullable=False),  # the refused row, as JSON
+    Column("error", Text, nullable=False),
+    UniqueConstraint("table_name", "row_key", name="uq_dead_letters_row"),
 )
 
 TABLES: dict[str, Table] = {t.name: t for t in (calls, attempts, feedback)}
