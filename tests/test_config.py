@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import warnings
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -79,7 +82,8 @@ def test_defaults(tmp_path):
     assert cfg.deadline_s == 30.0 and cfg.seed is None and cfg.objective == Objective()
 
 
-def test_from_toml(tmp_path):
+def test_from_toml(tmp_path, monkeypatch):
+    monkeypatch.setenv("SMALL_KEY", "k")
     path = tmp_path / "zeta.toml"
     path.write_text(
         f"""
@@ -569,6 +573,11 @@ def config_dicts(draw):
 )
 @given(config_dicts())
 def test_round_trip(data):
+    with mock.patch.dict(os.environ, {"OPENAI_API_KEY": "k", "VLLM_KEY": "k", "K": "k"}):  # keys must be set
+        _check_round_trip(data)
+
+
+def _check_round_trip(data):
     cfg = Config.from_dict(data)
     out = cfg.to_dict()
     again = Config.from_dict(out)
@@ -630,3 +639,50 @@ def test_router_repr_names_routes_and_store(tmp_path):
     with Router(cfg, backend=FakeBackend({})) as router:
         assert repr(router) == f"Router(routes={sorted(cfg.routes)}, store={router.store.safe_url!r})"
         assert str(tmp_path) in repr(router)
+
+
+# -- setup errors early (issue 14) -------------------------------------------------------------------
+
+
+def test_api_key_env_unset_or_empty_is_an_error_naming_the_variable(tmp_path, monkeypatch):
+    d = base_config(tmp_path)
+    d["models"]["fast"]["api_key_env"] = "ZETA_TEST_UNSET_KEY"
+    monkeypatch.delenv("ZETA_TEST_UNSET_KEY", raising=False)
+    expect_error(d, "models.fast.api_key_env", "ZETA_TEST_UNSET_KEY", "unset")
+    monkeypatch.setenv("ZETA_TEST_UNSET_KEY", "  ")
+    expect_error(d, "models.fast.api_key_env", "ZETA_TEST_UNSET_KEY", "empty")
+
+
+def test_api_key_with_a_control_character_is_refused_without_showing_it(tmp_path, monkeypatch):
+    d = base_config(tmp_path)
+    d["models"]["fast"]["api_key_env"] = "ZETA_TEST_BAD_KEY"
+    monkeypatch.setenv("ZETA_TEST_BAD_KEY", SECRET + "\nX-Injected: 1")
+    err = expect_error(d, "models.fast.api_key_env", "control character")
+    assert SECRET not in str(err) and SECRET not in repr(err)
+    monkeypatch.setenv("ZETA_TEST_BAD_KEY", "  " + SECRET + "\n")  # surrounding whitespace is stripped first
+    assert Config.from_dict(d).models["fast"].api_key_env == "ZETA_TEST_BAD_KEY"
+
+
+def test_base_url_without_a_version_path_warns_naming_the_model(tmp_path):
+    d = base_config(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Config.from_dict(d)  # every base URL has /v1: no warning
+    d["models"]["big"]["base_url"] = "https://big.internal:8443"
+    with pytest.warns(UserWarning, match=r"models\.big\.base_url.*version path"):
+        Config.from_dict(d)
+
+
+def test_max_response_bytes_defaults_and_validation(tmp_path):
+    d = base_config(tmp_path)
+    cfg = Config.from_dict(d)
+    assert cfg.models["fast"].response_cap() == 8 * 1024 * 1024
+    emb = cfg.models["emb1"]
+    assert emb.response_cap(10) < emb.response_cap(1000)  # embeddings: sized by input count x dim
+    assert emb.response_cap(1000) >= 1000 * 384 * 20
+    d["models"]["fast"]["max_response_bytes"] = 65536
+    cfg = Config.from_dict(d)
+    assert cfg.models["fast"].response_cap() == 65536
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    d["models"]["fast"]["max_response_bytes"] = 10
+    expect_error(d, "models.fast.max_response_bytes", ">= 1024")

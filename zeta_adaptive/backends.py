@@ -5,26 +5,43 @@
 * :class:`FakeBackend` answers in-process from a script, for fast unit tests.
 
 A backend never raises for a failed attempt: it returns a :class:`Reply` whose ``outcome`` says
-what happened, so the router can log it and fall back.
+what happened, so the router can log it and fall back. Every attempt is bounded hard, whatever the
+endpoint sends: in time (sync reads are cut to the time left by a deadline-aware network layer,
+async ones by ``asyncio.timeout``), in size (``max_response_bytes``, counted on the compressed and
+on the decompressed body while it is read) and in shape (JSON nesting depth).
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
+import contextlib
 import json
 import os
+import re
+import ssl
+import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import cache
 from typing import Any, Protocol
 
+import httpcore
 import httpx
 import numpy as np
+from httpx_sse import ServerSentEvent
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # the conforming incremental parser httpx-sse uses itself
 
 from .config import ModelConfig
 
-__all__ = ["Outcome", "Reply", "Backend", "HttpxBackend", "FakeBackend", "REJECTING_STATUSES"]
+__all__ = [
+    "Outcome", "Reply", "Backend", "HttpxBackend", "FakeBackend", "REJECTING_STATUSES", "estimate_tokens",
+    "classify_error",
+]
 
 
 class Outcome(StrEnum):
@@ -49,6 +66,9 @@ REJECTING_STATUSES = frozenset({400, 413, 422})
 
 Messages = Sequence[Mapping[str, Any]]
 
+#: error text kept per attempt (``Reply.error``, the log's ``attempts.error``)
+ERROR_CHARS = 200
+
 
 @dataclass(slots=True)
 class Reply:
@@ -64,6 +84,8 @@ class Reply:
     error: str = ""
     retry_after_s: float | None = None
     ttft_s: float | None = None  # time to first token, for streamed answers
+    tokens_estimated: bool = False  # the server reported no usage: tokens are estimated (see estimate_tokens)
+    misconfigured: bool = False  # the endpoint's setup is wrong (bad key, unknown model name), not the request
 
     @property
     def ok(self) -> bool:
@@ -92,7 +114,268 @@ class Backend(Protocol):
     async def aclose(self) -> None: ...
 
 
-# -- parsing OpenAI-compatible answers ----------------------------------------------------------
+# -- token estimates ----------------------------------------------------------------------------
+
+#: tokens an OpenAI-style chat template adds per message (role markers, separators)
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+def _content_chars(content: Any) -> int:
+    """Characters of a message content: a string, or a list of OpenAI content parts."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(part.get("text") or "") for part in content if isinstance(part, Mapping) and isinstance(part.get("text"), str))
+    return 0
+
+
+def estimate_tokens(messages: Messages) -> int:
+    """A server-free estimate of a prompt's tokens: four characters per token plus
+    ``MESSAGE_OVERHEAD_TOKENS`` per message. Used when a stream reports no usage, and by the
+    simulated fleet to decide when a prompt exceeds a context window."""
+    return sum(_content_chars(m.get("content")) // 4 + MESSAGE_OVERHEAD_TOKENS for m in messages if isinstance(m, Mapping))
+
+
+# -- bounded bodies -----------------------------------------------------------------------------
+
+#: deepest JSON nesting accepted in an answer (OpenAI bodies nest about 6 deep)
+MAX_JSON_DEPTH = 128
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_ACCEPT_ENCODING = "gzip, deflate"
+
+
+class _BadBody(Exception):
+    """A body that must not be used: too large, badly encoded, not JSON or nested too deep."""
+
+
+class _Body:
+    """Decodes a body chunk by chunk against a byte cap, on the wire and after decompression.
+
+    Decompression is done here with ``zlib`` and a bounded output per chunk, so a gzip bomb is
+    refused once it has produced ``cap`` bytes, with memory bounded by the cap.
+    """
+
+    def __init__(self, encoding: str | None, cap: int) -> None:
+        enc = (encoding or "identity").strip().lower()
+        if enc in ("identity", ""):
+            self._zlib = None
+        elif enc in ("gzip", "x-gzip"):
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif enc == "deflate":
+            self._zlib = zlib.decompressobj(zlib.MAX_WBITS)
+        else:
+            raise _BadBody(f"unsupported content-encoding {enc[:40]!r}")
+        self.cap = cap
+        self.wire = 0
+        self.size = 0
+
+    def decode(self, chunk: bytes) -> bytes:
+        self.wire += len(chunk)
+        if self.wire > self.cap:
+            raise _BadBody(f"answer larger than max_response_bytes={self.cap}")
+        if self._zlib is not None:
+            try:
+                chunk = self._zlib.decompress(chunk, self.cap - self.size + 1)
+            except zlib.error:
+                raise _BadBody("answer is not valid gzip/deflate data") from None
+            if self._zlib.unconsumed_tail:
+                raise _BadBody(f"answer decompresses to more than max_response_bytes={self.cap}")
+        self.size += len(chunk)
+        if self.size > self.cap:
+            raise _BadBody(f"answer larger than max_response_bytes={self.cap}")
+        return chunk
+
+
+def _json_depth(data: bytes) -> int:
+    """The deepest bracket nesting of a JSON text, strings excluded (linear time, no recursion)."""
+    bare = np.frombuffer(_JSON_STRING.sub(b"", data), dtype=np.uint8)
+    steps = np.isin(bare, (0x5B, 0x7B)).astype(np.int32) - np.isin(bare, (0x5D, 0x7D)).astype(np.int32)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON with a depth guard: raises ``ValueError`` for invalid or too deeply nested text."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _json_depth(raw) > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _parse_json(data: bytes) -> Any:
+    try:
+        return loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _BadBody(f"answer is not valid JSON ({exc})"[:ERROR_CHARS]) from None
+
+
+# -- hard deadlines for sync I/O ----------------------------------------------------------------
+
+#: the perf_counter() instant at which the current sync attempt's I/O must stop (None: no bound)
+_DEADLINE: ContextVar[float | None] = ContextVar("zeta_adaptive_deadline", default=None)
+
+
+@contextlib.contextmanager
+def _hard_deadline(at: float) -> Iterator[None]:
+    """Bound every socket operation of this thread's httpx calls inside the block by ``at``."""
+    token = _DEADLINE.set(at)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _cut(timeout: float | None, expired: type[Exception]) -> float | None:
+    """A socket timeout cut to what is left of the deadline; ``expired`` once it has passed."""
+    at = _DEADLINE.get()
+    if at is None:
+        return timeout
+    left = at - time.perf_counter()
+    if left <= 0:
+        raise expired("the attempt's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every read, write and TLS step ends by the attempt's deadline, so a
+    server dripping headers or body one byte at a time cannot hold a sync call past it."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _cut(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _cut(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, _cut(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineNetwork(httpcore.NetworkBackend):
+    """httpcore's sync network backend, with connects and streams bounded by the attempt's deadline."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None, socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_tcp(host, port, _cut(timeout, httpcore.ConnectTimeout), local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._inner.connect_unix_socket(path, _cut(timeout, httpcore.ConnectTimeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+@cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context for every client: building one loads the CA bundle (tens of milliseconds)."""
+    return httpx.create_ssl_context()
+
+
+def _sync_transport(limits: httpx.Limits, https: bool) -> httpx.HTTPTransport:
+    """httpx's transport over a connection pool that uses :class:`_DeadlineNetwork`.
+
+    httpx has no option for httpcore's ``network_backend``, so the pool is replaced after
+    construction; everything else (request mapping, exception mapping) stays httpx's own.
+    """
+    transport = httpx.HTTPTransport(verify=_ssl_context() if https else False, limits=limits)
+    transport._pool.close()
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=_ssl_context() if https else None,
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_DeadlineNetwork(),
+    )
+    return transport
+
+
+# -- classifying answers ------------------------------------------------------------------------
+
+#: how context-length errors read, lower-cased, from the servers the router meets (status 400/413/422)
+CONTEXT_MARKERS = (
+    "context_length_exceeded",  # OpenAI error code (400)
+    "maximum context length",  # vLLM and OpenAI: "This model's maximum context length is N tokens. ..."
+    "input exceeds the context window",  # OpenAI, newer models: "Your input exceeds the context window of this model"
+    "exceed_context_size_error",  # llama.cpp server error type (400)
+    "exceeds the available context size",  # llama.cpp server: "the request exceeds the available context size"
+    "`inputs` tokens + `max_new_tokens` must be <=",  # TGI validation error (422)
+    "`inputs` must have less than",  # TGI: "`inputs` must have less than N tokens. Given: M"
+    "contextwindowexceedederror",  # LiteLLM proxy: "litellm.ContextWindowExceededError: ..." (400)
+)
+#: how an unknown model name reads: a misconfigured endpoint, not a bad request
+UNKNOWN_MODEL_MARKERS = (
+    "model_not_found",  # OpenAI error code (404)
+    "invalid model name passed in model=",  # LiteLLM proxy (400)
+)
+_SCANNED_CHARS = 8192  # classification reads this much of an error body: linear time on any answer
+
+
+def _error_message(text: str) -> str:
+    """The human message of an OpenAI/vLLM/TGI/llama.cpp/LiteLLM error body, else the text itself."""
+    try:
+        body = loads(text)
+    except ValueError:
+        return text
+    if isinstance(body, Mapping):
+        error = body.get("error", body)
+        if isinstance(error, Mapping):
+            message = error.get("message", "")
+            code = error.get("code") or error.get("type")
+            if isinstance(message, str) and message:
+                return f"{code}: {message}" if isinstance(code, str) and code and code not in message else message
+        if isinstance(error, str):
+            return error
+        message = body.get("message") or body.get("detail")
+        if isinstance(message, str):
+            return message
+    return text
+
+
+def classify_error(status: int, text: str, latency_s: float, retry_after_s: float | None = None) -> Reply:
+    """The Reply for a non-2xx answer, from its status and error body."""
+    text = text[:_SCANNED_CHARS]
+    lowered = text.lower()
+    detail = " ".join(_error_message(text).split())[:ERROR_CHARS]
+    if status == 429:
+        return Reply(Outcome.RATE_LIMITED, latency_s, status, error=detail, retry_after_s=retry_after_s)
+    if status == 408:
+        return Reply(Outcome.TIMEOUT, latency_s, status, error=detail)
+    if status in (400, 413, 422) and any(marker in lowered for marker in CONTEXT_MARKERS):
+        return Reply(Outcome.CONTEXT_EXCEEDED, latency_s, status, error=detail)
+    if 400 <= status < 500:
+        misconfigured = status in (401, 403, 404) or any(marker in lowered for marker in UNKNOWN_MODEL_MARKERS)
+        return Reply(Outcome.CLIENT_ERROR, latency_s, status, error=detail, misconfigured=misconfigured)
+    return Reply(Outcome.SERVER_ERROR, latency_s, status, error=detail)
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _classify_exception(exc: BaseException, latency_s: float) -> Reply:
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+        return Reply(Outcome.TIMEOUT, latency_s, error=type(exc).__name__)
+    if isinstance(exc, httpx.TransportError):
+        return Reply(Outcome.CONNECT_ERROR, latency_s, error=f"{type(exc).__name__}: {exc}"[:ERROR_CHARS])
+    if isinstance(exc, _BadBody):
+        return Reply(Outcome.MALFORMED, latency_s, error=str(exc)[:ERROR_CHARS])
+    raise exc
 
 
 def _usage(body: Mapping[str, Any]) -> tuple[int, int]:
@@ -141,137 +424,238 @@ def parse_embeddings(body: Any, latency_s: float, status: int, count: int, dim: 
     return Reply(Outcome.OK, latency_s, status, tin, 0, vectors=vectors)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+Parse = Callable[[Any, float, int], Reply]
+
+
+def _finish(status: int, headers: httpx.Headers, data: bytes | None, problem: str, latency_s: float, parse: Parse) -> Reply:
+    """The Reply for a whole (or refused) body: status first, then size and shape, then content."""
+    if not 200 <= status < 300:
+        return classify_error(status, (data or b"").decode("utf-8", "replace"), latency_s, _retry_after(headers))
+    if data is None:
+        return Reply(Outcome.MALFORMED, latency_s, status, error=problem[:ERROR_CHARS])
     try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _classify_response(response: httpx.Response, latency_s: float) -> Reply | None:
-    """A Reply for a non-2xx status, or None when the body should be parsed."""
-    status = response.status_code
-    if 200 <= status < 300:
-        return None
-    detail = response.text[:200].strip()
-    if status == 429:
-        return Reply(Outcome.RATE_LIMITED, latency_s, status, error=detail, retry_after_s=_retry_after(response))
-    if status == 408:
-        return Reply(Outcome.TIMEOUT, latency_s, status, error=detail)
-    if 400 <= status < 500:
-        return Reply(Outcome.CLIENT_ERROR, latency_s, status, error=detail)
-    return Reply(Outcome.SERVER_ERROR, latency_s, status, error=detail)
-
-
-def _classify_exception(exc: Exception, latency_s: float) -> Reply:
-    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
-        return Reply(Outcome.TIMEOUT, latency_s, error=type(exc).__name__)
-    if isinstance(exc, httpx.TransportError):
-        return Reply(Outcome.CONNECT_ERROR, latency_s, error=f"{type(exc).__name__}: {exc}"[:200])
-    raise exc
-
-
-def _decode(response: httpx.Response, latency_s: float) -> Any:
-    try:
-        return response.json()
-    except (ValueError, UnicodeDecodeError):
-        return Reply(Outcome.MALFORMED, latency_s, response.status_code, error="answer is not valid JSON")
+        return parse(_parse_json(data), latency_s, status)
+    except _BadBody as exc:
+        return Reply(Outcome.MALFORMED, latency_s, status, error=str(exc)[:ERROR_CHARS])
 
 
 class _StreamState:
-    """Folds OpenAI server-sent events into text deltas and a final Reply."""
+    """Folds an OpenAI server-sent event stream into text deltas and a final Reply.
 
-    def __init__(self, start: float) -> None:
+    Bytes go through the size cap and decompression (:class:`_Body`), then the conforming SSE
+    parser of httpx-sse (multi-line ``data:``, comments, ``event:`` fields). An error event
+    (``event: error``, or ``data: {"error": ...}`` as vLLM sends on an engine failure) ends the
+    attempt as ``stream_broken``. The read bounds are hard: the first token must come within
+    ``first_token_s`` of the start, each later chunk within ``first_token_s`` of the previous one,
+    and everything within ``timeout_s``.
+    """
+
+    def __init__(self, start: float, timeout_s: float, first_token_s: float, cap: int, prompt_tokens: int) -> None:
         self.start = start
+        self.end = start + timeout_s
+        self.gap_s = min(first_token_s, timeout_s)
+        self.last_chunk = start
+        self.cap = cap
+        self.prompt_tokens = prompt_tokens
         self.parts: list[str] = []
         self.ttft: float | None = None
         self.tokens_in = 0
         self.tokens_out = 0
+        self.usage_seen = False
         self.done = False
+        self._body: _Body | None = None
+        self._text = codecs.getincrementaldecoder("utf-8")("replace")
+        self._lines = SSELineDecoder()
+        self._events = SSEDecoder()
 
-    def feed(self, line: str) -> str | Reply | None:
-        """One line of the event stream: a text delta, a failure Reply, or None (nothing to show)."""
-        if not line.startswith("data:"):
-            return None
-        data = line[5:].strip()
+    def read_deadline(self) -> float:
+        """The perf_counter() instant by which the next read must complete."""
+        return min(self.end, self.last_chunk + self.gap_s)
+
+    def open(self, encoding: str | None) -> None:
+        """The answer's headers arrived: decode its body with this content-encoding."""
+        self._body = _Body(encoding, self.cap)
+
+    def feed(self, chunk: bytes) -> list[StreamItem]:
+        """One chunk of the body: the text deltas it completes, ending with a failure Reply if any."""
+        assert self._body is not None
+        if self.ttft is not None:
+            self.last_chunk = time.perf_counter()
+        try:
+            text = self._text.decode(self._body.decode(chunk))
+        except _BadBody as exc:
+            return [self.failure(Outcome.MALFORMED, str(exc))]
+        out: list[StreamItem] = []
+        for line in self._lines.decode(text) if text else ():
+            sse = self._events.decode(line)
+            item = self.event(sse) if sse is not None else None
+            if item is not None:
+                out.append(item)
+                if isinstance(item, Reply):
+                    break
+        return out
+
+    def event(self, sse: ServerSentEvent) -> str | Reply | None:
+        """One dispatched event: a text delta, a failure Reply, or None (nothing to show)."""
+        if sse.event == "error":
+            return self.failure(Outcome.STREAM_BROKEN, "error event: " + _error_message(sse.data))
+        data = sse.data.strip()
         if data == "[DONE]":
             self.done = True
             return None
+        if not data or self.done:
+            return None
         try:
-            event = json.loads(data)
-            choices = event.get("choices") or []
-            delta = (choices[0].get("delta") or {}).get("content") if choices else None
-        except (ValueError, AttributeError, IndexError, TypeError):
+            event = loads(data)
+        except ValueError:
             return self.failure(Outcome.MALFORMED, "stream event is not valid JSON")
+        if not isinstance(event, Mapping):
+            return self.failure(Outcome.MALFORMED, "stream event is not a JSON object")
+        if event.get("error"):
+            return self.failure(Outcome.STREAM_BROKEN, "error event: " + _error_message(data))
         if isinstance(event.get("usage"), Mapping):
             self.tokens_in, self.tokens_out = _usage(event)
-        if isinstance(delta, str) and delta:
+            self.usage_seen = True
+        choices = event.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices else None
+        delta = first.get("delta") if isinstance(first, Mapping) else None
+        content = delta.get("content") if isinstance(delta, Mapping) else None
+        if isinstance(content, str) and content:
             if self.ttft is None:
                 self.ttft = time.perf_counter() - self.start
-            self.parts.append(delta)
-            return delta
+                self.last_chunk = time.perf_counter()
+            self.parts.append(content)
+            return content
         return None
+
+    def _tokens(self, text: str) -> tuple[int, int, bool]:
+        """Usage as the server reported it, else estimated (four characters per token)."""
+        if self.usage_seen:
+            return self.tokens_in, self.tokens_out, False
+        return self.prompt_tokens, (len(text) // 4 if text else 0), True
 
     def failure(self, outcome: Outcome, error: str, status: int | None = 200) -> Reply:
         """A failed attempt: after the first token it is a broken stream, whatever the cause."""
         if self.parts:
             outcome = Outcome.STREAM_BROKEN
-        return Reply(outcome, time.perf_counter() - self.start, status, self.tokens_in, self.tokens_out, error=error, ttft_s=self.ttft)
+        tin, tout, estimated = self._tokens("".join(self.parts))
+        return Reply(
+            outcome, time.perf_counter() - self.start, status, tin, tout, error=" ".join(error.split())[:ERROR_CHARS],
+            ttft_s=self.ttft, tokens_estimated=estimated,
+        )
 
     def finish(self, status: int) -> Reply:
         """The final Reply once the body ended: ok if it said [DONE] and had text."""
+        for line in self._lines.flush():
+            sse = self._events.decode(line)
+            item = self.event(sse) if sse is not None else None
+            if isinstance(item, Reply):
+                return item
+            if item is not None:
+                return self.failure(Outcome.MALFORMED, "stream ended inside an event")
         if not self.done:
             return self.failure(Outcome.MALFORMED, "stream ended without [DONE]", status)
         text = "".join(self.parts)
         if not text.strip():
             return self.failure(Outcome.MALFORMED, "answer is empty", status)
-        return Reply(Outcome.OK, time.perf_counter() - self.start, status, self.tokens_in, self.tokens_out, text=text, ttft_s=self.ttft)
+        tin, tout, estimated = self._tokens(text)
+        return Reply(Outcome.OK, time.perf_counter() - self.start, status, tin, tout, text=text, ttft_s=self.ttft, tokens_estimated=estimated)
+
+
+def _read(response: httpx.Response, cap: int) -> tuple[bytes | None, str]:
+    """The whole body of a sync response within the cap: (bytes, "") or (None, why it was refused)."""
+    try:
+        body = _Body(response.headers.get("content-encoding"), cap)
+        return b"".join(body.decode(chunk) for chunk in response.iter_raw()), ""
+    except _BadBody as exc:
+        return None, str(exc)
+
+
+async def _aread(response: httpx.Response, cap: int) -> tuple[bytes | None, str]:
+    """Async twin of :func:`_read`."""
+    try:
+        body = _Body(response.headers.get("content-encoding"), cap)
+        return b"".join([body.decode(chunk) async for chunk in response.aiter_raw()]), ""
+    except _BadBody as exc:
+        return None, str(exc)
 
 
 # -- the real backend ---------------------------------------------------------------------------
 
 
 class HttpxBackend:
-    """OpenAI-compatible HTTP backend: one keep-alive pool per model, sync and async."""
+    """OpenAI-compatible HTTP backend: one keep-alive pool per model, sync and async.
+
+    Sync clients are made with the backend (no setup cost on the first call); async clients on
+    first use in each event loop, and closed when that loop shuts down (``asyncio.run`` does
+    that), by :meth:`aclose`, or by :meth:`close` where the loop still allows it.
+    """
 
     def __init__(self, models: Mapping[str, ModelConfig]) -> None:
         self._models = dict(models)
-        self._clients: dict[str, httpx.Client] = {}
-        self._aclients: dict[str, httpx.AsyncClient] = {}
-        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._clients = {name: httpx.Client(**self._options(m), transport=_sync_transport(self._limits(m), self._https(m))) for name, m in self._models.items()}
+        self._aclients: dict[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = {}
+        self._keepers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
+        self._closing: set[asyncio.Future[Any]] = set()
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"HttpxBackend(models={sorted(self._models)})"
 
-    def _options(self, model: ModelConfig) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"}
-        if model.api_key_env:
-            key = os.environ.get(model.api_key_env)
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
-        limits = httpx.Limits(
-            max_connections=model.max_in_flight,
-            max_keepalive_connections=model.max_in_flight,
-            keepalive_expiry=30.0,
-        )
-        return {"base_url": model.base_url + "/", "headers": headers, "limits": limits, "timeout": model.timeout_s}
+    @staticmethod
+    def _https(model: ModelConfig) -> bool:
+        return model.base_url.lower().startswith("https:")
 
-    def _client(self, model: ModelConfig) -> httpx.Client:
-        client = self._clients.get(model.name)
-        if client is None:
-            client = self._clients[model.name] = httpx.Client(**self._options(model))
-        return client
+    @staticmethod
+    def _limits(model: ModelConfig) -> httpx.Limits:
+        return httpx.Limits(max_connections=model.max_in_flight, max_keepalive_connections=model.max_in_flight, keepalive_expiry=30.0)
 
-    def _aclient(self, model: ModelConfig) -> httpx.AsyncClient:
+    @staticmethod
+    def _options(model: ModelConfig) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json", "Accept-Encoding": _ACCEPT_ENCODING}
+        key = (os.environ.get(model.api_key_env) or "").strip() if model.api_key_env else ""
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return {"base_url": model.base_url + "/", "headers": headers, "timeout": model.timeout_s}
+
+    async def _aclient(self, model: ModelConfig) -> httpx.AsyncClient:
+        """This event loop's client for a model, made on first use."""
         loop = asyncio.get_running_loop()
-        if self._aloop is not loop:  # async clients belong to one event loop
-            self._aclients.clear()
-            self._aloop = loop
-        client = self._aclients.get(model.name)
-        if client is None:
-            client = self._aclients[model.name] = httpx.AsyncClient(**self._options(model))
+        with self._lock:
+            for dead in [other for other in self._aclients if other.is_closed()]:
+                self._aclients.pop(dead, None)
+                self._keepers.pop(dead, None)
+            clients = self._aclients.get(loop)
+            keeper = None
+            if clients is None:
+                clients = self._aclients[loop] = {}
+                keeper = self._keepers[loop] = self._keeper(loop, clients)
+            client = clients.get(model.name)
+            if client is None:
+                verify = _ssl_context() if self._https(model) else False
+                client = clients[model.name] = httpx.AsyncClient(**self._options(model), limits=self._limits(model), verify=verify)
+        if keeper is not None:
+            await anext(keeper)  # registers it with the loop, which closes it at shutdown_asyncgens()
         return client
+
+    async def _keeper(self, loop: asyncio.AbstractEventLoop, clients: dict[str, httpx.AsyncClient]) -> AsyncIterator[None]:
+        """Lives as long as its loop: when the loop shuts down its async generators, the loop's
+        clients are closed with it (so ``asyncio.run`` per call leaves no connection open)."""
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._aclients.get(loop) is clients:
+                    del self._aclients[loop]
+                self._keepers.pop(loop, None)
+            await self._close_all(clients)
+
+    @staticmethod
+    async def _close_all(clients: dict[str, httpx.AsyncClient]) -> None:
+        pending = list(clients.values())
+        clients.clear()
+        for client in pending:
+            await client.aclose()
 
     @staticmethod
     def _chat_body(model: ModelConfig, messages: Messages, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -281,131 +665,154 @@ class HttpxBackend:
     def _embed_body(model: ModelConfig, texts: Sequence[str]) -> dict[str, Any]:
         return {"model": model.backend_model, "input": list(texts)}
 
-    def _send(self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, parse: Callable[[Any, float, int], Reply]) -> Reply:
+    def _stream_body(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A streaming request that asks for usage in the last chunk unless the caller chose stream_options."""
+        body = {**self._chat_body(model, messages, params), "stream": True}
+        body.setdefault("stream_options", {"include_usage": True})
+        return body
+
+    def _send(self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, cap: int, parse: Parse) -> Reply:
         start = time.perf_counter()
+        client = self._clients[model.name]
         try:
-            response = self._client(model).post(path, json=body, timeout=timeout_s)
+            with _hard_deadline(start + timeout_s):
+                with client.stream("POST", path, json=body, timeout=timeout_s) as response:
+                    data, problem = _read(response, cap)
         except Exception as exc:  # classified, or re-raised when not a transport problem
             return _classify_exception(exc, time.perf_counter() - start)
-        return self._finish(response, time.perf_counter() - start, parse)
+        return _finish(response.status_code, response.headers, data, problem, time.perf_counter() - start, parse)
 
-    async def _asend(self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, parse: Callable[[Any, float, int], Reply]) -> Reply:
+    async def _asend(self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, cap: int, parse: Parse) -> Reply:
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):  # a hard bound on the whole attempt
-                response = await self._aclient(model).post(path, json=body, timeout=timeout_s)
+                client = await self._aclient(model)
+                async with client.stream("POST", path, json=body, timeout=timeout_s) as response:
+                    data, problem = await _aread(response, cap)
         except Exception as exc:
             return _classify_exception(exc, time.perf_counter() - start)
-        return self._finish(response, time.perf_counter() - start, parse)
+        return _finish(response.status_code, response.headers, data, problem, time.perf_counter() - start, parse)
 
     @staticmethod
-    def _finish(response: httpx.Response, latency_s: float, parse: Callable[[Any, float, int], Reply]) -> Reply:
-        failed = _classify_response(response, latency_s)
-        if failed is not None:
-            return failed
-        body = _decode(response, latency_s)
-        return body if isinstance(body, Reply) else parse(body, latency_s, response.status_code)
+    def _embed_parse(model: ModelConfig, texts: Sequence[str]) -> Parse:
+        def parse(body: Any, latency: float, status: int) -> Reply:
+            return parse_embeddings(body, latency, status, len(texts), model.dim)
+
+        return parse
 
     def chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
-        return self._send(model, "chat/completions", self._chat_body(model, messages, params), timeout_s, parse_chat)
+        return self._send(model, "chat/completions", self._chat_body(model, messages, params), timeout_s, model.response_cap(), parse_chat)
 
     async def achat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
-        return await self._asend(model, "chat/completions", self._chat_body(model, messages, params), timeout_s, parse_chat)
+        return await self._asend(model, "chat/completions", self._chat_body(model, messages, params), timeout_s, model.response_cap(), parse_chat)
 
     def embed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
-        def parse(body: Any, latency: float, status: int) -> Reply:
-            return parse_embeddings(body, latency, status, len(texts), model.dim)
-
-        return self._send(model, "embeddings", self._embed_body(model, texts), timeout_s, parse)
+        return self._send(model, "embeddings", self._embed_body(model, texts), timeout_s, model.response_cap(len(texts)), self._embed_parse(model, texts))
 
     async def aembed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
-        def parse(body: Any, latency: float, status: int) -> Reply:
-            return parse_embeddings(body, latency, status, len(texts), model.dim)
-
-        return await self._asend(model, "embeddings", self._embed_body(model, texts), timeout_s, parse)
+        return await self._asend(model, "embeddings", self._embed_body(model, texts), timeout_s, model.response_cap(len(texts)), self._embed_parse(model, texts))
 
     def stream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> Iterator[StreamItem]:
-        """Stream a chat completion: text deltas, then a final Reply.
-
-        The first token must come within ``first_token_s`` (which also bounds each later gap
-        between chunks); the whole attempt within ``timeout_s``, checked between chunks.
-        """
-        body = {**self._chat_body(model, messages, params), "stream": True}
-        start = time.perf_counter()
-        timeout = httpx.Timeout(timeout_s, read=min(first_token_s, timeout_s))
-        state = _StreamState(start)
+        """Stream a chat completion: text deltas, then a final Reply (bounds: see :class:`_StreamState`)."""
+        body = self._stream_body(model, messages, params)
+        state = _StreamState(time.perf_counter(), timeout_s, first_token_s, model.response_cap(), estimate_tokens(messages))
+        client = self._clients[model.name]
+        response: httpx.Response | None = None
         try:
-            with self._client(model).stream("POST", "chat/completions", json=body, timeout=timeout) as response:
+            with _hard_deadline(state.read_deadline()):  # never held across a yield: it bounds this thread's I/O
+                response = client.send(client.build_request("POST", "chat/completions", json=body, timeout=timeout_s), stream=True)
                 if response.status_code >= 300:
-                    response.read()
-                    yield self._finish(response, time.perf_counter() - start, parse_chat)
-                    return
-                for line in response.iter_lines():
-                    item = state.feed(line)
-                    if item is not None:
-                        yield item
-                        if isinstance(item, Reply):
-                            return
-                    if time.perf_counter() - start > timeout_s:
-                        yield state.failure(Outcome.TIMEOUT, "attempt timed out mid-stream")
-                        return
-                yield state.finish(response.status_code)
-        except Exception as exc:  # classified, or re-raised when not a transport problem
-            failed = _classify_exception(exc, time.perf_counter() - start)
-            yield state.failure(failed.outcome, failed.error, None)
-
-    async def astream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> AsyncIterator[StreamItem]:
-        """Async twin of :meth:`stream_chat`; the bounds are hard (``asyncio.timeout`` on each read,
-        never across a ``yield``, so the caller's own awaits between deltas are not cut)."""
-        body = {**self._chat_body(model, messages, params), "stream": True}
-        start = time.perf_counter()
-        state = _StreamState(start)
-
-        def left() -> float:
-            bound = timeout_s if state.ttft is not None else min(first_token_s, timeout_s)
-            return max(bound - (time.perf_counter() - start), 0.0)
-
-        client = self._aclient(model)
-        try:
-            async with asyncio.timeout(left()):
-                response = await client.send(client.build_request("POST", "chat/completions", json=body, timeout=timeout_s), stream=True)
-        except Exception as exc:
-            yield state.failure(_classify_exception(exc, time.perf_counter() - start).outcome, type(exc).__name__, None)
-            return
-        try:
+                    data, problem = _read(response, model.response_cap())
             if response.status_code >= 300:
-                await response.aread()
-                yield self._finish(response, time.perf_counter() - start, parse_chat)
+                yield _finish(response.status_code, response.headers, data, problem, time.perf_counter() - state.start, parse_chat)
                 return
-            lines = response.aiter_lines()
+            state.open(response.headers.get("content-encoding"))
+            chunks = response.iter_raw()
             while True:
-                try:
-                    async with asyncio.timeout(left()):
-                        line = await anext(lines)
-                except StopAsyncIteration:
+                with _hard_deadline(state.read_deadline()):
+                    chunk = next(chunks, None)
+                if chunk is None:
                     break
-                except Exception as exc:
-                    failed = _classify_exception(exc, time.perf_counter() - start)
-                    yield state.failure(failed.outcome, failed.error, None)
-                    return
-                item = state.feed(line)
-                if item is not None:
+                for item in state.feed(chunk):
                     yield item
                     if isinstance(item, Reply):
                         return
             yield state.finish(response.status_code)
+        except Exception as exc:  # classified, or re-raised when not a transport problem
+            failed = _classify_exception(exc, time.perf_counter() - state.start)
+            yield state.failure(failed.outcome, failed.error, None)
         finally:
-            await response.aclose()
+            if response is not None:
+                response.close()
+
+    async def astream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> AsyncIterator[StreamItem]:
+        """Async twin of :meth:`stream_chat`; each read is bounded by ``asyncio.timeout``, never
+        across a ``yield``, so the caller's own awaits between deltas are not cut."""
+        body = self._stream_body(model, messages, params)
+        state = _StreamState(time.perf_counter(), timeout_s, first_token_s, model.response_cap(), estimate_tokens(messages))
+
+        def left() -> float:
+            return max(state.read_deadline() - time.perf_counter(), 0.0)
+
+        response: httpx.Response | None = None
+        try:
+            async with asyncio.timeout(left()):
+                client = await self._aclient(model)
+                response = await client.send(client.build_request("POST", "chat/completions", json=body, timeout=timeout_s), stream=True)
+                if response.status_code >= 300:
+                    data, problem = await _aread(response, model.response_cap())
+            if response.status_code >= 300:
+                yield _finish(response.status_code, response.headers, data, problem, time.perf_counter() - state.start, parse_chat)
+                return
+            state.open(response.headers.get("content-encoding"))
+            chunks = response.aiter_raw()
+            while True:
+                async with asyncio.timeout(left()):
+                    chunk = await anext(chunks, None)
+                if chunk is None:
+                    break
+                for item in state.feed(chunk):
+                    yield item
+                    if isinstance(item, Reply):
+                        return
+            yield state.finish(response.status_code)
+        except Exception as exc:
+            failed = _classify_exception(exc, time.perf_counter() - state.start)
+            yield state.failure(failed.outcome, failed.error, None)
+        finally:
+            if response is not None:
+                await response.aclose()
 
     def close(self) -> None:
+        """Close the sync pools, and every async pool whose loop still allows it."""
         for client in self._clients.values():
             client.close()
-        self._clients.clear()
+        with self._lock:  # the keepers stay: each ends (doing nothing more) when its loop shuts down
+            pools = list(self._aclients.items())
+            self._aclients.clear()
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, clients in pools:
+            if loop.is_closed():
+                continue
+            if loop is current:  # close() called from async code: finish the job on this loop
+                task = loop.create_task(self._close_all(clients))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            elif loop.is_running():
+                asyncio.run_coroutine_threadsafe(self._close_all(clients), loop)
+            elif current is None:
+                loop.run_until_complete(self._close_all(clients))
 
     async def aclose(self) -> None:
-        for client in self._aclients.values():
-            await client.aclose()
-        self._aclients.clear()
+        """Close this loop's async pools (awaited), then everything :meth:`close` closes."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            clients = self._aclients.pop(loop, None)
+        if clients is not None:
+            await self._close_all(clients)
         self.close()
 
 

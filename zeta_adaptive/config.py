@@ -8,7 +8,10 @@ back a dict that ``Config.from_dict`` loads to an equal config.
 from __future__ import annotations
 
 import math
+import os
+import re
 import tomllib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,6 +29,10 @@ __all__ = ["ModelConfig", "RouteConfig", "BreakerConfig", "Config", "load_config
 
 DEFAULT_STORE = "sqlite:///zeta.db"
 KINDS = ("chat", "embedding")
+DEFAULT_CHAT_RESPONSE_BYTES = 8 * 1024 * 1024
+DEFAULT_EMBEDDING_BASE_BYTES = 1024 * 1024
+EMBEDDING_BYTES_PER_NUMBER = 32  # a float as JSON text ("-0.012345678901234567, ") with room to spare
+_VERSION_PATH = re.compile(r"/v\d+(?:beta|alpha)?\d*(?:/|$)")
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,16 @@ class ModelConfig:
     first_token_timeout_s: float | None = None  # streams: bound on the first token (and each gap); None = timeout_s
     space: str = ""  # embedding space label: models sharing it give comparable vectors; "" means `model`
     context_window: int | None = None  # tokens the model accepts (prompt + answer); None = unknown
+    max_response_bytes: int | None = None  # cap on one answer's body (wire and decompressed); None = by kind
+
+    def response_cap(self, inputs: int = 1) -> int:
+        """The largest answer body accepted: ``max_response_bytes``, else 8 MiB for chat and, for
+        embeddings, 1 MiB plus 32 bytes per number of ``inputs`` vectors of ``dim`` (4096 if unknown)."""
+        if self.max_response_bytes is not None:
+            return self.max_response_bytes
+        if self.kind == "embedding":
+            return DEFAULT_EMBEDDING_BASE_BYTES + inputs * (self.dim or 4096) * EMBEDDING_BYTES_PER_NUMBER
+        return DEFAULT_CHAT_RESPONSE_BYTES
 
     @property
     def backend_model(self) -> str:
@@ -220,6 +237,21 @@ def _base_url(where: str, value: Any) -> str:
     return url.rstrip("/")
 
 
+def _api_key_env(where: str, value: Any) -> str:
+    """The name of the variable holding the key: it must be set, non-empty and printable at load.
+
+    The key is never shown, only the variable's name: a call without a usable key would fail
+    at the endpoint (401, or 500 behind some gateways) and be counted against the model.
+    """
+    name = _string(where, value)
+    key = os.environ.get(name)
+    if key is None or not key.strip():
+        raise ConfigError(where, f"environment variable {name} is {'unset' if key is None else 'empty'}")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key.strip()):
+        raise ConfigError(where, f"environment variable {name} holds a key with a newline or control character (not shown)")
+    return name
+
+
 def _store_url(value: Any) -> str:
     url = _string("store", value)
     try:
@@ -242,7 +274,16 @@ def _model(name: str, data: Any) -> ModelConfig:
         raise ConfigError(f"{where}.kind", f"must be one of {list(KINDS)}, got {kind!r}")
     api_key_env = data.get("api_key_env")
     if api_key_env is not None:
-        _string(f"{where}.api_key_env", api_key_env)
+        api_key_env = _api_key_env(f"{where}.api_key_env", api_key_env)
+    base_url = _base_url(f"{where}.base_url", data["base_url"])
+    if not _VERSION_PATH.search(urlsplit(base_url).path):
+        warnings.warn(
+            f"{where}.base_url {base_url!r} has no version path such as /v1: OpenAI-compatible servers answer 404 without it",
+            stacklevel=4,
+        )
+    max_bytes = data.get("max_response_bytes")
+    if max_bytes is not None:
+        max_bytes = _integer(f"{where}.max_response_bytes", max_bytes, 1024)
     dim = data.get("dim")
     if dim is not None:
         dim = _integer(f"{where}.dim", dim, 1)
@@ -251,7 +292,7 @@ def _model(name: str, data: Any) -> ModelConfig:
         context_window = _integer(f"{where}.context_window", context_window, 1)
     return ModelConfig(
         name=name,
-        base_url=_base_url(f"{where}.base_url", data["base_url"]),
+        base_url=base_url,
         kind=kind,
         model=_string(f"{where}.model", data["model"]) if "model" in data else "",
         api_key_env=api_key_env,
@@ -261,6 +302,7 @@ def _model(name: str, data: Any) -> ModelConfig:
         max_in_flight=_integer(f"{where}.max_in_flight", data.get("max_in_flight", 64), 1),
         dim=dim,
         context_window=context_window,
+        max_response_bytes=max_bytes,
         space=_string(f"{where}.space", data["space"]) if "space" in data else "",
         first_token_timeout_s=(
             _number(f"{where}.first_token_timeout_s", data["first_token_timeout_s"], positive=True)
