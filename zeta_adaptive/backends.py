@@ -332,7 +332,7 @@ def _error_message(text: str) -> str:
         error = body.get("error", body)
         if isinstance(error, Mapping):
             message = error.get("message", "")
-            code = error.get("code") or error.get("type")
+            code = error.get("code")
             if isinstance(message, str) and message:
                 return f"{code}: {message}" if isinstance(code, str) and code and code not in message else message
         if isinstance(error, str):
