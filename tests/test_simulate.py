@@ -65,11 +65,11 @@ def test_chat_success_has_openai_shape_and_usage(make_fleet: MakeFleet, client: 
     assert choice["index"] == 0 and choice["finish_reason"] == "stop"
     assert choice["message"]["role"] == "assistant"
     assert "m" in choice["message"]["content"]
-    prompt = len(CHAT[0]["content"]) // 4
+    prompt = len(CHAT[0]["content"]) // 4 + 4  # four characters per token plus the per-message overhead
     assert body["usage"] == {"prompt_tokens": prompt, "completion_tokens": 12, "total_tokens": prompt + 12}
-    capped = chat(client, fleet, "m", max_tokens=5, model="alias").json()
+    capped = chat(client, fleet, "m", max_tokens=5).json()
     assert capped["usage"]["completion_tokens"] == 5
-    assert capped["model"] == "alias"
+    assert capped["choices"][0]["finish_reason"] == "length"
 
 
 def test_task_header_is_echoed_in_the_answer(make_fleet: MakeFleet, client: httpx.Client) -> None:
@@ -213,9 +213,9 @@ def test_same_seed_gives_same_faults(make_fleet: MakeFleet, client: httpx.Client
     assert {200, 500} == set(first)
 
 
-def stream_lines(client: httpx.Client, fleet: Fleet, name: str, timeout: float = 2.0) -> list[str]:
+def stream_lines(client: httpx.Client, fleet: Fleet, name: str, timeout: float = 2.0, **body: Any) -> list[str]:
     """Stream one chat completion and return its non-blank SSE lines."""
-    payload = {"model": name, "messages": CHAT, "stream": True}
+    payload = {"model": name, "messages": CHAT, "stream": True, **body}
     url = f"{fleet.base_url(name)}/chat/completions"
     with client.stream("POST", url, json=payload, timeout=timeout) as response:
         assert response.status_code == 200
@@ -225,16 +225,20 @@ def stream_lines(client: httpx.Client, fleet: Fleet, name: str, timeout: float =
 
 def test_stream_sends_sse_chunks_then_done(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0, chunk_delay_s=0.001))
-    lines = stream_lines(client, fleet, "m")
+    lines = stream_lines(client, fleet, "m", stream_options={"include_usage": True})
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
     assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    text = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks)
+    *content, usage = chunks  # as OpenAI and vLLM send it: usage alone in a last chunk, when asked
+    text = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in content)
     assert text.startswith("answer from m")
-    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
-    assert chunks[-1]["usage"]["completion_tokens"] == 32
-    assert all(chunk["choices"][0]["finish_reason"] is None for chunk in chunks[:-1])
+    assert content[-1]["choices"][0]["finish_reason"] == "stop"
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 32
+    assert all(chunk["choices"][0]["finish_reason"] is None for chunk in content[:-1])
+    assert all("usage" not in chunk for chunk in content)
+    unasked = [json.loads(line.removeprefix("data: ")) for line in stream_lines(client, fleet, "m")[:-1]]
+    assert unasked and all("usage" not in chunk for chunk in unasked)
 
 
 def test_broken_stream_is_cut_before_done(make_fleet: MakeFleet, client: httpx.Client) -> None:
@@ -316,3 +320,55 @@ def test_model_spec_rejects_bad_values() -> None:
         ModelSpec("m", accuracy={"code": 1.2})
     with pytest.raises(ValueError):
         Fleet([ModelSpec("m"), ModelSpec("m")])
+
+
+# -- strict like real servers (issue 14) ---------------------------------------------------------------
+
+
+def test_unknown_model_name_gets_openai_404(make_fleet: MakeFleet, client: httpx.Client) -> None:
+    fleet = make_fleet(ModelSpec("m", latency_s=0.0))
+    response = chat(client, fleet, "m", model="gpt-9")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found" and "gpt-9" in response.json()["error"]["message"]
+    url = f"{fleet.base_url('m')}/chat/completions"
+    assert client.post(url, json={"messages": CHAT}).status_code == 200  # no model: the served one, as vLLM does
+
+
+def test_a_configured_key_is_required(make_fleet: MakeFleet, client: httpx.Client) -> None:
+    fleet = make_fleet(ModelSpec("m", latency_s=0.0, api_key="sk-sim"))
+    url = f"{fleet.base_url('m')}/chat/completions"
+    missing = client.post(url, json={"model": "m", "messages": CHAT})
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+    assert client.post(url, json={"model": "m", "messages": CHAT}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.post(url, json={"model": "m", "messages": CHAT}, headers={"Authorization": "Bearer sk-sim"}).status_code == 200
+
+
+def test_prompt_beyond_the_context_window_gets_vllm_400(make_fleet: MakeFleet, client: httpx.Client) -> None:
+    fleet = make_fleet(ModelSpec("m", latency_s=0.0, context_window=100))
+    long = [{"role": "user", "content": "x" * 400}]  # 100 + 4 tokens
+    response = chat(client, fleet, "m", messages=long)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["object"] == "error" and body["message"].startswith("This model's maximum context length is 100 tokens.")
+    assert "104 in the messages" in body["message"]
+    assert chat(client, fleet, "m", messages=[{"role": "user", "content": "x" * 300}], max_tokens=30).status_code == 400
+    assert chat(client, fleet, "m", messages=[{"role": "user", "content": "x" * 300}], max_tokens=20).status_code == 200
+
+
+def test_n_and_stop_are_honoured(make_fleet: MakeFleet, client: httpx.Client) -> None:
+    fleet = make_fleet(ModelSpec("m", latency_s=0.0, tokens_out=12))
+    body = chat(client, fleet, "m", n=3, stop=["careful"]).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    text = body["choices"][0]["message"]["content"]
+    assert "careful" not in text and text.endswith("from a ") and body["choices"][0]["finish_reason"] == "stop"
+    assert chat(client, fleet, "m", n=0).status_code == 400
+    assert chat(client, fleet, "m", stop=[1]).status_code == 400
+
+
+def test_streams_can_carry_an_error_event(make_fleet: MakeFleet, client: httpx.Client) -> None:
+    fleet = make_fleet(ModelSpec("m", latency_s=0.0, stream_error_rate=1.0))
+    lines = stream_lines(client, fleet, "m")
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2].removeprefix("data: "))
+    assert error["error"]["message"] == "simulated engine failure"
+    assert len(lines) == 2 + 2  # two content chunks, then the error event and [DONE]

@@ -165,3 +165,34 @@ def test_ttft_can_be_the_policys_latency(sqlite_url):
             learned = router.policies["simple"].lat_sum[0]
     assert learned == pytest.approx(attempt.ttft_s)
     assert attempt.latency_s > attempt.ttft_s + 0.05
+
+
+# -- against a fleet as strict as real servers (issue 14) ----------------------------------------------
+
+
+def test_streamed_calls_log_the_usage_the_server_sends_when_asked(sqlite_url):
+    with Fleet([ModelSpec("a", latency_s=0.0, tokens_out=12)]) as fleet:
+        with Router(_cfg(fleet, sqlite_url, ["a"])) as router:
+            stream = router.chat("simple", MSG, stream=True)
+            "".join(stream)
+            async def run():
+                astream = await router.achat("simple", MSG, stream=True)
+                return [d async for d in astream], astream.result
+            _, aresult = asyncio.run(run())
+    prompt = len(MSG[0]["content"]) // 4 + 4
+    for result in (stream.result, aresult):
+        attempt = result.attempts[0]
+        assert (attempt.tokens_in, attempt.tokens_out) == (prompt, 12)  # the fleet's usage chunk, sent only when asked
+    logged = _attempts(sqlite_url, stream.result.call_id)
+    assert logged["tokens_out"].tolist() == [12]
+
+
+def test_a_fleet_stream_error_event_after_text_breaks_the_stream(sqlite_url):
+    specs = [ModelSpec("err", latency_s=0.0, stream_error_rate=1.0), ModelSpec("b", latency_s=0.0)]
+    with Fleet(specs) as fleet:
+        with Router(_cfg(fleet, sqlite_url, ["err", "b"])) as router:
+            stream = router.chat("simple", MSG, stream=True)
+            with pytest.raises(StreamBroken, match="simulated engine failure") as info:
+                for _ in stream:
+                    pass
+    assert _attempts(sqlite_url, info.value.call_id)["outcome"].tolist() == ["stream_broken"]

@@ -2,9 +2,15 @@
 
 Each model of a :class:`Fleet` is served by its own standard-library HTTP server on
 127.0.0.1 with configurable latency and faults (server errors, rate limits, malformed or
-empty answers, hangs, stalled or broken streams, refused connections), drawn from a
-seeded numpy generator, so that integration tests, demos and benchmarks of the router
+empty answers, hangs, stalled or broken streams, error events, refused connections), drawn
+from a seeded numpy generator, so that integration tests, demos and benchmarks of the router
 run against realistic, reproducible and fully local backends.
+
+The servers are as strict as real ones (OpenAI, vLLM): usage in a stream only when
+``stream_options.include_usage`` asks for it; 404 with OpenAI's body for a model name they do
+not serve; 401 when the spec has an ``api_key`` and the request does not carry it; 400 with
+vLLM's body when the prompt (estimated as :func:`zeta_adaptive.backends.estimate_tokens`) plus
+``max_tokens`` exceeds the spec's ``context_window``; ``n``, ``stop`` and ``max_tokens`` honoured.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["ModelSpec", "Fleet", "example_fleet", "example_routes"]
+from .backends import estimate_tokens
+
+__all__ = ["ModelSpec", "Fleet", "example_fleet", "example_routes", "api_key_env"]
 
 _HOST = "127.0.0.1"
 _POLL_S = 0.02  # how often an idle server loop checks for shutdown; bounds close() and down=True
@@ -49,6 +57,7 @@ _RATE_FIELDS = (
     "hang_rate",
     "stall_first_token_rate",
     "break_stream_rate",
+    "stream_error_rate",
     "default_accuracy",
 )
 _NON_NEGATIVE_FIELDS = ("latency_s", "latency_sigma", "retry_after_s", "hang_s", "chunk_delay_s")
@@ -77,6 +86,9 @@ class ModelSpec:
     stall_first_token_rate: float = 0.0
     break_stream_rate: float = 0.0
     chunk_delay_s: float = 0.0
+    stream_error_rate: float = 0.0  # streams: an error event (as vLLM sends) after a few chunks, then [DONE]
+    api_key: str | None = None  # requests must carry "Authorization: Bearer <api_key>" (else 401)
+    context_window: int | None = None  # prompt + max_tokens above this gets vLLM's 400 context-length answer
 
     def __post_init__(self) -> None:
         """Reject impossible settings at once, since a bad value would silently skew every run."""
@@ -95,6 +107,8 @@ class ModelSpec:
         for task_type, value in self.accuracy.items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"accuracy[{task_type!r}] must be in [0, 1], got {value!r}")
+        if self.context_window is not None and self.context_window < 1:
+            raise ValueError(f"context_window must be >= 1, got {self.context_window!r}")
         if self.dim < 1 or self.tokens_out < 1:
             raise ValueError(f"dim and tokens_out must be >= 1, got {self.dim!r} and {self.tokens_out!r}")
 
@@ -152,27 +166,50 @@ def _text_tokens(chars: int) -> int:
     return max(1, chars // 4)
 
 
-def _content_chars(content: Any) -> int:
-    """Characters of a message content, either a string or a list of OpenAI content parts."""
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
-    return 0
+class _ChatRequest(NamedTuple):
+    """What a valid chat request asks for."""
+
+    prompt: int  # prompt tokens, as the server counts them
+    completion: int  # completion tokens to generate (before any stop sequence)
+    n: int
+    stop: tuple[str, ...]
+    truncated: bool  # max_tokens cut the answer: finish_reason "length"
 
 
-def _parse_chat(payload: dict[str, Any], spec: ModelSpec) -> tuple[int, int]:
-    """Validate a chat request and return its (prompt_tokens, completion_tokens)."""
+class _ContextExceeded(ValueError):
+    """The prompt plus the completion asked for do not fit the model's context window."""
+
+
+def _positive_int(payload: dict[str, Any], key: str, limit: int) -> int | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise _BadRequest(f"'{key}' must be an integer in [1, {limit}]")
+    return value
+
+
+def _parse_chat(payload: dict[str, Any], spec: ModelSpec) -> _ChatRequest:
+    """Validate a chat request (as vLLM does) and return what it asks for."""
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise _BadRequest("'messages' must be a non-empty list of objects")
-    completion = spec.tokens_out
-    max_tokens = payload.get("max_tokens")
-    if max_tokens is not None:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise _BadRequest("'max_tokens' must be a positive integer")
-        completion = min(completion, max_tokens)
-    return _text_tokens(sum(_content_chars(m.get("content")) for m in messages)), completion
+    max_tokens = _positive_int(payload, "max_tokens", 1 << 30)
+    n = _positive_int(payload, "n", 128) or 1
+    stop = payload.get("stop")
+    stops = (stop,) if isinstance(stop, str) else tuple(stop) if isinstance(stop, list) else ()
+    if stop is not None and (not stops or len(stops) > 4 or not all(isinstance(x, str) and x for x in stops)):
+        raise _BadRequest("'stop' must be a string or a list of up to 4 non-empty strings")
+    prompt = estimate_tokens(messages)
+    window = spec.context_window
+    if window is not None and prompt + (max_tokens or 0) > window:
+        raise _ContextExceeded(
+            f"This model's maximum context length is {window} tokens. However, you requested "
+            f"{prompt + (max_tokens or 0)} tokens ({prompt} in the messages, {max_tokens or 0} in the completion). "
+            "Please reduce the length of the messages or completion."
+        )
+    completion = spec.tokens_out if max_tokens is None else min(spec.tokens_out, max_tokens)
+    return _ChatRequest(prompt, completion, n, stops, completion < spec.tokens_out)
 
 
 def _parse_embedding(payload: dict[str, Any]) -> list[str]:
@@ -191,14 +228,29 @@ def _answer_text(spec: ModelSpec, task: str | None, tokens: int) -> str:
     return label + ": " + " ".join(_WORDS[i % len(_WORDS)] for i in range(tokens))
 
 
+def _answer(spec: ModelSpec, task: str | None, request: _ChatRequest) -> tuple[str, int, str]:
+    """The answer's text, its completion tokens and finish reason, honouring ``stop`` and ``max_tokens``."""
+    text = _answer_text(spec, task, request.completion)
+    cuts = [text.find(s) for s in request.stop if text.find(s) >= 0]
+    if cuts:
+        text = text[: min(cuts)]
+        return text, max(1, len(text.split(": ", 1)[-1].split())), "stop"
+    return text, request.completion, "length" if request.truncated else "stop"
+
+
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     """An OpenAI usage object of a chat completion."""
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _error_body(message: str, kind: str, code: int) -> dict[str, Any]:
+def _error_body(message: str, kind: str, code: int | str) -> dict[str, Any]:
     """An OpenAI-shaped error body."""
-    return {"error": {"message": message, "type": kind, "code": code}}
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def _vllm_error(message: str) -> dict[str, Any]:
+    """vLLM's error body for a bad request (as its OpenAI-compatible server sends it, status 400)."""
+    return {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
 
 
 def _seconds_header(seconds: float) -> str:
@@ -296,15 +348,20 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _BadRequest("the request body is not valid JSON") from None
             if not isinstance(payload, dict):
                 raise _BadRequest("the request body must be a JSON object")
+            if not self._admitted(spec, payload):
+                return
             wanted = "chat" if path == _CHAT_PATH else "embedding"
             if spec.kind != wanted:
                 raise _BadRequest(f"{spec.name} is a {spec.kind} model; {path} needs a {wanted} model")
             if wanted == "chat":
-                tokens = _parse_chat(payload, spec)
+                request = _parse_chat(payload, spec)
             else:
                 texts = _parse_embedding(payload)
         except _BadRequest as exc:
             self._send_json(400, _error_body(str(exc), "invalid_request_error", 400))
+            return
+        except _ContextExceeded as exc:
+            self._send_json(400, _vllm_error(str(exc)))
             return
 
         draw = model.draw()
@@ -319,9 +376,11 @@ class _Handler(BaseHTTPRequestHandler):
         if outcome == "hang" and self._sleep(wake, spec.hang_s):
             self._drop()
             return
-        model_name = payload.get("model") if isinstance(payload.get("model"), str) else spec.name
+        model_name = spec.name
         if wanted == "chat" and payload.get("stream") is True:
-            self._stream(spec, wake, draw, outcome, model_name, number, tokens)
+            options = payload.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            self._stream(spec, wake, draw, outcome, model_name, number, request, include_usage)
             return
         if self._sleep(wake, _latency(spec, draw.z)):
             self._drop()
@@ -331,22 +390,35 @@ class _Handler(BaseHTTPRequestHandler):
         elif wanted == "embedding":
             self._send_json(200, self._embedding_body(spec, model_name, texts, outcome == "empty"))
         else:
-            self._send_json(200, self._chat_body(spec, model_name, number, tokens, outcome == "empty"))
+            self._send_json(200, self._chat_body(spec, model_name, number, request, outcome == "empty"))
+
+    def _admitted(self, spec: ModelSpec, payload: dict[str, Any]) -> bool:
+        """Check the key and the model name as OpenAI does (401, then 404); False once refused."""
+        if spec.api_key is not None and self.headers.get("Authorization") != f"Bearer {spec.api_key}":
+            message = "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
+            self._send_json(401, _error_body(message, "invalid_request_error", "invalid_api_key"))
+            return False
+        name = payload.get("model", spec.name)  # like vLLM, a request without a model gets the served one
+        if name != spec.name:
+            message = f"The model `{name}` does not exist or you do not have access to it."
+            self._send_json(404, _error_body(message, "invalid_request_error", "model_not_found"))
+            return False
+        return True
 
     def _chat_body(
-        self, spec: ModelSpec, model_name: str, number: int, tokens: tuple[int, int], empty: bool
+        self, spec: ModelSpec, model_name: str, number: int, request: _ChatRequest, empty: bool
     ) -> dict[str, Any]:
         """An OpenAI chat.completion body (with no choices when simulating an empty answer)."""
-        prompt, completion = tokens
-        content = _answer_text(spec, self.headers.get("X-Sim-Task"), completion)
+        content, completion, finish = _answer(spec, self.headers.get("X-Sim-Task"), request)
         message = {"role": "assistant", "content": content}
+        choices = [{"index": i, "message": message, "finish_reason": finish} for i in range(request.n)]
         return {
             "id": f"chatcmpl-{spec.name}-{number}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model_name,
-            "choices": [] if empty else [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": _usage(prompt, completion),
+            "choices": [] if empty else choices,
+            "usage": _usage(request.prompt, completion * request.n),
         }
 
     @staticmethod
@@ -370,9 +442,11 @@ class _Handler(BaseHTTPRequestHandler):
         outcome: str,
         model_name: str,
         number: int,
-        tokens: tuple[int, int],
+        request: _ChatRequest,
+        include_usage: bool,
     ) -> None:
-        """Answer with OpenAI server-sent events in chunked encoding, possibly stalling or cutting the stream."""
+        """Answer with OpenAI server-sent events in chunked encoding, possibly stalling, cutting the
+        stream or sending an error event; usage comes in a last chunk only when asked for."""
         self._send_head(200, "text/event-stream", {"Transfer-Encoding": "chunked", "Cache-Control": "no-cache"})
         stalled = draw.stall < spec.stall_first_token_rate
         if (stalled and self._sleep(wake, spec.hang_s)) or self._sleep(wake, _latency(spec, draw.z)):
@@ -385,27 +459,33 @@ class _Handler(BaseHTTPRequestHandler):
             chunk = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
             return json.dumps({**chunk, "choices": choices, **extra}).encode()
 
-        def delta(content: dict[str, str], finish_reason: str | None = None) -> list[dict[str, Any]]:
-            return [{"index": 0, "delta": content, "finish_reason": finish_reason}]
-
-        cut_at = -1
+        cut_at = error_at = -1
         if outcome == "malformed":
             events = [_MALFORMED_CHAT]
         elif outcome == "empty":
             events = [event([])]
         else:
-            prompt, completion = tokens
-            text = _answer_text(spec, self.headers.get("X-Sim-Task"), completion)
+            text, completion, finish = _answer(spec, self.headers.get("X-Sim-Task"), request)
             pieces = [text[i : i + _STREAM_PIECE_CHARS] for i in range(0, len(text), _STREAM_PIECE_CHARS)]
-            events = [event(delta({"role": "assistant", "content": pieces[0]}))]
-            events += [event(delta({"content": piece})) for piece in pieces[1:]]
-            events.append(event(delta({}, "stop"), usage=_usage(prompt, completion)))
+            events = []
+            for index in range(request.n):
+                events.append(event([{"index": index, "delta": {"role": "assistant", "content": pieces[0]}, "finish_reason": None}]))
+                events += [event([{"index": index, "delta": {"content": piece}, "finish_reason": None}]) for piece in pieces[1:]]
+                events.append(event([{"index": index, "delta": {}, "finish_reason": finish}]))
+            if include_usage:
+                events.append(event([], usage=_usage(request.prompt, completion * request.n)))
             if draw.cut < spec.break_stream_rate:
                 cut_at = min(_CHUNKS_BEFORE_BREAK, len(pieces))
+            elif draw.cut < spec.break_stream_rate + spec.stream_error_rate:
+                error_at = min(_CHUNKS_BEFORE_BREAK, len(pieces))
         for i, data in enumerate(events):
             if i == cut_at or (i > 0 and spec.chunk_delay_s > 0 and self._sleep(wake, spec.chunk_delay_s)):
                 self._drop()
                 return
+            if i == error_at:
+                failure = {"error": {"object": "error", "message": "simulated engine failure", "type": "InternalServerError", "param": None, "code": 500}}
+                self._write_chunk(b"data: " + json.dumps(failure).encode() + b"\n\n")
+                break
             self._write_chunk(b"data: " + data + b"\n\n")
         self._write_chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
@@ -632,6 +712,10 @@ class Fleet:
             }
             if spec.kind == "embedding":
                 entry["dim"] = spec.dim
+            if spec.context_window is not None:
+                entry["context_window"] = spec.context_window
+            if spec.api_key is not None:
+                entry["api_key_env"] = api_key_env(spec.name)
             models[spec.name] = entry
         if routes is None:
             chat = [spec.name for spec in specs if spec.kind == "chat"]
@@ -651,6 +735,12 @@ class Fleet:
             return self._servers[name]
         except KeyError:
             raise KeyError(f"no model {name!r} in the fleet; models are {self.names}") from None
+
+
+def api_key_env(name: str) -> str:
+    """The environment variable that :meth:`Fleet.fleet_config` names for a model with an ``api_key``
+    (the caller exports the key there, as for a real endpoint)."""
+    return "ZETA_SIM_KEY_" + "".join(ch if ch.isalnum() else "_" for ch in name.upper())
 
 
 def _copy(spec: ModelSpec) -> ModelSpec:
