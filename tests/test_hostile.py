@@ -232,6 +232,17 @@ def backend_for(url: str, **options: Any) -> tuple[HttpxBackend, ModelConfig]:
     return HttpxBackend({"m": model}), model
 
 
+@contextmanager
+def backend_at(handler: Handler, **options: Any) -> Iterator[tuple[HttpxBackend, ModelConfig]]:
+    """A backend for one model served by ``handler``, closed afterwards."""
+    with serve(handler) as url:
+        backend, model = backend_for(url, **options)
+        try:
+            yield backend, model
+        finally:
+            backend.close()
+
+
 def router_config(tmp_path, urls: dict[str, str], deadline_s: float, timeout_s: float, **model_options: Any) -> dict[str, Any]:
     return {
         "store": f"sqlite:///{tmp_path / 'zeta.db'}",
@@ -251,18 +262,14 @@ def logged(tmp_path) -> list[tuple[str, str, int | None]]:
 
 @pytest.mark.parametrize("behaviour", [drip_headers, drip_body], ids=["drip-headers", "drip-body"])
 def test_sync_attempt_ends_at_its_timeout_whatever_the_server_drips(behaviour):
-    with serve(behaviour) as url:
-        backend, model = backend_for(url)
-        try:
-            start = time.perf_counter()
-            reply = backend.chat(model, MSG, {}, timeout_s=1.0)
-            elapsed = time.perf_counter() - start
-            assert reply.outcome is Outcome.TIMEOUT, reply
-            assert elapsed < 1.0 + MARGIN_S
-            reply = backend.embed(ModelConfig("m", url, kind="embedding"), ["a"], timeout_s=0.6)
-            assert reply.outcome is Outcome.TIMEOUT
-        finally:
-            backend.close()
+    with backend_at(behaviour) as (backend, model):
+        start = time.perf_counter()
+        reply = backend.chat(model, MSG, {}, timeout_s=1.0)
+        elapsed = time.perf_counter() - start
+        assert reply.outcome is Outcome.TIMEOUT, reply
+        assert elapsed < 1.0 + MARGIN_S
+        reply = backend.embed(ModelConfig("m", model.base_url, kind="embedding"), ["a"], timeout_s=0.6)
+        assert reply.outcome is Outcome.TIMEOUT
 
 
 @pytest.mark.parametrize("behaviour", [drip_headers, drip_body, drip_after_first_token], ids=["headers", "body", "after-first-token"])
@@ -320,14 +327,10 @@ def test_dripping_model_falls_back_to_a_healthy_one_within_the_deadline(tmp_path
 
 
 def test_gzip_bomb_is_refused_early_with_bounded_memory():
-    with serve(gzip_bomb) as url:
-        backend, model = backend_for(url)
-        try:
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-            reply = backend.chat(model, MSG, {}, timeout_s=10.0)
-            grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-        finally:
-            backend.close()
+    with backend_at(gzip_bomb) as (backend, model):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        reply = backend.chat(model, MSG, {}, timeout_s=10.0)
+        grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert reply.outcome is Outcome.MALFORMED and "max_response_bytes" in reply.error, reply
     assert grown_mib < 200  # the whole bomb is 1 GB; the cap is 8 MiB
 
@@ -375,12 +378,8 @@ def test_bad_encodings_and_garbage_are_malformed_never_exceptions():
         else:
             send_json(sock, 200, b"\xff\xfe{not json")
 
-    with serve(garbage) as url:
-        backend, model = backend_for(url)
-        try:
-            replies = [backend.chat(model, [{"role": "user", "content": k}], {}, 5.0) for k in ("br", "badgzip", "bytes")]
-        finally:
-            backend.close()
+    with backend_at(garbage) as (backend, model):
+        replies = [backend.chat(model, [{"role": "user", "content": k}], {}, 5.0) for k in ("br", "badgzip", "bytes")]
     assert [r.outcome for r in replies] == [Outcome.MALFORMED] * 3, replies
 
 
@@ -393,14 +392,10 @@ def test_bad_encodings_and_garbage_are_malformed_never_exceptions():
 )
 def test_context_length_errors_of_real_servers_are_context_exceeded(answer):
     status, body = answer
-    with serve(answer_with(status, body)) as url:
-        backend, model = backend_for(url)
-        try:
-            sync = backend.chat(model, MSG, {}, 5.0)
-            streamed = list(backend.stream_chat(model, MSG, {}, 5.0, 5.0))[-1]
-            async_ = asyncio.run(backend.achat(model, MSG, {}, 5.0))
-        finally:
-            backend.close()
+    with backend_at(answer_with(status, body)) as (backend, model):
+        sync = backend.chat(model, MSG, {}, 5.0)
+        streamed = list(backend.stream_chat(model, MSG, {}, 5.0, 5.0))[-1]
+        async_ = asyncio.run(backend.achat(model, MSG, {}, 5.0))
     for reply in (sync, streamed, async_):
         assert reply.outcome is Outcome.CONTEXT_EXCEEDED and reply.status == status, reply
         assert 0 < len(reply.error) <= 200 and not reply.rejects_request
@@ -421,23 +416,15 @@ def test_context_exceeded_is_logged_with_its_status(tmp_path):
 @pytest.mark.parametrize("answer", [OPENAI_UNKNOWN_MODEL, LITELLM_UNKNOWN_MODEL], ids=["openai-404", "litellm-400"])
 def test_unknown_model_name_is_a_misconfigured_endpoint(answer):
     status, body = answer
-    with serve(answer_with(status, body)) as url:
-        backend, model = backend_for(url)
-        try:
-            reply = backend.chat(model, MSG, {}, 5.0)
-        finally:
-            backend.close()
+    with backend_at(answer_with(status, body)) as (backend, model):
+        reply = backend.chat(model, MSG, {}, 5.0)
     assert reply.outcome is Outcome.CLIENT_ERROR and reply.status == status and reply.misconfigured, reply
     assert "gpt-9" in reply.error and len(reply.error) <= 200
 
 
 def test_a_plain_bad_request_is_not_misconfiguration():
-    with serve(answer_with(400, {"error": {"message": "temperature must be <= 2", "type": "invalid_request_error"}})) as url:
-        backend, model = backend_for(url)
-        try:
-            reply = backend.chat(model, MSG, {}, 5.0)
-        finally:
-            backend.close()
+    with backend_at(answer_with(400, {"error": {"message": "temperature must be <= 2", "type": "invalid_request_error"}})) as (backend, model):
+        reply = backend.chat(model, MSG, {}, 5.0)
     assert reply.outcome is Outcome.CLIENT_ERROR and reply.rejects_request and not reply.misconfigured
     assert reply.error == "temperature must be <= 2"
 
@@ -470,12 +457,8 @@ def test_a_stream_without_usage_has_estimated_tokens():
     def no_usage(req: Request, sock: socket.socket, stop: threading.Event) -> None:
         send_stream(sock, [chunk("x" * 40), b"data: [DONE]\n\n"])
 
-    with serve(no_usage) as url:
-        backend, model = backend_for(url)
-        try:
-            final = list(backend.stream_chat(model, [{"role": "user", "content": "y" * 80}], {}, 5.0, 5.0))[-1]
-        finally:
-            backend.close()
+    with backend_at(no_usage) as (backend, model):
+        final = list(backend.stream_chat(model, [{"role": "user", "content": "y" * 80}], {}, 5.0, 5.0))[-1]
     assert final.ok and final.tokens_estimated
     assert (final.tokens_in, final.tokens_out) == (80 // 4 + 4, 40 // 4)
 
@@ -524,12 +507,8 @@ def test_sse_multi_line_data_comments_and_event_fields():
         ]
         sock.sendall(head(200, "text/event-stream") + b"".join(events))
 
-    with serve(conforming) as url:
-        backend, model = backend_for(url)
-        try:
-            items = list(backend.stream_chat(model, MSG, {}, 5.0, 5.0))
-        finally:
-            backend.close()
+    with backend_at(conforming) as (backend, model):
+        items = list(backend.stream_chat(model, MSG, {}, 5.0, 5.0))
     assert items[:-1] == ["one ", "two lines"]
     assert items[-1].ok and items[-1].text == "one two lines"
 
@@ -542,12 +521,8 @@ def test_stream_chunks_count_against_the_size_cap():
                 return
             sock.sendall(chunk("z" * 1000))
 
-    with serve(endless) as url:
-        backend, model = backend_for(url, max_response_bytes=65536)
-        try:
-            items = list(backend.stream_chat(model, MSG, {}, 10.0, 10.0))
-        finally:
-            backend.close()
+    with backend_at(endless, max_response_bytes=65536) as (backend, model):
+        items = list(backend.stream_chat(model, MSG, {}, 10.0, 10.0))
     final = items[-1]
     assert isinstance(final, Reply) and final.outcome is Outcome.STREAM_BROKEN and "65536" in final.error
     assert sum(len(i) for i in items[:-1]) < 65536

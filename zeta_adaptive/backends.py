@@ -472,9 +472,16 @@ class _StreamState:
         """The perf_counter() instant by which the next read must complete."""
         return min(self.end, self.last_chunk + self.gap_s)
 
-    def open(self, encoding: str | None) -> None:
-        """The answer's headers arrived: decode its body with this content-encoding."""
-        self._body = _Body(encoding, self.cap)
+    def open(self, response: httpx.Response, error_body: bytes | None, problem: str) -> Reply | None:
+        """The answer's headers arrived: the Reply for a refusal (its body read), else None and the
+        body is decoded from now on with the answer's content-encoding."""
+        if response.status_code >= 300:
+            return _finish(response.status_code, response.headers, error_body, problem, time.perf_counter() - self.start, parse_chat)
+        try:
+            self._body = _Body(response.headers.get("content-encoding"), self.cap)
+        except _BadBody as exc:
+            return self.failure(Outcome.MALFORMED, str(exc))
+        return None
 
     def feed(self, chunk: bytes) -> list[StreamItem]:
         """One chunk of the body: the text deltas it completes, ending with a failure Reply if any."""
@@ -718,15 +725,15 @@ class HttpxBackend:
         state = _StreamState(time.perf_counter(), timeout_s, first_token_s, model.response_cap(), estimate_tokens(messages))
         client = self._clients[model.name]
         response: httpx.Response | None = None
+        data, problem = None, ""
         try:
             with _hard_deadline(state.read_deadline()):  # never held across a yield: it bounds this thread's I/O
                 response = client.send(client.build_request("POST", "chat/completions", json=body, timeout=timeout_s), stream=True)
                 if response.status_code >= 300:
                     data, problem = _read(response, model.response_cap())
-            if response.status_code >= 300:
-                yield _finish(response.status_code, response.headers, data, problem, time.perf_counter() - state.start, parse_chat)
+            if (refused := state.open(response, data, problem)) is not None:
+                yield refused
                 return
-            state.open(response.headers.get("content-encoding"))
             chunks = response.iter_raw()
             while True:
                 with _hard_deadline(state.read_deadline()):
@@ -755,16 +762,16 @@ class HttpxBackend:
             return max(state.read_deadline() - time.perf_counter(), 0.0)
 
         response: httpx.Response | None = None
+        data, problem = None, ""
         try:
             async with asyncio.timeout(left()):
                 client = await self._aclient(model)
                 response = await client.send(client.build_request("POST", "chat/completions", json=body, timeout=timeout_s), stream=True)
                 if response.status_code >= 300:
                     data, problem = await _aread(response, model.response_cap())
-            if response.status_code >= 300:
-                yield _finish(response.status_code, response.headers, data, problem, time.perf_counter() - state.start, parse_chat)
+            if (refused := state.open(response, data, problem)) is not None:
+                yield refused
                 return
-            state.open(response.headers.get("content-encoding"))
             chunks = response.aiter_raw()
             while True:
                 async with asyncio.timeout(left()):
