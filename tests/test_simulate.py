@@ -372,3 +372,24 @@ def test_streams_can_carry_an_error_event(make_fleet: MakeFleet, client: httpx.C
     error = json.loads(lines[-2].removeprefix("data: "))
     assert error["error"]["message"] == "simulated engine failure"
     assert len(lines) == 2 + 2  # two content chunks, then the error event and [DONE]
+
+
+def test_hostile_faults_drip_and_gzip_bomb_are_bounded_by_the_router(make_fleet: MakeFleet, tmp_path) -> None:
+    from zeta_adaptive import Router
+
+    fleet = make_fleet(
+        ModelSpec("drip", latency_s=0.0, drip_rate=1.0, hang_s=5.0),
+        ModelSpec("bomb", latency_s=0.0, bomb_rate=1.0),
+        ModelSpec("ok", latency_s=0.0),
+    )
+    cfg = fleet.fleet_config({"simple": ["drip", "bomb", "ok"]}, store=f"sqlite:///{tmp_path / 'z.db'}", deadline_s=5.0)
+    cfg["routes"]["simple"]["policy"] = "static"
+    cfg["models"]["drip"]["timeout_s"] = 0.5
+    with Router(cfg) as router:
+        result = router.chat("simple", CHAT)
+        stream = router.chat("simple", CHAT, stream=True)
+        assert "".join(stream).startswith("answer from ok")
+    assert result.model == "ok"
+    for attempts in (result.attempts, stream.result.attempts):
+        assert [(a.model, a.outcome) for a in attempts] == [("drip", "timeout"), ("bomb", "malformed"), ("ok", "ok")]
+        assert attempts[0].latency_s < 0.5 + 0.25

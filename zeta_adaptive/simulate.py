@@ -25,6 +25,7 @@ import socketserver
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +47,8 @@ _EMBED_PATH = "/v1/embeddings"
 _MODELS_PATH = "/v1/models"
 _STREAM_PIECE_CHARS = 16
 _CHUNKS_BEFORE_BREAK = 2
+DRIP_INTERVAL_S = 0.2
+_BOMB_BLOCKS = 1024  # blocks of 1 MiB in a gzip bomb
 _MALFORMED_CHAT = b'{"choices": ['
 _MALFORMED_EMBEDDING = b'{"object": "list", "data": ['
 _WORDS = ("the", "answer", "follows", "from", "a", "careful", "look", "at", "your", "question", "and", "so")
@@ -58,6 +61,8 @@ _RATE_FIELDS = (
     "stall_first_token_rate",
     "break_stream_rate",
     "stream_error_rate",
+    "drip_rate",
+    "bomb_rate",
     "default_accuracy",
 )
 _NON_NEGATIVE_FIELDS = ("latency_s", "latency_sigma", "retry_after_s", "hang_s", "chunk_delay_s")
@@ -89,6 +94,8 @@ class ModelSpec:
     stream_error_rate: float = 0.0  # streams: an error event (as vLLM sends) after a few chunks, then [DONE]
     api_key: str | None = None  # requests must carry "Authorization: Bearer <api_key>" (else 401)
     context_window: int | None = None  # prompt + max_tokens above this gets vLLM's 400 context-length answer
+    drip_rate: float = 0.0  # hostile: headers, then one body byte every DRIP_INTERVAL_S for up to hang_s
+    bomb_rate: float = 0.0  # hostile: a gzip bomb (1 GiB of JSON whitespace, about 1 MB on the wire)
 
     def __post_init__(self) -> None:
         """Reject impossible settings at once, since a bad value would silently skew every run."""
@@ -139,6 +146,8 @@ def _outcome(spec: ModelSpec, u: float) -> str:
         ("rate_limit", spec.rate_limit_rate),
         ("malformed", spec.malformed_rate),
         ("empty", spec.empty_rate),
+        ("drip", spec.drip_rate),
+        ("bomb", spec.bomb_rate),
     ):
         edge += rate
         if u < edge:
@@ -376,6 +385,12 @@ class _Handler(BaseHTTPRequestHandler):
         if outcome == "hang" and self._sleep(wake, spec.hang_s):
             self._drop()
             return
+        if outcome == "drip":
+            self._drip(wake, spec.hang_s, stream=wanted == "chat" and payload.get("stream") is True)
+            return
+        if outcome == "bomb":
+            self._bomb(wake)
+            return
         model_name = spec.name
         if wanted == "chat" and payload.get("stream") is True:
             options = payload.get("stream_options")
@@ -489,6 +504,35 @@ class _Handler(BaseHTTPRequestHandler):
             self._write_chunk(b"data: " + data + b"\n\n")
         self._write_chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
+
+    def _drip(self, wake: threading.Event, seconds: float, stream: bool) -> None:
+        """Send headers, then one byte of a body that never completes every DRIP_INTERVAL_S."""
+        self.close_connection = True
+        if stream:
+            self._send_head(200, "text/event-stream", {"Transfer-Encoding": "chunked"})
+        else:
+            self._send_head(200, "application/json", {"Content-Length": str(1 << 20)})
+        for _ in range(int(seconds / DRIP_INTERVAL_S)):
+            if self._sleep(wake, DRIP_INTERVAL_S):
+                break
+            self.wfile.write(b"1\r\n:\r\n" if stream else b" ")  # a comment that never ends / JSON whitespace
+        self._drop()
+
+    def _bomb(self, wake: threading.Event) -> None:
+        """A gzip bomb: 1 GiB of whitespace inside a JSON string, compressed on the fly (so it costs
+        the server little when a client stops reading early, as a bounded client does)."""
+        self.close_connection = True
+        self._send_head(200, "application/json", {"Content-Encoding": "gzip"})
+        z = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        self.wfile.write(z.compress(b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "'))
+        block = b" " * (1 << 20)
+        for _ in range(_BOMB_BLOCKS):
+            if wake.is_set():
+                break
+            self.wfile.write(z.compress(block))
+        else:
+            self.wfile.write(z.compress(b'"}}]}') + z.flush())
+        self._drop()
 
     def _read_body(self) -> bytes:
         """Read the request body by Content-Length; without one the body is taken as empty."""
