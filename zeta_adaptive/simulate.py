@@ -16,12 +16,14 @@ vLLM's body when the prompt (estimated as :func:`zeta_adaptive.backends.estimate
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import http
 import json
 import math
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -49,6 +51,8 @@ _STREAM_PIECE_CHARS = 16
 _CHUNKS_BEFORE_BREAK = 2
 DRIP_INTERVAL_S = 0.2
 _BOMB_BLOCKS = 1024  # blocks of 1 MiB in a gzip bomb
+_BOMB_BLOCK = b" " * (1 << 20)
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip, deflate, no name, no mtime
 _MALFORMED_CHAT = b'{"choices": ['
 _MALFORMED_EMBEDDING = b'{"object": "list", "data": ['
 _WORDS = ("the", "answer", "follows", "from", "a", "careful", "look", "at", "your", "question", "and", "so")
@@ -168,6 +172,14 @@ def _embed(text: str, dim: int) -> list[float]:
     if norm == 0.0:
         return [1.0] + [0.0] * (dim - 1)
     return (vector / norm).tolist()
+
+
+@functools.cache
+def _deflated(data: bytes, final: bool) -> bytes:
+    """``data`` as raw deflate blocks that need nothing before them (a full flush, or the last block),
+    so pieces compressed once can be concatenated into one stream."""
+    z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return z.compress(data) + z.flush(zlib.Z_FINISH if final else zlib.Z_FULL_FLUSH)
 
 
 def _text_tokens(chars: int) -> int:
@@ -519,19 +531,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._drop()
 
     def _bomb(self, wake: threading.Event) -> None:
-        """A gzip bomb: 1 GiB of whitespace inside a JSON string, compressed on the fly (so it costs
-        the server little when a client stops reading early, as a bounded client does)."""
+        """A gzip bomb: 1 GiB of whitespace inside a JSON string, sent as one gzip member whose
+        1 MiB blocks are compressed once per process (so a bomb costs the server little)."""
         self.close_connection = True
         self._send_head(200, "application/json", {"Content-Encoding": "gzip"})
-        z = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        self.wfile.write(z.compress(b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "'))
-        block = b" " * (1 << 20)
+        head, tail = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "', b'"}}]}'
+        self.wfile.write(_GZIP_HEADER + _deflated(head, final=False))
+        crc, size = zlib.crc32(head), len(head)
         for _ in range(_BOMB_BLOCKS):
             if wake.is_set():
                 break
-            self.wfile.write(z.compress(block))
+            self.wfile.write(_deflated(_BOMB_BLOCK, final=False))
+            crc, size = zlib.crc32(_BOMB_BLOCK, crc), size + len(_BOMB_BLOCK)
         else:
-            self.wfile.write(z.compress(b'"}}]}') + z.flush())
+            crc, size = zlib.crc32(tail, crc), size + len(tail)
+            self.wfile.write(_deflated(tail, final=True) + struct.pack("<II", crc, size & 0xFFFFFFFF))
         self._drop()
 
     def _read_body(self) -> bytes:
