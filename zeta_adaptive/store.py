@@ -11,6 +11,7 @@ automatically when a store is opened.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -140,6 +141,14 @@ def _alembic_config(connection: Any) -> Any:
     return cfg
 
 
+@functools.cache
+def head_revision() -> str | None:
+    """The newest migration: read once per process (loading Alembic is slow, and is no database wait)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest migration (a no-op when it is already there).
 
@@ -147,15 +156,13 @@ def upgrade(engine: Engine) -> None:
     """
     from alembic import command
     from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
 
+    head = head_revision()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
-        cfg = _alembic_config(conn)
-        head = ScriptDirectory.from_config(cfg).get_current_head()
         if MigrationContext.configure(conn).get_current_revision() != head:
-            command.upgrade(cfg, "head")
+            command.upgrade(_alembic_config(conn), "head")
 
 
 def _insert(engine: Engine, table: Table) -> Any:
@@ -478,6 +485,10 @@ class Store:
         self._insert = {name: _insert(self.engine, table) for name, table in TABLES.items()}
         self._migrated = not migrate
         if migrate:
+            head_revision()  # Python work, before the clock of the bounded database work starts
+            import alembic.command  # noqa: F401
+            import alembic.runtime.migration  # noqa: F401
+
             try:
                 self.call(upgrade, self.engine)
                 self._migrated = True
@@ -554,6 +565,10 @@ class Store:
         """Queue several rows, in order (with ``durability = "journal"``: journaled first)."""
         if self._closed:
             raise StoreError("the store is closed")
+        items = list(items)
+        for table, _ in items:
+            if table not in TABLES:
+                raise StoreError(f"unknown log table {table!r}; tables are {sorted(TABLES)}")
         if self.durability == "journal":
             self.journal.append([(t, sanitize(t, r, self.scrub)) for t, r in items])
             self._queue.put(_WAKE)
@@ -585,7 +600,9 @@ class Store:
         self._writer.join(timeout)
         if self._writer.is_alive():
             raise StoreError(f"could not write the queued log records to {self.safe_url} within {timeout} s")
-        if self.journal.rows and self._stuck is None:
+        if self.journal.rows:
+            if self._stuck is not None:  # a write that hung may finish now: give it one timeout
+                self._stuck.done.wait(self.timeout_s)
             self._next_probe = 0.0
             self._replay()
         if self.journal.rows or self._backlog:
@@ -667,36 +684,24 @@ class Store:
 
     def _write(self, rows: list[Row]) -> bool:
         """Insert rows; rows refused for their content are bisected down to dead letters. False if the
-        database is away (the caller journals the batch); rows journaled while we waited are removed
-        from the journal again once they are in."""
+        database is away (the caller journals the batch). A write still running after
+        ``journal_after_s`` is left to finish on its own and its rows are journaled at once."""
         if not self._ready():
             return False
         op = _Bounded(lambda: self._insert_rows(rows))  # waited on here, to journal rows while it hangs
-        journaled = None
-        started = time.monotonic()
-        limit = self.timeout_s + 1.0  # the engine's own timeouts fire first when they can
-        while not op.done.wait(0.05):
-            waited = time.monotonic() - started
-            if journaled is None and waited + self.linger_s >= self.journal_after_s:
-                self.journal.append(rows)  # a slow or hung write: rows must not wait in memory
-                journaled = self.journal.read()
-            if waited >= limit:
-                self._stuck = op
-                self._outage(StoreTimeout(f"no answer within {limit:g} s"))
-                return journaled is not None
+        if not op.done.wait(max(self.journal_after_s - self.linger_s, 0.0)):
+            self.journal.append(rows)  # a slow or hung write: rows must not wait in memory any longer
+            self._stuck = op  # it may still land: the journal's replay then finds the rows present
+            self._outage(StoreTimeout(f"no answer within {self.journal_after_s:g} s"))
+            return True
         try:
             op.outcome()
         except Exception as exc:
             if not _is_row_problem(exc):
                 self._outage(exc)
-                return journaled is not None
-            if journaled is not None:  # bisect from the journal, where the rows now are
-                self._replay()
-                return True
+                return False
             return self._bisect(rows, exc)
         self._healthy(rows)
-        if journaled is not None:
-            self.journal.discard(journaled[1], len(journaled[0]))
         return True
 
     def _bisect(self, rows: list[Row], exc: BaseException) -> bool:
