@@ -648,9 +648,9 @@ def test_api_key_env_unset_or_empty_is_an_error_naming_the_variable(tmp_path, mo
     d = base_config(tmp_path)
     d["models"]["fast"]["api_key_env"] = "ZETA_TEST_UNSET_KEY"
     monkeypatch.delenv("ZETA_TEST_UNSET_KEY", raising=False)
-    expect_error(d, "models.fast.api_key_env", "ZETA_TEST_UNSET_KEY", "unset")
+    expect_error(d, "models.fast.api_key_env", "ZETA_TEST_UNSET_KEY", "unset or empty")
     monkeypatch.setenv("ZETA_TEST_UNSET_KEY", "  ")
-    expect_error(d, "models.fast.api_key_env", "ZETA_TEST_UNSET_KEY", "empty")
+    expect_error(d, "models.fast.api_key_env", "ZETA_TEST_UNSET_KEY", "unset or empty")
 
 
 def test_api_key_with_a_control_character_is_refused_without_showing_it(tmp_path, monkeypatch):

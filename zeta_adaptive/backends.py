@@ -17,7 +17,6 @@ import asyncio
 import codecs
 import contextlib
 import json
-import os
 import re
 import ssl
 import threading
@@ -37,6 +36,7 @@ from httpx_sse import ServerSentEvent
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # the conforming incremental parser httpx-sse uses itself
 
 from .config import ModelConfig
+from .scrub import read_key
 
 __all__ = [
     "Outcome", "Reply", "Backend", "HttpxBackend", "FakeBackend", "REJECTING_STATUSES", "estimate_tokens",
@@ -620,7 +620,7 @@ class HttpxBackend:
     @staticmethod
     def _options(model: ModelConfig) -> dict[str, Any]:
         headers = {"Content-Type": "application/json", "Accept-Encoding": _ACCEPT_ENCODING}
-        key = (os.environ.get(model.api_key_env) or "").strip() if model.api_key_env else ""
+        key = read_key(model.api_key_env) if model.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return {"base_url": model.base_url + "/", "headers": headers, "timeout": model.timeout_s}
