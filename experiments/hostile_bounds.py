@@ -53,6 +53,11 @@ class PeakRss:
         self.added = max(self.peak, rss_mib()) - self.before
 
 
+async def drained(router: Router) -> str:
+    """Read a whole async stream."""
+    return "".join([delta async for delta in await router.achat("simple", MSG, stream=True)])
+
+
 def timed(run: Any) -> tuple[float, str]:
     start = time.perf_counter()
     try:
@@ -79,19 +84,11 @@ def main() -> None:
         for model in cfg["models"].values():
             model["timeout_s"] = 60.0  # the call's deadline is the bound
         with Router(cfg) as router:
-            def sync_stream() -> None:
-                for _ in router.chat("simple", MSG, stream=True):
-                    pass
-
-            async def async_stream() -> None:
-                async for _ in await router.achat("simple", MSG, stream=True):
-                    pass
-
             for label, run in [
                 ("sync chat", lambda: router.chat("simple", MSG)),
                 ("async chat", lambda: asyncio.run(router.achat("simple", MSG))),
-                ("sync stream", sync_stream),
-                ("async stream", lambda: asyncio.run(async_stream())),
+                ("sync stream", lambda: "".join(router.chat("simple", MSG, stream=True))),
+                ("async stream", lambda: asyncio.run(drained(router))),
                 ("sync embed", lambda: router.embed(["x"])),
                 ("async embed", lambda: asyncio.run(router.aembed(["x"]))),
             ]:
