@@ -493,8 +493,13 @@ def components(c: Contenders, loops: int, repeats: int = 7) -> list[dict[str, An
         httpx.Timeout(10.0, read=10.0)
         del body
 
-    def routed_parse() -> None:  # the router's event parser on the first event
-        _StreamState(0.0).feed(first)
+    first_chunk = (first + "\n\n").encode()
+    answer = httpx.Response(200, headers={"content-type": "text/event-stream"})
+
+    def routed_parse() -> None:  # the router's event parser (size cap, SSE decoder, JSON depth guard) on the first event
+        state = _StreamState(0.0, 10.0, 10.0, model.response_cap(), 0)
+        state.open(answer, None, "")
+        state.feed(first_chunk)
 
     def direct_parse() -> None:  # what the direct client does with the same line
         _first_delta(first)
