@@ -155,6 +155,16 @@ def drip_after_first_token(req: Request, sock: socket.socket, stop: threading.Ev
     drip(sock, stop, head(200, "text/event-stream") + chunk("partial"), b" ")
 
 
+def drip_gzip(req: Request, sock: socket.socket, stop: threading.Event) -> None:
+    """A valid gzip answer sent one compressed byte every DRIP_S."""
+    body = zlib.compress(json.dumps(completion("x" * 10_000)).encode(), wbits=16 + zlib.MAX_WBITS)
+    sock.sendall(head(200, length=len(body), extra="Content-Encoding: gzip\r\n"))
+    for i in range(len(body)):
+        if stop.wait(DRIP_S):
+            return
+        sock.sendall(body[i : i + 1])
+
+
 def gzip_bomb(req: Request, sock: socket.socket, stop: threading.Event) -> None:
     """1 GB of spaces inside a JSON string, gzip-compressed on the fly (about 1 MB on the wire)."""
     sock.sendall(head(200, extra="Content-Encoding: gzip\r\n"))
@@ -260,7 +270,7 @@ def logged(tmp_path) -> list[tuple[str, str, int | None]]:
 # -- deadlines --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("behaviour", [drip_headers, drip_body], ids=["drip-headers", "drip-body"])
+@pytest.mark.parametrize("behaviour", [drip_headers, drip_body, drip_gzip], ids=["drip-headers", "drip-body", "drip-gzip"])
 def test_sync_attempt_ends_at_its_timeout_whatever_the_server_drips(behaviour):
     with backend_at(behaviour) as (backend, model):
         start = time.perf_counter()

@@ -393,3 +393,25 @@ def test_hostile_faults_drip_and_gzip_bomb_are_bounded_by_the_router(make_fleet:
     for attempts in (result.attempts, stream.result.attempts):
         assert [(a.model, a.outcome) for a in attempts] == [("drip", "timeout"), ("bomb", "malformed"), ("ok", "ok")]
         assert attempts[0].latency_s < 0.5 + 0.25
+
+
+def test_a_fleet_key_must_be_configured_and_sent(make_fleet: MakeFleet, tmp_path, monkeypatch) -> None:
+    from zeta_adaptive import AllModelsFailed, ConfigError, Router
+    from zeta_adaptive.simulate import api_key_env
+
+    fleet = make_fleet(ModelSpec("keyed", latency_s=0.0, api_key="sk-sim-1"))
+    cfg = fleet.fleet_config({"simple": ["keyed"]}, store=f"sqlite:///{tmp_path / 'z.db'}")
+    assert cfg["models"]["keyed"]["api_key_env"] == api_key_env("keyed")
+    monkeypatch.delenv(api_key_env("keyed"), raising=False)
+    with pytest.raises(ConfigError, match=api_key_env("keyed")):
+        Router(cfg)
+    monkeypatch.setenv(api_key_env("keyed"), "sk-sim-1")
+    with Router(cfg) as router:
+        assert router.chat("simple", CHAT).model == "keyed"
+    monkeypatch.setenv(api_key_env("keyed"), "sk-wrong")
+    with Router(cfg) as router:
+        with pytest.raises(AllModelsFailed) as info:
+            router.chat("simple", CHAT)
+    [attempt] = info.value.attempts
+    assert (attempt.outcome, attempt.status) == ("client_error", 401)
+    assert "sk-wrong" not in str(info.value)
