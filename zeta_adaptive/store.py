@@ -44,6 +44,7 @@ from sqlalchemy import (
     event,
     or_,
     func,
+    inspect,
     select,
     text,
 )
@@ -161,7 +162,11 @@ def upgrade(engine: Engine) -> None:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
-        if MigrationContext.configure(conn).get_current_revision() != head:
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is None and not inspect(conn).has_table("calls"):  # a new log: the tables as of the newest migration
+            metadata.create_all(conn)
+            command.stamp(_alembic_config(conn), "head")
+        elif current != head:
             command.upgrade(_alembic_config(conn), "head")
 
 
@@ -200,7 +205,9 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
     if pgbouncer:  # PgBouncer's transaction mode forbids prepared statements and startup options
         connect_args["prepare_threshold"] = None
     else:
-        connect_args["options"] = f"-c statement_timeout={int(timeout_s * 1000)}"
+        given = parsed.query.get("options", "")  # e.g. a search_path the URL sets: keep it
+        given = given if isinstance(given, str) else " ".join(given)
+        connect_args["options"] = f"{given} -c statement_timeout={int(timeout_s * 1000)}".strip()
     # a bounded pool per process: the writer, the refresher and feedback look-ups
     return create_engine(url, pool_size=2, max_overflow=4, pool_pre_ping=True, pool_timeout=timeout_s, connect_args=connect_args)
 
@@ -510,14 +517,17 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open store {self.safe_url}: {type(exc).__name__}: {getattr(exc, 'orig', exc)}") from None
         self._insert = {name: _insert(self.engine, table) for name, table in TABLES.items()}
+        self._stuck: _Bounded | None = None  # a database operation we stopped waiting for
+        self._next_probe = 0.0
+        self._delay = 0.05
         self._migrated = not migrate
         if migrate:
             head_revision()  # Python work, before the clock of the bounded database work starts
             import alembic.command  # noqa: F401
             import alembic.runtime.migration  # noqa: F401
 
-            try:
-                self.call(upgrade, self.engine)
+            try:  # a router does not wait long for an absent database; a command does
+                self.call(upgrade, self.engine, timeout=timeout_s if background else max(timeout_s, 60.0))
                 self._migrated = True
             except (SQLAlchemyError, StoreError) as exc:
                 if not background:
@@ -534,9 +544,6 @@ class Store:
         self.dropped = 0  # rows lost because neither the database nor the journal took them
         self.crashes = 0  # unexpected errors caught in the writer (its rows were journaled)
         self._backlog: list[Row] = []  # rows neither the database nor the journal took yet
-        self._stuck: _Bounded | None = None  # a database operation we stopped waiting for
-        self._next_probe = 0.0
-        self._delay = 0.05
         self._closed = False
         for path in self.journal.orphans():  # adopt what crashed processes left: one file to replay
             rows, _ = self.journal.read(path)
