@@ -793,17 +793,18 @@ class Store:
             self._dead_letter(rows[0], exc)
             return True
         half = len(rows) // 2
-        for part in (rows[:half], rows[half:]):
-            try:
-                self._bounded(self._insert_rows, part)
-            except Exception as problem:
-                if not _is_row_problem(problem):
-                    self._outage(problem)
-                    return False
-                if not self._bisect(part, problem):
-                    return False
-            else:
-                self._healthy(part)
+        return self._insert_or_bisect(rows[:half]) and self._insert_or_bisect(rows[half:])
+
+    def _insert_or_bisect(self, rows: list[Row]) -> bool:
+        """Insert rows (bounded); if one is refused for what it holds, bisect. False if the database is away."""
+        try:
+            self._bounded(self._insert_rows, rows)
+        except Exception as exc:
+            if not _is_row_problem(exc):
+                self._outage(exc)
+                return False
+            return self._bisect(rows, exc)
+        self._healthy(rows)
         return True
 
     def _dead_letter(self, row: Row, exc: BaseException) -> None:
@@ -873,18 +874,8 @@ class Store:
             return True
         for start in range(0, len(rows), self.write_rows):
             chunk = [(t, sanitize(t, r, self.scrub)) for t, r in rows[start : start + self.write_rows]]
-            if not self._ready():
+            if not self._ready() or not self._insert_or_bisect(chunk):
                 return False
-            try:
-                self._bounded(self._insert_rows, chunk)
-            except Exception as exc:
-                if not _is_row_problem(exc):
-                    self._outage(exc)
-                    return False
-                if not self._bisect(chunk, exc):
-                    return False
-            else:
-                self._healthy(chunk)
         self.journal.discard(end, len(rows))
         return True
 
