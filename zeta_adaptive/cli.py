@@ -271,7 +271,7 @@ def replay(
     """
     import pandas as pd
 
-    from .replay import ESTIMATORS, REWARDS, compare, from_frame, load_logged, prepare
+    from .replay import ESTIMATORS, REWARDS, compare, from_frame, load_logged, parse_target, prepare
 
     if (url is None) == (csv_path is None):
         raise click.UsageError("give exactly one source: --db URL or --csv PATH")
@@ -300,7 +300,7 @@ def replay(
         frame = from_frame(raw, action=action, reward=reward, propensity=propensity, context=list(contexts), position=position, on_invalid=on_invalid)
         chosen = list(targets)
     result = compare(
-        prepare(frame, on_invalid=on_invalid), chosen, list(estimators) or list(ESTIMATORS),
+        prepare(frame, on_invalid=on_invalid), [parse_target(spec, seed=seed) for spec in chosen], list(estimators) or list(ESTIMATORS),
         seed=seed, n_boot=n_boot, learning_boot=learning_boot, progress=True, skip_failing=True,
     )
     click.echo(_cli_spelling(result.render(), replay))

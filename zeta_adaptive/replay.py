@@ -602,7 +602,7 @@ def _option(text: str) -> tuple[str, Any]:
 def parse_target(spec: str, *, objective: Objective | None = None, seed: int = 0) -> Target:
     """A target from its command-line spelling.
 
-    ``uniform`` (or ``random``), ``static``, ``always:MODEL``, or any policy name of
+    ``random`` (the config's name; ``uniform`` is an alias), ``static``, ``always:MODEL``, or any policy name of
     :data:`zeta_adaptive.policies.POLICIES` with optional options, e.g. ``thompson:discount=0.98``.
     """
     spec = spec.strip()
@@ -616,7 +616,7 @@ def parse_target(spec: str, *, objective: Objective | None = None, seed: int = 0
         return Always(spec[7:])
     name, _, opts = spec.partition(":")
     if name not in POLICIES:
-        choices = ["uniform", "static", "always:MODEL", *sorted(set(POLICIES) - {"static", "random"})]
+        choices = ["random", "static", "always:MODEL", *sorted(set(POLICIES) - {"static", "random"})]
         raise ReplayError(f"unknown policy {spec!r}; choose from {choices} (learning ones take :key=value,...)")
     options = dict(_option(o) for o in opts.split(",") if o.strip())
     return Learning(name, options, objective, seed, label=spec)
@@ -1198,7 +1198,8 @@ def compare(
         except ReplayError as exc:
             if not skip_failing:
                 raise
-            skipped.append(f"{getattr(target, 'name', target)}: {exc}")
+            name = str(getattr(target, "name", target))
+            skipped.append(str(exc) if str(exc).startswith(name) else f"{name}: {exc}")
             continue
         if isinstance(target, Static):
             tables = ", ".join(f"{g} -> {m[0]}" for g, m in zip(logged.groups, logged.models))
