@@ -4,13 +4,11 @@ what a router logs."""
 
 from __future__ import annotations
 
-import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from click.testing import CliRunner
 
 from zeta_adaptive import FakeBackend, Router
 from zeta_adaptive.cli import main
+from zeta_adaptive.exceptions import StoreError
 from zeta_adaptive.store import Store
 
 CLI = str(Path(sys.executable).parent / "zeta-adaptive")
@@ -148,6 +147,8 @@ def test_a_store_in_a_missing_directory_names_the_directory(tmp_path):
     _one_line_error(_run("demo", "--calls", "10", "--db", f"sqlite:///{missing}/zeta.db"), f"directory {missing} does not exist")
     config = _fleet_toml(tmp_path / "fleet.toml", [8001, 8000], f"sqlite:///{missing}/log.db")
     _one_line_error(_run("db", "upgrade", "--config", str(config)), f"store of {config}", f"directory {missing} does not exist")
+    with pytest.raises(StoreError, match=f"directory {re.escape(str(missing))} does not exist"):  # the library says it too
+        Store(f"sqlite:///{missing}/log.db")
     assert not missing.exists()
 
 

@@ -184,6 +184,9 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
     timeouts, and the pool's checkout timeout all follow ``timeout_s``."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        folder = Path(parsed.database or ".").parent
+        if parsed.database not in (None, "", ":memory:") and not folder.is_dir():  # SQLite would only say "unable to open database file"
+            raise StoreError(f"cannot open store {url}: directory {folder} does not exist")
         engine = create_engine(url, connect_args={"timeout": timeout_s, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
