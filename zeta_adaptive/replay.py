@@ -487,7 +487,7 @@ class Uniform(_Fixed):
     With positions, 1/(number of actions) at every position.
     """
 
-    name: str = "uniform"
+    name: str = "random"
 
     def _table(self, data: Logged) -> np.ndarray:
         table = np.zeros((len(data.groups), len(data.actions)))
