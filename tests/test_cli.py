@@ -147,6 +147,7 @@ def test_a_store_in_a_missing_directory_names_the_directory(tmp_path):
     _one_line_error(_run("demo", "--calls", "10", "--db", f"sqlite:///{missing}/zeta.db"), f"directory {missing} does not exist")
     config = _fleet_toml(tmp_path / "fleet.toml", [8001, 8000], f"sqlite:///{missing}/log.db")
     _one_line_error(_run("db", "upgrade", "--config", str(config)), f"store of {config}", f"directory {missing} does not exist")
+    _one_line_error(_run("report", "--html", f"{missing}/r.html"), f"--html {missing}/r.html: directory {missing} does not exist")
     with pytest.raises(StoreError, match=f"directory {re.escape(str(missing))} does not exist"):  # the library says it too
         Store(f"sqlite:///{missing}/log.db")
     assert not missing.exists()
@@ -280,6 +281,8 @@ def test_replay_options_are_checked_in_cli_terms(router_log, tmp_path):
     assert wrong.exit_code == 2 and "--reward with --db must be one of accuracy, success, utility, not 'clicks'" in wrong.output
     mixed = _run("replay", "--db", url, "--policy", "random", "--target", "random")
     assert mixed.exit_code == 2 and "--target cannot be used with --db" in mixed.output
+    unwritable = _run("replay", "--db", url, "--policy", "random", "--estimator", "ips", "--n-boot", "20", "--out", str(tmp_path / "no" / "x.csv"))
+    _one_line_error(unwritable, f"--out {tmp_path / 'no' / 'x.csv'}: directory {tmp_path / 'no'} does not exist")
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     _one_line_error(_run("replay", "--csv", str(empty), "--action", "a", "--reward", "r", "--propensity", "p", "--target", "random"),

@@ -69,10 +69,10 @@ def _check_store(url: str, label: str, *, must_exist: bool) -> str:
     exists and, for commands that read a log, the file itself (they never create an empty log)."""
     from sqlalchemy.engine import make_url
 
-    from .config import _store_url
+    from .config import _store_url as validate_store_url
 
     try:
-        _store_url(url)
+        validate_store_url(url)
     except ConfigError as exc:
         raise click.ClickException(f"{label}: {exc.problem}") from None
     parsed = make_url(url)
@@ -84,6 +84,12 @@ def _check_store(url: str, label: str, *, must_exist: bool) -> str:
     if must_exist and not path.is_file():
         raise click.ClickException(f"{label}: no log at {url} (the file {path} does not exist)")
     return url
+
+
+def _check_output(path: str, label: str) -> None:
+    """Refuse an output file in a missing directory before the work, not after it."""
+    if not Path(path).resolve().parent.is_dir():
+        raise click.ClickException(f"{label} {path}: directory {Path(path).parent} does not exist")
 
 
 def _store_url(db: str | None, config: str | None, *, must_exist: bool) -> str:
@@ -231,6 +237,7 @@ def report(url: str, html_path: str, demo_truth: bool) -> None:
     """Render the analysis of a log to one static HTML page, plots embedded, for readers without Jupyter."""
     from .report import write_report
 
+    _check_output(html_path, "--html")
     out = write_report(_check_store(url, "--db", must_exist=True), html_path, demo=demo_truth)
     click.echo(f"wrote {out}")
 
@@ -275,6 +282,8 @@ def replay(
 
     if (url is None) == (csv_path is None):
         raise click.UsageError("give exactly one source: --db URL or --csv PATH")
+    if out:
+        _check_output(out, "--out")
     given = dict(policies=policies, task_type=task_type, targets=targets, action=action, propensity=propensity, position=position, contexts=contexts)
     source, misplaced = ("--db", _CSV_ONLY) if url is not None else ("--csv", _DB_ONLY)
     wrong = [flag for flag, name in misplaced.items() if given[name]]
