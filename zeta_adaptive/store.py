@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import os
-import queue
+import collections
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -501,7 +501,9 @@ class Store:
                 log.warning("store %s is not reachable (%s): journaling until it is", self.safe_url, _describe(exc))
         key = "journal-" + hashlib.sha1(self.safe_url.encode()).hexdigest()[:16]
         self.journal = Journal(Path(journal_dir) if journal_dir else default_journal_dir(), key)
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._items: collections.deque[Any] = collections.deque()  # rows and markers, in order
+        self._wake = threading.Event()
+        self._urgent = False  # a flush or stop waits in the queue: no lingering
         self.written = {name: 0 for name in TABLES}  # rows inserted (or found present), per table
         self.errors = 0  # failed database writes
         self.dead = 0  # rows refused by the database, kept as dead letters
@@ -574,16 +576,24 @@ class Store:
                 raise StoreError(f"unknown log table {table!r}; tables are {sorted(TABLES)}")
         if self.durability == "journal":
             self.journal.append([(t, sanitize(t, r, self.scrub)) for t, r in items])
-            self._queue.put(_WAKE)
-            return
-        for item in items:
-            self._queue.put(item)
+            items = [_WAKE]
+        self._hand_over(items, urgent=False)
+
+    def _hand_over(self, items: Sequence[Any], urgent: bool) -> None:
+        """Give the writer rows (one atomic ``extend``); wake it only for the first rows of a batch,
+        a full batch or a marker: a call never pays a thread hand-off of its own."""
+        first = not self._items
+        self._items.extend(items)
+        if urgent:
+            self._urgent = True
+        if first or urgent or len(self._items) >= self.batch_size:
+            self._wake.set()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every row queued so far is in the database or the journal. False on timeout,
         if the writer has stopped, or if rows were lost since the store opened."""
         marker = _Flush()
-        self._queue.put(marker)
+        self._hand_over([marker], urgent=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         while not marker.event.wait(0.1):
             if not self._writer.is_alive() or (deadline is not None and time.monotonic() >= deadline):
@@ -599,7 +609,7 @@ class Store:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
+        self._hand_over([_STOP], urgent=True)
         self._writer.join(timeout)
         if self._writer.is_alive():
             raise StoreError(f"could not write the queued log records to {self.safe_url} within {timeout} s")
@@ -623,20 +633,15 @@ class Store:
         raised in here stops the writer: rows of a batch that hit an unexpected error are journaled."""
         stop = False
         while not stop:
-            try:
-                items = [self._queue.get(timeout=self._idle_wait())]
-            except queue.Empty:
-                items = []
-            until = time.monotonic() + self.linger_s
-            urgent = any(isinstance(i, _Flush) or i is _STOP for i in items)
-            while items and len(items) < self.batch_size:
-                try:
-                    wait = 0.0 if urgent else until - time.monotonic()
-                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                items.append(item)
-                urgent = urgent or isinstance(item, _Flush) or item is _STOP
+            if not self._items:
+                self._wake.wait(self._idle_wait())
+            self._wake.clear()  # before draining: rows handed over from now on wake us again
+            if self._items and not self._urgent and len(self._items) < self.batch_size:
+                self._wake.wait(self.linger_s)  # let the batch fill (a flush, a stop or a full batch cuts it short)
+            self._urgent = False
+            items = []
+            while self._items and len(items) < self.batch_size:
+                items.append(self._items.popleft())
             rows: list[Row] = []
             markers = []
             for item in items:
