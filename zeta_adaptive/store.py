@@ -189,6 +189,9 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
     timeouts, and the pool's checkout timeout all follow ``timeout_s``."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        folder = Path(parsed.database or ".").parent
+        if parsed.database not in (None, "", ":memory:") and not folder.is_dir():  # SQLite would only say "unable to open database file"
+            raise StoreError(f"cannot open store {url}: directory {folder} does not exist")
         engine = create_engine(url, connect_args={"timeout": timeout_s, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -957,16 +960,21 @@ class Store:
             result = conn.execute(query.group_by(feedback.c.model))
             return pd.DataFrame(result.all(), columns=list(result.keys()))
 
-    def prune(self, older_than: float) -> dict[str, int]:
+    def prune(self, older_than: float, *, dry_run: bool = False) -> dict[str, int]:
         """Delete calls, attempts and feedback that started before ``older_than`` (unix time);
-        returns the rows deleted per table. Feedback goes with its call, whenever it arrived."""
-        with self.engine.begin() as conn:
+        returns the rows deleted per table. Feedback goes with its call, whenever it arrived.
+        ``dry_run`` rolls the deletion back: the counts of what it would delete."""
+        with self.engine.connect() as conn:
             old = select(calls.c.call_id).where(calls.c.ts < older_than)
             deleted = {
                 "feedback": conn.execute(delete(feedback).where(feedback.c.call_id.in_(old))).rowcount,
                 "attempts": conn.execute(delete(attempts).where(attempts.c.ts < older_than)).rowcount,
                 "calls": conn.execute(delete(calls).where(calls.c.ts < older_than)).rowcount,
             }
+            if dry_run:
+                conn.rollback()
+            else:
+                conn.commit()
         return deleted
 
     def count(self, table: str) -> int:
