@@ -415,3 +415,25 @@ def test_a_fleet_key_must_be_configured_and_sent(make_fleet: MakeFleet, tmp_path
     [attempt] = info.value.attempts
     assert (attempt.outcome, attempt.status) == ("client_error", 401)
     assert "sk-wrong" not in str(info.value)
+
+
+def test_config_fleet_serves_each_model_under_the_name_the_router_sends(tmp_path) -> None:
+    import socket
+
+    from zeta_adaptive import AllModelsFailed, Config, Router
+    from zeta_adaptive.simulate import config_fleet
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = Config.from_dict({
+        "store": f"sqlite:///{tmp_path / 'z.db'}",
+        "models": {"small": {"base_url": f"http://127.0.0.1:{port}/v1", "model": "qwen2.5-7b-instruct", "context_window": 64}},
+        "routes": {"simple": {"models": ["small"]}},
+    })
+    with config_fleet(cfg) as fleet, Router(cfg) as router:
+        assert fleet.spec("small").served_name == "qwen2.5-7b-instruct"
+        assert router.chat("simple", CHAT).model == "small"
+        with pytest.raises(AllModelsFailed) as info:
+            router.chat("simple", [{"role": "user", "content": "x" * 400}])
+    assert [(a.outcome, a.status) for a in info.value.attempts] == [("context_exceeded", 400)]
