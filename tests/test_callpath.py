@@ -126,11 +126,12 @@ def loopback_config(server: Loopback, url: str, models: list[str], **top: Any) -
 
 # -- one probe ------------------------------------------------------------------------------------
 
-PROBE_TOP = {"max_attempts": 1, "breaker": {"consecutive_failures": 1, "cooldown_s": 0.3, "max_cooldown_s": 5.0}}
+COOLDOWN_S = 0.5
+PROBE_TOP = {"max_attempts": 1, "breaker": {"consecutive_failures": 1, "cooldown_s": COOLDOWN_S, "max_cooldown_s": 5.0}}
 
 
 def _open_breakers(router: Router, server: Loopback, models: list[str]) -> float:
-    """Fail one call on every model (their breakers open for 0.3 s), then let them answer slowly.
+    """Fail one call on every model (their breakers open for COOLDOWN_S), then let them answer slowly.
 
     The calls that follow start while every model is still cooling down, so they all wait for the
     same moment to reopen, then find the models half-open at once: the herd."""
@@ -138,7 +139,7 @@ def _open_breakers(router: Router, server: Loopback, models: list[str]) -> float
         server.behaviour[m] = fail(500)
     with pytest.raises(AllModelsFailed):
         router.chat("simple", MSG)
-    assert all(router.health.snapshot(m)["breaker"] == OPEN for m in models)
+    assert all(router.health.snapshot(m)["breaker"] != CLOSED for m in models)
     time.sleep(0.1)
     for m in models:
         server.behaviour[m] = answer(delay=0.3)
@@ -184,7 +185,7 @@ def test_calls_that_find_the_probe_out_take_the_next_model(sqlite_url):
                 server.behaviour["a"] = fail(500)
                 result = await router.achat("simple", MSG)  # a fails and opens, b answers
                 assert [x.model for x in result.attempts] == ["a", "b"]
-                await asyncio.sleep(0.35)
+                await asyncio.sleep(COOLDOWN_S + 0.05)
                 server.behaviour["a"] = answer(delay=0.3)
                 return await asyncio.gather(*(router.achat("simple", MSG) for _ in range(10)))
 

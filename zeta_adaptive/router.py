@@ -256,8 +256,8 @@ class _Call:
     Retries: a transient failure (``TRANSIENT``; a timeout only when the deadline did not cut it)
     puts the model back at the end of the queue, so the other models come first; a retry is
     made only while the call has made fewer than ``max_attempts`` attempts (the route's, else the
-    top-level one) and after a short seeded random pause (``RETRY_BACKOFF_S``) that the deadline
-    must cover. A 429 with ``Retry-After`` is retried once on the same model after waiting what the
+    top-level one), while the model's breaker is not cooling down, and after a short seeded random
+    pause (``RETRY_BACKOFF_S``) that the deadline must cover. A 429 with ``Retry-After`` is retried once on the same model after waiting what the
     backend asked, if the deadline allows; otherwise the call falls back. A request rejected for
     every model (``rejecting_statuses``) ends the call.
 
@@ -330,9 +330,9 @@ class _Call:
                 self._retry = None
             elif self.queue:
                 name = self.queue.pop(0)
-                if name in self.tried:  # a retry of a transient failure
+                if name in self.tried:  # a retry of a transient failure, unless the failures opened the breaker
                     wait = self.router._jitter.uniform(*RETRY_BACKOFF_S)
-                    if len(self.attempts) >= self.max_attempts or wait + MIN_ATTEMPT_S >= remaining:
+                    if len(self.attempts) >= self.max_attempts or wait + MIN_ATTEMPT_S >= remaining or self.router.health.reopens_in([name]):
                         continue
                 elif self._wait_first:
                     self._wait_first = False
