@@ -117,8 +117,8 @@ def before_first_answer(spans: list[tuple[float, float]]) -> int:
 def loopback_config(server: Loopback, url: str, models: list[str], **top: Any) -> dict:
     return {
         "store": url,
-        "deadline_s": 5.0,
-        "models": {m: {"base_url": server.url, "model": m, "timeout_s": 2.0} for m in models},
+        "deadline_s": 20.0,  # generous bounds: these tests count requests, and the machine may be loaded
+        "models": {m: {"base_url": server.url, "model": m, "timeout_s": 10.0} for m in models},
         "routes": {"simple": {"models": models, "policy": "static"}},
         **top,
     }
@@ -198,12 +198,12 @@ def test_calls_that_find_the_probe_out_take_the_next_model(sqlite_url):
 
 
 def test_calls_beyond_max_in_flight_wait_for_a_slot_and_never_blame_the_model(sqlite_url):
-    """40 async calls on one model with max_in_flight=4 answering in 0.25 s: ten rounds, 2.5 s in
-    all, far beyond the attempt timeout of 0.6 s; waiting for a slot is not part of it."""
+    """40 async calls on one model with max_in_flight=4 answering in 0.25 s: ten rounds, at least
+    2.5 s in all, beyond the attempt timeout of 2 s; waiting for a slot is not part of it."""
     with Loopback() as server:
         server.behaviour["a"] = answer(delay=0.25)
         cfg = loopback_config(server, sqlite_url, ["a"], deadline_s=30.0)
-        cfg["models"]["a"].update(max_in_flight=4, timeout_s=0.6)
+        cfg["models"]["a"].update(max_in_flight=4, timeout_s=2.0)
 
         async def main() -> tuple[list, dict]:
             async with Router(cfg) as router:
@@ -221,7 +221,7 @@ def test_threads_beyond_max_in_flight_wait_for_a_slot(sqlite_url):
     with Loopback() as server:
         server.behaviour["a"] = answer(delay=0.2)
         cfg = loopback_config(server, sqlite_url, ["a"], deadline_s=30.0)
-        cfg["models"]["a"].update(max_in_flight=2, timeout_s=0.3)
+        cfg["models"]["a"].update(max_in_flight=2, timeout_s=1.0)  # six rounds of 0.2 s: at least 1.2 s
         with Router(cfg) as router, ThreadPoolExecutor(12) as pool:
             results = list(pool.map(lambda _: router.chat("simple", MSG), range(12)))
             assert router.health.snapshot("a")["breaker"] == CLOSED
@@ -231,14 +231,17 @@ def test_threads_beyond_max_in_flight_wait_for_a_slot(sqlite_url):
 
 def test_a_call_that_cannot_get_a_slot_before_its_deadline_fails_without_an_attempt(sqlite_url):
     with Loopback() as server:
-        server.behaviour["a"] = answer(delay=0.6)
+        server.behaviour["a"] = answer(delay=1.5)
         cfg = loopback_config(server, sqlite_url, ["a"])
         cfg["models"]["a"]["max_in_flight"] = 1
 
-        async def main() -> list:
+        async def main() -> AllModelsFailed:
             async with Router(cfg) as router:
                 first = asyncio.ensure_future(router.achat("simple", MSG))
-                await asyncio.sleep(0.05)
+                for _ in range(500):  # until the first call holds the only slot
+                    if router.health.snapshot("a")["in_flight"]:
+                        break
+                    await asyncio.sleep(0.01)
                 with pytest.raises(AllModelsFailed) as info:
                     await router.achat("simple", MSG, deadline_s=0.3)
                 await first
