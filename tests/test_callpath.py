@@ -534,9 +534,9 @@ def _nothing_happened(url: str, router: Router, backend: FakeBackend) -> None:
 
 
 @pytest.mark.parametrize("args, kwargs, fragment", BAD_CHATS, ids=[str(i) for i in range(len(BAD_CHATS))])
-def test_bad_chat_input_raises_invalid_request_and_leaves_no_trace(store_url, args, kwargs, fragment):
+def test_bad_chat_input_raises_invalid_request_and_leaves_no_trace(sqlite_url, args, kwargs, fragment):
     backend = FakeBackend({})
-    with _input_router(store_url, backend) as router:
+    with _input_router(sqlite_url, backend) as router:
         with pytest.raises(InvalidRequest) as info:
             router.chat(*args, **kwargs)
         assert fragment in str(info.value)
@@ -546,6 +546,17 @@ def test_bad_chat_input_raises_invalid_request_and_leaves_no_trace(store_url, ar
                 await router.achat(*args, **kwargs)
 
         asyncio.run(again())
+        _nothing_happened(sqlite_url, router, backend)
+
+
+def test_bad_input_writes_nothing_on_either_store(store_url):
+    backend = FakeBackend({})
+    with _input_router(store_url, backend) as router:
+        for args, kwargs, _ in BAD_CHATS[:3] + BAD_CHATS[13:15]:
+            with pytest.raises(InvalidRequest):
+                router.chat(*args, **kwargs)
+        with pytest.raises(InvalidRequest):
+            router.embed([""])
         _nothing_happened(store_url, router, backend)
 
 
