@@ -490,6 +490,7 @@ BAD_CHATS = [
     (("simple", [{"role": "user", "content": 123}]), {}, "messages[0].content must be"),
     (("simple", [{"role": "user", "content": [{"text": "no type"}]}]), {}, "messages[0].content[0]"),
     (("simple", [{"role": "user", "content": []}]), {}, "empty list"),
+    (("simple", [{"role": "user", "content": [{"type": "text", "text": None}]}]), {}, "without a 'text' string"),
     (("simple", [{"role": "user", "content": [{"type": "text", "text": "x", "extra": _deep(100_000)}]}]), {}, "nested deeper"),
     (("simple", [{"role": "user", "content": "hi", 1: "x"}]), {}, "non-string key"),
     (("simple", MSG), {"deadline": 0.5}, "did you mean deadline_s"),
@@ -552,7 +553,7 @@ def test_bad_chat_input_raises_invalid_request_and_leaves_no_trace(sqlite_url, a
 def test_bad_input_writes_nothing_on_either_store(store_url):
     backend = FakeBackend({})
     with _input_router(store_url, backend) as router:
-        for args, kwargs, _ in BAD_CHATS[:3] + BAD_CHATS[13:15]:
+        for args, kwargs, _ in BAD_CHATS[:3] + BAD_CHATS[-4:]:
             with pytest.raises(InvalidRequest):
                 router.chat(*args, **kwargs)
         with pytest.raises(InvalidRequest):
