@@ -26,6 +26,8 @@ from zeta_adaptive.exceptions import ConfigError, InvalidRequest
 from zeta_adaptive.health import CLOSED, OPEN
 from zeta_adaptive.router import SCAN_CHARS, sample
 
+from loopback_http import send_json
+
 MSG = [{"role": "user", "content": "hi"}]
 
 #: what the loopback server does for one request: (HTTP status, seconds to wait first, JSON body)
@@ -77,12 +79,7 @@ class Loopback:
                     behave = outer.behaviour.get(model, answer())
                 status, delay, payload = behave(body)
                 time.sleep(delay)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
                 with outer.lock:
                     outer.in_flight[model] -= 1
                     outer.log.append((model, start, time.monotonic()))
