@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench report clean
+.PHONY: demo test bench compat report clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python experiments/run_all.py $(BENCH_ARGS)
+
+# `make compat`: the router against a real OpenAI-compatible server (a LiteLLM proxy with mock
+# models on 127.0.0.1), from the `compat` extra; skipped by `make test`.
+COMPAT_STAMP := $(VENV)/.compat-installed
+
+$(COMPAT_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[compat]'
+	touch $(COMPAT_STAMP)
+
+compat: $(STAMP) $(COMPAT_STAMP)
+	ZETA_COMPAT=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m compat tests/test_compat_litellm.py
 
 # everything `make demo`, `make report` and the README's examples write (logs with their WAL files,
 # the demo's previous log, the report), besides the venv and caches

@@ -48,6 +48,7 @@ def test_breaker_opens_after_consecutive_failures_and_probes_once():
     b.probing = True  # the probe is out: nobody else gets through
     assert not b.available(5.1)
     b.record(False, 5.2)  # a failed probe doubles the cooldown
+    b.probing = False  # the probe is back (Health clears the flag as it releases the probe's attempt)
     assert b.state == OPEN and b.cooldown_s == 10.0 and not b.available(15.1) and b.available(15.2)
     b.record(False, 15.3)
     b.record(False, 15.3)
@@ -99,6 +100,7 @@ def _router(url: str, script: dict, breaker: dict | None = None, **route) -> Rou
         "store": url,
         "deadline_s": 5.0,
         "breaker": {"consecutive_failures": 2, "cooldown_s": 30.0, "max_cooldown_s": 60.0, **(breaker or {})},
+        "max_attempts": 1,  # no retries: these tests pin down cooldowns and fallback
         "models": {n: {"base_url": f"http://127.0.0.1:{9000 + i}/v1", "timeout_s": 1.0} for i, n in enumerate(script)},
         "routes": {"simple": {"models": list(script), "policy": "static", **route}},
     }

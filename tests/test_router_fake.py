@@ -36,6 +36,7 @@ def make_config(tmp_path, **overrides: Any) -> dict[str, Any]:
         "seed": 1,
         # circuit breakers never open here: these tests pin down ranking, fallback, deadline and logging
         "breaker": {"consecutive_failures": 10_000, "min_calls": 10_000, "window": 10_000},
+        "max_attempts": 1,  # no retries of transient failures: each model is tried once, in order
         "models": {
             # short timeouts: FakeBackend spends scripted latencies for real, up to the timeout
             "a": {"base_url": "http://a:8000/v1", "timeout_s": 0.25},

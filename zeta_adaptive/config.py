@@ -28,6 +28,8 @@ from .validators import build as build_validators
 __all__ = ["ModelConfig", "RouteConfig", "BreakerConfig", "Config", "load_config", "DEFAULT_STORE"]
 
 DEFAULT_STORE = "sqlite:///zeta.db"
+#: HTTP statuses meaning the request itself is bad (for every model), unless the config says otherwise
+REJECTING_DEFAULT = frozenset({400, 413, 422})
 KINDS = ("chat", "embedding")
 DEFAULT_CHAT_RESPONSE_BYTES = 8 * 1024 * 1024
 DEFAULT_EMBEDDING_BASE_BYTES = 1024 * 1024
@@ -87,6 +89,7 @@ class RouteConfig:
     hedge_quantile: float | None = None  # async calls: ask the next model too past this latency quantile
     validators: tuple[Any, ...] = ()  # checks on a finished answer, see :mod:`.validators`
     latency_measure: str = "total"  # what the policy learns as latency: "total" or "ttft" (streams)
+    max_attempts: int | None = None  # this route's retry budget; None = the top-level max_attempts
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class Config:
     store_timeout_s: float = 2.0  # bound on every database operation (connect, statement, lock wait)
     feedback_window: int = 100_000  # recent calls kept in memory for feedback (older ones are looked up in the log)
     feedback_window_s: float = 86_400.0  # ... and for at most this long
+    max_attempts: int = 4  # retries of transient failures happen only while a call has made fewer attempts
+    rejecting_statuses: frozenset[int] = REJECTING_DEFAULT  # 4xx that reject the request for every model
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
@@ -158,9 +163,11 @@ class Config:
             out["refresh_s"] = self.refresh_s
         if self.pgbouncer:
             out["pgbouncer"] = True
-        for key in ("durability", "store_timeout_s", "feedback_window", "feedback_window_s"):
+        for key in ("durability", "store_timeout_s", "feedback_window", "feedback_window_s", "max_attempts"):
             if getattr(self, key) != getattr(Config, key):
                 out[key] = getattr(self, key)
+        if self.rejecting_statuses != REJECTING_DEFAULT:
+            out["rejecting_statuses"] = sorted(self.rejecting_statuses)
         out["breaker"] = {f.name: getattr(self.breaker, f.name) for f in fields(self.breaker)}
         for name, m in self.models.items():
             out["models"][name] = {
@@ -174,6 +181,8 @@ class Config:
                 out["routes"][task]["validators"] = list(r.validators)
             if r.latency_measure != "total":
                 out["routes"][task]["latency_measure"] = r.latency_measure
+            if r.max_attempts is not None:
+                out["routes"][task]["max_attempts"] = r.max_attempts
         return out
 
 
@@ -189,10 +198,10 @@ def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
 # -- validation ---------------------------------------------------------------------------------
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
-_ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure")
+_ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure", "max_attempts")
 _TOP_KEYS = {
     "models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir", "refresh_s", "pgbouncer",
-    "durability", "store_timeout_s", "feedback_window", "feedback_window_s",
+    "durability", "store_timeout_s", "feedback_window", "feedback_window_s", "max_attempts", "rejecting_statuses",
 }
 #: the longest task type and model names the log's columns hold
 TASK_CHARS, MODEL_CHARS = 64, 128
@@ -384,9 +393,10 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
         make_policy(policy, names, objective, **options)
     except (ValueError, TypeError) as exc:
         raise ConfigError(where, str(exc)) from None
+    max_attempts = _integer(f"{where}.max_attempts", data["max_attempts"], 1) if "max_attempts" in data else None
     return RouteConfig(
         task_type=task, models=tuple(names), policy=policy, options=dict(options), hedge_quantile=hedge,
-        validators=tuple(validators), latency_measure=measure,
+        validators=tuple(validators), latency_measure=measure, max_attempts=max_attempts,
     )
 
 
@@ -414,6 +424,15 @@ def _breaker(data: Any) -> BreakerConfig:
         when_all_cooling=when,
         latency_window=_integer("breaker.latency_window", data.get("latency_window", d.latency_window), 1),
     )
+
+
+def _statuses(value: Any) -> frozenset[int]:
+    if not isinstance(value, list):
+        raise ConfigError("rejecting_statuses", f"must be a list of HTTP statuses, got {value!r}")
+    for status in value:
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 499:
+            raise ConfigError("rejecting_statuses", f"must hold 4xx statuses (400..499), got {status!r}")
+    return frozenset(value)
 
 
 def _objective(data: Any) -> Objective:
@@ -472,4 +491,6 @@ def _parse(data: Mapping[str, Any]) -> Config:
         journal_dir=journal_dir,
         refresh_s=_number("refresh_s", data["refresh_s"], positive=True) if data.get("refresh_s") is not None else None,
         pgbouncer=pgbouncer,
+        max_attempts=_integer("max_attempts", data.get("max_attempts", 4), 1),
+        rejecting_statuses=_statuses(data.get("rejecting_statuses", sorted(REJECTING_DEFAULT))),
     )

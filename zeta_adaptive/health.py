@@ -2,14 +2,22 @@
 
 A breaker opens after ``consecutive_failures`` failures in a row, or when the failure rate over
 the last ``window`` attempts reaches ``failure_rate`` with at least ``min_calls`` of them. While
-open the model is skipped; when the cooldown ends it is half-open and lets exactly one probe
-through; the probe's success closes it, its failure reopens it with twice the previous cooldown
-(capped at ``max_cooldown_s``). An HTTP 429's ``Retry-After`` sets the cooldown to what the backend
-asked. Request-shaped errors (the caller's fault) and cancelled hedges do not count.
+open the model is skipped; when the cooldown ends it is half-open. A model whose breaker is not
+closed admits one attempt at a time, its probe: :meth:`Health.acquire` checks and claims in one
+step under the lock, so however many calls (threads or tasks) find it at once, one gets through and
+the others move on or wait for :meth:`Health.wait_release`. The probe's success closes the breaker,
+its failure reopens it with twice the previous cooldown (capped at ``max_cooldown_s``). An HTTP
+429's ``Retry-After`` sets the cooldown to what the backend asked. Cancelled hedges, context-length
+errors and requests rejected for every model (the router passes ``neutral``) do not count.
+
+In-flight limits are claimed by the same :meth:`Health.acquire`: a model at ``max_in_flight`` is
+busy, which is the router's own saturation and never a failure of the model. Health also remembers
+the prompt-length bands in which a model answered ``context_exceeded``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
@@ -25,7 +33,7 @@ from .config import BreakerConfig, ModelConfig
 __all__ = ["Breaker", "Health", "CLOSED", "OPEN", "HALF_OPEN"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-_NEUTRAL = frozenset({Outcome.CLIENT_ERROR, Outcome.CANCELLED})
+_NEUTRAL = frozenset({Outcome.CANCELLED, Outcome.CONTEXT_EXCEEDED})
 
 
 @dataclass
@@ -37,7 +45,7 @@ class Breaker:
     open_until: float = 0.0
     cooldown_s: float = 0.0
     consecutive: int = 0
-    probing: bool = False
+    probing: bool = False  # a probe is out (set and cleared by Health, which knows which attempt it is)
     opened: int = 0  # how many times it opened
 
     def __post_init__(self) -> None:
@@ -54,7 +62,6 @@ class Breaker:
     def record(self, ok: bool, now: float, retry_after_s: float | None = None) -> None:
         """Learn one attempt's outcome and move between states."""
         self.recent.append(ok)
-        self.probing = False
         if ok:
             self.consecutive = 0
             if self.state != CLOSED:
@@ -92,7 +99,11 @@ class Health:
         self.breakers = {name: Breaker(config) for name in models}
         self.in_flight = dict.fromkeys(models, 0)
         self.latencies: dict[str, deque[float]] = {name: deque(maxlen=config.latency_window) for name in models}
+        self.too_long: dict[str, int] = {}  # model -> the lowest prompt band in which it exceeded its context
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)
+        self._generation = 0  # attempts ended so far: a waiter wakes when it moves
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def split(self, candidates: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         """The candidates a call may try now, and the others with why: ``cooling_down`` or ``saturated``."""
@@ -116,25 +127,86 @@ class Health:
             waits = [0.0 if self.breakers[n].available(now) else max(self.breakers[n].open_until - now, 0.0) for n in names]
         return min(waits, default=0.0)
 
-    def acquire(self, name: str) -> None:
-        """Note an attempt starting (claims the probe of a half-open breaker)."""
+    @property
+    def generation(self) -> int:
+        """How many attempts have ended: read it before :meth:`acquire`, pass it to the wait."""
         with self._lock:
-            self.in_flight[name] += 1
-            breaker = self.breakers[name]
-            if breaker.state == HALF_OPEN:
-                breaker.probing = True
+            return self._generation
 
-    def release(self, name: str, reply: Reply, neutral: bool = False) -> None:
+    def acquire(self, name: str) -> bool | None:
+        """Claim an attempt at a model, checking and claiming in one step.
+
+        Returns None when the model is busy (at ``max_in_flight``, or its breaker is not closed and
+        its probe is out), else whether this attempt is the probe (True) or an ordinary one (False).
+        A breaker that is open or half-open admits one attempt at a time, even one tried before its
+        cooldown ends (a model that is cooling down is still tried last, rather than never).
+        """
+        with self._lock:
+            if self.in_flight[name] >= self.models[name].max_in_flight:
+                return None
+            breaker = self.breakers[name]
+            breaker.available(self.clock())  # an expired cooldown turns half-open
+            probe = breaker.state != CLOSED
+            if probe:
+                if breaker.probing:
+                    return None
+                breaker.probing = True
+            self.in_flight[name] += 1
+            return probe
+
+    def release(self, name: str, reply: Reply, neutral: bool = False, probe: bool = False) -> None:
         """Note an attempt ending and learn its outcome (unless ``neutral``: it says nothing of the model)."""
         with self._lock:
             self.in_flight[name] -= 1
-            if neutral or reply.outcome in _NEUTRAL:
-                self.breakers[name].probing = False
+            breaker = self.breakers[name]
+            if probe:
+                breaker.probing = False
+            if not (neutral or reply.outcome in _NEUTRAL):
+                retry_after = reply.retry_after_s if reply.outcome is Outcome.RATE_LIMITED else None
+                breaker.record(reply.ok, self.clock(), retry_after)
+                if reply.ok:
+                    self.latencies[name].append(reply.latency_s)
+            self._generation += 1
+            self._released.notify_all()
+            waiters, self._async_waiters = self._async_waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+            except RuntimeError:  # that event loop is closed: nobody waits there any more
+                pass
+
+    def wait_release(self, since: int, timeout_s: float) -> None:
+        """Block until an attempt has ended after ``generation`` was ``since``, or ``timeout_s`` passed."""
+        with self._released:
+            self._released.wait_for(lambda: self._generation != since, max(timeout_s, 0.0))
+
+    async def await_release(self, since: int, timeout_s: float) -> None:
+        """Async twin of :meth:`wait_release`: the event loop keeps running while it waits."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._generation != since:
                 return
-            retry_after = reply.retry_after_s if reply.outcome is Outcome.RATE_LIMITED else None
-            self.breakers[name].record(reply.ok, self.clock(), retry_after)
-            if reply.ok:
-                self.latencies[name].append(reply.latency_s)
+            self._async_waiters.append((loop, future))
+        try:
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                await future
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                if (loop, future) in self._async_waiters:
+                    self._async_waiters.remove((loop, future))
+
+    def exceeded_context(self, name: str, band: int) -> None:
+        """Remember that a prompt of this length band was too long for the model."""
+        with self._lock:
+            self.too_long[name] = min(band, self.too_long.get(name, band))
+
+    def fits(self, name: str, band: int) -> bool:
+        """False when the model already exceeded its context on a prompt of this band or a shorter one."""
+        with self._lock:
+            return band < self.too_long.get(name, band + 1)
 
     def latency_quantile(self, name: str, q: float) -> float | None:
         """The q-quantile of recent successful latencies, or None with fewer than ``min_calls`` of them."""
@@ -155,3 +227,8 @@ class Health:
                 "cooldown_left_s": max(b.open_until - now, 0.0) if b.state == OPEN else 0.0,
                 "in_flight": self.in_flight[name],
             }
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 import threading
 import time
@@ -26,11 +27,12 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import and_, not_, or_
 
-from .backends import REJECTING_STATUSES, Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem
+from .backends import Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem
 from .config import Config, ModelConfig, RouteConfig, load_config
 from .exceptions import AllModelsFailed, ConfigError, FeedbackError, RequestRejected, StoreError, StreamBroken, UnknownTaskType
 from .feedback import FeedbackBook, RatedCall, check_call_id, validate_accuracy
 from .health import Health
+from .inputs import check_deadline, check_messages, check_params, check_stream, check_task_type, check_texts, prompt_band
 from .policies import Policy, Ranking, make_policy
 from .scrub import Scrubber
 from .store import Store
@@ -45,21 +47,54 @@ __all__ = ["Router", "Attempt", "ChatResult", "EmbedResult", "ChatStream", "Asyn
 Classifier = Callable[[Messages], str]
 log = logging.getLogger(__name__)
 
-_CODE = re.compile(r"```|\bdef \w+\(|\bclass \w+[:(]|\bimport \w+|#include|\bfunction\b|=>|\bSELECT\b.+\bFROM\b|\w+\(\)\s*[{;]")
-_STEPS = re.compile(r"step by step|prove|derive|explain why|first,.+then|^\s*\d+[.)]\s", re.IGNORECASE | re.MULTILINE | re.DOTALL)
+# linear-time patterns: no nested or unbounded-then-backtracking quantifiers over the whole text
+_CODE = re.compile(r"```|\bdef \w+\(|\bclass \w+[:(]|\bimport \w+|#include|\bfunction\b|=>|\bSELECT\b[^\n]{1,200}?\bFROM\b|\w\(\)[ \t]*[{;]")
+_STEPS = re.compile(r"step by step|prove|derive|explain why|first,.{1,500}?then|^[ \t]*\d+[.)]\s", re.IGNORECASE | re.MULTILINE | re.DOTALL)
+#: the default classifier reads at most this many characters from each end of the prompt
+SCAN_CHARS = 8_000
 
 
 def classify(messages: Messages) -> str:
     """The default task classifier: code markers -> ``code``; long or multi-step prompts -> ``reasoning``; else ``simple``.
 
-    It is deliberately small: pass ``Router(config, classifier=your_function)`` to replace it.
+    It reads the non-system text, at most ``SCAN_CHARS`` characters from each end (see
+    :func:`sample`), so its time is bounded whatever the prompt. It is deliberately small: pass
+    ``Router(config, classifier=your_function)`` to replace it.
     """
-    content = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") != "system")
+    content, length = sample(messages)
     if _CODE.search(content):
         return "code"
-    if len(content) > 1200 or len(_STEPS.findall(content)) >= 2:
+    if length > 1200 or len(_STEPS.findall(content)) >= 2:
         return "reasoning"
     return "simple"
+
+
+def sample(messages: Messages, limit: int = SCAN_CHARS) -> tuple[str, int]:
+    """The text the classifier scans (non-system messages, at most ``limit`` characters from each end) and the whole length."""
+    parts: list[str] = []
+    for m in messages:
+        if isinstance(m, Mapping) and m.get("role") != "system":
+            content = m.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            elif isinstance(content, (list, tuple)):
+                parts.extend(p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str))
+    length = sum(map(len, parts)) + max(len(parts) - 1, 0)
+    if length <= 2 * limit:
+        return "\n".join(parts), length
+    return _end(parts, limit, tail=False) + "\n" + _end(parts, limit, tail=True), length
+
+
+def _end(parts: Sequence[str], limit: int, tail: bool) -> str:
+    """The first (or last) ``limit`` characters of the parts joined by newlines, without joining the rest."""
+    taken: list[str] = []
+    left = limit
+    for part in reversed(parts) if tail else parts:
+        if left <= 0:
+            break
+        taken.append(part[-left:] if tail else part[:left])
+        left -= len(taken[-1]) + 1
+    return "\n".join(reversed(taken) if tail else taken)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +151,12 @@ class EmbedResult(_Result):
 
 @dataclass(frozen=True, slots=True)
 class _Step:
-    """The next attempt of a call: which model, and how long to wait before it."""
+    """The next move of a call: wait ``wait_s`` (or, with ``release_since``, until an attempt at a
+    busy model ends, at most ``wait_s``), then try ``model`` (None: only wait)."""
 
-    model: ModelConfig
+    model: ModelConfig | None
     wait_s: float = 0.0
+    release_since: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +171,12 @@ class _Started:
 
 #: the least time worth waiting for a cooling model to reopen before trying it
 MIN_ATTEMPT_S = 0.1
+#: outcomes worth another try (on the same model or another) while the budget and the deadline allow
+TRANSIENT = frozenset({Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR, Outcome.MALFORMED, Outcome.TIMEOUT})
+#: a retry of a model this call already tried waits a seeded random pause in this range first
+RETRY_BACKOFF_S = (0.01, 0.05)
+#: characters per token, to tell from a prompt's length whether it fits a declared context window
+CHARS_PER_TOKEN = 4
 
 
 class ChatStream:
@@ -200,13 +243,33 @@ class _Call:
 
     The candidates a call may try now (breaker closed or half-open, not saturated) are ranked by
     the policy; models that are cooling down or saturated follow, so they are tried last rather
-    than never. When every candidate is cooling down the call first waits for the earliest one to
-    reopen, within its deadline (``breaker.when_all_cooling = "wait"``), or tries at once ("try").
-    A 429 with ``Retry-After`` is retried once on the same model after waiting what the backend
-    asked, if the deadline allows; otherwise the call falls back.
+    than never, and models the prompt is too long for (see below) come last of all. When every
+    candidate is cooling down the call first waits for the earliest one to reopen, within its
+    deadline (``breaker.when_all_cooling = "wait"``), or tries at once ("try").
+
+    Claiming a model is atomic (:meth:`Health.acquire`): a model at its ``max_in_flight`` limit, or
+    whose probe is out, is busy. The call puts a busy model aside and goes on with the next one;
+    when only busy models are left it waits until an attempt at one of them ends, as long as what
+    is left of the deadline then covers the model's usual latency, and tries them again. Such
+    waits are the router's own saturation: they are not part of any attempt's timeout and never
+    teach the breaker or the policy.
+
+    Retries: a transient failure (``TRANSIENT``; a timeout only when the deadline did not cut it)
+    puts the model back at the end of the queue, so the other models come first; a retry is
+    made only while the call has made fewer than ``max_attempts`` attempts (the route's, else the
+    top-level one), while the model's breaker is not cooling down, and after a short seeded random
+    pause (``RETRY_BACKOFF_S``) that the deadline must cover. A 429 with ``Retry-After`` is retried once on the same model after waiting what the
+    backend asked, if the deadline allows; otherwise the call falls back. A request rejected for
+    every model (``rejecting_statuses``) ends the call.
+
+    Context length: a model whose declared ``context_window`` is smaller than the prompt's
+    estimated tokens (characters / ``CHARS_PER_TOKEN``), or that answered ``context_exceeded`` for
+    a prompt of this length band or a shorter one, is tried last (``skipped``: ``prompt_too_long``).
+    After a ``context_exceeded`` attempt the models with a larger declared window go first; the
+    breaker and the policy do not count it as a failure.
     """
 
-    def __init__(self, router: Router, task_type: str, route: RouteConfig, deadline_s: float, prompt: str | None) -> None:
+    def __init__(self, router: Router, task_type: str, route: RouteConfig, deadline_s: float, prompt: str | None, chars: int) -> None:
         self.router = router
         self.route = route
         self.task_type = task_type
@@ -215,19 +278,35 @@ class _Call:
         self.start = time.perf_counter()
         self.deadline = self.start + deadline_s
         self.policy = router.policies[task_type]
-        usable, self.skipped = router.health.split(route.models)
+        self.band = prompt_band(chars)
+        self.max_attempts = route.max_attempts or router.config.max_attempts
+        health = router.health
+        usable, self.skipped = health.split(route.models)
+        models = router.config.models
+        too_long = {m for m in route.models if not health.fits(m, self.band) or _over_window(models[m], chars)}
+        for name in sorted(too_long):
+            self.skipped.setdefault(name, "prompt_too_long")
+        pool = [m for m in usable if m not in too_long]
         with router.locks[task_type]:
-            self.ranking: Ranking = self.policy.rank(usable or None)
-        self.queue = list(self.ranking.order) + [m for m in route.models if m in self.skipped and usable]
+            self.ranking: Ranking = self.policy.rank(pool or None)
+        ranked = list(self.ranking.order)
+        # the policy's ranking, then the skipped models in route order; too long for the prompt: last
+        self.queue = sorted(ranked + [m for m in route.models if m not in ranked], key=lambda m: m in too_long)
         self.order = tuple(self.queue)  # the whole order tried: the policy's ranking, then skipped models
         self._wait_first = not usable and router.config.breaker.when_all_cooling == "wait"
         self._retry: tuple[str, float] | None = None
         self._retried: set[str] = set()
+        self.tried: set[str] = set()  # models this call has made an attempt at
+        self.deferred: list[str] = []  # busy models put aside, tried again after an attempt at one ends
+        self._busy_since: int | None = None  # Health.generation before the first claim that found a model busy
+        self._waited = False  # the call has just waited for a busy model
+        self.busy = False  # the call ended because every model left stayed busy
         self.attempts: list[Attempt] = []
         self.starts: list[float] = []  # unix start time of each attempt, in start order
         self.tokens: list[int] = []  # for each attempt (in completion order), its index in starts
         self.open: dict[int, tuple[ModelConfig, float]] = {}  # attempts started and not yet recorded
         self.cut: dict[int, bool] = {}  # whether an attempt's timeout was cut by the deadline
+        self.probes: set[int] = set()  # attempts that are their model's probe
         self.answer: Reply | None = None
         self.answer_model: str | None = None
         self.rejected = False
@@ -238,47 +317,90 @@ class _Call:
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
 
+    def _needed(self, name: str) -> float:
+        """The least time worth starting an attempt at a model with: its usual (p90) latency."""
+        return max(MIN_ATTEMPT_S, self.router.health.latency_quantile(name, 0.9) or 0.0)
+
     def next(self) -> _Step | None:
-        """The next attempt, or None when the call is answered, rejected, out of models or of time."""
-        if self.answer is not None or self.rejected or self.final:
-            return None
-        remaining = self.remaining()
-        wait = 0.0
-        if self._retry is not None:
-            name, wait = self._retry
-            self._retry = None
-        elif not self.queue:
-            return None
-        else:
-            name = self.queue.pop(0)
-            if self._wait_first:
-                self._wait_first = False
-                wait = self.router.health.reopens_in([name, *self.queue])
-                # wait only if what is left then covers the model's usual latency; else try anyway now
-                needed = max(MIN_ATTEMPT_S, self.router.health.latency_quantile(name, 0.9) or 0.0)
-                wait = wait if wait + needed < remaining else 0.0
-        if remaining - wait <= 0:
-            return None
-        return _Step(self.router.config.models[name], wait)
+        """The next move, or None when the call is answered, rejected, out of models or of time."""
+        while self.answer is None and not self.rejected and not self.final:
+            remaining = self.remaining()
+            wait = 0.0
+            if self._retry is not None:
+                name, wait = self._retry
+                self._retry = None
+            elif self.queue:
+                name = self.queue.pop(0)
+                if name in self.tried:  # a retry of a transient failure, unless the failures opened the breaker
+                    wait = self.router._jitter.uniform(*RETRY_BACKOFF_S)
+                    if len(self.attempts) >= self.max_attempts or wait + MIN_ATTEMPT_S >= remaining or self.router.health.reopens_in([name]):
+                        continue
+                elif self._wait_first:
+                    self._wait_first = False
+                    wait = self.router.health.reopens_in([name, *self.queue])
+                    # wait only if what is left then covers the model's usual latency; else try anyway now
+                    wait = wait if wait + self._needed(name) < remaining else 0.0
+            elif self.deferred and not self._waited:  # only busy models are left: wait for one of them
+                wait = remaining - self._needed(self.deferred[0])
+                if wait <= 0:
+                    self.busy = True
+                    return None
+                self._waited = True
+                return _Step(None, wait, self._busy_since)
+            elif self.deferred:  # after the wait, try them again (a failed probe may have reopened a breaker)
+                self.queue, self.deferred, self._busy_since, self._waited = self.deferred, [], None, False
+                usable, _ = self.router.health.split(self.queue)
+                self._wait_first = not usable and self.router.config.breaker.when_all_cooling == "wait"
+                continue
+            else:
+                return None
+            if remaining - wait <= 0:
+                return None
+            return _Step(self.router.config.models[name], wait)
+        return None
+
+    def pause(self, step: _Step) -> None:
+        """Wait as the step says, blocking this thread."""
+        if step.release_since is not None:
+            self.router.health.wait_release(step.release_since, step.wait_s)
+        elif step.wait_s:
+            time.sleep(step.wait_s)
+
+    async def apause(self, step: _Step) -> None:
+        """Wait as the step says, letting the event loop run."""
+        if step.release_since is not None:
+            await self.router.health.await_release(step.release_since, step.wait_s)
+        elif step.wait_s:
+            await asyncio.sleep(step.wait_s)
 
     def hedge_delay(self, step: _Step) -> float | None:
         """When to ask the next model too: the primary's learned latency quantile, if hedging is on."""
         q = self.route.hedge_quantile
-        if q is None or not self.queue:
+        if q is None or not self.queue or step.model is None:
             return None
         delay = self.router.health.latency_quantile(step.model.name, q)
         return delay if delay is not None and delay < min(step.model.timeout_s, self.remaining()) else None
 
     def begin(self, model: ModelConfig) -> _Started | None:
-        """Start an attempt now, or None if the deadline has passed in the meantime."""
+        """Start an attempt now; None if the deadline has passed, or if the model is busy (it is put aside)."""
         timeout = min(model.timeout_s, self.remaining())
         if timeout <= 0:
             return None
-        self.router.health.acquire(model.name)
+        health = self.router.health
+        since = health.generation  # read before the claim, so a release in between is not missed
+        probe = health.acquire(model.name)
+        if probe is None:
+            if model.name not in self.deferred:
+                self.deferred.append(model.name)
+            self._busy_since = since if self._busy_since is None else self._busy_since
+            return None
+        self.tried.add(model.name)
         self.starts.append(time.time())
         token = len(self.starts) - 1
         self.open[token] = (model, time.perf_counter())
         self.cut[token] = timeout < model.timeout_s
+        if probe:
+            self.probes.add(token)
         return _Started(token, timeout, min(model.first_token_timeout_s or timeout, timeout))
 
     def cancel_open(self, why: str) -> None:
@@ -308,20 +430,36 @@ class _Call:
         self.attempts.append(attempt)
         self.tokens.append(token)
         del self.open[token]
-        # a timeout the deadline cut short says little about the model: the breaker ignores it
-        self.router.health.release(model.name, reply, neutral=reply.outcome is Outcome.TIMEOUT and self.cut.get(token, False))
-        if reply.outcome is not Outcome.CANCELLED and not reply.rejects_request:  # neither says anything about the model
+        rejects = self.router.rejects(reply)
+        cut = reply.outcome is Outcome.TIMEOUT and self.cut.get(token, False)
+        # a timeout the deadline cut short says little about the model, a rejected request nothing
+        self.router.health.release(model.name, reply, neutral=rejects or cut, probe=token in self.probes)
+        self.probes.discard(token)
+        if reply.outcome not in (Outcome.CANCELLED, Outcome.CONTEXT_EXCEEDED) and not rejects:  # neither says the model is worse
             latency = reply.ttft_s if self.route.latency_measure == "ttft" and reply.ttft_s is not None else reply.latency_s
             with self.router.locks[self.task_type]:
                 self.policy.update(model.name, reply.ok, latency, cost)
         if reply.ok and self.answer is None:
             self.answer, self.answer_model = reply, model.name
-        elif reply.rejects_request:
+        elif rejects:
             self.rejected = True
+        elif reply.outcome is Outcome.CONTEXT_EXCEEDED:
+            self.router.health.exceeded_context(model.name, self.band)
+            self._prefer_larger(model)
         elif reply.outcome is Outcome.RATE_LIMITED and reply.retry_after_s is not None and model.name not in self._retried:
             if reply.retry_after_s + 0.05 < self.remaining():
                 self._retried.add(model.name)
                 self._retry = (model.name, reply.retry_after_s)
+        elif reply.outcome in TRANSIENT and not cut and model.name not in self.queue:
+            self.queue.append(model.name)
+
+    def _prefer_larger(self, model: ModelConfig) -> None:
+        """After a context-length error, the models left with a larger declared window go first."""
+        if model.context_window is None:
+            return
+        models = self.router.config.models
+        larger = [n for n in self.queue if (models[n].context_window or 0) > model.context_window]
+        self.queue = larger + [n for n in self.queue if n not in larger]
 
     def finish(self) -> tuple[Reply, dict[str, Any]]:
         """Log the call; return the answering reply and the common result fields, or raise."""
@@ -334,7 +472,7 @@ class _Call:
         if answer is None and self.attempts and self.attempts[-1].outcome == Outcome.STREAM_BROKEN:
             raise StreamBroken(self.call_id, self.attempts)
         if answer is None:
-            reason = "deadline exceeded" if self.remaining() <= 0 else ""
+            reason = "deadline exceeded" if self.remaining() <= 0 else ("every model left was busy" if self.busy else "")
             raise AllModelsFailed(self.call_id, self.task_type, self.attempts, reason)
         common = {
             "call_id": self.call_id,
@@ -382,6 +520,7 @@ class Router:
             self.policies[task] = make_policy(route.policy, route.models, self.config.objective, **options)
         self.locks = {task: threading.Lock() for task in self.policies}
         self.health = Health(self.config.models, self.config.breaker)
+        self._jitter = random.Random(self.config.seed)  # retry pauses
         extra = dict(validators or {})
         unknown = sorted(set(extra) - set(self.config.routes))
         if unknown:
@@ -416,9 +555,12 @@ class Router:
         return f"Router(routes={sorted(self.config.routes)}, store={self.store.safe_url!r})"
 
     # -- calls ----------------------------------------------------------------------------------
-    def _begin(self, task_type: str | None, kind: str, deadline_s: float | None, messages: Messages | None, prompt: Any) -> _Call:
+    def _begin(self, task_type: str | None, kind: str, deadline_s: float | None, messages: Messages | None, prompt: Any, chars: int) -> _Call:
+        """Check the call's task type and deadline, choose its route and open it (the arguments are checked by then)."""
         if self._closed:
             raise RuntimeError("the router is closed")
+        check_task_type(task_type, required=messages is None)
+        check_deadline(deadline_s)
         task = task_type if task_type is not None else self.classifier(messages or [])
         route = self.config.routes.get(task)
         if route is None:
@@ -427,10 +569,22 @@ class Router:
         if route_kind != kind:
             raise ConfigError(f"routes.{task}", f"is a {route_kind} route; this call needs a {kind} route")
         deadline = self.config.deadline_s if deadline_s is None else deadline_s
-        if not deadline > 0:
-            raise ValueError(f"deadline_s must be > 0, got {deadline_s!r}")
         logged = json.dumps(prompt) if self.config.log_prompts else None
-        return _Call(self, task, route, deadline, logged)
+        return _Call(self, task, route, deadline, logged, chars)
+
+    def _begin_chat(self, task_type: str | None, messages: Messages, stream: bool, deadline_s: float | None, params: Mapping[str, Any]) -> _Call:
+        check_stream(stream)
+        check_params(params)
+        chars = check_messages(messages)
+        return self._begin(task_type, "chat", deadline_s, messages, messages, chars)
+
+    def _begin_embed(self, texts: Sequence[str], task_type: str, deadline_s: float | None) -> tuple[list[str], _Call]:
+        items = check_texts(texts)
+        return items, self._begin(task_type, "embedding", deadline_s, None, items, max(map(len, items)))
+
+    def rejects(self, reply: Reply) -> bool:
+        """Whether a backend refused the request itself (a status in ``rejecting_statuses``): no model should see it again."""
+        return reply.outcome is Outcome.CLIENT_ERROR and reply.status in self.config.rejecting_statuses
 
     @overload
     def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, **params: Any) -> ChatResult: ...
@@ -442,9 +596,11 @@ class Router:
 
         ``task_type=None`` lets the classifier choose. Raises :class:`AllModelsFailed` when no model
         answered in time and :class:`RequestRejected` when a backend refused the request itself.
-        With ``stream=True`` returns a :class:`ChatStream` of text deltas (see there).
+        With ``stream=True`` returns a :class:`ChatStream` of text deltas (see there). Bad arguments
+        (messages, deadline, a keyword that looks like a router option) raise :class:`InvalidRequest`
+        before anything is sent or logged.
         """
-        call = self._begin(task_type, "chat", deadline_s, messages, messages)
+        call = self._begin_chat(task_type, messages, stream, deadline_s, params)
         if stream:
             return ChatStream(self._stream(call, lambda m, t, f: self.backend.stream_chat(m, messages, params, t, f)))
         answer, common = self._run(call, lambda m, t: self.backend.chat(m, messages, params, t))
@@ -457,23 +613,24 @@ class Router:
 
     async def achat(self, task_type: str | None, messages: Messages, *, stream: bool = False, deadline_s: float | None = None, **params: Any) -> ChatResult | AsyncChatStream:
         """Async twin of :meth:`chat`; on routes with ``hedge_quantile`` it also hedges slow primaries."""
-        call = self._begin(task_type, "chat", deadline_s, messages, messages)
+        call = self._begin_chat(task_type, messages, stream, deadline_s, params)
         if stream:
             return AsyncChatStream(self._astream(call, lambda m, t, f: self.backend.astream_chat(m, messages, params, t, f)))
         answer, common = await self._arun(call, lambda m, t: self.backend.achat(m, messages, params, t))
         return ChatResult(**common, text=answer.text or "")
 
     def embed(self, texts: Sequence[str], *, task_type: str = "embedding", deadline_s: float | None = None) -> EmbedResult:
-        """Route an embedding call; fallbacks are only models of the same embedding space."""
-        texts = _texts(texts)
-        call = self._begin(task_type, "embedding", deadline_s, None, texts)
+        """Route an embedding call; fallbacks are only models of the same embedding space.
+
+        ``texts`` is one string or a non-empty list of non-empty strings, else :class:`InvalidRequest`.
+        """
+        texts, call = self._begin_embed(texts, task_type, deadline_s)
         answer, common = self._run(call, lambda m, t: self.backend.embed(m, texts, t))
         return EmbedResult(**common, vectors=answer.vectors)
 
     async def aembed(self, texts: Sequence[str], *, task_type: str = "embedding", deadline_s: float | None = None) -> EmbedResult:
         """Async twin of :meth:`embed`."""
-        texts = _texts(texts)
-        call = self._begin(task_type, "embedding", deadline_s, None, texts)
+        texts, call = self._begin_embed(texts, task_type, deadline_s)
         answer, common = await self._arun(call, lambda m, t: self.backend.aembed(m, texts, t))
         return EmbedResult(**common, vectors=answer.vectors)
 
@@ -482,9 +639,8 @@ class Router:
         """Try the call's models in order, synchronously."""
         try:
             while (step := call.next()) is not None:
-                if step.wait_s:
-                    time.sleep(step.wait_s)
-                if (started := call.begin(step.model)) is not None:
+                call.pause(step)
+                if step.model is not None and (started := call.begin(step.model)) is not None:
                     call.record(step.model, send(step.model, started.timeout_s), started.token)
         except BaseException as exc:
             call.abort(exc)
@@ -496,9 +652,8 @@ class Router:
         """Stream from the call's models in order; fall back only while nothing was shown."""
         try:
             while (step := call.next()) is not None:
-                if step.wait_s:
-                    time.sleep(step.wait_s)
-                if (started := call.begin(step.model)) is None:
+                call.pause(step)
+                if step.model is None or (started := call.begin(step.model)) is None:
                     continue
                 shown, reply = False, None
                 for item in send(step.model, started.timeout_s, started.first_token_s):
@@ -519,9 +674,8 @@ class Router:
         """Async twin of :meth:`_stream`."""
         try:
             while (step := call.next()) is not None:
-                if step.wait_s:
-                    await asyncio.sleep(step.wait_s)
-                if (started := call.begin(step.model)) is None:
+                await call.apause(step)
+                if step.model is None or (started := call.begin(step.model)) is None:
                     continue
                 shown, reply = False, None
                 async for item in send(step.model, started.timeout_s, started.first_token_s):
@@ -542,8 +696,9 @@ class Router:
         """Try the call's models in order, asynchronously, hedging where the route asks for it."""
         try:
             while (step := call.next()) is not None:
-                if step.wait_s:
-                    await asyncio.sleep(step.wait_s)
+                await call.apause(step)
+                if step.model is None:
+                    continue
                 delay = call.hedge_delay(step)
                 if delay is None:
                     if (started := call.begin(step.model)) is not None:
@@ -704,20 +859,20 @@ class Router:
             except StoreError:
                 continue
 
-    @staticmethod
-    def _learnable() -> Any:
-        """The attempts a live policy learns from: not cancelled, not a rejected request."""
+    def _learnable(self) -> Any:
+        """The attempts a live policy learns from: not cancelled, not a context-length error, not a rejected request."""
         a = attempts_table.c
-        rejected = and_(a.outcome == str(Outcome.CLIENT_ERROR), a.status.in_(sorted(REJECTING_STATUSES)))
-        return and_(a.outcome != str(Outcome.CANCELLED), not_(rejected))
+        rejected = and_(a.outcome == str(Outcome.CLIENT_ERROR), a.status.in_(sorted(self.config.rejecting_statuses)))
+        return and_(a.outcome.notin_([str(Outcome.CANCELLED), str(Outcome.CONTEXT_EXCEEDED)]), not_(rejected))
 
     LEARNED_ATTEMPT_COLUMNS = ("task_type", "model", "outcome", "status", "latency_s", "cost")
     LEARNED_FEEDBACK_COLUMNS = ("task_type", "model", "accuracy")
 
     def _learn(self, tried: pd.DataFrame, rated: pd.DataFrame) -> None:
         """Teach each policy a time-ordered slice of the log (vectorised, under its lock)."""
-        rejected = (tried["outcome"] == str(Outcome.CLIENT_ERROR)) & tried["status"].isin(list(REJECTING_STATUSES))
-        tried = tried[(tried["outcome"] != str(Outcome.CANCELLED)) & ~rejected]  # live policies never learn from these
+        rejected = (tried["outcome"] == str(Outcome.CLIENT_ERROR)) & tried["status"].isin(list(self.config.rejecting_statuses))
+        ignored = tried["outcome"].isin([str(Outcome.CANCELLED), str(Outcome.CONTEXT_EXCEEDED)])
+        tried = tried[~ignored & ~rejected]  # live policies never learn from these
         for task, policy in self.policies.items():
             a = tried[tried["task_type"] == task]
             f = rated[rated["task_type"] == task]
@@ -819,7 +974,7 @@ async def _hedge(call: _Call, send: Callable[[ModelConfig, float], Awaitable[Rep
         return
     try:
         done, _ = await asyncio.wait(running, timeout=delay)
-        if not done and (second := call.next()) is not None:
+        if not done and (second := call.next()) is not None and second.model is not None:
             launch(second)  # a second step never waits: retries and cooldown waits come only before a first attempt
         while running:
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -834,10 +989,6 @@ async def _hedge(call: _Call, send: Callable[[ModelConfig, float], Awaitable[Rep
     call.cancel_open("lost the hedge race")
 
 
-def _texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        texts = [texts]
-    items = list(texts)
-    if not items or not all(isinstance(t, str) for t in items):
-        raise ValueError("embed() needs a non-empty list of strings")
-    return items
+def _over_window(model: ModelConfig, chars: int) -> bool:
+    """Whether a prompt of ``chars`` characters is clearly longer than the model's declared context window."""
+    return model.context_window is not None and chars > model.context_window * CHARS_PER_TOKEN
