@@ -18,6 +18,13 @@ REQUIRE_PG = os.environ.get("ZETA_REQUIRE_POSTGRES") == "1"
 _pg = {"collected": 0, "passed": 0}
 
 
+@pytest.fixture(autouse=True)
+def _own_journal_dir(tmp_path, monkeypatch):
+    """Each test's stores journal in its own folder: rows one test left in a journal are never
+    replayed into the next test's (freshly emptied) database."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'zeta.db'}"

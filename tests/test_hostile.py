@@ -408,7 +408,7 @@ def test_context_length_errors_of_real_servers_are_context_exceeded(answer):
         async_ = asyncio.run(backend.achat(model, MSG, {}, 5.0))
     for reply in (sync, streamed, async_):
         assert reply.outcome is Outcome.CONTEXT_EXCEEDED and reply.status == status, reply
-        assert 0 < len(reply.error) <= 200 and not reply.rejects_request
+        assert 0 < len(reply.error) <= 200
 
 
 def test_context_exceeded_is_logged_with_its_status(tmp_path):
@@ -435,8 +435,17 @@ def test_unknown_model_name_is_a_misconfigured_endpoint(answer):
 def test_a_plain_bad_request_is_not_misconfiguration():
     with backend_at(answer_with(400, {"error": {"message": "temperature must be <= 2", "type": "invalid_request_error"}})) as (backend, model):
         reply = backend.chat(model, MSG, {}, 5.0)
-    assert reply.outcome is Outcome.CLIENT_ERROR and reply.rejects_request and not reply.misconfigured
+    assert reply.outcome is Outcome.CLIENT_ERROR and reply.status == 400 and not reply.misconfigured
     assert reply.error == "temperature must be <= 2"
+
+
+def test_a_gateway_that_does_not_know_the_model_name_falls_back(tmp_path):
+    """LiteLLM answers an unknown model name with HTTP 400: the endpoint is misconfigured, the request is fine."""
+    with serve(answer_with(*LITELLM_UNKNOWN_MODEL)) as unknown, serve(healthy) as good:
+        cfg = router_config(tmp_path, {"unknown": unknown, "good": good}, deadline_s=5.0, timeout_s=2.0)
+        with Router(cfg) as router:
+            result = router.chat("simple", MSG)
+    assert result.model == "good" and [a.outcome for a in result.attempts] == ["client_error", "ok"]
 
 
 # -- streams as real servers send them --------------------------------------------------------------

@@ -39,7 +39,7 @@ from .config import ModelConfig
 from .scrub import read_key
 
 __all__ = [
-    "Outcome", "Reply", "Backend", "HttpxBackend", "FakeBackend", "REJECTING_STATUSES", "estimate_tokens",
+    "Outcome", "Reply", "Backend", "HttpxBackend", "FakeBackend", "estimate_tokens",
     "classify_error",
 ]
 
@@ -59,10 +59,6 @@ class Outcome(StrEnum):
     INVALID = "invalid"  # an answer that failed the route's validators
     CONTEXT_EXCEEDED = "context_exceeded"  # the prompt is longer than this model's context window
 
-
-#: statuses meaning the request itself is bad: the router returns the error instead of falling back.
-#: Other 4xx (401, 403, 404, ...) concern one endpoint's setup, so the router tries the next model.
-REJECTING_STATUSES = frozenset({400, 413, 422})
 
 Messages = Sequence[Mapping[str, Any]]
 
@@ -90,11 +86,6 @@ class Reply:
     @property
     def ok(self) -> bool:
         return self.outcome is Outcome.OK
-
-    @property
-    def rejects_request(self) -> bool:
-        """True when the request itself was refused, so no other model should see it."""
-        return self.outcome is Outcome.CLIENT_ERROR and self.status in REJECTING_STATUSES
 
 
 #: what a streaming attempt yields: text deltas, then one final Reply (its ``text`` is the whole answer)

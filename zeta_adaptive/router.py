@@ -583,8 +583,9 @@ class Router:
         return items, self._begin(task_type, "embedding", deadline_s, None, items, max(map(len, items)))
 
     def rejects(self, reply: Reply) -> bool:
-        """Whether a backend refused the request itself (a status in ``rejecting_statuses``): no model should see it again."""
-        return reply.outcome is Outcome.CLIENT_ERROR and reply.status in self.config.rejecting_statuses
+        """Whether a backend refused the request itself (a status in ``rejecting_statuses``, not an
+        endpoint that does not know its model name): no model should see it again."""
+        return reply.outcome is Outcome.CLIENT_ERROR and reply.status in self.config.rejecting_statuses and not reply.misconfigured
 
     @overload
     def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, **params: Any) -> ChatResult: ...
