@@ -1,4 +1,4 @@
-"""The ``zeta-adaptive`` command line: demo, database upgrade, and what a router has learned."""
+"""The ``zeta-adaptive`` command line: demo, database upgrade, what a router has learned, and the gateway."""
 
 from __future__ import annotations
 
@@ -105,6 +105,21 @@ def preferences(config: str) -> None:
         with Router.from_toml(config) as router:
             for task, rows in router.preferences().items():
                 click.echo(f"{task}: " + " > ".join(f"{r['model']} ({r['score']:.3f}, n={r['n']:.0f})" for r in rows))
+    except ZetaError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--config", required=True, type=click.Path(exists=True, dir_okay=False), help="A router TOML file (its [server] table too).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback unless told otherwise.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes; they share learning through the store (set refresh_s).")
+def serve(config: str, host: str, port: int, workers: int) -> None:
+    """Serve the router as an OpenAI-compatible HTTP gateway until SIGTERM (which drains calls in flight)."""
+    from .gateway import serve as run_gateway
+
+    try:
+        run_gateway(config, host=host, port=port, workers=workers)
     except ZetaError as exc:
         raise click.ClickException(str(exc)) from None
 

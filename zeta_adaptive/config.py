@@ -22,7 +22,7 @@ from .exceptions import ConfigError
 from .policies import OPTION_TYPES, POLICIES, Objective, make_policy
 from .validators import build as build_validators
 
-__all__ = ["ModelConfig", "RouteConfig", "BreakerConfig", "Config", "load_config", "DEFAULT_STORE"]
+__all__ = ["ModelConfig", "RouteConfig", "BreakerConfig", "KeyLimits", "ServerConfig", "Config", "load_config", "DEFAULT_STORE"]
 
 DEFAULT_STORE = "sqlite:///zeta.db"
 KINDS = ("chat", "embedding")
@@ -87,6 +87,27 @@ class BreakerConfig:
 
 
 @dataclass(frozen=True)
+class KeyLimits:
+    """What one gateway client key may do: its routes (None = all), requests per minute, spend per UTC day."""
+
+    routes: tuple[str, ...] | None = None
+    requests_per_minute: float | None = None
+    spend_per_day: float | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The gateway (``zeta-adaptive serve``): where its client keys are, and limits per key id.
+
+    The keys themselves live only in the environment variable ``api_keys_env``, comma-separated,
+    each ``key`` or ``id=key``; ``keys`` maps a key id to its :class:`KeyLimits`.
+    """
+
+    api_keys_env: str | None = None
+    keys: Mapping[str, KeyLimits] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole router: validated, immutable."""
 
@@ -101,6 +122,7 @@ class Config:
     journal_dir: str | None = None  # where log rows wait while the database is down
     refresh_s: float | None = None  # learn from other router processes' rows in the store this often
     pgbouncer: bool = False  # PostgreSQL behind PgBouncer in transaction mode: no prepared statements
+    server: ServerConfig = field(default_factory=ServerConfig)  # the gateway's own settings
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
@@ -137,6 +159,8 @@ class Config:
             out["refresh_s"] = self.refresh_s
         if self.pgbouncer:
             out["pgbouncer"] = True
+        if self.server != ServerConfig():
+            out["server"] = _server_dict(self.server)
         out["breaker"] = {f.name: getattr(self.breaker, f.name) for f in fields(self.breaker)}
         for name, m in self.models.items():
             out["models"][name] = {
@@ -166,7 +190,7 @@ def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
 _ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure")
-_TOP_KEYS = {"models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir", "refresh_s", "pgbouncer"}
+_TOP_KEYS = {"models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir", "refresh_s", "pgbouncer", "server"}
 
 
 def _number(where: str, value: Any, *, positive: bool = False, minimum: float | None = None) -> float:
@@ -368,6 +392,48 @@ def _objective(data: Any) -> Objective:
     )
 
 
+def _server(data: Any, routes: Mapping[str, RouteConfig]) -> ServerConfig:
+    data = _table("server", data)
+    _check_keys("server", data, {"api_keys_env", "keys"})
+    env = data.get("api_keys_env")
+    if env is not None:
+        _string("server.api_keys_env", env)
+    keys = {}
+    specs = _table("server.keys", data.get("keys", {}))
+    if specs and env is None:
+        raise ConfigError("server.keys", "limits per key need server.api_keys_env (the variable holding the keys)")
+    for key_id, spec in specs.items():
+        where = f"server.keys.{key_id}"
+        spec = _table(where, spec)
+        _check_keys(where, spec, {"routes", "requests_per_minute", "spend_per_day"})
+        allowed = spec.get("routes")
+        if allowed is not None:
+            if not isinstance(allowed, list) or not all(isinstance(r, str) for r in allowed):
+                raise ConfigError(f"{where}.routes", "must be a list of route names")
+            unknown = sorted(set(allowed) - set(routes))
+            if unknown:
+                raise ConfigError(f"{where}.routes", f"unknown route {unknown[0]!r}; routes are {sorted(routes)}")
+        rpm, spend = spec.get("requests_per_minute"), spec.get("spend_per_day")
+        keys[key_id] = KeyLimits(
+            routes=tuple(allowed) if allowed is not None else None,
+            requests_per_minute=_number(f"{where}.requests_per_minute", rpm, positive=True) if rpm is not None else None,
+            spend_per_day=_number(f"{where}.spend_per_day", spend, minimum=0.0) if spend is not None else None,
+        )
+    return ServerConfig(api_keys_env=env, keys=keys)
+
+
+def _server_dict(server: ServerConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"keys": {}}
+    if server.api_keys_env is not None:
+        out["api_keys_env"] = server.api_keys_env
+    for key_id, limits in server.keys.items():
+        entry = {f.name: getattr(limits, f.name) for f in fields(limits) if getattr(limits, f.name) is not None}
+        if "routes" in entry:
+            entry["routes"] = list(entry["routes"])
+        out["keys"][key_id] = entry
+    return out
+
+
 def _parse(data: Mapping[str, Any]) -> Config:
     data = _table("config", data)
     _check_keys("", data, _TOP_KEYS)
@@ -404,4 +470,5 @@ def _parse(data: Mapping[str, Any]) -> Config:
         journal_dir=journal_dir,
         refresh_s=_number("refresh_s", data["refresh_s"], positive=True) if data.get("refresh_s") is not None else None,
         pgbouncer=pgbouncer,
+        server=_server(data.get("server", {}), routes),
     )
