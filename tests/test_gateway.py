@@ -331,6 +331,19 @@ def test_client_disconnect_mid_stream_cancels_the_call(fleet, sqlite_url, tmp_pa
         assert wait_for(lambda: metric(base, "zeta_calls_total", task_type="simple", model="none", outcome="cancelled")) == 1
 
 
+def test_client_leaving_before_the_answer_cancels_the_call(fleet, sqlite_url, tmp_path):
+    app = create_app(config(fleet, sqlite_url, tmp_path, routes={"simple": ["hangs"]}))
+    with serving(app) as base:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up long before the model's 2 s timeout
+            httpx.post(base + "/chat/completions", json={"model": "simple", "messages": HELLO}, timeout=0.3)
+
+        def attempts() -> list[dict[str, Any]]:
+            app.state.router.flush()
+            return rows(sqlite_url, "SELECT outcome FROM attempts")
+
+        assert wait_for(attempts) == [{"outcome": "cancelled"}]  # not "timeout": the call did not wait for it
+
+
 # -- the command: SIGTERM, several workers --------------------------------------------------------
 
 

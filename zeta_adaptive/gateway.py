@@ -207,20 +207,32 @@ async def _disconnected(request: Request) -> None:
 
 
 async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it (the router then logs the call as cancelled) if the client leaves."""
-    task = asyncio.ensure_future(work)
+    """Await ``work``, cancelling it (the router then logs the call as cancelled) if the client leaves.
+
+    One watcher task cancels this request's own task on a disconnect: measured cheaper than
+    running ``work`` as a second task and waiting for the first of the two.
+    """
+    me = asyncio.current_task()
+    assert me is not None
+    gone = False
+
+    def left(watch: asyncio.Future[None]) -> None:
+        nonlocal gone
+        if not watch.cancelled():
+            gone = True
+            me.cancel()
+
     watch = asyncio.ensure_future(_disconnected(request))
+    watch.add_done_callback(left)
     try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            raise _ClientGone from None
+        raise
     finally:
+        watch.remove_done_callback(left)
         watch.cancel()
-        if not task.done():
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise _ClientGone
-    return task.result()
 
 
 def _current_call() -> Any:
