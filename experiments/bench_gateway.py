@@ -212,8 +212,20 @@ def _body(route: str) -> dict[str, Any]:
     return {"model": route, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
 
 
-async def latency(targets: dict[str, tuple[str, str]], rounds: int, block: int, warmup: int) -> dict[str, list[np.ndarray]]:
-    """Per-call wall times (ns) per block, sequential calls, contenders interleaved block by block."""
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (0 for None): unlike wall time, barely moved by other load."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def latency(
+    targets: dict[str, tuple[str, str]], pids: dict[str, int | None], rounds: int, block: int, warmup: int, cpu: dict[str, float]
+) -> dict[str, list[np.ndarray]]:
+    """Per-call wall times (ns) per block, sequential calls, contenders interleaved block by block;
+    ``cpu`` gets each server's CPU seconds over its timed blocks."""
     import httpx
 
     clients = {name: httpx.AsyncClient(base_url=base + "/", timeout=60) for name, (base, _route) in targets.items()}
@@ -227,11 +239,13 @@ async def latency(targets: dict[str, tuple[str, str]], rounds: int, block: int, 
         for _, name in interleave(list(targets), rounds):
             client, body = clients[name], bodies[name]
             ns = np.empty(block, dtype=np.int64)
+            c0 = cpu_seconds(pids[name])
             for i in range(block):
                 t0 = clock()
                 answer = await client.post("chat/completions", json=body)
                 ns[i] = clock() - t0
                 answer.raise_for_status()
+            cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pids[name]) - c0
             out[name].append(ns)
         return out
     finally:
@@ -299,7 +313,7 @@ def _ms(ns: float) -> float:
     return ns / 1e6
 
 
-def latency_rows(samples: dict[str, list[np.ndarray]]) -> list[dict[str, Any]]:
+def latency_rows(samples: dict[str, list[np.ndarray]], cpu: dict[str, float], pids: dict[str, int | None]) -> list[dict[str, Any]]:
     direct = np.concatenate(samples[DIRECT])
     d50 = float(np.median(direct))
     rows = []
@@ -311,6 +325,7 @@ def latency_rows(samples: dict[str, list[np.ndarray]]) -> list[dict[str, Any]]:
             "contender": name, "calls": int(allv.size), "p50_ms": _ms(p50), "p99_ms": _ms(float(np.percentile(allv, 99))),
             "added_p50_ms": _ms(p50 - d50), "round_added_min_ms": _ms(min(per_round)), "round_added_max_ms": _ms(max(per_round)),
             "ratio_to_direct": p50 / d50,
+            "server_cpu_ms_per_call": cpu[name] / allv.size * 1e3 if pids[name] is not None else None,
         })
     return rows
 
@@ -325,8 +340,9 @@ def headline(lat: list[dict[str, Any]], thr: list[dict[str, Any]], start: list[d
     peer = by.get(LITELLM)
     rows = [{
         "workload": "added p50 latency of one chat call through the gateway (1 worker), over a direct call",
-        "ours": f"+{ours['added_p50_ms']:.2f} ms (rounds {ours['round_added_min_ms']:.2f}..{ours['round_added_max_ms']:.2f})",
-        "peer": f"LiteLLM proxy +{peer['added_p50_ms']:.2f} ms" if peer else litellm_note,
+        "ours": f"+{ours['added_p50_ms']:.2f} ms (rounds {ours['round_added_min_ms']:.2f}..{ours['round_added_max_ms']:.2f}); "
+                f"server CPU {ours['server_cpu_ms_per_call']:.2f} ms/call",
+        "peer": f"LiteLLM proxy +{peer['added_p50_ms']:.2f} ms; server CPU {peer['server_cpu_ms_per_call']:.2f} ms/call" if peer else litellm_note,
         "ratio": f"{peer['added_p50_ms'] / ours['added_p50_ms']:.1f}x less added" if peer and ours["added_p50_ms"] > 0 else "–",
         "target": f"<= {TARGET_ADDED_MS:g} ms added",
         "met?": verdict(ours["added_p50_ms"] <= TARGET_ADDED_MS),
@@ -398,8 +414,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     litellm = None
             targets = {DIRECT: (mock.base_url, "mock")}
             targets.update({name: (s.base, s.route) for name, s in servers.items() if name != GATEWAY2})
-            samples = asyncio.run(latency(targets, rounds, block, warmup))
-            lat = latency_rows(samples)
+            pids: dict[str, int | None] = {name: (servers[name].proc.pid if name in servers else None) for name in targets}
+            cpu: dict[str, float] = {}
+            samples = asyncio.run(latency(targets, pids, rounds, block, warmup, cpu))
+            lat = latency_rows(samples, cpu, pids)
             for row in lat:
                 if row["contender"] == LITELLM:
                     row["startup_s"] = litellm_start
