@@ -428,5 +428,8 @@ def test_two_workers_learn_together(tmp_path, sqlite_url):
                 with httpx.Client(base_url=base) as http:
                     assert http.post("/chat/completions", json={"model": "simple", "messages": HELLO}).status_code == 200
             assert wait_for(lambda: learned(calls), 20), views
+            scraped = httpx.get(base.removesuffix("/v1") + "/metrics").text
+            counted = sum(float(line.rpartition(" ")[2]) for line in scraped.splitlines() if line.startswith("zeta_calls_total{"))
+            assert counted == calls  # whichever worker answers, the counters are the sum over both
         logged = rows(sqlite_url, "SELECT count(*) AS n, count(DISTINCT router_id) AS routers FROM attempts")
     assert logged == [{"n": calls, "routers": 2}]  # both workers routed, and each learned every attempt

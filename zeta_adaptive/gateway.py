@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
@@ -58,6 +59,7 @@ T = TypeVar("T")
 
 #: the environment variable through which :func:`serve` hands the config path to each worker
 CONFIG_ENV = "ZETA_GATEWAY_CONFIG"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEADLINE_HEADER = "x-zeta-deadline-s"
 CALL_HEADER = "x-zeta-call-id"
 MODEL_HEADER = "x-zeta-model"
@@ -285,17 +287,26 @@ class _StateCollector:
 
 
 class _Metrics:
-    """The gateway's Prometheus registry (one per app, so several apps can live in one process)."""
+    """The gateway's Prometheus registry (one per app, so several apps can live in one process).
+
+    Under several workers (``$PROMETHEUS_MULTIPROC_DIR`` set, as :func:`serve` does) counters and the
+    histogram live in files shared by the workers and every scrape sums them; the gauges read at
+    scrape time are those of the worker that answers.
+    """
 
     def __init__(self, router: Router) -> None:
-        r = self.registry = CollectorRegistry()
+        self.registry = CollectorRegistry()
+        shared = bool(os.environ.get(MULTIPROC_ENV))
+        r = None if shared else self.registry
         self.calls = Counter("zeta_calls", "Routed calls by task type, answering model and outcome", ["task_type", "model", "outcome"], registry=r)
         self.attempts = Counter("zeta_attempts", "Attempts by model and outcome", ["model", "outcome"], registry=r)
         self.latency = Histogram("zeta_call_latency_seconds", "Call latency seen by the gateway", ["task_type"], buckets=_LATENCY_BUCKETS, registry=r)
         self.refused = Counter("zeta_refused_requests", "Requests refused before routing (not calls), by reason", ["reason"], registry=r)
         self.key_calls = Counter("zeta_key_calls", "Calls by client key id (never the key) and outcome", ["key_id", "outcome"], registry=r)
         self.key_spend = Counter("zeta_key_spend", "Cost of the calls of each client key id", ["key_id"], registry=r)
-        r.register(_StateCollector(router))  # type: ignore[arg-type]
+        if shared:
+            MultiProcessCollector(self.registry)
+        self.registry.register(_StateCollector(router))  # type: ignore[arg-type]
 
 
 # -- the application ------------------------------------------------------------------------------
@@ -363,7 +374,7 @@ class _Gateway:
             raise _malformed(f"{DEADLINE_HEADER} must be a number of seconds > 0, got {raw!r}", "invalid_deadline")
         return value
 
-    def refused(self, request: Request, exc: Exception) -> Response:
+    async def refused(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, _Refused)
         self.metrics.refused.labels(exc.reason).inc()
         return _error(exc.status, exc.message, exc.kind, exc.code, exc.headers)
@@ -665,7 +676,12 @@ def serve(config_path: str | Path, host: str = "127.0.0.1", port: int = 8080, wo
     """Run the gateway under uvicorn until SIGTERM/SIGINT, which drains calls in flight and flushes the log.
 
     The config is checked and the store migrated once here, before workers start and race to do it.
+    Several workers share their metrics through a fresh folder in ``$PROMETHEUS_MULTIPROC_DIR``
+    (unless it is set already), removed at exit.
     """
+    import shutil
+    import tempfile
+
     import uvicorn
 
     config = Config.from_toml(config_path)
@@ -674,7 +690,14 @@ def serve(config_path: str | Path, host: str = "127.0.0.1", port: int = 8080, wo
     if workers > 1 and config.refresh_s is None:
         log.warning("%d workers without refresh_s: each learns only from its own calls until restarted", workers)
     os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
-    uvicorn.run(
-        "zeta_adaptive.gateway:app_from_env", factory=True, host=host, port=port, workers=workers,
-        timeout_graceful_shutdown=config.deadline_s + 5.0, access_log=False, log_level="info",
-    )
+    metrics_dir = None
+    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        metrics_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="zeta-gateway-metrics-")
+    try:
+        uvicorn.run(
+            "zeta_adaptive.gateway:app_from_env", factory=True, host=host, port=port, workers=workers,
+            timeout_graceful_shutdown=config.deadline_s + 5.0, access_log=False, log_level="info",
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
