@@ -433,3 +433,16 @@ def test_two_workers_learn_together(tmp_path, sqlite_url):
             assert counted == calls  # whichever worker answers, the counters are the sum over both
         logged = rows(sqlite_url, "SELECT count(*) AS n, count(DISTINCT router_id) AS routers FROM attempts")
     assert logged == [{"n": calls, "routers": 2}]  # both workers routed, and each learned every attempt
+
+
+def test_serve_refuses_a_config_whose_key_variable_is_empty(tmp_path, sqlite_url, monkeypatch):
+    from click.testing import CliRunner
+
+    from zeta_adaptive.cli import main
+
+    monkeypatch.delenv(KEYS_ENV, raising=False)
+    path = tmp_path / "gateway.toml"
+    path.write_text(_toml({"store": sqlite_url, "models": {"m": {"base_url": "http://127.0.0.1:9/v1"}}, "routes": {"r": {"models": ["m"]}}})
+                    + f'[server]\napi_keys_env = "{KEYS_ENV}"\n')
+    result = CliRunner().invoke(main, ["serve", "--config", str(path), "--port", str(free_port())])
+    assert result.exit_code == 1 and f"${KEYS_ENV} holds no client key" in result.output

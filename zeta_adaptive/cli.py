@@ -116,8 +116,10 @@ def preferences(config: str) -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes; they share learning through the store (set refresh_s).")
 def serve(config: str, host: str, port: int, workers: int) -> None:
     """Serve the router as an OpenAI-compatible HTTP gateway until SIGTERM (which drains calls in flight)."""
-    from .gateway import serve as run_gateway
-
+    try:
+        from .gateway import serve as run_gateway
+    except ImportError as exc:
+        raise click.ClickException(f"the gateway needs the `gateway` extra (pip install 'zeta_adaptive[gateway]'): {exc}") from None
     try:
         run_gateway(config, host=host, port=port, workers=workers)
     except ZetaError as exc:
