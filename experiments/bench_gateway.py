@@ -25,13 +25,14 @@ calls it answered.
 
 Targets (issue 17): added p50 <= 1 ms; throughput with one worker >= 50% of direct; start-up < 2 s.
 
-    .venv/bin/python experiments/bench_gateway.py [--quick] [--out DIR] [--no-diagnose] [--no-litellm]
+    .venv/bin/python experiments/bench_gateway.py [--quick] [--out DIR] [--no-diagnose] [--no-litellm] [--litellm-site DIR]
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -59,6 +60,9 @@ CONCURRENCY = (16, 64)
 DIRECT, GATEWAY, GATEWAY2 = "direct", "gateway", "gateway, 2 workers"
 PURE_PYTHON, PASSTHROUGH, LITELLM = "gateway on asyncio + h11 (diagnostic)", "Starlette passthrough (diagnostic)", "LiteLLM proxy"
 CLI = "from zeta_adaptive.cli import main; main()"
+#: one client key for every contender: our gateway and LiteLLM's proxy both check it (the others ignore it)
+KEY = "sk-bench-" + secrets.token_hex(16)
+HEADERS = {"authorization": f"Bearer {KEY}"}
 
 
 # -- the floor diagnostic: a bare Starlette passthrough ----------------------------------------------
@@ -154,6 +158,9 @@ timeout_s = 60.0
 [routes.static]
 models = ["m0"]
 policy = "static"
+
+[server]
+api_keys_env = "BENCH_GATEWAY_KEYS"
 """
     path = folder / f"{name}.toml"
     path.write_text(text)
@@ -161,7 +168,7 @@ policy = "static"
 
 
 def base_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "BENCH_GATEWAY_KEYS": f"bench={KEY}", "LITELLM_MASTER_KEY": KEY}
 
 
 def start_gateway(folder: Path, mock_url: str, name: str, workers: int = 1) -> tuple[Server, str]:
@@ -188,9 +195,10 @@ def start_passthrough(mock_url: str) -> Server:
     return Server(PASSTHROUGH, cmd, port, env, "mock")
 
 
-def start_litellm(folder: Path, mock_url: str) -> Server | None:
-    """LiteLLM's proxy on the mock, or None when litellm (with its proxy extras) is not installed."""
-    exe = shutil.which("litellm", path=str(Path(sys.executable).parent))
+def start_litellm(folder: Path, mock_url: str, site: Path | None) -> Server | None:
+    """LiteLLM's proxy on the mock, or None when litellm (with its proxy extras) is not installed: in
+    this environment, or in ``site`` (a ``pip install --target`` folder, on the proxy's path only)."""
+    exe = shutil.which("litellm", path=str(site / "bin" if site else Path(sys.executable).parent))
     if exe is None:
         return None
     path = folder / "litellm.yaml"
@@ -201,7 +209,9 @@ def start_litellm(folder: Path, mock_url: str) -> Server | None:
     )
     port = free_port()
     env = {**base_env(), "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
-    cmd = [exe, "--config", str(path), "--port", str(port), "--host", "127.0.0.1", "--num_workers", "1"]
+    if site is not None:
+        env["PYTHONPATH"] = str(site)
+    cmd = [sys.executable, exe, "--config", str(path), "--port", str(port), "--host", "127.0.0.1", "--num_workers", "1"]
     return Server(LITELLM, cmd, port, env, "static", health="/health/liveliness")
 
 
@@ -228,7 +238,7 @@ async def latency(
     ``cpu`` gets each server's CPU seconds over its timed blocks."""
     import httpx
 
-    clients = {name: httpx.AsyncClient(base_url=base + "/", timeout=60) for name, (base, _route) in targets.items()}
+    clients = {name: httpx.AsyncClient(base_url=base + "/", headers=HEADERS, timeout=60) for name, (base, _route) in targets.items()}
     bodies = {name: _body(route) for name, (_base, route) in targets.items()}
     try:
         for name, client in clients.items():
@@ -260,7 +270,7 @@ async def throughput(base: str, route: str, concurrency: int, seconds: float) ->
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     body = _body(route)
     done = failed = 0
-    async with httpx.AsyncClient(base_url=base + "/", limits=limits, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=base + "/", headers=HEADERS, limits=limits, timeout=120) as client:
         await asyncio.gather(*(client.post("chat/completions", json=body) for _ in range(concurrency)))  # open the connections
         stop = time.perf_counter() + seconds
 
@@ -386,9 +396,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **{
             "--no-litellm": {"action": "store_true", "help": "skip LiteLLM's proxy"},
             "--no-diagnose": {"action": "store_true", "help": "skip the two diagnostic servers"},
+            "--litellm-site": {"type": Path, "default": None, "help": "a `pip install --target` folder holding litellm[proxy] (used by its proxy only)"},
         },
     )
-    rounds, block, warmup, seconds, thr_rounds, starts = (2, 20, 10, 0.5, 1, 1) if args.quick else (10, 200, 200, 5.0, 3, 5)
+    rounds, block, warmup, seconds, thr_rounds, starts = (2, 20, 10, 0.5, 1, 1) if args.quick else (10, 100, 100, 4.0, 3, 3)
     folder = Path(tempfile.mkdtemp(prefix="zeta-bench-gateway-"))
     notes: list[str] = []
     with MockServer() as mock:
@@ -399,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.no_diagnose:
             servers[PURE_PYTHON], dbs[PURE_PYTHON] = start_pure_python(folder, mock.base_url)
             servers[PASSTHROUGH] = start_passthrough(mock.base_url)
-        litellm = None if args.no_litellm else start_litellm(folder, mock.base_url)
+        litellm = None if args.no_litellm else start_litellm(folder, mock.base_url, args.litellm_site)
         litellm_note = "LiteLLM not installed (the `bench` extra with `litellm[proxy]`)" if litellm is None and not args.no_litellm else "LiteLLM skipped"
         litellm_start = None
         try:
