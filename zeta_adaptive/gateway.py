@@ -30,7 +30,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -44,10 +43,11 @@ from .exceptions import (
     FeedbackError,
     InvalidRequest,
     RequestRejected,
+    StoreError,
     StreamBroken,
     ZetaError,
 )
-from .feedback import validate_accuracy
+from .feedback import check_call_id, validate_accuracy
 from .health import HALF_OPEN, OPEN
 from .router import AsyncChatStream, Router
 from .store import Store
@@ -277,13 +277,16 @@ class _StateCollector:
             flight.add_metric([name], snap["in_flight"])
         yield breaker
         yield flight
-        yield GaugeMetricFamily("zeta_log_queue_depth", "Log rows queued for the background writer", value=store._queue.qsize())
-        yield GaugeMetricFamily("zeta_log_rows_journaled", "Log rows waiting in the local journal for the database", value=store.pending)
+        state = store.describe()
+        yield GaugeMetricFamily("zeta_log_queue_depth", "Log rows handed to the background writer, not yet written", value=len(store._items))
+        yield GaugeMetricFamily("zeta_log_rows_journaled", "Log rows waiting in the local journal (or memory) for the database", value=state["pending"])
+        yield GaugeMetricFamily("zeta_log_available", "1 while the log's database takes rows directly", value=float(state["available"]))
         written = CounterMetricFamily("zeta_log_rows_written", "Log rows written to the database", labels=["table"])
-        for table, rows in store.written.items():
+        for table, rows in state["written"].items():
             written.add_metric([table], rows)
         yield written
-        yield CounterMetricFamily("zeta_log_rows_dropped", "Log rows lost (neither database nor journal took them)", value=store.dropped)
+        yield CounterMetricFamily("zeta_log_rows_dead", "Log rows the database refused, kept as dead letters", value=state["dead"])
+        yield CounterMetricFamily("zeta_log_rows_dropped", "Log rows lost (neither database nor journal took them)", value=state["dropped"])
 
 
 class _Metrics:
@@ -553,34 +556,37 @@ class _Gateway:
         self.authorize(request)
         body = await self.body(request)
         call_id = body.get("call_id")
-        if not isinstance(call_id, str) or not call_id:
-            raise _malformed("`call_id` must be a non-empty string", "invalid_call_id")
         try:
             accuracy = validate_accuracy(body.get("accuracy"))
-            await run_in_threadpool(self.router.feedback, call_id, accuracy)
+            await self.router.afeedback(check_call_id(call_id), accuracy)
         except FeedbackError as exc:
             status, code = await run_in_threadpool(self._why_refused, call_id, body.get("accuracy"))
             return _error(status, str(exc), "invalid_request_error", code)
+        except StoreError as exc:  # another worker's call, and the log is away: it cannot be checked now
+            return _error(503, str(exc), "api_error", "log_unavailable")
         return JSONResponse({"call_id": call_id, "accuracy": accuracy, "status": "recorded"})
 
     def _why_refused(self, call_id: str, accuracy: Any) -> tuple[int, str]:
-        """Why the router refused feedback, from its state (FeedbackError alone does not say)."""
+        """Why the router refused feedback, from its state (FeedbackError alone does not say):
+        this worker's recent calls first (task type, model, rated, ...), else the log."""
         try:
             validate_accuracy(accuracy)
+            check_call_id(call_id)
         except FeedbackError:
-            return 400, "invalid_accuracy"
-        book = self.router.book
+            return 400, "invalid_feedback"
+        store, book = self.router.store, self.router.book
         with book._lock:
             entry = book._recent.get(call_id)
-        if entry is None:
-            row = self.router.store.find_call(call_id)
+        if entry is not None:
+            model, rated = entry[1], entry[2]
+        else:
+            row = store.call(store.find_call, call_id)
             if row is None:
                 return 404, "call_not_found"
-            entry = (row["task_type"], row["model"], self.router.store.has_feedback(call_id))
-        _task, model, rated = entry
+            model, rated = row["model"], False
         if model is None:
             return 400, "call_without_answer"
-        return (409, "already_rated") if rated or self.router.store.has_feedback(call_id) else (400, "invalid_feedback")
+        return (409, "already_rated") if rated or store.call(store.has_feedback, call_id) else (400, "invalid_feedback")
 
     async def models(self, request: Request) -> Response:
         key = self.authorize(request)
@@ -616,11 +622,15 @@ class _Gateway:
 
     def _log_writable(self) -> bool:
         store = self.router.store
-        try:
+
+        def ping() -> None:
             with store.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+
+        try:
+            store.call(ping)  # bounded by the store's timeout
             return True
-        except SQLAlchemyError:
+        except StoreError:
             return os.access(store.journal.path, os.W_OK)
 
     async def close(self) -> None:
