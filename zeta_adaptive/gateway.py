@@ -65,6 +65,9 @@ CALL_HEADER = "x-zeta-call-id"
 MODEL_HEADER = "x-zeta-model"
 TASK_HEADER = "x-zeta-task-type"
 AUTO = "auto"
+#: idle keep-alive connections are kept this long: more than reverse proxies' usual idle timeout
+#: (60 s), so a proxy never reuses a connection the gateway is closing (uvicorn's default is 5 s)
+KEEP_ALIVE_S = 75
 #: body keys the gateway reads itself; every other key of a chat request goes to the backend as it is
 _OWN_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
 _BREAKER_VALUE = {OPEN: 2.0, HALF_OPEN: 1.0}  # closed is 0
@@ -707,6 +710,7 @@ def serve(config_path: str | Path, host: str = "127.0.0.1", port: int = 8080, wo
         uvicorn.run(
             "zeta_adaptive.gateway:app_from_env", factory=True, host=host, port=port, workers=workers,
             timeout_graceful_shutdown=config.deadline_s + 5.0, access_log=False, log_level="info",
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
     finally:
         if metrics_dir is not None:
