@@ -34,6 +34,7 @@ SCRIPTS = (
     "bench_throughput.py",
     "bench_store.py",
     "bench_startup.py",
+    "bench_gateway.py",
     "policy_cost.py",
     "policy_regret.py",
     "policy_drift.py",

@@ -1,5 +1,5 @@
 """The ``zeta-adaptive`` command line: demo, simulated fleet, database upgrade and pruning, reports,
-offline replay, and what a router has learned."""
+offline replay, what a router has learned, and the OpenAI-compatible gateway."""
 
 from __future__ import annotations
 
@@ -227,6 +227,20 @@ def preferences(config: str) -> None:
     with Router(cfg) as router:
         for task, rows in router.preferences().items():
             click.echo(f"{task}: " + " > ".join(f"{r['model']} ({r['score']:.3f}, n={r['n']:.0f})" for r in rows))
+
+
+@main.command()
+@click.option("--config", required=True, type=click.Path(exists=True, dir_okay=False), help="A router TOML file (its [server] table too).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback unless told otherwise.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes; they share learning through the store (set refresh_s).")
+def serve(config: str, host: str, port: int, workers: int) -> None:
+    """Serve the router as an OpenAI-compatible HTTP gateway until SIGTERM (which drains calls in flight)."""
+    try:
+        from .gateway import serve as run_gateway
+    except ImportError as exc:
+        raise click.ClickException(f"the gateway needs the `gateway` extra (pip install 'zeta_adaptive[gateway]'): {exc}") from None
+    run_gateway(config, host=host, port=port, workers=workers)  # a ZetaError becomes one line (see _Cli)
 
 
 @main.command()

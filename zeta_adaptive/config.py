@@ -25,7 +25,7 @@ from .policies import OPTION_TYPES, POLICIES, Objective, make_policy
 from .scrub import read_key
 from .validators import build as build_validators
 
-__all__ = ["ModelConfig", "RouteConfig", "BreakerConfig", "Config", "load_config", "DEFAULT_STORE"]
+__all__ = ["ModelConfig", "RouteConfig", "BreakerConfig", "KeyLimits", "ServerConfig", "Config", "load_config", "DEFAULT_STORE"]
 
 DEFAULT_STORE = "sqlite:///zeta.db"
 #: HTTP statuses meaning the request itself is bad (for every model), unless the config says otherwise
@@ -107,6 +107,27 @@ class BreakerConfig:
 
 
 @dataclass(frozen=True)
+class KeyLimits:
+    """What one gateway client key may do: its routes (None = all), requests per minute, spend per UTC day."""
+
+    routes: tuple[str, ...] | None = None
+    requests_per_minute: float | None = None
+    spend_per_day: float | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The gateway (``zeta-adaptive serve``): where its client keys are, and limits per key id.
+
+    The keys themselves live only in the environment variable ``api_keys_env``, comma-separated,
+    each ``key`` or ``id=key``; ``keys`` maps a key id to its :class:`KeyLimits`.
+    """
+
+    api_keys_env: str | None = None
+    keys: Mapping[str, KeyLimits] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole router: validated, immutable."""
 
@@ -127,6 +148,7 @@ class Config:
     feedback_window_s: float = 86_400.0  # ... and for at most this long
     max_attempts: int = 4  # retries of transient failures happen only while a call has made fewer attempts
     rejecting_statuses: frozenset[int] = REJECTING_DEFAULT  # 4xx that reject the request for every model
+    server: ServerConfig = field(default_factory=ServerConfig)  # the gateway's own settings
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
@@ -168,6 +190,8 @@ class Config:
                 out[key] = getattr(self, key)
         if self.rejecting_statuses != REJECTING_DEFAULT:
             out["rejecting_statuses"] = sorted(self.rejecting_statuses)
+        if self.server != ServerConfig():
+            out["server"] = _server_dict(self.server)
         out["breaker"] = {f.name: getattr(self.breaker, f.name) for f in fields(self.breaker)}
         for name, m in self.models.items():
             out["models"][name] = {
@@ -202,6 +226,7 @@ _ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_meas
 _TOP_KEYS = {
     "models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir", "refresh_s", "pgbouncer",
     "durability", "store_timeout_s", "feedback_window", "feedback_window_s", "max_attempts", "rejecting_statuses",
+    "server",
 }
 #: the longest task type and model names the log's columns hold
 TASK_CHARS, MODEL_CHARS = 64, 128
@@ -448,6 +473,48 @@ def _objective(data: Any) -> Objective:
     )
 
 
+def _server(data: Any, routes: Mapping[str, RouteConfig]) -> ServerConfig:
+    data = _table("server", data)
+    _check_keys("server", data, {"api_keys_env", "keys"})
+    env = data.get("api_keys_env")
+    if env is not None:
+        _string("server.api_keys_env", env)
+    keys = {}
+    specs = _table("server.keys", data.get("keys", {}))
+    if specs and env is None:
+        raise ConfigError("server.keys", "limits per key need server.api_keys_env (the variable holding the keys)")
+    for key_id, spec in specs.items():
+        where = f"server.keys.{key_id}"
+        spec = _table(where, spec)
+        _check_keys(where, spec, {"routes", "requests_per_minute", "spend_per_day"})
+        allowed = spec.get("routes")
+        if allowed is not None:
+            if not isinstance(allowed, list) or not all(isinstance(r, str) for r in allowed):
+                raise ConfigError(f"{where}.routes", "must be a list of route names")
+            unknown = sorted(set(allowed) - set(routes))
+            if unknown:
+                raise ConfigError(f"{where}.routes", f"unknown route {unknown[0]!r}; routes are {sorted(routes)}")
+        rpm, spend = spec.get("requests_per_minute"), spec.get("spend_per_day")
+        keys[key_id] = KeyLimits(
+            routes=tuple(allowed) if allowed is not None else None,
+            requests_per_minute=_number(f"{where}.requests_per_minute", rpm, positive=True) if rpm is not None else None,
+            spend_per_day=_number(f"{where}.spend_per_day", spend, minimum=0.0) if spend is not None else None,
+        )
+    return ServerConfig(api_keys_env=env, keys=keys)
+
+
+def _server_dict(server: ServerConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"keys": {}}
+    if server.api_keys_env is not None:
+        out["api_keys_env"] = server.api_keys_env
+    for key_id, limits in server.keys.items():
+        entry = {f.name: getattr(limits, f.name) for f in fields(limits) if getattr(limits, f.name) is not None}
+        if "routes" in entry:
+            entry["routes"] = list(entry["routes"])
+        out["keys"][key_id] = entry
+    return out
+
+
 def _parse(data: Mapping[str, Any]) -> Config:
     data = _table("config", data)
     _check_keys("", data, _TOP_KEYS)
@@ -493,4 +560,5 @@ def _parse(data: Mapping[str, Any]) -> Config:
         pgbouncer=pgbouncer,
         max_attempts=_integer("max_attempts", data.get("max_attempts", 4), 1),
         rejecting_statuses=_statuses(data.get("rejecting_statuses", sorted(REJECTING_DEFAULT))),
+        server=_server(data.get("server", {}), routes),
     )

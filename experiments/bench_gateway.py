@@ -1,0 +1,493 @@
+"""The gateway: latency it adds, throughput with 1 and 2 workers, start-up time; LiteLLM's proxy alongside.
+
+Every server runs in its own process (its own session) on 127.0.0.1, in front of the same fast mock
+OpenAI-compatible backend (``experiments/mock_backend.py``); the client is this process, one
+``httpx.AsyncClient`` per contender, sending the same chat request (``max_tokens=16``):
+
+* ``direct``: straight to the mock: the floor;
+* ``gateway``: ``zeta-adaptive serve`` (uvicorn, uvloop + httptools, one worker), route ``static``
+  (one model on the mock), logging every call to SQLite; ``gateway, 2 workers``: the same with
+  ``--workers 2`` (throughput only);
+* diagnostics (not targets; ``--no-diagnose`` skips them): the gateway app under uvicorn's pure
+  Python stack (``--loop asyncio --http h11``), to show what uvloop and httptools buy, and a bare
+  Starlette passthrough (the request body forwarded to the mock with httpx, the answer returned as
+  it is): what framework and HTTP hop cost before any routing;
+* ``LiteLLM proxy`` (only where ``litellm`` with its proxy extras is installed, else skipped with
+  a note): ``litellm --config`` with one ``openai/mock`` deployment, one worker, cost map local,
+  telemetry off.
+
+Latency: sequential calls on one keep-alive connection, in interleaved blocks after a warm-up;
+"added" is a contender's median minus direct's. Throughput: closed loop, ``C`` calls in flight on
+``C`` keep-alive connections for a fixed time, rounds interleaved; median calls/s. Start-up: spawn
+``zeta-adaptive serve`` until ``/health`` answers 200 (and ``/ready``), median of several starts.
+At the end every gateway is stopped with SIGTERM and its log's calls rows are counted against the
+calls it answered.
+
+Targets (issue 17): added p50 <= 1 ms; throughput with one worker >= 50% of direct; start-up < 2 s.
+
+    .venv/bin/python experiments/bench_gateway.py [--quick] [--out DIR] [--no-diagnose] [--no-litellm] [--litellm-site DIR]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import interleave, markdown_table, parse_args, write_csv, write_markdown  # noqa: E402
+from mock_backend import MockServer  # noqa: E402
+
+MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
+MAX_TOKENS = 16
+TARGET_ADDED_MS = 1.0
+TARGET_SHARE = 0.5
+TARGET_STARTUP_S = 2.0
+CONCURRENCY = (16, 64)
+DIRECT, GATEWAY, GATEWAY2 = "direct", "gateway", "gateway, 2 workers"
+PURE_PYTHON, PASSTHROUGH, LITELLM = "gateway on asyncio + h11 (diagnostic)", "Starlette passthrough (diagnostic)", "LiteLLM proxy"
+CLI = "from zeta_adaptive.cli import main; main()"
+#: one client key for every contender: our gateway and LiteLLM's proxy both check it (the others ignore it)
+KEY = "sk-bench-" + secrets.token_hex(16)
+HEADERS = {"authorization": f"Bearer {KEY}"}
+
+
+# -- the floor diagnostic: a bare Starlette passthrough ----------------------------------------------
+
+
+def passthrough_app() -> Any:
+    """A Starlette app forwarding POST /v1/chat/completions to $BENCH_MOCK_URL as it is (uvicorn factory)."""
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    upstream: dict[str, httpx.AsyncClient] = {}
+
+    async def chat(request: Request) -> Response:
+        if "client" not in upstream:
+            limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+            upstream["client"] = httpx.AsyncClient(base_url=os.environ["BENCH_MOCK_URL"] + "/", limits=limits, timeout=60)
+        answer = await upstream["client"].post("chat/completions", content=await request.body(), headers={"content-type": "application/json"})
+        return Response(answer.content, answer.status_code, media_type="application/json")
+
+    async def health(request: Request) -> Response:
+        return Response(b"{}", media_type="application/json")
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/health", health)])
+
+
+# -- servers ---------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A contender's server process on a loopback port; stopped with SIGTERM (its process group)."""
+
+    def __init__(self, name: str, cmd: Sequence[str], port: int, env: dict[str, str], route: str, health: str = "/health") -> None:
+        self.name, self.port, self.route, self.health = name, port, route, health
+        self.base = f"http://127.0.0.1:{port}/v1"
+        self.log = tempfile.TemporaryFile("w+")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(list(cmd), env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.answered = 0  # calls answered 200 (to check against the log)
+
+    def wait_ready(self, timeout: float) -> float:
+        """Seconds from spawn until the health path answers 200; raises if it died or took too long."""
+        import httpx
+
+        url = f"http://127.0.0.1:{self.port}{self.health}"
+        until = time.perf_counter() + timeout
+        while time.perf_counter() < until:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return time.perf_counter() - self.started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.01)
+        self.stop()
+        self.log.seek(0)
+        raise RuntimeError(f"{self.name} did not start: {self.log.read()[-2000:]}")
+
+    def stop(self) -> int | None:
+        """SIGTERM (the gateway drains and flushes its log), then wait; returns the exit code."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def gateway_config(folder: Path, mock_url: str, name: str) -> tuple[Path, str]:
+    """A config file with route ``static`` (one model on the mock), logging to its own SQLite file."""
+    db = folder / f"{name}.db"
+    text = f"""store = "sqlite:///{db}"
+journal_dir = "{folder / (name + '-journal')}"
+deadline_s = 120.0
+seed = 7
+
+[models.m0]
+base_url = "{mock_url}"
+model = "mock"
+timeout_s = 60.0
+
+[routes.static]
+models = ["m0"]
+policy = "static"
+
+[server]
+api_keys_env = "BENCH_GATEWAY_KEYS"
+"""
+    path = folder / f"{name}.toml"
+    path.write_text(text)
+    return path, f"sqlite:///{db}"
+
+
+def base_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "BENCH_GATEWAY_KEYS": f"bench={KEY}", "LITELLM_MASTER_KEY": KEY}
+
+
+def start_gateway(folder: Path, mock_url: str, name: str, workers: int = 1) -> tuple[Server, str]:
+    path, db = gateway_config(folder, mock_url, name.replace(" ", "_").replace(",", ""))
+    port = free_port()
+    cmd = [sys.executable, "-c", CLI, "serve", "--config", str(path), "--port", str(port), "--workers", str(workers)]
+    return Server(name, cmd, port, base_env(), "static"), db
+
+
+def start_pure_python(folder: Path, mock_url: str) -> tuple[Server, str]:
+    path, db = gateway_config(folder, mock_url, "pure_python")
+    port = free_port()
+    env = {**base_env(), "ZETA_GATEWAY_CONFIG": str(path)}
+    cmd = [sys.executable, "-m", "uvicorn", "zeta_adaptive.gateway:app_from_env", "--factory", "--loop", "asyncio", "--http", "h11",
+           "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    return Server(PURE_PYTHON, cmd, port, env, "static"), db
+
+
+def start_passthrough(mock_url: str) -> Server:
+    port = free_port()
+    env = {**base_env(), "BENCH_MOCK_URL": mock_url}
+    cmd = [sys.executable, "-m", "uvicorn", "bench_gateway:passthrough_app", "--factory", "--app-dir", str(HERE),
+           "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    return Server(PASSTHROUGH, cmd, port, env, "mock")
+
+
+def start_litellm(folder: Path, mock_url: str, site: Path | None) -> Server | None:
+    """LiteLLM's proxy on the mock, or None when litellm (with its proxy extras) is not installed: in
+    this environment, or in ``site`` (a ``pip install --target`` folder, on the proxy's path only)."""
+    exe = shutil.which("litellm", path=str(site / "bin" if site else Path(sys.executable).parent))
+    if exe is None:
+        return None
+    path = folder / "litellm.yaml"
+    path.write_text(
+        "model_list:\n  - model_name: static\n    litellm_params:\n"
+        f"      model: openai/mock\n      api_base: {mock_url}\n      api_key: sk-bench-dummy\n"
+        "litellm_settings:\n  telemetry: false\n  turn_off_message_logging: true\n"
+    )
+    port = free_port()
+    env = {**base_env(), "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
+    if site is not None:
+        env["PYTHONPATH"] = str(site)
+    cmd = [sys.executable, exe, "--config", str(path), "--port", str(port), "--host", "127.0.0.1", "--num_workers", "1"]
+    return Server(LITELLM, cmd, port, env, "static", health="/health/liveliness")
+
+
+# -- measurements ------------------------------------------------------------------------------------
+
+
+def _body(route: str) -> dict[str, Any]:
+    return {"model": route, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (0 for None): unlike wall time, barely moved by other load."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def latency(
+    targets: dict[str, tuple[str, str]], pids: dict[str, int | None], rounds: int, block: int, warmup: int, cpu: dict[str, float]
+) -> dict[str, list[np.ndarray]]:
+    """Per-call wall times (ns) per block, sequential calls, contenders interleaved block by block;
+    ``cpu`` gets each server's CPU seconds over its timed blocks."""
+    import httpx
+
+    clients = {name: httpx.AsyncClient(base_url=base + "/", headers=HEADERS, timeout=60) for name, (base, _route) in targets.items()}
+    bodies = {name: _body(route) for name, (_base, route) in targets.items()}
+    try:
+        for name, client in clients.items():
+            for _ in range(warmup):
+                (await client.post("chat/completions", json=bodies[name])).raise_for_status()
+        out: dict[str, list[np.ndarray]] = {name: [] for name in targets}
+        clock = time.perf_counter_ns
+        for _, name in interleave(list(targets), rounds):
+            client, body = clients[name], bodies[name]
+            ns = np.empty(block, dtype=np.int64)
+            c0 = cpu_seconds(pids[name])
+            for i in range(block):
+                t0 = clock()
+                answer = await client.post("chat/completions", json=body)
+                ns[i] = clock() - t0
+                answer.raise_for_status()
+            cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pids[name]) - c0
+            out[name].append(ns)
+        return out
+    finally:
+        for client in clients.values():
+            await client.aclose()
+
+
+async def throughput(base: str, route: str, concurrency: int, seconds: float) -> tuple[float, int, int]:
+    """Closed loop: ``concurrency`` calls in flight for ``seconds``; (calls/s, answered, failed)."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    body = _body(route)
+    done = failed = 0
+    async with httpx.AsyncClient(base_url=base + "/", headers=HEADERS, limits=limits, timeout=120) as client:
+        await asyncio.gather(*(client.post("chat/completions", json=body) for _ in range(concurrency)))  # open the connections
+        stop = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal done, failed
+            while time.perf_counter() < stop:
+                try:
+                    answer = await client.post("chat/completions", json=body)
+                except httpx.TransportError:  # a dropped connection is a failed call, not the end of the run
+                    failed += 1
+                    continue
+                if answer.status_code == 200:
+                    done += 1
+                else:
+                    failed += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return done / elapsed, done + concurrency, failed
+
+
+def startup_times(folder: Path, mock_url: str, runs: int, workers: int) -> list[dict[str, float]]:
+    """Seconds from spawning ``zeta-adaptive serve`` to 200 on /health, then on /ready."""
+    import httpx
+
+    out = []
+    for i in range(runs):
+        server, _ = start_gateway(folder, mock_url, f"startup{workers}_{i}", workers)
+        try:
+            health = server.wait_ready(120)
+            while httpx.get(f"http://127.0.0.1:{server.port}/ready", timeout=5).status_code != 200:
+                time.sleep(0.01)
+            out.append({"workers": workers, "health_s": health, "ready_s": time.perf_counter() - server.started})
+        finally:
+            server.stop()
+    return out
+
+
+def count_calls(db: str) -> int:
+    from zeta_adaptive import Store
+
+    store = Store(db, journal_dir=tempfile.mkdtemp(prefix="zeta-bench-gw-count-"))
+    try:
+        return store.count("calls")
+    finally:
+        store.close()
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+
+def _ms(ns: float) -> float:
+    return ns / 1e6
+
+
+def latency_rows(samples: dict[str, list[np.ndarray]], cpu: dict[str, float], pids: dict[str, int | None]) -> list[dict[str, Any]]:
+    direct = np.concatenate(samples[DIRECT])
+    d50 = float(np.median(direct))
+    rows = []
+    for name, blocks in samples.items():
+        allv = np.concatenate(blocks)
+        p50 = float(np.median(allv))
+        per_round = [float(np.median(b)) - float(np.median(d)) for b, d in zip(blocks, samples[DIRECT])]
+        rows.append({
+            "contender": name, "calls": int(allv.size), "p50_ms": _ms(p50), "p99_ms": _ms(float(np.percentile(allv, 99))),
+            "added_p50_ms": _ms(p50 - d50), "round_added_min_ms": _ms(min(per_round)), "round_added_max_ms": _ms(max(per_round)),
+            "ratio_to_direct": p50 / d50,
+            "server_cpu_ms_per_call": cpu[name] / allv.size * 1e3 if pids[name] is not None else None,
+        })
+    return rows
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def headline(lat: list[dict[str, Any]], thr: list[dict[str, Any]], start: list[dict[str, float]], litellm_note: str) -> list[dict[str, str]]:
+    by = {r["contender"]: r for r in lat}
+    ours = by[GATEWAY]
+    peer = by.get(LITELLM)
+    rows = [{
+        "workload": "added p50 latency of one chat call through the gateway (1 worker), over a direct call",
+        "ours": f"+{ours['added_p50_ms']:.2f} ms (rounds {ours['round_added_min_ms']:.2f}..{ours['round_added_max_ms']:.2f}); "
+                f"server CPU {ours['server_cpu_ms_per_call']:.2f} ms/call",
+        "peer": f"LiteLLM proxy +{peer['added_p50_ms']:.2f} ms; server CPU {peer['server_cpu_ms_per_call']:.2f} ms/call" if peer else litellm_note,
+        "ratio": f"{peer['added_p50_ms'] / ours['added_p50_ms']:.1f}x less added" if peer and ours["added_p50_ms"] > 0 else "–",
+        "target": f"<= {TARGET_ADDED_MS:g} ms added",
+        "met?": verdict(ours["added_p50_ms"] <= TARGET_ADDED_MS),
+    }]
+    tp = {(r["contender"], r["concurrency"]): r for r in thr}
+    for c in CONCURRENCY:
+        direct = tp[(DIRECT, c)]["calls_per_s"]
+        for name in (GATEWAY, GATEWAY2):
+            if (name, c) not in tp:
+                continue
+            share = tp[(name, c)]["calls_per_s"] / direct
+            lite = tp.get((LITELLM, c))
+            rows.append({
+                "workload": f"throughput at concurrency {c}, {name}",
+                "ours": f"{tp[(name, c)]['calls_per_s']:.0f} calls/s",
+                "peer": f"direct {direct:.0f}/s" + (f"; LiteLLM proxy {lite['calls_per_s']:.0f}/s" if lite else ""),
+                "ratio": f"{share:.0%} of direct",
+                "target": f">= {TARGET_SHARE:.0%} of direct" if name == GATEWAY else "– (reference)",
+                "met?": verdict(share >= TARGET_SHARE) if name == GATEWAY else "",
+            })
+    for workers in sorted({s["workers"] for s in start}):
+        mine = [s for s in start if s["workers"] == workers]
+        health = float(np.median([s["health_s"] for s in mine]))
+        ready = float(np.median([s["ready_s"] for s in mine]))
+        peer_start = by.get(LITELLM, {}).get("startup_s")
+        rows.append({
+            "workload": f"start-up of `zeta-adaptive serve`, {workers} worker{'s' if workers > 1 else ''}: spawn to 200 on /health (median of {len(mine)})",
+            "ours": f"{health:.2f} s (/ready {ready:.2f} s)",
+            "peer": f"LiteLLM proxy {peer_start:.1f} s" if peer_start else litellm_note,
+            "ratio": f"{peer_start / health:.1f}x faster" if peer_start else "–",
+            "target": f"< {TARGET_STARTUP_S:g} s" if workers == 1 else "– (reference)",
+            "met?": verdict(health < TARGET_STARTUP_S) if workers == 1 else "",
+        })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(
+        __doc__,
+        argv,
+        **{
+            "--no-litellm": {"action": "store_true", "help": "skip LiteLLM's proxy"},
+            "--no-diagnose": {"action": "store_true", "help": "skip the two diagnostic servers"},
+            "--litellm-site": {"type": Path, "default": None, "help": "a `pip install --target` folder holding litellm[proxy] (used by its proxy only)"},
+        },
+    )
+    rounds, block, warmup, seconds, thr_rounds, starts = (2, 20, 10, 0.5, 1, 1) if args.quick else (6, 100, 50, 3.0, 2, 3)
+    folder = Path(tempfile.mkdtemp(prefix="zeta-bench-gateway-"))
+    notes: list[str] = []
+    with MockServer() as mock:
+        servers: dict[str, Server] = {}
+        dbs: dict[str, str] = {}
+        servers[GATEWAY], dbs[GATEWAY] = start_gateway(folder, mock.base_url, GATEWAY)
+        servers[GATEWAY2], dbs[GATEWAY2] = start_gateway(folder, mock.base_url, GATEWAY2, workers=2)
+        if not args.no_diagnose:
+            servers[PURE_PYTHON], dbs[PURE_PYTHON] = start_pure_python(folder, mock.base_url)
+            servers[PASSTHROUGH] = start_passthrough(mock.base_url)
+        litellm = None if args.no_litellm else start_litellm(folder, mock.base_url, args.litellm_site)
+        litellm_note = "LiteLLM not installed (the `bench` extra with `litellm[proxy]`)" if litellm is None and not args.no_litellm else "LiteLLM skipped"
+        litellm_start = None
+        try:
+            for name, server in servers.items():
+                server.wait_ready(180)
+            if litellm is not None:
+                try:
+                    litellm_start = litellm.wait_ready(300)
+                    servers[LITELLM] = litellm
+                except RuntimeError as exc:
+                    litellm_note = f"LiteLLM proxy did not start: {str(exc).splitlines()[-1][:160]}"
+                    litellm = None
+            targets = {DIRECT: (mock.base_url, "mock")}
+            targets.update({name: (s.base, s.route) for name, s in servers.items() if name != GATEWAY2})
+            pids: dict[str, int | None] = {name: (servers[name].proc.pid if name in servers else None) for name in targets}
+            cpu: dict[str, float] = {}
+            samples = asyncio.run(latency(targets, pids, rounds, block, warmup, cpu))
+            lat = latency_rows(samples, cpu, pids)
+            for row in lat:
+                if row["contender"] == LITELLM:
+                    row["startup_s"] = litellm_start
+            for name in targets:
+                if name in servers:
+                    servers[name].answered += len(samples[name]) * block + warmup
+            thr: list[dict[str, Any]] = []
+            contenders = {DIRECT: (mock.base_url, "mock"), GATEWAY: (servers[GATEWAY].base, "static"), GATEWAY2: (servers[GATEWAY2].base, "static")}
+            if LITELLM in servers:
+                contenders[LITELLM] = (servers[LITELLM].base, "static")
+            results: dict[tuple[str, int], list[tuple[float, int, int]]] = {}
+            for c in CONCURRENCY:
+                for _, name in interleave(list(contenders), thr_rounds):
+                    base, route = contenders[name]
+                    got = asyncio.run(throughput(base, route, c, seconds))
+                    results.setdefault((name, c), []).append(got)
+                    if name in servers:
+                        servers[name].answered += got[1]
+            for (name, c), runs in results.items():
+                rates = [r[0] for r in runs]
+                thr.append({
+                    "contender": name, "concurrency": c, "rounds": len(runs), "seconds_each": seconds,
+                    "calls_per_s": float(np.median(rates)), "min_calls_per_s": min(rates), "max_calls_per_s": max(rates),
+                    "failed_calls": sum(r[2] for r in runs),
+                })
+        finally:
+            exits = {name: server.stop() for name, server in servers.items()}
+    logged = {name: count_calls(db) for name, db in dbs.items()}
+    for name, db_rows in logged.items():
+        notes.append(f"{name}: {servers[name].answered} calls answered, {db_rows} calls rows in its SQLite log after SIGTERM (exit {exits[name]}).")
+    with MockServer() as mock:
+        start = startup_times(folder, mock.base_url, starts, 1) + startup_times(folder, mock.base_url, max(1, starts // 2), 2)
+    shutil.rmtree(folder, ignore_errors=True)
+
+    table = headline(lat, thr, start, litellm_note)
+    write_csv(args.out / "bench_gateway.csv", [{"kind": "latency", **r} for r in lat] + [{"kind": "throughput", **r} for r in thr] + [{"kind": "startup", **s} for s in start])
+    write_csv(args.out / "bench_gateway_summary.csv", table)
+    notes = [
+        f"Latency: {rounds} rounds x {block} sequential calls per contender after {warmup} warm-up calls, contenders interleaved block by block; "
+        "each contender has its own httpx.AsyncClient (one keep-alive connection).",
+        f"Throughput: {thr_rounds} round(s) of {seconds:g} s per contender and concurrency, interleaved; the client is one asyncio loop in the "
+        "benchmark process (its own CPU cost is in every figure, direct's too).",
+        "Backend: experiments/mock_backend.py in its own process. Each server runs in its own process and session on 127.0.0.1; "
+        "gateways log every call to their own SQLite file (WAL) through the background writer.",
+        f"{LITELLM}: {'measured' if LITELLM in servers else litellm_note}.",
+        *notes,
+    ]
+    sections = [("Latency, every contender (ms)", markdown_table(list(lat[0]), lat)),
+                ("Throughput (calls/s)", markdown_table(list(thr[0]), thr)),
+                ("Start-up (s)", markdown_table(list(start[0]), start))]
+    write_markdown(args.out / "bench_gateway.md", "Gateway: added latency, throughput, start-up", list(table[0]), table,
+                   command=args.command, sections=sections, notes=notes, quick=args.quick)
+    print((args.out / "bench_gateway.md").read_text())
+    return {"latency": lat, "throughput": thr, "startup": start, "summary": table, "logged": logged}
+
+
+if __name__ == "__main__":
+    main()

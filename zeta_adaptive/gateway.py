@@ -1,0 +1,717 @@
+"""The OpenAI-compatible gateway behind ``zeta-adaptive serve``: any client, in any language, uses the router.
+
+:func:`create_app` builds a Starlette ASGI application on the router's async API. A request's
+``model`` names a route (task type), or is ``"auto"`` for the classifier; the answer is an OpenAI
+``chat.completion`` (or SSE chunks, or an embeddings list) whose ``id`` is the router's call id and
+whose ``model`` is the configured model that answered. A request refused before routing (malformed,
+unauthorised, unknown route, over its key's limits) is not a call: it is neither logged nor counted
+in ``zeta_calls_total``, only in ``zeta_refused_requests_total``. :func:`serve` runs the app under
+uvicorn with one router per worker process; workers share what they learn through the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from contextlib import asynccontextmanager, suppress
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .config import Config, KeyLimits, ServerConfig, load_config
+from .exceptions import (
+    AllModelsFailed,
+    ConfigError,
+    FeedbackError,
+    InvalidRequest,
+    RequestRejected,
+    StoreError,
+    StreamBroken,
+    ZetaError,
+)
+from .feedback import check_call_id, validate_accuracy
+from .health import HALF_OPEN, OPEN
+from .router import AsyncChatStream, Router
+from .store import Store
+
+__all__ = ["create_app", "serve", "load_keys", "ClientKey", "CONFIG_ENV"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: the environment variable through which :func:`serve` hands the config path to each worker
+CONFIG_ENV = "ZETA_GATEWAY_CONFIG"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DEADLINE_HEADER = "x-zeta-deadline-s"
+CALL_HEADER = "x-zeta-call-id"
+MODEL_HEADER = "x-zeta-model"
+TASK_HEADER = "x-zeta-task-type"
+AUTO = "auto"
+#: idle keep-alive connections are kept this long: more than reverse proxies' usual idle timeout
+#: (60 s), so a proxy never reuses a connection the gateway is closing (uvicorn's default is 5 s)
+KEEP_ALIVE_S = 75
+#: body keys the gateway reads itself; every other key of a chat request goes to the backend as it is
+_OWN_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
+_BREAKER_VALUE = {OPEN: 2.0, HALF_OPEN: 1.0}  # closed is 0
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_DONE = b"data: [DONE]\n\n"
+
+
+# -- client keys ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """A gateway client: its key id (what metrics and logs name; never the key) and its limits."""
+
+    key_id: str
+    limits: KeyLimits
+
+    def allows(self, task: str) -> bool:
+        return self.limits.routes is None or task in self.limits.routes
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def load_keys(server: ServerConfig, environ: Mapping[str, str] = os.environ) -> dict[bytes, ClientKey] | None:
+    """The client keys by SHA-256 digest, or None when ``api_keys_env`` is unset (no auth).
+
+    The variable holds comma-separated entries, each ``id=key`` (split at the first ``=``) or a bare
+    key without ``=``, whose id is then ``key-`` and 8 hex digits of its SHA-256.
+    """
+    if server.api_keys_env is None:
+        return None
+    raw = environ.get(server.api_keys_env, "")
+    keys: dict[bytes, ClientKey] = {}
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        key_id, sep, key = entry.partition("=")
+        if not sep:
+            key, key_id = entry, "key-" + _digest(entry).hex()[:8]
+        if not key_id or not key:
+            raise ConfigError("server.api_keys_env", f"${server.api_keys_env} has an entry that is not `id=key` or `key`")
+        keys[_digest(key)] = ClientKey(key_id, server.keys.get(key_id, KeyLimits()))
+    if not keys:
+        raise ConfigError("server.api_keys_env", f"${server.api_keys_env} holds no client key")
+    return keys
+
+
+class _Allowance:
+    """One key's use in this process: a token bucket of requests per minute and the spend of the UTC day."""
+
+    def __init__(self, limits: KeyLimits) -> None:
+        self.limits = limits
+        self.tokens = limits.requests_per_minute or 0.0
+        self.stamp = time.monotonic()
+        self.day = 0
+        self.spent = 0.0
+
+    def admit(self) -> None:
+        """Take one request, or raise a 429 refusal saying when to come back."""
+        limits = self.limits
+        if limits.spend_per_day is not None:
+            self._roll()
+            if self.spent >= limits.spend_per_day:
+                raise _Refused(429, f"this key's spend for today ({self.spent:.4g}) reached its limit of {limits.spend_per_day:g}",
+                               "rate_limit_error", "spend_limit_exceeded", "spend_limited")
+        rpm = limits.requests_per_minute
+        if rpm is not None:
+            now = time.monotonic()
+            self.tokens = min(rpm, self.tokens + (now - self.stamp) * rpm / 60.0)
+            self.stamp = now
+            if self.tokens < 1.0:
+                wait = math.ceil((1.0 - self.tokens) * 60.0 / rpm)
+                raise _Refused(429, f"this key is limited to {rpm:g} requests per minute", "rate_limit_error",
+                               "rate_limit_exceeded", "rate_limited", {"retry-after": str(wait)})
+            self.tokens -= 1.0
+
+    def spend(self, cost: float) -> None:
+        self._roll()
+        self.spent += cost
+
+    def _roll(self) -> None:
+        day = int(time.time() // 86400)
+        if day != self.day:
+            self.day, self.spent = day, 0.0
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """A request turned away before routing: not a call. ``reason`` labels the refusal metric."""
+
+    def __init__(self, status: int, message: str, kind: str, code: str, reason: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code, self.reason = status, message, kind, code, reason
+        self.headers = dict(headers or {})
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its answer was ready; the call was cancelled."""
+
+
+def _error(status: int, message: str, kind: str, code: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """An error in OpenAI's shape."""
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status, headers=headers)
+
+
+def _malformed(message: str, code: str = "invalid_request") -> _Refused:
+    return _Refused(400, message, "invalid_request_error", code, "malformed")
+
+
+# -- the router's calls ---------------------------------------------------------------------------
+
+_CALL: ContextVar[list[Any] | None] = ContextVar("zeta_gateway_call", default=None)
+
+
+def _watch_calls(router: Router) -> None:
+    """Hand each call's state to the request that started it (through a context variable).
+
+    The router names a call (id, attempts, the model streaming) only in its result or exception;
+    a stream's chunks need the id and model from the first token on, and a cancelled call returns
+    neither. Wrapping the router's ``_begin`` is the least intrusive way to reach the call.
+    """
+    begin = router._begin
+
+    def _begin(*args: Any, **kwargs: Any) -> Any:
+        call = begin(*args, **kwargs)
+        slot = _CALL.get()
+        if slot is not None:
+            slot.append(call)
+        return call
+
+    router._begin = _begin  # type: ignore[method-assign]
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone (the body has been read, so only a disconnect can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it (the router then logs the call as cancelled) if the client leaves.
+
+    One watcher task cancels this request's own task on a disconnect: measured cheaper than
+    running ``work`` as a second task and waiting for the first of the two.
+    """
+    me = asyncio.current_task()
+    assert me is not None
+    gone = False
+
+    def left(watch: asyncio.Future[None]) -> None:
+        nonlocal gone
+        if not watch.cancelled():
+            gone = True
+            me.cancel()
+
+    watch = asyncio.ensure_future(_disconnected(request))
+    watch.add_done_callback(left)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            raise _ClientGone from None
+        raise
+    finally:
+        watch.remove_done_callback(left)
+        watch.cancel()
+
+
+def _current_call() -> Any:
+    """The state of the call this request started (its slot is set by :meth:`_Gateway.begin`)."""
+    slot = _CALL.get()
+    assert slot, "this request started no call"
+    return slot[0]
+
+
+def _streaming_model(call: Any) -> str:
+    """The model whose attempt is streaming now (a stream has one attempt open at a time)."""
+    for model, _started in call.open.values():
+        return str(model.name)
+    return str(call.answer_model)
+
+
+def _usage(call: Any) -> dict[str, int]:
+    """Token usage of the answering attempt, as OpenAI reports it."""
+    answered = [a for a in call.attempts if a.outcome == "ok" and a.model == call.answer_model]
+    tin, tout = (answered[-1].tokens_in, answered[-1].tokens_out) if answered else (0, 0)
+    return {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+class _StateCollector:
+    """Gauges read at scrape time: breakers, in-flight attempts, the log's queue and journal."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def collect(self) -> Iterable[Any]:
+        health, store = self.router.health, self.router.store
+        breaker = GaugeMetricFamily("zeta_breaker_state", "Circuit breaker per model: 0 closed, 1 half-open, 2 open", labels=["model"])
+        flight = GaugeMetricFamily("zeta_in_flight", "Attempts in flight per model", labels=["model"])
+        for name in self.router.config.models:
+            snap = health.snapshot(name)
+            breaker.add_metric([name], _BREAKER_VALUE.get(snap["breaker"], 0.0))
+            flight.add_metric([name], snap["in_flight"])
+        yield breaker
+        yield flight
+        state = store.describe()
+        yield GaugeMetricFamily("zeta_log_queue_depth", "Log rows handed to the background writer, not yet written", value=len(store._items))
+        yield GaugeMetricFamily("zeta_log_rows_journaled", "Log rows waiting in the local journal (or memory) for the database", value=state["pending"])
+        yield GaugeMetricFamily("zeta_log_available", "1 while the log's database takes rows directly", value=float(state["available"]))
+        written = CounterMetricFamily("zeta_log_rows_written", "Log rows written to the database", labels=["table"])
+        for table, rows in state["written"].items():
+            written.add_metric([table], rows)
+        yield written
+        yield CounterMetricFamily("zeta_log_rows_dead", "Log rows the database refused, kept as dead letters", value=state["dead"])
+        yield CounterMetricFamily("zeta_log_rows_dropped", "Log rows lost (neither database nor journal took them)", value=state["dropped"])
+
+
+class _Metrics:
+    """The gateway's Prometheus registry (one per app, so several apps can live in one process).
+
+    Under several workers (``$PROMETHEUS_MULTIPROC_DIR`` set, as :func:`serve` does) counters and the
+    histogram live in files shared by the workers and every scrape sums them; the gauges read at
+    scrape time are those of the worker that answers.
+    """
+
+    def __init__(self, router: Router) -> None:
+        self.registry = CollectorRegistry()
+        shared = bool(os.environ.get(MULTIPROC_ENV))
+        r = None if shared else self.registry
+        self.calls = Counter("zeta_calls", "Routed calls by task type, answering model and outcome", ["task_type", "model", "outcome"], registry=r)
+        self.attempts = Counter("zeta_attempts", "Attempts by model and outcome", ["model", "outcome"], registry=r)
+        self.latency = Histogram("zeta_call_latency_seconds", "Call latency seen by the gateway", ["task_type"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.refused = Counter("zeta_refused_requests", "Requests refused before routing (not calls), by reason", ["reason"], registry=r)
+        self.key_calls = Counter("zeta_key_calls", "Calls by client key id (never the key) and outcome", ["key_id", "outcome"], registry=r)
+        self.key_spend = Counter("zeta_key_spend", "Cost of the calls of each client key id", ["key_id"], registry=r)
+        if shared:
+            MultiProcessCollector(self.registry)
+        self.registry.register(_StateCollector(router))  # type: ignore[arg-type]
+
+
+# -- the application ------------------------------------------------------------------------------
+
+
+class _Gateway:
+    """The endpoints, around one router."""
+
+    def __init__(self, router: Router, owned: bool) -> None:
+        self.router = router
+        self.owned = owned
+        _watch_calls(router)
+        config = router.config
+        self.kinds = {task: config.models[route.models[0]].kind for task, route in config.routes.items()}
+        self.keys = load_keys(config.server)
+        self.allowances = {key.key_id: _Allowance(key.limits) for key in (self.keys or {}).values()}
+        self.metrics = _Metrics(router)
+
+    # -- admission: everything here happens before routing ----------------------------------------
+    def authorize(self, request: Request) -> ClientKey | None:
+        if self.keys is None:
+            return None
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        key = self.keys.get(_digest(token.strip())) if scheme.lower() == "bearer" else None
+        if key is None:
+            raise _Refused(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`", "invalid_request_error", "invalid_api_key", "unauthorized")
+        return key
+
+    @staticmethod
+    async def body(request: Request) -> dict[str, Any]:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise _malformed("the request body is not valid JSON", "invalid_json") from None
+        if not isinstance(body, dict):
+            raise _malformed("the request body must be a JSON object", "invalid_json")
+        return body
+
+    def route(self, key: ClientKey | None, name: Any, kind: str, messages: Any = None) -> str:
+        """The task type a request names (or the classifier picks for ``auto``), if it may use it."""
+        if not isinstance(name, str) or not name:
+            raise _malformed("`model` must name a route, or be 'auto'", "invalid_model")
+        task = self.router.classifier(messages) if name == AUTO and kind == "chat" else name
+        if self.kinds.get(task) != kind or (key is not None and not key.allows(task)):
+            known = sorted(t for t, k in self.kinds.items() if k == kind and (key is None or key.allows(t)))
+            chosen = f" (the classifier chose {task!r})" if task != name else ""
+            raise _Refused(404, f"The model {name!r}{chosen} does not exist or is not a {kind} route; routes: {known}",
+                           "invalid_request_error", "model_not_found", "model_not_found")
+        return task
+
+    def admit(self, key: ClientKey | None) -> None:
+        if key is not None:
+            self.allowances[key.key_id].admit()
+
+    @staticmethod
+    def deadline(request: Request) -> float | None:
+        raw = request.headers.get(DEADLINE_HEADER)
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise _malformed(f"{DEADLINE_HEADER} must be a number of seconds > 0, got {raw!r}", "invalid_deadline")
+        return value
+
+    async def refused(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, _Refused)
+        self.metrics.refused.labels(exc.reason).inc()
+        return _error(exc.status, exc.message, exc.kind, exc.code, exc.headers)
+
+    # -- after routing: every call is counted ------------------------------------------------------
+    def finish(self, call: Any, key: ClientKey | None, outcome: str, started: float) -> None:
+        """Count a finished call (with its attempts, latency and the key's spend)."""
+        m = self.metrics
+        m.calls.labels(call.task_type, call.answer_model or "none", outcome).inc()
+        for attempt in call.attempts:
+            m.attempts.labels(attempt.model, attempt.outcome).inc()
+        m.latency.labels(call.task_type).observe(time.perf_counter() - started)
+        if key is not None:
+            cost = sum(a.cost for a in call.attempts)
+            m.key_calls.labels(key.key_id, outcome).inc()
+            m.key_spend.labels(key.key_id).inc(cost)
+            self.allowances[key.key_id].spend(cost)
+            log.info("call %s key %s %s %s", call.call_id, key.key_id, call.task_type, outcome)
+
+    def failed(self, call: Any, key: ClientKey | None, exc: ZetaError, started: float) -> Response:
+        """The response (and count) of a call no model answered."""
+        headers = {CALL_HEADER: call.call_id, TASK_HEADER: call.task_type}
+        if isinstance(exc, RequestRejected):
+            self.finish(call, key, "rejected", started)
+            return _error(400, str(exc), "invalid_request_error", "request_rejected", headers)
+        if call.remaining() <= 0:
+            self.finish(call, key, "deadline_exceeded", started)
+            return _error(504, str(exc), "api_error", "deadline_exceeded", headers)
+        self.finish(call, key, "failed", started)
+        return _error(502, str(exc), "api_error", "all_models_failed", headers)
+
+    async def begin(self, request: Request, start: Awaitable[T]) -> tuple[T, Any]:
+        """Start a router call; returns what ``start`` gives and the call's state."""
+        slot: list[Any] = []
+        _CALL.set(slot)
+        try:
+            return await _unless_gone(request, start), slot[0]
+        except InvalidRequest as exc:  # raised before the call began: a refusal
+            if slot:
+                raise
+            raise _malformed(str(exc)) from None
+
+    # -- endpoints ---------------------------------------------------------------------------------
+    async def chat(self, request: Request) -> Response:
+        started = time.perf_counter()
+        key = self.authorize(request)
+        body = await self.body(request)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
+            raise _malformed("`messages` must be a non-empty list of message objects with a `role`", "invalid_messages")
+        task = self.route(key, body.get("model"), "chat", messages)
+        deadline = self.deadline(request)
+        self.admit(key)
+        params = {k: v for k, v in body.items() if k not in _OWN_KEYS}
+        if body.get("stream") is True:
+            options = body.get("stream_options")
+            usage = isinstance(options, dict) and options.get("include_usage") is True
+            params["stream_options"] = {"include_usage": True}  # the backend's usage prices the call
+            return await self.stream(request, key, task, messages, deadline, params, usage, started)
+        try:
+            result, call = await self.begin(request, self.router.achat(task, messages, deadline_s=deadline, **params))
+        except (AllModelsFailed, RequestRejected) as exc:
+            return self.failed(_current_call(), key, exc, started)
+        except _ClientGone:
+            return self.gone(key, started)
+        self.finish(call, key, "ok", started)
+        answer = {
+            "id": result.call_id,
+            "object": "chat.completion",
+            "created": int(call.ts),
+            "model": result.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": "stop"}],
+            "usage": _usage(call),
+        }
+        return JSONResponse(answer, headers={CALL_HEADER: result.call_id, MODEL_HEADER: result.model, TASK_HEADER: task})
+
+    def gone(self, key: ClientKey | None, started: float) -> Response:
+        """Count a call whose client left (the router logged it, its open attempt cancelled)."""
+        self.finish(_current_call(), key, "cancelled", started)
+        return Response(status_code=499)
+
+    async def stream(
+        self, request: Request, key: ClientKey | None, task: str, messages: list[Any], deadline: float | None,
+        params: dict[str, Any], usage: bool, started: float,
+    ) -> Response:
+        """Stream a call as OpenAI SSE chunks; a failure before the first token is an HTTP error."""
+
+        async def open_stream() -> tuple[AsyncChatStream, AsyncIterator[str], str]:
+            stream = await self.router.achat(task, messages, stream=True, deadline_s=deadline, **params)
+            deltas = aiter(stream)
+            try:
+                first = await anext(deltas, "")
+            except BaseException:
+                await stream.aclose()
+                raise
+            return stream, deltas, first
+
+        try:
+            (stream, deltas, first), call = await self.begin(request, open_stream())
+        except (AllModelsFailed, RequestRejected) as exc:
+            return self.failed(_current_call(), key, exc, started)
+        except _ClientGone:
+            return self.gone(key, started)
+        model = _streaming_model(call)
+        headers = {CALL_HEADER: call.call_id, MODEL_HEADER: model, TASK_HEADER: task, "cache-control": "no-cache"}
+        chunks = self.chunks(call, key, stream, deltas, first, model, usage, started)
+        return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
+
+    async def chunks(
+        self, call: Any, key: ClientKey | None, stream: AsyncChatStream, deltas: AsyncIterator[str], first: str,
+        model: str, usage: bool, started: float,
+    ) -> AsyncIterator[bytes]:
+        """The SSE body: every chunk's id is the call id; a break after the first token ends in an error event."""
+        head = json.dumps({"id": call.call_id, "object": "chat.completion.chunk", "created": int(call.ts), "model": model})[:-1]
+        outcome = "cancelled"
+
+        def delta(fields: str, finish: str = "null") -> bytes:
+            return f'data: {head}, "choices": [{{"index": 0, "delta": {{{fields}}}, "finish_reason": {finish}}}]}}\n\n'.encode()
+
+        try:
+            yield delta(f'"role": "assistant", "content": {json.dumps(first)}')
+            async for text in deltas:
+                yield delta(f'"content": {json.dumps(text)}')
+            yield delta("", '"stop"')
+            if usage:
+                yield f'data: {head}, "choices": [], "usage": {json.dumps(_usage(call))}}}\n\n'.encode()
+            yield _DONE
+            outcome = "ok"
+        except ZetaError as exc:
+            outcome = "stream_broken" if isinstance(exc, StreamBroken) else "failed"
+            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'api_error', 'code': outcome}})}\n\n".encode()
+        finally:
+            try:
+                await stream.aclose()  # a client that left: the router logs the open attempt as cancelled
+            finally:
+                self.finish(call, key, outcome, started)
+
+    async def embeddings(self, request: Request) -> Response:
+        started = time.perf_counter()
+        key = self.authorize(request)
+        body = await self.body(request)
+        texts = body.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise _malformed("`input` must be a string or a non-empty list of strings", "invalid_input")
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise _malformed(f"`encoding_format` must be 'float' or 'base64', got {encoding!r}", "invalid_encoding_format")
+        task = self.route(key, body.get("model"), "embedding")
+        deadline = self.deadline(request)
+        self.admit(key)
+        try:
+            result, call = await self.begin(request, self.router.aembed(texts, task_type=task, deadline_s=deadline))
+        except (AllModelsFailed, RequestRejected) as exc:
+            return self.failed(_current_call(), key, exc, started)
+        except _ClientGone:
+            return self.gone(key, started)
+        self.finish(call, key, "ok", started)
+        vectors = result.vectors
+        if encoding == "base64":
+            data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+        else:
+            data = vectors.tolist()
+        tokens = _usage(call)["prompt_tokens"]
+        answer = {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
+            "model": result.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return JSONResponse(answer, headers={CALL_HEADER: result.call_id, MODEL_HEADER: result.model, TASK_HEADER: task})
+
+    async def feedback(self, request: Request) -> Response:
+        """Rate a call: 200; unknown call 404; accuracy not in [0, 1] 400; a second rating 409."""
+        self.authorize(request)
+        body = await self.body(request)
+        call_id = body.get("call_id")
+        try:
+            accuracy = validate_accuracy(body.get("accuracy"))
+            await self.router.afeedback(check_call_id(call_id), accuracy)
+        except FeedbackError as exc:
+            status, code = await run_in_threadpool(self._why_refused, call_id, body.get("accuracy"))
+            return _error(status, str(exc), "invalid_request_error", code)
+        except StoreError as exc:  # another worker's call, and the log is away: it cannot be checked now
+            return _error(503, str(exc), "api_error", "log_unavailable")
+        return JSONResponse({"call_id": call_id, "accuracy": accuracy, "status": "recorded"})
+
+    def _why_refused(self, call_id: str, accuracy: Any) -> tuple[int, str]:
+        """Why the router refused feedback, from its state (FeedbackError alone does not say):
+        this worker's recent calls first (task type, model, rated, ...), else the log."""
+        try:
+            validate_accuracy(accuracy)
+            check_call_id(call_id)
+        except FeedbackError:
+            return 400, "invalid_feedback"
+        store, book = self.router.store, self.router.book
+        with book._lock:
+            entry = book._recent.get(call_id)
+        if entry is not None:
+            model, rated = entry[1], entry[2]
+        else:
+            row = store.call(store.find_call, call_id)
+            if row is None:
+                return 404, "call_not_found"
+            model, rated = row["model"], False
+        if model is None:
+            return 400, "call_without_answer"
+        return (409, "already_rated") if rated or store.call(store.has_feedback, call_id) else (400, "invalid_feedback")
+
+    async def models(self, request: Request) -> Response:
+        key = self.authorize(request)
+        names = [t for t in self.kinds if key is None or key.allows(t)]
+        if any(self.kinds[t] == "chat" for t in names):
+            names.append(AUTO)
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "zeta_adaptive"} for name in names]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def preferences(self, request: Request) -> Response:
+        """What this worker's policies believe, per route the key may use (``x-zeta-worker``: its pid)."""
+        key = self.authorize(request)
+        tasks = [t for t in self.kinds if key is None or key.allows(t)]
+        prefs = {t: rows for t, rows in self.router.preferences().items() if t in tasks}
+        return JSONResponse(prefs, headers={"x-zeta-worker": str(os.getpid())})
+
+    async def scrape(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        """Ready when the log can be written (the database answers, or the journal takes rows) and a model is not cooling."""
+        problems = []
+        if not await run_in_threadpool(self._log_writable):
+            problems.append("the log's database is unreachable and its journal is not writable")
+        if all(self.router.health.snapshot(name)["breaker"] == OPEN for name in self.router.config.models):
+            problems.append("every model is cooling down")
+        if problems:
+            return JSONResponse({"status": "not ready", "problems": problems}, 503)
+        return JSONResponse({"status": "ready"})
+
+    def _log_writable(self) -> bool:
+        store = self.router.store
+
+        def ping() -> None:
+            with store.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+
+        try:
+            store.call(ping)  # bounded by the store's timeout
+            return True
+        except StoreError:
+            return os.access(store.journal.path, os.W_OK)
+
+    async def close(self) -> None:
+        """Flush the log; close the router if the app opened it."""
+        if self.owned:
+            await self.router.aclose()
+        else:
+            self.router.flush()
+
+
+def create_app(source: Router | Config | Mapping[str, Any] | str | Path) -> Starlette:
+    """The gateway as an ASGI app, on a router (left open at shutdown, only flushed) or on a config
+    (the app opens its router now and closes it, flushing the log, at shutdown).
+
+    Raises :class:`ConfigError` when ``[server] api_keys_env`` names a variable with no key.
+    """
+    owned = not isinstance(source, Router)
+    router = Router(load_config(source)) if owned else source  # type: ignore[arg-type]
+    try:
+        gw = _Gateway(router, owned)
+    except BaseException:
+        if owned:
+            router.close()
+        raise
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await gw.close()
+
+    routes = [
+        Route("/v1/chat/completions", gw.chat, methods=["POST"]),
+        Route("/v1/embeddings", gw.embeddings, methods=["POST"]),
+        Route("/v1/feedback", gw.feedback, methods=["POST"]),
+        Route("/v1/models", gw.models, methods=["GET"]),
+        Route("/v1/preferences", gw.preferences, methods=["GET"]),
+        Route("/metrics", gw.scrape, methods=["GET"]),
+        Route("/health", gw.health, methods=["GET"]),
+        Route("/ready", gw.ready, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={_Refused: gw.refused})
+    app.state.gateway = gw
+    app.state.router = router
+    return app
+
+
+def app_from_env() -> Starlette:
+    """The app of a worker started by :func:`serve` (uvicorn's factory): the config path is in ``$ZETA_GATEWAY_CONFIG``."""
+    return create_app(os.environ[CONFIG_ENV])
+
+
+def serve(config_path: str | Path, host: str = "127.0.0.1", port: int = 8080, workers: int = 1) -> None:
+    """Run the gateway under uvicorn until SIGTERM/SIGINT, which drains calls in flight and flushes the log.
+
+    The config is checked and the store migrated once here, before workers start and race to do it.
+    Several workers share their metrics through a fresh folder in ``$PROMETHEUS_MULTIPROC_DIR``
+    (unless it is set already), removed at exit.
+    """
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    config = Config.from_toml(config_path)
+    load_keys(config.server)
+    Store(config.store, journal_dir=config.journal_dir, pgbouncer=config.pgbouncer).close()
+    if workers > 1 and config.refresh_s is None:
+        log.warning("%d workers without refresh_s: each learns only from its own calls until restarted", workers)
+    os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
+    metrics_dir = None
+    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        metrics_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="zeta-gateway-metrics-")
+    try:
+        uvicorn.run(
+            "zeta_adaptive.gateway:app_from_env", factory=True, host=host, port=port, workers=workers,
+            timeout_graceful_shutdown=config.deadline_s + 5.0, access_log=False, log_level="info",
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
