@@ -32,6 +32,7 @@ from .config import Config, ModelConfig, RouteConfig, load_config
 from .exceptions import AllModelsFailed, ConfigError, RequestRejected, StreamBroken, UnknownTaskType
 from .feedback import FeedbackBook
 from .health import Health
+from .ids import new_call_id
 from .policies import Policy, Ranking, make_policy
 from .store import Store
 from .store import attempts as attempts_table
@@ -209,7 +210,7 @@ class _Call:
         self.router = router
         self.route = route
         self.task_type = task_type
-        self.call_id = uuid.uuid4().hex
+        self.call_id = new_call_id()
         self.ts = time.time()
         self.start = time.perf_counter()
         self.deadline = self.start + deadline_s
