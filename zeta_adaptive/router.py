@@ -20,10 +20,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
-import pandas as pd
 from sqlalchemy import and_, not_
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -39,6 +38,9 @@ from .store import attempts as attempts_table
 from .validators import Validator
 from .validators import build as build_validators
 from .validators import check as check_answer
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Router", "Attempt", "ChatResult", "EmbedResult", "ChatStream", "AsyncChatStream", "classify"]
 
