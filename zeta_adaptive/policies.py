@@ -246,6 +246,8 @@ class Policy:
             return self._all
         if not eligible:
             raise ValueError("no eligible model to rank")
+        if len(eligible) == len(self.models) and tuple(eligible) == self.models:
+            return self._all  # the router's usual case: every model eligible, in configured order
         return np.array([self.index[m] for m in eligible], dtype=np.int64)
 
     def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
