@@ -273,3 +273,18 @@ def test_thompson_reuses_one_ranking_per_draw_until_the_batch_changes():
     policy.update("a", True, 0.3)  # statistics changed: the next decision redraws and rebuilds
     after = [policy.rank() for _ in range(50)]
     assert not {id(r) for r in after} & {id(r) for r in first}
+
+
+@pytest.mark.parametrize("name", ["ucb1", "kl_ucb", "thompson", "epsilon_greedy"])
+def test_policies_pickle_and_keep_learning(name):
+    """update() writes through a memoryview of ``stats``; a pickled copy gets its own view."""
+    import pickle
+
+    policy = make_policy(name, ["a", "b", "c"], seed=4)
+    play(policy, [("attempt", 0, True, 0.3, 0.01), ("attempt", 1, False, 1.0, 0.0), ("feedback", 0, 0.7)])
+    copy = pickle.loads(pickle.dumps(policy))
+    np.testing.assert_array_equal(copy.stats, policy.stats)
+    copy.update("c", True, np.float64(0.2), 1)
+    copy.feedback("c", np.float64(0.5))
+    assert copy.stats[N, 2] == 1.0 and copy.stats[COST_SUM, 2] == 1.0 and copy.stats[ACC_SUM, 2] == 0.5
+    assert policy.stats[N, 2] == 0.0  # the original is untouched

@@ -114,6 +114,7 @@ class Policy:
         self.discount = float(discount)
         self.rng = np.random.default_rng(seed)
         self.stats = np.zeros((9, len(self.models)))
+        self._cells = memoryview(self.stats)  # stats[row, i] as Python floats: no numpy scalars per update
         self.updates = 0  # undiscounted number of update() and feedback() calls
         self._all = np.arange(len(self.models))
 
@@ -130,9 +131,9 @@ class Policy:
     def update(self, model: str, success: bool, latency_s: float, cost: float = 0.0) -> None:
         """Learn one attempt's outcome (called right after the attempt)."""
         i = self.index[model]
-        s = self.stats
         if self.discount < 1.0:
-            s[ATTEMPT_ROWS] *= self.discount
+            self.stats[ATTEMPT_ROWS] *= self.discount
+        s = self._cells
         s[N, i] += 1.0
         if success:
             log_latency = math.log(max(latency_s, 1e-6))
@@ -150,8 +151,8 @@ class Policy:
         i = self.index[model]
         if self.discount < 1.0:
             self.stats[FEEDBACK_ROWS] *= self.discount
-        self.stats[ACC_N, i] += 1.0
-        self.stats[ACC_SUM, i] += accuracy
+        self._cells[ACC_N, i] += 1.0
+        self._cells[ACC_SUM, i] += accuracy
         self.updates += 1
         self._changed()
 
@@ -294,6 +295,13 @@ class Policy:
             }
             for i in np.argsort(-score, kind="stable")
         ]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "_cells"}  # a memoryview does not pickle
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cells = memoryview(self.stats)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(models={list(self.models)}, discount={self.discount})"
