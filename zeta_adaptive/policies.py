@@ -365,7 +365,7 @@ class _IndexPolicy(Policy):
         rated = any(acc_n)
         w_latency, w_cost = self.objective.w_latency, self.objective.w_cost
         shared = self._exploration(sum(n_row))
-        index = {}
+        index: dict[int, float] = {}
         ids = self._all_ids if idx is self._all else idx.tolist()
         for i in ids:
             n = n_row[i]
@@ -378,6 +378,7 @@ class _IndexPolicy(Policy):
             mean = min(max(succ[i] / max(n, 1e-12) * acc, 0.0), 1.0)
             index[i] = self._index(mean, penalty, max(n, 1e-12), shared)
         return sorted(ids, key=index.__getitem__, reverse=True), 1.0
+
 
 class EpsilonGreedyPolicy(Policy):
     """With probability epsilon a uniformly random order, else the order of the point estimates."""
