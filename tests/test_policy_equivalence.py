@@ -208,15 +208,36 @@ def test_kl_bound_matches_bisection_to_1e6(p, log_budget):
 
 
 def test_kl_bound_from_a_nearby_root_is_the_same():
-    """Starting Newton from the root of a slightly different budget gives the cold result to 1e-10."""
+    """From the root of a slightly different budget (extrapolated along the tangent when that is
+    exact enough, else by Newton steps) the bound equals the cold result to 1e-9."""
     from zeta_adaptive.policies import _kl_ucb
 
+    extrapolated = 0
     for p in (1e-6, 0.2, 0.5, 0.8, 0.999):
         for budget in (1e-5, 0.01, 0.4, 5.0):
             cold, x, _ = _kl_ucb(p, budget, None)
-            for nearby in (budget * 0.999, budget * 1.001, budget * 0.5, budget * 2.0):
-                assert abs(_kl_ucb(p, budget, _kl_ucb(p, nearby, None))[0] - cold) < 1e-10
             assert x is not None and abs(-math.expm1(-x) - cold) < 1e-15
+            for factor in (1 + 1e-9, 1 - 1e-7, 0.999, 1.001, 0.5, 2.0):
+                near = _kl_ucb(p, budget * factor, None)
+                q, root, root_budget = _kl_ucb(p, budget, near)
+                assert abs(q - cold) < 1e-9, (p, budget, factor)
+                if root_budget != budget:  # extrapolated: the start of the next call stays near's root
+                    assert (root, root_budget) == near[1:]
+                    extrapolated += 1
+    assert extrapolated >= 5
+
+
+def test_kl_ucb_extrapolations_do_not_drift():
+    """A model left alone for many decisions (its mean and count fixed, the total count growing)
+    keeps a bound equal to a cold computation: extrapolations never build on each other."""
+    from zeta_adaptive.policies import _kl_ucb
+
+    p, n = 0.62, 400.0
+    near = None
+    for total in range(10_000, 60_000, 7):
+        budget = math.log(total) / n
+        near = _kl_ucb(p, budget, near)
+    assert abs(near[0] - kl_ucb_bound(p, budget)) < 1e-9
 
 
 def test_kl_bound_edges():

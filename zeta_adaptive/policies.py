@@ -417,40 +417,44 @@ def kl_ucb_bound(p: float, budget: float) -> float:
     return _kl_ucb(p, budget, None)[0]
 
 
-#: a bound, its root ``x = -log(1 - q)`` and its budget: (q, x, budget); x is None when there is no root
+#: (q, x, budget): a bound q, and a root ``x = -log(1 - q')`` computed by Newton steps for ``budget``
+#: (the same q and budget unless q was extrapolated from a nearby root); x is None without a root
 _Bound = tuple[float, float | None, float]
 
 
 def _kl_ucb(p: float, budget: float, near: _Bound | None) -> _Bound:
-    """:func:`kl_ucb_bound`, optionally started from the bound ``near`` of the same p and another budget.
+    """:func:`kl_ucb_bound`, optionally started from the root in ``near`` (same p, another budget).
 
     Newton's method on ``h(x) = KL(p, 1 - exp(-x)) - budget``, where ``h`` is convex, increasing
     above ``p`` (``h'(x) = (q - p) / q``) and close to linear far from it, so Newton steps from above
-    decrease monotonically to the root. The start is always above the root: one Newton step from
-    ``near``'s root (a tangent of a convex function), or else the smaller of the upper bound
-    ``x <= (budget + H(p)) / (1 - p)`` (from ``-p log q >= 0``) and, when the budget is small enough
-    for it to be accurate, a third-order expansion of KL around ``p`` (if that lands below the
-    root, the first step goes above it). It stops after a step from above whose remaining error in
-    q (about ``(1 - q) h'' / 2h'`` times the step squared) is below 1e-10: usually after two or
-    three steps from scratch and one from a nearby bound.
+    decrease monotonically to the root. From ``near``'s root the first step is the tangent to the
+    new budget; when its error (about ``(1 - q) h'' / 2h'`` times the step squared, in q) is below
+    1e-10, its end is the answer and ``near``'s root is kept as the next start, so such errors never
+    add up. Otherwise the start is the smaller of the upper bound ``x <= (budget + H(p)) / (1 - p)``
+    (from ``-p log q >= 0``) and, when the budget is small enough for it to be accurate, a
+    third-order expansion of KL around ``p`` (if that lands below the root, the first step goes
+    above it). Newton steps stop after a step from above whose remaining error is below 1e-10:
+    usually two or three from scratch.
     """
     if budget <= 0.0 or p >= 1.0:
         return min(max(p, 0.0), 1.0), None, budget
     if p < 1e-12:
         return -math.expm1(-budget), budget, budget  # KL(0, q) = -log(1 - q), to 1e-11 for p this small
+    if near is not None and near[1] is not None and near[0] > p:
+        _, near_x, near_budget = near
+        near_q = -math.expm1(-near_x)
+        dx = (budget - near_budget) * near_q / (near_q - p)
+        if -1e-3 < dx < 1e-3 and dx * dx * p * (1.0 - near_q) * (1.0 - near_q) < 2e-10 * near_q * (near_q - p):
+            return -math.expm1(-(near_x + dx)), near_x, near_budget
     log = math.log
     p1 = 1.0 - p
     neg_entropy = p * log(p) + p1 * log(p1)
-    if near is not None and near[1] is not None and near[0] > p:
-        near_q, x, near_budget = near
-        x += (budget - near_budget) * near_q / (near_q - p)
-    else:
-        x = (budget - neg_entropy) / p1
-        var = p * p1
-        g = math.sqrt(2.0 * var * budget)
-        skew = (p1 - p) * g / (3.0 * var)
-        if -0.5 < skew < 0.5 and p + g * (1.0 + skew) < 1.0:
-            x = min(x, -math.log1p(-(p + g * (1.0 + skew))))
+    x = (budget - neg_entropy) / p1
+    var = p * p1
+    g = math.sqrt(2.0 * var * budget)
+    skew = (p1 - p) * g / (3.0 * var)
+    if -0.5 < skew < 0.5 and p + g * (1.0 + skew) < 1.0:
+        x = min(x, -math.log1p(-(p + g * (1.0 + skew))))
     offset = neg_entropy - budget
     for _ in range(_KL_MAX_STEPS):
         q = -math.expm1(-x)
@@ -470,10 +474,10 @@ class KLUCBPolicy(_IndexPolicy):
     """KL-UCB (Garivier & Cappe 2011): the largest q with ``n * KL(mean, q) <= log N + c log log N``.
 
     The Bernoulli KL applies to success x accuracy in [0, 1]; latency and cost are then subtracted.
-    The bound is found by Newton's method (:func:`kl_ucb_bound`), started from the previous
-    decision's root for a model whose mean and count have not changed since (only the total count
-    has, so the root moved a little). Models with equal mean and count share one computation, so
-    they tie exactly.
+    The bound is found by Newton's method (:func:`kl_ucb_bound`); for a model whose mean and count
+    have not changed since the previous decision (only the total count has, so the bound moved a
+    little) it is extrapolated along the tangent from the last root when that is exact to 1e-10.
+    Models with equal mean and count share one computation, so they tie exactly.
     """
 
     name = "kl_ucb"
