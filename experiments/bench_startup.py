@@ -1,9 +1,13 @@
 """Import and start-up: ``import zeta_adaptive``, and opening a Router on a 1M-attempt SQLite log.
 
-* Import: each sample is a fresh interpreter (``python -c``) timing ``import zeta_adaptive`` with
-  ``perf_counter`` around the import alone; ``import litellm`` (with
-  ``LITELLM_LOCAL_MODEL_COST_MAP=True``) is timed the same way in the same run, interleaved, as the
-  reference. ``-X importtime`` of one more fresh import names the heaviest modules.
+* Import: each sample is a fresh interpreter (``python -c``) timing ``import zeta_adaptive`` (the
+  public names load on first use) and, separately, ``from zeta_adaptive import Router`` (what a
+  router needs: numpy, httpx, SQLAlchemy; not pandas), with ``perf_counter`` around the statement
+  alone; ``import litellm`` (with ``LITELLM_LOCAL_MODEL_COST_MAP=True``) is timed the same way in
+  the same run, interleaved, as the reference. ``--baseline-src DIR`` also times both statements
+  with ``PYTHONPATH=DIR`` (a checkout of an earlier revision), interleaved. ``-X importtime`` of one
+  more fresh ``from zeta_adaptive import Router`` names the heaviest modules. Target (issue 16):
+  ``import zeta_adaptive`` under 0.2 s.
 * Warm start: a SQLite log of 1,000,000 attempts (about 800,000 calls, 30% of them with feedback,
   3 task types x 3 models) is built once with SQLAlchemy Core ``executemany`` and cached in the
   temporary folder (``zeta-bench-cache/``, keyed by size, seed and schema revision). Each sample is
@@ -11,9 +15,9 @@
   ``warm_start=True`` (the default: it rebuilds every policy from the log) and, for reference,
   ``warm_start=False`` (open the store and nothing else). Interleaved; median and range.
 
-There is no target for these figures in issue 9; LiteLLM's import is the reference.
+LiteLLM's import is the reference.
 
-    .venv/bin/python experiments/bench_startup.py [--quick] [--out DIR]
+    .venv/bin/python experiments/bench_startup.py [--quick] [--out DIR] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -36,8 +40,12 @@ from common import interleave, markdown_table, parse_args, savefig, setup_matplo
 TASKS = ("code", "simple", "reasoning")
 MODELS = ("coder-7b", "general-7b", "reasoner-14b")
 CACHE = Path(tempfile.gettempdir()) / "zeta-bench-cache"
+ROOT = Path(__file__).resolve().parent.parent
 
-IMPORT_SNIPPET = "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+IMPORT_SNIPPET = "import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+IMPORTS = {"import zeta_adaptive": "import zeta_adaptive", "from zeta_adaptive import Router": "from zeta_adaptive import Router"}
+BASELINE = " (baseline)"
+TARGET_IMPORT_S = 0.2
 OPEN_SNIPPET = """
 import json, sys, time, tempfile
 import zeta_adaptive
@@ -59,16 +67,24 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def time_import(module: str) -> float:
-    env = _env({"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"} if module == "litellm" else None)
-    out = subprocess.run([sys.executable, "-c", IMPORT_SNIPPET.format(module=module)], capture_output=True, text=True, env=env, timeout=300, check=True)
+def time_import(statement: str, pythonpath: Path = ROOT) -> float:
+    """Seconds for ``statement`` in a fresh interpreter, start-up excluded. The package comes from
+    ``pythonpath`` (this checkout by default), run from the temporary folder so the working
+    directory cannot shadow it."""
+    extra = {"PYTHONPATH": str(pythonpath)}
+    if "litellm" in statement:
+        extra.update({"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"})
+    snippet = IMPORT_SNIPPET.format(statement=statement)
+    out = subprocess.run(
+        [sys.executable, "-c", snippet], capture_output=True, text=True, env=_env(extra), cwd=tempfile.gettempdir(), timeout=300, check=True
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def import_profile(module: str, top: int = 8) -> list[dict[str, Any]]:
+def import_profile(statement: str, top: int = 8) -> list[dict[str, Any]]:
     """The top-level packages with the largest cumulative import time in one fresh ``-X importtime`` run
     (a package's figure includes what it imported first, so nested figures overlap)."""
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"], capture_output=True, text=True, env=_env(), timeout=300, check=True)
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", statement], capture_output=True, text=True, env=_env(), timeout=300, check=True)
     rows = []
     for line in out.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
@@ -187,13 +203,17 @@ def time_open(cfg: dict[str, Any], warm: bool) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _ms(row: dict[str, float]) -> str:
+    return f"{row['median_s'] * 1000:.0f} ms ({row['min_s'] * 1000:.0f}..{row['max_s'] * 1000:.0f})"
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     return {"median_s": float(np.median(values)), "min_s": float(min(values)), "max_s": float(max(values)), "samples": len(values)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(__doc__, argv)
-    import_rounds, open_rounds, size = (2, 1, 20_000) if args.quick else (5, 3, 1_000_000)
+    args = parse_args(__doc__, argv, **{"--baseline-src": {"type": Path, "default": None, "help": "an earlier checkout whose imports to time alongside"}})
+    import_rounds, open_rounds, size = (2, 1, 20_000) if args.quick else (9, 3, 1_000_000)
     have_litellm = _has("litellm")
 
     t_build = time.perf_counter()
@@ -201,10 +221,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     build_s = time.perf_counter() - t_build
     cfg = router_config(log_path)
 
+    statements = {name: (statement, ROOT) for name, statement in IMPORTS.items()}
+    if args.baseline_src:
+        statements.update({name + BASELINE: (statement, args.baseline_src.resolve()) for name, statement in IMPORTS.items()})
+    if have_litellm:
+        statements["import litellm"] = ("import litellm", ROOT)
     imports: dict[str, list[float]] = {}
-    names = ["zeta_adaptive"] + (["litellm"] if have_litellm else [])
-    for _, name in tqdm(list(interleave(names, import_rounds)), desc="import (fresh interpreters)", unit="run"):
-        imports.setdefault(name, []).append(time_import(name))
+    for _, name in tqdm(list(interleave(list(statements), import_rounds)), desc="import (fresh interpreters)", unit="run"):
+        imports.setdefault(name, []).append(time_import(*statements[name]))
     opens: dict[str, list[float]] = {}
     learned = 0.0
     variants = {"warm start (default)": True, "no warm start (reference)": False}
@@ -213,27 +237,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         opens.setdefault(name, []).append(res["seconds"])
         if variants[name]:
             learned = res["learned_attempts"]
-    profile = import_profile("zeta_adaptive")
+    profile = import_profile(IMPORTS["from zeta_adaptive import Router"])
 
     rows = []
     for name, vals in imports.items():
-        rows.append({"measure": f"import {name}", **_stats(vals)})
+        rows.append({"measure": name, **_stats(vals)})
     for name, vals in opens.items():
         rows.append({"measure": f"Router() on {counts['attempts']:,}-attempt SQLite log, {name}", **_stats(vals)})
     write_csv(args.out / "bench_startup.csv", rows)
     by = {r["measure"]: r for r in rows}
-    ours = by["import zeta_adaptive"]
     peer = by.get("import litellm")
-    summary = [
-        {
-            "workload": "import time (fresh interpreter)",
-            "ours": f"import zeta_adaptive {ours['median_s'] * 1000:.0f} ms ({ours['min_s'] * 1000:.0f}..{ours['max_s'] * 1000:.0f})",
-            "peer": f"import litellm {peer['median_s'] * 1000:.0f} ms ({peer['min_s'] * 1000:.0f}..{peer['max_s'] * 1000:.0f})" if peer else "LiteLLM not installed",
-            "ratio": f"{peer['median_s'] / ours['median_s']:.1f}x faster" if peer else "–",
-            "target": "reference (no target)",
-            "met?": "–",
-        }
-    ]
+    summary = []
+    for name in IMPORTS:
+        ours, before = by[name], by.get(name + BASELINE)
+        met = ours["median_s"] < TARGET_IMPORT_S
+        summary.append(
+            {
+                "workload": f"{name} (fresh interpreter)",
+                "ours": f"{_ms(ours)}" + (f"; baseline {_ms(before)}" if before else ""),
+                "peer": f"import litellm {_ms(peer)}" if peer else "LiteLLM not installed",
+                "ratio": f"{peer['median_s'] / ours['median_s']:.1f}x faster" if peer else "–",
+                "target": f"< {TARGET_IMPORT_S * 1000:.0f} ms" if name == "import zeta_adaptive" else "reference (no target)",
+                "met?": ("met" if met else "MISSED") if name == "import zeta_adaptive" else "–",
+            }
+        )
     warm, cold = by[f"Router() on {counts['attempts']:,}-attempt SQLite log, warm start (default)"], by[f"Router() on {counts['attempts']:,}-attempt SQLite log, no warm start (reference)"]
     summary.append(
         {
@@ -247,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     write_csv(args.out / "bench_startup_summary.csv", summary)
     notes = [
-        f"Import: {import_rounds} fresh interpreters per module, interleaved; perf_counter around the import statement only (interpreter start excluded). "
+        f"Import: {import_rounds} fresh interpreters per statement, interleaved; perf_counter around the import statement only (interpreter start excluded). "
         "LiteLLM with LITELLM_LOCAL_MODEL_COST_MAP=True (no download of the price map).",
         f"Log: {counts['calls']:,} calls, {counts['attempts']:,} attempts, {counts['feedback']:,} feedback rows; 3 task types x 3 models, thompson routes. "
         f"{'Built in this run' if built else 'Taken from the cache'} ({build_s:.1f} s): {log_path}.",
@@ -262,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         command=args.command,
         sections=[
             ("Every measure (seconds)", markdown_table(list(rows[0]), rows)),
-            ("Heaviest packages in import zeta_adaptive (one -X importtime run, cumulative ms, nested)", markdown_table(["module", "self_ms", "cumulative_ms"], profile)),
+            ("Heaviest packages in from zeta_adaptive import Router (one -X importtime run, cumulative ms, nested)", markdown_table(["module", "self_ms", "cumulative_ms"], profile)),
         ],
         notes=notes,
         quick=args.quick,
@@ -280,18 +307,18 @@ def _has(module: str) -> bool:
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt = setup_matplotlib()
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.4 * len(rows)))
     y = np.arange(len(rows))
     med = np.array([r["median_s"] for r in rows])
     err = [med - np.array([r["min_s"] for r in rows]), np.array([r["max_s"] for r in rows]) - med]
-    colors = ["tab:orange" if "litellm" in r["measure"] else "tab:blue" for r in rows]
+    colors = ["tab:orange" if "litellm" in r["measure"] else "tab:gray" if BASELINE in r["measure"] else "tab:blue" for r in rows]
     ax.barh(y, med, xerr=err, color=colors, capsize=3)
     for yi, m in zip(y, med):
         ax.text(m, yi, f"  {m:.2f} s", va="center", fontsize=8)
     ax.set_yticks(y, [r["measure"] for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("seconds (median, range)")
-    ax.set_title("Import and start-up (blue: zeta_adaptive, orange: LiteLLM)", fontsize=9)
+    ax.set_title("Import and start-up (blue: zeta_adaptive, grey: baseline, orange: LiteLLM)", fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     savefig(fig, path)

@@ -2,28 +2,36 @@
 
 A cycle is what the router does per call: ``rank()`` (the order with the primary's propensity),
 then ``update()`` with the attempt's outcome. For MABWiser it is ``predict()`` then
-``partial_fit()`` of that one observation. 3 and 5 models; every contender is first warmed up
-with 2,000 cycles (untimed), then timed in alternating blocks (ours and theirs interleaved, the
-order rotating each round, so machine noise hits both), with ``time.perf_counter_ns`` around each
-call. Outcomes are drawn before the timing. Reported: median, p99 and mean (the mean includes
-Thompson's amortised batch redraws) of rank, update and the whole cycle.
+``partial_fit()`` of that one observation (its ThompsonSampling, UCB1, EpsilonGreedy and Random
+next to ours of the same name; KL-UCB has no MABWiser counterpart and is shown next to its UCB1).
+2, 3, 5 and 8 models; every contender is first warmed up with 2,000 cycles (untimed), then timed
+in alternating blocks (all contenders interleaved, the order rotating each round, so machine noise
+hits all alike), with ``time.perf_counter_ns`` around each call. Outcomes are drawn before the
+timing. Reported: median, p99 and mean (the mean includes Thompson's amortised batch redraws) of
+rank, update and the whole cycle. Targets (issue 16) are on the median cycle: UCB1 and KL-UCB
+under 20 µs, Thompson under 10 µs.
 
 Our policies use the router's default Objective() (success, and latency with w_latency = 0.1, so
 Thompson also samples a log-latency posterior); ``thompson (success only)`` uses
 Objective(w_latency=0, w_cost=0), the same model as MABWiser's ThompsonSampling.
 
-The machine has 2 cores and other processes may run: numbers are noisy; compare within a run.
-BLAS thread variables are left as they are.
+``--baseline FILE`` also times the targeted policies of another ``policies.py`` (for example the
+one before a change, from ``git show REV:zeta_adaptive/policies.py``) in the same interleaved
+rounds, as "name (baseline)". Without MABWiser installed (the ``bench`` extra) its rows are left
+out. The machine has 2 cores and other processes may run: compare within a run. BLAS thread
+variables are left as they are.
 
-    .venv/bin/python experiments/policy_cost.py [--quick] [--out DIR]
+    .venv/bin/python experiments/policy_cost.py [--quick] [--out DIR] [--baseline FILE]
 """
 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from tqdm import tqdm
@@ -31,23 +39,33 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown  # noqa: E402
 
-from zeta_adaptive.policies import Objective, make_policy  # noqa: E402
+from zeta_adaptive import policies as current_policies  # noqa: E402
 
-PROBS = {3: (0.55, 0.60, 0.70), 5: (0.30, 0.50, 0.60, 0.65, 0.70)}
+PROBS = {
+    2: (0.55, 0.70),
+    3: (0.55, 0.60, 0.70),
+    5: (0.30, 0.50, 0.60, 0.65, 0.70),
+    8: (0.30, 0.40, 0.50, 0.55, 0.60, 0.65, 0.68, 0.70),
+}
 OURS = ("static", "random", "epsilon_greedy", "ucb1", "kl_ucb", "thompson", "thompson (success only)")
-PEERS = ("mabwiser_ts", "mabwiser_ucb1")
-LABEL = {"mabwiser_ts": "MABWiser ThompsonSampling", "mabwiser_ucb1": "MABWiser UCB1"}
-#: (ours, peer) cycle comparisons; the first is the issue's target (at least 10x faster)
-PAIRS = (("thompson", "mabwiser_ts"), ("thompson (success only)", "mabwiser_ts"), ("ucb1", "mabwiser_ucb1"), ("kl_ucb", "mabwiser_ucb1"))
-TARGET_SPEEDUP = 10.0
-TARGET_RANK_US = 20.0
+PEERS = ("mabwiser_ts", "mabwiser_ucb1", "mabwiser_eps", "mabwiser_random")
+LABEL = {
+    "mabwiser_ts": "MABWiser ThompsonSampling",
+    "mabwiser_ucb1": "MABWiser UCB1",
+    "mabwiser_eps": "MABWiser EpsilonGreedy",
+    "mabwiser_random": "MABWiser Random",
+}
+#: median cycle targets (µs) of issue 16, and the MABWiser policy each is shown next to
+TARGET_CYCLE_US = {"ucb1": 20.0, "kl_ucb": 20.0, "thompson": 10.0}
+PEER_OF = {"thompson": "mabwiser_ts", "ucb1": "mabwiser_ucb1", "kl_ucb": "mabwiser_ucb1", "epsilon_greedy": "mabwiser_eps", "random": "mabwiser_random"}
+BASELINE = " (baseline)"
 clock = time.perf_counter_ns
 
 
 class Contender:
     """One policy instance with its own pre-drawn outcomes; ``block(n)`` runs n timed cycles."""
 
-    def __init__(self, name: str, k: int, seed: int, steps: int) -> None:
+    def __init__(self, name: str, k: int, seed: int, steps: int, policies: ModuleType = current_policies) -> None:
         self.name = name
         rng = np.random.default_rng([seed, k, 3])
         p = np.asarray(PROBS[k])
@@ -59,15 +77,20 @@ class Contender:
         if name in PEERS:
             from mabwiser.mab import MAB, LearningPolicy
 
-            lp = LearningPolicy.ThompsonSampling() if name == "mabwiser_ts" else LearningPolicy.UCB1(alpha=1)
+            lp = {
+                "mabwiser_ts": LearningPolicy.ThompsonSampling(),
+                "mabwiser_ucb1": LearningPolicy.UCB1(alpha=1),
+                "mabwiser_eps": LearningPolicy.EpsilonGreedy(epsilon=0.1),
+                "mabwiser_random": LearningPolicy.Random(),
+            }[name]
             self.mab = MAB(list(range(k)), lp, seed=seed)
             self.mab.fit(decisions=list(range(k)), rewards=[int(self.outcomes[j][j]) for j in range(k)])
             self.t = k
             self.block = self._block_mabwiser
         else:
             base = name.split(" ")[0]
-            objective = Objective(w_latency=0.0, w_cost=0.0) if "success only" in name else Objective()
-            self.policy = make_policy(base, [f"model-{i}" for i in range(k)], objective, seed=seed)
+            objective = policies.Objective(w_latency=0.0, w_cost=0.0) if "success only" in name else policies.Objective()
+            self.policy = policies.make_policy(base, [f"model-{i}" for i in range(k)], objective, seed=seed)
             self.block = self._block_ours
 
     def _block_ours(self, n: int, timed: bool = True) -> None:
@@ -112,15 +135,28 @@ def stats_us(ns: np.ndarray) -> dict[str, float]:
     return {"median": float(np.median(us)), "p99": float(np.percentile(us, 99)), "mean": float(us.mean())}
 
 
+def load_baseline(path: Path) -> ModuleType:
+    """Another ``policies.py`` as a module of its own (it imports nothing from the package)."""
+    spec = importlib.util.spec_from_file_location("baseline_policies", path)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(__doc__, argv)
-    warmup, rounds, block = (100, 2, 25) if args.quick else (2_000, 50, 400)
-    names = OURS + PEERS
+    args = parse_args(__doc__, argv, **{"--baseline": {"type": Path, "default": None, "help": "another policies.py to time alongside"}})
+    warmup, rounds, block = (100, 2, 25) if args.quick else (2_000, 40, 250)
+    have_mabwiser = importlib.util.find_spec("mabwiser") is not None
+    baseline = load_baseline(args.baseline) if args.baseline else None
+    names = OURS + (PEERS if have_mabwiser else ()) + (tuple(p + BASELINE for p in TARGET_CYCLE_US) if baseline else ())
     steps = warmup + rounds * block + 10
     rows = []
     bar = tqdm(total=len(PROBS) * len(names) * (rounds + 1), desc="cost blocks", unit="block")
     for k in PROBS:
-        contenders = {name: Contender(name, k, seed=args.seed + 101, steps=steps) for name in names}
+        contenders = {
+            name: Contender(name.removesuffix(BASELINE), k, seed=args.seed + 101, steps=steps, **({"policies": baseline} if name.endswith(BASELINE) else {}))
+            for name in names
+        }
         for c in contenders.values():  # warm-up: not timed
             c.block(warmup - c.t, timed=False)
             bar.update(1)
@@ -130,7 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
             bar.update(1)
         for name, c in contenders.items():
             rank, update = np.asarray(c.rank_ns, dtype=float), np.asarray(c.update_ns, dtype=float)
-            row = {"models": k, "policy": name, "source": "MABWiser" if name in PEERS else "zeta_adaptive", "cycles": len(rank)}
+            source = "MABWiser" if name in PEERS else "zeta_adaptive baseline" if name.endswith(BASELINE) else "zeta_adaptive"
+            row = {"models": k, "policy": name, "source": source, "cycles": len(rank)}
             for part, ns in (("rank", rank), ("update", update), ("cycle", rank + update)):
                 row.update({f"{part}_{stat}_us": v for stat, v in stats_us(ns).items()})
             rows.append(row)
@@ -138,38 +175,39 @@ def main(argv: list[str] | None = None) -> dict:
     write_csv(args.out / "policy_cost.csv", rows)
 
     by = {(r["models"], r["policy"]): r for r in rows}
-    pair_rows, verdicts = [], {}
+    headline, verdicts = [], {}
     for k in PROBS:
-        for ours, peer in PAIRS:
-            a, b = by[(k, ours)], by[(k, peer)]
-            speedup = b["cycle_median_us"] / a["cycle_median_us"]
-            target = ""
-            if ours == "thompson":
-                verdicts[(k, "thompson_speedup")] = speedup >= TARGET_SPEEDUP
-                target = f"{'met' if speedup >= TARGET_SPEEDUP else 'MISSED'} (>= {TARGET_SPEEDUP:g}x)"
-            pair_rows.append(
+        for ours, limit in TARGET_CYCLE_US.items():
+            a, peer = by[(k, ours)], PEER_OF[ours]
+            b = by.get((k, peer))
+            met = a["cycle_median_us"] < limit
+            verdicts[(k, ours)] = met
+            headline.append(
                 {
-                    "workload": f"{k} models, cycle (rank + update)",
-                    "ours": f"{ours}: {a['cycle_median_us']:.1f} / {a['cycle_p99_us']:.0f}",
-                    "peer": f"{LABEL[peer]}: {b['cycle_median_us']:.1f} / {b['cycle_p99_us']:.0f}",
-                    "ratio (peer / ours, median)": speedup,
-                    "ratio p99": b["cycle_p99_us"] / a["cycle_p99_us"],
-                    "target": target,
+                    "workload": f"{k} models, {ours} decision (rank with propensity + update), median / p99 µs",
+                    "ours": f"{a['cycle_median_us']:.1f} / {a['cycle_p99_us']:.0f} (rank {a['rank_median_us']:.1f})",
+                    "peer": f"{LABEL[peer]}: {b['cycle_median_us']:.1f} / {b['cycle_p99_us']:.0f}" if b else "MABWiser not installed",
+                    "ratio (peer / ours, median)": f"{b['cycle_median_us'] / a['cycle_median_us']:.3g}" if b else "–",
+                    "target": f"{'met' if met else 'MISSED'} (< {limit:g} µs median cycle)",
                 }
             )
-        a, b = by[(k, "thompson")], by[(k, "mabwiser_ts")]
-        met = a["rank_median_us"] < TARGET_RANK_US
-        verdicts[(k, "thompson_rank")] = met
-        pair_rows.append(
+    sections = []
+    if baseline:
+        before_after = [
             {
-                "workload": f"{k} models, rank with propensity",
-                "ours": f"thompson rank: {a['rank_median_us']:.1f} / {a['rank_p99_us']:.0f}",
-                "peer": f"MABWiser TS predict: {b['rank_median_us']:.1f} / {b['rank_p99_us']:.0f}",
-                "ratio (peer / ours, median)": b["rank_median_us"] / a["rank_median_us"],
-                "ratio p99": b["rank_p99_us"] / a["rank_p99_us"],
-                "target": f"{'met' if met else 'MISSED'} (< {TARGET_RANK_US:g} µs median)",
+                "models": k,
+                "policy": ours,
+                "baseline cycle: median": by[(k, ours + BASELINE)]["cycle_median_us"],
+                "now: median": by[(k, ours)]["cycle_median_us"],
+                "speed-up": by[(k, ours + BASELINE)]["cycle_median_us"] / by[(k, ours)]["cycle_median_us"],
+                "baseline rank": by[(k, ours + BASELINE)]["rank_median_us"],
+                "now rank": by[(k, ours)]["rank_median_us"],
             }
-        )
+            for k in PROBS
+            for ours in TARGET_CYCLE_US
+        ]
+        write_csv(args.out / "policy_cost_baseline.csv", before_after)
+        sections.append((f"Before / after, same interleaved rounds (baseline: {args.baseline.name}, µs)", markdown_table(list(before_after[0]), before_after)))
     detail = [
         {
             "models": r["models"],
@@ -181,27 +219,35 @@ def main(argv: list[str] | None = None) -> dict:
             "cycle: median": r["cycle_median_us"],
             "cycle p99": r["cycle_p99_us"],
             "cycle mean": r["cycle_mean_us"],
-            f"rank < {TARGET_RANK_US:g} µs": "yes" if r["rank_median_us"] < TARGET_RANK_US else "no",
+            "peer / ours (cycle median)": (
+                by[(r["models"], PEER_OF[r["policy"]])]["cycle_median_us"] / r["cycle_median_us"]
+                if r["policy"] in PEER_OF and (r["models"], PEER_OF[r["policy"]]) in by
+                else "–"
+            ),
         }
         for r in rows
     ]
+    sections.append(("Every contender (µs)", markdown_table(list(detail[0]), detail)))
     notes = [
         f"Microseconds; 'a / b' is median / p99. {rounds} rounds x {block} cycles per contender and model count "
-        f"({rounds * block} timed cycles each) after {warmup} untimed warm-up cycles; ours and MABWiser alternate block by block, the order rotating each round.",
+        f"({rounds * block} timed cycles each) after {warmup} untimed warm-up cycles; all contenders alternate block by block, the order rotating each round.",
         "Cycle = rank() (with propensity) + update(); MABWiser: predict() + partial_fit() of one observation. "
         "Each part timed separately with perf_counter_ns; the outcome lookup between them is not timed. GC left enabled.",
         "Ours use the default Objective() (latency weighted 0.1: Thompson also draws log-latency); 'thompson (success only)' uses "
-        "Objective(w_latency=0, w_cost=0) like MABWiser's Beta-Bernoulli model.",
+        "Objective(w_latency=0, w_cost=0) like MABWiser's Beta-Bernoulli model. KL-UCB is compared with MABWiser's UCB1 (MABWiser has no KL-UCB).",
         "Thompson redraws its 256-draw batch every max(1, min(32, updates/100)) updates; the mean includes that amortised cost, the median rarely does.",
-        "Machine: 2 cores shared with other processes; BLAS thread variables untouched. Compare within this run, not across runs.",
+        "UCB1 and KL-UCB compute their index per model in plain Python (KL-UCB: Newton's method, warm-started from the last decision's root).",
+        "Machine: 2 cores shared with other processes (see load_avg below); BLAS thread variables untouched. Compare within this run, not across runs.",
     ]
+    if not have_mabwiser:
+        notes.append("MABWiser is not installed (pip install -e '.[bench]'): its rows are missing.")
     write_markdown(
         args.out / "policy_cost.md",
         "Decision cost per call: ours vs MABWiser",
-        list(pair_rows[0]),
-        pair_rows,
+        list(headline[0]),
+        headline,
         command=args.command,
-        sections=[("Every contender (µs)", markdown_table(list(detail[0]), detail))],
+        sections=sections,
         notes=notes,
         quick=args.quick,
     )
@@ -213,27 +259,29 @@ def main(argv: list[str] | None = None) -> dict:
 def _plot(rows: list[dict], path: Path) -> None:
     plt = setup_matplotlib()
     ks = sorted({r["models"] for r in rows})
-    fig, axes = plt.subplots(1, len(ks), figsize=(7 * len(ks), 4.8), sharex=True)
-    for ax, k in zip(np.atleast_1d(axes), ks):
+    grid = (len(ks) + 1) // 2
+    fig, axes = plt.subplots(grid, 2, figsize=(14, 4.8 * grid), sharex=True)
+    for ax, k in zip(np.atleast_1d(axes).ravel(), ks):
         sub = [r for r in rows if r["models"] == k]
         y = np.arange(len(sub))
         labels = [LABEL.get(r["policy"], r["policy"]) for r in sub]
         rank = np.array([r["rank_median_us"] for r in sub])
         update = np.array([r["update_median_us"] for r in sub])
         p99 = np.array([r["cycle_p99_us"] for r in sub])
-        colors = ["tab:orange" if r["source"] == "MABWiser" else "tab:blue" for r in sub]
+        colors = ["tab:orange" if r["source"] == "MABWiser" else "tab:gray" if "baseline" in r["source"] else "tab:blue" for r in sub]
         ax.barh(y, rank, color=colors, alpha=0.9, label="rank / predict (median)")
         ax.barh(y, update, left=rank, color=colors, alpha=0.45, label="update / partial_fit (median)")
         ax.plot(p99, y, "k|", markersize=12, label="cycle p99")
         for yi, (r, u) in enumerate(zip(rank, update)):
             ax.text(r + u, yi, f" {r + u:.1f}", va="center", fontsize=7)
-        ax.axvline(TARGET_RANK_US, color="tab:red", ls="--", lw=0.8, label=f"rank target {TARGET_RANK_US:g} µs")
+        for limit in sorted(set(TARGET_CYCLE_US.values())):
+            ax.axvline(limit, color="tab:red", ls="--", lw=0.8, label=f"cycle target {limit:g} µs")
         ax.set_yticks(y, labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xscale("log")
         ax.set_xlim(left=1.0)
         ax.set_xlabel("µs per decision cycle (log scale)")
-        ax.set_title(f"{k} models: median rank + update (blue: ours, orange: MABWiser)", fontsize=9)
+        ax.set_title(f"{k} models: median rank + update (blue: ours, grey: baseline, orange: MABWiser)", fontsize=9)
         ax.grid(alpha=0.3, axis="x")
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

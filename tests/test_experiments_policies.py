@@ -106,7 +106,7 @@ def test_cost_quick(quick_runs):
         f"{part}_{stat}_us" for part in ("rank", "update", "cycle") for stat in ("median", "p99", "mean")
     }
     assert columns <= set(rows[0])
-    assert {r["models"] for r in rows} == {"3", "5"}
-    assert OURS | {"mabwiser_ts", "mabwiser_ucb1"} <= {r["policy"] for r in rows}
+    assert {r["models"] for r in rows} == {"2", "3", "5", "8"}
+    assert OURS | {"mabwiser_ts", "mabwiser_ucb1", "mabwiser_eps", "mabwiser_random"} <= {r["policy"] for r in rows}
     assert all(float(r["cycle_median_us"]) > 0 for r in rows)
     _check_md_png(out, "policy_cost", ("workload", "ours", "peer", "ratio"))

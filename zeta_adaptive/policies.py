@@ -114,6 +114,7 @@ class Policy:
         self.discount = float(discount)
         self.rng = np.random.default_rng(seed)
         self.stats = np.zeros((9, len(self.models)))
+        self._cells = memoryview(self.stats)  # stats[row, i] as Python floats: no numpy scalars per update
         self.updates = 0  # undiscounted number of update() and feedback() calls
         self._all = np.arange(len(self.models))
 
@@ -130,9 +131,9 @@ class Policy:
     def update(self, model: str, success: bool, latency_s: float, cost: float = 0.0) -> None:
         """Learn one attempt's outcome (called right after the attempt)."""
         i = self.index[model]
-        s = self.stats
         if self.discount < 1.0:
-            s[ATTEMPT_ROWS] *= self.discount
+            self.stats[ATTEMPT_ROWS] *= self.discount
+        s = self._cells
         s[N, i] += 1.0
         if success:
             log_latency = math.log(max(latency_s, 1e-6))
@@ -150,8 +151,8 @@ class Policy:
         i = self.index[model]
         if self.discount < 1.0:
             self.stats[FEEDBACK_ROWS] *= self.discount
-        self.stats[ACC_N, i] += 1.0
-        self.stats[ACC_SUM, i] += accuracy
+        self._cells[ACC_N, i] += 1.0
+        self._cells[ACC_SUM, i] += accuracy
         self.updates += 1
         self._changed()
 
@@ -246,6 +247,8 @@ class Policy:
             return self._all
         if not eligible:
             raise ValueError("no eligible model to rank")
+        if len(eligible) == len(self.models) and tuple(eligible) == self.models:
+            return self._all  # the router's usual case: every model eligible, in configured order
         return np.array([self.index[m] for m in eligible], dtype=np.int64)
 
     def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
@@ -293,6 +296,13 @@ class Policy:
             for i in np.argsort(-score, kind="stable")
         ]
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key != "_cells"}  # a memoryview does not pickle
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cells = memoryview(self.stats)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(models={list(self.models)}, discount={self.discount})"
 
@@ -323,7 +333,11 @@ class RandomPolicy(Policy):
 class _IndexPolicy(Policy):
     """Deterministic ranking by an index per model (propensity 1); models never tried come first.
 
-    ``c`` scales the exploration term of the index.
+    ``c`` scales the exploration term of the index. The index is computed in plain Python, model by
+    model: for the few models of a route (up to about ten) that is several times cheaper than
+    numpy's per-call overhead, and each model's index is a function of its own statistics, the
+    total count and the objective only, so models with equal statistics tie and keep their
+    configured order (the sort is stable).
     """
 
     options = ("c",)
@@ -335,26 +349,35 @@ class _IndexPolicy(Policy):
         if c < 0:
             raise ValueError(f"c must be >= 0, got {c}")
         self.c = float(c)
+        self._all_ids = list(range(len(self.models)))
 
-    def _index(self, idx: np.ndarray) -> np.ndarray:
+    def _exploration(self, total: float) -> float:
+        """The part of the exploration term shared by every model, from the total count."""
+        raise NotImplementedError
+
+    def _index(self, mean: float, penalty: float, n: float, shared: float) -> float:
+        """One model's index from its mean success x accuracy, latency/cost penalty and count."""
         raise NotImplementedError
 
     def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
-        untried = self.stats[N, idx] <= 0
-        index = np.where(untried, np.inf, self._index(idx)) if untried.any() else self._index(idx)
-        return idx[np.argsort(-index, kind="stable")], 1.0
-
-    def _empirical(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Empirical mean of success x accuracy, the latency/cost penalty, and counts, for the index."""
-        s = self.stats[:, idx]
-        n = np.maximum(s[N], 1e-12)
-        acc = self._accuracy()
-        acc = acc[idx] if isinstance(acc, np.ndarray) else acc
-        served = s[LAT_N] > 0
-        latency = np.divide(s[LAT_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
-        cost = np.divide(s[COST_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
-        penalty = self.objective.w_latency * latency + self.objective.w_cost * cost
-        return np.clip(s[SUCC] / n * acc, 0.0, 1.0), penalty
+        s = self.stats.tolist()
+        n_row, succ, lat_n, lat_sum, cost_sum, acc_n, acc_sum = s[N], s[SUCC], s[LAT_N], s[LAT_SUM], s[COST_SUM], s[ACC_N], s[ACC_SUM]
+        rated = any(acc_n)
+        w_latency, w_cost = self.objective.w_latency, self.objective.w_cost
+        shared = self._exploration(sum(n_row))
+        index: dict[int, float] = {}
+        ids = self._all_ids if idx is self._all else idx.tolist()
+        for i in ids:
+            n = n_row[i]
+            if n <= 0:
+                index[i] = math.inf
+                continue
+            acc = (acc_sum[i] + 1.0) / (acc_n[i] + 2.0) if rated else 1.0
+            served = lat_n[i]
+            penalty = w_latency * (lat_sum[i] / served if served > 0 else 0.0) + w_cost * (cost_sum[i] / served if served > 0 else 0.0)
+            mean = min(max(succ[i] / max(n, 1e-12) * acc, 0.0), 1.0)
+            index[i] = self._index(mean, penalty, max(n, 1e-12), shared)
+        return sorted(ids, key=index.__getitem__, reverse=True), 1.0
 
 
 class EpsilonGreedyPolicy(Policy):
@@ -382,41 +405,102 @@ class UCB1Policy(_IndexPolicy):
 
     name = "ucb1"
 
-    def _index(self, idx: np.ndarray) -> np.ndarray:
-        mean, penalty = self._empirical(idx)
-        n = np.maximum(self.stats[N, idx], 1e-12)
-        total = max(float(self.stats[N].sum()), 1.0)
-        return mean - penalty + self.c * np.sqrt(2.0 * math.log(max(total, 1.0 + 1e-9)) / n)
+    def _exploration(self, total: float) -> float:
+        return 2.0 * math.log(max(total, 1.0 + 1e-9))
+
+    def _index(self, mean: float, penalty: float, n: float, shared: float) -> float:
+        return mean - penalty + self.c * math.sqrt(shared / n)
 
 
-def _kl_bernoulli(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-12, 1 - 1e-12)
-    q = np.clip(q, 1e-12, 1 - 1e-12)
-    return p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
+def kl_ucb_bound(p: float, budget: float) -> float:
+    """The largest q in [p, 1] with ``KL(p, q) <= budget`` for Bernoulli KL, to about 1e-10."""
+    return _kl_ucb(p, budget, None)[0]
+
+
+#: (q, x, budget): a bound q, and a root ``x = -log(1 - q')`` computed by Newton steps for ``budget``
+#: (the same q and budget unless q was extrapolated from a nearby root); x is None without a root
+_Bound = tuple[float, float | None, float]
+
+
+def _kl_ucb(p: float, budget: float, near: _Bound | None) -> _Bound:
+    """:func:`kl_ucb_bound`, optionally started from the root in ``near`` (same p, another budget).
+
+    Newton's method on ``h(x) = KL(p, 1 - exp(-x)) - budget``, where ``h`` is convex, increasing
+    above ``p`` (``h'(x) = (q - p) / q``) and close to linear far from it, so Newton steps from above
+    decrease monotonically to the root. From ``near``'s root the first step is the tangent to the
+    new budget; when its error (about ``(1 - q) h'' / 2h'`` times the step squared, in q) is below
+    1e-10, its end is the answer and ``near``'s root is kept as the next start, so such errors never
+    add up. Otherwise the start is the smaller of the upper bound ``x <= (budget + H(p)) / (1 - p)``
+    (from ``-p log q >= 0``) and, when the budget is small enough for it to be accurate, a
+    third-order expansion of KL around ``p`` (if that lands below the root, the first step goes
+    above it). Newton steps stop after a step from above whose remaining error is below 1e-10:
+    usually two or three from scratch.
+    """
+    if budget <= 0.0 or p >= 1.0:
+        return min(max(p, 0.0), 1.0), None, budget
+    if p < 1e-12:
+        return -math.expm1(-budget), budget, budget  # KL(0, q) = -log(1 - q), to 1e-11 for p this small
+    if near is not None and near[1] is not None and near[0] > p:
+        _, near_x, near_budget = near
+        near_q = -math.expm1(-near_x)
+        dx = (budget - near_budget) * near_q / (near_q - p)
+        if -1e-3 < dx < 1e-3 and dx * dx * p * (1.0 - near_q) * (1.0 - near_q) < 2e-10 * near_q * (near_q - p):
+            return -math.expm1(-(near_x + dx)), near_x, near_budget
+    log = math.log
+    p1 = 1.0 - p
+    neg_entropy = p * log(p) + p1 * log(p1)
+    x = (budget - neg_entropy) / p1
+    var = p * p1
+    g = math.sqrt(2.0 * var * budget)
+    skew = (p1 - p) * g / (3.0 * var)
+    if -0.5 < skew < 0.5 and p + g * (1.0 + skew) < 1.0:
+        x = min(x, -math.log1p(-(p + g * (1.0 + skew))))
+    offset = neg_entropy - budget
+    for _ in range(_KL_MAX_STEPS):
+        q = -math.expm1(-x)
+        if q <= p:  # a budget too small to move q off p in floating point
+            break
+        step = (offset - p * log(q) + p1 * x) * q / (q - p)
+        x -= step
+        if 0.0 <= step and step * step * p * (1.0 - q) * (1.0 - q) < 2e-10 * q * (q - p):
+            break
+    return -math.expm1(-x), x, budget
+
+
+_KL_MAX_STEPS = 50
 
 
 class KLUCBPolicy(_IndexPolicy):
     """KL-UCB (Garivier & Cappe 2011): the largest q with ``n * KL(mean, q) <= log N + c log log N``.
 
     The Bernoulli KL applies to success x accuracy in [0, 1]; latency and cost are then subtracted.
-    The bound is found by vectorised bisection.
+    The bound is found by Newton's method (:func:`kl_ucb_bound`); for a model whose mean and count
+    have not changed since the previous decision (only the total count has, so the bound moved a
+    little) it is extrapolated along the tangent from the last root when that is exact to 1e-10.
+    Models with equal mean and count share one computation, so they tie exactly.
     """
 
     name = "kl_ucb"
     default_c = 0.0
 
-    def _index(self, idx: np.ndarray) -> np.ndarray:
-        mean, penalty = self._empirical(idx)
-        n = np.maximum(self.stats[N, idx], 1e-12)
-        total = max(float(self.stats[N].sum()), math.e)
-        budget = (math.log(total) + self.c * math.log(max(math.log(total), 1.0))) / n
-        lo, hi = mean.copy(), np.ones_like(mean)
-        for _ in range(16):  # precision 2**-16
-            mid = 0.5 * (lo + hi)
-            inside = _kl_bernoulli(mean, mid) <= budget
-            lo = np.where(inside, mid, lo)
-            hi = np.where(inside, hi, mid)
-        return lo - penalty
+    def __init__(self, models: Sequence[str], **options: Any) -> None:
+        super().__init__(models, **options)
+        # (mean, n) -> bound, of the last decision that computed any, and of this one
+        self._last: dict[tuple[float, float], _Bound] = {}
+        self._now: dict[tuple[float, float], _Bound] = {}
+
+    def _exploration(self, total: float) -> float:
+        if self._now:
+            self._last, self._now = self._now, {}
+        log_total = math.log(max(total, math.e))
+        return log_total + self.c * math.log(max(log_total, 1.0))
+
+    def _index(self, mean: float, penalty: float, n: float, shared: float) -> float:
+        key = (mean, n)
+        bound = self._now.get(key)
+        if bound is None:
+            bound = self._now[key] = _kl_ucb(mean, shared / n, self._last.get(key))
+        return bound[0] - penalty
 
 
 class ThompsonPolicy(Policy):
@@ -461,7 +545,7 @@ class ThompsonPolicy(Policy):
         self.max_lag = int(max_lag)
         self._batch: np.ndarray | None = None
         self._stale = 0
-        self._orders: dict[bytes, tuple[list[list[int]], np.ndarray]] = {}
+        self._orders: dict[bytes | None, tuple[list[list[int]], np.ndarray, list[Ranking | None]]] = {}
 
     def _changed(self) -> None:
         self._stale += 1
@@ -509,23 +593,33 @@ class ThompsonPolicy(Policy):
         """P(each model is the primary) under the current batch of draws, indexed like ``models``."""
         return self._ordering(self._eligible(eligible))[1]
 
-    def _ordering(self, idx: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
-        """Per draw of the batch, the eligible models best first; and each model's share of wins
-        (indexed by model, zero for models not eligible)."""
+    def rank(self, eligible: Sequence[str] | None = None) -> Ranking:
+        """One draw of the batch, picked uniformly at random: its order, and the primary's share of wins.
+
+        The Ranking of each draw is built the first time it is picked and reused until the batch
+        is redrawn, so a decision allocates nothing but the random number.
+        """
+        orders, wins, rankings = self._ordering(self._eligible(eligible))
+        j = int(self.rng.random() * self.samples)
+        ranking = rankings[j]
+        if ranking is None:
+            order = orders[j]
+            models = self.models
+            ranking = rankings[j] = Ranking(tuple([models[i] for i in order]), float(wins[order[0]]))
+        return ranking
+
+    def _ordering(self, idx: np.ndarray) -> tuple[list[list[int]], np.ndarray, list[Ranking | None]]:
+        """Per draw of the batch, the eligible models best first; each model's share of wins
+        (indexed by model, zero for models not eligible); and the Rankings built so far, per draw."""
         batch = self._current_batch()
-        key = idx.tobytes()
+        key = None if idx is self._all else idx.tobytes()
         cached = self._orders.get(key)
         if cached is None:
             pos = np.argsort(-batch[:, idx], axis=1, kind="stable")
             wins = np.zeros(len(self.models))
             wins[idx] = np.bincount(pos[:, 0], minlength=len(idx)) / self.samples
-            cached = self._orders[key] = (idx[pos].tolist(), wins)
+            cached = self._orders[key] = (idx[pos].tolist(), wins, [None] * self.samples)
         return cached
-
-    def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
-        orders, wins = self._ordering(idx)
-        order = orders[int(self.rng.random() * self.samples)]
-        return order, float(wins[order[0]])
 
 
 POLICIES: dict[str, type[Policy]] = {

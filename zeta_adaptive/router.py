@@ -21,10 +21,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
-import pandas as pd
 from sqlalchemy import and_, not_, or_
 
 from .backends import Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem
@@ -32,6 +31,7 @@ from .config import Config, ModelConfig, RouteConfig, load_config
 from .exceptions import AllModelsFailed, ConfigError, FeedbackError, RequestRejected, StoreError, StreamBroken, UnknownTaskType
 from .feedback import FeedbackBook, RatedCall, check_call_id, validate_accuracy
 from .health import Health
+from .ids import new_call_id
 from .inputs import check_deadline, check_messages, check_params, check_stream, check_task_type, check_texts, prompt_band
 from .policies import Policy, Ranking, make_policy
 from .scrub import Scrubber
@@ -41,6 +41,9 @@ from .store import feedback as feedback_table
 from .validators import Validator
 from .validators import build as build_validators
 from .validators import check as check_answer
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Router", "Attempt", "ChatResult", "EmbedResult", "ChatStream", "AsyncChatStream", "classify"]
 
@@ -273,7 +276,7 @@ class _Call:
         self.router = router
         self.route = route
         self.task_type = task_type
-        self.call_id = uuid.uuid4().hex
+        self.call_id = new_call_id()
         self.ts = time.time()
         self.start = time.perf_counter()
         self.deadline = self.start + deadline_s

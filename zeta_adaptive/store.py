@@ -24,9 +24,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import (
     Column,
     Engine,
@@ -53,6 +52,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from .exceptions import StoreError
+
+if TYPE_CHECKING:  # pandas is imported by the methods that return frames, not by the call path
+    import pandas as pd
 
 __all__ = ["Store", "Journal", "metadata", "calls", "attempts", "feedback", "dead_letters", "upgrade", "default_journal_dir", "sanitize"]
 
@@ -915,6 +917,7 @@ class Store:
 
     def tail(self, table: str, task_type: str, limit: int, columns: Sequence[str], where: Any = None) -> pd.DataFrame:
         """The last ``limit`` rows of a task type (optionally filtered), in time order."""
+        import pandas as pd
         t = TABLES[table]
         query = select(*(t.c[name] for name in columns)).where(t.c.task_type == task_type)
         if where is not None:
@@ -928,6 +931,7 @@ class Store:
     def attempt_sums(self, task_type: str, where: Any = None) -> pd.DataFrame:
         """Per model of a task type: attempts ``n``, successes ``succ``, and over successes the sums
         of latency, log-latency, its square and cost: what an undiscounted policy keeps."""
+        import pandas as pd
         t = attempts
         ok = t.c.outcome == "ok"
         if self.engine.dialect.name == "postgresql":
@@ -952,6 +956,7 @@ class Store:
 
     def feedback_sums(self, task_type: str, where: Any = None) -> pd.DataFrame:
         """Per model of a task type: ratings ``acc_n`` and the sum of accuracy ``acc_sum``."""
+        import pandas as pd
         query = select(feedback.c.model, func.count().label("acc_n"), func.sum(feedback.c.accuracy).label("acc_sum"))
         query = query.where(feedback.c.task_type == task_type)
         if where is not None:
@@ -993,6 +998,7 @@ class Store:
     ) -> pd.DataFrame:
         """A table as a DataFrame in time order: optionally some task types, rows from ``since``
         (unix time) on, not written by router ``exclude_router``, only some ``columns``."""
+        import pandas as pd
         t = TABLES[table]
         query = select(*(t.c[name] for name in columns)) if columns else select(t)
         if task_types is not None:

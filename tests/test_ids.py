@@ -1,0 +1,83 @@
+"""Call ids: 32 hex digits, time-ordered, unique across threads, spawned processes and forks."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+import time
+
+import pytest
+
+from zeta_adaptive.ids import new_call_id
+
+PER_WORKER = 5_000
+
+
+def _ids(n: int) -> list[str]:
+    return [new_call_id() for _ in range(n)]
+
+
+def test_format_and_embedded_time():
+    before = time.time_ns() // 1_000_000
+    call_id = new_call_id()
+    after = time.time_ns() // 1_000_000
+    assert len(call_id) == 32 and int(call_id, 16) >= 0 and call_id == call_id.lower()
+    assert before <= int(call_id[:12], 16) <= after
+
+
+def test_ids_of_one_process_sort_in_the_order_they_were_made():
+    ids = _ids(20_000)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert len({i[12:24] for i in ids}) == 1  # one process prefix
+
+
+def test_unique_across_threads():
+    out: list[list[str]] = [[] for _ in range(8)]
+    threads = [threading.Thread(target=lambda slot=slot: slot.extend(_ids(PER_WORKER))) for slot in out]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    every = [i for slot in out for i in slot]
+    assert len(every) == 8 * PER_WORKER
+    assert len(set(every)) == len(every)
+    for slot in out:
+        assert slot == sorted(slot)  # each thread sees the shared counter increase
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_unique_across_processes(method):
+    """Worker processes (fresh interpreters, or forks of this one after it made ids) never collide
+    with each other or with the parent, and each has its own prefix."""
+    parent_before = _ids(1_000)  # a fork inherits the module state as it is now
+    ctx = mp.get_context(method)
+    with ctx.Pool(4) as pool:
+        result = pool.map_async(_ids, [PER_WORKER] * 4)
+        parent_after = _ids(PER_WORKER)
+        chunks = result.get(timeout=60)
+    every = parent_before + parent_after + [i for chunk in chunks for i in chunk]
+    assert len(set(every)) == len(every) == 1_000 + 5 * PER_WORKER
+    prefixes = {i[12:24] for i in every}
+    assert len(prefixes) == 5
+    for chunk in chunks:
+        assert chunk == sorted(chunk)
+
+
+def test_a_forked_child_reseeds():
+    parent_prefix = new_call_id()[12:24]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its first id and leave at once
+        os.write(write, new_call_id().encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        child_id = os.read(read, 64).decode()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert len(child_id) == 32
+    assert child_id[12:24] != parent_prefix
