@@ -81,7 +81,7 @@ class Plan:
     postgres: bool  # run the PostgreSQL parts (when its binaries are here)
 
 
-FULL = Plan(300, 3.0, 5.0, 3.0, 0.02, 100, 3.0, 300, 8, True)
+FULL = Plan(300, 3.0, 5.0, 3.0, 0.02, 100, 3.0, 200, 5, True)
 QUICK = Plan(40, 0.8, 2.0, 0.8, 0.02, 30, 1.5, 40, 2, False)  # SQLite only: initdb alone takes seconds
 
 
@@ -98,6 +98,7 @@ class Canned:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # keep-alive: headers and body are two writes, Nagle would hold the body 40 ms
 
             def do_POST(self) -> None:  # noqa: N802
                 self.rfile.read(int(self.headers["Content-Length"]))
@@ -364,8 +365,8 @@ def frozen(dbs: Databases, plan: Plan) -> tuple[dict[str, Any], list[dict[str, A
             made.add(result.call_id)
             rated.add(result.call_id)
             journaled = max(journaled, router.store.journal.rows)
-            timeline.append({"t_s": now - start, "call_ms": (t1 - t0) * 1e3, "feedback_ms": (t2 - t1) * 1e3, "both_ms": (t2 - t0) * 1e3})
-            tick += plan.period_s
+            timeline.append({"t_s": now - start, "end_s": time.monotonic() - start, "call_ms": (t1 - t0) * 1e3, "feedback_ms": (t2 - t1) * 1e3, "both_ms": (t2 - t0) * 1e3})
+            tick = max(tick + plan.period_s, time.monotonic())  # a steady rate: no burst to catch up after a stall
             time.sleep(max(tick - time.monotonic(), 0.0))
         holder.join(30)
         t0 = time.perf_counter()
@@ -374,8 +375,8 @@ def frozen(dbs: Databases, plan: Plan) -> tuple[dict[str, Any], list[dict[str, A
     finally:
         freeze(dbs.pg, signal.SIGCONT)
         good.close()
-    for row in timeline:
-        row["phase"] = "before" if row["t_s"] < window["from"] else "during" if row["t_s"] < window["to"] else "after"
+    for row in timeline:  # "during": the call or its feedback overlapped the freeze
+        row["phase"] = "before" if row["end_s"] < window["from"] else "after" if row["t_s"] >= window["to"] else "during"
     db_calls, db_feedback = set(keys_in(url, "calls")), set(keys_in(url, "feedback"))
     out: dict[str, Any] = {"freeze from s": window["from"], "freeze to s": window["to"], "calls made": len(made), "feedback given": len(rated)}
     for phase in ("before", "during", "after"):
@@ -625,7 +626,7 @@ def write_report(args: Any, plan: Plan, res: dict[str, Any], with_pg: bool) -> N
     if f:
         head.append({"workload": f"frozen PostgreSQL ({plan.freeze_s:g} s): call+feedback p99 / max during the freeze (ms)",
                      "ours": f"{f['during: call+feedback p99 ms']:.1f} / {f['during: call+feedback max ms']:.0f}",
-                     "target": "max ≤ store_timeout_s (2 s)", "met?": verdict(f["during: call+feedback max ms"] <= 2000 + 250)})
+                     "target": "max ≤ store_timeout_s (2 s) + 0.25 s", "met?": verdict(f["during: call+feedback max ms"] <= 2000 + 250)})
         head.append({"workload": "frozen PostgreSQL: rows lost / duplicated after it resumes", "ours": f"{f['rows lost']} / {f['rows duplicated']}",
                      "target": "0 / 0", "met?": verdict(f["rows lost"] == 0 and f["rows duplicated"] == 0)})
     for (kind, durability), k in res["killed"].items():
@@ -633,8 +634,10 @@ def write_report(args: Any, plan: Plan, res: dict[str, Any], with_pg: bool) -> N
                      "ours": f"{k['oldest lost call age at kill s']:.2f} ({k['calls lost']} of {k['calls answered']} lost, {k['rows duplicated']} dup.)",
                      "target": f"≤ {k['documented bound s']:g} s, 0 dup.", "met?": verdict(k["within bound"] and k["rows duplicated"] == 0)})
     cost = {r["durability"]: r for r in res["cost"]}
-    head.append({"workload": "durability journal vs batched, added p50 per routed sync call (µs, SQLite)",
-                 "ours": f"{cost['journal']['p50 us'] - cost['batched']['p50 us']:.0f}", "target": "(measured)", "met?": ""})
+    for mode, base in (("batched", "no log writes"), ("journal", "batched")):
+        head.append({"workload": f"durability {mode} vs {base}, added p50 / p95 per routed sync call (µs, SQLite)",
+                     "ours": f"{cost[mode]['p50 us'] - cost[base]['p50 us']:.0f} / {cost[mode]['p95 us'] - cost[base]['p95 us']:.0f}",
+                     "target": "(measured)", "met?": ""})
 
     poison_cols = ["calls made", "attempts made", "feedback given", "calls rows", "attempts rows", "feedback rows", "rows lost",
                    "rows duplicated", "refused rows queued", "dead letters", "writer crashes", "max tokens_in", "errors with NUL", "key occurrences"]
@@ -645,7 +648,8 @@ def write_report(args: Any, plan: Plan, res: dict[str, Any], with_pg: bool) -> N
         phases = [{"phase": ph, "calls": f[f"{ph}: calls"], **{q: f[f"{ph}: call+feedback {q} ms"] for q in ("p50", "p99", "max")},
                    **{c: f[f"{ph}: {c} ms"] for c in parts}} for ph in ("before", "during", "after")]
         frozen_t = markdown_table(["phase", "calls", "p50", "p99", "max", *parts], phases) + (
-            f"\n\ncall + feedback latency (ms), one of each every {plan.period_s * 1e3:.0f} ms; PostgreSQL frozen from "
+            f"\n\ncall + feedback latency (ms), one of each every {plan.period_s * 1e3:.0f} ms (the next at once when one took longer, no catching up); 'during' = the "
+            f"call or its feedback overlapped the freeze. PostgreSQL frozen (SIGSTOP sent to SIGCONT done) from "
             f"{f['freeze from s']:.2f} s to {f['freeze to s']:.2f} s. Journal held up to {f['max journal rows during freeze']} rows; "
             f"close() took {f['close s']:.2f} s; rows lost {f['rows lost']}, duplicated {f['rows duplicated']}."
         )
@@ -664,6 +668,16 @@ def write_report(args: Any, plan: Plan, res: dict[str, Any], with_pg: bool) -> N
         f"SIGKILL: two router processes (batched and journal, side by side) call a loopback backend without pause; once each "
         f"has answered {plan.kill_after_calls} calls the fault is applied for {plan.hold_s:g} s, then SIGKILL; a new Store replays the journal. The documented bound is "
         "journal_after_s (1 s) in batched mode during an outage, nothing in journal mode.",
+        "Why the batched losses differ: a write still running after journal_after_s − linger_s is left to finish and its rows "
+        "are journaled; rows queued meanwhile wait in memory that long, plus the next linger and an fsync, so the oldest loss "
+        "sits at the bound and may pass it by the scheduling delay of a loaded machine. A frozen PostgreSQL keeps that first "
+        "write hung, so every later batch is journaled at once (few losses); a locked SQLite answers 'database is locked' "
+        "after its busy timeout, and each new probe parks rows in memory for up to journal_after_s again (more losses).",
+        "Feedback on a call of this process is one synchronous insert while the store answers (the database's unique key "
+        "decides), so its latency is one transaction; while the store is away it is journaled. The first feedback after "
+        "the freeze began waited store_timeout_s (2 s), once; no call waited on the store.",
+        "Latencies depend on the machine's load (load_avg below: this is a shared 2-core machine); counts of lost and "
+        "duplicated rows do not.",
         f"Cost: {plan.cost_rounds} interleaved rounds of {plan.cost_calls} calls per contender (flush after each round), "
         "mock backend in its own process; 'no log writes' is a Store whose put_many discards the rows.",
     ]
