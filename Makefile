@@ -34,5 +34,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python experiments/run_all.py $(BENCH_ARGS)
 
+# everything `make demo`, `make report` and the README's examples write (logs with their WAL files,
+# the demo's previous log, the report), besides the venv and caches
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis zeta.db zeta.db-wal zeta.db-shm zeta-report.html
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis zeta.db zeta.db-* zeta.db.prev example.db example.db-* zeta-report.html
