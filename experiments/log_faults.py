@@ -668,11 +668,11 @@ def write_report(args: Any, plan: Plan, res: dict[str, Any], with_pg: bool) -> N
         f"SIGKILL: two router processes (batched and journal, side by side) call a loopback backend without pause; once each "
         f"has answered {plan.kill_after_calls} calls the fault is applied for {plan.hold_s:g} s, then SIGKILL; a new Store replays the journal. The documented bound is "
         "journal_after_s (1 s) in batched mode during an outage, nothing in journal mode.",
-        "Why the batched losses differ: a write still running after journal_after_s − linger_s is left to finish and its rows "
-        "are journaled; rows queued meanwhile wait in memory that long, plus the next linger and an fsync, so the oldest loss "
-        "sits at the bound and may pass it by the scheduling delay of a loaded machine. A frozen PostgreSQL keeps that first "
-        "write hung, so every later batch is journaled at once (few losses); a locked SQLite answers 'database is locked' "
-        "after its busy timeout, and each new probe parks rows in memory for up to journal_after_s again (more losses).",
+        "Why the batched losses differ: rows wait in memory while a write runs until journal_after_s − linger_s; then its batch "
+        "and every row handed over meanwhile are journaled, so the oldest loss sits near the bound (and may pass it by the "
+        "scheduling delay of a loaded machine). A frozen PostgreSQL keeps that write hung until store_timeout_s, after which "
+        "the store is away and every batch is journaled at once (few losses); a locked SQLite answers 'database is locked' "
+        "after its busy timeout, and each new probe holds rows in memory for up to journal_after_s again (more losses).",
         "Feedback on a call of this process is one synchronous insert while the store answers (the database's unique key "
         "decides), so its latency is one transaction; while the store is away it is journaled. The first feedback after "
         "the freeze began waited store_timeout_s (2 s), once; no call waited on the store.",
