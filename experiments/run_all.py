@@ -39,6 +39,7 @@ SCRIPTS = (
     "policy_regret.py",
     "policy_drift.py",
     "replay_speed.py",
+    "log_faults.py",
 )
 
 
