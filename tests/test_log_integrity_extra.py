@@ -1,8 +1,5 @@
-"""Log-integrity faults found by experiments/log_faults.py that the library does not handle yet.
-
-Each test states the behaviour the README and the common rules ask for and is marked
-``xfail(strict=True)`` with the reason, so it turns into a failure (XPASS) the day it is fixed.
-"""
+"""Faults found by experiments/log_faults.py: a lone surrogate in a message (json.loads and broken
+clients make them) is refused as InvalidRequest before anything is sent or logged."""
 
 from __future__ import annotations
 
@@ -26,11 +23,6 @@ def backend():
     server.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a message holding a lone surrogate (e.g. '\\udc00', which json.loads and broken clients produce) makes httpx raise a raw "
-    "UnicodeEncodeError out of chat()/achat() instead of InvalidRequest; the call is still logged as 'failed' with a "
-    "'cancelled' attempt whose error is the encoder's message. Expected: InvalidRequest before anything is sent or logged "
-    "(or the text sanitised and the call answered)"))
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_lone_surrogate_in_a_message_is_refused_as_invalid_and_logs_nothing(mode, tmp_path, backend):
     store = f"sqlite:///{tmp_path / 'log.db'}"

@@ -125,7 +125,17 @@ def check_texts(texts: Any) -> list[str]:
             raise InvalidRequest(f"texts[{i}] must be a string, got {type(text).__name__}")
         if not text:
             raise InvalidRequest(f"texts[{i}] is an empty string, which embedding endpoints refuse")
+        _check_unicode(f"texts[{i}]", text)
     return items
+
+
+def _check_unicode(where: str, text: str) -> None:
+    """Refuse text that UTF-8 cannot carry: a lone surrogate such as '\\udc00' (json.loads makes them)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest(f"{where} holds text that is not valid Unicode (a lone surrogate such as '\\udc00')") from None
 
 
 def prompt_band(chars: int) -> int:
@@ -138,7 +148,10 @@ def _check_json(where: str, value: Any) -> None:
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, (str, bool, int)) or item is None:
+        if isinstance(item, str):
+            _check_unicode(where, item)
+            continue
+        if isinstance(item, (bool, int)) or item is None:
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
@@ -150,6 +163,7 @@ def _check_json(where: str, value: Any) -> None:
             for key, child in item.items():
                 if not isinstance(key, str):
                     raise InvalidRequest(f"{where} has a non-string key {key!r}")
+                _check_unicode(where, key)
                 stack.append((child, depth + 1))
         elif isinstance(item, (list, tuple)):
             stack.extend((child, depth + 1) for child in item)
