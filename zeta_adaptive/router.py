@@ -535,6 +535,7 @@ class Router:
         self.router_id = uuid.uuid4().hex[:16]
         self._closed = False
         self._synced_until = time.time()  # rows of other routers from here on are learned by sync()
+        self._warm_until = 0.0  # rows stamped before this were learned by the warm start: sync() never re-reads them
         self._seen: dict[tuple[str, str, int], float] = {}
         self._stop = threading.Event()
         self.warm = not warm_start  # whether the policies hold what the log knows
@@ -836,8 +837,9 @@ class Router:
         Either way the cost does not grow with the length of the log.
         """
         a, f = attempts_table.c, feedback_table.c
-        learnable = and_(self._learnable(), or_(a.router_id.is_(None), a.router_id != self.router_id))
-        others = or_(f.router_id.is_(None), f.router_id != self.router_id)  # what we did ourselves is learned already
+        until = time.time()  # rows stamped from here on are sync()'s, so none is learned twice
+        learnable = and_(self._learnable(), or_(a.router_id.is_(None), a.router_id != self.router_id), a.ts < until)
+        others = and_(or_(f.router_id.is_(None), f.router_id != self.router_id), f.ts < until)  # our own: learned live
         read = self.store.call
         for task, policy in self.policies.items():
             horizon = policy.horizon()
@@ -852,6 +854,7 @@ class Router:
                     read(self.store.tail, "attempts", task, horizon, self.LEARNED_ATTEMPT_COLUMNS, learnable),
                     read(self.store.tail, "feedback", task, horizon, self.LEARNED_FEEDBACK_COLUMNS, others),
                 )
+        self._warm_until = until
         self.warm = True
 
     def _warm_start_later(self) -> None:
@@ -900,7 +903,7 @@ class Router:
         database later than that (after an outage) is learned only at the next warm start.
         """
         overlap = self.config.deadline_s + self.SYNC_SLACK_S
-        since = self._synced_until - overlap
+        since = max(self._synced_until - overlap, self._warm_until)
         tasks = list(self.policies)
         tried = self.store.call(lambda: self.store.frame("attempts", tasks, since=since, exclude_router=self.router_id))
         rated = self.store.call(lambda: self.store.frame("feedback", tasks, since=since, exclude_router=self.router_id))
