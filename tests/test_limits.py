@@ -89,22 +89,31 @@ def test_grows_only_when_the_limit_was_reached() -> None:
 
 
 def test_a_timeout_halves_and_ends_slow_start() -> None:
-    limit = AdaptiveLimit(LoadConfig(initial=8, window=4), clock=Clock())
+    clock = Clock()
+    limit = AdaptiveLimit(LoadConfig(initial=8, window=4), clock=clock)
     limit.drop()
     assert limit.limit == 4
+    limit.sample(0.05, 4)  # sent before the change: it measured the old limit
+    clock.now = 1.0
+    for _ in range(3):
+        limit.sample(0.05, 4)
+    assert limit.limit == 4
+    limit.sample(0.05, 4)
+    assert limit.limit == 5  # additive growth after the first shrink
+    clock.now = 2.0
     for _ in range(4):
         limit.sample(0.05, 4)
-    assert limit.limit == 5  # additive growth after the first shrink
+    assert limit.limit == 5  # a window now needs 5 replies: 4 decide nothing
 
 
 def test_the_no_load_latency_forgets_old_windows() -> None:
     clock = Clock()
     limit = AdaptiveLimit(LoadConfig(initial=4, window=2, baseline_s=10.0), clock=clock)
-    for _ in range(2):
+    for _ in range(4):
         limit.sample(0.05, 1)
     assert limit.no_load_s == pytest.approx(0.05)
     clock.now = 20.0  # the model became slower for good: its old no-load latency is forgotten
-    for _ in range(2):
+    for _ in range(4):
         limit.sample(0.2, 1)
     assert limit.no_load_s == pytest.approx(0.2) and limit.limit == 4
 
