@@ -57,7 +57,7 @@ def test_converges_to_the_servers_capacity(slots: int) -> None:
     limits = serve(limit, clock, [slots] * 1500, service_s=0.05)
     settled = limits[500:]  # within 500 calls (about 30 windows of 16)
     # the steady state admits at most `tolerance` times the capacity's worth of queueing
-    assert slots <= np.median(settled) <= math.ceil(1.25 * slots) + 1
+    assert slots <= np.median(settled) <= math.ceil(1.5 * slots) + 1
     assert min(settled) >= max(1, slots // 2)
 
 
@@ -66,7 +66,7 @@ def test_follows_a_capacity_that_halves() -> None:
     limit = AdaptiveLimit(LoadConfig(), clock=clock)
     limits = serve(limit, clock, [8] * 800 + [4] * 800, service_s=0.05)
     assert np.median(limits[400:800]) >= 8
-    assert 4 <= np.median(limits[1200:]) <= 6
+    assert 4 <= np.median(limits[1200:]) <= 7
 
 
 def test_bounded_by_max_in_flight_and_the_configured_bounds() -> None:

@@ -11,7 +11,9 @@ its failure reopens it with twice the previous cooldown (capped at ``max_cooldow
 errors and requests rejected for every model (the router passes ``neutral``) do not count.
 
 In-flight limits are claimed by the same :meth:`Health.acquire`: a model at ``max_in_flight`` is
-busy, which is the router's own saturation and never a failure of the model. Health also remembers
+busy, which is the router's own saturation and never a failure of the model. On routes with
+``load = "adaptive"`` a model is also busy at its learned concurrency limit (:mod:`.limits`), which
+every successful reply and every timeout of the model teaches. Health also remembers
 the prompt-length bands in which a model answered ``context_exceeded``.
 """
 
@@ -29,6 +31,7 @@ import numpy as np
 
 from .backends import Outcome, Reply
 from .config import BreakerConfig, ModelConfig
+from .limits import AdaptiveLimit, LoadConfig
 
 __all__ = ["Breaker", "Health", "CLOSED", "OPEN", "HALF_OPEN"]
 
@@ -92,11 +95,14 @@ class Breaker:
 class Health:
     """Breakers, in-flight counts and latency windows of every model, behind one lock."""
 
-    def __init__(self, models: Mapping[str, ModelConfig], config: BreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, models: Mapping[str, ModelConfig], config: BreakerConfig, clock: Callable[[], float] = time.monotonic, load: LoadConfig | None = None
+    ) -> None:
         self.models = dict(models)
         self.config = config
         self.clock = clock
         self.breakers = {name: Breaker(config) for name in models}
+        self.limits = {name: AdaptiveLimit(load or LoadConfig(), m.max_in_flight, clock) for name, m in models.items()}
         self.in_flight = dict.fromkeys(models, 0)
         self.latencies: dict[str, deque[float]] = {name: deque(maxlen=config.latency_window) for name in models}
         self.too_long: dict[str, int] = {}  # model -> the lowest prompt band in which it exceeded its context
@@ -105,7 +111,11 @@ class Health:
         self._generation = 0  # attempts ended so far: a waiter wakes when it moves
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
-    def split(self, candidates: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    def _full(self, name: str, adaptive: bool) -> bool:
+        """Whether the model is at its in-flight limit: ``max_in_flight``, or the learned one if ``adaptive`` (lock held)."""
+        return self.in_flight[name] >= (self.limits[name].limit if adaptive else self.models[name].max_in_flight)
+
+    def split(self, candidates: Sequence[str], adaptive: bool = False) -> tuple[list[str], dict[str, str]]:
         """The candidates a call may try now, and the others with why: ``cooling_down`` or ``saturated``."""
         now = self.clock()
         usable: list[str] = []
@@ -114,7 +124,7 @@ class Health:
             for name in candidates:
                 if not self.breakers[name].available(now):
                     skipped[name] = "cooling_down"
-                elif self.in_flight[name] >= self.models[name].max_in_flight:
+                elif self._full(name, adaptive):
                     skipped[name] = "saturated"
                 else:
                     usable.append(name)
@@ -133,16 +143,17 @@ class Health:
         with self._lock:
             return self._generation
 
-    def acquire(self, name: str) -> bool | None:
+    def acquire(self, name: str, adaptive: bool = False) -> bool | None:
         """Claim an attempt at a model, checking and claiming in one step.
 
-        Returns None when the model is busy (at ``max_in_flight``, or its breaker is not closed and
+        Returns None when the model is busy (at ``max_in_flight`` or, if ``adaptive``, at its learned
+        limit; or its breaker is not closed and
         its probe is out), else whether this attempt is the probe (True) or an ordinary one (False).
         A breaker that is open or half-open admits one attempt at a time, even one tried before its
         cooldown ends (a model that is cooling down is still tried last, rather than never).
         """
         with self._lock:
-            if self.in_flight[name] >= self.models[name].max_in_flight:
+            if self._full(name, adaptive):
                 return None
             breaker = self.breakers[name]
             breaker.available(self.clock())  # an expired cooldown turns half-open
@@ -166,6 +177,9 @@ class Health:
                 breaker.record(reply.ok, self.clock(), retry_after)
                 if reply.ok:
                     self.latencies[name].append(reply.latency_s)
+                    self.limits[name].sample(reply.latency_s, self.in_flight[name] + 1)
+                elif reply.outcome is Outcome.TIMEOUT:
+                    self.limits[name].drop()
             self._generation += 1
             self._released.notify_all()
             waiters, self._async_waiters = self._async_waiters, []
@@ -226,6 +240,7 @@ class Health:
                 "breaker": b.state,
                 "cooldown_left_s": max(b.open_until - now, 0.0) if b.state == OPEN else 0.0,
                 "in_flight": self.in_flight[name],
+                **self.limits[name].snapshot(),
             }
 
 

@@ -44,7 +44,7 @@ class LoadConfig:
     min_limit: int = 1
     max_limit: int = 256
     window: int = 16  # successful replies per decision
-    tolerance: float = 1.25  # a median latency up to this many times the no-load latency is not queueing
+    tolerance: float = 1.5  # a median latency up to this many times the no-load latency is not queueing
     baseline_s: float = 60.0  # the no-load latency is the lowest window median of this many seconds
 
     def __post_init__(self) -> None:
