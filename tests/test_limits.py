@@ -43,11 +43,18 @@ def serve(limit: AdaptiveLimit, clock: Clock, capacity: list[int], service_s: fl
             heapq.heappush(free_at, done)
             heapq.heappush(out, (done, clock.now))
             sent += 1
+            limit.started(len(out))
         done, at = heapq.heappop(out)
         clock.now = done
-        limit.sample(done - at, len(out) + 1)
+        limit.sample(done - at)
         limits.append(limit.limit)
     return limits
+
+
+def reply(limit: AdaptiveLimit, in_flight: int) -> None:
+    """A request sent with ``in_flight`` out, answered in 50 ms."""
+    limit.started(in_flight)
+    limit.sample(0.05)
 
 
 @pytest.mark.parametrize("slots", [1, 2, 4, 8, 16])
@@ -81,10 +88,11 @@ def test_bounded_by_max_in_flight_and_the_configured_bounds() -> None:
 def test_grows_only_when_the_limit_was_reached() -> None:
     limit = AdaptiveLimit(LoadConfig(initial=2, window=4), clock=Clock())
     for _ in range(40):
-        limit.sample(0.05, 1)  # never more than one request out: nothing shows a larger limit holds
+        limit.sample(0.05)  # never more than one request out: nothing shows a larger limit holds
     assert limit.limit == 2
+    limit.started(2)
     for _ in range(4):
-        limit.sample(0.05, 2)
+        limit.sample(0.05)
     assert limit.limit == 4  # slow start doubles
 
 
@@ -93,16 +101,16 @@ def test_a_timeout_halves_and_ends_slow_start() -> None:
     limit = AdaptiveLimit(LoadConfig(initial=8, window=4), clock=clock)
     limit.drop()
     assert limit.limit == 4
-    limit.sample(0.05, 4)  # sent before the change: it measured the old limit
+    reply(limit, 4)  # sent before the change: it measured the old limit
     clock.now = 1.0
     for _ in range(3):
-        limit.sample(0.05, 4)
+        reply(limit, 4)
     assert limit.limit == 4
-    limit.sample(0.05, 4)
+    reply(limit, 4)
     assert limit.limit == 5  # additive growth after the first shrink
     clock.now = 2.0
     for _ in range(4):
-        limit.sample(0.05, 4)
+        reply(limit, 4)
     assert limit.limit == 5  # a window now needs 5 replies: 4 decide nothing
 
 
@@ -110,11 +118,11 @@ def test_the_no_load_latency_forgets_old_windows() -> None:
     clock = Clock()
     limit = AdaptiveLimit(LoadConfig(initial=4, window=2, baseline_s=10.0), clock=clock)
     for _ in range(4):
-        limit.sample(0.05, 1)
+        limit.sample(0.05)
     assert limit.no_load_s == pytest.approx(0.05)
     clock.now = 20.0  # the model became slower for good: its old no-load latency is forgotten
     for _ in range(4):
-        limit.sample(0.2, 1)
+        limit.sample(0.2)
     assert limit.no_load_s == pytest.approx(0.2) and limit.limit == 4
 
 

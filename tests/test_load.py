@@ -18,9 +18,10 @@ import httpx
 import pytest
 from test_callpath import Loopback, answer, loopback_config
 
-from zeta_adaptive import Router, Store
+from zeta_adaptive import Outcome, Reply, Router
 from zeta_adaptive.config import Config
 from zeta_adaptive.exceptions import ConfigError
+from zeta_adaptive.health import Health
 from zeta_adaptive.limits import LoadConfig
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
@@ -148,6 +149,24 @@ def test_a_saturated_model_teaches_the_policy_nothing(sqlite_url: str) -> None:
             _burst(router, 2)
             n = {row["model"]: row["n"] for row in router.preferences("simple")["simple"]}
     assert n == {"a": 1.0, "b": 1.0}  # the call a never received counts for nothing
+
+
+def test_calls_waiting_for_a_slot_are_woken_one_per_release_in_turn() -> None:
+    config = Config.from_dict({"models": {"a": {"base_url": "http://127.0.0.1:1/v1"}}, "routes": {"simple": {"models": ["a"]}}})
+    health = Health(config.models, config.breaker)
+    since = health.generation
+    woken: list[int] = []
+    threads = [threading.Thread(target=lambda i=i: (health.wait_release(since, 10.0, fifo=True), woken.append(i))) for i in range(3)]
+    for n, thread in enumerate(threads, 1):
+        thread.start()
+        while len(health._queue) < n:  # queued in this order
+            time.sleep(0.001)
+    for n in (1, 2, 3):
+        health.acquire("a")
+        health.release("a", Reply(Outcome.OK, 0.01))
+        threads[n - 1].join(10.0)
+        assert woken == list(range(n))  # the longest waiting one, and only it
+    assert health.generation == since + 3
 
 
 # -- the simulated fleet's request slots ---------------------------------------------------------

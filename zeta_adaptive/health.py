@@ -20,6 +20,7 @@ the prompt-length bands in which a model answered ``context_exceeded``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections import deque
@@ -110,6 +111,7 @@ class Health:
         self._released = threading.Condition(self._lock)
         self._generation = 0  # attempts ended so far: a waiter wakes when it moves
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._queue: deque[Callable[[], None]] = deque()  # FIFO waiters (load-aware routes): one woken per release
 
     def _full(self, name: str, adaptive: bool) -> bool:
         """Whether the model is at its in-flight limit: ``max_in_flight``, or the learned one if ``adaptive`` (lock held)."""
@@ -163,6 +165,7 @@ class Health:
                     return None
                 breaker.probing = True
             self.in_flight[name] += 1
+            self.limits[name].started(self.in_flight[name])
             return probe
 
     def release(self, name: str, reply: Reply, neutral: bool = False, probe: bool = False) -> None:
@@ -177,31 +180,47 @@ class Health:
                 breaker.record(reply.ok, self.clock(), retry_after)
                 if reply.ok:
                     self.latencies[name].append(reply.latency_s)
-                    self.limits[name].sample(reply.latency_s, self.in_flight[name] + 1)
+                    self.limits[name].sample(reply.latency_s)
                 elif reply.outcome is Outcome.TIMEOUT:
                     self.limits[name].drop()
             self._generation += 1
             self._released.notify_all()
             waiters, self._async_waiters = self._async_waiters, []
+            first = self._queue.popleft() if self._queue else None
+        if first is not None:
+            first()
         for loop, future in waiters:
-            try:
-                loop.call_soon_threadsafe(_wake, future)
-            except RuntimeError:  # that event loop is closed: nobody waits there any more
-                pass
+            _wake_in(loop, future)
 
-    def wait_release(self, since: int, timeout_s: float) -> None:
-        """Block until an attempt has ended after ``generation`` was ``since``, or ``timeout_s`` passed."""
-        with self._released:
-            self._released.wait_for(lambda: self._generation != since, max(timeout_s, 0.0))
+    def wait_release(self, since: int, timeout_s: float, fifo: bool = False, again: bool = False) -> None:
+        """Block until an attempt has ended after ``generation`` was ``since``, or ``timeout_s`` passed.
 
-    async def await_release(self, since: int, timeout_s: float) -> None:
+        With ``fifo`` the waiter queues: each attempt that ends wakes only the longest waiting one,
+        so a crowd of calls waiting for a slot is served in turn and not woken all at once; a waiter
+        that waits ``again`` (its slot was taken before it could claim it) goes back to the front.
+        """
+        if not fifo:
+            with self._released:
+                self._released.wait_for(lambda: self._generation != since, max(timeout_s, 0.0))
+            return
+        woken = threading.Event()
+        if self._enqueue(since, woken.set, again):
+            woken.wait(max(timeout_s, 0.0))
+            self._dequeue(woken.set)
+
+    async def await_release(self, since: int, timeout_s: float, fifo: bool = False, again: bool = False) -> None:
         """Async twin of :meth:`wait_release`: the event loop keeps running while it waits."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            if self._generation != since:
+        wake = functools.partial(_wake_in, loop, future)
+        if fifo:
+            if not self._enqueue(since, wake, again):
                 return
-            self._async_waiters.append((loop, future))
+        else:
+            with self._lock:
+                if self._generation != since:
+                    return
+                self._async_waiters.append((loop, future))
         try:
             async with asyncio.timeout(max(timeout_s, 0.0)):
                 await future
@@ -211,6 +230,24 @@ class Health:
             with self._lock:
                 if (loop, future) in self._async_waiters:
                     self._async_waiters.remove((loop, future))
+            self._dequeue(wake)
+
+    def _enqueue(self, since: int, wake: Callable[[], None], front: bool) -> bool:
+        """Join the FIFO waiters, unless an attempt ended already since ``since`` (then False: no need to wait)."""
+        with self._lock:
+            if self._generation != since:
+                return False
+            if front:
+                self._queue.appendleft(wake)
+            else:
+                self._queue.append(wake)
+            return True
+
+    def _dequeue(self, wake: Callable[[], None]) -> None:
+        """Leave the FIFO waiters (after a timeout; a woken waiter has left already)."""
+        with self._lock:
+            if wake in self._queue:
+                self._queue.remove(wake)
 
     def exceeded_context(self, name: str, band: int) -> None:
         """Remember that a prompt of this length band was too long for the model."""
@@ -247,3 +284,11 @@ class Health:
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _wake_in(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    """Wake an async waiter from any thread."""
+    try:
+        loop.call_soon_threadsafe(_wake, future)
+    except RuntimeError:  # that event loop is closed: nobody waits there any more
+        pass

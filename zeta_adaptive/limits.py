@@ -8,7 +8,7 @@ at least as many as the limit, so a window sees a whole round of requests) and c
 the model's no-load latency, the lowest window median of the last ``baseline_s`` seconds:
 
 * median within ``tolerance`` times the no-load latency, and the window actually used the limit
-  (some reply saw at least ``floor(limit)`` requests out): the limit grows, doubling until the
+  (at least ``floor(limit)`` requests were out at once): the limit grows, doubling until the
   first shrink (a slow start, as in TCP, so a large server is found in a few windows), then by one;
 * median above it: queueing inflated the latency, the limit shrinks multiplicatively by the
   gradient ``tolerance * no_load / median`` (at most halving it per window);
@@ -43,7 +43,7 @@ class LoadConfig:
     initial: int = 1  # the limit before any latency is known: low, so the first windows see no-load latency
     min_limit: int = 1
     max_limit: int = 256
-    window: int = 16  # successful replies per decision
+    window: int = 8  # successful replies per decision (and at least as many as the limit)
     tolerance: float = 1.5  # a median latency up to this many times the no-load latency is not queueing
     baseline_s: float = 60.0  # the no-load latency is the lowest window median of this many seconds
 
@@ -64,7 +64,7 @@ class AdaptiveLimit:
         self.clock = clock
         self.value = float(max(min(config.initial, self.cap), config.min_limit))
         self._window: list[float] = []
-        self._busiest = 0  # most requests out seen by a reply of the current window
+        self._busiest = 0  # most requests out at once since the last decision
         self._dropped = False
         self._slow_start = True
         self._changed_at = -math.inf  # replies to requests sent before the last change tell of the old limit
@@ -76,12 +76,15 @@ class AdaptiveLimit:
         """Requests that may be out at once now."""
         return max(self.config.min_limit, min(math.floor(self.value), self.cap))
 
-    def sample(self, latency_s: float, in_flight: int) -> None:
-        """Learn one successful reply's latency, with the requests out (itself included) when it ended."""
+    def started(self, in_flight: int) -> None:
+        """Note a request sent, with the requests out (itself included): whether the limit was reached."""
+        self._busiest = max(self._busiest, in_flight)
+
+    def sample(self, latency_s: float) -> None:
+        """Learn one successful reply's latency."""
         if self.clock() - latency_s < self._changed_at:
             return
         self._window.append(latency_s)
-        self._busiest = max(self._busiest, in_flight)
         if len(self._window) >= max(self.config.window, self.limit):
             self._decide()
 

@@ -304,6 +304,7 @@ class _Call:
         self.deferred: list[str] = []  # busy models put aside, tried again after an attempt at one ends
         self._busy_since: int | None = None  # Health.generation before the first claim that found a model busy
         self._waited = False  # the call has just waited for a busy model
+        self._slot_waits = 0  # how many times it waited so (a call that waits again goes first)
         self.busy = False  # the call ended because every model left stayed busy
         self.attempts: list[Attempt] = []
         self.starts: list[float] = []  # unix start time of each attempt, in start order
@@ -366,14 +367,16 @@ class _Call:
     def pause(self, step: _Step) -> None:
         """Wait as the step says, blocking this thread."""
         if step.release_since is not None:
-            self.router.health.wait_release(step.release_since, step.wait_s)
+            self.router.health.wait_release(step.release_since, step.wait_s, self.adaptive, self._slot_waits > 0)
+            self._slot_waits += 1
         elif step.wait_s:
             time.sleep(step.wait_s)
 
     async def apause(self, step: _Step) -> None:
         """Wait as the step says, letting the event loop run."""
         if step.release_since is not None:
-            await self.router.health.await_release(step.release_since, step.wait_s)
+            await self.router.health.await_release(step.release_since, step.wait_s, self.adaptive, self._slot_waits > 0)
+            self._slot_waits += 1
         elif step.wait_s:
             await asyncio.sleep(step.wait_s)
 
