@@ -8,7 +8,7 @@ once it has a slot. Scenarios (rates in calls per second, capacities ``slots / S
 * ``quarter``: the better model (accuracy 0.90) has a quarter of the other's slots (2 vs 8), and
   the traffic exceeds its capacity (40/s against 20/s; 100/s in all);
 * ``halving``: the better model's slots halve (4 -> 2) halfway through the run;
-* ``three``: three models with 2, 4 and 8 slots (accuracy 0.90, 0.80, 0.70) at 60/s.
+* ``three``: three models with 2, 4 and 8 slots (accuracy 0.90, 0.80, 0.70) at 40/s.
 
 Policies: ``static`` (the better model first, always), ``thompson`` (load off: what the router did
 before), ``thompson+adaptive`` (``load = "adaptive"``: learned concurrency limits, spill-over), and
@@ -55,7 +55,7 @@ def _model(name: str, slots: int, accuracy: float) -> dict[str, Any]:
 SCENARIOS: dict[str, tuple[list[dict[str, Any]], float, list[tuple[float, str, int]]]] = {
     "quarter": ([_model("better", 2, 0.90), _model("bigger", 8, 0.75)], 40.0, []),
     "halving": ([_model("better", 4, 0.90), _model("bigger", 8, 0.75)], 40.0, [(0.5, "better", 2)]),
-    "three": ([_model("small", 2, 0.90), _model("medium", 4, 0.80), _model("large", 8, 0.70)], 60.0, []),
+    "three": ([_model("small", 2, 0.90), _model("medium", 4, 0.80), _model("large", 8, 0.70)], 40.0, []),
 }
 
 
@@ -167,7 +167,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     args = parse_args(__doc__, **{"--seconds": {"type": float, "default": 6.0, "help": "seconds of traffic per policy and scenario"}})
-    seconds = 1.5 if args.quick else args.seconds
+    seconds = 1.0 if args.quick else args.seconds
     rows = []
     with tempfile.TemporaryDirectory() as tmp, FleetProcess(SCENARIOS["quarter"][0], args.seed) as fleet:
         for scenario in SCENARIOS:

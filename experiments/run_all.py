@@ -38,6 +38,7 @@ SCRIPTS = (
     "policy_regret.py",
     "policy_drift.py",
     "replay_speed.py",
+    "load.py",
 )
 
 

@@ -8,10 +8,14 @@ model has out at once, so the tests see what a backend would see; they count req
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -193,3 +197,20 @@ def test_slots_queue_requests_and_change_during_a_run() -> None:
         assert _concurrent(url, 4) >= 2 * service * 0.95
     with pytest.raises(ValueError, match="slots"):
         ModelSpec("m", slots=0)
+
+
+def test_the_load_experiment_runs_and_writes_its_files(tmp_path) -> None:
+    """Smoke run (about 20 s: twelve one-second runs): every scenario and policy gives a row. No timing is asserted."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "experiments" / "load.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "load.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["scenario"], r["policy"]) for r in rows} == {
+        (s, p) for s in ("quarter", "halving", "three") for p in ("static", "thompson", "thompson+adaptive", "oracle")
+    }
+    assert all(float(r["throughput_per_s"]) > 0 for r in rows)
+    assert (tmp_path / "load.md").read_text().count("thompson+adaptive") >= 3 and (tmp_path / "load.png").exists()
