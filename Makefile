@@ -45,5 +45,7 @@ $(COMPAT_STAMP): $(STAMP) pyproject.toml
 compat: $(STAMP) $(COMPAT_STAMP)
 	ZETA_COMPAT=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m compat tests/test_compat_litellm.py
 
+# everything `make demo`, `make report` and the README's examples write (logs with their WAL files,
+# the demo's previous log, the report), besides the venv and caches
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis zeta.db zeta.db-wal zeta.db-shm zeta-report.html
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis zeta.db zeta.db-* zeta.db.prev example.db example.db-* zeta-report.html

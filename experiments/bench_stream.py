@@ -485,8 +485,8 @@ def components(c: Contenders, loops: int, repeats: int = 7) -> list[dict[str, An
         lines = list(response.iter_lines())
     first = next(line for line in lines if _first_delta(line))  # the event that carries the first delta
 
-    def call_setup() -> None:  # Router._begin: task lookup, call id, breaker check, policy ranking
-        router._begin("simple", "chat", None, MESSAGES, MESSAGES)
+    def call_setup() -> None:  # Router._begin_chat: input checks, task lookup, call id, breaker check, policy ranking
+        router._begin_chat("simple", MESSAGES, True, None, params)
 
     def body_and_timeout() -> None:  # the attempt's body and its per-request httpx.Timeout
         body = {**HttpxBackend._chat_body(model, MESSAGES, params), "stream": True}

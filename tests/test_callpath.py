@@ -26,6 +26,8 @@ from zeta_adaptive.exceptions import ConfigError, InvalidRequest
 from zeta_adaptive.health import CLOSED, OPEN
 from zeta_adaptive.router import SCAN_CHARS, sample
 
+from loopback_http import send_json
+
 MSG = [{"role": "user", "content": "hi"}]
 
 #: what the loopback server does for one request: (HTTP status, seconds to wait first, JSON body)
@@ -77,12 +79,7 @@ class Loopback:
                     behave = outer.behaviour.get(model, answer())
                 status, delay, payload = behave(body)
                 time.sleep(delay)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
                 with outer.lock:
                     outer.in_flight[model] -= 1
                     outer.log.append((model, start, time.monotonic()))
@@ -490,6 +487,7 @@ BAD_CHATS = [
     (("simple", [{"role": "user", "content": 123}]), {}, "messages[0].content must be"),
     (("simple", [{"role": "user", "content": [{"text": "no type"}]}]), {}, "messages[0].content[0]"),
     (("simple", [{"role": "user", "content": []}]), {}, "empty list"),
+    (("simple", [{"role": "user", "content": [{"type": "text", "text": None}]}]), {}, "without a 'text' string"),
     (("simple", [{"role": "user", "content": [{"type": "text", "text": "x", "extra": _deep(100_000)}]}]), {}, "nested deeper"),
     (("simple", [{"role": "user", "content": "hi", 1: "x"}]), {}, "non-string key"),
     (("simple", MSG), {"deadline": 0.5}, "did you mean deadline_s"),
@@ -552,7 +550,7 @@ def test_bad_chat_input_raises_invalid_request_and_leaves_no_trace(sqlite_url, a
 def test_bad_input_writes_nothing_on_either_store(store_url):
     backend = FakeBackend({})
     with _input_router(store_url, backend) as router:
-        for args, kwargs, _ in BAD_CHATS[:3] + BAD_CHATS[13:15]:
+        for args, kwargs, _ in BAD_CHATS[:3] + BAD_CHATS[-4:]:
             with pytest.raises(InvalidRequest):
                 router.chat(*args, **kwargs)
         with pytest.raises(InvalidRequest):

@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, text
 from zeta_adaptive import AllModelsFailed, ConfigError, FeedbackError, Router, Store, StoreError
 from zeta_adaptive.feedback import FeedbackBook
 
+from loopback_http import send_json
 from test_outage import private_pg  # noqa: F401  (the fixture: a PostgreSQL server of the test's own)
 
 TESTS = Path(__file__).parent
@@ -42,12 +43,7 @@ class Canned:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.auth.append(self.headers.get("Authorization"))
                 status, payload = answer(body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, payload)
 
             def log_message(self, *args) -> None:
                 pass

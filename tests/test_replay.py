@@ -396,8 +396,8 @@ def test_cli_on_the_router_log(small_log, tmp_path):
     assert set(rows["policy"]) == {"static", "thompson"} and (rows["n"] == 3).all()
     api = compare(prepare(load_logged(small_log, reward="success", on_invalid="drop")), ["static"], ["ips"]).table
     assert rows[(rows.policy == "static") & (rows.estimator == "ips")]["value"].item() == pytest.approx(api["value"].item())
-    failed = CliRunner().invoke(main, ["replay", "--db", small_log, "--policy", "static"])
-    assert failed.exit_code != 0 and "on-invalid drop" in failed.output
+    failed = CliRunner().invoke(main, ["replay", "--db", small_log, "--policy", "static", "--on-invalid", "raise"])
+    assert failed.exit_code != 0 and "--on-invalid drop" in failed.output and "on_invalid" not in failed.output
 
 
 def test_cli_on_a_csv_file(tmp_path):

@@ -110,7 +110,7 @@ def test_cli_prune(sqlite_url):
     store = Store(sqlite_url)
     store.put("calls", {**store.find_call(old.call_id), "call_id": "recent", "ts": time.time() + 10})
     store.close()
-    result = CliRunner().invoke(main, ["db", "prune", "--db", sqlite_url, "--older-than", "0s"])
+    result = CliRunner().invoke(main, ["db", "prune", "--db", sqlite_url, "--older-than", "0s", "--yes"])
     assert result.exit_code == 0, result.output
     assert "deleted 1 calls, 1 attempts, 1 feedback" in result.output
     store = Store(sqlite_url)

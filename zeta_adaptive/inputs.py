@@ -80,6 +80,8 @@ def check_messages(messages: Any) -> int:
                 if not isinstance(part, Mapping) or not isinstance(part.get("type"), str) or not part["type"]:
                     raise InvalidRequest(f"{where}.content[{j}] must be a content part: a dict with a 'type' string")
                 text = part.get("text")
+                if part["type"] == "text" and not isinstance(text, str):
+                    raise InvalidRequest(f"{where}.content[{j}] is a text part without a 'text' string")
                 chars += len(text) if isinstance(text, str) else 0
         elif content is None:
             if not (role == "assistant" and (message.get("tool_calls") or message.get("function_call"))):

@@ -118,7 +118,7 @@ def _screen(frame: pd.DataFrame, problems: Mapping[str, Any], on_invalid: str) -
         detail = "; ".join(f"{n} {reason}" for reason, n in counts.items())
         raise ReplayError(
             f"{int(bad.sum())} of {len(frame)} logged rows are invalid: {detail} (first: {where}). "
-            "Fix the log, or pass on_invalid='drop' (CLI: --on-invalid drop) to exclude them; they are counted."
+            "Fix the log, or pass on_invalid='drop' to exclude them; they are counted."
         )
     for reason, n in counts.items():
         dropped[reason] = dropped.get(reason, 0) + n
@@ -487,7 +487,7 @@ class Uniform(_Fixed):
     With positions, 1/(number of actions) at every position.
     """
 
-    name: str = "uniform"
+    name: str = "random"
 
     def _table(self, data: Logged) -> np.ndarray:
         table = np.zeros((len(data.groups), len(data.actions)))
@@ -602,7 +602,7 @@ def _option(text: str) -> tuple[str, Any]:
 def parse_target(spec: str, *, objective: Objective | None = None, seed: int = 0) -> Target:
     """A target from its command-line spelling.
 
-    ``uniform`` (or ``random``), ``static``, ``always:MODEL``, or any policy name of
+    ``random`` (the config's name; ``uniform`` is an alias), ``static``, ``always:MODEL``, or any policy name of
     :data:`zeta_adaptive.policies.POLICIES` with optional options, e.g. ``thompson:discount=0.98``.
     """
     spec = spec.strip()
@@ -616,7 +616,7 @@ def parse_target(spec: str, *, objective: Objective | None = None, seed: int = 0
         return Always(spec[7:])
     name, _, opts = spec.partition(":")
     if name not in POLICIES:
-        choices = ["uniform", "static", "always:MODEL", *sorted(set(POLICIES) - {"static", "random"})]
+        choices = ["random", "static", "always:MODEL", *sorted(set(POLICIES) - {"static", "random"})]
         raise ReplayError(f"unknown policy {spec!r}; choose from {choices} (learning ones take :key=value,...)")
     options = dict(_option(o) for o in opts.split(",") if o.strip())
     return Learning(name, options, objective, seed, label=spec)
@@ -1133,11 +1133,16 @@ class Comparison:
         for reason, count in self.dropped.items():
             lines.append(f"dropped {count:,} rows {reason}")
         lines += list(self.notes)
+        if self.table[["ci_low", "ci_high"]].isna().any(axis=None):
+            lines.append(
+                "an unavailable interval: over a tenth of the bootstrap replays could not be replayed, or the "
+                "estimate fell outside its interval (too few matched rounds to trust either)"
+            )
         level = f"{100 * (1 - self.alpha):g}% interval"
         header = f"{'policy':<24} {'estimator':<9} {'value':>9}  {level:<22} {'ess':>10} {'n':>10}"
         lines += ["", header, "-" * len(header)]
         for r in self.table.itertuples(index=False):
-            ci = f"[{r.ci_low:.4g}, {r.ci_high:.4g}]"
+            ci = "unavailable" if math.isnan(r.ci_low) or math.isnan(r.ci_high) else f"[{r.ci_low:.4g}, {r.ci_high:.4g}]"
             lines.append(f"{r.policy:<24} {r.estimator:<9} {r.value:>9.4g}  {ci:<22} {r.ess:>10,.0f} {r.n:>10,}")
         lines += [f"skipped: {s}" for s in self.skipped]
         return "\n".join(lines)
@@ -1155,6 +1160,7 @@ def compare(
     alpha: float = 0.05,
     clip: float | None = None,
     progress: bool = False,
+    skip_failing: bool = False,
 ) -> Comparison:
     """Evaluate every target (a spec string or a target object) with every estimator, side by side.
 
@@ -1164,6 +1170,12 @@ def compare(
     estimator that does not apply (IPS-style ones for a policy that exposes no action
     probabilities) is skipped and named in :attr:`Comparison.skipped`, never given a number.
     ``progress`` shows tqdm bars (stderr) for replays and bootstraps that take over a second.
+    ``skip_failing``: a target or estimator that raises :class:`ReplayError` on this log (say, a
+    replay that matches no round of a task type) is named in ``skipped`` with the reason, and the
+    others are still evaluated.
+
+    A learning target's value is one replay and its interval comes from fresh replays of resampled
+    logs; where the value falls outside that interval, the interval is withheld (NaN) and a note says so.
     """
     logged = _logged(data)
     built: list[_Estimator] = []
@@ -1180,17 +1192,34 @@ def compare(
     skipped: list[str] = []
     notes: list[str] = []
     for target in targets:
-        target = parse_target(target, objective=objective, seed=seed) if isinstance(target, str) else target
+        try:
+            target = parse_target(target, objective=objective, seed=seed) if isinstance(target, str) else target
+            resolved = _resolve(logged, target, progress, record=any(e.needs_probabilities for e in built))
+        except ReplayError as exc:
+            if not skip_failing:
+                raise
+            name = str(getattr(target, "name", target))
+            skipped.append(str(exc) if str(exc).startswith(name) else f"{name}: {exc}")
+            continue
         if isinstance(target, Static):
             tables = ", ".join(f"{g} -> {m[0]}" for g, m in zip(logged.groups, logged.models))
             notes.append(f"static: the first of each task type's models ({tables})")
-        resolved = _resolve(logged, target, progress, record=any(e.needs_probabilities for e in built))
         usable = [e for e in built if resolved.probs is not None or isinstance(e, Replay)]
         skipped += [f"{e.name} for {resolved.name}: it exposes no action probabilities while it learns" for e in built if e not in usable]
         learned = None
         if resolved.learning is not None and usable:
             learned = _learning_bootstrap(logged, resolved.learning, usable, learning_boot, seed, progress)
         for i, est in enumerate(usable):
-            rows.append(vars(est._evaluate(logged, resolved, progress, None if learned is None else learned[i])))
+            try:
+                estimate = est._evaluate(logged, resolved, progress, None if learned is None else learned[i])
+            except ReplayError as exc:
+                if not skip_failing:
+                    raise
+                skipped.append(f"{est.name} for {resolved.name}: {exc}")
+                continue
+            if resolved.learning is not None and not math.isnan(estimate.ci_low) and not estimate.ci_low <= estimate.value <= estimate.ci_high:
+                notes.append(f"{est.name} for {resolved.name}: the estimate {estimate.value:.4g} lies outside its bootstrap interval; interval withheld")
+                estimate = replace(estimate, ci_low=math.nan, ci_high=math.nan)
+            rows.append(vars(estimate))
     table = pd.DataFrame(rows, columns=["estimator", "policy", "value", "ci_low", "ci_high", "ess", "n"])
     return Comparison(table, tuple(skipped), dict(logged.dropped), logged.n, alpha, tuple(notes))

@@ -304,7 +304,7 @@ class _Call:
         self.deferred: list[str] = []  # busy models put aside, tried again after an attempt at one ends
         self._busy_since: int | None = None  # Health.generation before the first claim that found a model busy
         self._waited = False  # the call has just waited for a busy model
-        self._slot_waits = 0  # how many times it waited so (a call that waits again goes first)
+        self._slot_waits = 0  # waits for a slot so far (a call that waits again goes back to the front)
         self.busy = False  # the call ended because every model left stayed busy
         self.attempts: list[Attempt] = []
         self.starts: list[float] = []  # unix start time of each attempt, in start order

@@ -21,15 +21,19 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urlsplit
 
 import numpy as np
 
-__all__ = ["ModelSpec", "Fleet", "example_fleet", "example_routes"]
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = ["ModelSpec", "Fleet", "example_fleet", "example_routes", "config_fleet"]
 
 _HOST = "127.0.0.1"
 _POLL_S = 0.02  # how often an idle server loop checks for shutdown; bounds close() and down=True
@@ -555,16 +559,22 @@ class _Slots:
 class Fleet:
     """A set of simulated models, each served on its own loopback port, changeable at run time."""
 
-    def __init__(self, specs: Iterable[ModelSpec], seed: int = 0) -> None:
+    def __init__(self, specs: Iterable[ModelSpec], seed: int = 0, ports: Mapping[str, int] | None = None) -> None:
+        """``ports`` binds the named models to fixed loopback ports (the others get free ones)."""
         specs = list(specs)
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
+        unknown = sorted(set(ports or {}) - set(names))
+        if unknown:
+            raise ValueError(f"ports name models not in the fleet: {unknown}")
         streams = np.random.SeedSequence(seed).spawn(len(specs) + 1)
         self._servers = {
             spec.name: _ModelServer(_copy(spec), np.random.default_rng(stream))
             for spec, stream in zip(specs, streams)
         }
+        for name, port in (ports or {}).items():
+            self._servers[name].port = port
         self._accuracy_rng = np.random.default_rng(streams[-1])
         self._accuracy_lock = threading.Lock()
         self._state_lock = threading.RLock()  # serializes start, close and up/down changes
@@ -577,7 +587,10 @@ class Fleet:
         return list(self._servers)
 
     def start(self) -> Fleet:
-        """Start one server per model on a free loopback port; a no-op if already started."""
+        """Start one server per model on its fixed or a free loopback port; a no-op if already started.
+
+        A fixed port that cannot be bound raises OSError (errno EADDRINUSE when something listens there).
+        """
         with self._state_lock:
             if self._closed:
                 raise RuntimeError("the fleet is closed and cannot be restarted")
@@ -585,8 +598,11 @@ class Fleet:
                 return self
             self._started = True
             try:
-                for server in self._servers.values():
-                    server.listen()
+                for name, server in self._servers.items():
+                    try:
+                        server.listen()
+                    except OSError as exc:
+                        raise OSError(exc.errno, f"cannot serve {name} on {_HOST}:{server.port}: {exc.strerror}") from None
                     if server.current().down:
                         server.stop()
             except BaseException:
@@ -708,14 +724,43 @@ def example_routes() -> dict[str, list[str]]:
     }
 
 
+def _example_specs() -> list[ModelSpec]:
+    """One embedding and three chat models with different speed/accuracy trade-offs."""
+    return [
+        ModelSpec("embed-4b", kind="embedding", dim=8, latency_s=0.005),
+        ModelSpec("coder-7b", latency_s=0.02, accuracy={"code": 0.85, "simple": 0.75, "reasoning": 0.55}),
+        ModelSpec("reasoner-14b", latency_s=0.06, accuracy={"code": 0.8, "simple": 0.8, "reasoning": 0.85}),
+        ModelSpec("general-7b", latency_s=0.015, accuracy={"code": 0.6, "simple": 0.78, "reasoning": 0.6}),
+    ]
+
+
 def example_fleet(seed: int = 0) -> Fleet:
     """An unstarted fleet of one embedding and three chat models with different speed/accuracy trade-offs."""
-    return Fleet(
-        [
-            ModelSpec("embed-4b", kind="embedding", dim=8, latency_s=0.005),
-            ModelSpec("coder-7b", latency_s=0.02, accuracy={"code": 0.85, "simple": 0.75, "reasoning": 0.55}),
-            ModelSpec("reasoner-14b", latency_s=0.06, accuracy={"code": 0.8, "simple": 0.8, "reasoning": 0.85}),
-            ModelSpec("general-7b", latency_s=0.015, accuracy={"code": 0.6, "simple": 0.78, "reasoning": 0.6}),
-        ],
-        seed=seed,
-    )
+    return Fleet(_example_specs(), seed=seed)
+
+
+def config_fleet(config: Config, seed: int = 0) -> Fleet:
+    """An unstarted fleet serving every model of a router config on the loopback port its base_url
+    names, so routers with that config run as written; models named like example_fleet()'s behave like them.
+
+    Raises ConfigError for a base_url that is not http://127.0.0.1 (or localhost) with path /v1, or a
+    port two models share.
+    """
+    from .exceptions import ConfigError
+
+    known = {spec.name: spec for spec in _example_specs()}
+    specs, ports, owner = [], {}, {}
+    for name, model in config.models.items():
+        where = f"models.{name}.base_url"
+        parts = urlsplit(model.base_url)
+        if parts.hostname not in ("127.0.0.1", "localhost") or parts.scheme != "http":
+            raise ConfigError(where, f"{model.base_url} is not on http://127.0.0.1; the simulated fleet serves loopback only")
+        if parts.path.rstrip("/") != "/v1":
+            raise ConfigError(where, f"{model.base_url}: the simulated fleet serves OpenAI's API under /v1")
+        port = parts.port or 80
+        if port in owner:
+            raise ConfigError(where, f"port {port} is also {owner[port]}'s; each simulated model needs its own port")
+        owner[port], ports[name] = name, port
+        base = known.get(name, ModelSpec(name))
+        specs.append(dataclasses.replace(base, name=name, kind=model.kind, dim=model.dim or base.dim, accuracy=dict(base.accuracy)))
+    return Fleet(specs, seed=seed, ports=ports)

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import os
-import queue
+import collections
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,11 +44,12 @@ from sqlalchemy import (
     event,
     or_,
     func,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from .exceptions import StoreError
@@ -161,7 +162,11 @@ def upgrade(engine: Engine) -> None:
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
-        if MigrationContext.configure(conn).get_current_revision() != head:
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is None and not inspect(conn).has_table("calls"):  # a new log: the tables as of the newest migration
+            metadata.create_all(conn)
+            command.stamp(_alembic_config(conn), "head")
+        elif current != head:
             command.upgrade(_alembic_config(conn), "head")
 
 
@@ -184,6 +189,9 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
     timeouts, and the pool's checkout timeout all follow ``timeout_s``."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        folder = Path(parsed.database or ".").parent
+        if parsed.database not in (None, "", ":memory:") and not folder.is_dir():  # SQLite would only say "unable to open database file"
+            raise StoreError(f"cannot open store {url}: directory {folder} does not exist")
         engine = create_engine(url, connect_args={"timeout": timeout_s, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -200,7 +208,9 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
     if pgbouncer:  # PgBouncer's transaction mode forbids prepared statements and startup options
         connect_args["prepare_threshold"] = None
     else:
-        connect_args["options"] = f"-c statement_timeout={int(timeout_s * 1000)}"
+        given = parsed.query.get("options", "")  # e.g. a search_path the URL sets: keep it
+        given = given if isinstance(given, str) else " ".join(given)
+        connect_args["options"] = f"{given} -c statement_timeout={int(timeout_s * 1000)}".strip()
     # a bounded pool per process: the writer, the refresher and feedback look-ups
     return create_engine(url, pool_size=2, max_overflow=4, pool_pre_ping=True, pool_timeout=timeout_s, connect_args=connect_args)
 
@@ -222,13 +232,14 @@ def _truncate(value: str, limit: int) -> str:
 
 
 def _column_rules(table: Table) -> list[tuple[str, str, int, bool]]:
-    """(name, kind, limit, nullable) per column: what :func:`sanitize` enforces."""
+    """(name, kind, limit, nullable) per column: what :func:`sanitize` enforces. Free text (``Text``
+    columns: errors, prompts, answers) is also scrubbed of secrets; names (``String``) are ours."""
     rules = []
     for column in table.columns:
-        if isinstance(column.type, String) and not isinstance(column.type, Text):
+        if isinstance(column.type, Text):
+            rules.append((column.name, "free", ERROR_CHARS if column.name == "error" else TEXT_CHARS, bool(column.nullable)))
+        elif isinstance(column.type, String):
             rules.append((column.name, "text", column.type.length or TEXT_CHARS, bool(column.nullable)))
-        elif isinstance(column.type, Text):
-            rules.append((column.name, "text", ERROR_CHARS if column.name == "error" else TEXT_CHARS, bool(column.nullable)))
         elif isinstance(column.type, Integer):
             rules.append((column.name, "int", INT_MAX, bool(column.nullable)))
         elif isinstance(column.type, Float):
@@ -236,42 +247,67 @@ def _column_rules(table: Table) -> list[tuple[str, str, int, bool]]:
     return rules
 
 
+def _clean_text(value: Any, limit: int) -> str:
+    text_value = value if type(value) is str else str(value)
+    if "\x00" in text_value:
+        text_value = text_value.replace("\x00", "")
+    if not text_value.isascii():
+        try:
+            text_value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates, e.g. from a JSON "\ud800"
+            text_value = text_value.encode("utf-8", "replace").decode("utf-8")
+    return text_value if len(text_value) <= limit else _truncate(text_value, limit)
+
+
 def sanitize(table: str, row: Mapping[str, Any], scrub: Callable[[str], str] = str) -> dict[str, Any]:
     """The row as every store accepts it: secrets scrubbed, NUL and lone surrogates removed, text
     cut to its column (with a marker), integers clamped to 32 bits, non-finite floats NULL (or 0
-    where the column is NOT NULL), numpy scalars made plain."""
+    where the column is NOT NULL), numpy scalars made plain. Plain values pass through cheaply."""
     out: dict[str, Any] = {}
     for name, kind, limit, nullable in _RULES[table]:
         value = row.get(name)
         if value is None:
             out[name] = None
         elif kind == "text":
-            text_value = scrub(str(value)).replace("\x00", "")
-            try:
-                text_value.encode("utf-8")
-            except UnicodeEncodeError:
-                text_value = text_value.encode("utf-8", "replace").decode("utf-8")
-            out[name] = _truncate(text_value, limit)
+            out[name] = _clean_text(value, limit)
+        elif kind == "free":
+            out[name] = _clean_text(scrub(value if type(value) is str else str(value)), limit)
         elif kind == "int":
-            number = float(value) if not isinstance(value, int) else value
-            if isinstance(number, float):
-                number = int(number) if math.isfinite(number) else 0
-            out[name] = max(-limit - 1, min(int(number), limit))
+            if type(value) is not int:
+                number = float(value)
+                value = int(number) if math.isfinite(number) else 0
+            out[name] = value if -limit - 1 <= value <= limit else max(-limit - 1, min(value, limit))
         else:
-            real = float(value)
-            out[name] = real if math.isfinite(real) else (None if nullable else 0.0)
+            real = value if type(value) is float else float(value)
+            out[name] = real if real - real == 0.0 else (None if nullable else 0.0)  # NaN and inf fail x - x == 0
     return out
 
 
 _RULES = {t.name: _column_rules(t) for t in (calls, attempts, feedback)}
 
 
+def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """PostgreSQL: COPY rows into a transaction-scoped temporary table, then insert those whose key
+    is new; several times faster than ``executemany`` (psycopg 3's COPY protocol)."""
+    columns = [c.name for c in table.columns]
+    names = ", ".join(columns)
+    temp = f"zeta_copy_{table.name}"
+    with raw.cursor() as cur:
+        cur.execute(f"CREATE TEMP TABLE {temp} (LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DROP")
+        with cur.copy(f"COPY {temp} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row.get(c) for c in columns])
+        cur.execute(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING")
+        cur.execute(f"DROP TABLE {temp}")  # a later batch in the same transaction (a bisection) makes it again
+
+
 def _is_row_problem(exc: BaseException) -> bool:
     """Whether a failed write was refused for what some row holds (bisect it) rather than because the
     database is away, locked or slow (journal and retry)."""
-    if isinstance(exc, (DataError, IntegrityError)):
+    names = {cls.__name__ for cls in type(exc).__mro__}  # SQLAlchemy's classes and the drivers' share these names
+    if names & {"DataError", "IntegrityError"}:
         return True
-    if isinstance(exc, DBAPIError | SATimeoutError):
+    if isinstance(exc, DBAPIError | SATimeoutError) or names & {"DatabaseError", "InterfaceError"}:
         return False
     return isinstance(exc, (StatementError, ValueError, TypeError, OverflowError))
 
@@ -476,6 +512,7 @@ class Store:
         self.buffer_rows = buffer_rows
         self.timeout_s = timeout_s
         self.journal_after_s = journal_after_s
+        self.write_rows = min(batch_size, 1000)  # rows per transaction: each write stays short, so a slow one means trouble
         self.durability = durability
         self.scrub = scrub
         try:
@@ -483,14 +520,17 @@ class Store:
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open store {self.safe_url}: {type(exc).__name__}: {getattr(exc, 'orig', exc)}") from None
         self._insert = {name: _insert(self.engine, table) for name, table in TABLES.items()}
+        self._stuck: _Bounded | None = None  # a database operation we stopped waiting for
+        self._next_probe = 0.0
+        self._delay = 0.05
         self._migrated = not migrate
         if migrate:
             head_revision()  # Python work, before the clock of the bounded database work starts
             import alembic.command  # noqa: F401
             import alembic.runtime.migration  # noqa: F401
 
-            try:
-                self.call(upgrade, self.engine)
+            try:  # a router does not wait long for an absent database; a command does
+                self.call(upgrade, self.engine, timeout=timeout_s if background else max(timeout_s, 60.0))
                 self._migrated = True
             except (SQLAlchemyError, StoreError) as exc:
                 if not background:
@@ -498,16 +538,15 @@ class Store:
                 log.warning("store %s is not reachable (%s): journaling until it is", self.safe_url, _describe(exc))
         key = "journal-" + hashlib.sha1(self.safe_url.encode()).hexdigest()[:16]
         self.journal = Journal(Path(journal_dir) if journal_dir else default_journal_dir(), key)
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._items: collections.deque[Any] = collections.deque()  # rows and markers, in order
+        self._wake = threading.Event()
+        self._urgent = False  # a flush or stop waits in the queue: no lingering
         self.written = {name: 0 for name in TABLES}  # rows inserted (or found present), per table
         self.errors = 0  # failed database writes
         self.dead = 0  # rows refused by the database, kept as dead letters
         self.dropped = 0  # rows lost because neither the database nor the journal took them
         self.crashes = 0  # unexpected errors caught in the writer (its rows were journaled)
         self._backlog: list[Row] = []  # rows neither the database nor the journal took yet
-        self._stuck: _Bounded | None = None  # a database operation we stopped waiting for
-        self._next_probe = 0.0
-        self._delay = 0.05
         self._closed = False
         for path in self.journal.orphans():  # adopt what crashed processes left: one file to replay
             rows, _ = self.journal.read(path)
@@ -571,16 +610,24 @@ class Store:
                 raise StoreError(f"unknown log table {table!r}; tables are {sorted(TABLES)}")
         if self.durability == "journal":
             self.journal.append([(t, sanitize(t, r, self.scrub)) for t, r in items])
-            self._queue.put(_WAKE)
-            return
-        for item in items:
-            self._queue.put(item)
+            items = [_WAKE]
+        self._hand_over(items, urgent=False)
+
+    def _hand_over(self, items: Sequence[Any], urgent: bool) -> None:
+        """Give the writer rows (one atomic ``extend``); wake it only for the first rows of a batch,
+        a full batch or a marker: a call never pays a thread hand-off of its own."""
+        first = not self._items
+        self._items.extend(items)
+        if urgent:
+            self._urgent = True
+        if first or urgent or len(self._items) >= self.batch_size:
+            self._wake.set()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every row queued so far is in the database or the journal. False on timeout,
         if the writer has stopped, or if rows were lost since the store opened."""
         marker = _Flush()
-        self._queue.put(marker)
+        self._hand_over([marker], urgent=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         while not marker.event.wait(0.1):
             if not self._writer.is_alive() or (deadline is not None and time.monotonic() >= deadline):
@@ -596,7 +643,7 @@ class Store:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
+        self._hand_over([_STOP], urgent=True)
         self._writer.join(timeout)
         if self._writer.is_alive():
             raise StoreError(f"could not write the queued log records to {self.safe_url} within {timeout} s")
@@ -620,20 +667,15 @@ class Store:
         raised in here stops the writer: rows of a batch that hit an unexpected error are journaled."""
         stop = False
         while not stop:
-            try:
-                items = [self._queue.get(timeout=self._idle_wait())]
-            except queue.Empty:
-                items = []
-            until = time.monotonic() + self.linger_s
-            urgent = any(isinstance(i, _Flush) or i is _STOP for i in items)
-            while items and len(items) < self.batch_size:
-                try:
-                    wait = 0.0 if urgent else until - time.monotonic()
-                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                items.append(item)
-                urgent = urgent or isinstance(item, _Flush) or item is _STOP
+            if not self._items:
+                self._wake.wait(self._idle_wait())
+            self._wake.clear()  # before draining: rows handed over from now on wake us again
+            if self._items and not self._urgent and len(self._items) < self.batch_size:
+                self._wake.wait(self.linger_s)  # let the batch fill (a flush, a stop or a full batch cuts it short)
+            self._urgent = False
+            items = []
+            while self._items and len(items) < self.batch_size:
+                items.append(self._items.popleft())
             rows: list[Row] = []
             markers = []
             for item in items:
@@ -683,26 +725,70 @@ class Store:
                 log.error("log buffer full: %d rows dropped", lost)
 
     def _write(self, rows: list[Row]) -> bool:
-        """Insert rows; rows refused for their content are bisected down to dead letters. False if the
-        database is away (the caller journals the batch). A write still running after
-        ``journal_after_s`` is left to finish on its own and its rows are journaled at once."""
+        """Insert rows, ``write_rows`` per transaction; rows refused for their content are bisected
+        down to dead letters. False if the database is away (the caller journals the batch)."""
         if not self._ready():
             return False
-        op = _Bounded(lambda: self._insert_rows(rows))  # waited on here, to journal rows while it hangs
-        if not op.done.wait(max(self.journal_after_s - self.linger_s, 0.0)):
-            self.journal.append(rows)  # a slow or hung write: rows must not wait in memory any longer
-            self._stuck = op  # it may still land: the journal's replay then finds the rows present
-            self._outage(StoreTimeout(f"no answer within {self.journal_after_s:g} s"))
-            return True
+        for start in range(0, len(rows), self.write_rows):
+            placed = self._write_chunk(rows[start : start + self.write_rows], rows[start:])
+            if placed is not None:
+                return placed
+        return True
+
+    def _write_chunk(self, chunk: list[Row], rest: list[Row]) -> bool | None:
+        """Write one chunk: None when it landed and the batch goes on; True when the rest of the
+        batch is in the journal instead; False when the database is away and nothing was journaled.
+
+        While a write runs no row waits in memory longer than ``journal_after_s``: the rest of the
+        batch, then rows handed over meanwhile, are journaled. A write still running after
+        ``timeout_s`` is left to finish on its own (replaying the journal later finds its rows
+        present) and the store is treated as away.
+        """
+        op = _Bounded(lambda: self._insert_rows(chunk))
+        started = time.monotonic()
+        journaled = False
+        while not op.done.wait(0.05):
+            waited = time.monotonic() - started
+            if not journaled and waited + self.linger_s >= self.journal_after_s:
+                self.journal.append(rest)
+                journaled = True
+            if journaled:
+                self._journal_waiting()
+            if waited >= self.timeout_s:
+                self._stuck = op
+                self._outage(StoreTimeout(f"no answer within {self.timeout_s:g} s"))
+                return journaled
         try:
             op.outcome()
         except Exception as exc:
             if not _is_row_problem(exc):
                 self._outage(exc)
-                return False
-            return self._bisect(rows, exc)
-        self._healthy(rows)
-        return True
+                return journaled
+            if journaled:  # the rows are in the journal now: its replay bisects them
+                self._replay()
+                return True
+            return None if self._bisect(chunk, exc) else False
+        self._healthy(chunk)
+        return True if journaled else None
+
+    def _journal_waiting(self) -> None:
+        """Journal the rows handed over since the current batch began (their flushes are then
+        answered): they must not wait in memory behind a slow write."""
+        rows: list[Row] = []
+        markers: list[_Flush] = []
+        while self._items:
+            item = self._items.popleft()
+            if item is _STOP:
+                self._items.appendleft(item)
+                break
+            if isinstance(item, _Flush):
+                markers.append(item)
+            elif item is not _WAKE:
+                rows.append(item)
+        if rows:
+            self._keep([(t, sanitize(t, r, self.scrub)) for t, r in rows])
+        for marker in markers:
+            marker.event.set()
 
     def _bisect(self, rows: list[Row], exc: BaseException) -> bool:
         """Find the rows a database refuses by halving the batch; the rest is written."""
@@ -710,17 +796,18 @@ class Store:
             self._dead_letter(rows[0], exc)
             return True
         half = len(rows) // 2
-        for part in (rows[:half], rows[half:]):
-            try:
-                self._bounded(self._insert_rows, part)
-            except Exception as problem:
-                if not _is_row_problem(problem):
-                    self._outage(problem)
-                    return False
-                if not self._bisect(part, problem):
-                    return False
-            else:
-                self._healthy(part)
+        return self._insert_or_bisect(rows[:half]) and self._insert_or_bisect(rows[half:])
+
+    def _insert_or_bisect(self, rows: list[Row]) -> bool:
+        """Insert rows (bounded); if one is refused for what it holds, bisect. False if the database is away."""
+        try:
+            self._bounded(self._insert_rows, rows)
+        except Exception as exc:
+            if not _is_row_problem(exc):
+                self._outage(exc)
+                return False
+            return self._bisect(rows, exc)
+        self._healthy(rows)
         return True
 
     def _dead_letter(self, row: Row, exc: BaseException) -> None:
@@ -740,13 +827,18 @@ class Store:
             conn.execute(_insert(self.engine, dead_letters), [letter])
 
     def _insert_rows(self, rows: Sequence[Row]) -> None:
-        """Insert rows in one transaction, parents first."""
+        """Insert rows in one transaction, parents first: on PostgreSQL by COPY into a temporary
+        table and one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, elsewhere by ``executemany``."""
         by_table: dict[str, list[Mapping[str, Any]]] = {name: [] for name in TABLES}
         for table, row in rows:
             by_table[table].append(row)
         with self.engine.begin() as conn:
             for name in ("calls", "attempts", "feedback"):
-                if by_table[name]:
+                if not by_table[name]:
+                    continue
+                if self.engine.dialect.name == "postgresql":
+                    _copy_insert(conn.connection.driver_connection, TABLES[name], by_table[name])
+                else:
                     conn.execute(self._insert[name], by_table[name])
 
     def _healthy(self, rows: Sequence[Row]) -> None:
@@ -783,20 +875,10 @@ class Store:
         if not rows:
             self.journal.discard(end, 0)
             return True
-        for start in range(0, len(rows), self.batch_size):
-            chunk = [(t, sanitize(t, r, self.scrub)) for t, r in rows[start : start + self.batch_size]]
-            if not self._ready():
+        for start in range(0, len(rows), self.write_rows):
+            chunk = [(t, sanitize(t, r, self.scrub)) for t, r in rows[start : start + self.write_rows]]
+            if not self._ready() or not self._insert_or_bisect(chunk):
                 return False
-            try:
-                self._bounded(self._insert_rows, chunk)
-            except Exception as exc:
-                if not _is_row_problem(exc):
-                    self._outage(exc)
-                    return False
-                if not self._bisect(chunk, exc):
-                    return False
-            else:
-                self._healthy(chunk)
         self.journal.discard(end, len(rows))
         return True
 
@@ -878,16 +960,21 @@ class Store:
             result = conn.execute(query.group_by(feedback.c.model))
             return pd.DataFrame(result.all(), columns=list(result.keys()))
 
-    def prune(self, older_than: float) -> dict[str, int]:
+    def prune(self, older_than: float, *, dry_run: bool = False) -> dict[str, int]:
         """Delete calls, attempts and feedback that started before ``older_than`` (unix time);
-        returns the rows deleted per table. Feedback goes with its call, whenever it arrived."""
-        with self.engine.begin() as conn:
+        returns the rows deleted per table. Feedback goes with its call, whenever it arrived.
+        ``dry_run`` rolls the deletion back: the counts of what it would delete."""
+        with self.engine.connect() as conn:
             old = select(calls.c.call_id).where(calls.c.ts < older_than)
             deleted = {
                 "feedback": conn.execute(delete(feedback).where(feedback.c.call_id.in_(old))).rowcount,
                 "attempts": conn.execute(delete(attempts).where(attempts.c.ts < older_than)).rowcount,
                 "calls": conn.execute(delete(calls).where(calls.c.ts < older_than)).rowcount,
             }
+            if dry_run:
+                conn.rollback()
+            else:
+                conn.commit()
         return deleted
 
     def count(self, table: str) -> int:
