@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 
+from zeta_adaptive.exceptions import ConfigError
 from zeta_adaptive.limits import AdaptiveLimit, LoadConfig
 
 
@@ -127,7 +128,7 @@ def test_the_no_load_latency_forgets_old_windows() -> None:
 
 
 def test_bad_bounds_are_refused() -> None:
-    with pytest.raises(ValueError, match="min_limit"):
+    with pytest.raises(ConfigError, match="min_limit"):
         LoadConfig(min_limit=4, initial=2)
-    with pytest.raises(ValueError, match="tolerance"):
+    with pytest.raises(ConfigError, match="tolerance"):
         LoadConfig(tolerance=1.0)

@@ -48,6 +48,7 @@ def test_load_keys_parse_round_trip_and_default_off() -> None:
         ({"routes": {"simple": {"models": ["a"], "load": "auto"}}}, "routes.simple.load"),
         ({"load": {"window": 0}}, "load.window"),
         ({"load": {"tolerance": 1.0}}, "load.tolerance"),
+        ({"load": {"baseline_s": 0}}, "load.baseline_s"),
         ({"load": {"initial": 9, "max_limit": 4}}, "load"),
         ({"load": {"speed": 2}}, "load.speed"),
     ],

@@ -30,6 +30,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .exceptions import ConfigError
+
 __all__ = ["LoadConfig", "AdaptiveLimit"]
 
 #: the most a single window may shrink the limit by (a gradient below this is cut to it)
@@ -48,11 +50,15 @@ class LoadConfig:
     baseline_s: float = 60.0  # the no-load latency is the lowest window median of this many seconds
 
     def __post_init__(self) -> None:
-        """Reject bounds that cannot hold together (the config layer names the key first)."""
+        """Reject bounds that cannot hold together, naming the key (:class:`ConfigError`)."""
         if not 1 <= self.min_limit <= self.initial <= self.max_limit:
-            raise ValueError(f"need 1 <= min_limit <= initial <= max_limit, got {self.min_limit}, {self.initial}, {self.max_limit}")
-        if self.window < 1 or self.tolerance <= 1.0 or self.baseline_s <= 0.0:
-            raise ValueError("need window >= 1, tolerance > 1 and baseline_s > 0")
+            raise ConfigError("load", f"needs 1 <= min_limit <= initial <= max_limit, got {self.min_limit}, {self.initial}, {self.max_limit}")
+        if self.window < 1:
+            raise ConfigError("load.window", f"must be >= 1, got {self.window!r}")
+        if not self.tolerance > 1.0:
+            raise ConfigError("load.tolerance", f"must be > 1, got {self.tolerance!r}")
+        if not self.baseline_s > 0.0:
+            raise ConfigError("load.baseline_s", f"must be > 0, got {self.baseline_s!r}")
 
 
 class AdaptiveLimit:
