@@ -15,8 +15,8 @@ before), ``thompson+adaptive`` (``load = "adaptive"``: learned concurrency limit
 the ``oracle``: thompson with each model's ``max_in_flight`` set to its true slots (and changed at
 the moment the capacity halves). Thompson learns accuracy from feedback (the answering model's
 accuracy drawn as ``Fleet.sample_accuracy``). Each policy gets a fresh fleet and router; calls
-arrive as one Poisson process for ``--seconds`` seconds; the first quarter of the calls (warm-up)
-is left out of the statistics. ``accuracy`` is the mean of the answering models' mean accuracies.
+arrive as one Poisson process for ``--seconds`` seconds; the calls of the first 30 % of that time
+(warm-up: the limits and the accuracies are being learned) are left out of the statistics. ``accuracy`` is the mean of the answering models' mean accuracies.
 
     .venv/bin/python experiments/load.py [--seconds S] [--quick] [--out DIR] [--seed N]
 """
@@ -44,7 +44,7 @@ SERVICE_S = 0.1
 TASK = "simple"
 MSG = [{"role": "user", "content": "Say hello."}]
 POLICIES = ("static", "thompson", "thompson+adaptive", "oracle")
-WARMUP = 0.25  # share of each run's first calls left out
+WARMUP = 0.3  # share of each run's duration left out at its start (every policy learns then)
 
 
 def _model(name: str, slots: int, accuracy: float) -> dict[str, Any]:
@@ -77,6 +77,7 @@ async def _run(scenario: str, policy: str, seconds: float, seed: int, fleet: Fle
     truth = Fleet([ModelSpec(**s) for s in specs])  # never started: only its sample_accuracy
     rng = np.random.default_rng(seed)
     calls: list[tuple[str | None, float]] = []  # (answering model, latency) in arrival order
+    arrivals: list[float] = []  # seconds from the start
     loop = asyncio.get_running_loop()
 
     with Router(_config(fleet, specs, policy, f"sqlite:///{tmp / f'{scenario}-{policy}.db'}", seed), warm_start=False) as router:
@@ -103,11 +104,12 @@ async def _run(scenario: str, policy: str, seconds: float, seed: int, fleet: Fle
                     router.health.models[name] = dataclasses.replace(router.health.models[name], max_in_flight=slots)
             await asyncio.sleep(max(at - time.perf_counter(), 0.0))
             calls.append((None, 0.0))
+            arrivals.append(at - start)
             tasks.append(asyncio.create_task(one(len(calls) - 1)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
         limits = {row["model"]: row["limit"] for row in router.preferences(TASK)[TASK]}
-    kept = calls[int(len(calls) * WARMUP):]
+    kept = [c for c, at in zip(calls, arrivals, strict=True) if at >= WARMUP * seconds]
     answered = [(m, lat) for m, lat in kept if m is not None]
     latencies = [lat for _, lat in answered]
     accuracy = {s["name"]: s["default_accuracy"] for s in specs}
@@ -166,7 +168,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main() -> None:
-    args = parse_args(__doc__, **{"--seconds": {"type": float, "default": 6.0, "help": "seconds of traffic per policy and scenario"}})
+    args = parse_args(__doc__, **{"--seconds": {"type": float, "default": 10.0, "help": "seconds of traffic per policy and scenario"}})
     seconds = 1.0 if args.quick else args.seconds
     rows = []
     with tempfile.TemporaryDirectory() as tmp, FleetProcess(SCENARIOS["quarter"][0], args.seed) as fleet:
@@ -189,7 +191,7 @@ def main() -> None:
         sections=[("thompson+adaptive against the oracle", markdown_table(list(targets[0]), targets))],
         notes=[
             f"Service time {SERVICE_S * 1000:.0f} ms per request once it has a slot; {seconds:g} s of traffic per run, "
-            f"the first {WARMUP:.0%} of the calls left out; latencies are end to end, as the caller sees them.",
+            f"the calls of its first {WARMUP:.0%} left out; latencies are end to end, as the caller sees them.",
         ],
     )
     _plot(rows, args.out / "load.png")
