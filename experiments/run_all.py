@@ -40,6 +40,7 @@ SCRIPTS = (
     "policy_drift.py",
     "replay_speed.py",
     "log_faults.py",
+    "load.py",
 )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .exceptions import ConfigError
+from .limits import LoadConfig
 from .policies import OPTION_TYPES, POLICIES, Objective, make_policy
 from .scrub import read_key
 from .validators import build as build_validators
@@ -90,6 +91,7 @@ class RouteConfig:
     validators: tuple[Any, ...] = ()  # checks on a finished answer, see :mod:`.validators`
     latency_measure: str = "total"  # what the policy learns as latency: "total" or "ttft" (streams)
     max_attempts: int | None = None  # this route's retry budget; None = the top-level max_attempts
+    load: str = "off"  # "adaptive": each model's learned concurrency limit bounds it too (see :mod:`.limits`)
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class Config:
     max_attempts: int = 4  # retries of transient failures happen only while a call has made fewer attempts
     rejecting_statuses: frozenset[int] = REJECTING_DEFAULT  # 4xx that reject the request for every model
     server: ServerConfig = field(default_factory=ServerConfig)  # the gateway's own settings
+    load: LoadConfig = field(default_factory=LoadConfig)  # bounds of the adaptive concurrency limits
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
@@ -193,6 +196,8 @@ class Config:
         if self.server != ServerConfig():
             out["server"] = _server_dict(self.server)
         out["breaker"] = {f.name: getattr(self.breaker, f.name) for f in fields(self.breaker)}
+        if self.load != LoadConfig():
+            out["load"] = {f.name: getattr(self.load, f.name) for f in fields(self.load)}
         for name, m in self.models.items():
             out["models"][name] = {
                 f.name: getattr(m, f.name) for f in fields(m) if f.name != "name" and getattr(m, f.name) not in (None, "")
@@ -207,6 +212,8 @@ class Config:
                 out["routes"][task]["latency_measure"] = r.latency_measure
             if r.max_attempts is not None:
                 out["routes"][task]["max_attempts"] = r.max_attempts
+            if r.load != "off":
+                out["routes"][task]["load"] = r.load
         return out
 
 
@@ -222,11 +229,12 @@ def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
 # -- validation ---------------------------------------------------------------------------------
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
-_ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure", "max_attempts")
+_ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure", "max_attempts", "load")
 _TOP_KEYS = {
     "models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir", "refresh_s", "pgbouncer",
     "durability", "store_timeout_s", "feedback_window", "feedback_window_s", "max_attempts", "rejecting_statuses",
     "server",
+    "load",
 }
 #: the longest task type and model names the log's columns hold
 TASK_CHARS, MODEL_CHARS = 64, 128
@@ -419,9 +427,12 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
     except (ValueError, TypeError) as exc:
         raise ConfigError(where, str(exc)) from None
     max_attempts = _integer(f"{where}.max_attempts", data["max_attempts"], 1) if "max_attempts" in data else None
+    load = data.get("load", "off")
+    if load not in ("adaptive", "off"):
+        raise ConfigError(f"{where}.load", f"must be 'adaptive' or 'off', got {load!r}")
     return RouteConfig(
         task_type=task, models=tuple(names), policy=policy, options=dict(options), hedge_quantile=hedge,
-        validators=tuple(validators), latency_measure=measure, max_attempts=max_attempts,
+        validators=tuple(validators), latency_measure=measure, max_attempts=max_attempts, load=load,
     )
 
 
@@ -449,6 +460,16 @@ def _breaker(data: Any) -> BreakerConfig:
         when_all_cooling=when,
         latency_window=_integer("breaker.latency_window", data.get("latency_window", d.latency_window), 1),
     )
+
+
+def _load(data: Any) -> LoadConfig:
+    data = _table("load", data)
+    _check_keys("load", data, {f.name for f in fields(LoadConfig)})
+    d = LoadConfig()
+    values = {key: _integer(f"load.{key}", data.get(key, getattr(d, key)), 1) for key in ("initial", "min_limit", "max_limit", "window")}
+    values["tolerance"] = _number("load.tolerance", data.get("tolerance", d.tolerance))
+    values["baseline_s"] = _number("load.baseline_s", data.get("baseline_s", d.baseline_s))
+    return LoadConfig(**values)  # which checks that the bounds hold together
 
 
 def _statuses(value: Any) -> frozenset[int]:
@@ -561,4 +582,5 @@ def _parse(data: Mapping[str, Any]) -> Config:
         max_attempts=_integer("max_attempts", data.get("max_attempts", 4), 1),
         rejecting_statuses=_statuses(data.get("rejecting_statuses", sorted(REJECTING_DEFAULT))),
         server=_server(data.get("server", {}), routes),
+        load=_load(data.get("load", {})),
     )

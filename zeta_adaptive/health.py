@@ -11,13 +11,16 @@ its failure reopens it with twice the previous cooldown (capped at ``max_cooldow
 errors and requests rejected for every model (the router passes ``neutral``) do not count.
 
 In-flight limits are claimed by the same :meth:`Health.acquire`: a model at ``max_in_flight`` is
-busy, which is the router's own saturation and never a failure of the model. Health also remembers
+busy, which is the router's own saturation and never a failure of the model. On routes with
+``load = "adaptive"`` a model is also busy at its learned concurrency limit (:mod:`.limits`), which
+every successful reply and every timeout of the model teaches. Health also remembers
 the prompt-length bands in which a model answered ``context_exceeded``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections import deque
@@ -29,6 +32,7 @@ import numpy as np
 
 from .backends import Outcome, Reply
 from .config import BreakerConfig, ModelConfig
+from .limits import AdaptiveLimit, LoadConfig
 
 __all__ = ["Breaker", "Health", "CLOSED", "OPEN", "HALF_OPEN"]
 
@@ -92,11 +96,14 @@ class Breaker:
 class Health:
     """Breakers, in-flight counts and latency windows of every model, behind one lock."""
 
-    def __init__(self, models: Mapping[str, ModelConfig], config: BreakerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, models: Mapping[str, ModelConfig], config: BreakerConfig, clock: Callable[[], float] = time.monotonic, load: LoadConfig | None = None
+    ) -> None:
         self.models = dict(models)
         self.config = config
         self.clock = clock
         self.breakers = {name: Breaker(config) for name in models}
+        self.limits = {name: AdaptiveLimit(load or LoadConfig(), m.max_in_flight, clock) for name, m in models.items()}
         self.in_flight = dict.fromkeys(models, 0)
         self.latencies: dict[str, deque[float]] = {name: deque(maxlen=config.latency_window) for name in models}
         self.too_long: dict[str, int] = {}  # model -> the lowest prompt band in which it exceeded its context
@@ -104,8 +111,13 @@ class Health:
         self._released = threading.Condition(self._lock)
         self._generation = 0  # attempts ended so far: a waiter wakes when it moves
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._queue: deque[Callable[[], None]] = deque()  # FIFO waiters (load-aware routes): one woken per release
 
-    def split(self, candidates: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    def _full(self, name: str, adaptive: bool) -> bool:
+        """Whether the model is at its in-flight limit: ``max_in_flight``, or the learned one if ``adaptive`` (lock held)."""
+        return self.in_flight[name] >= (self.limits[name].limit if adaptive else self.models[name].max_in_flight)
+
+    def split(self, candidates: Sequence[str], adaptive: bool = False) -> tuple[list[str], dict[str, str]]:
         """The candidates a call may try now, and the others with why: ``cooling_down`` or ``saturated``."""
         now = self.clock()
         usable: list[str] = []
@@ -114,7 +126,7 @@ class Health:
             for name in candidates:
                 if not self.breakers[name].available(now):
                     skipped[name] = "cooling_down"
-                elif self.in_flight[name] >= self.models[name].max_in_flight:
+                elif self._full(name, adaptive):
                     skipped[name] = "saturated"
                 else:
                     usable.append(name)
@@ -133,16 +145,17 @@ class Health:
         with self._lock:
             return self._generation
 
-    def acquire(self, name: str) -> bool | None:
+    def acquire(self, name: str, adaptive: bool = False) -> bool | None:
         """Claim an attempt at a model, checking and claiming in one step.
 
-        Returns None when the model is busy (at ``max_in_flight``, or its breaker is not closed and
+        Returns None when the model is busy (at ``max_in_flight`` or, if ``adaptive``, at its learned
+        limit; or its breaker is not closed and
         its probe is out), else whether this attempt is the probe (True) or an ordinary one (False).
         A breaker that is open or half-open admits one attempt at a time, even one tried before its
         cooldown ends (a model that is cooling down is still tried last, rather than never).
         """
         with self._lock:
-            if self.in_flight[name] >= self.models[name].max_in_flight:
+            if self._full(name, adaptive):
                 return None
             breaker = self.breakers[name]
             breaker.available(self.clock())  # an expired cooldown turns half-open
@@ -152,6 +165,7 @@ class Health:
                     return None
                 breaker.probing = True
             self.in_flight[name] += 1
+            self.limits[name].started(self.in_flight[name])
             return probe
 
     def release(self, name: str, reply: Reply, neutral: bool = False, probe: bool = False) -> None:
@@ -166,28 +180,47 @@ class Health:
                 breaker.record(reply.ok, self.clock(), retry_after)
                 if reply.ok:
                     self.latencies[name].append(reply.latency_s)
+                    self.limits[name].sample(reply.latency_s)
+                elif reply.outcome is Outcome.TIMEOUT:
+                    self.limits[name].drop()
             self._generation += 1
             self._released.notify_all()
             waiters, self._async_waiters = self._async_waiters, []
+            first = self._queue.popleft() if self._queue else None
+        if first is not None:
+            first()
         for loop, future in waiters:
-            try:
-                loop.call_soon_threadsafe(_wake, future)
-            except RuntimeError:  # that event loop is closed: nobody waits there any more
-                pass
+            _wake_in(loop, future)
 
-    def wait_release(self, since: int, timeout_s: float) -> None:
-        """Block until an attempt has ended after ``generation`` was ``since``, or ``timeout_s`` passed."""
-        with self._released:
-            self._released.wait_for(lambda: self._generation != since, max(timeout_s, 0.0))
+    def wait_release(self, since: int, timeout_s: float, fifo: bool = False, again: bool = False) -> None:
+        """Block until an attempt has ended after ``generation`` was ``since``, or ``timeout_s`` passed.
 
-    async def await_release(self, since: int, timeout_s: float) -> None:
+        With ``fifo`` the waiter queues: each attempt that ends wakes only the longest waiting one,
+        so a crowd of calls waiting for a slot is served in turn and not woken all at once; a waiter
+        that waits ``again`` (its slot was taken before it could claim it) goes back to the front.
+        """
+        if not fifo:
+            with self._released:
+                self._released.wait_for(lambda: self._generation != since, max(timeout_s, 0.0))
+            return
+        woken = threading.Event()
+        if self._enqueue(since, woken.set, again):
+            woken.wait(max(timeout_s, 0.0))
+            self._dequeue(woken.set)
+
+    async def await_release(self, since: int, timeout_s: float, fifo: bool = False, again: bool = False) -> None:
         """Async twin of :meth:`wait_release`: the event loop keeps running while it waits."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            if self._generation != since:
+        wake = functools.partial(_wake_in, loop, future)
+        if fifo:
+            if not self._enqueue(since, wake, again):
                 return
-            self._async_waiters.append((loop, future))
+        else:
+            with self._lock:
+                if self._generation != since:
+                    return
+                self._async_waiters.append((loop, future))
         try:
             async with asyncio.timeout(max(timeout_s, 0.0)):
                 await future
@@ -197,6 +230,24 @@ class Health:
             with self._lock:
                 if (loop, future) in self._async_waiters:
                     self._async_waiters.remove((loop, future))
+            self._dequeue(wake)
+
+    def _enqueue(self, since: int, wake: Callable[[], None], front: bool) -> bool:
+        """Join the FIFO waiters, unless an attempt ended already since ``since`` (then False: no need to wait)."""
+        with self._lock:
+            if self._generation != since:
+                return False
+            if front:
+                self._queue.appendleft(wake)
+            else:
+                self._queue.append(wake)
+            return True
+
+    def _dequeue(self, wake: Callable[[], None]) -> None:
+        """Leave the FIFO waiters (after a timeout; a woken waiter has left already)."""
+        with self._lock:
+            if wake in self._queue:
+                self._queue.remove(wake)
 
     def exceeded_context(self, name: str, band: int) -> None:
         """Remember that a prompt of this length band was too long for the model."""
@@ -226,9 +277,18 @@ class Health:
                 "breaker": b.state,
                 "cooldown_left_s": max(b.open_until - now, 0.0) if b.state == OPEN else 0.0,
                 "in_flight": self.in_flight[name],
+                **self.limits[name].snapshot(),
             }
 
 
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _wake_in(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    """Wake an async waiter from any thread."""
+    try:
+        loop.call_soon_threadsafe(_wake, future)
+    except RuntimeError:  # that event loop is closed: nobody waits there any more
+        pass

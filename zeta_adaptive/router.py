@@ -255,7 +255,10 @@ class _Call:
     when only busy models are left it waits until an attempt at one of them ends, as long as what
     is left of the deadline then covers the model's usual latency, and tries them again. Such
     waits are the router's own saturation: they are not part of any attempt's timeout and never
-    teach the breaker or the policy.
+    teach the breaker or the policy. On a route with ``load = "adaptive"`` a model is also busy at
+    its learned concurrency limit (:mod:`.limits`): the policy then ranks only the models below
+    their limits (spill-over), so the logged propensity is the probability of the primary among
+    the models eligible given the load, and a model passed over learns nothing from that call.
 
     Retries: a transient failure (``TRANSIENT``; a timeout only when the deadline did not cut it)
     puts the model back at the end of the queue, so the other models come first; a retry is
@@ -283,8 +286,9 @@ class _Call:
         self.policy = router.policies[task_type]
         self.band = prompt_band(chars)
         self.max_attempts = route.max_attempts or router.config.max_attempts
+        self.adaptive = route.load == "adaptive"  # learned concurrency limits bound the models too
         health = router.health
-        usable, self.skipped = health.split(route.models)
+        usable, self.skipped = health.split(route.models, self.adaptive)
         models = router.config.models
         too_long = {m for m in route.models if not health.fits(m, self.band) or _over_window(models[m], chars)}
         for name in sorted(too_long):
@@ -303,6 +307,7 @@ class _Call:
         self.deferred: list[str] = []  # busy models put aside, tried again after an attempt at one ends
         self._busy_since: int | None = None  # Health.generation before the first claim that found a model busy
         self._waited = False  # the call has just waited for a busy model
+        self._slot_waits = 0  # waits for a slot so far (a call that waits again goes back to the front)
         self.busy = False  # the call ended because every model left stayed busy
         self.attempts: list[Attempt] = []
         self.starts: list[float] = []  # unix start time of each attempt, in start order
@@ -352,7 +357,7 @@ class _Call:
                 return _Step(None, wait, self._busy_since)
             elif self.deferred:  # after the wait, try them again (a failed probe may have reopened a breaker)
                 self.queue, self.deferred, self._busy_since, self._waited = self.deferred, [], None, False
-                usable, _ = self.router.health.split(self.queue)
+                usable, _ = self.router.health.split(self.queue, self.adaptive)
                 self._wait_first = not usable and self.router.config.breaker.when_all_cooling == "wait"
                 continue
             else:
@@ -365,14 +370,16 @@ class _Call:
     def pause(self, step: _Step) -> None:
         """Wait as the step says, blocking this thread."""
         if step.release_since is not None:
-            self.router.health.wait_release(step.release_since, step.wait_s)
+            self.router.health.wait_release(step.release_since, step.wait_s, self.adaptive, self._slot_waits > 0)
+            self._slot_waits += 1
         elif step.wait_s:
             time.sleep(step.wait_s)
 
     async def apause(self, step: _Step) -> None:
         """Wait as the step says, letting the event loop run."""
         if step.release_since is not None:
-            await self.router.health.await_release(step.release_since, step.wait_s)
+            await self.router.health.await_release(step.release_since, step.wait_s, self.adaptive, self._slot_waits > 0)
+            self._slot_waits += 1
         elif step.wait_s:
             await asyncio.sleep(step.wait_s)
 
@@ -391,7 +398,7 @@ class _Call:
             return None
         health = self.router.health
         since = health.generation  # read before the claim, so a release in between is not missed
-        probe = health.acquire(model.name)
+        probe = health.acquire(model.name, self.adaptive)
         if probe is None:
             if model.name not in self.deferred:
                 self.deferred.append(model.name)
@@ -522,7 +529,7 @@ class Router:
                 options["seed"] = seed + i
             self.policies[task] = make_policy(route.policy, route.models, self.config.objective, **options)
         self.locks = {task: threading.Lock() for task in self.policies}
-        self.health = Health(self.config.models, self.config.breaker)
+        self.health = Health(self.config.models, self.config.breaker, load=self.config.load)
         self._jitter = random.Random(self.config.seed)  # retry pauses
         extra = dict(validators or {})
         unknown = sorted(set(extra) - set(self.config.routes))

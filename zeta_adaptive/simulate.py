@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import hashlib
 import http
+import itertools
 import json
 import math
 import socket
@@ -28,6 +29,7 @@ import sys
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,6 +107,7 @@ class ModelSpec:
     context_window: int | None = None  # prompt + max_tokens above this gets vLLM's 400 context-length answer
     drip_rate: float = 0.0  # hostile: headers, then one body byte every DRIP_INTERVAL_S for up to hang_s
     bomb_rate: float = 0.0  # hostile: a gzip bomb (1 GiB of JSON whitespace, about 1 MB on the wire)
+    slots: int | None = None  # requests served at once, as a GPU server's batch; others queue first come first served (None: no bound)
 
     def __post_init__(self) -> None:
         """Reject impossible settings at once, since a bad value would silently skew every run."""
@@ -127,6 +130,8 @@ class ModelSpec:
             raise ValueError(f"context_window must be >= 1, got {self.context_window!r}")
         if self.dim < 1 or self.tokens_out < 1:
             raise ValueError(f"dim and tokens_out must be >= 1, got {self.dim!r} and {self.tokens_out!r}")
+        if self.slots is not None and self.slots < 1:
+            raise ValueError(f"slots must be >= 1 or None, got {self.slots!r}")
 
     def mean_accuracy(self, task_type: str) -> float:
         """Mean accuracy of this model's answers for a task type, falling back to the default."""
@@ -414,7 +419,7 @@ class _Handler(BaseHTTPRequestHandler):
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
             self._stream(spec, wake, draw, outcome, model_name, number, request, include_usage)
             return
-        if self._sleep(wake, _latency(spec, draw.z)):
+        if model.slots.serve(wake, _latency(spec, draw.z)):
             self._drop()
             return
         if outcome == "malformed":
@@ -617,6 +622,7 @@ class _ModelServer:
         self.wake = threading.Event()
         self.port = 0
         self.httpd: _SimHTTPServer | None = None
+        self.slots = _Slots(self)
 
     def current(self) -> ModelSpec:
         """The spec in force (never mutated in place, so it can be read without copying)."""
@@ -654,6 +660,40 @@ class _ModelServer:
             httpd.shutdown()
             httpd.server_close()
             httpd.drop_connections()
+
+
+class _Slots:
+    """A model's request slots: at most ``spec.slots`` non-streamed requests are served at once, the
+    others wait in arrival order, so latency grows with load as on a GPU server. The bound is read
+    from the spec in force, so ``Fleet.update(name, slots=n)`` changes the capacity during a run."""
+
+    def __init__(self, model: _ModelServer) -> None:
+        self.model = model
+        self.changed = threading.Condition()
+        self.busy = 0
+        self.waiting: deque[int] = deque()
+        self.tickets = itertools.count()
+
+    def serve(self, wake: threading.Event, seconds: float) -> bool:
+        """Take the first free slot in turn and hold it ``seconds``; True if the request must be abandoned."""
+        if self.model.current().slots is None:
+            return _Handler._sleep(wake, seconds)
+        with self.changed:
+            ticket = next(self.tickets)
+            self.waiting.append(ticket)
+            while not wake.is_set() and not (self.waiting[0] == ticket and self.busy < (self.model.current().slots or self.busy + 1)):
+                self.changed.wait(_POLL_S)  # a capacity raised by update() is seen within one poll
+            self.waiting.remove(ticket)
+            self.changed.notify_all()
+            if wake.is_set():
+                return True
+            self.busy += 1
+        try:
+            return _Handler._sleep(wake, seconds)
+        finally:
+            with self.changed:
+                self.busy -= 1
+                self.changed.notify_all()
 
 
 class Fleet:

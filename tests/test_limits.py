@@ -1,0 +1,134 @@
+"""The adaptive concurrency controller against a simulated server: N slots, service time S, FIFO queue.
+
+The simulation is a discrete-event queue in simulated time (the controller's injected clock), with
+more demand than any limit: a client keeps exactly ``limit`` requests out, so the controller alone
+decides how much queueing the server sees.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+import pytest
+
+from zeta_adaptive.exceptions import ConfigError
+from zeta_adaptive.limits import AdaptiveLimit, LoadConfig
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def serve(limit: AdaptiveLimit, clock: Clock, capacity: list[int], service_s: float, seed: int = 0) -> list[int]:
+    """Serve ``len(capacity)`` requests, the i-th on a server of ``capacity[i]`` slots; the limit after each reply."""
+    rng = np.random.default_rng(seed)
+    calls = len(capacity)
+    free_at: list[float] = []  # when each busy slot frees (FIFO: a request takes the first slot to free)
+    out: list[tuple[float, float]] = []  # (done, sent) of the requests out
+    limits: list[int] = []
+    sent = 0
+    while len(limits) < calls:
+        while len(out) < limit.limit and sent < calls:  # demand exceeds any limit: keep it full
+            slots = capacity[sent]
+            while len(free_at) > slots:  # capacity shrank: the slots freeing last are gone
+                free_at.remove(max(free_at))
+                heapq.heapify(free_at)
+            begin = clock.now if len(free_at) < slots else max(clock.now, heapq.heappop(free_at))
+            done = begin + service_s * math.exp(0.1 * rng.standard_normal())
+            heapq.heappush(free_at, done)
+            heapq.heappush(out, (done, clock.now))
+            sent += 1
+            limit.started(len(out))
+        done, at = heapq.heappop(out)
+        clock.now = done
+        limit.sample(done - at)
+        limits.append(limit.limit)
+    return limits
+
+
+def reply(limit: AdaptiveLimit, in_flight: int) -> None:
+    """A request sent with ``in_flight`` out, answered in 50 ms."""
+    limit.started(in_flight)
+    limit.sample(0.05)
+
+
+@pytest.mark.parametrize("slots", [1, 2, 4, 8, 16])
+def test_converges_to_the_servers_capacity(slots: int) -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(LoadConfig(), clock=clock)
+    limits = serve(limit, clock, [slots] * 1500, service_s=0.05)
+    settled = limits[500:]  # within 500 calls (about 30 windows of 16)
+    # the steady state admits at most `tolerance` times the capacity's worth of queueing
+    assert slots <= np.median(settled) <= math.ceil(1.5 * slots) + 1
+    assert min(settled) >= max(1, slots // 2)
+
+
+def test_follows_a_capacity_that_halves() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(LoadConfig(), clock=clock)
+    limits = serve(limit, clock, [8] * 800 + [4] * 800, service_s=0.05)
+    assert np.median(limits[400:800]) >= 8
+    assert 4 <= np.median(limits[1200:]) <= 7
+
+
+def test_bounded_by_max_in_flight_and_the_configured_bounds() -> None:
+    clock = Clock()
+    capped = AdaptiveLimit(LoadConfig(), cap=3, clock=clock)
+    assert max(serve(capped, clock, [16] * 600, service_s=0.05)) == 3
+    floor = AdaptiveLimit(LoadConfig(min_limit=2, initial=2, max_limit=5), clock=clock)
+    limits = serve(floor, clock, [1] * 400, service_s=0.05)
+    assert min(limits) == 2 and max(limits) <= 5
+
+
+def test_grows_only_when_the_limit_was_reached() -> None:
+    limit = AdaptiveLimit(LoadConfig(initial=2, window=4), clock=Clock())
+    for _ in range(40):
+        limit.sample(0.05)  # never more than one request out: nothing shows a larger limit holds
+    assert limit.limit == 2
+    limit.started(2)
+    for _ in range(4):
+        limit.sample(0.05)
+    assert limit.limit == 4  # slow start doubles
+
+
+def test_a_timeout_halves_and_ends_slow_start() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(LoadConfig(initial=8, window=4), clock=clock)
+    limit.drop()
+    assert limit.limit == 4
+    reply(limit, 4)  # sent before the change: it measured the old limit
+    clock.now = 1.0
+    for _ in range(3):
+        reply(limit, 4)
+    assert limit.limit == 4
+    reply(limit, 4)
+    assert limit.limit == 5  # additive growth after the first shrink
+    clock.now = 2.0
+    for _ in range(4):
+        reply(limit, 4)
+    assert limit.limit == 5  # a window now needs 5 replies: 4 decide nothing
+
+
+def test_the_no_load_latency_forgets_old_windows() -> None:
+    clock = Clock()
+    limit = AdaptiveLimit(LoadConfig(initial=4, window=2, baseline_s=10.0), clock=clock)
+    for _ in range(4):
+        limit.sample(0.05)
+    assert limit.no_load_s == pytest.approx(0.05)
+    clock.now = 20.0  # the model became slower for good: its old no-load latency is forgotten
+    for _ in range(4):
+        limit.sample(0.2)
+    assert limit.no_load_s == pytest.approx(0.2) and limit.limit == 4
+
+
+def test_bad_bounds_are_refused() -> None:
+    with pytest.raises(ConfigError, match="min_limit"):
+        LoadConfig(min_limit=4, initial=2)
+    with pytest.raises(ConfigError, match="tolerance"):
+        LoadConfig(tolerance=1.0)

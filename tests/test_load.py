@@ -1,0 +1,217 @@
+"""Load-aware routing: learned concurrency limits in the router, spill-over, propensities under
+load, the config keys, and the simulated fleet's request slots.
+
+Concurrency is checked on the loopback server of test_callpath, which counts the requests each
+model has out at once, so the tests see what a backend would see; they count requests, not time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_callpath import Loopback, answer, loopback_config
+
+from zeta_adaptive import Outcome, Reply, Router
+from zeta_adaptive.config import Config
+from zeta_adaptive.exceptions import ConfigError
+from zeta_adaptive.health import Health
+from zeta_adaptive.limits import LoadConfig
+from zeta_adaptive.simulate import Fleet, ModelSpec
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def test_load_keys_parse_round_trip_and_default_off() -> None:
+    base = {"models": {"a": {"base_url": "http://127.0.0.1:1/v1"}}, "routes": {"simple": {"models": ["a"]}}}
+    assert Config.from_dict(base).routes["simple"].load == "off"
+    assert Config.from_dict(base).load == LoadConfig()
+    data = {**base, "routes": {"simple": {"models": ["a"], "load": "adaptive"}}, "load": {"max_limit": 8, "tolerance": 1.5}}
+    config = Config.from_dict(data)
+    assert config.routes["simple"].load == "adaptive" and config.load.max_limit == 8 and config.load.tolerance == 1.5
+    assert Config.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("patch", "where"),
+    [
+        ({"routes": {"simple": {"models": ["a"], "load": "auto"}}}, "routes.simple.load"),
+        ({"load": {"window": 0}}, "load.window"),
+        ({"load": {"tolerance": 1.0}}, "load.tolerance"),
+        ({"load": {"baseline_s": 0}}, "load.baseline_s"),
+        ({"load": {"initial": 9, "max_limit": 4}}, "load"),
+        ({"load": {"speed": 2}}, "load.speed"),
+    ],
+)
+def test_bad_load_keys_name_the_key(patch: dict, where: str) -> None:
+    data = {"models": {"a": {"base_url": "http://127.0.0.1:1/v1"}}, "routes": {"simple": {"models": ["a"]}}, **patch}
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict(data)
+    assert info.value.field == where
+
+
+def _burst(router: Router, n: int) -> list[Any]:
+    async def go() -> list[Any]:
+        return await asyncio.gather(*(router.achat("simple", MSG) for _ in range(n)))
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("load", ["adaptive", "off"])
+def test_a_model_at_its_limit_is_passed_over_not_queued(sqlite_url: str, load: str) -> None:
+    with Loopback() as server:
+        server.behaviour["a"] = answer(0.3)
+        config = loopback_config(server, sqlite_url, ["a", "b"], load={"initial": 2, "min_limit": 2, "max_limit": 2})
+        config["routes"]["simple"]["load"] = load
+        with Router(config) as router:
+            results = _burst(router, 4)
+            router.flush()
+            rows = router.store.frame("calls", ["simple"])
+            prefs = {row["model"]: row for row in router.preferences("simple")["simple"]}
+    models = [r.model for r in results]
+    if load == "adaptive":
+        assert server.peak["a"] == 2 and models.count("a") == 2 and models.count("b") == 2
+        spilled = [json.loads(s) for s in rows["skipped"] if isinstance(s, str)]
+        assert spilled.count({"a": "saturated"}) == 2  # each spill-over is logged with why
+        assert prefs["a"]["limit"] == 2 and prefs["a"]["in_flight"] == 0
+    else:
+        assert server.peak["a"] == 4 and models == ["a"] * 4  # the static table sends it everything
+
+
+def test_the_limit_is_learned_from_a_server_with_two_slots(sqlite_url: str) -> None:
+    """A model with two slots behind a static route, bursts of twelve calls: the learned limit stays
+    near two (it grows only while latency stays within ``tolerance`` of the no-load latency, which
+    six requests on two slots cannot), and the rest spills over to b."""
+    with Fleet([ModelSpec("a", latency_s=0.15, latency_sigma=0.0, slots=2), ModelSpec("b", latency_s=0.15, latency_sigma=0.0)]) as fleet:
+        config = fleet.fleet_config({"simple": ["a", "b"]}, store=sqlite_url)
+        config["routes"]["simple"].update(policy="static", load="adaptive")
+        config["load"] = {"window": 8}
+        with Router(config) as router:
+            for _ in range(10):
+                _burst(router, 12)
+            limit = router.health.limits["a"].limit
+            results = _burst(router, 12)
+    assert 1 <= limit <= 4
+    assert "b" in [r.model for r in results]  # a burst beyond a's limit spills over (static would send a everything)
+
+
+def _hold(server: Loopback, release: threading.Event, started: threading.Event):
+    def behave(body: dict) -> tuple[int, float, dict]:
+        if body["messages"][0]["content"] == "hold":
+            started.set()
+            release.wait(10.0)
+        return answer()(body)
+
+    return behave
+
+
+def test_spilled_propensities_are_the_primarys_probability_given_the_load(sqlite_url: str) -> None:
+    """Uniformly random routing over a, b, c; every other call finds a at its limit (1). The logged
+    propensity is P(primary | eligible models): 1/3 or 1/2, and the inverse-propensity estimate of
+    "always b" (reward 1) is 1, its known value; the unconditional 1/3 would give 1.25."""
+    with Loopback() as server:
+        release, started = threading.Event(), threading.Event()
+        server.behaviour["a"] = _hold(server, release, started)
+        config = loopback_config(server, sqlite_url, ["a", "b", "c"], seed=3, load={"max_limit": 1})
+        config["routes"] = {"simple": {"models": ["a", "b", "c"], "policy": "random", "load": "adaptive"}, "hold": {"models": ["a"]}}
+        results = []
+        with Router(config) as router, ThreadPoolExecutor(1) as pool:
+            for i in range(160):
+                held = None
+                if i % 2:
+                    release.clear(), started.clear()
+                    held = pool.submit(router.chat, "hold", [{"role": "user", "content": "hold"}])
+                    assert started.wait(10.0)
+                results.append(router.chat("simple", MSG))
+                if held is not None:
+                    release.set()
+                    held.result()
+    primaries = [r.ranking[0] for r in results]
+    propensities = [r.propensity for r in results]
+    assert set(propensities) == {1 / 3, 1 / 2}
+    assert all(p == 1 / 2 and m != "a" for p, m in zip(propensities[1::2], primaries[1::2], strict=True))
+    ips = sum(1.0 / p for p, m in zip(propensities, primaries, strict=True) if m == "b") / len(results)
+    assert ips == pytest.approx(1.0, abs=0.2)
+    assert primaries.count("a") > 0  # a is tried when it is free: it is not punished for the held calls
+
+
+def test_a_saturated_model_teaches_the_policy_nothing(sqlite_url: str) -> None:
+    with Loopback() as server:
+        server.behaviour["a"] = answer(0.3)
+        config = loopback_config(server, sqlite_url, ["a", "b"], load={"initial": 1, "max_limit": 1})
+        config["routes"]["simple"]["load"] = "adaptive"
+        with Router(config) as router:
+            _burst(router, 2)
+            n = {row["model"]: row["n"] for row in router.preferences("simple")["simple"]}
+    assert n == {"a": 1.0, "b": 1.0}  # the call a never received counts for nothing
+
+
+def test_calls_waiting_for_a_slot_are_woken_one_per_release_in_turn() -> None:
+    config = Config.from_dict({"models": {"a": {"base_url": "http://127.0.0.1:1/v1"}}, "routes": {"simple": {"models": ["a"]}}})
+    health = Health(config.models, config.breaker)
+    since = health.generation
+    woken: list[int] = []
+    threads = [threading.Thread(target=lambda i=i: (health.wait_release(since, 10.0, fifo=True), woken.append(i))) for i in range(3)]
+    for n, thread in enumerate(threads, 1):
+        thread.start()
+        while len(health._queue) < n:  # queued in this order
+            time.sleep(0.001)
+    for n in (1, 2, 3):
+        health.acquire("a")
+        health.release("a", Reply(Outcome.OK, 0.01))
+        threads[n - 1].join(10.0)
+        assert woken == list(range(n))  # the longest waiting one, and only it
+    assert health.generation == since + 3
+
+
+# -- the simulated fleet's request slots ---------------------------------------------------------
+
+
+def _concurrent(url: str, n: int) -> float:
+    """Send n chat requests at once; how long until the last answered (seconds)."""
+    body = {"model": "m", "messages": MSG}
+    start = time.perf_counter()
+    with httpx.Client(timeout=10.0) as client, ThreadPoolExecutor(n) as pool:
+        statuses = list(pool.map(lambda _: client.post(url + "/chat/completions", json=body).status_code, range(n)))
+    assert statuses == [200] * n
+    return time.perf_counter() - start
+
+
+def test_slots_queue_requests_and_change_during_a_run() -> None:
+    """Lower bounds only: a loaded machine can make these slower, never faster."""
+    service = 0.1
+    with Fleet([ModelSpec("m", latency_s=service, latency_sigma=0.0, slots=1)]) as fleet:
+        url = fleet.base_url("m")
+        assert _concurrent(url, 4) >= 4 * service * 0.95  # one slot: four requests one after the other
+        fleet.update("m", slots=2)
+        assert fleet.spec("m").slots == 2
+        assert _concurrent(url, 4) >= 2 * service * 0.95
+    with pytest.raises(ValueError, match="slots"):
+        ModelSpec("m", slots=0)
+
+
+def test_the_load_experiment_runs_and_writes_its_files(tmp_path) -> None:
+    """Smoke run (about 20 s: twelve one-second runs): every scenario and policy gives a row. No timing is asserted."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "experiments" / "load.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "load.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["scenario"], r["policy"]) for r in rows} == {
+        (s, p) for s in ("quarter", "halving", "three") for p in ("static", "thompson", "thompson+adaptive", "oracle")
+    }
+    assert all(float(r["throughput_per_s"]) > 0 for r in rows)
+    assert (tmp_path / "load.md").read_text().count("thompson+adaptive") >= 3 and (tmp_path / "load.png").exists()
