@@ -1,7 +1,9 @@
 """zeta_adaptive: route LLM calls across a self-hosted fleet and learn, with bandits, which model to use."""
 
 from .backends import FakeBackend, HttpxBackend, Outcome, Reply
+from .budget import BudgetPacer
 from .config import Config, ModelConfig, RouteConfig, load_config
+from .contextual import LinearThompsonPolicy, LinUCBPolicy
 from .exceptions import (
     AllModelsFailed,
     ConfigError,
@@ -13,6 +15,7 @@ from .exceptions import (
     UnknownTaskType,
     ZetaError,
 )
+from .features import Features, Featurizer
 from .policies import Objective, Ranking, make_policy
 from .router import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult, Router, classify
 from .store import Store
@@ -34,6 +37,11 @@ __all__ = [
     "Objective",
     "Ranking",
     "make_policy",
+    "Featurizer",
+    "Features",
+    "LinearThompsonPolicy",
+    "LinUCBPolicy",
+    "BudgetPacer",
     "Store",
     "HttpxBackend",
     "FakeBackend",

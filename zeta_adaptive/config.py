@@ -70,6 +70,7 @@ class RouteConfig:
     hedge_quantile: float | None = None  # async calls: ask the next model too past this latency quantile
     validators: tuple[Any, ...] = ()  # checks on a finished answer, see :mod:`.validators`
     latency_measure: str = "total"  # what the policy learns as latency: "total" or "ttft" (streams)
+    budget_per_call: float | None = None  # mean cost per call to aim at (see :mod:`.budget`); None = no budget
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,8 @@ class Config:
                 out["routes"][task]["validators"] = list(r.validators)
             if r.latency_measure != "total":
                 out["routes"][task]["latency_measure"] = r.latency_measure
+            if r.budget_per_call is not None:
+                out["routes"][task]["budget_per_call"] = r.budget_per_call
         return out
 
 
@@ -165,7 +168,7 @@ def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
 # -- validation ---------------------------------------------------------------------------------
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
-_ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure")
+_ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure", "budget_per_call")
 _TOP_KEYS = {"models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir", "refresh_s", "pgbouncer"}
 
 
@@ -312,6 +315,9 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
     measure = data.get("latency_measure", "total")
     if measure not in ("total", "ttft"):
         raise ConfigError(f"{where}.latency_measure", f"must be 'total' or 'ttft', got {measure!r}")
+    budget = data.get("budget_per_call")
+    if budget is not None:
+        budget = _number(f"{where}.budget_per_call", budget, positive=True)
     options = {k: v for k, v in data.items() if k not in _ROUTE_KEYS}
     for key, value in options.items():
         expected = OPTION_TYPES.get(key)
@@ -325,7 +331,7 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
         raise ConfigError(where, str(exc)) from None
     return RouteConfig(
         task_type=task, models=tuple(names), policy=policy, options=dict(options), hedge_quantile=hedge,
-        validators=tuple(validators), latency_measure=measure,
+        validators=tuple(validators), latency_measure=measure, budget_per_call=budget,
     )
 
 

@@ -28,8 +28,11 @@ from sqlalchemy import and_, not_
 from sqlalchemy.exc import SQLAlchemyError
 
 from .backends import REJECTING_STATUSES, Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem
+from .budget import BudgetPacer
 from .config import Config, ModelConfig, RouteConfig, load_config
+from .contextual import ContextualPolicy, PendingContexts, logged_features, warm_start_contexts
 from .exceptions import AllModelsFailed, ConfigError, RequestRejected, StreamBroken, UnknownTaskType
+from .features import Features, Featurizer
 from .feedback import FeedbackBook
 from .health import Health
 from .policies import Policy, Ranking, make_policy
@@ -205,7 +208,9 @@ class _Call:
     asked, if the deadline allows; otherwise the call falls back.
     """
 
-    def __init__(self, router: Router, task_type: str, route: RouteConfig, deadline_s: float, prompt: str | None) -> None:
+    def __init__(
+        self, router: Router, task_type: str, route: RouteConfig, deadline_s: float, prompt: str | None, features: Features | None = None
+    ) -> None:
         self.router = router
         self.route = route
         self.task_type = task_type
@@ -215,8 +220,12 @@ class _Call:
         self.deadline = self.start + deadline_s
         self.policy = router.policies[task_type]
         usable, self.skipped = router.health.split(route.models)
+        self.features = features  # the prompt's features, when the route is contextual or the caller gave some
         with router.locks[task_type]:
-            self.ranking: Ranking = self.policy.rank(usable or None)
+            if isinstance(self.policy, ContextualPolicy):
+                self.ranking: Ranking = self.policy.rank(usable or None, features)
+            else:
+                self.ranking = self.policy.rank(usable or None)
         self.queue = list(self.ranking.order) + [m for m in route.models if m in self.skipped and usable]
         self.order = tuple(self.queue)  # the whole order tried: the policy's ranking, then skipped models
         self._wait_first = not usable and router.config.breaker.when_all_cooling == "wait"
@@ -376,6 +385,12 @@ class Router:
                 options["seed"] = seed + i
             self.policies[task] = make_policy(route.policy, route.models, self.config.objective, **options)
         self.locks = {task: threading.Lock() for task in self.policies}
+        self.pacers = {
+            task: BudgetPacer(route.budget_per_call, self.config.objective)
+            for task, route in self.config.routes.items() if route.budget_per_call is not None
+        }
+        self.contexts = PendingContexts()  # features of contextual calls awaiting feedback
+        self._featurizer = Featurizer()  # for caller features on routes that are not contextual
         self.health = Health(self.config.models, self.config.breaker)
         extra = dict(validators or {})
         unknown = sorted(set(extra) - set(self.config.routes))
@@ -406,7 +421,10 @@ class Router:
         return f"Router(routes={sorted(self.config.routes)}, store={self.store.safe_url!r})"
 
     # -- calls ----------------------------------------------------------------------------------
-    def _begin(self, task_type: str | None, kind: str, deadline_s: float | None, messages: Messages | None, prompt: Any) -> _Call:
+    def _begin(
+        self, task_type: str | None, kind: str, deadline_s: float | None, messages: Messages | None, prompt: Any,
+        features: Mapping[str, float] | None = None,
+    ) -> _Call:
         if self._closed:
             raise RuntimeError("the router is closed")
         task = task_type if task_type is not None else self.classifier(messages or [])
@@ -420,34 +438,48 @@ class Router:
         if not deadline > 0:
             raise ValueError(f"deadline_s must be > 0, got {deadline_s!r}")
         logged = json.dumps(prompt) if self.config.log_prompts else None
-        return _Call(self, task, route, deadline, logged)
+        return _Call(self, task, route, deadline, logged, self._features(task, messages, features))
+
+    def _features(self, task: str, messages: Messages | None, extra: Mapping[str, float] | None) -> Features | None:
+        """A call's prompt features: for contextual routes, and for any route when the caller gives some."""
+        policy = self.policies[task]
+        if isinstance(policy, ContextualPolicy):
+            return policy.featurizer(messages or [], extra)
+        return self._featurizer(messages or [], extra) if extra is not None else None
 
     @overload
-    def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, **params: Any) -> ChatResult: ...
+    def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, features: Mapping[str, float] | None = None, **params: Any) -> ChatResult: ...
     @overload
-    def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[True], deadline_s: float | None = None, **params: Any) -> ChatStream: ...
+    def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[True], deadline_s: float | None = None, features: Mapping[str, float] | None = None, **params: Any) -> ChatStream: ...
 
-    def chat(self, task_type: str | None, messages: Messages, *, stream: bool = False, deadline_s: float | None = None, **params: Any) -> ChatResult | ChatStream:
+    def chat(
+        self, task_type: str | None, messages: Messages, *, stream: bool = False, deadline_s: float | None = None,
+        features: Mapping[str, float] | None = None, **params: Any,
+    ) -> ChatResult | ChatStream:
         """Route a chat completion; ``params`` (max_tokens, temperature, ...) go to the backend as they are.
 
         ``task_type=None`` lets the classifier choose. Raises :class:`AllModelsFailed` when no model
         answered in time and :class:`RequestRejected` when a backend refused the request itself.
-        With ``stream=True`` returns a :class:`ChatStream` of text deltas (see there).
+        With ``stream=True`` returns a :class:`ChatStream` of text deltas (see there). ``features``
+        adds the caller's named numbers to the prompt's features (see :mod:`.features`).
         """
-        call = self._begin(task_type, "chat", deadline_s, messages, messages)
+        call = self._begin(task_type, "chat", deadline_s, messages, messages, features)
         if stream:
             return ChatStream(self._stream(call, lambda m, t, f: self.backend.stream_chat(m, messages, params, t, f)))
         answer, common = self._run(call, lambda m, t: self.backend.chat(m, messages, params, t))
         return ChatResult(**common, text=answer.text or "")
 
     @overload
-    async def achat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, **params: Any) -> ChatResult: ...
+    async def achat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, features: Mapping[str, float] | None = None, **params: Any) -> ChatResult: ...
     @overload
-    async def achat(self, task_type: str | None, messages: Messages, *, stream: Literal[True], deadline_s: float | None = None, **params: Any) -> AsyncChatStream: ...
+    async def achat(self, task_type: str | None, messages: Messages, *, stream: Literal[True], deadline_s: float | None = None, features: Mapping[str, float] | None = None, **params: Any) -> AsyncChatStream: ...
 
-    async def achat(self, task_type: str | None, messages: Messages, *, stream: bool = False, deadline_s: float | None = None, **params: Any) -> ChatResult | AsyncChatStream:
+    async def achat(
+        self, task_type: str | None, messages: Messages, *, stream: bool = False, deadline_s: float | None = None,
+        features: Mapping[str, float] | None = None, **params: Any,
+    ) -> ChatResult | AsyncChatStream:
         """Async twin of :meth:`chat`; on routes with ``hedge_quantile`` it also hedges slow primaries."""
-        call = self._begin(task_type, "chat", deadline_s, messages, messages)
+        call = self._begin(task_type, "chat", deadline_s, messages, messages, features)
         if stream:
             return AsyncChatStream(self._astream(call, lambda m, t, f: self.backend.astream_chat(m, messages, params, t, f)))
         answer, common = await self._arun(call, lambda m, t: self.backend.achat(m, messages, params, t))
@@ -558,7 +590,11 @@ class Router:
             {"call_id": call.call_id, "ts": time.time(), "task_type": call.task_type, "model": call.model, "accuracy": value, "router_id": self.router_id},
         )
         policy = self.policies.get(call.task_type)
-        if policy is not None and call.model in policy.index:
+        if isinstance(policy, ContextualPolicy) and call.model in policy.index:
+            features = self.contexts.pop(call_id) or logged_features(self.store, call_id, policy.featurizer.space)
+            with self.locks[call.task_type]:
+                policy.feedback(call.model, value, features)
+        elif policy is not None and call.model in policy.index:
             with self.locks[call.task_type]:
                 policy.feedback(call.model, value)
 
@@ -571,7 +607,8 @@ class Router:
                 raise UnknownTaskType(task, list(self.policies))
             with self.locks[task]:
                 rows = self.policies[task].preferences()
-            out[task] = [{**row, **self.health.snapshot(row["model"])} for row in rows]
+                budget = self.pacers[task].snapshot() if task in self.pacers else {}
+            out[task] = [{**row, **self.health.snapshot(row["model"]), **budget} for row in rows]
         return out
 
     def _log(self, call: _Call, model: str | None, outcome: str, latency: float) -> None:
@@ -615,6 +652,17 @@ class Router:
                     },
                 )
             )
+        if call.features is not None:
+            space = call.policy.featurizer.space if isinstance(call.policy, ContextualPolicy) else self._featurizer.space
+            rows.append(
+                ("call_features", {"call_id": call.call_id, "ts": call.ts, "task_type": call.task_type, "space": space, "features": call.features.to_json()})
+            )
+            if model is not None and isinstance(call.policy, ContextualPolicy):
+                self.contexts.put(call.call_id, call.features)
+        pacer = self.pacers.get(call.task_type)
+        if pacer is not None:
+            with self.locks[call.task_type]:
+                pacer.observe(sum(a.cost for a in call.attempts), call.policy)
         self.store.put_many(rows)
         self.book.remember(call.call_id, call.task_type, model)
 
@@ -639,6 +687,9 @@ class Router:
                     self.store.tail("attempts", task, horizon, self.LEARNED_ATTEMPT_COLUMNS, learnable),
                     self.store.tail("feedback", task, horizon, self.LEARNED_FEEDBACK_COLUMNS),
                 )
+            if isinstance(policy, ContextualPolicy):
+                with self.locks[task]:
+                    warm_start_contexts(self.store, task, policy)
 
     @staticmethod
     def _learnable() -> Any:

@@ -51,7 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .exceptions import StoreError
 
-__all__ = ["Store", "Journal", "metadata", "calls", "attempts", "feedback", "upgrade", "default_journal_dir"]
+__all__ = ["Store", "Journal", "metadata", "calls", "attempts", "feedback", "call_features", "upgrade", "default_journal_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,19 @@ dead_letters = Table(
     UniqueConstraint("table_name", "row_key", name="uq_dead_letters_row"),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (calls, attempts, feedback)}
+#: prompt features of calls (hashed indices and values as JSON, never the text), for contextual warm start and replay
+call_features = Table(
+    "call_features",
+    metadata,
+    Column("call_id", String(32), primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("task_type", String(64), nullable=False),
+    Column("space", String(64), nullable=False),  # the featurizer's label: features of one space are comparable
+    Column("features", Text, nullable=False),  # JSON {"i": [indices], "v": [values]}
+    Index("ix_call_features_task_ts", "task_type", "ts"),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (calls, attempts, feedback, call_features)}
 
 
 def _alembic_config(connection: Any) -> Any:

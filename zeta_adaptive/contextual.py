@@ -1,0 +1,255 @@
+"""Contextual (per-prompt) policies: each model's accuracy is a Bayesian linear function of the prompt's features.
+
+Per model, a Gaussian posterior with a diagonal covariance over the weights of the
+:class:`~zeta_adaptive.features.Featurizer`'s space models the accuracy of that model's answer to
+a prompt with features x as ``x . w`` (the bias slot's prior mean is 0.5). Feedback updates the
+posterior with one Kalman (assumed-density) step on the prompt's non-zero features only: the
+exact Bayesian update of the Gaussian linear model, projected back onto a diagonal covariance. So
+a decision and an update cost O(models x non-zero features), whatever the dimension.
+
+The other parts of the objective (success rate, latency, cost) are the base :class:`Policy`'s
+per-model posterior means, so the route's objective and its cost budget apply unchanged:
+``score = P(success) * accuracy(x) - w_latency * latency - w_cost * cost``.
+
+* ``linear_thompson`` draws ``samples`` joint posterior draws of every eligible model's accuracy
+  at x (``x . w`` is exactly Normal under the diagonal posterior), picks one draw uniformly at
+  random and ranks by it; the logged propensity is the share of the draws whose best model is the
+  chosen primary, which is exactly the probability of that primary given the draws (the same
+  scheme as :class:`~zeta_adaptive.policies.ThompsonPolicy`).
+* ``lin_ucb`` ranks by the upper bound ``mean + alpha * sd`` of each model's accuracy at x;
+  deterministic, propensity 1.
+
+With ``discount`` < 1 the weights' precision decays toward the prior by ``discount`` per
+contextual update (lazily, per weight, when next touched), so stale knowledge widens again. A
+call's features wait in :class:`PendingContexts` (bounded by count and age) until its feedback
+arrives; without features (feedback for an unknown context) only the bias weight learns.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+
+from .features import Features, Featurizer
+from .policies import ACC_N, COST_SUM, LAT_N, LAT_SUM, N, OPTION_TYPES, POLICIES, SUCC, Policy, Ranking
+from .store import Store, call_features
+from .store import feedback as feedback_table
+
+__all__ = ["ContextualPolicy", "LinearThompsonPolicy", "LinUCBPolicy", "PendingContexts", "warm_start_contexts", "logged_features"]
+
+
+class ContextualPolicy(Policy):
+    """Base of the per-prompt policies: the diagonal Gaussian linear model of accuracy per model."""
+
+    contextual: ClassVar[bool] = True
+    options: ClassVar[tuple[str, ...]] = ("feature_bits", "max_chars", "prior_var", "noise_var")
+
+    def __init__(
+        self,
+        models: Sequence[str],
+        *,
+        feature_bits: int = 12,
+        max_chars: int = 4096,
+        prior_var: float = 0.1,
+        noise_var: float = 0.25,
+        **common: Any,
+    ) -> None:
+        super().__init__(models, **common)
+        if prior_var <= 0 or noise_var <= 0:
+            raise ValueError("prior_var and noise_var must be > 0")
+        self.featurizer = Featurizer(feature_bits, max_chars)
+        size = self.featurizer.size
+        self.bias = self.featurizer.hashed  # the first dense slot is the constant 1
+        self.prior_precision = 1.0 / float(prior_var)
+        self.noise_var = float(noise_var)
+        k = len(self.models)
+        self.weights = np.zeros((k, size))
+        self.weights[:, self.bias] = 0.5
+        self.precision = np.full((k, size), self.prior_precision)
+        self.touched = np.zeros((k, size), dtype=np.int64)  # the clock when each weight was last updated
+        self.clock = 0  # contextual updates so far
+        self.no_features = Features(np.array([self.bias], dtype=np.int64), np.array([1.0]))
+
+    # -- the linear model -----------------------------------------------------------------------
+    def _precisions(self, rows: np.ndarray | slice, cols: np.ndarray) -> np.ndarray:
+        """Precision of the given weights now, after the discount's lazy decay toward the prior."""
+        p = self.precision[rows][:, cols] if isinstance(rows, np.ndarray) else self.precision[rows, cols]
+        if self.discount == 1.0:
+            return p
+        t = self.touched[rows][:, cols] if isinstance(rows, np.ndarray) else self.touched[rows, cols]
+        return self.prior_precision + (p - self.prior_precision) * self.discount ** (self.clock - t)
+
+    def predict(self, features: Features | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and variance of every model's accuracy at these features (indexed like ``models``)."""
+        x = features if features is not None else self.no_features
+        mean = self.weights[:, x.indices] @ x.values
+        var = (1.0 / self._precisions(self._all, x.indices)) @ (x.values * x.values)
+        return mean, var
+
+    def learn(self, model: str, accuracy: float, features: Features | None = None) -> None:
+        """One Kalman step of a model's weights toward an observed accuracy at these features."""
+        i = self.index[model]
+        x = features if features is not None else self.no_features
+        j, v = x.indices, x.values
+        var = 1.0 / self._precisions(i, j)
+        w = self.weights[i, j]
+        s = self.noise_var + (v * v) @ var
+        gain = var * v / s
+        self.weights[i, j] = w + gain * (accuracy - w @ v)
+        self.precision[i, j] = 1.0 / (var - gain * v * var)
+        if self.discount < 1.0:
+            self.touched[i, j] = self.clock
+        self.clock += 1
+
+    def feedback(self, model: str, accuracy: float, features: Features | None = None) -> None:
+        """Learn one answer's accuracy: the per-model statistics and the linear model at the call's features."""
+        super().feedback(model, accuracy)
+        self.learn(model, accuracy, features)
+
+    def _parts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Posterior-mean success, latency and cost of the eligible models (latency, cost 0 if never served)."""
+        s = self.stats[:, idx]
+        served = s[LAT_N] > 0
+        success = (s[SUCC] + 1.0) / (s[N] + 2.0)
+        latency = np.divide(s[LAT_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
+        cost = np.divide(s[COST_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
+        return success, latency, cost
+
+    # -- deciding -------------------------------------------------------------------------------
+    def rank(self, eligible: Sequence[str] | None = None, features: Features | None = None) -> Ranking:
+        """Order the eligible models for a prompt with these features (None: the bias alone)."""
+        idx = self._eligible(eligible)
+        mean, var = self.predict(features)
+        order, propensity = self._decide(idx, mean[idx], var[idx], *self._parts(idx))
+        return Ranking(tuple([self.models[i] for i in idx[order].tolist()]), propensity)
+
+    def _decide(
+        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, success: np.ndarray, latency: np.ndarray, cost: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        raise NotImplementedError
+
+
+class LinearThompsonPolicy(ContextualPolicy):
+    """Thompson sampling on the per-model linear accuracy model; propensity exact for its batch of draws."""
+
+    name = "linear_thompson"
+    options = (*ContextualPolicy.options, "samples")
+
+    def __init__(self, models: Sequence[str], *, samples: int = 64, **common: Any) -> None:
+        super().__init__(models, **common)
+        if samples < 16:
+            raise ValueError(f"samples must be >= 16, got {samples}")
+        self.samples = int(samples)
+
+    def draw_scores(self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, success: np.ndarray, latency: np.ndarray, cost: np.ndarray) -> np.ndarray:
+        """``samples`` joint posterior draws of the eligible models' scores, shape (samples, eligible)."""
+        accuracy = mean + np.sqrt(var) * self.rng.standard_normal((self.samples, len(idx)))
+        return self.objective.score(success, accuracy, latency, cost)
+
+    def _decide(self, idx, mean, var, success, latency, cost):  # type: ignore[no-untyped-def]
+        scores = self.draw_scores(idx, mean, var, success, latency, cost)
+        best = scores.argmax(axis=1)
+        u = int(self.rng.random() * self.samples)
+        order = np.argsort(-scores[u], kind="stable")
+        return order, float(np.count_nonzero(best == best[u])) / self.samples
+
+
+class LinUCBPolicy(ContextualPolicy):
+    """LinUCB on the per-model linear accuracy model: rank by ``mean + alpha * sd`` of accuracy; propensity 1."""
+
+    name = "lin_ucb"
+    options = (*ContextualPolicy.options, "alpha")
+
+    def __init__(self, models: Sequence[str], *, alpha: float = 1.0, **common: Any) -> None:
+        super().__init__(models, **common)
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        self.alpha = float(alpha)
+
+    def _decide(self, idx, mean, var, success, latency, cost):  # type: ignore[no-untyped-def]
+        index = self.objective.score(success, mean + self.alpha * np.sqrt(var), latency, cost)
+        return np.argsort(-index, kind="stable"), 1.0
+
+
+POLICIES.update({p.name: p for p in (LinearThompsonPolicy, LinUCBPolicy)})
+OPTION_TYPES.update({"feature_bits": int, "max_chars": int, "prior_var": float, "noise_var": float, "alpha": float})
+
+
+class PendingContexts:
+    """Features of recent calls by call id, until their feedback arrives: at most ``capacity`` calls, none older than ``max_age_s``."""
+
+    def __init__(self, capacity: int = 100_000, max_age_s: float = 7 * 86400.0) -> None:
+        if capacity < 1 or max_age_s <= 0:
+            raise ValueError("capacity must be >= 1 and max_age_s > 0")
+        self.capacity = capacity
+        self.max_age_s = max_age_s
+        self._items: OrderedDict[str, tuple[float, Features]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, call_id: str, features: Features, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._lock:
+            self._items[call_id] = (now, features)
+            self._evict(now)
+
+    def pop(self, call_id: str, now: float | None = None) -> Features | None:
+        """The call's features (forgotten from here on), or None if unknown, evicted or too old."""
+        with self._lock:
+            self._evict(time.time() if now is None else now)
+            item = self._items.pop(call_id, None)
+        return item[1] if item is not None else None
+
+    def _evict(self, now: float) -> None:
+        items = self._items
+        while items and (len(items) > self.capacity or next(iter(items.values()))[0] < now - self.max_age_s):
+            items.popitem(last=False)
+
+
+def logged_features(store: Store, call_id: str, space: str) -> Features | None:
+    """A call's features from the log (None if not logged, or logged in another feature space)."""
+    query = select(call_features.c.features).where(call_features.c.call_id == call_id, call_features.c.space == space)
+    with store.engine.connect() as conn:
+        text = conn.execute(query).scalar_one_or_none()
+    return Features.from_json(text) if text is not None else None
+
+
+#: the most rated calls an undiscounted contextual policy relearns at warm start
+WARM_LIMIT = 200_000
+
+
+def warm_start_contexts(store: Store, task_type: str, policy: ContextualPolicy) -> int:
+    """Refit a contextual policy's linear model from the logged feedback of calls with logged features.
+
+    Reads the latest rated calls of the task type whose features were logged in the policy's
+    feature space (the last ``horizon()`` for a discounted policy, at most ``WARM_LIMIT``) and
+    replays them in time order. The per-model statistics are the router's usual warm start.
+    Returns the number of calls learned.
+    """
+    f, c = feedback_table.c, call_features.c
+    limit = min(policy.horizon() or WARM_LIMIT, WARM_LIMIT)
+    query = (
+        select(f.model, f.accuracy, c.features)
+        .join(call_features, c.call_id == f.call_id)
+        .where(f.task_type == task_type, c.space == policy.featurizer.space)
+        .order_by(f.ts.desc())
+        .limit(limit)
+    )
+    with store.engine.connect() as conn:
+        rows = pd.DataFrame(conn.execute(query).all(), columns=["model", "accuracy", "features"]).iloc[::-1]
+    learned = 0
+    for model, accuracy, text in zip(rows["model"], rows["accuracy"], rows["features"], strict=True):
+        if model in policy.index:
+            policy.learn(model, float(accuracy), Features.from_json(text))
+            learned += 1
+    return learned
+
