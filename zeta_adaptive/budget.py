@@ -1,11 +1,12 @@
 """Cost budget: a Lagrange multiplier on cost, updated from the running spend, so a route's mean cost per call tracks its budget.
 
 With route key ``budget_per_call = B``, after every call of cost c the multiplier moves by
-dual (sub)gradient ascent, ``lam <- max(0, lam + rate * (c - B) / scale)``, where ``scale`` is
+dual (sub)gradient ascent, ``lam <- lam + rate * (c - B) / scale``, where ``scale`` is
 the dearest model's mean cost per call (so ``rate`` is free of the price unit), and the policy's
 objective becomes the route's objective with ``w_cost + lam / scale``. Overspending raises the
 price of cost until cheaper models win often enough; underspending lowers it back to the
-objective's own weight. Because ``lam`` integrates the spend's error, the cumulative overspend is
+objective's own weight, and below it when the route spends less than it may: the budget is a
+target, not only a cap, so dearer models are used more when the route underspends. Because ``lam`` integrates the spend's error, the cumulative overspend is
 bounded by ``lam * scale / rate``: the mean cost per call converges to B whenever B is reachable.
 It works with every policy, since every policy scores models through its ``objective``.
 """
@@ -25,7 +26,7 @@ __all__ = ["BudgetPacer"]
 class BudgetPacer:
     """Holds a policy's mean cost per call near ``budget`` by adapting its objective's cost weight."""
 
-    def __init__(self, budget: float, objective: Objective, rate: float = 0.01) -> None:
+    def __init__(self, budget: float, objective: Objective, rate: float = 0.02) -> None:
         if not budget > 0:
             raise ValueError(f"budget_per_call must be > 0, got {budget!r}")
         if not rate > 0:
@@ -45,7 +46,7 @@ class BudgetPacer:
         served = policy.stats[LAT_N] > 0  # models with a successful attempt have a mean cost
         if served.any():
             self.scale = max(float(np.max(policy.stats[COST_SUM][served] / policy.stats[LAT_N][served])), self.budget)
-        self.multiplier = max(0.0, self.multiplier + self.rate * (cost - self.budget) / self.scale)
+        self.multiplier += self.rate * (cost - self.budget) / self.scale
         policy.objective = replace(self.base, w_cost=self.cost_weight)
         policy._changed()
 

@@ -7,8 +7,8 @@ posterior with one Kalman (assumed-density) step on the prompt's non-zero featur
 exact Bayesian update of the Gaussian linear model, projected back onto a diagonal covariance. So
 a decision and an update cost O(models x non-zero features), whatever the dimension.
 
-The other parts of the objective (success rate, latency, cost) are the base :class:`Policy`'s
-per-model posterior means, so the route's objective and its cost budget apply unchanged:
+The other parts of the objective are the base :class:`Policy`'s per-model statistics (success
+rate: its Beta posterior, drawn by Thompson sampling; latency and cost: their means), so the route's objective and its cost budget apply unchanged:
 ``score = P(success) * accuracy(x) - w_latency * latency - w_cost * cost``.
 
 * ``linear_thompson`` draws ``samples`` joint posterior draws of every eligible model's accuracy
@@ -16,8 +16,8 @@ per-model posterior means, so the route's objective and its cost budget apply un
   random and ranks by it; the logged propensity is the share of the draws whose best model is the
   chosen primary, which is exactly the probability of that primary given the draws (the same
   scheme as :class:`~zeta_adaptive.policies.ThompsonPolicy`).
-* ``lin_ucb`` ranks by the upper bound ``mean + alpha * sd`` of each model's accuracy at x;
-  deterministic, propensity 1.
+* ``lin_ucb`` ranks by the upper bound ``mean + alpha * sd`` of each model's accuracy at x, models
+  never tried first; deterministic, propensity 1.
 
 With ``discount`` < 1 the weights' precision decays toward the prior by ``discount`` per
 contextual update (lazily, per weight, when next touched), so stale knowledge widens again. A
@@ -46,10 +46,16 @@ __all__ = ["ContextualPolicy", "LinearThompsonPolicy", "LinUCBPolicy", "PendingC
 
 
 class ContextualPolicy(Policy):
-    """Base of the per-prompt policies: the diagonal Gaussian linear model of accuracy per model."""
+    """Base of the per-prompt policies: the diagonal Gaussian linear model of accuracy per model.
+
+    A model's accuracy at x is ``x . (w_shared + w_model)``: the shared weights learn from every
+    model's feedback what makes a prompt easy or hard, the model's own weights (prior variance
+    ``gap_var``, usually smaller than ``prior_var``) how that model departs from the others. The
+    gap between two models is thus shrunk toward zero and estimated from its own evidence only.
+    """
 
     contextual: ClassVar[bool] = True
-    options: ClassVar[tuple[str, ...]] = ("feature_bits", "max_chars", "prior_var", "noise_var")
+    options: ClassVar[tuple[str, ...]] = ("feature_bits", "max_chars", "prior_var", "gap_var", "noise_var")
 
     def __init__(
         self,
@@ -58,54 +64,62 @@ class ContextualPolicy(Policy):
         feature_bits: int = 12,
         max_chars: int = 4096,
         prior_var: float = 0.1,
+        gap_var: float = 0.05,
         noise_var: float = 0.25,
         **common: Any,
     ) -> None:
         super().__init__(models, **common)
-        if prior_var <= 0 or noise_var <= 0:
-            raise ValueError("prior_var and noise_var must be > 0")
+        if prior_var <= 0 or gap_var <= 0 or noise_var <= 0:
+            raise ValueError("prior_var, gap_var and noise_var must be > 0")
         self.featurizer = Featurizer(feature_bits, max_chars)
         size = self.featurizer.size
         self.bias = self.featurizer.hashed  # the first dense slot is the constant 1
-        self.prior_precision = 1.0 / float(prior_var)
-        self.noise_var = float(noise_var)
         k = len(self.models)
-        self.weights = np.zeros((k, size))
-        self.weights[:, self.bias] = 0.5
-        self.precision = np.full((k, size), self.prior_precision)
-        self.touched = np.zeros((k, size), dtype=np.int64)  # the clock when each weight was last updated
+        self.shared = k  # row of the shared weights, after one row per model
+        self.noise_var = float(noise_var)
+        self.prior_precision = np.r_[np.full(k, 1.0 / float(gap_var)), 1.0 / float(prior_var)][:, None]
+        self.weights = np.zeros((k + 1, size))
+        self.weights[self.shared, self.bias] = 0.5
+        self.precision = np.repeat(self.prior_precision, size, axis=1)
+        self.touched = np.zeros((k + 1, size), dtype=np.int64)  # the clock when each weight was last updated
         self.clock = 0  # contextual updates so far
         self.no_features = Features(np.array([self.bias], dtype=np.int64), np.array([1.0]))
+        self._rows = np.arange(k + 1)
 
     # -- the linear model -----------------------------------------------------------------------
-    def _precisions(self, rows: np.ndarray | slice, cols: np.ndarray) -> np.ndarray:
-        """Precision of the given weights now, after the discount's lazy decay toward the prior."""
-        p = self.precision[rows][:, cols] if isinstance(rows, np.ndarray) else self.precision[rows, cols]
+    def _precisions(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Precision of the given weights (rows x cols) now, after the discount's lazy decay toward the prior."""
+        p = self.precision[rows][:, cols]
         if self.discount == 1.0:
             return p
-        t = self.touched[rows][:, cols] if isinstance(rows, np.ndarray) else self.touched[rows, cols]
-        return self.prior_precision + (p - self.prior_precision) * self.discount ** (self.clock - t)
+        prior = self.prior_precision[rows]
+        return prior + (p - prior) * self.discount ** (self.clock - self.touched[rows][:, cols])
+
+    def _moments(self, features: Features | None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance of ``x . w`` for each row of weights (models, then the shared row)."""
+        x = features if features is not None else self.no_features
+        mean = self.weights[:, x.indices] @ x.values
+        var = (1.0 / self._precisions(self._rows, x.indices)) @ (x.values * x.values)
+        return mean, var
 
     def predict(self, features: Features | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and variance of every model's accuracy at these features (indexed like ``models``)."""
-        x = features if features is not None else self.no_features
-        mean = self.weights[:, x.indices] @ x.values
-        var = (1.0 / self._precisions(self._all, x.indices)) @ (x.values * x.values)
-        return mean, var
+        mean, var = self._moments(features)
+        return mean[:-1] + mean[-1], var[:-1] + var[-1]
 
     def learn(self, model: str, accuracy: float, features: Features | None = None) -> None:
-        """One Kalman step of a model's weights toward an observed accuracy at these features."""
-        i = self.index[model]
+        """One Kalman step of the shared and the model's weights toward an observed accuracy at these features."""
+        rows = np.array([self.index[model], self.shared])
         x = features if features is not None else self.no_features
         j, v = x.indices, x.values
-        var = 1.0 / self._precisions(i, j)
-        w = self.weights[i, j]
-        s = self.noise_var + (v * v) @ var
-        gain = var * v / s
-        self.weights[i, j] = w + gain * (accuracy - w @ v)
-        self.precision[i, j] = 1.0 / (var - gain * v * var)
+        var = 1.0 / self._precisions(rows, j)  # (2, nnz)
+        w = self.weights[rows][:, j]
+        s = self.noise_var + var.sum(axis=0) @ (v * v)
+        gain = var * (v / s)
+        self.weights[rows[:, None], j] = w + gain * (accuracy - w.sum(axis=0) @ v)
+        self.precision[rows[:, None], j] = 1.0 / (var - gain * v * var)
         if self.discount < 1.0:
-            self.touched[i, j] = self.clock
+            self.touched[rows[:, None], j] = self.clock
         self.clock += 1
 
     def feedback(self, model: str, accuracy: float, features: Features | None = None) -> None:
@@ -114,30 +128,31 @@ class ContextualPolicy(Policy):
         self.learn(model, accuracy, features)
 
     def _parts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Posterior-mean success, latency and cost of the eligible models (latency, cost 0 if never served)."""
+        """Success Beta posterior (successes + 1, failures + 1), latency and cost means of the eligible
+        models (latency and cost 0 if never served)."""
         s = self.stats[:, idx]
         served = s[LAT_N] > 0
-        success = (s[SUCC] + 1.0) / (s[N] + 2.0)
         latency = np.divide(s[LAT_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
         cost = np.divide(s[COST_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
-        return success, latency, cost
+        return s[SUCC] + 1.0, np.maximum(s[N] - s[SUCC], 0.0) + 1.0, latency, cost
 
     # -- deciding -------------------------------------------------------------------------------
     def rank(self, eligible: Sequence[str] | None = None, features: Features | None = None) -> Ranking:
         """Order the eligible models for a prompt with these features (None: the bias alone)."""
         idx = self._eligible(eligible)
-        mean, var = self.predict(features)
-        order, propensity = self._decide(idx, mean[idx], var[idx], *self._parts(idx))
+        mean, var = self._moments(features)
+        order, propensity = self._decide(idx, mean, var, *self._parts(idx))
         return Ranking(tuple([self.models[i] for i in idx[order].tolist()]), propensity)
 
     def _decide(
-        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, success: np.ndarray, latency: np.ndarray, cost: np.ndarray
+        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, ok: np.ndarray, failed: np.ndarray, latency: np.ndarray, cost: np.ndarray
     ) -> tuple[np.ndarray, float]:
+        """The eligible models' order (positions in ``idx``) and P(primary), from the rows' moments."""
         raise NotImplementedError
 
 
 class LinearThompsonPolicy(ContextualPolicy):
-    """Thompson sampling on the per-model linear accuracy model; propensity exact for its batch of draws."""
+    """Thompson sampling on the linear accuracy model; propensity exact for its batch of draws."""
 
     name = "linear_thompson"
     options = (*ContextualPolicy.options, "samples")
@@ -148,13 +163,14 @@ class LinearThompsonPolicy(ContextualPolicy):
             raise ValueError(f"samples must be >= 16, got {samples}")
         self.samples = int(samples)
 
-    def draw_scores(self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, success: np.ndarray, latency: np.ndarray, cost: np.ndarray) -> np.ndarray:
-        """``samples`` joint posterior draws of the eligible models' scores, shape (samples, eligible)."""
-        accuracy = mean + np.sqrt(var) * self.rng.standard_normal((self.samples, len(idx)))
-        return self.objective.score(success, accuracy, latency, cost)
-
-    def _decide(self, idx, mean, var, success, latency, cost):  # type: ignore[no-untyped-def]
-        scores = self.draw_scores(idx, mean, var, success, latency, cost)
+    def _decide(self, idx, mean, var, ok, failed, latency, cost):  # type: ignore[no-untyped-def]
+        k = len(idx)
+        z = self.rng.standard_normal((self.samples, k + 1))
+        sd = np.sqrt(var)
+        accuracy = mean[idx] + sd[idx] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])  # the shared part is one draw for all
+        g = self.rng.standard_gamma(np.r_[ok, failed], size=(self.samples, 2 * k))
+        success = g[:, :k] / (g[:, :k] + g[:, k:])
+        scores = self.objective.score(success, accuracy, latency, cost)
         best = scores.argmax(axis=1)
         u = int(self.rng.random() * self.samples)
         order = np.argsort(-scores[u], kind="stable")
@@ -162,7 +178,7 @@ class LinearThompsonPolicy(ContextualPolicy):
 
 
 class LinUCBPolicy(ContextualPolicy):
-    """LinUCB on the per-model linear accuracy model: rank by ``mean + alpha * sd`` of accuracy; propensity 1."""
+    """LinUCB on the linear accuracy model: rank by ``mean + alpha * sd`` of each model's accuracy; propensity 1."""
 
     name = "lin_ucb"
     options = (*ContextualPolicy.options, "alpha")
@@ -173,13 +189,15 @@ class LinUCBPolicy(ContextualPolicy):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)
 
-    def _decide(self, idx, mean, var, success, latency, cost):  # type: ignore[no-untyped-def]
-        index = self.objective.score(success, mean + self.alpha * np.sqrt(var), latency, cost)
-        return np.argsort(-index, kind="stable"), 1.0
+    def _decide(self, idx, mean, var, ok, failed, latency, cost):  # type: ignore[no-untyped-def]
+        upper = mean[idx] + mean[-1] + self.alpha * np.sqrt(var[idx] + var[-1])
+        index = self.objective.score(ok / (ok + failed), upper, latency, cost)
+        untried = ok + failed <= 2.0
+        return np.argsort(-np.where(untried, np.inf, index), kind="stable"), 1.0  # models never tried come first
 
 
 POLICIES.update({p.name: p for p in (LinearThompsonPolicy, LinUCBPolicy)})
-OPTION_TYPES.update({"feature_bits": int, "max_chars": int, "prior_var": float, "noise_var": float, "alpha": float})
+OPTION_TYPES.update({"feature_bits": int, "max_chars": int, "prior_var": float, "gap_var": float, "noise_var": float, "alpha": float})
 
 
 class PendingContexts:

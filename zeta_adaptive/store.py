@@ -446,7 +446,7 @@ class Store:
             by_table[table].append(row)
         try:
             with self.engine.begin() as conn:
-                for name in ("calls", "attempts", "feedback"):  # parents first
+                for name in ("calls", "attempts", "feedback", "call_features"):  # parents first
                     if by_table[name]:
                         conn.execute(self._insert[name], by_table[name])
         except SQLAlchemyError as exc:
