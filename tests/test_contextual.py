@@ -47,6 +47,7 @@ def trained(seed: int = 0) -> tuple[LinearThompsonPolicy, object]:
     f = policy.featurizer
     for i in range(30):
         for model, acc in (("a", 0.8), ("b", 0.6), ("c", 0.7)):
+            policy.update(model, i % 10 != 0 or model != "b", 0.1)
             policy.feedback(model, acc, f(prompt("alpha", i)))
     return policy, f(prompt("alpha", 99))
 
@@ -66,11 +67,15 @@ def test_logged_propensity_is_the_exact_probability_of_the_primary():
         counts[r.primary] += 1
     for m in policy.models:
         assert weights[m] / n == pytest.approx(1.0, abs=0.12)
-    # frequencies against a Monte Carlo of the posterior itself (the shared draw cancels between models)
+    # frequencies against a Monte Carlo of the posterior itself: success rates from their Beta
+    # posteriors, accuracies as per-model parts plus one shared part
     gen = np.random.default_rng(5)
     m, v = policy._moments(x)
-    draws = m[:3] + np.sqrt(v[:3]) * gen.standard_normal((200_000, 3))
-    exact = np.bincount(draws.argmax(axis=1), minlength=3) / len(draws)
+    size = 200_000
+    z = gen.standard_normal((size, 4))
+    accuracy = m[:3] + np.sqrt(v[:3]) * z[:, :3] + (m[3] + np.sqrt(v[3]) * z[:, 3:])
+    success = gen.beta(policy.stats[1] + 1.0, policy.stats[0] - policy.stats[1] + 1.0, size=(size, 3))
+    exact = np.bincount((success * accuracy).argmax(axis=1), minlength=3) / size
     for i, model in enumerate(policy.models):
         assert counts[model] / n == pytest.approx(exact[i], abs=4 * math.sqrt(exact[i] * (1 - exact[i]) / n) + 1e-3)
 
@@ -89,7 +94,7 @@ def test_discount_widens_the_posterior_of_stale_weights_back_toward_the_prior():
     f = sticky.featurizer
     old, new = f("old topic words"), f("brand new other things")
     stale = np.setdiff1d(old.indices, new.indices)  # weights only the old prompts touch
-    rows = np.array([0])
+    rows = np.array([[0]])  # model a's row, as a column
     for p in (sticky, fading):
         for _ in range(20):
             p.feedback("a", 1.0, old)

@@ -84,22 +84,23 @@ class ContextualPolicy(Policy):
         self.touched = np.zeros((k + 1, size), dtype=np.int64)  # the clock when each weight was last updated
         self.clock = 0  # contextual updates so far
         self.no_features = Features(np.array([self.bias], dtype=np.int64), np.array([1.0]))
-        self._rows = np.arange(k + 1)
+        self._pairs = [np.array([[i], [k]]) for i in range(k)]
 
     # -- the linear model -----------------------------------------------------------------------
-    def _precisions(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Precision of the given weights (rows x cols) now, after the discount's lazy decay toward the prior."""
-        p = self.precision[rows][:, cols]
+    def _precisions(self, rows: np.ndarray | slice, cols: np.ndarray) -> np.ndarray:
+        """Precision of the given weights (rows: a column of row indices, or every row) now, after the
+        discount's lazy decay toward the prior."""
+        p = self.precision[rows, cols]
         if self.discount == 1.0:
             return p
-        prior = self.prior_precision[rows]
-        return prior + (p - prior) * self.discount ** (self.clock - self.touched[rows][:, cols])
+        prior = self.prior_precision[rows] if isinstance(rows, slice) else self.prior_precision[rows[:, 0]]
+        return prior + (p - prior) * self.discount ** (self.clock - self.touched[rows, cols])
 
     def _moments(self, features: Features | None) -> tuple[np.ndarray, np.ndarray]:
         """Mean and variance of ``x . w`` for each row of weights (models, then the shared row)."""
         x = features if features is not None else self.no_features
         mean = self.weights[:, x.indices] @ x.values
-        var = (1.0 / self._precisions(self._rows, x.indices)) @ (x.values * x.values)
+        var = (1.0 / self._precisions(slice(None), x.indices)) @ (x.values * x.values)
         return mean, var
 
     def predict(self, features: Features | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -109,17 +110,17 @@ class ContextualPolicy(Policy):
 
     def learn(self, model: str, accuracy: float, features: Features | None = None) -> None:
         """One Kalman step of the shared and the model's weights toward an observed accuracy at these features."""
-        rows = np.array([self.index[model], self.shared])
+        rows = self._pairs[self.index[model]]  # the model's row and the shared row, as a column
         x = features if features is not None else self.no_features
         j, v = x.indices, x.values
         var = 1.0 / self._precisions(rows, j)  # (2, nnz)
-        w = self.weights[rows][:, j]
-        s = self.noise_var + var.sum(axis=0) @ (v * v)
+        w = self.weights[rows, j]
+        s = self.noise_var + (var[0] + var[1]) @ (v * v)
         gain = var * (v / s)
-        self.weights[rows[:, None], j] = w + gain * (accuracy - w.sum(axis=0) @ v)
-        self.precision[rows[:, None], j] = 1.0 / (var - gain * v * var)
+        self.weights[rows, j] = w + gain * (accuracy - (w[0] + w[1]) @ v)
+        self.precision[rows, j] = 1.0 / (var - gain * v * var)
         if self.discount < 1.0:
-            self.touched[rows[:, None], j] = self.clock
+            self.touched[rows, j] = self.clock
         self.clock += 1
 
     def feedback(self, model: str, accuracy: float, features: Features | None = None) -> None:
@@ -134,7 +135,7 @@ class ContextualPolicy(Policy):
         served = s[LAT_N] > 0
         latency = np.divide(s[LAT_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
         cost = np.divide(s[COST_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
-        return s[SUCC] + 1.0, np.maximum(s[N] - s[SUCC], 0.0) + 1.0, latency, cost
+        return s[SUCC] + 1.0, s[N] - s[SUCC] + 1.0, latency, cost
 
     # -- deciding -------------------------------------------------------------------------------
     def rank(self, eligible: Sequence[str] | None = None, features: Features | None = None) -> Ranking:
@@ -152,24 +153,32 @@ class ContextualPolicy(Policy):
 
 
 class LinearThompsonPolicy(ContextualPolicy):
-    """Thompson sampling on the linear accuracy model; propensity exact for its batch of draws."""
+    """Thompson sampling on the linear accuracy model; propensity exact for its batch of draws.
+
+    Per decision: one draw of each model's success rate from its Beta posterior, and ``samples``
+    joint draws of the accuracies at x (their spread around the posterior mean scaled by
+    ``explore``: 1 is plain Thompson sampling, smaller explores less); one of those is picked uniformly at random and ranks the
+    models. The logged propensity, the share of the batch's draws won by the chosen primary, is
+    the exact probability of that primary given the decision's draws.
+    """
 
     name = "linear_thompson"
-    options = (*ContextualPolicy.options, "samples")
+    options = (*ContextualPolicy.options, "samples", "explore")
 
-    def __init__(self, models: Sequence[str], *, samples: int = 64, **common: Any) -> None:
+    def __init__(self, models: Sequence[str], *, samples: int = 64, explore: float = 1.0, **common: Any) -> None:
         super().__init__(models, **common)
         if samples < 16:
             raise ValueError(f"samples must be >= 16, got {samples}")
+        if explore < 0:
+            raise ValueError(f"explore must be >= 0, got {explore}")
         self.samples = int(samples)
+        self.explore = float(explore)
 
     def _decide(self, idx, mean, var, ok, failed, latency, cost):  # type: ignore[no-untyped-def]
-        k = len(idx)
-        z = self.rng.standard_normal((self.samples, k + 1))
-        sd = np.sqrt(var)
+        z = self.rng.standard_normal((self.samples, len(idx) + 1))
+        sd = self.explore * np.sqrt(var)
         accuracy = mean[idx] + sd[idx] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])  # the shared part is one draw for all
-        g = self.rng.standard_gamma(np.r_[ok, failed], size=(self.samples, 2 * k))
-        success = g[:, :k] / (g[:, :k] + g[:, k:])
+        success = self.rng.beta(ok, np.maximum(failed, 1.0))  # one draw per decision, shared by the batch
         scores = self.objective.score(success, accuracy, latency, cost)
         best = scores.argmax(axis=1)
         u = int(self.rng.random() * self.samples)
@@ -197,7 +206,7 @@ class LinUCBPolicy(ContextualPolicy):
 
 
 POLICIES.update({p.name: p for p in (LinearThompsonPolicy, LinUCBPolicy)})
-OPTION_TYPES.update({"feature_bits": int, "max_chars": int, "prior_var": float, "gap_var": float, "noise_var": float, "alpha": float})
+OPTION_TYPES.update({"feature_bits": int, "max_chars": int, "prior_var": float, "gap_var": float, "noise_var": float, "alpha": float, "explore": float})
 
 
 class PendingContexts:
