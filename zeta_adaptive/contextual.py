@@ -157,7 +157,9 @@ class LinearThompsonPolicy(ContextualPolicy):
 
     Per decision: one draw of each model's success rate from its Beta posterior, and ``samples``
     joint draws of the accuracies at x (their spread around the posterior mean scaled by
-    ``explore``: 1 is plain Thompson sampling, smaller explores less); one of those is picked uniformly at random and ranks the
+    ``explore``: 1 is plain Thompson sampling; the default 0.3 explores less, because a diagonal
+    posterior over hashed n-grams counts every unseen n-gram's prior variance and so overstates
+    the uncertainty of a new prompt); one of those is picked uniformly at random and ranks the
     models. The logged propensity, the share of the batch's draws won by the chosen primary, is
     the exact probability of that primary given the decision's draws.
     """
@@ -165,7 +167,7 @@ class LinearThompsonPolicy(ContextualPolicy):
     name = "linear_thompson"
     options = (*ContextualPolicy.options, "samples", "explore")
 
-    def __init__(self, models: Sequence[str], *, samples: int = 64, explore: float = 1.0, **common: Any) -> None:
+    def __init__(self, models: Sequence[str], *, samples: int = 64, explore: float = 0.3, **common: Any) -> None:
         super().__init__(models, **common)
         if samples < 16:
             raise ValueError(f"samples must be >= 16, got {samples}")
@@ -192,7 +194,7 @@ class LinUCBPolicy(ContextualPolicy):
     name = "lin_ucb"
     options = (*ContextualPolicy.options, "alpha")
 
-    def __init__(self, models: Sequence[str], *, alpha: float = 1.0, **common: Any) -> None:
+    def __init__(self, models: Sequence[str], *, alpha: float = 0.3, **common: Any) -> None:
         super().__init__(models, **common)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
