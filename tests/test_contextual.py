@@ -196,3 +196,21 @@ def test_contextual_options_are_validated():
     with pytest.raises(ConfigError):
         load_config({"models": {"a": {"base_url": "http://a/v1"}}, "routes": {"x": {"models": ["a"], "policy": "lin_ucb", "samples": 32}}})
     assert isinstance(make_policy("lin_ucb", ["a"], alpha=0.5), LinUCBPolicy)
+
+
+def test_linear_thompson_routes_end_to_end_over_the_loopback_fleet(tmp_path):
+    from zeta_adaptive.simulate import Fleet, ModelSpec
+
+    specs = [ModelSpec("weak", latency_s=0.001), ModelSpec("strong", latency_s=0.001)]
+    with Fleet(specs, seed=0) as fleet:
+        cfg = fleet.fleet_config({"qa": ["weak", "strong"]}, seed=1, store=f"sqlite:///{tmp_path}/x.db", journal_dir=str(tmp_path / "j"))
+        cfg["routes"]["qa"].update(policy="linear_thompson", budget_per_call=0.5)
+        cfg["models"]["strong"]["price_out_per_1k"] = 1000.0 / 32  # 32 answer tokens cost 1
+        with Router(cfg) as router:
+            for i in range(40):
+                text = prompt("alpha" if i % 2 else "beta", i)
+                result = router.chat("qa", [{"role": "user", "content": text}], max_tokens=32)
+                router.feedback(result.call_id, truth(text, "weak", "strong")[result.model])
+            rows = router.preferences("qa")["qa"]
+            assert router.policies["qa"].clock == 40 and fleet.requests("weak") + fleet.requests("strong") == 40
+    assert rows[0]["budget_calls"] == 40 and 0.0 <= rows[0]["spend_per_call"] <= 1.0
