@@ -43,7 +43,7 @@ def test_learns_which_model_suits_which_prompt(name):
 
 
 def trained(seed: int = 0) -> tuple[LinearThompsonPolicy, object]:
-    policy = make_policy("linear_thompson", ["a", "b", "c"], OBJ, seed=seed, samples=16)
+    policy = make_policy("linear_thompson", ["a", "b", "c"], OBJ, seed=seed, samples=16, explore=1.0)
     f = policy.featurizer
     for i in range(30):
         for model, acc in (("a", 0.8), ("b", 0.6), ("c", 0.7)):

@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 
 from .config import ModelConfig
+from .scrub import read_key
 
 __all__ = ["Outcome", "Reply", "Backend", "HttpxBackend", "FakeBackend", "REJECTING_STATUSES"]
 
@@ -247,7 +248,7 @@ class HttpxBackend:
     def _options(self, model: ModelConfig) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}
         if model.api_key_env:
-            key = os.environ.get(model.api_key_env)
+            key = read_key(model.api_key_env)
             if key:
                 headers["Authorization"] = f"Bearer {key}"
         limits = httpx.Limits(

@@ -102,6 +102,10 @@ class Config:
     journal_dir: str | None = None  # where log rows wait while the database is down
     refresh_s: float | None = None  # learn from other router processes' rows in the store this often
     pgbouncer: bool = False  # PostgreSQL behind PgBouncer in transaction mode: no prepared statements
+    durability: str = "batched"  # "journal": each call's rows are fsynced to the local journal before it returns
+    store_timeout_s: float = 2.0  # bound on every database operation (connect, statement, lock wait)
+    feedback_window: int = 100_000  # recent calls kept in memory for feedback (older ones are looked up in the log)
+    feedback_window_s: float = 86_400.0  # ... and for at most this long
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
@@ -138,6 +142,9 @@ class Config:
             out["refresh_s"] = self.refresh_s
         if self.pgbouncer:
             out["pgbouncer"] = True
+        for key in ("durability", "store_timeout_s", "feedback_window", "feedback_window_s"):
+            if getattr(self, key) != getattr(Config, key):
+                out[key] = getattr(self, key)
         out["breaker"] = {f.name: getattr(self.breaker, f.name) for f in fields(self.breaker)}
         for name, m in self.models.items():
             out["models"][name] = {
@@ -169,7 +176,12 @@ def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
 _ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure", "budget_per_call")
-_TOP_KEYS = {"models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir", "refresh_s", "pgbouncer"}
+_TOP_KEYS = {
+    "models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir", "refresh_s", "pgbouncer",
+    "durability", "store_timeout_s", "feedback_window", "feedback_window_s",
+}
+#: the longest task type and model names the log's columns hold
+TASK_CHARS, MODEL_CHARS = 64, 128
 
 
 def _number(where: str, value: Any, *, positive: bool = False, minimum: float | None = None) -> float:
@@ -234,8 +246,14 @@ def _store_url(value: Any) -> str:
     return url
 
 
+def _name(where: str, name: str, limit: int) -> None:
+    if not name.strip() or len(name) > limit or any(ord(c) < 32 for c in name):
+        raise ConfigError(where, f"names must be 1 to {limit} printable characters, got {name[:limit + 8]!r}")
+
+
 def _model(name: str, data: Any) -> ModelConfig:
     where = f"models.{name}"
+    _name(where, name, MODEL_CHARS)
     data = _table(where, data)
     _check_keys(where, data, _MODEL_KEYS)
     if "base_url" not in data:
@@ -275,6 +293,7 @@ def _model(name: str, data: Any) -> ModelConfig:
 
 def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: Objective) -> RouteConfig:
     where = f"routes.{task}"
+    _name(where, task, TASK_CHARS)
     data = _table(where, data)
     names = data.get("models")
     if not isinstance(names, list) or not names:
@@ -398,9 +417,16 @@ def _parse(data: Mapping[str, Any]) -> Config:
     journal_dir = data.get("journal_dir")
     if journal_dir is not None:
         journal_dir = _string("journal_dir", journal_dir)
+    durability = data.get("durability", "batched")
+    if durability not in ("batched", "journal"):
+        raise ConfigError("durability", f"must be 'batched' or 'journal', got {durability!r}")
     return Config(
         models=models,
         routes=routes,
+        durability=durability,
+        store_timeout_s=_number("store_timeout_s", data.get("store_timeout_s", 2.0), positive=True),
+        feedback_window=_integer("feedback_window", data.get("feedback_window", 100_000), 1),
+        feedback_window_s=_number("feedback_window_s", data.get("feedback_window_s", 86_400.0), positive=True),
         store=_store_url(data.get("store", DEFAULT_STORE)),
         deadline_s=_number("deadline_s", data.get("deadline_s", 30.0), positive=True),
         objective=objective,

@@ -1,8 +1,9 @@
 """Delayed feedback: check an accuracy and the call it rates before anything is written or learned.
 
-The router remembers recent answered calls in memory (bounded); feedback for an older call, or one
-made by another process, is found in the log. Each call takes one accuracy: a second one, from this
-process (even before it is written) or logged by another, is rejected, so nothing counts twice.
+The router remembers its recent answered calls in memory (bounded by count and age); feedback for
+an older call, or one made by another process, is checked against the log. Each call takes one
+accuracy: the database's unique key on ``feedback.call_id`` decides between processes, and the
+policy learns only from the rating that won.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from __future__ import annotations
 import math
 import numbers
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy.exc import SQLAlchemyError
 
 from .exceptions import FeedbackError
-from .store import Store
 
-__all__ = ["validate_accuracy", "RatedCall", "FeedbackBook"]
+__all__ = ["validate_accuracy", "check_call_id", "RatedCall", "FeedbackBook"]
 
 
 def validate_accuracy(accuracy: object) -> float:
@@ -42,47 +43,54 @@ class RatedCall:
 
 
 class FeedbackBook:
-    """Recent calls by id (task type, answering model, whether rated), backed by the log."""
+    """This process's recent answered calls by id (task type, answering model, whether rated), in memory.
 
-    def __init__(self, store: Store, capacity: int = 1_000_000) -> None:
-        self.store = store
+    Bounded by count (``capacity``) and age (``max_age_s``): a call older than the window is looked
+    up in the log instead, as another process's call would be. No method touches the database, so
+    a hung store never holds the lock that every call's completion takes.
+    """
+
+    def __init__(self, capacity: int = 100_000, max_age_s: float = 86_400.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = capacity
-        self._recent: OrderedDict[str, tuple[str, str | None, bool]] = OrderedDict()
+        self.max_age_s = max_age_s
+        self.clock = clock
+        self._recent: OrderedDict[str, tuple[str, str | None, bool, float]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._recent)
 
     def remember(self, call_id: str, task_type: str, model: str | None) -> None:
         """Note a finished call (model None when no model answered)."""
+        now = self.clock()
         with self._lock:
-            self._recent[call_id] = (task_type, model, False)
-            if len(self._recent) > self.capacity:
+            self._recent[call_id] = (task_type, model, False, now)
+            while len(self._recent) > self.capacity:
+                self._recent.popitem(last=False)
+            while self._recent:
+                oldest = next(iter(self._recent.values()))
+                if now - oldest[3] <= self.max_age_s:
+                    break
                 self._recent.popitem(last=False)
 
-    def accept(self, call_id: str, accuracy: object) -> tuple[RatedCall, float]:
-        """Validate feedback and mark the call as rated; raises FeedbackError and changes nothing if invalid."""
-        value = validate_accuracy(accuracy)
-        if not isinstance(call_id, str) or not call_id:
-            raise FeedbackError(f"call_id must be a non-empty string, got {call_id!r}")
+    def claim(self, call_id: str) -> RatedCall | None:
+        """Mark one of our calls as rated and return it; None if the call is not in the window.
+        Raises FeedbackError (and changes nothing) for a call without answer or already rated."""
         with self._lock:
             entry = self._recent.get(call_id)
-            if entry is None:
-                entry = self._from_log(call_id)
-            task_type, model, rated = entry
+            if entry is None or self.clock() - entry[3] > self.max_age_s:
+                return None
+            task_type, model, rated, at = entry
             if model is None:
                 raise FeedbackError(f"call {call_id} has no answer to rate: every model failed")
-            if rated or self._rated_elsewhere(call_id):
+            if rated:
                 raise FeedbackError(f"call {call_id} already has feedback")
-            self._recent[call_id] = (task_type, model, True)
-        return RatedCall(call_id, task_type, model), value
+            self._recent[call_id] = (task_type, model, True, at)
+        return RatedCall(call_id, task_type, model)
 
-    def _rated_elsewhere(self, call_id: str) -> bool:
-        """Whether another process already logged feedback for this call (unknown if the log is down)."""
-        try:
-            return self.store.has_feedback(call_id)
-        except SQLAlchemyError:
-            return False
 
-    def _from_log(self, call_id: str) -> tuple[str, str | None, bool]:
-        row = self.store.find_call(call_id)
-        if row is None:
-            raise FeedbackError(f"unknown call id {call_id!r}")
-        return row["task_type"], row["model"], self.store.has_feedback(call_id)
+def check_call_id(call_id: object) -> str:
+    """The call id, if it is a non-empty string of at most 64 characters; else FeedbackError."""
+    if not isinstance(call_id, str) or not call_id or len(call_id) > 64:
+        raise FeedbackError(f"call_id must be a non-empty string of at most 64 characters, got {call_id!r:.80}")
+    return call_id

@@ -24,20 +24,21 @@ from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, not_
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import and_, not_, or_
 
 from .backends import REJECTING_STATUSES, Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem
 from .budget import BudgetPacer
 from .config import Config, ModelConfig, RouteConfig, load_config
 from .contextual import ContextualPolicy, PendingContexts, logged_features, warm_start_contexts
-from .exceptions import AllModelsFailed, ConfigError, RequestRejected, StreamBroken, UnknownTaskType
+from .exceptions import AllModelsFailed, ConfigError, FeedbackError, RequestRejected, StoreError, StreamBroken, UnknownTaskType
 from .features import Features, Featurizer
-from .feedback import FeedbackBook
+from .feedback import FeedbackBook, RatedCall, check_call_id, validate_accuracy
 from .health import Health
 from .policies import Policy, Ranking, make_policy
+from .scrub import Scrubber
 from .store import Store
 from .store import attempts as attempts_table
+from .store import feedback as feedback_table
 from .validators import Validator
 from .validators import build as build_validators
 from .validators import check as check_answer
@@ -311,9 +312,8 @@ class _Call:
                 reply = replace(reply, outcome=Outcome.INVALID, error=problem)
         self.final = self.final or shown
         cost = model.cost(reply.tokens_in, reply.tokens_out)
-        attempt = Attempt(
-            model.name, str(reply.outcome), reply.latency_s, reply.status, reply.tokens_in, reply.tokens_out, cost, reply.error, reply.ttft_s
-        )
+        error = self.router.scrub(reply.error) if reply.error else ""  # bodies and exceptions may echo a key
+        attempt = Attempt(model.name, str(reply.outcome), reply.latency_s, reply.status, reply.tokens_in, reply.tokens_out, cost, error, reply.ttft_s)
         self.attempts.append(attempt)
         self.tokens.append(token)
         del self.open[token]
@@ -374,8 +374,13 @@ class Router:
         warm_start: bool = True,
     ) -> None:
         self.config = load_config(config)
+        self.scrub = Scrubber.from_env(m.api_key_env for m in self.config.models.values())
         self.backend: Backend = backend if backend is not None else HttpxBackend(self.config.models)
-        self.store = store if store is not None else Store(self.config.store, journal_dir=self.config.journal_dir, pgbouncer=self.config.pgbouncer)
+        c = self.config
+        self.store = store if store is not None else Store(
+            c.store, journal_dir=c.journal_dir, pgbouncer=c.pgbouncer, timeout_s=c.store_timeout_s, durability=c.durability,
+            background=True, scrub=self.scrub,
+        )
         self.classifier = classifier
         seed = self.config.seed
         self.policies: dict[str, Policy] = {}
@@ -399,14 +404,19 @@ class Router:
         self.validators = {
             task: build_validators(route.validators) + list(extra.get(task, ())) for task, route in self.config.routes.items()
         }
-        self.book = FeedbackBook(self.store)
+        self.book = FeedbackBook(self.config.feedback_window, self.config.feedback_window_s)
         self.router_id = uuid.uuid4().hex[:16]
         self._closed = False
         self._synced_until = time.time()  # rows of other routers from here on are learned by sync()
         self._seen: dict[tuple[str, str, int], float] = {}
-        if warm_start:
-            self._warm_start()
         self._stop = threading.Event()
+        self.warm = not warm_start  # whether the policies hold what the log knows
+        if warm_start:
+            try:
+                self._warm_start()
+            except StoreError as exc:  # start anyway: route on what we learn live, read the log when it answers
+                log.warning("warm start postponed, %s", exc)
+                threading.Thread(target=self._warm_start_later, name="zeta-warm-start", daemon=True).start()
         self._refresher: threading.Thread | None = None
         if self.config.refresh_s is not None:
             self._refresher = threading.Thread(target=self._refresh_loop, name="zeta-refresh", daemon=True)
@@ -581,17 +591,63 @@ class Router:
     def feedback(self, call_id: str, accuracy: float) -> None:
         """Record the accuracy in [0, 1] of a call's answer and teach the policy that chose it.
 
-        Raises :class:`FeedbackError` (and writes nothing) for an unknown call id, a call that had
-        no answer, a call already rated, NaN or a value outside [0, 1].
+        Raises :class:`FeedbackError` (and writes and learns nothing) for an unknown call id, a call
+        that had no answer, a call already rated (here or by another process: the database's unique
+        key decides), NaN or a value outside [0, 1]. A call this process made is checked from
+        memory; while the store is away its rating is journaled like any row. A call of another
+        process (or one older than ``feedback_window``) is checked in the log, bounded by
+        ``store_timeout_s``: while the store is away that raises :class:`StoreError`.
         """
-        call, value = self.book.accept(call_id, accuracy)
-        self.store.put(
-            "feedback",
-            {"call_id": call.call_id, "ts": time.time(), "task_type": call.task_type, "model": call.model, "accuracy": value, "router_id": self.router_id},
-        )
+        value = validate_accuracy(accuracy)
+        call_id = check_call_id(call_id)
+        if self._closed:
+            raise StoreError("the router is closed")
+        call = self.book.claim(call_id)
+        if call is None:
+            call = self._claim_logged(call_id)
+        else:
+            row = self._feedback_row(call, value)
+            won: bool | None = None
+            if self.store.available:
+                try:
+                    won = self.store.call(self.store.insert_feedback, row)
+                except StoreError:
+                    won = None
+            if won is False:
+                raise FeedbackError(f"call {call_id} already has feedback")
+            if won is None:
+                self.store.put("feedback", row)
+            self._learn_feedback(call, value)
+            return
+        if not self.store.call(self.store.insert_feedback, self._feedback_row(call, value)):
+            raise FeedbackError(f"call {call_id} already has feedback")
+        self._learn_feedback(call, value)
+
+    async def afeedback(self, call_id: str, accuracy: float) -> None:
+        """Async twin of :meth:`feedback` (the bounded database work runs on a worker thread)."""
+        await asyncio.to_thread(self.feedback, call_id, accuracy)
+
+    def _claim_logged(self, call_id: str) -> RatedCall:
+        """A call found in the log (another process's, or older than the window), not yet rated."""
+        row = self.store.call(self.store.find_call, call_id)
+        if row is None:
+            raise FeedbackError(f"unknown call id {call_id!r}")
+        if row["model"] is None:
+            raise FeedbackError(f"call {call_id} has no answer to rate: every model failed")
+        return RatedCall(call_id, row["task_type"], row["model"])
+
+    def _feedback_row(self, call: RatedCall, value: float) -> dict[str, Any]:
+        return {"call_id": call.call_id, "ts": time.time(), "task_type": call.task_type, "model": call.model, "accuracy": value, "router_id": self.router_id}
+
+    def _learn_feedback(self, call: RatedCall, value: float) -> None:
         policy = self.policies.get(call.task_type)
         if isinstance(policy, ContextualPolicy) and call.model in policy.index:
-            features = self.contexts.pop(call_id) or logged_features(self.store, call_id, policy.featurizer.space)
+            features = self.contexts.pop(call.call_id)
+            if features is None:  # evicted, or another process's call: the log has its features
+                try:
+                    features = self.store.call(logged_features, self.store, call.call_id, policy.featurizer.space)
+                except StoreError:
+                    features = None  # the store is away: only the bias weight learns
             with self.locks[call.task_type]:
                 policy.feedback(call.model, value, features)
         elif policy is not None and call.model in policy.index:
@@ -673,23 +729,36 @@ class Router:
         discounted one reads only its last ``horizon()`` events, older ones weighing < 1e-12.
         Either way the cost does not grow with the length of the log.
         """
-        learnable = self._learnable()
+        a, f = attempts_table.c, feedback_table.c
+        learnable = and_(self._learnable(), or_(a.router_id.is_(None), a.router_id != self.router_id))
+        others = or_(f.router_id.is_(None), f.router_id != self.router_id)  # what we did ourselves is learned already
+        read = self.store.call
         for task, policy in self.policies.items():
             horizon = policy.horizon()
             if horizon is None:
-                tried = self.store.attempt_sums(task, learnable)
-                rated = self.store.feedback_sums(task)
+                tried = read(self.store.attempt_sums, task, learnable)
+                rated = read(self.store.feedback_sums, task, others)
                 with self.locks[task]:
                     policy.add_sums(tried["model"].tolist(), {k: tried[k].to_numpy() for k in tried.columns if k != "model"})
                     policy.add_sums(rated["model"].tolist(), {k: rated[k].to_numpy() for k in rated.columns if k != "model"})
             else:
                 self._learn(
-                    self.store.tail("attempts", task, horizon, self.LEARNED_ATTEMPT_COLUMNS, learnable),
-                    self.store.tail("feedback", task, horizon, self.LEARNED_FEEDBACK_COLUMNS),
+                    read(self.store.tail, "attempts", task, horizon, self.LEARNED_ATTEMPT_COLUMNS, learnable),
+                    read(self.store.tail, "feedback", task, horizon, self.LEARNED_FEEDBACK_COLUMNS, others),
                 )
             if isinstance(policy, ContextualPolicy):
                 with self.locks[task]:
                     warm_start_contexts(self.store, task, policy)
+        self.warm = True
+
+    def _warm_start_later(self) -> None:
+        """Retry the warm start until the store answers or the router closes (started during an outage)."""
+        while not self._stop.wait(1.0):
+            try:
+                self._warm_start()
+                return
+            except StoreError:
+                continue
 
     @staticmethod
     def _learnable() -> Any:
@@ -730,8 +799,8 @@ class Router:
         overlap = self.config.deadline_s + self.SYNC_SLACK_S
         since = self._synced_until - overlap
         tasks = list(self.policies)
-        tried = self.store.frame("attempts", tasks, since=since, exclude_router=self.router_id)
-        rated = self.store.frame("feedback", tasks, since=since, exclude_router=self.router_id)
+        tried = self.store.call(lambda: self.store.frame("attempts", tasks, since=since, exclude_router=self.router_id))
+        rated = self.store.call(lambda: self.store.frame("feedback", tasks, since=since, exclude_router=self.router_id))
         tried_keys = list(zip(["a"] * len(tried), tried["call_id"], tried["idx"]))
         rated_keys = list(zip(["f"] * len(rated), rated["call_id"], [0] * len(rated)))
         new_tried = np.array([k not in self._seen for k in tried_keys], dtype=bool)
@@ -750,8 +819,8 @@ class Router:
         while not self._stop.wait(self.config.refresh_s):
             try:
                 self.sync()
-            except SQLAlchemyError as exc:  # the store is down: the journal has our rows, try again later
-                log.warning("refresh from %s failed: %s", self.store.safe_url, type(exc).__name__)
+            except StoreError as exc:  # the store is away: the journal has our rows, try again later
+                log.warning("refresh failed: %s", exc)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:

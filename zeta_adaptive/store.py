@@ -11,16 +11,17 @@ automatically when a store is opened.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
 import logging
 import math
 import os
-import queue
+import collections
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from .exceptions import StoreError
 
-__all__ = ["Store", "Journal", "metadata", "calls", "attempts", "feedback", "call_features", "upgrade", "default_journal_dir"]
+__all__ = ["Store", "Journal", "metadata", "calls", "attempts", "feedback", "dead_letters", "call_features", "upgrade", "default_journal_dir", "sanitize"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,14 @@ def _alembic_config(connection: Any) -> Any:
     return cfg
 
 
+@functools.cache
+def head_revision() -> str | None:
+    """The newest migration: read once per process (loading Alembic is slow, and is no database wait)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest migration (a no-op when it is already there).
 
@@ -158,15 +168,13 @@ def upgrade(engine: Engine) -> None:
     """
     from alembic import command
     from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
 
+    head = head_revision()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
-        cfg = _alembic_config(conn)
-        head = ScriptDirectory.from_config(cfg).get_current_head()
         if MigrationContext.configure(conn).get_current_revision() != head:
-            command.upgrade(cfg, "head")
+            command.upgrade(_alembic_config(conn), "head")
 
 
 def _insert(engine: Engine, table: Table) -> Any:
@@ -183,10 +191,12 @@ def _log_latency(latency_s: float | None) -> float | None:
     return None if latency_s is None else math.log(max(latency_s, 1e-6))
 
 
-def _engine(url: str, pgbouncer: bool = False) -> Engine:
+def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine:
+    """An engine whose every wait is bounded: SQLite's busy timeout, PostgreSQL's connect and statement
+    timeouts, and the pool's checkout timeout all follow ``timeout_s``."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": timeout_s, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -198,27 +208,142 @@ def _engine(url: str, pgbouncer: bool = False) -> Engine:
             dbapi_conn.create_function("zeta_log_latency", 1, _log_latency, deterministic=True)
 
         return engine
+    connect_args: dict[str, Any] = {"connect_timeout": max(2, math.ceil(timeout_s))}  # libpq's minimum is 2 s
+    if pgbouncer:  # PgBouncer's transaction mode forbids prepared statements and startup options
+        connect_args["prepare_threshold"] = None
+    else:
+        connect_args["options"] = f"-c statement_timeout={int(timeout_s * 1000)}"
     # a bounded pool per process: the writer, the refresher and feedback look-ups
-    connect_args = {"prepare_threshold": None} if pgbouncer else {}  # PgBouncer's transaction mode forbids prepared statements
-    return create_engine(url, pool_size=2, max_overflow=2, pool_pre_ping=True, connect_args=connect_args)
+    return create_engine(url, pool_size=2, max_overflow=4, pool_pre_ping=True, pool_timeout=timeout_s, connect_args=connect_args)
+
+
+# -- what every store accepts ---------------------------------------------------------------------
+
+#: the largest value of an ``Integer`` column on every supported database (PostgreSQL's is 32-bit)
+INT_MAX = 2**31 - 1
+#: text columns are cut to this many characters (``error`` to ERROR_CHARS), with a marker
+TEXT_CHARS = 1_000_000
+ERROR_CHARS = 2_000
+
+
+def _truncate(value: str, limit: int) -> str:
+    if len(value) <= limit:
+        return value
+    marker = f"…[+{len(value) - limit} chars]"
+    return value[: max(limit - len(marker), 0)] + marker
+
+
+def _column_rules(table: Table) -> list[tuple[str, str, int, bool]]:
+    """(name, kind, limit, nullable) per column: what :func:`sanitize` enforces."""
+    rules = []
+    for column in table.columns:
+        if isinstance(column.type, String) and not isinstance(column.type, Text):
+            rules.append((column.name, "text", column.type.length or TEXT_CHARS, bool(column.nullable)))
+        elif isinstance(column.type, Text):
+            rules.append((column.name, "text", ERROR_CHARS if column.name == "error" else TEXT_CHARS, bool(column.nullable)))
+        elif isinstance(column.type, Integer):
+            rules.append((column.name, "int", INT_MAX, bool(column.nullable)))
+        elif isinstance(column.type, Float):
+            rules.append((column.name, "float", 0, bool(column.nullable)))
+    return rules
+
+
+def sanitize(table: str, row: Mapping[str, Any], scrub: Callable[[str], str] = str) -> dict[str, Any]:
+    """The row as every store accepts it: secrets scrubbed, NUL and lone surrogates removed, text
+    cut to its column (with a marker), integers clamped to 32 bits, non-finite floats NULL (or 0
+    where the column is NOT NULL), numpy scalars made plain."""
+    out: dict[str, Any] = {}
+    for name, kind, limit, nullable in _RULES[table]:
+        value = row.get(name)
+        if value is None:
+            out[name] = None
+        elif kind == "text":
+            text_value = scrub(str(value)).replace("\x00", "")
+            try:
+                text_value.encode("utf-8")
+            except UnicodeEncodeError:
+                text_value = text_value.encode("utf-8", "replace").decode("utf-8")
+            out[name] = _truncate(text_value, limit)
+        elif kind == "int":
+            number = float(value) if not isinstance(value, int) else value
+            if isinstance(number, float):
+                number = int(number) if math.isfinite(number) else 0
+            out[name] = max(-limit - 1, min(int(number), limit))
+        else:
+            real = float(value)
+            out[name] = real if math.isfinite(real) else (None if nullable else 0.0)
+    return out
+
+
+_RULES = {t.name: _column_rules(t) for t in (calls, attempts, feedback, call_features)}
+
+
+def _is_row_problem(exc: BaseException) -> bool:
+    """Whether a failed write was refused for what some row holds (bisect it) rather than because the
+    database is away, locked or slow (journal and retry)."""
+    if isinstance(exc, (DataError, IntegrityError)):
+        return True
+    if isinstance(exc, DBAPIError | SATimeoutError):
+        return False
+    return isinstance(exc, (StatementError, ValueError, TypeError, OverflowError))
+
+
+def _describe(exc: BaseException) -> str:
+    """An error in one line: its type and the driver's message (first line)."""
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {detail[0] if detail else ''}"[:500]
+
+
+class _Bounded:
+    """One database operation on its own daemon thread, so that its caller can stop waiting for it.
+
+    A frozen server holds a socket read that no client-side timeout interrupts; the thread is then
+    left behind (it finishes, or not, on its own) and the caller treats the store as away.
+    """
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._fn = fn
+        threading.Thread(target=self._run, name="zeta-store-op", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self._fn()
+        except BaseException as exc:  # handed to the waiter, whatever it is
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class StoreTimeout(Exception):
+    """A database operation did not finish in time (internal: the writer treats it as an outage)."""
 
 
 class Journal:
-    """A local append-only file of rows the database could not take yet, replayed when it returns.
+    """A local append-only file of rows the database does not have yet, replayed when it answers.
 
     Each store claims one journal file (an exclusive ``flock`` held while it is open), so several
-    processes on one host never share a file; on open, a store also replays the files that no live
-    process holds, which a crashed or cut-off process left behind.
+    processes on one host never share a file; on open, a store also adopts the files that no live
+    process holds, which a crashed or cut-off process left behind. Appends and the removal of
+    replayed rows take one lock, so calls (``durability = "journal"``) and the writer may append
+    while the writer replays.
     """
 
     def __init__(self, directory: Path, key: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.key = key
-        self.rows = 0  # rows in our file not yet in the database
+        self.lock = threading.Lock()
         for slot in itertools.count():
             path = directory / f"{key}-{slot}.jsonl"
-            fh = open(path, "a+", encoding="utf-8")
+            fh = open(path, "a+b")
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -226,19 +351,36 @@ class Journal:
                 continue
             self.path, self._fh = path, fh
             break
-        self.rows = sum(1 for _ in self._lines(self.path))
+        self.rows = len(self.read()[0])  # rows in our file not yet in the database
 
-    @staticmethod
-    def _lines(path: Path) -> Iterator[str]:
-        with open(path, encoding="utf-8") as fh:
-            yield from (line for line in fh if line.endswith("\n"))  # a torn last line was never acknowledged
-
-    def append(self, batch: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    def append(self, batch: Sequence[Row]) -> None:
         """Write rows durably (flushed and fsynced) before the caller forgets them."""
-        self._fh.write("".join(json.dumps([t, r], separators=(",", ":")) + "\n" for t, r in batch))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self.rows += len(batch)
+        data = "".join(json.dumps([t, r], separators=(",", ":")) + "\n" for t, r in batch).encode()
+        with self.lock:
+            self._fh.write(data)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self.rows += len(batch)
+
+    def read(self, path: Path | None = None) -> tuple[list[Row], int]:
+        """The complete rows of a journal file and the byte offset they end at (a torn last line
+        was never acknowledged and is left out)."""
+        with self.lock if path is None else _NO_LOCK:
+            data = (path or self.path).read_bytes()
+        end = data.rfind(b"\n") + 1
+        return [tuple(json.loads(line)) for line in data[:end].splitlines() if line.strip()], end  # type: ignore[misc]
+
+    def discard(self, end: int, rows: int) -> None:
+        """Forget the first ``end`` bytes (``rows`` rows) once the database has them; later appends stay."""
+        with self.lock:
+            self._fh.seek(end)
+            tail = self._fh.read()
+            self._fh.seek(0)
+            self._fh.truncate(0)
+            self._fh.write(tail)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self.rows = max(self.rows - rows, 0)
 
     def orphans(self) -> list[Path]:
         """Journal files of this store that no open store holds."""
@@ -246,7 +388,7 @@ class Journal:
         for path in sorted(self.directory.glob(f"{self.key}-*.jsonl")):
             if path == self.path:
                 continue
-            with open(path, "a+", encoding="utf-8") as fh:
+            with open(path, "a+b") as fh:
                 try:
                     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
@@ -255,15 +397,12 @@ class Journal:
             found.append(path)
         return found
 
-    def read(self, path: Path | None = None) -> list[tuple[str, dict[str, Any]]]:
-        return [tuple(json.loads(line)) for line in self._lines(path or self.path)]  # type: ignore[misc]
-
-    def clear(self) -> None:
-        """Forget our rows once the database has them."""
-        self._fh.truncate(0)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self.rows = 0
+    def dead_letter(self, table: str, row: Mapping[str, Any], error: str) -> None:
+        """Keep a row that neither the database's tables nor its dead-letter table took, with why."""
+        with open(self.directory / f"{self.key}-dead.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"table": table, "row": row, "error": error}, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def close(self) -> None:
         """Release the file; an empty journal is removed."""
@@ -271,6 +410,17 @@ class Journal:
         self._fh.close()
         if empty:
             self.path.unlink(missing_ok=True)
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LOCK = _NoLock()
 
 
 def default_journal_dir() -> Path:
@@ -289,18 +439,29 @@ class _Flush:
 
 
 _STOP = object()
+_WAKE = object()  # durability = "journal": rows are in the journal already, the writer only moves them
 Row = tuple[str, Mapping[str, Any]]
+DURABILITY = ("batched", "journal")
 
 
 class Store:
     """One interface to the log: queue rows without waiting, flush, close, and read back.
 
-    If the database fails (stopped server, locked file, full disk), the writer appends each batch
-    to the local :class:`Journal` and goes on; it probes the database with back-off and, once it
-    answers, replays the journal before anything newer. Rows are idempotent (primary keys with
-    ``ON CONFLICT DO NOTHING``), so replaying a batch that did reach the database writes nothing
-    twice. Only if the journal cannot be written either are rows held in memory, up to
+    Every database operation is bounded by ``timeout_s``. A batch the database cannot take (down,
+    locked, frozen, slow) goes to the local :class:`Journal`, and so does every row that has waited
+    in memory longer than ``journal_after_s``; the writer probes with back-off and, once the
+    database answers, replays the journal before anything newer. Rows are idempotent (primary keys
+    with ``ON CONFLICT DO NOTHING``), so a replayed row is never written twice. A batch refused for
+    what a row holds is bisected: the good rows land, each refused row goes to the ``dead_letters``
+    table with the database's error (or, if that too refuses it, to a ``-dead.jsonl`` file beside
+    the journal). Only if the journal cannot be written either are rows held in memory, up to
     ``buffer_rows``; beyond that they are counted in ``dropped`` and logged as errors.
+
+    ``durability = "batched"`` (default) queues rows in memory; a hard kill loses at most the rows
+    of the last ``linger_s`` (``journal_after_s`` during an outage). ``"journal"`` appends and
+    fsyncs each call's rows to the journal before the call returns: nothing acknowledged is lost.
+    ``background=True`` (the router) opens even when the database is away: rows are journaled and
+    the schema is migrated when it answers.
     """
 
     def __init__(
@@ -313,29 +474,62 @@ class Store:
         journal_dir: str | Path | None = None,
         buffer_rows: int = 1_000_000,
         pgbouncer: bool = False,
+        timeout_s: float = 2.0,
+        journal_after_s: float = 1.0,
+        durability: str = "batched",
+        background: bool = False,
+        scrub: Callable[[str], str] = str,
     ) -> None:
+        if durability not in DURABILITY:
+            raise StoreError(f"durability must be one of {list(DURABILITY)}, got {durability!r}")
         self.url = url
         self.batch_size = batch_size
         self.linger_s = linger_s
         self.buffer_rows = buffer_rows
+        self.timeout_s = timeout_s
+        self.journal_after_s = journal_after_s
+        self.durability = durability
+        self.scrub = scrub
         try:
-            self.engine = _engine(url, pgbouncer)
-            if migrate:
-                upgrade(self.engine)
+            self.engine = _engine(url, pgbouncer, timeout_s)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open store {self.safe_url}: {type(exc).__name__}: {getattr(exc, 'orig', exc)}") from None
         self._insert = {name: _insert(self.engine, table) for name, table in TABLES.items()}
+        self._migrated = not migrate
+        if migrate:
+            head_revision()  # Python work, before the clock of the bounded database work starts
+            import alembic.command  # noqa: F401
+            import alembic.runtime.migration  # noqa: F401
+
+            try:
+                self.call(upgrade, self.engine)
+                self._migrated = True
+            except (SQLAlchemyError, StoreError) as exc:
+                if not background:
+                    raise StoreError(f"cannot open store {self.safe_url}: {_describe(exc)}") from None
+                log.warning("store %s is not reachable (%s): journaling until it is", self.safe_url, _describe(exc))
         key = "journal-" + hashlib.sha1(self.safe_url.encode()).hexdigest()[:16]
         self.journal = Journal(Path(journal_dir) if journal_dir else default_journal_dir(), key)
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._items: collections.deque[Any] = collections.deque()  # rows and markers, in order
+        self._wake = threading.Event()
+        self._urgent = False  # a flush or stop waits in the queue: no lingering
         self.written = {name: 0 for name in TABLES}  # rows inserted (or found present), per table
         self.errors = 0  # failed database writes
+        self.dead = 0  # rows refused by the database, kept as dead letters
         self.dropped = 0  # rows lost because neither the database nor the journal took them
+        self.crashes = 0  # unexpected errors caught in the writer (its rows were journaled)
         self._backlog: list[Row] = []  # rows neither the database nor the journal took yet
+        self._stuck: _Bounded | None = None  # a database operation we stopped waiting for
         self._next_probe = 0.0
         self._delay = 0.05
         self._closed = False
-        self._recover()
+        for path in self.journal.orphans():  # adopt what crashed processes left: one file to replay
+            rows, _ = self.journal.read(path)
+            if rows:
+                self.journal.append(rows)
+            path.unlink(missing_ok=True)
+        if self._migrated and self.journal.rows:
+            self._replay()
         self._writer = threading.Thread(target=self._run, name="zeta-store-writer", daemon=True)
         self._writer.start()
 
@@ -352,61 +546,111 @@ class Store:
         """Rows held in the journal or in memory, waiting for the database."""
         return self.journal.rows + len(self._backlog)
 
+    @property
+    def available(self) -> bool:
+        """Whether the database answered the writer's last operation (False while journaling)."""
+        return self._migrated and self._stuck is None and self.journal.rows == 0 and self._next_probe <= time.monotonic()
+
+    # -- bounded operations ---------------------------------------------------------------------
+    def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+        """Run a database operation, waiting at most ``timeout`` (the store's ``timeout_s``);
+        raises StoreError if it fails for want of the database or does not finish in time."""
+        try:
+            return self._bounded(fn, *args, timeout=timeout)
+        except (SQLAlchemyError, StoreTimeout) as exc:
+            raise StoreError(f"store {self.safe_url} failed: {_describe(exc)}") from None
+
+    def _bounded(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
+        """Run ``fn(*args)`` on its own thread; its result or its exception, or StoreTimeout (and the
+        operation is remembered as hung, so the writer does not pile more onto the database)."""
+        op = _Bounded(lambda: fn(*args))
+        limit = self.timeout_s if timeout is None else timeout
+        if not op.done.wait(limit):
+            self._stuck = op
+            raise StoreTimeout(f"no answer within {limit:g} s")
+        return op.outcome()
+
     # -- writing (never blocks the caller) --------------------------------------------------------
     def put(self, table: str, row: Mapping[str, Any]) -> None:
         """Queue one row for ``table``; the background writer inserts it."""
-        if self._closed:
-            raise StoreError("the store is closed")
-        self._queue.put((table, row))
+        self.put_many(((table, row),))
 
     def put_many(self, items: Iterable[Row]) -> None:
-        """Queue several rows, in order."""
-        for item in items:
-            self.put(*item)
+        """Queue several rows, in order (with ``durability = "journal"``: journaled first)."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        items = list(items)
+        for table, _ in items:
+            if table not in TABLES:
+                raise StoreError(f"unknown log table {table!r}; tables are {sorted(TABLES)}")
+        if self.durability == "journal":
+            self.journal.append([(t, sanitize(t, r, self.scrub)) for t, r in items])
+            items = [_WAKE]
+        self._hand_over(items, urgent=False)
+
+    def _hand_over(self, items: Sequence[Any], urgent: bool) -> None:
+        """Give the writer rows (one atomic ``extend``); wake it only for the first rows of a batch,
+        a full batch or a marker: a call never pays a thread hand-off of its own."""
+        first = not self._items
+        self._items.extend(items)
+        if urgent:
+            self._urgent = True
+        if first or urgent or len(self._items) >= self.batch_size:
+            self._wake.set()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every row queued so far is in the database or the journal; False on timeout."""
+        """Wait until every row queued so far is in the database or the journal. False on timeout,
+        if the writer has stopped, or if rows were lost since the store opened."""
         marker = _Flush()
-        self._queue.put(marker)
-        return marker.event.wait(timeout)
+        self._hand_over([marker], urgent=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not marker.event.wait(0.1):
+            if not self._writer.is_alive() or (deadline is not None and time.monotonic() >= deadline):
+                return False
+        return self.dropped == 0
 
     def close(self, timeout: float = 60.0) -> None:
         """Write what is queued, stop the writer and release connections (idempotent).
 
         Rows the database cannot take stay in the journal and are written by the next store
-        opened on the same URL.
+        opened on the same URL. Raises StoreError if rows were lost.
         """
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
+        self._hand_over([_STOP], urgent=True)
         self._writer.join(timeout)
         if self._writer.is_alive():
             raise StoreError(f"could not write the queued log records to {self.safe_url} within {timeout} s")
         if self.journal.rows:
+            if self._stuck is not None:  # a write that hung may finish now: give it one timeout
+                self._stuck.done.wait(self.timeout_s)
+            self._next_probe = 0.0
             self._replay()
         if self.journal.rows or self._backlog:
             log.warning("%d log rows wait in %s for %s", self.pending, self.journal.path, self.safe_url)
         self.journal.close()
-        self.engine.dispose()
+        if self._stuck is None:
+            self.engine.dispose()
+        if self.dropped:
+            raise StoreError(f"{self.dropped} log rows were lost: neither {self.safe_url} nor the journal took them")
 
     def _run(self) -> None:
         """Collect rows for up to ``linger_s`` after the first one (or until a flush, a stop or a
         full batch), then deliver them in one transaction: one wake-up and one commit per batch, not
-        per call, is what keeps the writer from taking CPU and the GIL from the call path."""
+        per call, is what keeps the writer from taking CPU and the GIL from the call path. Nothing
+        raised in here stops the writer: rows of a batch that hit an unexpected error are journaled."""
         stop = False
         while not stop:
-            items = [self._queue.get()]
-            until = time.monotonic() + self.linger_s
-            urgent = isinstance(items[0], _Flush) or items[0] is _STOP
-            while len(items) < self.batch_size:
-                try:
-                    wait = 0.0 if urgent else until - time.monotonic()
-                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                items.append(item)
-                urgent = urgent or isinstance(item, _Flush) or item is _STOP
+            if not self._items:
+                self._wake.wait(self._idle_wait())
+            self._wake.clear()  # before draining: rows handed over from now on wake us again
+            if self._items and not self._urgent and len(self._items) < self.batch_size:
+                self._wake.wait(self.linger_s)  # let the batch fill (a flush, a stop or a full batch cuts it short)
+            self._urgent = False
+            items = []
+            while self._items and len(items) < self.batch_size:
+                items.append(self._items.popleft())
             rows: list[Row] = []
             markers = []
             for item in items:
@@ -414,19 +658,35 @@ class Store:
                     stop = True
                 elif isinstance(item, _Flush):
                     markers.append(item)
-                else:
+                elif item is not _WAKE:
                     rows.append(item)
-            self._deliver(rows)
+            try:
+                self._deliver(rows)
+            except Exception as exc:  # a bug must not stop the log: keep the rows, count and report it
+                self.crashes += 1
+                log.error("log writer error (%s): journaling %d rows", _describe(exc), len(rows), exc_info=True)
+                self._keep(rows)
             for marker in markers:
                 marker.event.set()
 
+    def _idle_wait(self) -> float | None:
+        """How long the idle writer sleeps: until the next probe while rows wait in the journal."""
+        if not self.journal.rows and self._migrated:
+            return None
+        return max(self._next_probe - time.monotonic(), 0.05)
+
     def _deliver(self, rows: list[Row]) -> None:
-        """Put a batch in the database if it is healthy, else in the journal (or, failing that, memory)."""
+        """Put a batch in the database if it answers, else in the journal (or, failing that, memory)."""
         if self._backlog:
             rows, self._backlog = self._backlog + rows, []
-        if not rows:
+        rows = [(t, sanitize(t, r, self.scrub)) for t, r in rows]
+        if (not self.journal.rows or self._replay()) and (not rows or self._write(rows)):
             return
-        if (not self.journal.rows or self._replay()) and self._insert_rows(rows):
+        self._keep(rows)
+
+    def _keep(self, rows: list[Row]) -> None:
+        """Journal rows the database did not take; hold them in memory if the journal fails too."""
+        if not rows:
             return
         try:
             self.journal.append(rows)
@@ -439,47 +699,132 @@ class Store:
                 self.dropped += lost
                 log.error("log buffer full: %d rows dropped", lost)
 
-    def _insert_rows(self, rows: Sequence[Row]) -> bool:
-        """Insert rows in one transaction per chunk; False (and back-off armed) if the database failed."""
+    def _write(self, rows: list[Row]) -> bool:
+        """Insert rows; rows refused for their content are bisected down to dead letters. False if the
+        database is away (the caller journals the batch). A write still running after
+        ``journal_after_s`` is left to finish on its own and its rows are journaled at once."""
+        if not self._ready():
+            return False
+        op = _Bounded(lambda: self._insert_rows(rows))  # waited on here, to journal rows while it hangs
+        if not op.done.wait(max(self.journal_after_s - self.linger_s, 0.0)):
+            self.journal.append(rows)  # a slow or hung write: rows must not wait in memory any longer
+            self._stuck = op  # it may still land: the journal's replay then finds the rows present
+            self._outage(StoreTimeout(f"no answer within {self.journal_after_s:g} s"))
+            return True
+        try:
+            op.outcome()
+        except Exception as exc:
+            if not _is_row_problem(exc):
+                self._outage(exc)
+                return False
+            return self._bisect(rows, exc)
+        self._healthy(rows)
+        return True
+
+    def _bisect(self, rows: list[Row], exc: BaseException) -> bool:
+        """Find the rows a database refuses by halving the batch; the rest is written."""
+        if len(rows) == 1:
+            self._dead_letter(rows[0], exc)
+            return True
+        half = len(rows) // 2
+        for part in (rows[:half], rows[half:]):
+            try:
+                self._bounded(self._insert_rows, part)
+            except Exception as problem:
+                if not _is_row_problem(problem):
+                    self._outage(problem)
+                    return False
+                if not self._bisect(part, problem):
+                    return False
+            else:
+                self._healthy(part)
+        return True
+
+    def _dead_letter(self, row: Row, exc: BaseException) -> None:
+        table, values = row
+        error = self.scrub(_describe(exc))[:ERROR_CHARS]
+        key = json.dumps([values.get(c.name) for c in TABLES[table].primary_key.columns], default=str)[:64]
+        letter = {"ts": time.time(), "table_name": table, "row_key": key, "row": json.dumps(values, default=str), "error": error}
+        self.dead += 1
+        log.error("log row refused by %s, kept as a dead letter: %s %s: %s", self.safe_url, table, key, error)
+        try:
+            self.call(self._insert_dead, letter)
+        except Exception:
+            self.journal.dead_letter(table, values, error)
+
+    def _insert_dead(self, letter: Mapping[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(_insert(self.engine, dead_letters), [letter])
+
+    def _insert_rows(self, rows: Sequence[Row]) -> None:
+        """Insert rows in one transaction, parents first."""
         by_table: dict[str, list[Mapping[str, Any]]] = {name: [] for name in TABLES}
         for table, row in rows:
             by_table[table].append(row)
-        try:
-            with self.engine.begin() as conn:
-                for name in ("calls", "attempts", "feedback", "call_features"):  # parents first
-                    if by_table[name]:
-                        conn.execute(self._insert[name], by_table[name])
-        except SQLAlchemyError as exc:
-            self.errors += 1
-            self._next_probe = time.monotonic() + self._delay
-            log.warning("log write to %s failed (%s); journaling, next try in %.2f s", self.safe_url, type(exc).__name__, self._delay)
-            self._delay = min(self._delay * 2, 2.0)
-            return False
+        with self.engine.begin() as conn:
+            for name in ("calls", "attempts", "feedback", "call_features"):
+                if by_table[name]:
+                    conn.execute(self._insert[name], by_table[name])
+
+    def _healthy(self, rows: Sequence[Row]) -> None:
         self._delay = 0.05
-        for name, batch in by_table.items():
-            self.written[name] += len(batch)
+        for table, _ in rows:
+            self.written[table] += 1
+
+    def _outage(self, exc: BaseException) -> None:
+        self.errors += 1
+        self._next_probe = time.monotonic() + self._delay
+        log.warning("log write to %s failed (%s); journaling, next try in %.2f s", self.safe_url, _describe(exc), self._delay)
+        self._delay = min(self._delay * 2, 2.0)
+
+    def _ready(self) -> bool:
+        """Whether to try the database now: not backing off, no earlier operation still hung, schema migrated."""
+        if self._stuck is not None:
+            if not self._stuck.done.is_set():
+                return False
+            self._stuck = None
+        if time.monotonic() < self._next_probe:
+            return False
+        if not self._migrated:
+            try:
+                self.call(upgrade, self.engine)
+            except StoreError as exc:
+                self._outage(exc)
+                return False
+            self._migrated = True
         return True
 
     def _replay(self) -> bool:
-        """Move our journal into the database if it is time to try; True when the journal is empty."""
-        if time.monotonic() < self._next_probe:
-            return False
-        rows = self.journal.read()
+        """Move our journal into the database if it answers; True when the journal is empty."""
+        rows, end = self.journal.read()
+        if not rows:
+            self.journal.discard(end, 0)
+            return True
         for start in range(0, len(rows), self.batch_size):
-            if not self._insert_rows(rows[start : start + self.batch_size]):
+            chunk = [(t, sanitize(t, r, self.scrub)) for t, r in rows[start : start + self.batch_size]]
+            if not self._ready():
                 return False
-        self.journal.clear()
+            try:
+                self._bounded(self._insert_rows, chunk)
+            except Exception as exc:
+                if not _is_row_problem(exc):
+                    self._outage(exc)
+                    return False
+                if not self._bisect(chunk, exc):
+                    return False
+            else:
+                self._healthy(chunk)
+        self.journal.discard(end, len(rows))
         return True
 
-    def _recover(self) -> None:
-        """At open: write what earlier runs left in journals (ours and orphans) to the database."""
-        for path in self.journal.orphans():
-            rows = self.journal.read(path)
-            if rows:
-                self.journal.append(rows)  # adopt them: one place to replay from
-            path.unlink(missing_ok=True)
-        if self.journal.rows:
-            self._replay()
+    def describe(self) -> dict[str, Any]:
+        """The writer's counters, for metrics and reports."""
+        return {
+            "written": dict(self.written), "pending": self.pending, "errors": self.errors, "dead": self.dead,
+            "dropped": self.dropped, "crashes": self.crashes, "available": self.available,
+        }
+
+
 
     # -- reading --------------------------------------------------------------------------------
     def find_call(self, call_id: str) -> dict[str, Any] | None:
@@ -487,6 +832,17 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(select(calls).where(calls.c.call_id == call_id)).mappings().first()
         return dict(row) if row else None
+
+    def insert_feedback(self, row: Mapping[str, Any]) -> bool:
+        """Insert one feedback row now, unless the call already has one: True if this row won.
+        The primary key on ``feedback.call_id`` decides, so two processes rating a call at once
+        cannot both win."""
+        with self.engine.begin() as conn:
+            query = self._insert["feedback"].values(sanitize("feedback", row, self.scrub)).returning(feedback.c.call_id)
+            won = conn.execute(query).first() is not None
+        if won:
+            self.written["feedback"] += 1
+        return won
 
     def has_feedback(self, call_id: str) -> bool:
         with self.engine.connect() as conn:
@@ -529,11 +885,14 @@ class Store:
             result = conn.execute(query.group_by(t.c.model))
             return pd.DataFrame(result.all(), columns=list(result.keys()))
 
-    def feedback_sums(self, task_type: str) -> pd.DataFrame:
+    def feedback_sums(self, task_type: str, where: Any = None) -> pd.DataFrame:
         """Per model of a task type: ratings ``acc_n`` and the sum of accuracy ``acc_sum``."""
         query = select(feedback.c.model, func.count().label("acc_n"), func.sum(feedback.c.accuracy).label("acc_sum"))
+        query = query.where(feedback.c.task_type == task_type)
+        if where is not None:
+            query = query.where(where)
         with self.engine.connect() as conn:
-            result = conn.execute(query.where(feedback.c.task_type == task_type).group_by(feedback.c.model))
+            result = conn.execute(query.group_by(feedback.c.model))
             return pd.DataFrame(result.all(), columns=list(result.keys()))
 
     def prune(self, older_than: float) -> dict[str, int]:
