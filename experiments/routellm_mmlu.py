@@ -355,8 +355,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--router", action="store_true", help="also one run end to end through Router over loopback HTTP")
     ap.add_argument("--router-limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--summarise", type=Path, default=None, help="only summarise the runs of a runs .jsonl file (e.g. a sweep cut short)")
     args = ap.parse_args(argv)
     frame = load()
+    if args.summarise is not None:
+        rows = [json.loads(line) for line in args.summarise.read_text().splitlines() if line.strip()]
+        for kind, s in summarise(rows, float(frame["weak"].mean()), float(frame["strong"].mean())).items():
+            print(f"{kind}: APGR {s['apgr_mean']:.3f} ± {s['apgr_ci'] or 0:.3f}, CPT(50%) {s['cpt50_mean']:.1f}%, "
+                  f"CPT(80%) {s['cpt80_mean']:.1f}%, mean abs(share - budget) {s['budget_error']:.4f}, {s['orders']} orders")
+        return
     if args.limit:
         frame = frame.iloc[: args.limit].reset_index(drop=True)
     featurizer = Featurizer()

@@ -394,7 +394,7 @@ class Router:
             task: BudgetPacer(route.budget_per_call, self.config.objective)
             for task, route in self.config.routes.items() if route.budget_per_call is not None
         }
-        self.contexts = PendingContexts()  # features of contextual calls awaiting feedback
+        self.contexts = PendingContexts(self.config.feedback_window, self.config.feedback_window_s)  # features awaiting feedback
         self._featurizer = Featurizer()  # for caller features on routes that are not contextual
         self.health = Health(self.config.models, self.config.breaker)
         extra = dict(validators or {})
