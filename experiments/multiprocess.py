@@ -414,7 +414,7 @@ def reset_log(url: str, journal_dir: Path) -> None:
 
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS feedback, attempts, calls, dead_letters, alembic_version CASCADE"))
+        conn.execute(text("DROP TABLE IF EXISTS feedback, attempts, calls, dead_letters, call_features, alembic_version CASCADE"))
     engine.dispose()
     Store(url, journal_dir=journal_dir).close()
 

@@ -37,7 +37,7 @@ def pg_url() -> str:
         pytest.skip("ZETA_TEST_POSTGRES_URL is not set")
     engine = create_engine(PG_URL)
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS feedback, attempts, calls, dead_letters, alembic_version CASCADE"))
+        conn.execute(text("DROP TABLE IF EXISTS feedback, attempts, calls, dead_letters, call_features, alembic_version CASCADE"))
     engine.dispose()
     return PG_URL
 

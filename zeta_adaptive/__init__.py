@@ -24,7 +24,10 @@ from .exceptions import (
 
 if TYPE_CHECKING:
     from .backends import FakeBackend, HttpxBackend, Outcome, Reply
+    from .budget import BudgetPacer
     from .config import Config, ModelConfig, RouteConfig, load_config
+    from .contextual import LinearThompsonPolicy, LinUCBPolicy
+    from .features import Features, Featurizer
     from .policies import Objective, Ranking, make_policy
     from .router import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult, Router, classify
     from .store import Store
@@ -38,6 +41,9 @@ _LAZY = {
     **dict.fromkeys(["Objective", "Ranking", "make_policy"], "policies"),
     **dict.fromkeys(["AsyncChatStream", "Attempt", "ChatResult", "ChatStream", "EmbedResult", "Router", "classify"], "router"),
     "Store": "store",
+    "BudgetPacer": "budget",
+    **dict.fromkeys(["LinearThompsonPolicy", "LinUCBPolicy"], "contextual"),
+    **dict.fromkeys(["Features", "Featurizer"], "features"),
 }
 
 
@@ -69,6 +75,11 @@ __all__ = [
     "Objective",
     "Ranking",
     "make_policy",
+    "Featurizer",
+    "Features",
+    "LinearThompsonPolicy",
+    "LinUCBPolicy",
+    "BudgetPacer",
     "Store",
     "HttpxBackend",
     "FakeBackend",

@@ -92,6 +92,7 @@ class RouteConfig:
     latency_measure: str = "total"  # what the policy learns as latency: "total" or "ttft" (streams)
     max_attempts: int | None = None  # this route's retry budget; None = the top-level max_attempts
     load: str = "off"  # "adaptive": each model's learned concurrency limit bounds it too (see :mod:`.limits`)
+    budget_per_call: float | None = None  # mean cost per call to aim at (see :mod:`.budget`); None = no budget
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,8 @@ class Config:
                 out["routes"][task]["max_attempts"] = r.max_attempts
             if r.load != "off":
                 out["routes"][task]["load"] = r.load
+            if r.budget_per_call is not None:
+                out["routes"][task]["budget_per_call"] = r.budget_per_call
         return out
 
 
@@ -229,7 +232,7 @@ def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
 # -- validation ---------------------------------------------------------------------------------
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
-_ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure", "max_attempts", "load")
+_ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure", "max_attempts", "load", "budget_per_call")
 _TOP_KEYS = {
     "models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir", "refresh_s", "pgbouncer",
     "durability", "store_timeout_s", "feedback_window", "feedback_window_s", "max_attempts", "rejecting_statuses",
@@ -415,6 +418,9 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
     measure = data.get("latency_measure", "total")
     if measure not in ("total", "ttft"):
         raise ConfigError(f"{where}.latency_measure", f"must be 'total' or 'ttft', got {measure!r}")
+    budget = data.get("budget_per_call")
+    if budget is not None:
+        budget = _number(f"{where}.budget_per_call", budget, positive=True)
     options = {k: v for k, v in data.items() if k not in _ROUTE_KEYS}
     for key, value in options.items():
         expected = OPTION_TYPES.get(key)
@@ -432,7 +438,7 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
         raise ConfigError(f"{where}.load", f"must be 'adaptive' or 'off', got {load!r}")
     return RouteConfig(
         task_type=task, models=tuple(names), policy=policy, options=dict(options), hedge_quantile=hedge,
-        validators=tuple(validators), latency_measure=measure, max_attempts=max_attempts, load=load,
+        validators=tuple(validators), latency_measure=measure, max_attempts=max_attempts, load=load, budget_per_call=budget,
     )
 
 

@@ -27,8 +27,11 @@ import numpy as np
 from sqlalchemy import and_, not_, or_
 
 from .backends import Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem
+from .budget import BudgetPacer
 from .config import Config, ModelConfig, RouteConfig, load_config
+from .contextual import ContextualPolicy, PendingContexts, logged_features, warm_start_contexts
 from .exceptions import AllModelsFailed, ConfigError, FeedbackError, RequestRejected, StoreError, StreamBroken, UnknownTaskType
+from .features import Features, Featurizer
 from .feedback import FeedbackBook, RatedCall, check_call_id, validate_accuracy
 from .health import Health
 from .ids import new_call_id
@@ -275,7 +278,10 @@ class _Call:
     breaker and the policy do not count it as a failure.
     """
 
-    def __init__(self, router: Router, task_type: str, route: RouteConfig, deadline_s: float, prompt: str | None, chars: int) -> None:
+    def __init__(
+        self, router: Router, task_type: str, route: RouteConfig, deadline_s: float, prompt: str | None, chars: int,
+        features: Features | None = None,
+    ) -> None:
         self.router = router
         self.route = route
         self.task_type = task_type
@@ -294,8 +300,12 @@ class _Call:
         for name in sorted(too_long):
             self.skipped.setdefault(name, "prompt_too_long")
         pool = [m for m in usable if m not in too_long]
+        self.features = features  # the prompt's features, when the route is contextual or the caller gave some
         with router.locks[task_type]:
-            self.ranking: Ranking = self.policy.rank(pool or None)
+            if isinstance(self.policy, ContextualPolicy):
+                self.ranking: Ranking = self.policy.rank(pool or None, features)
+            else:
+                self.ranking = self.policy.rank(pool or None)
         ranked = list(self.ranking.order)
         # the policy's ranking, then the skipped models in route order; too long for the prompt: last
         self.queue = sorted(ranked + [m for m in route.models if m not in ranked], key=lambda m: m in too_long)
@@ -529,6 +539,12 @@ class Router:
                 options["seed"] = seed + i
             self.policies[task] = make_policy(route.policy, route.models, self.config.objective, **options)
         self.locks = {task: threading.Lock() for task in self.policies}
+        self.pacers = {
+            task: BudgetPacer(route.budget_per_call, self.config.objective)
+            for task, route in self.config.routes.items() if route.budget_per_call is not None
+        }
+        self.contexts = PendingContexts(self.config.feedback_window, self.config.feedback_window_s)  # features awaiting feedback
+        self._featurizer = Featurizer()  # for caller features on routes that are not contextual
         self.health = Health(self.config.models, self.config.breaker, load=self.config.load)
         self._jitter = random.Random(self.config.seed)  # retry pauses
         extra = dict(validators or {})
@@ -566,7 +582,10 @@ class Router:
         return f"Router(routes={sorted(self.config.routes)}, store={self.store.safe_url!r})"
 
     # -- calls ----------------------------------------------------------------------------------
-    def _begin(self, task_type: str | None, kind: str, deadline_s: float | None, messages: Messages | None, prompt: Any, chars: int) -> _Call:
+    def _begin(
+        self, task_type: str | None, kind: str, deadline_s: float | None, messages: Messages | None, prompt: Any, chars: int,
+        features: Mapping[str, float] | None = None,
+    ) -> _Call:
         """Check the call's task type and deadline, choose its route and open it (the arguments are checked by then)."""
         if self._closed:
             raise RuntimeError("the router is closed")
@@ -581,13 +600,16 @@ class Router:
             raise ConfigError(f"routes.{task}", f"is a {route_kind} route; this call needs a {kind} route")
         deadline = self.config.deadline_s if deadline_s is None else deadline_s
         logged = json.dumps(prompt) if self.config.log_prompts else None
-        return _Call(self, task, route, deadline, logged, chars)
+        return _Call(self, task, route, deadline, logged, chars, self._features(task, messages, features))
 
-    def _begin_chat(self, task_type: str | None, messages: Messages, stream: bool, deadline_s: float | None, params: Mapping[str, Any]) -> _Call:
+    def _begin_chat(
+        self, task_type: str | None, messages: Messages, stream: bool, deadline_s: float | None, params: Mapping[str, Any],
+        features: Mapping[str, float] | None = None,
+    ) -> _Call:
         check_stream(stream)
         check_params(params)
         chars = check_messages(messages)
-        return self._begin(task_type, "chat", deadline_s, messages, messages, chars)
+        return self._begin(task_type, "chat", deadline_s, messages, messages, chars, features)
 
     def _begin_embed(self, texts: Sequence[str], task_type: str, deadline_s: float | None) -> tuple[list[str], _Call]:
         items = check_texts(texts)
@@ -598,34 +620,48 @@ class Router:
         endpoint that does not know its model name): no model should see it again."""
         return reply.outcome is Outcome.CLIENT_ERROR and reply.status in self.config.rejecting_statuses and not reply.misconfigured
 
-    @overload
-    def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, **params: Any) -> ChatResult: ...
-    @overload
-    def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[True], deadline_s: float | None = None, **params: Any) -> ChatStream: ...
+    def _features(self, task: str, messages: Messages | None, extra: Mapping[str, float] | None) -> Features | None:
+        """A call's prompt features: for contextual routes, and for any route when the caller gives some."""
+        policy = self.policies[task]
+        if isinstance(policy, ContextualPolicy):
+            return policy.featurizer(messages or [], extra)
+        return self._featurizer(messages or [], extra) if extra is not None else None
 
-    def chat(self, task_type: str | None, messages: Messages, *, stream: bool = False, deadline_s: float | None = None, **params: Any) -> ChatResult | ChatStream:
+    @overload
+    def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, features: Mapping[str, float] | None = None, **params: Any) -> ChatResult: ...
+    @overload
+    def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[True], deadline_s: float | None = None, features: Mapping[str, float] | None = None, **params: Any) -> ChatStream: ...
+
+    def chat(
+        self, task_type: str | None, messages: Messages, *, stream: bool = False, deadline_s: float | None = None,
+        features: Mapping[str, float] | None = None, **params: Any,
+    ) -> ChatResult | ChatStream:
         """Route a chat completion; ``params`` (max_tokens, temperature, ...) go to the backend as they are.
 
         ``task_type=None`` lets the classifier choose. Raises :class:`AllModelsFailed` when no model
         answered in time and :class:`RequestRejected` when a backend refused the request itself.
-        With ``stream=True`` returns a :class:`ChatStream` of text deltas (see there). Bad arguments
+        With ``stream=True`` returns a :class:`ChatStream` of text deltas (see there). ``features``
+        adds the caller's named numbers to the prompt's features (see :mod:`.features`). Bad arguments
         (messages, deadline, a keyword that looks like a router option) raise :class:`InvalidRequest`
         before anything is sent or logged.
         """
-        call = self._begin_chat(task_type, messages, stream, deadline_s, params)
+        call = self._begin_chat(task_type, messages, stream, deadline_s, params, features)
         if stream:
             return ChatStream(self._stream(call, lambda m, t, f: self.backend.stream_chat(m, messages, params, t, f)))
         answer, common = self._run(call, lambda m, t: self.backend.chat(m, messages, params, t))
         return ChatResult(**common, text=answer.text or "")
 
     @overload
-    async def achat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, **params: Any) -> ChatResult: ...
+    async def achat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, features: Mapping[str, float] | None = None, **params: Any) -> ChatResult: ...
     @overload
-    async def achat(self, task_type: str | None, messages: Messages, *, stream: Literal[True], deadline_s: float | None = None, **params: Any) -> AsyncChatStream: ...
+    async def achat(self, task_type: str | None, messages: Messages, *, stream: Literal[True], deadline_s: float | None = None, features: Mapping[str, float] | None = None, **params: Any) -> AsyncChatStream: ...
 
-    async def achat(self, task_type: str | None, messages: Messages, *, stream: bool = False, deadline_s: float | None = None, **params: Any) -> ChatResult | AsyncChatStream:
+    async def achat(
+        self, task_type: str | None, messages: Messages, *, stream: bool = False, deadline_s: float | None = None,
+        features: Mapping[str, float] | None = None, **params: Any,
+    ) -> ChatResult | AsyncChatStream:
         """Async twin of :meth:`chat`; on routes with ``hedge_quantile`` it also hedges slow primaries."""
-        call = self._begin_chat(task_type, messages, stream, deadline_s, params)
+        call = self._begin_chat(task_type, messages, stream, deadline_s, params, features)
         if stream:
             return AsyncChatStream(self._astream(call, lambda m, t, f: self.backend.astream_chat(m, messages, params, t, f)))
         answer, common = await self._arun(call, lambda m, t: self.backend.achat(m, messages, params, t))
@@ -776,7 +812,16 @@ class Router:
 
     def _learn_feedback(self, call: RatedCall, value: float) -> None:
         policy = self.policies.get(call.task_type)
-        if policy is not None and call.model in policy.index:
+        if isinstance(policy, ContextualPolicy) and call.model in policy.index:
+            features = self.contexts.pop(call.call_id)
+            if features is None:  # evicted, or another process's call: the log has its features
+                try:
+                    features = self.store.call(logged_features, self.store, call.call_id, policy.featurizer.space)
+                except StoreError:
+                    features = None  # the store is away: only the bias weight learns
+            with self.locks[call.task_type]:
+                policy.feedback(call.model, value, features)
+        elif policy is not None and call.model in policy.index:
             with self.locks[call.task_type]:
                 policy.feedback(call.model, value)
 
@@ -789,7 +834,8 @@ class Router:
                 raise UnknownTaskType(task, list(self.policies))
             with self.locks[task]:
                 rows = self.policies[task].preferences()
-            out[task] = [{**row, **self.health.snapshot(row["model"])} for row in rows]
+                budget = self.pacers[task].snapshot() if task in self.pacers else {}
+            out[task] = [{**row, **self.health.snapshot(row["model"]), **budget} for row in rows]
         return out
 
     def _log(self, call: _Call, model: str | None, outcome: str, latency: float) -> None:
@@ -833,6 +879,17 @@ class Router:
                     },
                 )
             )
+        if call.features is not None:
+            space = call.policy.featurizer.space if isinstance(call.policy, ContextualPolicy) else self._featurizer.space
+            rows.append(
+                ("call_features", {"call_id": call.call_id, "ts": call.ts, "task_type": call.task_type, "space": space, "features": call.features.to_json()})
+            )
+            if model is not None and isinstance(call.policy, ContextualPolicy):
+                self.contexts.put(call.call_id, call.features)
+        pacer = self.pacers.get(call.task_type)
+        if pacer is not None:
+            with self.locks[call.task_type]:
+                pacer.observe(sum(a.cost for a in call.attempts), call.policy)
         self.store.put_many(rows)
         self.book.remember(call.call_id, call.task_type, model)
 
@@ -861,6 +918,9 @@ class Router:
                     read(self.store.tail, "attempts", task, horizon, self.LEARNED_ATTEMPT_COLUMNS, learnable),
                     read(self.store.tail, "feedback", task, horizon, self.LEARNED_FEEDBACK_COLUMNS, others),
                 )
+            if isinstance(policy, ContextualPolicy):
+                with self.locks[task]:
+                    warm_start_contexts(self.store, task, policy)
         self._warm_until = until
         self.warm = True
 

@@ -56,7 +56,7 @@ from .exceptions import StoreError
 if TYPE_CHECKING:  # pandas is imported by the methods that return frames, not by the call path
     import pandas as pd
 
-__all__ = ["Store", "Journal", "metadata", "calls", "attempts", "feedback", "dead_letters", "upgrade", "default_journal_dir", "sanitize"]
+__all__ = ["Store", "Journal", "metadata", "calls", "attempts", "feedback", "dead_letters", "call_features", "upgrade", "default_journal_dir", "sanitize"]
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,19 @@ dead_letters = Table(
     UniqueConstraint("table_name", "row_key", name="uq_dead_letters_row"),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (calls, attempts, feedback)}
+#: prompt features of calls (hashed indices and values as JSON, never the text), for contextual warm start and replay
+call_features = Table(
+    "call_features",
+    metadata,
+    Column("call_id", String(32), primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("task_type", String(64), nullable=False),
+    Column("space", String(64), nullable=False),  # the featurizer's label: features of one space are comparable
+    Column("features", Text, nullable=False),  # JSON {"i": [indices], "v": [values]}
+    Index("ix_call_features_task_ts", "task_type", "ts"),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (calls, attempts, feedback, call_features)}
 
 
 def _alembic_config(connection: Any) -> Any:
@@ -285,7 +297,7 @@ def sanitize(table: str, row: Mapping[str, Any], scrub: Callable[[str], str] = s
     return out
 
 
-_RULES = {t.name: _column_rules(t) for t in (calls, attempts, feedback)}
+_RULES = {t.name: _column_rules(t) for t in (calls, attempts, feedback, call_features)}
 
 
 def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -835,7 +847,7 @@ class Store:
         for table, row in rows:
             by_table[table].append(row)
         with self.engine.begin() as conn:
-            for name in ("calls", "attempts", "feedback"):
+            for name in ("calls", "attempts", "feedback", "call_features"):
                 if not by_table[name]:
                     continue
                 if self.engine.dialect.name == "postgresql":

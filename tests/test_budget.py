@@ -1,0 +1,95 @@
+"""Cost budget: the Lagrange multiplier holds the mean cost per call near budget_per_call, for every policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zeta_adaptive import BudgetPacer, ConfigError, FakeBackend, Router, load_config, make_policy
+from zeta_adaptive.policies import POLICIES, Objective
+
+OBJ = Objective(w_latency=0.0)
+LEARNING = sorted(set(POLICIES) - {"static", "random"})
+
+
+def spend(name: str, budget: float, steps: int = 1500, seed: int = 0) -> tuple[float, BudgetPacer]:
+    """Mean cost per call of a policy choosing between a dear good model (cost 1) and a cheap worse one (cost 0)."""
+    policy = make_policy(name, ["cheap", "dear"], OBJ, seed=seed)
+    pacer = BudgetPacer(budget, OBJ, rate=0.02)
+    rng = np.random.default_rng(seed)
+    x = policy.featurizer("a prompt") if getattr(policy, "contextual", False) else None
+    total = 0.0
+    for _ in range(steps):
+        model = (policy.rank(None, x) if x is not None else policy.rank()).primary
+        cost = 1.0 if model == "dear" else 0.0
+        policy.update(model, True, 0.1, cost)
+        accuracy = float(rng.random() < (0.9 if model == "dear" else 0.6))
+        if x is not None:
+            policy.feedback(model, accuracy, x)
+        else:
+            policy.feedback(model, accuracy)
+        pacer.observe(cost, policy)
+        total += cost
+    return total / steps, pacer
+
+
+@pytest.mark.parametrize("name", LEARNING)
+@pytest.mark.parametrize("budget", [0.2, 0.7])
+def test_mean_cost_tracks_the_budget_with_every_learning_policy(name, budget):
+    mean, pacer = spend(name, budget)
+    assert mean == pytest.approx(budget, abs=0.05)
+    assert pacer.snapshot()["spend_per_call"] == pytest.approx(mean)
+
+
+def test_without_a_budget_the_dear_better_model_takes_most_calls():
+    policy = make_policy("thompson", ["cheap", "dear"], OBJ, seed=0)
+    assert spend("thompson", 10.0)[0] > 0.8 and policy.objective.w_cost == 0.0
+
+
+def test_overspending_raises_the_cost_weight_and_underspending_lowers_it():
+    policy = make_policy("thompson", ["cheap", "dear"], Objective(w_latency=0.0, w_cost=0.3), seed=0)
+    pacer = BudgetPacer(0.5, policy.objective)
+    for _ in range(10):
+        pacer.observe(1.0, policy)
+    assert policy.objective.w_cost > 0.3 and pacer.cost_weight == policy.objective.w_cost
+    for _ in range(30):
+        pacer.observe(0.0, policy)
+    assert policy.objective.w_cost < 0.3
+
+
+def test_bad_budgets_raise():
+    with pytest.raises(ValueError):
+        BudgetPacer(0.0, OBJ)
+    with pytest.raises(ValueError):
+        BudgetPacer(1.0, OBJ, rate=0.0)
+    cfg = {"models": {"a": {"base_url": "http://a/v1"}}, "routes": {"x": {"models": ["a"], "budget_per_call": -1}}}
+    with pytest.raises(ConfigError, match="budget_per_call"):
+        load_config(cfg)
+    cfg["routes"]["x"]["budget_per_call"] = 0.25
+    assert load_config(load_config(cfg).to_dict()).routes["x"].budget_per_call == 0.25
+
+
+def test_router_holds_the_budget_and_shows_it_in_preferences(tmp_path):
+    config = {
+        "store": f"sqlite:///{tmp_path}/x.db",
+        "journal_dir": str(tmp_path / "journal"),
+        "seed": 1,
+        "objective": {"w_latency": 0.0},
+        "breaker": {"consecutive_failures": 10_000, "min_calls": 10_000, "window": 10_000},
+        "models": {
+            "cheap": {"base_url": "http://cheap:8000/v1"},
+            "dear": {"base_url": "http://dear:8000/v1", "price_out_per_1k": 200.0},  # the fake's 5 tokens cost 1
+        },
+        "routes": {"qa": {"models": ["cheap", "dear"], "policy": "thompson", "budget_per_call": 0.3}},
+    }
+    rng = np.random.default_rng(0)
+    with Router(config, backend=FakeBackend({}, latency_s=0.0)) as router:
+        costs = []
+        for _ in range(800):
+            result = router.chat("qa", [{"role": "user", "content": "hi"}])
+            costs.append(result.cost)
+            router.feedback(result.call_id, float(rng.random() < (0.9 if result.model == "dear" else 0.6)))
+        rows = router.preferences("qa")["qa"]
+    assert np.mean(costs) == pytest.approx(0.3, abs=0.06)
+    assert rows[0]["budget_per_call"] == 0.3 and rows[0]["spend_per_call"] == pytest.approx(np.mean(costs))
+    assert rows[0]["cost_weight"] > 0

@@ -1,0 +1,36 @@
+"""Smoke runs of the per-prompt routing experiments on a slice of the real RouteLLM data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import routellm_mmlu  # noqa: E402
+
+
+@pytest.mark.skipif(not routellm_mmlu.DATA.exists(), reason="the RouteLLM data is not shipped here")
+def test_routellm_mmlu_smoke(tmp_path):
+    routellm_mmlu.main(
+        ["--orders", "2", "--budgets", "0.3", "0.7", "--limit", "240", "--workers", "1", "--policies", "linear_thompson", "thompson_one",
+         "--router", "--router-limit", "15", "--out", str(tmp_path)]
+    )
+    result = json.loads((tmp_path / "routellm_mmlu.json").read_text())
+    assert set(result["online"]) == {"linear_thompson", "thompson_one"}
+    for summary in result["online"].values():
+        assert summary["orders"] == 2 and summary["budget_error"] < 0.1
+        assert 0.0 <= summary["apgr_mean"] <= 1.5
+    assert result["router"][0]["questions"] == 15
+    assert (tmp_path / "routellm_mmlu_pgr.png").stat().st_size > 0 and "APGR" in (tmp_path / "routellm_mmlu.md").read_text()
+
+
+def test_metrics_match_routellm_definitions():
+    # a random router's straight line scores 0.5 with CPT(x) = x
+    points = [(s, 0.6 + 0.2 * s) for s in (0.1, 0.5, 0.9)]
+    m = routellm_mmlu.metrics(points, 0.6, 0.8)
+    assert m["apgr"] == pytest.approx(0.5) and m["cpt50"] == pytest.approx(50.0) and m["cpt80"] == pytest.approx(80.0)

@@ -1,0 +1,100 @@
+"""Prompt features: deterministic across processes, bounded, scaled, with the caller's own values."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from zeta_adaptive import Featurizer, Features, InvalidRequest
+from zeta_adaptive.features import DENSE_NAMES, message_text
+
+PROMPT = "Write a Python function `def add(a, b):` that returns a + b.\nThen explain why 2^3 = 8, step by step. Ünïcode too."
+
+
+def dense(f: Featurizer, x: Features) -> dict[str, float]:
+    return dict(zip(DENSE_NAMES, x.dense(f.size)[f.hashed :], strict=True))
+
+
+def test_features_are_the_same_in_another_process_with_another_hash_seed():
+    f = Featurizer(bits=10)
+    here = f([{"role": "user", "content": PROMPT}]).to_json()
+    code = (
+        "import sys; from zeta_adaptive import Featurizer; "
+        "print(Featurizer(bits=10)([{'role': 'user', 'content': sys.argv[1]}]).to_json())"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    there = subprocess.run([sys.executable, "-c", code, PROMPT], capture_output=True, text=True, env=env, check=True).stdout.strip()
+    assert json.loads(there) == json.loads(here)
+
+
+def test_features_are_bounded_sorted_and_scaled():
+    f = Featurizer(bits=8, max_chars=256)
+    x = f.from_text(PROMPT * 50)
+    assert np.all(np.diff(x.indices) > 0)
+    assert x.indices.min() >= 0 and x.indices.max() < f.size
+    assert np.all(np.isfinite(x.values))
+    hashed = x.indices < f.hashed
+    assert np.dot(x.values[hashed], x.values[hashed]) == pytest.approx(1.0)
+    assert x.nnz <= 2 * 256 + len(DENSE_NAMES)  # at most a uni- and a bi-gram per scanned character
+    assert all(0.0 <= v <= 1.5 for v in dense(f, x).values())
+
+
+def test_only_the_last_max_chars_are_scanned():
+    f = Featurizer(bits=8, max_chars=64)
+    tail = " the last sixty-four characters decide everything here, ok".rjust(64)
+    a = f.from_text("completely different words at the start " * 20 + tail)
+    b = f.from_text("z" * 5000 + tail)
+    assert len(a.indices) > len(DENSE_NAMES)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.values, b.values)
+
+
+def test_words_are_case_and_position_free_and_bigrams_count():
+    f = Featurizer(bits=12)
+    one, other = f.from_text("Hello, World!"), f.from_text("hello world")
+    np.testing.assert_array_equal(one.indices[one.indices < f.hashed], other.indices[other.indices < f.hashed])
+    swapped = f.from_text("world hello")
+    assert set(swapped.indices) != set(other.indices)  # same words, other bigram
+
+
+def test_markers_and_classes():
+    f = Featurizer()
+    code = dense(f, f.from_text("```python\ndef f(x):\n    return {x: [1, 2]};\n```"))
+    prose = dense(f, f.from_text("The quick brown fox jumps over the lazy dog"))
+    maths = dense(f, f.from_text("Solve $x^2 + 3x = \\frac{1}{2}$ for x"))
+    assert code["code_markers"] > prose["code_markers"] == 0.0
+    assert maths["math_markers"] > prose["math_markers"] == 0.0
+    assert prose["bias"] == 1.0 and prose["share_upper"] > 0 and prose["share_digit"] == 0.0
+
+
+def test_caller_features_are_added_by_stable_name_and_checked():
+    f = Featurizer(bits=10)
+    base = f.from_text("hello world")
+    more = f.from_text("hello world", {"tenant_premium": 2.5})
+    diff = more.dense(f.size) - base.dense(f.size)
+    assert np.count_nonzero(diff) == 1 and abs(diff[np.flatnonzero(diff)[0]]) == pytest.approx(2.5)
+    assert f.from_text("hello world", {"tenant_premium": 2.5}).to_json() == more.to_json()
+    for bad in ({"x": float("nan")}, {"": 1.0}, {"x": "1"}, {"x": True}, [("x", 1.0)]):
+        with pytest.raises(InvalidRequest):
+            f.from_text("hi", bad)  # type: ignore[arg-type]
+
+
+def test_empty_text_and_message_parts():
+    f = Featurizer()
+    x = f([])
+    assert np.all(x.indices >= f.hashed)  # only the dense slots
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "hi there"}]}]
+    assert message_text(messages) == "be brief\nhi there"
+    assert Features.from_json(f(messages).to_json()).nnz == f(messages).nnz
+
+
+def test_bad_configuration_raises():
+    with pytest.raises(ValueError):
+        Featurizer(bits=2)
+    with pytest.raises(ValueError):
+        Featurizer(max_chars=1)
