@@ -494,7 +494,7 @@ BAD_CHATS = [
     (("simple", MSG), {"timeout_s": 1.0}, "deadline_s"),
     (("simple", MSG), {"task": "code"}, "task_type"),
     (("simple", MSG), {"streaming": True}, "did you mean stream"),
-    (("simple", MSG), {"features": ["x"]}, "router option"),
+    (("simple", MSG), {"features": ["x"]}, "features must be a mapping"),
     (("simple", MSG), {"model": "gpt-4"}, "chooses the model"),
     (("simple", MSG), {"temperature": float("nan")}, "JSON cannot carry"),
     (("simple", MSG), {"stop": {"a", "b"}}, "set"),
