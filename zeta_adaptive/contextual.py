@@ -34,7 +34,6 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 from sqlalchemy import select
 
 from .features import Features, Featurizer
@@ -274,9 +273,9 @@ def warm_start_contexts(store: Store, task_type: str, policy: ContextualPolicy) 
         .limit(limit)
     )
     with store.engine.connect() as conn:
-        rows = pd.DataFrame(conn.execute(query).all(), columns=["model", "accuracy", "features"]).iloc[::-1]
+        rows = conn.execute(query).all()[::-1]  # oldest first
     learned = 0
-    for model, accuracy, text in zip(rows["model"], rows["accuracy"], rows["features"], strict=True):
+    for model, accuracy, text in rows:
         if model in policy.index:
             policy.learn(model, float(accuracy), Features.from_json(text))
             learned += 1
