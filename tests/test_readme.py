@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RUNNABLE = {"sh": "sh", "shell": "sh", "bash": "sh", "console": "sh", "python": "python", "py": "python"}
 #: what a README ``make`` line runs instead; the README says the demo takes ``--calls N``
-MAKE = {"demo": "zeta-adaptive demo --calls 400"}
+MAKE = {"demo": "zeta-adaptive demo --calls 1000"}  # enough rounds per task type for the replay block
 BLOCK_TIMEOUT_S = 120
 READY_TIMEOUT_S = 30
 FENCE = re.compile(r"^```(\S*)\s*$")
@@ -252,7 +252,7 @@ def test_parser_reads_directives() -> None:
         ("sh", None, [], "ready"),
     ]
     assert blocks[2].name == "block-03-gateway-serve"
-    assert _make("make demo   # the demo\n") == "zeta-adaptive demo --calls 400  # the demo\n"
+    assert _make("make demo   # the demo\n") == "zeta-adaptive demo --calls 1000  # the demo\n"
 
 
 @pytest.mark.slow
