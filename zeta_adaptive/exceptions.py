@@ -95,7 +95,12 @@ class StreamBroken(ZetaError):
 
 
 class FeedbackError(ZetaError, ValueError):
-    """Feedback was rejected (unknown call id, accuracy not in [0, 1], call without answer, duplicate)."""
+    """Feedback was rejected; ``reason`` says why: ``invalid`` (accuracy not in [0, 1], a bad call id),
+    ``unknown_call``, ``no_answer`` (every model failed) or ``already_rated``."""
+
+    def __init__(self, message: str, reason: str = "invalid") -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class ReplayError(ZetaError, ValueError):

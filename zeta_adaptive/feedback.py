@@ -82,9 +82,9 @@ class FeedbackBook:
                 return None
             task_type, model, rated, at = entry
             if model is None:
-                raise FeedbackError(f"call {call_id} has no answer to rate: every model failed")
+                raise FeedbackError(f"call {call_id} has no answer to rate: every model failed", "no_answer")
             if rated:
-                raise FeedbackError(f"call {call_id} already has feedback")
+                raise FeedbackError(f"call {call_id} already has feedback", "already_rated")
             self._recent[call_id] = (task_type, model, True, at)
         return RatedCall(call_id, task_type, model)
 

@@ -71,6 +71,13 @@ KEEP_ALIVE_S = 75
 #: body keys the gateway reads itself; every other key of a chat request goes to the backend as it is
 _OWN_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
 _BREAKER_VALUE = {OPEN: 2.0, HALF_OPEN: 1.0}  # closed is 0
+#: FeedbackError.reason -> HTTP status and OpenAI-style error code
+_FEEDBACK_REFUSALS = {
+    "invalid": (400, "invalid_feedback"),
+    "unknown_call": (404, "call_not_found"),
+    "no_answer": (400, "call_without_answer"),
+    "already_rated": (409, "already_rated"),
+}
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _DONE = b"data: [DONE]\n\n"
 
@@ -281,7 +288,7 @@ class _StateCollector:
         yield breaker
         yield flight
         state = store.describe()
-        yield GaugeMetricFamily("zeta_log_queue_depth", "Log rows handed to the background writer, not yet written", value=len(store._items))
+        yield GaugeMetricFamily("zeta_log_queue_depth", "Log rows handed to the background writer, not yet written", value=state["queued"])
         yield GaugeMetricFamily("zeta_log_rows_journaled", "Log rows waiting in the local journal (or memory) for the database", value=state["pending"])
         yield GaugeMetricFamily("zeta_log_available", "1 while the log's database takes rows directly", value=float(state["available"]))
         written = CounterMetricFamily("zeta_log_rows_written", "Log rows written to the database", labels=["table"])
@@ -563,33 +570,11 @@ class _Gateway:
             accuracy = validate_accuracy(body.get("accuracy"))
             await self.router.afeedback(check_call_id(call_id), accuracy)
         except FeedbackError as exc:
-            status, code = await run_in_threadpool(self._why_refused, call_id, body.get("accuracy"))
+            status, code = _FEEDBACK_REFUSALS[exc.reason]
             return _error(status, str(exc), "invalid_request_error", code)
         except StoreError as exc:  # another worker's call, and the log is away: it cannot be checked now
             return _error(503, str(exc), "api_error", "log_unavailable")
         return JSONResponse({"call_id": call_id, "accuracy": accuracy, "status": "recorded"})
-
-    def _why_refused(self, call_id: str, accuracy: Any) -> tuple[int, str]:
-        """Why the router refused feedback, from its state (FeedbackError alone does not say):
-        this worker's recent calls first (task type, model, rated, ...), else the log."""
-        try:
-            validate_accuracy(accuracy)
-            check_call_id(call_id)
-        except FeedbackError:
-            return 400, "invalid_feedback"
-        store, book = self.router.store, self.router.book
-        with book._lock:
-            entry = book._recent.get(call_id)
-        if entry is not None:
-            model, rated = entry[1], entry[2]
-        else:
-            row = store.call(store.find_call, call_id)
-            if row is None:
-                return 404, "call_not_found"
-            model, rated = row["model"], False
-        if model is None:
-            return 400, "call_without_answer"
-        return (409, "already_rated") if rated or store.call(store.has_feedback, call_id) else (400, "invalid_feedback")
 
     async def models(self, request: Request) -> Response:
         key = self.authorize(request)

@@ -785,13 +785,13 @@ class Router:
                 except StoreError:
                     won = None
             if won is False:
-                raise FeedbackError(f"call {call_id} already has feedback")
+                raise FeedbackError(f"call {call_id} already has feedback", "already_rated")
             if won is None:
                 self.store.put("feedback", row)
             self._learn_feedback(call, value)
             return
         if not self.store.call(self.store.insert_feedback, self._feedback_row(call, value)):
-            raise FeedbackError(f"call {call_id} already has feedback")
+            raise FeedbackError(f"call {call_id} already has feedback", "already_rated")
         self._learn_feedback(call, value)
 
     async def afeedback(self, call_id: str, accuracy: float) -> None:
@@ -802,9 +802,9 @@ class Router:
         """A call found in the log (another process's, or older than the window), not yet rated."""
         row = self.store.call(self.store.find_call, call_id)
         if row is None:
-            raise FeedbackError(f"unknown call id {call_id!r}")
+            raise FeedbackError(f"unknown call id {call_id!r}", "unknown_call")
         if row["model"] is None:
-            raise FeedbackError(f"call {call_id} has no answer to rate: every model failed")
+            raise FeedbackError(f"call {call_id} has no answer to rate: every model failed", "no_answer")
         return RatedCall(call_id, row["task_type"], row["model"])
 
     def _feedback_row(self, call: RatedCall, value: float) -> dict[str, Any]:

@@ -899,7 +899,7 @@ class Store:
     def describe(self) -> dict[str, Any]:
         """The writer's counters, for metrics and reports."""
         return {
-            "written": dict(self.written), "pending": self.pending, "errors": self.errors, "dead": self.dead,
+            "written": dict(self.written), "queued": len(self._items), "pending": self.pending, "errors": self.errors, "dead": self.dead,
             "dropped": self.dropped, "crashes": self.crashes, "available": self.available,
         }
 
