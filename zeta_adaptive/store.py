@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -403,7 +404,7 @@ class Journal:
     def read(self, path: Path | None = None) -> tuple[list[Row], int]:
         """The complete rows of a journal file and the byte offset they end at (a torn last line
         was never acknowledged and is left out)."""
-        with self.lock if path is None else _NO_LOCK:
+        with self.lock if path is None else contextlib.nullcontext():
             data = (path or self.path).read_bytes()
         end = data.rfind(b"\n") + 1
         return [tuple(json.loads(line)) for line in data[:end].splitlines() if line.strip()], end  # type: ignore[misc]
@@ -448,17 +449,6 @@ class Journal:
         self._fh.close()
         if empty:
             self.path.unlink(missing_ok=True)
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_LOCK = _NoLock()
 
 
 def default_journal_dir() -> Path:
