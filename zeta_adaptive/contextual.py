@@ -37,7 +37,7 @@ import numpy as np
 from sqlalchemy import select
 
 from .features import Features, Featurizer
-from .policies import ACC_N, COST_SUM, LAT_N, LAT_SUM, N, OPTION_TYPES, POLICIES, SUCC, Policy, Ranking
+from .policies import COST_SUM, LAT_N, LAT_SUM, N, OPTION_TYPES, POLICIES, SUCC, Policy, Ranking
 from .store import Store, call_features
 from .store import feedback as feedback_table
 
