@@ -60,9 +60,21 @@ def main() -> None:
 
         for _ in range(200):
             cycle()
-        rows.append((f"{name}: rank + update + feedback (2 models)", best_of(cycle, args.n), f"{x.nnz} non-zero features" if contextual else ""))
-    lines = ["# Contextual routing cost", "", "Command: `.venv/bin/python experiments/bench_contextual.py`", "",
-             "| step | µs | note |", "|---|---|---|"]
+        rows.append(
+            (
+                f"{name}: rank + update + feedback (2 models)",
+                best_of(cycle, args.n),
+                f"{x.nnz} non-zero features" if contextual else "",
+            )
+        )
+    lines = [
+        "# Contextual routing cost",
+        "",
+        "Command: `.venv/bin/python experiments/bench_contextual.py`",
+        "",
+        "| step | µs | note |",
+        "|---|---|---|",
+    ]
     lines += [f"| {step} | {us:.1f} | {note} |" for step, us, note in rows]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_contextual.md").write_text("\n".join(lines) + "\n")

@@ -58,7 +58,11 @@ TARGET_SHARE = 0.5
 TARGET_STARTUP_S = 2.0
 CONCURRENCY = (16, 64)
 DIRECT, GATEWAY, GATEWAY2 = "direct", "gateway", "gateway, 2 workers"
-PURE_PYTHON, PASSTHROUGH, LITELLM = "gateway on asyncio + h11 (diagnostic)", "Starlette passthrough (diagnostic)", "LiteLLM proxy"
+PURE_PYTHON, PASSTHROUGH, LITELLM = (
+    "gateway on asyncio + h11 (diagnostic)",
+    "Starlette passthrough (diagnostic)",
+    "LiteLLM proxy",
+)
 CLI = "from zeta_adaptive.cli import main; main()"
 #: one client key for every contender: our gateway and LiteLLM's proxy both check it (the others ignore it)
 KEY = "sk-bench-" + secrets.token_hex(16)
@@ -81,8 +85,12 @@ def passthrough_app() -> Any:
     async def chat(request: Request) -> Response:
         if "client" not in upstream:
             limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-            upstream["client"] = httpx.AsyncClient(base_url=os.environ["BENCH_MOCK_URL"] + "/", limits=limits, timeout=60)
-        answer = await upstream["client"].post("chat/completions", content=await request.body(), headers={"content-type": "application/json"})
+            upstream["client"] = httpx.AsyncClient(
+                base_url=os.environ["BENCH_MOCK_URL"] + "/", limits=limits, timeout=60
+            )
+        answer = await upstream["client"].post(
+            "chat/completions", content=await request.body(), headers={"content-type": "application/json"}
+        )
         return Response(answer.content, answer.status_code, media_type="application/json")
 
     async def health(request: Request) -> Response:
@@ -103,12 +111,16 @@ def free_port() -> int:
 class Server:
     """A contender's server process on a loopback port; stopped with SIGTERM (its process group)."""
 
-    def __init__(self, name: str, cmd: Sequence[str], port: int, env: dict[str, str], route: str, health: str = "/health") -> None:
+    def __init__(
+        self, name: str, cmd: Sequence[str], port: int, env: dict[str, str], route: str, health: str = "/health"
+    ) -> None:
         self.name, self.port, self.route, self.health = name, port, route, health
         self.base = f"http://127.0.0.1:{port}/v1"
         self.log = tempfile.TemporaryFile("w+")
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(list(cmd), env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            list(cmd), env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.answered = 0  # calls answered 200 (to check against the log)
 
     def wait_ready(self, timeout: float) -> float:
@@ -146,7 +158,7 @@ def gateway_config(folder: Path, mock_url: str, name: str) -> tuple[Path, str]:
     """A config file with route ``static`` (one model on the mock), logging to its own SQLite file."""
     db = folder / f"{name}.db"
     text = f"""store = "sqlite:///{db}"
-journal_dir = "{folder / (name + '-journal')}"
+journal_dir = "{folder / (name + "-journal")}"
 deadline_s = 120.0
 seed = 7
 
@@ -182,16 +194,42 @@ def start_pure_python(folder: Path, mock_url: str) -> tuple[Server, str]:
     path, db = gateway_config(folder, mock_url, "pure_python")
     port = free_port()
     env = {**base_env(), "ZETA_GATEWAY_CONFIG": str(path)}
-    cmd = [sys.executable, "-m", "uvicorn", "zeta_adaptive.gateway:app_from_env", "--factory", "--loop", "asyncio", "--http", "h11",
-           "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "zeta_adaptive.gateway:app_from_env",
+        "--factory",
+        "--loop",
+        "asyncio",
+        "--http",
+        "h11",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     return Server(PURE_PYTHON, cmd, port, env, "static"), db
 
 
 def start_passthrough(mock_url: str) -> Server:
     port = free_port()
     env = {**base_env(), "BENCH_MOCK_URL": mock_url}
-    cmd = [sys.executable, "-m", "uvicorn", "bench_gateway:passthrough_app", "--factory", "--app-dir", str(HERE),
-           "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench_gateway:passthrough_app",
+        "--factory",
+        "--app-dir",
+        str(HERE),
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     return Server(PASSTHROUGH, cmd, port, env, "mock")
 
 
@@ -232,13 +270,21 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 async def latency(
-    targets: dict[str, tuple[str, str]], pids: dict[str, int | None], rounds: int, block: int, warmup: int, cpu: dict[str, float]
+    targets: dict[str, tuple[str, str]],
+    pids: dict[str, int | None],
+    rounds: int,
+    block: int,
+    warmup: int,
+    cpu: dict[str, float],
 ) -> dict[str, list[np.ndarray]]:
     """Per-call wall times (ns) per block, sequential calls, contenders interleaved block by block;
     ``cpu`` gets each server's CPU seconds over its timed blocks."""
     import httpx
 
-    clients = {name: httpx.AsyncClient(base_url=base + "/", headers=HEADERS, timeout=60) for name, (base, _route) in targets.items()}
+    clients = {
+        name: httpx.AsyncClient(base_url=base + "/", headers=HEADERS, timeout=60)
+        for name, (base, _route) in targets.items()
+    }
     bodies = {name: _body(route) for name, (_base, route) in targets.items()}
     try:
         for name, client in clients.items():
@@ -271,7 +317,9 @@ async def throughput(base: str, route: str, concurrency: int, seconds: float) ->
     body = _body(route)
     done = failed = 0
     async with httpx.AsyncClient(base_url=base + "/", headers=HEADERS, limits=limits, timeout=120) as client:
-        await asyncio.gather(*(client.post("chat/completions", json=body) for _ in range(concurrency)))  # open the connections
+        await asyncio.gather(
+            *(client.post("chat/completions", json=body) for _ in range(concurrency))
+        )  # open the connections
         stop = time.perf_counter() + seconds
 
         async def worker() -> None:
@@ -327,7 +375,9 @@ def _ms(ns: float) -> float:
     return ns / 1e6
 
 
-def latency_rows(samples: dict[str, list[np.ndarray]], cpu: dict[str, float], pids: dict[str, int | None]) -> list[dict[str, Any]]:
+def latency_rows(
+    samples: dict[str, list[np.ndarray]], cpu: dict[str, float], pids: dict[str, int | None]
+) -> list[dict[str, Any]]:
     direct = np.concatenate(samples[DIRECT])
     d50 = float(np.median(direct))
     rows = []
@@ -335,12 +385,19 @@ def latency_rows(samples: dict[str, list[np.ndarray]], cpu: dict[str, float], pi
         allv = np.concatenate(blocks)
         p50 = float(np.median(allv))
         per_round = [float(np.median(b)) - float(np.median(d)) for b, d in zip(blocks, samples[DIRECT])]
-        rows.append({
-            "contender": name, "calls": int(allv.size), "p50_ms": _ms(p50), "p99_ms": _ms(float(np.percentile(allv, 99))),
-            "added_p50_ms": _ms(p50 - d50), "round_added_min_ms": _ms(min(per_round)), "round_added_max_ms": _ms(max(per_round)),
-            "ratio_to_direct": p50 / d50,
-            "server_cpu_ms_per_call": cpu[name] / allv.size * 1e3 if pids[name] is not None else None,
-        })
+        rows.append(
+            {
+                "contender": name,
+                "calls": int(allv.size),
+                "p50_ms": _ms(p50),
+                "p99_ms": _ms(float(np.percentile(allv, 99))),
+                "added_p50_ms": _ms(p50 - d50),
+                "round_added_min_ms": _ms(min(per_round)),
+                "round_added_max_ms": _ms(max(per_round)),
+                "ratio_to_direct": p50 / d50,
+                "server_cpu_ms_per_call": cpu[name] / allv.size * 1e3 if pids[name] is not None else None,
+            }
+        )
     return rows
 
 
@@ -348,19 +405,27 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-def headline(lat: list[dict[str, Any]], thr: list[dict[str, Any]], start: list[dict[str, float]], litellm_note: str) -> list[dict[str, str]]:
+def headline(
+    lat: list[dict[str, Any]], thr: list[dict[str, Any]], start: list[dict[str, float]], litellm_note: str
+) -> list[dict[str, str]]:
     by = {r["contender"]: r for r in lat}
     ours = by[GATEWAY]
     peer = by.get(LITELLM)
-    rows = [{
-        "workload": "added p50 latency of one chat call through the gateway (1 worker), over a direct call",
-        "ours": f"+{ours['added_p50_ms']:.2f} ms (rounds {ours['round_added_min_ms']:.2f}..{ours['round_added_max_ms']:.2f}); "
-                f"server CPU {ours['server_cpu_ms_per_call']:.2f} ms/call",
-        "peer": f"LiteLLM proxy +{peer['added_p50_ms']:.2f} ms; server CPU {peer['server_cpu_ms_per_call']:.2f} ms/call" if peer else litellm_note,
-        "ratio": f"{peer['added_p50_ms'] / ours['added_p50_ms']:.1f}x less added" if peer and ours["added_p50_ms"] > 0 else "–",
-        "target": f"<= {TARGET_ADDED_MS:g} ms added",
-        "met?": verdict(ours["added_p50_ms"] <= TARGET_ADDED_MS),
-    }]
+    rows = [
+        {
+            "workload": "added p50 latency of one chat call through the gateway (1 worker), over a direct call",
+            "ours": f"+{ours['added_p50_ms']:.2f} ms (rounds {ours['round_added_min_ms']:.2f}..{ours['round_added_max_ms']:.2f}); "
+            f"server CPU {ours['server_cpu_ms_per_call']:.2f} ms/call",
+            "peer": f"LiteLLM proxy +{peer['added_p50_ms']:.2f} ms; server CPU {peer['server_cpu_ms_per_call']:.2f} ms/call"
+            if peer
+            else litellm_note,
+            "ratio": f"{peer['added_p50_ms'] / ours['added_p50_ms']:.1f}x less added"
+            if peer and ours["added_p50_ms"] > 0
+            else "–",
+            "target": f"<= {TARGET_ADDED_MS:g} ms added",
+            "met?": verdict(ours["added_p50_ms"] <= TARGET_ADDED_MS),
+        }
+    ]
     tp = {(r["contender"], r["concurrency"]): r for r in thr}
     for c in CONCURRENCY:
         direct = tp[(DIRECT, c)]["calls_per_s"]
@@ -369,27 +434,31 @@ def headline(lat: list[dict[str, Any]], thr: list[dict[str, Any]], start: list[d
                 continue
             share = tp[(name, c)]["calls_per_s"] / direct
             lite = tp.get((LITELLM, c))
-            rows.append({
-                "workload": f"throughput at concurrency {c}, {name}",
-                "ours": f"{tp[(name, c)]['calls_per_s']:.0f} calls/s",
-                "peer": f"direct {direct:.0f}/s" + (f"; LiteLLM proxy {lite['calls_per_s']:.0f}/s" if lite else ""),
-                "ratio": f"{share:.0%} of direct",
-                "target": f">= {TARGET_SHARE:.0%} of direct" if name == GATEWAY else "– (reference)",
-                "met?": verdict(share >= TARGET_SHARE) if name == GATEWAY else "",
-            })
+            rows.append(
+                {
+                    "workload": f"throughput at concurrency {c}, {name}",
+                    "ours": f"{tp[(name, c)]['calls_per_s']:.0f} calls/s",
+                    "peer": f"direct {direct:.0f}/s" + (f"; LiteLLM proxy {lite['calls_per_s']:.0f}/s" if lite else ""),
+                    "ratio": f"{share:.0%} of direct",
+                    "target": f">= {TARGET_SHARE:.0%} of direct" if name == GATEWAY else "– (reference)",
+                    "met?": verdict(share >= TARGET_SHARE) if name == GATEWAY else "",
+                }
+            )
     for workers in sorted({s["workers"] for s in start}):
         mine = [s for s in start if s["workers"] == workers]
         health = float(np.median([s["health_s"] for s in mine]))
         ready = float(np.median([s["ready_s"] for s in mine]))
         peer_start = by.get(LITELLM, {}).get("startup_s")
-        rows.append({
-            "workload": f"start-up of `zeta-adaptive serve`, {workers} worker{'s' if workers > 1 else ''}: spawn to 200 on /health (median of {len(mine)})",
-            "ours": f"{health:.2f} s (/ready {ready:.2f} s)",
-            "peer": f"LiteLLM proxy {peer_start:.1f} s" if peer_start else litellm_note,
-            "ratio": f"{peer_start / health:.1f}x faster" if peer_start else "–",
-            "target": f"< {TARGET_STARTUP_S:g} s" if workers == 1 else "– (reference)",
-            "met?": verdict(health < TARGET_STARTUP_S) if workers == 1 else "",
-        })
+        rows.append(
+            {
+                "workload": f"start-up of `zeta-adaptive serve`, {workers} worker{'s' if workers > 1 else ''}: spawn to 200 on /health (median of {len(mine)})",
+                "ours": f"{health:.2f} s (/ready {ready:.2f} s)",
+                "peer": f"LiteLLM proxy {peer_start:.1f} s" if peer_start else litellm_note,
+                "ratio": f"{peer_start / health:.1f}x faster" if peer_start else "–",
+                "target": f"< {TARGET_STARTUP_S:g} s" if workers == 1 else "– (reference)",
+                "met?": verdict(health < TARGET_STARTUP_S) if workers == 1 else "",
+            }
+        )
     return rows
 
 
@@ -400,10 +469,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **{
             "--no-litellm": {"action": "store_true", "help": "skip LiteLLM's proxy"},
             "--no-diagnose": {"action": "store_true", "help": "skip the two diagnostic servers"},
-            "--litellm-site": {"type": Path, "default": None, "help": "a `pip install --target` folder holding litellm[proxy] (used by its proxy only)"},
+            "--litellm-site": {
+                "type": Path,
+                "default": None,
+                "help": "a `pip install --target` folder holding litellm[proxy] (used by its proxy only)",
+            },
         },
     )
-    rounds, block, warmup, seconds, thr_rounds, starts = (2, 20, 10, 0.5, 1, 1) if args.quick else (6, 100, 50, 3.0, 2, 3)
+    rounds, block, warmup, seconds, thr_rounds, starts = (
+        (2, 20, 10, 0.5, 1, 1) if args.quick else (6, 100, 50, 3.0, 2, 3)
+    )
     folder = Path(tempfile.mkdtemp(prefix="zeta-bench-gateway-"))
     notes: list[str] = []
     with MockServer() as mock:
@@ -415,7 +490,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             servers[PURE_PYTHON], dbs[PURE_PYTHON] = start_pure_python(folder, mock.base_url)
             servers[PASSTHROUGH] = start_passthrough(mock.base_url)
         litellm = None if args.no_litellm else start_litellm(folder, mock.base_url, args.litellm_site)
-        litellm_note = "LiteLLM not installed (the `bench` extra with `litellm[proxy]`)" if litellm is None and not args.no_litellm else "LiteLLM skipped"
+        litellm_note = (
+            "LiteLLM not installed (the `bench` extra with `litellm[proxy]`)"
+            if litellm is None and not args.no_litellm
+            else "LiteLLM skipped"
+        )
         litellm_start = None
         try:
             for name, server in servers.items():
@@ -429,7 +508,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     litellm = None
             targets = {DIRECT: (mock.base_url, "mock")}
             targets.update({name: (s.base, s.route) for name, s in servers.items() if name != GATEWAY2})
-            pids: dict[str, int | None] = {name: (servers[name].proc.pid if name in servers else None) for name in targets}
+            pids: dict[str, int | None] = {
+                name: (servers[name].proc.pid if name in servers else None) for name in targets
+            }
             cpu: dict[str, float] = {}
             samples = asyncio.run(latency(targets, pids, rounds, block, warmup, cpu))
             lat = latency_rows(samples, cpu, pids)
@@ -440,7 +521,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if name in servers:
                     servers[name].answered += len(samples[name]) * block + warmup
             thr: list[dict[str, Any]] = []
-            contenders = {DIRECT: (mock.base_url, "mock"), GATEWAY: (servers[GATEWAY].base, "static"), GATEWAY2: (servers[GATEWAY2].base, "static")}
+            contenders = {
+                DIRECT: (mock.base_url, "mock"),
+                GATEWAY: (servers[GATEWAY].base, "static"),
+                GATEWAY2: (servers[GATEWAY2].base, "static"),
+            }
             if LITELLM in servers:
                 contenders[LITELLM] = (servers[LITELLM].base, "static")
             results: dict[tuple[str, int], list[tuple[float, int, int]]] = {}
@@ -453,22 +538,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         servers[name].answered += got[1]
             for (name, c), runs in results.items():
                 rates = [r[0] for r in runs]
-                thr.append({
-                    "contender": name, "concurrency": c, "rounds": len(runs), "seconds_each": seconds,
-                    "calls_per_s": float(np.median(rates)), "min_calls_per_s": min(rates), "max_calls_per_s": max(rates),
-                    "failed_calls": sum(r[2] for r in runs),
-                })
+                thr.append(
+                    {
+                        "contender": name,
+                        "concurrency": c,
+                        "rounds": len(runs),
+                        "seconds_each": seconds,
+                        "calls_per_s": float(np.median(rates)),
+                        "min_calls_per_s": min(rates),
+                        "max_calls_per_s": max(rates),
+                        "failed_calls": sum(r[2] for r in runs),
+                    }
+                )
         finally:
             exits = {name: server.stop() for name, server in servers.items()}
     logged = {name: count_calls(db) for name, db in dbs.items()}
     for name, db_rows in logged.items():
-        notes.append(f"{name}: {servers[name].answered} calls answered, {db_rows} calls rows in its SQLite log after SIGTERM (exit {exits[name]}).")
+        notes.append(
+            f"{name}: {servers[name].answered} calls answered, {db_rows} calls rows in its SQLite log after SIGTERM (exit {exits[name]})."
+        )
     with MockServer() as mock:
-        start = startup_times(folder, mock.base_url, starts, 1) + startup_times(folder, mock.base_url, max(1, starts // 2), 2)
+        start = startup_times(folder, mock.base_url, starts, 1) + startup_times(
+            folder, mock.base_url, max(1, starts // 2), 2
+        )
     shutil.rmtree(folder, ignore_errors=True)
 
     table = headline(lat, thr, start, litellm_note)
-    write_csv(args.out / "bench_gateway.csv", [{"kind": "latency", **r} for r in lat] + [{"kind": "throughput", **r} for r in thr] + [{"kind": "startup", **s} for s in start])
+    write_csv(
+        args.out / "bench_gateway.csv",
+        [{"kind": "latency", **r} for r in lat]
+        + [{"kind": "throughput", **r} for r in thr]
+        + [{"kind": "startup", **s} for s in start],
+    )
     write_csv(args.out / "bench_gateway_summary.csv", table)
     notes = [
         f"Latency: {rounds} rounds x {block} sequential calls per contender after {warmup} warm-up calls, contenders interleaved block by block; "
@@ -480,11 +581,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{LITELLM}: {'measured' if LITELLM in servers else litellm_note}.",
         *notes,
     ]
-    sections = [("Latency, every contender (ms)", markdown_table(list(lat[0]), lat)),
-                ("Throughput (calls/s)", markdown_table(list(thr[0]), thr)),
-                ("Start-up (s)", markdown_table(list(start[0]), start))]
-    write_markdown(args.out / "bench_gateway.md", "Gateway: added latency, throughput, start-up", list(table[0]), table,
-                   command=args.command, sections=sections, notes=notes, quick=args.quick)
+    sections = [
+        ("Latency, every contender (ms)", markdown_table(list(lat[0]), lat)),
+        ("Throughput (calls/s)", markdown_table(list(thr[0]), thr)),
+        ("Start-up (s)", markdown_table(list(start[0]), start)),
+    ]
+    write_markdown(
+        args.out / "bench_gateway.md",
+        "Gateway: added latency, throughput, start-up",
+        list(table[0]),
+        table,
+        command=args.command,
+        sections=sections,
+        notes=notes,
+        quick=args.quick,
+    )
     print((args.out / "bench_gateway.md").read_text())
     return {"latency": lat, "throughput": thr, "startup": start, "summary": table, "logged": logged}
 

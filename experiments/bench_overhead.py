@@ -47,8 +47,8 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleave, parse_args, savefig, setup_matplotlib, write_csv, write_markdown  # noqa: E402
-from mock_backend import MockServer  # noqa: E402
+from common import interleave, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
+from mock_backend import MockServer
 
 MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
 MAX_TOKENS = 16
@@ -94,6 +94,7 @@ def _lingering_run(self: Any) -> None:
         self._deliver(rows)
         for marker in markers:
             marker.event.set()
+
 
 # -- loopback guard ------------------------------------------------------------------------------
 
@@ -145,7 +146,10 @@ def router_config(base_url: str, folder: Path) -> dict[str, Any]:
         "journal_dir": str(folder / "journal"),
         "seed": 7,
         "models": models,
-        "routes": {"static": {"models": ["m0"], "policy": "static"}, "thompson": {"models": ["m0", "m1", "m2"], "policy": "thompson"}},
+        "routes": {
+            "static": {"models": ["m0"], "policy": "static"},
+            "thompson": {"models": ["m0", "m1", "m2"], "policy": "thompson"},
+        },
     }
 
 
@@ -275,7 +279,11 @@ class Contenders:
         lrouter, messages = self.lrouter, MESSAGES
 
         async def call() -> str:
-            return (await lrouter.acompletion(model=route, messages=messages, max_tokens=MAX_TOKENS)).choices[0].message.content
+            return (
+                (await lrouter.acompletion(model=route, messages=messages, max_tokens=MAX_TOKENS))
+                .choices[0]
+                .message.content
+            )
 
         return call
 
@@ -335,7 +343,13 @@ def _block(name: str, block: int) -> int:
 
 
 def time_sync(
-    table: dict[str, Callable[[], str]], rounds: int, block: int, warmup: int, desc: str, cpu: dict[str, list[float]], settle: Callable[[], Any]
+    table: dict[str, Callable[[], str]],
+    rounds: int,
+    block: int,
+    warmup: int,
+    desc: str,
+    cpu: dict[str, list[float]],
+    settle: Callable[[], Any],
 ) -> dict[str, list[np.ndarray]]:
     """Per-call wall times (ns) per block; ``cpu`` gets each block's process CPU µs per call, counted
     until ``settle()`` (the log flush) returns, so background writing is charged to the block that queued it."""
@@ -361,7 +375,13 @@ def time_sync(
 
 
 async def time_async(
-    table: dict[str, Callable[[], Awaitable[str]]], rounds: int, block: int, warmup: int, desc: str, cpu: dict[str, list[float]], settle: Callable[[], Any]
+    table: dict[str, Callable[[], Awaitable[str]]],
+    rounds: int,
+    block: int,
+    warmup: int,
+    desc: str,
+    cpu: dict[str, list[float]],
+    settle: Callable[[], Any],
 ) -> dict[str, list[np.ndarray]]:
     for name, fn in table.items():
         for _ in range(_block(name, warmup)):
@@ -473,7 +493,9 @@ def plot(samples: dict[str, dict[str, list[np.ndarray]]], path: Path) -> None:
         data = [np.concatenate(by_name[n]) / 1000.0 for n in names]
         parts = ax.boxplot(data, vert=False, whis=(1, 99), showfliers=False, patch_artist=True)
         for patch, name in zip(parts["boxes"], names):
-            color = "tab:orange" if name.startswith("LiteLLM") else "tab:gray" if name.startswith("direct") else "tab:blue"
+            color = (
+                "tab:orange" if name.startswith("LiteLLM") else "tab:gray" if name.startswith("direct") else "tab:blue"
+            )
             patch.set_facecolor("white" if "(diagnostic)" in name or "(sketch)" in name else color)
             patch.set_alpha(0.6)
         for i, d in enumerate(data, start=1):
@@ -532,7 +554,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_us = client-process CPU time per call (all threads, the log writer included; the backend's process excluded), median over blocks: "
         "less sensitive than wall time to other load on the machine.",
     ]
-    detail_cols = ["mode", "contender", "calls", "p50_us", "p99_us", "mean_us", "round_p50_min_us", "round_p50_max_us", "added_p50_us", "ratio_to_direct", "cpu_us", "added_cpu_us"]
+    detail_cols = [
+        "mode",
+        "contender",
+        "calls",
+        "p50_us",
+        "p99_us",
+        "mean_us",
+        "round_p50_min_us",
+        "round_p50_max_us",
+        "added_p50_us",
+        "ratio_to_direct",
+        "cpu_us",
+        "added_cpu_us",
+    ]
     from common import markdown_table
 
     write_markdown(

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown  # noqa: E402
+from common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
 
 TASKS = ("code", "simple", "reasoning")
 MODELS = ("coder-7b", "general-7b", "reasoner-14b")
@@ -43,7 +43,10 @@ CACHE = Path(tempfile.gettempdir()) / "zeta-bench-cache"
 ROOT = Path(__file__).resolve().parent.parent
 
 IMPORT_SNIPPET = "import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
-IMPORTS = {"import zeta_adaptive": "import zeta_adaptive", "from zeta_adaptive import Router": "from zeta_adaptive import Router"}
+IMPORTS = {
+    "import zeta_adaptive": "import zeta_adaptive",
+    "from zeta_adaptive import Router": "from zeta_adaptive import Router",
+}
 BASELINE = " (baseline)"
 TARGET_IMPORT_S = 0.2
 OPEN_SNIPPET = """
@@ -76,7 +79,13 @@ def time_import(statement: str, pythonpath: Path = ROOT) -> float:
         extra.update({"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"})
     snippet = IMPORT_SNIPPET.format(statement=statement)
     out = subprocess.run(
-        [sys.executable, "-c", snippet], capture_output=True, text=True, env=_env(extra), cwd=tempfile.gettempdir(), timeout=300, check=True
+        [sys.executable, "-c", snippet],
+        capture_output=True,
+        text=True,
+        env=_env(extra),
+        cwd=tempfile.gettempdir(),
+        timeout=300,
+        check=True,
     )
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -84,15 +93,31 @@ def time_import(statement: str, pythonpath: Path = ROOT) -> float:
 def import_profile(statement: str, top: int = 8) -> list[dict[str, Any]]:
     """The top-level packages with the largest cumulative import time in one fresh ``-X importtime`` run
     (a package's figure includes what it imported first, so nested figures overlap)."""
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", statement], capture_output=True, text=True, env=_env(), timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", statement],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+        check=True,
+    )
     rows = []
     for line in out.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
             continue
         self_us, cum_us, name = line[len("import time:") :].split("|")
         depth = (len(name) - len(name.lstrip()) - 1) // 2
-        rows.append({"module": name.strip(), "depth": depth, "self_ms": int(self_us) / 1000, "cumulative_ms": int(cum_us) / 1000})
-    packages = sorted((r for r in rows if "." not in r["module"]), key=lambda r: -r["cumulative_ms"])  # first import of each package
+        rows.append(
+            {
+                "module": name.strip(),
+                "depth": depth,
+                "self_ms": int(self_us) / 1000,
+                "cumulative_ms": int(cum_us) / 1000,
+            }
+        )
+    packages = sorted(
+        (r for r in rows if "." not in r["module"]), key=lambda r: -r["cumulative_ms"]
+    )  # first import of each package
     return packages[:top]
 
 
@@ -116,8 +141,35 @@ def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
     store = Store(f"sqlite:///{tmp}", journal_dir=tempfile.mkdtemp(prefix="zeta-bench-journal-"))  # creates the schema
     engine = store.engine
     cols = {
-        "calls": ["call_id", "ts", "task_type", "policy", "propensity", "ranking", "model", "outcome", "latency_s", "tokens_in", "tokens_out", "cost", "n_attempts"],
-        "attempts": ["call_id", "idx", "ts", "task_type", "model", "outcome", "status", "latency_s", "tokens_in", "tokens_out", "cost", "error"],
+        "calls": [
+            "call_id",
+            "ts",
+            "task_type",
+            "policy",
+            "propensity",
+            "ranking",
+            "model",
+            "outcome",
+            "latency_s",
+            "tokens_in",
+            "tokens_out",
+            "cost",
+            "n_attempts",
+        ],
+        "attempts": [
+            "call_id",
+            "idx",
+            "ts",
+            "task_type",
+            "model",
+            "outcome",
+            "status",
+            "latency_s",
+            "tokens_in",
+            "tokens_out",
+            "cost",
+            "error",
+        ],
         "feedback": ["call_id", "ts", "task_type", "model", "accuracy"],
     }
     # columns of newer schema revisions: a router id where the table has one; the rest stay NULL
@@ -133,7 +185,9 @@ def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
     orders = [[MODELS[(f + j) % 3] for j in range(3)] for f in range(3)]
     rankings = [json.dumps(o) for o in orders]
     rc, ra, rf = (rid if extra[name] else () for name in ("calls", "attempts", "feedback"))
-    with tqdm(total=attempts, desc=f"building {attempts:,}-attempt log (cached)", unit="attempt", unit_scale=True) as bar:
+    with tqdm(
+        total=attempts, desc=f"building {attempts:,}-attempt log (cached)", unit="attempt", unit_scale=True
+    ) as bar:
         while counts["attempts"] < attempts:
             n = 50_000
             k = rng.choice([1, 2, 3], size=n, p=[0.80, 0.15, 0.05])
@@ -154,9 +208,58 @@ def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
                 tt = TASKS[task[i]]
                 li = lat[i]
                 for j in range(kk - 1):
-                    a_rows.append((call_id, j, t + 0.3 * j, tt, order[j], "server_error", 500, li[j], 120, 0, 0.0, "simulated internal error") + ra)
-                a_rows.append((call_id, kk - 1, t + 0.3 * (kk - 1), tt, order[kk - 1], "ok", 200, li[kk - 1], 120, 48, 0.00021, None) + ra)
-                c_rows.append((call_id, t, tt, "thompson", 0.6, rankings[first[i]], order[kk - 1], "ok", sum(li[:kk]), 120 * kk, 48, 0.00021, kk) + rc)
+                    a_rows.append(
+                        (
+                            call_id,
+                            j,
+                            t + 0.3 * j,
+                            tt,
+                            order[j],
+                            "server_error",
+                            500,
+                            li[j],
+                            120,
+                            0,
+                            0.0,
+                            "simulated internal error",
+                        )
+                        + ra
+                    )
+                a_rows.append(
+                    (
+                        call_id,
+                        kk - 1,
+                        t + 0.3 * (kk - 1),
+                        tt,
+                        order[kk - 1],
+                        "ok",
+                        200,
+                        li[kk - 1],
+                        120,
+                        48,
+                        0.00021,
+                        None,
+                    )
+                    + ra
+                )
+                c_rows.append(
+                    (
+                        call_id,
+                        t,
+                        tt,
+                        "thompson",
+                        0.6,
+                        rankings[first[i]],
+                        order[kk - 1],
+                        "ok",
+                        sum(li[:kk]),
+                        120 * kk,
+                        48,
+                        0.00021,
+                        kk,
+                    )
+                    + rc
+                )
                 if rated[i]:
                     f_rows.append((call_id, t + 5.0, tt, order[kk - 1], acc[i]) + rf)
             with engine.begin() as conn:
@@ -198,7 +301,12 @@ def router_config(path: Path) -> dict[str, Any]:
 
 def time_open(cfg: dict[str, Any], warm: bool) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-c", OPEN_SNIPPET, json.dumps(cfg), "1" if warm else "0"], capture_output=True, text=True, env=_env(), timeout=600, check=True
+        [sys.executable, "-c", OPEN_SNIPPET, json.dumps(cfg), "1" if warm else "0"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -208,11 +316,26 @@ def _ms(row: dict[str, float]) -> str:
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    return {"median_s": float(np.median(values)), "min_s": float(min(values)), "max_s": float(max(values)), "samples": len(values)}
+    return {
+        "median_s": float(np.median(values)),
+        "min_s": float(min(values)),
+        "max_s": float(max(values)),
+        "samples": len(values),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(__doc__, argv, **{"--baseline-src": {"type": Path, "default": None, "help": "an earlier checkout whose imports to time alongside"}})
+    args = parse_args(
+        __doc__,
+        argv,
+        **{
+            "--baseline-src": {
+                "type": Path,
+                "default": None,
+                "help": "an earlier checkout whose imports to time alongside",
+            }
+        },
+    )
     import_rounds, open_rounds, size = (2, 1, 20_000) if args.quick else (9, 3, 1_000_000)
     have_litellm = _has("litellm")
 
@@ -223,16 +346,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     statements = {name: (statement, ROOT) for name, statement in IMPORTS.items()}
     if args.baseline_src:
-        statements.update({name + BASELINE: (statement, args.baseline_src.resolve()) for name, statement in IMPORTS.items()})
+        statements.update(
+            {name + BASELINE: (statement, args.baseline_src.resolve()) for name, statement in IMPORTS.items()}
+        )
     if have_litellm:
         statements["import litellm"] = ("import litellm", ROOT)
     imports: dict[str, list[float]] = {}
-    for _, name in tqdm(list(interleave(list(statements), import_rounds)), desc="import (fresh interpreters)", unit="run"):
+    for _, name in tqdm(
+        list(interleave(list(statements), import_rounds)), desc="import (fresh interpreters)", unit="run"
+    ):
         imports.setdefault(name, []).append(time_import(*statements[name]))
     opens: dict[str, list[float]] = {}
     learned = 0.0
     variants = {"warm start (default)": True, "no warm start (reference)": False}
-    for _, name in tqdm(list(interleave(list(variants), open_rounds)), desc=f"Router() on a {size:,}-attempt log", unit="run"):
+    for _, name in tqdm(
+        list(interleave(list(variants), open_rounds)), desc=f"Router() on a {size:,}-attempt log", unit="run"
+    ):
         res = time_open(cfg, variants[name])
         opens.setdefault(name, []).append(res["seconds"])
         if variants[name]:
@@ -257,11 +386,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "ours": f"{_ms(ours)}" + (f"; baseline {_ms(before)}" if before else ""),
                 "peer": f"import litellm {_ms(peer)}" if peer else "LiteLLM not installed",
                 "ratio": f"{peer['median_s'] / ours['median_s']:.1f}x faster" if peer else "–",
-                "target": f"< {TARGET_IMPORT_S * 1000:.0f} ms" if name == "import zeta_adaptive" else "reference (no target)",
+                "target": f"< {TARGET_IMPORT_S * 1000:.0f} ms"
+                if name == "import zeta_adaptive"
+                else "reference (no target)",
                 "met?": ("met" if met else "MISSED") if name == "import zeta_adaptive" else "–",
             }
         )
-    warm, cold = by[f"Router() on {counts['attempts']:,}-attempt SQLite log, warm start (default)"], by[f"Router() on {counts['attempts']:,}-attempt SQLite log, no warm start (reference)"]
+    warm, cold = (
+        by[f"Router() on {counts['attempts']:,}-attempt SQLite log, warm start (default)"],
+        by[f"Router() on {counts['attempts']:,}-attempt SQLite log, no warm start (reference)"],
+    )
     summary.append(
         {
             "workload": f"open a Router on a {counts['attempts']:,}-attempt SQLite log (warm start)",
@@ -289,7 +423,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         command=args.command,
         sections=[
             ("Every measure (seconds)", markdown_table(list(rows[0]), rows)),
-            ("Heaviest packages in from zeta_adaptive import Router (one -X importtime run, cumulative ms, nested)", markdown_table(["module", "self_ms", "cumulative_ms"], profile)),
+            (
+                "Heaviest packages in from zeta_adaptive import Router (one -X importtime run, cumulative ms, nested)",
+                markdown_table(["module", "self_ms", "cumulative_ms"], profile),
+            ),
         ],
         notes=notes,
         quick=args.quick,
@@ -311,7 +448,10 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     y = np.arange(len(rows))
     med = np.array([r["median_s"] for r in rows])
     err = [med - np.array([r["min_s"] for r in rows]), np.array([r["max_s"] for r in rows]) - med]
-    colors = ["tab:orange" if "litellm" in r["measure"] else "tab:gray" if BASELINE in r["measure"] else "tab:blue" for r in rows]
+    colors = [
+        "tab:orange" if "litellm" in r["measure"] else "tab:gray" if BASELINE in r["measure"] else "tab:blue"
+        for r in rows
+    ]
     ax.barh(y, med, xerr=err, color=colors, capsize=3)
     for yi, m in zip(y, med):
         ax.text(m, yi, f"  {m:.2f} s", va="center", fontsize=8)

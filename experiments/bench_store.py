@@ -46,7 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleave, markdown_table, parse_args, write_csv, write_markdown  # noqa: E402
+from common import interleave, markdown_table, parse_args, write_csv, write_markdown
 
 TARGETS = {"sqlite": 50_000.0, "postgres": 20_000.0}
 TASKS = ("code", "simple", "reasoning")
@@ -79,18 +79,38 @@ def make_calls(n: int, seed: int) -> list[list[tuple[str, dict[str, Any]]]]:
                 (
                     "attempts",
                     {
-                        "call_id": call_id, "idx": j, "ts": ts + j * 0.3, "task_type": TASKS[task[i]], "model": order[j],
-                        "outcome": "ok" if ok else "server_error", "status": 200 if ok else 500,
-                        "latency_s": float(latency[i, j]), "tokens_in": 120, "tokens_out": 48 if ok else 0,
-                        "cost": 0.00021 if ok else 0.0, "error": None if ok else "simulated internal error",
+                        "call_id": call_id,
+                        "idx": j,
+                        "ts": ts + j * 0.3,
+                        "task_type": TASKS[task[i]],
+                        "model": order[j],
+                        "outcome": "ok" if ok else "server_error",
+                        "status": 200 if ok else 500,
+                        "latency_s": float(latency[i, j]),
+                        "tokens_in": 120,
+                        "tokens_out": 48 if ok else 0,
+                        "cost": 0.00021 if ok else 0.0,
+                        "error": None if ok else "simulated internal error",
                     },
                 )
             )
         call = {
-            "call_id": call_id, "ts": ts, "task_type": TASKS[task[i]], "policy": "thompson", "propensity": 0.62,
-            "ranking": '["' + '", "'.join(order) + '"]', "model": order[k - 1], "outcome": "ok",
-            "latency_s": float(latency[i, :k].sum()), "tokens_in": 120 * k, "tokens_out": 48, "cost": 0.00021,
-            "n_attempts": k, "prompt": None, "answer": None, "skipped": None,
+            "call_id": call_id,
+            "ts": ts,
+            "task_type": TASKS[task[i]],
+            "policy": "thompson",
+            "propensity": 0.62,
+            "ranking": '["' + '", "'.join(order) + '"]',
+            "model": order[k - 1],
+            "outcome": "ok",
+            "latency_s": float(latency[i, :k].sum()),
+            "tokens_in": 120 * k,
+            "tokens_out": 48,
+            "cost": 0.00021,
+            "n_attempts": k,
+            "prompt": None,
+            "answer": None,
+            "skipped": None,
         }
         out.append([("calls", _full("calls", call)), *((t, _full(t, r)) for t, r in attempts)])
     return out
@@ -118,7 +138,10 @@ def _free_port() -> int:
 
 
 def _pg_bindir() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
     return found[-1].parent if found else None
 
 
@@ -169,7 +192,10 @@ def postgres_server() -> Iterator[tuple[str | None, str]]:
         yield None, f"could not start a private PostgreSQL: {exc}"
         return
     try:
-        yield server.url, f"private server {bindir.parent.name} (initdb/pg_ctl, default settings) on 127.0.0.1:{server.port}"
+        yield (
+            server.url,
+            f"private server {bindir.parent.name} (initdb/pg_ctl, default settings) on 127.0.0.1:{server.port}",
+        )
     finally:
         server.close()
 
@@ -295,7 +321,10 @@ def run_floor(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: 
     engine = store.engine
     mark = "?" if engine.dialect.name == "sqlite" else "%s"
     cols = {name: [c.name for c in table.columns] for name, table in TABLES.items()}
-    sql = {name: f"INSERT INTO {name} ({', '.join(c)}) VALUES ({', '.join(mark for _ in c)}) ON CONFLICT DO NOTHING" for name, c in cols.items()}
+    sql = {
+        name: f"INSERT INTO {name} ({', '.join(c)}) VALUES ({', '.join(mark for _ in c)}) ON CONFLICT DO NOTHING"
+        for name, c in cols.items()
+    }
     flat = [row for rows in calls for row in rows]
     try:
         expected_attempts = sum(len(c) - 1 for c in calls)
@@ -391,8 +420,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         o = by.get((kind, "background writer"))
         if o is None:
             summary.append(
-                {"workload": f"log writes, {label}: attempts/s", "ours": "not run", "peer": notes_pg, "ratio": "–",
-                 "target": f">= {TARGETS[kind]:,.0f}/s, none lost", "met?": "not run"}
+                {
+                    "workload": f"log writes, {label}: attempts/s",
+                    "ours": "not run",
+                    "peer": notes_pg,
+                    "ratio": "–",
+                    "target": f">= {TARGETS[kind]:,.0f}/s, none lost",
+                    "met?": "not run",
+                }
             )
             continue
         p = by[(kind, "naive, one transaction per call")]

@@ -80,7 +80,10 @@ def fleet_child() -> None:
 class Backend:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--fleet"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, str(Path(__file__).resolve()), "--fleet"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -211,8 +214,10 @@ class Contenders:
 
     def table(self) -> dict[str, Callable[[], tuple[int, int, str]]]:
         return {
-            "direct sync": self.direct_sync, "routed sync": self.routed_sync,
-            "direct async": self.direct_async, "routed async": self.routed_async,
+            "direct sync": self.direct_sync,
+            "routed sync": self.routed_sync,
+            "direct async": self.direct_async,
+            "routed async": self.routed_async,
         }
 
     def settle(self) -> None:
@@ -231,9 +236,8 @@ class Contenders:
 
 def measure(c: Contenders, rounds: int, warmup: int) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     """Wall-clock TTFT samples and the calling thread's CPU time to the first token, per contender (ns)."""
-    from tqdm import tqdm
-
     from common import interleave
+    from tqdm import tqdm
 
     table = c.table()
     for name, fn in table.items():  # untimed warm-up: pools, imports, caches, policy batches
@@ -272,6 +276,7 @@ def profile_paths(c: Contenders, n: int) -> dict[str, str]:
                     pass
                 c.calls += 1
             elif name == "routed async":
+
                 async def routed() -> None:
                     prof.enable()
                     stream = await c.router.achat("simple", MESSAGES, stream=True, max_tokens=MAX_TOKENS)
@@ -294,6 +299,7 @@ def profile_paths(c: Contenders, n: int) -> dict[str, str]:
                     for _ in lines:
                         pass
             else:
+
                 async def direct() -> None:
                     prof.enable()
                     async with c.aclient.stream("POST", "chat/completions", json=c.body) as response:
@@ -323,7 +329,14 @@ def _zeta_rows(prof: cProfile.Profile, calls: int) -> list[dict[str, Any]]:
     for (file, line, func), (_, ncalls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
         if "zeta_adaptive" in file:
             short = file[file.index("zeta_adaptive") :]
-            rows.append({"function": f"{short}:{line}:{func}", "calls_per_stream": ncalls / calls, "own_us": 1e6 * tottime / calls, "cum_us": 1e6 * cumtime / calls})
+            rows.append(
+                {
+                    "function": f"{short}:{line}:{func}",
+                    "calls_per_stream": ncalls / calls,
+                    "own_us": 1e6 * tottime / calls,
+                    "cum_us": 1e6 * cumtime / calls,
+                }
+            )
     rows.sort(key=lambda r: -r["own_us"])
     return rows
 
@@ -343,14 +356,22 @@ def _boot_ci(a: list[int], b: list[int], reps: int = 2000, seed: int = 0) -> tup
     return float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))
 
 
-def summarise(samples: dict[str, list[int]], cpu: dict[str, list[int]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def summarise(
+    samples: dict[str, list[int]], cpu: dict[str, list[int]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rows = []
     for name in CONTENDERS:
         ns = samples[name]
         rows.append(
             {
-                "contender": name, "samples": len(ns), "median_us": _pct(ns, 50), "p90_us": _pct(ns, 90), "p99_us": _pct(ns, 99),
-                "mean_us": float(np.mean(ns)) / 1000.0, "min_us": min(ns) / 1000.0, "cpu_median_us": _pct(cpu[name], 50),
+                "contender": name,
+                "samples": len(ns),
+                "median_us": _pct(ns, 50),
+                "p90_us": _pct(ns, 90),
+                "p99_us": _pct(ns, 99),
+                "mean_us": float(np.mean(ns)) / 1000.0,
+                "min_us": min(ns) / 1000.0,
+                "cpu_median_us": _pct(cpu[name], 50),
             }
         )
     by = {r["contender"]: r for r in rows}
@@ -362,10 +383,15 @@ def summarise(samples: dict[str, list[int]], cpu: dict[str, list[int]]) -> tuple
         med_added = by[routed]["median_us"] - by[direct]["median_us"]
         added.append(
             {
-                "mode": mode, "direct_median_us": by[direct]["median_us"], "routed_median_us": by[routed]["median_us"],
-                "added_median_us": med_added, "added_ci_lo_us": lo, "added_ci_hi_us": hi,
+                "mode": mode,
+                "direct_median_us": by[direct]["median_us"],
+                "routed_median_us": by[routed]["median_us"],
+                "added_median_us": med_added,
+                "added_ci_lo_us": lo,
+                "added_ci_hi_us": hi,
                 "added_paired_median_us": float(np.median(paired)),
-                "direct_p99_us": by[direct]["p99_us"], "routed_p99_us": by[routed]["p99_us"],
+                "direct_p99_us": by[direct]["p99_us"],
+                "routed_p99_us": by[routed]["p99_us"],
                 "added_p99_us": by[routed]["p99_us"] - by[direct]["p99_us"],
                 "ratio_median": by[routed]["median_us"] / by[direct]["median_us"],
                 "added_cpu_median_us": by[routed]["cpu_median_us"] - by[direct]["cpu_median_us"],
@@ -397,14 +423,22 @@ def plot(samples: dict[str, list[int]], path: Path) -> None:
     savefig(fig, path)
 
 
-def write_outputs(args: Any, samples: dict[str, list[int]], cpu: dict[str, list[int]], rows: list[dict[str, Any]], added: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+def write_outputs(
+    args: Any,
+    samples: dict[str, list[int]],
+    cpu: dict[str, list[int]],
+    rows: list[dict[str, Any]],
+    added: list[dict[str, Any]],
+    extra: dict[str, Any],
+) -> None:
     from common import fmt, markdown_table, write_csv, write_markdown
 
     out = args.out
     write_csv(out / "bench_stream.csv", rows + [{"contender": f"added ({a['mode']})", **a} for a in added])
     long = [
         {"contender": name, "i": i, "ttft_us": ns / 1000.0, "cpu_us": cpu[name][i] / 1000.0}
-        for name in CONTENDERS for i, ns in enumerate(samples[name])
+        for name in CONTENDERS
+        for i, ns in enumerate(samples[name])
     ]
     write_csv(out / "bench_stream_samples.csv", long)
     plot(samples, out / "bench_stream.png")
@@ -413,24 +447,59 @@ def write_outputs(args: Any, samples: dict[str, list[int]], cpu: dict[str, list[
         head.append(
             {
                 "workload": f"stream TTFT, {a['mode']}, median (added µs, 95% CI {fmt(a['added_ci_lo_us'])}..{fmt(a['added_ci_hi_us'])})",
-                "ours": fmt(a["routed_median_us"]), "peer": fmt(a["direct_median_us"]), "ratio": fmt(a["ratio_median"]),
-                "added": fmt(a["added_median_us"]), "target": f"< {TARGET_US:g} µs added", "met?": a["met"],
+                "ours": fmt(a["routed_median_us"]),
+                "peer": fmt(a["direct_median_us"]),
+                "ratio": fmt(a["ratio_median"]),
+                "added": fmt(a["added_median_us"]),
+                "target": f"< {TARGET_US:g} µs added",
+                "met?": a["met"],
             }
         )
         head.append(
             {
-                "workload": f"stream TTFT, {a['mode']}, p99", "ours": fmt(a["routed_p99_us"]), "peer": fmt(a["direct_p99_us"]),
-                "ratio": fmt(a["routed_p99_us"] / a["direct_p99_us"]), "added": fmt(a["added_p99_us"]), "target": "(reference)", "met?": "–",
+                "workload": f"stream TTFT, {a['mode']}, p99",
+                "ours": fmt(a["routed_p99_us"]),
+                "peer": fmt(a["direct_p99_us"]),
+                "ratio": fmt(a["routed_p99_us"] / a["direct_p99_us"]),
+                "added": fmt(a["added_p99_us"]),
+                "target": "(reference)",
+                "met?": "–",
             }
         )
-    columns = ["workload", "ours (routed, µs)", "peer (direct httpx, µs)", "ratio (ours / peer)", "added (µs)", "target", "met?"]
+    columns = [
+        "workload",
+        "ours (routed, µs)",
+        "peer (direct httpx, µs)",
+        "ratio (ours / peer)",
+        "added (µs)",
+        "target",
+        "met?",
+    ]
     table = [[r["workload"], r["ours"], r["peer"], r["ratio"], r["added"], r["target"], r["met?"]] for r in head]
     sections = [
-        ("Per contender (µs)", markdown_table(["contender", "samples", "median_us", "p90_us", "p99_us", "mean_us", "min_us", "cpu_median_us"], rows)),
-        ("Added time", markdown_table(
-            ["mode", "added_median_us", "added_ci_lo_us", "added_ci_hi_us", "added_paired_median_us", "added_p99_us", "added_cpu_median_us"], added)
-         + "\n\n`added_cpu_median_us`: the calling thread's CPU time to the first token (`time.thread_time_ns`), routed minus direct: "
-         "the work the router adds, nearly free of the scheduling noise of a shared machine."),
+        (
+            "Per contender (µs)",
+            markdown_table(
+                ["contender", "samples", "median_us", "p90_us", "p99_us", "mean_us", "min_us", "cpu_median_us"], rows
+            ),
+        ),
+        (
+            "Added time",
+            markdown_table(
+                [
+                    "mode",
+                    "added_median_us",
+                    "added_ci_lo_us",
+                    "added_ci_hi_us",
+                    "added_paired_median_us",
+                    "added_p99_us",
+                    "added_cpu_median_us",
+                ],
+                added,
+            )
+            + "\n\n`added_cpu_median_us`: the calling thread's CPU time to the first token (`time.thread_time_ns`), routed minus direct: "
+            "the work the router adds, nearly free of the scheduling noise of a shared machine.",
+        ),
     ]
     if extra.get("profile_rows"):
         parts = [
@@ -439,22 +508,28 @@ def write_outputs(args: Any, samples: dict[str, list[int]], cpu: dict[str, list[
             "",
         ]
         for mode, table_rows in extra["profile_rows"].items():
-            parts += [f"**{mode}**: zeta_adaptive functions on the path to the first token, by own time", "",
-                      markdown_table(["function", "calls_per_stream", "own_us", "cum_us"], table_rows[:12]), ""]
+            parts += [
+                f"**{mode}**: zeta_adaptive functions on the path to the first token, by own time",
+                "",
+                markdown_table(["function", "calls_per_stream", "own_us", "cum_us"], table_rows[:12]),
+                "",
+            ]
         parts += [f"Profiled TTFT totals (µs per stream, under cProfile): {extra['profile_totals']}"]
         if extra.get("suggestion"):
             parts += ["", extra["suggestion"]]
         sections.append(("Where the time goes", "\n".join(parts)))
     if extra.get("components"):
-        sections.append((
-            "Steps the routed path adds, in process (no network)",
-            markdown_table(["step", "us_per_run"], extra["components"])
-            + "\n\nBest of 7 timings (`timeit`) per step: the least disturbed by other load. The router also parses each event "
-            "(`_StreamState.feed`) where a direct client parses it too, so only the difference between the last two rows is added.",
-        ))
+        sections.append(
+            (
+                "Steps the routed path adds, in process (no network)",
+                markdown_table(["step", "us_per_run"], extra["components"])
+                + "\n\nBest of 7 timings (`timeit`) per step: the least disturbed by other load. The router also parses each event "
+                "(`_StreamState.feed`) where a direct client parses it too, so only the difference between the last two rows is added.",
+            )
+        )
     sections.append(("Plot", "![TTFT distributions](bench_stream.png)"))
     notes = [
-        f"Backend: `simulate.Fleet`, one model, latency_s 0, 4 completion tokens (the first event carries the first delta), "
+        "Backend: `simulate.Fleet`, one model, latency_s 0, 4 completion tokens (the first event carries the first delta), "
         "ThreadingHTTPServer on loopback, in its own process.",
         f"Router: one-model `static` route, SQLite log in a temporary folder (rows checked: {extra['rows']['calls']} calls rows "
         f"for {extra['routed_calls']} routed calls), no validators; `max_tokens` {MAX_TOKENS}.",
@@ -464,8 +539,16 @@ def write_outputs(args: Any, samples: dict[str, list[int]], cpu: dict[str, list[
         "Direct clients parse every event line with `json.loads`, as the router does.",
         "The machine is shared with other jobs (see load_avg below): medians are robust to it; p99s are not.",
     ]
-    write_markdown(out / "bench_stream.md", "Streaming: time to first token, routed vs direct (issue 10)", columns, table,
-                   command=args.command, notes=notes, sections=sections, quick=args.quick)
+    write_markdown(
+        out / "bench_stream.md",
+        "Streaming: time to first token, routed vs direct (issue 10)",
+        columns,
+        table,
+        command=args.command,
+        notes=notes,
+        sections=sections,
+        quick=args.quick,
+    )
 
 
 def components(c: Contenders, loops: int, repeats: int = 7) -> list[dict[str, Any]]:
@@ -496,7 +579,9 @@ def components(c: Contenders, loops: int, repeats: int = 7) -> list[dict[str, An
     first_chunk = (first + "\n\n").encode()
     answer = httpx.Response(200, headers={"content-type": "text/event-stream"})
 
-    def routed_parse() -> None:  # the router's event parser (size cap, SSE decoder, JSON depth guard) on the first event
+    def routed_parse() -> (
+        None
+    ):  # the router's event parser (size cap, SSE decoder, JSON depth guard) on the first event
         state = _StreamState(0.0, 10.0, 10.0, model.response_cap(), 0)
         state.open(answer, None, "")
         state.feed(first_chunk)
@@ -551,18 +636,30 @@ def components(c: Contenders, loops: int, repeats: int = 7) -> list[dict[str, An
     for label, fn in steps:
         best = min(timeit.repeat(fn, number=loops, repeat=repeats)) / loops
         out.append({"step": label, "us_per_run": 1e6 * best})
-    out.append({"step": "async only: one asyncio.timeout around an await (astream_chat: the request, then every line read)", "us_per_run": timeout_cost()})
+    out.append(
+        {
+            "step": "async only: one asyncio.timeout around an await (astream_chat: the request, then every line read)",
+            "us_per_run": timeout_cost(),
+        }
+    )
     return out
 
 
-def suggestion_for(profile_rows: dict[str, list[dict[str, Any]]], comps: list[dict[str, Any]], added: list[dict[str, Any]]) -> str:
+def suggestion_for(
+    profile_rows: dict[str, list[dict[str, Any]]], comps: list[dict[str, Any]], added: list[dict[str, Any]]
+) -> str:
     """A reading of the profile and of the step timings: where the added time goes, and a suggested change."""
     lines = []
     for mode, rows in profile_rows.items():
         top = ", ".join(f"`{r['function']}` {r['own_us']:.0f} µs" for r in rows[:4])
         lines.append(f"- {mode} (cProfile): largest own times {top}.")
     get = lambda prefix: next((c["us_per_run"] for c in comps if c["step"].lstrip().startswith(prefix)), float("nan"))  # noqa: E731
-    setup, uid, rank, timer = get("call setup"), get("of which the call id"), get("of which the policy"), get("async only")
+    setup, uid, rank, timer = (
+        get("call setup"),
+        get("of which the call id"),
+        get("of which the policy"),
+        get("async only"),
+    )
     parse = get("first event: router") - get("first event: direct")
     missed = [a["mode"] for a in added if a["met"] != "met"]
     lines.append(
@@ -593,9 +690,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         __doc__,
         argv,
         **{
-            "--rounds": {"type": int, "default": None, "help": "timed streams per contender (default 3,000; 100 with --quick)"},
-            "--warmup": {"type": int, "default": None, "help": "untimed streams per contender first (default 200; 10 with --quick)"},
-            "--profile": {"action": "store_true", "help": "profile the paths to the first token even if the target is met"},
+            "--rounds": {
+                "type": int,
+                "default": None,
+                "help": "timed streams per contender (default 3,000; 100 with --quick)",
+            },
+            "--warmup": {
+                "type": int,
+                "default": None,
+                "help": "untimed streams per contender first (default 200; 10 with --quick)",
+            },
+            "--profile": {
+                "action": "store_true",
+                "help": "profile the paths to the first token even if the target is met",
+            },
         },
     )
     args.rounds = args.rounds or (100 if args.quick else 3000)
@@ -610,7 +718,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.profile or not all(a["met"] == "met" for a in added):
                 n = 20 if args.quick else 1000
                 prof = profile_paths(c, n)
-                parts = [f"# bench_stream: cProfile listings ({n} streams per contender, up to the first token)", "", f"- command: `{args.command}`", ""]
+                parts = [
+                    f"# bench_stream: cProfile listings ({n} streams per contender, up to the first token)",
+                    "",
+                    f"- command: `{args.command}`",
+                    "",
+                ]
                 for k, v in prof.items():
                     if not k.endswith("::stats"):
                         parts += [f"## {k}", "", "```", v.strip(), "```", ""]

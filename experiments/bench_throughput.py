@@ -29,9 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_overhead import FOREIGN, ROUTE_LABEL, ROUTES, Contenders, guard_loopback  # noqa: E402
-from common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown  # noqa: E402
-from mock_backend import MockServer  # noqa: E402
+from bench_overhead import FOREIGN, ROUTE_LABEL, ROUTES, Contenders, guard_loopback
+from common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
+from mock_backend import MockServer
 
 CONCURRENCY = (1, 8, 64)
 TARGET_SHARE = 0.90
@@ -49,7 +49,7 @@ async def batch(fn: Callable[[], Awaitable[str]], calls: int, concurrency: int, 
         async with sem:
             try:
                 await fn()
-            except Exception as exc:  # noqa: BLE001 - counted and reported
+            except Exception as exc:
                 ERRORS[name] = ERRORS.get(name, 0) + 1
                 if ERRORS[name] <= 3:
                     print(f"{name}: call failed: {type(exc).__name__}: {exc}"[:300], file=sys.stderr)
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         table = c.async_table()
         router = c.router
 
-        def flushed(name: str, fn: Callable[[], Awaitable[str]], ours: bool, n: int) -> Callable[[int], Awaitable[float]]:
+        def flushed(
+            name: str, fn: Callable[[], Awaitable[str]], ours: bool, n: int
+        ) -> Callable[[int], Awaitable[float]]:
             async def run(conc: int) -> float:
                 c0 = time.process_time()
                 t0 = time.perf_counter()
@@ -82,7 +84,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             return run
 
-        runners = {name: flushed(name, fn, name.startswith("ours"), peer_calls if name.startswith("LiteLLM") else calls) for name, fn in table.items()}
+        runners = {
+            name: flushed(name, fn, name.startswith("ours"), peer_calls if name.startswith("LiteLLM") else calls)
+            for name, fn in table.items()
+        }
 
         async def run_all() -> None:
             try:
@@ -175,7 +180,13 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     width = 0.8 / len(names)
     x = np.arange(len(CONCURRENCY))
     by = {(r["concurrency"], r["contender"]): r for r in rows}
-    colors = {"direct httpx": "tab:gray", "ours static": "tab:blue", "ours thompson": "tab:cyan", "LiteLLM static": "tab:orange", "LiteLLM thompson": "tab:red"}
+    colors = {
+        "direct httpx": "tab:gray",
+        "ours static": "tab:blue",
+        "ours thompson": "tab:cyan",
+        "LiteLLM static": "tab:orange",
+        "LiteLLM thompson": "tab:red",
+    }
     for j, name in enumerate(names):
         med = np.array([by[(cc, name)]["calls_per_s"] for cc in CONCURRENCY])
         lo = med - np.array([by[(cc, name)]["min_calls_per_s"] for cc in CONCURRENCY])

@@ -28,7 +28,9 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def parse_args(description: str | None, argv: Sequence[str] | None = None, **extra: dict[str, Any]) -> argparse.Namespace:
+def parse_args(
+    description: str | None, argv: Sequence[str] | None = None, **extra: dict[str, Any]
+) -> argparse.Namespace:
     """Common options: ``--quick`` (a seconds-long smoke version), ``--out DIR``, ``--seed``.
 
     A quick run never overwrites the measured results: without ``--out`` it writes into a fresh
@@ -135,7 +137,7 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         if value != value:  # NaN
             return "–"
-        if abs(value) >= 10 ** digits:
+        if abs(value) >= 10**digits:
             return f"{value:,.0f}"
         return f"{value:.{digits}g}"
     return str(value)

@@ -42,8 +42,8 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown  # noqa: E402
-from soak import FleetProcess  # noqa: E402
+from common import markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
+from soak import FleetProcess
 
 MSG = [{"role": "user", "content": "Say hello."}]
 CONFIGS = {"off": None, "q=0.90": 0.90, "q=0.95": 0.95}
@@ -54,7 +54,9 @@ DEADLINE_S = 10.0
 WARMUP = 50
 
 
-async def run_seed(fleets: dict[str, FleetProcess], n: int, rate: float, seed: int, tmp: Path) -> dict[str, dict[str, Any]]:
+async def run_seed(
+    fleets: dict[str, FleetProcess], n: int, rate: float, seed: int, tmp: Path
+) -> dict[str, dict[str, Any]]:
     """One seed: the configurations side by side, each with its own router and its own fleet (rebuilt
     with the same seed, so the k-th request to a model draws the same fault in every configuration).
     ``3 n`` calls arrive as one Poisson process at ``rate`` and go to the configurations in turn, so
@@ -70,20 +72,26 @@ async def run_seed(fleets: dict[str, FleetProcess], n: int, rate: float, seed: i
             route: dict[str, Any] = {"models": ["primary", "backup"], "policy": "static"}
             if hedge is not None:
                 route["hedge_quantile"] = hedge
-            routers[config] = Router({
-                "store": f"sqlite:///{tmp / f'hedging-{seed}-{config}.db'}",
-                "journal_dir": str(tmp / f"journal-{config}"),
-                "deadline_s": DEADLINE_S,
-                "seed": seed,
-                "breaker": {"consecutive_failures": 1000, "min_calls": 10},
-                "models": fleets[config].model_config(timeout_s=TIMEOUT_S),
-                "routes": {"simple": route},
-            })
+            routers[config] = Router(
+                {
+                    "store": f"sqlite:///{tmp / f'hedging-{seed}-{config}.db'}",
+                    "journal_dir": str(tmp / f"journal-{config}"),
+                    "deadline_s": DEADLINE_S,
+                    "seed": seed,
+                    "breaker": {"consecutive_failures": 1000, "min_calls": 10},
+                    "models": fleets[config].model_config(timeout_s=TIMEOUT_S),
+                    "routes": {"simple": route},
+                }
+            )
             for model in routers[config].config.models.values():  # build the HTTP pools before timing anything
                 await routers[config].backend.achat(model, MSG, {"max_tokens": 4}, TIMEOUT_S)
             out[config] = {
-                "latency": np.full(n, np.nan), "n_attempts": np.zeros(n, dtype=int), "hedged": np.zeros(n, dtype=bool),
-                "ok": np.zeros(n, dtype=bool), "late": np.zeros(n), "failures": [],
+                "latency": np.full(n, np.nan),
+                "n_attempts": np.zeros(n, dtype=int),
+                "hedged": np.zeros(n, dtype=bool),
+                "ok": np.zeros(n, dtype=bool),
+                "late": np.zeros(n),
+                "failures": [],
             }
 
         async def one(config: str, i: int) -> None:
@@ -117,7 +125,9 @@ async def run_seed(fleets: dict[str, FleetProcess], n: int, rate: float, seed: i
         for config, hedge in CONFIGS.items():
             after = fleets[config].requests()
             out[config]["requests"] = {k: after[k] - before[config][k] for k in after}
-            out[config]["hedge_delay_s"] = routers[config].health.latency_quantile("primary", hedge) if hedge is not None else None
+            out[config]["hedge_delay_s"] = (
+                routers[config].health.latency_quantile("primary", hedge) if hedge is not None else None
+            )
     finally:
         for router in routers.values():
             await router.aclose()
@@ -162,7 +172,14 @@ def plot(results: dict[str, list[dict[str, Any]]], summary: dict[str, dict[str, 
         color = f"C{k}"
         lat = np.sort(np.concatenate([r["latency"][WARMUP:] for r in runs])) * 1000
         ccdf = 1.0 - np.arange(len(lat)) / len(lat)
-        ax.step(lat, ccdf, where="post", color=color, lw=1.8, label=f"{config}: p99 {summary[config]['p99_ms']:.0f} ms (all seeds)")
+        ax.step(
+            lat,
+            ccdf,
+            where="post",
+            color=color,
+            lw=1.8,
+            label=f"{config}: p99 {summary[config]['p99_ms']:.0f} ms (all seeds)",
+        )
         if len(runs) > 1:
             for r in runs:  # one thin line per seed: the spread is the machine's noise
                 one = np.sort(r["latency"][WARMUP:]) * 1000
@@ -179,8 +196,18 @@ def plot(results: dict[str, list[dict[str, Any]]], summary: dict[str, dict[str, 
     ax.legend(fontsize=8)
     names = list(results)
     x = np.arange(len(names))
-    ax2.bar(x - 0.2, [summary[c]["second_request_share"] * 100 for c in names], 0.4, label="calls that sent a 2nd request, %")
-    ax2.bar(x + 0.2, [(summary[c]["requests_per_call"] - 1) * 100 for c in names], 0.4, label="extra requests reaching the fleet, %")
+    ax2.bar(
+        x - 0.2,
+        [summary[c]["second_request_share"] * 100 for c in names],
+        0.4,
+        label="calls that sent a 2nd request, %",
+    )
+    ax2.bar(
+        x + 0.2,
+        [(summary[c]["requests_per_call"] - 1) * 100 for c in names],
+        0.4,
+        label="extra requests reaching the fleet, %",
+    )
     ax2.set_xticks(x, names)
     ax2.set_ylabel("%")
     ax2.set_title("Extra load")
@@ -194,8 +221,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         __doc__,
         argv,
         **{
-            "--calls": {"type": int, "default": None, "help": "calls per configuration and seed (default 2,000; 80 with --quick)"},
-            "--rate": {"type": float, "default": None, "help": "arrivals per second, all configurations together (default 15; 60 with --quick)"},
+            "--calls": {
+                "type": int,
+                "default": None,
+                "help": "calls per configuration and seed (default 2,000; 80 with --quick)",
+            },
+            "--rate": {
+                "type": float,
+                "default": None,
+                "help": "arrivals per second, all configurations together (default 15; 60 with --quick)",
+            },
             "--seeds": {"type": int, "default": None, "help": "seeds (default 3; 1 with --quick)"},
         },
     )
@@ -208,7 +243,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         # one fleet process per configuration, so no configuration's load lands on another's fleet; started side by side
         with ThreadPoolExecutor(len(CONFIGS)) as pool:
-            for config, fleet in zip(CONFIGS, pool.map(lambda _: FleetProcess([PRIMARY, BACKUP], seed=args.seed), CONFIGS)):
+            for config, fleet in zip(
+                CONFIGS, pool.map(lambda _: FleetProcess([PRIMARY, BACKUP], seed=args.seed), CONFIGS)
+            ):
                 fleets[config] = fleet
         for s in tqdm(range(n_seeds), desc="hedging seeds", unit="seed"):
             for config, res in asyncio.run(run_seed(fleets, n, rate, args.seed + s, tmp)).items():
@@ -271,8 +308,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         notes.append(f"Failed calls: {len(failures)}; first: " + "; ".join(f"{c}: {f}" for c, f in failures[:3]) + ".")
     seed_table = [
         {
-            "hedge_quantile": row["config"], "seed": row["seed"], "p50 ms": row["p50_ms"], "p99 ms": row["p99_ms"],
-            "p99.9 ms": row["p999_ms"], "hedged calls": f"{row['hedged_share']:.1%}", "hedge delay at end, ms": row["hedge_delay_ms_at_end"],
+            "hedge_quantile": row["config"],
+            "seed": row["seed"],
+            "p50 ms": row["p50_ms"],
+            "p99 ms": row["p99_ms"],
+            "p99.9 ms": row["p999_ms"],
+            "hedged calls": f"{row['hedged_share']:.1%}",
+            "hedge delay at end, ms": row["hedge_delay_ms_at_end"],
             "dispatch lateness p99, ms": row["dispatch_late_p99_ms"],
         }
         for row in sorted(per_seed, key=lambda r: (r["seed"], list(CONFIGS).index(r["config"])))

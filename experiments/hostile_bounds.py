@@ -79,8 +79,11 @@ def main() -> None:
     ]
     rows: list[tuple[str, float, str, str]] = []
     with Fleet(specs) as fleet, tempfile.TemporaryDirectory() as tmp:
-        cfg = fleet.fleet_config({"simple": ["drip"], "embedding": ["drip-embed"], "bomb": ["bomb"]},
-                                 store=f"sqlite:///{tmp}/z.db", deadline_s=DEADLINE_S)
+        cfg = fleet.fleet_config(
+            {"simple": ["drip"], "embedding": ["drip-embed"], "bomb": ["bomb"]},
+            store=f"sqlite:///{tmp}/z.db",
+            deadline_s=DEADLINE_S,
+        )
         for model in cfg["models"].values():
             model["timeout_s"] = 60.0  # the call's deadline is the bound
         with Router(cfg) as router:

@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, parse_args, percentile, savefig, setup_matplotlib, write_csv, write_markdown  # noqa: E402
-from soak import FleetProcess  # noqa: E402
+from common import markdown_table, parse_args, percentile, savefig, setup_matplotlib, write_csv, write_markdown
+from soak import FleetProcess
 
-from zeta_adaptive import AllModelsFailed, Router  # noqa: E402
-from zeta_adaptive.simulate import Fleet, ModelSpec  # noqa: E402
+from zeta_adaptive import AllModelsFailed, Router
+from zeta_adaptive.simulate import Fleet, ModelSpec
 
 SERVICE_S = 0.1
 TASK = "simple"
@@ -80,7 +80,9 @@ async def _run(scenario: str, policy: str, seconds: float, seed: int, fleet: Fle
     arrivals: list[float] = []  # seconds from the start
     loop = asyncio.get_running_loop()
 
-    with Router(_config(fleet, specs, policy, f"sqlite:///{tmp / f'{scenario}-{policy}.db'}", seed), warm_start=False) as router:
+    with Router(
+        _config(fleet, specs, policy, f"sqlite:///{tmp / f'{scenario}-{policy}.db'}", seed), warm_start=False
+    ) as router:
 
         async def one(i: int) -> None:
             start = time.perf_counter()
@@ -137,16 +139,20 @@ def _targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by = {r["policy"]: r for r in rows if r["scenario"] == scenario}
         ours, oracle = by["thompson+adaptive"], by["oracle"]
         best = specs[0]["name"]
-        out.append({
-            "scenario": scenario,
-            "p99 / service time": ours["p99_s"] / SERVICE_S,
-            "p99 target": "<= 3",
-            "share of the better model": ours[f"share_{best}"],
-            "oracle's share": oracle[f"share_{best}"],
-            "accuracy - oracle's": ours["accuracy"] - oracle["accuracy"],
-            "accuracy target": ">= -0.01",
-            "met?": "yes" if ours["p99_s"] <= 3 * SERVICE_S and ours["accuracy"] >= oracle["accuracy"] - 0.01 else "no",
-        })
+        out.append(
+            {
+                "scenario": scenario,
+                "p99 / service time": ours["p99_s"] / SERVICE_S,
+                "p99 target": "<= 3",
+                "share of the better model": ours[f"share_{best}"],
+                "oracle's share": oracle[f"share_{best}"],
+                "accuracy - oracle's": ours["accuracy"] - oracle["accuracy"],
+                "accuracy target": ">= -0.01",
+                "met?": "yes"
+                if ours["p99_s"] <= 3 * SERVICE_S and ours["accuracy"] >= oracle["accuracy"] - 0.01
+                else "no",
+            }
+        )
     return out
 
 
@@ -168,14 +174,19 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main() -> None:
-    args = parse_args(__doc__, **{"--seconds": {"type": float, "default": 10.0, "help": "seconds of traffic per policy and scenario"}})
+    args = parse_args(
+        __doc__, **{"--seconds": {"type": float, "default": 10.0, "help": "seconds of traffic per policy and scenario"}}
+    )
     seconds = 1.0 if args.quick else args.seconds
     rows = []
     with tempfile.TemporaryDirectory() as tmp, FleetProcess(SCENARIOS["quarter"][0], args.seed) as fleet:
         for scenario in SCENARIOS:
             for policy in POLICIES:
                 row = asyncio.run(_run(scenario, policy, seconds, args.seed, fleet, Path(tmp)))
-                print(f"{scenario:8} {policy:18} p50 {row['p50_s']:.3f} p99 {row['p99_s']:.3f} acc {row['accuracy']:.3f}", flush=True)
+                print(
+                    f"{scenario:8} {policy:18} p50 {row['p50_s']:.3f} p99 {row['p99_s']:.3f} acc {row['accuracy']:.3f}",
+                    flush=True,
+                )
                 rows.append(row)
     write_csv(args.out / "load.csv", rows, columns=list(dict.fromkeys(k for r in rows for k in r)))
     columns = ["scenario", "policy", "throughput_per_s", "p50_s", "p99_s", "accuracy", "failed"]

@@ -52,7 +52,16 @@ from sqlalchemy import create_engine, text
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import markdown_table, parse_args, percentile, run_interleaved, savefig, setup_matplotlib, write_csv, write_markdown  # noqa: E402
+from common import (  # noqa: E402
+    markdown_table,
+    parse_args,
+    percentile,
+    run_interleaved,
+    savefig,
+    setup_matplotlib,
+    write_csv,
+    write_markdown,
+)
 from mock_backend import MockServer  # noqa: E402
 from soak import PrivatePostgres, _pg_bin  # noqa: E402  (the private PostgreSQL recipe, shared)
 
@@ -62,7 +71,12 @@ MSG = [{"role": "user", "content": "hi"}]
 KEY = "sk-logfaults-7c1d0e4f9a2b"
 KEY_ENV = "ZETA_LOGFAULTS_KEY"
 JOURNAL_AFTER_S = 1.0  # Store's default journal_after_s: the documented loss bound during an outage
-TABLE_KEYS = {"calls": "call_id", "attempts": "call_id || ':' || idx", "feedback": "call_id", "dead_letters": "table_name || ':' || row_key"}
+TABLE_KEYS = {
+    "calls": "call_id",
+    "attempts": "call_id || ':' || idx",
+    "feedback": "call_id",
+    "dead_letters": "table_name || ':' || row_key",
+}
 
 
 @dataclass(frozen=True)
@@ -98,9 +112,11 @@ class Canned:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # keep-alive: headers and body are two writes, Nagle would hold the body 40 ms
+            disable_nagle_algorithm = (
+                True  # keep-alive: headers and body are two writes, Nagle would hold the body 40 ms
+            )
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 with outer.lock:
                     outer.requests += 1
@@ -128,7 +144,10 @@ class Canned:
 
 
 def ok(tokens_in: int = 3, tokens_out: int = 2) -> dict:
-    return {"choices": [{"message": {"role": "assistant", "content": "fine"}}], "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out}}
+    return {
+        "choices": [{"message": {"role": "assistant", "content": "fine"}}],
+        "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out},
+    }
 
 
 def hostile(n: int, headers: Any) -> tuple[int, dict]:
@@ -296,10 +315,25 @@ def poison(dbs: Databases, kind: str, plan: Plan) -> dict[str, Any]:
                 attempts.update(f"{call_id}:{k}" for k in range(len(tried)))
                 texts += [a.error or "" for a in tried]
                 if i % 25 == 0:  # rows every database refuses (NOT NULL), in the same batches as the good ones
-                    row = {"call_id": f"refused-{i}", "task_type": "simple", "policy": "static", "propensity": 1.0, "ranking": "[]",
-                           "model": None, "outcome": "ok", "latency_s": 0.0, "tokens_in": 0, "tokens_out": 0, "cost": 0.0, "n_attempts": 0}
+                    row = {
+                        "call_id": f"refused-{i}",
+                        "task_type": "simple",
+                        "policy": "static",
+                        "propensity": 1.0,
+                        "ranking": "[]",
+                        "model": None,
+                        "outcome": "ok",
+                        "latency_s": 0.0,
+                        "tokens_in": 0,
+                        "tokens_out": 0,
+                        "cost": 0.0,
+                        "n_attempts": 0,
+                    }
                     router.store.put("calls", row)  # no ts
-                    router.store.put("feedback", {"call_id": f"refused-fb-{i}", "ts": time.time(), "task_type": "simple", "model": "steady"})
+                    router.store.put(
+                        "feedback",
+                        {"call_id": f"refused-fb-{i}", "ts": time.time(), "task_type": "simple", "model": "steady"},
+                    )
                     refused += [f"refused-{i}", f"refused-fb-{i}"]
             texts.append(repr(router))
             store = router.store
@@ -316,13 +350,24 @@ def poison(dbs: Databases, kind: str, plan: Plan) -> dict[str, Any]:
     errors = [e for (e,) in read_table(url, "SELECT error FROM attempts WHERE error IS NOT NULL")]
     haystack = everything_in(url, journal) + "\n".join(texts) + handler.buffer.getvalue()
     return {
-        "calls made": len(calls), "calls failed": failed, "attempts made": len(attempts), "feedback given": len(rated),
-        "calls rows": len(db_calls & calls), "attempts rows": len(db_attempts & attempts), "feedback rows": len(db_feedback & rated),
+        "calls made": len(calls),
+        "calls failed": failed,
+        "attempts made": len(attempts),
+        "feedback given": len(rated),
+        "calls rows": len(db_calls & calls),
+        "attempts rows": len(db_attempts & attempts),
+        "feedback rows": len(db_feedback & rated),
         "rows lost": len(calls - db_calls) + len(attempts - db_attempts) + len(rated - db_feedback),
-        "rows duplicated": duplicated(url), "refused rows queued": len(refused), "dead letters": len(letters),
-        "refused rows not in dead letters": len(set(refused) - lettered), "store dead counter": store.dead,
-        "writer crashes": store.crashes, "max tokens_in": big, "min tokens_out": small,
-        "errors with NUL": sum("\x00" in e for e in errors), "key occurrences": haystack.count(KEY),
+        "rows duplicated": duplicated(url),
+        "refused rows queued": len(refused),
+        "dead letters": len(letters),
+        "refused rows not in dead letters": len(set(refused) - lettered),
+        "store dead counter": store.dead,
+        "writer crashes": store.crashes,
+        "max tokens_in": big,
+        "min tokens_out": small,
+        "errors with NUL": sum("\x00" in e for e in errors),
+        "key occurrences": haystack.count(KEY),
         "key occurrences in log lines": handler.buffer.getvalue().count(KEY),
     }
 
@@ -365,7 +410,15 @@ def frozen(dbs: Databases, plan: Plan) -> tuple[dict[str, Any], list[dict[str, A
             made.add(result.call_id)
             rated.add(result.call_id)
             journaled = max(journaled, router.store.journal.rows)
-            timeline.append({"t_s": now - start, "end_s": time.monotonic() - start, "call_ms": (t1 - t0) * 1e3, "feedback_ms": (t2 - t1) * 1e3, "both_ms": (t2 - t0) * 1e3})
+            timeline.append(
+                {
+                    "t_s": now - start,
+                    "end_s": time.monotonic() - start,
+                    "call_ms": (t1 - t0) * 1e3,
+                    "feedback_ms": (t2 - t1) * 1e3,
+                    "both_ms": (t2 - t0) * 1e3,
+                }
+            )
             tick = max(tick + plan.period_s, time.monotonic())  # a steady rate: no burst to catch up after a stall
             time.sleep(max(tick - time.monotonic(), 0.0))
         holder.join(30)
@@ -376,9 +429,16 @@ def frozen(dbs: Databases, plan: Plan) -> tuple[dict[str, Any], list[dict[str, A
         freeze(dbs.pg, signal.SIGCONT)
         good.close()
     for row in timeline:  # "during": the call or its feedback overlapped the freeze
-        row["phase"] = "before" if row["end_s"] < window["from"] else "after" if row["t_s"] >= window["to"] else "during"
+        row["phase"] = (
+            "before" if row["end_s"] < window["from"] else "after" if row["t_s"] >= window["to"] else "during"
+        )
     db_calls, db_feedback = set(keys_in(url, "calls")), set(keys_in(url, "feedback"))
-    out: dict[str, Any] = {"freeze from s": window["from"], "freeze to s": window["to"], "calls made": len(made), "feedback given": len(rated)}
+    out: dict[str, Any] = {
+        "freeze from s": window["from"],
+        "freeze to s": window["to"],
+        "calls made": len(made),
+        "feedback given": len(rated),
+    }
     for phase in ("before", "during", "after"):
         both = [r["both_ms"] for r in timeline if r["phase"] == phase]
         out[f"{phase}: calls"] = len(both)
@@ -388,10 +448,14 @@ def frozen(dbs: Databases, plan: Plan) -> tuple[dict[str, Any], list[dict[str, A
             values = [r[f"{part}_ms"] for r in timeline if r["phase"] == phase]
             out[f"{phase}: {part} p50 ms"] = percentile(values, 50) if values else None
             out[f"{phase}: {part} max ms"] = max(values) if values else None
-    out.update({
-        "max journal rows during freeze": journaled, "close s": close_s,
-        "rows lost": len(made - db_calls) + len(rated - db_feedback), "rows duplicated": duplicated(url),
-    })
+    out.update(
+        {
+            "max journal rows during freeze": journaled,
+            "close s": close_s,
+            "rows lost": len(made - db_calls) + len(rated - db_feedback),
+            "rows duplicated": duplicated(url),
+        }
+    )
     return out, timeline
 
 
@@ -423,11 +487,15 @@ class Worker:
         self.ledger.touch()
         self.errors = dbs.root / f"worker-{dbs.made}.err"
         with open(self.errors, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(cfg), str(self.ledger)], stdout=subprocess.DEVNULL, stderr=err)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", WORKER, json.dumps(cfg), str(self.ledger)], stdout=subprocess.DEVNULL, stderr=err
+            )
         self.kill_at = 0.0
 
     def answered(self) -> dict[str, float]:
-        return {p[0]: float(p[1]) for p in (line.split() for line in self.ledger.read_text().splitlines()) if len(p) == 2}
+        return {
+            p[0]: float(p[1]) for p in (line.split() for line in self.ledger.read_text().splitlines()) if len(p) == 2
+        }
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -444,20 +512,28 @@ class Worker:
         bound = JOURNAL_AFTER_S if self.durability == "batched" else 0.0
         oldest = self.kill_at - min(lost) if lost else 0.0
         return {
-            "calls answered": len(answered), "answered during the fault": sum(t >= held_at for t in answered.values()),
-            "calls lost": len(lost), "oldest lost call age at kill s": oldest, "documented bound s": bound,
-            "within bound": oldest <= bound, "rows duplicated": duplicated(self.url),
+            "calls answered": len(answered),
+            "answered during the fault": sum(t >= held_at for t in answered.values()),
+            "calls lost": len(lost),
+            "oldest lost call age at kill s": oldest,
+            "documented bound s": bound,
+            "within bound": oldest <= bound,
+            "rows duplicated": duplicated(self.url),
         }
 
 
-def killed(dbs: Databases, kind: str, durabilities: Iterable[str], plan: Plan, backend: str) -> dict[str, dict[str, Any]]:
+def killed(
+    dbs: Databases, kind: str, durabilities: Iterable[str], plan: Plan, backend: str
+) -> dict[str, dict[str, Any]]:
     """Router processes (one per durability, side by side) answer calls; freeze PostgreSQL or write-lock
     each SQLite file, SIGKILL them all while it lasts, then replay and count."""
     workers = [Worker(dbs, kind, d, backend) for d in durabilities]
     held: list[Held] = []
     try:
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and any(w.proc.poll() is None and len(w.answered()) < plan.kill_after_calls for w in workers):
+        while time.monotonic() < deadline and any(
+            w.proc.poll() is None and len(w.answered()) < plan.kill_after_calls for w in workers
+        ):
             time.sleep(0.05)
         for w in workers:
             if w.proc.poll() is not None:
@@ -521,18 +597,26 @@ def durability_cost(dbs: Databases, plan: Plan) -> tuple[list[dict[str, Any]], d
     for name, values in samples.items():
         p50, p95 = float(np.percentile(values, 50)), float(np.percentile(values, 95))
         rounds_p50 = [float(np.percentile(r, 50)) for r in got[name]]
-        rows.append({
-            "durability": name, "calls": len(values), "p50 us": p50, "p95 us": p95,
-            "added p50 us": p50 - base[50], "added p95 us": p95 - base[95],
-            "round p50 spread us": max(rounds_p50) - min(rounds_p50),
-        })
+        rows.append(
+            {
+                "durability": name,
+                "calls": len(values),
+                "p50 us": p50,
+                "p95 us": p95,
+                "added p50 us": p50 - base[50],
+                "added p95 us": p95 - base[95],
+                "round p50 spread us": max(rounds_p50) - min(rounds_p50),
+            }
+        )
     return rows, samples
 
 
 # -- outputs ----------------------------------------------------------------------------------------
 
 
-def plot(timeline: list[dict[str, Any]], window: tuple[float, float] | None, samples: dict[str, np.ndarray], path: Path) -> None:
+def plot(
+    timeline: list[dict[str, Any]], window: tuple[float, float] | None, samples: dict[str, np.ndarray], path: Path
+) -> None:
     plt = setup_matplotlib()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})
     if timeline:
@@ -543,7 +627,9 @@ def plot(timeline: list[dict[str, Any]], window: tuple[float, float] | None, sam
         left.set_yscale("log")
         left.legend(loc="upper right", fontsize=8)
     else:
-        left.text(0.5, 0.5, "no PostgreSQL (quick run, or no binaries): no freeze", ha="center", transform=left.transAxes)
+        left.text(
+            0.5, 0.5, "no PostgreSQL (quick run, or no binaries): no freeze", ha="center", transform=left.transAxes
+        )
     left.set_xlabel("time since the router started serving (s)")
     left.set_ylabel("latency (ms, log scale)")
     left.set_title("Call and feedback latency around a frozen store")
@@ -593,7 +679,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cost, samples = durability_cost(dbs, plan)
         print(f"[{time.monotonic() - began:5.1f} s] == done", flush=True)
         for row in cost:
-            csv_rows += long_rows("cost of durability", "sqlite", row["durability"], {k: v for k, v in row.items() if k != "durability"})
+            csv_rows += long_rows(
+                "cost of durability", "sqlite", row["durability"], {k: v for k, v in row.items() if k != "durability"}
+            )
     finally:
         backend.close()
         if pg is not None:
@@ -618,46 +706,115 @@ def write_report(args: Any, plan: Plan, res: dict[str, Any], with_pg: bool) -> N
 
     for kind, p in res["poison"].items():
         clean = p["rows lost"] == 0 and p["rows duplicated"] == 0 and p["refused rows not in dead letters"] == 0
-        head.append({"workload": f"poison rows, {kind}: lost / duplicated / dead letters of {p['refused rows queued']} refused",
-                     "ours": f"{p['rows lost']} / {p['rows duplicated']} / {p['dead letters']}", "target": "0 / 0 / all refused", "met?": verdict(clean)})
-        head.append({"workload": f"poison rows, {kind}: key occurrences (DB, journal, exceptions, logs)", "ours": p["key occurrences"],
-                     "target": "0", "met?": verdict(p["key occurrences"] == 0)})
+        head.append(
+            {
+                "workload": f"poison rows, {kind}: lost / duplicated / dead letters of {p['refused rows queued']} refused",
+                "ours": f"{p['rows lost']} / {p['rows duplicated']} / {p['dead letters']}",
+                "target": "0 / 0 / all refused",
+                "met?": verdict(clean),
+            }
+        )
+        head.append(
+            {
+                "workload": f"poison rows, {kind}: key occurrences (DB, journal, exceptions, logs)",
+                "ours": p["key occurrences"],
+                "target": "0",
+                "met?": verdict(p["key occurrences"] == 0),
+            }
+        )
     f = res.get("frozen")
     if f:
-        head.append({"workload": f"frozen PostgreSQL ({plan.freeze_s:g} s): call+feedback p99 / max during the freeze (ms)",
-                     "ours": f"{f['during: call+feedback p99 ms']:.1f} / {f['during: call+feedback max ms']:.0f}",
-                     "target": "max ≤ store_timeout_s (2 s) + 0.25 s", "met?": verdict(f["during: call+feedback max ms"] <= 2000 + 250)})
-        head.append({"workload": "frozen PostgreSQL: rows lost / duplicated after it resumes", "ours": f"{f['rows lost']} / {f['rows duplicated']}",
-                     "target": "0 / 0", "met?": verdict(f["rows lost"] == 0 and f["rows duplicated"] == 0)})
+        head.append(
+            {
+                "workload": f"frozen PostgreSQL ({plan.freeze_s:g} s): call+feedback p99 / max during the freeze (ms)",
+                "ours": f"{f['during: call+feedback p99 ms']:.1f} / {f['during: call+feedback max ms']:.0f}",
+                "target": "max ≤ store_timeout_s (2 s) + 0.25 s",
+                "met?": verdict(f["during: call+feedback max ms"] <= 2000 + 250),
+            }
+        )
+        head.append(
+            {
+                "workload": "frozen PostgreSQL: rows lost / duplicated after it resumes",
+                "ours": f"{f['rows lost']} / {f['rows duplicated']}",
+                "target": "0 / 0",
+                "met?": verdict(f["rows lost"] == 0 and f["rows duplicated"] == 0),
+            }
+        )
     for (kind, durability), k in res["killed"].items():
-        head.append({"workload": f"SIGKILL during a {'freeze' if kind == 'postgresql' else 'write lock'}, {kind}, {durability}: oldest lost call (s before kill)",
-                     "ours": f"{k['oldest lost call age at kill s']:.2f} ({k['calls lost']} of {k['calls answered']} lost, {k['rows duplicated']} dup.)",
-                     "target": f"≤ {k['documented bound s']:g} s, 0 dup.", "met?": verdict(k["within bound"] and k["rows duplicated"] == 0)})
+        head.append(
+            {
+                "workload": f"SIGKILL during a {'freeze' if kind == 'postgresql' else 'write lock'}, {kind}, {durability}: oldest lost call (s before kill)",
+                "ours": f"{k['oldest lost call age at kill s']:.2f} ({k['calls lost']} of {k['calls answered']} lost, {k['rows duplicated']} dup.)",
+                "target": f"≤ {k['documented bound s']:g} s, 0 dup.",
+                "met?": verdict(k["within bound"] and k["rows duplicated"] == 0),
+            }
+        )
     cost = {r["durability"]: r for r in res["cost"]}
     for mode, base in (("batched", "no log writes"), ("journal", "batched")):
-        head.append({"workload": f"durability {mode} vs {base}, added p50 / p95 per routed sync call (µs, SQLite)",
-                     "ours": f"{cost[mode]['p50 us'] - cost[base]['p50 us']:.0f} / {cost[mode]['p95 us'] - cost[base]['p95 us']:.0f}",
-                     "target": "(measured)", "met?": ""})
+        head.append(
+            {
+                "workload": f"durability {mode} vs {base}, added p50 / p95 per routed sync call (µs, SQLite)",
+                "ours": f"{cost[mode]['p50 us'] - cost[base]['p50 us']:.0f} / {cost[mode]['p95 us'] - cost[base]['p95 us']:.0f}",
+                "target": "(measured)",
+                "met?": "",
+            }
+        )
 
-    poison_cols = ["calls made", "attempts made", "feedback given", "calls rows", "attempts rows", "feedback rows", "rows lost",
-                   "rows duplicated", "refused rows queued", "dead letters", "writer crashes", "max tokens_in", "errors with NUL", "key occurrences"]
+    poison_cols = [
+        "calls made",
+        "attempts made",
+        "feedback given",
+        "calls rows",
+        "attempts rows",
+        "feedback rows",
+        "rows lost",
+        "rows duplicated",
+        "refused rows queued",
+        "dead letters",
+        "writer crashes",
+        "max tokens_in",
+        "errors with NUL",
+        "key occurrences",
+    ]
     poison_t = _transpose(res["poison"], poison_cols)
     frozen_t = ""
     if f:
         parts = [f"{p} {q}" for p in ("call", "feedback") for q in ("p50", "max")]
-        phases = [{"phase": ph, "calls": f[f"{ph}: calls"], **{q: f[f"{ph}: call+feedback {q} ms"] for q in ("p50", "p99", "max")},
-                   **{c: f[f"{ph}: {c} ms"] for c in parts}} for ph in ("before", "during", "after")]
+        phases = [
+            {
+                "phase": ph,
+                "calls": f[f"{ph}: calls"],
+                **{q: f[f"{ph}: call+feedback {q} ms"] for q in ("p50", "p99", "max")},
+                **{c: f[f"{ph}: {c} ms"] for c in parts},
+            }
+            for ph in ("before", "during", "after")
+        ]
         frozen_t = markdown_table(["phase", "calls", "p50", "p99", "max", *parts], phases) + (
             f"\n\ncall + feedback latency (ms), one of each every {plan.period_s * 1e3:.0f} ms (the next at once when one took longer, no catching up); 'during' = the "
             f"call or its feedback overlapped the freeze. PostgreSQL frozen (SIGSTOP sent to SIGCONT done) from "
             f"{f['freeze from s']:.2f} s to {f['freeze to s']:.2f} s. Journal held up to {f['max journal rows during freeze']} rows; "
             f"close() took {f['close s']:.2f} s; rows lost {f['rows lost']}, duplicated {f['rows duplicated']}."
         )
-    kill_t = _transpose({f"{k} {d}": v for (k, d), v in res["killed"].items()},
-                        ["calls answered", "answered during the fault", "calls lost", "oldest lost call age at kill s", "documented bound s", "rows duplicated"])
-    cost_t = markdown_table(["durability", "calls", "p50 us", "p95 us", "added p50 us", "added p95 us", "round p50 spread us"], res["cost"])
-    sections = [("Poison rows", poison_t), ("A frozen store", frozen_t or "skipped (quick run, or no PostgreSQL binaries)"),
-                ("A SIGKILLed worker", kill_t), ("The cost of durability", cost_t)]
+    kill_t = _transpose(
+        {f"{k} {d}": v for (k, d), v in res["killed"].items()},
+        [
+            "calls answered",
+            "answered during the fault",
+            "calls lost",
+            "oldest lost call age at kill s",
+            "documented bound s",
+            "rows duplicated",
+        ],
+    )
+    cost_t = markdown_table(
+        ["durability", "calls", "p50 us", "p95 us", "added p50 us", "added p95 us", "round p50 spread us"], res["cost"]
+    )
+    sections = [
+        ("Poison rows", poison_t),
+        ("A frozen store", frozen_t or "skipped (quick run, or no PostgreSQL binaries)"),
+        ("A SIGKILLed worker", kill_t),
+        ("The cost of durability", cost_t),
+    ]
     notes = [
         "Poison: the hostile model answers in turn a 500 whose body holds a NUL byte and a lone surrogate, a 200 with usage "
         "tokens 10**23 / -10**30, a 401 that echoes the Authorization header and the key (configured with a trailing newline), "
@@ -685,8 +842,16 @@ def write_report(args: Any, plan: Plan, res: dict[str, Any], with_pg: bool) -> N
         notes.append("Quick run: SQLite only (no private PostgreSQL, so no frozen store).")
     elif not with_pg:
         notes.append("No PostgreSQL binaries on this machine: the PostgreSQL parts were skipped.")
-    write_markdown(args.out / "log_faults.md", "Log faults: poison rows, a frozen store, a SIGKILLed worker, the cost of durability",
-                   ["workload", "ours", "target", "met?"], head, command=args.command, notes=notes, sections=sections, quick=args.quick)
+    write_markdown(
+        args.out / "log_faults.md",
+        "Log faults: poison rows, a frozen store, a SIGKILLed worker, the cost of durability",
+        ["workload", "ours", "target", "met?"],
+        head,
+        command=args.command,
+        notes=notes,
+        sections=sections,
+        quick=args.quick,
+    )
 
 
 def _transpose(by_column: dict[str, dict[str, Any]], metrics: list[str]) -> str:

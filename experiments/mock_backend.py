@@ -38,12 +38,20 @@ _CHAT = json.dumps(
         "object": "chat.completion",
         "created": 1_700_000_000,
         "model": "mock",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "the answer follows from a careful look"}, "finish_reason": "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "the answer follows from a careful look"},
+                "finish_reason": "stop",
+            }
+        ],
         "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20},
     },
     separators=(",", ":"),
 ).encode()
-_MODELS = json.dumps({"object": "list", "data": [{"id": "mock", "object": "model", "created": 0, "owned_by": "mock"}]}).encode()
+_MODELS = json.dumps(
+    {"object": "list", "data": [{"id": "mock", "object": "model", "created": 0, "owned_by": "mock"}]}
+).encode()
 _VECTOR = [0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0]
 
 
@@ -56,8 +64,14 @@ def _response(status: str, body: bytes, close: bool = False) -> bytes:
 
 _CHAT_RESPONSE = _response("200 OK", _CHAT)
 _MODELS_RESPONSE = _response("200 OK", _MODELS)
-_NOT_FOUND = _response("404 Not Found", b'{"error":{"message":"no such route","type":"invalid_request_error","code":404}}')
-_BAD = _response("411 Length Required", b'{"error":{"message":"content-length required","type":"invalid_request_error","code":411}}', close=True)
+_NOT_FOUND = _response(
+    "404 Not Found", b'{"error":{"message":"no such route","type":"invalid_request_error","code":404}}'
+)
+_BAD = _response(
+    "411 Length Required",
+    b'{"error":{"message":"content-length required","type":"invalid_request_error","code":411}}',
+    close=True,
+)
 
 
 def _embeddings(body: bytes) -> bytes:
@@ -74,7 +88,7 @@ def _embeddings(body: bytes) -> bytes:
 class _Http(asyncio.Protocol):
     """Minimal HTTP/1.1: request line, headers, a content-length body; keep-alive unless told to close."""
 
-    __slots__ = ("transport", "buf")
+    __slots__ = ("buf", "transport")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -170,7 +184,9 @@ class MockServer:
     def __enter__(self) -> MockServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -199,7 +215,10 @@ def compare(calls: int, rounds: int) -> list[dict[str, float | str]]:
     import numpy as np
 
     body = {"model": "mock", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
-    samples: dict[str, list[float]] = {"mock_backend (asyncio, own process)": [], "simulate.Fleet latency_s=0 (own process)": []}
+    samples: dict[str, list[float]] = {
+        "mock_backend (asyncio, own process)": [],
+        "simulate.Fleet latency_s=0 (own process)": [],
+    }
     medians: dict[str, list[float]] = {k: [] for k in samples}
     with MockServer() as mock, MockServer(fleet=True) as fleet:
         clients = {name: httpx.Client(base_url=srv.base_url + "/") for name, srv in zip(samples, (mock, fleet))}
@@ -238,7 +257,9 @@ def compare(calls: int, rounds: int) -> list[dict[str, float | str]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--fleet", action="store_true", help="serve simulate.Fleet(latency_s=0) instead (for --compare)")
+    parser.add_argument(
+        "--fleet", action="store_true", help="serve simulate.Fleet(latency_s=0) instead (for --compare)"
+    )
     parser.add_argument("--compare", action="store_true", help="time this mock against simulate.Fleet and print both")
     parser.add_argument("--calls", type=int, default=4000)
     args = parser.parse_args(argv)

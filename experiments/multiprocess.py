@@ -120,7 +120,11 @@ def fleet_child() -> None:
 def spawn(mode: str) -> subprocess.Popen:
     """Start a child of this script (``--fleet`` or ``--worker``); it imports, then waits for its first stdin line."""
     return subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        [sys.executable, str(Path(__file__).resolve()), mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
     )
 
 
@@ -222,7 +226,7 @@ async def _worker(job: dict[str, Any], say: Any) -> None:
             except ZetaError as exc:  # AllModelsFailed and friends: logged, with their attempts
                 attempts = list(getattr(exc, "attempts", []))
                 counts["failed"] += 1
-            except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
+            except Exception as exc:
                 attempts = []
                 counts["unexpected"] += 1
                 if len(errors) < 5:
@@ -279,11 +283,20 @@ async def _worker(job: dict[str, Any], say: Any) -> None:
         prefs = router.preferences(TASK)[TASK]
         policy = router.policies[TASK]
         report = {
-            "router_id": router.router_id, "t0": t0, "t1": t1, **counts, "errors": errors,
-            "cpu_s": cpu1 - cpu0, "flushed": flushed, "ends": [round(t, 4) for t in ends],
-            "primary_degraded": primary_degraded, "samples": samples,
+            "router_id": router.router_id,
+            "t0": t0,
+            "t1": t1,
+            **counts,
+            "errors": errors,
+            "cpu_s": cpu1 - cpu0,
+            "flushed": flushed,
+            "ends": [round(t, 4) for t in ends],
+            "primary_degraded": primary_degraded,
+            "samples": samples,
             "final_order": [row["model"] for row in prefs],
-            "final_prefs": [{k: row[k] for k in ("model", "score", "success", "latency_s", "n", "breaker")} for row in prefs],
+            "final_prefs": [
+                {k: row[k] for k in ("model", "score", "success", "latency_s", "n", "breaker")} for row in prefs
+            ],
             "learned": int(policy.updates),  # attempts this policy learned: its own at once, the others' through sync()
         }
     finally:
@@ -400,7 +413,7 @@ def find_postmaster(url: str) -> int | None:
             parent = int(f[1])
             comm = Path(f"/proc/{parent}/comm").read_text().strip()
             return parent if "postgres" in comm or "postmaster" in comm else None
-    except Exception:  # noqa: BLE001 - best effort: no database CPU then
+    except Exception:
         return None
     finally:
         engine.dispose()
@@ -414,7 +427,9 @@ def reset_log(url: str, journal_dir: Path) -> None:
 
     engine = create_engine(url)
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS feedback, attempts, calls, dead_letters, call_features, alembic_version CASCADE"))
+        conn.execute(
+            text("DROP TABLE IF EXISTS feedback, attempts, calls, dead_letters, call_features, alembic_version CASCADE")
+        )
     engine.dispose()
     Store(url, journal_dir=journal_dir).close()
 
@@ -459,8 +474,12 @@ class RowSampler(threading.Thread):
             self.conn.commit()
             self.own_xacts += 1
             row = {
-                "t": time.time(), "calls_rows": int(calls), "attempts_rows": int(attempts), "feedback_rows": int(feedback),
-                "db_cpu_s": self.db_cpu(), "xacts": int(xacts) - self.own_xacts,
+                "t": time.time(),
+                "calls_rows": int(calls),
+                "attempts_rows": int(attempts),
+                "feedback_rows": int(feedback),
+                "db_cpu_s": self.db_cpu(),
+                "xacts": int(xacts) - self.own_xacts,
             }
         self.samples.append(row)
         return row
@@ -469,7 +488,7 @@ class RowSampler(threading.Thread):
         while not self.stop_event.wait(ROWS_SAMPLE_S):
             try:
                 self.sample()
-            except Exception:  # noqa: BLE001 - a missed sample is not a failure of the run
+            except Exception:
                 pass
 
     def finish(self) -> None:
@@ -493,15 +512,21 @@ def count_rows(url: str, t_degrade: float | None) -> dict[str, Any]:
             attempts = conn.execute(text("SELECT count(*) FROM attempts")).scalar_one()
             feedback = conn.execute(text("SELECT count(*) FROM feedback")).scalar_one()
             outcomes = conn.execute(
-                text("SELECT model, ts >= :t AS after, outcome, count(*), avg(latency_s) FROM attempts GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"),
+                text(
+                    "SELECT model, ts >= :t AS after, outcome, count(*), avg(latency_s) FROM attempts GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+                ),
                 {"t": t_degrade if t_degrade is not None else float("inf")},
             ).all()
             by_router = dict(conn.execute(text("SELECT router_id, count(*) FROM attempts GROUP BY router_id")).all())
             orphans = conn.execute(
-                text("SELECT count(*) FROM attempts a WHERE NOT EXISTS (SELECT 1 FROM calls c WHERE c.call_id = a.call_id)")
+                text(
+                    "SELECT count(*) FROM attempts a WHERE NOT EXISTS (SELECT 1 FROM calls c WHERE c.call_id = a.call_id)"
+                )
             ).scalar_one()
             late = conn.execute(  # attempts written more than Router.SYNC_OVERLAP_S after their ts (their call's end - their start)
-                text("SELECT count(*) FROM attempts a JOIN calls c ON c.call_id = a.call_id WHERE c.ts + c.latency_s - a.ts > :overlap"),
+                text(
+                    "SELECT count(*) FROM attempts a JOIN calls c ON c.call_id = a.call_id WHERE c.ts + c.latency_s - a.ts > :overlap"
+                ),
                 {"overlap": SYNC_OVERLAP_S},
             ).scalar_one()
             mismatched = conn.execute(
@@ -513,20 +538,33 @@ def count_rows(url: str, t_degrade: float | None) -> dict[str, Any]:
     finally:
         engine.dispose()
     return {
-        "calls": int(calls), "distinct_calls": int(distinct), "attempts": int(attempts), "feedback": int(feedback),
+        "calls": int(calls),
+        "distinct_calls": int(distinct),
+        "attempts": int(attempts),
+        "feedback": int(feedback),
         "outcomes": [
-            {"model": m, "phase": "after" if after else "before", "outcome": o, "attempts": int(n), "mean_latency_s": float(lat)}
+            {
+                "model": m,
+                "phase": "after" if after else "before",
+                "outcome": o,
+                "attempts": int(n),
+                "mean_latency_s": float(lat),
+            }
             for m, after, o, n, lat in outcomes
         ],
-        "by_router": {k: int(v) for k, v in by_router.items()}, "orphan_attempts": int(orphans),
-        "calls_attempts_mismatch": int(mismatched), "late_attempts": int(late),
+        "by_router": {k: int(v) for k, v in by_router.items()},
+        "orphan_attempts": int(orphans),
+        "calls_attempts_mismatch": int(mismatched),
+        "late_attempts": int(late),
     }
 
 
 # == one configuration ===============================================================================
 
 
-def _read_lines(proc: subprocess.Popen, sink: list[dict[str, Any]], progress: dict[int, int], key: int, wake: threading.Event) -> None:
+def _read_lines(
+    proc: subprocess.Popen, sink: list[dict[str, Any]], progress: dict[int, int], key: int, wake: threading.Event
+) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         try:
@@ -541,7 +579,14 @@ def _read_lines(proc: subprocess.Popen, sink: list[dict[str, Any]], progress: di
 
 
 def run_config(
-    label: str, procs: list[subprocess.Popen], fleet: FleetProcess, concurrency: int, args: Any, url: str, postmaster: int | None, tmp: Path
+    label: str,
+    procs: list[subprocess.Popen],
+    fleet: FleetProcess,
+    concurrency: int,
+    args: Any,
+    url: str,
+    postmaster: int | None,
+    tmp: Path,
 ) -> dict[str, Any]:
     """Run one configuration end to end on already started children (its router processes and its
     fleet); returns everything measured."""
@@ -561,7 +606,10 @@ def run_config(
     try:
         sampler = RowSampler(url, postmaster)
         base = {
-            "store": url, "refresh_s": args.refresh, "journal_dir": str(journal), "deadline_s": DEADLINE_S,
+            "store": url,
+            "refresh_s": args.refresh,
+            "journal_dir": str(journal),
+            "deadline_s": DEADLINE_S,
             "models": {name: {"base_url": fleet.urls[name], "timeout_s": TIMEOUT_S} for name in MODELS},
             "routes": {TASK: {"models": list(MODELS), "policy": "thompson", "discount": args.discount}},
         }
@@ -571,8 +619,12 @@ def run_config(
         wake = threading.Event()
         for i in range(processes):
             job = {
-                "config": {**base, "seed": args.seed * 100 + i}, "calls": share[i], "concurrency": concurrency,
-                "time_cap_s": args.time_cap, "settle_s": 2.5 * args.refresh, "degraded": DEGRADED,
+                "config": {**base, "seed": args.seed * 100 + i},
+                "calls": share[i],
+                "concurrency": concurrency,
+                "time_cap_s": args.time_cap,
+                "settle_s": 2.5 * args.refresh,
+                "degraded": DEGRADED,
             }
             p = procs[i]
             assert p.stdin is not None
@@ -588,7 +640,9 @@ def run_config(
                     return got  # type: ignore[return-value]
                 dead = [i for i, p in enumerate(procs) if p.poll() is not None and got[i] is None]
                 if dead or time.monotonic() > end:
-                    raise RuntimeError(f"{label}: worker(s) {dead or 'timeout'} before '{key}' (exit codes {[p.poll() for p in procs]})")
+                    raise RuntimeError(
+                        f"{label}: worker(s) {dead or 'timeout'} before '{key}' (exit codes {[p.poll() for p in procs]})"
+                    )
                 wake.wait(0.1)
                 wake.clear()
 
@@ -615,7 +669,9 @@ def run_config(
             if all(any("finished" in m for m in ms) for ms in messages):
                 break
             if any(p.poll() is not None for p in procs) or time.monotonic() > end:
-                raise RuntimeError(f"{label}: a worker ended early or the run overran (exit codes {[p.poll() for p in procs]})")
+                raise RuntimeError(
+                    f"{label}: a worker ended early or the run overran (exit codes {[p.poll() for p in procs]})"
+                )
             wake.wait(0.05)
             wake.clear()
         bar.update(sum(progress.values()) - bar.n)
@@ -647,9 +703,18 @@ def run_config(
                 p.wait()
     db = count_rows(url, t_degrade)
     return {
-        "label": label, "processes": processes, "concurrency": concurrency, "t_go": t_go, "t_done": t_done,
-        "t_degrade": t_degrade, "calls_at_degrade": calls_at_degrade, "reports": reports, "router_ids": router_ids,
-        "rows": sampler.samples, "db": db, "db_cpu_s": (cpu_db1 - cpu_db0) if cpu_db0 is not None and cpu_db1 is not None else None,
+        "label": label,
+        "processes": processes,
+        "concurrency": concurrency,
+        "t_go": t_go,
+        "t_done": t_done,
+        "t_degrade": t_degrade,
+        "calls_at_degrade": calls_at_degrade,
+        "reports": reports,
+        "router_ids": router_ids,
+        "rows": sampler.samples,
+        "db": db,
+        "db_cpu_s": (cpu_db1 - cpu_db0) if cpu_db0 is not None and cpu_db1 is not None else None,
         "fleet_cpu_s": (fleet_cpu1 - fleet_cpu0) if fleet_cpu0 is not None and fleet_cpu1 is not None else None,
         "fleet_requests": fleet_requests,
     }
@@ -690,7 +755,9 @@ def _kendall(a: list[str], b: list[str]) -> float:
     return score / len(pairs)
 
 
-def analyse(res: dict[str, Any], refresh_s: float) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def analyse(
+    res: dict[str, Any], refresh_s: float
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """One summary row, per-worker rows, timeline rows and row-sample rows for a configuration."""
     import numpy as np
 
@@ -706,11 +773,23 @@ def analyse(res: dict[str, Any], refresh_s: float) -> tuple[dict[str, Any], list
         d = _demotion([(t, o) for t, o in r["samples"]], res["t_degrade"])
         workers.append(
             {
-                "config": label, "worker": i, "router_id": r["router_id"], "calls": r["calls"], "attempts": r["attempts"],
-                "failed_calls": r["failed"], "unexpected_errors": r["unexpected"], "attempts_rows": db["by_router"].get(r["router_id"], 0),
-                "calls_per_s": r["calls"] / max(r["t1"] - r["t0"], 1e-9), "cpu_s": r["cpu_s"], "cpu_us_per_call": 1e6 * r["cpu_s"] / max(r["calls"], 1),
-                "degraded_first_before": d["first_before"], "demote_s": d["demote_s"], "stable_demote_s": d["stable_s"],
-                "final_order": " > ".join(r["final_order"]), "learned_attempts": r["learned"], "store_dropped": r["store_dropped"],
+                "config": label,
+                "worker": i,
+                "router_id": r["router_id"],
+                "calls": r["calls"],
+                "attempts": r["attempts"],
+                "failed_calls": r["failed"],
+                "unexpected_errors": r["unexpected"],
+                "attempts_rows": db["by_router"].get(r["router_id"], 0),
+                "calls_per_s": r["calls"] / max(r["t1"] - r["t0"], 1e-9),
+                "cpu_s": r["cpu_s"],
+                "cpu_us_per_call": 1e6 * r["cpu_s"] / max(r["calls"], 1),
+                "degraded_first_before": d["first_before"],
+                "demote_s": d["demote_s"],
+                "stable_demote_s": d["stable_s"],
+                "final_order": " > ".join(r["final_order"]),
+                "learned_attempts": r["learned"],
+                "store_dropped": r["store_dropped"],
                 "store_pending": r["store_pending"],
             }
         )
@@ -741,46 +820,74 @@ def analyse(res: dict[str, Any], refresh_s: float) -> tuple[dict[str, Any], list
     for k, s in enumerate(rows):
         rows_out.append(
             {
-                "config": label, "t_s": s["t"] - t0, "calls_rows": s["calls_rows"], "attempts_rows": s["attempts_rows"], "feedback_rows": s["feedback_rows"],
+                "config": label,
+                "t_s": s["t"] - t0,
+                "calls_rows": s["calls_rows"],
+                "attempts_rows": s["attempts_rows"],
+                "feedback_rows": s["feedback_rows"],
                 "rows_per_s": float(rate[k - 1]) if k > 0 else "",
                 "db_cpu_cores": (s["db_cpu_s"] - rows[k - 1]["db_cpu_s"]) / max(s["t"] - rows[k - 1]["t"], 1e-9)
-                if k > 0 and s["db_cpu_s"] is not None and rows[k - 1]["db_cpu_s"] is not None else "",
+                if k > 0 and s["db_cpu_s"] is not None and rows[k - 1]["db_cpu_s"] is not None
+                else "",
             }
         )
     db_cpu = res["db_cpu_s"]
     xacts = rows[-1]["xacts"] - rows[0]["xacts"] if len(rows) > 1 and rows[0].get("xacts") is not None else None
     wall = res["t_done"] - res["t_go"]
     summary = {
-        "config": label, "processes": res["processes"], "concurrency": res["concurrency"], "calls": calls,
-        "seconds": seconds, "calls_per_s": calls / seconds if seconds > 0 else float("nan"),
+        "config": label,
+        "processes": res["processes"],
+        "concurrency": res["concurrency"],
+        "calls": calls,
+        "seconds": seconds,
+        "calls_per_s": calls / seconds if seconds > 0 else float("nan"),
         "attempts_per_call": attempts / max(calls, 1),
-        "log_rows": log_rows, "log_rows_per_s": log_rows / seconds if seconds > 0 else float("nan"),
+        "log_rows": log_rows,
+        "log_rows_per_s": log_rows / seconds if seconds > 0 else float("nan"),
         "log_rows_per_s_sampled_median": float(np.median(rate[during])) if during.any() else float("nan"),
         "log_rows_per_s_sampled_max": float(np.max(rate[during])) if during.any() else float("nan"),
-        "db_cpu_s": db_cpu, "db_cpu_cores": db_cpu / wall if db_cpu is not None and wall > 0 else None,
+        "db_cpu_s": db_cpu,
+        "db_cpu_cores": db_cpu / wall if db_cpu is not None and wall > 0 else None,
         "db_cpu_us_per_row": 1e6 * db_cpu / max(log_rows, 1) if db_cpu is not None else None,
-        "db_transactions": xacts, "db_transactions_per_s": xacts / seconds if xacts is not None and seconds > 0 else None,
+        "db_transactions": xacts,
+        "db_transactions_per_s": xacts / seconds if xacts is not None and seconds > 0 else None,
         "log_rows_per_transaction": log_rows / xacts if xacts else None,
-        "router_cpu_s": sum(r["cpu_s"] for r in reports), "fleet_cpu_s": res["fleet_cpu_s"],
+        "router_cpu_s": sum(r["cpu_s"] for r in reports),
+        "fleet_cpu_s": res["fleet_cpu_s"],
         "calls_at_degrade": res["calls_at_degrade"],
-        "first_demote_s": first, "last_demote_s": last, "demote_spread_s": spread,
+        "first_demote_s": first,
+        "last_demote_s": last,
+        "demote_spread_s": spread,
         "last_stable_demote_s": max(stables) if all(s is not None for s in stables) else None,
         "target_spread_s": 2 * refresh_s,
         "demote_target_met": bool(spread is not None and spread <= 2 * refresh_s),
-        "same_order_share": orders.count(modal) / len(orders), "final_order": " > ".join(modal),
-        "kendall_tau_mean": float(np.mean(taus)) if taus else 1.0, "kendall_tau_min": float(np.min(taus)) if taus else 1.0,
+        "same_order_share": orders.count(modal) / len(orders),
+        "final_order": " > ".join(modal),
+        "kendall_tau_mean": float(np.mean(taus)) if taus else 1.0,
+        "kendall_tau_min": float(np.min(taus)) if taus else 1.0,
         "learned_share_min": min(r["learned"] for r in reports) / max(db["attempts"] + db["feedback"], 1),
-        "learned_min": min(r["learned"] for r in reports), "learnable_rows": db["attempts"] + db["feedback"],
+        "learned_min": min(r["learned"] for r in reports),
+        "learnable_rows": db["attempts"] + db["feedback"],
         "late_attempts": db.get("late_attempts"),
-        "failed_calls": sum(r["failed"] for r in reports), "unexpected_errors": unexpected,
-        "calls_reported": calls, "calls_rows": db["calls"], "attempts_reported": attempts, "attempts_rows": db["attempts"],
-        "feedback_reported": feedback, "feedback_rows": db["feedback"],
+        "failed_calls": sum(r["failed"] for r in reports),
+        "unexpected_errors": unexpected,
+        "calls_reported": calls,
+        "calls_rows": db["calls"],
+        "attempts_reported": attempts,
+        "attempts_rows": db["attempts"],
+        "feedback_reported": feedback,
+        "feedback_rows": db["feedback"],
         "lost_rows": max(lost_calls, 0) + max(lost_attempts, 0) + max(lost_feedback, 0),
-        "extra_rows": max(-lost_calls, 0) + max(-lost_attempts, 0) + max(-lost_feedback, 0), "orphan_attempts": db["orphan_attempts"],
+        "extra_rows": max(-lost_calls, 0) + max(-lost_attempts, 0) + max(-lost_feedback, 0),
+        "orphan_attempts": db["orphan_attempts"],
         "calls_attempts_mismatch": db["calls_attempts_mismatch"],
         "per_router_rows_match": all(w["attempts"] == w["attempts_rows"] for w in workers),
         "store_dropped": sum(r["store_dropped"] for r in reports),
-        "no_lost_rows": lost_calls == 0 and lost_attempts == 0 and lost_feedback == 0 and db["distinct_calls"] == db["calls"] and unexpected == 0,
+        "no_lost_rows": lost_calls == 0
+        and lost_attempts == 0
+        and lost_feedback == 0
+        and db["distinct_calls"] == db["calls"]
+        and unexpected == 0,
     }
 
     # per worker and bin: calls finished and the degraded model's primary share, time from the degradation
@@ -797,7 +904,15 @@ def analyse(res: dict[str, Any], refresh_s: float) -> tuple[dict[str, Any], list
         s = np.bincount(idx, flags)
         for b in range(len(n)):
             if n[b]:
-                timeline.append({"config": label, "worker": i, "t_s": lo + (b + 0.5) * BIN_S, "calls": int(n[b]), "degraded_primary_share": s[b] / n[b]})
+                timeline.append(
+                    {
+                        "config": label,
+                        "worker": i,
+                        "t_s": lo + (b + 0.5) * BIN_S,
+                        "calls": int(n[b]),
+                        "degraded_primary_share": s[b] / n[b],
+                    }
+                )
     return summary, workers, timeline, rows_out
 
 
@@ -816,7 +931,13 @@ def _rebin(points: list[dict[str, Any]], width: float) -> tuple[list[float], lis
     return [(k + 0.5) * width for k in keys], [acc[k][1] / acc[k][0] for k in keys]
 
 
-def plot(results: list[dict[str, Any]], timelines: list[dict[str, Any]], workers: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> None:
+def plot(
+    results: list[dict[str, Any]],
+    timelines: list[dict[str, Any]],
+    workers: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    path: Path,
+) -> None:
     """Per configuration: the degraded model's primary share per worker around the degradation and
     over the whole run, and the log write rate with the database CPU."""
     from common import savefig, setup_matplotlib
@@ -843,14 +964,22 @@ def plot(results: list[dict[str, Any]], timelines: list[dict[str, Any]], workers
             ax.set_xlabel("seconds from the degradation")
             if lo is not None:
                 ax.set_xlim(lo, hi)
-                ax.set_title(f"{label}: around the degradation ({BIN_S} s bins;\ndotted: the worker's preferences demote {DEGRADED})")
+                ax.set_title(
+                    f"{label}: around the degradation ({BIN_S} s bins;\ndotted: the worker's preferences demote {DEGRADED})"
+                )
                 ax.legend(fontsize=8, loc="center right")
             else:
                 ax.set_title(f"{label}: the whole run")
         ax2 = axes[2][c]
         t0 = min(r["t0"] for r in res["reports"])
         pts = [r for r in rows if r["config"] == label and r["rows_per_s"] != ""]
-        ax2.plot([p["t_s"] for p in pts], [p["rows_per_s"] for p in pts], color="tab:blue", lw=1, label="log rows/s (calls + attempts + feedback)")
+        ax2.plot(
+            [p["t_s"] for p in pts],
+            [p["rows_per_s"] for p in pts],
+            color="tab:blue",
+            lw=1,
+            label="log rows/s (calls + attempts + feedback)",
+        )
         if res["t_degrade"] is not None:
             ax2.axvline(res["t_degrade"] - t0, color="k", lw=1)
         ax2.set_xlabel("seconds from the start")
@@ -889,7 +1018,11 @@ def write_outputs(results: list[dict[str, Any]], args: Any, meta: dict[str, Any]
 
     def cell(s: dict[str, Any], key: str, unit: str = "") -> str:
         v = s.get(key)
-        return "–" if v is None else f"{fmt(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)}{unit}"
+        return (
+            "–"
+            if v is None
+            else f"{fmt(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)}{unit}"
+        )
 
     measures = [
         ("processes x concurrency", lambda s: f"{s['processes']} x {s['concurrency']}"),
@@ -897,24 +1030,64 @@ def write_outputs(results: list[dict[str, Any]], args: Any, meta: dict[str, Any]
         ("total calls per second", lambda s: cell(s, "calls_per_s")),
         ("log rows written (calls + attempts + feedback)", lambda s: f"{s['log_rows']:,}"),
         ("log write rate, rows/s (rows / run time)", lambda s: cell(s, "log_rows_per_s")),
-        ("log write rate, rows/s sampled every 0.5 s: median / max", lambda s: f"{cell(s, 'log_rows_per_s_sampled_median')} / {cell(s, 'log_rows_per_s_sampled_max')}"),
-        ("database CPU: seconds / cores on average / µs per row", lambda s: f"{cell(s, 'db_cpu_s')} / {cell(s, 'db_cpu_cores')} / {cell(s, 'db_cpu_us_per_row')}"),
-        ("database transactions (log writes, syncs, look-ups): per s / log rows per transaction",
-         lambda s: f"{cell(s, 'db_transactions_per_s')} / {cell(s, 'log_rows_per_transaction')}"),
-        ("router processes' CPU seconds; fleet CPU seconds", lambda s: f"{cell(s, 'router_cpu_s')}; {cell(s, 'fleet_cpu_s')}"),
+        (
+            "log write rate, rows/s sampled every 0.5 s: median / max",
+            lambda s: f"{cell(s, 'log_rows_per_s_sampled_median')} / {cell(s, 'log_rows_per_s_sampled_max')}",
+        ),
+        (
+            "database CPU: seconds / cores on average / µs per row",
+            lambda s: f"{cell(s, 'db_cpu_s')} / {cell(s, 'db_cpu_cores')} / {cell(s, 'db_cpu_us_per_row')}",
+        ),
+        (
+            "database transactions (log writes, syncs, look-ups): per s / log rows per transaction",
+            lambda s: f"{cell(s, 'db_transactions_per_s')} / {cell(s, 'log_rows_per_transaction')}",
+        ),
+        (
+            "router processes' CPU seconds; fleet CPU seconds",
+            lambda s: f"{cell(s, 'router_cpu_s')}; {cell(s, 'fleet_cpu_s')}",
+        ),
         ("calls done when alpha degraded", lambda s: cell(s, "calls_at_degrade")),
-        ("demotion after the degradation: first / last process, s", lambda s: f"{cell(s, 'first_demote_s')} / {cell(s, 'last_demote_s')}"),
-        ("spread last - first (target ≤ 2 refresh = " + f"{2 * args.refresh:g} s)", lambda s: cell(s, "demote_spread_s")),
+        (
+            "demotion after the degradation: first / last process, s",
+            lambda s: f"{cell(s, 'first_demote_s')} / {cell(s, 'last_demote_s')}",
+        ),
+        (
+            "spread last - first (target ≤ 2 refresh = " + f"{2 * args.refresh:g} s)",
+            lambda s: cell(s, "demote_spread_s"),
+        ),
         ("every process demoted for good by, s", lambda s: cell(s, "last_stable_demote_s")),
-        ("final rankings: share equal to the modal one; modal order", lambda s: f"{cell(s, 'same_order_share')}; {s['final_order']}"),
-        ("Kendall tau between processes' final orders: mean / min", lambda s: f"{cell(s, 'kendall_tau_mean')} / {cell(s, 'kendall_tau_min')}"),
-        ("rows learned by the least-informed process / attempts + feedback rows", lambda s: f"{s['learned_min']:,} / {s['learnable_rows']:,}"),
-        (f"attempts logged more than {SYNC_OVERLAP_S:g} s after they started (sync() may miss them)", lambda s: cell(s, "late_attempts")),
+        (
+            "final rankings: share equal to the modal one; modal order",
+            lambda s: f"{cell(s, 'same_order_share')}; {s['final_order']}",
+        ),
+        (
+            "Kendall tau between processes' final orders: mean / min",
+            lambda s: f"{cell(s, 'kendall_tau_mean')} / {cell(s, 'kendall_tau_min')}",
+        ),
+        (
+            "rows learned by the least-informed process / attempts + feedback rows",
+            lambda s: f"{s['learned_min']:,} / {s['learnable_rows']:,}",
+        ),
+        (
+            f"attempts logged more than {SYNC_OVERLAP_S:g} s after they started (sync() may miss them)",
+            lambda s: cell(s, "late_attempts"),
+        ),
         ("calls reported / rows", lambda s: f"{s['calls_reported']:,} / {s['calls_rows']:,}"),
         ("feedback reported / rows", lambda s: f"{s['feedback_reported']:,} / {s['feedback_rows']:,}"),
-        ("attempts reported / rows (per process rows match)", lambda s: f"{s['attempts_reported']:,} / {s['attempts_rows']:,} ({'yes' if s['per_router_rows_match'] else 'NO'})"),
-        ("lost rows; extra rows; attempts without call; calls.n_attempts mismatches", lambda s: f"{s['lost_rows']}; {s['extra_rows']}; {s['orphan_attempts']}; {s['calls_attempts_mismatch']}"),
-        ("failed calls (AllModelsFailed); unexpected errors", lambda s: f"{s['failed_calls']}; {s['unexpected_errors']}"),
+        (
+            "attempts reported / rows (per process rows match)",
+            lambda s: (
+                f"{s['attempts_reported']:,} / {s['attempts_rows']:,} ({'yes' if s['per_router_rows_match'] else 'NO'})"
+            ),
+        ),
+        (
+            "lost rows; extra rows; attempts without call; calls.n_attempts mismatches",
+            lambda s: f"{s['lost_rows']}; {s['extra_rows']}; {s['orphan_attempts']}; {s['calls_attempts_mismatch']}",
+        ),
+        (
+            "failed calls (AllModelsFailed); unexpected errors",
+            lambda s: f"{s['failed_calls']}; {s['unexpected_errors']}",
+        ),
     ]
     table = [[name, *(f(s) for s in summaries)] for name, f in measures]
     columns = ["measure", *(f"{s['config']}" for s in summaries)]
@@ -928,28 +1101,89 @@ def write_outputs(results: list[dict[str, Any]], args: Any, meta: dict[str, Any]
 
     spread_target = f"≤ {2 * args.refresh:g} s (2 refresh intervals)"
     headline = [
-        {"workload": f"total calls/s ({multi['config']} vs {single['config'] if single else '–'}, {multi['calls']:,} calls)",
-         "ours": cell(multi, "calls_per_s"), "peer": cell(single, "calls_per_s") if single else "–", "ratio": ratio("calls_per_s"), "target": "(reference)", "met?": "–"},
-        {"workload": "log write rate, rows/s (calls + attempts + feedback)",
-         "ours": cell(multi, "log_rows_per_s"), "peer": cell(single, "log_rows_per_s") if single else "–", "ratio": ratio("log_rows_per_s"), "target": "(reference)", "met?": "–"},
-        {"workload": "database CPU, cores on average",
-         "ours": cell(multi, "db_cpu_cores"), "peer": cell(single, "db_cpu_cores") if single else "–", "ratio": ratio("db_cpu_cores"), "target": "(reference)", "met?": "–"},
-        {"workload": f"every process demotes the degraded model: spread last - first, s ({multi['config']})",
-         "ours": cell(multi, "demote_spread_s"), "peer": "–", "ratio": "–", "target": spread_target,
-         "met?": "met" if multi["demote_target_met"] else "MISSED"},
-        {"workload": "time from the degradation until every process demoted it, s",
-         "ours": cell(multi, "last_demote_s"), "peer": cell(single, "last_demote_s") if single else "–", "ratio": "–", "target": "(reference)", "met?": "–"},
-        {"workload": "final rankings: share of processes with the modal order; mean Kendall tau",
-         "ours": f"{cell(multi, 'same_order_share')}; {cell(multi, 'kendall_tau_mean')}", "peer": "–", "ratio": "–", "target": "(reference)", "met?": "–"},
-        {"workload": "lost rows (calls, attempts, feedback)",
-         "ours": f"{multi['lost_rows']} of {multi['calls_reported'] + multi['attempts_reported'] + multi['feedback_reported']:,}",
-         "peer": f"{single['lost_rows']} of {single['calls_reported'] + single['attempts_reported'] + single['feedback_reported']:,}" if single else "–",
-         "ratio": "–", "target": "0", "met?": "met" if all(s["no_lost_rows"] for s in summaries) else "MISSED"},
+        {
+            "workload": f"total calls/s ({multi['config']} vs {single['config'] if single else '–'}, {multi['calls']:,} calls)",
+            "ours": cell(multi, "calls_per_s"),
+            "peer": cell(single, "calls_per_s") if single else "–",
+            "ratio": ratio("calls_per_s"),
+            "target": "(reference)",
+            "met?": "–",
+        },
+        {
+            "workload": "log write rate, rows/s (calls + attempts + feedback)",
+            "ours": cell(multi, "log_rows_per_s"),
+            "peer": cell(single, "log_rows_per_s") if single else "–",
+            "ratio": ratio("log_rows_per_s"),
+            "target": "(reference)",
+            "met?": "–",
+        },
+        {
+            "workload": "database CPU, cores on average",
+            "ours": cell(multi, "db_cpu_cores"),
+            "peer": cell(single, "db_cpu_cores") if single else "–",
+            "ratio": ratio("db_cpu_cores"),
+            "target": "(reference)",
+            "met?": "–",
+        },
+        {
+            "workload": f"every process demotes the degraded model: spread last - first, s ({multi['config']})",
+            "ours": cell(multi, "demote_spread_s"),
+            "peer": "–",
+            "ratio": "–",
+            "target": spread_target,
+            "met?": "met" if multi["demote_target_met"] else "MISSED",
+        },
+        {
+            "workload": "time from the degradation until every process demoted it, s",
+            "ours": cell(multi, "last_demote_s"),
+            "peer": cell(single, "last_demote_s") if single else "–",
+            "ratio": "–",
+            "target": "(reference)",
+            "met?": "–",
+        },
+        {
+            "workload": "final rankings: share of processes with the modal order; mean Kendall tau",
+            "ours": f"{cell(multi, 'same_order_share')}; {cell(multi, 'kendall_tau_mean')}",
+            "peer": "–",
+            "ratio": "–",
+            "target": "(reference)",
+            "met?": "–",
+        },
+        {
+            "workload": "lost rows (calls, attempts, feedback)",
+            "ours": f"{multi['lost_rows']} of {multi['calls_reported'] + multi['attempts_reported'] + multi['feedback_reported']:,}",
+            "peer": f"{single['lost_rows']} of {single['calls_reported'] + single['attempts_reported'] + single['feedback_reported']:,}"
+            if single
+            else "–",
+            "ratio": "–",
+            "target": "0",
+            "met?": "met" if all(s["no_lost_rows"] for s in summaries) else "MISSED",
+        },
     ]
-    head_cols = ["workload", f"ours ({multi['config']})", f"peer ({single['config']})" if single else "peer", "ratio (ours / peer)", "target", "met?"]
+    head_cols = [
+        "workload",
+        f"ours ({multi['config']})",
+        f"peer ({single['config']})" if single else "peer",
+        "ratio (ours / peer)",
+        "target",
+        "met?",
+    ]
     head_rows = [[r["workload"], r["ours"], r["peer"], r["ratio"], r["target"], r["met?"]] for r in headline]
-    worker_cols = ["config", "worker", "calls", "attempts", "attempts_rows", "failed_calls", "calls_per_s", "cpu_us_per_call",
-                   "degraded_first_before", "demote_s", "stable_demote_s", "learned_attempts", "final_order"]
+    worker_cols = [
+        "config",
+        "worker",
+        "calls",
+        "attempts",
+        "attempts_rows",
+        "failed_calls",
+        "calls_per_s",
+        "cpu_us_per_call",
+        "degraded_first_before",
+        "demote_s",
+        "stable_demote_s",
+        "learned_attempts",
+        "final_order",
+    ]
     fleet_desc = ", ".join("%s (median %g ms)" % (spec["name"], 1000 * spec["latency_s"]) for spec in SPECS)
     notes = [
         f"Fleet: {fleet_desc}, loopback HTTP, in its own process. "
@@ -972,10 +1206,14 @@ def write_outputs(results: list[dict[str, Any]], args: Any, meta: dict[str, Any]
         f"Database CPU: utime + stime of the postmaster, its live children and its reaped children from /proc ({meta['db_cpu']}), "
         "without the parent's sampling connection; it includes the routers' syncs and feedback look-ups as well as the log writes. "
         "Transactions: pg_stat_database xact_commit + xact_rollback over the run, without the sampler's.",
-        f"Lost rows: calls, attempts and feedback the workers report making (results and AllModelsFailed.attempts) minus rows in the database, "
+        "Lost rows: calls, attempts and feedback the workers report making (results and AllModelsFailed.attempts) minus rows in the database, "
         "after every process closed; per process through attempts.router_id.",
         f"PostgreSQL: {meta['postgres']}. The machine has {os.cpu_count()} CPUs shared by the routers, the fleet and the server"
-        + (f", and other jobs (load average {meta['load_start']} when the run started, {meta['load_end']} at its end)" if meta.get("load_start") else "")
+        + (
+            f", and other jobs (load average {meta['load_start']} when the run started, {meta['load_end']} at its end)"
+            if meta.get("load_start")
+            else ""
+        )
         + ": the throughput numbers are CPU-bound on this machine, not a property of the database.",
     ]
     if single is not None:
@@ -986,13 +1224,21 @@ def write_outputs(results: list[dict[str, Any]], args: Any, meta: dict[str, Any]
     sections = [
         ("All measures", markdown_table(columns, table)),
         ("Per process", markdown_table(worker_cols, workers)),
-        ("Attempts by model, outcome and phase (before / after the degradation)",
-         markdown_table(["config", "model", "phase", "outcome", "attempts", "mean_latency_s"], outcomes)),
+        (
+            "Attempts by model, outcome and phase (before / after the degradation)",
+            markdown_table(["config", "model", "phase", "outcome", "attempts", "mean_latency_s"], outcomes),
+        ),
         ("Plot", "![per process: the degraded model's primary share, and the log write rate](multiprocess.png)"),
     ]
     write_markdown(
-        out / "multiprocess.md", "Several router processes, one PostgreSQL (issue 8)", head_cols, head_rows,
-        command=args.command, notes=notes, sections=sections, quick=args.quick,
+        out / "multiprocess.md",
+        "Several router processes, one PostgreSQL (issue 8)",
+        head_cols,
+        head_rows,
+        command=args.command,
+        notes=notes,
+        sections=sections,
+        quick=args.quick,
     )
     return summaries
 
@@ -1007,12 +1253,28 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         __doc__,
         argv,
         **{
-            "--calls": {"type": int, "default": None, "help": "calls per configuration (default 50,000; 2,000 with --quick)"},
+            "--calls": {
+                "type": int,
+                "default": None,
+                "help": "calls per configuration (default 50,000; 2,000 with --quick)",
+            },
             "--refresh": {"type": float, "default": 1.0, "help": "refresh_s of every router (default 1.0)"},
             "--discount": {"type": float, "default": 0.995, "help": "the route's discount (default 0.995)"},
-            "--time-cap": {"type": float, "default": None, "help": "stop issuing calls after this many seconds per configuration (default 1,800; 60 with --quick)"},
-            "--configs": {"nargs": "*", "default": None, "help": f"configurations to run (default all: {' '.join(c[0] for c in CONFIGS)})"},
-            "--from-raw": {"type": Path, "default": None, "help": "re-write the outputs from the raw JSON a previous run saved (no new run)"},
+            "--time-cap": {
+                "type": float,
+                "default": None,
+                "help": "stop issuing calls after this many seconds per configuration (default 1,800; 60 with --quick)",
+            },
+            "--configs": {
+                "nargs": "*",
+                "default": None,
+                "help": f"configurations to run (default all: {' '.join(c[0] for c in CONFIGS)})",
+            },
+            "--from-raw": {
+                "type": Path,
+                "default": None,
+                "help": "re-write the outputs from the raw JSON a previous run saved (no new run)",
+            },
         },
     )
     if args.from_raw is not None:
@@ -1043,14 +1305,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         else:
             bindir = _pg_bin()
             if bindir is None:
-                raise SystemExit("no PostgreSQL: set ZETA_TEST_POSTGRES_URL or install the server (/usr/lib/postgresql/*/bin)")
+                raise SystemExit(
+                    "no PostgreSQL: set ZETA_TEST_POSTGRES_URL or install the server (/usr/lib/postgresql/*/bin)"
+                )
             pg = PrivatePostgres(bindir)
             pg.start()
             print(f"[postgres] private server up at {time.monotonic() - t_main:.1f} s", file=sys.stderr, flush=True)
             url, postmaster = pg.url, pg.postmaster_pid()
             meta_pg = f"private server {bindir.parent.name} (fsync=off), loopback port, started by the script"
         meta = {
-            "postgres": meta_pg, "db_cpu": "measured" if postmaster else "not measurable here: the server is not visible in /proc",
+            "postgres": meta_pg,
+            "db_cpu": "measured" if postmaster else "not measurable here: the server is not visible in /proc",
             "load_start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         }
         results = [run_config(label, children[label], fleet, c, args, url, postmaster, tmp) for label, _, c in configs]

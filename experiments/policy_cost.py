@@ -37,9 +37,9 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown  # noqa: E402
+from common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
 
-from zeta_adaptive import policies as current_policies  # noqa: E402
+from zeta_adaptive import policies as current_policies
 
 PROBS = {
     2: (0.55, 0.70),
@@ -57,7 +57,13 @@ LABEL = {
 }
 #: median cycle targets (µs) of issue 16, and the MABWiser policy each is shown next to
 TARGET_CYCLE_US = {"ucb1": 20.0, "kl_ucb": 20.0, "thompson": 10.0}
-PEER_OF = {"thompson": "mabwiser_ts", "ucb1": "mabwiser_ucb1", "kl_ucb": "mabwiser_ucb1", "epsilon_greedy": "mabwiser_eps", "random": "mabwiser_random"}
+PEER_OF = {
+    "thompson": "mabwiser_ts",
+    "ucb1": "mabwiser_ucb1",
+    "kl_ucb": "mabwiser_ucb1",
+    "epsilon_greedy": "mabwiser_eps",
+    "random": "mabwiser_random",
+}
 BASELINE = " (baseline)"
 clock = time.perf_counter_ns
 
@@ -89,7 +95,9 @@ class Contender:
             self.block = self._block_mabwiser
         else:
             base = name.split(" ")[0]
-            objective = policies.Objective(w_latency=0.0, w_cost=0.0) if "success only" in name else policies.Objective()
+            objective = (
+                policies.Objective(w_latency=0.0, w_cost=0.0) if "success only" in name else policies.Objective()
+            )
             self.policy = policies.make_policy(base, [f"model-{i}" for i in range(k)], objective, seed=seed)
             self.block = self._block_ours
 
@@ -144,7 +152,11 @@ def load_baseline(path: Path) -> ModuleType:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(__doc__, argv, **{"--baseline": {"type": Path, "default": None, "help": "another policies.py to time alongside"}})
+    args = parse_args(
+        __doc__,
+        argv,
+        **{"--baseline": {"type": Path, "default": None, "help": "another policies.py to time alongside"}},
+    )
     warmup, rounds, block = (100, 2, 25) if args.quick else (2_000, 40, 250)
     have_mabwiser = importlib.util.find_spec("mabwiser") is not None
     baseline = load_baseline(args.baseline) if args.baseline else None
@@ -154,7 +166,13 @@ def main(argv: list[str] | None = None) -> dict:
     bar = tqdm(total=len(PROBS) * len(names) * (rounds + 1), desc="cost blocks", unit="block")
     for k in PROBS:
         contenders = {
-            name: Contender(name.removesuffix(BASELINE), k, seed=args.seed + 101, steps=steps, **({"policies": baseline} if name.endswith(BASELINE) else {}))
+            name: Contender(
+                name.removesuffix(BASELINE),
+                k,
+                seed=args.seed + 101,
+                steps=steps,
+                **({"policies": baseline} if name.endswith(BASELINE) else {}),
+            )
             for name in names
         }
         for c in contenders.values():  # warm-up: not timed
@@ -166,7 +184,13 @@ def main(argv: list[str] | None = None) -> dict:
             bar.update(1)
         for name, c in contenders.items():
             rank, update = np.asarray(c.rank_ns, dtype=float), np.asarray(c.update_ns, dtype=float)
-            source = "MABWiser" if name in PEERS else "zeta_adaptive baseline" if name.endswith(BASELINE) else "zeta_adaptive"
+            source = (
+                "MABWiser"
+                if name in PEERS
+                else "zeta_adaptive baseline"
+                if name.endswith(BASELINE)
+                else "zeta_adaptive"
+            )
             row = {"models": k, "policy": name, "source": source, "cycles": len(rank)}
             for part, ns in (("rank", rank), ("update", update), ("cycle", rank + update)):
                 row.update({f"{part}_{stat}_us": v for stat, v in stats_us(ns).items()})
@@ -186,7 +210,9 @@ def main(argv: list[str] | None = None) -> dict:
                 {
                     "workload": f"{k} models, {ours} decision (rank with propensity + update), median / p99 µs",
                     "ours": f"{a['cycle_median_us']:.1f} / {a['cycle_p99_us']:.0f} (rank {a['rank_median_us']:.1f})",
-                    "peer": f"{LABEL[peer]}: {b['cycle_median_us']:.1f} / {b['cycle_p99_us']:.0f}" if b else "MABWiser not installed",
+                    "peer": f"{LABEL[peer]}: {b['cycle_median_us']:.1f} / {b['cycle_p99_us']:.0f}"
+                    if b
+                    else "MABWiser not installed",
                     "ratio (peer / ours, median)": f"{b['cycle_median_us'] / a['cycle_median_us']:.3g}" if b else "–",
                     "target": f"{'met' if met else 'MISSED'} (< {limit:g} µs median cycle)",
                 }
@@ -207,7 +233,12 @@ def main(argv: list[str] | None = None) -> dict:
             for ours in TARGET_CYCLE_US
         ]
         write_csv(args.out / "policy_cost_baseline.csv", before_after)
-        sections.append((f"Before / after, same interleaved rounds (baseline: {args.baseline.name}, µs)", markdown_table(list(before_after[0]), before_after)))
+        sections.append(
+            (
+                f"Before / after, same interleaved rounds (baseline: {args.baseline.name}, µs)",
+                markdown_table(list(before_after[0]), before_after),
+            )
+        )
     detail = [
         {
             "models": r["models"],
@@ -268,7 +299,10 @@ def _plot(rows: list[dict], path: Path) -> None:
         rank = np.array([r["rank_median_us"] for r in sub])
         update = np.array([r["update_median_us"] for r in sub])
         p99 = np.array([r["cycle_p99_us"] for r in sub])
-        colors = ["tab:orange" if r["source"] == "MABWiser" else "tab:gray" if "baseline" in r["source"] else "tab:blue" for r in sub]
+        colors = [
+            "tab:orange" if r["source"] == "MABWiser" else "tab:gray" if "baseline" in r["source"] else "tab:blue"
+            for r in sub
+        ]
         ax.barh(y, rank, color=colors, alpha=0.9, label="rank / predict (median)")
         ax.barh(y, update, left=rank, color=colors, alpha=0.45, label="update / partial_fit (median)")
         ax.plot(p99, y, "k|", markersize=12, label="cycle p99")

@@ -26,9 +26,18 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import JOBS_OPTION, interleave, markdown_table, parallel_map, parse_args, savefig, setup_matplotlib, write_csv, write_markdown  # noqa: E402
+from common import (
+    JOBS_OPTION,
+    interleave,
+    parallel_map,
+    parse_args,
+    savefig,
+    setup_matplotlib,
+    write_csv,
+    write_markdown,
+)
 
-from zeta_adaptive.policies import Objective, make_policy  # noqa: E402
+from zeta_adaptive.policies import Objective, make_policy
 
 SCENARIOS = {
     "A: best degrades": ((0.90, 0.70, 0.50), (0.30, 0.70, 0.50)),
@@ -139,7 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for scenario in SCENARIOS:
         for name, discount in cfgs:
-            runs = [r for r in results if r["scenario"] == scenario and r["policy"] == name and r["discount"] == discount]
+            runs = [
+                r for r in results if r["scenario"] == scenario and r["policy"] == name and r["discount"] == discount
+            ]
             delays = np.array([r["calls_to_switch"] for r in runs])
             first = np.array([r["calls_to_first_majority"] for r in runs])
             adapted = ~np.isnan(delays)
@@ -155,7 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "calls_to_switch_max": float(delays.max()) if adapted.all() else float("nan"),
                     "calls_to_first_majority_median": median_never(first),
                     "regret_after_mean": float(np.mean([r["regret_after"] for r in runs])),
-                    "regret_after_sd": float(np.std([r["regret_after"] for r in runs], ddof=1)) if len(runs) > 1 else 0.0,
+                    "regret_after_sd": float(np.std([r["regret_after"] for r in runs], ddof=1))
+                    if len(runs) > 1
+                    else 0.0,
                     "regret_before_mean": float(np.mean([r["regret_before"] for r in runs])),
                     "old_best_share_before": float(np.mean([r["old_best_share_before"] for r in runs])),
                 }
@@ -172,7 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
             delay = f"never (> {horizon})"
         else:
             median = r["calls_to_switch_median"]
-            delay = (f"median {median:.0f}; " if median == median else "") + f"{r['adapted_seeds']}/{r['seeds']} seeds, others never"
+            delay = (
+                f"median {median:.0f}; " if median == median else ""
+            ) + f"{r['adapted_seeds']}/{r['seeds']} seeds, others never"
         if discounted:
             every = r["adapted_seeds"] == r["seeds"] and r["calls_to_switch_max"] < TARGET_CALLS
             on_mean = r["adapted_seeds"] == r["seeds"] and r["calls_to_switch_mean"] < TARGET_CALLS
@@ -201,7 +216,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"minus the change time; up to about {WINDOW // 2} calls of the count can be a policy already switched but not yet a majority of its window. "
         f"'never' when no such t falls within the {horizon} calls observed. The single-window version (first majority) is in the CSVs as calls_to_first_majority.",
         "The static table keeps the configured order (m0 first), so it "
-        + ("never adapts in either scenario: its primary stays the old best." if static_never else "ADAPTED in some run (unexpected)."),
+        + (
+            "never adapts in either scenario: its primary stays the old best."
+            if static_never
+            else "ADAPTED in some run (unexpected)."
+        ),
         "random never has a majority (1/3 of calls each); it is the lower bound of adaptivity and the upper bound of regret.",
         f"Target: the mean over seeds under {TARGET_CALLS} calls; 'every seed' when the slowest seed also is. "
         "Scenario B is the hard one: the improved model beats the incumbent by 0.05 (0.95 vs 0.90), while a discount gamma keeps "
@@ -249,7 +268,9 @@ def _plot(shares: dict, rows: list[dict], path: Path, T: int, change: int) -> No
         never = [v != v for v in vals]
         cap = T - change
         heights = [cap if nv else v for v, nv in zip(vals, never)]
-        colors = ["lightgrey" if nv else ("tab:green" if v < TARGET_CALLS else "tab:orange") for v, nv in zip(vals, never)]
+        colors = [
+            "lightgrey" if nv else ("tab:green" if v < TARGET_CALLS else "tab:orange") for v, nv in zip(vals, never)
+        ]
         ax.barh(names, heights, color=colors)
         for y, (h, nv) in enumerate(zip(heights, never)):
             ax.text(h, y, " never" if nv else f" {h:.0f}", va="center", fontsize=7)

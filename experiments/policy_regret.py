@@ -22,9 +22,18 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import JOBS_OPTION, interleave, parallel_map, parse_args, savefig, setup_matplotlib, write_csv, write_markdown  # noqa: E402
+from common import (
+    JOBS_OPTION,
+    interleave,
+    parallel_map,
+    parse_args,
+    savefig,
+    setup_matplotlib,
+    write_csv,
+    write_markdown,
+)
 
-from zeta_adaptive.policies import Objective, make_policy  # noqa: E402
+from zeta_adaptive.policies import Objective, make_policy
 
 ARM_SETS = {
     "3 arms": (0.55, 0.60, 0.70),
@@ -126,7 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "us_per_step": float(np.mean(seconds[(arm_set, name)]) / T * 1e6),
             }
         )
-        seed_rows += [{"arm_set": arm_set, "policy": name, "seed": args.seed + i, "regret": float(r)} for i, r in enumerate(final)]
+        seed_rows += [
+            {"arm_set": arm_set, "policy": name, "seed": args.seed + i, "regret": float(r)} for i, r in enumerate(final)
+        ]
     write_csv(args.out / "policy_regret.csv", rows)
     write_csv(args.out / "policy_regret_seeds.csv", seed_rows)
 

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, parse_args, write_csv, write_markdown  # noqa: E402
+from common import machine_line, markdown_table, parse_args, write_csv, write_markdown
 
-from zeta_adaptive.policies import POLICIES, Objective, make_policy  # noqa: E402
-from zeta_adaptive.replay import DM, DR, IPS, SNIPS, Always, Learning, Replay, Uniform, prepare  # noqa: E402
+from zeta_adaptive.policies import POLICIES, Objective, make_policy
+from zeta_adaptive.replay import DM, DR, IPS, SNIPS, Always, Learning, Replay, Uniform, prepare
 
 MODELS = ("m0", "m1", "m2", "m3", "m4")
 SUCCESS = np.array([0.98, 0.95, 0.9, 0.97, 0.85])
@@ -91,43 +91,109 @@ def main() -> None:
     start_machine = machine_line()
     df = synthetic_log(args.calls, args.seed)
     prep_s, data = timed(lambda: prepare(df), 1)
-    rows = [{"what": "prepare (DataFrame -> arrays)", "estimator": "", "target": "", "seconds": prep_s, "value": "", "matched": "", "goal_s": ""}]
+    rows = [
+        {
+            "what": "prepare (DataFrame -> arrays)",
+            "estimator": "",
+            "target": "",
+            "seconds": prep_s,
+            "value": "",
+            "matched": "",
+            "goal_s": "",
+        }
+    ]
     for target in (Uniform(), Always("m2")):
         for est in (IPS(), SNIPS(), DM(), DR()):
             seconds, value = timed(lambda est=est, target=target: est.estimate(data, target), args.repeats)
             goal = 1.0 if est.name in ("ips", "snips", "dr") else ""
-            rows.append({"what": "estimate", "estimator": est.name, "target": target.name, "seconds": seconds, "value": value, "matched": "", "goal_s": goal})
+            rows.append(
+                {
+                    "what": "estimate",
+                    "estimator": est.name,
+                    "target": target.name,
+                    "seconds": seconds,
+                    "value": value,
+                    "matched": "",
+                    "goal_s": goal,
+                }
+            )
     objective = Objective()  # the router's default: latency enters the score
     learning = [p for p in ("thompson", "ucb1", "epsilon_greedy", "static") if p in POLICIES]
     for name in learning:
         target = Learning(name, objective=objective, seed=args.seed)
         seconds, matched = timed(lambda target=target: Replay().matched(data, target), args.replay_repeats)
         value = float(data.reward[matched].mean())  # the replay estimate (one task type)
-        rows.append({"what": "replay (learning, 5 models)", "estimator": "replay", "target": name, "seconds": seconds, "value": value, "matched": len(matched), "goal_s": 20.0})
+        rows.append(
+            {
+                "what": "replay (learning, 5 models)",
+                "estimator": "replay",
+                "target": name,
+                "seconds": seconds,
+                "value": value,
+                "matched": len(matched),
+                "goal_s": 20.0,
+            }
+        )
         own_s, _ = timed(lambda name=name, steps=len(matched): policy_alone(name, objective, steps, args.seed), 1)
-        rows.append({"what": "the policy alone, same number of decisions", "estimator": "", "target": name, "seconds": own_s, "value": "", "matched": len(matched), "goal_s": ""})
+        rows.append(
+            {
+                "what": "the policy alone, same number of decisions",
+                "estimator": "",
+                "target": name,
+                "seconds": own_s,
+                "value": "",
+                "matched": len(matched),
+                "goal_s": "",
+            }
+        )
     boot_s, interval = timed(lambda: IPS(n_boot=200).interval(data, Uniform()), 1)
-    rows.append({"what": "interval, 200 resamples", "estimator": "ips", "target": "uniform", "seconds": boot_s, "value": f"[{interval[0]:.4f}, {interval[1]:.4f}]", "matched": "", "goal_s": ""})
+    rows.append(
+        {
+            "what": "interval, 200 resamples",
+            "estimator": "ips",
+            "target": "uniform",
+            "seconds": boot_s,
+            "value": f"[{interval[0]:.4f}, {interval[1]:.4f}]",
+            "matched": "",
+            "goal_s": "",
+        }
+    )
     write_csv(args.out / "replay_speed.csv", rows)
     alone = {r["target"]: r["seconds"] for r in rows if r["what"].startswith("the policy alone")}
     headline = []
     for name in ("ips", "snips", "dr"):
         worst = max((r for r in rows if r["estimator"] == name and r["what"] == "estimate"), key=lambda r: r["seconds"])
-        headline.append({"workload": f"{name.upper()} estimate, {args.calls:,} logged calls (slower of two targets)", "ours": f"{worst['seconds']:.3f} s",
-                         "target": "< 1 s", "met?": "met" if worst["seconds"] < 1.0 else "MISSED"})
+        headline.append(
+            {
+                "workload": f"{name.upper()} estimate, {args.calls:,} logged calls (slower of two targets)",
+                "ours": f"{worst['seconds']:.3f} s",
+                "target": "< 1 s",
+                "met?": "met" if worst["seconds"] < 1.0 else "MISSED",
+            }
+        )
     for r in rows:
         if r["what"].startswith("replay ("):
             own = alone[r["target"]]
-            headline.append({"workload": f"replay of {r['target']} learning, {args.calls:,} calls, 5 models", "ours": f"{r['seconds']:.1f} s",
-                             "target": f"< 20 s (the policy's own decisions: {own:.1f} s, {1e6 * own / r['matched']:.0f} us each)",
-                             "met?": "met" if r["seconds"] < 20.0 else "MISSED"})
+            headline.append(
+                {
+                    "workload": f"replay of {r['target']} learning, {args.calls:,} calls, 5 models",
+                    "ours": f"{r['seconds']:.1f} s",
+                    "target": f"< 20 s (the policy's own decisions: {own:.1f} s, {1e6 * own / r['matched']:.0f} us each)",
+                    "met?": "met" if r["seconds"] < 20.0 else "MISSED",
+                }
+            )
     write_markdown(
         args.out / "replay_speed.md",
         f"Offline replay speed: {args.calls:,} logged calls, 5 models",
         ["workload", "ours", "target", "met?"],
         headline,
         command=args.command,
-        sections=[("All measurements", markdown_table(["what", "estimator", "target", "seconds", "goal_s", "matched", "value"], rows))],
+        sections=[
+            (
+                "All measurements",
+                markdown_table(["what", "estimator", "target", "seconds", "goal_s", "matched", "value"], rows),
+            )
+        ],
         notes=[
             "estimate: median of the repeats on prepared arrays; DR and DM fit their reward model inside the timing",
             "replay: one policy per run, updated only on matched rounds (about 1 in 5 here); the cost per matched round is "

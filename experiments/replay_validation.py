@@ -34,15 +34,18 @@ import pandas as pd
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown  # noqa: E402
+from common import markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
 
-from zeta_adaptive import config as zconfig  # noqa: E402
-from zeta_adaptive.exceptions import AllModelsFailed  # noqa: E402
-from zeta_adaptive.policies import POLICIES, Objective  # noqa: E402
-from zeta_adaptive.policies import make_policy  # noqa: E402
-from zeta_adaptive.replay import DR, CellMeans, Learning, Replay, Uniform, compare, from_frame, load_logged, prepare  # noqa: E402
-from zeta_adaptive.router import Router  # noqa: E402
-from zeta_adaptive.simulate import Fleet, ModelSpec  # noqa: E402
+from zeta_adaptive import config as zconfig
+from zeta_adaptive.exceptions import AllModelsFailed
+from zeta_adaptive.policies import (
+    POLICIES,
+    Objective,
+    make_policy,
+)
+from zeta_adaptive.replay import DR, CellMeans, Learning, Replay, Uniform, compare, from_frame, load_logged, prepare
+from zeta_adaptive.router import Router
+from zeta_adaptive.simulate import Fleet, ModelSpec
 
 OBD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "obd"
 #: OBP 0.5.7 on the BTS sample, uniform target (from the issue)
@@ -63,7 +66,9 @@ OBJECTIVE = Objective()  # the router's default: P(success) * accuracy - 0.1 * l
 def obd_frame(policy: str) -> pd.DataFrame:
     """One OBD sample as a replay frame: item = action, click = reward, position in the reward model."""
     raw = pd.read_csv(OBD / policy / "all" / "all.csv", index_col=0)
-    return from_frame(raw, action="item_id", reward="click", propensity="propensity_score", position="position", time="timestamp")
+    return from_frame(
+        raw, action="item_id", reward="click", propensity="propensity_score", position="position", time="timestamp"
+    )
 
 
 def obd_validation(n_boot: int, seed: int) -> tuple[list[dict], list[dict], float]:
@@ -97,7 +102,15 @@ def obd_validation(n_boot: int, seed: int) -> tuple[list[dict], list[dict], floa
     sensitivity = []
     for m in (0.5, 1.0, 2.0, 5.0, 10.0, 100.0):
         e = DR(n_boot=n_boot, seed=seed, reward_model=CellMeans(pseudo_count=m)).evaluate(bts, Uniform())
-        sensitivity.append({"pseudo_count": m, "dr": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high, "rel_error": abs(e.value - truth) / truth})
+        sensitivity.append(
+            {
+                "pseudo_count": m,
+                "dr": e.value,
+                "ci_low": e.ci_low,
+                "ci_high": e.ci_high,
+                "rel_error": abs(e.value - truth) / truth,
+            }
+        )
     return rows, sensitivity, truth
 
 
@@ -115,7 +128,15 @@ def router_config(fleet: Fleet, url: str, policy: str, options: dict, seed: int,
     return cfg
 
 
-def drive(fleet: Fleet, url: str, policy: str, calls: int, seed: int, order: list[str] | None = None, options: dict | None = None) -> None:
+def drive(
+    fleet: Fleet,
+    url: str,
+    policy: str,
+    calls: int,
+    seed: int,
+    order: list[str] | None = None,
+    options: dict | None = None,
+) -> None:
     """Route ``calls`` calls one after another, with accuracy feedback for every answer."""
     rng = np.random.default_rng(seed + 10_000)
     with Router(router_config(fleet, url, policy, options or {}, seed, order or ROUTE)) as router:
@@ -153,7 +174,9 @@ def exact(spec: str) -> float:
     return float("nan")
 
 
-def router_validation(calls: int, online_runs: int, fixed_calls: int, n_boot: int, learning_boot: int, seed: int) -> list[dict]:
+def router_validation(
+    calls: int, online_runs: int, fixed_calls: int, n_boot: int, learning_boot: int, seed: int
+) -> list[dict]:
     """Offline estimates from random-policy logs vs online runs, for every policy."""
     learning = [p for p in ("thompson", "ucb1", "kl_ucb", "epsilon_greedy") if p in POLICIES]
     specs = learning + ["static", "uniform", "always:mid-8b", "always:large-70b"]
@@ -166,7 +189,9 @@ def router_validation(calls: int, online_runs: int, fixed_calls: int, n_boot: in
         log_s = time.perf_counter() - t0
         logged = prepare(load_logged(log_url), models={TASK: ROUTE})
         t0 = time.perf_counter()
-        offline = compare(logged, specs, objective=OBJECTIVE, seed=seed, n_boot=n_boot, learning_boot=learning_boot, progress=True).table
+        offline = compare(
+            logged, specs, objective=OBJECTIVE, seed=seed, n_boot=n_boot, learning_boot=learning_boot, progress=True
+        ).table
         offline_s = time.perf_counter() - t0
         for spec in tqdm(specs, desc="online runs"):
             mine = offline[offline.policy == spec]
@@ -235,8 +260,17 @@ def calibration(policies: list[str], logs: int, calls: int, learning_boot: int, 
             draws = [_simulate(None, rng, int(k)) for k in a]
             ok = np.array([d[0] for d in draws], dtype=float)
             acc = np.array([d[1] for d in draws])
-            frame = pd.DataFrame({"action": np.asarray(ROUTE, dtype=object)[a], "propensity": 1 / len(SPECS), "success": ok,
-                                  "latency_s": [SPECS[k].latency_s for k in a], "cost": 0.0, "accuracy": acc, "reward": np.nan_to_num(acc)})
+            frame = pd.DataFrame(
+                {
+                    "action": np.asarray(ROUTE, dtype=object)[a],
+                    "propensity": 1 / len(SPECS),
+                    "success": ok,
+                    "latency_s": [SPECS[k].latency_s for k in a],
+                    "cost": 0.0,
+                    "accuracy": acc,
+                    "reward": np.nan_to_num(acc),
+                }
+            )
             data = prepare(frame, models=ROUTE)
             target = Learning(name, objective=objective, seed=seed + i)
             est = Replay(learning_boot=learning_boot, seed=seed + i).evaluate(data, target)
@@ -244,13 +278,26 @@ def calibration(policies: list[str], logs: int, calls: int, learning_boot: int, 
             matched = data.reward[Replay().matched(data, target)]
             resampled = rng.choice(matched, size=(1000, len(matched))).mean(axis=1)
             fixed = tuple(np.quantile(resampled, [0.025, 0.975]))
-            for key, (lo, hi) in (("bootstrap of the replay (default)", (est.ci_low, est.ci_high)), ("matched rounds only", fixed)):
+            for key, (lo, hi) in (
+                ("bootstrap of the replay (default)", (est.ci_low, est.ci_high)),
+                ("matched rounds only", fixed),
+            ):
                 hits[key].append(lo <= truth <= hi)
                 widths[key].append((hi - lo) / 2)
             errors.append(est.value - truth)
         for key in hits:
-            rows.append({"part": "calibration", "policy": name, "interval": key, "logs": logs, "coverage": float(np.mean(hits[key])),
-                         "mean_half_width": float(np.mean(widths[key])), "sd_error": float(np.std(errors)), "mean_error": float(np.mean(errors))})
+            rows.append(
+                {
+                    "part": "calibration",
+                    "policy": name,
+                    "interval": key,
+                    "logs": logs,
+                    "coverage": float(np.mean(hits[key])),
+                    "mean_half_width": float(np.mean(widths[key])),
+                    "sd_error": float(np.std(errors)),
+                    "mean_error": float(np.mean(errors)),
+                }
+            )
     return rows
 
 
@@ -280,23 +327,51 @@ def headline(rows: list[dict]) -> list[dict]:
         plain = {r["estimator"]: r for r in obd}
         covered = sum(bool(r["covers_truth"]) for r in obd)
         out += [
-            {"workload": "OBD, uniform policy from the BTS logs: IPS/SNIPS/DM/DR intervals (plain, clipped) cover the truth",
-             "ours": f"{covered} of {len(obd)}", "target": "all", "met?": "met" if covered == len(obd) else "MISSED"},
-            {"workload": "OBD: IPS equals OBP 0.5.7's IPW on the same file", "ours": f"{plain['ips']['value']:.6f}",
-             "target": f"{OBP['ips']:.6f}", "met?": "met" if abs(plain["ips"]["value"] - OBP["ips"]) < 5e-7 else "MISSED"},
-            {"workload": "OBD: DR's relative error against the truth", "ours": f"{plain['dr']['rel_error']:.1%}",
-             "target": f"no more than OBP's DR ({abs(OBP['dr'] - plain['dr']['truth']) / plain['dr']['truth']:.1%})",
-             "met?": "met" if abs(plain["dr"]["value"] - plain["dr"]["truth"]) <= abs(OBP["dr"] - plain["dr"]["truth"]) else "MISSED"},
+            {
+                "workload": "OBD, uniform policy from the BTS logs: IPS/SNIPS/DM/DR intervals (plain, clipped) cover the truth",
+                "ours": f"{covered} of {len(obd)}",
+                "target": "all",
+                "met?": "met" if covered == len(obd) else "MISSED",
+            },
+            {
+                "workload": "OBD: IPS equals OBP 0.5.7's IPW on the same file",
+                "ours": f"{plain['ips']['value']:.6f}",
+                "target": f"{OBP['ips']:.6f}",
+                "met?": "met" if abs(plain["ips"]["value"] - OBP["ips"]) < 5e-7 else "MISSED",
+            },
+            {
+                "workload": "OBD: DR's relative error against the truth",
+                "ours": f"{plain['dr']['rel_error']:.1%}",
+                "target": f"no more than OBP's DR ({abs(OBP['dr'] - plain['dr']['truth']) / plain['dr']['truth']:.1%})",
+                "met?": "met"
+                if abs(plain["dr"]["value"] - plain["dr"]["truth"]) <= abs(OBP["dr"] - plain["dr"]["truth"])
+                else "MISSED",
+            },
         ]
     router = [r for r in rows if r["part"] == "router"]
-    for label, chosen in (("the replay estimator", [r for r in router if r["estimator"] == "replay"]), ("every estimator", router)):
+    for label, chosen in (
+        ("the replay estimator", [r for r in router if r["estimator"] == "replay"]),
+        ("every estimator", router),
+    ):
         inside = sum(bool(r["covers_truth"]) for r in chosen)
-        out.append({"workload": f"router logs: online value inside the offline 95% interval, {label}", "ours": f"{inside} of {len(chosen)}",
-                    "target": "all", "met?": "met" if inside == len(chosen) else "MISSED"})
+        out.append(
+            {
+                "workload": f"router logs: online value inside the offline 95% interval, {label}",
+                "ours": f"{inside} of {len(chosen)}",
+                "target": "all",
+                "met?": "met" if inside == len(chosen) else "MISSED",
+            }
+        )
     for r in rows:
         if r["part"] == "calibration":
-            out.append({"workload": f"calibration, {r['policy']}: {r['interval']} covers the expected online value",
-                        "ours": f"{r['coverage']:.1%} of {r['logs']} logs", "target": "95% nominal", "met?": "–"})
+            out.append(
+                {
+                    "workload": f"calibration, {r['policy']}: {r['interval']} covers the expected online value",
+                    "ours": f"{r['coverage']:.1%} of {r['logs']} logs",
+                    "target": "95% nominal",
+                    "met?": "–",
+                }
+            )
     return out
 
 
@@ -309,18 +384,31 @@ def main() -> None:
             "--fixed-calls": {"type": int, "default": 3000, "help": "online calls per fixed policy"},
             "--n-boot": {"type": int, "default": 1000, "help": "bootstrap resamples (fixed targets)"},
             "--learning-boot": {"type": int, "default": 100, "help": "bootstrap replays (learning policies)"},
-            "--calibration-logs": {"type": int, "default": 30, "help": "simulated logs per policy in the calibration study"},
+            "--calibration-logs": {
+                "type": int,
+                "default": 30,
+                "help": "simulated logs per policy in the calibration study",
+            },
         },
     )
     if args.quick:
-        args.calls, args.online_runs, args.fixed_calls, args.n_boot, args.learning_boot, args.calibration_logs = 600, 2, 300, 200, 30, 3
+        args.calls, args.online_runs, args.fixed_calls, args.n_boot, args.learning_boot, args.calibration_logs = (
+            600,
+            2,
+            300,
+            200,
+            30,
+            3,
+        )
     notes = []
     rows: list[dict] = []
     sections = []
     if OBD.exists():
         obd_rows, sensitivity, truth = obd_validation(args.n_boot, args.seed)
         rows += obd_rows
-        table = pd.DataFrame(obd_rows)[["estimator", "value", "ci_low", "ci_high", "ess", "rel_error", "covers_truth", "obp"]]
+        table = pd.DataFrame(obd_rows)[
+            ["estimator", "value", "ci_low", "ci_high", "ess", "rel_error", "covers_truth", "obp"]
+        ]
         sens = pd.DataFrame(sensitivity)
         sections.append(
             (
@@ -333,10 +421,26 @@ def main() -> None:
         )
     else:
         notes.append(f"Open Bandit Dataset not found at {OBD}: that part was skipped")
-    router_rows = router_validation(args.calls, args.online_runs, args.fixed_calls, args.n_boot, args.learning_boot, args.seed)
+    router_rows = router_validation(
+        args.calls, args.online_runs, args.fixed_calls, args.n_boot, args.learning_boot, args.seed
+    )
     rows += router_rows
     inside = [r for r in router_rows if r["part"] == "router"]
-    table = pd.DataFrame(inside)[["policy", "estimator", "value", "ci_low", "ci_high", "ess", "truth", "truth_se", "exact", "online_calls", "covers_truth"]]
+    table = pd.DataFrame(inside)[
+        [
+            "policy",
+            "estimator",
+            "value",
+            "ci_low",
+            "ci_high",
+            "ess",
+            "truth",
+            "truth_se",
+            "exact",
+            "online_calls",
+            "covers_truth",
+        ]
+    ]
     sections.append(
         (
             "Router logs: offline (random-policy logs) vs online on the same simulated fleet",
@@ -353,7 +457,9 @@ def main() -> None:
     learning = [p for p in ("thompson", "ucb1") if p in POLICIES]
     calibration_rows = calibration(learning, args.calibration_logs, 900, args.learning_boot, args.seed)
     rows += calibration_rows
-    cal = pd.DataFrame(calibration_rows)[["policy", "interval", "logs", "coverage", "mean_half_width", "sd_error", "mean_error"]]
+    cal = pd.DataFrame(calibration_rows)[
+        ["policy", "interval", "logs", "coverage", "mean_half_width", "sd_error", "mean_error"]
+    ]
     sections.append(
         (
             "Calibration of a learning policy's 95% interval (in-process simulation, known truth)",

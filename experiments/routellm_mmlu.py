@@ -88,7 +88,9 @@ class Stream:
     def __init__(self, kind: str, tasks: list[str], budget: float | None, seed: int) -> None:
         self.contextual = kind in ("linear_thompson", "lin_ucb")
         name = "thompson" if kind.startswith("thompson") else kind
-        self.policies: dict[str, Policy] = {t: make_policy(name, MODELS, OBJECTIVE, seed=seed + i) for i, t in enumerate(tasks)}
+        self.policies: dict[str, Policy] = {
+            t: make_policy(name, MODELS, OBJECTIVE, seed=seed + i) for i, t in enumerate(tasks)
+        }
         self.pacer = BudgetPacer(budget, OBJECTIVE) if budget is not None else None
 
     def step(self, task: str, x: Features | None, correct: tuple[int, int]) -> tuple[int, int]:
@@ -126,7 +128,11 @@ def run_online(job: tuple[str, int, float, dict[str, Any]]) -> dict[str, Any]:
         chosen[n], right[n] = stream.step(task, features[q] if stream.contextual else None, (weak[q], strong_ok[q]))
     elapsed = time.perf_counter() - start
     return {
-        "policy": kind, "order": order_seed, "budget": budget, "share": float(chosen.mean()), "accuracy": float(right.mean()),
+        "policy": kind,
+        "order": order_seed,
+        "budget": budget,
+        "share": float(chosen.mean()),
+        "accuracy": float(right.mean()),
         "us_per_decision": elapsed / len(order) * 1e6,
     }
 
@@ -134,7 +140,10 @@ def run_online(job: tuple[str, int, float, dict[str, Any]]) -> dict[str, Any]:
 # -- offline reference: logistic regression on the same features ------------------------------------
 def matrix(features: list[Features], size: int) -> sp.csr_matrix:
     rows = np.concatenate([np.full(x.nnz, i) for i, x in enumerate(features)])
-    return sp.csr_matrix((np.concatenate([x.values for x in features]), (rows, np.concatenate([x.indices for x in features]))), shape=(len(features), size))
+    return sp.csr_matrix(
+        (np.concatenate([x.values for x in features]), (rows, np.concatenate([x.indices for x in features]))),
+        shape=(len(features), size),
+    )
 
 
 def logistic(a: sp.csr_matrix, y: np.ndarray, l2: float = 3.0) -> np.ndarray:
@@ -174,7 +183,9 @@ def offline(frame: pd.DataFrame, x: sp.csr_matrix, seed: int) -> dict[str, Any]:
     return {"seed": seed, "points": points, **metrics(points, weak[test].mean(), strong[test].mean())}
 
 
-def learning_curve(frame: pd.DataFrame, features: list[Features], seed: int, budget: float = 0.5) -> list[dict[str, float]]:
+def learning_curve(
+    frame: pd.DataFrame, features: list[Features], seed: int, budget: float = 0.5
+) -> list[dict[str, float]]:
     """APGR on held-out questions of linear_thompson's learned state (posterior-mean gain) vs calls seen."""
     train, test = split(frame, seed)
     train = np.random.default_rng(seed).permutation(train)
@@ -197,10 +208,15 @@ def learning_curve(frame: pd.DataFrame, features: list[Features], seed: int, bud
 def through_router(frame: pd.DataFrame, budget: float, seed: int, limit: int | None) -> dict[str, Any]:
     """Stream the questions through Router.chat over the loopback fleet; feedback from the data's correctness."""
     order = np.random.default_rng(seed).permutation(len(frame))[:limit]
-    specs = [ModelSpec("weak", latency_s=0.0005, latency_sigma=0.0), ModelSpec("strong", latency_s=0.0005, latency_sigma=0.0)]
+    specs = [
+        ModelSpec("weak", latency_s=0.0005, latency_sigma=0.0),
+        ModelSpec("strong", latency_s=0.0005, latency_sigma=0.0),
+    ]
     chosen, right = [], []
     with Fleet(specs, seed=seed) as fleet:
-        config = fleet.fleet_config({"mmlu": list(MODELS)}, seed=seed, objective={"w_latency": 0.0}, store="sqlite:///:memory:")
+        config = fleet.fleet_config(
+            {"mmlu": list(MODELS)}, seed=seed, objective={"w_latency": 0.0}, store="sqlite:///:memory:"
+        )
         config["models"]["strong"]["price_out_per_1k"] = 1000.0 / 32  # the fleet's 32 answer tokens cost 1
         config["routes"]["mmlu"].update(policy="linear_thompson", budget_per_call=budget)
         start = time.perf_counter()
@@ -214,8 +230,14 @@ def through_router(frame: pd.DataFrame, budget: float, seed: int, limit: int | N
             prefs = router.preferences("mmlu")["mmlu"][0]
         elapsed = time.perf_counter() - start
     return {
-        "budget": budget, "order": seed, "questions": len(order), "share": float(np.mean(chosen)), "accuracy": float(np.mean(right)),
-        "ms_per_call": elapsed / len(order) * 1e3, "spend_per_call": prefs["spend_per_call"], "cost_weight": prefs["cost_weight"],
+        "budget": budget,
+        "order": seed,
+        "questions": len(order),
+        "share": float(np.mean(chosen)),
+        "accuracy": float(np.mean(right)),
+        "ms_per_call": elapsed / len(order) * 1e3,
+        "spend_per_call": prefs["spend_per_call"],
+        "cost_weight": prefs["cost_weight"],
     }
 
 
@@ -233,7 +255,10 @@ def summarise(rows: list[dict[str, Any]], acc_weak: float, acc_strong: float) ->
         by_budget["pgr"] = (by_budget["accuracy"] - acc_weak) / (acc_strong - acc_weak)
         out[kind] = {
             **{f"{m}_mean": float(table[m].mean()) for m in table},
-            **{f"{m}_ci": float(1.96 * table[m].std(ddof=1) / np.sqrt(len(table))) if len(table) > 1 else None for m in table},
+            **{
+                f"{m}_ci": float(1.96 * table[m].std(ddof=1) / np.sqrt(len(table))) if len(table) > 1 else None
+                for m in table
+            },
             "orders": len(table),
             "budget_error": float((runs["share"] - runs["budget"]).abs().mean()),
             "us_per_decision": float(runs["us_per_decision"].mean()),
@@ -242,7 +267,13 @@ def summarise(rows: list[dict[str, Any]], acc_weak: float, acc_strong: float) ->
     return out
 
 
-def plot(summary: dict[str, Any], offline_runs: list[dict[str, Any]], curve_rows: list[dict[str, float]], acc: tuple[float, float], out: Path) -> None:
+def plot(
+    summary: dict[str, Any],
+    offline_runs: list[dict[str, Any]],
+    curve_rows: list[dict[str, float]],
+    acc: tuple[float, float],
+    out: Path,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,10 +283,21 @@ def plot(summary: dict[str, Any], offline_runs: list[dict[str, Any]], curve_rows
     for kind, s in summary.items():
         b = pd.DataFrame(s["by_budget"])
         share, accuracy = curve(list(zip(b["share"], b["accuracy"], strict=True)), *acc)
-        ax.plot(share, (accuracy - acc[0]) / (acc[1] - acc[0]), marker="o", ms=3, label=f"{kind} (APGR {s['apgr_mean']:.3f})")
+        ax.plot(
+            share,
+            (accuracy - acc[0]) / (acc[1] - acc[0]),
+            marker="o",
+            ms=3,
+            label=f"{kind} (APGR {s['apgr_mean']:.3f})",
+        )
     pts = offline_runs[0]["points"]
     share, accuracy = curve(pts, *acc)
-    ax.plot(share, (accuracy - acc[0]) / (acc[1] - acc[0]), "k--", label=f"offline logreg (APGR {np.mean([r['apgr'] for r in offline_runs]):.3f})")
+    ax.plot(
+        share,
+        (accuracy - acc[0]) / (acc[1] - acc[0]),
+        "k--",
+        label=f"offline logreg (APGR {np.mean([r['apgr'] for r in offline_runs]):.3f})",
+    )
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, label="random (0.500)")
     ax.set_xlabel("strong-call share")
     ax.set_ylabel("PGR")
@@ -278,11 +320,14 @@ def plot(summary: dict[str, Any], offline_runs: list[dict[str, Any]], curve_rows
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "# RouteLLM MMLU: per-prompt routing with a cost budget", "",
-        f"Command: `{result['command']}`", "",
+        "# RouteLLM MMLU: per-prompt routing with a cost budget",
+        "",
+        f"Command: `{result['command']}`",
+        "",
         f"{result['questions']} uncontaminated questions; weak accuracy {result['acc_weak']:.4f}, strong {result['acc_strong']:.4f}. "
         f"Online runs: {result['orders']} stream orders (per policy, see the table) x budgets {list(result['budgets'])} (strong-call share targets), "
-        "policy objects driven as the router drives them; intervals are 95% over orders.", "",
+        "policy objects driven as the router drives them; intervals are 95% over orders.",
+        "",
         "| router | APGR | CPT(50%) | CPT(80%) | mean abs(share - budget) | µs per decision | orders |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -299,21 +344,44 @@ def markdown(result: dict[str, Any]) -> str:
     )
     for name, (apgr, c50, c80) in PUBLISHED.items():
         lines.append(f"| RouteLLM published: {name} | {apgr:.3f} | {c50:.2f}% | {c80:.2f}% | | | |")
-    lines += ["", "RouteLLM's routers were trained on other data (Chatbot Arena, D_gold); the online routers here learn in-distribution "
-              "from the stream's own one-sided feedback, so the comparison is not like-for-like.", "", "## Per budget (mean over orders)", ""]
+    lines += [
+        "",
+        "RouteLLM's routers were trained on other data (Chatbot Arena, D_gold); the online routers here learn in-distribution "
+        "from the stream's own one-sided feedback, so the comparison is not like-for-like.",
+        "",
+        "## Per budget (mean over orders)",
+        "",
+    ]
     for kind, s in result["online"].items():
-        lines.append(f"**{kind}**: " + ", ".join(f"budget {r['budget']:.1f} → share {r['share']:.3f}, acc {r['accuracy']:.4f}, PGR {r['pgr']:.3f}" for r in s["by_budget"]))
+        lines.append(
+            f"**{kind}**: "
+            + ", ".join(
+                f"budget {r['budget']:.1f} → share {r['share']:.3f}, acc {r['accuracy']:.4f}, PGR {r['pgr']:.3f}"
+                for r in s["by_budget"]
+            )
+        )
         lines.append("")
     if result.get("learning_curve"):
         lc = pd.DataFrame(result["learning_curve"]).groupby("calls")["apgr"].mean()
-        lines += ["## Learning curve (linear_thompson, held-out APGR of the learned state)", "",
-                  " | ".join(f"{c} calls: {v:.3f}" for c, v in lc.items()), ""]
+        lines += [
+            "## Learning curve (linear_thompson, held-out APGR of the learned state)",
+            "",
+            " | ".join(f"{c} calls: {v:.3f}" for c, v in lc.items()),
+            "",
+        ]
     for r in result.get("router", []):
-        lines += ["## End to end through Router over loopback HTTP", "",
-                  f"linear_thompson, budget {r['budget']}, {r['questions']} questions: strong share {r['share']:.3f}, accuracy {r['accuracy']:.4f}, "
-                  f"spend per call {r['spend_per_call']:.3f}, {r['ms_per_call']:.2f} ms per call (HTTP, log, feedback included)", ""]
-    lines += [f"Feature cost: {result['feature_us']:.0f} µs per prompt on average (mean prompt {result['mean_chars']:.0f} characters), "
-              f"{result['feature_us_2k']:.0f} µs for a 2,000-character prompt (min of repeats; machine shared, 2 cores).", ""]
+        lines += [
+            "## End to end through Router over loopback HTTP",
+            "",
+            f"linear_thompson, budget {r['budget']}, {r['questions']} questions: strong share {r['share']:.3f}, accuracy {r['accuracy']:.4f}, "
+            f"spend per call {r['spend_per_call']:.3f}, {r['ms_per_call']:.2f} ms per call (HTTP, log, feedback included)",
+            "",
+        ]
+    lines += [
+        f"Feature cost: {result['feature_us']:.0f} µs per prompt on average (mean prompt {result['mean_chars']:.0f} characters), "
+        f"{result['feature_us_2k']:.0f} µs for a 2,000-character prompt (min of repeats; machine shared, 2 cores).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -347,7 +415,9 @@ def _run(job: tuple[str, int, float]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--orders", type=int, default=10, help="stream orders for linear_thompson (the acceptance target)")
-    ap.add_argument("--orders-other", type=int, default=None, help="stream orders for the other online policies (default: --orders)")
+    ap.add_argument(
+        "--orders-other", type=int, default=None, help="stream orders for the other online policies (default: --orders)"
+    )
     ap.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
     ap.add_argument("--policies", nargs="+", default=list(ONLINE), choices=ONLINE)
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions (smoke runs)")
@@ -355,41 +425,66 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--router", action="store_true", help="also one run end to end through Router over loopback HTTP")
     ap.add_argument("--router-limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--summarise", type=Path, default=None, help="only summarise the runs of a runs .jsonl file (e.g. a sweep cut short)")
+    ap.add_argument(
+        "--summarise",
+        type=Path,
+        default=None,
+        help="only summarise the runs of a runs .jsonl file (e.g. a sweep cut short)",
+    )
     args = ap.parse_args(argv)
     frame = load()
     if args.summarise is not None:
         rows = [json.loads(line) for line in args.summarise.read_text().splitlines() if line.strip()]
         for kind, s in summarise(rows, float(frame["weak"].mean()), float(frame["strong"].mean())).items():
-            print(f"{kind}: APGR {s['apgr_mean']:.3f} ± {s['apgr_ci'] or 0:.3f}, CPT(50%) {s['cpt50_mean']:.1f}%, "
-                  f"CPT(80%) {s['cpt80_mean']:.1f}%, mean abs(share - budget) {s['budget_error']:.4f}, {s['orders']} orders")
+            print(
+                f"{kind}: APGR {s['apgr_mean']:.3f} ± {s['apgr_ci'] or 0:.3f}, CPT(50%) {s['cpt50_mean']:.1f}%, "
+                f"CPT(80%) {s['cpt80_mean']:.1f}%, mean abs(share - budget) {s['budget_error']:.4f}, {s['orders']} orders"
+            )
         return
     if args.limit:
         frame = frame.iloc[: args.limit].reset_index(drop=True)
     featurizer = Featurizer()
     features, feature_us, feature_us_2k = timed_features(featurizer, frame["prompt"].tolist())
     acc_weak, acc_strong = float(frame["weak"].mean()), float(frame["strong"].mean())
-    orders = {k: args.orders if k == "linear_thompson" or args.orders_other is None else args.orders_other for k in args.policies}
+    orders = {
+        k: args.orders if k == "linear_thompson" or args.orders_other is None else args.orders_other
+        for k in args.policies
+    }
     jobs = [(k, o, b) for o in range(args.orders) for k in args.policies for b in args.budgets if o < orders[k]]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    with multiprocessing.get_context("fork").Pool(args.workers, initializer=_init, initargs=(frame, features)) as pool, open(
-        args.out / "routellm_mmlu_runs.jsonl", "w"
-    ) as progress:
+    with (
+        multiprocessing.get_context("fork").Pool(args.workers, initializer=_init, initargs=(frame, features)) as pool,
+        open(args.out / "routellm_mmlu_runs.jsonl", "w") as progress,
+    ):
         for row in tqdm(pool.imap_unordered(_run, jobs), total=len(jobs), desc="online runs"):
             rows.append(row)
             progress.write(json.dumps(row) + "\n")  # kept as runs finish, in case a long sweep is cut short
             progress.flush()
     x = matrix(features, featurizer.size)
     offline_runs = [offline(frame, x, seed) for seed in tqdm(range(args.orders), desc="offline logreg", leave=False)]
-    curve_rows = [row | {"seed": seed} for seed in tqdm(range(min(args.orders, 3)), desc="learning curve", leave=False) for row in learning_curve(frame, features, seed)]
+    curve_rows = [
+        row | {"seed": seed}
+        for seed in tqdm(range(min(args.orders, 3)), desc="learning curve", leave=False)
+        for row in learning_curve(frame, features, seed)
+    ]
     result = {
-        "command": " ".join([".venv/bin/python", "experiments/routellm_mmlu.py", *(argv if argv is not None else sys.argv[1:])]),
-        "questions": len(frame), "acc_weak": acc_weak, "acc_strong": acc_strong, "orders": orders, "budgets": args.budgets,
-        "online": summarise(rows, acc_weak, acc_strong), "runs": rows,
+        "command": " ".join(
+            [".venv/bin/python", "experiments/routellm_mmlu.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "questions": len(frame),
+        "acc_weak": acc_weak,
+        "acc_strong": acc_strong,
+        "orders": orders,
+        "budgets": args.budgets,
+        "online": summarise(rows, acc_weak, acc_strong),
+        "runs": rows,
         "offline": [{k: v for k, v in r.items() if k != "points"} for r in offline_runs],
-        "learning_curve": curve_rows, "published": PUBLISHED,
-        "feature_us": feature_us, "feature_us_2k": feature_us_2k, "mean_chars": float(frame["prompt"].str.len().mean()),
+        "learning_curve": curve_rows,
+        "published": PUBLISHED,
+        "feature_us": feature_us,
+        "feature_us_2k": feature_us_2k,
+        "mean_chars": float(frame["prompt"].str.len().mean()),
     }
     if args.router:
         result["router"] = [through_router(frame, 0.5, 0, args.router_limit)]

@@ -47,9 +47,13 @@ SCRIPTS = (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke-run every script (not a measurement)")
-    parser.add_argument("--out", type=Path, default=None, help=f"results folder (default {RESULTS}; a temporary one with --quick)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"results folder (default {RESULTS}; a temporary one with --quick)"
+    )
     parser.add_argument("--only", nargs="*", default=None, help="run only these scripts (names with or without .py)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per script (default 1200, 300 with --quick)")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds allowed per script (default 1200, 300 with --quick)"
+    )
     args = parser.parse_args(argv)
     out = args.out or (Path(tempfile.mkdtemp(prefix="zeta-bench-quick-")) if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"script": name, "status": status, "seconds": round(seconds, 1)})
     total = time.perf_counter() - start
     (out / "run_all.json").write_text(json.dumps({"runs": runs, "total_seconds": total, "quick": args.quick}, indent=2))
-    command = "make bench" if not args.quick and args.out is None and args.only is None else " ".join([".venv/bin/python", "experiments/run_all.py", *(argv if argv is not None else sys.argv[1:])])
+    command = (
+        "make bench"
+        if not args.quick and args.out is None and args.only is None
+        else " ".join([".venv/bin/python", "experiments/run_all.py", *(argv if argv is not None else sys.argv[1:])])
+    )
     path = write_summary(out, command)
     print(path.read_text(encoding="utf-8"))
     print(f"== results in {out} ({total:.0f} s)")

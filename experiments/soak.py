@@ -78,8 +78,14 @@ class Setup:
     @property
     def base_faults(self) -> dict[str, Any]:
         """Random faults every model has all the time: 1% 500s, 0.5% 429s, 0.2% hangs past the attempt timeout."""
-        return {"latency_sigma": 0.3, "error_rate": 0.01, "rate_limit_rate": 0.005, "retry_after_s": self.s(0.5),
-                "hang_rate": 0.002, "hang_s": self.s(12.0)}
+        return {
+            "latency_sigma": 0.3,
+            "error_rate": 0.01,
+            "rate_limit_rate": 0.005,
+            "retry_after_s": self.s(0.5),
+            "hang_rate": 0.002,
+            "hang_s": self.s(12.0),
+        }
 
     @property
     def specs(self) -> list[dict[str, Any]]:
@@ -91,8 +97,15 @@ class Setup:
 
     @property
     def breaker(self) -> dict[str, Any]:
-        return {"consecutive_failures": 3, "failure_rate": 0.5, "window": 20, "min_calls": 10,
-                "cooldown_s": self.s(1.0), "max_cooldown_s": self.s(8.0), "when_all_cooling": "wait"}
+        return {
+            "consecutive_failures": 3,
+            "failure_rate": 0.5,
+            "window": 20,
+            "min_calls": 10,
+            "cooldown_s": self.s(1.0),
+            "max_cooldown_s": self.s(8.0),
+            "when_all_cooling": "wait",
+        }
 
 
 # -- the fleet in its own process ---------------------------------------------------------------------
@@ -181,7 +194,10 @@ class FleetProcess:
         self.specs = specs
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--fleet-worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
         self._lock = threading.Lock()
         self.urls: dict[str, str] = self._ask({"specs": specs, "seed": seed})["urls"]
@@ -322,18 +338,57 @@ def schedule(setup: Setup, with_store: bool) -> list[Window]:
     down = lambda *names: [(n, {"down": True}) for n in names]  # noqa: E731
     up = lambda *names: [(n, {"down": False}) for n in names]  # noqa: E731
     windows = [
-        Window("hang storm: gamma 30% hangs", "hangs", 0.08, 0.16, ("gamma",),
-               [("gamma", {"hang_rate": 0.3})], [_restore("gamma", ["hang_rate"])]),
+        Window(
+            "hang storm: gamma 30% hangs",
+            "hangs",
+            0.08,
+            0.16,
+            ("gamma",),
+            [("gamma", {"hang_rate": 0.3})],
+            [_restore("gamma", ["hang_rate"])],
+        ),
         *[
-            Window(f"reset: beta down and back #{k + 1}", "reset", f, None, ("beta",), down("beta"), up("beta"), seconds=setup.s(1.5))
+            Window(
+                f"reset: beta down and back #{k + 1}",
+                "reset",
+                f,
+                None,
+                ("beta",),
+                down("beta"),
+                up("beta"),
+                seconds=setup.s(1.5),
+            )
             for k, f in enumerate((0.20, 0.24, 0.28, 0.32))
         ],
         Window("alpha dies and comes back", "death", 0.36, 0.50, ("alpha",), down("alpha"), up("alpha")),
-        Window(f"429 storm: beta 30% 429 Retry-After {setup.storm_retry_after_s:g} s", "429", 0.58, 0.68, ("beta",),
-               [("beta", {"rate_limit_rate": 0.3, "retry_after_s": setup.storm_retry_after_s})], [_restore("beta", ["rate_limit_rate", "retry_after_s"])]),
-        Window("500 storm: alpha 50% 500s", "500", 0.74, 0.80, ("alpha",),
-               [("alpha", {"error_rate": 0.5})], [_restore("alpha", ["error_rate"])]),
-        Window("total outage: every model down", "outage", 0.88, None, ROUTE, down(*ROUTE), up(*ROUTE), seconds=setup.s(4.0)),
+        Window(
+            f"429 storm: beta 30% 429 Retry-After {setup.storm_retry_after_s:g} s",
+            "429",
+            0.58,
+            0.68,
+            ("beta",),
+            [("beta", {"rate_limit_rate": 0.3, "retry_after_s": setup.storm_retry_after_s})],
+            [_restore("beta", ["rate_limit_rate", "retry_after_s"])],
+        ),
+        Window(
+            "500 storm: alpha 50% 500s",
+            "500",
+            0.74,
+            0.80,
+            ("alpha",),
+            [("alpha", {"error_rate": 0.5})],
+            [_restore("alpha", ["error_rate"])],
+        ),
+        Window(
+            "total outage: every model down",
+            "outage",
+            0.88,
+            None,
+            ROUTE,
+            down(*ROUTE),
+            up(*ROUTE),
+            seconds=setup.s(4.0),
+        ),
     ]
     if with_store:
         windows.append(Window("store restart: PostgreSQL stopped", "store", 0.54, 0.66))
@@ -358,7 +413,18 @@ class Calls:
     attempts: list[list[tuple[str, str, float, str]]] = field(default_factory=list)  # model, outcome, latency, error
     error: list[str] = field(default_factory=list)
 
-    def add(self, i: int, t0: float, t1: float, ok: bool, call_id: str | None, model: str | None, attempts: list, router_latency: float, error: str) -> None:
+    def add(
+        self,
+        i: int,
+        t0: float,
+        t1: float,
+        ok: bool,
+        call_id: str | None,
+        model: str | None,
+        attempts: list,
+        router_latency: float,
+        error: str,
+    ) -> None:
         self.index.append(i)
         self.start.append(t0)
         self.end.append(t1)
@@ -383,7 +449,9 @@ async def soak(args: Any, tmp: Path, pg: PrivatePostgres | None) -> dict[str, An
     journal_dir = tmp / "journal"
     calls = Calls()
     unexpected: list[str] = []
-    samples: list[tuple[float, int, int, int, float]] = []  # (t, journal rows, store errors, rows written, worst loop lag)
+    samples: list[
+        tuple[float, int, int, int, float]
+    ] = []  # (t, journal rows, store errors, rows written, worst loop lag)
     lag: list[float] = []
     journaled = {"rows": 0, "batches": 0, "first": None, "last": None}
     state = {"issued": 0, "done": 0, "stop": False}
@@ -396,7 +464,13 @@ async def soak(args: Any, tmp: Path, pg: PrivatePostgres | None) -> dict[str, An
             "journal_dir": str(journal_dir),
             "breaker": setup.breaker,
             "models": fleet.model_config(timeout_s=setup.timeout_s, max_in_flight=MAX_IN_FLIGHT),
-            "routes": {"simple": {"models": list(ROUTE), "policy": "thompson", **({"hedge_quantile": args.hedge} if args.hedge else {})}},
+            "routes": {
+                "simple": {
+                    "models": list(ROUTE),
+                    "policy": "thompson",
+                    **({"hedge_quantile": args.hedge} if args.hedge else {}),
+                }
+            },
         }
         router = Router(cfg)
         store = router.store
@@ -537,15 +611,35 @@ async def soak(args: Any, tmp: Path, pg: PrivatePostgres | None) -> dict[str, An
         fleet_requests = fleet.requests()
         cpu_fleet = fleet.cpu()
 
-    left_in_journal = sum(sum(1 for line in open(p, encoding="utf-8") if line.endswith("\n")) for p in journal_dir.glob("*.jsonl"))
+    left_in_journal = sum(
+        sum(1 for line in open(p, encoding="utf-8") if line.endswith("\n")) for p in journal_dir.glob("*.jsonl")
+    )
     db = read_log(url)
     return {
-        "n": n, "concurrency": concurrency, "windows": windows, "calls": calls, "unexpected": unexpected,
-        "samples": samples, "lag": lag, "journaled": journaled, "duration_s": t_calls_end, "close_s": close_s,
-        "store_errors": store.errors, "store_dropped": store.dropped, "left_in_journal": left_in_journal,
-        "db": db, "prefs": prefs, "fleet_requests": fleet_requests, "url": store.safe_url,
-        "time_cap_hit": state["issued"] < n, "warmup": warmup, "warmup_stall_s": stall["max"], "gc": gc_pauses, "setup": setup,
-        "cpu_self_s": cpu_self, "cpu_fleet_s": cpu_fleet,
+        "n": n,
+        "concurrency": concurrency,
+        "windows": windows,
+        "calls": calls,
+        "unexpected": unexpected,
+        "samples": samples,
+        "lag": lag,
+        "journaled": journaled,
+        "duration_s": t_calls_end,
+        "close_s": close_s,
+        "store_errors": store.errors,
+        "store_dropped": store.dropped,
+        "left_in_journal": left_in_journal,
+        "db": db,
+        "prefs": prefs,
+        "fleet_requests": fleet_requests,
+        "url": store.safe_url,
+        "time_cap_hit": state["issued"] < n,
+        "warmup": warmup,
+        "warmup_stall_s": stall["max"],
+        "gc": gc_pauses,
+        "setup": setup,
+        "cpu_self_s": cpu_self,
+        "cpu_fleet_s": cpu_fleet,
     }
 
 
@@ -585,7 +679,13 @@ def no_model_healthy(windows: list[Window], end: float) -> list[tuple[float, flo
     """Intervals in which every model of the route was down or in a fault storm."""
     spans: list[tuple[float, float]] = [(0.0, float("inf"))]
     for model in ROUTE:
-        mine = [(a, min(b, end)) for w in windows if model in w.unhealthy for a, b in [w.spans.get(model, (0.0, 0.0))] if a < b]
+        mine = [
+            (a, min(b, end))
+            for w in windows
+            if model in w.unhealthy
+            for a, b in [w.spans.get(model, (0.0, 0.0))]
+            if a < b
+        ]
         spans = _intersect(spans, mine)
     return spans
 
@@ -593,8 +693,14 @@ def no_model_healthy(windows: list[Window], end: float) -> list[tuple[float, flo
 def check_records(calls: Calls, db: dict[str, Any]) -> dict[str, int]:
     """Every call and attempt the router reported against the rows in the database."""
     db_calls, db_attempts = db["calls"], db["attempts"]
-    expected_calls = {cid: (ok, model, atts, err) for cid, ok, model, atts, err in zip(calls.call_id, calls.ok, calls.model, calls.attempts, calls.error) if cid}
-    expected_attempts = {(cid, i): (m, o) for cid, (_, _, atts, _) in expected_calls.items() for i, (m, o, _, _) in enumerate(atts)}
+    expected_calls = {
+        cid: (ok, model, atts, err)
+        for cid, ok, model, atts, err in zip(calls.call_id, calls.ok, calls.model, calls.attempts, calls.error)
+        if cid
+    }
+    expected_attempts = {
+        (cid, i): (m, o) for cid, (_, _, atts, _) in expected_calls.items() for i, (m, o, _, _) in enumerate(atts)
+    }
     ids = set(db_calls["call_id"])
     keys = set(zip(db_attempts["call_id"], db_attempts["idx"].astype(int)))
     row_of = {cid: (outcome, model, n_att) for cid, outcome, model, n_att in db_calls.itertuples(index=False)}
@@ -637,13 +743,29 @@ def analyse(res: dict[str, Any]) -> dict[str, Any]:
     excused = np.array([any(s < e1 and t0 < e for s, e in dark) for t0, e1 in zip(start, end)], dtype=bool)
     failed = ~ok
     records = check_records(calls, res["db"])
-    lost = records["calls_missing"] + records["attempts_missing"] + records["calls_mismatched"] + records["attempts_mismatched"]
-    duplicated = records["calls_extra"] + records["calls_duplicated"] + records["attempts_extra"] + records["attempts_duplicated"]
+    lost = (
+        records["calls_missing"]
+        + records["attempts_missing"]
+        + records["calls_mismatched"]
+        + records["attempts_mismatched"]
+    )
+    duplicated = (
+        records["calls_extra"]
+        + records["calls_duplicated"]
+        + records["attempts_extra"]
+        + records["attempts_duplicated"]
+    )
     outcomes = Counter(o for atts in calls.attempts for _, o, _, _ in atts)
     n_att = np.array([len(a) for a in calls.attempts])
-    hedged = np.array([any(a[1] == "cancelled" for a in atts) or (len(atts) > 1 and sum(a[2] for a in atts) > rl + 1e-3)
-                       for atts, rl in zip(calls.attempts, calls.router_latency)])
-    retried_same = np.array([any(a[0] == b[0] and a[1] == "rate_limited" for a, b in zip(atts, atts[1:])) for atts in calls.attempts])
+    hedged = np.array(
+        [
+            any(a[1] == "cancelled" for a in atts) or (len(atts) > 1 and sum(a[2] for a in atts) > rl + 1e-3)
+            for atts, rl in zip(calls.attempts, calls.router_latency)
+        ]
+    )
+    retried_same = np.array(
+        [any(a[0] == b[0] and a[1] == "rate_limited" for a, b in zip(atts, atts[1:])) for atts in calls.attempts]
+    )
     store_windows = [w for w in windows if w.kind == "store" and w.t0 is not None]
     lag_ms = np.array(res["lag"]) * 1000
     m: dict[str, Any] = {
@@ -733,18 +855,33 @@ def phase_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     spans.append(("no injected fault (random faults only)", float("nan"), float("nan"), ~covered))
     for label, t0, t1, sel in spans:
         k = int(sel.sum())
-        rows.append({
-            "window": label, "from_s": t0, "to_s": t1, "calls": k,
-            "success": float(ok[sel].mean()) if k else float("nan"),
-            "p50_s": _pct(lat[sel], 50), "p99_s": _pct(lat[sel], 99), "max_s": float(lat[sel].max()) if k else float("nan"),
-            **{f"share_{m}": float((models[sel] == m).mean()) if k else float("nan") for m in ROUTE},
-        })
+        rows.append(
+            {
+                "window": label,
+                "from_s": t0,
+                "to_s": t1,
+                "calls": k,
+                "success": float(ok[sel].mean()) if k else float("nan"),
+                "p50_s": _pct(lat[sel], 50),
+                "p99_s": _pct(lat[sel], 99),
+                "max_s": float(lat[sel].max()) if k else float("nan"),
+                **{f"share_{m}": float((models[sel] == m).mean()) if k else float("nan") for m in ROUTE},
+            }
+        )
     return rows
 
 
 # -- outputs --------------------------------------------------------------------------------------------
 
-COLORS = {"hangs": "tab:orange", "reset": "tab:purple", "death": "tab:red", "store": "tab:blue", "429": "tab:olive", "500": "tab:brown", "outage": "black"}
+COLORS = {
+    "hangs": "tab:orange",
+    "reset": "tab:purple",
+    "death": "tab:red",
+    "store": "tab:blue",
+    "429": "tab:olive",
+    "500": "tab:brown",
+    "outage": "black",
+}
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
@@ -770,7 +907,14 @@ def plot(res: dict[str, Any], path: Path) -> None:
     deadline = res["setup"].deadline_s
     ax.axhline(deadline, color="grey", lw=1)
     ax.axhline(deadline + MARGIN_S, color="grey", lw=1, ls=":")
-    ax.text(end.max() if len(end) else 0, deadline * 1.05, f"deadline {deadline:g} s (+{MARGIN_S} s margin dotted)", fontsize=8, color="grey", ha="right")
+    ax.text(
+        end.max() if len(end) else 0,
+        deadline * 1.05,
+        f"deadline {deadline:g} s (+{MARGIN_S} s margin dotted)",
+        fontsize=8,
+        color="grey",
+        ha="right",
+    )
     seen = set()
     for w in res["windows"]:
         if w.t0 is None:
@@ -778,12 +922,19 @@ def plot(res: dict[str, Any], path: Path) -> None:
         t1 = w.t1 if w.t1 is not None else end.max()
         label = w.label if w.kind != "reset" else "reset: beta down and back"
         for a in (ax, ax2):
-            a.axvspan(w.t0, t1, color=COLORS[w.kind], alpha=0.15 if w.kind != "outage" else 0.3,
-                      label=label if (a is ax and label not in seen) else None)
+            a.axvspan(
+                w.t0,
+                t1,
+                color=COLORS[w.kind],
+                alpha=0.15 if w.kind != "outage" else 0.3,
+                label=label if (a is ax and label not in seen) else None,
+            )
         seen.add(label)
     ax.set_yscale("log")
     ax.set_ylabel("call latency, s (log)")
-    ax.set_title(f"Soak: {len(end):,} calls at concurrency {res['concurrency']}, random faults and injected fault windows")
+    ax.set_title(
+        f"Soak: {len(end):,} calls at concurrency {res['concurrency']}, random faults and injected fault windows"
+    )
     ax.legend(fontsize=7, loc="lower center", ncol=4, markerscale=3, framealpha=0.9)
     ax.grid(alpha=0.3)
     if res["samples"]:
@@ -819,62 +970,121 @@ def write_outputs(res: dict[str, Any], an: dict[str, Any], args: Any) -> dict[st
         args.out / "soak_calls.csv",
         [
             {
-                "i": i, "start_s": round(s, 4), "latency_s": round(lt, 4), "ok": int(ok), "model": mod or "",
-                "attempts": " ".join(f"{a}:{o}:{lt:.3f}" for a, o, lt, _ in atts), "excused": int(ex),
+                "i": i,
+                "start_s": round(s, 4),
+                "latency_s": round(lt, 4),
+                "ok": int(ok),
+                "model": mod or "",
+                "attempts": " ".join(f"{a}:{o}:{lt:.3f}" for a, o, lt, _ in atts),
+                "excused": int(ex),
             }
-            for i, s, lt, ok, mod, atts, ex in zip(calls.index, calls.start, calls.latency, calls.ok, calls.model, calls.attempts, an["excused"])
+            for i, s, lt, ok, mod, atts, ex in zip(
+                calls.index, calls.start, calls.latency, calls.ok, calls.model, calls.attempts, an["excused"]
+            )
         ],
     )
     write_csv(
         args.out / "soak_timeline.csv",
-        [{"t_s": round(t, 3), "journal_rows": j, "store_errors": e, "rows_written": w, "worst_loop_lag_ms": round(lg * 1000, 1)}
-         for t, j, e, w, lg in res["samples"]],
+        [
+            {
+                "t_s": round(t, 3),
+                "journal_rows": j,
+                "store_errors": e,
+                "rows_written": w,
+                "worst_loop_lag_ms": round(lg * 1000, 1),
+            }
+            for t, j, e, w, lg in res["samples"]
+        ],
     )
     deadline = setup.deadline_s
     late = [
-        {"call": i, "start_s": st, "latency_s": lt, "ok": "yes" if k else "no", "attempts (model:outcome:latency)": " ".join(f"{a}:{o}:{x:.2f}" for a, o, x, _ in atts)}
-        for i, st, lt, k, atts in zip(calls.index, calls.start, calls.latency, calls.ok, calls.attempts) if lt > deadline + MARGIN_S
+        {
+            "call": i,
+            "start_s": st,
+            "latency_s": lt,
+            "ok": "yes" if k else "no",
+            "attempts (model:outcome:latency)": " ".join(f"{a}:{o}:{x:.2f}" for a, o, x, _ in atts),
+        }
+        for i, st, lt, k, atts in zip(calls.index, calls.start, calls.latency, calls.ok, calls.attempts)
+        if lt > deadline + MARGIN_S
     ]
     unserved = [
-        {"call": i, "start_s": st, "latency_s": lt, "attempts (model:outcome:latency)": " ".join(f"{a}:{o}:{x:.2f}" for a, o, x, _ in atts)}
-        for i, st, lt, k, atts, ex in zip(calls.index, calls.start, calls.latency, calls.ok, calls.attempts, an["excused"]) if not k and not ex
+        {
+            "call": i,
+            "start_s": st,
+            "latency_s": lt,
+            "attempts (model:outcome:latency)": " ".join(f"{a}:{o}:{x:.2f}" for a, o, x, _ in atts),
+        }
+        for i, st, lt, k, atts, ex in zip(
+            calls.index, calls.start, calls.latency, calls.ok, calls.attempts, an["excused"]
+        )
+        if not k and not ex
     ]
     target_rows = [
         {"target": text, "measured": m[key], "met": "yes" if m[key] == 0 else "NO"} for key, text in TARGETS.items()
     ]
     headline = [
-        ("calls completed / planned", f"{m['calls_completed']:,} / {m['calls_planned']:,}" + (" (time cap hit)" if m["time_cap_hit"] else "")),
+        (
+            "calls completed / planned",
+            f"{m['calls_completed']:,} / {m['calls_planned']:,}" + (" (time cap hit)" if m["time_cap_hit"] else ""),
+        ),
         ("duration, throughput", f"{m['duration_s']:.1f} s, {m['throughput_calls_per_s']:.0f} calls/s"),
         ("success rate (all calls)", f"{m['success_rate']:.4%}"),
         ("success rate while at least one model healthy", f"{m['success_rate_while_some_model_healthy']:.4%}"),
-        ("failed calls: total / while no model healthy / while some model healthy",
-         f"{m['calls_failed']} / {m['failed_while_no_model_healthy']} / {m['failed_while_some_model_healthy']}"),
-        ("latency p50 / p99 / p99.9 / max (caller-measured, all calls)",
-         f"{m['latency_p50_s'] * 1000:.1f} ms / {m['latency_p99_s'] * 1000:.0f} ms / {m['latency_p999_s'] * 1000:.0f} ms / {m['latency_max_s'] * 1000:.0f} ms"),
-        ("calls past deadline (any) / beyond the margin; max overshoot",
-         f"{m['calls_past_deadline']} / {m['calls_past_deadline_beyond_margin']}; {m['max_overshoot_s'] * 1000:.0f} ms"),
-        ("attempts; calls with a 2nd attempt; hedged calls; 429 retried on the same model",
-         f"{m['attempts']:,}; {m['calls_with_fallback_or_hedge']:,}; {m['calls_hedged']:,}; {m['calls_429_retried_same_model']:,}"),
-        ("records: calls reported / rows; attempts reported / rows",
-         f"{m['calls_reported']:,} / {m['calls_rows']:,}; {m['attempts_reported']:,} / {m['attempts_rows']:,}"),
+        (
+            "failed calls: total / while no model healthy / while some model healthy",
+            f"{m['calls_failed']} / {m['failed_while_no_model_healthy']} / {m['failed_while_some_model_healthy']}",
+        ),
+        (
+            "latency p50 / p99 / p99.9 / max (caller-measured, all calls)",
+            f"{m['latency_p50_s'] * 1000:.1f} ms / {m['latency_p99_s'] * 1000:.0f} ms / {m['latency_p999_s'] * 1000:.0f} ms / {m['latency_max_s'] * 1000:.0f} ms",
+        ),
+        (
+            "calls past deadline (any) / beyond the margin; max overshoot",
+            f"{m['calls_past_deadline']} / {m['calls_past_deadline_beyond_margin']}; {m['max_overshoot_s'] * 1000:.0f} ms",
+        ),
+        (
+            "attempts; calls with a 2nd attempt; hedged calls; 429 retried on the same model",
+            f"{m['attempts']:,}; {m['calls_with_fallback_or_hedge']:,}; {m['calls_hedged']:,}; {m['calls_429_retried_same_model']:,}",
+        ),
+        (
+            "records: calls reported / rows; attempts reported / rows",
+            f"{m['calls_reported']:,} / {m['calls_rows']:,}; {m['attempts_reported']:,} / {m['attempts_rows']:,}",
+        ),
         ("lost / duplicated records", f"{m['lost_records']} / {m['duplicated_records']}"),
-        ("store outage; rows journaled during it; store write errors; rows dropped; rows left in journal after close",
-         f"{m['store_outage_s']:.2f} s; {m['journaled_rows_during_outage']:,}; {m['store_write_errors']}; {m['store_rows_dropped']}; {m['journal_rows_left_after_close']}"),
-        ("event-loop lag p99 / max; longest GC pause; gen-2 collections",
-         f"{m['event_loop_lag_p99_ms']:.1f} ms / {m['event_loop_lag_max_ms']:.1f} ms; {m['gc_pause_max_ms']:.0f} ms; {m['gc_collections_gen2']}"),
+        (
+            "store outage; rows journaled during it; store write errors; rows dropped; rows left in journal after close",
+            f"{m['store_outage_s']:.2f} s; {m['journaled_rows_during_outage']:,}; {m['store_write_errors']}; {m['store_rows_dropped']}; {m['journal_rows_left_after_close']}",
+        ),
+        (
+            "event-loop lag p99 / max; longest GC pause; gen-2 collections",
+            f"{m['event_loop_lag_p99_ms']:.1f} ms / {m['event_loop_lag_max_ms']:.1f} ms; {m['gc_pause_max_ms']:.0f} ms; {m['gc_collections_gen2']}",
+        ),
     ]
-    attempt_mix = ", ".join(f"{k[9:]} {v:,}" for k, v in m.items() if k.startswith("attempts_") and k[9:] in
-                            ("ok", "timeout", "connect_error", "rate_limited", "server_error", "client_error", "malformed", "cancelled"))
+    attempt_mix = ", ".join(
+        f"{k[9:]} {v:,}"
+        for k, v in m.items()
+        if k.startswith("attempts_")
+        and k[9:]
+        in ("ok", "timeout", "connect_error", "rate_limited", "server_error", "client_error", "malformed", "cancelled")
+    )
     phase_table = markdown_table(
-        ["window", "from_s", "to_s", "calls", "success", "p50_s", "p99_s", "max_s", *[f"share_{x}" for x in ROUTE]], phases
+        ["window", "from_s", "to_s", "calls", "success", "p50_s", "p99_s", "max_s", *[f"share_{x}" for x in ROUTE]],
+        phases,
     )
     prefs = markdown_table(
         ["model", "breaker", "in_flight", "fleet requests"],
-        [[p["model"], p.get("breaker", ""), p.get("in_flight", ""), res["fleet_requests"].get(p["model"], "")] for p in res["prefs"]],
+        [
+            [p["model"], p.get("breaker", ""), p.get("in_flight", ""), res["fleet_requests"].get(p["model"], "")]
+            for p in res["prefs"]
+        ],
     )
     base = setup.base_faults
     errors = Counter(
-        f"{o} ({(e.split(':')[0] or '-')[:40]})" for atts in calls.attempts for _, o, _, e in atts if o not in ("ok", "cancelled")
+        f"{o} ({(e.split(':')[0] or '-')[:40]})"
+        for atts in calls.attempts
+        for _, o, _, e in atts
+        if o not in ("ok", "cancelled")
     )
     notes = [
         "Fleet: three chat models in a separate process, median latency "
@@ -891,12 +1101,15 @@ def write_outputs(res: dict[str, Any], an: dict[str, Any], args: Any) -> dict[st
         "Latency is measured by the caller around `await router.achat(...)`, so it includes event-loop scheduling delay. "
         f"Router process CPU: {m['router_cpu_ms_per_call']:.2f} ms per call; fleet process: {m['fleet_cpu_ms_per_call']:.2f} ms per call.",
         "Warm-up (not measured): one direct `router.backend.achat` per model before the run, because the first request to a model "
-        "builds its httpx.AsyncClient on the event loop: first requests took " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in res["warmup"].items())
+        "builds its httpx.AsyncClient on the event loop: first requests took "
+        + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in res["warmup"].items())
         + f" (model latency included); the event loop was blocked for up to {m['warmup_loop_stall_ms']:.0f} ms at a stretch meanwhile.",
         "Records: after `close()`, every call id and every (call id, attempt index) the router returned or raised "
         "(ChatResult.attempts, AllModelsFailed.attempts) is looked up in the database; lost = missing or changed "
         "(outcome, model, n_attempts); duplicated = rows written twice or rows the router never reported.",
-        f"Attempt outcomes: {attempt_mix}. Failed attempts by error: " + ", ".join(f"{k} {v:,}" for k, v in errors.most_common()) + ".",
+        f"Attempt outcomes: {attempt_mix}. Failed attempts by error: "
+        + ", ".join(f"{k} {v:,}" for k, v in errors.most_common())
+        + ".",
         "Files: soak.csv (metrics), soak_phases.csv, soak_calls.csv (one row per call), soak_timeline.csv (journal and loop lag "
         "every 50 ms), soak.png.",
     ]
@@ -912,8 +1125,26 @@ def write_outputs(res: dict[str, Any], an: dict[str, Any], args: Any) -> dict[st
             ("Headline numbers", markdown_table(["measure", "value"], headline)),
             ("Per fault window (calls started in it)", phase_table),
             ("Models at the end", prefs),
-            *([(f"Calls past the deadline beyond the margin (first 15 of {len(late)})", markdown_table(list(late[0]), late[:15]))] if late else []),
-            *([(f"Calls that failed while some model was healthy (first 15 of {len(unserved)})", markdown_table(list(unserved[0]), unserved[:15]))] if unserved else []),
+            *(
+                [
+                    (
+                        f"Calls past the deadline beyond the margin (first 15 of {len(late)})",
+                        markdown_table(list(late[0]), late[:15]),
+                    )
+                ]
+                if late
+                else []
+            ),
+            *(
+                [
+                    (
+                        f"Calls that failed while some model was healthy (first 15 of {len(unserved)})",
+                        markdown_table(list(unserved[0]), unserved[:15]),
+                    )
+                ]
+                if unserved
+                else []
+            ),
         ],
         notes=notes,
         quick=args.quick,
@@ -931,10 +1162,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **{
             "--calls": {"type": int, "default": None, "help": "number of calls (default 20,000; 1,000 with --quick)"},
             "--concurrency": {"type": int, "default": 32, "help": "calls in flight at once"},
-            "--time-cap": {"type": float, "default": None, "help": "stop issuing calls after this many seconds (default 1,800; 90 with --quick)"},
-            "--store": {"choices": ["postgres", "sqlite"], "default": None, "help": "log store (default postgres; sqlite with --quick)"},
+            "--time-cap": {
+                "type": float,
+                "default": None,
+                "help": "stop issuing calls after this many seconds (default 1,800; 90 with --quick)",
+            },
+            "--store": {
+                "choices": ["postgres", "sqlite"],
+                "default": None,
+                "help": "log store (default postgres; sqlite with --quick)",
+            },
             "--hedge": {"type": float, "default": HEDGE_Q, "help": "hedge_quantile of the route (0 turns hedging off)"},
-            "--time-scale": {"type": float, "default": None, "help": "multiply every latency, timeout and deadline (default 1; 0.2 with --quick)"},
+            "--time-scale": {
+                "type": float,
+                "default": None,
+                "help": "multiply every latency, timeout and deadline (default 1; 0.2 with --quick)",
+            },
         },
     )
     args.calls = args.calls or (1_000 if args.quick else 20_000)

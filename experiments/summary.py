@@ -22,10 +22,9 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_line, markdown_table, now  # noqa: E402
+from common import RESULTS, machine_line, markdown_table, now
 
 COLUMNS = ["workload", "ours", "peer", "ratio", "target", "met?"]
 _FIELDS = ("workload", "ours", "peer", "ratio", "target")
@@ -98,7 +97,9 @@ def rows_from(header: list[str], body: list[list[str]], source: str) -> list[dic
         if not target and "target" in where:
             target = _note(header[where["target"]])
         if not verdict:
-            verdict = "–" if "target" not in where or target.lower() in ("", "–", "-", "(reference)", "reference") else target
+            verdict = (
+                "–" if "target" not in where or target.lower() in ("", "–", "-", "(reference)", "reference") else target
+            )
             if verdict == target:
                 verdict = "–"
         out.append(
@@ -203,7 +204,9 @@ def write_summary(folder: Path, command: str = "make bench") -> Path:
     runs = folder / "run_all.json"
     if runs.exists():
         info = json.loads(runs.read_text(encoding="utf-8"))
-        table = [{"script": r["script"], "status": r["status"], "seconds": r.get("seconds")} for r in info.get("runs", [])]
+        table = [
+            {"script": r["script"], "status": r["status"], "seconds": r.get("seconds")} for r in info.get("runs", [])
+        ]
         parts += ["## How each script ran", "", markdown_table(["script", "status", "seconds"], table), ""]
         if info.get("total_seconds") is not None:
             parts += [f"Total: {info['total_seconds']:.0f} s{' (--quick)' if info.get('quick') else ''}.", ""]

@@ -37,7 +37,9 @@ def pg_url() -> str:
         pytest.skip("ZETA_TEST_POSTGRES_URL is not set")
     engine = create_engine(PG_URL)
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS feedback, attempts, calls, dead_letters, call_features, alembic_version CASCADE"))
+        conn.execute(
+            text("DROP TABLE IF EXISTS feedback, attempts, calls, dead_letters, call_features, alembic_version CASCADE")
+        )
     engine.dispose()
     return PG_URL
 
@@ -63,12 +65,10 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if REQUIRE_PG and _pg["passed"] < _pg["collected"] or (REQUIRE_PG and _pg["collected"] == 0):
+    if (REQUIRE_PG and _pg["passed"] < _pg["collected"]) or (REQUIRE_PG and _pg["collected"] == 0):
         session.exitstatus = 1
 
 
 def pytest_terminal_summary(terminalreporter):
     if REQUIRE_PG:
-        terminalreporter.write_line(
-            f"PostgreSQL tests: {_pg['passed']} of {_pg['collected']} passed (required: all)"
-        )
+        terminalreporter.write_line(f"PostgreSQL tests: {_pg['passed']} of {_pg['collected']} passed (required: all)")

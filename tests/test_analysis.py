@@ -45,23 +45,44 @@ def _write(url: str) -> None:
         store.put(
             "calls",
             {
-                "call_id": call_id, "ts": T0 + t, "task_type": task, "policy": "thompson", "propensity": 0.5,
-                "ranking": json.dumps(ranking), "model": answered[0] if answered else None,
-                "outcome": "ok" if answered else "failed", "latency_s": sum(x[2] for x in tries), "tokens_in": 10,
-                "tokens_out": 20 if answered else 0, "cost": sum(x[3] for x in tries), "n_attempts": len(tries),
+                "call_id": call_id,
+                "ts": T0 + t,
+                "task_type": task,
+                "policy": "thompson",
+                "propensity": 0.5,
+                "ranking": json.dumps(ranking),
+                "model": answered[0] if answered else None,
+                "outcome": "ok" if answered else "failed",
+                "latency_s": sum(x[2] for x in tries),
+                "tokens_in": 10,
+                "tokens_out": 20 if answered else 0,
+                "cost": sum(x[3] for x in tries),
+                "n_attempts": len(tries),
             },
         )
         for i, (model, outcome, latency, cost) in enumerate(tries):
             store.put(
                 "attempts",
                 {
-                    "call_id": call_id, "idx": i, "ts": T0 + t + 0.01 * i, "task_type": task, "model": model,
-                    "outcome": outcome, "status": 200 if outcome == "ok" else None, "latency_s": latency,
-                    "tokens_in": 10, "tokens_out": 20 if outcome == "ok" else 0, "cost": cost, "error": None,
+                    "call_id": call_id,
+                    "idx": i,
+                    "ts": T0 + t + 0.01 * i,
+                    "task_type": task,
+                    "model": model,
+                    "outcome": outcome,
+                    "status": 200 if outcome == "ok" else None,
+                    "latency_s": latency,
+                    "tokens_in": 10,
+                    "tokens_out": 20 if outcome == "ok" else 0,
+                    "cost": cost,
+                    "error": None,
                 },
             )
         if accuracy is not None:
-            store.put("feedback", {"call_id": call_id, "ts": T0 + t + 1, "task_type": task, "model": answered[0], "accuracy": accuracy})
+            store.put(
+                "feedback",
+                {"call_id": call_id, "ts": T0 + t + 1, "task_type": task, "model": answered[0], "accuracy": accuracy},
+            )
     store.close()
 
 
@@ -168,7 +189,11 @@ def test_latency_distribution(small):
     assert (edges["right"] > edges["left"]).all() and len(edges) == 10
     split = za.latency_distribution(small, bins=10, split_at=4)
     assert split.groupby(["model", "phase"])["count"].sum().to_dict() == {
-        ("a", "before"): 1, ("b", "after"): 2, ("b", "before"): 2, ("e", "after"): 1, ("e", "before"): 1
+        ("a", "before"): 1,
+        ("b", "after"): 2,
+        ("b", "before"): 2,
+        ("e", "after"): 1,
+        ("e", "before"): 1,
     }
 
 
@@ -202,22 +227,34 @@ def test_rank_positions(small):
 
 def test_ordering_over_time_and_learned_order(small):
     o = za.ordering_over_time(small, 2)
-    assert _row(o, task_type="code", window=0, model="a")[["primary_share", "mean_position"]].tolist() == pytest.approx([2 / 3, 1 / 3])
+    assert _row(o, task_type="code", window=0, model="a")[["primary_share", "mean_position"]].tolist() == pytest.approx(
+        [2 / 3, 1 / 3]
+    )
     assert _row(o, task_type="code", window=1, model="b")["primary_share"] == 1.0
     order = za.learned_order(o)
     assert _row(order, task_type="code", window=0)[["order", "primary"]].tolist() == ["a > b", "a"]
-    assert _row(order, task_type="code", window=1)[["order", "primary", "primary_share"]].tolist() == ["b > a", "b", 1.0]
+    assert _row(order, task_type="code", window=1)[["order", "primary", "primary_share"]].tolist() == [
+        "b > a",
+        "b",
+        1.0,
+    ]
     assert _row(order, task_type="emb", window=1)["order"] == "e"
 
 
 def test_ordering_counts_a_model_left_out_as_last():
     """The router leaves a cooling-down model out of the ranking; it must not look well placed."""
     calls = pd.DataFrame(
-        {"call_id": ["x0", "x1", "x2"], "ts": [0.0, 1.0, 2.0], "task_type": "t",
-         "ranking": [json.dumps(["x", "y", "z"]), json.dumps(["y", "z"]), json.dumps(["z", "y", "x"])]}
+        {
+            "call_id": ["x0", "x1", "x2"],
+            "ts": [0.0, 1.0, 2.0],
+            "task_type": "t",
+            "ranking": [json.dumps(["x", "y", "z"]), json.dumps(["y", "z"]), json.dumps(["z", "y", "x"])],
+        }
     )
     o = za.ordering_over_time(za.Log(calls, pd.DataFrame(), pd.DataFrame()), 1).set_index("model")
-    assert o.loc["x", ["primary_share", "ranked_share", "mean_position"]].tolist() == pytest.approx([1 / 3, 2 / 3, 4 / 3])
+    assert o.loc["x", ["primary_share", "ranked_share", "mean_position"]].tolist() == pytest.approx(
+        [1 / 3, 2 / 3, 4 / 3]
+    )
     assert o.loc["y", ["ranked_share", "mean_position"]].tolist() == pytest.approx([1, 2 / 3])
     assert o["primary_share"].sum() == pytest.approx(1.0)
 
@@ -237,8 +274,12 @@ def test_cumulative_regret_with_a_constant_truth(small):
 
 def test_cumulative_regret_with_a_truth_that_changes(small):
     truth = pd.DataFrame(
-        {"task_type": ["code", "code", "emb", "code"], "model": ["a", "b", "e", "b"],
-         "reward": [0.9, 0.6, 0.5, 0.95], "from_call": [0, 0, 0, 4]}
+        {
+            "task_type": ["code", "code", "emb", "code"],
+            "model": ["a", "b", "e", "b"],
+            "reward": [0.9, 0.6, 0.5, 0.95],
+            "from_call": [0, 0, 0, 4],
+        }
     )  # from call 4 on only b changes; a keeps 0.9, so b (0.95) is now the best
     r = za.cumulative_regret(small, truth)
     code = r[r["task_type"] == "code"]
@@ -248,8 +289,12 @@ def test_cumulative_regret_with_a_truth_that_changes(small):
 
 def test_true_rewards_follow_a_piecewise_truth(small):
     truth = pd.DataFrame(
-        {"task_type": ["code", "code", "code", "emb"], "model": ["a", "b", "b", "e"],
-         "reward": [0.9, 0.6, 0.95, 0.5], "from_call": [2, 0, 4, 0]}
+        {
+            "task_type": ["code", "code", "code", "emb"],
+            "model": ["a", "b", "b", "e"],
+            "reward": [0.9, 0.6, 0.95, 0.5],
+            "from_call": [2, 0, 4, 0],
+        }
     )
     r = za.true_rewards(small, truth).set_index(["call_id", "model"])["reward"]
     assert len(r) == 6 * 2 + 2  # every call, with every model its task type has a truth for
@@ -324,7 +369,10 @@ def test_plots_return_figures_with_their_panels(small, tmp_path):
         "latency": (za.plot_latency(za.latency_distribution(small, split_at=4)), 3),  # a, b, e
         "failures": (za.plot_failure_rates(za.model_failure_rates(small, 2), za.call_rates(small, 2), mark=4), 2),
         "ordering": (za.plot_ordering(za.ordering_over_time(small, 2)), 1),  # emb has one model: left out
-        "regret": (za.plot_regret(za.cumulative_regret(small, {("code", "a"): 0.9, ("code", "b"): 0.6, ("emb", "e"): 0.5})), 1),
+        "regret": (
+            za.plot_regret(za.cumulative_regret(small, {("code", "a"): 0.9, ("code", "b"): 0.6, ("emb", "e"): 0.5})),
+            1,
+        ),
     }
     for name, (fig, panels) in figures.items():
         assert isinstance(fig, Figure), name
@@ -337,9 +385,14 @@ def test_plots_return_figures_with_their_panels(small, tmp_path):
 
 def test_plot_policy_estimates_draws_intervals_and_truth():
     estimates = pd.DataFrame(
-        {"task_type": ["t", "t", "t", "u"], "policy": ["static", "static", "uniform", "static"],
-         "estimator": ["ips", "dr", "ips", "ips"], "value": [0.5, 0.6, 0.4, 0.7],
-         "ci_low": [0.4, 0.55, 0.3, 0.6], "ci_high": [0.6, 0.65, 0.5, 0.8]}
+        {
+            "task_type": ["t", "t", "t", "u"],
+            "policy": ["static", "static", "uniform", "static"],
+            "estimator": ["ips", "dr", "ips", "ips"],
+            "value": [0.5, 0.6, 0.4, 0.7],
+            "ci_low": [0.4, 0.55, 0.3, 0.6],
+            "ci_high": [0.6, 0.65, 0.5, 0.8],
+        }
     )
     truth = pd.DataFrame({"task_type": ["t", "u"], "policy": ["static", "static"], "value": [0.58, 0.75]})
     fig = za.plot_policy_estimates(estimates, truth)

@@ -24,7 +24,11 @@ def _run(script: str, out: Path, *extra: str, timeout: float = 120) -> subproces
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(out / "state")}
     proc = subprocess.run(
         [sys.executable, str(EXPERIMENTS / script), "--quick", "--out", str(out), *extra],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -65,14 +69,23 @@ def test_bench_overhead_quick_writes_its_results(tmp_path):
 @pytest.mark.timeout(120)
 def test_bench_store_quick_counts_every_row(tmp_path):
     # PostgreSQL only where one is given (CI): starting a private server would double the test's time
-    _run("bench_store.py", tmp_path, "--backends", "sqlite,postgres" if os.environ.get("ZETA_TEST_POSTGRES_URL") else "sqlite")
+    _run(
+        "bench_store.py",
+        tmp_path,
+        "--backends",
+        "sqlite,postgres" if os.environ.get("ZETA_TEST_POSTGRES_URL") else "sqlite",
+    )
     for name in ("bench_store.csv", "bench_store_summary.csv", "bench_store.md"):
         assert (tmp_path / name).stat().st_size > 0, name
     rows = _rows(tmp_path / "bench_store.csv")
     for column in ("backend", "writer", "calls", "attempts", "attempts_per_s", "lost", "journaled"):
         assert column in rows[0], column
     sqlite = [r for r in rows if r["backend"] == "sqlite"]
-    assert {r["writer"] for r in sqlite} == {"background writer", "naive, one transaction per call", "floor: driver executemany of tuples, no queue"}
+    assert {r["writer"] for r in sqlite} == {
+        "background writer",
+        "naive, one transaction per call",
+        "floor: driver executemany of tuples, no queue",
+    }
     assert all(r["lost"] == "0" and r["journaled"] == "0" for r in rows)
     assert _header(tmp_path / "bench_store_summary.csv") == SUMMARY_COLUMNS
 

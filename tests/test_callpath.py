@@ -19,14 +19,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from loopback_http import send_json
 
 from zeta_adaptive import AllModelsFailed, FakeBackend, Outcome, Reply, RequestRejected, Router, Store, classify
 from zeta_adaptive.config import Config
 from zeta_adaptive.exceptions import ConfigError, InvalidRequest
 from zeta_adaptive.health import CLOSED, OPEN
 from zeta_adaptive.router import SCAN_CHARS, sample
-
-from loopback_http import send_json
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -37,7 +36,11 @@ Behaviour = Callable[[dict], tuple[int, float, dict]]
 def answer(delay: float = 0.0) -> Behaviour:
     def behave(body: dict) -> tuple[int, float, dict]:
         usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-        return 200, delay, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}], "usage": usage}
+        return (
+            200,
+            delay,
+            {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}], "usage": usage},
+        )
 
     return behave
 
@@ -66,7 +69,7 @@ class Loopback:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def do_POST(self) -> None:
@@ -204,7 +207,9 @@ def test_calls_beyond_max_in_flight_wait_for_a_slot_and_never_blame_the_model(sq
 
         async def main() -> tuple[list, dict]:
             async with Router(cfg) as router:
-                results = await asyncio.gather(*(router.achat("simple", MSG) for _ in range(40)), return_exceptions=True)
+                results = await asyncio.gather(
+                    *(router.achat("simple", MSG) for _ in range(40)), return_exceptions=True
+                )
                 return results, router.health.snapshot("a")
 
         results, state = asyncio.run(main())
@@ -280,7 +285,9 @@ def failure_rate(url: str, max_attempts: int | None, n: int = 1000) -> float:
         failed = 0
         async with Router(cfg, backend=FakeBackend({"a": _flaky(1), "b": _flaky(2)})) as router:
             for _ in range(n // 100):
-                results = await asyncio.gather(*(router.achat("simple", MSG) for _ in range(100)), return_exceptions=True)
+                results = await asyncio.gather(
+                    *(router.achat("simple", MSG) for _ in range(100)), return_exceptions=True
+                )
                 failed += sum(isinstance(r, AllModelsFailed) for r in results)
         return failed
 
@@ -312,7 +319,11 @@ def test_a_single_model_route_retries_after_a_short_pause(sqlite_url):
     script = {"a": ["server_error", Reply(Outcome.CONNECT_ERROR, 0.001, error="ConnectError"), "ok"]}
     with Router(cfg, backend=FakeBackend(script)) as router:
         result = router.chat("simple", MSG)
-    assert [(a.model, a.outcome) for a in result.attempts] == [("a", "server_error"), ("a", "connect_error"), ("a", "ok")]
+    assert [(a.model, a.outcome) for a in result.attempts] == [
+        ("a", "server_error"),
+        ("a", "connect_error"),
+        ("a", "ok"),
+    ]
     store = Store(sqlite_url)
     starts = store.frame("attempts").sort_values("idx")["ts"].tolist()
     store.close()
@@ -354,7 +365,9 @@ def test_a_timeout_cut_by_the_deadline_is_not_retried(sqlite_url):
 # -- context length and statuses ---------------------------------------------------------------------
 
 TOO_LONG = Reply(
-    Outcome.CONTEXT_EXCEEDED, 0.001, 400,
+    Outcome.CONTEXT_EXCEEDED,
+    0.001,
+    400,
     error="This model's maximum context length is 4096 tokens. However, you requested 9000 tokens",
 )
 
@@ -387,7 +400,9 @@ def test_context_exceeded_falls_back_to_a_larger_window_and_is_learned_by_band(s
         for _ in range(3):  # the same band again: small is tried last, so plain answers first
             demoted = router.chat("simple", _prompt(12_000))
             assert [a.model for a in demoted.attempts] == ["plain"]
-        assert [a.model for a in router.chat("simple", _prompt(500)).attempts] == ["small"]  # short prompts still go to small
+        assert [a.model for a in router.chat("simple", _prompt(500)).attempts] == [
+            "small"
+        ]  # short prompts still go to small
         assert router.health.snapshot("small")["breaker"] == CLOSED
         policy = router.policies["simple"]
         assert policy.n[policy.index["small"]] == 1  # only the short prompt's answer taught the policy
@@ -488,7 +503,11 @@ BAD_CHATS = [
     (("simple", [{"role": "user", "content": [{"text": "no type"}]}]), {}, "messages[0].content[0]"),
     (("simple", [{"role": "user", "content": []}]), {}, "empty list"),
     (("simple", [{"role": "user", "content": [{"type": "text", "text": None}]}]), {}, "without a 'text' string"),
-    (("simple", [{"role": "user", "content": [{"type": "text", "text": "x", "extra": _deep(100_000)}]}]), {}, "nested deeper"),
+    (
+        ("simple", [{"role": "user", "content": [{"type": "text", "text": "x", "extra": _deep(100_000)}]}]),
+        {},
+        "nested deeper",
+    ),
     (("simple", [{"role": "user", "content": "hi", 1: "x"}]), {}, "non-string key"),
     (("simple", MSG), {"deadline": 0.5}, "did you mean deadline_s"),
     (("simple", MSG), {"timeout_s": 1.0}, "deadline_s"),
@@ -585,12 +604,26 @@ def test_bad_embedding_input_raises_invalid_request(sqlite_url, texts, kwargs, f
 def test_good_inputs_of_every_shape_pass_through(sqlite_url):
     messages = (
         {"role": "developer", "content": "be brief"},
-        {"role": "user", "content": [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "data:,"}}]},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "data:,"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
         {"role": "tool", "tool_call_id": "t1", "content": "42"},
     )
     schema = {"type": "object", "properties": {"x": {"type": "array", "items": {"type": "number"}}}}
-    params = {"temperature": 0.2, "max_tokens": 16, "response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+    params = {
+        "temperature": 0.2,
+        "max_tokens": 16,
+        "response_format": {"type": "json_schema", "json_schema": {"schema": schema}},
+    }
     backend = FakeBackend({})
     with _input_router(sqlite_url, backend) as router:
         assert router.chat("simple", messages, **params).text == "fake answer"
@@ -609,7 +642,14 @@ def test_the_classifier_scans_a_bounded_part_of_any_prompt():
     assert classify(huge) == "code"  # the end is read
     middle = [{"role": "user", "content": "a " * 100_000 + "import os " + "a " * 100_000}]
     assert classify(middle) == "reasoning"  # the middle is not: only its length counts
-    for content in ("a" * 80_000, "a()" * 27_000, "SELECT " * 12_000, "first, " * 12_000, "\n" * 80_000, "1. " * 27_000):
+    for content in (
+        "a" * 80_000,
+        "a()" * 27_000,
+        "SELECT " * 12_000,
+        "first, " * 12_000,
+        "\n" * 80_000,
+        "1. " * 27_000,
+    ):
         scanned, _ = sample([{"role": "user", "content": content}])
         assert len(scanned) <= 2 * SCAN_CHARS + 1
         assert classify([{"role": "user", "content": content}]) in {"code", "reasoning"}

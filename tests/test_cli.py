@@ -70,7 +70,9 @@ def _fleet_toml(path: Path, ports: list[int], store: str) -> Path:
 def test_fleet_serves_a_config_on_its_ports_until_stopped(tmp_path, stop):
     ports = _free_ports(2)
     config = _fleet_toml(tmp_path / "fleet.toml", ports, f"sqlite:///{tmp_path / 'example.db'}")
-    proc = subprocess.Popen([CLI, "fleet", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [CLI, "fleet", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         lines: list[str] = []
         for line in proc.stdout:  # the banner ends with how to stop it
@@ -144,11 +146,19 @@ def test_reading_commands_refuse_a_missing_sqlite_file(tmp_path, args):
 
 def test_a_store_in_a_missing_directory_names_the_directory(tmp_path):
     missing = tmp_path / "nowhere"
-    _one_line_error(_run("demo", "--calls", "10", "--db", f"sqlite:///{missing}/zeta.db"), f"directory {missing} does not exist")
+    _one_line_error(
+        _run("demo", "--calls", "10", "--db", f"sqlite:///{missing}/zeta.db"), f"directory {missing} does not exist"
+    )
     config = _fleet_toml(tmp_path / "fleet.toml", [8001, 8000], f"sqlite:///{missing}/log.db")
-    _one_line_error(_run("db", "upgrade", "--config", str(config)), f"store of {config}", f"directory {missing} does not exist")
-    _one_line_error(_run("report", "--html", f"{missing}/r.html"), f"--html {missing}/r.html: directory {missing} does not exist")
-    with pytest.raises(StoreError, match=f"directory {re.escape(str(missing))} does not exist"):  # the library says it too
+    _one_line_error(
+        _run("db", "upgrade", "--config", str(config)), f"store of {config}", f"directory {missing} does not exist"
+    )
+    _one_line_error(
+        _run("report", "--html", f"{missing}/r.html"), f"--html {missing}/r.html: directory {missing} does not exist"
+    )
+    with pytest.raises(
+        StoreError, match=f"directory {re.escape(str(missing))} does not exist"
+    ):  # the library says it too
         Store(f"sqlite:///{missing}/log.db")
     assert not missing.exists()
 
@@ -162,7 +172,11 @@ def test_unsupported_urls_are_one_line_errors(tmp_path, url, needle):
 
 
 def test_an_unreachable_postgresql_is_one_line_without_the_password():
-    line = _one_line_error(_run("db", "upgrade", "--db", "postgresql+psycopg://zeta:s3cret@127.0.0.1:1/zeta"), "cannot open store", "127.0.0.1")
+    line = _one_line_error(
+        _run("db", "upgrade", "--db", "postgresql+psycopg://zeta:s3cret@127.0.0.1:1/zeta"),
+        "cannot open store",
+        "127.0.0.1",
+    )
     assert "s3cret" not in line
 
 
@@ -172,8 +186,14 @@ def test_an_unreachable_postgresql_is_one_line_without_the_password():
 @pytest.fixture
 def old_log(sqlite_url):
     """Three calls, two with feedback, all older than a minute."""
-    with Router({"store": sqlite_url, "models": {"a": {"base_url": "http://127.0.0.1:9/v1"}}, "routes": {"simple": {"models": ["a"]}}},
-                backend=FakeBackend({})) as router:
+    with Router(
+        {
+            "store": sqlite_url,
+            "models": {"a": {"base_url": "http://127.0.0.1:9/v1"}},
+            "routes": {"simple": {"models": ["a"]}},
+        },
+        backend=FakeBackend({}),
+    ) as router:
         for i in range(3):
             result = router.chat("simple", MSG)
             if i < 2:
@@ -197,7 +217,10 @@ def _counts(url: str) -> tuple[int, int, int]:
 def test_prune_dry_run_counts_and_deletes_nothing(old_log):
     result = _run("db", "prune", "--db", old_log, "--older-than", "30m", "--dry-run")
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == f"would delete 3 calls, 3 attempts, 2 feedback from {old_log} (dry run: nothing deleted)"
+    assert (
+        result.output.strip()
+        == f"would delete 3 calls, 3 attempts, 2 feedback from {old_log} (dry run: nothing deleted)"
+    )
     assert _counts(old_log) == (3, 3, 2)
 
 
@@ -214,7 +237,9 @@ def test_prune_asks_first_unless_yes(old_log):
 
 def test_prune_everything_warns_and_yes_skips_the_question(old_log):
     everything = _run("db", "prune", "--db", old_log, "--older-than", "0s")  # no input: the question is not answered
-    assert everything.exit_code == 1 and "(every call in the log)" in everything.output and _counts(old_log) == (3, 3, 2)
+    assert (
+        everything.exit_code == 1 and "(every call in the log)" in everything.output and _counts(old_log) == (3, 3, 2)
+    )
     unattended = _run("db", "prune", "--db", old_log, "--older-than", "0s", "--yes")
     assert unattended.exit_code == 0 and "?" not in unattended.output and _counts(old_log) == (0, 0, 0)
 
@@ -236,7 +261,10 @@ def router_log(tmp_path_factory):
             "good": {"base_url": "http://127.0.0.1:9/v1"},
             "emb": {"base_url": "http://127.0.0.1:9/v1", "kind": "embedding"},
         },
-        "routes": {"simple": {"models": ["fast", "good"], "policy": "random"}, "embedding": {"models": ["emb"], "policy": "static"}},
+        "routes": {
+            "simple": {"models": ["fast", "good"], "policy": "random"},
+            "embedding": {"models": ["emb"], "policy": "static"},
+        },
     }
     rated = 0
     with Router(config, backend=FakeBackend({}, latency_s=0.0)) as router:
@@ -254,10 +282,15 @@ def router_log(tmp_path_factory):
 def test_replay_drops_unscorable_rows_by_default_and_counts_them(router_log, tmp_path):
     url, unscorable = router_log
     out = tmp_path / "est.csv"
-    result = _run("replay", "--db", url, "--policy", "random", "--policy", "static", "--n-boot", "50", "--out", str(out))
+    result = _run(
+        "replay", "--db", url, "--policy", "random", "--policy", "static", "--n-boot", "50", "--out", str(out)
+    )
     assert result.exit_code == 0, result.output
     assert f"{300 - unscorable:,} logged rounds" in result.output
-    assert f"dropped {unscorable} rows whose successful primary has no accuracy feedback (use --reward success to ignore feedback)" in result.output
+    assert (
+        f"dropped {unscorable} rows whose successful primary has no accuracy feedback (use --reward success to ignore feedback)"
+        in result.output
+    )
     assert "reward=" not in result.output and "on_invalid" not in result.output
     table = pd.read_csv(out)
     assert set(table["policy"]) == {"random", "static"} and (table["n"] == 300 - unscorable).all()
@@ -267,10 +300,14 @@ def test_replay_drops_unscorable_rows_by_default_and_counts_them(router_log, tmp
 
 def test_replay_lists_what_it_cannot_evaluate_and_goes_on(router_log):
     url, _ = router_log
-    result = _run("replay", "--db", url, "--policy", "always:nope", "--policy", "random", "--estimator", "ips", "--n-boot", "20")
+    result = _run(
+        "replay", "--db", url, "--policy", "always:nope", "--policy", "random", "--estimator", "ips", "--n-boot", "20"
+    )
     assert result.exit_code == 0, result.output
     assert "skipped: always:nope: 'nope' is not a model of task type 'simple'" in result.output
-    assert [line.split()[:2] for line in result.output.splitlines() if line.startswith("random ")] == [["random", "ips"]]
+    assert [line.split()[:2] for line in result.output.splitlines() if line.startswith("random ")] == [
+        ["random", "ips"]
+    ]
     nothing = _run("replay", "--db", url, "--policy", "always:nope", "--estimator", "ips")
     _one_line_error(nothing, "no policy could be evaluated")
 
@@ -278,15 +315,34 @@ def test_replay_lists_what_it_cannot_evaluate_and_goes_on(router_log):
 def test_replay_options_are_checked_in_cli_terms(router_log, tmp_path):
     url, _ = router_log
     wrong = _run("replay", "--db", url, "--policy", "random", "--reward", "clicks")
-    assert wrong.exit_code == 2 and "--reward with --db must be one of accuracy, success, utility, not 'clicks'" in wrong.output
+    assert (
+        wrong.exit_code == 2
+        and "--reward with --db must be one of accuracy, success, utility, not 'clicks'" in wrong.output
+    )
     mixed = _run("replay", "--db", url, "--policy", "random", "--target", "random")
     assert mixed.exit_code == 2 and "--target cannot be used with --db" in mixed.output
-    unwritable = _run("replay", "--db", url, "--policy", "random", "--estimator", "ips", "--n-boot", "20", "--out", str(tmp_path / "no" / "x.csv"))
+    unwritable = _run(
+        "replay",
+        "--db",
+        url,
+        "--policy",
+        "random",
+        "--estimator",
+        "ips",
+        "--n-boot",
+        "20",
+        "--out",
+        str(tmp_path / "no" / "x.csv"),
+    )
     _one_line_error(unwritable, f"--out {tmp_path / 'no' / 'x.csv'}: directory {tmp_path / 'no'} does not exist")
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    _one_line_error(_run("replay", "--csv", str(empty), "--action", "a", "--reward", "r", "--propensity", "p", "--target", "random"),
-                    f"--csv {empty}: not a readable CSV file")
+    _one_line_error(
+        _run(
+            "replay", "--csv", str(empty), "--action", "a", "--reward", "r", "--propensity", "p", "--target", "random"
+        ),
+        f"--csv {empty}: not a readable CSV file",
+    )
 
 
 def _bandit_csv(path: Path, seed: int, n: int) -> Path:
@@ -302,14 +358,33 @@ def test_replay_target_random_is_the_configs_name_and_uniform_an_alias(tmp_path)
     values = {}
     for name in ("random", "uniform"):
         out = tmp_path / f"{name}.csv"
-        result = _run("replay", "--csv", str(path), "--action", "a", "--reward", "r", "--propensity", "p",
-                      "--target", name, "--estimator", "ips", "--n-boot", "20", "--out", str(out))
+        result = _run(
+            "replay",
+            "--csv",
+            str(path),
+            "--action",
+            "a",
+            "--reward",
+            "r",
+            "--propensity",
+            "p",
+            "--target",
+            name,
+            "--estimator",
+            "ips",
+            "--n-boot",
+            "20",
+            "--out",
+            str(out),
+        )
         assert result.exit_code == 0, result.output
         row = pd.read_csv(out).iloc[0]
         assert row["policy"] == name
         values[name] = row["value"]
     assert values["random"] == values["uniform"] == pytest.approx(pd.read_csv(path)["r"].mean())
-    unknown = _run("replay", "--csv", str(path), "--action", "a", "--reward", "r", "--propensity", "p", "--target", "rnd")
+    unknown = _run(
+        "replay", "--csv", str(path), "--action", "a", "--reward", "r", "--propensity", "p", "--target", "rnd"
+    )
     _one_line_error(unknown, "unknown policy 'rnd'; choose from ['random'")
 
 
@@ -319,8 +394,27 @@ def test_learning_estimates_lie_inside_their_printed_interval(tmp_path):
     another number."""
     path = _bandit_csv(tmp_path / "log.csv", 3, 40)
     out = tmp_path / "est.csv"
-    result = _run("replay", "--csv", str(path), "--action", "a", "--reward", "r", "--propensity", "p", "--target", "thompson",
-                  "--seed", "3", "--n-boot", "50", "--learning-boot", "40", "--out", str(out))
+    result = _run(
+        "replay",
+        "--csv",
+        str(path),
+        "--action",
+        "a",
+        "--reward",
+        "r",
+        "--propensity",
+        "p",
+        "--target",
+        "thompson",
+        "--seed",
+        "3",
+        "--n-boot",
+        "50",
+        "--learning-boot",
+        "40",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out)
     inside = (table["ci_low"] <= table["value"]) & (table["value"] <= table["ci_high"])

@@ -67,14 +67,19 @@ def proxy(tmp_path_factory):
     litellm = Path(sys.executable).with_name("litellm")
     log = open(folder / "proxy.log", "wb")  # noqa: SIM115 - closed at teardown
     process = subprocess.Popen(
-        [str(litellm), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        [str(litellm), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_S
         while True:
             if process.poll() is not None:
-                pytest.fail(f"the LiteLLM proxy exited with {process.returncode}: {(folder / 'proxy.log').read_text()[-2000:]}")
+                pytest.fail(
+                    f"the LiteLLM proxy exited with {process.returncode}: {(folder / 'proxy.log').read_text()[-2000:]}"
+                )
             try:
                 if httpx.get(f"{base}/health/liveliness", timeout=2.0).status_code == 200:
                     break
@@ -129,7 +134,10 @@ def test_chat_stream_embeddings_and_fallback_through_litellm(proxy, sqlite_url):
     assert chat.cost == pytest.approx(chat.tokens_in / 1000 * 1.0 + chat.tokens_out / 1000 * 2.0) and chat.cost > 0
     assert "".join(deltas) == stream.result.text == "hello from small" and len(deltas) > 1
     assert stream.result.tokens_in > 0 and stream.result.tokens_out > 0 and stream.result.cost > 0
-    assert [(a.model, a.outcome, a.status) for a in fell_back.attempts] == [("broken", "server_error", 500), ("big", "ok", 200)]
+    assert [(a.model, a.outcome, a.status) for a in fell_back.attempts] == [
+        ("broken", "server_error", 500),
+        ("big", "ok", 200),
+    ]
     assert fell_back.text == "hello from big"
     assert vectors.vectors.shape == (1, 3) and vectors.tokens_in > 0
     store = Store(sqlite_url)
@@ -139,5 +147,7 @@ def test_chat_stream_embeddings_and_fallback_through_litellm(proxy, sqlite_url):
         store.close()
     assert len(calls) == 4 and (calls["outcome"] == "ok").all()
     logged = attempts.set_index("call_id")
-    assert logged.loc[chat.call_id, "tokens_out"] == chat.tokens_out and logged.loc[chat.call_id, "cost"] == pytest.approx(chat.cost)
+    assert logged.loc[chat.call_id, "tokens_out"] == chat.tokens_out and logged.loc[
+        chat.call_id, "cost"
+    ] == pytest.approx(chat.cost)
     assert sorted(attempts[attempts["call_id"] == fell_back.call_id]["outcome"]) == ["ok", "server_error"]

@@ -74,7 +74,11 @@ def test_valid_dict_loads(tmp_path):
 
 def test_defaults(tmp_path):
     cfg = Config.from_dict(
-        {"store": f"sqlite:///{tmp_path}/x.db", "models": {"m": {"base_url": "http://h"}}, "routes": {"t": {"models": ["m"]}}}
+        {
+            "store": f"sqlite:///{tmp_path}/x.db",
+            "models": {"m": {"base_url": "http://h"}},
+            "routes": {"t": {"models": ["m"]}},
+        }
     )
     m = cfg.models["m"]
     assert (m.kind, m.timeout_s, m.max_in_flight, m.api_key_env, m.dim) == ("chat", 10.0, 64, None, None)
@@ -326,7 +330,15 @@ def test_discount_out_of_range(tmp_path, value):
 
 @pytest.mark.parametrize(
     "option, value",
-    [("discount", "0.9"), ("discount", True), ("seed", 1.5), ("seed", -1), ("seed", True), ("samples", "100"), ("prior_alpha", None)],
+    [
+        ("discount", "0.9"),
+        ("discount", True),
+        ("seed", 1.5),
+        ("seed", -1),
+        ("seed", True),
+        ("samples", "100"),
+        ("prior_alpha", None),
+    ],
 )
 def test_policy_option_types(tmp_path, option, value):
     d = base_config(tmp_path)
@@ -343,9 +355,7 @@ def test_thompson_option_ranges(tmp_path):
     expect_error(d, "routes.code", "prior")
 
 
-@pytest.mark.parametrize(
-    "key", ["timeout_s", "price_in_per_1k", "price_out_per_1k"]
-)
+@pytest.mark.parametrize("key", ["timeout_s", "price_in_per_1k", "price_out_per_1k"])
 @pytest.mark.parametrize("value", ["10", True, False, None, [1]])
 def test_wrong_type_for_number(tmp_path, key, value):
     d = base_config(tmp_path)
@@ -354,7 +364,15 @@ def test_wrong_type_for_number(tmp_path, key, value):
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
-@pytest.mark.parametrize("path", [("models", "fast", "timeout_s"), ("models", "big", "price_in_per_1k"), ("deadline_s",), ("objective", "w_latency")])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("models", "fast", "timeout_s"),
+        ("models", "big", "price_in_per_1k"),
+        ("deadline_s",),
+        ("objective", "w_latency"),
+    ],
+)
 def test_non_finite_numbers(tmp_path, path, value):
     d = base_config(tmp_path)
     target = d
@@ -366,7 +384,9 @@ def test_non_finite_numbers(tmp_path, path, value):
 
 def test_non_finite_numbers_in_toml(tmp_path):
     path = tmp_path / "nan.toml"
-    path.write_text('[models.m]\nbase_url = "http://h"\ntimeout_s = nan\n[routes.t]\nmodels = ["m"]\n', encoding="utf-8")
+    path.write_text(
+        '[models.m]\nbase_url = "http://h"\ntimeout_s = nan\n[routes.t]\nmodels = ["m"]\n', encoding="utf-8"
+    )
     with pytest.raises(ConfigError) as info:
         Config.from_toml(path)
     assert info.value.field == "models.m.timeout_s"
@@ -385,7 +405,9 @@ def test_negative_objective_weight(tmp_path):
     expect_error(d, "objective.w_cost", ">= 0")
 
 
-@pytest.mark.parametrize("value, fragment", [(0, ">= 1"), (-3, ">= 1"), (2.5, "integer"), ("8", "integer"), (True, "integer")])
+@pytest.mark.parametrize(
+    "value, fragment", [(0, ">= 1"), (-3, ">= 1"), (2.5, "integer"), ("8", "integer"), (True, "integer")]
+)
 def test_max_in_flight(tmp_path, value, fragment):
     d = base_config(tmp_path)
     d["models"]["fast"]["max_in_flight"] = value
@@ -539,7 +561,9 @@ def config_dicts(draw):
     data: dict[str, Any] = {
         "models": models,
         "routes": routes,
-        "store": draw(st.sampled_from(["sqlite:///zeta.db", "sqlite:////tmp/z.db", "postgresql+psycopg://u:p@db:5432/zeta"])),
+        "store": draw(
+            st.sampled_from(["sqlite:///zeta.db", "sqlite:////tmp/z.db", "postgresql+psycopg://u:p@db:5432/zeta"])
+        ),
         "deadline_s": draw(positive),
         "log_prompts": draw(st.booleans()),
         "objective": {
@@ -596,7 +620,11 @@ def _check_round_trip(data):
 def test_round_trip_minimal_config(tmp_path):
     """The smallest config: a model with no `model` / `space` keys must survive to_dict -> from_dict."""
     cfg = Config.from_dict(
-        {"store": f"sqlite:///{tmp_path}/x.db", "models": {"m": {"base_url": "http://h:1"}}, "routes": {"t": {"models": ["m"]}}}
+        {
+            "store": f"sqlite:///{tmp_path}/x.db",
+            "models": {"m": {"base_url": "http://h:1"}},
+            "routes": {"t": {"models": ["m"]}},
+        }
     )
     assert Config.from_dict(cfg.to_dict()) == cfg
 

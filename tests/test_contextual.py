@@ -192,9 +192,19 @@ def test_contextual_options_are_validated():
     from zeta_adaptive import ConfigError, load_config
 
     with pytest.raises(ConfigError):
-        load_config({"models": {"a": {"base_url": "http://a/v1"}}, "routes": {"x": {"models": ["a"], "policy": "linear_thompson", "gap_var": -1.0}}})
+        load_config(
+            {
+                "models": {"a": {"base_url": "http://a/v1"}},
+                "routes": {"x": {"models": ["a"], "policy": "linear_thompson", "gap_var": -1.0}},
+            }
+        )
     with pytest.raises(ConfigError):
-        load_config({"models": {"a": {"base_url": "http://a/v1"}}, "routes": {"x": {"models": ["a"], "policy": "lin_ucb", "samples": 32}}})
+        load_config(
+            {
+                "models": {"a": {"base_url": "http://a/v1"}},
+                "routes": {"x": {"models": ["a"], "policy": "lin_ucb", "samples": 32}},
+            }
+        )
     assert isinstance(make_policy("lin_ucb", ["a"], alpha=0.5), LinUCBPolicy)
 
 
@@ -203,7 +213,9 @@ def test_linear_thompson_routes_end_to_end_over_the_loopback_fleet(tmp_path):
 
     specs = [ModelSpec("weak", latency_s=0.001), ModelSpec("strong", latency_s=0.001)]
     with Fleet(specs, seed=0) as fleet:
-        cfg = fleet.fleet_config({"qa": ["weak", "strong"]}, seed=1, store=f"sqlite:///{tmp_path}/x.db", journal_dir=str(tmp_path / "j"))
+        cfg = fleet.fleet_config(
+            {"qa": ["weak", "strong"]}, seed=1, store=f"sqlite:///{tmp_path}/x.db", journal_dir=str(tmp_path / "j")
+        )
         cfg["routes"]["qa"].update(policy="linear_thompson", budget_per_call=0.5)
         cfg["models"]["strong"]["price_out_per_1k"] = 1000.0 / 32  # 32 answer tokens cost 1
         with Router(cfg) as router:

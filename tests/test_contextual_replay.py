@@ -61,7 +61,10 @@ def test_lin_ucb_targets_are_deterministic_and_bad_logs_raise():
 
 def test_the_router_log_loads_as_a_contextual_log(tmp_path):
     config = {
-        "store": f"sqlite:///{tmp_path}/x.db", "journal_dir": str(tmp_path / "j"), "seed": 1, "objective": {"w_latency": 0.0},
+        "store": f"sqlite:///{tmp_path}/x.db",
+        "journal_dir": str(tmp_path / "j"),
+        "seed": 1,
+        "objective": {"w_latency": 0.0},
         "models": {"a": {"base_url": "http://a/v1"}, "b": {"base_url": "http://b/v1"}},
         "routes": {"qa": {"models": ["a", "b"], "policy": "linear_thompson", "feature_bits": 8}},
     }

@@ -17,8 +17,25 @@ import routellm_mmlu  # noqa: E402
 @pytest.mark.skipif(not routellm_mmlu.DATA.exists(), reason="the RouteLLM data is not shipped here")
 def test_routellm_mmlu_smoke(tmp_path):
     routellm_mmlu.main(
-        ["--orders", "2", "--budgets", "0.3", "0.7", "--limit", "240", "--workers", "1", "--policies", "linear_thompson", "thompson_one",
-         "--router", "--router-limit", "15", "--out", str(tmp_path)]
+        [
+            "--orders",
+            "2",
+            "--budgets",
+            "0.3",
+            "0.7",
+            "--limit",
+            "240",
+            "--workers",
+            "1",
+            "--policies",
+            "linear_thompson",
+            "thompson_one",
+            "--router",
+            "--router-limit",
+            "15",
+            "--out",
+            str(tmp_path),
+        ]
     )
     result = json.loads((tmp_path / "routellm_mmlu.json").read_text())
     assert set(result["online"]) == {"linear_thompson", "thompson_one"}
@@ -26,7 +43,9 @@ def test_routellm_mmlu_smoke(tmp_path):
         assert summary["orders"] == 2 and summary["budget_error"] < 0.1
         assert 0.0 <= summary["apgr_mean"] <= 1.5
     assert result["router"][0]["questions"] == 15
-    assert (tmp_path / "routellm_mmlu_pgr.png").stat().st_size > 0 and "APGR" in (tmp_path / "routellm_mmlu.md").read_text()
+    assert (tmp_path / "routellm_mmlu_pgr.png").stat().st_size > 0 and "APGR" in (
+        tmp_path / "routellm_mmlu.md"
+    ).read_text()
 
 
 def test_metrics_match_routellm_definitions():

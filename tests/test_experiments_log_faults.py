@@ -17,7 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _value(rows: list[dict[str, str]], part: str, metric: str, scenario: str = "") -> str:
     """The value of one metric of one part (and scenario, by its first word) on SQLite."""
-    (hit,) = [r["value"] for r in rows if (r["part"], r["store"], r["metric"]) == (part, "sqlite", metric) and r["scenario"].startswith(scenario)]
+    (hit,) = [
+        r["value"]
+        for r in rows
+        if (r["part"], r["store"], r["metric"]) == (part, "sqlite", metric) and r["scenario"].startswith(scenario)
+    ]
     return hit
 
 
@@ -26,7 +30,11 @@ def test_log_faults_quick_writes_its_outputs_and_loses_nothing(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(tmp_path / "state")}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "log_faults.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=280, env=env, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env=env,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, f"log_faults.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     for name in ("log_faults.csv", "log_faults.md", "log_faults.png"):
@@ -35,7 +43,9 @@ def test_log_faults_quick_writes_its_outputs_and_loses_nothing(tmp_path):
         rows = list(csv.DictReader(fh))
     poison = {r["metric"]: r["value"] for r in rows if r["part"] == "poison rows" and r["store"] == "sqlite"}
     assert int(poison["calls made"]) == int(poison["calls rows"]) > 0
-    assert int(poison["attempts made"]) == int(poison["attempts rows"]) > int(poison["calls made"])  # fallbacks happened
+    assert (
+        int(poison["attempts made"]) == int(poison["attempts rows"]) > int(poison["calls made"])
+    )  # fallbacks happened
     assert poison["rows lost"] == poison["rows duplicated"] == poison["key occurrences"] == "0"
     assert int(poison["dead letters"]) == int(poison["refused rows queued"]) > 0
     assert poison["refused rows not in dead letters"] == "0" and poison["writer crashes"] == "0"

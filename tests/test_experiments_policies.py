@@ -37,7 +37,11 @@ def quick_runs(tmp_path_factory) -> dict[str, Path]:
         outs[name] = out
         procs[name] = subprocess.Popen(
             [sys.executable, str(EXPERIMENTS / f"{name}.py"), "--quick", "--out", str(out)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
     failures = []
     deadline = time.monotonic() + DEADLINE_S
@@ -88,7 +92,9 @@ def test_regret_quick(quick_runs):
 def test_drift_quick(quick_runs):
     out = quick_runs["policy_drift"]
     rows = _read(out / "policy_drift.csv")
-    assert {"scenario", "policy", "discount", "adapted_seeds", "calls_to_switch_mean", "regret_after_mean"} <= set(rows[0])
+    assert {"scenario", "policy", "discount", "adapted_seeds", "calls_to_switch_mean", "regret_after_mean"} <= set(
+        rows[0]
+    )
     assert {r["policy"] for r in rows} == OURS
     assert {float(r["discount"]) for r in rows} == {1.0, 0.995, 0.99}
     static = [r for r in rows if r["policy"] == "static"]

@@ -22,7 +22,10 @@ def quick_runs(tmp_path_factory) -> dict[str, Path]:
     procs = {
         script: subprocess.Popen(
             [sys.executable, str(EXPERIMENTS / script), "--quick", "--out", str(out)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for script, out in outs.items()
     }

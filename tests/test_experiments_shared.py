@@ -26,7 +26,10 @@ EXPERIMENTS = ROOT / "experiments"
 def _run(script: str, out: Path, *extra: str, timeout: float = 110) -> str:
     proc = subprocess.run(
         [sys.executable, str(EXPERIMENTS / script), "--quick", "--out", str(out), *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
@@ -48,7 +51,10 @@ def _columns(path: Path, wanted: set[str]) -> list[dict[str, str]]:
 
 def test_bench_stream_quick_writes_its_outputs(tmp_path):
     _run("bench_stream.py", tmp_path)
-    rows = _columns(tmp_path / "bench_stream.csv", {"contender", "samples", "median_us", "p99_us", "cpu_median_us", "added_median_us", "added_p99_us", "met"})
+    rows = _columns(
+        tmp_path / "bench_stream.csv",
+        {"contender", "samples", "median_us", "p99_us", "cpu_median_us", "added_median_us", "added_p99_us", "met"},
+    )
     by = {r["contender"]: r for r in rows}
     for name in ("direct sync", "routed sync", "direct async", "routed async"):
         assert int(by[name]["samples"]) > 0 and float(by[name]["median_us"]) > 0
@@ -56,7 +62,9 @@ def test_bench_stream_quick_writes_its_outputs(tmp_path):
         added = by[f"added ({mode})"]
         assert added["added_median_us"] != "" and added["added_p99_us"] != ""
     samples = _columns(tmp_path / "bench_stream_samples.csv", {"contender", "i", "ttft_us", "cpu_us"})
-    assert len(samples) == sum(int(by[n]["samples"]) for n in ("direct sync", "routed sync", "direct async", "routed async"))
+    assert len(samples) == sum(
+        int(by[n]["samples"]) for n in ("direct sync", "routed sync", "direct async", "routed async")
+    )
     assert (tmp_path / "bench_stream.png").stat().st_size > 0
     md = (tmp_path / "bench_stream.md").read_text(encoding="utf-8")
     assert "Quick smoke run" in md and "machine:" in md and "command:" in md
@@ -69,17 +77,37 @@ def _postgres_available() -> bool:
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(not _postgres_available(), reason="no PostgreSQL: ZETA_TEST_POSTGRES_URL unset and no server binaries")
+@pytest.mark.skipif(
+    not _postgres_available(), reason="no PostgreSQL: ZETA_TEST_POSTGRES_URL unset and no server binaries"
+)
 def test_multiprocess_quick_writes_its_outputs_and_loses_no_row(tmp_path):
     # fewer calls than --quick's 2,000: the two configurations then fit the suite's time budget on a small machine
     _run("multiprocess.py", tmp_path, "--calls", "300", timeout=115)
     summary = _columns(
         tmp_path / "multiprocess.csv",
         {
-            "config", "processes", "concurrency", "calls", "calls_per_s", "log_rows_per_s", "db_cpu_s", "first_demote_s",
-            "last_demote_s", "demote_spread_s", "demote_target_met", "same_order_share", "kendall_tau_mean",
-            "calls_reported", "calls_rows", "attempts_reported", "attempts_rows", "feedback_reported", "feedback_rows",
-            "lost_rows", "no_lost_rows", "per_router_rows_match",
+            "config",
+            "processes",
+            "concurrency",
+            "calls",
+            "calls_per_s",
+            "log_rows_per_s",
+            "db_cpu_s",
+            "first_demote_s",
+            "last_demote_s",
+            "demote_spread_s",
+            "demote_target_met",
+            "same_order_share",
+            "kendall_tau_mean",
+            "calls_reported",
+            "calls_rows",
+            "attempts_reported",
+            "attempts_rows",
+            "feedback_reported",
+            "feedback_rows",
+            "lost_rows",
+            "no_lost_rows",
+            "per_router_rows_match",
         },
     )
     assert [r["config"] for r in summary] == ["4x16", "1x64"]
@@ -90,11 +118,17 @@ def test_multiprocess_quick_writes_its_outputs_and_loses_no_row(tmp_path):
         assert r["lost_rows"] == "0" and r["extra_rows"] == "0"
         assert r["no_lost_rows"] == "True" and r["per_router_rows_match"] == "True"
         assert r["unexpected_errors"] == "0"
-    workers = _columns(tmp_path / "multiprocess_workers.csv", {"config", "worker", "calls", "attempts", "attempts_rows", "demote_s", "final_order"})
+    workers = _columns(
+        tmp_path / "multiprocess_workers.csv",
+        {"config", "worker", "calls", "attempts", "attempts_rows", "demote_s", "final_order"},
+    )
     assert sorted((r["config"], r["worker"]) for r in workers) == [("1x64", "0")] + [("4x16", str(i)) for i in range(4)]
     assert all(r["attempts"] == r["attempts_rows"] for r in workers)
     _columns(tmp_path / "multiprocess_timeline.csv", {"config", "worker", "t_s", "calls", "degraded_primary_share"})
-    _columns(tmp_path / "multiprocess_rows.csv", {"config", "t_s", "calls_rows", "attempts_rows", "feedback_rows", "rows_per_s"})
+    _columns(
+        tmp_path / "multiprocess_rows.csv",
+        {"config", "t_s", "calls_rows", "attempts_rows", "feedback_rows", "rows_per_s"},
+    )
     _columns(tmp_path / "multiprocess_outcomes.csv", {"config", "model", "phase", "outcome", "attempts"})
     assert (tmp_path / "multiprocess.png").stat().st_size > 0
     md = (tmp_path / "multiprocess.md").read_text(encoding="utf-8")

@@ -10,10 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from zeta_adaptive import Featurizer, Features, InvalidRequest
+from zeta_adaptive import Features, Featurizer, InvalidRequest
 from zeta_adaptive.features import DENSE_NAMES, message_text
 
-PROMPT = "Write a Python function `def add(a, b):` that returns a + b.\nThen explain why 2^3 = 8, step by step. Ünïcode too."
+PROMPT = (
+    "Write a Python function `def add(a, b):` that returns a + b.\nThen explain why 2^3 = 8, step by step. Ünïcode too."
+)
 
 
 def dense(f: Featurizer, x: Features) -> dict[str, float]:
@@ -28,7 +30,9 @@ def test_features_are_the_same_in_another_process_with_another_hash_seed():
         "print(Featurizer(bits=10)([{'role': 'user', 'content': sys.argv[1]}]).to_json())"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    there = subprocess.run([sys.executable, "-c", code, PROMPT], capture_output=True, text=True, env=env, check=True).stdout.strip()
+    there = subprocess.run(
+        [sys.executable, "-c", code, PROMPT], capture_output=True, text=True, env=env, check=True
+    ).stdout.strip()
     assert json.loads(there) == json.loads(here)
 
 
@@ -88,7 +92,10 @@ def test_empty_text_and_message_parts():
     f = Featurizer()
     x = f([])
     assert np.all(x.indices >= f.hashed)  # only the dense slots
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "hi there"}]}]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "hi there"}]},
+    ]
     assert message_text(messages) == "be brief\nhi there"
     assert Features.from_json(f(messages).to_json()).nnz == f(messages).nnz
 

@@ -242,7 +242,9 @@ def test_feedback_after_close_is_refused(tmp_path):
 # -- validate_accuracy ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value, expected", [(0, 0.0), (1, 1.0), (0.25, 0.25), (1.0, 1.0), (-0.0, 0.0), (np.float64(0.3), 0.3)])
+@pytest.mark.parametrize(
+    "value, expected", [(0, 0.0), (1, 1.0), (0.25, 0.25), (1.0, 1.0), (-0.0, 0.0), (np.float64(0.3), 0.3)]
+)
 def test_validate_accuracy_accepts(value, expected):
     got = validate_accuracy(value)
     assert got == expected
@@ -251,7 +253,25 @@ def test_validate_accuracy_accepts(value, expected):
 
 @pytest.mark.parametrize(
     "value",
-    [math.nan, math.inf, -math.inf, -1e-12, 1.0000001, 2, -1, "0.5", "", None, True, False, [0.5], (0.5,), {"a": 1}, 0.5j, np.bool_(True)],
+    [
+        math.nan,
+        math.inf,
+        -math.inf,
+        -1e-12,
+        1.0000001,
+        2,
+        -1,
+        "0.5",
+        "",
+        None,
+        True,
+        False,
+        [0.5],
+        (0.5,),
+        {"a": 1},
+        0.5j,
+        np.bool_(True),
+    ],
     ids=repr,
 )
 def test_validate_accuracy_rejects(value):

@@ -52,7 +52,9 @@ def fleet() -> Iterator[Fleet]:
         yield f
 
 
-def config(fleet: Fleet, url: str, tmp_path: Path, routes: dict[str, list[str]] | None = None, **top: Any) -> dict[str, Any]:
+def config(
+    fleet: Fleet, url: str, tmp_path: Path, routes: dict[str, list[str]] | None = None, **top: Any
+) -> dict[str, Any]:
     routes = routes or {"simple": ["good"], "code": ["good"], "embedding": ["vectors"]}
     cfg = fleet.fleet_config(routes, store=url, journal_dir=str(tmp_path / "journal"), seed=1, **top)
     for spec in cfg["routes"].values():
@@ -118,9 +120,13 @@ def metric(base: str, name: str, **labels: str) -> float:
 def test_chat_answer_is_the_logged_call(fleet, sqlite_url, tmp_path):
     app = create_app(config(fleet, sqlite_url, tmp_path, log_prompts=True))
     with serving(app) as base:
-        raw = client(base).chat.completions.with_raw_response.create(model="simple", messages=HELLO, max_tokens=3, temperature=0.2)
+        raw = client(base).chat.completions.with_raw_response.create(
+            model="simple", messages=HELLO, max_tokens=3, temperature=0.2
+        )
         answer = raw.parse()
-        auto = client(base).chat.completions.create(model="auto", messages=[{"role": "user", "content": "def f(): pass"}])
+        auto = client(base).chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "def f(): pass"}]
+        )
         app.state.router.flush()
         logged = rows(sqlite_url, "SELECT * FROM calls ORDER BY ts")
     assert [r["call_id"] for r in logged] == [answer.id, auto.id]
@@ -135,9 +141,15 @@ def test_chat_answer_is_the_logged_call(fleet, sqlite_url, tmp_path):
 def test_stream_deltas_make_the_answer_and_usage_comes_when_asked(fleet, sqlite_url, tmp_path):
     app = create_app(config(fleet, sqlite_url, tmp_path, log_prompts=True))
     with serving(app) as base:
-        with_usage = list(client(base).chat.completions.create(
-            model="simple", messages=HELLO, stream=True, stream_options={"include_usage": True}, max_tokens=20,
-        ))
+        with_usage = list(
+            client(base).chat.completions.create(
+                model="simple",
+                messages=HELLO,
+                stream=True,
+                stream_options={"include_usage": True},
+                max_tokens=20,
+            )
+        )
         without = list(client(base).chat.completions.create(model="simple", messages=HELLO, stream=True))
         app.state.router.flush()
         logged = {r["call_id"]: r for r in rows(sqlite_url, "SELECT * FROM calls")}
@@ -177,7 +189,13 @@ def test_fallback_through_the_gateway_and_metrics(fleet, sqlite_url, tmp_path):
         assert metric(base, "zeta_attempts_total", model="broken", outcome="server_error") == 1
         assert metric(base, "zeta_call_latency_seconds_count", task_type="simple") == 1
         body = httpx.get(base.removesuffix("/v1") + "/metrics").text
-        for name in ("zeta_breaker_state", "zeta_in_flight", "zeta_log_queue_depth", "zeta_log_rows_journaled", "zeta_log_rows_written_total"):
+        for name in (
+            "zeta_breaker_state",
+            "zeta_in_flight",
+            "zeta_log_queue_depth",
+            "zeta_log_rows_journaled",
+            "zeta_log_rows_written_total",
+        ):
             assert name in body, name
         assert httpx.get(base.removesuffix("/v1") + "/health").json() == {"status": "ok"}
         assert httpx.get(base.removesuffix("/v1") + "/ready").status_code == 200
@@ -192,9 +210,13 @@ def test_every_model_failing_is_502_and_a_deadline_is_504(fleet, sqlite_url, tmp
         with pytest.raises(openai.InternalServerError) as failed:
             client(base).chat.completions.create(model="simple", messages=HELLO)
         with pytest.raises(openai.InternalServerError) as late:
-            client(base).chat.completions.create(model="code", messages=HELLO, extra_headers={"x-zeta-deadline-s": "0.3"})
+            client(base).chat.completions.create(
+                model="code", messages=HELLO, extra_headers={"x-zeta-deadline-s": "0.3"}
+            )
         with pytest.raises(openai.BadRequestError):
-            client(base).chat.completions.create(model="code", messages=HELLO, extra_headers={"x-zeta-deadline-s": "soon"})
+            client(base).chat.completions.create(
+                model="code", messages=HELLO, extra_headers={"x-zeta-deadline-s": "soon"}
+            )
         app.state.router.flush()
         logged = rows(sqlite_url, "SELECT call_id, outcome FROM calls")
         assert metric(base, "zeta_calls_total", task_type="code", model="none", outcome="deadline_exceeded") == 1
@@ -222,13 +244,17 @@ def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, mon
         assert not_allowed.value.code == "model_not_found"
         with pytest.raises(openai.NotFoundError):
             client(base, SECRET_B).chat.completions.create(model="no-such-route", messages=HELLO)
-        malformed = httpx.post(base + "/chat/completions", content=b"{not json", headers={"authorization": f"Bearer {SECRET_B}"})
+        malformed = httpx.post(
+            base + "/chat/completions", content=b"{not json", headers={"authorization": f"Bearer {SECRET_B}"}
+        )
         assert malformed.status_code == 400 and malformed.json()["error"]["type"] == "invalid_request_error"
         answers = [team_a.chat.completions.create(model="simple", messages=HELLO) for _ in range(2)]
         with pytest.raises(openai.RateLimitError) as limited:
             team_a.chat.completions.create(model="simple", messages=HELLO)
         assert limited.value.code == "rate_limit_exceeded" and float(limited.value.response.headers["retry-after"]) > 0
-        other = client(base, SECRET_B).chat.completions.create(model="code", messages=HELLO)  # bare key: all routes, no limit
+        other = client(base, SECRET_B).chat.completions.create(
+            model="code", messages=HELLO
+        )  # bare key: all routes, no limit
         app.state.router.flush()
         logged = sorted(r["call_id"] for r in rows(sqlite_url, "SELECT call_id FROM calls"))
         assert logged == sorted([a.id for a in answers] + [other.id])  # refused requests are not calls
@@ -246,7 +272,9 @@ def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, mon
 
 def test_spend_per_day_refuses_once_reached(fleet, sqlite_url, tmp_path, monkeypatch):
     monkeypatch.setenv(KEYS_ENV, f"capped={SECRET_A}")
-    cfg = config(fleet, sqlite_url, tmp_path, server={"api_keys_env": KEYS_ENV, "keys": {"capped": {"spend_per_day": 0.001}}})
+    cfg = config(
+        fleet, sqlite_url, tmp_path, server={"api_keys_env": KEYS_ENV, "keys": {"capped": {"spend_per_day": 0.001}}}
+    )
     cfg["models"]["good"]["price_out_per_1k"] = 1.0  # 32 tokens out: 0.032 per call, over the cap at once
     with serving(create_app(cfg)) as base:
         client(base, SECRET_A).chat.completions.create(model="simple", messages=HELLO)
@@ -264,10 +292,14 @@ def test_server_config_is_validated_and_keys_parsed():
         Config.from_dict({**base, "server": {"api_keys_env": "K", "keys": {"a": {"routes": ["nope"]}}}})
     with pytest.raises(ConfigError, match="requests_per_minute"):
         Config.from_dict({**base, "server": {"api_keys_env": "K", "keys": {"a": {"requests_per_minute": 0}}}})
-    cfg = Config.from_dict({**base, "server": {"api_keys_env": "K", "keys": {"a": {"routes": ["r"], "spend_per_day": 2}}}})
+    cfg = Config.from_dict(
+        {**base, "server": {"api_keys_env": "K", "keys": {"a": {"routes": ["r"], "spend_per_day": 2}}}}
+    )
     assert Config.from_dict(cfg.to_dict()) == cfg
     keys = load_keys(cfg.server, {"K": "a=s3cret==, plain"})
-    assert sorted(k.key_id for k in keys.values()) == sorted(["a", "key-" + __import__("hashlib").sha256(b"plain").hexdigest()[:8]])
+    assert sorted(k.key_id for k in keys.values()) == sorted(
+        ["a", "key-" + __import__("hashlib").sha256(b"plain").hexdigest()[:8]]
+    )
     assert next(k for k in keys.values() if k.key_id == "a").limits == KeyLimits(routes=("r",), spend_per_day=2.0)
     assert "s3cret" not in repr(keys) and "plain" not in repr(keys)
     with pytest.raises(ConfigError, match="no client key"):
@@ -293,7 +325,9 @@ def test_feedback_over_http(fleet, sqlite_url, tmp_path):
         app.state.router.flush()
         prefs = httpx.get(base + "/preferences").json()
     assert first.status_code == 200 and again.status_code == 409 and again.json()["error"]["code"] == "already_rated"
-    assert rows(sqlite_url, "SELECT call_id, accuracy, model FROM feedback") == [{"call_id": answer.id, "accuracy": 0.8, "model": "good"}]
+    assert rows(sqlite_url, "SELECT call_id, accuracy, model FROM feedback") == [
+        {"call_id": answer.id, "accuracy": 0.8, "model": "good"}
+    ]
     assert prefs["simple"][0]["feedback_n"] == 1
 
 
@@ -328,7 +362,10 @@ def test_client_disconnect_mid_stream_cancels_the_call(fleet, sqlite_url, tmp_pa
 
         assert wait_for(cancelled) == [{"outcome": "cancelled"}]
         assert rows(sqlite_url, "SELECT outcome, model FROM calls") == [{"outcome": "failed", "model": None}]
-        assert wait_for(lambda: metric(base, "zeta_calls_total", task_type="simple", model="none", outcome="cancelled")) == 1
+        assert (
+            wait_for(lambda: metric(base, "zeta_calls_total", task_type="simple", model="none", outcome="cancelled"))
+            == 1
+        )
 
 
 def test_client_leaving_before_the_answer_cancels_the_call(fleet, sqlite_url, tmp_path):
@@ -359,17 +396,32 @@ def serve_command(cfg: dict[str, Any], tmp_path: Path, workers: int = 1) -> Iter
     path = tmp_path / "gateway.toml"
     path.write_text(_toml(cfg))
     port = free_port()
-    cmd = [sys.executable, "-c", "from zeta_adaptive.cli import main; main()", "serve", "--config", str(path), "--port", str(port), "--workers", str(workers)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from zeta_adaptive.cli import main; main()",
+        "serve",
+        "--config",
+        str(path),
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # its own process group: the workers it forks can be stopped with it, by its PID
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def up() -> bool:
             try:
                 return httpx.get(base + "/health", timeout=1).status_code == 200
             except httpx.TransportError:
                 return proc.poll() is not None  # stop waiting if it died
+
         wait_for(up, 60)
         assert proc.poll() is None, proc.communicate()[0]
         yield proc, base + "/v1"
@@ -381,6 +433,7 @@ def serve_command(cfg: dict[str, Any], tmp_path: Path, workers: int = 1) -> Iter
 
 def _toml(cfg: dict[str, Any]) -> str:
     """A config dict as TOML (the subset fleet configs use)."""
+
     def value(v: Any) -> str:
         return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
 
@@ -396,7 +449,9 @@ def test_sigterm_drains_calls_in_flight(tmp_path, sqlite_url):
     with Fleet([ModelSpec("slow", latency_s=1.0, latency_sigma=0.0)], seed=1) as fleet:
         cfg = config(fleet, sqlite_url, tmp_path, routes={"simple": ["slow"]})
         with serve_command(cfg, tmp_path) as (proc, base), ThreadPoolExecutor(4) as pool:
-            calls = [pool.submit(client(base).chat.completions.create, model="simple", messages=HELLO) for _ in range(4)]
+            calls = [
+                pool.submit(client(base).chat.completions.create, model="simple", messages=HELLO) for _ in range(4)
+            ]
             assert wait_for(lambda: fleet.requests("slow") == 4)
             proc.send_signal(signal.SIGTERM)
             answers = [c.result(timeout=30) for c in calls]
@@ -409,7 +464,9 @@ def test_sigterm_drains_calls_in_flight(tmp_path, sqlite_url):
 
 def test_two_workers_learn_together(tmp_path, sqlite_url):
     with Fleet([ModelSpec("m1", latency_s=0.0), ModelSpec("m2", latency_s=0.0)], seed=2) as fleet:
-        cfg = fleet.fleet_config({"simple": ["m1", "m2"]}, store=sqlite_url, refresh_s=0.2, seed=5, journal_dir=str(tmp_path / "journal"))
+        cfg = fleet.fleet_config(
+            {"simple": ["m1", "m2"]}, store=sqlite_url, refresh_s=0.2, seed=5, journal_dir=str(tmp_path / "journal")
+        )
         calls = 30
         with serve_command(cfg, tmp_path, workers=2) as (_proc, base):
             views: dict[str, float] = {}
@@ -426,10 +483,14 @@ def test_two_workers_learn_together(tmp_path, sqlite_url):
             assert wait_for(lambda: learned(0), 30), views
             for _ in range(calls):  # a new connection each time, so both workers take calls
                 with httpx.Client(base_url=base) as http:
-                    assert http.post("/chat/completions", json={"model": "simple", "messages": HELLO}).status_code == 200
+                    assert (
+                        http.post("/chat/completions", json={"model": "simple", "messages": HELLO}).status_code == 200
+                    )
             assert wait_for(lambda: learned(calls), 20), views
             scraped = httpx.get(base.removesuffix("/v1") + "/metrics").text
-            counted = sum(float(line.rpartition(" ")[2]) for line in scraped.splitlines() if line.startswith("zeta_calls_total{"))
+            counted = sum(
+                float(line.rpartition(" ")[2]) for line in scraped.splitlines() if line.startswith("zeta_calls_total{")
+            )
             assert counted == calls  # whichever worker answers, the counters are the sum over both
         logged = rows(sqlite_url, "SELECT count(*) AS n, count(DISTINCT router_id) AS routers FROM attempts")
     assert logged == [{"n": calls, "routers": 2}]  # both workers routed, and each learned every attempt
@@ -442,7 +503,15 @@ def test_serve_refuses_a_config_whose_key_variable_is_empty(tmp_path, sqlite_url
 
     monkeypatch.delenv(KEYS_ENV, raising=False)
     path = tmp_path / "gateway.toml"
-    path.write_text(_toml({"store": sqlite_url, "models": {"m": {"base_url": "http://127.0.0.1:9/v1"}}, "routes": {"r": {"models": ["m"]}}})
-                    + f'[server]\napi_keys_env = "{KEYS_ENV}"\n')
+    path.write_text(
+        _toml(
+            {
+                "store": sqlite_url,
+                "models": {"m": {"base_url": "http://127.0.0.1:9/v1"}},
+                "routes": {"r": {"models": ["m"]}},
+            }
+        )
+        + f'[server]\napi_keys_env = "{KEYS_ENV}"\n'
+    )
     result = CliRunner().invoke(main, ["serve", "--config", str(path), "--port", str(free_port())])
     assert result.exit_code == 1 and f"${KEYS_ENV} holds no client key" in result.output

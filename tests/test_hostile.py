@@ -67,7 +67,7 @@ def serve(handler: Handler) -> Iterator[str]:
             if not line:
                 return
             headers = {}
-            while (h := rfile.readline().decode("latin-1").strip()):
+            while h := rfile.readline().decode("latin-1").strip():
                 k, _, v = h.partition(":")
                 headers[k.strip().lower()] = v.strip()
             body = rfile.read(int(headers.get("content-length", 0)))
@@ -102,7 +102,9 @@ def send_json(sock: socket.socket, status: int, body: Any) -> None:
 
 def completion(text: str = "fine answer") -> dict[str, Any]:
     return {
-        "id": "c", "object": "chat.completion", "model": "m",
+        "id": "c",
+        "object": "chat.completion",
+        "model": "m",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
     }
@@ -122,7 +124,11 @@ def healthy(req: Request, sock: socket.socket, stop: threading.Event) -> None:
     if req.path.endswith("/embeddings"):
         send_json(sock, 200, {"data": [{"index": i, "embedding": [0.5, 0.5]} for i, _ in enumerate(req.json["input"])]})
     elif req.json.get("stream"):
-        usage = [chunk(usage={"prompt_tokens": 7, "completion_tokens": 2})] if (req.json.get("stream_options") or {}).get("include_usage") else []
+        usage = (
+            [chunk(usage={"prompt_tokens": 7, "completion_tokens": 2})]
+            if (req.json.get("stream_options") or {}).get("include_usage")
+            else []
+        )
         send_stream(sock, [chunk("fine "), chunk("answer"), *usage, b"data: [DONE]\n\n"])
     else:
         send_json(sock, 200, completion())
@@ -194,37 +200,83 @@ def deep_json(req: Request, sock: socket.socket, stop: threading.Event) -> None:
 
 # -- error bodies as real servers send them (see the sources in zeta_adaptive.backends.CONTEXT_MARKERS) --
 
-VLLM_CONTEXT = (400, {
-    "object": "error", "type": "BadRequestError", "param": None, "code": 400,
-    "message": "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens "
-    "(4000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion.",
-})
-OPENAI_CONTEXT = (400, {"error": {
-    "message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens. "
-    "Please reduce the length of the messages.",
-    "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded",
-}})
-LLAMACPP_CONTEXT = (400, {"error": {
-    "code": 400, "message": "request (4476 tokens) exceeds the available context size (4096 tokens), try increasing it",
-    "type": "exceed_context_size_error", "n_prompt_tokens": 4476, "n_ctx": 4096,
-}})
-TGI_CONTEXT = (422, {
-    "error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. "
-    "Given: 4000 `inputs` tokens and 1000 `max_new_tokens`",
-    "error_type": "validation",
-})
-LITELLM_CONTEXT = (400, {"error": {
-    "message": "litellm.ContextWindowExceededError: litellm.BadRequestError: OpenAIException - This model's maximum "
-    "context length is 4096 tokens.", "type": None, "param": None, "code": "400",
-}})
-OPENAI_UNKNOWN_MODEL = (404, {"error": {
-    "message": "The model `gpt-9` does not exist or you do not have access to it.",
-    "type": "invalid_request_error", "param": None, "code": "model_not_found",
-}})
-LITELLM_UNKNOWN_MODEL = (400, {"error": {
-    "message": "/chat/completions: Invalid model name passed in model=gpt-9. Call `/v1/models` to view available models for your key.",
-    "type": "invalid_request_error", "param": "model", "code": "400",
-}})
+VLLM_CONTEXT = (
+    400,
+    {
+        "object": "error",
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+        "message": "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens "
+        "(4000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion.",
+    },
+)
+OPENAI_CONTEXT = (
+    400,
+    {
+        "error": {
+            "message": "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens. "
+            "Please reduce the length of the messages.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    },
+)
+LLAMACPP_CONTEXT = (
+    400,
+    {
+        "error": {
+            "code": 400,
+            "message": "request (4476 tokens) exceeds the available context size (4096 tokens), try increasing it",
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": 4476,
+            "n_ctx": 4096,
+        }
+    },
+)
+TGI_CONTEXT = (
+    422,
+    {
+        "error": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. "
+        "Given: 4000 `inputs` tokens and 1000 `max_new_tokens`",
+        "error_type": "validation",
+    },
+)
+LITELLM_CONTEXT = (
+    400,
+    {
+        "error": {
+            "message": "litellm.ContextWindowExceededError: litellm.BadRequestError: OpenAIException - This model's maximum "
+            "context length is 4096 tokens.",
+            "type": None,
+            "param": None,
+            "code": "400",
+        }
+    },
+)
+OPENAI_UNKNOWN_MODEL = (
+    404,
+    {
+        "error": {
+            "message": "The model `gpt-9` does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "model_not_found",
+        }
+    },
+)
+LITELLM_UNKNOWN_MODEL = (
+    400,
+    {
+        "error": {
+            "message": "/chat/completions: Invalid model name passed in model=gpt-9. Call `/v1/models` to view available models for your key.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "400",
+        }
+    },
+)
 
 
 def answer_with(status: int, body: Any) -> Handler:
@@ -253,7 +305,9 @@ def backend_at(handler: Handler, **options: Any) -> Iterator[tuple[HttpxBackend,
             backend.close()
 
 
-def router_config(tmp_path, urls: dict[str, str], deadline_s: float, timeout_s: float, **model_options: Any) -> dict[str, Any]:
+def router_config(
+    tmp_path, urls: dict[str, str], deadline_s: float, timeout_s: float, **model_options: Any
+) -> dict[str, Any]:
     return {
         "store": f"sqlite:///{tmp_path / 'zeta.db'}",
         "deadline_s": deadline_s,
@@ -270,7 +324,9 @@ def logged(tmp_path) -> list[tuple[str, str, int | None]]:
 # -- deadlines --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("behaviour", [drip_headers, drip_body, drip_gzip], ids=["drip-headers", "drip-body", "drip-gzip"])
+@pytest.mark.parametrize(
+    "behaviour", [drip_headers, drip_body, drip_gzip], ids=["drip-headers", "drip-body", "drip-gzip"]
+)
 def test_sync_attempt_ends_at_its_timeout_whatever_the_server_drips(behaviour):
     with backend_at(behaviour) as (backend, model):
         start = time.perf_counter()
@@ -282,7 +338,9 @@ def test_sync_attempt_ends_at_its_timeout_whatever_the_server_drips(behaviour):
         assert reply.outcome is Outcome.TIMEOUT
 
 
-@pytest.mark.parametrize("behaviour", [drip_headers, drip_body, drip_after_first_token], ids=["headers", "body", "after-first-token"])
+@pytest.mark.parametrize(
+    "behaviour", [drip_headers, drip_body, drip_after_first_token], ids=["headers", "body", "after-first-token"]
+)
 def test_deadline_margin_sync_async_and_streams_through_the_router(tmp_path, behaviour):
     """Every kind of call against a dripping backend ends within its deadline plus the margin,
     and the attempt is logged as a timeout (a broken stream once text was shown)."""
@@ -347,7 +405,9 @@ def test_gzip_bomb_is_refused_early_with_bounded_memory():
 
 def test_huge_body_is_cut_at_max_response_bytes(tmp_path):
     with serve(huge_body) as big, serve(healthy) as fine:
-        cfg = router_config(tmp_path, {"big": big, "fine": fine}, deadline_s=10.0, timeout_s=5.0, max_response_bytes=1 << 20)
+        cfg = router_config(
+            tmp_path, {"big": big, "fine": fine}, deadline_s=10.0, timeout_s=5.0, max_response_bytes=1 << 20
+        )
         with Router(cfg) as router:
             result = router.chat("simple", MSG)
             router.flush()
@@ -397,7 +457,8 @@ def test_bad_encodings_and_garbage_are_malformed_never_exceptions():
 
 
 @pytest.mark.parametrize(
-    "answer", [VLLM_CONTEXT, OPENAI_CONTEXT, LLAMACPP_CONTEXT, TGI_CONTEXT, LITELLM_CONTEXT],
+    "answer",
+    [VLLM_CONTEXT, OPENAI_CONTEXT, LLAMACPP_CONTEXT, TGI_CONTEXT, LITELLM_CONTEXT],
     ids=["vllm", "openai", "llama.cpp", "tgi", "litellm"],
 )
 def test_context_length_errors_of_real_servers_are_context_exceeded(answer):
@@ -417,7 +478,7 @@ def test_context_exceeded_is_logged_with_its_status(tmp_path):
         with Router(cfg) as router:
             try:
                 router.chat("simple", MSG)
-            except Exception:  # noqa: BLE001 - the router's fallback rule for this outcome is not this module's
+            except Exception:
                 pass
             router.flush()
     assert logged(tmp_path)[0] == ("small", "context_exceeded", 400)
@@ -433,7 +494,9 @@ def test_unknown_model_name_is_a_misconfigured_endpoint(answer):
 
 
 def test_a_plain_bad_request_is_not_misconfiguration():
-    with backend_at(answer_with(400, {"error": {"message": "temperature must be <= 2", "type": "invalid_request_error"}})) as (backend, model):
+    with backend_at(
+        answer_with(400, {"error": {"message": "temperature must be <= 2", "type": "invalid_request_error"}})
+    ) as (backend, model):
         reply = backend.chat(model, MSG, {}, 5.0)
     assert reply.outcome is Outcome.CLIENT_ERROR and reply.status == 400 and not reply.misconfigured
     assert reply.error == "temperature must be <= 2"
@@ -484,8 +547,10 @@ def test_a_stream_without_usage_has_estimated_tokens():
 
 @pytest.mark.parametrize(
     "error_event",
-    [b'data: {"error": {"object": "error", "message": "engine dead", "type": "InternalServerError", "code": 500}}\n\n',
-     b"event: error\ndata: engine dead\n\n"],
+    [
+        b'data: {"error": {"object": "error", "message": "engine dead", "type": "InternalServerError", "code": 500}}\n\n',
+        b"event: error\ndata: engine dead\n\n",
+    ],
     ids=["vllm-data-error", "event-error"],
 )
 def test_an_error_event_breaks_the_stream(tmp_path, error_event):
@@ -499,8 +564,10 @@ def test_an_error_event_breaks_the_stream(tmp_path, error_event):
         backend, model = backend_for(broken)
         try:
             items = list(backend.stream_chat(model, MSG, {}, 5.0, 5.0))
+
             async def collect() -> list[Any]:
                 return [item async for item in backend.astream_chat(model, MSG, {}, 5.0, 5.0)]
+
             aitems = asyncio.run(collect())
         finally:
             backend.close()
@@ -520,7 +587,7 @@ def test_sse_multi_line_data_comments_and_event_fields():
         half = split.index("[")  # a line break between JSON tokens: the joined data is still valid JSON
         events = [
             b": keep-alive comment\n\n",
-            b"event: message\nid: 1\nretry: 1000\n" + chunk("one ")[: -2] + b"\n\n",
+            b"event: message\nid: 1\nretry: 1000\n" + chunk("one ")[:-2] + b"\n\n",
             b"data: " + split[:half].encode() + b"\ndata: " + split[half:].encode() + b"\n\n",  # joined with a newline
             b"data: [DONE]\r\n\r\n",
         ]
@@ -577,7 +644,11 @@ def test_asyncio_run_per_call_leaves_no_open_connections(tmp_path):
                     assert asyncio.run(router.achat("simple", MSG)).text
                 gc.collect()
             assert _open_sockets() <= baseline
-            ours = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning) and f", {port})" in str(w.message)]
+            ours = [
+                str(w.message)
+                for w in caught
+                if issubclass(w.category, ResourceWarning) and f", {port})" in str(w.message)
+            ]
             assert not ours, ours
 
 

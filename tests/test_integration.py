@@ -44,7 +44,14 @@ def test_every_fault_falls_back_to_the_healthy_model(faulty_fleet, store_url):
         result = router.chat("simple", MSG, max_tokens=8)
         elapsed = time.perf_counter() - start
     assert result.model == "good" and result.text
-    assert [a.outcome for a in result.attempts] == ["connect_error", "timeout", "server_error", "malformed", "malformed", "ok"]
+    assert [a.outcome for a in result.attempts] == [
+        "connect_error",
+        "timeout",
+        "server_error",
+        "malformed",
+        "malformed",
+        "ok",
+    ]
     assert [a.model for a in result.attempts] == order
     assert result.attempts[2].status == 500
     assert 0.45 <= result.attempts[1].latency_s <= 0.5 + MARGIN_S  # the hang was cut at its timeout

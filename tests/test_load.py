@@ -36,7 +36,11 @@ def test_load_keys_parse_round_trip_and_default_off() -> None:
     base = {"models": {"a": {"base_url": "http://127.0.0.1:1/v1"}}, "routes": {"simple": {"models": ["a"]}}}
     assert Config.from_dict(base).routes["simple"].load == "off"
     assert Config.from_dict(base).load == LoadConfig()
-    data = {**base, "routes": {"simple": {"models": ["a"], "load": "adaptive"}}, "load": {"max_limit": 8, "tolerance": 1.5}}
+    data = {
+        **base,
+        "routes": {"simple": {"models": ["a"], "load": "adaptive"}},
+        "load": {"max_limit": 8, "tolerance": 1.5},
+    }
     config = Config.from_dict(data)
     assert config.routes["simple"].load == "adaptive" and config.load.max_limit == 8 and config.load.tolerance == 1.5
     assert Config.from_dict(config.to_dict()) == config
@@ -92,7 +96,9 @@ def test_the_limit_is_learned_from_a_server_with_two_slots(sqlite_url: str) -> N
     """A model with two slots behind a static route, bursts of twelve calls: the learned limit stays
     near two (it grows only while latency stays within ``tolerance`` of the no-load latency, which
     six requests on two slots cannot), and the rest spills over to b."""
-    with Fleet([ModelSpec("a", latency_s=0.15, latency_sigma=0.0, slots=2), ModelSpec("b", latency_s=0.15, latency_sigma=0.0)]) as fleet:
+    with Fleet(
+        [ModelSpec("a", latency_s=0.15, latency_sigma=0.0, slots=2), ModelSpec("b", latency_s=0.15, latency_sigma=0.0)]
+    ) as fleet:
         config = fleet.fleet_config({"simple": ["a", "b"]}, store=sqlite_url)
         config["routes"]["simple"].update(policy="static", load="adaptive")
         config["load"] = {"window": 8}
@@ -123,7 +129,10 @@ def test_spilled_propensities_are_the_primarys_probability_given_the_load(sqlite
         release, started = threading.Event(), threading.Event()
         server.behaviour["a"] = _hold(server, release, started)
         config = loopback_config(server, sqlite_url, ["a", "b", "c"], seed=3, load={"max_limit": 1})
-        config["routes"] = {"simple": {"models": ["a", "b", "c"], "policy": "random", "load": "adaptive"}, "hold": {"models": ["a"]}}
+        config["routes"] = {
+            "simple": {"models": ["a", "b", "c"], "policy": "random", "load": "adaptive"},
+            "hold": {"models": ["a"]},
+        }
         results = []
         with Router(config) as router, ThreadPoolExecutor(1) as pool:
             for i in range(160):
@@ -157,11 +166,16 @@ def test_a_saturated_model_teaches_the_policy_nothing(sqlite_url: str) -> None:
 
 
 def test_calls_waiting_for_a_slot_are_woken_one_per_release_in_turn() -> None:
-    config = Config.from_dict({"models": {"a": {"base_url": "http://127.0.0.1:1/v1"}}, "routes": {"simple": {"models": ["a"]}}})
+    config = Config.from_dict(
+        {"models": {"a": {"base_url": "http://127.0.0.1:1/v1"}}, "routes": {"simple": {"models": ["a"]}}}
+    )
     health = Health(config.models, config.breaker)
     since = health.generation
     woken: list[int] = []
-    threads = [threading.Thread(target=lambda i=i: (health.wait_release(since, 10.0, fifo=True), woken.append(i))) for i in range(3)]
+    threads = [
+        threading.Thread(target=lambda i=i: (health.wait_release(since, 10.0, fifo=True), woken.append(i)))
+        for i in range(3)
+    ]
     for n, thread in enumerate(threads, 1):
         thread.start()
         while len(health._queue) < n:  # queued in this order
@@ -205,7 +219,10 @@ def test_the_load_experiment_runs_and_writes_its_files(tmp_path) -> None:
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run(
         [sys.executable, str(root / "experiments" / "load.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "load.csv", newline="", encoding="utf-8") as fh:

@@ -12,20 +12,18 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from loopback_http import send_json
 from sqlalchemy import create_engine, text
+from test_outage import private_pg  # noqa: F401  (the fixture: a PostgreSQL server of the test's own)
 
 from zeta_adaptive import AllModelsFailed, ConfigError, FeedbackError, Router, Store, StoreError
 from zeta_adaptive.feedback import FeedbackBook
-
-from loopback_http import send_json
-from test_outage import private_pg  # noqa: F401  (the fixture: a PostgreSQL server of the test's own)
 
 TESTS = Path(__file__).parent
 MSG = [{"role": "user", "content": "hi"}]
@@ -39,7 +37,7 @@ class Canned:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.auth.append(self.headers.get("Authorization"))
                 status, payload = answer(body)
@@ -59,7 +57,10 @@ class Canned:
 
 
 def ok(text_: str = "fine", tokens_in: int = 3, tokens_out: int = 2) -> dict:
-    return {"choices": [{"message": {"role": "assistant", "content": text_}}], "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out}}
+    return {
+        "choices": [{"message": {"role": "assistant", "content": text_}}],
+        "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out},
+    }
 
 
 @pytest.fixture
@@ -89,7 +90,10 @@ def config(store: str, tmp_path: Path, models: dict[str, str], routes: dict[str,
 def counts(url: str) -> dict[str, int]:
     engine = create_engine(url)
     with engine.connect() as conn:
-        out = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in ("calls", "attempts", "feedback", "dead_letters")}
+        out = {
+            t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+            for t in ("calls", "attempts", "feedback", "dead_letters")
+        }
     engine.dispose()
     return out
 
@@ -98,7 +102,11 @@ def everything_in(url: str, journal_dir: Path) -> str:
     """Every text the log holds: all rows of every table, and every journal file."""
     engine = create_engine(url)
     with engine.connect() as conn:
-        rows = [str(tuple(r)) for t in ("calls", "attempts", "feedback", "dead_letters") for r in conn.execute(text(f"SELECT * FROM {t}"))]
+        rows = [
+            str(tuple(r))
+            for t in ("calls", "attempts", "feedback", "dead_letters")
+            for r in conn.execute(text(f"SELECT * FROM {t}"))
+        ]
     engine.dispose()
     files = [p.read_text(errors="replace") for p in journal_dir.glob("*")] if journal_dir.exists() else []
     return "\n".join(rows + files)
@@ -178,7 +186,9 @@ def test_names_longer_than_the_log_columns_are_refused_at_load(tmp_path):
 # -- secrets ------------------------------------------------------------------------------------------
 
 
-def test_keys_never_reach_the_database_the_journal_exceptions_or_logs(store_url, tmp_path, servers, monkeypatch, caplog):
+def test_keys_never_reach_the_database_the_journal_exceptions_or_logs(
+    store_url, tmp_path, servers, monkeypatch, caplog
+):
     """A key file with a trailing newline, and a gateway that echoes the Authorization header in its 401 body."""
     monkeypatch.setenv("ZETA_TEST_KEY", KEY + "\n")
 
@@ -371,7 +381,9 @@ while True:
 """
 
 
-def _run_and_kill(cfg: dict, tmp_path: Path, hold: callable, seconds: float) -> tuple[dict[str, float], set[str], float]:
+def _run_and_kill(
+    cfg: dict, tmp_path: Path, hold: callable, seconds: float
+) -> tuple[dict[str, float], set[str], float]:
     """Run a router process that records each answered call id and when, wait until it has answered
     100 calls, apply ``hold`` (a freeze or a lock) for ``seconds``, SIGKILL it; return the answered
     calls, the ids the log then holds (after a new store replays the journal) and the kill time."""
@@ -391,7 +403,9 @@ def _run_and_kill(cfg: dict, tmp_path: Path, hold: callable, seconds: float) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
-    answered = {line.split()[0]: float(line.split()[1]) for line in ledger.read_text().splitlines() if len(line.split()) == 2}
+    answered = {
+        line.split()[0]: float(line.split()[1]) for line in ledger.read_text().splitlines() if len(line.split()) == 2
+    }
     Store(cfg["store"], journal_dir=cfg["journal_dir"]).close()  # a new store replays what was journaled
     engine = create_engine(cfg["store"])
     with engine.connect() as conn:
@@ -409,7 +423,9 @@ def _assert_loss_bounded(cfg: dict, tmp_path: Path, hold: callable) -> None:
     answered, logged, killed = _run_and_kill(cfg, tmp_path, hold, 4.0)
     lost = [t for c, t in answered.items() if c not in logged]
     assert len(answered) >= 100
-    assert all(t >= killed - LOSS_BOUND_S for t in lost), f"lost calls answered {killed - min(lost):.2f} s before the kill"
+    assert all(t >= killed - LOSS_BOUND_S for t in lost), (
+        f"lost calls answered {killed - min(lost):.2f} s before the kill"
+    )
 
 
 @pytest.mark.postgres
@@ -446,6 +462,6 @@ def test_sigkill_while_sqlite_is_locked_loses_at_most_the_journal_bound(sqlite_u
 def test_journal_durability_loses_nothing_acknowledged_on_sigkill(sqlite_url, tmp_path, servers):
     good = servers(lambda body: (200, ok()))
     cfg = config(sqlite_url, tmp_path, {"m": good.url}, {"simple": ["m"]}, durability="journal")
-    answered, logged, _ = _run_and_kill(cfg, tmp_path, lambda: (lambda: None), 1.5)
+    answered, logged, _ = _run_and_kill(cfg, tmp_path, lambda: lambda: None, 1.5)
     assert len(answered) >= 100
     assert set(answered) <= logged

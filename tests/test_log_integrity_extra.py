@@ -7,10 +7,9 @@ import asyncio
 
 import pytest
 from sqlalchemy import create_engine, text
+from test_log_integrity import Canned, ok
 
 from zeta_adaptive import InvalidRequest, Router
-
-from test_log_integrity import Canned, ok
 
 LONE_SURROGATE = [{"role": "user", "content": "q \udc00 tail"}]
 
@@ -27,8 +26,10 @@ def backend():
 def test_a_lone_surrogate_in_a_message_is_refused_as_invalid_and_logs_nothing(mode, tmp_path, backend):
     store = f"sqlite:///{tmp_path / 'log.db'}"
     cfg = {
-        "store": store, "journal_dir": str(tmp_path / "journal"),
-        "models": {"m": {"base_url": backend.url, "timeout_s": 5.0}}, "routes": {"simple": {"models": ["m"], "policy": "static"}},
+        "store": store,
+        "journal_dir": str(tmp_path / "journal"),
+        "models": {"m": {"base_url": backend.url, "timeout_s": 5.0}},
+        "routes": {"simple": {"models": ["m"], "policy": "static"}},
     }
     with Router(cfg) as router:
         with pytest.raises(InvalidRequest):

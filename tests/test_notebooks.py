@@ -60,7 +60,13 @@ def _pngs(cells: list[nbformat.NotebookNode]) -> list[bytes]:
 
 def _stdout(nb: nbformat.NotebookNode) -> str:
     """What the notebook printed."""
-    return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs if out.get("name") == "stdout")
+    return "".join(
+        out.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if out.get("name") == "stdout"
+    )
 
 
 def _check_figures(nb: nbformat.NotebookNode, sections: list[str]) -> None:

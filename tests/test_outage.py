@@ -24,9 +24,22 @@ MSG = [{"role": "user", "content": "hi"}]
 
 def _call_row(i: int) -> dict:
     return {
-        "call_id": f"c{i}", "ts": float(i), "task_type": "simple", "policy": "static", "propensity": 1.0,
-        "ranking": '["m"]', "model": "m", "outcome": "ok", "latency_s": 0.01, "tokens_in": 1, "tokens_out": 1,
-        "cost": 0.0, "n_attempts": 1, "prompt": None, "answer": None, "skipped": None,
+        "call_id": f"c{i}",
+        "ts": float(i),
+        "task_type": "simple",
+        "policy": "static",
+        "propensity": 1.0,
+        "ranking": '["m"]',
+        "model": "m",
+        "outcome": "ok",
+        "latency_s": 0.01,
+        "tokens_in": 1,
+        "tokens_out": 1,
+        "cost": 0.0,
+        "n_attempts": 1,
+        "prompt": None,
+        "answer": None,
+        "skipped": None,
     }
 
 

@@ -117,7 +117,9 @@ def test_random_policy_is_uniform():
 
 
 @SETTINGS
-@given(policy_name=st.sampled_from(sorted(POLICIES)), k=st.integers(1, 6), history=events, seed=st.integers(0, 2**32 - 1))
+@given(
+    policy_name=st.sampled_from(sorted(POLICIES)), k=st.integers(1, 6), history=events, seed=st.integers(0, 2**32 - 1)
+)
 def test_seeded_policies_reproduce_rankings(policy_name, k, history, seed):
     models = names(k)
     a = make_policy(policy_name, models, seed=seed)
@@ -155,7 +157,13 @@ def test_empty_eligible_and_unknown_model():
 
 
 @SETTINGS
-@given(policy_name=st.sampled_from(MAIN), k=st.integers(1, 6), history=events, which=st.integers(0, 5), lat=st.floats(0.0, 10.0))
+@given(
+    policy_name=st.sampled_from(MAIN),
+    k=st.integers(1, 6),
+    history=events,
+    which=st.integers(0, 5),
+    lat=st.floats(0.0, 10.0),
+)
 def test_success_never_lowers_posterior_success_mean(policy_name, k, history, which, lat):
     models = names(k)
     policy = make_policy(policy_name, models, seed=0)
@@ -293,7 +301,14 @@ def test_fit_equals_one_by_one(policy_name, k, history, prefix, discount, extra_
 
 def test_fit_with_discount_example():
     p = make_policy("thompson", ["a", "b"], seed=0, discount=0.5)
-    p.fit(["a", "b", "a"], np.array([True, False, True]), np.array([1.0, 2.0, 3.0]), np.zeros(3), ["b", "a"], np.array([1.0, 0.5]))
+    p.fit(
+        ["a", "b", "a"],
+        np.array([True, False, True]),
+        np.array([1.0, 2.0, 3.0]),
+        np.zeros(3),
+        ["b", "a"],
+        np.array([1.0, 0.5]),
+    )
     # weights 0.25, 0.5, 1 for attempts; 0.5, 1 for feedback
     np.testing.assert_allclose(p.n, [1.25, 0.5])
     np.testing.assert_allclose(p.succ, [1.25, 0.0])
@@ -355,7 +370,9 @@ def test_thompson_win_probabilities_sum_to_one():
     assert np.all(probs >= 0) and probs.sum() == pytest.approx(1.0)
 
 
-def run_bandit(policy, rates: dict[str, float], rounds: int, rng: np.random.Generator, latency: float = 0.1) -> list[str]:
+def run_bandit(
+    policy, rates: dict[str, float], rounds: int, rng: np.random.Generator, latency: float = 0.1
+) -> list[str]:
     primaries = []
     for _ in range(rounds):
         m = policy.rank().primary
@@ -460,7 +477,10 @@ def test_unknown_policy_raises_value_error():
         make_policy("softmax", ["a"])
 
 
-@pytest.mark.parametrize("policy_name, option", [("static", "prior_alpha"), ("random", "samples"), ("thompson", "epsilon_x"), ("thompson", "temperature")])
+@pytest.mark.parametrize(
+    "policy_name, option",
+    [("static", "prior_alpha"), ("random", "samples"), ("thompson", "epsilon_x"), ("thompson", "temperature")],
+)
 def test_unknown_option_raises_value_error(policy_name, option):
     with pytest.raises(ValueError, match="unknown option"):
         make_policy(policy_name, ["a", "b"], **{option: 1})

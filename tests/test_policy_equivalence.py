@@ -16,7 +16,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zeta_adaptive import Objective, Ranking
-from zeta_adaptive.policies import ACC_N, ACC_SUM, COST_SUM, LAT_N, LAT_SUM, N, SUCC, ThompsonPolicy, kl_ucb_bound, make_policy
+from zeta_adaptive.policies import (
+    ACC_N,
+    ACC_SUM,
+    COST_SUM,
+    LAT_N,
+    LAT_SUM,
+    SUCC,
+    N,
+    ThompsonPolicy,
+    kl_ucb_bound,
+    make_policy,
+)
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -77,7 +88,11 @@ def reference_order(policy, index, idx: np.ndarray) -> np.ndarray:
 # -- histories ---------------------------------------------------------------------------------------
 
 attempt = st.tuples(
-    st.just("attempt"), st.integers(0, 7), st.booleans(), st.floats(0.0, 20.0, allow_nan=False), st.floats(0.0, 2.0, allow_nan=False)
+    st.just("attempt"),
+    st.integers(0, 7),
+    st.booleans(),
+    st.floats(0.0, 20.0, allow_nan=False),
+    st.floats(0.0, 2.0, allow_nan=False),
 )
 rating = st.tuples(st.just("feedback"), st.integers(0, 7), st.floats(0.0, 1.0))
 
@@ -110,7 +125,9 @@ def eligible_subsets(k: int, rng: np.random.Generator) -> list[list[str] | None]
     seed=st.integers(0, 1000),
 )
 def test_ucb1_ranks_exactly_as_the_vectorised_formula(k, history, discount, c, w_latency, seed):
-    policy = make_policy("ucb1", [f"m{i}" for i in range(k)], Objective(w_latency=w_latency, w_cost=0.5), discount=discount, c=c)
+    policy = make_policy(
+        "ucb1", [f"m{i}" for i in range(k)], Objective(w_latency=w_latency, w_cost=0.5), discount=discount, c=c
+    )
     play(policy, history)
     for eligible in eligible_subsets(k, np.random.default_rng(seed)):
         idx = policy._eligible(eligible)
@@ -138,7 +155,9 @@ def _clear_gaps(values: np.ndarray, order: np.ndarray, idx: np.ndarray, gap: flo
 def test_kl_ucb_ranks_as_bisection_on_the_same_statistics(k, history, discount, c, seed):
     """Same order as a 60-step bisection whenever the indices are not within 1e-8 of each other
     (the old 16-step bisection was exact to 2**-16 only); equal statistics tie in configured order."""
-    policy = make_policy("kl_ucb", [f"m{i}" for i in range(k)], Objective(w_latency=0.1, w_cost=0.5), discount=discount, c=c)
+    policy = make_policy(
+        "kl_ucb", [f"m{i}" for i in range(k)], Objective(w_latency=0.1, w_cost=0.5), discount=discount, c=c
+    )
     checked = 0
     for step in range(0, len(history) + 1, 10):  # decisions between the updates exercise the warm starts
         play(policy, history[max(0, step - 10) : step])

@@ -104,7 +104,9 @@ def _make(code: str) -> str:
         command, hash_, comment = line.partition("#")
         words = command.split()
         if words[:1] == ["make"]:
-            assert len(words) == 2 and words[1] in MAKE, f"README runs `{command.strip()}`: add its command to MAKE in {__file__}"
+            assert len(words) == 2 and words[1] in MAKE, (
+                f"README runs `{command.strip()}`: add its command to MAKE in {__file__}"
+            )
             line = MAKE[words[1]] + (f"  {hash_}{comment}" if hash_ else "")
         out.append(line)
     return "\n".join(out) + "\n"
@@ -118,8 +120,13 @@ class Background:
         self.lines: list[str] = []
         self.ready = threading.Event()
         self.proc = subprocess.Popen(
-            ["bash", "-c", "exec " + block.code.strip()], cwd=cwd, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            ["bash", "-c", "exec " + block.code.strip()],
+            cwd=cwd,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -175,7 +182,9 @@ class Workspace:
             args, code = ["python", "-"], block.code
         else:
             args, code = ["bash", "-e", "-o", "pipefail", "-s"], _make(block.code)
-        return subprocess.run(args, input=code, cwd=self.root, env=self.env, text=True, capture_output=True, timeout=BLOCK_TIMEOUT_S)
+        return subprocess.run(
+            args, input=code, cwd=self.root, env=self.env, text=True, capture_output=True, timeout=BLOCK_TIMEOUT_S
+        )
 
     def stop(self) -> None:
         for bg in self.background:
@@ -211,7 +220,9 @@ def test_block(block: Block, workspace: Workspace) -> None:
     result = workspace.results[block.index]
     if isinstance(result, Background):
         assert result.proc.poll() is None, f"{block.name} exited with {result.proc.returncode}:\n{result.output}"
-        assert result.ready.is_set(), f"{block.name} did not print {block.ready!r} within {READY_TIMEOUT_S} s:\n{result.output}"
+        assert result.ready.is_set(), (
+            f"{block.name} did not print {block.ready!r} within {READY_TIMEOUT_S} s:\n{result.output}"
+        )
         output = result.output
     else:
         assert result is not None
@@ -243,7 +254,7 @@ def test_parser_reads_directives() -> None:
         "# Title\n\n<!-- readme-test: skip: needs PostgreSQL -->\n```sh\npsql\n```\n\n"
         "Text.\n\n<!-- readme-test: expect: ^ok$ -->\n<!-- readme-test: expect: done -->\n```python\nprint('ok')\n```\n\n"
         "<!-- readme-test: skip: stale -->\nA paragraph in between.\n\n```toml\nx = 1\n```\n\n"
-        "## Gateway\n\n<!-- readme-test: background: wait for \"ready\" -->\n```bash\nserve\n```\n"
+        '## Gateway\n\n<!-- readme-test: background: wait for "ready" -->\n```bash\nserve\n```\n'
     )
     blocks = parse(text)
     assert [(b.lang, b.skip, b.expect, b.ready) for b in blocks] == [
@@ -263,7 +274,14 @@ def test_make_clean_removes_what_the_readme_wrote(workspace: Workspace) -> None:
         pytest.skip("make is not installed")
     workspace.run_through(len(BLOCKS))
     workspace.stop()
-    subprocess.run(["zeta-adaptive", "demo", "--calls", "20"], cwd=workspace.root, env=workspace.env, capture_output=True, check=True, timeout=BLOCK_TIMEOUT_S)
+    subprocess.run(
+        ["zeta-adaptive", "demo", "--calls", "20"],
+        cwd=workspace.root,
+        env=workspace.env,
+        capture_output=True,
+        check=True,
+        timeout=BLOCK_TIMEOUT_S,
+    )
     tracked = set(_tracked_files())
 
     def written() -> set[str]:
@@ -273,7 +291,15 @@ def test_make_clean_removes_what_the_readme_wrote(workspace: Workspace) -> None:
     before = written()
     assert {"zeta.db", "zeta.db.prev", "example.db"} <= before
     subprocess.run(["git", "init", "-q"], cwd=workspace.root, check=True)
-    unignored = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=workspace.root, capture_output=True, text=True, check=True).stdout
+    unignored = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=workspace.root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert not [line for line in unignored.splitlines() if line[3:] in before], f"not in .gitignore:\n{unignored}"
-    subprocess.run(["make", "clean"], cwd=workspace.root, env=workspace.env, capture_output=True, check=True, timeout=60)
+    subprocess.run(
+        ["make", "clean"], cwd=workspace.root, env=workspace.env, capture_output=True, check=True, timeout=60
+    )
     assert written() == set(), f"left by make clean: {sorted(written())} (written: {sorted(before)})"

@@ -189,7 +189,10 @@ def test_429_falls_back_when_the_deadline_cannot_wait(sqlite_url):
 
 
 def test_hedged_request_wins_over_a_hanging_primary(sqlite_url):
-    specs = [ModelSpec("primary", latency_s=0.01, latency_sigma=0.1), ModelSpec("backup", latency_s=0.01, latency_sigma=0.1)]
+    specs = [
+        ModelSpec("primary", latency_s=0.01, latency_sigma=0.1),
+        ModelSpec("backup", latency_s=0.01, latency_sigma=0.1),
+    ]
     with Fleet(specs, seed=2) as fleet:
         cfg = fleet.fleet_config({"simple": ["primary", "backup"]}, store=sqlite_url, deadline_s=5.0)
         cfg["routes"]["simple"].update(policy="static", hedge_quantile=0.9)

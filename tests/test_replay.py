@@ -48,7 +48,10 @@ PROPERTIES = settings(max_examples=40, deadline=None, derandomize=True, database
 def frame(actions, rewards, propensities, **extra) -> pd.DataFrame:
     return from_frame(
         pd.DataFrame({"a": actions, "r": rewards, "p": propensities, **extra}),
-        action="a", reward="r", propensity="p", **({"call_id": "id"} if "id" in extra else {}),
+        action="a",
+        reward="r",
+        propensity="p",
+        **({"call_id": "id"} if "id" in extra else {}),
     )
 
 
@@ -109,9 +112,17 @@ def test_no_interval_when_too_many_resamples_cannot_be_replayed():
 
 
 def test_task_types_get_their_own_models_and_traffic_weights():
-    raw = pd.DataFrame({"task": ["x", "x", "x", "x", "y", "y"], "a": ["a", "b", "a", "b", "c", "d"],
-                        "r": [1.0, 0.0, 0.0, 1.0, 1.0, 1.0], "p": 0.5})
-    data = prepare(from_frame(raw, action="a", reward="r", propensity="p", group="task"), models={"x": ["a", "b"], "y": ["c", "d"]})
+    raw = pd.DataFrame(
+        {
+            "task": ["x", "x", "x", "x", "y", "y"],
+            "a": ["a", "b", "a", "b", "c", "d"],
+            "r": [1.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+            "p": 0.5,
+        }
+    )
+    data = prepare(
+        from_frame(raw, action="a", reward="r", propensity="p", group="task"), models={"x": ["a", "b"], "y": ["c", "d"]}
+    )
     assert data.groups == ("x", "y") and data.models == (("a", "b"), ("c", "d"))
     # static: a for x (mean 0.5 over 4 calls), c for y (mean 1 over 2 calls)
     for estimator, target in ((Replay(), Static()), (IPS(), Static()), (Replay(), Learning("static"))):
@@ -225,14 +236,22 @@ def test_invalid_rows_raise_or_are_dropped_and_counted(propensities, ids, reason
     with pytest.raises(ReplayError, match=reason) as info:
         frame(**raw)
     assert isinstance(info.value, ZetaError) and isinstance(info.value, ValueError)
-    kept = from_frame(pd.DataFrame({"a": raw["actions"], "r": raw["rewards"], "p": propensities, "id": ids}),
-                      action="a", reward="r", propensity="p", call_id="id", on_invalid="drop")
+    kept = from_frame(
+        pd.DataFrame({"a": raw["actions"], "r": raw["rewards"], "p": propensities, "id": ids}),
+        action="a",
+        reward="r",
+        propensity="p",
+        call_id="id",
+        on_invalid="drop",
+    )
     dropped = kept.attrs["dropped"]
     assert len(dropped) == 1 and reason in next(iter(dropped))
     assert sum(dropped.values()) == 3 - len(kept) > 0
     assert prepare(kept).dropped == dropped
     uniform = 1 / kept["action"].nunique()  # the estimate uses the kept rows only
-    assert IPS().estimate(prepare(kept), Uniform()) == pytest.approx(np.mean(uniform / kept["propensity"] * kept["reward"]))
+    assert IPS().estimate(prepare(kept), Uniform()) == pytest.approx(
+        np.mean(uniform / kept["propensity"] * kept["reward"])
+    )
 
 
 def test_actions_outside_the_models_raise_or_are_dropped():
@@ -258,20 +277,46 @@ def test_targets_the_log_cannot_value_raise():
 
 
 def _call(store, call_id, ts, ranking, propensity, attempts, rated=None):
-    store.put("calls", {
-        "call_id": call_id, "ts": ts, "task_type": "chat", "policy": "random", "propensity": propensity,
-        "ranking": json.dumps(ranking), "model": next((m for m, ok in attempts if ok), None),
-        "outcome": "ok" if any(ok for _, ok in attempts) else "failed", "latency_s": 0.1, "tokens_in": 1,
-        "tokens_out": 1, "cost": 0.0, "n_attempts": len(attempts),
-    })
+    store.put(
+        "calls",
+        {
+            "call_id": call_id,
+            "ts": ts,
+            "task_type": "chat",
+            "policy": "random",
+            "propensity": propensity,
+            "ranking": json.dumps(ranking),
+            "model": next((m for m, ok in attempts if ok), None),
+            "outcome": "ok" if any(ok for _, ok in attempts) else "failed",
+            "latency_s": 0.1,
+            "tokens_in": 1,
+            "tokens_out": 1,
+            "cost": 0.0,
+            "n_attempts": len(attempts),
+        },
+    )
     for i, (model, ok) in enumerate(attempts):
-        store.put("attempts", {
-            "call_id": call_id, "idx": i, "ts": ts, "task_type": "chat", "model": model,
-            "outcome": "ok" if ok else "server_error", "status": 200 if ok else 500, "latency_s": 0.05,
-            "tokens_in": 1, "tokens_out": 1, "cost": 0.0, "error": None,
-        })
+        store.put(
+            "attempts",
+            {
+                "call_id": call_id,
+                "idx": i,
+                "ts": ts,
+                "task_type": "chat",
+                "model": model,
+                "outcome": "ok" if ok else "server_error",
+                "status": 200 if ok else 500,
+                "latency_s": 0.05,
+                "tokens_in": 1,
+                "tokens_out": 1,
+                "cost": 0.0,
+                "error": None,
+            },
+        )
     if rated is not None:
-        store.put("feedback", {"call_id": call_id, "ts": ts + 1, "task_type": "chat", "model": rated[0], "accuracy": rated[1]})
+        store.put(
+            "feedback", {"call_id": call_id, "ts": ts + 1, "task_type": "chat", "model": rated[0], "accuracy": rated[1]}
+        )
 
 
 @pytest.fixture
@@ -287,7 +332,10 @@ def small_log(sqlite_url):
 
 
 def test_load_logged_defines_rewards_from_the_primary_attempt(small_log):
-    with pytest.raises(ReplayError, match=r"1 with a missing or non-positive propensity; 1 whose successful primary has no accuracy feedback"):
+    with pytest.raises(
+        ReplayError,
+        match=r"1 with a missing or non-positive propensity; 1 whose successful primary has no accuracy feedback",
+    ):
         load_logged(small_log)
     df = load_logged(small_log, on_invalid="drop")
     assert df["call_id"].tolist() == ["c1", "c2"]
@@ -315,7 +363,16 @@ def test_load_logged_defines_rewards_from_the_primary_attempt(small_log):
 def test_open_bandit_dataset_uniform_policy_from_bts_logs():
     def load(policy):
         raw = pd.read_csv(OBD / policy / "all" / "all.csv", index_col=0)
-        return prepare(from_frame(raw, action="item_id", reward="click", propensity="propensity_score", position="position", time="timestamp"))
+        return prepare(
+            from_frame(
+                raw,
+                action="item_id",
+                reward="click",
+                propensity="propensity_score",
+                position="position",
+                time="timestamp",
+            )
+        )
 
     truth = load("random").reward.mean()  # on-policy value of the uniform policy: 38 clicks / 10,000
     assert truth == pytest.approx(0.0038)
@@ -368,12 +425,22 @@ def test_offline_intervals_cover_online_runs_on_the_simulated_fleet(tmp_path):
     with Fleet([dataclasses.replace(s) for s in SPECS], seed=seed) as fleet:
         _drive(fleet, f"sqlite:///{tmp_path / 'log.db'}", "random", 600, seed)
         logged = prepare(load_logged(f"sqlite:///{tmp_path / 'log.db'}"), models={TASK: ROUTE})
-        offline = compare(logged, ["thompson", "static"], ["replay"], objective=Objective(w_latency=0.0), seed=seed,
-                          n_boot=500, learning_boot=60, alpha=0.01).table.set_index("policy")
+        offline = compare(
+            logged,
+            ["thompson", "static"],
+            ["replay"],
+            objective=Objective(w_latency=0.0),
+            seed=seed,
+            n_boot=500,
+            learning_boot=60,
+            alpha=0.01,
+        ).table.set_index("policy")
         thompson, static = offline.loc["thompson"], offline.loc["static"]
         horizon = int(thompson.ess)  # the replayed policy made this many decisions
         assert 150 <= horizon <= 250
-        online_thompson = np.mean([_drive(fleet, f"sqlite:///{tmp_path / f'th{i}.db'}", "thompson", horizon, seed + 1 + i) for i in range(3)])
+        online_thompson = np.mean(
+            [_drive(fleet, f"sqlite:///{tmp_path / f'th{i}.db'}", "thompson", horizon, seed + 1 + i) for i in range(3)]
+        )
         online_static = _drive(fleet, f"sqlite:///{tmp_path / 'static.db'}", "static", 900, seed + 9)
     assert thompson.ci_low <= online_thompson <= thompson.ci_high, (thompson, online_thompson)
     assert static.ci_low <= online_static <= static.ci_high, (static, online_static)
@@ -385,8 +452,25 @@ def test_offline_intervals_cover_online_runs_on_the_simulated_fleet(tmp_path):
 
 def test_cli_on_the_router_log(small_log, tmp_path):
     out = tmp_path / "db.csv"
-    args = ["replay", "--db", small_log, "--policy", "static", "--policy", "thompson", "--reward", "success",
-            "--on-invalid", "drop", "--n-boot", "50", "--learning-boot", "10", "--out", str(out)]
+    args = [
+        "replay",
+        "--db",
+        small_log,
+        "--policy",
+        "static",
+        "--policy",
+        "thompson",
+        "--reward",
+        "success",
+        "--on-invalid",
+        "drop",
+        "--n-boot",
+        "50",
+        "--learning-boot",
+        "10",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "thompson" in result.output and "dropped 1 rows" in result.output
@@ -395,7 +479,9 @@ def test_cli_on_the_router_log(small_log, tmp_path):
     assert list(rows.columns) == ["estimator", "policy", "value", "ci_low", "ci_high", "ess", "n"]
     assert set(rows["policy"]) == {"static", "thompson"} and (rows["n"] == 3).all()
     api = compare(prepare(load_logged(small_log, reward="success", on_invalid="drop")), ["static"], ["ips"]).table
-    assert rows[(rows.policy == "static") & (rows.estimator == "ips")]["value"].item() == pytest.approx(api["value"].item())
+    assert rows[(rows.policy == "static") & (rows.estimator == "ips")]["value"].item() == pytest.approx(
+        api["value"].item()
+    )
     failed = CliRunner().invoke(main, ["replay", "--db", small_log, "--policy", "static", "--on-invalid", "raise"])
     assert failed.exit_code != 0 and "--on-invalid drop" in failed.output and "on_invalid" not in failed.output
 
@@ -404,18 +490,48 @@ def test_cli_on_a_csv_file(tmp_path):
     rng = np.random.default_rng(0)
     n = 2000
     item = rng.integers(0, 4, n)
-    raw = pd.DataFrame({"item": item, "pos": rng.integers(1, 3, n), "click": (rng.random(n) < 0.1 + 0.1 * item).astype(int), "p": 0.25})
+    raw = pd.DataFrame(
+        {"item": item, "pos": rng.integers(1, 3, n), "click": (rng.random(n) < 0.1 + 0.1 * item).astype(int), "p": 0.25}
+    )
     path = tmp_path / "logs.csv"
     raw.to_csv(path, index=False)
     out = tmp_path / "est.csv"
-    args = ["replay", "--csv", str(path), "--action", "item", "--reward", "click", "--propensity", "p", "--position", "pos",
-            "--target", "uniform", "--target", "always:3", "--estimator", "ips", "--estimator", "snips", "--estimator", "dm",
-            "--estimator", "dr", "--n-boot", "100", "--out", str(out)]
+    args = [
+        "replay",
+        "--csv",
+        str(path),
+        "--action",
+        "item",
+        "--reward",
+        "click",
+        "--propensity",
+        "p",
+        "--position",
+        "pos",
+        "--target",
+        "uniform",
+        "--target",
+        "always:3",
+        "--estimator",
+        "ips",
+        "--estimator",
+        "snips",
+        "--estimator",
+        "dm",
+        "--estimator",
+        "dr",
+        "--n-boot",
+        "100",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(out).set_index(["policy", "estimator"])
     assert len(rows) == 8
     assert rows.loc[("uniform", "ips"), "value"] == pytest.approx(raw["click"].mean())  # weights are all 1
     assert rows.loc[("always:3", "ips"), "value"] == pytest.approx(4 * raw["click"][raw["item"] == 3].sum() / n)
-    bad = CliRunner().invoke(main, ["replay", "--csv", str(path), "--action", "item", "--reward", "click", "--target", "uniform"])
+    bad = CliRunner().invoke(
+        main, ["replay", "--csv", str(path), "--action", "item", "--reward", "click", "--target", "uniform"]
+    )
     assert bad.exit_code != 0 and "--propensity" in bad.output

@@ -105,7 +105,10 @@ def test_fallback_follows_static_ranking(tmp_path):
         assert result.task_type == "simple"
         assert result.ranking == ("a", "b", "c")
         assert result.propensity == 1.0
-        assert [(a.model, a.outcome, a.status) for a in result.attempts] == [("a", "server_error", 500), ("b", "ok", 200)]
+        assert [(a.model, a.outcome, a.status) for a in result.attempts] == [
+            ("a", "server_error", 500),
+            ("b", "ok", 200),
+        ]
         assert [name for name, _ in backend.calls] == ["a", "b"]  # c never tried
         # params reach the backend as they are
         assert backend.calls[1][1]["temperature"] == 0.2
@@ -117,7 +120,9 @@ def test_fallback_follows_static_ranking(tmp_path):
         policy = router.policies["simple"]
         np.testing.assert_allclose(policy.n, [1, 1, 0])
         np.testing.assert_allclose(policy.succ, [0, 1, 0])
-    assert rows(tmp_path, "SELECT model, outcome, n_attempts, ranking FROM calls") == [("b", "ok", 2, json.dumps(["a", "b", "c"]))]
+    assert rows(tmp_path, "SELECT model, outcome, n_attempts, ranking FROM calls") == [
+        ("b", "ok", 2, json.dumps(["a", "b", "c"]))
+    ]
     assert rows(tmp_path, "SELECT idx, model, outcome, status FROM attempts ORDER BY idx") == [
         (0, "a", "server_error", 500),
         (1, "b", "ok", 200),
@@ -182,7 +187,13 @@ def test_all_failing_raises_all_models_failed(tmp_path):
     assert err.task_type == "simple"
     assert [a.model for a in err.attempts] == ["a", "b", "c"]
     assert [a.outcome for a in err.attempts] == ["server_error", "connect_error", "rate_limited"]
-    for fragment in ("#0 a: server_error (HTTP 500)", "#1 b: connect_error", "connection refused", "#2 c: rate_limited (HTTP 429)", "slow down"):
+    for fragment in (
+        "#0 a: server_error (HTTP 500)",
+        "#1 b: connect_error",
+        "connection refused",
+        "#2 c: rate_limited (HTTP 429)",
+        "slow down",
+    ):
         assert fragment in msg, (fragment, msg)
     assert "deadline" not in msg
     assert err.call_id in msg
@@ -421,7 +432,10 @@ def test_classify_ignores_system_messages():
 def test_task_type_none_uses_default_classifier(tmp_path):
     with Router(make_config(tmp_path), backend=FakeBackend({})) as router:
         assert router.chat(None, [{"role": "user", "content": "def f(x): return x"}]).task_type == "code"
-        assert router.chat(None, [{"role": "user", "content": "Explain why, step by step, and prove it"}]).task_type == "reasoning"
+        assert (
+            router.chat(None, [{"role": "user", "content": "Explain why, step by step, and prove it"}]).task_type
+            == "reasoning"
+        )
         result = router.chat(None, HELLO)
         assert result.task_type == "simple" and result.model == "a"
     assert sorted(r[0] for r in rows(tmp_path, "SELECT task_type FROM calls")) == ["code", "reasoning", "simple"]
@@ -541,14 +555,19 @@ def test_warm_start_restores_policy_statistics(tmp_path, discount):
         except AllModelsFailed:
             pass
     first.chat("simple", HELLO)
-    live = {task: {name: np.array(getattr(p, name)) for name in ("n", "succ", "lat_n", "lat_sum", "acc_n", "acc_sum")} for task, p in first.policies.items()}
+    live = {
+        task: {name: np.array(getattr(p, name)) for name in ("n", "succ", "lat_n", "lat_sum", "acc_n", "acc_sum")}
+        for task, p in first.policies.items()
+    }
     first.close()
     assert live["learned"]["n"].sum() > 0 and live["learned"]["acc_n"].sum() > 0
 
     with Router(cfg, backend=FakeBackend({})) as second:
         for task, expected in live.items():
             for name, value in expected.items():
-                np.testing.assert_allclose(getattr(second.policies[task], name), value, rtol=1e-9, atol=1e-12, err_msg=f"{task}.{name}")
+                np.testing.assert_allclose(
+                    getattr(second.policies[task], name), value, rtol=1e-9, atol=1e-12, err_msg=f"{task}.{name}"
+                )
     if discount is None:
         with Router(cfg, backend=FakeBackend({}), warm_start=False) as cold:
             assert cold.policies["learned"].n.sum() == 0
@@ -560,7 +579,10 @@ def test_warm_start_restores_policy_statistics(tmp_path, discount):
 @pytest.mark.parametrize("log_prompts", [False, True])
 def test_log_prompts(tmp_path, log_prompts):
     secret_prompt = "my private question about zebras"
-    with Router(make_config(tmp_path, log_prompts=log_prompts), backend=FakeBackend({"a": ["ok", "server_error"], "b": ["server_error"]})) as router:
+    with Router(
+        make_config(tmp_path, log_prompts=log_prompts),
+        backend=FakeBackend({"a": ["ok", "server_error"], "b": ["server_error"]}),
+    ) as router:
         router.chat("simple", [{"role": "user", "content": secret_prompt}])
         router.embed(["private embedding text"])
         with pytest.raises(AllModelsFailed):
@@ -604,7 +626,7 @@ def test_api_key_never_logged_nor_in_errors(tmp_path, monkeypatch):
         router.embed(["x"])
         try:
             router.feedback("0" * 32, 0.5)
-        except Exception as exc:  # noqa: BLE001 - any error message must be clean
+        except Exception as exc:
             messages.append(str(exc))
         try:
             router.chat("poetry", HELLO)

@@ -55,7 +55,9 @@ def test_three_processes_share_what_they_learn(pg_url, tmp_path):
         workers = [
             subprocess.Popen(
                 [sys.executable, "-c", WORKER, json.dumps({**cfg, "seed": i}), "60", "150" if i == 0 else "0", "1.5"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             for i in range(3)
         ]
@@ -103,8 +105,14 @@ def test_sync_learns_other_routers_rows_once(sqlite_url):
 
 
 def test_cli_prune(sqlite_url):
-    with Router({"store": sqlite_url, "models": {"a": {"base_url": "http://127.0.0.1:9/v1"}}, "routes": {"simple": {"models": ["a"]}}},
-                backend=__import__("zeta_adaptive").FakeBackend({})) as router:
+    with Router(
+        {
+            "store": sqlite_url,
+            "models": {"a": {"base_url": "http://127.0.0.1:9/v1"}},
+            "routes": {"simple": {"models": ["a"]}},
+        },
+        backend=__import__("zeta_adaptive").FakeBackend({}),
+    ) as router:
         old = router.chat("simple", MSG)
         router.feedback(old.call_id, 0.5)
     store = Store(sqlite_url)

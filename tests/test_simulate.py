@@ -148,9 +148,7 @@ def test_hang_times_out_and_close_does_not_wait_for_it(make_fleet: MakeFleet, cl
     fleet.close()
 
 
-def test_down_refuses_connections_and_up_serves_on_the_same_url(
-    make_fleet: MakeFleet, client: httpx.Client
-) -> None:
+def test_down_refuses_connections_and_up_serves_on_the_same_url(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0))
     url = fleet.base_url("m")
     assert client.get(f"{url}/models").status_code == 200  # leaves a keep-alive connection open
@@ -339,8 +337,14 @@ def test_a_configured_key_is_required(make_fleet: MakeFleet, client: httpx.Clien
     url = f"{fleet.base_url('m')}/chat/completions"
     missing = client.post(url, json={"model": "m", "messages": CHAT})
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
-    assert client.post(url, json={"model": "m", "messages": CHAT}, headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.post(url, json={"model": "m", "messages": CHAT}, headers={"Authorization": "Bearer sk-sim"}).status_code == 200
+    assert (
+        client.post(url, json={"model": "m", "messages": CHAT}, headers={"Authorization": "Bearer wrong"}).status_code
+        == 401
+    )
+    assert (
+        client.post(url, json={"model": "m", "messages": CHAT}, headers={"Authorization": "Bearer sk-sim"}).status_code
+        == 200
+    )
 
 
 def test_prompt_beyond_the_context_window_gets_vllm_400(make_fleet: MakeFleet, client: httpx.Client) -> None:
@@ -349,7 +353,9 @@ def test_prompt_beyond_the_context_window_gets_vllm_400(make_fleet: MakeFleet, c
     response = chat(client, fleet, "m", messages=long)
     assert response.status_code == 400
     body = response.json()
-    assert body["object"] == "error" and body["message"].startswith("This model's maximum context length is 100 tokens.")
+    assert body["object"] == "error" and body["message"].startswith(
+        "This model's maximum context length is 100 tokens."
+    )
     assert "104 in the messages" in body["message"]
     assert chat(client, fleet, "m", messages=[{"role": "user", "content": "x" * 300}], max_tokens=30).status_code == 400
     assert chat(client, fleet, "m", messages=[{"role": "user", "content": "x" * 300}], max_tokens=20).status_code == 200
@@ -426,11 +432,19 @@ def test_config_fleet_serves_each_model_under_the_name_the_router_sends(tmp_path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = Config.from_dict({
-        "store": f"sqlite:///{tmp_path / 'z.db'}",
-        "models": {"small": {"base_url": f"http://127.0.0.1:{port}/v1", "model": "qwen2.5-7b-instruct", "context_window": 64}},
-        "routes": {"simple": {"models": ["small"]}},
-    })
+    cfg = Config.from_dict(
+        {
+            "store": f"sqlite:///{tmp_path / 'z.db'}",
+            "models": {
+                "small": {
+                    "base_url": f"http://127.0.0.1:{port}/v1",
+                    "model": "qwen2.5-7b-instruct",
+                    "context_window": 64,
+                }
+            },
+            "routes": {"simple": {"models": ["small"]}},
+        }
+    )
     with config_fleet(cfg) as fleet, Router(cfg) as router:
         assert fleet.spec("small").served_name == "qwen2.5-7b-instruct"
         assert router.chat("simple", CHAT).model == "small"

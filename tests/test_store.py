@@ -15,16 +15,38 @@ from zeta_adaptive.store import Store
 
 def _attempt(call_id: str, idx: int) -> dict:
     return {
-        "call_id": call_id, "idx": idx, "ts": 1.0 + idx, "task_type": "code", "model": "m", "outcome": "ok",
-        "status": 200, "latency_s": 0.01, "tokens_in": 3, "tokens_out": 4, "cost": 0.0, "error": None,
+        "call_id": call_id,
+        "idx": idx,
+        "ts": 1.0 + idx,
+        "task_type": "code",
+        "model": "m",
+        "outcome": "ok",
+        "status": 200,
+        "latency_s": 0.01,
+        "tokens_in": 3,
+        "tokens_out": 4,
+        "cost": 0.0,
+        "error": None,
     }
 
 
 def _call(call_id: str) -> dict:
     return {
-        "call_id": call_id, "ts": 1.0, "task_type": "code", "policy": "static", "propensity": 1.0, "ranking": '["m"]',
-        "model": "m", "outcome": "ok", "latency_s": 0.01, "tokens_in": 3, "tokens_out": 4, "cost": 0.0,
-        "n_attempts": 1, "prompt": None, "answer": None,
+        "call_id": call_id,
+        "ts": 1.0,
+        "task_type": "code",
+        "policy": "static",
+        "propensity": 1.0,
+        "ranking": '["m"]',
+        "model": "m",
+        "outcome": "ok",
+        "latency_s": 0.01,
+        "tokens_in": 3,
+        "tokens_out": 4,
+        "cost": 0.0,
+        "n_attempts": 1,
+        "prompt": None,
+        "answer": None,
     }
 
 
@@ -112,7 +134,13 @@ def test_cli_db_upgrade_reads_the_store_from_a_config(tmp_path):
     cfg = Config.from_toml("examples/fleet.toml").to_dict()
     cfg["store"] = f"sqlite:///{tmp_path / 'from-config.db'}"
     path = tmp_path / "fleet.toml"
-    lines = [f'store = "{cfg["store"]}"', "[models.a]", 'base_url = "http://127.0.0.1:9/v1"', "[routes.simple]", 'models = ["a"]']
+    lines = [
+        f'store = "{cfg["store"]}"',
+        "[models.a]",
+        'base_url = "http://127.0.0.1:9/v1"',
+        "[routes.simple]",
+        'models = ["a"]',
+    ]
     path.write_text("\n".join(lines))
     result = CliRunner().invoke(main, ["db", "upgrade", "--config", str(path)])
     assert result.exit_code == 0, result.output

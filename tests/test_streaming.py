@@ -104,7 +104,10 @@ def test_stopping_a_stream_early_logs_the_call(sqlite_url):
 
 
 def test_validator_failure_falls_back_for_plain_calls(sqlite_url):
-    script = {"a": [Reply(Outcome.OK, 0.001, 200, text="not json")], "b": [Reply(Outcome.OK, 0.001, 200, text='{"ok": true}')]}
+    script = {
+        "a": [Reply(Outcome.OK, 0.001, 200, text="not json")],
+        "b": [Reply(Outcome.OK, 0.001, 200, text='{"ok": true}')],
+    }
     cfg = {
         "store": sqlite_url,
         "models": {n: {"base_url": f"http://127.0.0.1:{9100 + i}/v1"} for i, n in enumerate(script)},
@@ -121,11 +124,20 @@ def test_validator_failure_falls_back_for_plain_calls(sqlite_url):
 
 def test_json_schema_regex_and_caller_validators(sqlite_url):
     schema = {"type": "object", "required": ["answer"]}
-    script = {"a": [Reply(Outcome.OK, 0.001, 200, text='{"other": 1}')], "b": [Reply(Outcome.OK, 0.001, 200, text='{"answer": 42}')]}
+    script = {
+        "a": [Reply(Outcome.OK, 0.001, 200, text='{"other": 1}')],
+        "b": [Reply(Outcome.OK, 0.001, 200, text='{"answer": 42}')],
+    }
     cfg = {
         "store": sqlite_url,
         "models": {n: {"base_url": f"http://127.0.0.1:{9100 + i}/v1"} for i, n in enumerate(script)},
-        "routes": {"simple": {"models": ["a", "b"], "policy": "static", "validators": [{"json_schema": schema}, {"regex": "answer"}]}},
+        "routes": {
+            "simple": {
+                "models": ["a", "b"],
+                "policy": "static",
+                "validators": [{"json_schema": schema}, {"regex": "answer"}],
+            }
+        },
     }
     with Router(cfg, backend=FakeBackend(script)) as router:
         result = router.chat("simple", MSG)
@@ -175,9 +187,11 @@ def test_streamed_calls_log_the_usage_the_server_sends_when_asked(sqlite_url):
         with Router(_cfg(fleet, sqlite_url, ["a"])) as router:
             stream = router.chat("simple", MSG, stream=True)
             "".join(stream)
+
             async def run():
                 astream = await router.achat("simple", MSG, stream=True)
                 return [d async for d in astream], astream.result
+
             _, aresult = asyncio.run(run())
     prompt = len(MSG[0]["content"]) // 4 + 4
     for result in (stream.result, aresult):

@@ -21,7 +21,9 @@ def test_warm_start_matches_live_statistics(store_url, tmp_path, discount):
         "store": store_url,
         "journal_dir": str(tmp_path / "journal"),
         "breaker": {"consecutive_failures": 1000, "min_calls": 1000},
-        "models": {n: {"base_url": f"http://127.0.0.1:{9200 + i}/v1", "price_in_per_1k": 1.0} for i, n in enumerate("abc")},
+        "models": {
+            n: {"base_url": f"http://127.0.0.1:{9200 + i}/v1", "price_in_per_1k": 1.0} for i, n in enumerate("abc")
+        },
         "routes": {"simple": {"models": ["a", "b", "c"], "policy": "thompson", "discount": discount, "seed": 1}},
     }
     with Router(cfg, backend=FakeBackend({"a": flaky, "b": flaky, "c": flaky})) as live:

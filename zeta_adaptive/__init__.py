@@ -39,7 +39,9 @@ _LAZY = {
     **dict.fromkeys(["FakeBackend", "HttpxBackend", "Outcome", "Reply"], "backends"),
     **dict.fromkeys(["Config", "ModelConfig", "RouteConfig", "load_config"], "config"),
     **dict.fromkeys(["Objective", "Ranking", "make_policy"], "policies"),
-    **dict.fromkeys(["AsyncChatStream", "Attempt", "ChatResult", "ChatStream", "EmbedResult", "Router", "classify"], "router"),
+    **dict.fromkeys(
+        ["AsyncChatStream", "Attempt", "ChatResult", "ChatStream", "EmbedResult", "Router", "classify"], "router"
+    ),
     "Store": "store",
     "BudgetPacer": "budget",
     **dict.fromkeys(["LinearThompsonPolicy", "LinUCBPolicy"], "contextual"),

@@ -93,7 +93,16 @@ def model_summary(log: Log) -> pd.DataFrame:
     a = log.attempts
     if a.empty:
         return pd.DataFrame(
-            columns=["task_type", "model", "attempts", "success_rate", "accuracy", "p50_latency_s", "mean_cost", "share"]
+            columns=[
+                "task_type",
+                "model",
+                "attempts",
+                "success_rate",
+                "accuracy",
+                "p50_latency_s",
+                "mean_cost",
+                "share",
+            ]
         )
     ok = a.assign(success=a["outcome"] == "ok")
     grouped = ok.groupby(["task_type", "model"])
@@ -159,7 +168,9 @@ def between(log: Log, start: int, stop: int) -> Log:
     w = with_windows(log.calls, 1)
     keep = w.loc[(w["call_index"] >= start) & (w["call_index"] < stop), "call_id"]
     calls = log.calls[log.calls["call_id"].isin(keep)]
-    return Log(calls, log.attempts[log.attempts["call_id"].isin(keep)], log.feedback[log.feedback["call_id"].isin(keep)])
+    return Log(
+        calls, log.attempts[log.attempts["call_id"].isin(keep)], log.feedback[log.feedback["call_id"].isin(keep)]
+    )
 
 
 def _shares(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -177,7 +188,9 @@ def _shares(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 # -- over time --------------------------------------------------------------------------------------
 
 
-def traffic_share(log: Log, bins: int = 20, by: By = "call", of: Literal["attempts", "answers"] = "attempts") -> pd.DataFrame:
+def traffic_share(
+    log: Log, bins: int = 20, by: By = "call", of: Literal["attempts", "answers"] = "attempts"
+) -> pd.DataFrame:
     """Per task type, window and model: ``n`` and ``share`` of the task's attempts (the load each model
     received, fallbacks included) or, with ``of="answers"``, of its answered calls (who served them)."""
     if of == "attempts":
@@ -209,9 +222,7 @@ def model_failure_rates(log: Log, bins: int = 20, by: By = "call") -> pd.DataFra
     a = _attempt_windows(log, bins, by)
     a = a.assign(failed=a["outcome"] != "ok")
     return (
-        a.groupby(["model", *_WINDOW])
-        .agg(attempts=("call_id", "size"), failure_rate=("failed", "mean"))
-        .reset_index()
+        a.groupby(["model", *_WINDOW]).agg(attempts=("call_id", "size"), failure_rate=("failed", "mean")).reset_index()
     )
 
 
@@ -263,10 +274,18 @@ def latency_distribution(
         w = with_windows(log.calls, 1)[["call_id", "call_index"]]
         index = a[["call_id"]].merge(w, on="call_id", how="left")["call_index"].to_numpy()
         phase = np.where(index < split_at, "before", "after").astype(object)
-    counts = pd.DataFrame({"model": a["model"].to_numpy(), "phase": phase, "bin": idx}).groupby(["model", "phase", "bin"]).size()
+    counts = (
+        pd.DataFrame({"model": a["model"].to_numpy(), "phase": phase, "bin": idx})
+        .groupby(["model", "phase", "bin"])
+        .size()
+    )
     present, k = counts.index.droplevel("bin").unique(), len(edges) - 1  # every bin of each (model, phase)
     full = pd.MultiIndex.from_arrays(
-        [np.repeat(present.get_level_values(0), k), np.repeat(present.get_level_values(1), k), np.tile(np.arange(k), len(present))],
+        [
+            np.repeat(present.get_level_values(0), k),
+            np.repeat(present.get_level_values(1), k),
+            np.tile(np.arange(k), len(present)),
+        ],
         names=["model", "phase", "bin"],
     )
     out = counts.reindex(full, fill_value=0).rename("count").reset_index()
@@ -315,8 +334,11 @@ def rank_positions(calls: pd.DataFrame) -> pd.DataFrame:
     codes, uniques = pd.factorize(calls["ranking"])
     orders = pd.Series([json.loads(u) for u in uniques], dtype=object).explode().dropna()
     table = pd.DataFrame(
-        {"code": orders.index.to_numpy(dtype=np.int64), "model": orders.to_numpy(dtype=object),
-         "position": orders.groupby(level=0).cumcount().to_numpy(dtype=np.int64)}
+        {
+            "code": orders.index.to_numpy(dtype=np.int64),
+            "model": orders.to_numpy(dtype=object),
+            "position": orders.groupby(level=0).cumcount().to_numpy(dtype=np.int64),
+        }
     )
     per_call = pd.DataFrame({"call_id": calls["call_id"].to_numpy(), "code": codes})
     return per_call.merge(table, on="code", how="inner").drop(columns="code")
@@ -349,13 +371,17 @@ def learned_order(ordering: pd.DataFrame) -> pd.DataFrame:
     s = ordering.sort_values([*keys, "mean_position", "model"], kind="stable")
     order = s.groupby(keys)["model"].agg(" > ".join).rename("order")
     top = s.loc[s.groupby(keys)["primary_share"].idxmax(), [*keys, "model", "primary_share"]]
-    return top.rename(columns={"model": "primary"}).merge(order.reset_index(), on=keys)[[*keys, "order", "primary", "primary_share"]]
+    return top.rename(columns={"model": "primary"}).merge(order.reset_index(), on=keys)[
+        [*keys, "order", "primary", "primary_share"]
+    ]
 
 
 # -- regret against an oracle -----------------------------------------------------------------------
 
 
-def truth_from_specs(specs: Iterable[ModelSpec], routes: Mapping[str, Sequence[str]], from_call: int = 0) -> pd.DataFrame:
+def truth_from_specs(
+    specs: Iterable[ModelSpec], routes: Mapping[str, Sequence[str]], from_call: int = 0
+) -> pd.DataFrame:
     """The true expected reward of each routed (task type, model) in a simulated fleet, holding from
     call index ``from_call``: ``success`` (1 minus the fault rates), mean ``accuracy``, and
     ``reward = success * accuracy``, the accuracy a call gets from its primary."""
@@ -392,7 +418,12 @@ def _truth_frame(truth: Mapping[tuple[str, str], float] | pd.DataFrame) -> pd.Da
         return frame[["task_type", "model", "reward", "from_call"]]
     keys = list(truth)
     return pd.DataFrame(
-        {"task_type": [k[0] for k in keys], "model": [k[1] for k in keys], "reward": [float(truth[k]) for k in keys], "from_call": 0}
+        {
+            "task_type": [k[0] for k in keys],
+            "model": [k[1] for k in keys],
+            "reward": [float(truth[k]) for k in keys],
+            "from_call": 0,
+        }
     )
 
 
@@ -406,12 +437,24 @@ def true_rewards(log: Log, truth: Mapping[tuple[str, str], float] | pd.DataFrame
     index until the same pair's next row: a piecewise-constant truth such as :func:`demo_truth`).
     """
     table = _truth_frame(truth).astype({"task_type": "str", "model": "str", "reward": float, "from_call": np.int64})
-    w = with_windows(log.calls, 1)[["call_id", "call_index", "task_type"]].astype({"task_type": "str", "call_index": np.int64})
-    grid = w.merge(table[["task_type", "model"]].drop_duplicates(), on="task_type").sort_values("call_index", kind="stable")
-    grid = pd.merge_asof(
-        grid, table.sort_values("from_call", kind="stable"), left_on="call_index", right_on="from_call", by=["task_type", "model"]
+    w = with_windows(log.calls, 1)[["call_id", "call_index", "task_type"]].astype(
+        {"task_type": "str", "call_index": np.int64}
     )
-    return grid[["call_id", "call_index", "task_type", "model", "reward"]].sort_values(["call_index", "model"]).reset_index(drop=True)
+    grid = w.merge(table[["task_type", "model"]].drop_duplicates(), on="task_type").sort_values(
+        "call_index", kind="stable"
+    )
+    grid = pd.merge_asof(
+        grid,
+        table.sort_values("from_call", kind="stable"),
+        left_on="call_index",
+        right_on="from_call",
+        by=["task_type", "model"],
+    )
+    return (
+        grid[["call_id", "call_index", "task_type", "model", "reward"]]
+        .sort_values(["call_index", "model"])
+        .reset_index(drop=True)
+    )
 
 
 def cumulative_regret(log: Log, truth: Mapping[tuple[str, str], float] | pd.DataFrame) -> pd.DataFrame:
@@ -428,7 +471,11 @@ def cumulative_regret(log: Log, truth: Mapping[tuple[str, str], float] | pd.Data
     c = w[["call_id", "call_index", "task_type"]].merge(
         r.loc[r["position"] == 0, ["call_id", "model"]].rename(columns={"model": "primary"}), on="call_id", how="left"
     )
-    c = c.merge(rewards[["call_id", "model", "reward"]].rename(columns={"model": "primary"}), on=["call_id", "primary"], how="left")
+    c = c.merge(
+        rewards[["call_id", "model", "reward"]].rename(columns={"model": "primary"}),
+        on=["call_id", "primary"],
+        how="left",
+    )
     c["best"] = c["call_id"].map(rewards.groupby("call_id")["reward"].max())
     missing = c[c["reward"].isna() | c["best"].isna()]
     if not missing.empty:
@@ -437,7 +484,17 @@ def cumulative_regret(log: Log, truth: Mapping[tuple[str, str], float] | pd.Data
     c["regret"] = c["best"] - c["reward"]
     c["task_call"] = c.groupby("task_type").cumcount()
     c["cumulative_regret"] = c.groupby("task_type")["regret"].cumsum()
-    cols = ["call_id", "call_index", "task_type", "task_call", "primary", "reward", "best", "regret", "cumulative_regret"]
+    cols = [
+        "call_id",
+        "call_index",
+        "task_type",
+        "task_call",
+        "primary",
+        "reward",
+        "best",
+        "regret",
+        "cumulative_regret",
+    ]
     return c[cols].reset_index(drop=True)
 
 
@@ -485,7 +542,9 @@ def _legend(fig: Figure, axes: Sequence[Axes]) -> None:
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 6), fontsize="small")
+    fig.legend(
+        list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 6), fontsize="small"
+    )
 
 
 def plot_traffic_share(
@@ -496,10 +555,18 @@ def plot_traffic_share(
     fig, axes = _figure(len(tasks))
     colors = _colors(share["model"])
     for ax, task in zip(axes, tasks):
-        wide = share[share["task_type"] == task].assign(x=_mid).pivot_table(index="x", columns="model", values="share", fill_value=0.0)
-        ax.stackplot(wide.index, wide.to_numpy().T, labels=wide.columns, colors=[colors[m] for m in wide.columns], alpha=0.85)
+        wide = (
+            share[share["task_type"] == task]
+            .assign(x=_mid)
+            .pivot_table(index="x", columns="model", values="share", fill_value=0.0)
+        )
+        ax.stackplot(
+            wide.index, wide.to_numpy().T, labels=wide.columns, colors=[colors[m] for m in wide.columns], alpha=0.85
+        )
         _mark(ax, mark, mark_label)
-        ax.set(title=task, xlabel=xlabel, ylabel="share of traffic", ylim=(0, 1), xlim=(wide.index.min(), wide.index.max()))
+        ax.set(
+            title=task, xlabel=xlabel, ylabel="share of traffic", ylim=(0, 1), xlim=(wide.index.min(), wide.index.max())
+        )
     _legend(fig, axes)
     fig.suptitle("Traffic share per model over time")
     return fig
@@ -561,7 +628,12 @@ def plot_failure_rates(
         left.plot(_mid(d), d["failure_rate"], color=colors[model], linewidth=1, alpha=0.7)
         left.scatter(_mid(d), d["failure_rate"], s=8 + size * d["attempts"], color=colors[model], zorder=3)
     _mark(left, mark, mark_label)
-    left.set(title="Failed attempts per model (marker area ~ attempts)", xlabel=xlabel, ylabel="share of attempts failed", ylim=(-0.03, 1.03))
+    left.set(
+        title="Failed attempts per model (marker area ~ attempts)",
+        xlabel=xlabel,
+        ylabel="share of attempts failed",
+        ylim=(-0.03, 1.03),
+    )
     handles = [Line2D([], [], color=c, marker="o", label=m) for m, c in colors.items()]
     left.legend(handles=handles + left.get_legend_handles_labels()[0], fontsize="small", loc="upper left")
     task_colors = _colors(rates["task_type"])
@@ -569,9 +641,14 @@ def plot_failure_rates(
         right.plot(_mid(d), d["fallback_rate"], marker="o", markersize=3, color=task_colors[task])
         right.plot(_mid(d), d["failure_rate"], linestyle="--", color=task_colors[task])
     _mark(right, mark, mark_label)
-    right.set(title="Calls that needed a fallback, or failed", xlabel=xlabel, ylabel="share of calls", ylim=(-0.03, 1.03))
+    right.set(
+        title="Calls that needed a fallback, or failed", xlabel=xlabel, ylabel="share of calls", ylim=(-0.03, 1.03)
+    )
     handles = [Line2D([], [], color=c, label=t) for t, c in task_colors.items()]
-    handles += [Line2D([], [], color="0.4", marker="o", markersize=3, label="fallback"), Line2D([], [], color="0.4", linestyle="--", label="failed")]
+    handles += [
+        Line2D([], [], color="0.4", marker="o", markersize=3, label="fallback"),
+        Line2D([], [], color="0.4", linestyle="--", label="failed"),
+    ]
     right.legend(handles=handles + right.get_legend_handles_labels()[0], fontsize="small", loc="upper left", ncols=2)
     fig.suptitle("Failures and fallbacks over time")
     return fig
@@ -634,7 +711,14 @@ def plot_policy_estimates(
         if truth is not None:
             t = truth[truth["task_type"] == task]
             t = t[t["policy"].isin(policies)]
-            ax.scatter(t["value"], t["policy"].map({p: i for i, p in enumerate(policies)}), marker="D", color="black", s=28, zorder=3)
+            ax.scatter(
+                t["value"],
+                t["policy"].map({p: i for i, p in enumerate(policies)}),
+                marker="D",
+                color="black",
+                s=28,
+                zorder=3,
+            )
         ax.set_yticks(range(len(policies)), policies if ax is axes[0] else [""] * len(policies))
         ax.set(title=task, xlabel=xlabel, ylim=(len(policies) - 0.5, -0.5))
         ax.grid(axis="x", alpha=0.3)

@@ -39,7 +39,12 @@ from .config import ModelConfig
 from .scrub import read_key
 
 __all__ = [
-    "Outcome", "Reply", "Backend", "HttpxBackend", "FakeBackend", "estimate_tokens",
+    "Outcome",
+    "Reply",
+    "Backend",
+    "HttpxBackend",
+    "FakeBackend",
+    "estimate_tokens",
     "classify_error",
 ]
 
@@ -96,11 +101,17 @@ class Backend(Protocol):
     """Anything that can make one attempt at one model, sync and async."""
 
     def chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply: ...
-    async def achat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply: ...
+    async def achat(
+        self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float
+    ) -> Reply: ...
     def embed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply: ...
     async def aembed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply: ...
-    def stream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> Iterator[StreamItem]: ...
-    def astream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> AsyncIterator[StreamItem]: ...
+    def stream_chat(
+        self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float
+    ) -> Iterator[StreamItem]: ...
+    def astream_chat(
+        self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float
+    ) -> AsyncIterator[StreamItem]: ...
     def close(self) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -116,7 +127,11 @@ def _content_chars(content: Any) -> int:
     if isinstance(content, str):
         return len(content)
     if isinstance(content, list):
-        return sum(len(part.get("text") or "") for part in content if isinstance(part, Mapping) and isinstance(part.get("text"), str))
+        return sum(
+            len(part.get("text") or "")
+            for part in content
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+        )
     return 0
 
 
@@ -124,7 +139,9 @@ def estimate_tokens(messages: Messages) -> int:
     """A server-free estimate of a prompt's tokens: four characters per token plus
     ``MESSAGE_OVERHEAD_TOKENS`` per message. Used when a stream reports no usage, and by the
     simulated fleet to decide when a prompt exceeds a context window."""
-    return sum(_content_chars(m.get("content")) // 4 + MESSAGE_OVERHEAD_TOKENS for m in messages if isinstance(m, Mapping))
+    return sum(
+        _content_chars(m.get("content")) // 4 + MESSAGE_OVERHEAD_TOKENS for m in messages if isinstance(m, Mapping)
+    )
 
 
 # -- bounded bodies -----------------------------------------------------------------------------
@@ -245,8 +262,12 @@ class _DeadlineStream(httpcore.NetworkStream):
     def close(self) -> None:
         self._stream.close()
 
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, _cut(timeout, httpcore.ConnectTimeout)))
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, _cut(timeout, httpcore.ConnectTimeout))
+        )
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)
@@ -258,11 +279,24 @@ class _DeadlineNetwork(httpcore.NetworkBackend):
     def __init__(self) -> None:
         self._inner = httpcore.SyncBackend()
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None, socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._inner.connect_tcp(host, port, _cut(timeout, httpcore.ConnectTimeout), local_address, socket_options))
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._inner.connect_tcp(host, port, _cut(timeout, httpcore.ConnectTimeout), local_address, socket_options)
+        )
 
-    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._inner.connect_unix_socket(path, _cut(timeout, httpcore.ConnectTimeout), socket_options))
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._inner.connect_unix_socket(path, _cut(timeout, httpcore.ConnectTimeout), socket_options)
+        )
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
@@ -418,7 +452,9 @@ def parse_embeddings(body: Any, latency_s: float, status: int, count: int, dim: 
 Parse = Callable[[Any, float, int], Reply]
 
 
-def _finish(status: int, headers: httpx.Headers, data: bytes | None, problem: str, latency_s: float, parse: Parse) -> Reply:
+def _finish(
+    status: int, headers: httpx.Headers, data: bytes | None, problem: str, latency_s: float, parse: Parse
+) -> Reply:
     """The Reply for a whole (or refused) body: status first, then size and shape, then content."""
     if not 200 <= status < 300:
         return classify_error(status, (data or b"").decode("utf-8", "replace"), latency_s, _retry_after(headers))
@@ -467,7 +503,14 @@ class _StreamState:
         """The answer's headers arrived: the Reply for a refusal (its body read), else None and the
         body is decoded from now on with the answer's content-encoding."""
         if response.status_code >= 300:
-            return _finish(response.status_code, response.headers, error_body, problem, time.perf_counter() - self.start, parse_chat)
+            return _finish(
+                response.status_code,
+                response.headers,
+                error_body,
+                problem,
+                time.perf_counter() - self.start,
+                parse_chat,
+            )
         try:
             self._body = _Body(response.headers.get("content-encoding"), self.cap)
         except _BadBody as exc:
@@ -538,8 +581,14 @@ class _StreamState:
             outcome = Outcome.STREAM_BROKEN
         tin, tout, estimated = self._tokens("".join(self.parts))
         return Reply(
-            outcome, time.perf_counter() - self.start, status, tin, tout, error=" ".join(error.split())[:ERROR_CHARS],
-            ttft_s=self.ttft, tokens_estimated=estimated,
+            outcome,
+            time.perf_counter() - self.start,
+            status,
+            tin,
+            tout,
+            error=" ".join(error.split())[:ERROR_CHARS],
+            ttft_s=self.ttft,
+            tokens_estimated=estimated,
         )
 
     def finish(self, status: int) -> Reply:
@@ -557,7 +606,16 @@ class _StreamState:
         if not text.strip():
             return self.failure(Outcome.MALFORMED, "answer is empty", status)
         tin, tout, estimated = self._tokens(text)
-        return Reply(Outcome.OK, time.perf_counter() - self.start, status, tin, tout, text=text, ttft_s=self.ttft, tokens_estimated=estimated)
+        return Reply(
+            Outcome.OK,
+            time.perf_counter() - self.start,
+            status,
+            tin,
+            tout,
+            text=text,
+            ttft_s=self.ttft,
+            tokens_estimated=estimated,
+        )
 
 
 def _read(response: httpx.Response, cap: int) -> tuple[bytes | None, str]:
@@ -591,7 +649,10 @@ class HttpxBackend:
 
     def __init__(self, models: Mapping[str, ModelConfig]) -> None:
         self._models = dict(models)
-        self._clients = {name: httpx.Client(**self._options(m), transport=_sync_transport(self._limits(m), self._https(m))) for name, m in self._models.items()}
+        self._clients = {
+            name: httpx.Client(**self._options(m), transport=_sync_transport(self._limits(m), self._https(m)))
+            for name, m in self._models.items()
+        }
         self._aclients: dict[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = {}
         self._keepers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
         self._closing: set[asyncio.Future[Any]] = set()
@@ -606,7 +667,9 @@ class HttpxBackend:
 
     @staticmethod
     def _limits(model: ModelConfig) -> httpx.Limits:
-        return httpx.Limits(max_connections=model.max_in_flight, max_keepalive_connections=model.max_in_flight, keepalive_expiry=30.0)
+        return httpx.Limits(
+            max_connections=model.max_in_flight, max_keepalive_connections=model.max_in_flight, keepalive_expiry=30.0
+        )
 
     @staticmethod
     def _options(model: ModelConfig) -> dict[str, Any]:
@@ -631,12 +694,16 @@ class HttpxBackend:
             client = clients.get(model.name)
             if client is None:
                 verify = _ssl_context() if self._https(model) else False
-                client = clients[model.name] = httpx.AsyncClient(**self._options(model), limits=self._limits(model), verify=verify)
+                client = clients[model.name] = httpx.AsyncClient(
+                    **self._options(model), limits=self._limits(model), verify=verify
+                )
         if keeper is not None:
             await anext(keeper)  # registers it with the loop, which closes it at shutdown_asyncgens()
         return client
 
-    async def _keeper(self, loop: asyncio.AbstractEventLoop, clients: dict[str, httpx.AsyncClient]) -> AsyncIterator[None]:
+    async def _keeper(
+        self, loop: asyncio.AbstractEventLoop, clients: dict[str, httpx.AsyncClient]
+    ) -> AsyncIterator[None]:
         """Lives as long as its loop: when the loop shuts down its async generators, the loop's
         clients are closed with it (so ``asyncio.run`` per call leaves no connection open)."""
         try:
@@ -669,7 +736,9 @@ class HttpxBackend:
         body.setdefault("stream_options", {"include_usage": True})
         return body
 
-    def _send(self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, cap: int, parse: Parse) -> Reply:
+    def _send(
+        self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, cap: int, parse: Parse
+    ) -> Reply:
         start = time.perf_counter()
         client = self._clients[model.name]
         try:
@@ -680,7 +749,9 @@ class HttpxBackend:
             return _classify_exception(exc, time.perf_counter() - start)
         return _finish(response.status_code, response.headers, data, problem, time.perf_counter() - start, parse)
 
-    async def _asend(self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, cap: int, parse: Parse) -> Reply:
+    async def _asend(
+        self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, cap: int, parse: Parse
+    ) -> Reply:
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):  # a hard bound on the whole attempt
@@ -699,27 +770,61 @@ class HttpxBackend:
         return parse
 
     def chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
-        return self._send(model, "chat/completions", self._chat_body(model, messages, params), timeout_s, model.response_cap(), parse_chat)
+        return self._send(
+            model,
+            "chat/completions",
+            self._chat_body(model, messages, params),
+            timeout_s,
+            model.response_cap(),
+            parse_chat,
+        )
 
     async def achat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
-        return await self._asend(model, "chat/completions", self._chat_body(model, messages, params), timeout_s, model.response_cap(), parse_chat)
+        return await self._asend(
+            model,
+            "chat/completions",
+            self._chat_body(model, messages, params),
+            timeout_s,
+            model.response_cap(),
+            parse_chat,
+        )
 
     def embed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
-        return self._send(model, "embeddings", self._embed_body(model, texts), timeout_s, model.response_cap(len(texts)), self._embed_parse(model, texts))
+        return self._send(
+            model,
+            "embeddings",
+            self._embed_body(model, texts),
+            timeout_s,
+            model.response_cap(len(texts)),
+            self._embed_parse(model, texts),
+        )
 
     async def aembed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
-        return await self._asend(model, "embeddings", self._embed_body(model, texts), timeout_s, model.response_cap(len(texts)), self._embed_parse(model, texts))
+        return await self._asend(
+            model,
+            "embeddings",
+            self._embed_body(model, texts),
+            timeout_s,
+            model.response_cap(len(texts)),
+            self._embed_parse(model, texts),
+        )
 
-    def stream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> Iterator[StreamItem]:
+    def stream_chat(
+        self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float
+    ) -> Iterator[StreamItem]:
         """Stream a chat completion: text deltas, then a final Reply (bounds: see :class:`_StreamState`)."""
         body = self._stream_body(model, messages, params)
-        state = _StreamState(time.perf_counter(), timeout_s, first_token_s, model.response_cap(), estimate_tokens(messages))
+        state = _StreamState(
+            time.perf_counter(), timeout_s, first_token_s, model.response_cap(), estimate_tokens(messages)
+        )
         client = self._clients[model.name]
         response: httpx.Response | None = None
         data, problem = None, ""
         try:
             with _hard_deadline(state.read_deadline()):  # never held across a yield: it bounds this thread's I/O
-                response = client.send(client.build_request("POST", "chat/completions", json=body, timeout=timeout_s), stream=True)
+                response = client.send(
+                    client.build_request("POST", "chat/completions", json=body, timeout=timeout_s), stream=True
+                )
                 if response.status_code >= 300:
                     data, problem = _read(response, model.response_cap())
             if (refused := state.open(response, data, problem)) is not None:
@@ -743,11 +848,15 @@ class HttpxBackend:
             if response is not None:
                 response.close()
 
-    async def astream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> AsyncIterator[StreamItem]:
+    async def astream_chat(
+        self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float
+    ) -> AsyncIterator[StreamItem]:
         """Async twin of :meth:`stream_chat`; each read is bounded by ``asyncio.timeout``, never
         across a ``yield``, so the caller's own awaits between deltas are not cut."""
         body = self._stream_body(model, messages, params)
-        state = _StreamState(time.perf_counter(), timeout_s, first_token_s, model.response_cap(), estimate_tokens(messages))
+        state = _StreamState(
+            time.perf_counter(), timeout_s, first_token_s, model.response_cap(), estimate_tokens(messages)
+        )
 
         def left() -> float:
             return max(state.read_deadline() - time.perf_counter(), 0.0)
@@ -757,7 +866,9 @@ class HttpxBackend:
         try:
             async with asyncio.timeout(left()):
                 client = await self._aclient(model)
-                response = await client.send(client.build_request("POST", "chat/completions", json=body, timeout=timeout_s), stream=True)
+                response = await client.send(
+                    client.build_request("POST", "chat/completions", json=body, timeout=timeout_s), stream=True
+                )
                 if response.status_code >= 300:
                     data, problem = await _aread(response, model.response_cap())
             if (refused := state.open(response, data, problem)) is not None:
@@ -853,8 +964,11 @@ class FakeBackend:
 
     def _reply(self, outcome: Outcome, request: Any) -> Reply:
         status = {
-            Outcome.OK: 200, Outcome.RATE_LIMITED: 429, Outcome.SERVER_ERROR: 500,
-            Outcome.CLIENT_ERROR: 400, Outcome.MALFORMED: 200,
+            Outcome.OK: 200,
+            Outcome.RATE_LIMITED: 429,
+            Outcome.SERVER_ERROR: 500,
+            Outcome.CLIENT_ERROR: 400,
+            Outcome.MALFORMED: 200,
         }.get(outcome)
         reply = Reply(outcome, self.latency_s, status)
         if outcome is Outcome.OK:
@@ -895,13 +1009,21 @@ class FakeBackend:
         else:
             yield reply
 
-    def stream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> Iterator[StreamItem]:
+    def stream_chat(
+        self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float
+    ) -> Iterator[StreamItem]:
         """The scripted reply, its text streamed word by word."""
-        yield from self._pieces(self._sync(model, {"messages": list(messages), **params}, min(timeout_s, first_token_s)))
+        yield from self._pieces(
+            self._sync(model, {"messages": list(messages), **params}, min(timeout_s, first_token_s))
+        )
 
-    async def astream_chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float) -> AsyncIterator[StreamItem]:
+    async def astream_chat(
+        self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float
+    ) -> AsyncIterator[StreamItem]:
         """Async twin of :meth:`stream_chat`."""
-        for item in self._pieces(await self._async(model, {"messages": list(messages), **params}, min(timeout_s, first_token_s))):
+        for item in self._pieces(
+            await self._async(model, {"messages": list(messages), **params}, min(timeout_s, first_token_s))
+        ):
             yield item
 
     def close(self) -> None:

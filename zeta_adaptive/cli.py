@@ -61,7 +61,9 @@ class _Cli(click.Group):
         except Exception as exc:
             if os.environ.get("ZETA_DEBUG"):
                 raise
-            raise click.ClickException(f"unexpected {type(exc).__name__}: {_one_line(str(exc))} (ZETA_DEBUG=1 shows the traceback)") from None
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {_one_line(str(exc))} (ZETA_DEBUG=1 shows the traceback)"
+            ) from None
 
 
 def _check_store(url: str, label: str, *, must_exist: bool) -> str:
@@ -111,18 +113,32 @@ def main() -> None:
 @click.option("--calls", default=2000, show_default=True, type=click.IntRange(min=10), help="Number of routed calls.")
 @click.option("--db", default=DEFAULT_STORE, show_default=True, help="Store URL for the log.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the fleet, the traffic and the policies.")
-@click.option("--concurrency", default=16, show_default=True, type=click.IntRange(min=1), help="Calls in flight at once.")
+@click.option(
+    "--concurrency", default=16, show_default=True, type=click.IntRange(min=1), help="Calls in flight at once."
+)
 @click.option("--append", is_flag=True, help="Add to an existing log instead of moving it to <file>.prev first.")
 def demo(calls: int, db: str, seed: int, concurrency: int, append: bool) -> None:
     """Route calls across a simulated loopback fleet in which one model degrades halfway, and report."""
     from .demo import run_demo
 
-    report = run_demo(calls=calls, store=_check_store(db, "--db", must_exist=False), seed=seed, concurrency=concurrency, fresh=not append)
+    report = run_demo(
+        calls=calls,
+        store=_check_store(db, "--db", must_exist=False),
+        seed=seed,
+        concurrency=concurrency,
+        fresh=not append,
+    )
     click.echo(report.render())
 
 
 @main.command()
-@click.option("--config", default=DEFAULT_FLEET_CONFIG, show_default=True, type=click.Path(exists=True, dir_okay=False), help="A router TOML file: one simulated model per model, on its base_url's port.")
+@click.option(
+    "--config",
+    default=DEFAULT_FLEET_CONFIG,
+    show_default=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A router TOML file: one simulated model per model, on its base_url's port.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the simulated latencies and faults.")
 def fleet(config: str, seed: int) -> None:
     """Serve a simulated OpenAI-compatible model on 127.0.0.1 for every model of a config, on the port
@@ -137,7 +153,9 @@ def fleet(config: str, seed: int) -> None:
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     try:
         with sim:
-            click.echo(f"zeta-adaptive fleet: {len(sim.names)} simulated models for {config} on 127.0.0.1 (seed {seed})")
+            click.echo(
+                f"zeta-adaptive fleet: {len(sim.names)} simulated models for {config} on 127.0.0.1 (seed {seed})"
+            )
             for name in sim.names:
                 click.echo(f"  {name:<20} {sim.spec(name).kind:<9}  {sim.base_url(name)}")
             click.echo(f"Routers configured by {config} now reach these models (their log: {cfg.store}).")
@@ -177,7 +195,9 @@ def _duration(text: str) -> float:
     try:
         value, unit = float(text[:-1]), _UNITS[text[-1]]
     except (ValueError, KeyError, IndexError):
-        raise click.BadParameter(f"{text!r} is not a duration like 30d, 12h, 15m or 90s", param_hint="--older-than") from None
+        raise click.BadParameter(
+            f"{text!r} is not a duration like 30d, 12h, 15m or 90s", param_hint="--older-than"
+        ) from None
     if not value >= 0:
         raise click.BadParameter("must not be negative", param_hint="--older-than")
     return value * unit
@@ -213,7 +233,9 @@ def prune(url: str | None, config: str | None, older_than: str, dry_run: bool, y
         deleted = store.prune(cutoff)
     finally:
         store.close()
-    click.echo(f"deleted {deleted['calls']} calls, {deleted['attempts']} attempts, {deleted['feedback']} feedback from {store.safe_url}")
+    click.echo(
+        f"deleted {deleted['calls']} calls, {deleted['attempts']} attempts, {deleted['feedback']} feedback from {store.safe_url}"
+    )
 
 
 @main.command()
@@ -230,23 +252,47 @@ def preferences(config: str) -> None:
 
 
 @main.command()
-@click.option("--config", required=True, type=click.Path(exists=True, dir_okay=False), help="A router TOML file (its [server] table too).")
+@click.option(
+    "--config",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A router TOML file (its [server] table too).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback unless told otherwise.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Worker processes; they share learning through the store (set refresh_s).")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes; they share learning through the store (set refresh_s).",
+)
 def serve(config: str, host: str, port: int, workers: int) -> None:
     """Serve the router as an OpenAI-compatible HTTP gateway until SIGTERM (which drains calls in flight)."""
     try:
         from .gateway import serve as run_gateway
     except ImportError as exc:
-        raise click.ClickException(f"the gateway needs the `gateway` extra (pip install 'zeta_adaptive[gateway]'): {exc}") from None
+        raise click.ClickException(
+            f"the gateway needs the `gateway` extra (pip install 'zeta_adaptive[gateway]'): {exc}"
+        ) from None
     run_gateway(config, host=host, port=port, workers=workers)  # a ZetaError becomes one line (see _Cli)
 
 
 @main.command()
 @click.option("--db", "url", default=DEFAULT_STORE, show_default=True, help="Store URL of the log to report on.")
-@click.option("--html", "html_path", default="zeta-report.html", show_default=True, type=click.Path(dir_okay=False), help="Where to write the page.")
-@click.option("--demo-truth", is_flag=True, help="The log is one `zeta-adaptive demo` run: add regret against the simulated fleet and mark its degradation.")
+@click.option(
+    "--html",
+    "html_path",
+    default="zeta-report.html",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the page.",
+)
+@click.option(
+    "--demo-truth",
+    is_flag=True,
+    help="The log is one `zeta-adaptive demo` run: add regret against the simulated fleet and mark its degradation.",
+)
 def report(url: str, html_path: str, demo_truth: bool) -> None:
     """Render the analysis of a log to one static HTML page, plots embedded, for readers without Jupyter."""
     from .report import write_report
@@ -257,34 +303,93 @@ def report(url: str, html_path: str, demo_truth: bool) -> None:
 
 
 _DB_ONLY = {"--policy": "policies", "--task-type": "task_type"}
-_CSV_ONLY = {"--target": "targets", "--action": "action", "--propensity": "propensity", "--position": "position", "--context": "contexts"}
+_CSV_ONLY = {
+    "--target": "targets",
+    "--action": "action",
+    "--propensity": "propensity",
+    "--position": "position",
+    "--context": "contexts",
+}
 
 
 @main.command()
 @click.option("--db", "url", default=None, help="Evaluate on the router's own log at this store URL.")
-@click.option("--csv", "csv_path", default=None, type=click.Path(exists=True, dir_okay=False), help="Evaluate on any logged bandit data in a CSV file.")
-@click.option("--policy", "policies", multiple=True, help="--db: a policy to evaluate (thompson, ucb1, kl_ucb, epsilon_greedy, static, random, always:MODEL); repeatable.")
-@click.option("--task-type", default=None, help="--db: only this task type (default: every one, each with its own policy).")
+@click.option(
+    "--csv",
+    "csv_path",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Evaluate on any logged bandit data in a CSV file.",
+)
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    help="--db: a policy to evaluate (thompson, ucb1, kl_ucb, epsilon_greedy, static, random, always:MODEL); repeatable.",
+)
+@click.option(
+    "--task-type", default=None, help="--db: only this task type (default: every one, each with its own policy)."
+)
 @click.option("--target", "targets", multiple=True, help="--csv: random (alias uniform) or always:ACTION; repeatable.")
 @click.option("--action", default=None, help="--csv: the action column.")
 @click.option("--reward", default=None, help="--csv: the reward column. --db: accuracy (default), success or utility.")
 @click.option("--propensity", default=None, help="--csv: the logging propensity column.")
 @click.option("--position", default=None, help="--csv: a position column (random is then per position).")
-@click.option("--context", "contexts", multiple=True, help="--csv: context columns for the direct method's reward model; repeatable.")
-@click.option("--estimator", "estimators", multiple=True, help="replay, ips, snips, dm, dr; repeatable (default: all that apply).")
 @click.option(
-    "--on-invalid", type=click.Choice(["drop", "raise"]), default="drop", show_default=True,
+    "--context",
+    "contexts",
+    multiple=True,
+    help="--csv: context columns for the direct method's reward model; repeatable.",
+)
+@click.option(
+    "--estimator", "estimators", multiple=True, help="replay, ips, snips, dm, dr; repeatable (default: all that apply)."
+)
+@click.option(
+    "--on-invalid",
+    type=click.Choice(["drop", "raise"]),
+    default="drop",
+    show_default=True,
     help="Rows that cannot be scored (no accuracy feedback under --reward accuracy, missing or zero propensities, "
     "duplicated ids, unknown models): leave them out and report their count, or fail.",
 )
-@click.option("--n-boot", default=1000, show_default=True, type=click.IntRange(min=10), help="Bootstrap resamples for the intervals.")
-@click.option("--learning-boot", default=200, show_default=True, type=click.IntRange(min=2), help="Bootstrap replays of a learning policy.")
+@click.option(
+    "--n-boot",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=10),
+    help="Bootstrap resamples for the intervals.",
+)
+@click.option(
+    "--learning-boot",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=2),
+    help="Bootstrap replays of a learning policy.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write rows estimator, policy, value, ci_low, ci_high, ess, n to this CSV.")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write rows estimator, policy, value, ci_low, ci_high, ess, n to this CSV.",
+)
 def replay(
-    url: str | None, csv_path: str | None, policies: tuple[str, ...], task_type: str | None, targets: tuple[str, ...],
-    action: str | None, reward: str | None, propensity: str | None, position: str | None, contexts: tuple[str, ...],
-    estimators: tuple[str, ...], on_invalid: str, n_boot: int, learning_boot: int, seed: int, out: str | None,
+    url: str | None,
+    csv_path: str | None,
+    policies: tuple[str, ...],
+    task_type: str | None,
+    targets: tuple[str, ...],
+    action: str | None,
+    reward: str | None,
+    propensity: str | None,
+    position: str | None,
+    contexts: tuple[str, ...],
+    estimators: tuple[str, ...],
+    on_invalid: str,
+    n_boot: int,
+    learning_boot: int,
+    seed: int,
+    out: str | None,
 ) -> None:
     """Estimate offline what other policies would have earned on logged traffic, with intervals.
 
@@ -298,7 +403,15 @@ def replay(
         raise click.UsageError("give exactly one source: --db URL or --csv PATH")
     if out:
         _check_output(out, "--out")
-    given = dict(policies=policies, task_type=task_type, targets=targets, action=action, propensity=propensity, position=position, contexts=contexts)
+    given = dict(
+        policies=policies,
+        task_type=task_type,
+        targets=targets,
+        action=action,
+        propensity=propensity,
+        position=position,
+        contexts=contexts,
+    )
     source, misplaced = ("--db", _CSV_ONLY) if url is not None else ("--csv", _DB_ONLY)
     wrong = [flag for flag, name in misplaced.items() if given[name]]
     if wrong:
@@ -308,10 +421,16 @@ def replay(
             raise click.UsageError("--db needs at least one --policy")
         if reward is not None and reward not in REWARDS:
             raise click.UsageError(f"--reward with --db must be one of {', '.join(REWARDS)}, not {reward!r}")
-        frame = load_logged(_check_store(url, "--db", must_exist=True), task_type, reward or "accuracy", on_invalid=on_invalid)
+        frame = load_logged(
+            _check_store(url, "--db", must_exist=True), task_type, reward or "accuracy", on_invalid=on_invalid
+        )
         chosen = list(policies)
     else:
-        missing = [flag for flag, value in (("--action", action), ("--reward", reward), ("--propensity", propensity)) if not value]
+        missing = [
+            flag
+            for flag, value in (("--action", action), ("--reward", reward), ("--propensity", propensity))
+            if not value
+        ]
         if missing:
             raise click.UsageError(f"--csv needs {', '.join(missing)}")
         if not targets:
@@ -320,11 +439,25 @@ def replay(
             raw = pd.read_csv(csv_path)
         except (ValueError, UnicodeDecodeError) as exc:  # pandas' parser and empty-data errors are ValueErrors
             raise click.ClickException(f"--csv {csv_path}: not a readable CSV file: {exc}") from None
-        frame = from_frame(raw, action=action, reward=reward, propensity=propensity, context=list(contexts), position=position, on_invalid=on_invalid)
+        frame = from_frame(
+            raw,
+            action=action,
+            reward=reward,
+            propensity=propensity,
+            context=list(contexts),
+            position=position,
+            on_invalid=on_invalid,
+        )
         chosen = list(targets)
     result = compare(
-        prepare(frame, on_invalid=on_invalid), [parse_target(spec, seed=seed) for spec in chosen], list(estimators) or list(ESTIMATORS),
-        seed=seed, n_boot=n_boot, learning_boot=learning_boot, progress=True, skip_failing=True,
+        prepare(frame, on_invalid=on_invalid),
+        [parse_target(spec, seed=seed) for spec in chosen],
+        list(estimators) or list(ESTIMATORS),
+        seed=seed,
+        n_boot=n_boot,
+        learning_boot=learning_boot,
+        progress=True,
+        skip_failing=True,
     )
     click.echo(_cli_spelling(result.render(), replay))
     if result.table.empty:

@@ -26,7 +26,16 @@ from .policies import OPTION_TYPES, POLICIES, Objective, make_policy
 from .scrub import read_key
 from .validators import build as build_validators
 
-__all__ = ["ModelConfig", "RouteConfig", "BreakerConfig", "KeyLimits", "ServerConfig", "Config", "load_config", "DEFAULT_STORE"]
+__all__ = [
+    "ModelConfig",
+    "RouteConfig",
+    "BreakerConfig",
+    "KeyLimits",
+    "ServerConfig",
+    "Config",
+    "load_config",
+    "DEFAULT_STORE",
+]
 
 DEFAULT_STORE = "sqlite:///zeta.db"
 #: HTTP statuses meaning the request itself is bad (for every model), unless the config says otherwise
@@ -177,7 +186,11 @@ class Config:
             "store": self.store,
             "deadline_s": self.deadline_s,
             "log_prompts": self.log_prompts,
-            "objective": {"w_latency": self.objective.w_latency, "w_cost": self.objective.w_cost, "kind": self.objective.kind},
+            "objective": {
+                "w_latency": self.objective.w_latency,
+                "w_cost": self.objective.w_cost,
+                "kind": self.objective.kind,
+            },
             "models": {},
             "routes": {},
         }
@@ -201,7 +214,9 @@ class Config:
             out["load"] = {f.name: getattr(self.load, f.name) for f in fields(self.load)}
         for name, m in self.models.items():
             out["models"][name] = {
-                f.name: getattr(m, f.name) for f in fields(m) if f.name != "name" and getattr(m, f.name) not in (None, "")
+                f.name: getattr(m, f.name)
+                for f in fields(m)
+                if f.name != "name" and getattr(m, f.name) not in (None, "")
             }
         for task, r in self.routes.items():
             out["routes"][task] = {"models": list(r.models), "policy": r.policy, **r.options}
@@ -232,10 +247,34 @@ def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
 # -- validation ---------------------------------------------------------------------------------
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
-_ROUTE_KEYS = ("models", "policy", "hedge_quantile", "validators", "latency_measure", "max_attempts", "load", "budget_per_call")
+_ROUTE_KEYS = (
+    "models",
+    "policy",
+    "hedge_quantile",
+    "validators",
+    "latency_measure",
+    "max_attempts",
+    "load",
+    "budget_per_call",
+)
 _TOP_KEYS = {
-    "models", "routes", "store", "deadline_s", "objective", "log_prompts", "seed", "breaker", "journal_dir", "refresh_s", "pgbouncer",
-    "durability", "store_timeout_s", "feedback_window", "feedback_window_s", "max_attempts", "rejecting_statuses",
+    "models",
+    "routes",
+    "store",
+    "deadline_s",
+    "objective",
+    "log_prompts",
+    "seed",
+    "breaker",
+    "journal_dir",
+    "refresh_s",
+    "pgbouncer",
+    "durability",
+    "store_timeout_s",
+    "feedback_window",
+    "feedback_window_s",
+    "max_attempts",
+    "rejecting_statuses",
     "server",
     "load",
 }
@@ -305,7 +344,9 @@ def _api_key_env(where: str, value: Any) -> str:
     if key is None:
         raise ConfigError(where, f"environment variable {name} is unset or empty")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
-        raise ConfigError(where, f"environment variable {name} holds a key with a newline or control character (not shown)")
+        raise ConfigError(
+            where, f"environment variable {name} holds a key with a newline or control character (not shown)"
+        )
     return name
 
 
@@ -316,13 +357,15 @@ def _store_url(value: Any) -> str:
     except ArgumentError:
         raise ConfigError("store", f"bad database URL {url!r}") from None
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise ConfigError("store", f"unsupported database {parsed.get_backend_name()!r}: use sqlite:// or postgresql+psycopg://")
+        raise ConfigError(
+            "store", f"unsupported database {parsed.get_backend_name()!r}: use sqlite:// or postgresql+psycopg://"
+        )
     return url
 
 
 def _name(where: str, name: str, limit: int) -> None:
     if not name.strip() or len(name) > limit or any(ord(c) < 32 for c in name):
-        raise ConfigError(where, f"names must be 1 to {limit} printable characters, got {name[:limit + 8]!r}")
+        raise ConfigError(where, f"names must be 1 to {limit} printable characters, got {name[: limit + 8]!r}")
 
 
 def _model(name: str, data: Any) -> ModelConfig:
@@ -437,8 +480,16 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
     if load not in ("adaptive", "off"):
         raise ConfigError(f"{where}.load", f"must be 'adaptive' or 'off', got {load!r}")
     return RouteConfig(
-        task_type=task, models=tuple(names), policy=policy, options=dict(options), hedge_quantile=hedge,
-        validators=tuple(validators), latency_measure=measure, max_attempts=max_attempts, load=load, budget_per_call=budget,
+        task_type=task,
+        models=tuple(names),
+        policy=policy,
+        options=dict(options),
+        hedge_quantile=hedge,
+        validators=tuple(validators),
+        latency_measure=measure,
+        max_attempts=max_attempts,
+        load=load,
+        budget_per_call=budget,
     )
 
 
@@ -457,7 +508,9 @@ def _breaker(data: Any) -> BreakerConfig:
     if cap < cooldown:
         raise ConfigError("breaker.max_cooldown_s", f"must be >= cooldown_s ({cooldown}), got {cap!r}")
     return BreakerConfig(
-        consecutive_failures=_integer("breaker.consecutive_failures", data.get("consecutive_failures", d.consecutive_failures), 1),
+        consecutive_failures=_integer(
+            "breaker.consecutive_failures", data.get("consecutive_failures", d.consecutive_failures), 1
+        ),
         failure_rate=rate,
         window=_integer("breaker.window", data.get("window", d.window), 1),
         min_calls=_integer("breaker.min_calls", data.get("min_calls", d.min_calls), 1),
@@ -472,7 +525,10 @@ def _load(data: Any) -> LoadConfig:
     data = _table("load", data)
     _check_keys("load", data, {f.name for f in fields(LoadConfig)})
     d = LoadConfig()
-    values = {key: _integer(f"load.{key}", data.get(key, getattr(d, key)), 1) for key in ("initial", "min_limit", "max_limit", "window")}
+    values = {
+        key: _integer(f"load.{key}", data.get(key, getattr(d, key)), 1)
+        for key in ("initial", "min_limit", "max_limit", "window")
+    }
     values["tolerance"] = _number("load.tolerance", data.get("tolerance", d.tolerance))
     values["baseline_s"] = _number("load.baseline_s", data.get("baseline_s", d.baseline_s))
     return LoadConfig(**values)  # which checks that the bounds hold together
@@ -524,7 +580,9 @@ def _server(data: Any, routes: Mapping[str, RouteConfig]) -> ServerConfig:
         rpm, spend = spec.get("requests_per_minute"), spec.get("spend_per_day")
         keys[key_id] = KeyLimits(
             routes=tuple(allowed) if allowed is not None else None,
-            requests_per_minute=_number(f"{where}.requests_per_minute", rpm, positive=True) if rpm is not None else None,
+            requests_per_minute=_number(f"{where}.requests_per_minute", rpm, positive=True)
+            if rpm is not None
+            else None,
             spend_per_day=_number(f"{where}.spend_per_day", spend, minimum=0.0) if spend is not None else None,
         )
     return ServerConfig(api_keys_env=env, keys=keys)

@@ -37,11 +37,18 @@ import numpy as np
 from sqlalchemy import select
 
 from .features import Features, Featurizer
-from .policies import COST_SUM, LAT_N, LAT_SUM, N, OPTION_TYPES, POLICIES, SUCC, Policy, Ranking
+from .policies import COST_SUM, LAT_N, LAT_SUM, OPTION_TYPES, POLICIES, SUCC, N, Policy, Ranking
 from .store import Store, call_features
 from .store import feedback as feedback_table
 
-__all__ = ["ContextualPolicy", "LinearThompsonPolicy", "LinUCBPolicy", "PendingContexts", "warm_start_contexts", "logged_features"]
+__all__ = [
+    "ContextualPolicy",
+    "LinearThompsonPolicy",
+    "LinUCBPolicy",
+    "PendingContexts",
+    "warm_start_contexts",
+    "logged_features",
+]
 
 
 class ContextualPolicy(Policy):
@@ -145,7 +152,14 @@ class ContextualPolicy(Policy):
         return Ranking(tuple([self.models[i] for i in idx[order].tolist()]), propensity)
 
     def _decide(
-        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, ok: np.ndarray, failed: np.ndarray, latency: np.ndarray, cost: np.ndarray
+        self,
+        idx: np.ndarray,
+        mean: np.ndarray,
+        var: np.ndarray,
+        ok: np.ndarray,
+        failed: np.ndarray,
+        latency: np.ndarray,
+        cost: np.ndarray,
     ) -> tuple[np.ndarray, float]:
         """The eligible models' order (positions in ``idx``) and P(primary), from the rows' moments."""
         raise NotImplementedError
@@ -178,7 +192,9 @@ class LinearThompsonPolicy(ContextualPolicy):
     def _decide(self, idx, mean, var, ok, failed, latency, cost):  # type: ignore[no-untyped-def]
         z = self.rng.standard_normal((self.samples, len(idx) + 1))
         sd = self.explore * np.sqrt(var)
-        accuracy = mean[idx] + sd[idx] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])  # the shared part is one draw for all
+        accuracy = (
+            mean[idx] + sd[idx] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])
+        )  # the shared part is one draw for all
         success = self.rng.beta(ok, np.maximum(failed, 1.0))  # one draw per decision, shared by the batch
         scores = self.objective.score(success, accuracy, latency, cost)
         best = scores.argmax(axis=1)
@@ -207,7 +223,17 @@ class LinUCBPolicy(ContextualPolicy):
 
 
 POLICIES.update({p.name: p for p in (LinearThompsonPolicy, LinUCBPolicy)})
-OPTION_TYPES.update({"feature_bits": int, "max_chars": int, "prior_var": float, "gap_var": float, "noise_var": float, "alpha": float, "explore": float})
+OPTION_TYPES.update(
+    {
+        "feature_bits": int,
+        "max_chars": int,
+        "prior_var": float,
+        "gap_var": float,
+        "noise_var": float,
+        "alpha": float,
+        "explore": float,
+    }
+)
 
 
 class PendingContexts:
@@ -280,4 +306,3 @@ def warm_start_contexts(store: Store, task_type: str, policy: ContextualPolicy) 
             policy.learn(model, float(accuracy), Features.from_json(text))
             learned += 1
     return learned
-

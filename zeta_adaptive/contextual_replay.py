@@ -85,8 +85,12 @@ def load_contextual(store: Store, task_type: str, models: Sequence[str], space: 
     primary = rows["ranking"].map(lambda r: index.get(json.loads(r)[0], -1)).to_numpy()
     keep = primary >= 0  # calls whose primary is no longer a model of the target
     return ContextualLog(
-        [Features.from_json(t) for t in rows["features"][keep]], primary[keep], rows["propensity"].to_numpy(float)[keep],
-        rows["accuracy"].to_numpy(float)[keep], tuple(models), size,
+        [Features.from_json(t) for t in rows["features"][keep]],
+        primary[keep],
+        rows["propensity"].to_numpy(float)[keep],
+        rows["accuracy"].to_numpy(float)[keep],
+        tuple(models),
+        size,
     )
 
 
@@ -106,7 +110,9 @@ def action_probabilities(policy: ContextualPolicy, features: Sequence[Features],
         sd = getattr(policy, "explore", 1.0) * np.sqrt(var)
         accuracy = mean[:-1] + sd[:-1] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])
         success = rng.beta(ok, failed, size=(draws, k))
-        out[row] = np.bincount(policy.objective.score(success, accuracy, latency, cost).argmax(axis=1), minlength=k) / draws
+        out[row] = (
+            np.bincount(policy.objective.score(success, accuracy, latency, cost).argmax(axis=1), minlength=k) / draws
+        )
     return out
 
 
@@ -114,7 +120,9 @@ def _ridge(a: sp.csr_matrix, y: np.ndarray, l2: float) -> np.ndarray:
     return lsqr(a, y, damp=np.sqrt(l2))[0]
 
 
-def _reward_model(log: ContextualLog, rows: np.ndarray, x: sp.csr_matrix, folds: int, l2: float, seed: int) -> np.ndarray:
+def _reward_model(
+    log: ContextualLog, rows: np.ndarray, x: sp.csr_matrix, folds: int, l2: float, seed: int
+) -> np.ndarray:
     """Cross-fitted q(x_i, a) for the given rows: each from ridge fits on the other folds' rounds of action a."""
     k = len(log.models)
     q = np.zeros((len(rows), k))
@@ -134,25 +142,45 @@ def _reward_model(log: ContextualLog, rows: np.ndarray, x: sp.csr_matrix, folds:
     return q
 
 
-def _estimates(log: ContextualLog, pi: np.ndarray, rows: np.ndarray, x: sp.csr_matrix, folds: int, l2: float, seed: int) -> dict[str, float]:
+def _estimates(
+    log: ContextualLog, pi: np.ndarray, rows: np.ndarray, x: sp.csr_matrix, folds: int, l2: float, seed: int
+) -> dict[str, float]:
     a, p, r = log.actions[rows], log.propensities[rows], log.rewards[rows]
     w = pi[rows, a] / p
     q = _reward_model(log, rows, x, folds, l2, seed)
     dr = (pi[rows] * q).sum(axis=1) + w * (r - q[np.arange(len(rows)), a])
-    return {"ips": float(np.mean(w * r)), "snips": float(np.sum(w * r) / max(np.sum(w), 1e-12)), "dr": float(np.mean(dr))}
+    return {
+        "ips": float(np.mean(w * r)),
+        "snips": float(np.sum(w * r) / max(np.sum(w), 1e-12)),
+        "dr": float(np.mean(dr)),
+    }
 
 
 def evaluate(
-    log: ContextualLog, pi: np.ndarray, *, n_boot: int = 200, alpha: float = 0.05, folds: int = 2, l2: float = 1.0, seed: int = 0
+    log: ContextualLog,
+    pi: np.ndarray,
+    *,
+    n_boot: int = 200,
+    alpha: float = 0.05,
+    folds: int = 2,
+    l2: float = 1.0,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """IPS, SNIPS and DR estimates of the target's mean reward, with bootstrap intervals (DR refitted per resample)."""
     if pi.shape != (len(log.features), len(log.models)):
-        raise ReplayError(f"target probabilities must have shape {(len(log.features), len(log.models))}, got {pi.shape}")
+        raise ReplayError(
+            f"target probabilities must have shape {(len(log.features), len(log.models))}, got {pi.shape}"
+        )
     x = log.matrix()
     everything = np.arange(len(log.features))
     point = _estimates(log, pi, everything, x, folds, l2, seed)
     rng = np.random.default_rng(seed)
-    boots = pd.DataFrame([_estimates(log, pi, rng.integers(0, len(everything), len(everything)), x, folds, l2, seed + b + 1) for b in range(n_boot)])
+    boots = pd.DataFrame(
+        [
+            _estimates(log, pi, rng.integers(0, len(everything), len(everything)), x, folds, l2, seed + b + 1)
+            for b in range(n_boot)
+        ]
+    )
     return pd.DataFrame(
         {
             "estimator": list(ESTIMATORS),

@@ -63,7 +63,9 @@ class DemoReport:
         return "\n".join(lines)
 
 
-async def _drive(router: Router, fleet: Fleet, calls: int, concurrency: int, seed: int, progress: bool) -> tuple[int, dict[str, dict[str, Counter[str]]]]:
+async def _drive(
+    router: Router, fleet: Fleet, calls: int, concurrency: int, seed: int, progress: bool
+) -> tuple[int, dict[str, dict[str, Counter[str]]]]:
     rng = np.random.default_rng(seed)
     tasks = rng.choice(list(TASK_MIX), size=calls, p=list(TASK_MIX.values()))
     primary: dict[str, dict[str, Counter[str]]] = {"before": {}, "after": {}}
@@ -110,7 +112,12 @@ def _start_fresh(store: str) -> None:
 
 
 def run_demo(
-    calls: int = 2000, store: str = "sqlite:///zeta.db", seed: int = 0, concurrency: int = 16, progress: bool = True, fresh: bool = True
+    calls: int = 2000,
+    store: str = "sqlite:///zeta.db",
+    seed: int = 0,
+    concurrency: int = 16,
+    progress: bool = True,
+    fresh: bool = True,
 ) -> DemoReport:
     """Run the demo end to end and return its report (the log stays in ``store``).
 
@@ -120,7 +127,9 @@ def run_demo(
     if fresh:
         _start_fresh(store)
     with example_fleet(seed) as fleet:
-        config = fleet.fleet_config({t: list(m) for t, m in example_routes().items()}, store=store, deadline_s=5.0, seed=seed)
+        config = fleet.fleet_config(
+            {t: list(m) for t, m in example_routes().items()}, store=store, deadline_s=5.0, seed=seed
+        )
         for task, route in config["routes"].items():
             route.update({"policy": "static"} if task == "embedding" else {"policy": "thompson", "discount": 0.99})
         router = Router(config)

@@ -67,9 +67,7 @@ class RequestRejected(ZetaError):
         self.call_id = call_id
         self.attempts = list(attempts)
         last = self.attempts[-1]
-        super().__init__(
-            f"call {call_id}: request rejected by {last.model} (HTTP {last.status}): {last.error}"
-        )
+        super().__init__(f"call {call_id}: request rejected by {last.model} (HTTP {last.status}): {last.error}")
 
 
 class AllModelsFailed(ZetaError):

@@ -59,7 +59,13 @@ _CLASS_OF = np.array(
 )
 
 DENSE_NAMES: tuple[str, ...] = (
-    "bias", "log_chars", "log_words", "log_lines", *(f"share_{c}" for c in _CLASSES), "code_markers", "math_markers",
+    "bias",
+    "log_chars",
+    "log_words",
+    "log_lines",
+    *(f"share_{c}" for c in _CLASSES),
+    "code_markers",
+    "math_markers",
 )
 
 
@@ -76,7 +82,9 @@ class Features:
 
     def to_json(self) -> str:
         """Compact JSON ``{"i": [...], "v": [...]}`` (values rounded to 6 digits), for the log."""
-        return json.dumps({"i": self.indices.tolist(), "v": [round(v, 6) for v in self.values.tolist()]}, separators=(",", ":"))
+        return json.dumps(
+            {"i": self.indices.tolist(), "v": [round(v, 6) for v in self.values.tolist()]}, separators=(",", ":")
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Features:
@@ -137,7 +145,9 @@ class Featurizer:
     def __repr__(self) -> str:
         return f"Featurizer(bits={self.bits}, max_chars={self.max_chars})"
 
-    def __call__(self, messages: Sequence[Mapping[str, Any]] | str, extra: Mapping[str, float] | None = None) -> Features:
+    def __call__(
+        self, messages: Sequence[Mapping[str, Any]] | str, extra: Mapping[str, float] | None = None
+    ) -> Features:
         """Features of a call's messages (or of a text), plus the caller's ``extra`` named values."""
         text = messages if isinstance(messages, str) else message_text(messages)
         return self.from_text(text, extra)
@@ -210,7 +220,11 @@ def _checked(extra: Mapping[str, float]) -> dict[str, float]:
     for name, value in extra.items():
         if not isinstance(name, str) or not name:
             raise InvalidRequest(f"feature names must be non-empty strings, got {name!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.integer, np.floating))
+            or not math.isfinite(value)
+        ):
             raise InvalidRequest(f"feature {name!r} must be a finite number, got {value!r}")
         out[name] = float(value)
     return out

@@ -50,7 +50,9 @@ class FeedbackBook:
     a hung store never holds the lock that every call's completion takes.
     """
 
-    def __init__(self, capacity: int = 100_000, max_age_s: float = 86_400.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, capacity: int = 100_000, max_age_s: float = 86_400.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.capacity = capacity
         self.max_age_s = max_age_s
         self.clock = clock

@@ -117,7 +117,9 @@ def load_keys(server: ServerConfig, environ: Mapping[str, str] = os.environ) -> 
         if not sep:
             key, key_id = entry, "key-" + _digest(entry).hex()[:8]
         if not key_id or not key:
-            raise ConfigError("server.api_keys_env", f"${server.api_keys_env} has an entry that is not `id=key` or `key`")
+            raise ConfigError(
+                "server.api_keys_env", f"${server.api_keys_env} has an entry that is not `id=key` or `key`"
+            )
         keys[_digest(key)] = ClientKey(key_id, server.keys.get(key_id, KeyLimits()))
     if not keys:
         raise ConfigError("server.api_keys_env", f"${server.api_keys_env} holds no client key")
@@ -140,8 +142,13 @@ class _Allowance:
         if limits.spend_per_day is not None:
             self._roll()
             if self.spent >= limits.spend_per_day:
-                raise _Refused(429, f"this key's spend for today ({self.spent:.4g}) reached its limit of {limits.spend_per_day:g}",
-                               "rate_limit_error", "spend_limit_exceeded", "spend_limited")
+                raise _Refused(
+                    429,
+                    f"this key's spend for today ({self.spent:.4g}) reached its limit of {limits.spend_per_day:g}",
+                    "rate_limit_error",
+                    "spend_limit_exceeded",
+                    "spend_limited",
+                )
         rpm = limits.requests_per_minute
         if rpm is not None:
             now = time.monotonic()
@@ -149,8 +156,14 @@ class _Allowance:
             self.stamp = now
             if self.tokens < 1.0:
                 wait = math.ceil((1.0 - self.tokens) * 60.0 / rpm)
-                raise _Refused(429, f"this key is limited to {rpm:g} requests per minute", "rate_limit_error",
-                               "rate_limit_exceeded", "rate_limited", {"retry-after": str(wait)})
+                raise _Refused(
+                    429,
+                    f"this key is limited to {rpm:g} requests per minute",
+                    "rate_limit_error",
+                    "rate_limit_exceeded",
+                    "rate_limited",
+                    {"retry-after": str(wait)},
+                )
             self.tokens -= 1.0
 
     def spend(self, cost: float) -> None:
@@ -169,7 +182,9 @@ class _Allowance:
 class _Refused(Exception):
     """A request turned away before routing: not a call. ``reason`` labels the refusal metric."""
 
-    def __init__(self, status: int, message: str, kind: str, code: str, reason: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, kind: str, code: str, reason: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.code, self.reason = status, message, kind, code, reason
         self.headers = dict(headers or {})
@@ -279,7 +294,9 @@ class _StateCollector:
 
     def collect(self) -> Iterable[Any]:
         health, store = self.router.health, self.router.store
-        breaker = GaugeMetricFamily("zeta_breaker_state", "Circuit breaker per model: 0 closed, 1 half-open, 2 open", labels=["model"])
+        breaker = GaugeMetricFamily(
+            "zeta_breaker_state", "Circuit breaker per model: 0 closed, 1 half-open, 2 open", labels=["model"]
+        )
         flight = GaugeMetricFamily("zeta_in_flight", "Attempts in flight per model", labels=["model"])
         for name in self.router.config.models:
             snap = health.snapshot(name)
@@ -288,15 +305,27 @@ class _StateCollector:
         yield breaker
         yield flight
         state = store.describe()
-        yield GaugeMetricFamily("zeta_log_queue_depth", "Log rows handed to the background writer, not yet written", value=state["queued"])
-        yield GaugeMetricFamily("zeta_log_rows_journaled", "Log rows waiting in the local journal (or memory) for the database", value=state["pending"])
-        yield GaugeMetricFamily("zeta_log_available", "1 while the log's database takes rows directly", value=float(state["available"]))
+        yield GaugeMetricFamily(
+            "zeta_log_queue_depth", "Log rows handed to the background writer, not yet written", value=state["queued"]
+        )
+        yield GaugeMetricFamily(
+            "zeta_log_rows_journaled",
+            "Log rows waiting in the local journal (or memory) for the database",
+            value=state["pending"],
+        )
+        yield GaugeMetricFamily(
+            "zeta_log_available", "1 while the log's database takes rows directly", value=float(state["available"])
+        )
         written = CounterMetricFamily("zeta_log_rows_written", "Log rows written to the database", labels=["table"])
         for table, rows in state["written"].items():
             written.add_metric([table], rows)
         yield written
-        yield CounterMetricFamily("zeta_log_rows_dead", "Log rows the database refused, kept as dead letters", value=state["dead"])
-        yield CounterMetricFamily("zeta_log_rows_dropped", "Log rows lost (neither database nor journal took them)", value=state["dropped"])
+        yield CounterMetricFamily(
+            "zeta_log_rows_dead", "Log rows the database refused, kept as dead letters", value=state["dead"]
+        )
+        yield CounterMetricFamily(
+            "zeta_log_rows_dropped", "Log rows lost (neither database nor journal took them)", value=state["dropped"]
+        )
 
 
 class _Metrics:
@@ -311,11 +340,26 @@ class _Metrics:
         self.registry = CollectorRegistry()
         shared = bool(os.environ.get(MULTIPROC_ENV))
         r = None if shared else self.registry
-        self.calls = Counter("zeta_calls", "Routed calls by task type, answering model and outcome", ["task_type", "model", "outcome"], registry=r)
+        self.calls = Counter(
+            "zeta_calls",
+            "Routed calls by task type, answering model and outcome",
+            ["task_type", "model", "outcome"],
+            registry=r,
+        )
         self.attempts = Counter("zeta_attempts", "Attempts by model and outcome", ["model", "outcome"], registry=r)
-        self.latency = Histogram("zeta_call_latency_seconds", "Call latency seen by the gateway", ["task_type"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.refused = Counter("zeta_refused_requests", "Requests refused before routing (not calls), by reason", ["reason"], registry=r)
-        self.key_calls = Counter("zeta_key_calls", "Calls by client key id (never the key) and outcome", ["key_id", "outcome"], registry=r)
+        self.latency = Histogram(
+            "zeta_call_latency_seconds",
+            "Call latency seen by the gateway",
+            ["task_type"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.refused = Counter(
+            "zeta_refused_requests", "Requests refused before routing (not calls), by reason", ["reason"], registry=r
+        )
+        self.key_calls = Counter(
+            "zeta_key_calls", "Calls by client key id (never the key) and outcome", ["key_id", "outcome"], registry=r
+        )
         self.key_spend = Counter("zeta_key_spend", "Cost of the calls of each client key id", ["key_id"], registry=r)
         if shared:
             MultiProcessCollector(self.registry)
@@ -345,7 +389,13 @@ class _Gateway:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         key = self.keys.get(_digest(token.strip())) if scheme.lower() == "bearer" else None
         if key is None:
-            raise _Refused(401, "Incorrect or missing API key: send `Authorization: Bearer <key>`", "invalid_request_error", "invalid_api_key", "unauthorized")
+            raise _Refused(
+                401,
+                "Incorrect or missing API key: send `Authorization: Bearer <key>`",
+                "invalid_request_error",
+                "invalid_api_key",
+                "unauthorized",
+            )
         return key
 
     @staticmethod
@@ -366,8 +416,13 @@ class _Gateway:
         if self.kinds.get(task) != kind or (key is not None and not key.allows(task)):
             known = sorted(t for t, k in self.kinds.items() if k == kind and (key is None or key.allows(t)))
             chosen = f" (the classifier chose {task!r})" if task != name else ""
-            raise _Refused(404, f"The model {name!r}{chosen} does not exist or is not a {kind} route; routes: {known}",
-                           "invalid_request_error", "model_not_found", "model_not_found")
+            raise _Refused(
+                404,
+                f"The model {name!r}{chosen} does not exist or is not a {kind} route; routes: {known}",
+                "invalid_request_error",
+                "model_not_found",
+                "model_not_found",
+            )
         return task
 
     def admit(self, key: ClientKey | None) -> None:
@@ -436,7 +491,11 @@ class _Gateway:
         key = self.authorize(request)
         body = await self.body(request)
         messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) and "role" in m for m in messages)
+        ):
             raise _malformed("`messages` must be a non-empty list of message objects with a `role`", "invalid_messages")
         task = self.route(key, body.get("model"), "chat", messages)
         deadline = self.deadline(request)
@@ -459,10 +518,14 @@ class _Gateway:
             "object": "chat.completion",
             "created": int(call.ts),
             "model": result.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": "stop"}],
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": "stop"}
+            ],
             "usage": _usage(call),
         }
-        return JSONResponse(answer, headers={CALL_HEADER: result.call_id, MODEL_HEADER: result.model, TASK_HEADER: task})
+        return JSONResponse(
+            answer, headers={CALL_HEADER: result.call_id, MODEL_HEADER: result.model, TASK_HEADER: task}
+        )
 
     def gone(self, key: ClientKey | None, started: float) -> Response:
         """Count a call whose client left (the router logged it, its open attempt cancelled)."""
@@ -470,8 +533,15 @@ class _Gateway:
         return Response(status_code=499)
 
     async def stream(
-        self, request: Request, key: ClientKey | None, task: str, messages: list[Any], deadline: float | None,
-        params: dict[str, Any], usage: bool, started: float,
+        self,
+        request: Request,
+        key: ClientKey | None,
+        task: str,
+        messages: list[Any],
+        deadline: float | None,
+        params: dict[str, Any],
+        usage: bool,
+        started: float,
     ) -> Response:
         """Stream a call as OpenAI SSE chunks; a failure before the first token is an HTTP error."""
 
@@ -497,11 +567,20 @@ class _Gateway:
         return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
 
     async def chunks(
-        self, call: Any, key: ClientKey | None, stream: AsyncChatStream, deltas: AsyncIterator[str], first: str,
-        model: str, usage: bool, started: float,
+        self,
+        call: Any,
+        key: ClientKey | None,
+        stream: AsyncChatStream,
+        deltas: AsyncIterator[str],
+        first: str,
+        model: str,
+        usage: bool,
+        started: float,
     ) -> AsyncIterator[bytes]:
         """The SSE body: every chunk's id is the call id; a break after the first token ends in an error event."""
-        head = json.dumps({"id": call.call_id, "object": "chat.completion.chunk", "created": int(call.ts), "model": model})[:-1]
+        head = json.dumps(
+            {"id": call.call_id, "object": "chat.completion.chunk", "created": int(call.ts), "model": model}
+        )[:-1]
         outcome = "cancelled"
 
         def delta(fields: str, finish: str = "null") -> bytes:
@@ -536,7 +615,9 @@ class _Gateway:
             raise _malformed("`input` must be a string or a non-empty list of strings", "invalid_input")
         encoding = body.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
-            raise _malformed(f"`encoding_format` must be 'float' or 'base64', got {encoding!r}", "invalid_encoding_format")
+            raise _malformed(
+                f"`encoding_format` must be 'float' or 'base64', got {encoding!r}", "invalid_encoding_format"
+            )
         task = self.route(key, body.get("model"), "embedding")
         deadline = self.deadline(request)
         self.admit(key)
@@ -559,7 +640,9 @@ class _Gateway:
             "model": result.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return JSONResponse(answer, headers={CALL_HEADER: result.call_id, MODEL_HEADER: result.model, TASK_HEADER: task})
+        return JSONResponse(
+            answer, headers={CALL_HEADER: result.call_id, MODEL_HEADER: result.model, TASK_HEADER: task}
+        )
 
     async def feedback(self, request: Request) -> Response:
         """Rate a call: 200; unknown call 404; accuracy not in [0, 1] 400; a second rating 409."""
@@ -693,8 +776,14 @@ def serve(config_path: str | Path, host: str = "127.0.0.1", port: int = 8080, wo
         metrics_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="zeta-gateway-metrics-")
     try:
         uvicorn.run(
-            "zeta_adaptive.gateway:app_from_env", factory=True, host=host, port=port, workers=workers,
-            timeout_graceful_shutdown=config.deadline_s + 5.0, access_log=False, log_level="info",
+            "zeta_adaptive.gateway:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            timeout_graceful_shutdown=config.deadline_s + 5.0,
+            access_log=False,
+            log_level="info",
             timeout_keep_alive=KEEP_ALIVE_S,
         )
     finally:

@@ -97,7 +97,11 @@ class Health:
     """Breakers, in-flight counts and latency windows of every model, behind one lock."""
 
     def __init__(
-        self, models: Mapping[str, ModelConfig], config: BreakerConfig, clock: Callable[[], float] = time.monotonic, load: LoadConfig | None = None
+        self,
+        models: Mapping[str, ModelConfig],
+        config: BreakerConfig,
+        clock: Callable[[], float] = time.monotonic,
+        load: LoadConfig | None = None,
     ) -> None:
         self.models = dict(models)
         self.config = config
@@ -136,7 +140,9 @@ class Health:
         """Seconds until the first of these models may be tried again (0 if one may now)."""
         now = self.clock()
         with self._lock:
-            waits = [0.0 if self.breakers[n].available(now) else max(self.breakers[n].open_until - now, 0.0) for n in names]
+            waits = [
+                0.0 if self.breakers[n].available(now) else max(self.breakers[n].open_until - now, 0.0) for n in names
+            ]
         return min(waits, default=0.0)
 
     @property

@@ -16,7 +16,15 @@ from typing import Any
 from .exceptions import InvalidRequest
 
 __all__ = [
-    "ROLES", "MAX_DEPTH", "check_messages", "check_params", "check_texts", "check_deadline", "check_task_type", "check_stream", "prompt_band",
+    "ROLES",
+    "MAX_DEPTH",
+    "check_messages",
+    "check_params",
+    "check_texts",
+    "check_deadline",
+    "check_task_type",
+    "check_stream",
+    "prompt_band",
 ]
 
 #: the message roles OpenAI-compatible servers know
@@ -25,9 +33,18 @@ ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function
 MAX_DEPTH = 64
 #: keyword arguments that look like router options, never OpenAI parameters: name -> what to use instead
 ROUTER_LOOKALIKES = {
-    "deadline": "deadline_s", "deadline_ms": "deadline_s", "timeout": "deadline_s", "timeout_s": "deadline_s",
-    "task": "task_type", "streaming": "stream", "features": "",
-    "route": "task_type", "policy": "", "model": "", "fallbacks": "", "max_attempts": "",
+    "deadline": "deadline_s",
+    "deadline_ms": "deadline_s",
+    "timeout": "deadline_s",
+    "timeout_s": "deadline_s",
+    "task": "task_type",
+    "streaming": "stream",
+    "features": "",
+    "route": "task_type",
+    "policy": "",
+    "model": "",
+    "fallbacks": "",
+    "max_attempts": "",
 }
 #: prompt-length bands, by character count: a model that exceeded its context in one band is
 #: demoted for prompts of that band and longer ones
@@ -46,7 +63,9 @@ def check_task_type(value: Any, required: bool = False) -> None:
     """A task type is a route name (a string), or None to let the classifier choose (chat only)."""
     if (value is None and not required) or isinstance(value, str):
         return
-    raise InvalidRequest(f"task_type must be a route name (str){'' if required else ' or None'}, got {type(value).__name__}")
+    raise InvalidRequest(
+        f"task_type must be a route name (str){'' if required else ' or None'}, got {type(value).__name__}"
+    )
 
 
 def check_messages(messages: Any) -> int:
@@ -57,7 +76,9 @@ def check_messages(messages: Any) -> int:
     assistant message that carries ``tool_calls`` (or ``function_call``) may have no content.
     """
     if isinstance(messages, str):
-        raise InvalidRequest("messages must be a list of message dicts, got a str: wrap it as [{'role': 'user', 'content': ...}]")
+        raise InvalidRequest(
+            "messages must be a list of message dicts, got a str: wrap it as [{'role': 'user', 'content': ...}]"
+        )
     if isinstance(messages, (bytes, bytearray, Mapping)) or not isinstance(messages, Sequence):
         raise InvalidRequest(f"messages must be a list of message dicts, got {type(messages).__name__}")
     if not messages:
@@ -85,9 +106,13 @@ def check_messages(messages: Any) -> int:
                 chars += len(text) if isinstance(text, str) else 0
         elif content is None:
             if not (role == "assistant" and (message.get("tool_calls") or message.get("function_call"))):
-                raise InvalidRequest(f"{where}.content is missing or None; only an assistant message with tool_calls may have none")
+                raise InvalidRequest(
+                    f"{where}.content is missing or None; only an assistant message with tool_calls may have none"
+                )
         else:
-            raise InvalidRequest(f"{where}.content must be a string or a list of content parts, got {type(content).__name__}")
+            raise InvalidRequest(
+                f"{where}.content must be a string or a list of content parts, got {type(content).__name__}"
+            )
     _check_json("messages", messages)
     return chars
 
@@ -135,7 +160,9 @@ def _check_unicode(where: str, text: str) -> None:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
-            raise InvalidRequest(f"{where} holds text that is not valid Unicode (a lone surrogate such as '\\udc00')") from None
+            raise InvalidRequest(
+                f"{where} holds text that is not valid Unicode (a lone surrogate such as '\\udc00')"
+            ) from None
 
 
 def prompt_band(chars: int) -> int:
@@ -168,4 +195,6 @@ def _check_json(where: str, value: Any) -> None:
         elif isinstance(item, (list, tuple)):
             stack.extend((child, depth + 1) for child in item)
         else:
-            raise InvalidRequest(f"{where} holds a {type(item).__name__}, which is not JSON (str, number, bool, None, list, dict)")
+            raise InvalidRequest(
+                f"{where} holds a {type(item).__name__}, which is not JSON (str, number, bool, None, list, dict)"
+            )

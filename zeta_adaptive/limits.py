@@ -52,7 +52,10 @@ class LoadConfig:
     def __post_init__(self) -> None:
         """Reject bounds that cannot hold together, naming the key (:class:`ConfigError`)."""
         if not 1 <= self.min_limit <= self.initial <= self.max_limit:
-            raise ConfigError("load", f"needs 1 <= min_limit <= initial <= max_limit, got {self.min_limit}, {self.initial}, {self.max_limit}")
+            raise ConfigError(
+                "load",
+                f"needs 1 <= min_limit <= initial <= max_limit, got {self.min_limit}, {self.initial}, {self.max_limit}",
+            )
         if self.window < 1:
             raise ConfigError("load.window", f"must be >= 1, got {self.window!r}")
         if not self.tolerance > 1.0:

@@ -57,7 +57,9 @@ class Objective:
 
     KINDS: ClassVar[tuple[str, ...]] = ("utility", "ratio")
 
-    def score(self, p_success: np.ndarray, accuracy: np.ndarray | float, latency_s: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    def score(
+        self, p_success: np.ndarray, accuracy: np.ndarray | float, latency_s: np.ndarray, cost: np.ndarray
+    ) -> np.ndarray:
         """Vectorised score of each model (or of each posterior draw: arrays broadcast)."""
         value = p_success * accuracy
         if self.kind == "ratio":
@@ -200,8 +202,16 @@ class Policy:
         if self.discount != 1.0:
             raise ValueError("sums lose the order a discounted policy needs: use fit()")
         idx, keep = self._indices(models)
-        rows = {"n": N, "succ": SUCC, "lat_sum": LAT_SUM, "loglat_sum": LOGLAT_SUM, "loglat_sq": LOGLAT_SQ,
-                "cost_sum": COST_SUM, "acc_n": ACC_N, "acc_sum": ACC_SUM}
+        rows = {
+            "n": N,
+            "succ": SUCC,
+            "lat_sum": LAT_SUM,
+            "loglat_sum": LOGLAT_SUM,
+            "loglat_sq": LOGLAT_SQ,
+            "cost_sum": COST_SUM,
+            "acc_n": ACC_N,
+            "acc_sum": ACC_SUM,
+        }
         for name, values in sums.items():
             kept = np.asarray(values, dtype=float)[keep]
             np.add.at(self.stats[rows[name]], idx[keep], kept)
@@ -361,7 +371,15 @@ class _IndexPolicy(Policy):
 
     def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
         s = self.stats.tolist()
-        n_row, succ, lat_n, lat_sum, cost_sum, acc_n, acc_sum = s[N], s[SUCC], s[LAT_N], s[LAT_SUM], s[COST_SUM], s[ACC_N], s[ACC_SUM]
+        n_row, succ, lat_n, lat_sum, cost_sum, acc_n, acc_sum = (
+            s[N],
+            s[SUCC],
+            s[LAT_N],
+            s[LAT_SUM],
+            s[COST_SUM],
+            s[ACC_N],
+            s[ACC_SUM],
+        )
         rated = any(acc_n)
         w_latency, w_cost = self.objective.w_latency, self.objective.w_cost
         shared = self._exploration(sum(n_row))
@@ -374,7 +392,9 @@ class _IndexPolicy(Policy):
                 continue
             acc = (acc_sum[i] + 1.0) / (acc_n[i] + 2.0) if rated else 1.0
             served = lat_n[i]
-            penalty = w_latency * (lat_sum[i] / served if served > 0 else 0.0) + w_cost * (cost_sum[i] / served if served > 0 else 0.0)
+            penalty = w_latency * (lat_sum[i] / served if served > 0 else 0.0) + w_cost * (
+                cost_sum[i] / served if served > 0 else 0.0
+            )
             mean = min(max(succ[i] / max(n, 1e-12) * acc, 0.0), 1.0)
             index[i] = self._index(mean, penalty, max(n, 1e-12), shared)
         return sorted(ids, key=index.__getitem__, reverse=True), 1.0
@@ -462,7 +482,7 @@ def _kl_ucb(p: float, budget: float, near: _Bound | None) -> _Bound:
             break
         step = (offset - p * log(q) + p1 * x) * q / (q - p)
         x -= step
-        if 0.0 <= step and step * step * p * (1.0 - q) * (1.0 - q) < 2e-10 * q * (q - p):
+        if step >= 0.0 and step * step * p * (1.0 - q) * (1.0 - q) < 2e-10 * q * (q - p):
             break
     return -math.expm1(-x), x, budget
 
@@ -628,8 +648,14 @@ POLICIES: dict[str, type[Policy]] = {
 
 #: the expected type of every policy option, for config validation
 OPTION_TYPES: dict[str, type] = {
-    "seed": int, "discount": float, "epsilon": float, "c": float,
-    "prior_alpha": float, "prior_beta": float, "samples": int, "max_lag": int,
+    "seed": int,
+    "discount": float,
+    "epsilon": float,
+    "c": float,
+    "prior_alpha": float,
+    "prior_beta": float,
+    "samples": int,
+    "max_lag": int,
 }
 
 
@@ -644,4 +670,3 @@ def make_policy(name: str, models: Sequence[str], objective: Objective | None = 
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for policy {name!r}; allowed: {sorted(allowed)}")
     return cls(models, objective=objective, **options)
-

@@ -146,7 +146,11 @@ def _open_store(store: Store | str) -> tuple[Store, bool]:
         store.flush()
         return store, False
     url = make_url(str(store))
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and not os.path.exists(url.database):
+    if (
+        url.get_backend_name() == "sqlite"
+        and url.database not in (None, "", ":memory:")
+        and not os.path.exists(url.database)
+    ):
         raise StoreError(f"no log at {url.render_as_string(hide_password=True)}: the file does not exist")
     return Store(str(store), migrate=False), True
 
@@ -198,19 +202,41 @@ def load_logged(
 
     try:
         with s.engine.connect() as conn:
-            c = pd.read_sql(query(calls, calls.c.call_id, calls.c.ts, calls.c.task_type, calls.c.policy, calls.c.propensity, calls.c.ranking), conn)
+            c = pd.read_sql(
+                query(
+                    calls,
+                    calls.c.call_id,
+                    calls.c.ts,
+                    calls.c.task_type,
+                    calls.c.policy,
+                    calls.c.propensity,
+                    calls.c.ranking,
+                ),
+                conn,
+            )
             a = pd.read_sql(
-                query(attempts, attempts.c.call_id, attempts.c.model, attempts.c.outcome, attempts.c.latency_s, attempts.c.cost).where(attempts.c.idx == 0),
+                query(
+                    attempts,
+                    attempts.c.call_id,
+                    attempts.c.model,
+                    attempts.c.outcome,
+                    attempts.c.latency_s,
+                    attempts.c.cost,
+                ).where(attempts.c.idx == 0),
                 conn,
             )
             f = pd.read_sql(query(feedback, feedback.c.call_id, feedback.c.model, feedback.c.accuracy), conn)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read the log from {s.safe_url}: {type(exc).__name__}: {getattr(exc, 'orig', exc)}") from None
+        raise StoreError(
+            f"cannot read the log from {s.safe_url}: {type(exc).__name__}: {getattr(exc, 'orig', exc)}"
+        ) from None
     finally:
         if own:
             s.close()
     if c.empty:
-        raise ReplayError(f"no logged calls in {s.safe_url}" + (f" for task types {tasks}" if tasks is not None else ""))
+        raise ReplayError(
+            f"no logged calls in {s.safe_url}" + (f" for task types {tasks}" if tasks is not None else "")
+        )
     df = c.merge(a.rename(columns={"model": "attempt_model"}), on="call_id", how="left")
     df = df.merge(f.rename(columns={"model": "rated_model"}), on="call_id", how="left")
     df = df.sort_values(["ts", "call_id"], kind="stable").reset_index(drop=True)
@@ -237,7 +263,9 @@ def load_logged(
     elif reward == "accuracy":
         out["reward"] = out["success"] * acc0
     else:
-        out["reward"] = (objective or Objective()).score(out["success"].to_numpy(), acc0, out["latency_s"].to_numpy(), out["cost"].to_numpy())
+        out["reward"] = (objective or Objective()).score(
+            out["success"].to_numpy(), acc0, out["latency_s"].to_numpy(), out["cost"].to_numpy()
+        )
     p = out["propensity"].to_numpy()
     problems = {
         "without a readable ranking": action.isna(),
@@ -403,7 +431,11 @@ def prepare(
     actions = tuple(dict.fromkeys(m for g in groups for m in per_group[g]))
     action = pd.Categorical(frame["action"], categories=list(actions)).codes.astype(np.int64)
     group = pd.Categorical(frame["task_type"], categories=list(groups)).codes.astype(np.int64)
-    cell_cols = ["task_type"] + (["position"] if "position" in frame else []) + [c for c in frame.columns if c.startswith(_CONTEXT)]
+    cell_cols = (
+        ["task_type"]
+        + (["position"] if "position" in frame else [])
+        + [c for c in frame.columns if c.startswith(_CONTEXT)]
+    )
     cell = frame.groupby(cell_cols, sort=False, dropna=False).ngroup().to_numpy(dtype=np.int64)
     reward = frame["reward"].to_numpy(dtype=float)
 
@@ -524,7 +556,9 @@ class Always(_Fixed):
         table = np.zeros((len(data.groups), len(data.actions)))
         for g, models in enumerate(data.models):
             if self.model not in models:
-                raise ReplayError(f"{self.name}: {self.model!r} is not a model of task type {data.groups[g]!r} (models: {list(models)})")
+                raise ReplayError(
+                    f"{self.name}: {self.model!r} is not a model of task type {data.groups[g]!r} (models: {list(models)})"
+                )
             table[g, data.actions.index(self.model)] = 1.0
         return table
 
@@ -549,7 +583,9 @@ class Distribution(_Fixed):
                 if w > 0:
                     table[g, data.actions.index(m)] = w
             if not math.isclose(table[g].sum(), 1.0, abs_tol=1e-9):
-                raise ReplayError(f"{self.name}: probabilities for task type {data.groups[g]!r} sum to {table[g].sum()}, not 1")
+                raise ReplayError(
+                    f"{self.name}: probabilities for task type {data.groups[g]!r} sum to {table[g].sum()}, not 1"
+                )
         return table
 
 
@@ -571,7 +607,9 @@ class Learning:
     @property
     def name(self) -> str:
         """The label, else the policy's name."""
-        return self.label or (self.policy if isinstance(self.policy, str) else getattr(self.policy, "__name__", "policy"))
+        return self.label or (
+            self.policy if isinstance(self.policy, str) else getattr(self.policy, "__name__", "policy")
+        )
 
     def build(self, models: Sequence[str], index: int) -> Policy:
         """A fresh policy for one task type's models."""
@@ -663,7 +701,9 @@ def _replay_learning(data: Logged, target: Learning, progress: bool, record: boo
     tables: list[np.ndarray] = []
     row_step = np.zeros(data.n, dtype=np.int64)
     exposes = record
-    with tqdm(total=data.n, desc=f"replay {target.name}", unit="round", disable=not progress, leave=False, delay=1.0) as bar:
+    with tqdm(
+        total=data.n, desc=f"replay {target.name}", unit="round", disable=not progress, leave=False, delay=1.0
+    ) as bar:
         for g, models in enumerate(data.models):
             rows = np.flatnonzero(data.group == g)
             act = data.action[rows]
@@ -684,7 +724,9 @@ def _replay_learning(data: Logged, target: Learning, progress: bool, record: boo
             policy = target.build(models, g)
             probabilities = _probabilities_of(policy)
             steps: list[int] = []
-            dists: list[int | np.ndarray] = []  # per decision: the primary's index if deterministic, else all probabilities
+            dists: list[
+                int | np.ndarray
+            ] = []  # per decision: the primary's index if deterministic, else all probabilities
             pos = 0
             while True:
                 ranking = policy.rank()
@@ -720,8 +762,12 @@ def _replay_learning(data: Logged, target: Learning, progress: bool, record: boo
                 if one_hot.any():
                     table[np.flatnonzero(one_hot), idx[[d for d in dists if isinstance(d, int)]]] = 1.0
                 if not one_hot.all():
-                    table[np.ix_(np.flatnonzero(~one_hot), idx)] = np.stack([d for d in dists if not isinstance(d, int)])
-                row_step[rows] = sum(len(done) for done in tables) + local.searchsorted(np.arange(len(rows)), side="left")
+                    table[np.ix_(np.flatnonzero(~one_hot), idx)] = np.stack(
+                        [d for d in dists if not isinstance(d, int)]
+                    )
+                row_step[rows] = sum(len(done) for done in tables) + local.searchsorted(
+                    np.arange(len(rows)), side="left"
+                )
                 tables.append(table)
     probs = ActionProbs(np.concatenate(tables), row_step) if exposes else None
     return _Resolved(target.name, probs, np.sort(np.concatenate(accepted)), target)
@@ -817,13 +863,18 @@ def _kish(w: np.ndarray) -> float:
     return float(w.sum()) ** 2 / sq if sq > 0 else 0.0
 
 
-def _bootstrap(num: np.ndarray, den: np.ndarray | None, n_boot: int, alpha: float, seed: int, progress: bool, desc: str) -> tuple[float, float]:
+def _bootstrap(
+    num: np.ndarray, den: np.ndarray | None, n_boot: int, alpha: float, seed: int, progress: bool, desc: str
+) -> tuple[float, float]:
     """Percentile interval of sum(num)/sum(den) (or mean(num)) over rows resampled with replacement."""
     n = len(num)
     rng = np.random.default_rng(seed)
     per = max(1, _BOOT_ELEMENTS // n)
     stats = np.empty(n_boot)
-    with tqdm(total=n_boot, desc=desc, unit="resample", disable=not progress, leave=False, delay=1.0) as bar, np.errstate(invalid="ignore", divide="ignore"):
+    with (
+        tqdm(total=n_boot, desc=desc, unit="resample", disable=not progress, leave=False, delay=1.0) as bar,
+        np.errstate(invalid="ignore", divide="ignore"),
+    ):
         for start in range(0, n_boot, per):
             b = min(per, n_boot - start)
             idx = rng.integers(0, n, size=(b, n), dtype=np.int64 if n >= 2**31 else np.int32)
@@ -851,7 +902,9 @@ def _take(data: Logged, idx: np.ndarray, outcomes: bool = True) -> Logged:
     return replace(data, **taken, **({} if outcomes else {name: np.empty(0) for name in rest}))
 
 
-def _learning_bootstrap(data: Logged, target: Learning, estimators: Sequence[_Estimator], n_boot: int, seed: int, progress: bool) -> np.ndarray:
+def _learning_bootstrap(
+    data: Logged, target: Learning, estimators: Sequence[_Estimator], n_boot: int, seed: int, progress: bool
+) -> np.ndarray:
     """Bootstrap of the whole procedure for a learning target: per resample, a fresh replay with its
     own seed, and every estimator's value on it.
 
@@ -866,7 +919,9 @@ def _learning_bootstrap(data: Logged, target: Learning, estimators: Sequence[_Es
     rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
     stats = np.full((len(estimators), n_boot), np.nan)
     record = any(e.needs_probabilities for e in estimators)
-    for b in tqdm(range(n_boot), desc=f"bootstrap {target.name}", unit="replay", disable=not progress, leave=False, delay=1.0):
+    for b in tqdm(
+        range(n_boot), desc=f"bootstrap {target.name}", unit="replay", disable=not progress, leave=False, delay=1.0
+    ):
         idx = rng.integers(0, data.n, data.n)
         sub = _take(data, idx)
         child = int(np.random.SeedSequence([target.seed, b]).generate_state(1)[0])
@@ -940,7 +995,9 @@ class _Estimator:
     def _resolve(self, data: Logged, target: Any, progress: bool = False) -> _Resolved:
         return _resolve(data, target, progress, record=self.needs_probabilities)
 
-    def _evaluate(self, data: Logged, resolved: _Resolved, progress: bool, learned: np.ndarray | None = None) -> Estimate:
+    def _evaluate(
+        self, data: Logged, resolved: _Resolved, progress: bool, learned: np.ndarray | None = None
+    ) -> Estimate:
         """``learned``: this estimator's values on the resamples of a learning target, if already run."""
         num, den, ess = self._parts(data, resolved)
         value = _ratio(num, den)
@@ -950,7 +1007,9 @@ class _Estimator:
             lo, hi = self._interval(data, resolved, num, den, progress)
         return Estimate(self.name, resolved.name, value, lo, hi, ess, data.n)
 
-    def _interval(self, data: Logged, resolved: _Resolved, num: np.ndarray, den: np.ndarray | None, progress: bool) -> tuple[float, float]:
+    def _interval(
+        self, data: Logged, resolved: _Resolved, num: np.ndarray, den: np.ndarray | None, progress: bool
+    ) -> tuple[float, float]:
         desc = f"{self.name} {resolved.name}"
         if resolved.learning is not None:
             learned = _learning_bootstrap(data, resolved.learning, [self], self.learning_boot, self.seed, progress)[0]
@@ -962,7 +1021,9 @@ class _Estimator:
         stats = np.empty(self.n_boot)
         for b in tqdm(range(self.n_boot), desc=desc, unit="resample", disable=not progress, leave=False, delay=1.0):
             idx = rng.integers(0, data.n, data.n)
-            part_num, part_den, _ = self._parts(_take(data, idx, outcomes=False), _Resolved(resolved.name, ActionProbs(probs.table, probs.row[idx])))
+            part_num, part_den, _ = self._parts(
+                _take(data, idx, outcomes=False), _Resolved(resolved.name, ActionProbs(probs.table, probs.row[idx]))
+            )
             stats[b] = _ratio(part_num, part_den)
         return _percentiles(stats, self.alpha)
 
@@ -1028,7 +1089,9 @@ class Replay(_Estimator):
         matched = np.bincount(groups, minlength=len(data.groups))
         empty = [data.groups[g] for g in np.flatnonzero(matched == 0) if np.any(data.group == g)]
         if empty:
-            raise ReplayError(f"replay of {resolved.name} matched no round of task type(s) {empty}: too few logged rounds for it")
+            raise ReplayError(
+                f"replay of {resolved.name} matched no round of task type(s) {empty}: too few logged rounds for it"
+            )
         weight = (np.bincount(data.group, minlength=len(data.groups)) / np.maximum(matched, 1))[groups]
         return weight * data.reward[rows], weight, _kish(weight)
 
@@ -1142,7 +1205,9 @@ class Comparison:
         header = f"{'policy':<24} {'estimator':<9} {'value':>9}  {level:<22} {'ess':>10} {'n':>10}"
         lines += ["", header, "-" * len(header)]
         for r in self.table.itertuples(index=False):
-            ci = "unavailable" if math.isnan(r.ci_low) or math.isnan(r.ci_high) else f"[{r.ci_low:.4g}, {r.ci_high:.4g}]"
+            ci = (
+                "unavailable" if math.isnan(r.ci_low) or math.isnan(r.ci_high) else f"[{r.ci_low:.4g}, {r.ci_high:.4g}]"
+            )
             lines.append(f"{r.policy:<24} {r.estimator:<9} {r.value:>9.4g}  {ci:<22} {r.ess:>10,.0f} {r.n:>10,}")
         lines += [f"skipped: {s}" for s in self.skipped]
         return "\n".join(lines)
@@ -1205,7 +1270,11 @@ def compare(
             tables = ", ".join(f"{g} -> {m[0]}" for g, m in zip(logged.groups, logged.models))
             notes.append(f"static: the first of each task type's models ({tables})")
         usable = [e for e in built if resolved.probs is not None or isinstance(e, Replay)]
-        skipped += [f"{e.name} for {resolved.name}: it exposes no action probabilities while it learns" for e in built if e not in usable]
+        skipped += [
+            f"{e.name} for {resolved.name}: it exposes no action probabilities while it learns"
+            for e in built
+            if e not in usable
+        ]
         learned = None
         if resolved.learning is not None and usable:
             learned = _learning_bootstrap(logged, resolved.learning, usable, learning_boot, seed, progress)
@@ -1217,8 +1286,14 @@ def compare(
                     raise
                 skipped.append(f"{est.name} for {resolved.name}: {exc}")
                 continue
-            if resolved.learning is not None and not math.isnan(estimate.ci_low) and not estimate.ci_low <= estimate.value <= estimate.ci_high:
-                notes.append(f"{est.name} for {resolved.name}: the estimate {estimate.value:.4g} lies outside its bootstrap interval; interval withheld")
+            if (
+                resolved.learning is not None
+                and not math.isnan(estimate.ci_low)
+                and not estimate.ci_low <= estimate.value <= estimate.ci_high
+            ):
+                notes.append(
+                    f"{est.name} for {resolved.name}: the estimate {estimate.value:.4g} lies outside its bootstrap interval; interval withheld"
+                )
                 estimate = replace(estimate, ci_low=math.nan, ci_high=math.nan)
             rows.append(vars(estimate))
     table = pd.DataFrame(rows, columns=["estimator", "policy", "value", "ci_low", "ci_high", "ess", "n"])

@@ -58,7 +58,7 @@ def _table(frame: pd.DataFrame) -> str:
 
 def _section(title: str, reading: str, *parts: str) -> str:
     """A titled section with a one-sentence reading above its plots and tables."""
-    return f"<h2>{html.escape(title)}</h2>\n<p class=\"reading\">{html.escape(reading)}</p>\n" + "\n".join(parts)
+    return f'<h2>{html.escape(title)}</h2>\n<p class="reading">{html.escape(reading)}</p>\n' + "\n".join(parts)
 
 
 def render_report(
@@ -78,7 +78,10 @@ def render_report(
     n = len(log.calls)
     bins = za.suggest_bins(n)
     over_time = {"mark": mark, "mark_label": mark_label}
-    first, last = (dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") for t in (log.calls["ts"].min(), log.calls["ts"].max()))
+    first, last = (
+        dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        for t in (log.calls["ts"].min(), log.calls["ts"].max())
+    )
     ordering = za.ordering_over_time(log, bins)
     order = za.learned_order(ordering)
     windows = order[order["window"].isin([order["window"].min(), order["window"].max()])]
@@ -97,12 +100,16 @@ def render_report(
         _section(
             "Failures and fallbacks over time",
             "Which model failed when (left), and how often calls needed a fallback or failed outright (right).",
-            _img(za.plot_failure_rates(za.model_failure_rates(log, bins), za.call_rates(log, bins), **over_time), "failures and fallbacks"),
+            _img(
+                za.plot_failure_rates(za.model_failure_rates(log, bins), za.call_rates(log, bins), **over_time),
+                "failures and fallbacks",
+            ),
             _table(rates),
         ),
         _section(
             "Latency per model",
-            "Latency of successful attempts per model on a log axis" + (", before and after the marked call." if mark is not None else "."),
+            "Latency of successful attempts per model on a log axis"
+            + (", before and after the marked call." if mark is not None else "."),
             _img(za.plot_latency(za.latency_distribution(log, split_at=mark)), "latency per model"),
             _table(za.latency_quantiles(log)),
         ),
@@ -136,9 +143,9 @@ def render_report(
     meta = f"{n} calls from {first} to {last}" + (f" in {html.escape(source)}" if source else "")
     body = "\n".join(sections)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n<p class=\"meta\">{meta}</p>\n{body}\n</body>\n</html>\n"
+        f'<h1>{html.escape(title)}</h1>\n<p class="meta">{meta}</p>\n{body}\n</body>\n</html>\n'
     )
 
 
@@ -146,7 +153,11 @@ def write_report(url: str, path: str | Path, *, demo: bool = False) -> Path:
     """Render the log at ``url`` to an HTML file; ``demo=True`` (a log of one ``zeta-adaptive demo``
     run) adds regret against the simulated fleet and marks the degradation."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") and not Path(parsed.database).exists():
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database not in (None, "", ":memory:")
+        and not Path(parsed.database).exists()
+    ):
         raise ZetaError(f"no log at {url} (run `zeta-adaptive demo` to make one)")
     store = Store(url)
     try:

@@ -30,12 +30,28 @@ from .backends import Backend, HttpxBackend, Messages, Outcome, Reply, StreamIte
 from .budget import BudgetPacer
 from .config import Config, ModelConfig, RouteConfig, load_config
 from .contextual import ContextualPolicy, PendingContexts, logged_features, warm_start_contexts
-from .exceptions import AllModelsFailed, ConfigError, FeedbackError, RequestRejected, StoreError, StreamBroken, UnknownTaskType
+from .exceptions import (
+    AllModelsFailed,
+    ConfigError,
+    FeedbackError,
+    RequestRejected,
+    StoreError,
+    StreamBroken,
+    UnknownTaskType,
+)
 from .features import Features, Featurizer
 from .feedback import FeedbackBook, RatedCall, check_call_id, validate_accuracy
 from .health import Health
 from .ids import new_call_id
-from .inputs import check_deadline, check_messages, check_params, check_stream, check_task_type, check_texts, prompt_band
+from .inputs import (
+    check_deadline,
+    check_messages,
+    check_params,
+    check_stream,
+    check_task_type,
+    check_texts,
+    prompt_band,
+)
 from .policies import Policy, Ranking, make_policy
 from .scrub import Scrubber
 from .store import Store
@@ -54,8 +70,13 @@ Classifier = Callable[[Messages], str]
 log = logging.getLogger(__name__)
 
 # linear-time patterns: no nested or unbounded-then-backtracking quantifiers over the whole text
-_CODE = re.compile(r"```|\bdef \w+\(|\bclass \w+[:(]|\bimport \w+|#include|\bfunction\b|=>|\bSELECT\b[^\n]{1,200}?\bFROM\b|\w\(\)[ \t]*[{;]")
-_STEPS = re.compile(r"step by step|prove|derive|explain why|first,.{1,500}?then|^[ \t]*\d+[.)]\s", re.IGNORECASE | re.MULTILINE | re.DOTALL)
+_CODE = re.compile(
+    r"```|\bdef \w+\(|\bclass \w+[:(]|\bimport \w+|#include|\bfunction\b|=>|\bSELECT\b[^\n]{1,200}?\bFROM\b|\w\(\)[ \t]*[{;]"
+)
+_STEPS = re.compile(
+    r"step by step|prove|derive|explain why|first,.{1,500}?then|^[ \t]*\d+[.)]\s",
+    re.IGNORECASE | re.MULTILINE | re.DOTALL,
+)
 #: the default classifier reads at most this many characters from each end of the prompt
 SCAN_CHARS = 8_000
 
@@ -279,7 +300,13 @@ class _Call:
     """
 
     def __init__(
-        self, router: Router, task_type: str, route: RouteConfig, deadline_s: float, prompt: str | None, chars: int,
+        self,
+        router: Router,
+        task_type: str,
+        route: RouteConfig,
+        deadline_s: float,
+        prompt: str | None,
+        chars: int,
         features: Features | None = None,
     ) -> None:
         self.router = router
@@ -351,7 +378,11 @@ class _Call:
                 name = self.queue.pop(0)
                 if name in self.tried:  # a retry of a transient failure, unless the failures opened the breaker
                     wait = self.router._jitter.uniform(*RETRY_BACKOFF_S)
-                    if len(self.attempts) >= self.max_attempts or wait + MIN_ATTEMPT_S >= remaining or self.router.health.reopens_in([name]):
+                    if (
+                        len(self.attempts) >= self.max_attempts
+                        or wait + MIN_ATTEMPT_S >= remaining
+                        or self.router.health.reopens_in([name])
+                    ):
                         continue
                 elif self._wait_first:
                     self._wait_first = False
@@ -431,7 +462,9 @@ class _Call:
     def abort(self, exc: BaseException) -> None:
         """The call was cancelled or a backend raised: close its open attempts and log what happened."""
         self.cancel_open(f"{type(exc).__name__}: {exc}")
-        self.router._log(self, self.answer_model, "ok" if self.answer is not None else "failed", time.perf_counter() - self.start)
+        self.router._log(
+            self, self.answer_model, "ok" if self.answer is not None else "failed", time.perf_counter() - self.start
+        )
 
     def record(self, model: ModelConfig, reply: Reply, token: int, shown: bool = False) -> None:
         """Keep one attempt's reply, validate it, teach the policy and the breaker at once.
@@ -446,7 +479,17 @@ class _Call:
         self.final = self.final or shown
         cost = model.cost(reply.tokens_in, reply.tokens_out)
         error = self.router.scrub(reply.error) if reply.error else ""  # bodies and exceptions may echo a key
-        attempt = Attempt(model.name, str(reply.outcome), reply.latency_s, reply.status, reply.tokens_in, reply.tokens_out, cost, error, reply.ttft_s)
+        attempt = Attempt(
+            model.name,
+            str(reply.outcome),
+            reply.latency_s,
+            reply.status,
+            reply.tokens_in,
+            reply.tokens_out,
+            cost,
+            error,
+            reply.ttft_s,
+        )
         self.attempts.append(attempt)
         self.tokens.append(token)
         del self.open[token]
@@ -455,8 +498,12 @@ class _Call:
         # a timeout the deadline cut short says little about the model, a rejected request nothing
         self.router.health.release(model.name, reply, neutral=rejects or cut, probe=token in self.probes)
         self.probes.discard(token)
-        if reply.outcome not in (Outcome.CANCELLED, Outcome.CONTEXT_EXCEEDED) and not rejects:  # neither says the model is worse
-            latency = reply.ttft_s if self.route.latency_measure == "ttft" and reply.ttft_s is not None else reply.latency_s
+        if (
+            reply.outcome not in (Outcome.CANCELLED, Outcome.CONTEXT_EXCEEDED) and not rejects
+        ):  # neither says the model is worse
+            latency = (
+                reply.ttft_s if self.route.latency_measure == "ttft" and reply.ttft_s is not None else reply.latency_s
+            )
             with self.router.locks[self.task_type]:
                 self.policy.update(model.name, reply.ok, latency, cost)
         if reply.ok and self.answer is None:
@@ -466,7 +513,11 @@ class _Call:
         elif reply.outcome is Outcome.CONTEXT_EXCEEDED:
             self.router.health.exceeded_context(model.name, self.band)
             self._prefer_larger(model)
-        elif reply.outcome is Outcome.RATE_LIMITED and reply.retry_after_s is not None and model.name not in self._retried:
+        elif (
+            reply.outcome is Outcome.RATE_LIMITED
+            and reply.retry_after_s is not None
+            and model.name not in self._retried
+        ):
             if reply.retry_after_s + 0.05 < self.remaining():
                 self._retried.add(model.name)
                 self._retry = (model.name, reply.retry_after_s)
@@ -492,7 +543,9 @@ class _Call:
         if answer is None and self.attempts and self.attempts[-1].outcome == Outcome.STREAM_BROKEN:
             raise StreamBroken(self.call_id, self.attempts)
         if answer is None:
-            reason = "deadline exceeded" if self.remaining() <= 0 else ("every model left was busy" if self.busy else "")
+            reason = (
+                "deadline exceeded" if self.remaining() <= 0 else ("every model left was busy" if self.busy else "")
+            )
             raise AllModelsFailed(self.call_id, self.task_type, self.attempts, reason)
         common = {
             "call_id": self.call_id,
@@ -526,9 +579,18 @@ class Router:
         self.scrub = Scrubber.from_env(m.api_key_env for m in self.config.models.values())
         self.backend: Backend = backend if backend is not None else HttpxBackend(self.config.models)
         c = self.config
-        self.store = store if store is not None else Store(
-            c.store, journal_dir=c.journal_dir, pgbouncer=c.pgbouncer, timeout_s=c.store_timeout_s, durability=c.durability,
-            background=True, scrub=self.scrub,
+        self.store = (
+            store
+            if store is not None
+            else Store(
+                c.store,
+                journal_dir=c.journal_dir,
+                pgbouncer=c.pgbouncer,
+                timeout_s=c.store_timeout_s,
+                durability=c.durability,
+                background=True,
+                scrub=self.scrub,
+            )
         )
         self.classifier = classifier
         seed = self.config.seed
@@ -541,9 +603,12 @@ class Router:
         self.locks = {task: threading.Lock() for task in self.policies}
         self.pacers = {
             task: BudgetPacer(route.budget_per_call, self.config.objective)
-            for task, route in self.config.routes.items() if route.budget_per_call is not None
+            for task, route in self.config.routes.items()
+            if route.budget_per_call is not None
         }
-        self.contexts = PendingContexts(self.config.feedback_window, self.config.feedback_window_s)  # features awaiting feedback
+        self.contexts = PendingContexts(
+            self.config.feedback_window, self.config.feedback_window_s
+        )  # features awaiting feedback
         self._featurizer = Featurizer()  # for caller features on routes that are not contextual
         self.health = Health(self.config.models, self.config.breaker, load=self.config.load)
         self._jitter = random.Random(self.config.seed)  # retry pauses
@@ -552,7 +617,8 @@ class Router:
         if unknown:
             raise UnknownTaskType(unknown[0], list(self.config.routes))
         self.validators = {
-            task: build_validators(route.validators) + list(extra.get(task, ())) for task, route in self.config.routes.items()
+            task: build_validators(route.validators) + list(extra.get(task, ()))
+            for task, route in self.config.routes.items()
         }
         self.book = FeedbackBook(self.config.feedback_window, self.config.feedback_window_s)
         self.router_id = uuid.uuid4().hex[:16]
@@ -583,7 +649,13 @@ class Router:
 
     # -- calls ----------------------------------------------------------------------------------
     def _begin(
-        self, task_type: str | None, kind: str, deadline_s: float | None, messages: Messages | None, prompt: Any, chars: int,
+        self,
+        task_type: str | None,
+        kind: str,
+        deadline_s: float | None,
+        messages: Messages | None,
+        prompt: Any,
+        chars: int,
         features: Mapping[str, float] | None = None,
     ) -> _Call:
         """Check the call's task type and deadline, choose its route and open it (the arguments are checked by then)."""
@@ -603,7 +675,12 @@ class Router:
         return _Call(self, task, route, deadline, logged, chars, self._features(task, messages, features))
 
     def _begin_chat(
-        self, task_type: str | None, messages: Messages, stream: bool, deadline_s: float | None, params: Mapping[str, Any],
+        self,
+        task_type: str | None,
+        messages: Messages,
+        stream: bool,
+        deadline_s: float | None,
+        params: Mapping[str, Any],
         features: Mapping[str, float] | None = None,
     ) -> _Call:
         check_stream(stream)
@@ -618,7 +695,11 @@ class Router:
     def rejects(self, reply: Reply) -> bool:
         """Whether a backend refused the request itself (a status in ``rejecting_statuses``, not an
         endpoint that does not know its model name): no model should see it again."""
-        return reply.outcome is Outcome.CLIENT_ERROR and reply.status in self.config.rejecting_statuses and not reply.misconfigured
+        return (
+            reply.outcome is Outcome.CLIENT_ERROR
+            and reply.status in self.config.rejecting_statuses
+            and not reply.misconfigured
+        )
 
     def _features(self, task: str, messages: Messages | None, extra: Mapping[str, float] | None) -> Features | None:
         """A call's prompt features: for contextual routes, and for any route when the caller gives some."""
@@ -628,13 +709,37 @@ class Router:
         return self._featurizer(messages or [], extra) if extra is not None else None
 
     @overload
-    def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, features: Mapping[str, float] | None = None, **params: Any) -> ChatResult: ...
+    def chat(
+        self,
+        task_type: str | None,
+        messages: Messages,
+        *,
+        stream: Literal[False] = False,
+        deadline_s: float | None = None,
+        features: Mapping[str, float] | None = None,
+        **params: Any,
+    ) -> ChatResult: ...
     @overload
-    def chat(self, task_type: str | None, messages: Messages, *, stream: Literal[True], deadline_s: float | None = None, features: Mapping[str, float] | None = None, **params: Any) -> ChatStream: ...
+    def chat(
+        self,
+        task_type: str | None,
+        messages: Messages,
+        *,
+        stream: Literal[True],
+        deadline_s: float | None = None,
+        features: Mapping[str, float] | None = None,
+        **params: Any,
+    ) -> ChatStream: ...
 
     def chat(
-        self, task_type: str | None, messages: Messages, *, stream: bool = False, deadline_s: float | None = None,
-        features: Mapping[str, float] | None = None, **params: Any,
+        self,
+        task_type: str | None,
+        messages: Messages,
+        *,
+        stream: bool = False,
+        deadline_s: float | None = None,
+        features: Mapping[str, float] | None = None,
+        **params: Any,
     ) -> ChatResult | ChatStream:
         """Route a chat completion; ``params`` (max_tokens, temperature, ...) go to the backend as they are.
 
@@ -652,22 +757,50 @@ class Router:
         return ChatResult(**common, text=answer.text or "")
 
     @overload
-    async def achat(self, task_type: str | None, messages: Messages, *, stream: Literal[False] = False, deadline_s: float | None = None, features: Mapping[str, float] | None = None, **params: Any) -> ChatResult: ...
+    async def achat(
+        self,
+        task_type: str | None,
+        messages: Messages,
+        *,
+        stream: Literal[False] = False,
+        deadline_s: float | None = None,
+        features: Mapping[str, float] | None = None,
+        **params: Any,
+    ) -> ChatResult: ...
     @overload
-    async def achat(self, task_type: str | None, messages: Messages, *, stream: Literal[True], deadline_s: float | None = None, features: Mapping[str, float] | None = None, **params: Any) -> AsyncChatStream: ...
+    async def achat(
+        self,
+        task_type: str | None,
+        messages: Messages,
+        *,
+        stream: Literal[True],
+        deadline_s: float | None = None,
+        features: Mapping[str, float] | None = None,
+        **params: Any,
+    ) -> AsyncChatStream: ...
 
     async def achat(
-        self, task_type: str | None, messages: Messages, *, stream: bool = False, deadline_s: float | None = None,
-        features: Mapping[str, float] | None = None, **params: Any,
+        self,
+        task_type: str | None,
+        messages: Messages,
+        *,
+        stream: bool = False,
+        deadline_s: float | None = None,
+        features: Mapping[str, float] | None = None,
+        **params: Any,
     ) -> ChatResult | AsyncChatStream:
         """Async twin of :meth:`chat`; on routes with ``hedge_quantile`` it also hedges slow primaries."""
         call = self._begin_chat(task_type, messages, stream, deadline_s, params, features)
         if stream:
-            return AsyncChatStream(self._astream(call, lambda m, t, f: self.backend.astream_chat(m, messages, params, t, f)))
+            return AsyncChatStream(
+                self._astream(call, lambda m, t, f: self.backend.astream_chat(m, messages, params, t, f))
+            )
         answer, common = await self._arun(call, lambda m, t: self.backend.achat(m, messages, params, t))
         return ChatResult(**common, text=answer.text or "")
 
-    def embed(self, texts: Sequence[str], *, task_type: str = "embedding", deadline_s: float | None = None) -> EmbedResult:
+    def embed(
+        self, texts: Sequence[str], *, task_type: str = "embedding", deadline_s: float | None = None
+    ) -> EmbedResult:
         """Route an embedding call; fallbacks are only models of the same embedding space.
 
         ``texts`` is one string or a non-empty list of non-empty strings, else :class:`InvalidRequest`.
@@ -676,7 +809,9 @@ class Router:
         answer, common = self._run(call, lambda m, t: self.backend.embed(m, texts, t))
         return EmbedResult(**common, vectors=answer.vectors)
 
-    async def aembed(self, texts: Sequence[str], *, task_type: str = "embedding", deadline_s: float | None = None) -> EmbedResult:
+    async def aembed(
+        self, texts: Sequence[str], *, task_type: str = "embedding", deadline_s: float | None = None
+    ) -> EmbedResult:
         """Async twin of :meth:`embed`."""
         texts, call = self._begin_embed(texts, task_type, deadline_s)
         answer, common = await self._arun(call, lambda m, t: self.backend.aembed(m, texts, t))
@@ -696,7 +831,9 @@ class Router:
         return call.finish()
 
     @staticmethod
-    def _stream(call: _Call, send: Callable[[ModelConfig, float, float], Iterator[StreamItem]]) -> Iterator[str | ChatResult]:
+    def _stream(
+        call: _Call, send: Callable[[ModelConfig, float, float], Iterator[StreamItem]]
+    ) -> Iterator[str | ChatResult]:
         """Stream from the call's models in order; fall back only while nothing was shown."""
         try:
             while (step := call.next()) is not None:
@@ -710,7 +847,12 @@ class Router:
                         yield item
                     else:
                         reply = item
-                call.record(step.model, reply or Reply(Outcome.MALFORMED, 0.0, error="stream gave no result"), started.token, shown)
+                call.record(
+                    step.model,
+                    reply or Reply(Outcome.MALFORMED, 0.0, error="stream gave no result"),
+                    started.token,
+                    shown,
+                )
         except BaseException as exc:  # includes GeneratorExit: the caller stopped reading
             call.abort(exc)
             raise
@@ -718,7 +860,9 @@ class Router:
         yield ChatResult(**common, text=answer.text or "")
 
     @staticmethod
-    async def _astream(call: _Call, send: Callable[[ModelConfig, float, float], AsyncIterator[StreamItem]]) -> AsyncIterator[str | ChatResult]:
+    async def _astream(
+        call: _Call, send: Callable[[ModelConfig, float, float], AsyncIterator[StreamItem]]
+    ) -> AsyncIterator[str | ChatResult]:
         """Async twin of :meth:`_stream`."""
         try:
             while (step := call.next()) is not None:
@@ -732,7 +876,12 @@ class Router:
                         yield item
                     else:
                         reply = item
-                call.record(step.model, reply or Reply(Outcome.MALFORMED, 0.0, error="stream gave no result"), started.token, shown)
+                call.record(
+                    step.model,
+                    reply or Reply(Outcome.MALFORMED, 0.0, error="stream gave no result"),
+                    started.token,
+                    shown,
+                )
         except BaseException as exc:
             call.abort(exc)
             raise
@@ -740,7 +889,9 @@ class Router:
         yield ChatResult(**common, text=answer.text or "")
 
     @staticmethod
-    async def _arun(call: _Call, send: Callable[[ModelConfig, float], Awaitable[Reply]]) -> tuple[Reply, dict[str, Any]]:
+    async def _arun(
+        call: _Call, send: Callable[[ModelConfig, float], Awaitable[Reply]]
+    ) -> tuple[Reply, dict[str, Any]]:
         """Try the call's models in order, asynchronously, hedging where the route asks for it."""
         try:
             while (step := call.next()) is not None:
@@ -808,7 +959,14 @@ class Router:
         return RatedCall(call_id, row["task_type"], row["model"])
 
     def _feedback_row(self, call: RatedCall, value: float) -> dict[str, Any]:
-        return {"call_id": call.call_id, "ts": time.time(), "task_type": call.task_type, "model": call.model, "accuracy": value, "router_id": self.router_id}
+        return {
+            "call_id": call.call_id,
+            "ts": time.time(),
+            "task_type": call.task_type,
+            "model": call.model,
+            "accuracy": value,
+            "router_id": self.router_id,
+        }
 
     def _learn_feedback(self, call: RatedCall, value: float) -> None:
         policy = self.policies.get(call.task_type)
@@ -872,17 +1030,38 @@ class Router:
                 (
                     "attempts",
                     {
-                        "call_id": call.call_id, "idx": i, "ts": ts, "task_type": call.task_type, "model": a.model,
-                        "outcome": a.outcome, "status": a.status, "latency_s": a.latency_s, "tokens_in": a.tokens_in,
-                        "tokens_out": a.tokens_out, "cost": a.cost, "error": a.error or None, "ttft_s": a.ttft_s,
+                        "call_id": call.call_id,
+                        "idx": i,
+                        "ts": ts,
+                        "task_type": call.task_type,
+                        "model": a.model,
+                        "outcome": a.outcome,
+                        "status": a.status,
+                        "latency_s": a.latency_s,
+                        "tokens_in": a.tokens_in,
+                        "tokens_out": a.tokens_out,
+                        "cost": a.cost,
+                        "error": a.error or None,
+                        "ttft_s": a.ttft_s,
                         "router_id": self.router_id,
                     },
                 )
             )
         if call.features is not None:
-            space = call.policy.featurizer.space if isinstance(call.policy, ContextualPolicy) else self._featurizer.space
+            space = (
+                call.policy.featurizer.space if isinstance(call.policy, ContextualPolicy) else self._featurizer.space
+            )
             rows.append(
-                ("call_features", {"call_id": call.call_id, "ts": call.ts, "task_type": call.task_type, "space": space, "features": call.features.to_json()})
+                (
+                    "call_features",
+                    {
+                        "call_id": call.call_id,
+                        "ts": call.ts,
+                        "task_type": call.task_type,
+                        "space": space,
+                        "features": call.features.to_json(),
+                    },
+                )
             )
             if model is not None and isinstance(call.policy, ContextualPolicy):
                 self.contexts.put(call.call_id, call.features)
@@ -911,8 +1090,12 @@ class Router:
                 tried = read(self.store.attempt_sums, task, learnable)
                 rated = read(self.store.feedback_sums, task, others)
                 with self.locks[task]:
-                    policy.add_sums(tried["model"].tolist(), {k: tried[k].to_numpy() for k in tried.columns if k != "model"})
-                    policy.add_sums(rated["model"].tolist(), {k: rated[k].to_numpy() for k in rated.columns if k != "model"})
+                    policy.add_sums(
+                        tried["model"].tolist(), {k: tried[k].to_numpy() for k in tried.columns if k != "model"}
+                    )
+                    policy.add_sums(
+                        rated["model"].tolist(), {k: rated[k].to_numpy() for k in rated.columns if k != "model"}
+                    )
             else:
                 self._learn(
                     read(self.store.tail, "attempts", task, horizon, self.LEARNED_ATTEMPT_COLUMNS, learnable),
@@ -944,7 +1127,9 @@ class Router:
 
     def _learn(self, tried: pd.DataFrame, rated: pd.DataFrame) -> None:
         """Teach each policy a time-ordered slice of the log (vectorised, under its lock)."""
-        rejected = (tried["outcome"] == str(Outcome.CLIENT_ERROR)) & tried["status"].isin(list(self.config.rejecting_statuses))
+        rejected = (tried["outcome"] == str(Outcome.CLIENT_ERROR)) & tried["status"].isin(
+            list(self.config.rejecting_statuses)
+        )
         ignored = tried["outcome"].isin([str(Outcome.CANCELLED), str(Outcome.CONTEXT_EXCEEDED)])
         tried = tried[~ignored & ~rejected]  # live policies never learn from these
         for task, policy in self.policies.items():
@@ -953,8 +1138,12 @@ class Router:
             if len(a) or len(f):
                 with self.locks[task]:
                     policy.fit(
-                        a["model"].tolist(), (a["outcome"] == "ok").to_numpy(), a["latency_s"].to_numpy(),
-                        a["cost"].to_numpy(), f["model"].tolist(), f["accuracy"].to_numpy(),
+                        a["model"].tolist(),
+                        (a["outcome"] == "ok").to_numpy(),
+                        a["latency_s"].to_numpy(),
+                        a["cost"].to_numpy(),
+                        f["model"].tolist(),
+                        f["accuracy"].to_numpy(),
                     )
 
     #: beyond a call's deadline, how far back each sync() looks again for rows others wrote late
@@ -1021,17 +1210,23 @@ class Router:
     def __enter__(self) -> Router:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     async def __aenter__(self) -> Router:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
 
-async def _hedge(call: _Call, send: Callable[[ModelConfig, float], Awaitable[Reply]], step: _Step, delay: float) -> None:
+async def _hedge(
+    call: _Call, send: Callable[[ModelConfig, float], Awaitable[Reply]], step: _Step, delay: float
+) -> None:
     """Start the primary; if it has not answered after ``delay``, start the next model too.
 
     The first success wins and the other attempt is cancelled and logged as ``cancelled``; if the

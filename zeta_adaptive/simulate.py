@@ -107,7 +107,9 @@ class ModelSpec:
     context_window: int | None = None  # prompt + max_tokens above this gets vLLM's 400 context-length answer
     drip_rate: float = 0.0  # hostile: headers, then one body byte every DRIP_INTERVAL_S for up to hang_s
     bomb_rate: float = 0.0  # hostile: a gzip bomb (1 GiB of JSON whitespace, about 1 MB on the wire)
-    slots: int | None = None  # requests served at once, as a GPU server's batch; others queue first come first served (None: no bound)
+    slots: int | None = (
+        None  # requests served at once, as a GPU server's batch; others queue first come first served (None: no bound)
+    )
 
     def __post_init__(self) -> None:
         """Reject impossible settings at once, since a bad value would silently skew every run."""
@@ -340,7 +342,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _SimHTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: Any) -> None:
         """Stay silent: a simulator serving thousands of requests must not flood the output."""
 
     def handle_one_request(self) -> None:
@@ -432,7 +434,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _admitted(self, spec: ModelSpec, payload: dict[str, Any]) -> bool:
         """Check the key and the model name as OpenAI does (401, then 404); False once refused."""
         if spec.api_key is not None and self.headers.get("Authorization") != f"Bearer {spec.api_key}":
-            message = "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
+            message = (
+                "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
+            )
             self._send_json(401, _error_body(message, "invalid_request_error", "invalid_api_key"))
             return False
         served = spec.served_name or spec.name
@@ -507,8 +511,15 @@ class _Handler(BaseHTTPRequestHandler):
             pieces = [text[i : i + _STREAM_PIECE_CHARS] for i in range(0, len(text), _STREAM_PIECE_CHARS)]
             events = []
             for index in range(request.n):
-                events.append(event([{"index": index, "delta": {"role": "assistant", "content": pieces[0]}, "finish_reason": None}]))
-                events += [event([{"index": index, "delta": {"content": piece}, "finish_reason": None}]) for piece in pieces[1:]]
+                events.append(
+                    event(
+                        [{"index": index, "delta": {"role": "assistant", "content": pieces[0]}, "finish_reason": None}]
+                    )
+                )
+                events += [
+                    event([{"index": index, "delta": {"content": piece}, "finish_reason": None}])
+                    for piece in pieces[1:]
+                ]
                 events.append(event([{"index": index, "delta": {}, "finish_reason": finish}]))
             if include_usage:
                 events.append(event([], usage=_usage(request.prompt, completion * request.n)))
@@ -521,7 +532,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
                 return
             if i == error_at:
-                failure = {"error": {"object": "error", "message": "simulated engine failure", "type": "InternalServerError", "param": None, "code": 500}}
+                failure = {
+                    "error": {
+                        "object": "error",
+                        "message": "simulated engine failure",
+                        "type": "InternalServerError",
+                        "param": None,
+                        "code": 500,
+                    }
+                }
                 self._write_chunk(b"data: " + json.dumps(failure).encode() + b"\n\n")
                 break
             self._write_chunk(b"data: " + data + b"\n\n")
@@ -681,7 +700,9 @@ class _Slots:
         with self.changed:
             ticket = next(self.tickets)
             self.waiting.append(ticket)
-            while not wake.is_set() and not (self.waiting[0] == ticket and self.busy < (self.model.current().slots or self.busy + 1)):
+            while not wake.is_set() and not (
+                self.waiting[0] == ticket and self.busy < (self.model.current().slots or self.busy + 1)
+            ):
                 self.changed.wait(_POLL_S)  # a capacity raised by update() is seen within one poll
             self.waiting.remove(ticket)
             self.changed.notify_all()
@@ -710,8 +731,7 @@ class Fleet:
             raise ValueError(f"ports name models not in the fleet: {unknown}")
         streams = np.random.SeedSequence(seed).spawn(len(specs) + 1)
         self._servers = {
-            spec.name: _ModelServer(_copy(spec), np.random.default_rng(stream))
-            for spec, stream in zip(specs, streams)
+            spec.name: _ModelServer(_copy(spec), np.random.default_rng(stream)) for spec, stream in zip(specs, streams)
         }
         for name, port in (ports or {}).items():
             self._servers[name].port = port
@@ -742,7 +762,9 @@ class Fleet:
                     try:
                         server.listen()
                     except OSError as exc:
-                        raise OSError(exc.errno, f"cannot serve {name} on {_HOST}:{server.port}: {exc.strerror}") from None
+                        raise OSError(
+                            exc.errno, f"cannot serve {name} on {_HOST}:{server.port}: {exc.strerror}"
+                        ) from None
                     if server.current().down:
                         server.stop()
             except BaseException:
@@ -906,7 +928,9 @@ def config_fleet(config: Config, seed: int = 0) -> Fleet:
         where = f"models.{name}.base_url"
         parts = urlsplit(model.base_url)
         if parts.hostname not in ("127.0.0.1", "localhost") or parts.scheme != "http":
-            raise ConfigError(where, f"{model.base_url} is not on http://127.0.0.1; the simulated fleet serves loopback only")
+            raise ConfigError(
+                where, f"{model.base_url} is not on http://127.0.0.1; the simulated fleet serves loopback only"
+            )
         if parts.path.rstrip("/") != "/v1":
             raise ConfigError(where, f"{model.base_url}: the simulated fleet serves OpenAI's API under /v1")
         port = parts.port or 80
@@ -914,8 +938,15 @@ def config_fleet(config: Config, seed: int = 0) -> Fleet:
             raise ConfigError(where, f"port {port} is also {owner[port]}'s; each simulated model needs its own port")
         owner[port], ports[name] = name, port
         base = known.get(name, ModelSpec(name))
-        specs.append(dataclasses.replace(
-            base, name=name, served_name=model.backend_model, kind=model.kind, dim=model.dim or base.dim,
-            context_window=model.context_window, accuracy=dict(base.accuracy),
-        ))
+        specs.append(
+            dataclasses.replace(
+                base,
+                name=name,
+                served_name=model.backend_model,
+                kind=model.kind,
+                dim=model.dim or base.dim,
+                context_window=model.context_window,
+                accuracy=dict(base.accuracy),
+            )
+        )
     return Fleet(specs, seed=seed, ports=ports)

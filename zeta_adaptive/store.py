@@ -10,6 +10,8 @@ automatically when a store is opened.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -18,8 +20,6 @@ import json
 import logging
 import math
 import os
-import collections
-import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,9 +42,9 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    or_,
     func,
     inspect,
+    or_,
     select,
     text,
 )
@@ -57,7 +57,19 @@ from .exceptions import StoreError
 if TYPE_CHECKING:  # pandas is imported by the methods that return frames, not by the call path
     import pandas as pd
 
-__all__ = ["Store", "Journal", "metadata", "calls", "attempts", "feedback", "dead_letters", "call_features", "upgrade", "default_journal_dir", "sanitize"]
+__all__ = [
+    "Store",
+    "Journal",
+    "metadata",
+    "calls",
+    "attempts",
+    "feedback",
+    "dead_letters",
+    "call_features",
+    "upgrade",
+    "default_journal_dir",
+    "sanitize",
+]
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +217,9 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         folder = Path(parsed.database or ".").parent
-        if parsed.database not in (None, "", ":memory:") and not folder.is_dir():  # SQLite would only say "unable to open database file"
+        if (
+            parsed.database not in (None, "", ":memory:") and not folder.is_dir()
+        ):  # SQLite would only say "unable to open database file"
             raise StoreError(f"cannot open store {url}: directory {folder} does not exist")
         engine = create_engine(url, connect_args={"timeout": timeout_s, "check_same_thread": False})
 
@@ -227,7 +241,9 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
         given = given if isinstance(given, str) else " ".join(given)
         connect_args["options"] = f"{given} -c statement_timeout={int(timeout_s * 1000)}".strip()
     # a bounded pool per process: the writer, the refresher and feedback look-ups
-    return create_engine(url, pool_size=2, max_overflow=4, pool_pre_ping=True, pool_timeout=timeout_s, connect_args=connect_args)
+    return create_engine(
+        url, pool_size=2, max_overflow=4, pool_pre_ping=True, pool_timeout=timeout_s, connect_args=connect_args
+    )
 
 
 # -- what every store accepts ---------------------------------------------------------------------
@@ -252,7 +268,9 @@ def _column_rules(table: Table) -> list[tuple[str, str, int, bool]]:
     rules = []
     for column in table.columns:
         if isinstance(column.type, Text):
-            rules.append((column.name, "free", ERROR_CHARS if column.name == "error" else TEXT_CHARS, bool(column.nullable)))
+            rules.append(
+                (column.name, "free", ERROR_CHARS if column.name == "error" else TEXT_CHARS, bool(column.nullable))
+            )
         elif isinstance(column.type, String):
             rules.append((column.name, "text", column.type.length or TEXT_CHARS, bool(column.nullable)))
         elif isinstance(column.type, Integer):
@@ -516,13 +534,17 @@ class Store:
         self.buffer_rows = buffer_rows
         self.timeout_s = timeout_s
         self.journal_after_s = journal_after_s
-        self.write_rows = min(batch_size, 1000)  # rows per transaction: each write stays short, so a slow one means trouble
+        self.write_rows = min(
+            batch_size, 1000
+        )  # rows per transaction: each write stays short, so a slow one means trouble
         self.durability = durability
         self.scrub = scrub
         try:
             self.engine = _engine(url, pgbouncer, timeout_s)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open store {self.safe_url}: {type(exc).__name__}: {getattr(exc, 'orig', exc)}") from None
+            raise StoreError(
+                f"cannot open store {self.safe_url}: {type(exc).__name__}: {getattr(exc, 'orig', exc)}"
+            ) from None
         self._insert = {name: _insert(self.engine, table) for name, table in TABLES.items()}
         self._stuck: _Bounded | None = None  # a database operation we stopped waiting for
         self._next_probe = 0.0
@@ -530,7 +552,7 @@ class Store:
         self._migrated = not migrate
         if migrate:
             head_revision()  # Python work, before the clock of the bounded database work starts
-            import alembic.command  # noqa: F401
+            import alembic.command
             import alembic.runtime.migration  # noqa: F401
 
             try:  # a router does not wait long for an absent database; a command does
@@ -578,7 +600,9 @@ class Store:
     @property
     def available(self) -> bool:
         """Whether the database answered the writer's last operation (False while journaling)."""
-        return self._migrated and self._stuck is None and self.journal.rows == 0 and self._next_probe <= time.monotonic()
+        return (
+            self._migrated and self._stuck is None and self.journal.rows == 0 and self._next_probe <= time.monotonic()
+        )
 
     # -- bounded operations ---------------------------------------------------------------------
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
@@ -818,7 +842,13 @@ class Store:
         table, values = row
         error = self.scrub(_describe(exc))[:ERROR_CHARS]
         key = json.dumps([values.get(c.name) for c in TABLES[table].primary_key.columns], default=str)[:64]
-        letter = {"ts": time.time(), "table_name": table, "row_key": key, "row": json.dumps(values, default=str), "error": error}
+        letter = {
+            "ts": time.time(),
+            "table_name": table,
+            "row_key": key,
+            "row": json.dumps(values, default=str),
+            "error": error,
+        }
         self.dead += 1
         log.error("log row refused by %s, kept as a dead letter: %s %s: %s", self.safe_url, table, key, error)
         try:
@@ -853,7 +883,9 @@ class Store:
     def _outage(self, exc: BaseException) -> None:
         self.errors += 1
         self._next_probe = time.monotonic() + self._delay
-        log.warning("log write to %s failed (%s); journaling, next try in %.2f s", self.safe_url, _describe(exc), self._delay)
+        log.warning(
+            "log write to %s failed (%s); journaling, next try in %.2f s", self.safe_url, _describe(exc), self._delay
+        )
         self._delay = min(self._delay * 2, 2.0)
 
     def _ready(self) -> bool:
@@ -889,11 +921,15 @@ class Store:
     def describe(self) -> dict[str, Any]:
         """The writer's counters, for metrics and reports."""
         return {
-            "written": dict(self.written), "queued": len(self._items), "pending": self.pending, "errors": self.errors, "dead": self.dead,
-            "dropped": self.dropped, "crashes": self.crashes, "available": self.available,
+            "written": dict(self.written),
+            "queued": len(self._items),
+            "pending": self.pending,
+            "errors": self.errors,
+            "dead": self.dead,
+            "dropped": self.dropped,
+            "crashes": self.crashes,
+            "available": self.available,
         }
-
-
 
     # -- reading --------------------------------------------------------------------------------
     def find_call(self, call_id: str) -> dict[str, Any] | None:
@@ -920,6 +956,7 @@ class Store:
     def tail(self, table: str, task_type: str, limit: int, columns: Sequence[str], where: Any = None) -> pd.DataFrame:
         """The last ``limit`` rows of a task type (optionally filtered), in time order."""
         import pandas as pd
+
         t = TABLES[table]
         query = select(*(t.c[name] for name in columns)).where(t.c.task_type == task_type)
         if where is not None:
@@ -928,12 +965,15 @@ class Store:
         with self.engine.connect() as conn:
             result = conn.execute(query.order_by(*order).limit(limit))
             keys, rows = list(result.keys()), result.all()[::-1]
-        return pd.DataFrame({key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys})
+        return pd.DataFrame(
+            {key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys}
+        )
 
     def attempt_sums(self, task_type: str, where: Any = None) -> pd.DataFrame:
         """Per model of a task type: attempts ``n``, successes ``succ``, and over successes the sums
         of latency, log-latency, its square and cost: what an undiscounted policy keeps."""
         import pandas as pd
+
         t = attempts
         ok = t.c.outcome == "ok"
         if self.engine.dialect.name == "postgresql":
@@ -959,6 +999,7 @@ class Store:
     def feedback_sums(self, task_type: str, where: Any = None) -> pd.DataFrame:
         """Per model of a task type: ratings ``acc_n`` and the sum of accuracy ``acc_sum``."""
         import pandas as pd
+
         query = select(feedback.c.model, func.count().label("acc_n"), func.sum(feedback.c.accuracy).label("acc_sum"))
         query = query.where(feedback.c.task_type == task_type)
         if where is not None:
@@ -1001,6 +1042,7 @@ class Store:
         """A table as a DataFrame in time order: optionally some task types, rows from ``since``
         (unix time) on, not written by router ``exclude_router``, only some ``columns``."""
         import pandas as pd
+
         t = TABLES[table]
         query = select(*(t.c[name] for name in columns)) if columns else select(t)
         if task_types is not None:
@@ -1014,4 +1056,6 @@ class Store:
             result = conn.execute(query.order_by(*order))
             keys, rows = list(result.keys()), result.all()
         # built column by column: pandas probing each SQLAlchemy Row for named fields is slow
-        return pd.DataFrame({key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys})
+        return pd.DataFrame(
+            {key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys}
+        )

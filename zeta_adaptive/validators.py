@@ -82,7 +82,9 @@ def build(specs: Sequence[Any]) -> list[Validator]:
             except jsonschema.exceptions.SchemaError as exc:
                 raise ValueError(f"invalid JSON schema: {exc.message}") from None
         else:
-            raise ValueError(f"unknown validator {spec!r}; use 'non_empty', 'json', {{regex = ...}} or {{json_schema = ...}}")
+            raise ValueError(
+                f"unknown validator {spec!r}; use 'non_empty', 'json', {{regex = ...}} or {{json_schema = ...}}"
+            )
     return out
 
 
