@@ -84,7 +84,7 @@ def test_three_processes_share_what_they_learn(pg_url, tmp_path):
         store.close()
 
 
-def test_sync_learns_other_routers_rows_once(sqlite_url):
+def test_learning_from_the_shared_log_counts_other_routers_rows_once(sqlite_url):
     specs = [ModelSpec("a", latency_s=0.001), ModelSpec("b", latency_s=0.001, error_rate=1.0)]
     with Fleet(specs) as fleet:
         cfg = fleet.fleet_config({"simple": ["b", "a"]}, store=sqlite_url)
@@ -94,14 +94,16 @@ def test_sync_learns_other_routers_rows_once(sqlite_url):
             for _ in range(20):
                 writer.chat("simple", MSG)
             writer.flush()
-            learned = reader.sync()
+            learned = reader.learn_from_shared_log()
             assert learned == 40  # 20 failures on b, 20 answers from a
-            assert reader.sync() == 0  # the overlap window is read again, but nothing counts twice
+            with pytest.warns(DeprecationWarning, match="learn_from_shared_log"):
+                again = reader.sync()  # the old name, kept for one release
+            assert again == 0  # the overlap window is read again, but nothing counts twice
             np_n = reader.policies["simple"].n
             assert list(np_n) == [20.0, 20.0]
             reader.chat("simple", MSG)
             reader.flush()
-            assert writer.sync() == 2  # the writer learns the reader's attempts, not its own
+            assert writer.learn_from_shared_log() == 2  # the writer learns the reader's attempts, not its own
 
 
 def test_cli_prune(sqlite_url):

@@ -7,8 +7,9 @@ closed admits one attempt at a time, its probe: :meth:`Health.acquire` checks an
 step under the lock, so however many calls (threads or tasks) find it at once, one gets through and
 the others move on or wait for :meth:`Health.wait_release`. The probe's success closes the breaker,
 its failure reopens it with twice the previous cooldown (capped at ``max_cooldown_s``). An HTTP
-429's ``Retry-After`` sets the cooldown to what the backend asked. Cancelled hedges, context-length
-errors and requests rejected for every model (the router passes ``neutral``) do not count.
+429's ``Retry-After`` sets the cooldown to what the backend asked. Which attempts count is the caller's
+answer to :func:`.lessons.teaches` (cancelled attempts, context-length errors and rejected requests do
+not), and a timeout the call's deadline cut short does not count either.
 
 In-flight limits are claimed by the same :meth:`Health.acquire`: a model at ``max_in_flight`` is
 busy, which is the router's own saturation and never a failure of the model. On routes with
@@ -37,7 +38,6 @@ from .limits import AdaptiveLimit, LoadConfig
 __all__ = ["Breaker", "Health", "CLOSED", "OPEN", "HALF_OPEN"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-_NEUTRAL = frozenset({Outcome.CANCELLED, Outcome.CONTEXT_EXCEEDED})
 
 
 @dataclass
@@ -174,14 +174,14 @@ class Health:
             self.limits[name].started(self.in_flight[name])
             return probe
 
-    def release(self, name: str, reply: Reply, neutral: bool = False, probe: bool = False) -> None:
-        """Note an attempt ending and learn its outcome (unless ``neutral``: it says nothing of the model)."""
+    def release(self, name: str, reply: Reply, learn: bool = True, probe: bool = False) -> None:
+        """Note an attempt ending and, if ``learn``, learn its outcome (see :mod:`.lessons`)."""
         with self._lock:
             self.in_flight[name] -= 1
             breaker = self.breakers[name]
             if probe:
                 breaker.probing = False
-            if not (neutral or reply.outcome in _NEUTRAL):
+            if learn:
                 retry_after = reply.retry_after_s if reply.outcome is Outcome.RATE_LIMITED else None
                 breaker.record(reply.ok, self.clock(), retry_after)
                 if reply.ok:

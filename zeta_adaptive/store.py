@@ -53,6 +53,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from .exceptions import StoreError
+from .records import CallRecord
 
 if TYPE_CHECKING:  # pandas is imported by the methods that return frames, not by the call path
     import pandas as pd
@@ -641,6 +642,13 @@ class Store:
             items = [_WAKE]
         self._hand_over(items, urgent=False)
 
+    def put_call(self, record: CallRecord) -> None:
+        """Queue one call's rows as its record: the writer builds them (``durability = "journal"``: now)."""
+        if self._closed or self.durability == "journal":
+            self.put_many(record.rows())
+        else:
+            self._hand_over((record,), urgent=False)
+
     def _hand_over(self, items: Sequence[Any], urgent: bool) -> None:
         """Give the writer rows (one atomic ``extend``); wake it only for the first rows of a batch,
         a full batch or a marker: a call never pays a thread hand-off of its own."""
@@ -711,6 +719,8 @@ class Store:
                     stop = True
                 elif isinstance(item, _Flush):
                     markers.append(item)
+                elif isinstance(item, CallRecord):
+                    rows.extend(item.rows())
                 elif item is not _WAKE:
                     rows.append(item)
             try:
@@ -811,6 +821,8 @@ class Store:
                 break
             if isinstance(item, _Flush):
                 markers.append(item)
+            elif isinstance(item, CallRecord):
+                rows.extend(item.rows())
             elif item is not _WAKE:
                 rows.append(item)
         if rows:

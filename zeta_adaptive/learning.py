@@ -1,0 +1,218 @@
+"""What a router has learned and how: per-route policies behind their locks, model health, budgets,
+the warm start from the log, learning other processes' rows from the shared log, and feedback.
+
+The router composes one :class:`Learner`; the call engine reads its policies and health through
+each route's :class:`.engine.Lane`. Which attempts teach is :mod:`.lessons`' one rule, here in
+SQL (warm start of undiscounted policies) and pandas (discounted ones, other processes' rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy import and_, or_
+
+from .budget import BudgetPacer
+from .config import Config
+from .contextual import ContextualPolicy, PendingContexts, logged_features, warm_start_contexts
+from .exceptions import StoreError
+from .feedback import RatedCall
+from .health import Health
+from .lessons import teaches_frame, teaches_sql
+from .policies import Policy, make_policy
+from .records import CallRecord
+from .store import Store
+from .store import attempts as attempts_table
+from .store import feedback as feedback_table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Learner"]
+
+log = logging.getLogger(__name__)
+
+
+class Learner:
+    """The policies, health and budgets of one router process, and everything that teaches them.
+
+    ``router_id`` marks this process's rows in the log: the warm start reads everyone else's rows
+    stamped before it began, :meth:`learn_from_shared_log` the later ones, so no row is learned twice.
+    """
+
+    #: beyond a call's deadline, how far back each learn_from_shared_log() looks again for rows others wrote late
+    SYNC_SLACK_S = 5.0
+    LEARNED_ATTEMPT_COLUMNS = ("task_type", "model", "outcome", "status", "error", "latency_s", "cost")
+    LEARNED_FEEDBACK_COLUMNS = ("task_type", "model", "accuracy")
+
+    def __init__(self, config: Config, store: Store, router_id: str, warm_start: bool = True) -> None:
+        self.config = config
+        self.store = store
+        self.router_id = router_id
+        self.policies: dict[str, Policy] = {}
+        for i, (task, route) in enumerate(config.routes.items()):
+            options = dict(route.options)
+            if "seed" not in options and config.seed is not None:
+                options["seed"] = config.seed + i
+            self.policies[task] = make_policy(route.policy, route.models, config.objective, **options)
+        self.locks = {task: threading.Lock() for task in self.policies}
+        self.pacers = {
+            task: BudgetPacer(route.budget_per_call, config.objective)
+            for task, route in config.routes.items()
+            if route.budget_per_call is not None
+        }
+        self.contexts = PendingContexts(config.feedback_window, config.feedback_window_s)  # features awaiting feedback
+        self.health = Health(config.models, config.breaker, load=config.load)
+        self._synced_until = time.time()  # rows of other routers from here on are learned from the shared log
+        self._warm_until = 0.0  # rows stamped before this were learned by the warm start: never read again
+        self._seen: dict[tuple[str, str, int], float] = {}
+        self._stop = threading.Event()
+        self.warm = not warm_start  # whether the policies hold what the log knows
+        if warm_start:
+            try:
+                self._warm_start()
+            except StoreError as exc:  # start anyway: route on what we learn live, read the log when it answers
+                log.warning("warm start postponed, %s", exc)
+                threading.Thread(target=self._warm_start_later, name="zeta-warm-start", daemon=True).start()
+        self._refresher: threading.Thread | None = None
+        if config.refresh_s is not None:
+            self._refresher = threading.Thread(target=self._refresh_loop, name="zeta-refresh", daemon=True)
+            self._refresher.start()
+
+    # -- live -----------------------------------------------------------------------------------
+    def observe(self, record: CallRecord) -> None:
+        """Learn from a finished call what attempts do not teach: its cost (budget), its features (awaiting feedback)."""
+        policy = self.policies[record.task_type]
+        if record.features is not None and record.model is not None and isinstance(policy, ContextualPolicy):
+            self.contexts.put(record.call_id, record.features)
+        pacer = self.pacers.get(record.task_type)
+        if pacer is not None:
+            with self.locks[record.task_type]:
+                pacer.observe(sum(a.cost for a in record.attempts), policy)
+
+    def learn_feedback(self, call: RatedCall, value: float) -> None:
+        """Teach the policy that chose a rated call's model its accuracy (a contextual one with the call's features)."""
+        policy = self.policies.get(call.task_type)
+        if policy is None or call.model not in policy.index:
+            return
+        if isinstance(policy, ContextualPolicy):
+            features = self.contexts.pop(call.call_id)
+            if features is None:  # evicted, or another process's call: the log has its features
+                try:
+                    features = self.store.call(logged_features, self.store, call.call_id, policy.featurizer.space)
+                except StoreError:
+                    features = None  # the store is away: only the bias weight learns
+            with self.locks[call.task_type]:
+                policy.feedback(call.model, value, features)
+        else:
+            with self.locks[call.task_type]:
+                policy.feedback(call.model, value)
+
+    # -- from the log ---------------------------------------------------------------------------
+    def _warm_start(self) -> None:
+        """Rebuild every policy's statistics from the logged history of its task type.
+
+        An undiscounted policy's statistics are sums, so it reads one aggregate row per model; a
+        discounted one reads only its last ``horizon()`` events, older ones weighing < 1e-12.
+        Either way the cost does not grow with the length of the log.
+        """
+        a, f = attempts_table.c, feedback_table.c
+        until = time.time()  # rows stamped from here on are learn_from_shared_log()'s, so none is learned twice
+        learnable = and_(
+            teaches_sql(attempts_table, self.config.rejecting_statuses),
+            or_(a.router_id.is_(None), a.router_id != self.router_id),
+            a.ts < until,
+        )
+        others = and_(or_(f.router_id.is_(None), f.router_id != self.router_id), f.ts < until)  # our own: learned live
+        read = self.store.call
+        for task, policy in self.policies.items():
+            horizon = policy.horizon()
+            if horizon is None:
+                tried = read(self.store.attempt_sums, task, learnable)
+                rated = read(self.store.feedback_sums, task, others)
+                with self.locks[task]:
+                    for sums in (tried, rated):
+                        columns = {k: sums[k].to_numpy() for k in sums.columns if k != "model"}
+                        policy.add_sums(sums["model"].tolist(), columns)
+            else:
+                self._learn(
+                    read(self.store.tail, "attempts", task, horizon, self.LEARNED_ATTEMPT_COLUMNS, learnable),
+                    read(self.store.tail, "feedback", task, horizon, self.LEARNED_FEEDBACK_COLUMNS, others),
+                )
+            if isinstance(policy, ContextualPolicy):
+                with self.locks[task]:
+                    warm_start_contexts(self.store, task, policy)
+        self._warm_until = until
+        self.warm = True
+
+    def _warm_start_later(self) -> None:
+        """Retry the warm start until the store answers or the learner stops (started during an outage)."""
+        while not self._stop.wait(1.0):
+            try:
+                self._warm_start()
+                return
+            except StoreError:
+                continue
+
+    def _learn(self, tried: pd.DataFrame, rated: pd.DataFrame) -> None:
+        """Teach each policy a time-ordered slice of the log (vectorised, under its lock)."""
+        tried = tried[teaches_frame(tried, self.config.rejecting_statuses)]
+        for task, policy in self.policies.items():
+            a = tried[tried["task_type"] == task]
+            f = rated[rated["task_type"] == task]
+            if len(a) or len(f):
+                with self.locks[task]:
+                    policy.fit(
+                        a["model"].tolist(),
+                        (a["outcome"] == "ok").to_numpy(),
+                        a["latency_s"].to_numpy(),
+                        a["cost"].to_numpy(),
+                        f["model"].tolist(),
+                        f["accuracy"].to_numpy(),
+                    )
+
+    def learn_from_shared_log(self) -> int:
+        """Learn what other router processes logged since the last time; returns the rows learned.
+
+        Run every ``refresh_s`` seconds by a background thread when the config sets it, so that all
+        processes sharing one database converge to the same preferences. An attempt is stamped
+        with its start but written when its call ends, in a batch; so rows are read again from a
+        deadline plus ``SYNC_SLACK_S`` back and deduplicated by key. A row that reaches the
+        database later than that (after an outage) is learned only at the next warm start.
+        """
+        overlap = self.config.deadline_s + self.SYNC_SLACK_S
+        since = max(self._synced_until - overlap, self._warm_until)
+        tasks = list(self.policies)
+        frame = self.store.frame
+        tried = self.store.call(lambda: frame("attempts", tasks, since=since, exclude_router=self.router_id))
+        rated = self.store.call(lambda: frame("feedback", tasks, since=since, exclude_router=self.router_id))
+        tried_keys = list(zip(["a"] * len(tried), tried["call_id"], tried["idx"]))
+        rated_keys = list(zip(["f"] * len(rated), rated["call_id"], [0] * len(rated)))
+        new_tried = np.array([k not in self._seen for k in tried_keys], dtype=bool)
+        new_rated = np.array([k not in self._seen for k in rated_keys], dtype=bool)
+        self._learn(tried[new_tried], rated[new_rated])
+        for key, ts in zip(tried_keys + rated_keys, [*tried["ts"], *rated["ts"]]):
+            self._seen[key] = ts
+        latest = max([self._synced_until, *tried["ts"], *rated["ts"]])
+        self._synced_until = latest
+        horizon = latest - 2 * overlap
+        self._seen = {k: ts for k, ts in self._seen.items() if ts >= horizon}
+        return int(new_tried.sum() + new_rated.sum())
+
+    def _refresh_loop(self) -> None:
+        assert self.config.refresh_s is not None
+        while not self._stop.wait(self.config.refresh_s):
+            try:
+                self.learn_from_shared_log()
+            except StoreError as exc:  # the store is away: the journal has our rows, try again later
+                log.warning("refresh failed: %s", exc)
+
+    def close(self) -> None:
+        """Stop the background threads (the refresher is joined)."""
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join()

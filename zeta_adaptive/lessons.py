@@ -1,0 +1,63 @@
+"""Which attempts teach: one rule for the live policy and breaker, the warm start's SQL and pandas.
+
+An attempt teaches its model's policy and breaker alike, unless it says nothing about the model:
+it was ``cancelled`` (a hedge's loser, an abandoned call), it ended ``context_exceeded`` (the prompt,
+not the model), or the request itself was rejected (a ``client_error`` whose status is in
+``rejecting_statuses`` from an endpoint that is not misconfigured). A misconfigured endpoint (401,
+403, 404, or an error naming an unknown model) teaches both as a failure. The breaker alone also
+skips a timeout the call's deadline cut short, which the log does not record (see :mod:`.health`).
+The same rule is written here three ways, for a reply, for SQL rows and for a DataFrame, so the
+warm start learns from the log exactly what the live path learned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, func, not_, or_
+
+from .backends import UNKNOWN_MODEL_MARKERS, Outcome
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["SILENT", "MISCONFIGURED_STATUSES", "rejected", "teaches", "teaches_sql", "teaches_frame"]
+
+#: outcomes that never teach: they say nothing about the model
+SILENT = frozenset({Outcome.CANCELLED, Outcome.CONTEXT_EXCEEDED})
+#: statuses of an endpoint set up wrong (a bad key, an unknown model), never a rejected request
+MISCONFIGURED_STATUSES = (401, 403, 404)
+_SILENT_NAMES = sorted(str(o) for o in SILENT)
+
+
+def rejected(outcome: str, status: int | None, misconfigured: bool, rejecting: Collection[int]) -> bool:
+    """Whether a backend refused the request itself: no model should see it again."""
+    return outcome == Outcome.CLIENT_ERROR and status in rejecting and not misconfigured
+
+
+def teaches(outcome: str, status: int | None, misconfigured: bool, rejecting: Collection[int]) -> bool:
+    """Whether an attempt teaches its model's policy and breaker (see the module's rule)."""
+    return outcome not in SILENT and not rejected(outcome, status, misconfigured, rejecting)
+
+
+def teaches_sql(table: Any, rejecting: Collection[int]) -> Any:
+    """The rule as a SQLAlchemy condition on an ``attempts`` table (misconfiguration read from status and error)."""
+    c = table.c
+    misconfigured = or_(
+        c.status.in_(MISCONFIGURED_STATUSES),
+        *(func.lower(func.coalesce(c.error, "")).contains(marker) for marker in UNKNOWN_MODEL_MARKERS),
+    )
+    refused = and_(c.outcome == str(Outcome.CLIENT_ERROR), c.status.in_(sorted(rejecting)), not_(misconfigured))
+    return and_(c.outcome.notin_(_SILENT_NAMES), not_(refused))
+
+
+def teaches_frame(frame: pd.DataFrame, rejecting: Collection[int]) -> pd.Series:
+    """The rule as a boolean Series over attempt rows (``outcome``, ``status`` and, if present, ``error``)."""
+    error = frame["error"].fillna("").astype(str).str.lower() if "error" in frame else None
+    misconfigured = frame["status"].isin(MISCONFIGURED_STATUSES)
+    if error is not None:
+        for marker in UNKNOWN_MODEL_MARKERS:
+            misconfigured |= error.str.contains(marker, regex=False)
+    refused = (frame["outcome"] == str(Outcome.CLIENT_ERROR)) & frame["status"].isin(list(rejecting)) & ~misconfigured
+    return ~frame["outcome"].isin(_SILENT_NAMES) & ~refused
