@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .backends import Outcome, Reply, StreamItem
 from .config import ModelConfig, RouteConfig
@@ -141,7 +141,9 @@ class Call:
         self.adaptive = lane.route.load == "adaptive"  # learned concurrency limits bound the models too
         health, candidates, models = lane.health, lane.route.models, lane.models
         usable, self.skipped = health.split(candidates, self.adaptive)
-        too_long = {m for m in candidates if not health.fits(m, self.band) or _over_window(models[m], chars)}
+        too_long = {m for m in candidates if _over_window(models[m], chars)}
+        if health.too_long:  # some model already exceeded its context: the prompt's band decides
+            too_long.update(m for m in candidates if not health.fits(m, self.band))
         for name in sorted(too_long):
             self.skipped.setdefault(name, "prompt_too_long")
         pool = [m for m in usable if m not in too_long] if too_long else usable
@@ -175,6 +177,7 @@ class Call:
         self.answer_model: str | None = None
         self.rejected = False
         self.final = False  # a streamed attempt showed text: no fallback any more
+        self._taken: Reply | None = None  # the reply the attempt in progress sent
         self.prompt = prompt
         self.latency_s = 0.0  # set when the call ends
 
@@ -289,18 +292,30 @@ class Call:
         self.cancel_open(f"{type(exc).__name__}: {exc}")
         self._end("ok" if self.answer is not None else "failed")
 
-    def record(self, model: ModelConfig, reply: Reply, index: int, shown: bool = False) -> None:
-        """Keep one attempt's reply, validate it, teach the policy and the breaker at once.
+    def take(self, item: StreamItem) -> bool:
+        """Note one item the attempt in progress sent: True for a text delta to show the caller.
 
-        ``shown`` means text of this attempt already reached the caller (a stream): the call then
-        ends here whatever happened, since answers from two models must never be spliced.
+        Once text reached the caller the call ends with this attempt whatever happens, since
+        answers from two models must never be spliced; the final item is the attempt's reply.
         """
+        if isinstance(item, str):
+            self.final = True
+            return True
+        self._taken = item
+        return False
+
+    def record_taken(self, model: ModelConfig, index: int) -> None:
+        """Record the attempt in progress with the reply it sent last (a malformed one if it sent none)."""
+        reply, self._taken = self._taken or _NO_RESULT, None
+        self.record(model, reply, index)
+
+    def record(self, model: ModelConfig, reply: Reply, index: int) -> None:
+        """Keep one attempt's reply, validate it, teach the policy and the breaker at once."""
         lane = self.lane
         if reply.ok and lane.validators:
             problem = check_answer(lane.validators, reply.text or "")
             if problem:
                 reply = replace(reply, outcome=Outcome.INVALID, error=problem)
-        self.final = self.final or shown
         cost = model.cost(reply.tokens_in, reply.tokens_out)
         error = lane.scrub(reply.error) if reply.error else ""
         outcome = reply.outcome
@@ -417,14 +432,10 @@ def run(call: Call, send: Send, done: Callable[[Reply], T]) -> Iterator[str | T]
             call.pause(step)
             if step.model is None or (started := call.begin(step.model)) is None:
                 continue
-            shown, reply = False, None
             for item in send(step.model, started):
-                if isinstance(item, str):
-                    shown = True
+                if call.take(item):
                     yield item
-                else:
-                    reply = item
-            call.record(step.model, reply or _NO_RESULT, started.index, shown)
+            call.record_taken(step.model, started.index)
     except BaseException as exc:  # includes GeneratorExit: the caller stopped reading
         call.abort(exc)
         raise
@@ -445,32 +456,30 @@ async def arun(call: Call, send: ASend, done: Callable[[Reply], T], hedge: bool 
                 continue
             if (started := call.begin(step.model)) is None:
                 continue
-            shown, reply = False, None
             async for item in send(step.model, started):
-                if isinstance(item, str):
-                    shown = True
+                if call.take(item):
                     yield item
-                else:
-                    reply = item
-            call.record(step.model, reply or _NO_RESULT, started.index, shown)
+            call.record_taken(step.model, started.index)
     except BaseException as exc:  # the caller cancelled us or stopped reading, or a backend raised
         call.abort(exc)
         raise
     yield done(call.finish())
 
 
-def last(items: Iterable[T]) -> T:
-    """The last item of a plain call's driver (its only one: ``done(answer)``)."""
-    for item in items:
-        result = item
-    return result
+def last(items: Iterable[str | T]) -> T:
+    """What a plain call's driver yields, ``done(answer)``, once it has run to its end."""
+    result: Any = None
+    for result in items:  # noqa: B007 (the last item is the result)
+        pass
+    return cast(T, result)
 
 
-async def alast(items: AsyncIterator[T]) -> T:
+async def alast(items: AsyncIterator[str | T]) -> T:
     """Async twin of :func:`last`."""
-    async for item in items:
-        result = item
-    return result
+    result: Any = None
+    async for result in items:  # noqa: B007
+        pass
+    return cast(T, result)
 
 
 async def _reply(attempt: AsyncIterator[StreamItem]) -> Reply:

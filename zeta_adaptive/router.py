@@ -304,10 +304,12 @@ class Router:
 
     @property
     def locks(self) -> dict[str, threading.Lock]:
+        """Each task type's policy lock."""
         return self.learner.locks
 
     @property
     def pacers(self) -> dict[str, BudgetPacer]:
+        """The cost budgets of the routes that set ``budget_per_call``."""
         return self.learner.pacers
 
     @property
@@ -630,6 +632,9 @@ def _chat_result(call: Call) -> Callable[[Reply], ChatResult]:
     return lambda answer: ChatResult(**call.fields(), text=answer.text or "")
 
 
+_EMPTY = np.empty((0, 0), dtype=np.float32)  # no answer ends ok without vectors: for the type checker
+
+
 def _embed_result(call: Call) -> Callable[[Reply], EmbedResult]:
     """What an embedding call returns once answered."""
-    return lambda answer: EmbedResult(**call.fields(), vectors=answer.vectors)
+    return lambda answer: EmbedResult(**call.fields(), vectors=_EMPTY if answer.vectors is None else answer.vectors)
