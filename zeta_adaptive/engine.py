@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar, cast
 
 from .backends import Outcome, Reply, StreamItem
 from .config import ModelConfig, RouteConfig
@@ -292,7 +292,7 @@ class Call:
         self.cancel_open(f"{type(exc).__name__}: {exc}")
         self._end("ok" if self.answer is not None else "failed")
 
-    def take(self, item: StreamItem) -> bool:
+    def take(self, item: StreamItem) -> TypeGuard[str]:
         """Note one item the attempt in progress sent: True for a text delta to show the caller.
 
         Once text reached the caller the call ends with this attempt whatever happens, since
