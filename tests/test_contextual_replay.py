@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from in_process import fake_router
 
-from zeta_adaptive import FakeBackend, Router, make_policy
+from zeta_adaptive import make_policy
 from zeta_adaptive.contextual_replay import ContextualLog, action_probabilities, evaluate, load_contextual
 from zeta_adaptive.exceptions import ReplayError
 from zeta_adaptive.policies import Objective
@@ -69,7 +70,7 @@ def test_the_router_log_loads_as_a_contextual_log(tmp_path):
         "routes": {"qa": {"models": ["a", "b"], "policy": "linear_thompson", "feature_bits": 8}},
     }
     rng = np.random.default_rng(0)
-    with Router(config, backend=FakeBackend({})) as router:
+    with fake_router(config) as router:
         for _ in range(30):
             topic, text = topic_prompt(rng)
             result = router.chat("qa", [{"role": "user", "content": text}])
