@@ -1,10 +1,12 @@
-"""Simulated fleet of OpenAI-compatible fake LLM servers on loopback HTTP.
+"""Simulated fleet of OpenAI-compatible fake LLM servers, on loopback HTTP or in process.
 
-Each model of a :class:`Fleet` is served by its own standard-library HTTP server on
-127.0.0.1 with configurable latency and faults (server errors, rate limits, malformed or
-empty answers, hangs, stalled or broken streams, error events, refused connections), drawn
-from a seeded numpy generator, so that integration tests, demos and benchmarks of the router
-run against realistic, reproducible and fully local backends.
+Each model of a :class:`Fleet` has configurable latency and faults (server errors, rate limits,
+malformed or empty answers, hangs, stalled or broken streams, error events, refused connections),
+drawn from a seeded numpy generator or scripted (``ModelSpec.script``), so that integration tests,
+unit tests, demos and benchmarks of the router run against realistic, reproducible and fully local
+backends. One handler decides each answer; two carriers play it: a standard-library HTTP server
+per model on 127.0.0.1 (:meth:`Fleet.start`), or an httpx transport with no socket
+(:meth:`Fleet.transports`, :func:`mock_fleet`), so the router's real HTTP parsing runs either way.
 
 The servers are as strict as real ones (OpenAI, vLLM): usage in a stream only when
 ``stream_options.include_usage`` asks for it; 404 with OpenAI's body for a model name they do
@@ -398,7 +400,7 @@ def _refusal(
     return None
 
 
-Parts = Iterator[tuple[float, bytes]]
+_Parts = Iterator[tuple[float, bytes]]
 
 
 @dataclass
@@ -409,7 +411,7 @@ class _Answer:
     status: int = 0  # 0: the connection closes without an answer
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""  # a whole body, sent with the head
-    parts: Parts | None = None  # or a body sent piece by piece after the head, each piece after a wait
+    parts: _Parts | None = None  # or a body sent piece by piece after the head, each piece after a wait
     wait_s: float = 0.0  # before the head
     busy_s: float | None = None  # then, the latency served holding one of the model's slots (None: no slot)
     complete: bool = True  # False: the connection is cut after the parts
@@ -463,7 +465,7 @@ def _stream(
     fate: str,
     draw: _Draw,
     first_s: float,
-) -> tuple[Parts, bool]:
+) -> tuple[_Parts, bool]:
     """OpenAI server-sent events, the first after ``first_s`` (possibly after a stall too), possibly
     cut or ending in an error event; usage comes in a last chunk only when asked for. Returns the
     pieces and whether the stream completes."""
@@ -500,7 +502,7 @@ def _stream(
     return iter([*parts, (0.0, b"data: [DONE]\n\n")]), True
 
 
-def _drip(seconds: float, stream: bool) -> tuple[dict[str, str], Parts]:
+def _drip(seconds: float, stream: bool) -> tuple[dict[str, str], _Parts]:
     """Headers, then one byte of a body that never completes every DRIP_INTERVAL_S for ``seconds``."""
     if stream:  # a comment that never ends, in chunked encoding
         headers, piece = {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked"}, b":"
@@ -509,7 +511,7 @@ def _drip(seconds: float, stream: bool) -> tuple[dict[str, str], Parts]:
     return headers, ((DRIP_INTERVAL_S, piece) for _ in range(int(seconds / DRIP_INTERVAL_S)))
 
 
-def _bomb() -> Parts:
+def _bomb() -> _Parts:
     """A gzip bomb: 1 GiB of whitespace inside a JSON string, sent as one gzip member whose 1 MiB
     blocks are compressed once per process (so a bomb costs the server little)."""
     head, tail = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "', b'"}}]}'
@@ -714,7 +716,7 @@ class _Wait:
 class _PartStream(httpx.SyncByteStream, httpx.AsyncByteStream):
     """The pieces of a body sent piece by piece, as a transport's response stream (sync and async)."""
 
-    def __init__(self, answer: _Answer, parts: Parts, request: httpx.Request) -> None:
+    def __init__(self, answer: _Answer, parts: _Parts, request: httpx.Request) -> None:
         self._wait = _Wait(answer, request)
         self._parts = parts
 
