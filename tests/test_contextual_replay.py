@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import numpy as np
 import pytest
 
 from zeta_adaptive import FakeBackend, Router, make_policy
-from zeta_adaptive.contextual_replay import ContextualLog, action_probabilities, evaluate, load_contextual
 from zeta_adaptive.exceptions import ReplayError
 from zeta_adaptive.policies import Objective
+from zeta_adaptive.replay.contextual import ContextualLog, action_probabilities, evaluate, load_contextual
 
 OBJ = Objective(w_latency=0.0)
 MEANS = {"alpha": (0.9, 0.3), "beta": (0.3, 0.8)}  # accuracy of models a, b per topic
@@ -79,3 +82,10 @@ def test_the_router_log_loads_as_a_contextual_log(tmp_path):
         log = load_contextual(router.store, "qa", policy.models, policy.featurizer.space, policy.featurizer.size)
     assert len(log.features) == 30 and np.all((log.propensities > 0) & (log.propensities <= 1))
     assert set(np.unique(log.rewards)) <= {0.3, 0.8, 0.9}
+
+
+def test_the_old_module_name_still_works_and_warns():
+    sys.modules.pop("zeta_adaptive.contextual_replay", None)
+    with pytest.warns(DeprecationWarning, match=r"zeta_adaptive\.replay\.contextual"):
+        old = importlib.import_module("zeta_adaptive.contextual_replay")
+    assert old.evaluate is evaluate and old.ContextualLog is ContextualLog

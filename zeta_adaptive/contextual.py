@@ -134,7 +134,7 @@ class ContextualPolicy(Policy):
         super().feedback(model, accuracy)
         self.learn(model, accuracy, features)
 
-    def _parts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _parts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Success Beta posterior (successes + 1, failures + 1), latency and cost means of the eligible
         models (latency and cost 0 if never served)."""
         s = self.stats[:, idx]
@@ -162,6 +162,21 @@ class ContextualPolicy(Policy):
         cost: np.ndarray,
     ) -> tuple[np.ndarray, float]:
         """The eligible models' order (positions in ``idx``) and P(primary), from the rows' moments."""
+        raise NotImplementedError
+
+    def context_probabilities(self, features: Sequence[Features], draws: int = 4096) -> np.ndarray:
+        """P(the primary is each model | x) for each context (rows; columns: ``models``), the policy unchanged:
+        exact for a deterministic ranking, else the share of ``draws`` posterior draws seeded by the row."""
+        parts = self._parts(self._all)
+        out = np.zeros((len(features), len(self.models)))
+        for row, x in enumerate(features):
+            out[row] = self._primary_shares(*self._moments(x), parts, np.random.default_rng(row), draws)
+        return out
+
+    def _primary_shares(
+        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        """P(primary) of every model at one context's moments."""
         raise NotImplementedError
 
 
@@ -202,6 +217,17 @@ class LinearThompsonPolicy(ContextualPolicy):
         order = np.argsort(-scores[u], kind="stable")
         return order, float(np.count_nonzero(best == best[u])) / self.samples
 
+    def _primary_shares(
+        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        ok, failed, latency, cost = parts
+        k = len(self.models)
+        z = rng.standard_normal((draws, k + 1))
+        sd = self.explore * np.sqrt(var)
+        accuracy = mean[:-1] + sd[:-1] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])
+        success = rng.beta(ok, failed, size=(draws, k))
+        return np.bincount(self.objective.score(success, accuracy, latency, cost).argmax(axis=1), minlength=k) / draws
+
 
 class LinUCBPolicy(ContextualPolicy):
     """LinUCB on the linear accuracy model: rank by ``mean + alpha * sd`` of each model's accuracy; propensity 1."""
@@ -220,6 +246,13 @@ class LinUCBPolicy(ContextualPolicy):
         index = self.objective.score(ok / (ok + failed), upper, latency, cost)
         untried = ok + failed <= 2.0
         return np.argsort(-np.where(untried, np.inf, index), kind="stable"), 1.0  # models never tried come first
+
+    def _primary_shares(
+        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        out = np.zeros(len(self.models))
+        out[self._decide(self._all, mean, var, *parts)[0][0]] = 1.0
+        return out
 
 
 POLICIES.update({p.name: p for p in (LinearThompsonPolicy, LinUCBPolicy)})

@@ -1,0 +1,174 @@
+"""Off-policy evaluation of per-prompt routing: IPS, SNIPS and DR over logged features and propensities.
+
+A :class:`ContextualLog` holds, per logged call, the prompt's features (as the router logs them
+in ``call_features``), the primary model chosen, the probability the logging policy chose it and
+the reward (the call's feedback accuracy). :func:`load_contextual` reads one from the router's
+log; any logging policy works as long as its propensities are logged and positive.
+
+A target is a frozen contextual policy (no learning during evaluation): its probability of
+choosing each model at each logged context is :func:`action_probabilities` (exact for LinUCB,
+whose choice is deterministic; for linear Thompson sampling the mean share of ``draws`` posterior
+draws, which converges to its exact choice probability). Estimators:
+
+* IPS: ``mean(pi(a|x) / p * r)``, unbiased when the propensities are exact;
+* SNIPS: the same, normalised by ``mean(pi(a|x) / p)``;
+* DR: a reward model ``q(x, a)`` (ridge regression per model on the features, cross-fitted: each
+  row's q comes from a model fitted on the other folds) plus the IPS correction of its residual.
+
+Intervals are percentile bootstraps over calls that refit DR's reward model in every resample,
+so they include its uncertainty.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.linalg import lsqr
+from sqlalchemy import select
+
+from ..contextual import ContextualPolicy
+from ..exceptions import ReplayError
+from ..features import Features
+from ..store import Store, call_features, calls
+from ..store import feedback as feedback_table
+
+__all__ = ["ContextualLog", "load_contextual", "action_probabilities", "evaluate", "ESTIMATORS"]
+
+ESTIMATORS = ("ips", "snips", "dr")
+
+
+@dataclass(frozen=True)
+class ContextualLog:
+    """Logged rounds: features, chosen model, its logging probability, reward; and the models."""
+
+    features: list[Features]
+    actions: np.ndarray  # index into models
+    propensities: np.ndarray
+    rewards: np.ndarray
+    models: tuple[str, ...]
+    size: int  # the feature space's dimension
+
+    def __post_init__(self) -> None:
+        n = len(self.features)
+        if not n:
+            raise ReplayError("the contextual log is empty")
+        if not (len(self.actions) == len(self.propensities) == len(self.rewards) == n):
+            raise ReplayError("features, actions, propensities and rewards must have one entry per round")
+        if np.any(~np.isfinite(self.propensities)) or np.any(self.propensities <= 0) or np.any(self.propensities > 1):
+            raise ReplayError("every logged propensity must be in (0, 1]")
+
+    def matrix(self) -> sp.csr_matrix:
+        rows = np.concatenate([np.full(x.nnz, i) for i, x in enumerate(self.features)])
+        cols = np.concatenate([x.indices for x in self.features])
+        vals = np.concatenate([x.values for x in self.features])
+        return sp.csr_matrix((vals, (rows, cols)), shape=(len(self.features), self.size))
+
+
+def load_contextual(store: Store, task_type: str, models: Sequence[str], space: str, size: int) -> ContextualLog:
+    """Rated calls of a task type whose features were logged in ``space``: primary, propensity, accuracy."""
+    c, f, x = calls.c, feedback_table.c, call_features.c
+    query = (
+        select(c.ranking, c.propensity, f.accuracy, x.features)
+        .join(feedback_table, f.call_id == c.call_id)
+        .join(call_features, x.call_id == c.call_id)
+        .where(c.task_type == task_type, x.space == space)
+        .order_by(c.ts)
+    )
+    with store.engine.connect() as conn:
+        rows = pd.DataFrame(conn.execute(query).all(), columns=["ranking", "propensity", "accuracy", "features"])
+    index = {m: i for i, m in enumerate(models)}
+    primary = rows["ranking"].map(lambda r: index.get(json.loads(r)[0], -1)).to_numpy()
+    keep = primary >= 0  # calls whose primary is no longer a model of the target
+    return ContextualLog(
+        [Features.from_json(t) for t in rows["features"][keep]],
+        primary[keep],
+        rows["propensity"].to_numpy(float)[keep],
+        rows["accuracy"].to_numpy(float)[keep],
+        tuple(models),
+        size,
+    )
+
+
+def action_probabilities(policy: ContextualPolicy, features: Sequence[Features], draws: int = 4096) -> np.ndarray:
+    """P(the policy's primary is each model | x), rows = contexts, columns = the policy's models (policy unchanged)."""
+    return policy.context_probabilities(features, draws)
+
+
+def _ridge(a: sp.csr_matrix, y: np.ndarray, l2: float) -> np.ndarray:
+    return lsqr(a, y, damp=np.sqrt(l2))[0]
+
+
+def _reward_model(
+    log: ContextualLog, rows: np.ndarray, x: sp.csr_matrix, folds: int, l2: float, seed: int
+) -> np.ndarray:
+    """Cross-fitted q(x_i, a) for the given rows: each from ridge fits on the other folds' rounds of action a."""
+    k = len(log.models)
+    q = np.zeros((len(rows), k))
+    fold = np.random.default_rng(seed).integers(0, folds, len(rows))
+    actions, rewards = log.actions[rows], log.rewards[rows]
+    mean = rewards.mean()
+    for f in range(folds):
+        test, train = fold == f, fold != f
+        for a in range(k):
+            fit = train & (actions == a)
+            if fit.sum() < 2:
+                q[test, a] = mean
+                continue
+            base = rewards[fit].mean()
+            w = _ridge(x[rows[fit]], rewards[fit] - base, l2)
+            q[test, a] = np.clip(base + x[rows[test]] @ w, 0.0, 1.0)
+    return q
+
+
+def _estimates(
+    log: ContextualLog, pi: np.ndarray, rows: np.ndarray, x: sp.csr_matrix, folds: int, l2: float, seed: int
+) -> dict[str, float]:
+    a, p, r = log.actions[rows], log.propensities[rows], log.rewards[rows]
+    w = pi[rows, a] / p
+    q = _reward_model(log, rows, x, folds, l2, seed)
+    dr = (pi[rows] * q).sum(axis=1) + w * (r - q[np.arange(len(rows)), a])
+    return {
+        "ips": float(np.mean(w * r)),
+        "snips": float(np.sum(w * r) / max(np.sum(w), 1e-12)),
+        "dr": float(np.mean(dr)),
+    }
+
+
+def evaluate(
+    log: ContextualLog,
+    pi: np.ndarray,
+    *,
+    n_boot: int = 200,
+    alpha: float = 0.05,
+    folds: int = 2,
+    l2: float = 1.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """IPS, SNIPS and DR estimates of the target's mean reward, with bootstrap intervals (DR refitted per resample)."""
+    if pi.shape != (len(log.features), len(log.models)):
+        raise ReplayError(
+            f"target probabilities must have shape {(len(log.features), len(log.models))}, got {pi.shape}"
+        )
+    x = log.matrix()
+    everything = np.arange(len(log.features))
+    point = _estimates(log, pi, everything, x, folds, l2, seed)
+    rng = np.random.default_rng(seed)
+    boots = pd.DataFrame(
+        [
+            _estimates(log, pi, rng.integers(0, len(everything), len(everything)), x, folds, l2, seed + b + 1)
+            for b in range(n_boot)
+        ]
+    )
+    return pd.DataFrame(
+        {
+            "estimator": list(ESTIMATORS),
+            "estimate": [point[e] for e in ESTIMATORS],
+            "low": [float(np.quantile(boots[e], alpha / 2)) for e in ESTIMATORS],
+            "high": [float(np.quantile(boots[e], 1 - alpha / 2)) for e in ESTIMATORS],
+        }
+    )
