@@ -132,36 +132,16 @@ def load_logged(
     tasks = [task_type] if isinstance(task_type, str) else (list(task_type) if task_type is not None else None)
     s, own = _open_store(store)
 
-    def query(table: Any, *columns: Any) -> Any:
-        q = select(*columns)
+    def query(table: Any, *columns: str) -> Any:
+        q = select(*(table.c[name] for name in columns))
         return q.where(table.c.task_type.in_(tasks)) if tasks is not None else q
 
     try:
         with s.engine.connect() as conn:
-            c = pd.read_sql(
-                query(
-                    calls,
-                    calls.c.call_id,
-                    calls.c.ts,
-                    calls.c.task_type,
-                    calls.c.policy,
-                    calls.c.propensity,
-                    calls.c.ranking,
-                ),
-                conn,
-            )
-            a = pd.read_sql(
-                query(
-                    attempts,
-                    attempts.c.call_id,
-                    attempts.c.model,
-                    attempts.c.outcome,
-                    attempts.c.latency_s,
-                    attempts.c.cost,
-                ).where(attempts.c.idx == 0),
-                conn,
-            )
-            f = pd.read_sql(query(feedback, feedback.c.call_id, feedback.c.model, feedback.c.accuracy), conn)
+            c = pd.read_sql(query(calls, "call_id", "ts", "task_type", "policy", "propensity", "ranking"), conn)
+            primary = query(attempts, "call_id", "model", "outcome", "latency_s", "cost").where(attempts.c.idx == 0)
+            a = pd.read_sql(primary, conn)
+            f = pd.read_sql(query(feedback, "call_id", "model", "accuracy"), conn)
     except SQLAlchemyError as exc:
         raise StoreError(
             f"cannot read the log from {s.safe_url}: {type(exc).__name__}: {getattr(exc, 'orig', exc)}"
