@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -37,7 +39,16 @@ from ..features import Features
 from ..store import Store, call_features, calls
 from ..store import feedback as feedback_table
 
-__all__ = ["ContextualLog", "load_contextual", "action_probabilities", "evaluate", "ESTIMATORS"]
+__all__ = [
+    "ContextualLog",
+    "load_contextual",
+    "action_probabilities",
+    "ContextualIPS",
+    "ContextualSNIPS",
+    "ContextualDR",
+    "evaluate",
+    "ESTIMATORS",
+]
 
 ESTIMATORS = ("ips", "snips", "dr")
 
@@ -63,6 +74,11 @@ class ContextualLog:
             raise ReplayError("every logged propensity must be in (0, 1]")
 
     def matrix(self) -> sp.csr_matrix:
+        """The features as a sparse (rounds, size) matrix, built once."""
+        return self._matrix
+
+    @cached_property
+    def _matrix(self) -> sp.csr_matrix:
         rows = np.concatenate([np.full(x.nnz, i) for i, x in enumerate(self.features)])
         cols = np.concatenate([x.indices for x in self.features])
         vals = np.concatenate([x.values for x in self.features])
@@ -125,18 +141,80 @@ def _reward_model(
     return q
 
 
-def _estimates(
-    log: ContextualLog, pi: np.ndarray, rows: np.ndarray, x: sp.csr_matrix, folds: int, l2: float, seed: int
-) -> dict[str, float]:
-    a, p, r = log.actions[rows], log.propensities[rows], log.rewards[rows]
-    w = pi[rows, a] / p
-    q = _reward_model(log, rows, x, folds, l2, seed)
-    dr = (pi[rows] * q).sum(axis=1) + w * (r - q[np.arange(len(rows)), a])
-    return {
-        "ips": float(np.mean(w * r)),
-        "snips": float(np.sum(w * r) / max(np.sum(w), 1e-12)),
-        "dr": float(np.mean(dr)),
-    }
+@dataclass(frozen=True)
+class _ContextualEstimator:
+    """Shared: a frozen target's value from a set of logged rounds, and its percentile bootstrap over rounds."""
+
+    n_boot: int = 200
+    alpha: float = 0.05
+    seed: int = 0
+
+    name: ClassVar[str] = ""
+
+    def estimate(self, log: ContextualLog, pi: np.ndarray) -> float:
+        """The target's estimated mean reward; ``pi``: its (rounds, models) action probabilities."""
+        return self._value(log, _checked(log, pi), np.arange(len(log.features)), self.seed)
+
+    def interval(self, log: ContextualLog, pi: np.ndarray) -> tuple[float, float]:
+        """The ``1 - alpha`` percentile bootstrap interval over rounds resampled with replacement (seeded)."""
+        pi, n = _checked(log, pi), len(log.features)
+        rng = np.random.default_rng(self.seed)
+        stats = [self._value(log, pi, rng.integers(0, n, n), self.seed + b + 1) for b in range(self.n_boot)]
+        return float(np.quantile(stats, self.alpha / 2)), float(np.quantile(stats, 1 - self.alpha / 2))
+
+    def _value(self, log: ContextualLog, pi: np.ndarray, rows: np.ndarray, seed: int) -> float:
+        raise NotImplementedError
+
+
+def _checked(log: ContextualLog, pi: np.ndarray) -> np.ndarray:
+    if pi.shape != (len(log.features), len(log.models)):
+        raise ReplayError(
+            f"target probabilities must have shape {(len(log.features), len(log.models))}, got {pi.shape}"
+        )
+    return pi
+
+
+def _weighted(log: ContextualLog, pi: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Importance weights ``pi(a|x) / p`` and rewards of the rows."""
+    return pi[rows, log.actions[rows]] / log.propensities[rows], log.rewards[rows]
+
+
+@dataclass(frozen=True)
+class ContextualIPS(_ContextualEstimator):
+    """IPS: ``mean(pi(a|x) / p * r)``, unbiased when the propensities are exact."""
+
+    name: ClassVar[str] = "ips"
+
+    def _value(self, log: ContextualLog, pi: np.ndarray, rows: np.ndarray, seed: int) -> float:
+        w, r = _weighted(log, pi, rows)
+        return float(np.mean(w * r))
+
+
+@dataclass(frozen=True)
+class ContextualSNIPS(_ContextualEstimator):
+    """SNIPS: IPS normalised by ``mean(pi(a|x) / p)``."""
+
+    name: ClassVar[str] = "snips"
+
+    def _value(self, log: ContextualLog, pi: np.ndarray, rows: np.ndarray, seed: int) -> float:
+        w, r = _weighted(log, pi, rows)
+        return float(np.sum(w * r) / max(np.sum(w), 1e-12))
+
+
+@dataclass(frozen=True)
+class ContextualDR(_ContextualEstimator):
+    """DR: the cross-fitted ridge reward model's value plus the IPS correction of its residual (refitted per resample)."""
+
+    folds: int = 2
+    l2: float = 1.0
+
+    name: ClassVar[str] = "dr"
+
+    def _value(self, log: ContextualLog, pi: np.ndarray, rows: np.ndarray, seed: int) -> float:
+        w, r = _weighted(log, pi, rows)
+        q = _reward_model(log, rows, log.matrix(), self.folds, self.l2, seed)
+        a = log.actions[rows]
+        return float(np.mean((pi[rows] * q).sum(axis=1) + w * (r - q[np.arange(len(rows)), a])))
 
 
 def evaluate(
@@ -150,25 +228,10 @@ def evaluate(
     seed: int = 0,
 ) -> pd.DataFrame:
     """IPS, SNIPS and DR estimates of the target's mean reward, with bootstrap intervals (DR refitted per resample)."""
-    if pi.shape != (len(log.features), len(log.models)):
-        raise ReplayError(
-            f"target probabilities must have shape {(len(log.features), len(log.models))}, got {pi.shape}"
-        )
-    x = log.matrix()
-    everything = np.arange(len(log.features))
-    point = _estimates(log, pi, everything, x, folds, l2, seed)
-    rng = np.random.default_rng(seed)
-    boots = pd.DataFrame(
-        [
-            _estimates(log, pi, rng.integers(0, len(everything), len(everything)), x, folds, l2, seed + b + 1)
-            for b in range(n_boot)
-        ]
+    estimators = (
+        ContextualIPS(n_boot, alpha, seed),
+        ContextualSNIPS(n_boot, alpha, seed),
+        ContextualDR(n_boot, alpha, seed, folds, l2),
     )
-    return pd.DataFrame(
-        {
-            "estimator": list(ESTIMATORS),
-            "estimate": [point[e] for e in ESTIMATORS],
-            "low": [float(np.quantile(boots[e], alpha / 2)) for e in ESTIMATORS],
-            "high": [float(np.quantile(boots[e], 1 - alpha / 2)) for e in ESTIMATORS],
-        }
-    )
+    rows = [(e.name, e.estimate(log, pi), *e.interval(log, pi)) for e in estimators]
+    return pd.DataFrame(rows, columns=["estimator", "estimate", "low", "high"])
