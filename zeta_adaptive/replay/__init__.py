@@ -16,18 +16,10 @@ another policy would have earned on the same traffic. The package follows the Op
 * :mod:`~zeta_adaptive.replay.compare`: targets x estimators side by side;
 * :mod:`~zeta_adaptive.replay.contextual`: per-prompt (contextual) targets on logged features.
 
-Targets, and which estimator applies to which:
-
-* fixed targets (:class:`Uniform`, :class:`Static`, :class:`Always`, :class:`Distribution`) have
-  known action probabilities at every round: IPS, SNIPS, DM and DR apply, and so does
-  :class:`Replay` (rejection sampling of the rounds);
-* learning targets (:class:`Learning`: any policy of :mod:`zeta_adaptive.policies`, learning as it
-  goes) are evaluated by :class:`Replay` (Li et al. 2011): the policy is run along the log and
-  updated only on the rounds it is matched with. Where the policy exposes its action
-  probabilities (deterministic rankings, and :meth:`~zeta_adaptive.policies.Policy.primary_probabilities`
-  for random ones: ``random``, Thompson sampling), the replay also records them at every logged
-  round, and IPS, SNIPS, DM and DR then estimate the same quantity from every round instead of
-  only the matched ones. Policies that do not expose them (epsilon-greedy) get the replay estimate only.
+Fixed targets (:class:`Uniform`, :class:`Static`, :class:`Always`, :class:`Distribution`) suit
+every estimator; a learning target (:class:`Learning`, any policy of :mod:`zeta_adaptive.policies`)
+is replayed along the log (Li et al. 2011) and suits :class:`Replay`, and IPS, SNIPS, DM and DR
+where the policy exposes its action probabilities (all but epsilon-greedy).
 
 The value of a learning policy is its mean reward per decision over the decisions it made in the
 replay, i.e. over its first ``ess`` calls online: compare it with online runs of that length. (IPS

@@ -8,15 +8,10 @@ log; any logging policy works as long as its propensities are logged and positiv
 A target is a frozen contextual policy (no learning during evaluation): its probability of
 choosing each model at each logged context is :func:`action_probabilities` (exact for LinUCB,
 whose choice is deterministic; for linear Thompson sampling the mean share of ``draws`` posterior
-draws, which converges to its exact choice probability). Estimators:
-
-* IPS: ``mean(pi(a|x) / p * r)``, unbiased when the propensities are exact;
-* SNIPS: the same, normalised by ``mean(pi(a|x) / p)``;
-* DR: a reward model ``q(x, a)`` (ridge regression per model on the features, cross-fitted: each
-  row's q comes from a model fitted on the other folds) plus the IPS correction of its residual.
-
-Intervals are percentile bootstraps over calls that refit DR's reward model in every resample,
-so they include its uncertainty.
+draws, which converges to its exact choice probability). The estimators, :class:`ContextualIPS`,
+:class:`ContextualSNIPS` and :class:`ContextualDR` (a cross-fitted ridge reward model), give
+percentile bootstrap intervals over calls; DR refits its reward model in every resample, so its
+interval includes the model's uncertainty.
 """
 
 from __future__ import annotations
@@ -49,8 +44,6 @@ __all__ = [
     "evaluate",
     "ESTIMATORS",
 ]
-
-ESTIMATORS = ("ips", "snips", "dr")
 
 
 @dataclass(frozen=True)
@@ -215,6 +208,10 @@ class ContextualDR(_ContextualEstimator):
         q = _reward_model(log, rows, log.matrix(), self.folds, self.l2, seed)
         a = log.actions[rows]
         return float(np.mean((pi[rows] * q).sum(axis=1) + w * (r - q[np.arange(len(rows)), a])))
+
+
+#: the estimators :func:`evaluate` reports, by name
+ESTIMATORS = tuple(e.name for e in (ContextualIPS, ContextualSNIPS, ContextualDR))
 
 
 def evaluate(
