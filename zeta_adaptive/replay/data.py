@@ -63,6 +63,11 @@ def _screen(frame: pd.DataFrame, problems: Mapping[str, Any], on_invalid: str) -
     return out
 
 
+def _propensity_problems(p: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows whose logged propensity cannot weigh them: missing, non-positive or above 1."""
+    return {"with a missing or non-positive propensity": ~(p > 0), "with a propensity above 1": p > 1.0 + 1e-9}
+
+
 def _primary(ranking: Any) -> str | None:
     """The first model of a logged ranking (a JSON list), or None if it is not one."""
     try:
@@ -182,13 +187,11 @@ def load_logged(
         out["reward"] = (objective or Objective()).score(
             out["success"].to_numpy(), acc0, out["latency_s"].to_numpy(), out["cost"].to_numpy()
         )
-    p = out["propensity"].to_numpy()
     problems = {
         "without a readable ranking": action.isna(),
         "without a primary attempt": df["attempt_model"].isna(),
         "whose primary attempt is not the ranking's first model": (df["attempt_model"] != action) & action.notna(),
-        "with a missing or non-positive propensity": ~(p > 0),
-        "with a propensity above 1": p > 1.0 + 1e-9,
+        **_propensity_problems(out["propensity"].to_numpy()),
         "with a duplicated call id": out["call_id"].duplicated(keep=False),
     }
     if reward != "success":
@@ -237,12 +240,10 @@ def from_frame(
             out[name] = df[column].to_numpy()
     for c in context:
         out[_CONTEXT + c] = df[c].to_numpy()
-    p = out["propensity"].to_numpy()
     problems = {
         "with a missing action": out["action"].isna(),
         "with a missing or non-numeric reward": ~np.isfinite(out["reward"].to_numpy()),
-        "with a missing or non-positive propensity": ~(p > 0),
-        "with a propensity above 1": p > 1.0 + 1e-9,
+        **_propensity_problems(out["propensity"].to_numpy()),
     }
     if call_id is not None:
         problems["with a duplicated call id"] = out["call_id"].duplicated(keep=False)
