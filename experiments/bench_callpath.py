@@ -1,12 +1,10 @@
-"""The router's own work per call, in process: an instant backend (no I/O), the SQLite log on.
+"""The router's own work per call, in process: a routed call vs a direct httpx call through one
+``httpx.MockTransport`` that answers at once (no network), the SQLite log on.
 
-Prints, per mode and route, the median over blocks of the wall time and of the calling thread's
-CPU time per call. The CPU time leaves out the network, the backend and the log writer's thread,
-so it measures what the call path itself costs and varies far less with other load on the
-machine than wall time. To compare two versions, run it with each on ``PYTHONPATH``:
-
-    PYTHONPATH=/path/to/old .venv/bin/python experiments/bench_callpath.py
-    .venv/bin/python experiments/bench_callpath.py
+Prints, per mode and route, the median over blocks of the calling thread's CPU time per call,
+direct and routed, and the difference: what the call path adds. CPU time of the calling thread
+leaves out the log writer's thread and varies far less with other load on the machine than wall
+time. To compare two versions, run it with each on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -18,27 +16,17 @@ import tempfile
 import time
 from typing import Any
 
+import httpx
+
 from zeta_adaptive import Router
-from zeta_adaptive.backends import Outcome, Reply
 
-ANSWER = Reply(Outcome.OK, 0.0005, 200, tokens_in=10, tokens_out=5, text="fine")
 MSG = [{"role": "user", "content": "hi"}]
-
-
-class Instant:
-    """A backend that answers at once, so only the router's work is timed."""
-
-    def chat(self, model: Any, messages: Any, params: Any, timeout_s: float) -> Reply:
-        return ANSWER
-
-    async def achat(self, model: Any, messages: Any, params: Any, timeout_s: float) -> Reply:
-        return ANSWER
-
-    def close(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
+BODY = {
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
+TRANSPORT = httpx.MockTransport(lambda request: httpx.Response(200, json=BODY))
+URL = "http://127.0.0.1:1/v1"
 
 
 def config(directory: str, models: list[str], policy: str) -> dict[str, Any]:
@@ -52,29 +40,39 @@ def config(directory: str, models: list[str], policy: str) -> dict[str, Any]:
 
 
 def measure(models: list[str], policy: str, mode: str, calls: int, blocks: int) -> tuple[float, float]:
-    """Median wall and calling-thread CPU µs per call over ``blocks`` blocks of ``calls`` calls."""
+    """Median calling-thread CPU µs per call, direct and routed, over ``blocks`` blocks of ``calls`` calls each."""
     with tempfile.TemporaryDirectory() as directory:
-        with Router(config(directory, models, policy), backend=Instant()) as router:  # type: ignore[arg-type]
+        with (
+            Router(config(directory, models, policy), transport=TRANSPORT) as router,
+            httpx.Client(transport=TRANSPORT) as client,
+        ):
 
-            async def many() -> None:
-                for _ in range(calls):
-                    await router.achat("simple", MSG)
+            def direct() -> None:
+                client.post(f"{URL}/chat/completions", json={"model": "a", "messages": MSG}).json()
 
-            def block() -> None:
-                if mode == "sync":
+            async def adirect(aclient: httpx.AsyncClient) -> None:
+                (await aclient.post(f"{URL}/chat/completions", json={"model": "a", "messages": MSG})).json()
+
+            async def many(routed: bool) -> None:
+                async with httpx.AsyncClient(transport=TRANSPORT) as aclient:
                     for _ in range(calls):
-                        router.chat("simple", MSG)
-                else:
-                    asyncio.run(many())
+                        await (router.achat("simple", MSG) if routed else adirect(aclient))
 
-            block()  # warm-up
-            walls, cpus = [], []
-            for _ in range(blocks):
-                wall, cpu = time.perf_counter(), time.thread_time()
-                block()
-                walls.append((time.perf_counter() - wall) / calls * 1e6)
-                cpus.append((time.thread_time() - cpu) / calls * 1e6)
-    return statistics.median(walls), statistics.median(cpus)
+            def block(routed: bool) -> float:
+                cpu = time.thread_time()
+                if mode == "async":
+                    asyncio.run(many(routed))
+                else:
+                    for _ in range(calls):
+                        router.chat("simple", MSG) if routed else direct()
+                return (time.thread_time() - cpu) / calls * 1e6
+
+            block(True), block(False)  # warm-up
+            routed, plain = [], []
+            for _ in range(blocks):  # interleaved, so both see the same load
+                routed.append(block(True))
+                plain.append(block(False))
+    return statistics.median(plain), statistics.median(routed)
 
 
 def main() -> None:
@@ -84,9 +82,10 @@ def main() -> None:
     args = parser.parse_args()
     for mode in ("sync", "async"):
         for models, policy in ((["a"], "static"), (["a", "b", "c"], "thompson")):
-            wall, cpu = measure(models, policy, mode, args.calls, args.blocks)
+            plain, routed = measure(models, policy, mode, args.calls, args.blocks)
             print(
-                f"{mode} {policy} {len(models)} model(s): wall {wall:.0f} µs/call, calling-thread CPU {cpu:.0f} µs/call"
+                f"{mode} {policy} {len(models)} model(s): calling-thread CPU per call: direct {plain:.0f} µs, "
+                f"routed {routed:.0f} µs, added {routed - plain:.0f} µs"
             )
 
 

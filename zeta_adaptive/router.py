@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
-from .backends import Backend, HttpxBackend, Messages, Reply, StreamItem
+from .backends import Backend, HttpxBackend, Messages, Reply, StreamItem, Transport
 from .config import Config, ModelConfig, load_config
 from .contextual import ContextualPolicy, PendingContexts
 from .engine import Call, Lane, Started, alast, arun, last, run
@@ -212,14 +212,15 @@ class AsyncChatStream:
 class Router:
     """Routes calls by task type across a fleet, falls back within a deadline, logs and learns.
 
-    Use it as a context manager (sync or async) so the log is flushed on exit.
+    Use it as a context manager (sync or async) so the log is flushed on exit. ``transport`` (an
+    httpx transport, or a mapping model name -> transport) carries requests instead of the network.
     """
 
     def __init__(
         self,
         config: Config | Mapping[str, Any] | str | Path,
         *,
-        backend: Backend | None = None,
+        transport: Transport | Mapping[str, Transport] | None = None,
         store: Store | None = None,
         classifier: Classifier = classify,
         validators: Mapping[str, Sequence[Validator]] | None = None,
@@ -227,7 +228,7 @@ class Router:
     ) -> None:
         self.config = load_config(config)
         self.scrub = Scrubber.from_env(m.api_key_env for m in self.config.models.values())
-        self.backend: Backend = backend if backend is not None else HttpxBackend(self.config.models)
+        self.backend: Backend = HttpxBackend(self.config.models, transport)
         c = self.config
         self.store = (
             store
