@@ -37,7 +37,7 @@ import numpy as np
 from sqlalchemy import select
 
 from .features import Features, Featurizer
-from .policies import COST_SUM, LAT_N, LAT_SUM, OPTION_TYPES, POLICIES, SUCC, N, Policy, Ranking
+from .policies import BELIEF_SEED, OPTION_TYPES, POLICIES, SUCC, N, Policy, Ranking, one_hot, served_means
 from .store import Store, call_features
 from .store import feedback as feedback_table
 
@@ -134,14 +134,11 @@ class ContextualPolicy(Policy):
         super().feedback(model, accuracy)
         self.learn(model, accuracy, features)
 
-    def _parts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _parts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Success Beta posterior (successes + 1, failures + 1), latency and cost means of the eligible
         models (latency and cost 0 if never served)."""
         s = self.stats[:, idx]
-        served = s[LAT_N] > 0
-        latency = np.divide(s[LAT_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
-        cost = np.divide(s[COST_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
-        return s[SUCC] + 1.0, s[N] - s[SUCC] + 1.0, latency, cost
+        return s[SUCC] + 1.0, s[N] - s[SUCC] + 1.0, *served_means(s)
 
     # -- deciding -------------------------------------------------------------------------------
     def rank(self, eligible: Sequence[str] | None = None, features: Features | None = None) -> Ranking:
@@ -152,7 +149,16 @@ class ContextualPolicy(Policy):
         return Ranking(tuple([self.models[i] for i in idx[order].tolist()]), propensity)
 
     def _decide(
+        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, *parts: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        """The eligible models' order (positions in ``idx``) and P(primary), from the rows' moments and
+        the eligible models' :meth:`_parts`."""
+        order, wins = self._wins(self.rng, idx, mean, var, *parts)
+        return order, float(wins[order[0]])
+
+    def _wins(
         self,
+        rng: np.random.Generator,
         idx: np.ndarray,
         mean: np.ndarray,
         var: np.ndarray,
@@ -160,9 +166,15 @@ class ContextualPolicy(Policy):
         failed: np.ndarray,
         latency: np.ndarray,
         cost: np.ndarray,
-    ) -> tuple[np.ndarray, float]:
-        """The eligible models' order (positions in ``idx``) and P(primary), from the rows' moments."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One decision's order (positions in ``idx``) drawing from ``rng``, and each eligible model's
+        probability of being its primary."""
         raise NotImplementedError
+
+    def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The decision for a prompt without features (the bias alone), from a generator of its own."""
+        mean, var = self._moments(None)
+        return self._wins(np.random.default_rng(BELIEF_SEED), self._all, mean, var, *self._parts(self._all))
 
 
 class LinearThompsonPolicy(ContextualPolicy):
@@ -189,18 +201,17 @@ class LinearThompsonPolicy(ContextualPolicy):
         self.samples = int(samples)
         self.explore = float(explore)
 
-    def _decide(self, idx, mean, var, ok, failed, latency, cost):  # type: ignore[no-untyped-def]
-        z = self.rng.standard_normal((self.samples, len(idx) + 1))
+    def _wins(self, rng, idx, mean, var, ok, failed, latency, cost):
+        z = rng.standard_normal((self.samples, len(idx) + 1))
         sd = self.explore * np.sqrt(var)
         accuracy = (
             mean[idx] + sd[idx] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])
         )  # the shared part is one draw for all
-        success = self.rng.beta(ok, np.maximum(failed, 1.0))  # one draw per decision, shared by the batch
+        success = rng.beta(ok, np.maximum(failed, 1.0))  # one draw per decision, shared by the batch
         scores = self.objective.score(success, accuracy, latency, cost)
-        best = scores.argmax(axis=1)
-        u = int(self.rng.random() * self.samples)
-        order = np.argsort(-scores[u], kind="stable")
-        return order, float(np.count_nonzero(best == best[u])) / self.samples
+        wins = np.bincount(scores.argmax(axis=1), minlength=len(idx)) / self.samples
+        u = int(rng.random() * self.samples)
+        return np.argsort(-scores[u], kind="stable"), wins
 
 
 class LinUCBPolicy(ContextualPolicy):
@@ -215,11 +226,12 @@ class LinUCBPolicy(ContextualPolicy):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)
 
-    def _decide(self, idx, mean, var, ok, failed, latency, cost):  # type: ignore[no-untyped-def]
+    def _wins(self, rng, idx, mean, var, ok, failed, latency, cost):
         upper = mean[idx] + mean[-1] + self.alpha * np.sqrt(var[idx] + var[-1])
         index = self.objective.score(ok / (ok + failed), upper, latency, cost)
         untried = ok + failed <= 2.0
-        return np.argsort(-np.where(untried, np.inf, index), kind="stable"), 1.0  # models never tried come first
+        order = np.argsort(-np.where(untried, np.inf, index), kind="stable")  # models never tried come first
+        return order, one_hot(order, len(idx))
 
 
 POLICIES.update({p.name: p for p in (LinearThompsonPolicy, LinUCBPolicy)})

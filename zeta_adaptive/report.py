@@ -14,7 +14,7 @@ import datetime as dt
 import html
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from sqlalchemy.engine import make_url
@@ -77,7 +77,7 @@ def render_report(
     regret = za.cumulative_regret(log, truth) if truth is not None else None  # first: a bad truth fails fast
     n = len(log.calls)
     bins = za.suggest_bins(n)
-    over_time = {"mark": mark, "mark_label": mark_label}
+    over_time: dict[str, Any] = {"mark": mark, "mark_label": mark_label}
     first, last = (
         dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         for t in (log.calls["ts"].min(), log.calls["ts"].max())
@@ -115,7 +115,7 @@ def render_report(
         ),
         _section(
             "Learned order over time",
-            "Each model's mean place in its task type's ranking (1 = primary); the table gives the order in the first and last window.",
+            "Each model's mean place in its task type's fallback order (1 = primary); the table gives the order in the first and last window.",
             _img(za.plot_ordering(ordering, **over_time), "learned order over time"),
             _table(windows),
         ),

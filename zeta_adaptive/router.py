@@ -17,6 +17,7 @@ import re
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,7 +54,7 @@ from .inputs import (
     prompt_band,
 )
 from .policies import Policy, Ranking, make_policy
-from .results import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult
+from .results import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult, preference_frame
 from .scrub import Scrubber
 from .store import Store
 from .store import attempts as attempts_table
@@ -873,15 +874,46 @@ class Router:
             with self.locks[call.task_type]:
                 policy.feedback(call.model, value)
 
-    def preferences(self, task_type: str | None = None) -> dict[str, list[dict[str, Any]]]:
-        """What each task's policy currently believes: one row per model, best first."""
-        tasks = [task_type] if task_type is not None else list(self.policies)
-        out = {}
-        for task in tasks:
-            if task not in self.policies:
-                raise UnknownTaskType(task, list(self.policies))
+    def preferences(self, task_type: str | None = None) -> pd.DataFrame:
+        """What the policies believe now: one row per candidate model, best ``rank`` first.
+
+        With a task type, the route's rows indexed by ``model``; without, every route's, indexed by
+        (``task_type``, ``model``), so ``prefs.loc[task]`` is one route's and ``reset_index()`` joins
+        with :mod:`zeta_adaptive.analysis`' frames on those two columns. The columns are
+        :data:`~zeta_adaptive.results.PREFERENCE_COLUMNS` (see
+        :meth:`~zeta_adaptive.policies.Policy.statistics`), plus a route's cost budget when it has one.
+        """
+        import pandas as pd
+
+        frames = []
+        for task in self._routes(task_type):
+            policy = self.policies[task]
             with self.locks[task]:
-                rows = self.policies[task].preferences()
+                statistics = policy.statistics()
+                budget = self.pacers[task].snapshot() if task in self.pacers else {}
+            health = [self.health.snapshot(model) for model in policy.models]
+            frames.append(preference_frame(task, policy.models, statistics, health, budget))
+        return frames[0].droplevel("task_type") if task_type is not None else pd.concat(frames)
+
+    def _routes(self, task_type: str | None) -> list[str]:
+        """Every route's task type, or only ``task_type`` (:class:`UnknownTaskType` if there is no such route)."""
+        if task_type is None:
+            return list(self.policies)
+        if task_type not in self.policies:
+            raise UnknownTaskType(task_type, list(self.policies))
+        return [task_type]
+
+    def preferences_dict(self, task_type: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Deprecated: :meth:`preferences` before it was a DataFrame (rows best first by the point estimate)."""
+        warnings.warn(
+            "Router.preferences_dict() is deprecated; Router.preferences() returns a DataFrame",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        out = {}
+        for task in self._routes(task_type):
+            with self.locks[task]:
+                rows = self.policies[task]._preference_rows()
                 budget = self.pacers[task].snapshot() if task in self.pacers else {}
             out[task] = [{**row, **self.health.snapshot(row["model"]), **budget} for row in rows]
         return out
