@@ -295,7 +295,8 @@ async def _worker(job: dict[str, Any], say: Any) -> None:
             "samples": samples,
             "final_order": [row["model"] for row in prefs],
             "final_prefs": [
-                {k: row[k] for k in ("model", "utility", "success_rate", "latency_p50_s", "n", "breaker")} for row in prefs
+                {k: row[k] for k in ("model", "utility", "success_rate", "latency_p50_s", "n", "breaker")}
+                for row in prefs
             ],
             "learned": int(policy.updates),  # attempts this policy learned: its own at once, the others' through sync()
         }
