@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zeta_adaptive import Objective, make_policy
+from zeta_adaptive.contextual import ContextualPolicy
 from zeta_adaptive.policies import POLICIES
 
 MAIN = ["static", "random", "thompson"]
@@ -456,6 +457,9 @@ def test_accuracy_breaks_ties_between_equally_reliable_models():
     assert firsts.count("b") > 450
 
 
+assert issubclass(POLICIES["lin_ucb"], ContextualPolicy)  # registered, so every run tests them too
+
+
 def _first(policy):
     """The model a policy ranks first now, by its statistics."""
     return policy.models[int(np.argmin(policy.statistics()["rank"]))]
@@ -475,9 +479,9 @@ def test_statistics_columns(policy_name):
     assert (stats["utility_low"] <= stats["utility_high"]).all()
     assert stats["latency_p50_s"][2] == pytest.approx(0.1) and np.isnan(stats["latency_p50_s"][0])
     assert stats["success_rate"][2] > stats["success_rate"][1] > stats["success_rate"][0]
-    if policy_name in ("ucb1", "kl_ucb"):
+    if policy_name in ("ucb1", "kl_ucb", "lin_ucb"):
         assert _first(policy) == "b" and stats["p_best"][1] == 1.0  # a model never tried comes first
-    elif policy_name not in ("static", "random"):
+    elif policy_name in ("thompson", "epsilon_greedy"):
         assert _first(policy) == "c"  # what it learned puts c first
     if policy_name == "static":
         assert stats["rank"].tolist() == [1, 2, 3] and stats["p_best"].tolist() == [1.0, 0.0, 0.0]
