@@ -11,6 +11,7 @@ import pytest
 
 from zeta_adaptive import AllModelsFailed, Router, UnknownTaskType
 from zeta_adaptive import analysis as za
+from zeta_adaptive.report import write_report
 from zeta_adaptive.results import PREFERENCE_COLUMNS, preference_records
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
@@ -91,3 +92,15 @@ def test_reading_preferences_leaves_routing_alone(tmp_path):
                 seen.append(router.chat("simple", [{"role": "user", "content": f"q{i}"}], max_tokens=8).ranking)
         orders.append(seen)
     assert orders[0] == orders[1]
+
+
+def test_the_html_report_shows_what_the_policies_believe(tmp_path):
+    with _run(tmp_path) as router:
+        router.flush()
+        config = router.config
+        expected = router.preferences()
+    page = write_report(config.store, tmp_path / "r.html", config=config).read_text()
+    section = page[page.index("What the policies believe now") :]
+    assert "p_best" in section and "utility_low" in section
+    for task, model in expected.index:  # every route's every model, rebuilt from the log
+        assert f"<td>{task}</td>" in section and f"<td>{model}</td>" in section

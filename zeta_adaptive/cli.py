@@ -297,12 +297,18 @@ def serve(config: str, host: str, port: int, workers: int) -> None:
     is_flag=True,
     help="The log is one `zeta-adaptive demo` run: add regret against the simulated fleet and mark its degradation.",
 )
-def report(url: str, html_path: str, demo_truth: bool) -> None:
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A router TOML file: add what its routes' policies believe, rebuilt from this log.",
+)
+def report(url: str, html_path: str, demo_truth: bool, config: str | None) -> None:
     """Render the analysis of a log to one static HTML page, plots embedded, for readers without Jupyter."""
     from .report import write_report
 
     _check_output(html_path, "--html")
-    out = write_report(_check_store(url, "--db", must_exist=True), html_path, demo=demo_truth)
+    routes = Config.from_toml(config) if config is not None else None
+    out = write_report(_check_store(url, "--db", must_exist=True), html_path, demo=demo_truth, config=routes)
     click.echo(f"wrote {out}")
 
 
