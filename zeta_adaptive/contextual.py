@@ -37,7 +37,7 @@ import numpy as np
 from sqlalchemy import select
 
 from .features import Features, Featurizer
-from .policies import BELIEF_SEED, OPTION_TYPES, POLICIES, SUCC, N, Policy, Ranking, one_hot, served_means
+from .policies import BELIEF_DRAWS, BELIEF_SEED, OPTION_TYPES, POLICIES, SUCC, N, Policy, Ranking, served_means
 from .store import Store, call_features
 from .store import feedback as feedback_table
 
@@ -114,6 +114,21 @@ class ContextualPolicy(Policy):
         mean, var = self._moments(features)
         return mean[:-1] + mean[-1], var[:-1] + var[-1]
 
+    def context_probabilities(self, features: Sequence[Features], draws: int = 4096) -> np.ndarray:
+        """P(the primary is each model | x) for each context (rows; columns: ``models``), the policy unchanged:
+        exact for a deterministic ranking, else the share of ``draws`` posterior draws seeded by the row."""
+        parts = self._parts(self._all)
+        out = np.zeros((len(features), len(self.models)))
+        for row, x in enumerate(features):
+            out[row] = self._primary_shares(*self._moments(x), parts, np.random.default_rng(row), draws)
+        return out
+
+    def _primary_shares(
+        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        """P(primary) of every model at one context's moments and the models' :meth:`_parts`."""
+        raise NotImplementedError
+
     def learn(self, model: str, accuracy: float, features: Features | None = None) -> None:
         """One Kalman step of the shared and the model's weights toward an observed accuracy at these features."""
         rows = self._pairs[self.index[model]]  # the model's row and the shared row, as a column
@@ -140,6 +155,14 @@ class ContextualPolicy(Policy):
         s = self.stats[:, idx]
         return s[SUCC] + 1.0, s[N] - s[SUCC] + 1.0, *served_means(s)
 
+    def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P(primary) for a prompt without features (the bias alone), from a generator of its own;
+        ranked by it, then by utility."""
+        mean, var = self._moments(None)
+        rng = np.random.default_rng(BELIEF_SEED)
+        p_best = self._primary_shares(mean, var, self._parts(self._all), rng, BELIEF_DRAWS)
+        return np.lexsort((-utility, -p_best)), p_best
+
     # -- deciding -------------------------------------------------------------------------------
     def rank(self, eligible: Sequence[str] | None = None, features: Features | None = None) -> Ranking:
         """Order the eligible models for a prompt with these features (None: the bias alone)."""
@@ -149,16 +172,7 @@ class ContextualPolicy(Policy):
         return Ranking(tuple([self.models[i] for i in idx[order].tolist()]), propensity)
 
     def _decide(
-        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, *parts: np.ndarray
-    ) -> tuple[np.ndarray, float]:
-        """The eligible models' order (positions in ``idx``) and P(primary), from the rows' moments and
-        the eligible models' :meth:`_parts`."""
-        order, wins = self._wins(self.rng, idx, mean, var, *parts)
-        return order, float(wins[order[0]])
-
-    def _wins(
         self,
-        rng: np.random.Generator,
         idx: np.ndarray,
         mean: np.ndarray,
         var: np.ndarray,
@@ -166,15 +180,9 @@ class ContextualPolicy(Policy):
         failed: np.ndarray,
         latency: np.ndarray,
         cost: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One decision's order (positions in ``idx``) drawing from ``rng``, and each eligible model's
-        probability of being its primary."""
+    ) -> tuple[np.ndarray, float]:
+        """The eligible models' order (positions in ``idx``) and P(primary), from the rows' moments."""
         raise NotImplementedError
-
-    def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The decision for a prompt without features (the bias alone), from a generator of its own."""
-        mean, var = self._moments(None)
-        return self._wins(np.random.default_rng(BELIEF_SEED), self._all, mean, var, *self._parts(self._all))
 
 
 class LinearThompsonPolicy(ContextualPolicy):
@@ -201,17 +209,29 @@ class LinearThompsonPolicy(ContextualPolicy):
         self.samples = int(samples)
         self.explore = float(explore)
 
-    def _wins(self, rng, idx, mean, var, ok, failed, latency, cost):
-        z = rng.standard_normal((self.samples, len(idx) + 1))
+    def _primary_shares(
+        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        ok, failed, latency, cost = parts
+        k = len(self.models)
+        z = rng.standard_normal((draws, k + 1))
+        sd = self.explore * np.sqrt(var)
+        accuracy = mean[:-1] + sd[:-1] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])
+        success = rng.beta(ok, failed, size=(draws, k))
+        return np.bincount(self.objective.score(success, accuracy, latency, cost).argmax(axis=1), minlength=k) / draws
+
+    def _decide(self, idx, mean, var, ok, failed, latency, cost):
+        z = self.rng.standard_normal((self.samples, len(idx) + 1))
         sd = self.explore * np.sqrt(var)
         accuracy = (
             mean[idx] + sd[idx] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])
         )  # the shared part is one draw for all
-        success = rng.beta(ok, np.maximum(failed, 1.0))  # one draw per decision, shared by the batch
+        success = self.rng.beta(ok, np.maximum(failed, 1.0))  # one draw per decision, shared by the batch
         scores = self.objective.score(success, accuracy, latency, cost)
-        wins = np.bincount(scores.argmax(axis=1), minlength=len(idx)) / self.samples
-        u = int(rng.random() * self.samples)
-        return np.argsort(-scores[u], kind="stable"), wins
+        best = scores.argmax(axis=1)
+        u = int(self.rng.random() * self.samples)
+        order = np.argsort(-scores[u], kind="stable")
+        return order, float(np.count_nonzero(best == best[u])) / self.samples
 
 
 class LinUCBPolicy(ContextualPolicy):
@@ -226,12 +246,18 @@ class LinUCBPolicy(ContextualPolicy):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)
 
-    def _wins(self, rng, idx, mean, var, ok, failed, latency, cost):
+    def _primary_shares(
+        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        out = np.zeros(len(self.models))
+        out[self._decide(self._all, mean, var, *parts)[0][0]] = 1.0
+        return out
+
+    def _decide(self, idx, mean, var, ok, failed, latency, cost):
         upper = mean[idx] + mean[-1] + self.alpha * np.sqrt(var[idx] + var[-1])
         index = self.objective.score(ok / (ok + failed), upper, latency, cost)
         untried = ok + failed <= 2.0
-        order = np.argsort(-np.where(untried, np.inf, index), kind="stable")  # models never tried come first
-        return order, one_hot(order, len(idx))
+        return np.argsort(-np.where(untried, np.inf, index), kind="stable"), 1.0  # models never tried come first
 
 
 POLICIES.update({p.name: p for p in (LinearThompsonPolicy, LinUCBPolicy)})
