@@ -148,8 +148,8 @@ def test_router_routes_per_prompt_with_delayed_feedback_and_logs_only_hashed_fea
         for text, result in reversed(calls):  # feedback arrives later, in another order
             router.feedback(result.call_id, truth(text, "weak", "strong")[result.model])
         assert len(router.contexts) == 0 and policy.clock == 60
-        rows = router.preferences("qa")["qa"]
-        assert {r["model"] for r in rows} == {"weak", "strong"}
+        rows = router.preferences("qa")
+        assert set(rows.index) == {"weak", "strong"} and rows["n_rated"].sum() == 60
         router.flush()
     con = sqlite3.connect(str(tmp_path / "x.db"))
     try:
@@ -224,6 +224,6 @@ def test_linear_thompson_routes_end_to_end_over_the_loopback_fleet(tmp_path):
                 text = prompt("alpha" if i % 2 else "beta", i)
                 result = router.chat("qa", [{"role": "user", "content": text}], max_tokens=32)
                 router.feedback(result.call_id, truth(text, "weak", "strong")[result.model])
-            rows = router.preferences("qa")["qa"]
+            rows = router.preferences("qa")
             assert router.policies["qa"].clock == 40 and fleet.requests("weak") + fleet.requests("strong") == 40
-    assert rows[0]["budget_calls"] == 40 and 0.0 <= rows[0]["spend_per_call"] <= 1.0
+    assert (rows["budget_calls"] == 40).all() and 0.0 <= rows["spend_per_call"].iloc[0] <= 1.0

@@ -115,7 +115,7 @@ def test_a_failing_model_is_skipped_while_cooling_down_and_logged(sqlite_url):
             assert [a.model for a in router.chat("simple", MSG).attempts] == ["a", "b"]
         result = router.chat("simple", MSG)
         assert [a.model for a in result.attempts] == ["b"]
-        prefs = {row["model"]: row for row in router.preferences("simple")["simple"]}
+        prefs = router.preferences("simple").T
         assert prefs["a"]["breaker"] == OPEN and prefs["a"]["cooldown_left_s"] > 25
         assert prefs["b"]["breaker"] == CLOSED
         call_id = result.call_id

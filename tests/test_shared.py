@@ -36,7 +36,7 @@ WORKER = textwrap.dedent(
         sys.stdin.readline()
         run(calls_second)
         time.sleep(settle)
-        best = router.preferences("simple")["simple"][0]["model"]
+        best = router.preferences("simple").index[0]
     print(json.dumps({"calls": made, "attempts": attempts, "best": best}), flush=True)
     """
 )

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from .contextual import LinearThompsonPolicy, LinUCBPolicy
     from .features import Features, Featurizer
     from .policies import Objective, Ranking, make_policy
-    from .router import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult, Router, classify
+    from .results import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult
+    from .router import Router, classify
     from .store import Store
 
 __version__ = "0.1.0"
@@ -39,9 +40,8 @@ _LAZY = {
     **dict.fromkeys(["HttpxBackend", "Outcome", "Reply"], "backends"),
     **dict.fromkeys(["Config", "ModelConfig", "RouteConfig", "load_config"], "config"),
     **dict.fromkeys(["Objective", "Ranking", "make_policy"], "policies"),
-    **dict.fromkeys(
-        ["AsyncChatStream", "Attempt", "ChatResult", "ChatStream", "EmbedResult", "Router", "classify"], "router"
-    ),
+    **dict.fromkeys(["AsyncChatStream", "Attempt", "ChatResult", "ChatStream", "EmbedResult"], "results"),
+    **dict.fromkeys(["Router", "classify"], "router"),
     "Store": "store",
     "BudgetPacer": "budget",
     **dict.fromkeys(["LinearThompsonPolicy", "LinUCBPolicy"], "contextual"),

@@ -37,7 +37,7 @@ import numpy as np
 from sqlalchemy import select
 
 from .features import Features, Featurizer
-from .policies import COST_SUM, LAT_N, LAT_SUM, OPTION_TYPES, POLICIES, SUCC, N, Policy, Ranking
+from .policies import BELIEF_DRAWS, BELIEF_SEED, OPTION_TYPES, POLICIES, SUCC, N, Policy, Ranking, served_means
 from .store import Store, call_features
 from .store import feedback as feedback_table
 
@@ -149,14 +149,19 @@ class ContextualPolicy(Policy):
         super().feedback(model, accuracy)
         self.learn(model, accuracy, features)
 
-    def _parts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _parts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Success Beta posterior (successes + 1, failures + 1), latency and cost means of the eligible
         models (latency and cost 0 if never served)."""
         s = self.stats[:, idx]
-        served = s[LAT_N] > 0
-        latency = np.divide(s[LAT_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
-        cost = np.divide(s[COST_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
-        return s[SUCC] + 1.0, s[N] - s[SUCC] + 1.0, latency, cost
+        return s[SUCC] + 1.0, s[N] - s[SUCC] + 1.0, *served_means(s)
+
+    def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P(primary) for a prompt without features (the bias alone), from a generator of its own;
+        ranked by it, then by utility."""
+        mean, var = self._moments(None)
+        rng = np.random.default_rng(BELIEF_SEED)
+        p_best = self._primary_shares(mean, var, self._parts(self._all), rng, BELIEF_DRAWS)
+        return np.lexsort((-utility, -p_best)), p_best
 
     # -- deciding -------------------------------------------------------------------------------
     def rank(self, eligible: Sequence[str] | None = None, features: Features | None = None) -> Ranking:
@@ -215,7 +220,7 @@ class LinearThompsonPolicy(ContextualPolicy):
         success = rng.beta(ok, failed, size=(draws, k))
         return np.bincount(self.objective.score(success, accuracy, latency, cost).argmax(axis=1), minlength=k) / draws
 
-    def _decide(self, idx, mean, var, ok, failed, latency, cost):  # type: ignore[no-untyped-def]
+    def _decide(self, idx, mean, var, ok, failed, latency, cost):
         z = self.rng.standard_normal((self.samples, len(idx) + 1))
         sd = self.explore * np.sqrt(var)
         accuracy = (
@@ -248,7 +253,7 @@ class LinUCBPolicy(ContextualPolicy):
         out[self._decide(self._all, mean, var, *parts)[0][0]] = 1.0
         return out
 
-    def _decide(self, idx, mean, var, ok, failed, latency, cost):  # type: ignore[no-untyped-def]
+    def _decide(self, idx, mean, var, ok, failed, latency, cost):
         upper = mean[idx] + mean[-1] + self.alpha * np.sqrt(var[idx] + var[-1])
         index = self.objective.score(ok / (ok + failed), upper, latency, cost)
         untried = ok + failed <= 2.0

@@ -24,7 +24,8 @@ from .exceptions import AllModelsFailed, RequestRejected, StreamBroken
 from .ids import new_call_id
 from .inputs import prompt_band
 from .lessons import rejected, teaches
-from .records import Attempt, CallRecord
+from .records import CallRecord
+from .results import Attempt
 from .validators import Validator
 from .validators import check as check_answer
 

@@ -1,4 +1,4 @@
-"""Typed records of what a call did: the attempts it made and the call itself, as the log keeps them.
+"""The typed record of what a call did (its decision, its attempts, its answer), as the log keeps it.
 
 The call engine fills one :class:`CallRecord` per call and hands it to the store as it is; the
 store's writer turns it into rows (:meth:`CallRecord.rows`) off the call path.
@@ -13,23 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .features import Features
+    from .results import Attempt
 
-__all__ = ["Attempt", "CallRecord"]
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One try at one model within a call."""
-
-    model: str
-    outcome: str
-    latency_s: float
-    status: int | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost: float = 0.0
-    error: str = ""
-    ttft_s: float | None = None  # time to first token (streamed attempts)
+__all__ = ["CallRecord"]
 
 
 @dataclass(frozen=True, slots=True)

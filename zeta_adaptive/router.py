@@ -18,7 +18,6 @@ import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -41,7 +40,8 @@ from .inputs import (
     check_texts,
 )
 from .learning import Learner
-from .records import Attempt, CallRecord
+from .records import CallRecord
+from .results import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult, preference_frame
 from .scrub import Scrubber
 from .store import Store
 from .validators import Validator
@@ -49,6 +49,8 @@ from .validators import build as build_validators
 
 if TYPE_CHECKING:
     import threading
+
+    import pandas as pd
 
     from .budget import BudgetPacer
     from .health import Health
@@ -111,102 +113,6 @@ def _end(parts: Sequence[str], limit: int, tail: bool) -> str:
         taken.append(part[-left:] if tail else part[:left])
         left -= len(taken[-1]) + 1
     return "\n".join(reversed(taken) if tail else taken)
-
-
-@dataclass(frozen=True)
-class _Result:
-    call_id: str
-    task_type: str
-    model: str
-    attempts: list[Attempt]
-    ranking: tuple[str, ...]
-    propensity: float
-    latency_s: float
-
-    @property
-    def tokens_in(self) -> int:
-        return sum(a.tokens_in for a in self.attempts)
-
-    @property
-    def tokens_out(self) -> int:
-        return sum(a.tokens_out for a in self.attempts)
-
-    @property
-    def cost(self) -> float:
-        return sum(a.cost for a in self.attempts)
-
-
-@dataclass(frozen=True)
-class ChatResult(_Result):
-    """A chat answer: ``text`` from ``model``, with every attempt the call made."""
-
-    text: str = ""
-
-
-@dataclass(frozen=True)
-class EmbedResult(_Result):
-    """Embedding vectors, one row per input text, from ``model``."""
-
-    vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))
-
-
-class ChatStream:
-    """A streamed chat call: iterate for text deltas; once exhausted, ``result`` is the ChatResult.
-
-    Fallback happens only before the first delta reaches you; a stream that breaks after that
-    raises :class:`StreamBroken`. Stopping early (``close()`` or leaving the loop) logs the call,
-    its open attempt as cancelled.
-    """
-
-    def __init__(self, items: Iterator[str | ChatResult]) -> None:
-        self._items = items
-        self._result: ChatResult | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        for item in self._items:
-            if isinstance(item, ChatResult):
-                self._result = item
-            else:
-                yield item
-
-    @property
-    def result(self) -> ChatResult:
-        if self._result is None:
-            raise RuntimeError("the stream has not been read to its end")
-        return self._result
-
-    def close(self) -> None:
-        """Stop reading: the call is logged with what happened so far."""
-        close = getattr(self._items, "close", None)
-        if close is not None:
-            close()
-
-
-class AsyncChatStream:
-    """Async twin of :class:`ChatStream`: ``async for delta in stream``, then ``stream.result``."""
-
-    def __init__(self, items: AsyncIterator[str | ChatResult]) -> None:
-        self._items = items
-        self._result: ChatResult | None = None
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        async for item in self._items:
-            if isinstance(item, ChatResult):
-                self._result = item
-            else:
-                yield item
-
-    @property
-    def result(self) -> ChatResult:
-        if self._result is None:
-            raise RuntimeError("the stream has not been read to its end")
-        return self._result
-
-    async def aclose(self) -> None:
-        """Stop reading: the call is logged with what happened so far."""
-        aclose = getattr(self._items, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 class Router:
@@ -577,15 +483,46 @@ class Router:
             "router_id": self.router_id,
         }
 
-    def preferences(self, task_type: str | None = None) -> dict[str, list[dict[str, Any]]]:
-        """What each task's policy currently believes: one row per model, best first."""
-        tasks = [task_type] if task_type is not None else list(self.policies)
-        out = {}
-        for task in tasks:
-            if task not in self.policies:
-                raise UnknownTaskType(task, list(self.policies))
+    def preferences(self, task_type: str | None = None) -> pd.DataFrame:
+        """What the policies believe now: one row per candidate model, best ``rank`` first.
+
+        With a task type, the route's rows indexed by ``model``; without, every route's, indexed by
+        (``task_type``, ``model``), so ``prefs.loc[task]`` is one route's and ``reset_index()`` joins
+        with :mod:`zeta_adaptive.analysis`' frames on those two columns. The columns are
+        :data:`~zeta_adaptive.results.PREFERENCE_COLUMNS` (see
+        :meth:`~zeta_adaptive.policies.Policy.statistics`), plus a route's cost budget when it has one.
+        """
+        import pandas as pd
+
+        frames = []
+        for task in self._routes(task_type):
+            policy = self.policies[task]
             with self.locks[task]:
-                rows = self.policies[task].preferences()
+                statistics = policy.statistics()
+                budget = self.pacers[task].snapshot() if task in self.pacers else {}
+            health = [self.health.snapshot(model) for model in policy.models]
+            frames.append(preference_frame(task, policy.models, statistics, health, budget))
+        return frames[0].droplevel("task_type") if task_type is not None else pd.concat(frames)
+
+    def _routes(self, task_type: str | None) -> list[str]:
+        """Every route's task type, or only ``task_type`` (:class:`UnknownTaskType` if there is no such route)."""
+        if task_type is None:
+            return list(self.policies)
+        if task_type not in self.policies:
+            raise UnknownTaskType(task_type, list(self.policies))
+        return [task_type]
+
+    def preferences_dict(self, task_type: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Deprecated: :meth:`preferences` before it was a DataFrame (rows best first by the point estimate)."""
+        warnings.warn(
+            "Router.preferences_dict() is deprecated; Router.preferences() returns a DataFrame",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        out = {}
+        for task in self._routes(task_type):
+            with self.locks[task]:
+                rows = self.policies[task]._preference_rows()
                 budget = self.pacers[task].snapshot() if task in self.pacers else {}
             out[task] = [{**row, **self.health.snapshot(row["model"]), **budget} for row in rows]
         return out

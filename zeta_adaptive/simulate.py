@@ -1134,6 +1134,11 @@ def example_routes() -> dict[str, list[str]]:
     }
 
 
+#: the example fleet's model that the demo degrades halfway through its run, and how
+DEGRADED_MODEL = "coder-7b"
+DEGRADATION: dict[str, Any] = {"error_rate": 0.5, "latency_s": 0.15}
+
+
 def _example_specs() -> list[ModelSpec]:
     """One embedding and three chat models with different speed/accuracy trade-offs."""
     return [
