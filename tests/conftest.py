@@ -1,13 +1,16 @@
-"""Shared fixtures: a SQLite store URL per test, a clean PostgreSQL database when one is given,
-and the rule that CI (ZETA_REQUIRE_POSTGRES=1) fails when the PostgreSQL tests did not all run."""
+"""Shared fixtures: a SQLite store URL per test, a clean PostgreSQL database when one is given, a
+private PostgreSQL server, and the rule that CI (ZETA_REQUIRE_POSTGRES=1) fails when the PostgreSQL tests did not all run."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
+
+from experiments.common import PrivatePostgres, postgres_bindir
 
 # journals of stores opened without a journal_dir go to a throwaway folder, not the user's home
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="zeta-test-state-")
@@ -42,6 +45,19 @@ def pg_url() -> str:
         )
     engine.dispose()
     return PG_URL
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the test's own, running, that the test may stop, start and freeze."""
+    if postgres_bindir() is None:
+        pytest.skip("no PostgreSQL binaries on this machine")
+    pg = PrivatePostgres()
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.destroy()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

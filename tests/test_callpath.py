@@ -8,6 +8,7 @@ logs when each request starts and ends, so the tests see what a backend would se
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import threading
@@ -19,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from helpers import router_config
 from loopback_http import send_json
 
 from zeta_adaptive import AllModelsFailed, FakeBackend, Outcome, Reply, RequestRejected, Router, Store, classify
@@ -115,13 +117,9 @@ def before_first_answer(spans: list[tuple[float, float]]) -> int:
 
 
 def loopback_config(server: Loopback, url: str, models: list[str], **top: Any) -> dict:
-    return {
-        "store": url,
-        "deadline_s": 20.0,  # generous bounds: these tests count requests, and the machine may be loaded
-        "models": {m: {"base_url": server.url, "model": m, "timeout_s": 10.0} for m in models},
-        "routes": {"simple": {"models": models, "policy": "static"}},
-        **top,
-    }
+    # generous bounds: these tests count requests, and the machine may be loaded
+    specs = {m: {"base_url": server.url, "model": m} for m in models}
+    return router_config(url, specs, {"simple": models}, timeout_s=10.0, **{"deadline_s": 20.0, **top})
 
 
 # -- one probe ------------------------------------------------------------------------------------
@@ -147,6 +145,7 @@ def _open_breakers(router: Router, server: Loopback, models: list[str]) -> float
 
 
 @pytest.mark.parametrize("models", [["a"], ["a", "b"]], ids=["single-model route", "every model cooling"])
+@pytest.mark.integration
 def test_fifty_async_calls_send_one_probe_to_a_half_open_model(sqlite_url, models):
     with Loopback() as server:
 
@@ -165,6 +164,7 @@ def test_fifty_async_calls_send_one_probe_to_a_half_open_model(sqlite_url, model
     assert sum(len(server.requests(m, since)) for m in models) == 50
 
 
+@pytest.mark.integration
 def test_twenty_threads_send_one_probe_to_a_half_open_model(sqlite_url):
     with Loopback() as server, Router(loopback_config(server, sqlite_url, ["a"], **PROBE_TOP)) as router:
         since = _open_breakers(router, server, ["a"])
@@ -176,6 +176,7 @@ def test_twenty_threads_send_one_probe_to_a_half_open_model(sqlite_url):
     assert len(spans) == 20 and before_first_answer(spans) == 1
 
 
+@pytest.mark.integration
 def test_calls_that_find_the_probe_out_take_the_next_model(sqlite_url):
     with Loopback() as server:
         cfg = loopback_config(server, sqlite_url, ["a", "b"], **PROBE_TOP)
@@ -197,6 +198,7 @@ def test_calls_that_find_the_probe_out_take_the_next_model(sqlite_url):
 # -- the router's own saturation ---------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_calls_beyond_max_in_flight_wait_for_a_slot_and_never_blame_the_model(sqlite_url):
     """40 async calls on one model with max_in_flight=4 answering in 0.25 s: ten rounds, at least
     2.5 s in all, beyond the attempt timeout of 2 s; waiting for a slot is not part of it."""
@@ -219,6 +221,7 @@ def test_calls_beyond_max_in_flight_wait_for_a_slot_and_never_blame_the_model(sq
     assert state["breaker"] == CLOSED and state["in_flight"] == 0
 
 
+@pytest.mark.integration
 def test_threads_beyond_max_in_flight_wait_for_a_slot(sqlite_url):
     with Loopback() as server:
         server.behaviour["a"] = answer(delay=0.2)
@@ -231,6 +234,7 @@ def test_threads_beyond_max_in_flight_wait_for_a_slot(sqlite_url):
     assert len(server.requests("a")) == 12 and server.peak["a"] == 2
 
 
+@pytest.mark.integration
 def test_a_call_that_cannot_get_a_slot_before_its_deadline_fails_without_an_attempt(sqlite_url):
     with Loopback() as server:
         server.behaviour["a"] = answer(delay=1.5)
@@ -327,7 +331,7 @@ def test_a_single_model_route_retries_after_a_short_pause(sqlite_url):
     store = Store(sqlite_url)
     starts = store.frame("attempts").sort_values("idx")["ts"].tolist()
     store.close()
-    assert all(later - earlier >= 0.01 for earlier, later in zip(starts, starts[1:]))  # the backoff's least pause
+    assert all(later - earlier >= 0.01 for earlier, later in itertools.pairwise(starts))  # the backoff's least pause
 
 
 def test_the_route_budget_bounds_retries_and_rejections_are_never_retried(sqlite_url):

@@ -67,6 +67,8 @@ def _fleet_toml(path: Path, ports: list[int], store: str) -> Path:
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.slow
+@pytest.mark.integration
 def test_fleet_serves_a_config_on_its_ports_until_stopped(tmp_path, stop):
     ports = _free_ports(2)
     config = _fleet_toml(tmp_path / "fleet.toml", ports, f"sqlite:///{tmp_path / 'example.db'}")
@@ -111,6 +113,7 @@ def test_fleet_refuses_a_busy_port_and_remote_urls(tmp_path):
     _one_line_error(_run("fleet", "--config", str(remote)), "models.coder-7b.base_url", "loopback only")
 
 
+@pytest.mark.integration
 def test_fleet_fixed_ports_bind_again_after_close():
     from zeta_adaptive.simulate import Fleet, ModelSpec
 

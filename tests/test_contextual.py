@@ -56,7 +56,7 @@ def test_logged_propensity_is_the_exact_probability_of_the_primary():
     """If each logged propensity is P(primary | draws), then E[1{primary = m} / propensity] = 1 for every m
     the policy can choose, and the frequency of m matches the Gaussian posterior's probability."""
     policy, x = trained()
-    mean, var = policy.predict(x)
+    _mean, _var = policy.predict(x)
     n = 12_000
     weights = {m: 0.0 for m in policy.models}
     counts = {m: 0 for m in policy.models}
@@ -208,6 +208,7 @@ def test_contextual_options_are_validated():
     assert isinstance(make_policy("lin_ucb", ["a"], alpha=0.5), LinUCBPolicy)
 
 
+@pytest.mark.integration
 def test_linear_thompson_routes_end_to_end_over_the_loopback_fleet(tmp_path):
     from zeta_adaptive.simulate import Fleet, ModelSpec
 

@@ -188,6 +188,7 @@ def test_429_falls_back_when_the_deadline_cannot_wait(sqlite_url):
 # -- over loopback HTTP --------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_hedged_request_wins_over_a_hanging_primary(sqlite_url):
     specs = [
         ModelSpec("primary", latency_s=0.01, latency_sigma=0.1),
@@ -217,6 +218,7 @@ def test_hedged_request_wins_over_a_hanging_primary(sqlite_url):
     assert set(logged[logged["call_id"] == result.call_id]["outcome"]) == {"ok", "cancelled"}
 
 
+@pytest.mark.integration
 def test_a_saturated_model_is_skipped(sqlite_url):
     specs = [ModelSpec("small", latency_s=0.3, latency_sigma=0.0), ModelSpec("spare", latency_s=0.01)]
     with Fleet(specs) as fleet:

@@ -15,6 +15,8 @@ import pytest
 
 from zeta_adaptive.simulate import Fleet, ModelSpec, example_fleet, example_routes
 
+pytestmark = pytest.mark.integration  # the simulated fleet on loopback
+
 MakeFleet = Callable[..., Fleet]
 CHAT = [{"role": "user", "content": "What is two plus two? Please answer."}]
 
