@@ -193,7 +193,7 @@ def measure(c: Contenders, rounds: int, warmup: int) -> tuple[dict[str, list[int
     from .common import interleave
 
     table = c.table()
-    for name, fn in table.items():  # untimed warm-up: pools, imports, caches, policy batches
+    for fn in table.values():  # untimed warm-up: pools, imports, caches, policy batches
         for _ in range(warmup):
             fn()
             c.settle()
@@ -230,7 +230,7 @@ def profile_paths(c: Contenders, n: int) -> dict[str, str]:
                 c.calls += 1
             elif name == "routed async":
 
-                async def routed() -> None:
+                async def routed(prof: cProfile.Profile = prof) -> None:
                     prof.enable()
                     stream = await c.router.achat("simple", MESSAGES, stream=True, max_tokens=MAX_TOKENS)
                     items = aiter(stream)
@@ -253,7 +253,7 @@ def profile_paths(c: Contenders, n: int) -> dict[str, str]:
                         pass
             else:
 
-                async def direct() -> None:
+                async def direct(prof: cProfile.Profile = prof) -> None:
                     prof.enable()
                     async with c.aclient.stream("POST", "chat/completions", json=c.body) as response:
                         lines = response.aiter_lines()

@@ -419,20 +419,26 @@ def fleet_worker() -> None:
             fleet.close()
 
 
+def spawn(module: str, *args: str) -> subprocess.Popen[str]:
+    """A child ``python -m MODULE ARGS`` from the repository root, talking JSON lines over its
+    stdin and stdout (line-buffered text pipes)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+
+
 class FleetProcess:
     """A simulated Fleet in a child process, so its servers do not share the measured process's CPU
     and GIL; commands go through a pipe. With ``specs`` the fleet is built at once; without, the child
     starts (and imports) now and :meth:`build` makes the fleet later."""
 
     def __init__(self, specs: list[dict[str, Any]] | None = None, seed: int = 0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "experiments.common", "--fleet-worker"],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
+        self.proc = spawn("experiments.common", "--fleet-worker")
         self._lock = threading.Lock()
         self.specs: list[dict[str, Any]] = []
         self.urls: dict[str, str] = {}

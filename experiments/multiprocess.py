@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import ROOT, FleetProcess, PrivatePostgres, postgres_bindir
+from .common import FleetProcess, PrivatePostgres, postgres_bindir, spawn
 
 MSG = [{"role": "user", "content": "Say hello."}]
 TASK = "simple"
@@ -74,18 +74,6 @@ SAMPLE_S = 0.2  # how often each worker samples router.preferences()
 ROWS_SAMPLE_S = 0.5  # how often the parent counts rows and reads the database CPU
 BIN_S = 0.25  # timeline bins of the plot
 CONFIGS = (("4x16", 4, 16), ("1x64", 1, 64))
-
-
-def spawn() -> subprocess.Popen:
-    """Start a router process (this module with ``--worker``); it imports, then waits for its first stdin line."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "experiments.multiprocess", "--worker"],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-    )
 
 
 # == child: one router process =======================================================================
@@ -1051,14 +1039,14 @@ def write_outputs(results: list[dict[str, Any]], args: Any, meta: dict[str, Any]
         "learned_attempts",
         "final_order",
     ]
-    fleet_desc = ", ".join("%s (median %g ms)" % (spec["name"], 1000 * spec["latency_s"]) for spec in SPECS)
+    fleet_desc = ", ".join("{} (median {:g} ms)".format(spec["name"], 1000 * spec["latency_s"]) for spec in SPECS)
     notes = [
         f"Fleet: {fleet_desc}, loopback HTTP, in its own process. "
         f"At half the calls {DEGRADED} gets error_rate {DEGRADE['error_rate']} and median latency {1000 * DEGRADE['latency_s']:g} ms (5x).",
         f"Routers: route `{TASK}` over {', '.join(MODELS)}, policy thompson, discount {args.discount}, default breakers, "
         f"refresh_s {args.refresh:g}, attempt timeout {TIMEOUT_S:g} s, "
         f"deadline {DEADLINE_S:g} s (generous: this machine's CPU, not the models, sets the queueing delay), `achat` with max_tokens 16, "
-        f"feedback at once (accuracy drawn around {', '.join('%s %g' % kv for kv in ACCURACY.items())}); seed per process.",
+        f"feedback at once (accuracy drawn around {', '.join('{} {:g}'.format(*kv) for kv in ACCURACY.items())}); seed per process.",
         f"Demotion: each process samples `router.preferences()` every {SAMPLE_S} s (so times have {SAMPLE_S} s resolution); "
         f"a process's demotion time is its first sample after the degradation without {DEGRADED} first. "
         "Each process also routes to the degraded model itself, so it learns from its own failures at once and from "
@@ -1165,7 +1153,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         # every child starts (and imports) now, while the database starts; each waits idle for its job
         fleet = FleetProcess()
         for label, n, _ in configs:
-            children[label] = [spawn() for _ in range(n)]
+            # a router process: it imports, then waits for its first stdin line
+            children[label] = [spawn("experiments.multiprocess", "--worker") for _ in range(n)]
         if env_url:
             url, meta_pg = env_url, "ZETA_TEST_POSTGRES_URL (its tables dropped before each configuration)"
             postmaster = find_postmaster(url)

@@ -3,9 +3,12 @@ private PostgreSQL server, and the rule that CI (ZETA_REQUIRE_POSTGRES=1) fails 
 
 from __future__ import annotations
 
+import ast
 import os
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -66,6 +69,31 @@ def store_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'zeta.db'}"
     return request.getfixturevalue("pg_url")
+
+
+def _module_marks(path: Path) -> set[str]:
+    """The marks a test file puts on all its tests (``pytestmark = pytest.mark.X`` or a list), read
+    from its source without importing it."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
+            return {n.attr for n in ast.walk(node.value) if isinstance(n, ast.Attribute) and n.attr != "mark"}
+    return set()
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """A file whose module marks ``-m`` deselects is not even imported: `make test-fast` then skips
+    importing the gateway, notebook and experiment stacks along with their tests."""
+    expr = config.getoption("markexpr")
+    if not expr or not collection_path.name.startswith("test_") or collection_path.suffix != ".py":
+        return None
+    marks = _module_marks(collection_path)
+    if not marks:
+        return None
+    try:
+        wanted = eval(expr, {"__builtins__": {}}, defaultdict(bool, dict.fromkeys(marks, True)))
+    except Exception:  # an expression beyond plain names, and/or/not: let pytest decide per test
+        return None
+    return None if wanted else True
 
 
 def pytest_collection_modifyitems(config, items):

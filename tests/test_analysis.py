@@ -370,6 +370,7 @@ def test_importing_the_package_does_not_import_matplotlib():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_plots_return_figures_with_their_panels(small, tmp_path):
     figures = {
         "traffic": (za.plot_traffic_share(za.traffic_share(small, 2), mark=4), 2),  # code, emb

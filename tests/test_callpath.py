@@ -298,6 +298,7 @@ def failure_rate(url: str, max_attempts: int | None, n: int = 1000) -> float:
     return asyncio.run(main()) / n
 
 
+@pytest.mark.slow
 def test_retries_bring_two_half_failing_models_under_eight_percent(tmp_path):
     without = failure_rate(f"sqlite:///{tmp_path / 'once.db'}", max_attempts=1)
     default = failure_rate(f"sqlite:///{tmp_path / 'retry.db'}", max_attempts=None)  # the default budget, 4

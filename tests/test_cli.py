@@ -391,6 +391,7 @@ def test_replay_target_random_is_the_configs_name_and_uniform_an_alias(tmp_path)
     _one_line_error(unknown, "unknown policy 'rnd'; choose from ['random'")
 
 
+@pytest.mark.slow
 def test_learning_estimates_lie_inside_their_printed_interval(tmp_path):
     """On a log this small one replay can land outside its own bootstrap interval (seed 3 does, for
     Thompson's replay estimate): the interval is then withheld and said to be, never printed around

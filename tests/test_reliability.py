@@ -251,6 +251,7 @@ def test_a_rejected_request_teaches_nothing_about_the_model(sqlite_url):
         assert again.policies["simple"].n.sum() == 0
 
 
+@pytest.mark.slow
 def test_a_timeout_cut_short_by_the_deadline_does_not_extend_the_cooldown(sqlite_url):
     slow = Reply(Outcome.OK, 0.4, 200, text="late")
     script = {"a": ["server_error", "server_error", slow]}

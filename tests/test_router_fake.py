@@ -243,6 +243,7 @@ def test_attempt_timeout_is_bounded_by_remaining_deadline(tmp_path):
     assert [name for name, _ in backend.calls] == ["a"]
 
 
+@pytest.mark.slow
 def test_deadline_stops_early_real_time(tmp_path):
     def slow_failure(model, request):
         time.sleep(0.15)
@@ -276,6 +277,7 @@ def test_per_call_deadline_overrides_config(tmp_path):
     assert len(info.value.attempts) == 1
 
 
+@pytest.mark.slow
 def test_deadline_stops_early_with_scripted_latencies(tmp_path):
     """Three models that each time out at 0.25 s cannot all be tried within a 0.375 s deadline: a
     real backend spends 0.25 s on `a`, the remaining 0.125 s on `b`, and stops. The fake's scripted
@@ -533,6 +535,7 @@ def test_async_all_failed(tmp_path):
 
 
 @pytest.mark.parametrize("discount", [None, 0.9])
+@pytest.mark.slow
 def test_warm_start_restores_policy_statistics(tmp_path, discount):
     cfg = make_config(tmp_path)
     if discount is not None:

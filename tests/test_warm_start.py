@@ -9,6 +9,7 @@ from zeta_adaptive import AllModelsFailed, FakeBackend, Outcome, Reply, Router
 
 
 @pytest.mark.parametrize("discount", [1.0, 0.9])
+@pytest.mark.slow
 def test_warm_start_matches_live_statistics(store_url, tmp_path, discount):
     rng = np.random.default_rng(3)
 

@@ -270,6 +270,7 @@ def preferences(config: str) -> None:
 def serve(config: str, host: str, port: int, workers: int) -> None:
     """Serve the router as an OpenAI-compatible HTTP gateway until SIGTERM (which drains calls in flight)."""
     from .gateway import serve as run_gateway  # without the `gateway` extra: MissingDependency, one line
+
     run_gateway(config, host=host, port=port, workers=workers)  # a ZetaError becomes one line (see _Cli)
 
 
