@@ -28,11 +28,13 @@ test: $(VENV)/.installed-test
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not integration and not postgres"
 
-# lint, format and type check (settings in pyproject.toml)
+# lint, format and type check (settings in pyproject.toml): all three run, and any failure fails the target
 check: $(VENV)/.installed-test
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/python -m mypy
+	status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
+	$(BIN)/python -m mypy || status=1; \
+	exit $$status
 
 report: $(VENV)/.installed-plots
 	test -f zeta.db || $(BIN)/zeta-adaptive demo
