@@ -7,8 +7,9 @@ import sqlite3
 
 import numpy as np
 import pytest
+from in_process import fake_router
 
-from zeta_adaptive import FakeBackend, Featurizer, LinearThompsonPolicy, LinUCBPolicy, Router, make_policy
+from zeta_adaptive import Featurizer, LinearThompsonPolicy, LinUCBPolicy, Router, make_policy
 from zeta_adaptive.contextual import PendingContexts
 from zeta_adaptive.policies import Objective
 
@@ -139,7 +140,7 @@ def config(tmp_path, store: str | None = None, **route) -> dict:
 
 @pytest.mark.slow
 def test_router_routes_per_prompt_with_delayed_feedback_and_logs_only_hashed_features(tmp_path):
-    with Router(config(tmp_path), backend=FakeBackend({})) as router:
+    with fake_router(config(tmp_path)) as router:
         policy = router.policies["qa"]
         calls = []
         for i in range(60):
@@ -163,7 +164,7 @@ def test_router_routes_per_prompt_with_delayed_feedback_and_logs_only_hashed_fea
 
 
 def test_feedback_after_the_context_was_evicted_reads_the_logged_features(tmp_path):
-    with Router(config(tmp_path), backend=FakeBackend({})) as router:
+    with fake_router(config(tmp_path)) as router:
         text = prompt("alpha", 1)
         result = router.chat("qa", [{"role": "user", "content": text}])
         router.flush()
@@ -179,14 +180,14 @@ def test_feedback_after_the_context_was_evicted_reads_the_logged_features(tmp_pa
 @pytest.mark.slow
 def test_warm_start_refits_the_linear_model_from_logged_features(store_url, tmp_path):
     cfg = config(tmp_path, store=store_url)
-    with Router(cfg, backend=FakeBackend({})) as live:
+    with fake_router(cfg) as live:
         for i in range(40):
             text = prompt("alpha" if i % 3 else "beta", i)
             result = live.chat("qa", [{"role": "user", "content": text}])
             live.feedback(result.call_id, truth(text, "weak", "strong")[result.model])
         live.flush()
         weights, precision = live.policies["qa"].weights.copy(), live.policies["qa"].precision.copy()
-    with Router(cfg, backend=FakeBackend({})) as again:
+    with fake_router(cfg) as again:
         np.testing.assert_allclose(again.policies["qa"].weights, weights, atol=1e-5)
         np.testing.assert_allclose(again.policies["qa"].precision, precision, rtol=1e-5)
 

@@ -24,7 +24,7 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
-    from .backends import FakeBackend, HttpxBackend, Outcome, Reply
+    from .backends import HttpxBackend, Outcome, Reply
     from .budget import BudgetPacer
     from .config import Config, ModelConfig, RouteConfig, load_config
     from .contextual import LinearThompsonPolicy, LinUCBPolicy
@@ -37,7 +37,7 @@ __version__ = "0.1.0"
 
 #: public name -> the submodule that defines it, imported when the name is first looked up
 _LAZY = {
-    **dict.fromkeys(["FakeBackend", "HttpxBackend", "Outcome", "Reply"], "backends"),
+    **dict.fromkeys(["HttpxBackend", "Outcome", "Reply"], "backends"),
     **dict.fromkeys(["Config", "ModelConfig", "RouteConfig", "load_config"], "config"),
     **dict.fromkeys(["Objective", "Ranking", "make_policy"], "policies"),
     **dict.fromkeys(
@@ -85,7 +85,6 @@ __all__ = [
     "BudgetPacer",
     "Store",
     "HttpxBackend",
-    "FakeBackend",
     "Outcome",
     "Reply",
     "ZetaError",

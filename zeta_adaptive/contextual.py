@@ -114,6 +114,21 @@ class ContextualPolicy(Policy):
         mean, var = self._moments(features)
         return mean[:-1] + mean[-1], var[:-1] + var[-1]
 
+    def context_probabilities(self, features: Sequence[Features], draws: int = 4096) -> np.ndarray:
+        """P(the primary is each model | x) for each context (rows; columns: ``models``), the policy unchanged:
+        exact for a deterministic ranking, else the share of ``draws`` posterior draws seeded by the row."""
+        parts = self._parts(self._all)
+        out = np.zeros((len(features), len(self.models)))
+        for row, x in enumerate(features):
+            out[row] = self._primary_shares(*self._moments(x), parts, np.random.default_rng(row), draws)
+        return out
+
+    def _primary_shares(
+        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        """P(primary) of every model at one context's moments and the models' :meth:`_parts`."""
+        raise NotImplementedError
+
     def learn(self, model: str, accuracy: float, features: Features | None = None) -> None:
         """One Kalman step of the shared and the model's weights toward an observed accuracy at these features."""
         rows = self._pairs[self.index[model]]  # the model's row and the shared row, as a column
@@ -189,6 +204,17 @@ class LinearThompsonPolicy(ContextualPolicy):
         self.samples = int(samples)
         self.explore = float(explore)
 
+    def _primary_shares(
+        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        ok, failed, latency, cost = parts
+        k = len(self.models)
+        z = rng.standard_normal((draws, k + 1))
+        sd = self.explore * np.sqrt(var)
+        accuracy = mean[:-1] + sd[:-1] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])
+        success = rng.beta(ok, failed, size=(draws, k))
+        return np.bincount(self.objective.score(success, accuracy, latency, cost).argmax(axis=1), minlength=k) / draws
+
     def _decide(self, idx, mean, var, ok, failed, latency, cost):  # type: ignore[no-untyped-def]
         z = self.rng.standard_normal((self.samples, len(idx) + 1))
         sd = self.explore * np.sqrt(var)
@@ -214,6 +240,13 @@ class LinUCBPolicy(ContextualPolicy):
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)
+
+    def _primary_shares(
+        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        out = np.zeros(len(self.models))
+        out[self._decide(self._all, mean, var, *parts)[0][0]] = 1.0
+        return out
 
     def _decide(self, idx, mean, var, ok, failed, latency, cost):  # type: ignore[no-untyped-def]
         upper = mean[idx] + mean[-1] + self.alpha * np.sqrt(var[idx] + var[-1])

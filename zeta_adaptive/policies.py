@@ -264,6 +264,11 @@ class Policy:
     def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
         raise NotImplementedError
 
+    def primary_probabilities(self) -> np.ndarray | None:
+        """P(each model is the primary) in the policy's current state, indexed like ``models``, for a
+        random ranking (a ranking of propensity 1 needs none); None if the policy does not expose it."""
+        return None
+
     # -- point estimates --------------------------------------------------------------------------
     def _accuracy(self) -> np.ndarray | float:
         """Posterior-mean accuracy per model, or 1 when no feedback has ever arrived."""
@@ -338,6 +343,10 @@ class RandomPolicy(Policy):
 
     def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
         return self.rng.permutation(idx), 1.0 / len(idx)
+
+    def primary_probabilities(self) -> np.ndarray:
+        """Uniform over the models."""
+        return np.full(len(self.models), 1.0 / len(self.models))
 
 
 class _IndexPolicy(Policy):
@@ -612,6 +621,10 @@ class ThompsonPolicy(Policy):
     def win_probabilities(self, eligible: Sequence[str] | None = None) -> np.ndarray:
         """P(each model is the primary) under the current batch of draws, indexed like ``models``."""
         return self._ordering(self._eligible(eligible))[1]
+
+    def primary_probabilities(self) -> np.ndarray:
+        """:meth:`win_probabilities` of every model (a copy: the policy reuses its array)."""
+        return self.win_probabilities().copy()
 
     def rank(self, eligible: Sequence[str] | None = None) -> Ranking:
         """One draw of the batch, picked uniformly at random: its order, and the primary's share of wins.

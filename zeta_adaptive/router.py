@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 from sqlalchemy import and_, not_, or_
 
-from .backends import Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem
+from .backends import Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem, Transport
 from .budget import BudgetPacer
 from .config import Config, ModelConfig, RouteConfig, load_config
 from .contextual import ContextualPolicy, PendingContexts, logged_features, warm_start_contexts
@@ -562,14 +562,15 @@ class _Call:
 class Router:
     """Routes calls by task type across a fleet, falls back within a deadline, logs and learns.
 
-    Use it as a context manager (sync or async) so the log is flushed on exit.
+    Use it as a context manager (sync or async) so the log is flushed on exit. ``transport`` (an
+    httpx transport, or a mapping model name -> transport) carries requests instead of the network.
     """
 
     def __init__(
         self,
         config: Config | Mapping[str, Any] | str | Path,
         *,
-        backend: Backend | None = None,
+        transport: Transport | Mapping[str, Transport] | None = None,
         store: Store | None = None,
         classifier: Classifier = classify,
         validators: Mapping[str, Sequence[Validator]] | None = None,
@@ -577,7 +578,7 @@ class Router:
     ) -> None:
         self.config = load_config(config)
         self.scrub = Scrubber.from_env(m.api_key_env for m in self.config.models.values())
-        self.backend: Backend = backend if backend is not None else HttpxBackend(self.config.models)
+        self.backend: Backend = HttpxBackend(self.config.models, transport)
         c = self.config
         self.store = (
             store
