@@ -21,7 +21,7 @@ rounds, as "name (baseline)". Without MABWiser installed (the ``bench`` extra) i
 out. The machine has 2 cores and other processes may run: compare within a run. BLAS thread
 variables are left as they are.
 
-    .venv/bin/python experiments/policy_cost.py [--quick] [--out DIR] [--baseline FILE]
+    .venv/bin/python -m experiments.policy_cost [--quick] [--out DIR] [--baseline FILE]
 """
 
 from __future__ import annotations
@@ -36,10 +36,9 @@ from types import ModuleType
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
-
 from zeta_adaptive import policies as current_policies
+
+from .common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
 
 PROBS = {
     2: (0.55, 0.70),
@@ -105,8 +104,8 @@ class Contender:
         policy, outcomes, latency = self.policy, self.outcomes, self.latency
         index = policy.index
         rank_ns, update_ns = self.rank_ns, self.update_ns
-        t = self.t
-        for t in range(t, t + n):
+        start = self.t
+        for t in range(start, start + n):
             t0 = clock()
             ranking = policy.rank()
             t1 = clock()
@@ -118,13 +117,13 @@ class Contender:
             if timed:
                 rank_ns.append(t1 - t0)
                 update_ns.append(t3 - t2)
-        self.t = t + 1
+        self.t = start + n
 
     def _block_mabwiser(self, n: int, timed: bool = True) -> None:
         mab, outcomes = self.mab, self.outcomes
         rank_ns, update_ns = self.rank_ns, self.update_ns
-        t = self.t
-        for t in range(t, t + n):
+        start = self.t
+        for t in range(start, start + n):
             t0 = clock()
             arm = mab.predict()
             t1 = clock()
@@ -135,7 +134,7 @@ class Contender:
             if timed:
                 rank_ns.append(t1 - t0)
                 update_ns.append(t3 - t2)
-        self.t = t + 1
+        self.t = start + n
 
 
 def stats_us(ns: np.ndarray) -> dict[str, float]:

@@ -8,24 +8,21 @@ feedback, reward = success x accuracy. Estimator times are the median of ``--rep
 timed as ``Replay.matched`` (the whole replay; the estimate is the mean reward of those rounds),
 median of ``--replay-repeats``. One interval is timed, for scale.
 
-    .venv/bin/python experiments/replay_speed.py [--quick] [--out DIR] [--calls N] [--repeats R] [--replay-repeats R]
+    .venv/bin/python -m experiments.replay_speed [--quick] [--out DIR] [--calls N] [--repeats R] [--replay-repeats R]
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, parse_args, write_csv, write_markdown
-
 from zeta_adaptive.policies import POLICIES, Objective, make_policy
 from zeta_adaptive.replay import DM, DR, IPS, SNIPS, Always, Learning, Replay, Uniform, prepare
+
+from .common import machine_line, markdown_table, parse_args, write_csv, write_markdown
 
 MODELS = ("m0", "m1", "m2", "m3", "m4")
 SUCCESS = np.array([0.98, 0.95, 0.9, 0.97, 0.85])
@@ -137,7 +134,8 @@ def main() -> None:
                 "goal_s": 20.0,
             }
         )
-        own_s, _ = timed(lambda name=name, steps=len(matched): policy_alone(name, objective, steps, args.seed), 1)
+        steps = len(matched)
+        own_s, _ = timed(lambda name=name, steps=steps: policy_alone(name, objective, steps, args.seed), 1)
         rows.append(
             {
                 "what": "the policy alone, same number of decisions",
