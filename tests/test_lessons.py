@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
+import pytest
 from loopback_http import send_json
 from sqlalchemy import select
 
@@ -100,6 +101,7 @@ def _fleet() -> Iterator[str]:
         thread.join()
 
 
+@pytest.mark.integration  # real HTTP over loopback
 def test_a_misconfigured_endpoint_teaches_the_policy_the_breaker_and_the_warm_start_alike(sqlite_url, tmp_path):
     with _fleet() as url:
         cfg = {
