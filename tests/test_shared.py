@@ -109,6 +109,30 @@ def test_learning_from_the_shared_log_counts_other_routers_rows_once(sqlite_url)
             assert writer.learn_from_shared_log() == 2  # the writer learns the reader's attempts, not its own
 
 
+def test_a_row_stamped_before_a_warm_start_but_written_after_it_is_learned_once(sqlite_url):
+    """Another router's call in flight while a router warm-starts: stamped before, written after."""
+    import threading
+
+    with Fleet([ModelSpec("a", latency_s=0.001)]) as fleet:
+        cfg = fleet.fleet_config({"simple": ["a"]}, store=sqlite_url)
+        cfg["routes"]["simple"]["policy"] = "static"
+        with Router(cfg) as early:
+            for _ in range(5):
+                early.chat("simple", MSG)
+            early.flush()  # five rows written before the late router starts
+            fleet.update("a", latency_s=1.0)
+            slow = threading.Thread(target=early.chat, args=("simple", MSG))
+            slow.start()
+            time.sleep(0.3)  # the slow call's attempt is stamped, not yet written
+            with Router(cfg) as late:
+                assert late.policies["simple"].n.tolist() == [5.0]  # the written rows, once
+                slow.join(10)
+                early.flush()
+                assert late.learn_from_shared_log() == 1  # the row written after the warm start
+                assert late.learn_from_shared_log() == 0
+                assert late.policies["simple"].n.tolist() == [6.0]
+
+
 def test_cli_prune(sqlite_url):
     with fake_router(
         {

@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 class Learner:
     """The policies, health and budgets of one router process, and everything that teaches them.
 
-    ``router_id`` marks this process's rows in the log: the warm start reads everyone else's rows
-    stamped before it began, :meth:`learn_from_shared_log` the later ones, so no row is learned twice.
+    ``router_id`` marks this process's rows in the log. The warm start sums everyone else's rows
+    stamped more than an overlap (a deadline plus ``SYNC_SLACK_S``) before it began, all written
+    by then; :meth:`learn_from_shared_log` reads the later ones row by row, deduplicated by key,
+    including those still being written when the warm start ran: no row is learned twice or missed.
     """
 
     #: beyond a call's deadline, how far back each learn_from_shared_log() looks again for rows others wrote late
@@ -70,6 +72,7 @@ class Learner:
         self._synced_until = time.time()  # rows of other routers from here on are learned from the shared log
         self._warm_until = 0.0  # rows stamped before this were learned by the warm start: never read again
         self._seen: dict[tuple[str, str, int], float] = {}
+        self._sharing = threading.Lock()  # one reader of the shared log at a time (refresher, warm start, caller)
         self._stop = threading.Event()
         self.warm = not warm_start  # whether the policies hold what the log knows
         if warm_start:
@@ -121,33 +124,50 @@ class Learner:
         Either way the cost does not grow with the length of the log.
         """
         a, f = attempts_table.c, feedback_table.c
-        until = time.time()  # rows stamped from here on are learn_from_shared_log()'s, so none is learned twice
+        # rows stamped before the cut are all written (their calls ended a slack ago): summed here;
+        # later ones, some maybe still in flight, are learn_from_shared_log()'s, row by row
+        cut = time.time() - self._overlap()
         learnable = and_(
             teaches_sql(attempts_table, self.config.rejecting_statuses),
             or_(a.router_id.is_(None), a.router_id != self.router_id),
-            a.ts < until,
+            a.ts < cut,
         )
-        others = and_(or_(f.router_id.is_(None), f.router_id != self.router_id), f.ts < until)  # our own: learned live
+        others = and_(or_(f.router_id.is_(None), f.router_id != self.router_id), f.ts < cut)  # our own: learned live
         read = self.store.call
+        found = {}  # every read first: a store error part way leaves the policies untouched for the retry
         for task, policy in self.policies.items():
-            horizon = policy.horizon()
-            if horizon is None:
-                tried = read(self.store.attempt_sums, task, learnable)
-                rated = read(self.store.feedback_sums, task, others)
+            if policy.horizon() is None:
+                found[task] = (
+                    read(self.store.attempt_sums, task, learnable),
+                    read(self.store.feedback_sums, task, others),
+                )
+            else:
+                horizon = policy.horizon()
+                found[task] = (
+                    read(self.store.tail, "attempts", task, horizon, self.LEARNED_ATTEMPT_COLUMNS, learnable),
+                    read(self.store.tail, "feedback", task, horizon, self.LEARNED_FEEDBACK_COLUMNS, others),
+                )
+        for task, (tried, rated) in found.items():
+            policy = self.policies[task]
+            if policy.horizon() is None:
                 with self.locks[task]:
                     for sums in (tried, rated):
                         columns = {k: sums[k].to_numpy() for k in sums.columns if k != "model"}
                         policy.add_sums(sums["model"].tolist(), columns)
             else:
-                self._learn(
-                    read(self.store.tail, "attempts", task, horizon, self.LEARNED_ATTEMPT_COLUMNS, learnable),
-                    read(self.store.tail, "feedback", task, horizon, self.LEARNED_FEEDBACK_COLUMNS, others),
-                )
+                self._learn(tried, rated)
             if isinstance(policy, ContextualPolicy):
                 with self.locks[task]:
                     warm_start_contexts(self.store, task, policy)
-        self._warm_until = until
+        with self._sharing:
+            self._warm_until = cut
+            self._synced_until = cut + self._overlap()
+            self._seen.clear()
         self.warm = True
+        try:
+            self.learn_from_shared_log()
+        except StoreError as exc:  # the sums are in: the refresher (or the next call) reads the rest
+            log.warning("reading the shared log after the warm start failed: %s", exc)
 
     def _warm_start_later(self) -> None:
         """Retry the warm start until the store answers or the learner stops (started during an outage)."""
@@ -182,9 +202,20 @@ class Learner:
         processes sharing one database converge to the same preferences. An attempt is stamped
         with its start but written when its call ends, in a batch; so rows are read again from a
         deadline plus ``SYNC_SLACK_S`` back and deduplicated by key. A row that reaches the
-        database later than that (after an outage) is learned only at the next warm start.
+        database later than that (after an outage) is learned only at the next warm start. Nothing
+        is read before the warm start is done: it sums the older rows, and would count them twice.
         """
-        overlap = self.config.deadline_s + self.SYNC_SLACK_S
+        if not self.warm:
+            return 0
+        with self._sharing:
+            return self._learn_shared()
+
+    def _overlap(self) -> float:
+        """How far back each read of the shared log looks again for rows others wrote late."""
+        return self.config.deadline_s + self.SYNC_SLACK_S
+
+    def _learn_shared(self) -> int:
+        overlap = self._overlap()
         since = max(self._synced_until - overlap, self._warm_until)
         tasks = list(self.policies)
         frame = self.store.frame
