@@ -134,7 +134,7 @@ class ContextualPolicy(Policy):
         super().feedback(model, accuracy)
         self.learn(model, accuracy, features)
 
-    def _parts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _parts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Success Beta posterior (successes + 1, failures + 1), latency and cost means of the eligible
         models (latency and cost 0 if never served)."""
         s = self.stats[:, idx]
@@ -189,7 +189,16 @@ class LinearThompsonPolicy(ContextualPolicy):
         self.samples = int(samples)
         self.explore = float(explore)
 
-    def _decide(self, idx, mean, var, ok, failed, latency, cost):  # type: ignore[no-untyped-def]
+    def _decide(
+        self,
+        idx: np.ndarray,
+        mean: np.ndarray,
+        var: np.ndarray,
+        ok: np.ndarray,
+        failed: np.ndarray,
+        latency: np.ndarray,
+        cost: np.ndarray,
+    ) -> tuple[np.ndarray, float]:
         z = self.rng.standard_normal((self.samples, len(idx) + 1))
         sd = self.explore * np.sqrt(var)
         accuracy = (
@@ -215,7 +224,16 @@ class LinUCBPolicy(ContextualPolicy):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)
 
-    def _decide(self, idx, mean, var, ok, failed, latency, cost):  # type: ignore[no-untyped-def]
+    def _decide(
+        self,
+        idx: np.ndarray,
+        mean: np.ndarray,
+        var: np.ndarray,
+        ok: np.ndarray,
+        failed: np.ndarray,
+        latency: np.ndarray,
+        cost: np.ndarray,
+    ) -> tuple[np.ndarray, float]:
         upper = mean[idx] + mean[-1] + self.alpha * np.sqrt(var[idx] + var[-1])
         index = self.objective.score(ok / (ok + failed), upper, latency, cost)
         untried = ok + failed <= 2.0

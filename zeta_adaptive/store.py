@@ -200,10 +200,12 @@ def upgrade(engine: Engine) -> None:
 def _insert(engine: Engine, table: Table) -> Any:
     """An idempotent INSERT for this dialect: rows whose primary key exists are skipped."""
     if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
 
 
 def _log_latency(latency_s: float | None) -> float | None:
@@ -368,7 +370,7 @@ class _Bounded:
     def _run(self) -> None:
         try:
             self.result = self._fn()
-        except BaseException as exc:  # handed to the waiter, whatever it is
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiter, whatever it is
             self.error = exc
         finally:
             self.done.set()
@@ -400,7 +402,7 @@ class Journal:
         self.lock = threading.Lock()
         for slot in itertools.count():
             path = directory / f"{key}-{slot}.jsonl"
-            fh = open(path, "a+b")
+            fh = open(path, "a+b")  # noqa: SIM115 - held open (and flocked) until close()
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -425,7 +427,7 @@ class Journal:
         with self.lock if path is None else contextlib.nullcontext():
             data = (path or self.path).read_bytes()
         end = data.rfind(b"\n") + 1
-        return [tuple(json.loads(line)) for line in data[:end].splitlines() if line.strip()], end  # type: ignore[misc]
+        return [tuple(json.loads(line)) for line in data[:end].splitlines() if line.strip()], end
 
     def discard(self, end: int, rows: int) -> None:
         """Forget the first ``end`` bytes (``rows`` rows) once the database has them; later appends stay."""
@@ -632,14 +634,15 @@ class Store:
         """Queue several rows, in order (with ``durability = "journal"``: journaled first)."""
         if self._closed:
             raise StoreError("the store is closed")
-        items = list(items)
-        for table, _ in items:
+        rows = list(items)
+        for table, _ in rows:
             if table not in TABLES:
                 raise StoreError(f"unknown log table {table!r}; tables are {sorted(TABLES)}")
         if self.durability == "journal":
-            self.journal.append([(t, sanitize(t, r, self.scrub)) for t, r in items])
-            items = [_WAKE]
-        self._hand_over(items, urgent=False)
+            self.journal.append([(t, sanitize(t, r, self.scrub)) for t, r in rows])
+            self._hand_over((_WAKE,), urgent=False)
+        else:
+            self._hand_over(rows, urgent=False)
 
     def _hand_over(self, items: Sequence[Any], urgent: bool) -> None:
         """Give the writer rows (one atomic ``extend``); wake it only for the first rows of a batch,
@@ -701,7 +704,7 @@ class Store:
             if self._items and not self._urgent and len(self._items) < self.batch_size:
                 self._wake.wait(self.linger_s)  # let the batch fill (a flush, a stop or a full batch cuts it short)
             self._urgent = False
-            items = []
+            items: list[Any] = []
             while self._items and len(items) < self.batch_size:
                 items.append(self._items.popleft())
             rows: list[Row] = []
@@ -788,7 +791,7 @@ class Store:
                 return journaled
         try:
             op.outcome()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any driver error: a row problem (bisect) or an outage (journal)
             if not _is_row_problem(exc):
                 self._outage(exc)
                 return journaled
@@ -830,7 +833,7 @@ class Store:
         """Insert rows (bounded); if one is refused for what it holds, bisect. False if the database is away."""
         try:
             self._bounded(self._insert_rows, rows)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any driver error: a row problem (bisect) or an outage (journal)
             if not _is_row_problem(exc):
                 self._outage(exc)
                 return False
@@ -853,7 +856,7 @@ class Store:
         log.error("log row refused by %s, kept as a dead letter: %s %s: %s", self.safe_url, table, key, error)
         try:
             self.call(self._insert_dead, letter)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the dead-letter file is the last resort for whatever failed
             self.journal.dead_letter(table, values, error)
 
     def _insert_dead(self, letter: Mapping[str, Any]) -> None:
@@ -912,7 +915,7 @@ class Store:
             self.journal.discard(end, 0)
             return True
         for start in range(0, len(rows), self.write_rows):
-            chunk = [(t, sanitize(t, r, self.scrub)) for t, r in rows[start : start + self.write_rows]]
+            chunk: list[Row] = [(t, sanitize(t, r, self.scrub)) for t, r in rows[start : start + self.write_rows]]
             if not self._ready() or not self._insert_or_bisect(chunk):
                 return False
         self.journal.discard(end, len(rows))
