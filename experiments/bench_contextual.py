@@ -52,7 +52,7 @@ def main() -> None:
         contextual = getattr(policy, "contextual", False)
         rng = np.random.default_rng(0)
 
-        def cycle() -> None:
+        def cycle(policy: Any = policy, contextual: bool = contextual, rng: np.random.Generator = rng) -> None:
             model = (policy.rank(None, x) if contextual else policy.rank()).primary
             policy.update(model, True, 0.1, 1.0 if model == "strong" else 0.0)
             accuracy = float(rng.random() < 0.7)

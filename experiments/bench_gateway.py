@@ -116,7 +116,7 @@ class Server:
     ) -> None:
         self.name, self.port, self.route, self.health = name, port, route, health
         self.base = f"http://127.0.0.1:{port}/v1"
-        self.log = tempfile.TemporaryFile("w+")
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - the server's output, read after it stops
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             list(cmd), env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         litellm_start = None
         try:
-            for name, server in servers.items():
+            for server in servers.values():
                 server.wait_ready(180)
             if litellm is not None:
                 try:

@@ -118,10 +118,9 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         if getattr(sock, "family", None) in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):
             FOREIGN.append(f"connect {address[0]}:{address[1]}")
             raise ConnectionRefusedError(f"benchmark guard: no network outside loopback ({address[0]})")
-    elif event == "socket.getaddrinfo":
-        if not _is_loopback(args[0]):
-            FOREIGN.append(f"getaddrinfo {args[0]}")
-            raise socket.gaierror(f"benchmark guard: no name lookup outside loopback ({args[0]})")
+    elif event == "socket.getaddrinfo" and not _is_loopback(args[0]):
+        FOREIGN.append(f"getaddrinfo {args[0]}")
+        raise socket.gaierror(f"benchmark guard: no name lookup outside loopback ({args[0]})")
 
 
 def guard_loopback() -> None:

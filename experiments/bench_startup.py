@@ -222,8 +222,8 @@ def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
                             0,
                             0.0,
                             "simulated internal error",
+                            *ra,
                         )
-                        + ra
                     )
                 a_rows.append(
                     (
@@ -239,8 +239,8 @@ def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
                         48,
                         0.00021,
                         None,
+                        *ra,
                     )
-                    + ra
                 )
                 c_rows.append(
                     (
@@ -257,11 +257,11 @@ def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
                         48,
                         0.00021,
                         kk,
+                        *rc,
                     )
-                    + rc
                 )
                 if rated[i]:
-                    f_rows.append((call_id, t + 5.0, tt, order[kk - 1], acc[i]) + rf)
+                    f_rows.append((call_id, t + 5.0, tt, order[kk - 1], acc[i], *rf))
             with engine.begin() as conn:
                 conn.exec_driver_sql("PRAGMA synchronous=OFF")  # a cache we can rebuild: no need to sync
                 conn.exec_driver_sql(sql["calls"], c_rows)

@@ -240,7 +240,7 @@ def measure(c: Contenders, rounds: int, warmup: int) -> tuple[dict[str, list[int
     from tqdm import tqdm
 
     table = c.table()
-    for name, fn in table.items():  # untimed warm-up: pools, imports, caches, policy batches
+    for fn in table.values():  # untimed warm-up: pools, imports, caches, policy batches
         for _ in range(warmup):
             fn()
             c.settle()
@@ -277,7 +277,7 @@ def profile_paths(c: Contenders, n: int) -> dict[str, str]:
                 c.calls += 1
             elif name == "routed async":
 
-                async def routed() -> None:
+                async def routed(prof: cProfile.Profile) -> None:
                     prof.enable()
                     stream = await c.router.achat("simple", MESSAGES, stream=True, max_tokens=MAX_TOKENS)
                     items = aiter(stream)
@@ -286,7 +286,7 @@ def profile_paths(c: Contenders, n: int) -> dict[str, str]:
                     async for _ in items:
                         pass
 
-                c.loop.run_until_complete(routed())
+                c.loop.run_until_complete(routed(prof))
                 c.calls += 1
             elif name == "direct sync":
                 prof.enable()
@@ -300,7 +300,7 @@ def profile_paths(c: Contenders, n: int) -> dict[str, str]:
                         pass
             else:
 
-                async def direct() -> None:
+                async def direct(prof: cProfile.Profile) -> None:
                     prof.enable()
                     async with c.aclient.stream("POST", "chat/completions", json=c.body) as response:
                         lines = response.aiter_lines()
@@ -311,7 +311,7 @@ def profile_paths(c: Contenders, n: int) -> dict[str, str]:
                         async for _ in lines:
                             pass
 
-                c.loop.run_until_complete(direct())
+                c.loop.run_until_complete(direct(prof))
             c.settle()
         for kind, key in (("tottime", "tottime"), ("cumulative", "cumulative")):
             buf = io.StringIO()

@@ -1184,14 +1184,14 @@ def write_outputs(results: list[dict[str, Any]], args: Any, meta: dict[str, Any]
         "learned_attempts",
         "final_order",
     ]
-    fleet_desc = ", ".join("%s (median %g ms)" % (spec["name"], 1000 * spec["latency_s"]) for spec in SPECS)
+    fleet_desc = ", ".join("{} (median {:g} ms)".format(spec["name"], 1000 * spec["latency_s"]) for spec in SPECS)
     notes = [
         f"Fleet: {fleet_desc}, loopback HTTP, in its own process. "
         f"At half the calls {DEGRADED} gets error_rate {DEGRADE['error_rate']} and median latency {1000 * DEGRADE['latency_s']:g} ms (5x).",
         f"Routers: route `{TASK}` over {', '.join(MODELS)}, policy thompson, discount {args.discount}, default breakers, "
         f"refresh_s {args.refresh:g}, attempt timeout {TIMEOUT_S:g} s, "
         f"deadline {DEADLINE_S:g} s (generous: this machine's CPU, not the models, sets the queueing delay), `achat` with max_tokens 16, "
-        f"feedback at once (accuracy drawn around {', '.join('%s %g' % kv for kv in ACCURACY.items())}); seed per process.",
+        f"feedback at once (accuracy drawn around {', '.join('{} {:g}'.format(*kv) for kv in ACCURACY.items())}); seed per process.",
         f"Demotion: each process samples `router.preferences()` every {SAMPLE_S} s (so times have {SAMPLE_S} s resolution); "
         f"a process's demotion time is its first sample after the degradation without {DEGRADED} first. "
         "Each process also routes to the degraded model itself, so it learns from its own failures at once and from "

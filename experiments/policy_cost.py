@@ -105,8 +105,8 @@ class Contender:
         policy, outcomes, latency = self.policy, self.outcomes, self.latency
         index = policy.index
         rank_ns, update_ns = self.rank_ns, self.update_ns
-        t = self.t
-        for t in range(t, t + n):
+        start = self.t
+        for t in range(start, start + n):
             t0 = clock()
             ranking = policy.rank()
             t1 = clock()
@@ -118,13 +118,13 @@ class Contender:
             if timed:
                 rank_ns.append(t1 - t0)
                 update_ns.append(t3 - t2)
-        self.t = t + 1
+        self.t = start + n
 
     def _block_mabwiser(self, n: int, timed: bool = True) -> None:
         mab, outcomes = self.mab, self.outcomes
         rank_ns, update_ns = self.rank_ns, self.update_ns
-        t = self.t
-        for t in range(t, t + n):
+        start = self.t
+        for t in range(start, start + n):
             t0 = clock()
             arm = mab.predict()
             t1 = clock()
@@ -135,7 +135,7 @@ class Contender:
             if timed:
                 rank_ns.append(t1 - t0)
                 update_ns.append(t3 - t2)
-        self.t = t + 1
+        self.t = start + n
 
 
 def stats_us(ns: np.ndarray) -> dict[str, float]:

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         done = parallel_map(simulate, tasks, args.jobs, bar)
     results: list[dict] = []
     shares: dict[tuple[str, str], np.ndarray] = {}  # (scenario, label) -> (seeds, T) new-best indicator
-    for (seed, s, sc_no, _, _), runs in zip(tasks, done):
+    for (_, s, _, _, _), runs in zip(tasks, done):
         for row, lab, is_new in runs:
             results.append(row)
             shares.setdefault((row["scenario"], lab), np.zeros((n_seeds, T)))[s] = is_new

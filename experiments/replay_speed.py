@@ -134,7 +134,8 @@ def main() -> None:
                 "goal_s": 20.0,
             }
         )
-        own_s, _ = timed(lambda name=name, steps=len(matched): policy_alone(name, objective, steps, args.seed), 1)
+        steps = len(matched)
+        own_s, _ = timed(lambda name=name, steps=steps: policy_alone(name, objective, steps, args.seed), 1)
         rows.append(
             {
                 "what": "the policy alone, same number of decisions",

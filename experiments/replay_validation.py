@@ -179,7 +179,7 @@ def router_validation(
 ) -> list[dict]:
     """Offline estimates from random-policy logs vs online runs, for every policy."""
     learning = [p for p in ("thompson", "ucb1", "kl_ucb", "epsilon_greedy") if p in POLICIES]
-    specs = learning + ["static", "uniform", "always:mid-8b", "always:large-70b"]
+    specs = [*learning, "static", "uniform", "always:mid-8b", "always:large-70b"]
     rows = []
     with Fleet([dataclasses.replace(s) for s in SPECS], seed=seed) as fleet, tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -196,7 +196,7 @@ def router_validation(
         for spec in tqdm(specs, desc="online runs"):
             mine = offline[offline.policy == spec]
             learns = spec in learning
-            horizon = int(round(mine[mine.estimator == "replay"].ess.iloc[0])) if learns else fixed_calls
+            horizon = round(mine[mine.estimator == "replay"].ess.iloc[0]) if learns else fixed_calls
             runs = online_runs if learns else 1
             values = [online(fleet, tmp, spec, horizon, seed + 100 + i) for i in range(runs)]
             value = float(np.mean(values))

@@ -332,7 +332,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for kind, s in result["online"].items():
-        ci = lambda m: f" ± {s[m + '_ci']:.3f}" if s[m + "_ci"] is not None else ""  # noqa: E731
+        ci = lambda m, s=s: f" ± {s[m + '_ci']:.3f}" if s[m + "_ci"] is not None else ""  # noqa: E731
         lines.append(
             f"| {kind} (online) | {s['apgr_mean']:.3f}{ci('apgr')} | {s['cpt50_mean']:.1f}%{ci('cpt50')} | {s['cpt80_mean']:.1f}%{ci('cpt80')} "
             f"| {s['budget_error']:.4f} | {s['us_per_decision']:.0f} | {s['orders']} |"

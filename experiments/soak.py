@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import glob
+import itertools
 import json
 import os
 import resource
@@ -611,9 +612,7 @@ async def soak(args: Any, tmp: Path, pg: PrivatePostgres | None) -> dict[str, An
         fleet_requests = fleet.requests()
         cpu_fleet = fleet.cpu()
 
-    left_in_journal = sum(
-        sum(1 for line in open(p, encoding="utf-8") if line.endswith("\n")) for p in journal_dir.glob("*.jsonl")
-    )
+    left_in_journal = sum(p.read_text(encoding="utf-8").count("\n") for p in journal_dir.glob("*.jsonl"))
     db = read_log(url)
     return {
         "n": n,
@@ -764,7 +763,7 @@ def analyse(res: dict[str, Any]) -> dict[str, Any]:
         ]
     )
     retried_same = np.array(
-        [any(a[0] == b[0] and a[1] == "rate_limited" for a, b in zip(atts, atts[1:])) for atts in calls.attempts]
+        [any(a[0] == b[0] and a[1] == "rate_limited" for a, b in itertools.pairwise(atts)) for atts in calls.attempts]
     )
     store_windows = [w for w in windows if w.kind == "store" and w.t0 is not None]
     lag_ms = np.array(res["lag"]) * 1000
@@ -896,7 +895,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
     if len(end):
         edges = np.linspace(0, end.max(), min(120, max(10, len(end) // 100)) + 1)
         centers, p50, p99 = [], [], []
-        for a, b in zip(edges, edges[1:]):
+        for a, b in itertools.pairwise(edges):
             sel = (end >= a) & (end < b)
             if sel.sum() >= 5:
                 centers.append((a + b) / 2)
@@ -938,7 +937,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=7, loc="lower center", ncol=4, markerscale=3, framealpha=0.9)
     ax.grid(alpha=0.3)
     if res["samples"]:
-        t, rows, errors, written, worst = map(np.array, zip(*res["samples"]))
+        t, rows, _, _, worst = map(np.array, zip(*res["samples"]))
         ax2.plot(t, rows, color="tab:blue", label="rows waiting in the journal")
         ax2.set_ylabel("journal rows")
         ax3 = ax2.twinx()

@@ -8,6 +8,7 @@ logs when each request starts and ends, so the tests see what a backend would se
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import threading
@@ -327,7 +328,7 @@ def test_a_single_model_route_retries_after_a_short_pause(sqlite_url):
     store = Store(sqlite_url)
     starts = store.frame("attempts").sort_values("idx")["ts"].tolist()
     store.close()
-    assert all(later - earlier >= 0.01 for earlier, later in zip(starts, starts[1:]))  # the backoff's least pause
+    assert all(later - earlier >= 0.01 for earlier, later in itertools.pairwise(starts))  # the backoff's least pause
 
 
 def test_the_route_budget_bounds_retries_and_rejections_are_never_retried(sqlite_url):

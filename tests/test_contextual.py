@@ -56,7 +56,6 @@ def test_logged_propensity_is_the_exact_probability_of_the_primary():
     """If each logged propensity is P(primary | draws), then E[1{primary = m} / propensity] = 1 for every m
     the policy can choose, and the frequency of m matches the Gaussian posterior's probability."""
     policy, x = trained()
-    mean, var = policy.predict(x)
     n = 12_000
     weights = {m: 0.0 for m in policy.models}
     counts = {m: 0 for m in policy.models}

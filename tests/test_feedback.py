@@ -286,7 +286,7 @@ def test_validate_accuracy_accepts_numpy_scalars(value):
 
 
 def test_validate_accuracy_error_message_names_value():
-    with pytest.raises(FeedbackError, match="1.5"):
+    with pytest.raises(FeedbackError, match=r"1\.5"):
         validate_accuracy(1.5)
     with pytest.raises(FeedbackError, match="nan"):
         validate_accuracy(math.nan)

@@ -286,9 +286,9 @@ def test_spend_per_day_refuses_once_reached(fleet, sqlite_url, tmp_path, monkeyp
 
 def test_server_config_is_validated_and_keys_parsed():
     base = {"models": {"m": {"base_url": "http://127.0.0.1:9/v1"}}, "routes": {"r": {"models": ["m"]}}}
-    with pytest.raises(ConfigError, match="server.keys"):
+    with pytest.raises(ConfigError, match=r"server\.keys"):
         Config.from_dict({**base, "server": {"keys": {"a": {}}}})
-    with pytest.raises(ConfigError, match="server.keys.a.routes"):
+    with pytest.raises(ConfigError, match=r"server\.keys\.a\.routes"):
         Config.from_dict({**base, "server": {"api_keys_env": "K", "keys": {"a": {"routes": ["nope"]}}}})
     with pytest.raises(ConfigError, match="requests_per_minute"):
         Config.from_dict({**base, "server": {"api_keys_env": "K", "keys": {"a": {"requests_per_minute": 0}}}})

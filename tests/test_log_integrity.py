@@ -230,7 +230,7 @@ def test_two_routers_rating_one_call_at_once_exactly_one_wins(store_url, tmp_pat
         for call_id in ids:
             barrier = threading.Barrier(2)
 
-            def rate(router, who):
+            def rate(router, who, barrier, call_id):
                 barrier.wait()
                 try:
                     router.feedback(call_id, 1.0)
@@ -238,7 +238,10 @@ def test_two_routers_rating_one_call_at_once_exactly_one_wins(store_url, tmp_pat
                 except FeedbackError:
                     pass
 
-            threads = [threading.Thread(target=rate, args=(r, w)) for r, w in ((maker, "maker"), (other, "other"))]
+            threads = [
+                threading.Thread(target=rate, args=(r, w, barrier, call_id))
+                for r, w in ((maker, "maker"), (other, "other"))
+            ]
             for t in threads:
                 t.start()
             for t in threads:

@@ -285,11 +285,11 @@ def test_fit_equals_one_by_one(policy_name, k, history, prefix, discount, extra_
     cost = np.array([ev[4] for ev in attempts], dtype=float)
     accuracy = np.array([ev[2] for ev in feedback], dtype=float)
     if extra_unknown:  # rows of a model no longer configured are ignored
-        a_models = ["retired"] + a_models
+        a_models = ["retired", *a_models]
         success = np.r_[True, success]
         latency = np.r_[1.0, latency]
         cost = np.r_[1.0, cost]
-        f_models = f_models + ["retired"]
+        f_models = [*f_models, "retired"]
         accuracy = np.r_[accuracy, 1.0]
     bulk.fit(a_models, success, latency, cost, f_models, accuracy)
     got, want = stats(bulk), stats(live)
@@ -463,7 +463,7 @@ def test_preferences_rows(policy_name):
         policy.update("c", True, 0.1)
         policy.update("a", False, 0.1)
     prefs = policy.preferences()
-    assert [row["model"] for row in prefs][0] == "c"
+    assert next(row["model"] for row in prefs) == "c"
     assert sorted(row["model"] for row in prefs) == ["a", "b", "c"]
     scores = [row["score"] for row in prefs]
     assert scores == sorted(scores, reverse=True)

@@ -256,7 +256,7 @@ def test_invalid_rows_raise_or_are_dropped_and_counted(propensities, ids, reason
 
 def test_actions_outside_the_models_raise_or_are_dropped():
     logs = frame(["a", "b", "x"], [1.0, 0.0, 1.0], [0.5, 0.5, 0.5])
-    with pytest.raises(ReplayError, match="1 of 3 .* not one of the policy's models"):
+    with pytest.raises(ReplayError, match=r"1 of 3 .* not one of the policy's models"):
         prepare(logs, models=["a", "b"])
     data = prepare(logs, models=["a", "b"], on_invalid="drop")
     assert data.n == 2 and data.dropped == {"whose action is not one of the policy's models": 1}

@@ -487,6 +487,8 @@ class _Flush:
 
 
 _STOP = object()
+#: seconds without a row after which the writer stops ticking and sleeps until the next hand-over
+IDLE_S = 1.0
 _WAKE = object()  # durability = "journal": rows are in the journal already, the writer only moves them
 Row = tuple[str, Mapping[str, Any]]
 DURABILITY = ("batched", "journal")
@@ -568,6 +570,7 @@ class Store:
         self.journal = Journal(Path(journal_dir) if journal_dir else default_journal_dir(), key)
         self._items: collections.deque[Any] = collections.deque()  # rows and markers, in order
         self._wake = threading.Event()
+        self._asleep = True  # the writer waits for a hand-over rather than ticking (see _run)
         self._urgent = False  # a flush or stop waits in the queue: no lingering
         self.written = {name: 0 for name in TABLES}  # rows inserted (or found present), per table
         self.errors = 0  # failed database writes
@@ -645,13 +648,13 @@ class Store:
             self._hand_over(rows, urgent=False)
 
     def _hand_over(self, items: Sequence[Any], urgent: bool) -> None:
-        """Give the writer rows (one atomic ``extend``); wake it only for the first rows of a batch,
-        a full batch or a marker: a call never pays a thread hand-off of its own."""
-        first = not self._items
+        """Give the writer rows (one atomic ``extend``). While rows flow the writer collects them on
+        its own ``linger_s`` tick, so a call wakes no thread; only a sleeping (idle) writer, a full
+        batch, a flush or a stop sets the event."""
         self._items.extend(items)
         if urgent:
             self._urgent = True
-        if first or urgent or len(self._items) >= self.batch_size:
+        if urgent or self._asleep or len(self._items) >= self.batch_size:
             self._wake.set()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -692,21 +695,31 @@ class Store:
             raise StoreError(f"{self.dropped} log rows were lost: neither {self.safe_url} nor the journal took them")
 
     def _run(self) -> None:
-        """Collect rows for up to ``linger_s`` after the first one (or until a flush, a stop or a
-        full batch), then deliver them in one transaction: one wake-up and one commit per batch, not
-        per call, is what keeps the writer from taking CPU and the GIL from the call path. Nothing
-        raised in here stops the writer: rows of a batch that hit an unexpected error are journaled."""
+        """Deliver what was handed over every ``linger_s`` (at once for a flush, a stop or a full
+        batch) in one transaction: the writer's own tick, not a wake-up per call, and one commit per
+        batch are what keep it from taking CPU and the GIL from the call path. After ``IDLE_S``
+        without a row it sleeps until the next hand-over (or journal probe). Nothing raised in here
+        stops the writer: rows of a batch that hit an unexpected error are journaled."""
         stop = False
+        idle_ticks = math.ceil(IDLE_S / self.linger_s) if self.linger_s > 0 else 0
+        quiet = idle_ticks  # ticks in a row that found nothing: the writer starts asleep
         while not stop:
-            if not self._items:
-                self._wake.wait(self._idle_wait())
-            self._wake.clear()  # before draining: rows handed over from now on wake us again
-            if self._items and not self._urgent and len(self._items) < self.batch_size:
-                self._wake.wait(self.linger_s)  # let the batch fill (a flush, a stop or a full batch cuts it short)
+            if not self._items and quiet >= idle_ticks:
+                self._asleep = True  # from here on a hand-over wakes us
+                if not self._items:
+                    self._wake.wait(self._idle_wait())
+                self._asleep = False
+                self._wake.clear()
+            if not self._urgent and len(self._items) < self.batch_size and (self._items or quiet < idle_ticks):
+                self._wake.wait(self.linger_s)  # the tick (a flush, a stop or a full batch cuts it short)
+            self._wake.clear()  # before draining: a flush or stop handed over from now on is seen next turn
             self._urgent = False
             items: list[Any] = []
             while self._items and len(items) < self.batch_size:
                 items.append(self._items.popleft())
+            quiet = 0 if items else quiet + 1
+            if not items and not (self.pending and time.monotonic() >= self._next_probe):
+                continue  # an empty tick: nothing to write, no journal probe due
             rows: list[Row] = []
             markers = []
             for item in items:
