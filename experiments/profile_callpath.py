@@ -1,26 +1,35 @@
-"""Where a routed call's time goes: cProfile over routed sync calls, plus the client CPU per call against direct httpx.
+"""Where a routed call's time goes: client CPU and wall time per call against direct httpx (and against the
+package at another git revision, in the same process), then cProfile over routed calls.
 
-A one-model ``thompson`` route with the SQLite log on (the worst case for the call path's own
-work: a policy update and a log hand-over on every call) calls the loopback mock of
-``experiments/mock_backend.py``. After an untimed warm-up, blocks of routed and direct calls
-alternate; each block's client CPU time (all threads, the log writer included) is charged to it,
-counted until the log is flushed. Then ``--profile`` more routed calls run under cProfile and the
-top functions by own time and by cumulative time are written out.
+A one-model ``thompson`` route with the SQLite log on (a policy update and a log hand-over on every
+call) calls the loopback mock of ``experiments/mock_backend.py``. After an untimed warm-up, blocks
+of direct calls, routed calls and (with ``--baseline REV``) routed calls through the package as it
+was at ``REV`` (extracted with ``git archive`` and imported under another name) alternate in a
+rotating order, so every contender sees the same machine load. Each block's client CPU time (all
+threads, the log writers included) is charged to it, counted until its router's log is flushed.
+Then ``--profile`` more routed calls run under cProfile (this tree only; the calling thread only)
+and the top functions by own and by cumulative time are written out.
 
-    .venv/bin/python experiments/profile_callpath.py [--calls N] [--rounds R] [--out DIR]
+    .venv/bin/python experiments/profile_callpath.py [--baseline REV] [--calls N] [--rounds R] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib.util
 import io
 import pstats
+import resource
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -28,14 +37,16 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mock_backend import MockServer
 
-from zeta_adaptive import Router
+import zeta_adaptive
 
 MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
 BODY = {"max_tokens": 16, "model": "mock", "messages": MESSAGES}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def config(base_url: str, folder: Path) -> dict[str, Any]:
-    """One model behind a ``thompson`` route, logging to a SQLite file."""
+    """One model behind a ``thompson`` route, logging to a SQLite file in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
     return {
         "deadline_s": 120.0,
         "store": f"sqlite:///{folder / 'profile.db'}",
@@ -46,67 +57,102 @@ def config(base_url: str, folder: Path) -> dict[str, Any]:
     }
 
 
-def cpu_per_call(fn: Any, n: int, settle: Any) -> tuple[float, float]:
-    """Client CPU µs per call and median wall µs per call over one block of ``n`` calls."""
+def package_at(rev: str, folder: Path) -> ModuleType:
+    """The package as it was at git revision ``rev``, imported as ``zeta_baseline`` (its imports are relative)."""
+    archive = subprocess.run(["git", "archive", rev, "zeta_adaptive"], cwd=ROOT, capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(folder, filter="data")
+    spec = importlib.util.spec_from_file_location(
+        "zeta_baseline",
+        folder / "zeta_adaptive" / "__init__.py",
+        submodule_search_locations=[str(folder / "zeta_adaptive")],
+    )
+    assert spec is not None and spec.loader is not None
+    module = sys.modules["zeta_baseline"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def block(fn: Callable[[], Any], n: int, settle: Callable[[], Any]) -> tuple[float, float, float]:
+    """Client CPU µs per call (until ``settle`` returns), median wall µs per call, and the calling
+    thread's context switches per call (a thread it wakes, or the GIL, takes the CPU from it)."""
     walls = []
     c0 = time.process_time_ns()
+    u0 = resource.getrusage(resource.RUSAGE_THREAD)
     for _ in range(n):
         t0 = time.perf_counter_ns()
         fn()
         walls.append(time.perf_counter_ns() - t0)
+    u1 = resource.getrusage(resource.RUSAGE_THREAD)
     settle()
-    return (time.process_time_ns() - c0) / 1000.0 / n, statistics.median(walls) / 1000.0
+    switches = (u1.ru_nvcsw - u0.ru_nvcsw + u1.ru_nivcsw - u0.ru_nivcsw) / n
+    return (time.process_time_ns() - c0) / 1000.0 / n, statistics.median(walls) / 1000.0, switches
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default=None, help="also time the package at this git revision")
     parser.add_argument("--calls", type=int, default=200, help="calls per timed block")
-    parser.add_argument("--rounds", type=int, default=10, help="alternating blocks per contender")
+    parser.add_argument("--rounds", type=int, default=10, help="blocks per contender")
     parser.add_argument("--profile", type=int, default=3000, help="routed calls under cProfile")
-    parser.add_argument("--out", type=Path, default=None, help="write the report here (else stdout only)")
+    parser.add_argument("--out", type=Path, default=None, help="write profile_callpath.md here (else stdout only)")
     parser.add_argument("--dump", type=Path, default=None, help="save the raw cProfile stats to this file")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="zeta-profile-"))
+    packages = {"routed": zeta_adaptive}
+    if args.baseline:
+        packages[f"routed at {args.baseline}"] = package_at(args.baseline, folder / "baseline")
     with MockServer() as mock:
         client = httpx.Client(base_url=mock.base_url + "/", timeout=60.0)
-        router = Router(config(mock.base_url, folder))
+        routers = {
+            name: pkg.Router(config(mock.base_url, folder / str(i))) for i, (name, pkg) in enumerate(packages.items())
+        }
         try:
-            direct = lambda: client.post("chat/completions", json=BODY).json()  # noqa: E731
-            routed = lambda: router.chat("one", MESSAGES, max_tokens=16).text  # noqa: E731
-            for _ in range(300):
-                direct()
-                routed()
-            router.flush()
-            cpu: dict[str, list[float]] = {"direct": [], "routed": []}
-            wall: dict[str, list[float]] = {"direct": [], "routed": []}
+            table: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
+                "direct": (lambda: client.post("chat/completions", json=BODY).json(), lambda: None)
+            }
+            for name, router in routers.items():
+                table[name] = (lambda r=router: r.chat("one", MESSAGES, max_tokens=16).text, router.flush)
+            for fn, settle in table.values():
+                for _ in range(300):
+                    fn()
+                settle()
+            cpu: dict[str, list[float]] = {name: [] for name in table}
+            wall: dict[str, list[float]] = {name: [] for name in table}
+            switches: dict[str, list[float]] = {name: [] for name in table}
+            names = list(table)
             for r in range(args.rounds):
-                order = [("direct", direct), ("routed", routed)]
-                for name, fn in order if r % 2 == 0 else order[::-1]:
-                    c, w = cpu_per_call(fn, args.calls, router.flush)
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    fn, settle = table[name]
+                    c, w, s = block(fn, args.calls, settle)
                     cpu[name].append(c)
                     wall[name].append(w)
+                    switches[name].append(s)
             profiler = cProfile.Profile()
+            fn, settle = table["routed"]
             profiler.enable()
             for _ in range(args.profile):
-                routed()
-            router.flush()
+                fn()
+            settle()
             profiler.disable()
             if args.dump is not None:
                 profiler.dump_stats(args.dump)
         finally:
-            router.close()
+            for router in routers.values():
+                router.close()
             client.close()
+    base_cpu, base_wall = statistics.median(cpu["direct"]), statistics.median(wall["direct"])
     lines = [
-        f"{args.rounds} alternating blocks of {args.calls} calls each; medians over blocks (µs per call)",
+        f"{args.rounds} rotating blocks of {args.calls} calls per contender; medians over blocks (µs per call)",
         "",
-        "| contender | client CPU µs/call | wall p50 µs |",
-        "|---|---|---|",
+        "| contender | client CPU µs/call | added CPU | wall p50 µs | added wall | context switches/call |",
+        "|---|---|---|---|---|---|",
     ]
-    for name in cpu:
-        lines.append(f"| {name} | {statistics.median(cpu[name]):.0f} | {statistics.median(wall[name]):.0f} |")
-    added_cpu = statistics.median(cpu["routed"]) - statistics.median(cpu["direct"])
-    added_wall = statistics.median(wall["routed"]) - statistics.median(wall["direct"])
-    lines += ["", f"added by routing: CPU {added_cpu:+.0f} µs/call, wall p50 {added_wall:+.0f} µs", ""]
+    for name in table:
+        c, w = statistics.median(cpu[name]), statistics.median(wall[name])
+        s = statistics.median(switches[name])
+        lines.append(f"| {name} | {c:.0f} | {c - base_cpu:+.0f} | {w:.0f} | {w - base_wall:+.0f} | {s:.2f} |")
+    lines.append("")
     for key in ("tottime", "cumulative"):
         buf = io.StringIO()
         pstats.Stats(profiler, stream=buf).sort_stats(key).print_stats(25)

@@ -77,7 +77,9 @@ class AdaptiveLimit:
         self._dropped = False
         self._slow_start = True
         self._changed_at = -math.inf  # replies to requests sent before the last change tell of the old limit
-        self._medians: deque[tuple[float, float]] = deque()  # (time, median) of recent windows
+        # (time, median) of recent windows that may still be the lowest: each is lower than every
+        # older one kept (a sliding-window minimum, so a decision costs O(1) however many windows fit)
+        self._medians: deque[tuple[float, float]] = deque()
         self.no_load_s: float | None = None
 
     @property
@@ -111,10 +113,13 @@ class AdaptiveLimit:
             self._set(self.value * MIN_GRADIENT)
             return
         median = statistics.median(window)
-        while self._medians and self._medians[0][0] < now - c.baseline_s:
-            self._medians.popleft()
-        self._medians.append((now, median))
-        self.no_load_s = min(m for _, m in self._medians)
+        medians = self._medians
+        while medians and medians[0][0] < now - c.baseline_s:
+            medians.popleft()
+        while medians and medians[-1][1] >= median:  # never the lowest again: this one is lower and newer
+            medians.pop()
+        medians.append((now, median))
+        self.no_load_s = medians[0][1]
         if median <= c.tolerance * self.no_load_s:
             if busiest >= self.limit:  # only a limit that was reached has shown it holds
                 self._set(self.value * 2.0 if self._slow_start else self.value + 1.0)

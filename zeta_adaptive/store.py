@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import math
+import operator
 import os
 import threading
 import time
@@ -336,6 +337,18 @@ def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> N
         cur.execute(f"DROP TABLE {temp}")  # a later batch in the same transaction (a bisection) makes it again
 
 
+def _executemany_insert(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """SQLite: the idempotent INSERT by the driver's ``executemany`` on plain tuples, which skips
+    SQLAlchemy's per-row parameter processing (sanitized rows hold plain values in every column)."""
+    columns = [c.name for c in table.columns]
+    marks = ", ".join("?" * len(columns))
+    values = operator.itemgetter(*columns)
+    conn.exec_driver_sql(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks}) ON CONFLICT DO NOTHING",
+        [values(row) for row in rows],
+    )
+
+
 def _is_row_problem(exc: BaseException) -> bool:
     """Whether a failed write was refused for what some row holds (bisect it) rather than because the
     database is away, locked or slow (journal and retry)."""
@@ -549,7 +562,7 @@ class Store:
             raise StoreError(
                 f"cannot open store {self.safe_url}: {type(exc).__name__}: {getattr(exc, 'orig', exc)}"
             ) from None
-        self._insert = {name: _insert(self.engine, table) for name, table in TABLES.items()}
+        self._insert_feedback = _insert(self.engine, feedback)  # one row, its winner returned (insert_feedback)
         self._stuck: _Bounded | None = None  # a database operation we stopped waiting for
         self._next_probe = 0.0
         self._delay = 0.05
@@ -878,7 +891,7 @@ class Store:
 
     def _insert_rows(self, rows: Sequence[Row]) -> None:
         """Insert rows in one transaction, parents first: on PostgreSQL by COPY into a temporary
-        table and one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, elsewhere by ``executemany``."""
+        table and one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, on SQLite by the driver's ``executemany``."""
         by_table: dict[str, list[Mapping[str, Any]]] = {name: [] for name in TABLES}
         for table, row in rows:
             by_table[table].append(row)
@@ -889,7 +902,7 @@ class Store:
                 if self.engine.dialect.name == "postgresql":
                     _copy_insert(conn.connection.driver_connection, TABLES[name], by_table[name])
                 else:
-                    conn.execute(self._insert[name], by_table[name])
+                    _executemany_insert(conn, TABLES[name], by_table[name])
 
     def _healthy(self, rows: Sequence[Row]) -> None:
         self._delay = 0.05
@@ -959,7 +972,7 @@ class Store:
         The primary key on ``feedback.call_id`` decides, so two processes rating a call at once
         cannot both win."""
         with self.engine.begin() as conn:
-            query = self._insert["feedback"].values(sanitize("feedback", row, self.scrub)).returning(feedback.c.call_id)
+            query = self._insert_feedback.values(sanitize("feedback", row, self.scrub)).returning(feedback.c.call_id)
             won = conn.execute(query).first() is not None
         if won:
             self.written["feedback"] += 1
