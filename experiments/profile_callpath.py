@@ -73,11 +73,22 @@ def package_at(rev: str, folder: Path) -> ModuleType:
     return module
 
 
-def block(fn: Callable[[], Any], n: int, settle: Callable[[], Any]) -> tuple[float, float, float]:
-    """Client CPU µs per call (until ``settle`` returns), median wall µs per call, and the calling
-    thread's context switches per call (a thread it wakes, or the GIL, takes the CPU from it)."""
+def thread_cpu_ns(native_id: int | None) -> int:
+    """CPU time of one thread of this process so far (Linux ``schedstat``); 0 for no thread."""
+    if native_id is None:
+        return 0
+    return int(Path(f"/proc/self/task/{native_id}/schedstat").read_text().split()[0])
+
+
+def block(
+    fn: Callable[[], Any], n: int, settle: Callable[[], Any], writer: int | None
+) -> tuple[float, float, float, float]:
+    """Client CPU µs per call (until ``settle`` returns), median wall µs per call, the calling
+    thread's context switches per call (a thread it wakes, or the GIL, takes the CPU from it), and
+    the log writer thread's CPU µs per call."""
     walls = []
     c0 = time.process_time_ns()
+    w0 = thread_cpu_ns(writer)
     u0 = resource.getrusage(resource.RUSAGE_THREAD)
     for _ in range(n):
         t0 = time.perf_counter_ns()
@@ -86,7 +97,8 @@ def block(fn: Callable[[], Any], n: int, settle: Callable[[], Any]) -> tuple[flo
     u1 = resource.getrusage(resource.RUSAGE_THREAD)
     settle()
     switches = (u1.ru_nvcsw - u0.ru_nvcsw + u1.ru_nivcsw - u0.ru_nivcsw) / n
-    return (time.process_time_ns() - c0) / 1000.0 / n, statistics.median(walls) / 1000.0, switches
+    cpu = (time.process_time_ns() - c0) / 1000.0 / n
+    return cpu, statistics.median(walls) / 1000.0, switches, (thread_cpu_ns(writer) - w0) / 1000.0 / n
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,14 +132,17 @@ def main(argv: list[str] | None = None) -> None:
             cpu: dict[str, list[float]] = {name: [] for name in table}
             wall: dict[str, list[float]] = {name: [] for name in table}
             switches: dict[str, list[float]] = {name: [] for name in table}
+            writer_cpu: dict[str, list[float]] = {name: [] for name in table}
+            writers = {name: router.store._writer.native_id for name, router in routers.items()}
             names = list(table)
             for r in range(args.rounds):
                 for name in names[r % len(names) :] + names[: r % len(names)]:
                     fn, settle = table[name]
-                    c, w, s = block(fn, args.calls, settle)
+                    c, w, s, wc = block(fn, args.calls, settle, writers.get(name))
                     cpu[name].append(c)
                     wall[name].append(w)
                     switches[name].append(s)
+                    writer_cpu[name].append(wc)
             profiler = cProfile.Profile()
             fn, settle = table["routed"]
             profiler.enable()
@@ -145,13 +160,15 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"{args.rounds} rotating blocks of {args.calls} calls per contender; medians over blocks (µs per call)",
         "",
-        "| contender | client CPU µs/call | added CPU | wall p50 µs | added wall | context switches/call |",
-        "|---|---|---|---|---|---|",
+        "| contender | client CPU µs/call | added CPU | log writer CPU µs/call | wall p50 µs | added wall | context switches/call |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in table:
         c, w = statistics.median(cpu[name]), statistics.median(wall[name])
-        s = statistics.median(switches[name])
-        lines.append(f"| {name} | {c:.0f} | {c - base_cpu:+.0f} | {w:.0f} | {w - base_wall:+.0f} | {s:.2f} |")
+        s, wc = statistics.median(switches[name]), statistics.median(writer_cpu[name])
+        lines.append(
+            f"| {name} | {c:.0f} | {c - base_cpu:+.0f} | {wc:.0f} | {w:.0f} | {w - base_wall:+.0f} | {s:.2f} |"
+        )
     lines.append("")
     for key in ("tottime", "cumulative"):
         buf = io.StringIO()
