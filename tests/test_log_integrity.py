@@ -310,7 +310,7 @@ def freeze(pg, sig: int) -> None:
 
 
 @pytest.fixture
-def frozen_pg(private_pg):
+def frozen_pg(private_pg):  # noqa: F811 - the fixture imported from test_outage
     yield private_pg
     freeze(private_pg, signal.SIGCONT)  # whatever the test did, the server can be stopped
 
@@ -344,7 +344,7 @@ def test_a_frozen_postgres_delays_neither_calls_nor_feedback(frozen_pg, tmp_path
 
 
 @pytest.mark.postgres
-def test_a_router_starts_while_postgres_is_down_or_frozen_and_catches_up(private_pg, tmp_path, servers):
+def test_a_router_starts_while_postgres_is_down_or_frozen_and_catches_up(private_pg, tmp_path, servers):  # noqa: F811
     good = servers(lambda body: (200, ok()))
     cfg = config(private_pg.url, tmp_path, {"m": good.url}, {"simple": ["m"]}, store_timeout_s=1.0)
     Router(cfg).close()  # schema in place
