@@ -110,7 +110,7 @@ async def _run(scenario: str, policy: str, seconds: float, seed: int, fleet: Fle
             tasks.append(asyncio.create_task(one(len(calls) - 1)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
-        limits = {row["model"]: row["limit"] for row in router.preferences(TASK)[TASK]}
+        limits = router.preferences(TASK)["limit"].to_dict()
     kept = [c for c, at in zip(calls, arrivals, strict=True) if at >= WARMUP * seconds]
     answered = [(m, lat) for m, lat in kept if m is not None]
     latencies = [lat for _, lat in answered]

@@ -243,7 +243,7 @@ async def _worker(job: dict[str, Any], say: Any) -> None:
 
         async def sampler() -> None:
             while not done.is_set():
-                order = [row["model"] for row in router.preferences(TASK)[TASK]]
+                order = list(router.preferences(TASK).index)
                 samples.append((time.time(), order))
                 try:
                     await asyncio.wait_for(done.wait(), SAMPLE_S)
@@ -280,7 +280,7 @@ async def _worker(job: dict[str, Any], say: Any) -> None:
         line = await loop.run_in_executor(None, sys.stdin.readline)
         flushed = await loop.run_in_executor(None, router.flush, 60.0)
         await asyncio.sleep(float(job["settle_s"]))  # the refresher syncs the others' last rows
-        prefs = router.preferences(TASK)[TASK]
+        prefs = router.preferences(TASK).reset_index().to_dict("records")
         policy = router.policies[TASK]
         report = {
             "router_id": router.router_id,
@@ -295,7 +295,8 @@ async def _worker(job: dict[str, Any], say: Any) -> None:
             "samples": samples,
             "final_order": [row["model"] for row in prefs],
             "final_prefs": [
-                {k: row[k] for k in ("model", "score", "success", "latency_s", "n", "breaker")} for row in prefs
+                {k: row[k] for k in ("model", "utility", "success_rate", "latency_p50_s", "n", "breaker")}
+                for row in prefs
             ],
             "learned": int(policy.updates),  # attempts this policy learned: its own at once, the others' through sync()
         }

@@ -120,8 +120,11 @@ def main() -> None:
     objective = Objective()  # the router's default: latency enters the score
     learning = [p for p in ("thompson", "ucb1", "epsilon_greedy", "static") if p in POLICIES]
     for name in learning:
-        target = Learning(name, objective=objective, seed=args.seed)
-        seconds, matched = timed(lambda target=target: Replay().matched(data, target), args.replay_repeats)
+        # a new target object per run: a log remembers the replay of each target it has seen
+        seconds, matched = timed(
+            lambda name=name: Replay().matched(data, Learning(name, objective=objective, seed=args.seed)),
+            args.replay_repeats,
+        )
         value = float(data.reward[matched].mean())  # the replay estimate (one task type)
         rows.append(
             {

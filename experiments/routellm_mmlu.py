@@ -227,7 +227,7 @@ def through_router(frame: pd.DataFrame, budget: float, seed: int, limit: int | N
                 router.feedback(result.call_id, float(correct))
                 chosen.append(result.model == "strong")
                 right.append(correct)
-            prefs = router.preferences("mmlu")["mmlu"][0]
+            prefs = router.preferences("mmlu").iloc[0]
         elapsed = time.perf_counter() - start
     return {
         "budget": budget,

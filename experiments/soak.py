@@ -604,7 +604,7 @@ async def soak(args: Any, tmp: Path, pg: PrivatePostgres | None) -> dict[str, An
             state["stop"] = True
             await ctl  # lift every fault still on (restarts PostgreSQL if it is down)
             await mon
-            prefs = router.preferences("simple")["simple"]
+            prefs = router.preferences("simple").reset_index().to_dict("records")
             t_close = time.perf_counter()
             await router.aclose()
             close_s = time.perf_counter() - t_close

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import random
 import threading
 import time
 from collections import Counter
@@ -22,11 +21,12 @@ from typing import Any
 import pytest
 from loopback_http import send_json
 
-from zeta_adaptive import AllModelsFailed, FakeBackend, Outcome, Reply, RequestRejected, Router, Store, classify
+from zeta_adaptive import AllModelsFailed, RequestRejected, Router, Store, classify
 from zeta_adaptive.config import Config
 from zeta_adaptive.exceptions import ConfigError, InvalidRequest
 from zeta_adaptive.health import CLOSED, OPEN
 from zeta_adaptive.router import SCAN_CHARS, sample
+from zeta_adaptive.simulate import Fleet, ModelSpec, Step, mock_fleet
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -258,17 +258,6 @@ def test_a_call_that_cannot_get_a_slot_before_its_deadline_fails_without_an_atte
 # -- retries -------------------------------------------------------------------------------------------
 
 
-def _flaky(seed: int) -> Callable[[Any, Any], Reply]:
-    rng = random.Random(seed)
-
-    def behave(model: Any, request: Any) -> Reply:
-        if rng.random() < 0.5:
-            return Reply(Outcome.OK, 0.0, 200, 10, 5, text="fine")
-        return Reply(Outcome.SERVER_ERROR, 0.0, 500, error="flaky")
-
-    return behave
-
-
 def failure_rate(url: str, max_attempts: int | None, n: int = 1000) -> float:
     """Share of failed calls on a route of two models that each fail half of their requests at random."""
     cfg: dict[str, Any] = {
@@ -284,7 +273,8 @@ def failure_rate(url: str, max_attempts: int | None, n: int = 1000) -> float:
 
     async def main() -> int:
         failed = 0
-        async with Router(cfg, backend=FakeBackend({"a": _flaky(1), "b": _flaky(2)})) as router:
+        flaky = mock_fleet(cfg, seed=1, error_rate=0.5, latency_s=0.0)
+        async with Router(cfg, transport=flaky.transports()) as router:
             for _ in range(n // 100):
                 results = await asyncio.gather(
                     *(router.achat("simple", MSG) for _ in range(100)), return_exceptions=True
@@ -317,8 +307,8 @@ def test_a_single_model_route_retries_after_a_short_pause(sqlite_url):
         "models": {"a": {"base_url": "http://a:8000/v1"}},
         "routes": {"simple": {"models": ["a"], "policy": "static", "max_attempts": 3}},
     }
-    script = {"a": ["server_error", Reply(Outcome.CONNECT_ERROR, 0.001, error="ConnectError"), "ok"]}
-    with Router(cfg, backend=FakeBackend(script)) as router:
+    fake = mock_fleet(cfg, ModelSpec("a", script=["error", "disconnect", "ok"]))
+    with Router(cfg, transport=fake.transports()) as router:
         result = router.chat("simple", MSG)
     assert [(a.model, a.outcome) for a in result.attempts] == [
         ("a", "server_error"),
@@ -338,16 +328,16 @@ def test_the_route_budget_bounds_retries_and_rejections_are_never_retried(sqlite
         "models": {m: {"base_url": f"http://{m}:8000/v1"} for m in "ab"},
         "routes": {"simple": {"models": ["a", "b"], "policy": "static", "max_attempts": 3}},
     }
-    backend = FakeBackend({"a": ["server_error"], "b": ["malformed"]})
-    with Router(cfg, backend=backend) as router:
+    fake = mock_fleet(cfg, ModelSpec("a", script=["error"]), ModelSpec("b", script=["malformed"]), record=True)
+    with Router(cfg, transport=fake.transports()) as router:
         with pytest.raises(AllModelsFailed) as info:
             router.chat("simple", MSG)
         assert [a.model for a in info.value.attempts] == ["a", "b", "a"]
-        backend.script["a"] = [Reply(Outcome.CLIENT_ERROR, 0.001, 422, error="bad request")]
-        backend.calls.clear()
+        fake.update("a", script=[Step("error", status=422, message="bad request")])
+        fake.received.clear()
         with pytest.raises(RequestRejected):
             router.chat("simple", MSG)
-    assert [m for m, _ in backend.calls] == ["a"]
+    assert [m for m, _ in fake.received] == ["a"]
 
 
 def test_a_timeout_cut_by_the_deadline_is_not_retried(sqlite_url):
@@ -356,8 +346,8 @@ def test_a_timeout_cut_by_the_deadline_is_not_retried(sqlite_url):
         "models": {"a": {"base_url": "http://a:8000/v1", "timeout_s": 5.0}},
         "routes": {"simple": {"models": ["a"], "policy": "static"}},
     }
-    backend = FakeBackend({"a": [Reply(Outcome.OK, 2.0, 200, text="slow")]})
-    with Router(cfg, backend=backend) as router:
+    fake = mock_fleet(cfg, ModelSpec("a", script=[Step(latency_s=2.0)]))
+    with Router(cfg, transport=fake.transports()) as router:
         with pytest.raises(AllModelsFailed) as info:
             router.chat("simple", MSG, deadline_s=0.2)
     assert [a.outcome for a in info.value.attempts] == ["timeout"]
@@ -365,15 +355,15 @@ def test_a_timeout_cut_by_the_deadline_is_not_retried(sqlite_url):
 
 # -- context length and statuses ---------------------------------------------------------------------
 
-TOO_LONG = Reply(
-    Outcome.CONTEXT_EXCEEDED,
-    0.001,
-    400,
-    error="This model's maximum context length is 4096 tokens. However, you requested 9000 tokens",
+TOO_LONG = Step(
+    "error",
+    status=400,
+    message="This model's maximum context length is 4096 tokens. However, you requested 9000 tokens",
 )
 
 
-def _context_router(url: str, backend: FakeBackend, **top: Any) -> Router:
+def _context_router(url: str, *specs: ModelSpec, **top: Any) -> tuple[Router, Fleet]:
+    """A router over three models (two of them with declared context windows), and its in-process fleet."""
     cfg = {
         "store": url,
         "breaker": {"consecutive_failures": 2},
@@ -385,7 +375,8 @@ def _context_router(url: str, backend: FakeBackend, **top: Any) -> Router:
         "routes": {"simple": {"models": ["small", "plain", "big"], "policy": "static"}},
         **top,
     }
-    return Router(cfg, backend=backend)
+    fleet = mock_fleet(cfg, *specs, record=True, latency_s=0.001)
+    return Router(cfg, transport=fleet.transports()), fleet
 
 
 def _prompt(chars: int) -> list[dict]:
@@ -393,8 +384,8 @@ def _prompt(chars: int) -> list[dict]:
 
 
 def test_context_exceeded_falls_back_to_a_larger_window_and_is_learned_by_band(sqlite_url):
-    backend = FakeBackend({"small": [TOO_LONG, "ok"]})
-    with _context_router(sqlite_url, backend) as router:
+    router, _ = _context_router(sqlite_url, ModelSpec("small", script=[TOO_LONG, "ok"]))
+    with router:
         long_prompt = _prompt(10_000)  # band 2 (8k-32k chars); ~2,500 tokens fit the declared 4,096
         first = router.chat("simple", long_prompt)
         assert [(a.model, a.outcome) for a in first.attempts] == [("small", "context_exceeded"), ("big", "ok")]
@@ -411,21 +402,22 @@ def test_context_exceeded_falls_back_to_a_larger_window_and_is_learned_by_band(s
     assert store.find_call(first.call_id)["skipped"] is None
     assert json.loads(store.find_call(demoted.call_id)["skipped"]) == {"small": "prompt_too_long"}
     store.close()
-    with _context_router(sqlite_url, FakeBackend({})) as again:  # a warm start does not count it either
+    again, _ = _context_router(sqlite_url)
+    with again:  # a warm start does not count it either
         assert again.policies["simple"].n[again.policies["simple"].index["small"]] == 1
 
 
 def test_a_prompt_clearly_longer_than_a_declared_window_tries_that_model_last(sqlite_url):
-    backend = FakeBackend({"plain": ["server_error"]})
-    with _context_router(sqlite_url, backend, max_attempts=1) as router:
+    router, fleet = _context_router(sqlite_url, ModelSpec("plain", script=["error"]), max_attempts=1)
+    with router:
         result = router.chat("simple", _prompt(40_000))  # ~10,000 tokens: more than small's 4,096
     assert [a.model for a in result.attempts] == ["plain", "big"]
-    assert [m for m, _ in backend.calls] == ["plain", "big"]
+    assert [m for m, _ in fleet.received] == ["plain", "big"]
 
 
 def test_context_exceeded_everywhere_fails_the_call_without_rejecting_it(sqlite_url):
-    backend = FakeBackend({m: [TOO_LONG] for m in ("small", "plain", "big")})
-    with _context_router(sqlite_url, backend) as router:
+    router, _ = _context_router(sqlite_url, *(ModelSpec(m, script=[TOO_LONG]) for m in ("small", "plain", "big")))
+    with router:
         with pytest.raises(AllModelsFailed) as info:
             router.chat("simple", _prompt(100))
     assert [a.outcome for a in info.value.attempts] == ["context_exceeded"] * 3  # never retried
@@ -433,19 +425,23 @@ def test_context_exceeded_everywhere_fails_the_call_without_rejecting_it(sqlite_
 
 @pytest.mark.parametrize("status", [401, 403, 404])
 def test_misconfigured_endpoints_fall_back_and_open_the_breaker(sqlite_url, status):
-    backend = FakeBackend({"small": [Reply(Outcome.CLIENT_ERROR, 0.001, status, error="no such model")]})
-    with _context_router(sqlite_url, backend) as router:
+    router, _ = _context_router(
+        sqlite_url, ModelSpec("small", script=[Step("error", status=status, message="no such model")])
+    )
+    with router:
         for _ in range(2):
             assert router.chat("simple", MSG).model == "plain"
         assert router.health.snapshot("small")["breaker"] == OPEN
 
 
 def test_rejecting_statuses_are_configurable(sqlite_url):
-    bad = Reply(Outcome.CLIENT_ERROR, 0.001, 400, error="bad")
-    with _context_router(sqlite_url, FakeBackend({"small": [bad]}), rejecting_statuses=[422]) as router:
+    bad = Step("error", status=400, message="bad")
+    router, _ = _context_router(sqlite_url, ModelSpec("small", script=[bad]), rejecting_statuses=[422])
+    with router:
         assert [a.model for a in router.chat("simple", MSG).attempts] == ["small", "plain"]
-    unprocessable = Reply(Outcome.CLIENT_ERROR, 0.001, 422, error="unprocessable")
-    with _context_router(sqlite_url, FakeBackend({"small": [unprocessable]}), rejecting_statuses=[422]) as router:
+    unprocessable = Step("error", status=422, message="unprocessable")
+    router, _ = _context_router(sqlite_url, ModelSpec("small", script=[unprocessable]), rejecting_statuses=[422])
+    with router:
         with pytest.raises(RequestRejected):
             router.chat("simple", MSG)
         assert router.health.snapshot("small")["breaker"] == CLOSED
@@ -530,19 +526,21 @@ BAD_CHATS = [
 ]
 
 
-def _input_router(url: str, backend: FakeBackend) -> Router:
+def _input_router(url: str) -> tuple[Router, Fleet]:
+    """A router whose every request reaches an in-process fleet that records it."""
     cfg = {
         "store": url,
         "log_prompts": True,
         "models": {"a": {"base_url": "http://a:8000/v1"}, "e": {"base_url": "http://e:8000/v1", "kind": "embedding"}},
         "routes": {"simple": {"models": ["a"]}, "embedding": {"models": ["e"]}},
     }
-    return Router(cfg, backend=backend)
+    fleet = mock_fleet(cfg, record=True)
+    return Router(cfg, transport=fleet.transports()), fleet
 
 
-def _nothing_happened(url: str, router: Router, backend: FakeBackend) -> None:
+def _nothing_happened(url: str, router: Router, fleet: Fleet) -> None:
     router.flush()
-    assert backend.calls == []
+    assert fleet.received == []
     assert all(p.n.sum() == 0 for p in router.policies.values())
     store = Store(url)
     try:
@@ -553,8 +551,8 @@ def _nothing_happened(url: str, router: Router, backend: FakeBackend) -> None:
 
 @pytest.mark.parametrize("args, kwargs, fragment", BAD_CHATS, ids=[str(i) for i in range(len(BAD_CHATS))])
 def test_bad_chat_input_raises_invalid_request_and_leaves_no_trace(sqlite_url, args, kwargs, fragment):
-    backend = FakeBackend({})
-    with _input_router(sqlite_url, backend) as router:
+    router, fleet = _input_router(sqlite_url)
+    with router:
         with pytest.raises(InvalidRequest) as info:
             router.chat(*args, **kwargs)
         assert fragment in str(info.value)
@@ -564,18 +562,18 @@ def test_bad_chat_input_raises_invalid_request_and_leaves_no_trace(sqlite_url, a
                 await router.achat(*args, **kwargs)
 
         asyncio.run(again())
-        _nothing_happened(sqlite_url, router, backend)
+        _nothing_happened(sqlite_url, router, fleet)
 
 
 def test_bad_input_writes_nothing_on_either_store(store_url):
-    backend = FakeBackend({})
-    with _input_router(store_url, backend) as router:
+    router, fleet = _input_router(store_url)
+    with router:
         for args, kwargs, _ in BAD_CHATS[:3] + BAD_CHATS[-4:]:
             with pytest.raises(InvalidRequest):
                 router.chat(*args, **kwargs)
         with pytest.raises(InvalidRequest):
             router.embed([""])
-        _nothing_happened(store_url, router, backend)
+        _nothing_happened(store_url, router, fleet)
 
 
 BAD_TEXTS = [
@@ -592,14 +590,14 @@ BAD_TEXTS = [
 
 @pytest.mark.parametrize("texts, kwargs, fragment", BAD_TEXTS, ids=[str(i) for i in range(len(BAD_TEXTS))])
 def test_bad_embedding_input_raises_invalid_request(sqlite_url, texts, kwargs, fragment):
-    backend = FakeBackend({})
-    with _input_router(sqlite_url, backend) as router:
+    router, fleet = _input_router(sqlite_url)
+    with router:
         with pytest.raises(InvalidRequest) as info:
             router.embed(texts, **kwargs)
         assert fragment in str(info.value)
         with pytest.raises(InvalidRequest):
             asyncio.run(router.aembed(texts, **kwargs))
-        _nothing_happened(sqlite_url, router, backend)
+        _nothing_happened(sqlite_url, router, fleet)
 
 
 def test_good_inputs_of_every_shape_pass_through(sqlite_url):
@@ -625,11 +623,11 @@ def test_good_inputs_of_every_shape_pass_through(sqlite_url):
         "max_tokens": 16,
         "response_format": {"type": "json_schema", "json_schema": {"schema": schema}},
     }
-    backend = FakeBackend({})
-    with _input_router(sqlite_url, backend) as router:
-        assert router.chat("simple", messages, **params).text == "fake answer"
+    router, fleet = _input_router(sqlite_url)
+    with router:
+        assert router.chat("simple", messages, **params).text.startswith("answer from a: ")
         assert router.embed("one text", deadline_s=2).vectors.shape[0] == 1
-    request = backend.calls[0][1]
+    request = fleet.received[0][1]
     assert request["response_format"]["json_schema"]["schema"] == schema and len(request["messages"]) == 4
 
 

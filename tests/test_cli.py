@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from in_process import fake_router
 
-from zeta_adaptive import FakeBackend, Router
+from zeta_adaptive import Router
 from zeta_adaptive.cli import main
 from zeta_adaptive.exceptions import StoreError
 from zeta_adaptive.store import Store
@@ -186,13 +187,12 @@ def test_an_unreachable_postgresql_is_one_line_without_the_password():
 @pytest.fixture
 def old_log(sqlite_url):
     """Three calls, two with feedback, all older than a minute."""
-    with Router(
+    with fake_router(
         {
             "store": sqlite_url,
             "models": {"a": {"base_url": "http://127.0.0.1:9/v1"}},
             "routes": {"simple": {"models": ["a"]}},
-        },
-        backend=FakeBackend({}),
+        }
     ) as router:
         for i in range(3):
             result = router.chat("simple", MSG)
@@ -267,7 +267,7 @@ def router_log(tmp_path_factory):
         },
     }
     rated = 0
-    with Router(config, backend=FakeBackend({}, latency_s=0.0)) as router:
+    with fake_router(config) as router:
         for i in range(300):
             if i % 5 == 0:
                 router.embed(["x"])

@@ -13,8 +13,9 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from in_process import fake_router
 
-from zeta_adaptive import Config, ConfigError, FakeBackend, ModelConfig, Router, load_config
+from zeta_adaptive import Config, ConfigError, ModelConfig, load_config
 from zeta_adaptive.policies import Objective
 
 
@@ -652,7 +653,7 @@ def test_reprs_never_contain_api_key(tmp_path, monkeypatch):
     assert SECRET not in str(model)
     assert SECRET not in repr(cfg)
     assert SECRET not in repr(cfg.to_dict())
-    with Router(cfg, backend=FakeBackend({})) as router:
+    with fake_router(cfg) as router:
         assert SECRET not in repr(router)
         assert "Router(" in repr(router)
         assert SECRET not in repr(router.store)
@@ -664,7 +665,7 @@ def test_reprs_never_contain_api_key(tmp_path, monkeypatch):
 
 def test_router_repr_names_routes_and_store(tmp_path):
     cfg = Config.from_dict(base_config(tmp_path))
-    with Router(cfg, backend=FakeBackend({})) as router:
+    with fake_router(cfg) as router:
         assert repr(router) == f"Router(routes={sorted(cfg.routes)}, store={router.store.safe_url!r})"
         assert str(tmp_path) in repr(router)
 

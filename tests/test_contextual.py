@@ -7,8 +7,9 @@ import sqlite3
 
 import numpy as np
 import pytest
+from in_process import fake_router
 
-from zeta_adaptive import FakeBackend, Featurizer, LinearThompsonPolicy, LinUCBPolicy, Router, make_policy
+from zeta_adaptive import Featurizer, LinearThompsonPolicy, LinUCBPolicy, Router, make_policy
 from zeta_adaptive.contextual import PendingContexts
 from zeta_adaptive.policies import Objective
 
@@ -56,6 +57,7 @@ def test_logged_propensity_is_the_exact_probability_of_the_primary():
     """If each logged propensity is P(primary | draws), then E[1{primary = m} / propensity] = 1 for every m
     the policy can choose, and the frequency of m matches the Gaussian posterior's probability."""
     policy, x = trained()
+    _mean, _var = policy.predict(x)
     n = 12_000
     weights = {m: 0.0 for m in policy.models}
     counts = {m: 0 for m in policy.models}
@@ -136,7 +138,7 @@ def config(tmp_path, store: str | None = None, **route) -> dict:
 
 
 def test_router_routes_per_prompt_with_delayed_feedback_and_logs_only_hashed_features(tmp_path):
-    with Router(config(tmp_path), backend=FakeBackend({})) as router:
+    with fake_router(config(tmp_path)) as router:
         policy = router.policies["qa"]
         calls = []
         for i in range(60):
@@ -146,8 +148,8 @@ def test_router_routes_per_prompt_with_delayed_feedback_and_logs_only_hashed_fea
         for text, result in reversed(calls):  # feedback arrives later, in another order
             router.feedback(result.call_id, truth(text, "weak", "strong")[result.model])
         assert len(router.contexts) == 0 and policy.clock == 60
-        rows = router.preferences("qa")["qa"]
-        assert {r["model"] for r in rows} == {"weak", "strong"}
+        rows = router.preferences("qa")
+        assert set(rows.index) == {"weak", "strong"} and rows["n_rated"].sum() == 60
         router.flush()
     con = sqlite3.connect(str(tmp_path / "x.db"))
     try:
@@ -160,7 +162,7 @@ def test_router_routes_per_prompt_with_delayed_feedback_and_logs_only_hashed_fea
 
 
 def test_feedback_after_the_context_was_evicted_reads_the_logged_features(tmp_path):
-    with Router(config(tmp_path), backend=FakeBackend({})) as router:
+    with fake_router(config(tmp_path)) as router:
         text = prompt("alpha", 1)
         result = router.chat("qa", [{"role": "user", "content": text}])
         router.flush()
@@ -175,14 +177,14 @@ def test_feedback_after_the_context_was_evicted_reads_the_logged_features(tmp_pa
 
 def test_warm_start_refits_the_linear_model_from_logged_features(store_url, tmp_path):
     cfg = config(tmp_path, store=store_url)
-    with Router(cfg, backend=FakeBackend({})) as live:
+    with fake_router(cfg) as live:
         for i in range(40):
             text = prompt("alpha" if i % 3 else "beta", i)
             result = live.chat("qa", [{"role": "user", "content": text}])
             live.feedback(result.call_id, truth(text, "weak", "strong")[result.model])
         live.flush()
         weights, precision = live.policies["qa"].weights.copy(), live.policies["qa"].precision.copy()
-    with Router(cfg, backend=FakeBackend({})) as again:
+    with fake_router(cfg) as again:
         np.testing.assert_allclose(again.policies["qa"].weights, weights, atol=1e-5)
         np.testing.assert_allclose(again.policies["qa"].precision, precision, rtol=1e-5)
 
@@ -222,6 +224,6 @@ def test_linear_thompson_routes_end_to_end_over_the_loopback_fleet(tmp_path):
                 text = prompt("alpha" if i % 2 else "beta", i)
                 result = router.chat("qa", [{"role": "user", "content": text}], max_tokens=32)
                 router.feedback(result.call_id, truth(text, "weak", "strong")[result.model])
-            rows = router.preferences("qa")["qa"]
+            rows = router.preferences("qa")
             assert router.policies["qa"].clock == 40 and fleet.requests("weak") + fleet.requests("strong") == 40
-    assert rows[0]["budget_calls"] == 40 and 0.0 <= rows[0]["spend_per_call"] <= 1.0
+    assert (rows["budget_calls"] == 40).all() and 0.0 <= rows["spend_per_call"].iloc[0] <= 1.0

@@ -17,7 +17,7 @@ def test_demo_routes_logs_and_reports(tmp_path):
     assert len(log.calls) == 400
     assert len(log.attempts) >= 400
     assert 0 < len(log.feedback) < 400  # some answers are never rated; embeddings never are
-    assert set(report.preferences) == {"embedding", "simple", "code", "reasoning"}
+    assert set(report.preferences.index.unique("task_type")) == {"embedding", "simple", "code", "reasoning"}
     text = report.render()
     assert "learned order" in text and DEGRADED_MODEL in text and str(tmp_path) in text
     degraded = log.attempts[(log.attempts["model"] == DEGRADED_MODEL) & (log.attempts["ts"] > log.calls["ts"].median())]

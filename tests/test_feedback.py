@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from in_process import fake_router
 
-from zeta_adaptive import AllModelsFailed, FakeBackend, FeedbackError, Reply, RequestRejected, Router, ZetaError
-from zeta_adaptive.backends import Outcome
+from zeta_adaptive import AllModelsFailed, FeedbackError, RequestRejected, ZetaError
 from zeta_adaptive.feedback import validate_accuracy
+from zeta_adaptive.simulate import ModelSpec, Step
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -44,7 +45,7 @@ def feedback_rows(tmp_path) -> list[tuple]:
 
 
 def test_feedback_is_stored_and_learned(tmp_path):
-    with Router(make_config(tmp_path), backend=FakeBackend({"a": ["server_error"]})) as router:
+    with fake_router(make_config(tmp_path), ModelSpec("a", script=["error"])) as router:
         result = router.chat("learned", HELLO)
         model = result.model
         i = router.policies["learned"].index[model]
@@ -65,7 +66,7 @@ def test_feedback_is_stored_and_learned(tmp_path):
 
 def test_boundary_accuracies_accepted(tmp_path):
     values = [0, 1, 0.0, 1.0, 0.5, 1e-9]
-    with Router(make_config(tmp_path), backend=FakeBackend({})) as router:
+    with fake_router(make_config(tmp_path)) as router:
         for value in values:
             result = router.chat("simple", HELLO)
             router.feedback(result.call_id, value)
@@ -78,7 +79,7 @@ BAD_VALUES = [math.nan, -0.1, 1.5, "0.5", True, False, None, math.inf, -math.inf
 
 
 def test_invalid_accuracy_raises_and_writes_nothing(tmp_path):
-    with Router(make_config(tmp_path), backend=FakeBackend({})) as router:
+    with fake_router(make_config(tmp_path)) as router:
         result = router.chat("simple", HELLO)
         for value in BAD_VALUES:
             with pytest.raises(FeedbackError):
@@ -94,7 +95,7 @@ def test_invalid_accuracy_raises_and_writes_nothing(tmp_path):
 
 
 def test_unknown_or_malformed_call_id(tmp_path):
-    with Router(make_config(tmp_path), backend=FakeBackend({})) as router:
+    with fake_router(make_config(tmp_path)) as router:
         router.chat("simple", HELLO)
         for call_id in ["0" * 32, "not-a-call", "", 123, None]:
             with pytest.raises(FeedbackError):
@@ -105,7 +106,7 @@ def test_unknown_or_malformed_call_id(tmp_path):
 
 
 def test_feedback_error_is_a_value_error(tmp_path):
-    with Router(make_config(tmp_path), backend=FakeBackend({})) as router:
+    with fake_router(make_config(tmp_path)) as router:
         with pytest.raises(ValueError):
             router.feedback("0" * 32, 0.5)
         with pytest.raises(ZetaError):
@@ -113,8 +114,8 @@ def test_feedback_error_is_a_value_error(tmp_path):
 
 
 def test_feedback_on_failed_call_raises(tmp_path):
-    backend = FakeBackend({"a": ["server_error"], "b": ["timeout"]})
-    with Router(make_config(tmp_path), backend=backend) as router:
+    specs = ModelSpec("a", script=["error"]), ModelSpec("b", script=["hang"])
+    with fake_router(make_config(tmp_path), *specs) as router:
         with pytest.raises(AllModelsFailed) as info:
             router.chat("simple", HELLO)
         with pytest.raises(FeedbackError, match="no answer"):
@@ -125,8 +126,7 @@ def test_feedback_on_failed_call_raises(tmp_path):
 
 
 def test_feedback_on_rejected_call_raises(tmp_path):
-    backend = FakeBackend({"a": [Reply(Outcome.CLIENT_ERROR, 0.01, status=400)]})
-    with Router(make_config(tmp_path), backend=backend) as router:
+    with fake_router(make_config(tmp_path), ModelSpec("a", script=[Step("error", status=400)])) as router:
         with pytest.raises(RequestRejected) as info:
             router.chat("simple", HELLO)
         with pytest.raises(FeedbackError):
@@ -135,7 +135,7 @@ def test_feedback_on_rejected_call_raises(tmp_path):
 
 
 def test_second_feedback_on_same_call_raises(tmp_path):
-    with Router(make_config(tmp_path), backend=FakeBackend({})) as router:
+    with fake_router(make_config(tmp_path)) as router:
         result = router.chat("simple", HELLO)
         router.feedback(result.call_id, 0.7)
         with pytest.raises(FeedbackError, match="already"):
@@ -148,7 +148,7 @@ def test_second_feedback_on_same_call_raises(tmp_path):
 
 
 def test_concurrent_feedback_on_one_call_counts_once(tmp_path):
-    with Router(make_config(tmp_path), backend=FakeBackend({})) as router:
+    with fake_router(make_config(tmp_path)) as router:
         result = router.chat("simple", HELLO)
         accepted, rejected = [], []
         barrier = threading.Barrier(8)
@@ -174,14 +174,13 @@ def test_concurrent_feedback_on_one_call_counts_once(tmp_path):
 
 def test_feedback_for_call_of_previous_router(tmp_path):
     cfg = make_config(tmp_path)
-    backend = FakeBackend({"a": ["ok", "server_error"], "b": ["server_error"]})
-    with Router(cfg, backend=backend) as first:
+    with fake_router(cfg, ModelSpec("a", script=["ok", "error"]), ModelSpec("b", script=["error"])) as first:
         answered = first.chat("simple", HELLO)  # a answers
         with pytest.raises(AllModelsFailed) as failed:
             first.chat("simple", HELLO)  # a and b fail
     assert answered.model == "a"
     # a new Router instance, same SQLite file: it knows the calls only through the log
-    with Router(cfg, backend=FakeBackend({})) as second:
+    with fake_router(cfg) as second:
         policy = second.policies["simple"]
         assert policy.acc_n.sum() == 0
         second.feedback(answered.call_id, 0.6)
@@ -195,7 +194,7 @@ def test_feedback_for_call_of_previous_router(tmp_path):
             second.feedback("f" * 32, 0.6)
     assert feedback_rows(tmp_path) == [(answered.call_id, "simple", "a", 0.6)]
     # a third Router sees the stored feedback and rejects a duplicate too
-    with Router(cfg, backend=FakeBackend({})) as third:
+    with fake_router(cfg) as third:
         with pytest.raises(FeedbackError, match="already"):
             third.feedback(answered.call_id, 0.1)
         # and its warm start learned the stored accuracy
@@ -205,10 +204,10 @@ def test_feedback_for_call_of_previous_router(tmp_path):
 
 def test_feedback_given_by_previous_router_is_not_repeated(tmp_path):
     cfg = make_config(tmp_path)
-    with Router(cfg, backend=FakeBackend({})) as first:
+    with fake_router(cfg) as first:
         result = first.chat("simple", HELLO)
         first.feedback(result.call_id, 0.4)
-    with Router(cfg, backend=FakeBackend({})) as second:
+    with fake_router(cfg) as second:
         with pytest.raises(FeedbackError):
             second.feedback(result.call_id, 0.9)
         assert second.policies["simple"].acc_sum[0] == pytest.approx(0.4)  # from the warm start only
@@ -219,7 +218,7 @@ def test_duplicate_feedback_across_two_live_routers(tmp_path):
     """Two workers share one log. Feedback for a call reached the other worker first; the worker
     that made the call must not accept (and learn) a second accuracy the log will never hold."""
     cfg = make_config(tmp_path)
-    with Router(cfg, backend=FakeBackend({})) as maker, Router(cfg, backend=FakeBackend({})) as other:
+    with fake_router(cfg) as maker, fake_router(cfg) as other:
         result = maker.chat("simple", HELLO)
         assert maker.flush(timeout=10)
         other.feedback(result.call_id, 0.9)
@@ -231,7 +230,7 @@ def test_duplicate_feedback_across_two_live_routers(tmp_path):
 
 
 def test_feedback_after_close_is_refused(tmp_path):
-    router = Router(make_config(tmp_path), backend=FakeBackend({}))
+    router = fake_router(make_config(tmp_path))
     result = router.chat("simple", HELLO)
     router.close()
     with pytest.raises(ZetaError):

@@ -31,7 +31,7 @@ def test_router_import_needs_no_pandas_or_analysis_stack():
     assert {"numpy", "sqlalchemy", "httpx"} <= loaded  # what a router does need
 
 
-@pytest.mark.parametrize("name", ["Router", "Store", "Objective", "ZetaError", "load_config", "FakeBackend"])
+@pytest.mark.parametrize("name", ["Router", "Store", "Objective", "ZetaError", "load_config", "HttpxBackend"])
 def test_public_names_resolve_lazily_and_once(name):
     import zeta_adaptive
 

@@ -81,7 +81,7 @@ def test_a_model_at_its_limit_is_passed_over_not_queued(sqlite_url: str, load: s
             results = _burst(router, 4)
             router.flush()
             rows = router.store.frame("calls", ["simple"])
-            prefs = {row["model"]: row for row in router.preferences("simple")["simple"]}
+            prefs = router.preferences("simple").T
     models = [r.model for r in results]
     if load == "adaptive":
         assert server.peak["a"] == 2 and models.count("a") == 2 and models.count("b") == 2
@@ -161,7 +161,7 @@ def test_a_saturated_model_teaches_the_policy_nothing(sqlite_url: str) -> None:
         config["routes"]["simple"]["load"] = "adaptive"
         with Router(config) as router:
             _burst(router, 2)
-            n = {row["model"]: row["n"] for row in router.preferences("simple")["simple"]}
+            n = router.preferences("simple")["n"].to_dict()
     assert n == {"a": 1.0, "b": 1.0}  # the call a never received counts for nothing
 
 

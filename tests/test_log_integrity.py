@@ -247,7 +247,7 @@ def test_two_routers_rating_one_call_at_once_exactly_one_wins(store_url, tmp_pat
             for t in threads:
                 t.join(30)
         assert wins["maker"] + wins["other"] == len(ids)
-        learned = sum(r.preferences("simple")["simple"][0]["feedback_n"] for r in (maker, other))
+        learned = sum(r.preferences("simple")["n_rated"].sum() for r in (maker, other))
         assert learned == len(ids)  # each rating taught exactly one policy
     assert counts(store_url)["feedback"] == len(ids)
 

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zeta_adaptive import Objective, make_policy
+from zeta_adaptive.contextual import ContextualPolicy
 from zeta_adaptive.policies import POLICIES
 
 MAIN = ["static", "random", "thompson"]
@@ -386,7 +387,7 @@ def test_thompson_learns_the_best_model():
     rng = np.random.default_rng(7)
     primaries = run_bandit(policy, {"a": 0.3, "b": 1.0, "c": 0.3}, 300, rng)
     assert primaries[-100:].count("b") >= 80
-    assert policy.preferences()[0]["model"] == "b"
+    assert _first(policy) == "b"
     # it explored: every model was tried at least once
     assert set(primaries) == {"a", "b", "c"}
 
@@ -449,22 +450,88 @@ def test_accuracy_breaks_ties_between_equally_reliable_models():
         policy.update("b", True, 0.2)
         policy.feedback("a", 0.1)
         policy.feedback("b", 0.9)
-    assert policy.preferences()[0]["model"] == "b"
+    assert _first(policy) == "b"
     acc = policy.means()["accuracy"]
     assert acc[1] > acc[0]
     firsts = [policy.rank().primary for _ in range(500)]
     assert firsts.count("b") > 450
 
 
+assert issubclass(POLICIES["lin_ucb"], ContextualPolicy)  # registered, so every run tests them too
+
+
+def _first(policy):
+    """The model a policy ranks first now, by its statistics."""
+    return policy.models[int(np.argmin(policy.statistics()["rank"]))]
+
+
 @pytest.mark.parametrize("policy_name", sorted(POLICIES))
-def test_preferences_rows(policy_name):
+def test_statistics_columns(policy_name):
     policy = make_policy(policy_name, ["a", "b", "c"], seed=0)
     for _ in range(10):
         policy.update("c", True, 0.1)
         policy.update("a", False, 0.1)
-    prefs = policy.preferences()
+    policy.feedback("c", 0.9)
+    stats = policy.statistics()
+    assert sorted(stats["rank"].tolist()) == [1, 2, 3]
+    assert stats["p_best"].sum() == pytest.approx(1.0)
+    assert stats["n"].tolist() == [10, 0, 10] and stats["n_rated"].tolist() == [0, 0, 1]
+    assert (stats["utility_low"] <= stats["utility_high"]).all()
+    assert stats["latency_p50_s"][2] == pytest.approx(0.1) and np.isnan(stats["latency_p50_s"][0])
+    assert stats["success_rate"][2] > stats["success_rate"][1] > stats["success_rate"][0]
+    if policy_name in ("ucb1", "kl_ucb", "lin_ucb"):
+        assert _first(policy) == "b" and stats["p_best"][1] == 1.0  # a model never tried comes first
+    elif policy_name in ("thompson", "epsilon_greedy"):
+        assert _first(policy) == "c"  # what it learned puts c first
+    if policy_name == "static":
+        assert stats["rank"].tolist() == [1, 2, 3] and stats["p_best"].tolist() == [1.0, 0.0, 0.0]
+    if policy_name == "random":
+        assert stats["p_best"].tolist() == pytest.approx([1 / 3] * 3)
+
+
+@pytest.mark.parametrize("policy_name", sorted(POLICIES))
+def test_reading_statistics_leaves_decisions_alone(policy_name):
+    """Two policies with one seed decide alike, however often one of them is read in between."""
+    read, unread = (make_policy(policy_name, ["a", "b", "c"], seed=3) for _ in range(2))
+    rng = np.random.default_rng(1)
+    for t in range(150):
+        read.statistics()
+        first, second = read.rank(), unread.rank()
+        assert first == second, t
+        ok = bool(rng.random() < {"a": 0.4, "b": 0.6, "c": 0.5}[first.primary])
+        for policy in (read, unread):
+            policy.update(first.primary, ok, 0.1)
+
+
+def test_thompson_p_best_is_the_posterior_probability_of_being_best():
+    policy = make_policy("thompson", ["a", "b"], seed=0)
+    for _ in range(30):
+        policy.update("a", True, 0.1)
+        policy.update("b", True, 0.1)
+    for _ in range(3):
+        policy.update("b", False, 0.1)
+    stats = policy.statistics()
+    wins = np.bincount(policy.draw(20_000).argmax(axis=1), minlength=2) / 20_000
+    assert stats["p_best"] == pytest.approx(wins, abs=0.03)
+    assert 0.5 < stats["p_best"][0] < 1.0 and stats["rank"].tolist() == [1, 2]
+
+
+def test_statistics_count_calls_and_discounted_weight_apart():
+    policy = make_policy("ucb1", ["a", "b"], discount=0.9)
+    for _ in range(50):
+        policy.update("a", True, 0.2)
+    stats = policy.statistics()
+    assert stats["n"][0] == 50 and stats["n_effective"][0] == pytest.approx((1 - 0.9**50) / 0.1)
+
+
+def test_deprecated_policy_preferences_keeps_its_rows():
+    policy = make_policy("thompson", ["a", "b", "c"], seed=0)
+    for _ in range(10):
+        policy.update("c", True, 0.1)
+        policy.update("a", False, 0.1)
+    with pytest.warns(DeprecationWarning, match="statistics"):
+        prefs = policy.preferences()
     assert next(row["model"] for row in prefs) == "c"
-    assert sorted(row["model"] for row in prefs) == ["a", "b", "c"]
     scores = [row["score"] for row in prefs]
     assert scores == sorted(scores, reverse=True)
 

@@ -7,11 +7,12 @@ import json
 import time
 
 import pytest
+from in_process import fake_router
 
-from zeta_adaptive import AllModelsFailed, FakeBackend, Outcome, Reply, Router, Store
+from zeta_adaptive import AllModelsFailed, Outcome, Reply, Router, Store
 from zeta_adaptive.config import BreakerConfig, ModelConfig
 from zeta_adaptive.health import CLOSED, HALF_OPEN, OPEN, Breaker, Health
-from zeta_adaptive.simulate import Fleet, ModelSpec
+from zeta_adaptive.simulate import Fleet, ModelSpec, Step
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -95,7 +96,8 @@ def test_health_splits_candidates_and_counts_in_flight():
 # -- the router --------------------------------------------------------------------------------------
 
 
-def _router(url: str, script: dict, breaker: dict | None = None, **route) -> Router:
+def _router(url: str, script: dict[str, list[Step | str]], breaker: dict | None = None, **route) -> Router:
+    """A router over the models the script names, in order, each answering as its steps say."""
     cfg = {
         "store": url,
         "deadline_s": 5.0,
@@ -104,16 +106,16 @@ def _router(url: str, script: dict, breaker: dict | None = None, **route) -> Rou
         "models": {n: {"base_url": f"http://127.0.0.1:{9000 + i}/v1", "timeout_s": 1.0} for i, n in enumerate(script)},
         "routes": {"simple": {"models": list(script), "policy": "static", **route}},
     }
-    return Router(cfg, backend=FakeBackend(script))
+    return fake_router(cfg, *(ModelSpec(name, script=steps) for name, steps in script.items()))
 
 
 def test_a_failing_model_is_skipped_while_cooling_down_and_logged(sqlite_url):
-    with _router(sqlite_url, {"a": ["server_error"], "b": ["ok"]}) as router:
+    with _router(sqlite_url, {"a": ["error"], "b": ["ok"]}) as router:
         for _ in range(2):
             assert [a.model for a in router.chat("simple", MSG).attempts] == ["a", "b"]
         result = router.chat("simple", MSG)
         assert [a.model for a in result.attempts] == ["b"]
-        prefs = {row["model"]: row for row in router.preferences("simple")["simple"]}
+        prefs = router.preferences("simple").T
         assert prefs["a"]["breaker"] == OPEN and prefs["a"]["cooldown_left_s"] > 25
         assert prefs["b"]["breaker"] == CLOSED
         call_id = result.call_id
@@ -123,7 +125,7 @@ def test_a_failing_model_is_skipped_while_cooling_down_and_logged(sqlite_url):
 
 
 def test_a_cooling_model_is_still_tried_last(sqlite_url):
-    script = {"a": ["server_error", "server_error", "ok"], "b": ["ok", "ok", "server_error"]}
+    script: dict[str, list[Step | str]] = {"a": ["error", "error", "ok"], "b": ["ok", "ok", "error"]}
     with _router(sqlite_url, script) as router:
         router.chat("simple", MSG)  # a fails, b answers
         router.chat("simple", MSG)  # a fails again: a cools down
@@ -132,7 +134,7 @@ def test_a_cooling_model_is_still_tried_last(sqlite_url):
 
 
 def test_when_every_model_cools_down_the_call_waits_for_the_first_to_reopen(sqlite_url):
-    script = {"a": ["server_error", "server_error", "ok"]}
+    script: dict[str, list[Step | str]] = {"a": ["error", "error", "ok"]}
     with _router(sqlite_url, script, breaker={"cooldown_s": 0.3, "max_cooldown_s": 1.0}) as router:
         for _ in range(2):
             with pytest.raises(AllModelsFailed):
@@ -144,7 +146,7 @@ def test_when_every_model_cools_down_the_call_waits_for_the_first_to_reopen(sqli
 
 
 def test_try_mode_does_not_wait(sqlite_url):
-    script = {"a": ["server_error", "server_error", "ok"]}
+    script: dict[str, list[Step | str]] = {"a": ["error", "error", "ok"]}
     breaker = {"cooldown_s": 5.0, "max_cooldown_s": 10.0, "when_all_cooling": "try"}
     with _router(sqlite_url, script, breaker=breaker) as router:
         for _ in range(2):
@@ -156,7 +158,7 @@ def test_try_mode_does_not_wait(sqlite_url):
 
 
 def test_a_wait_longer_than_the_deadline_is_not_taken(sqlite_url):
-    script = {"a": ["server_error", "server_error", "ok"]}
+    script: dict[str, list[Step | str]] = {"a": ["error", "error", "ok"]}
     with _router(sqlite_url, script, breaker={"cooldown_s": 10.0, "max_cooldown_s": 10.0}) as router:
         for _ in range(2):
             with pytest.raises(AllModelsFailed):
@@ -167,7 +169,7 @@ def test_a_wait_longer_than_the_deadline_is_not_taken(sqlite_url):
 
 
 def test_429_is_retried_on_the_same_model_after_retry_after(sqlite_url):
-    limited = Reply(Outcome.RATE_LIMITED, 0.001, 429, retry_after_s=0.2)
+    limited = Step("rate_limit", retry_after_s=0.2)
     with _router(sqlite_url, {"a": [limited, "ok"], "b": ["ok"]}) as router:
         start = time.perf_counter()
         result = router.chat("simple", MSG)
@@ -177,7 +179,7 @@ def test_429_is_retried_on_the_same_model_after_retry_after(sqlite_url):
 
 
 def test_429_falls_back_when_the_deadline_cannot_wait(sqlite_url):
-    limited = Reply(Outcome.RATE_LIMITED, 0.001, 429, retry_after_s=5.0)
+    limited = Step("rate_limit", retry_after_s=5.0)
     with _router(sqlite_url, {"a": [limited, "ok"], "b": ["ok"]}) as router:
         start = time.perf_counter()
         result = router.chat("simple", MSG, deadline_s=1.0)
@@ -237,7 +239,7 @@ def test_a_saturated_model_is_skipped(sqlite_url):
 
 
 def test_a_rejected_request_teaches_nothing_about_the_model(sqlite_url):
-    bad = Reply(Outcome.CLIENT_ERROR, 0.001, 400, error="context too long")
+    bad = Step("error", status=400, message="context too long")
     from zeta_adaptive import RequestRejected
 
     with _router(sqlite_url, {"a": [bad], "b": ["ok"]}) as router:
@@ -250,8 +252,7 @@ def test_a_rejected_request_teaches_nothing_about_the_model(sqlite_url):
 
 
 def test_a_timeout_cut_short_by_the_deadline_does_not_extend_the_cooldown(sqlite_url):
-    slow = Reply(Outcome.OK, 0.4, 200, text="late")
-    script = {"a": ["server_error", "server_error", slow]}
+    script: dict[str, list[Step | str]] = {"a": ["error", "error", Step(latency_s=0.4)]}
     with _router(sqlite_url, script, breaker={"cooldown_s": 0.3, "max_cooldown_s": 5.0}) as router:
         for _ in range(2):
             with pytest.raises(AllModelsFailed):

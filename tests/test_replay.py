@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from zeta_adaptive import config as zconfig
 from zeta_adaptive.cli import main
 from zeta_adaptive.exceptions import AllModelsFailed, StoreError, ZetaError
-from zeta_adaptive.policies import Objective
+from zeta_adaptive.policies import Objective, make_policy
 from zeta_adaptive.replay import (
     DM,
     DR,
@@ -36,6 +36,7 @@ from zeta_adaptive.replay import (
     load_logged,
     parse_target,
     prepare,
+    resolve,
 )
 from zeta_adaptive.router import Router
 from zeta_adaptive.simulate import Fleet, ModelSpec
@@ -147,6 +148,51 @@ def test_replay_of_a_learning_policy_matches_its_own_choices():
         assert 0 < e.ci_high - e.ci_low < 0.2
     # a seeded trajectory is reproducible
     assert Replay().estimate(data, Learning("thompson", objective=objective, seed=3)) == rows.loc["replay", "value"]
+
+
+def test_a_learning_target_is_replayed_once_per_log_for_every_estimate_interval_and_ess():
+    rng = np.random.default_rng(2)
+    n, models = 600, ["a", "b", "c"]
+    a = rng.integers(0, 3, n)
+    data = prepare(frame(np.array(models)[a], (rng.random(n) < 0.5).astype(float), np.full(n, 1 / 3)))
+    replays: list[int] = []  # one entry per replay: the length of the log it ran on
+
+    def thompson(names, seed):
+        replays.append(seed)
+        return make_policy("thompson", names, Objective(w_latency=0.0), seed=seed)
+
+    target = Learning(thompson, seed=7)
+    ips, boot = IPS(learning_boot=3), 3
+    value, ess, (low, high) = ips.estimate(data, target), ips.ess(data, target), ips.interval(data, target)
+    assert replays.count(7) == 1  # the log itself: replayed once, read by all three
+    assert len(replays) == 1 + boot  # and one fresh replay per bootstrap resample (other seeds)
+    assert low <= value <= high and 0 < ess <= n
+    assert Replay().estimate(data, target) > 0 and SNIPS().ess(data, target) == pytest.approx(ess)
+    assert len(replays) == 1 + boot  # other estimators read the same replay too
+    resolved = resolve(data, target)
+    assert resolved is resolve(data, target) and resolved.probs is not None
+    assert Replay().matched(data, target).tolist() == resolved.accepted.tolist()
+    replays.clear()
+    compare(data, [target], learning_boot=boot, n_boot=20)
+    assert len(replays) == boot  # the replay is remembered; one bootstrap serves all five estimators
+    replays.clear()
+    compare(data, [Learning(thompson, seed=7)], learning_boot=boot, n_boot=20)
+    assert len(replays) == 1 + boot  # a new target object is replayed afresh, once
+    other = prepare(frame(np.array(models)[a], np.zeros(n), np.full(n, 1 / 3)))
+    assert resolve(other, target) is not resolved  # remembered per log
+
+
+def test_policies_expose_their_primary_probabilities():
+    models = ["a", "b", "c", "d"]
+    assert make_policy("random", models).primary_probabilities().tolist() == [0.25] * 4
+    thompson = make_policy("thompson", models, seed=1)
+    thompson.update("b", True, 0.1)
+    probabilities = thompson.primary_probabilities()
+    assert probabilities.sum() == pytest.approx(1.0)
+    assert probabilities.tolist() == thompson.win_probabilities().tolist()
+    assert probabilities is not thompson.primary_probabilities()  # a copy the caller may keep
+    for name in ("static", "ucb1", "epsilon_greedy"):  # deterministic rankings need none; epsilon-greedy keeps its own
+        assert make_policy(name, models).primary_probabilities() is None
 
 
 # -- properties --------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The router end to end with the in-process FakeBackend and a real SQLite log in tmp_path."""
+"""The router end to end on an in-process fleet (httpx transports, the real parsing) and a real
+SQLite log in tmp_path."""
 
 from __future__ import annotations
 
@@ -8,21 +9,20 @@ import sqlite3
 import time
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
 from zeta_adaptive import (
     AllModelsFailed,
     ConfigError,
-    FakeBackend,
-    Outcome,
-    Reply,
     RequestRejected,
     Router,
     Store,
     UnknownTaskType,
     classify,
 )
+from zeta_adaptive.simulate import Fleet, ModelSpec, Step, mock_fleet
 
 SECRET = "sk-router-secret-5d1e8f2a9b"
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -38,7 +38,7 @@ def make_config(tmp_path, **overrides: Any) -> dict[str, Any]:
         "breaker": {"consecutive_failures": 10_000, "min_calls": 10_000, "window": 10_000},
         "max_attempts": 1,  # no retries of transient failures: each model is tried once, in order
         "models": {
-            # short timeouts: FakeBackend spends scripted latencies for real, up to the timeout
+            # short timeouts: the fleet spends scripted latencies for real, up to the timeout
             "a": {"base_url": "http://a:8000/v1", "timeout_s": 0.25},
             "b": {"base_url": "http://b:8000/v1", "timeout_s": 0.25, "price_in_per_1k": 1.0, "price_out_per_1k": 2.0},
             "c": {"base_url": "http://c:8000/v1", "timeout_s": 0.25},
@@ -55,6 +55,21 @@ def make_config(tmp_path, **overrides: Any) -> dict[str, Any]:
     }
     cfg.update(overrides)
     return cfg
+
+
+def fleet(cfg: dict[str, Any], *specs: ModelSpec) -> Fleet:
+    """The config's models in process, answering at once unless a spec says otherwise, requests recorded."""
+    return mock_fleet(cfg, *specs, record=True, latency_s=0.001)
+
+
+def called(fleet: Fleet) -> list[str]:
+    """The models the fleet received requests for, in order."""
+    return [name for name, _ in fleet.received]
+
+
+def answer_of(name: str) -> str:
+    """The start of every answer the simulated model ``name`` gives."""
+    return f"answer from {name}: "
 
 
 def db_path(tmp_path) -> str:
@@ -97,10 +112,11 @@ def rows(tmp_path, query: str) -> list[tuple]:
 
 
 def test_fallback_follows_static_ranking(tmp_path):
-    backend = FakeBackend({"a": ["server_error"], "b": ["ok"]})
-    with Router(make_config(tmp_path), backend=backend) as router:
+    cfg = make_config(tmp_path)
+    fake = fleet(cfg, ModelSpec("a", script=["error"]), ModelSpec("b", tokens_out=5))
+    with Router(cfg, transport=fake.transports()) as router:
         result = router.chat("simple", HELLO, temperature=0.2)
-        assert result.text == "fake answer"
+        assert result.text.startswith(answer_of("b"))
         assert result.model == "b"
         assert result.task_type == "simple"
         assert result.ranking == ("a", "b", "c")
@@ -109,13 +125,14 @@ def test_fallback_follows_static_ranking(tmp_path):
             ("a", "server_error", 500),
             ("b", "ok", 200),
         ]
-        assert [name for name, _ in backend.calls] == ["a", "b"]  # c never tried
+        assert called(fake) == ["a", "b"]  # c never tried
         # params reach the backend as they are
-        assert backend.calls[1][1]["temperature"] == 0.2
-        assert backend.calls[1][1]["messages"] == HELLO
+        assert fake.received[1][1]["temperature"] == 0.2
+        assert fake.received[1][1]["messages"] == HELLO
         # tokens and cost come from the answering attempt's usage and price
-        assert (result.tokens_in, result.tokens_out) == (10, 5)
-        assert result.cost == pytest.approx(10 / 1000 * 1.0 + 5 / 1000 * 2.0)
+        prompt = len("Hello there") // 4 + 4  # the fleet counts tokens as the router estimates them
+        assert (result.tokens_in, result.tokens_out) == (prompt, 5)
+        assert result.cost == pytest.approx(prompt / 1000 * 1.0 + 5 / 1000 * 2.0)
         # the policy learned from both attempts
         policy = router.policies["simple"]
         np.testing.assert_allclose(policy.n, [1, 1, 0])
@@ -130,20 +147,22 @@ def test_fallback_follows_static_ranking(tmp_path):
 
 
 def test_fallback_order_per_route(tmp_path):
-    backend = FakeBackend({"b": ["rate_limited", "ok"], "c": ["malformed"]})
-    with Router(make_config(tmp_path), backend=backend) as router:
+    cfg = make_config(tmp_path)
+    fake = fleet(cfg, ModelSpec("b", script=[Step("error", status=429), "ok"]), ModelSpec("c", script=["malformed"]))
+    with Router(cfg, transport=fake.transports()) as router:
         assert router.chat("code", HELLO).model == "a"  # code: b (rate limited), then a
         assert router.chat("reasoning", HELLO).model == "b"  # reasoning: c (malformed), then b
-    assert [name for name, _ in backend.calls] == ["b", "a", "c", "b"]
+    assert called(fake) == ["b", "a", "c", "b"]
 
 
 def test_client_error_400_is_rejected_without_fallback(tmp_path):
-    backend = FakeBackend({"a": [Reply(Outcome.CLIENT_ERROR, 0.01, status=400, error="context length exceeded")]})
-    with Router(make_config(tmp_path), backend=backend) as router:
+    cfg = make_config(tmp_path)
+    fake = fleet(cfg, ModelSpec("a", script=[Step("error", status=400, message="context length exceeded")]))
+    with Router(cfg, transport=fake.transports()) as router:
         with pytest.raises(RequestRejected) as info:
             router.chat("simple", HELLO)
     err = info.value
-    assert [name for name, _ in backend.calls] == ["a"]
+    assert called(fake) == ["a"]
     assert len(err.attempts) == 1 and err.attempts[0].status == 400
     assert "HTTP 400" in str(err) and "context length exceeded" in str(err)
     assert rows(tmp_path, "SELECT outcome, model, n_attempts FROM calls") == [("rejected", None, 1)]
@@ -151,31 +170,33 @@ def test_client_error_400_is_rejected_without_fallback(tmp_path):
 
 @pytest.mark.parametrize("status", [413, 422])
 def test_other_rejecting_statuses(tmp_path, status):
-    backend = FakeBackend({"a": [Reply(Outcome.CLIENT_ERROR, 0.01, status=status)]})
-    with Router(make_config(tmp_path), backend=backend) as router:
+    cfg = make_config(tmp_path)
+    fake = fleet(cfg, ModelSpec("a", script=[Step("error", status=status)]))
+    with Router(cfg, transport=fake.transports()) as router:
         with pytest.raises(RequestRejected):
             router.chat("simple", HELLO)
-    assert len(backend.calls) == 1
+    assert called(fake) == ["a"]
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
 def test_endpoint_client_errors_fall_back(tmp_path, status):
-    backend = FakeBackend({"a": [Reply(Outcome.CLIENT_ERROR, 0.01, status=status, error="unauthorized")]})
-    with Router(make_config(tmp_path), backend=backend) as router:
+    cfg = make_config(tmp_path)
+    fake = fleet(cfg, ModelSpec("a", script=[Step("error", status=status, message="unauthorized")]))
+    with Router(cfg, transport=fake.transports()) as router:
         result = router.chat("simple", HELLO)
     assert result.model == "b"
     assert [(a.outcome, a.status) for a in result.attempts] == [("client_error", status), ("ok", 200)]
 
 
 def test_all_failing_raises_all_models_failed(tmp_path):
-    backend = FakeBackend(
-        {
-            "a": ["server_error"],
-            "b": [Reply(Outcome.CONNECT_ERROR, 0.002, error="ConnectError: connection refused")],
-            "c": [Reply(Outcome.RATE_LIMITED, 0.003, status=429, error="slow down")],
-        }
+    cfg = make_config(tmp_path)
+    fake = fleet(
+        cfg,
+        ModelSpec("a", script=["error"]),
+        ModelSpec("b", down=True),
+        ModelSpec("c", script=[Step("error", status=429, message="slow down")]),
     )
-    with Router(make_config(tmp_path), backend=backend) as router:
+    with Router(cfg, transport=fake.transports()) as router:
         with pytest.raises(AllModelsFailed) as info:
             router.chat("simple", HELLO)
         assert isinstance(info.value, Exception)
@@ -190,7 +211,7 @@ def test_all_failing_raises_all_models_failed(tmp_path):
     for fragment in (
         "#0 a: server_error (HTTP 500)",
         "#1 b: connect_error",
-        "connection refused",
+        "Connection refused",
         "#2 c: rate_limited (HTTP 429)",
         "slow down",
     ):
@@ -201,18 +222,20 @@ def test_all_failing_raises_all_models_failed(tmp_path):
 
 
 def test_rate_limited_with_retry_after_is_retried_once_on_same_model(tmp_path):
-    backend = FakeBackend({"a": [Reply(Outcome.RATE_LIMITED, 0.001, status=429, retry_after_s=0.05), "ok"]})
-    with Router(make_config(tmp_path), backend=backend) as router:
+    cfg = make_config(tmp_path)
+    fake = fleet(cfg, ModelSpec("a", script=[Step("rate_limit", retry_after_s=0.05), "ok"]))
+    with Router(cfg, transport=fake.transports()) as router:
         result = router.chat("simple", HELLO)
     assert result.model == "a"
     assert [(a.model, a.outcome) for a in result.attempts] == [("a", "rate_limited"), ("a", "ok")]
-    assert [name for name, _ in backend.calls] == ["a", "a"]
+    assert called(fake) == ["a", "a"]
     assert count(tmp_path, "attempts") == 2
 
 
 def test_rate_limited_retry_after_beyond_deadline_falls_back(tmp_path):
-    backend = FakeBackend({"a": [Reply(Outcome.RATE_LIMITED, 0.001, status=429, retry_after_s=60.0), "ok"]})
-    with Router(make_config(tmp_path, deadline_s=2.0), backend=backend) as router:
+    cfg = make_config(tmp_path, deadline_s=2.0)
+    fake = fleet(cfg, ModelSpec("a", script=[Step("rate_limit", retry_after_s=60.0), "ok"]))
+    with Router(cfg, transport=fake.transports()) as router:
         start = time.perf_counter()
         result = router.chat("simple", HELLO)
         assert time.perf_counter() - start < 1.0  # did not wait for the Retry-After
@@ -221,53 +244,49 @@ def test_rate_limited_retry_after_beyond_deadline_falls_back(tmp_path):
 
 
 def test_scripted_latency_above_timeout_becomes_timeout(tmp_path):
-    backend = FakeBackend({"a": [Reply(Outcome.OK, 5.0, 200, text="too late")]})
-    with Router(make_config(tmp_path), backend=backend) as router:
+    cfg = make_config(tmp_path)
+    with Router(cfg, transport=fleet(cfg, ModelSpec("a", script=[Step(latency_s=5.0)])).transports()) as router:
         result = router.chat("simple", HELLO)
     first = result.attempts[0]
     assert first.model == "a" and first.outcome == "timeout"
-    assert first.latency_s == pytest.approx(0.25)  # at the model's timeout bound
-    assert result.model == "b" and result.text == "fake answer"
+    assert 0.25 <= first.latency_s < 0.25 + 0.2  # at the model's timeout bound
+    assert result.model == "b" and result.text.startswith(answer_of("b"))
 
 
 def test_attempt_timeout_is_bounded_by_remaining_deadline(tmp_path):
     # timeout 0.25 s, but only 0.1 s of deadline: a 0.2 s answer is a timeout at ~0.1 s, and the call is over
-    backend = FakeBackend({"a": [Reply(Outcome.OK, 0.2, 200, text="x")]})
-    with Router(make_config(tmp_path, deadline_s=0.1), backend=backend) as router:
+    cfg = make_config(tmp_path, deadline_s=0.1)
+    fake = fleet(cfg, ModelSpec("a", script=[Step(latency_s=0.2)]))
+    with Router(cfg, transport=fake.transports()) as router:
         with pytest.raises(AllModelsFailed) as info:
             router.chat("simple", HELLO)
     (first,) = info.value.attempts
     assert first.model == "a" and first.outcome == "timeout"
-    assert first.latency_s <= 0.1 + 1e-9
+    assert first.latency_s < 0.2  # cut at what was left of the deadline, not the 0.2 s answer
     assert "deadline" in str(info.value)
-    assert [name for name, _ in backend.calls] == ["a"]
+    assert called(fake) == ["a"]
 
 
 def test_deadline_stops_early_real_time(tmp_path):
-    def slow_failure(model, request):
-        time.sleep(0.15)
-        return Reply(Outcome.SERVER_ERROR, 0.15, 500)
-
-    backend = FakeBackend({"a": slow_failure, "b": slow_failure, "c": slow_failure})
+    cfg = make_config(tmp_path, deadline_s=0.25)
+    slow_failure = [Step("error", latency_s=0.15)]
+    fake = fleet(cfg, *(ModelSpec(name, script=slow_failure) for name in "abc"))
     # sum of timeouts is 3 s; the deadline is far shorter
-    with Router(make_config(tmp_path, deadline_s=0.25), backend=backend) as router:
+    with Router(cfg, transport=fake.transports()) as router:
         start = time.perf_counter()
         with pytest.raises(AllModelsFailed) as info:
             router.chat("simple", HELLO)
         elapsed = time.perf_counter() - start
     assert "deadline" in str(info.value)
-    assert [name for name, _ in backend.calls] == ["a", "b"]  # c was never tried
+    assert called(fake) == ["a", "b"]  # c was never tried
     assert len(info.value.attempts) == 2
     assert elapsed < 0.6
 
 
 def test_per_call_deadline_overrides_config(tmp_path):
-    def slow_failure(model, request):
-        time.sleep(0.12)
-        return Reply(Outcome.SERVER_ERROR, 0.12, 500)
-
-    backend = FakeBackend({"a": slow_failure, "b": slow_failure, "c": slow_failure})
-    with Router(make_config(tmp_path), backend=backend) as router:
+    cfg = make_config(tmp_path)
+    fake = fleet(cfg, *(ModelSpec(name, script=[Step("error", latency_s=0.12)]) for name in "abc"))
+    with Router(cfg, transport=fake.transports()) as router:
         with pytest.raises(AllModelsFailed) as info:
             router.chat("simple", HELLO, deadline_s=0.1)
         with pytest.raises(ValueError):
@@ -277,36 +296,80 @@ def test_per_call_deadline_overrides_config(tmp_path):
 
 
 def test_deadline_stops_early_with_scripted_latencies(tmp_path):
-    """Three models that each time out at 0.25 s cannot all be tried within a 0.375 s deadline: a
-    real backend spends 0.25 s on `a`, the remaining 0.125 s on `b`, and stops. The fake's scripted
-    time must count against the deadline the same way."""
-    slow = Reply(Outcome.OK, 5.0, 200, text="never in time")
-    backend = FakeBackend({"a": [slow], "b": [slow], "c": [slow]})
-    with Router(make_config(tmp_path, deadline_s=0.375), backend=backend) as router:
+    """Three models that each time out at 0.25 s cannot all be tried within a 0.375 s deadline: the
+    fleet spends 0.25 s on `a`, the remaining 0.125 s on `b`, and the call stops."""
+    cfg = make_config(tmp_path, deadline_s=0.375)
+    fake = fleet(cfg, *(ModelSpec(name, script=[Step(latency_s=5.0)]) for name in "abc"))
+    with Router(cfg, transport=fake.transports()) as router:
         with pytest.raises(AllModelsFailed) as info:
             router.chat("simple", HELLO)
     err = info.value
     assert [a.outcome for a in err.attempts] == ["timeout", "timeout"]
-    assert sum(a.latency_s for a in err.attempts) <= 0.375 + 1e-6
-    assert [name for name, _ in backend.calls] == ["a", "b"]
+    assert sum(a.latency_s for a in err.attempts) < 0.375 + 0.2
+    assert called(fake) == ["a", "b"]
     assert "deadline" in str(err)
+
+
+# -- the real parsing behind a hand-written transport ----------------------------------------------------
+
+
+def test_a_hand_written_mock_transport_runs_the_real_parsing(tmp_path):
+    """httpx.MockTransport answers each model: a's body is not JSON (malformed, fall back), b first
+    says 429 with Retry-After (retried on b) and then answers with usage; a stream and an embedding go
+    through the same transport and parser."""
+    seen: list[tuple[str, str]] = []
+    limited = {"b": 1}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append((request.url.host, request.url.path))
+        if request.url.host == "a":
+            return httpx.Response(200, content=b'{"choices": [', headers={"Content-Type": "application/json"})
+        if request.url.path.endswith("/embeddings"):
+            data = [{"index": i, "embedding": [0.5, 0.5, 0.5, 0.5]} for i in range(len(body["input"]))]
+            return httpx.Response(200, json={"data": data, "usage": {"prompt_tokens": 7}})
+        if limited["b"]:
+            limited["b"] -= 1
+            return httpx.Response(429, headers={"Retry-After": "0.05"}, json={"error": {"message": "busy"}})
+        if body.get("stream"):
+            events = [{"choices": [{"delta": {"content": word}}]} for word in ("streamed", " hi")]
+            events.append({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 2}})
+            sse = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+            return httpx.Response(200, content=sse.encode(), headers={"Content-Type": "text/event-stream"})
+        message = {"role": "assistant", "content": "from b"}
+        return httpx.Response(
+            200, json={"choices": [{"message": message}], "usage": {"prompt_tokens": 9, "completion_tokens": 3}}
+        )
+
+    with Router(make_config(tmp_path), transport=httpx.MockTransport(handler)) as router:
+        result = router.chat("simple", HELLO)
+        stream = router.chat("code", HELLO, stream=True)
+        deltas = list(stream)
+        vectors = router.embed(["x", "y"])
+    assert [(a.model, a.outcome) for a in result.attempts] == [("a", "malformed"), ("b", "rate_limited"), ("b", "ok")]
+    assert "not valid JSON" in result.attempts[0].error
+    assert (result.text, result.tokens_in, result.tokens_out) == ("from b", 9, 3)
+    assert deltas == ["streamed", " hi"] and (stream.result.tokens_in, stream.result.tokens_out) == (11, 2)
+    assert vectors.vectors.shape == (2, 4) and vectors.model == "e1" and vectors.tokens_in == 7
+    assert seen[:3] == [("a", "/v1/chat/completions"), ("b", "/v1/chat/completions"), ("b", "/v1/chat/completions")]
+    assert seen[-1] == ("e1", "/v1/embeddings")
 
 
 # -- the log -------------------------------------------------------------------------------------------
 
 
 def test_rows_match_calls_and_attempts(tmp_path):
-    backend = FakeBackend(
-        {
-            "a": ["ok", "server_error", "server_error", "client_error", "timeout", "ok"],
-            "b": ["ok", "server_error", "ok"],
-            "c": ["server_error"],
-        }
+    cfg = make_config(tmp_path)
+    fake = fleet(
+        cfg,
+        ModelSpec("a", script=["ok", "error", "error", Step("error", status=400), "hang", "ok"], hang_s=5.0),
+        ModelSpec("b", script=["ok", "error", "ok"]),
+        ModelSpec("c", script=["error"]),
     )
     n_calls = 0
     n_attempts = 0
     outcomes = []
-    router = Router(make_config(tmp_path), backend=backend)
+    router = Router(cfg, transport=fake.transports())
     for _ in range(6):
         n_calls += 1
         try:
@@ -317,7 +380,7 @@ def test_rows_match_calls_and_attempts(tmp_path):
             n_attempts += len(exc.attempts)
             outcomes.append("failed" if isinstance(exc, AllModelsFailed) else "rejected")
     assert outcomes == ["ok", "ok", "failed", "rejected", "ok", "ok"]
-    assert n_attempts == len(backend.calls) == 1 + 2 + 3 + 1 + 2 + 1
+    assert n_attempts == len(fake.received) == 1 + 2 + 3 + 1 + 2 + 1
     router.close()
     router.close()  # idempotent
     assert router.store.count("attempts") == n_attempts
@@ -336,7 +399,8 @@ def test_rows_match_calls_and_attempts(tmp_path):
 
 
 def test_flush_makes_rows_visible_before_close(tmp_path):
-    with Router(make_config(tmp_path), backend=FakeBackend({})) as router:
+    cfg = make_config(tmp_path)
+    with Router(cfg, transport=fleet(cfg).transports()) as router:
         result = router.chat("simple", HELLO)
         assert router.flush(timeout=10)
         row = router.store.find_call(result.call_id)
@@ -346,8 +410,9 @@ def test_flush_makes_rows_visible_before_close(tmp_path):
 
 
 def test_unknown_task_type_writes_nothing(tmp_path):
-    backend = FakeBackend({})
-    with Router(make_config(tmp_path), backend=backend) as router:
+    cfg = make_config(tmp_path)
+    fake = fleet(cfg)
+    with Router(cfg, transport=fake.transports()) as router:
         with pytest.raises(UnknownTaskType) as info:
             router.chat("poetry", HELLO)
         assert isinstance(info.value, KeyError)
@@ -359,21 +424,22 @@ def test_unknown_task_type_writes_nothing(tmp_path):
             router.preferences("poetry")
         for policy in router.policies.values():
             assert policy.n.sum() == 0
-    assert backend.calls == []
+    assert fake.received == []
     assert count(tmp_path, "calls") == 0
     assert count(tmp_path, "attempts") == 0
 
 
 def test_backend_exception_keeps_log_and_policy_consistent(tmp_path):
-    """If a backend raises mid-call (a bug, or a non-transport httpx error that HttpxBackend
-    re-raises), the attempts the policy already learned from must be in the log too: otherwise a
-    restarted router's warm-started statistics differ from the live ones."""
+    """If a transport raises mid-call (a bug, or an error that is not a transport failure, which
+    HttpxBackend re-raises), the attempts the policy already learned from must be in the log too:
+    otherwise a restarted router's warm-started statistics differ from the live ones."""
 
-    def broken(model, request):
+    def broken(request: httpx.Request) -> httpx.Response:
         raise RuntimeError("backend bug")
 
-    backend = FakeBackend({"a": ["server_error"], "b": broken})
-    router = Router(make_config(tmp_path), backend=backend)
+    cfg = make_config(tmp_path)
+    transports = {**fleet(cfg, ModelSpec("a", script=["error"])).transports(), "b": httpx.MockTransport(broken)}
+    router = Router(cfg, transport=transports)
     with pytest.raises(RuntimeError):
         router.chat("simple", HELLO)
     live_n = router.policies["simple"].n.copy()
@@ -381,7 +447,7 @@ def test_backend_exception_keeps_log_and_policy_consistent(tmp_path):
     # the aborted call is logged like any failed call, with the attempt that was made
     assert count(tmp_path, "calls") == 1
     assert rows(tmp_path, "SELECT model, outcome FROM attempts WHERE idx = 0") == [("a", "server_error")]
-    with Router(make_config(tmp_path), backend=FakeBackend({})) as again:
+    with Router(cfg, transport=fleet(cfg).transports()) as again:
         np.testing.assert_allclose(again.policies["simple"].n, live_n)
 
 
@@ -430,7 +496,8 @@ def test_classify_ignores_system_messages():
 
 
 def test_task_type_none_uses_default_classifier(tmp_path):
-    with Router(make_config(tmp_path), backend=FakeBackend({})) as router:
+    cfg = make_config(tmp_path)
+    with Router(cfg, transport=fleet(cfg).transports()) as router:
         assert router.chat(None, [{"role": "user", "content": "def f(x): return x"}]).task_type == "code"
         assert (
             router.chat(None, [{"role": "user", "content": "Explain why, step by step, and prove it"}]).task_type
@@ -448,14 +515,15 @@ def test_custom_classifier_is_used(tmp_path):
         seen.append(list(messages))
         return "code"
 
-    with Router(make_config(tmp_path), backend=FakeBackend({}), classifier=always_code) as router:
+    cfg = make_config(tmp_path)
+    with Router(cfg, transport=fleet(cfg).transports(), classifier=always_code) as router:
         result = router.chat(None, HELLO)
         assert result.task_type == "code" and result.model == "b"
         assert seen == [HELLO]
         # an explicit task type bypasses the classifier
         assert router.chat("simple", HELLO).task_type == "simple"
         assert len(seen) == 1
-    with Router(make_config(tmp_path), backend=FakeBackend({}), classifier=lambda m: "poetry") as router:
+    with Router(cfg, transport=fleet(cfg).transports(), classifier=lambda m: "poetry") as router:
         with pytest.raises(UnknownTaskType):
             router.chat(None, HELLO)
 
@@ -464,8 +532,9 @@ def test_custom_classifier_is_used(tmp_path):
 
 
 def test_embed_returns_one_row_per_text(tmp_path):
-    backend = FakeBackend({"e1": ["server_error"]})
-    with Router(make_config(tmp_path), backend=backend) as router:
+    cfg = make_config(tmp_path)
+    fake = fleet(cfg, ModelSpec("e1", script=["error"]))
+    with Router(cfg, transport=fake.transports()) as router:
         result = router.embed(["one", "two", "three"])
         assert result.vectors.shape == (3, 4)
         assert result.model == "e2"  # fell back within the embedding space
@@ -476,12 +545,13 @@ def test_embed_returns_one_row_per_text(tmp_path):
             router.embed([])
         with pytest.raises(ValueError):
             router.embed(["ok", 3])  # type: ignore[list-item]
-    assert backend.calls[1] == ("e2", ["one", "two", "three"])
+    assert fake.received[1] == ("e2", {"model": "e2", "input": ["one", "two", "three"]})
 
 
 def test_embed_on_chat_route_and_chat_on_embedding_route(tmp_path):
-    backend = FakeBackend({})
-    with Router(make_config(tmp_path), backend=backend) as router:
+    cfg = make_config(tmp_path)
+    fake = fleet(cfg)
+    with Router(cfg, transport=fake.transports()) as router:
         with pytest.raises(ConfigError) as info:
             router.embed(["x"], task_type="simple")
         assert info.value.field == "routes.simple"
@@ -489,15 +559,16 @@ def test_embed_on_chat_route_and_chat_on_embedding_route(tmp_path):
         with pytest.raises(ConfigError) as info:
             router.chat("embedding", HELLO)
         assert info.value.field == "routes.embedding"
-    assert backend.calls == []
+    assert fake.received == []
     assert count(tmp_path, "calls") == 0
 
 
 def test_async_chat_and_embed(tmp_path):
-    backend = FakeBackend({"a": ["server_error", "ok"]})
+    cfg = make_config(tmp_path)
+    fake = fleet(cfg, ModelSpec("a", script=["error", "ok"]))
 
     async def main():
-        async with Router(make_config(tmp_path), backend=backend) as router:
+        async with Router(cfg, transport=fake.transports()) as router:
             first = await router.achat("simple", HELLO)
             second = await router.achat(None, HELLO)
             vectors = await router.aembed(["p", "q"])
@@ -507,17 +578,20 @@ def test_async_chat_and_embed(tmp_path):
 
     first, second, emb = asyncio.run(main())
     assert first.model == "b" and [a.model for a in first.attempts] == ["a", "b"]
-    assert second.model == "a" and second.text == "fake answer"
+    assert second.model == "a" and second.text.startswith(answer_of("a"))
     assert emb.vectors.shape == (2, 4)
     assert count(tmp_path, "calls") == 3
     assert count(tmp_path, "attempts") == 4
 
 
 def test_async_all_failed(tmp_path):
-    backend = FakeBackend({"a": ["server_error"], "b": ["server_error"], "c": ["timeout"]})
+    cfg = make_config(tmp_path)
+    fake = fleet(
+        cfg, ModelSpec("a", script=["error"]), ModelSpec("b", script=["error"]), ModelSpec("c", script=["hang"])
+    )
 
     async def main():
-        router = Router(make_config(tmp_path), backend=backend)
+        router = Router(cfg, transport=fake.transports())
         try:
             await router.achat("simple", HELLO)
         finally:
@@ -538,15 +612,8 @@ def test_warm_start_restores_policy_statistics(tmp_path, discount):
     if discount is not None:
         cfg["routes"]["learned"]["discount"] = discount
     rng = np.random.default_rng(0)
-
-    def flaky(model, request):
-        ok = rng.random() < {"a": 0.3, "b": 0.8, "c": 0.5}[model.name]
-        if ok:
-            return Reply(Outcome.OK, 0.01 + rng.random() * 0.05, 200, tokens_in=10, tokens_out=5, text="hi")
-        return Reply(Outcome.SERVER_ERROR, 0.02, 500)
-
-    backend = FakeBackend({"a": flaky, "b": flaky, "c": flaky})
-    first = Router(cfg, backend=backend)
+    flaky = [ModelSpec(name, error_rate=1 - p, latency_s=0.02, tokens_out=5) for name, p in zip("abc", (0.3, 0.8, 0.5))]
+    first = Router(cfg, transport=mock_fleet(cfg, *flaky).transports())
     for i in range(25):
         try:
             result = first.chat("learned", HELLO)
@@ -562,14 +629,14 @@ def test_warm_start_restores_policy_statistics(tmp_path, discount):
     first.close()
     assert live["learned"]["n"].sum() > 0 and live["learned"]["acc_n"].sum() > 0
 
-    with Router(cfg, backend=FakeBackend({})) as second:
+    with Router(cfg, transport=fleet(cfg).transports()) as second:
         for task, expected in live.items():
             for name, value in expected.items():
                 np.testing.assert_allclose(
                     getattr(second.policies[task], name), value, rtol=1e-9, atol=1e-12, err_msg=f"{task}.{name}"
                 )
     if discount is None:
-        with Router(cfg, backend=FakeBackend({}), warm_start=False) as cold:
+        with Router(cfg, transport=fleet(cfg).transports(), warm_start=False) as cold:
             assert cold.policies["learned"].n.sum() == 0
 
 
@@ -579,10 +646,9 @@ def test_warm_start_restores_policy_statistics(tmp_path, discount):
 @pytest.mark.parametrize("log_prompts", [False, True])
 def test_log_prompts(tmp_path, log_prompts):
     secret_prompt = "my private question about zebras"
-    with Router(
-        make_config(tmp_path, log_prompts=log_prompts),
-        backend=FakeBackend({"a": ["ok", "server_error"], "b": ["server_error"]}),
-    ) as router:
+    cfg = make_config(tmp_path, log_prompts=log_prompts)
+    fake = fleet(cfg, ModelSpec("a", script=["ok", "error"]), ModelSpec("b", script=["error"]))
+    with Router(cfg, transport=fake.transports()) as router:
         router.chat("simple", [{"role": "user", "content": secret_prompt}])
         router.embed(["private embedding text"])
         with pytest.raises(AllModelsFailed):
@@ -591,12 +657,12 @@ def test_log_prompts(tmp_path, log_prompts):
     text = dump(tmp_path)
     if not log_prompts:
         assert all(p is None and a is None for _, p, a in logged)
-        assert "zebras" not in text and "private embedding text" not in text and "fake answer" not in text
+        assert "zebras" not in text and "private embedding text" not in text and answer_of("a") not in text
     else:
         by_task = {t: (p, a) for t, p, a in logged}
         prompt, answer = by_task["simple"]
         assert json.loads(prompt) == [{"role": "user", "content": secret_prompt}]
-        assert answer == "fake answer"
+        assert answer.startswith(answer_of("a"))
         assert json.loads(by_task["embedding"][0]) == ["private embedding text"]
         assert by_task["embedding"][1] is None  # vectors are not text
         assert "zebras" in by_task["code"][0] and by_task["code"][1] is None
@@ -607,15 +673,14 @@ def test_api_key_never_logged_nor_in_errors(tmp_path, monkeypatch):
     cfg = make_config(tmp_path, log_prompts=True)
     for name in cfg["models"]:
         cfg["models"][name]["api_key_env"] = "ZETA_ROUTER_TEST_KEY"
-    backend = FakeBackend(
-        {
-            "a": ["server_error", "ok", Reply(Outcome.CLIENT_ERROR, 0.01, status=400, error="bad request")],
-            "b": ["timeout", "ok"],
-            "c": ["rate_limited"],
-        }
+    fake = fleet(
+        cfg,
+        ModelSpec("a", script=["error", "ok", Step("error", status=400, message="bad request")]),
+        ModelSpec("b", script=["hang", "ok"]),
+        ModelSpec("c", script=[Step("error", status=429)]),
     )
     messages = []
-    with Router(cfg, backend=backend) as router:
+    with Router(cfg, transport=fake.transports()) as router:
         assert SECRET not in repr(router)
         for _ in range(3):
             try:
@@ -635,6 +700,6 @@ def test_api_key_never_logged_nor_in_errors(tmp_path, monkeypatch):
     assert len(messages) >= 3
     assert all(SECRET not in m for m in messages)
     text = dump(tmp_path)
-    assert "fake answer" in text  # the dump really contains the logged data
+    assert answer_of("a") in text  # the dump really contains the logged data
     assert SECRET not in text
     assert "ZETA_ROUTER_TEST_KEY" not in text

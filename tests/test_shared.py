@@ -10,6 +10,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from in_process import fake_router
 
 from zeta_adaptive import Router, Store
 from zeta_adaptive.cli import main
@@ -35,7 +36,7 @@ WORKER = textwrap.dedent(
         sys.stdin.readline()
         run(calls_second)
         time.sleep(settle)
-        best = router.preferences("simple")["simple"][0]["model"]
+        best = router.preferences("simple").index[0]
     print(json.dumps({"calls": made, "attempts": attempts, "best": best}), flush=True)
     """
 )
@@ -105,13 +106,12 @@ def test_sync_learns_other_routers_rows_once(sqlite_url):
 
 
 def test_cli_prune(sqlite_url):
-    with Router(
+    with fake_router(
         {
             "store": sqlite_url,
             "models": {"a": {"base_url": "http://127.0.0.1:9/v1"}},
             "routes": {"simple": {"models": ["a"]}},
-        },
-        backend=__import__("zeta_adaptive").FakeBackend({}),
+        }
     ) as router:
         old = router.chat("simple", MSG)
         router.feedback(old.call_id, 0.5)

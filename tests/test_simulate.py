@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import statistics
@@ -13,7 +14,10 @@ import httpx
 import numpy as np
 import pytest
 
-from zeta_adaptive.simulate import Fleet, ModelSpec, example_fleet, example_routes
+from zeta_adaptive.backends import HttpxBackend, Reply
+from zeta_adaptive.config import ModelConfig
+from zeta_adaptive.exceptions import ConfigError
+from zeta_adaptive.simulate import Fleet, FleetTransport, ModelSpec, Step, example_fleet, example_routes, mock_fleet
 
 MakeFleet = Callable[..., Fleet]
 CHAT = [{"role": "user", "content": "What is two plus two? Please answer."}]
@@ -451,3 +455,162 @@ def test_config_fleet_serves_each_model_under_the_name_the_router_sends(tmp_path
         with pytest.raises(AllModelsFailed) as info:
             router.chat("simple", [{"role": "user", "content": "x" * 400}])
     assert [(a.outcome, a.status) for a in info.value.attempts] == [("context_exceeded", 400)]
+
+
+# -- the same models in process, as httpx transports ------------------------------------------------------
+
+#: (script step, how a plain call ends, how a streamed one ends)
+FATES = [
+    ("ok", "ok", "ok"),
+    ("error", "server_error", "server_error"),
+    (Step("error", status=404, message="no such model"), "client_error", "client_error"),
+    ("rate_limit", "rate_limited", "rate_limited"),
+    ("malformed", "malformed", "malformed"),
+    ("empty", "malformed", "malformed"),
+    ("hang", "timeout", "timeout"),
+    (Step(latency_s=5.0), "timeout", "timeout"),
+    ("stall", "ok", "timeout"),
+    ("break", "ok", "stream_broken"),
+    ("stream_error", "ok", "stream_broken"),
+    ("disconnect", "connect_error", "connect_error"),
+    ("bomb", "malformed", "malformed"),
+]
+
+
+def _carried(fleet: Fleet, transports: dict[str, FleetTransport] | None) -> list[Reply]:
+    """A plain, an async and a streamed chat to model m, and an embedding from e, through a backend
+    on the fleet's transports (None: over loopback HTTP to the started fleet)."""
+
+    def url(name: str) -> str:
+        return "http://in-process/v1" if transports else fleet.base_url(name)
+
+    m = ModelConfig("m", url("m"), timeout_s=0.5, first_token_timeout_s=0.3, max_response_bytes=1 << 16)
+    e = ModelConfig("e", url("e"), kind="embedding", dim=4)
+    backend = HttpxBackend({"m": m, "e": e}, transports)
+    try:
+        plain = backend.chat(m, CHAT, {}, m.timeout_s)
+        later = asyncio.run(backend.achat(m, CHAT, {}, m.timeout_s))
+        *_, streamed = backend.stream_chat(m, CHAT, {}, m.timeout_s, 0.3)
+        vectors = backend.embed(e, ["x", "y"], 1.0)
+    finally:
+        backend.close()
+    assert isinstance(streamed, Reply)
+    return [plain, later, streamed, vectors]
+
+
+@pytest.mark.parametrize("step, plain, streamed", FATES, ids=[str(f[0]) for f in FATES])
+def test_a_scripted_answer_ends_alike_over_loopback_and_in_process(step: Any, plain: str, streamed: str) -> None:
+    """One spec, its answers carried by the loopback server and by the in-process transport: the
+    backend's real parsing sees the same outcome, status and text either way."""
+    specs = [ModelSpec("m", latency_s=0.001, hang_s=2.0, script=[step]), ModelSpec("e", kind="embedding", dim=4)]
+    with Fleet(specs) as served:
+        over_http = _carried(served, None)
+    in_process = Fleet(specs)
+    replies = _carried(in_process, in_process.transports())
+    assert [r.outcome for r in replies] == [plain, plain, streamed, "ok"]
+    assert [r.outcome for r in over_http] == [r.outcome for r in replies]
+    assert [(r.status, r.text) for r in over_http] == [(r.status, r.text) for r in replies]
+    assert in_process.requests("m") == 3 and in_process.requests("e") == 1
+
+
+def test_a_script_plays_in_order_and_restarts_when_updated() -> None:
+    fleet = Fleet([ModelSpec("m", latency_s=0.0, script=["error", Step("error", status=503), "ok"])], record=True)
+    with httpx.Client(transport=fleet.transport("m"), base_url="http://m/v1") as client:
+        statuses = [client.post("/chat/completions", json={"messages": CHAT}).status_code for _ in range(4)]
+        fleet.update("m", script=[Step(text="scripted")])
+        body = client.post("/chat/completions", json={"messages": CHAT, "n": 2}).json()
+        assert client.get("/models").json()["data"][0]["id"] == "m"
+    assert statuses == [500, 503, 200, 200]  # the last step repeats
+    assert [c["message"]["content"] for c in body["choices"]] == ["scripted", "scripted"]
+    assert [payload.get("n") for _, payload in fleet.received] == [None] * 4 + [2]  # GETs are not recorded
+
+
+def test_the_transport_is_as_strict_as_the_server() -> None:
+    fleet = Fleet([ModelSpec("m", api_key="sk-sim", context_window=50)])
+    transport = fleet.transport("m")
+    with httpx.Client(transport=transport, base_url="http://m/v1") as client:
+        assert client.post("/chat/completions", json={"messages": CHAT}).status_code == 401
+        auth = {"Authorization": "Bearer sk-sim"}
+        wrong = client.post("/chat/completions", json={"model": "x", "messages": CHAT}, headers=auth)
+        assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "model_not_found"
+        long = client.post("/chat/completions", json={"messages": CHAT, "max_tokens": 100}, headers=auth)
+        assert long.status_code == 400 and "maximum context length is 50 tokens" in long.json()["message"]
+        assert client.post("/embeddings", json={"input": ["x"]}, headers=auth).status_code == 400  # a chat model
+    fleet.update("m", down=True)
+    with pytest.raises(httpx.ConnectError), httpx.Client(transport=transport) as client:
+        client.get("http://m/v1/models")
+    assert repr(transport) == "FleetTransport('m')"
+
+
+def test_the_transport_times_out_at_the_read_timeout_sync_and_async() -> None:
+    fleet = Fleet([ModelSpec("m", latency_s=0.0, script=[Step(latency_s=3.0)])])
+    request = {"messages": CHAT}
+    with httpx.Client(transport=fleet.transport("m"), timeout=0.1) as client:
+        start = time.perf_counter()
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("http://m/v1/chat/completions", json=request)
+        assert time.perf_counter() - start < 2.0  # the wait stopped at the timeout, not the 3 s answer
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=fleet.transport("m"), timeout=0.1) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post("http://m/v1/chat/completions", json=request)
+
+    asyncio.run(main())
+
+
+def test_mock_fleet_simulates_the_config_and_rejects_unknown_specs() -> None:
+    config = {
+        "models": {
+            "a": {"base_url": "http://a/v1", "model": "served-a", "context_window": 64},
+            "e": {"base_url": "http://e/v1", "kind": "embedding", "dim": 3},
+        },
+        "routes": {"simple": {"models": ["a"]}, "embedding": {"models": ["e"]}},
+    }
+    fleet = mock_fleet(config, ModelSpec("a", tokens_out=3), latency_s=0.0)
+    assert (fleet.spec("a").served_name, fleet.spec("a").context_window, fleet.spec("a").tokens_out) == (
+        "served-a",
+        64,
+        3,
+    )
+    assert (fleet.spec("e").kind, fleet.spec("e").dim, fleet.spec("e").latency_s) == ("embedding", 3, 0.0)
+    assert set(fleet.transports()) == {"a", "e"}
+    with pytest.raises(ValueError, match="not in the config"):
+        mock_fleet(config, ModelSpec("zz"))
+
+
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        ("nap", "fate must be one of"),
+        ({"status": 200}, "HTTP error status"),
+        ({"latency_s": -1.0}, "latency_s"),
+        ({"text": ""}, "text must not be empty"),
+    ],
+)
+def test_steps_reject_what_no_server_could_play(step: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelSpec("m", script=[step if isinstance(step, str) else Step(**step)])
+
+
+def test_a_transport_must_be_an_httpx_transport_for_a_configured_model() -> None:
+    models = {"m": ModelConfig("m", "http://m/v1")}
+    with pytest.raises(ConfigError, match="not an httpx transport"):
+        HttpxBackend(models, {"m": object()})  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match="'x', which is not configured"):
+        HttpxBackend(models, {"x": httpx.MockTransport(lambda r: httpx.Response(200))})
+
+
+def test_an_async_only_transport_refuses_sync_calls() -> None:
+    class AsyncOnly(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, json={"choices": [{"message": {"content": "async"}}]})
+
+    model = ModelConfig("m", "http://m/v1")
+    backend = HttpxBackend({"m": model}, AsyncOnly())
+    try:
+        assert asyncio.run(backend.achat(model, CHAT, {}, 1.0)).text == "async"
+        with pytest.raises(NotImplementedError):
+            backend.chat(model, CHAT, {}, 1.0)
+    finally:
+        backend.close()

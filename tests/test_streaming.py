@@ -6,10 +6,11 @@ import asyncio
 import time
 
 import pytest
+from in_process import fake_router
 
-from zeta_adaptive import AllModelsFailed, FakeBackend, Outcome, Reply, Router, Store, StreamBroken
+from zeta_adaptive import AllModelsFailed, Router, Store, StreamBroken
 from zeta_adaptive.exceptions import ConfigError
-from zeta_adaptive.simulate import Fleet, ModelSpec
+from zeta_adaptive.simulate import Fleet, ModelSpec, Step
 
 MSG = [{"role": "user", "content": "tell me something"}]
 
@@ -104,16 +105,13 @@ def test_stopping_a_stream_early_logs_the_call(sqlite_url):
 
 
 def test_validator_failure_falls_back_for_plain_calls(sqlite_url):
-    script = {
-        "a": [Reply(Outcome.OK, 0.001, 200, text="not json")],
-        "b": [Reply(Outcome.OK, 0.001, 200, text='{"ok": true}')],
-    }
+    script = {"a": [Step(text="not json")], "b": [Step(text='{"ok": true}')]}
     cfg = {
         "store": sqlite_url,
         "models": {n: {"base_url": f"http://127.0.0.1:{9100 + i}/v1"} for i, n in enumerate(script)},
         "routes": {"simple": {"models": ["a", "b"], "policy": "static", "validators": ["non_empty", "json"]}},
     }
-    with Router(cfg, backend=FakeBackend(script)) as router:
+    with fake_router(cfg, *(ModelSpec(name, script=steps) for name, steps in script.items())) as router:
         result = router.chat("simple", MSG)
         n_failed_a = router.policies["simple"].n[0] - router.policies["simple"].succ[0]
     assert result.model == "b"
@@ -124,10 +122,8 @@ def test_validator_failure_falls_back_for_plain_calls(sqlite_url):
 
 def test_json_schema_regex_and_caller_validators(sqlite_url):
     schema = {"type": "object", "required": ["answer"]}
-    script = {
-        "a": [Reply(Outcome.OK, 0.001, 200, text='{"other": 1}')],
-        "b": [Reply(Outcome.OK, 0.001, 200, text='{"answer": 42}')],
-    }
+    script = {"a": [Step(text='{"other": 1}')], "b": [Step(text='{"answer": 42}')]}
+    specs = [ModelSpec(name, script=steps) for name, steps in script.items()]
     cfg = {
         "store": sqlite_url,
         "models": {n: {"base_url": f"http://127.0.0.1:{9100 + i}/v1"} for i, n in enumerate(script)},
@@ -139,14 +135,14 @@ def test_json_schema_regex_and_caller_validators(sqlite_url):
             }
         },
     }
-    with Router(cfg, backend=FakeBackend(script)) as router:
+    with fake_router(cfg, *specs) as router:
         result = router.chat("simple", MSG)
     assert result.model == "b" and "schema" in result.attempts[0].error
 
     def no_42(text: str) -> str | None:
         return "42 is not allowed" if "42" in text else None
 
-    with Router(cfg, backend=FakeBackend(script), validators={"simple": [no_42]}) as router:
+    with fake_router(cfg, *specs, validators={"simple": [no_42]}) as router:
         with pytest.raises(AllModelsFailed) as info:
             router.chat("simple", MSG)
     assert [a.outcome for a in info.value.attempts] == ["invalid", "invalid"]
@@ -164,7 +160,7 @@ def test_bad_validators_are_config_errors(validators, sqlite_url):
         "routes": {"simple": {"models": ["a"], "validators": validators}},
     }
     with pytest.raises(ConfigError) as info:
-        Router(cfg, backend=FakeBackend({}))
+        fake_router(cfg)
     assert info.value.field == "routes.simple.validators"
 
 

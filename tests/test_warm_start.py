@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from in_process import fake_router
 
-from zeta_adaptive import AllModelsFailed, FakeBackend, Outcome, Reply, Router
+from zeta_adaptive import AllModelsFailed
+from zeta_adaptive.simulate import ModelSpec
 
 
 @pytest.mark.parametrize("discount", [1.0, 0.9])
 def test_warm_start_matches_live_statistics(store_url, tmp_path, discount):
     rng = np.random.default_rng(3)
-
-    def flaky(model, request):
-        if rng.random() < 0.3:
-            return Reply(Outcome.SERVER_ERROR, 0.0, 500)
-        return Reply(Outcome.OK, float(rng.uniform(0.001, 0.01)), 200, text="x", tokens_in=3, tokens_out=2)
+    flaky = [ModelSpec(name, error_rate=0.3, latency_s=0.004, latency_sigma=0.5, tokens_out=2) for name in "abc"]
 
     cfg = {
         "store": store_url,
@@ -26,7 +24,7 @@ def test_warm_start_matches_live_statistics(store_url, tmp_path, discount):
         },
         "routes": {"simple": {"models": ["a", "b", "c"], "policy": "thompson", "discount": discount, "seed": 1}},
     }
-    with Router(cfg, backend=FakeBackend({"a": flaky, "b": flaky, "c": flaky})) as live:
+    with fake_router(cfg, *flaky) as live:
         for i in range(120):
             try:
                 result = live.chat("simple", [{"role": "user", "content": "q"}])
@@ -35,5 +33,5 @@ def test_warm_start_matches_live_statistics(store_url, tmp_path, discount):
             if i % 3:
                 live.feedback(result.call_id, float(rng.uniform(0, 1)))
         stats = live.policies["simple"].stats.copy()
-    with Router(cfg, backend=FakeBackend({})) as again:
+    with fake_router(cfg) as again:
         np.testing.assert_allclose(again.policies["simple"].stats, stats, rtol=1e-9, atol=1e-9)

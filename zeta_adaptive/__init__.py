@@ -23,25 +23,25 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
-    from .backends import FakeBackend, HttpxBackend, Outcome, Reply
+    from .backends import HttpxBackend, Outcome, Reply
     from .budget import BudgetPacer
     from .config import Config, ModelConfig, RouteConfig, load_config
     from .contextual import LinearThompsonPolicy, LinUCBPolicy
     from .features import Features, Featurizer
     from .policies import Objective, Ranking, make_policy
-    from .router import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult, Router, classify
+    from .results import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult
+    from .router import Router, classify
     from .store import Store
 
 __version__ = "0.1.0"
 
 #: public name -> the submodule that defines it, imported when the name is first looked up
 _LAZY = {
-    **dict.fromkeys(["FakeBackend", "HttpxBackend", "Outcome", "Reply"], "backends"),
+    **dict.fromkeys(["HttpxBackend", "Outcome", "Reply"], "backends"),
     **dict.fromkeys(["Config", "ModelConfig", "RouteConfig", "load_config"], "config"),
     **dict.fromkeys(["Objective", "Ranking", "make_policy"], "policies"),
-    **dict.fromkeys(
-        ["AsyncChatStream", "Attempt", "ChatResult", "ChatStream", "EmbedResult", "Router", "classify"], "router"
-    ),
+    **dict.fromkeys(["AsyncChatStream", "Attempt", "ChatResult", "ChatStream", "EmbedResult"], "results"),
+    **dict.fromkeys(["Router", "classify"], "router"),
     "Store": "store",
     "BudgetPacer": "budget",
     **dict.fromkeys(["LinearThompsonPolicy", "LinUCBPolicy"], "contextual"),
@@ -84,7 +84,6 @@ __all__ = [
     "BudgetPacer",
     "Store",
     "HttpxBackend",
-    "FakeBackend",
     "Outcome",
     "Reply",
     "ZetaError",

@@ -19,7 +19,7 @@ import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -78,13 +78,13 @@ class Log:
 
 def load_log(store: Store | str) -> Log:
     """Read a whole log from a Store or a store URL."""
-    own = isinstance(store, str)
-    s = Store(store) if own else store
-    try:
-        return Log(s.frame("calls"), s.frame("attempts"), s.frame("feedback"))
-    finally:
-        if own:
-            s.close()
+    if isinstance(store, str):
+        own = Store(store)
+        try:
+            return load_log(own)
+        finally:
+            own.close()
+    return Log(store.frame("calls"), store.frame("attempts"), store.frame("feedback"))
 
 
 def model_summary(log: Log) -> pd.DataFrame:
@@ -176,10 +176,10 @@ def between(log: Log, start: int, stop: int) -> Log:
 def _shares(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Count rows per ``keys`` and model, and each count's share within ``keys``; every model seen for a
     task type gets a row (zero if absent) in each of the task's groups, so stacked plots line up."""
-    counts = rows.groupby([*keys, "model"]).size().rename("n")
+    counts = cast("pd.Series", rows.groupby([*keys, "model"]).size()).rename("n")
     if counts.empty:
         return pd.DataFrame(columns=[*keys, "model", "n", "share"])
-    grid = counts.unstack("model", fill_value=0).stack().rename("n").reset_index()
+    grid = cast("pd.Series", counts.unstack("model", fill_value=0).stack()).rename("n").reset_index()
     out = grid.merge(rows[["task_type", "model"]].drop_duplicates(), on=["task_type", "model"], how="inner")
     out["share"] = out["n"] / out.groupby(keys)["n"].transform("sum")
     return out.sort_values([*keys, "model"], kind="stable").reset_index(drop=True)
@@ -245,7 +245,7 @@ def latency_quantiles(
     if a.empty:
         return pd.DataFrame(columns=["model", "n", "mean", *names])
     grouped = a.groupby("model")["latency_s"]
-    q = grouped.quantile(list(quantiles)).unstack()
+    q = grouped.quantile(np.asarray(quantiles, dtype=float)).unstack()
     q.columns = names
     out = pd.concat([grouped.size().rename("n"), grouped.mean().rename("mean"), q], axis=1)
     return out.reset_index()
@@ -279,7 +279,10 @@ def latency_distribution(
         .groupby(["model", "phase", "bin"])
         .size()
     )
-    present, k = counts.index.droplevel("bin").unique(), len(edges) - 1  # every bin of each (model, phase)
+    present, k = (
+        cast(pd.MultiIndex, counts.index).droplevel("bin").unique(),
+        len(edges) - 1,
+    )  # every bin of each (model, phase)
     full = pd.MultiIndex.from_arrays(
         [
             np.repeat(present.get_level_values(0), k),
@@ -329,8 +332,8 @@ def feedback_coverage(log: Log) -> pd.DataFrame:
 
 
 def rank_positions(calls: pd.DataFrame) -> pd.DataFrame:
-    """One row per call and ranked model: ``call_id``, ``model``, ``position`` (0 = primary), from the
-    logged JSON ranking; each distinct ranking is parsed once."""
+    """One row per call and model of its fallback order: ``call_id``, ``model``, ``position`` (0 =
+    primary), from the logged JSON column ``ranking``; each distinct order is parsed once."""
     codes, uniques = pd.factorize(calls["ranking"])
     orders = pd.Series([json.loads(u) for u in uniques], dtype=object).explode().dropna()
     table = pd.DataFrame(
@@ -346,7 +349,7 @@ def rank_positions(calls: pd.DataFrame) -> pd.DataFrame:
 
 def ordering_over_time(log: Log, bins: int = 20, by: By = "call") -> pd.DataFrame:
     """Per task type, window and model: ``primary_share`` (share of the task's calls that put it first),
-    ``ranked_share`` (share whose ranking held it at all: the router leaves out a model that is
+    ``ranked_share`` (share whose fallback order held it at all: the router leaves out a model that is
     cooling down) and ``mean_position`` (0 = primary; a model left out counts as placed after every
     ranked one): the order the policy learned, as it moved."""
     w = with_windows(log.calls, bins, by)
@@ -399,8 +402,7 @@ def truth_from_specs(
 def demo_truth(calls: int) -> pd.DataFrame:
     """The true rewards behind a log of one ``run_demo(calls=calls)``: the example fleet's specs, and
     from call ``calls // 2`` on the degraded model's."""
-    from .demo import DEGRADATION, DEGRADED_MODEL
-    from .simulate import example_fleet, example_routes
+    from .simulate import DEGRADATION, DEGRADED_MODEL, example_fleet, example_routes
 
     fleet = example_fleet()
     specs = [fleet.spec(name) for name in fleet.names]
@@ -514,12 +516,12 @@ def _figure(n_panels: int, ncols: int = 2, panel: tuple[float, float] = (5.2, 3.
     return fig, axes[:n_panels]
 
 
-def _colors(names: Iterable[str], first: Sequence[str] = ()) -> dict[str, Any]:
+def _colors(names: Iterable[str], first: Sequence[str] = ()) -> dict[Any, Any]:
     """A fixed colour per name, ``first`` names then the rest sorted, so one model (or estimator)
     keeps its colour across the figures of a log."""
-    from matplotlib import colormaps
+    from matplotlib import color_sequences
 
-    palette = colormaps["tab10"].colors
+    palette = color_sequences["tab10"]
     present = set(names)
     ordered = [n for n in first if n in present] + sorted(present - set(first))
     return {name: palette[i % len(palette)] for i, name in enumerate(ordered)}
@@ -586,10 +588,10 @@ def plot_latency(distribution: pd.DataFrame, *, title: str = "Latency of success
             if d.empty:
                 continue
             edges = np.append(d["left"].to_numpy(), d["right"].to_numpy()[-1])
-            style = {"linestyle": "--"} if phase == "after" else {}
             if phase != "after":
                 ax.stairs(d["fraction"].to_numpy(), edges, fill=True, alpha=0.3, color=colors[model])
-            ax.stairs(d["fraction"].to_numpy(), edges, color=colors[model], linewidth=1.5, label=phase, **style)
+            style = "--" if phase == "after" else "-"
+            ax.stairs(d["fraction"].to_numpy(), edges, color=colors[model], linewidth=1.5, label=phase, linestyle=style)
             k = np.searchsorted(d["fraction"].cumsum().to_numpy(), 0.5)
             median = float(np.sqrt(d["left"].to_numpy()[k] * d["right"].to_numpy()[k]))
             ax.axvline(median, color=colors[model], linewidth=1.2, linestyle=":")
@@ -657,7 +659,7 @@ def plot_failure_rates(
 def plot_ordering(
     ordering: pd.DataFrame, *, mark: float | None = None, mark_label: str = "change", xlabel: str = "call index"
 ) -> Figure:
-    """Each model's mean place in its task's ranking over time (1 = primary, top), from
+    """Each model's mean place in its task's fallback order over time (1 = primary, top), from
     :func:`ordering_over_time`; task types with one model have nothing to order and are left out."""
     sizes = ordering.groupby("task_type")["model"].nunique()
     tasks = sorted(sizes[sizes > 1].index)
@@ -668,7 +670,7 @@ def plot_ordering(
         for model, m in d.groupby("model"):
             ax.plot(_mid(m), m["mean_position"] + 1, marker="o", markersize=3, color=colors[model], label=model)
         _mark(ax, mark, mark_label)
-        ax.set(title=task, xlabel=xlabel, ylabel="mean place in ranking", ylim=(sizes[task] + 0.1, 0.9))
+        ax.set(title=task, xlabel=xlabel, ylabel="mean place in fallback order", ylim=(sizes[task] + 0.1, 0.9))
     _legend(fig, axes)
     fig.suptitle("Learned preference order over time (1 = primary)")
     return fig

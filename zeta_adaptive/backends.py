@@ -1,8 +1,9 @@
 """Backends: the seam between the router and model endpoints, as transports are in httpx.
 
-* :class:`HttpxBackend` speaks OpenAI-compatible ``/chat/completions`` and ``/embeddings`` over
-  httpx, sync and async, with one keep-alive connection pool per model;
-* :class:`FakeBackend` answers in-process from a script, for fast unit tests.
+:class:`HttpxBackend` speaks OpenAI-compatible ``/chat/completions`` and ``/embeddings`` over
+httpx, sync and async, with one keep-alive connection pool per model. Tests and simulations swap
+the network for an httpx transport (``transport=``, e.g. ``httpx.MockTransport`` or
+:meth:`zeta_adaptive.simulate.Fleet.transports`), so the real parsing runs on every answer.
 
 A backend never raises for a failed attempt: it returns a :class:`Reply` whose ``outcome`` says
 what happened, so the router can log it and fall back. Every attempt is bounded hard, whatever the
@@ -24,7 +25,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ from httpx_sse import ServerSentEvent
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # the conforming incremental parser httpx-sse uses itself
 
 from .config import ModelConfig
+from .exceptions import ConfigError
 from .scrub import read_key
 
 __all__ = [
@@ -43,7 +45,7 @@ __all__ = [
     "Reply",
     "Backend",
     "HttpxBackend",
-    "FakeBackend",
+    "Transport",
     "estimate_tokens",
     "classify_error",
 ]
@@ -95,6 +97,9 @@ class Reply:
 
 #: what a streaming attempt yields: text deltas, then one final Reply (its ``text`` is the whole answer)
 StreamItem = str | Reply
+
+#: what carries a model's requests instead of the network: sync, async, or both (as ``httpx.MockTransport``)
+Transport = httpx.BaseTransport | httpx.AsyncBaseTransport
 
 
 class Backend(Protocol):
@@ -308,7 +313,7 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _sync_transport(limits: httpx.Limits, https: bool) -> httpx.HTTPTransport:
+def _deadline_transport(limits: httpx.Limits, https: bool) -> httpx.HTTPTransport:
     """httpx's transport over a connection pool that uses :class:`_DeadlineNetwork`.
 
     httpx has no option for httpcore's ``network_backend``, so the pool is replaced after
@@ -393,14 +398,17 @@ def _retry_after(headers: httpx.Headers) -> float | None:
         return None
 
 
+#: what ends an attempt as a failed attempt; anything else an attempt raises is a bug, and propagates
+_ATTEMPT_FAILURES = (httpx.TransportError, TimeoutError, _BadBody)
+
+
 def _classify_exception(exc: BaseException, latency_s: float) -> Reply:
+    """The Reply for one of the ``_ATTEMPT_FAILURES``."""
     if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
         return Reply(Outcome.TIMEOUT, latency_s, error=type(exc).__name__)
-    if isinstance(exc, httpx.TransportError):
-        return Reply(Outcome.CONNECT_ERROR, latency_s, error=f"{type(exc).__name__}: {exc}"[:ERROR_CHARS])
     if isinstance(exc, _BadBody):
         return Reply(Outcome.MALFORMED, latency_s, error=str(exc)[:ERROR_CHARS])
-    raise exc
+    return Reply(Outcome.CONNECT_ERROR, latency_s, error=f"{type(exc).__name__}: {exc}"[:ERROR_CHARS])
 
 
 def _usage(body: Mapping[str, Any]) -> tuple[int, int]:
@@ -495,6 +503,11 @@ class _StreamState:
         self._lines = SSELineDecoder()
         self._events = SSEDecoder()
 
+    def timeouts(self) -> httpx.Timeout:
+        """httpx's timeouts for the request: each read within the gap allowed between chunks (the
+        network layer cuts them further to :meth:`read_deadline`; a transport sees them as they are)."""
+        return httpx.Timeout(self.end - self.start, read=self.gap_s)
+
     def read_deadline(self) -> float:
         """The perf_counter() instant by which the next read must complete."""
         return min(self.end, self.last_chunk + self.gap_s)
@@ -512,7 +525,7 @@ class _StreamState:
                 parse_chat,
             )
         try:
-            self._body = _Body(response.headers.get("content-encoding"), self.cap)
+            self._body = _Body(_wire_encoding(response), self.cap)
         except _BadBody as exc:
             return self.failure(Outcome.MALFORMED, str(exc))
         return None
@@ -618,11 +631,31 @@ class _StreamState:
         )
 
 
+def _wire_encoding(response: httpx.Response) -> str | None:
+    """The content-encoding of the body still to read: none once the body was read (and decoded)
+    as the response was made, as a transport's in-memory ``httpx.Response(content=...)`` is."""
+    return None if response.is_stream_consumed else response.headers.get("content-encoding")
+
+
+def _raw(response: httpx.Response) -> Iterator[bytes]:
+    """The body's bytes as they arrive (or as they were read, see :func:`_wire_encoding`)."""
+    return iter([response.content]) if response.is_stream_consumed else response.iter_raw()
+
+
+async def _araw(response: httpx.Response) -> AsyncIterator[bytes]:
+    """Async twin of :func:`_raw`."""
+    if response.is_stream_consumed:
+        yield response.content
+        return
+    async for chunk in response.aiter_raw():
+        yield chunk
+
+
 def _read(response: httpx.Response, cap: int) -> tuple[bytes | None, str]:
     """The whole body of a sync response within the cap: (bytes, "") or (None, why it was refused)."""
     try:
-        body = _Body(response.headers.get("content-encoding"), cap)
-        return b"".join(body.decode(chunk) for chunk in response.iter_raw()), ""
+        body = _Body(_wire_encoding(response), cap)
+        return b"".join(body.decode(chunk) for chunk in _raw(response)), ""
     except _BadBody as exc:
         return None, str(exc)
 
@@ -630,8 +663,8 @@ def _read(response: httpx.Response, cap: int) -> tuple[bytes | None, str]:
 async def _aread(response: httpx.Response, cap: int) -> tuple[bytes | None, str]:
     """Async twin of :func:`_read`."""
     try:
-        body = _Body(response.headers.get("content-encoding"), cap)
-        return b"".join([body.decode(chunk) async for chunk in response.aiter_raw()]), ""
+        body = _Body(_wire_encoding(response), cap)
+        return b"".join([body.decode(chunk) async for chunk in _araw(response)]), ""
     except _BadBody as exc:
         return None, str(exc)
 
@@ -645,13 +678,21 @@ class HttpxBackend:
     Sync clients are made with the backend (no setup cost on the first call); async clients on
     first use in each event loop, and closed when that loop shuts down (``asyncio.run`` does
     that), by :meth:`aclose`, or by :meth:`close` where the loop still allows it.
+
+    ``transport`` (one for every model, or a mapping model name -> transport for some) replaces
+    the network: the clients send through it, and everything else (request bodies, headers,
+    timeouts, response parsing) runs as over the network. A sync-only transport fails async calls
+    with ``NotImplementedError``, and the other way round. Without one, sync I/O goes through the
+    deadline-cutting connection pool and async I/O through httpx's own.
     """
 
-    def __init__(self, models: Mapping[str, ModelConfig]) -> None:
+    def __init__(
+        self, models: Mapping[str, ModelConfig], transport: Transport | Mapping[str, Transport] | None = None
+    ) -> None:
         self._models = dict(models)
+        self._transports = self._given(transport)
         self._clients = {
-            name: httpx.Client(**self._options(m), transport=_sync_transport(self._limits(m), self._https(m)))
-            for name, m in self._models.items()
+            name: httpx.Client(**self._options(m), transport=self._sync(m)) for name, m in self._models.items()
         }
         self._aclients: dict[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = {}
         self._keepers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
@@ -660,6 +701,32 @@ class HttpxBackend:
 
     def __repr__(self) -> str:
         return f"HttpxBackend(models={sorted(self._models)})"
+
+    def _given(self, transport: Transport | Mapping[str, Transport] | None) -> dict[str, Transport]:
+        """The transport given for each model, checked (models missing use the network)."""
+        if transport is None:
+            return {}
+        given = dict(transport) if isinstance(transport, Mapping) else dict.fromkeys(self._models, transport)
+        for name, value in given.items():
+            if name not in self._models:
+                raise ConfigError("transport", f"names model {name!r}, which is not configured")
+            if not isinstance(value, (httpx.BaseTransport, httpx.AsyncBaseTransport)):
+                raise ConfigError("transport", f"{type(value).__name__} for {name!r} is not an httpx transport")
+        return given
+
+    def _sync(self, model: ModelConfig) -> httpx.BaseTransport:
+        """The transport of a model's sync client: the one given, else the deadline-cutting pool."""
+        given = self._transports.get(model.name)
+        if given is None:
+            return _deadline_transport(self._limits(model), self._https(model))
+        return given if isinstance(given, httpx.BaseTransport) else httpx.BaseTransport()
+
+    def _async(self, model: ModelConfig) -> httpx.AsyncBaseTransport | None:
+        """The transport of a model's async clients: the one given, else None (httpx's own pool)."""
+        given = self._transports.get(model.name)
+        if given is None or isinstance(given, httpx.AsyncBaseTransport):
+            return given
+        return httpx.AsyncBaseTransport()
 
     @staticmethod
     def _https(model: ModelConfig) -> bool:
@@ -695,7 +762,7 @@ class HttpxBackend:
             if client is None:
                 verify = _ssl_context() if self._https(model) else False
                 client = clients[model.name] = httpx.AsyncClient(
-                    **self._options(model), limits=self._limits(model), verify=verify
+                    **self._options(model), limits=self._limits(model), verify=verify, transport=self._async(model)
                 )
         if keeper is not None:
             await anext(keeper)  # registers it with the loop, which closes it at shutdown_asyncgens()
@@ -745,7 +812,7 @@ class HttpxBackend:
             with _hard_deadline(start + timeout_s):
                 with client.stream("POST", path, json=body, timeout=timeout_s) as response:
                     data, problem = _read(response, cap)
-        except Exception as exc:  # classified, or re-raised when not a transport problem
+        except _ATTEMPT_FAILURES as exc:
             return _classify_exception(exc, time.perf_counter() - start)
         return _finish(response.status_code, response.headers, data, problem, time.perf_counter() - start, parse)
 
@@ -758,7 +825,7 @@ class HttpxBackend:
                 client = await self._aclient(model)
                 async with client.stream("POST", path, json=body, timeout=timeout_s) as response:
                     data, problem = await _aread(response, cap)
-        except Exception as exc:
+        except _ATTEMPT_FAILURES as exc:
             return _classify_exception(exc, time.perf_counter() - start)
         return _finish(response.status_code, response.headers, data, problem, time.perf_counter() - start, parse)
 
@@ -823,14 +890,14 @@ class HttpxBackend:
         try:
             with _hard_deadline(state.read_deadline()):  # never held across a yield: it bounds this thread's I/O
                 response = client.send(
-                    client.build_request("POST", "chat/completions", json=body, timeout=timeout_s), stream=True
+                    client.build_request("POST", "chat/completions", json=body, timeout=state.timeouts()), stream=True
                 )
                 if response.status_code >= 300:
                     data, problem = _read(response, model.response_cap())
             if (refused := state.open(response, data, problem)) is not None:
                 yield refused
                 return
-            chunks = response.iter_raw()
+            chunks = _raw(response)
             while True:
                 with _hard_deadline(state.read_deadline()):
                     chunk = next(chunks, None)
@@ -841,7 +908,7 @@ class HttpxBackend:
                     if isinstance(item, Reply):
                         return
             yield state.finish(response.status_code)
-        except Exception as exc:  # classified, or re-raised when not a transport problem
+        except _ATTEMPT_FAILURES as exc:
             failed = _classify_exception(exc, time.perf_counter() - state.start)
             yield state.failure(failed.outcome, failed.error, None)
         finally:
@@ -867,14 +934,14 @@ class HttpxBackend:
             async with asyncio.timeout(left()):
                 client = await self._aclient(model)
                 response = await client.send(
-                    client.build_request("POST", "chat/completions", json=body, timeout=timeout_s), stream=True
+                    client.build_request("POST", "chat/completions", json=body, timeout=state.timeouts()), stream=True
                 )
                 if response.status_code >= 300:
                     data, problem = await _aread(response, model.response_cap())
             if (refused := state.open(response, data, problem)) is not None:
                 yield refused
                 return
-            chunks = response.aiter_raw()
+            chunks = _araw(response)
             while True:
                 async with asyncio.timeout(left()):
                     chunk = await anext(chunks, None)
@@ -885,7 +952,7 @@ class HttpxBackend:
                     if isinstance(item, Reply):
                         return
             yield state.finish(response.status_code)
-        except Exception as exc:
+        except _ATTEMPT_FAILURES as exc:
             failed = _classify_exception(exc, time.perf_counter() - state.start)
             yield state.failure(failed.outcome, failed.error, None)
         finally:
@@ -923,111 +990,3 @@ class HttpxBackend:
         if clients is not None:
             await self._close_all(clients)
         self.close()
-
-
-# -- the in-process fake ------------------------------------------------------------------------
-
-Script = Callable[[ModelConfig, Any], Reply] | Sequence[Reply | str]
-
-
-class FakeBackend:
-    """Answers from a per-model script, without network: a list of Replies or outcome strings
-    consumed in order (the last one repeats), or a function ``(model, request) -> Reply``.
-
-    For scripted lists the fake spends the reply's latency (sleeping, or awaiting in async calls),
-    and a latency above the attempt's timeout becomes a timeout at that bound, as a real backend
-    would behave. A function is the behaviour itself: it spends whatever time it likes, and only a
-    latency above the timeout is turned into a timeout. ``calls`` records ``(model, request)``.
-    """
-
-    def __init__(self, script: Mapping[str, Script], latency_s: float = 0.001) -> None:
-        self.script = dict(script)
-        self.latency_s = latency_s
-        self.calls: list[tuple[str, Any]] = []
-        self._pos: dict[str, int] = {}
-
-    def _next(self, model: ModelConfig, request: Any, timeout_s: float) -> tuple[Reply, float]:
-        """The scripted reply and the time it takes."""
-        self.calls.append((model.name, request))
-        entry = self.script.get(model.name, ["ok"])
-        spends = not callable(entry)
-        if callable(entry):
-            reply = entry(model, request)
-        else:
-            i = self._pos.get(model.name, 0)
-            self._pos[model.name] = i + 1
-            item = entry[min(i, len(entry) - 1)]
-            reply = item if isinstance(item, Reply) else self._reply(Outcome(item), request)
-        if reply.latency_s > timeout_s:
-            return Reply(Outcome.TIMEOUT, timeout_s, error="ReadTimeout"), timeout_s if spends else 0.0
-        return reply, reply.latency_s if spends else 0.0
-
-    def _reply(self, outcome: Outcome, request: Any) -> Reply:
-        status = {
-            Outcome.OK: 200,
-            Outcome.RATE_LIMITED: 429,
-            Outcome.SERVER_ERROR: 500,
-            Outcome.CLIENT_ERROR: 400,
-            Outcome.MALFORMED: 200,
-        }.get(outcome)
-        reply = Reply(outcome, self.latency_s, status)
-        if outcome is Outcome.OK:
-            if isinstance(request, list) and all(isinstance(t, str) for t in request):
-                reply = replace(reply, vectors=np.ones((len(request), 4), dtype=np.float32), tokens_in=len(request))
-            else:
-                reply = replace(reply, text="fake answer", tokens_in=10, tokens_out=5)
-        return reply
-
-    def _sync(self, model: ModelConfig, request: Any, timeout_s: float) -> Reply:
-        reply, spent = self._next(model, request, timeout_s)
-        time.sleep(spent)
-        return reply
-
-    async def _async(self, model: ModelConfig, request: Any, timeout_s: float) -> Reply:
-        reply, spent = self._next(model, request, timeout_s)
-        await asyncio.sleep(spent)
-        return reply
-
-    def chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
-        return self._sync(model, {"messages": list(messages), **params}, timeout_s)
-
-    async def achat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
-        return await self._async(model, {"messages": list(messages), **params}, timeout_s)
-
-    def embed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
-        return self._sync(model, list(texts), timeout_s)
-
-    async def aembed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
-        return await self._async(model, list(texts), timeout_s)
-
-    @staticmethod
-    def _pieces(reply: Reply) -> Iterable[StreamItem]:
-        if reply.ok and reply.text:
-            words = reply.text.split(" ")
-            yield from (w if i == 0 else " " + w for i, w in enumerate(words))
-            yield replace(reply, ttft_s=0.0)
-        else:
-            yield reply
-
-    def stream_chat(
-        self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float
-    ) -> Iterator[StreamItem]:
-        """The scripted reply, its text streamed word by word."""
-        yield from self._pieces(
-            self._sync(model, {"messages": list(messages), **params}, min(timeout_s, first_token_s))
-        )
-
-    async def astream_chat(
-        self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float
-    ) -> AsyncIterator[StreamItem]:
-        """Async twin of :meth:`stream_chat`."""
-        for item in self._pieces(
-            await self._async(model, {"messages": list(messages), **params}, min(timeout_s, first_token_s))
-        ):
-            yield item
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-    async def aclose(self) -> None:
-        """Nothing to release."""

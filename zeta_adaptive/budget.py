@@ -16,9 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
-from .policies import COST_SUM, LAT_N, Objective, Policy
+from .policies import LAT_N, Objective, Policy, served_means
 
 __all__ = ["BudgetPacer"]
 
@@ -43,9 +41,8 @@ class BudgetPacer:
         """Account one finished call's cost and set the policy's cost weight for the next calls."""
         self.calls += 1
         self.spent += cost
-        served = policy.stats[LAT_N] > 0  # models with a successful attempt have a mean cost
-        if served.any():
-            self.scale = max(float(np.max(policy.stats[COST_SUM][served] / policy.stats[LAT_N][served])), self.budget)
+        if policy.stats[LAT_N].any():  # once a model has a successful attempt, it has a mean cost
+            self.scale = max(float(served_means(policy.stats)[1].max()), self.budget)
         self.multiplier += self.rate * (cost - self.budget) / self.scale
         policy.objective = replace(self.base, w_cost=self.cost_weight)
         policy._changed()

@@ -54,7 +54,7 @@ class _Cli(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt):
             raise
         except click.ClickException as exc:
-            exc.message = _cli_spelling(_one_line(exc.message), self)
+            exc.message = _cli_spelling(_one_line(exc.message), self)  # type: ignore[misc]  # click's Final: reworded in place, keeping the class and exit code
             raise
         except (ZetaError, SQLAlchemyError, OSError) as exc:
             raise click.ClickException(_cli_spelling(_one_line(str(exc)), self)) from None
@@ -241,14 +241,18 @@ def prune(url: str | None, config: str | None, older_than: str, dry_run: bool, y
 @main.command()
 @click.option("--config", required=True, type=click.Path(exists=True, dir_okay=False), help="A router TOML file.")
 def preferences(config: str) -> None:
-    """Print each task type's learned order, rebuilt from the config's log."""
+    """Print what each task type's policy believes, rebuilt from the config's log: its learned order,
+    then one row per model (``Router.preferences()``)."""
     from .router import Router
 
     cfg = Config.from_toml(config)
     _check_store(cfg.store, f"store of {config}", must_exist=True)
     with Router(cfg) as router:
-        for task, rows in router.preferences().items():
-            click.echo(f"{task}: " + " > ".join(f"{r['model']} ({r['score']:.3f}, n={r['n']:.0f})" for r in rows))
+        prefs = router.preferences()
+    for task in prefs.index.unique("task_type"):
+        rows = prefs.loc[task]
+        click.echo(f"{task}: " + " > ".join(rows.index))
+        click.echo(rows.reset_index().to_string(index=False, float_format=lambda x: f"{x:.3f}") + "\n")
 
 
 @main.command()
@@ -293,12 +297,18 @@ def serve(config: str, host: str, port: int, workers: int) -> None:
     is_flag=True,
     help="The log is one `zeta-adaptive demo` run: add regret against the simulated fleet and mark its degradation.",
 )
-def report(url: str, html_path: str, demo_truth: bool) -> None:
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A router TOML file: add what its routes' policies believe, rebuilt from this log.",
+)
+def report(url: str, html_path: str, demo_truth: bool, config: str | None) -> None:
     """Render the analysis of a log to one static HTML page, plots embedded, for readers without Jupyter."""
     from .report import write_report
 
     _check_output(html_path, "--html")
-    out = write_report(_check_store(url, "--db", must_exist=True), html_path, demo=demo_truth)
+    routes = Config.from_toml(config) if config is not None else None
+    out = write_report(_check_store(url, "--db", must_exist=True), html_path, demo=demo_truth, config=routes)
     click.echo(f"wrote {out}")
 
 
@@ -431,7 +441,7 @@ def replay(
             for flag, value in (("--action", action), ("--reward", reward), ("--propensity", propensity))
             if not value
         ]
-        if missing:
+        if missing or csv_path is None or action is None or reward is None or propensity is None:
             raise click.UsageError(f"--csv needs {', '.join(missing)}")
         if not targets:
             raise click.UsageError("--csv needs at least one --target (random or always:ACTION)")

@@ -37,7 +37,7 @@ import numpy as np
 from sqlalchemy import select
 
 from .features import Features, Featurizer
-from .policies import COST_SUM, LAT_N, LAT_SUM, OPTION_TYPES, POLICIES, SUCC, N, Policy, Ranking
+from .policies import BELIEF_DRAWS, BELIEF_SEED, OPTION_TYPES, POLICIES, SUCC, N, Policy, Ranking, served_means
 from .store import Store, call_features
 from .store import feedback as feedback_table
 
@@ -114,6 +114,21 @@ class ContextualPolicy(Policy):
         mean, var = self._moments(features)
         return mean[:-1] + mean[-1], var[:-1] + var[-1]
 
+    def context_probabilities(self, features: Sequence[Features], draws: int = 4096) -> np.ndarray:
+        """P(the primary is each model | x) for each context (rows; columns: ``models``), the policy unchanged:
+        exact for a deterministic ranking, else the share of ``draws`` posterior draws seeded by the row."""
+        parts = self._parts(self._all)
+        out = np.zeros((len(features), len(self.models)))
+        for row, x in enumerate(features):
+            out[row] = self._primary_shares(*self._moments(x), parts, np.random.default_rng(row), draws)
+        return out
+
+    def _primary_shares(
+        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        """P(primary) of every model at one context's moments and the models' :meth:`_parts`."""
+        raise NotImplementedError
+
     def learn(self, model: str, accuracy: float, features: Features | None = None) -> None:
         """One Kalman step of the shared and the model's weights toward an observed accuracy at these features."""
         rows = self._pairs[self.index[model]]  # the model's row and the shared row, as a column
@@ -138,10 +153,15 @@ class ContextualPolicy(Policy):
         """Success Beta posterior (successes + 1, failures + 1), latency and cost means of the eligible
         models (latency and cost 0 if never served)."""
         s = self.stats[:, idx]
-        served = s[LAT_N] > 0
-        latency = np.divide(s[LAT_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
-        cost = np.divide(s[COST_SUM], s[LAT_N], out=np.zeros(len(idx)), where=served)
-        return s[SUCC] + 1.0, s[N] - s[SUCC] + 1.0, latency, cost
+        return s[SUCC] + 1.0, s[N] - s[SUCC] + 1.0, *served_means(s)
+
+    def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P(primary) for a prompt without features (the bias alone), from a generator of its own;
+        ranked by it, then by utility."""
+        mean, var = self._moments(None)
+        rng = np.random.default_rng(BELIEF_SEED)
+        p_best = self._primary_shares(mean, var, self._parts(self._all), rng, BELIEF_DRAWS)
+        return np.lexsort((-utility, -p_best)), p_best
 
     # -- deciding -------------------------------------------------------------------------------
     def rank(self, eligible: Sequence[str] | None = None, features: Features | None = None) -> Ranking:
@@ -189,6 +209,17 @@ class LinearThompsonPolicy(ContextualPolicy):
         self.samples = int(samples)
         self.explore = float(explore)
 
+    def _primary_shares(
+        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        ok, failed, latency, cost = parts
+        k = len(self.models)
+        z = rng.standard_normal((draws, k + 1))
+        sd = self.explore * np.sqrt(var)
+        accuracy = mean[:-1] + sd[:-1] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])
+        success = rng.beta(ok, failed, size=(draws, k))
+        return np.bincount(self.objective.score(success, accuracy, latency, cost).argmax(axis=1), minlength=k) / draws
+
     def _decide(
         self,
         idx: np.ndarray,
@@ -223,6 +254,13 @@ class LinUCBPolicy(ContextualPolicy):
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)
+
+    def _primary_shares(
+        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+    ) -> np.ndarray:
+        out = np.zeros(len(self.models))
+        out[self._decide(self._all, mean, var, *parts)[0][0]] = 1.0
+        return out
 
     def _decide(
         self,

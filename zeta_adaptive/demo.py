@@ -17,15 +17,15 @@ from tqdm import tqdm
 from .analysis import load_log, model_summary
 from .exceptions import ZetaError
 from .router import Router
-from .simulate import Fleet, example_fleet, example_routes
+from .simulate import DEGRADATION, DEGRADED_MODEL, Fleet, example_fleet, example_routes
 
 __all__ = ["DemoReport", "run_demo", "TASK_MIX", "DEGRADED_MODEL"]
 
+#: the columns of ``Router.preferences()`` the demo prints per task type
+BELIEF_VIEW = ("rank", "p_best", "utility", "utility_low", "utility_high", "n", "n_effective", "breaker")
+
 #: share of each task type in the demo's traffic
 TASK_MIX = {"simple": 0.35, "code": 0.30, "reasoning": 0.20, "embedding": 0.15}
-#: the model that degrades halfway, and how
-DEGRADED_MODEL = "coder-7b"
-DEGRADATION = {"error_rate": 0.5, "latency_s": 0.15}
 
 PROMPTS = {
     "simple": "What is the capital of France?",
@@ -42,15 +42,16 @@ class DemoReport:
     failed: int
     store: str
     summary: pd.DataFrame
-    preferences: dict[str, list[dict[str, Any]]]
+    preferences: pd.DataFrame  # Router.preferences() at the end: rows by (task_type, model), best rank first
     primary_share: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)  # phase -> task -> primary counts
 
     def render(self) -> str:
         """A plain-text report for the terminal."""
         lines = [f"Routed {self.calls} calls ({self.failed} failed after every fallback)."]
         lines.append(f"At call {self.calls // 2}, {DEGRADED_MODEL} degraded ({DEGRADATION}).\n")
-        for task, rows in self.preferences.items():
-            lines.append(f"== {task}: learned order {' > '.join(r['model'] for r in rows)}")
+        for task in self.preferences.index.unique("task_type"):
+            belief = self.preferences.loc[task]
+            lines.append(f"== {task}: learned order {' > '.join(belief.index)}")
             for phase in ("before", "after"):
                 counts = self.primary_share.get(phase, {}).get(task, Counter())
                 total = sum(counts.values()) or 1
@@ -58,6 +59,10 @@ class DemoReport:
                 lines.append(f"   primary {phase} degradation: {shares}")
             table = self.summary[self.summary["task_type"] == task].drop(columns="task_type")
             lines.append(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+            lines.append("   what the policy believes now:")
+            lines.append(
+                belief[list(BELIEF_VIEW)].reset_index().to_string(index=False, float_format=lambda x: f"{x:.3f}")
+            )
             lines.append("")
         lines.append(f"The log is in {self.store}")
         return "\n".join(lines)

@@ -49,6 +49,7 @@ from .exceptions import (
 )
 from .feedback import check_call_id, validate_accuracy
 from .health import HALF_OPEN, OPEN
+from .results import preference_records
 from .router import AsyncChatStream, Router
 from .store import Store
 
@@ -671,7 +672,7 @@ class _Gateway:
         """What this worker's policies believe, per route the key may use (``x-zeta-worker``: its pid)."""
         key = self.authorize(request)
         tasks = [t for t in self.kinds if key is None or key.allows(t)]
-        prefs = {t: rows for t, rows in self.router.preferences().items() if t in tasks}
+        prefs = {t: rows for t, rows in preference_records(self.router.preferences()).items() if t in tasks}
         return JSONResponse(prefs, headers={"x-zeta-worker": str(os.getpid())})
 
     async def scrape(self, request: Request) -> Response:

@@ -8,10 +8,13 @@ array (rows below), optionally discounted:
   ``lat_n``, ``lat_sum`` (seconds), ``loglat_sum``, ``loglat_sq`` (log seconds) and ``cost_sum``;
 * feedback (updated when it arrives, possibly much later, or never): ``acc_n``, ``acc_sum`` with
   accuracy in [0, 1] as Bernoulli-equivalent pseudo-counts. A call without feedback never counts
-  as accuracy 0, and a policy that has had no feedback at all scores accuracy as 1.
+  as accuracy 0, and a policy that has had no feedback at all scores accuracy as 1;
+* counts never discounted: ``seen`` (attempts learned) and ``rated`` (feedback learned).
 
 With ``discount`` gamma < 1, every update first multiplies the statistics of its stream by gamma, so
-old observations fade and a model that degrades (or improves) changes place. ``rank`` returns the
+old observations fade and a model that degrades (or improves) changes place. :meth:`Policy.statistics`
+says what a policy believes of each model now (its rank, probability of being the best, utility
+with an interval, counts, latency and cost), each policy in its own terms. ``rank`` returns the
 full order of the eligible models, primary first, and the probability with which the primary was
 chosen: exact for static, random and epsilon-greedy, and for Thompson sampling the exact
 probability under its batch of posterior draws (see :class:`ThompsonPolicy`).
@@ -20,6 +23,7 @@ probability under its batch of posterior draws (see :class:`ThompsonPolicy`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -84,9 +88,38 @@ class Ranking:
 
 
 # rows of the statistics array
-N, SUCC, LAT_N, LAT_SUM, LOGLAT_SUM, LOGLAT_SQ, COST_SUM, ACC_N, ACC_SUM = range(9)
+N, SUCC, LAT_N, LAT_SUM, LOGLAT_SUM, LOGLAT_SQ, COST_SUM, ACC_N, ACC_SUM, SEEN, RATED = range(11)
 ATTEMPT_ROWS = slice(N, COST_SUM + 1)
 FEEDBACK_ROWS = slice(ACC_N, ACC_SUM + 1)
+
+#: the shortest latency a log is taken of (a zero or negative clock difference counts as this)
+LATENCY_FLOOR_S = 1e-6
+#: posterior draws behind :meth:`Policy.statistics`' ``p_best`` and utility interval, and the seed of
+#: the generator of their own that draws them, so reading a policy's beliefs leaves its decisions alone
+BELIEF_DRAWS = 1000
+BELIEF_SEED = 0
+#: the standard normal quantile of 0.95: a log-normal latency's 95th percentile is exp(mu + Z95 * sigma)
+Z95 = 1.6448536269514722
+
+
+def log_latency(latency_s: float) -> float:
+    """The log of a latency in seconds, floored at :data:`LATENCY_FLOOR_S`."""
+    return math.log(max(latency_s, LATENCY_FLOOR_S))
+
+
+def served_means(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean latency and cost per successful attempt of each column of ``stats`` (0 where none succeeded)."""
+    served = stats[LAT_N] > 0
+    zeros = np.zeros(stats.shape[1])
+    latency = np.divide(stats[LAT_SUM], stats[LAT_N], out=zeros, where=served)
+    return latency, np.divide(stats[COST_SUM], stats[LAT_N], out=zeros.copy(), where=served)
+
+
+def one_hot(order: np.ndarray, k: int) -> np.ndarray:
+    """1 for the first model of an order, 0 for the others: a deterministic policy's ``p_best``."""
+    p = np.zeros(k)
+    p[order[0]] = 1.0
+    return p
 
 
 class Policy:
@@ -95,6 +128,9 @@ class Policy:
     name: ClassVar[str] = ""
     #: keyword options a route may set for this policy, beyond ``seed`` and ``discount``
     options: ClassVar[tuple[str, ...]] = ()
+    #: the Beta prior of success and accuracy in posterior draws (Thompson sampling sets its own)
+    prior_alpha: float = 1.0
+    prior_beta: float = 1.0
 
     def __init__(
         self,
@@ -115,8 +151,8 @@ class Policy:
         self.objective = objective or Objective()
         self.discount = float(discount)
         self.rng = np.random.default_rng(seed)
-        self.stats = np.zeros((9, len(self.models)))
-        self._cells = memoryview(self.stats)  # stats[row, i] as Python floats: no numpy scalars per update
+        self.stats = np.zeros((11, len(self.models)))
+        self._cells: Any = self.stats.data  # stats[row, i] as Python floats: no numpy scalars per update
         self.updates = 0  # undiscounted number of update() and feedback() calls
         self._all = np.arange(len(self.models))
 
@@ -137,13 +173,14 @@ class Policy:
             self.stats[ATTEMPT_ROWS] *= self.discount
         s = self._cells
         s[N, i] += 1.0
+        s[SEEN, i] += 1.0
         if success:
-            log_latency = math.log(max(latency_s, 1e-6))
+            loglat = log_latency(latency_s)
             s[SUCC, i] += 1.0
             s[LAT_N, i] += 1.0
             s[LAT_SUM, i] += latency_s
-            s[LOGLAT_SUM, i] += log_latency
-            s[LOGLAT_SQ, i] += log_latency * log_latency
+            s[LOGLAT_SUM, i] += loglat
+            s[LOGLAT_SQ, i] += loglat * loglat
             s[COST_SUM, i] += cost
         self.updates += 1
         self._changed()
@@ -155,6 +192,7 @@ class Policy:
             self.stats[FEEDBACK_ROWS] *= self.discount
         self._cells[ACC_N, i] += 1.0
         self._cells[ACC_SUM, i] += accuracy
+        self._cells[RATED, i] += 1.0
         self.updates += 1
         self._changed()
 
@@ -177,10 +215,11 @@ class Policy:
         idx = idx[keep]
         ok = np.asarray(success, dtype=float)[keep]
         lat = np.asarray(latency_s, dtype=float)[keep]
-        loglat = np.log(np.maximum(lat, 1e-6))
+        loglat = np.log(np.maximum(lat, LATENCY_FLOOR_S))
         wok = w * ok
         rows = [w, wok, wok, wok * lat, wok * loglat, wok * loglat * loglat, wok * np.asarray(cost, dtype=float)[keep]]
         self.stats[ATTEMPT_ROWS] = self.stats[ATTEMPT_ROWS] * decay + np.stack([np.bincount(idx, r, k) for r in rows])
+        self.stats[SEEN] += np.bincount(idx, minlength=k)
         n_events = len(idx)
         if accuracy is not None and len(feedback_models):
             fidx, fkeep = self._indices(feedback_models)
@@ -190,6 +229,7 @@ class Policy:
             self.stats[FEEDBACK_ROWS] = self.stats[FEEDBACK_ROWS] * fdecay + np.stack(
                 [np.bincount(fidx, fw, k), np.bincount(fidx, fw * acc, k)]
             )
+            self.stats[RATED] += np.bincount(fidx, minlength=k)
             n_events += len(fidx)
         self.updates += n_events
         self._changed()
@@ -215,8 +255,8 @@ class Policy:
         for name, values in sums.items():
             kept = np.asarray(values, dtype=float)[keep]
             np.add.at(self.stats[rows[name]], idx[keep], kept)
-            if name == "succ":
-                np.add.at(self.stats[LAT_N], idx[keep], kept)
+            if name in ("succ", "n", "acc_n"):
+                np.add.at(self.stats[{"succ": LAT_N, "n": SEEN, "acc_n": RATED}[name]], idx[keep], kept)
             if name in ("n", "acc_n"):
                 self.updates += int(kept.sum())
         self._changed()
@@ -228,7 +268,7 @@ class Policy:
         """How many of the latest events decide a discounted policy's statistics (None: all)."""
         if self.discount == 1.0:
             return None
-        return int(math.ceil(math.log(self.NEGLIGIBLE_WEIGHT) / math.log(self.discount)))
+        return math.ceil(math.log(self.NEGLIGIBLE_WEIGHT) / math.log(self.discount))
 
     def _indices(self, models: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         idx = np.fromiter((self.index.get(m, -1) for m in models), dtype=np.int64, count=len(models))
@@ -247,8 +287,6 @@ class Policy:
     def rank(self, eligible: Sequence[str] | None = None) -> Ranking:
         """Order the eligible models (default: all), best first, with P(primary chosen)."""
         order, propensity = self._order(self._eligible(eligible))
-        if isinstance(order, np.ndarray):
-            order = order.tolist()
         models = self.models
         return Ranking(tuple([models[i] for i in order]), propensity)
 
@@ -264,6 +302,11 @@ class Policy:
     def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
         raise NotImplementedError
 
+    def primary_probabilities(self) -> np.ndarray | None:
+        """P(each model is the primary) in the policy's current state, indexed like ``models``, for a
+        random ranking (a ranking of propensity 1 needs none); None if the policy does not expose it."""
+        return None
+
     # -- point estimates --------------------------------------------------------------------------
     def _accuracy(self) -> np.ndarray | float:
         """Posterior-mean accuracy per model, or 1 when no feedback has ever arrived."""
@@ -274,12 +317,12 @@ class Policy:
     def means(self) -> dict[str, Any]:
         """Point estimates per model: success (Laplace-smoothed), accuracy, mean latency and cost."""
         s = self.stats
-        served = s[LAT_N] > 0
+        latency, cost = served_means(s)
         return {
             "success": (s[SUCC] + 1.0) / (s[N] + 2.0),
             "accuracy": self._accuracy(),
-            "latency_s": np.divide(s[LAT_SUM], s[LAT_N], out=np.zeros(len(self.models)), where=served),
-            "cost": np.divide(s[COST_SUM], s[LAT_N], out=np.zeros(len(self.models)), where=served),
+            "latency_s": latency,
+            "cost": cost,
         }
 
     def scores(self) -> np.ndarray:
@@ -287,8 +330,94 @@ class Policy:
         m = self.means()
         return self.objective.score(m["success"], m["accuracy"], m["latency_s"], m["cost"])
 
+    def statistics(self) -> dict[str, np.ndarray]:
+        """What the policy believes of each model now, one array per column, indexed like ``models``.
+
+        ``rank`` (1 = primary now; see :meth:`_belief`), ``p_best`` (probability of being the best
+        under the current belief), ``utility`` (the objective at the point estimates) with its 90 %
+        interval ``utility_low``/``utility_high`` (from :data:`BELIEF_DRAWS` posterior draws: Beta
+        success and accuracy, Normal-Inverse-Gamma log-latency), ``n`` and ``n_rated`` (attempts and
+        feedback learned, not discounted), ``n_effective`` (the discounted attempt count the
+        estimates rest on), ``success_rate``, ``accuracy``, ``latency_p50_s``/``latency_p95_s``
+        (log-normal fit of successful latencies; NaN before one) and ``cost`` (per successful
+        attempt). The draws come from a generator of their own, so reading never moves the
+        policy's decisions.
+        """
+        k = len(self.models)
+        draws = self._posterior_scores(np.random.default_rng(BELIEF_SEED), BELIEF_DRAWS)
+        m = self.means()
+        utility = self.objective.score(m["success"], m["accuracy"], m["latency_s"], m["cost"])
+        order, p_best = self._belief(draws, utility)
+        rank = np.empty(k, dtype=np.int64)
+        rank[np.asarray(order)] = np.arange(1, k + 1)
+        ordered = np.sort(draws, axis=0)
+        low, high = ordered[round(0.05 * (BELIEF_DRAWS - 1))], ordered[round(0.95 * (BELIEF_DRAWS - 1))]
+        n, mu, sq_dev = self._log_latency_moments()
+        served = n > 0
+        sigma = np.sqrt(np.divide(sq_dev, n, out=np.zeros(k), where=served))
+        s = self.stats
+        return {
+            "rank": rank,
+            "p_best": p_best,
+            "utility": utility,
+            "utility_low": low,
+            "utility_high": high,
+            "n": np.rint(s[SEEN]).astype(np.int64),
+            "n_effective": s[N].copy(),
+            "n_rated": np.rint(s[RATED]).astype(np.int64),
+            "success_rate": m["success"],
+            "accuracy": np.broadcast_to(m["accuracy"], (k,)).copy(),
+            "latency_p50_s": np.where(served, np.exp(mu), np.nan),
+            "latency_p95_s": np.where(served, np.exp(mu + Z95 * sigma), np.nan),
+            "cost": m["cost"],
+        }
+
+    def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every model's index, primary now first, and each model's probability of being the best,
+        given ``BELIEF_DRAWS`` posterior draws of the scores and the point utility."""
+        raise NotImplementedError
+
+    def _posterior_scores(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """``size`` joint posterior draws of every model's score from ``rng``, shape (size, models)."""
+        s = self.stats
+        k = len(self.models)
+        a, b = self.prior_alpha, self.prior_beta
+        shapes = [a + s[SUCC], b + np.maximum(s[N] - s[SUCC], 0.0)]
+        rated = s[ACC_N].any()
+        if rated:
+            shapes += [a + s[ACC_SUM], b + np.maximum(s[ACC_N] - s[ACC_SUM], 0.0)]
+        g = rng.standard_gamma(np.concatenate(shapes), size=(size, len(shapes) * k))
+        p_success = g[:, :k] / (g[:, :k] + g[:, k : 2 * k])
+        accuracy = g[:, 2 * k : 3 * k] / (g[:, 2 * k : 3 * k] + g[:, 3 * k :]) if rated else 1.0
+        latency = self._latency_draws(rng, size) if self.objective.uses_latency else np.zeros(k)
+        return self.objective.score(p_success, accuracy, latency, served_means(s)[1])
+
+    def _log_latency_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per model: successful attempts, mean log-latency (0 without any) and sum of squared deviations."""
+        s = self.stats
+        n = s[LAT_N]
+        mean = np.divide(s[LOGLAT_SUM], n, out=np.zeros_like(n), where=n > 0)
+        return n, mean, np.maximum(s[LOGLAT_SQ] - n * mean * mean, 0.0)
+
+    def _latency_draws(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """Median latency exp(mu) with (mu, sigma^2) from each model's Normal-Inverse-Gamma posterior."""
+        s = self.stats
+        mu0, kappa0, alpha0, beta0 = math.log(0.5), 1.0, 1.0, 0.5  # weak prior around 0.5 s
+        n, mean, sq_dev = self._log_latency_moments()
+        kappa = kappa0 + n
+        mu = (kappa0 * mu0 + s[LOGLAT_SUM]) / kappa
+        alpha = alpha0 + n / 2.0
+        beta = beta0 + 0.5 * sq_dev + kappa0 * n * (mean - mu0) ** 2 / (2.0 * kappa)
+        sigma2 = beta / rng.standard_gamma(alpha, size=(size, len(n)))
+        return np.exp(np.minimum(mu + np.sqrt(sigma2 / kappa) * rng.standard_normal((size, len(n))), 7.0))
+
     def preferences(self) -> list[dict[str, Any]]:
-        """One row per model, best first by the objective's point estimate: what the policy believes."""
+        """Deprecated: use :meth:`statistics` (or ``Router.preferences()``, a DataFrame)."""
+        warnings.warn("Policy.preferences() is deprecated; use Policy.statistics()", DeprecationWarning, stacklevel=2)
+        return self._preference_rows()
+
+    def _preference_rows(self) -> list[dict[str, Any]]:
+        """The old shape of :meth:`preferences`: one dict per model, best first by the point estimate."""
         m = self.means()
         score = self.scores()
         accuracy = np.broadcast_to(m["accuracy"], score.shape)
@@ -311,7 +440,7 @@ class Policy:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._cells = memoryview(self.stats)
+        self._cells = self.stats.data
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(models={list(self.models)}, discount={self.discount})"
@@ -328,7 +457,11 @@ class StaticPolicy(Policy):
         return super().rank(eligible)
 
     def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
-        return np.sort(idx), 1.0
+        return np.sort(idx).tolist(), 1.0
+
+    def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The configured order, its first model surely primary."""
+        return self._all, one_hot(self._all, len(self.models))
 
 
 class RandomPolicy(Policy):
@@ -337,7 +470,16 @@ class RandomPolicy(Policy):
     name = "random"
 
     def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
-        return self.rng.permutation(idx), 1.0 / len(idx)
+        return self.rng.permutation(idx).tolist(), 1.0 / len(idx)
+
+    def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every model equally likely first (its ``rank`` follows the utility it has seen, for reading)."""
+        k = len(self.models)
+        return np.argsort(-utility, kind="stable"), np.full(k, 1.0 / k)
+
+    def primary_probabilities(self) -> np.ndarray:
+        """Uniform over the models."""
+        return np.full(len(self.models), 1.0 / len(self.models))
 
 
 class _IndexPolicy(Policy):
@@ -391,13 +533,16 @@ class _IndexPolicy(Policy):
                 index[i] = math.inf
                 continue
             acc = (acc_sum[i] + 1.0) / (acc_n[i] + 2.0) if rated else 1.0
-            served = lat_n[i]
-            penalty = w_latency * (lat_sum[i] / served if served > 0 else 0.0) + w_cost * (
-                cost_sum[i] / served if served > 0 else 0.0
-            )
+            served = lat_n[i]  # the mean latency and cost of served_means, model by model
+            penalty = (w_latency * lat_sum[i] + w_cost * cost_sum[i]) / served if served > 0 else 0.0
             mean = min(max(succ[i] / max(n, 1e-12) * acc, 0.0), 1.0)
             index[i] = self._index(mean, penalty, max(n, 1e-12), shared)
         return sorted(ids, key=index.__getitem__, reverse=True), 1.0
+
+    def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The index order a decision takes now (deterministic), its first model surely primary."""
+        order = np.asarray(self._order(self._all)[0])
+        return order, one_hot(order, len(self.models))
 
 
 class EpsilonGreedyPolicy(Policy):
@@ -417,7 +562,12 @@ class EpsilonGreedyPolicy(Policy):
         explore = self.rng.random() < self.epsilon
         order = self.rng.permutation(idx) if explore else greedy
         share = self.epsilon / len(idx)
-        return order, share + (1.0 - self.epsilon) * (order[0] == greedy[0])
+        return order.tolist(), share + (1.0 - self.epsilon) * float(order[0] == greedy[0])
+
+    def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The greedy order of the point estimates (exploration is no belief), its first model the best."""
+        order = np.argsort(-utility, kind="stable")
+        return order, one_hot(order, len(self.models))
 
 
 class UCB1Policy(_IndexPolicy):
@@ -460,8 +610,9 @@ def _kl_ucb(p: float, budget: float, near: _Bound | None) -> _Bound:
         return min(max(p, 0.0), 1.0), None, budget
     if p < 1e-12:
         return -math.expm1(-budget), budget, budget  # KL(0, q) = -log(1 - q), to 1e-11 for p this small
-    if near is not None and near[1] is not None and near[0] > p:
-        _, near_x, near_budget = near
+    near_x = near[1] if near is not None else None
+    if near is not None and near_x is not None and near[0] > p:
+        near_budget = near[2]
         near_q = -math.expm1(-near_x)
         dx = (budget - near_budget) * near_q / (near_q - p)
         if -1e-3 < dx < 1e-3 and dx * dx * p * (1.0 - near_q) * (1.0 - near_q) < 2e-10 * near_q * (near_q - p):
@@ -522,6 +673,15 @@ class KLUCBPolicy(_IndexPolicy):
             bound = self._now[key] = _kl_ucb(mean, shared / n, self._last.get(key))
         return bound[0] - penalty
 
+    def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As for every index policy, on copies of the bound caches, so reading leaves the next decision's starts alone."""
+        last, now = self._last, self._now
+        self._last, self._now = dict(last), dict(now)
+        try:
+            return super()._belief(draws, utility)
+        finally:
+            self._last, self._now = last, now
+
 
 class ThompsonPolicy(Policy):
     """Thompson sampling: rank by one joint posterior draw of each model's score.
@@ -572,34 +732,12 @@ class ThompsonPolicy(Policy):
 
     def draw(self, size: int) -> np.ndarray:
         """``size`` joint posterior draws of every model's score, shape (size, models)."""
-        s = self.stats
-        k = len(self.models)
-        a, b = self.prior_alpha, self.prior_beta
-        shapes = [a + s[SUCC], b + np.maximum(s[N] - s[SUCC], 0.0)]
-        rated = s[ACC_N].any()
-        if rated:
-            shapes += [a + s[ACC_SUM], b + np.maximum(s[ACC_N] - s[ACC_SUM], 0.0)]
-        g = self.rng.standard_gamma(np.concatenate(shapes), size=(size, len(shapes) * k))
-        p_success = g[:, :k] / (g[:, :k] + g[:, k : 2 * k])
-        accuracy = g[:, 2 * k : 3 * k] / (g[:, 2 * k : 3 * k] + g[:, 3 * k :]) if rated else 1.0
-        latency = self._latency_draws(size) if self.objective.uses_latency else 0.0
-        served = s[LAT_N] > 0
-        cost = np.divide(s[COST_SUM], s[LAT_N], out=np.zeros(k), where=served)
-        return self.objective.score(p_success, accuracy, latency, cost)
+        return self._posterior_scores(self.rng, size)
 
-    def _latency_draws(self, size: int) -> np.ndarray:
-        """Median latency exp(mu) with (mu, sigma^2) from each model's Normal-Inverse-Gamma posterior."""
-        s = self.stats
-        mu0, kappa0, alpha0, beta0 = math.log(0.5), 1.0, 1.0, 0.5  # weak prior around 0.5 s
-        n = s[LAT_N]
-        mean = np.divide(s[LOGLAT_SUM], n, out=np.zeros_like(n), where=n > 0)
-        sq_dev = np.maximum(s[LOGLAT_SQ] - n * mean * mean, 0.0)
-        kappa = kappa0 + n
-        mu = (kappa0 * mu0 + s[LOGLAT_SUM]) / kappa
-        alpha = alpha0 + n / 2.0
-        beta = beta0 + 0.5 * sq_dev + kappa0 * n * (mean - mu0) ** 2 / (2.0 * kappa)
-        sigma2 = beta / self.rng.standard_gamma(alpha, size=(size, len(n)))
-        return np.exp(np.minimum(mu + np.sqrt(sigma2 / kappa) * self.rng.standard_normal((size, len(n))), 7.0))
+    def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each model's share of the draws it wins; ranked by that share, then by utility."""
+        p_best = np.bincount(draws.argmax(axis=1), minlength=len(self.models)) / len(draws)
+        return np.lexsort((-utility, -p_best)), p_best
 
     def _current_batch(self) -> np.ndarray:
         lag = max(1, min(self.max_lag, self.updates // 100))
@@ -612,6 +750,10 @@ class ThompsonPolicy(Policy):
     def win_probabilities(self, eligible: Sequence[str] | None = None) -> np.ndarray:
         """P(each model is the primary) under the current batch of draws, indexed like ``models``."""
         return self._ordering(self._eligible(eligible))[1]
+
+    def primary_probabilities(self) -> np.ndarray:
+        """:meth:`win_probabilities` of every model (a copy: the policy reuses its array)."""
+        return self.win_probabilities().copy()
 
     def rank(self, eligible: Sequence[str] | None = None) -> Ranking:
         """One draw of the batch, picked uniformly at random: its order, and the primary's share of wins.

@@ -10,11 +10,12 @@ base64 PNGs, tables as HTML. :func:`write_report` reads a log from a store URL a
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import html
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from sqlalchemy.engine import make_url
@@ -25,6 +26,8 @@ from .store import Store
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from .config import Config
 
 __all__ = ["render_report", "write_report", "figure_png"]
 
@@ -69,15 +72,17 @@ def render_report(
     mark_label: str = "change",
     title: str = "zeta_adaptive: what the router did",
     source: str = "",
+    preferences: pd.DataFrame | None = None,
 ) -> str:
     """The analysis of a log as one HTML page; ``truth`` (see :func:`analysis.cumulative_regret`) adds
-    the regret section, ``mark`` a dashed line at that call index on the plots over time."""
+    the regret section, ``mark`` a dashed line at that call index on the plots over time, and
+    ``preferences`` (``Router.preferences()`` of every route) what the policies believe now."""
     if log.calls.empty:
         raise ZetaError("the log has no calls to report on")
     regret = za.cumulative_regret(log, truth) if truth is not None else None  # first: a bad truth fails fast
     n = len(log.calls)
     bins = za.suggest_bins(n)
-    over_time = {"mark": mark, "mark_label": mark_label}
+    over_time: dict[str, Any] = {"mark": mark, "mark_label": mark_label}
     first, last = (
         dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         for t in (log.calls["ts"].min(), log.calls["ts"].max())
@@ -115,11 +120,19 @@ def render_report(
         ),
         _section(
             "Learned order over time",
-            "Each model's mean place in its task type's ranking (1 = primary); the table gives the order in the first and last window.",
+            "Each model's mean place in its task type's fallback order (1 = primary); the table gives the order in the first and last window.",
             _img(za.plot_ordering(ordering, **over_time), "learned order over time"),
             _table(windows),
         ),
     ]
+    if preferences is not None:
+        sections.append(
+            _section(
+                "What the policies believe now",
+                "Per task type and model: rank (1 = primary), probability of being the best, utility with its 90% interval, what it rests on, latency, cost and breaker.",
+                _table(preferences.reset_index()),
+            )
+        )
     if regret is not None:
         final = regret.groupby("task_type", as_index=False).agg(
             calls=("call_id", "size"), cumulative_regret=("cumulative_regret", "last"), mean_regret=("regret", "mean")
@@ -149,9 +162,10 @@ def render_report(
     )
 
 
-def write_report(url: str, path: str | Path, *, demo: bool = False) -> Path:
+def write_report(url: str, path: str | Path, *, demo: bool = False, config: Config | None = None) -> Path:
     """Render the log at ``url`` to an HTML file; ``demo=True`` (a log of one ``zeta-adaptive demo``
-    run) adds regret against the simulated fleet and marks the degradation."""
+    run) adds regret against the simulated fleet and marks the degradation; ``config`` adds what its
+    routes' policies believe, rebuilt from this log (``Router.preferences()``)."""
     parsed = make_url(url)
     if (
         parsed.get_backend_name() == "sqlite"
@@ -164,6 +178,12 @@ def write_report(url: str, path: str | Path, *, demo: bool = False) -> Path:
         log = za.load_log(store)
     finally:
         store.close()
+    preferences = None
+    if config is not None:
+        from .router import Router
+
+        with Router(dataclasses.replace(config, store=url)) as router:
+            preferences = router.preferences()
     truth, mark, label = None, None, "change"
     if demo:
         from .demo import DEGRADED_MODEL
@@ -171,7 +191,9 @@ def write_report(url: str, path: str | Path, *, demo: bool = False) -> Path:
         n = len(log.calls)
         truth, mark, label = za.demo_truth(n), n // 2, f"{DEGRADED_MODEL} degraded"
     try:
-        page = render_report(log, truth=truth, mark=mark, mark_label=label, source=store.safe_url)
+        page = render_report(
+            log, truth=truth, mark=mark, mark_label=label, source=store.safe_url, preferences=preferences
+        )
     except ValueError as exc:
         raise ZetaError(f"cannot report on {store.safe_url}: {exc}") from None
     out = Path(path)

@@ -17,8 +17,9 @@ import re
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 from sqlalchemy import and_, not_, or_
 
-from .backends import Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem
+from .backends import Backend, HttpxBackend, Messages, Outcome, Reply, StreamItem, Transport
 from .budget import BudgetPacer
 from .config import Config, ModelConfig, RouteConfig, load_config
 from .contextual import ContextualPolicy, PendingContexts, logged_features, warm_start_contexts
@@ -53,6 +54,7 @@ from .inputs import (
     prompt_band,
 )
 from .policies import Policy, Ranking, make_policy
+from .results import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult, preference_frame
 from .scrub import Scrubber
 from .store import Store
 from .store import attempts as attempts_table
@@ -125,58 +127,6 @@ def _end(parts: Sequence[str], limit: int, tail: bool) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
-    """One try at one model within a call."""
-
-    model: str
-    outcome: str
-    latency_s: float
-    status: int | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost: float = 0.0
-    error: str = ""
-    ttft_s: float | None = None  # time to first token (streamed attempts)
-
-
-@dataclass(frozen=True)
-class _Result:
-    call_id: str
-    task_type: str
-    model: str
-    attempts: list[Attempt]
-    ranking: tuple[str, ...]
-    propensity: float
-    latency_s: float
-
-    @property
-    def tokens_in(self) -> int:
-        return sum(a.tokens_in for a in self.attempts)
-
-    @property
-    def tokens_out(self) -> int:
-        return sum(a.tokens_out for a in self.attempts)
-
-    @property
-    def cost(self) -> float:
-        return sum(a.cost for a in self.attempts)
-
-
-@dataclass(frozen=True)
-class ChatResult(_Result):
-    """A chat answer: ``text`` from ``model``, with every attempt the call made."""
-
-    text: str = ""
-
-
-@dataclass(frozen=True)
-class EmbedResult(_Result):
-    """Embedding vectors, one row per input text, from ``model``."""
-
-    vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))
-
-
-@dataclass(frozen=True, slots=True)
 class _Step:
     """The next move of a call: wait ``wait_s`` (or, with ``release_since``, until an attempt at a
     busy model ends, at most ``wait_s``), then try ``model`` (None: only wait)."""
@@ -204,65 +154,6 @@ TRANSIENT = frozenset({Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR, Outcome.MALF
 RETRY_BACKOFF_S = (0.01, 0.05)
 #: characters per token, to tell from a prompt's length whether it fits a declared context window
 CHARS_PER_TOKEN = 4
-
-
-class ChatStream:
-    """A streamed chat call: iterate for text deltas; once exhausted, ``result`` is the ChatResult.
-
-    Fallback happens only before the first delta reaches you; a stream that breaks after that
-    raises :class:`StreamBroken`. Stopping early (``close()`` or leaving the loop) logs the call,
-    its open attempt as cancelled.
-    """
-
-    def __init__(self, items: Iterator[str | ChatResult]) -> None:
-        self._items = items
-        self._result: ChatResult | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        for item in self._items:
-            if isinstance(item, ChatResult):
-                self._result = item
-            else:
-                yield item
-
-    @property
-    def result(self) -> ChatResult:
-        if self._result is None:
-            raise RuntimeError("the stream has not been read to its end")
-        return self._result
-
-    def close(self) -> None:
-        """Stop reading: the call is logged with what happened so far."""
-        close = getattr(self._items, "close", None)
-        if close is not None:
-            close()
-
-
-class AsyncChatStream:
-    """Async twin of :class:`ChatStream`: ``async for delta in stream``, then ``stream.result``."""
-
-    def __init__(self, items: AsyncIterator[str | ChatResult]) -> None:
-        self._items = items
-        self._result: ChatResult | None = None
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        async for item in self._items:
-            if isinstance(item, ChatResult):
-                self._result = item
-            else:
-                yield item
-
-    @property
-    def result(self) -> ChatResult:
-        if self._result is None:
-            raise RuntimeError("the stream has not been read to its end")
-        return self._result
-
-    async def aclose(self) -> None:
-        """Stop reading: the call is logged with what happened so far."""
-        aclose = getattr(self._items, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 class _Call:
@@ -562,14 +453,15 @@ class _Call:
 class Router:
     """Routes calls by task type across a fleet, falls back within a deadline, logs and learns.
 
-    Use it as a context manager (sync or async) so the log is flushed on exit.
+    Use it as a context manager (sync or async) so the log is flushed on exit. ``transport`` (an
+    httpx transport, or a mapping model name -> transport) carries requests instead of the network.
     """
 
     def __init__(
         self,
         config: Config | Mapping[str, Any] | str | Path,
         *,
-        backend: Backend | None = None,
+        transport: Transport | Mapping[str, Transport] | None = None,
         store: Store | None = None,
         classifier: Classifier = classify,
         validators: Mapping[str, Sequence[Validator]] | None = None,
@@ -577,7 +469,7 @@ class Router:
     ) -> None:
         self.config = load_config(config)
         self.scrub = Scrubber.from_env(m.api_key_env for m in self.config.models.values())
-        self.backend: Backend = backend if backend is not None else HttpxBackend(self.config.models)
+        self.backend: Backend = HttpxBackend(self.config.models, transport)
         c = self.config
         self.store = (
             store
@@ -983,15 +875,46 @@ class Router:
             with self.locks[call.task_type]:
                 policy.feedback(call.model, value)
 
-    def preferences(self, task_type: str | None = None) -> dict[str, list[dict[str, Any]]]:
-        """What each task's policy currently believes: one row per model, best first."""
-        tasks = [task_type] if task_type is not None else list(self.policies)
-        out = {}
-        for task in tasks:
-            if task not in self.policies:
-                raise UnknownTaskType(task, list(self.policies))
+    def preferences(self, task_type: str | None = None) -> pd.DataFrame:
+        """What the policies believe now: one row per candidate model, best ``rank`` first.
+
+        With a task type, the route's rows indexed by ``model``; without, every route's, indexed by
+        (``task_type``, ``model``), so ``prefs.loc[task]`` is one route's and ``reset_index()`` joins
+        with :mod:`zeta_adaptive.analysis`' frames on those two columns. The columns are
+        :data:`~zeta_adaptive.results.PREFERENCE_COLUMNS` (see
+        :meth:`~zeta_adaptive.policies.Policy.statistics`), plus a route's cost budget when it has one.
+        """
+        import pandas as pd
+
+        frames = []
+        for task in self._routes(task_type):
+            policy = self.policies[task]
             with self.locks[task]:
-                rows = self.policies[task].preferences()
+                statistics = policy.statistics()
+                budget = self.pacers[task].snapshot() if task in self.pacers else {}
+            health = [self.health.snapshot(model) for model in policy.models]
+            frames.append(preference_frame(task, policy.models, statistics, health, budget))
+        return frames[0].droplevel("task_type") if task_type is not None else pd.concat(frames)
+
+    def _routes(self, task_type: str | None) -> list[str]:
+        """Every route's task type, or only ``task_type`` (:class:`UnknownTaskType` if there is no such route)."""
+        if task_type is None:
+            return list(self.policies)
+        if task_type not in self.policies:
+            raise UnknownTaskType(task_type, list(self.policies))
+        return [task_type]
+
+    def preferences_dict(self, task_type: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Deprecated: :meth:`preferences` before it was a DataFrame (rows best first by the point estimate)."""
+        warnings.warn(
+            "Router.preferences_dict() is deprecated; Router.preferences() returns a DataFrame",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        out = {}
+        for task in self._routes(task_type):
+            with self.locks[task]:
+                rows = self.policies[task]._preference_rows()
                 budget = self.pacers[task].snapshot() if task in self.pacers else {}
             out[task] = [{**row, **self.health.snapshot(row["model"]), **budget} for row in rows]
         return out

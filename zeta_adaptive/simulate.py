@@ -1,10 +1,12 @@
-"""Simulated fleet of OpenAI-compatible fake LLM servers on loopback HTTP.
+"""Simulated fleet of OpenAI-compatible fake LLM servers, on loopback HTTP or in process.
 
-Each model of a :class:`Fleet` is served by its own standard-library HTTP server on
-127.0.0.1 with configurable latency and faults (server errors, rate limits, malformed or
-empty answers, hangs, stalled or broken streams, error events, refused connections), drawn
-from a seeded numpy generator, so that integration tests, demos and benchmarks of the router
-run against realistic, reproducible and fully local backends.
+Each model of a :class:`Fleet` has configurable latency and faults (server errors, rate limits,
+malformed or empty answers, hangs, stalled or broken streams, error events, refused connections),
+drawn from a seeded numpy generator or scripted (``ModelSpec.script``), so that integration tests,
+unit tests, demos and benchmarks of the router run against realistic, reproducible and fully local
+backends. One handler decides each answer; two carriers play it: a standard-library HTTP server
+per model on 127.0.0.1 (:meth:`Fleet.start`), or an httpx transport with no socket
+(:meth:`Fleet.transports`, :func:`mock_fleet`), so the router's real HTTP parsing runs either way.
 
 The servers are as strict as real ones (OpenAI, vLLM): usage in a stream only when
 ``stream_options.include_usage`` asks for it; 404 with OpenAI's body for a model name they do
@@ -15,6 +17,7 @@ vLLM's body when the prompt (estimated as :func:`zeta_adaptive.backends.estimate
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import hashlib
@@ -30,21 +33,32 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+import httpx
 import numpy as np
 
 from .backends import estimate_tokens
+from .config import Config, ModelConfig, load_config
+from .exceptions import ConfigError
 
-if TYPE_CHECKING:
-    from .config import Config
-
-__all__ = ["ModelSpec", "Fleet", "example_fleet", "example_routes", "config_fleet", "api_key_env"]
+__all__ = [
+    "ModelSpec",
+    "Step",
+    "Fleet",
+    "FleetTransport",
+    "mock_fleet",
+    "example_fleet",
+    "example_routes",
+    "config_fleet",
+    "api_key_env",
+]
 
 _HOST = "127.0.0.1"
 _POLL_S = 0.02  # how often an idle server loop checks for shutdown; bounds close() and down=True
@@ -76,6 +90,60 @@ _RATE_FIELDS = (
     "default_accuracy",
 )
 _NON_NEGATIVE_FIELDS = ("latency_s", "latency_sigma", "retry_after_s", "hang_s", "chunk_delay_s")
+
+
+_FATES = (
+    "ok",
+    "error",
+    "rate_limit",
+    "malformed",
+    "empty",
+    "hang",
+    "drip",
+    "bomb",
+    "stall",
+    "break",
+    "stream_error",
+    "disconnect",
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One scripted answer of a model (see ``ModelSpec.script``), used instead of a random draw.
+
+    ``fate`` is ``ok``; ``error`` (HTTP ``status``, 500 by default, with an OpenAI error body
+    saying ``message``); ``rate_limit`` (429 with ``Retry-After: retry_after_s``, else the spec's);
+    ``malformed``, ``empty``, ``hang`` (the spec's ``hang_s`` first), ``drip`` or ``bomb`` as the
+    spec's rates would draw them; ``stall``, ``break`` or ``stream_error`` for streams (a plain
+    request gets ``ok``); or ``disconnect`` (the connection closes without an answer).
+    ``latency_s`` replaces the drawn latency (errors included) and ``text`` the answer's text.
+    """
+
+    fate: str = "ok"
+    status: int | None = None
+    message: str | None = None
+    latency_s: float | None = None
+    retry_after_s: float | None = None
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        """Reject a step that no server could play."""
+        if self.fate not in _FATES:
+            raise ValueError(f"fate must be one of {', '.join(_FATES)}; got {self.fate!r}")
+        if self.status is not None and not 400 <= self.status <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), got {self.status!r}")
+        for name in ("latency_s", "retry_after_s"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < math.inf:
+                raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+        if self.text == "":
+            raise ValueError("text must not be empty (the fate 'empty' answers without text)")
+
+
+def _as_step(step: Step | str) -> Step:
+    """A script entry as a Step (a string names its fate)."""
+    return step if isinstance(step, Step) else Step(step)
 
 
 @dataclass
@@ -110,6 +178,7 @@ class ModelSpec:
     slots: int | None = (
         None  # requests served at once, as a GPU server's batch; others queue first come first served (None: no bound)
     )
+    script: Sequence[Step | str] = ()  # the answers to the next requests in order (the last repeats), instead of draws
 
     def __post_init__(self) -> None:
         """Reject impossible settings at once, since a bad value would silently skew every run."""
@@ -134,6 +203,8 @@ class ModelSpec:
             raise ValueError(f"dim and tokens_out must be >= 1, got {self.dim!r} and {self.tokens_out!r}")
         if self.slots is not None and self.slots < 1:
             raise ValueError(f"slots must be >= 1 or None, got {self.slots!r}")
+        for step in self.script:
+            _as_step(step)
 
     def mean_accuracy(self, task_type: str) -> float:
         """Mean accuracy of this model's answers for a task type, falling back to the default."""
@@ -147,16 +218,20 @@ class _Draw(NamedTuple):
     stall: float
     cut: float
     z: float
+    step: Step | None  # the scripted answer, when the spec has a script
 
 
 class _BadRequest(ValueError):
     """The request is invalid and gets a 400 answer."""
 
 
-def _outcome(spec: ModelSpec, u: float) -> str:
-    """Pick the request's fate from one uniform draw; earlier faults win if the rates sum above 1."""
+def _fate(spec: ModelSpec, draw: _Draw) -> str:
+    """The request's fate: the scripted one, else picked from one uniform draw (earlier faults win
+    if the rates sum above 1)."""
+    if draw.step is not None:
+        return draw.step.fate
     edge = 0.0
-    for outcome, rate in (
+    for fate, rate in (
         ("hang", spec.hang_rate),
         ("error", spec.error_rate),
         ("rate_limit", spec.rate_limit_rate),
@@ -166,9 +241,22 @@ def _outcome(spec: ModelSpec, u: float) -> str:
         ("bomb", spec.bomb_rate),
     ):
         edge += rate
-        if u < edge:
-            return outcome
+        if draw.fault < edge:
+            return fate
     return "ok"
+
+
+def _stream_faults(spec: ModelSpec, draw: _Draw, fate: str) -> tuple[bool, str]:
+    """Whether a stream stalls before its first token, and how a good one ends early: "break",
+    "stream_error" or "" (it does not)."""
+    if draw.step is not None:
+        return fate == "stall", fate if fate in ("break", "stream_error") else ""
+    ending = ""
+    if draw.cut < spec.break_stream_rate:
+        ending = "break"
+    elif draw.cut < spec.break_stream_rate + spec.stream_error_rate:
+        ending = "stream_error"
+    return draw.stall < spec.stall_first_token_rate, ending
 
 
 def _latency(spec: ModelSpec, z: float) -> float:
@@ -261,8 +349,11 @@ def _answer_text(spec: ModelSpec, task: str | None, tokens: int) -> str:
     return label + ": " + " ".join(_WORDS[i % len(_WORDS)] for i in range(tokens))
 
 
-def _answer(spec: ModelSpec, task: str | None, request: _ChatRequest) -> tuple[str, int, str]:
-    """The answer's text, its completion tokens and finish reason, honouring ``stop`` and ``max_tokens``."""
+def _answer(spec: ModelSpec, task: str | None, request: _ChatRequest, text: str | None) -> tuple[str, int, str]:
+    """The answer's text (``text`` if given), its completion tokens and finish reason, honouring
+    ``stop`` and ``max_tokens``."""
+    if text is not None:
+        return text, _text_tokens(len(text)), "stop"
     text = _answer_text(spec, task, request.completion)
     cuts = [text.find(s) for s in request.stop if text.find(s) >= 0]
     if cuts:
@@ -291,6 +382,148 @@ def _seconds_header(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
 
+def _refusal(
+    spec: ModelSpec, header: Callable[[str], str | None], payload: dict[str, Any]
+) -> tuple[int, dict[str, Any]] | None:
+    """The status and body refusing a request as OpenAI does (401 for the key, then 404 for the
+    model name), or None when it is admitted."""
+    if spec.api_key is not None and header("Authorization") != f"Bearer {spec.api_key}":
+        message = (
+            "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
+        )
+        return 401, _error_body(message, "invalid_request_error", "invalid_api_key")
+    served = spec.served_name or spec.name
+    name = payload.get("model", served)  # like vLLM, a request without a model gets the served one
+    if name != served:
+        message = f"The model `{name}` does not exist or you do not have access to it."
+        return 404, _error_body(message, "invalid_request_error", "model_not_found")
+    return None
+
+
+_Parts = Iterator[tuple[float, bytes]]
+
+
+@dataclass
+class _Answer:
+    """What a model does with one request, whoever carries it: its loopback server or a transport."""
+
+    wake: threading.Event  # set when the model goes down or the fleet closes: the answer is cut there
+    status: int = 0  # 0: the connection closes without an answer
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""  # a whole body, sent with the head
+    parts: _Parts | None = None  # or a body sent piece by piece after the head, each piece after a wait
+    wait_s: float = 0.0  # before the head
+    busy_s: float | None = None  # then, the latency served holding one of the model's slots (None: no slot)
+    complete: bool = True  # False: the connection is cut after the parts
+    close: bool = False  # the head announces that the connection closes after this answer
+
+
+def _json(
+    wake: threading.Event, status: int, payload: Any, headers: Mapping[str, str] | None = None, **more: Any
+) -> _Answer:
+    """A JSON answer."""
+    head = {"Content-Type": "application/json", **(headers or {})}
+    return _Answer(wake, status, head, json.dumps(payload).encode(), **more)
+
+
+def _chat_body(
+    spec: ModelSpec, number: int, request: _ChatRequest, empty: bool, task: str | None, text: str | None
+) -> dict[str, Any]:
+    """An OpenAI chat.completion body (with no choices when simulating an empty answer)."""
+    content, completion, finish = _answer(spec, task, request, text)
+    message = {"role": "assistant", "content": content}
+    choices = [{"index": i, "message": message, "finish_reason": finish} for i in range(request.n)]
+    return {
+        "id": f"chatcmpl-{spec.name}-{number}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": spec.served_name or spec.name,
+        "choices": [] if empty else choices,
+        "usage": _usage(request.prompt, completion * request.n),
+    }
+
+
+def _embedding_body(spec: ModelSpec, texts: list[str], empty: bool) -> dict[str, Any]:
+    """An OpenAI embeddings list body (with no data when simulating an empty answer)."""
+    vectors = [] if empty else [_embed(text, spec.dim) for text in texts]
+    data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
+    prompt = _text_tokens(sum(len(text) for text in texts))
+    return {
+        "object": "list",
+        "data": data,
+        "model": spec.served_name or spec.name,
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    }
+
+
+def _stream(
+    spec: ModelSpec,
+    number: int,
+    request: _ChatRequest,
+    payload: dict[str, Any],
+    task: str | None,
+    fate: str,
+    draw: _Draw,
+    first_s: float,
+) -> tuple[_Parts, bool]:
+    """OpenAI server-sent events, the first after ``first_s`` (possibly after a stall too), possibly
+    cut or ending in an error event; usage comes in a last chunk only when asked for. Returns the
+    pieces and whether the stream completes."""
+    stalled, ending = _stream_faults(spec, draw, fate)
+    chunk_id, created, model_name = f"chatcmpl-{spec.name}-{number}", int(time.time()), spec.served_name or spec.name
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        chunk = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
+        return json.dumps({**chunk, "choices": choices, **extra}).encode()
+
+    if fate in ("malformed", "empty"):
+        events = [_MALFORMED_CHAT if fate == "malformed" else event([])]
+    else:
+        text, completion, finish = _answer(spec, task, request, draw.step.text if draw.step else None)
+        pieces = [text[i : i + _STREAM_PIECE_CHARS] for i in range(0, len(text), _STREAM_PIECE_CHARS)]
+        events = []
+        for index in range(request.n):
+            first = {"index": index, "delta": {"role": "assistant", "content": pieces[0]}, "finish_reason": None}
+            events.append(event([first]))
+            events += [event([{"index": index, "delta": {"content": p}, "finish_reason": None}]) for p in pieces[1:]]
+            events.append(event([{"index": index, "delta": {}, "finish_reason": finish}]))
+        options = payload.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            events.append(event([], usage=_usage(request.prompt, completion * request.n)))
+        if ending:
+            events = events[: min(_CHUNKS_BEFORE_BREAK, len(pieces))]
+        if ending == "stream_error":
+            failure = {"object": "error", "message": "simulated engine failure", "type": "InternalServerError"}
+            events.append(json.dumps({"error": {**failure, "param": None, "code": 500}}).encode())
+    waits = [first_s + (spec.hang_s if stalled else 0.0)] + [spec.chunk_delay_s] * (len(events) - 1)
+    parts = [(wait, b"data: " + data + b"\n\n") for wait, data in zip(waits, events)]
+    if ending == "break":
+        return iter(parts), False
+    return iter([*parts, (0.0, b"data: [DONE]\n\n")]), True
+
+
+def _drip(seconds: float, stream: bool) -> tuple[dict[str, str], _Parts]:
+    """Headers, then one byte of a body that never completes every DRIP_INTERVAL_S for ``seconds``."""
+    if stream:  # a comment that never ends, in chunked encoding
+        headers, piece = {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked"}, b":"
+    else:  # JSON whitespace, of a body announced as 1 MiB
+        headers, piece = {"Content-Type": "application/json", "Content-Length": str(1 << 20)}, b" "
+    return headers, ((DRIP_INTERVAL_S, piece) for _ in range(int(seconds / DRIP_INTERVAL_S)))
+
+
+def _bomb() -> _Parts:
+    """A gzip bomb: 1 GiB of whitespace inside a JSON string, sent as one gzip member whose 1 MiB
+    blocks are compressed once per process (so a bomb costs the server little)."""
+    head, tail = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "', b'"}}]}'
+    yield 0.0, _GZIP_HEADER + _deflated(head, final=False)
+    crc, size = zlib.crc32(head), len(head)
+    for _ in range(_BOMB_BLOCKS):
+        yield 0.0, _deflated(_BOMB_BLOCK, final=False)
+        crc, size = zlib.crc32(_BOMB_BLOCK, crc), size + len(_BOMB_BLOCK)
+    crc, size = zlib.crc32(tail, crc), size + len(tail)
+    yield 0.0, _deflated(tail, final=True) + struct.pack("<II", crc, size & 0xFFFFFFFF)
+
+
 class _SimHTTPServer(ThreadingHTTPServer):
     """One model's HTTP server; it tracks open connections so going down can cut keep-alive ones."""
 
@@ -305,7 +538,8 @@ class _SimHTTPServer(ThreadingHTTPServer):
     def server_bind(self) -> None:
         """Bind without HTTPServer's reverse-DNS lookup of the host, which can be slow in sandboxes."""
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, self.server_port = self.server_address[:2]
+        self.server_name = str(host)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept a connection with Nagle disabled, so small answers leave at once."""
@@ -337,7 +571,7 @@ class _SimHTTPServer(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves the OpenAI-compatible endpoints of one simulated model."""
+    """Carries one simulated model's answers over HTTP/1.1."""
 
     protocol_version = "HTTP/1.1"
     server: _SimHTTPServer
@@ -354,228 +588,38 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         """List the model on /v1/models."""
-        spec, _, _ = self.server.model.begin()
-        path = self.path.partition("?")[0]
-        if path == _MODELS_PATH:
-            model = {"id": spec.served_name or spec.name, "object": "model", "created": 0, "owned_by": "zeta-sim"}
-            self._send_json(200, {"object": "list", "data": [model]})
-        elif path in (_CHAT_PATH, _EMBED_PATH):
-            self._send_json(405, _error_body(f"use POST on {path}", "invalid_request_error", 405))
-        else:
-            self._send_json(404, _error_body(f"no route {path}", "invalid_request_error", 404))
+        self._play(self.server.model.answer("GET", self.path, self.headers.get, bytes))
 
     def do_POST(self) -> None:
         """Answer a chat completion or embeddings request, with faults drawn from the model's spec."""
-        model = self.server.model
-        spec, wake, number = model.begin()
-        path = self.path.partition("?")[0]
-        try:
-            body = self._read_body()
-            if path not in (_CHAT_PATH, _EMBED_PATH):
-                status = 405 if path == _MODELS_PATH else 404
-                self._send_json(status, _error_body(f"no POST route {path}", "invalid_request_error", status))
-                return
-            try:
-                payload = json.loads(body)
-            except ValueError:
-                raise _BadRequest("the request body is not valid JSON") from None
-            if not isinstance(payload, dict):
-                raise _BadRequest("the request body must be a JSON object")
-            if not self._admitted(spec, payload):
-                return
-            wanted = "chat" if path == _CHAT_PATH else "embedding"
-            if spec.kind != wanted:
-                raise _BadRequest(f"{spec.name} is a {spec.kind} model; {path} needs a {wanted} model")
-            if wanted == "chat":
-                request = _parse_chat(payload, spec)
-            else:
-                texts = _parse_embedding(payload)
-        except _BadRequest as exc:
-            self._send_json(400, _error_body(str(exc), "invalid_request_error", 400))
-            return
-        except _ContextExceeded as exc:
-            self._send_json(400, _vllm_error(str(exc)))
-            return
+        self._play(self.server.model.answer("POST", self.path, self.headers.get, self._read_body))
 
-        draw = model.draw()
-        outcome = _outcome(spec, draw.fault)
-        if outcome == "error":
-            self._send_json(500, _error_body("simulated internal error", "server_error", 500))
-            return
-        if outcome == "rate_limit":
-            limit = _error_body("simulated rate limit", "rate_limit_error", 429)
-            self._send_json(429, limit, extra={"Retry-After": _seconds_header(spec.retry_after_s)})
-            return
-        if outcome == "hang" and self._sleep(wake, spec.hang_s):
+    def _play(self, answer: _Answer) -> None:
+        """Send an answer, spending its waits; the connection is cut where the model goes down."""
+        wake = answer.wake
+        if (
+            _sleep(wake, answer.wait_s)
+            or (answer.busy_s is not None and self.server.model.slots.serve(wake, answer.busy_s))
+            or not answer.status
+        ):
             self._drop()
             return
-        if outcome == "drip":
-            self._drip(wake, spec.hang_s, stream=wanted == "chat" and payload.get("stream") is True)
+        self.close_connection = self.close_connection or answer.close
+        if answer.parts is None:
+            headers = {**answer.headers, "Content-Length": str(len(answer.body))}
+            self.wfile.write(self._head_bytes(answer.status, headers) + answer.body)  # one write: small answers
             return
-        if outcome == "bomb":
-            self._bomb(wake)
-            return
-        model_name = spec.served_name or spec.name
-        if wanted == "chat" and payload.get("stream") is True:
-            options = payload.get("stream_options")
-            include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            self._stream(spec, wake, draw, outcome, model_name, number, request, include_usage)
-            return
-        if model.slots.serve(wake, _latency(spec, draw.z)):
-            self._drop()
-            return
-        if outcome == "malformed":
-            self._send(200, _MALFORMED_CHAT if wanted == "chat" else _MALFORMED_EMBEDDING, "application/json")
-        elif wanted == "embedding":
-            self._send_json(200, self._embedding_body(spec, model_name, texts, outcome == "empty"))
+        chunked = answer.headers.get("Transfer-Encoding") == "chunked"
+        self.wfile.write(self._head_bytes(answer.status, answer.headers))
+        for wait, data in answer.parts:
+            if _sleep(wake, wait):
+                break
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
         else:
-            self._send_json(200, self._chat_body(spec, model_name, number, request, outcome == "empty"))
-
-    def _admitted(self, spec: ModelSpec, payload: dict[str, Any]) -> bool:
-        """Check the key and the model name as OpenAI does (401, then 404); False once refused."""
-        if spec.api_key is not None and self.headers.get("Authorization") != f"Bearer {spec.api_key}":
-            message = (
-                "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
-            )
-            self._send_json(401, _error_body(message, "invalid_request_error", "invalid_api_key"))
-            return False
-        served = spec.served_name or spec.name
-        name = payload.get("model", served)  # like vLLM, a request without a model gets the served one
-        if name != served:
-            message = f"The model `{name}` does not exist or you do not have access to it."
-            self._send_json(404, _error_body(message, "invalid_request_error", "model_not_found"))
-            return False
-        return True
-
-    def _chat_body(
-        self, spec: ModelSpec, model_name: str, number: int, request: _ChatRequest, empty: bool
-    ) -> dict[str, Any]:
-        """An OpenAI chat.completion body (with no choices when simulating an empty answer)."""
-        content, completion, finish = _answer(spec, self.headers.get("X-Sim-Task"), request)
-        message = {"role": "assistant", "content": content}
-        choices = [{"index": i, "message": message, "finish_reason": finish} for i in range(request.n)]
-        return {
-            "id": f"chatcmpl-{spec.name}-{number}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model_name,
-            "choices": [] if empty else choices,
-            "usage": _usage(request.prompt, completion * request.n),
-        }
-
-    @staticmethod
-    def _embedding_body(spec: ModelSpec, model_name: str, texts: list[str], empty: bool) -> dict[str, Any]:
-        """An OpenAI embeddings list body (with no data when simulating an empty answer)."""
-        vectors = [] if empty else [_embed(text, spec.dim) for text in texts]
-        data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
-        prompt = _text_tokens(sum(len(text) for text in texts))
-        return {
-            "object": "list",
-            "data": data,
-            "model": model_name,
-            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
-        }
-
-    def _stream(
-        self,
-        spec: ModelSpec,
-        wake: threading.Event,
-        draw: _Draw,
-        outcome: str,
-        model_name: str,
-        number: int,
-        request: _ChatRequest,
-        include_usage: bool,
-    ) -> None:
-        """Answer with OpenAI server-sent events in chunked encoding, possibly stalling, cutting the
-        stream or sending an error event; usage comes in a last chunk only when asked for."""
-        self._send_head(200, "text/event-stream", {"Transfer-Encoding": "chunked", "Cache-Control": "no-cache"})
-        stalled = draw.stall < spec.stall_first_token_rate
-        if (stalled and self._sleep(wake, spec.hang_s)) or self._sleep(wake, _latency(spec, draw.z)):
-            self._drop()
-            return
-        chunk_id = f"chatcmpl-{spec.name}-{number}"
-        created = int(time.time())
-
-        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            chunk = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model_name}
-            return json.dumps({**chunk, "choices": choices, **extra}).encode()
-
-        cut_at = error_at = -1
-        if outcome == "malformed":
-            events = [_MALFORMED_CHAT]
-        elif outcome == "empty":
-            events = [event([])]
-        else:
-            text, completion, finish = _answer(spec, self.headers.get("X-Sim-Task"), request)
-            pieces = [text[i : i + _STREAM_PIECE_CHARS] for i in range(0, len(text), _STREAM_PIECE_CHARS)]
-            events = []
-            for index in range(request.n):
-                events.append(
-                    event(
-                        [{"index": index, "delta": {"role": "assistant", "content": pieces[0]}, "finish_reason": None}]
-                    )
-                )
-                events += [
-                    event([{"index": index, "delta": {"content": piece}, "finish_reason": None}])
-                    for piece in pieces[1:]
-                ]
-                events.append(event([{"index": index, "delta": {}, "finish_reason": finish}]))
-            if include_usage:
-                events.append(event([], usage=_usage(request.prompt, completion * request.n)))
-            if draw.cut < spec.break_stream_rate:
-                cut_at = min(_CHUNKS_BEFORE_BREAK, len(pieces))
-            elif draw.cut < spec.break_stream_rate + spec.stream_error_rate:
-                error_at = min(_CHUNKS_BEFORE_BREAK, len(pieces))
-        for i, data in enumerate(events):
-            if i == cut_at or (i > 0 and spec.chunk_delay_s > 0 and self._sleep(wake, spec.chunk_delay_s)):
-                self._drop()
+            if answer.complete:
+                if chunked:
+                    self.wfile.write(b"0\r\n\r\n")
                 return
-            if i == error_at:
-                failure = {
-                    "error": {
-                        "object": "error",
-                        "message": "simulated engine failure",
-                        "type": "InternalServerError",
-                        "param": None,
-                        "code": 500,
-                    }
-                }
-                self._write_chunk(b"data: " + json.dumps(failure).encode() + b"\n\n")
-                break
-            self._write_chunk(b"data: " + data + b"\n\n")
-        self._write_chunk(b"data: [DONE]\n\n")
-        self.wfile.write(b"0\r\n\r\n")
-
-    def _drip(self, wake: threading.Event, seconds: float, stream: bool) -> None:
-        """Send headers, then one byte of a body that never completes every DRIP_INTERVAL_S."""
-        self.close_connection = True
-        if stream:
-            self._send_head(200, "text/event-stream", {"Transfer-Encoding": "chunked"})
-        else:
-            self._send_head(200, "application/json", {"Content-Length": str(1 << 20)})
-        for _ in range(int(seconds / DRIP_INTERVAL_S)):
-            if self._sleep(wake, DRIP_INTERVAL_S):
-                break
-            self.wfile.write(b"1\r\n:\r\n" if stream else b" ")  # a comment that never ends / JSON whitespace
-        self._drop()
-
-    def _bomb(self, wake: threading.Event) -> None:
-        """A gzip bomb: 1 GiB of whitespace inside a JSON string, sent as one gzip member whose
-        1 MiB blocks are compressed once per process (so a bomb costs the server little)."""
-        self.close_connection = True
-        self._send_head(200, "application/json", {"Content-Encoding": "gzip"})
-        head, tail = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "', b'"}}]}'
-        self.wfile.write(_GZIP_HEADER + _deflated(head, final=False))
-        crc, size = zlib.crc32(head), len(head)
-        for _ in range(_BOMB_BLOCKS):
-            if wake.is_set():
-                break
-            self.wfile.write(_deflated(_BOMB_BLOCK, final=False))
-            crc, size = zlib.crc32(_BOMB_BLOCK, crc), size + len(_BOMB_BLOCK)
-        else:
-            crc, size = zlib.crc32(tail, crc), size + len(tail)
-            self.wfile.write(_deflated(tail, final=True) + struct.pack("<II", crc, size & 0xFFFFFFFF))
         self._drop()
 
     def _read_body(self) -> bytes:
@@ -591,11 +635,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # an unread chunked body would corrupt the next request
         return self.rfile.read(length) if length else b""
 
-    @staticmethod
-    def _sleep(wake: threading.Event, seconds: float) -> bool:
-        """Wait unless woken by close() or down=True; returns True if the request must be abandoned."""
-        return wake.wait(seconds) if seconds > 0 else wake.is_set()
-
     def _drop(self) -> None:
         """Cut the connection without (or in the middle of) an answer."""
         self.close_connection = True
@@ -604,40 +643,124 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _head_bytes(self, status: int, content_type: str, extra: dict[str, str]) -> bytes:
+    def _head_bytes(self, status: int, headers: dict[str, str]) -> bytes:
         """The status line and headers of a response, built by hand to keep per-request work small."""
-        lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}", f"Content-Type: {content_type}"]
-        lines += [f"{key}: {value}" for key, value in extra.items()]
+        lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
+        lines += [f"{key}: {value}" for key, value in headers.items()]
         if self.close_connection:
             lines.append("Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def _send_head(self, status: int, content_type: str, extra: dict[str, str]) -> None:
-        """Send only the status line and headers (for streams)."""
-        self.wfile.write(self._head_bytes(status, content_type, extra))
 
-    def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
-        """Send a complete response in a single write."""
-        headers = {**(extra or {}), "Content-Length": str(len(body))}
-        self.wfile.write(self._head_bytes(status, content_type, headers) + body)
+def _sleep(wake: threading.Event, seconds: float) -> bool:
+    """Wait unless woken by close() or down=True; returns True if the request must be abandoned."""
+    return wake.wait(seconds) if seconds > 0 else wake.is_set()
 
-    def _send_json(self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None) -> None:
-        """Send a JSON response."""
-        self._send(status, json.dumps(payload).encode(), "application/json", extra)
 
-    def _write_chunk(self, data: bytes) -> None:
-        """Write one chunk of a chunked-encoded body."""
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+class FleetTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """One simulated model as an in-process httpx transport, sync and async (as ``httpx.MockTransport``
+    is): the same request handling as its loopback server, with no socket and no thread.
+
+    Waits are spent for real (``time.sleep``, ``asyncio.sleep``) up to the request's read timeout,
+    where the transport raises ``httpx.ReadTimeout`` as httpx would; a model that is down raises
+    ``httpx.ConnectError``, an answer cut short ``httpx.RemoteProtocolError``. ``slots`` queue only
+    on the loopback servers.
+    """
+
+    def __init__(self, model: _ModelServer) -> None:
+        self._model = model
+
+    def __repr__(self) -> str:
+        return f"FleetTransport({self._model.current().name!r})"
+
+    def _answer(self, request: httpx.Request, body: bytes) -> _Answer:
+        if self._model.current().down:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        return self._model.answer(request.method, request.url.path, request.headers.get, lambda: body)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self._answer(request, request.read())
+        _Wait(answer, request).sleep(answer.wait_s + (answer.busy_s or 0.0))
+        return _response(answer, request)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self._answer(request, await request.aread())
+        await _Wait(answer, request).asleep(answer.wait_s + (answer.busy_s or 0.0))
+        return _response(answer, request)
+
+
+class _Wait:
+    """Spends an answer's waits for a transport: up to the request's read timeout, then
+    ``httpx.ReadTimeout``; ``httpx.RemoteProtocolError`` once the model went down meanwhile."""
+
+    def __init__(self, answer: _Answer, request: httpx.Request) -> None:
+        self.answer = answer
+        self.request = request
+        timeout = request.extensions.get("timeout", {}).get("read")
+        self.timeout = math.inf if timeout is None else timeout
+
+    def sleep(self, seconds: float) -> None:
+        self._check(seconds, _sleep(self.answer.wake, min(seconds, self.timeout)))
+
+    async def asleep(self, seconds: float) -> None:
+        await asyncio.sleep(min(seconds, self.timeout))
+        self._check(seconds, self.answer.wake.is_set())
+
+    def _check(self, seconds: float, woken: bool) -> None:
+        if woken:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=self.request)
+        if seconds > self.timeout:
+            raise httpx.ReadTimeout("timed out", request=self.request)
+
+
+class _PartStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """The pieces of a body sent piece by piece, as a transport's response stream (sync and async)."""
+
+    def __init__(self, answer: _Answer, parts: _Parts, request: httpx.Request) -> None:
+        self._wait = _Wait(answer, request)
+        self._parts = parts
+
+    def __iter__(self) -> Iterator[bytes]:
+        for wait, data in self._parts:
+            self._wait.sleep(wait)
+            yield data
+        self._end()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for wait, data in self._parts:
+            await self._wait.asleep(wait)
+            yield data
+        self._end()
+
+    def _end(self) -> None:
+        if not self._wait.answer.complete:
+            message = "peer closed connection without sending complete message body"
+            raise httpx.RemoteProtocolError(message, request=self._wait.request)
+
+
+def _response(answer: _Answer, request: httpx.Request) -> httpx.Response:
+    """The httpx response of an answer whose waits before the head are over."""
+    if not answer.status:
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+    if answer.parts is None:
+        return httpx.Response(answer.status, headers=answer.headers, content=answer.body, request=request)
+    return httpx.Response(
+        answer.status, headers=answer.headers, stream=_PartStream(answer, answer.parts, request), request=request
+    )
 
 
 class _ModelServer:
     """One model's live spec, random generator, request count and HTTP server."""
 
-    def __init__(self, spec: ModelSpec, rng: np.random.Generator) -> None:
-        self.lock = threading.Lock()  # guards spec, rng, count and wake; held only for a few microseconds
+    def __init__(
+        self, spec: ModelSpec, rng: np.random.Generator, received: list[tuple[str, dict[str, Any]]] | None
+    ) -> None:
+        self.lock = threading.Lock()  # guards spec, rng, count, scripted and wake; held only for a few microseconds
         self.spec = spec
         self.rng = rng
         self.count = 0
+        self.scripted = 0  # requests that took their answer from the spec's script
+        self.received = received
         self.wake = threading.Event()
         self.port = 0
         self.httpd: _SimHTTPServer | None = None
@@ -655,10 +778,102 @@ class _ModelServer:
             return self.spec, self.wake, self.count
 
     def draw(self) -> _Draw:
-        """Draw a request's random numbers from the model's own generator."""
+        """Draw a request's random numbers from the model's own generator, and its scripted step."""
         with self.lock:
             fault, stall, cut = self.rng.random(3).tolist()
-            return _Draw(fault, stall, cut, float(self.rng.standard_normal()))
+            z = float(self.rng.standard_normal())
+            script = self.spec.script
+            step = _as_step(script[min(self.scripted, len(script) - 1)]) if script else None
+            self.scripted += bool(script)
+            return _Draw(fault, stall, cut, z, step)
+
+    def answer(
+        self, method: str, target: str, header: Callable[[str], str | None], read_body: Callable[[], bytes]
+    ) -> _Answer:
+        """What this model does with one request (counted): its checks, as strict as a real server's,
+        then the fate drawn (or scripted) for it."""
+        spec, wake, number = self.begin()
+        path = target.partition("?")[0]
+        if method != "POST":
+            if path == _MODELS_PATH:
+                model = {"id": spec.served_name or spec.name, "object": "model", "created": 0, "owned_by": "zeta-sim"}
+                return _json(wake, 200, {"object": "list", "data": [model]})
+            status = 405 if path in (_CHAT_PATH, _EMBED_PATH) else 404
+            message = f"use POST on {path}" if status == 405 else f"no route {path}"
+            return _json(wake, status, _error_body(message, "invalid_request_error", status))
+        try:
+            body = read_body()
+            if path not in (_CHAT_PATH, _EMBED_PATH):
+                status = 405 if path == _MODELS_PATH else 404
+                return _json(wake, status, _error_body(f"no POST route {path}", "invalid_request_error", status))
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                raise _BadRequest("the request body is not valid JSON") from None
+            if not isinstance(payload, dict):
+                raise _BadRequest("the request body must be a JSON object")
+            if self.received is not None:
+                self.received.append((spec.name, payload))
+            refused = _refusal(spec, header, payload)
+            if refused is not None:
+                return _json(wake, *refused)
+            wanted = "chat" if path == _CHAT_PATH else "embedding"
+            if spec.kind != wanted:
+                raise _BadRequest(f"{spec.name} is a {spec.kind} model; {path} needs a {wanted} model")
+            request = _parse_chat(payload, spec) if wanted == "chat" else _parse_embedding(payload)
+        except _BadRequest as exc:
+            return _json(wake, 400, _error_body(str(exc), "invalid_request_error", 400))
+        except _ContextExceeded as exc:
+            return _json(wake, 400, _vllm_error(str(exc)))
+        return self._fated(spec, wake, number, header("X-Sim-Task"), payload, request)
+
+    def _fated(
+        self,
+        spec: ModelSpec,
+        wake: threading.Event,
+        number: int,
+        task: str | None,
+        payload: dict[str, Any],
+        request: _ChatRequest | list[str],
+    ) -> _Answer:
+        """The answer to a valid request, as its fate says."""
+        draw = self.draw()
+        fate = _fate(spec, draw)
+        step = draw.step or Step()
+        if fate == "disconnect":
+            return _Answer(wake, wait_s=step.latency_s or 0.0)
+        if fate == "error":
+            status = step.status or 500
+            kind = "server_error" if status >= 500 else "invalid_request_error"
+            message = step.message or "simulated internal error"
+            return _json(wake, status, _error_body(message, kind, status), wait_s=step.latency_s or 0.0)
+        if fate == "rate_limit":
+            retry = {
+                "Retry-After": _seconds_header(spec.retry_after_s if step.retry_after_s is None else step.retry_after_s)
+            }
+            limit = _error_body(step.message or "simulated rate limit", "rate_limit_error", 429)
+            return _json(wake, 429, limit, retry, wait_s=step.latency_s or 0.0)
+        wait = spec.hang_s if fate == "hang" else 0.0
+        stream = isinstance(request, _ChatRequest) and payload.get("stream") is True
+        if fate == "drip":
+            headers, parts = _drip(spec.hang_s, stream)
+            return _Answer(wake, 200, headers, parts=parts, complete=False, close=True)
+        if fate == "bomb":
+            headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+            return _Answer(wake, 200, headers, parts=_bomb(), complete=False, close=True)
+        latency = _latency(spec, draw.z) if step.latency_s is None else step.latency_s
+        if isinstance(request, _ChatRequest) and stream:
+            parts, complete = _stream(spec, number, request, payload, task, fate, draw, latency)
+            headers = {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked", "Cache-Control": "no-cache"}
+            return _Answer(wake, 200, headers, parts=parts, wait_s=wait, complete=complete)
+        if fate == "malformed":
+            body = _MALFORMED_CHAT if isinstance(request, _ChatRequest) else _MALFORMED_EMBEDDING
+            return _Answer(wake, 200, {"Content-Type": "application/json"}, body, wait_s=wait, busy_s=latency)
+        if isinstance(request, _ChatRequest):
+            answer = _chat_body(spec, number, request, fate == "empty", task, step.text)
+        else:
+            answer = _embedding_body(spec, request, fate == "empty")
+        return _json(wake, 200, answer, wait_s=wait, busy_s=latency)
 
     def listen(self) -> None:
         """Start serving, on the port used before if there was one."""
@@ -696,7 +911,7 @@ class _Slots:
     def serve(self, wake: threading.Event, seconds: float) -> bool:
         """Take the first free slot in turn and hold it ``seconds``; True if the request must be abandoned."""
         if self.model.current().slots is None:
-            return _Handler._sleep(wake, seconds)
+            return _sleep(wake, seconds)
         with self.changed:
             ticket = next(self.tickets)
             self.waiting.append(ticket)
@@ -710,7 +925,7 @@ class _Slots:
                 return True
             self.busy += 1
         try:
-            return _Handler._sleep(wake, seconds)
+            return _sleep(wake, seconds)
         finally:
             with self.changed:
                 self.busy -= 1
@@ -720,8 +935,15 @@ class _Slots:
 class Fleet:
     """A set of simulated models, each served on its own loopback port, changeable at run time."""
 
-    def __init__(self, specs: Iterable[ModelSpec], seed: int = 0, ports: Mapping[str, int] | None = None) -> None:
-        """``ports`` binds the named models to fixed loopback ports (the others get free ones)."""
+    def __init__(
+        self,
+        specs: Iterable[ModelSpec],
+        seed: int = 0,
+        ports: Mapping[str, int] | None = None,
+        record: bool = False,
+    ) -> None:
+        """``ports`` binds the named models to fixed loopback ports (the others get free ones);
+        ``record`` keeps every request's model and JSON body, in arrival order, in :attr:`received`."""
         specs = list(specs)
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
@@ -730,8 +952,11 @@ class Fleet:
         if unknown:
             raise ValueError(f"ports name models not in the fleet: {unknown}")
         streams = np.random.SeedSequence(seed).spawn(len(specs) + 1)
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        journal = self.received if record else None
         self._servers = {
-            spec.name: _ModelServer(_copy(spec), np.random.default_rng(stream)) for spec, stream in zip(specs, streams)
+            spec.name: _ModelServer(_copy(spec), np.random.default_rng(stream), journal)
+            for spec, stream in zip(specs, streams)
         }
         for name, port in (ports or {}).items():
             self._servers[name].port = port
@@ -796,8 +1021,17 @@ class Fleet:
             raise RuntimeError("start the fleet before asking for base URLs")
         return f"http://{_HOST}:{server.port}/v1"
 
+    def transport(self, name: str) -> FleetTransport:
+        """A model as an in-process httpx transport (sync and async), served without starting the fleet."""
+        return FleetTransport(self._server(name))
+
+    def transports(self) -> dict[str, FleetTransport]:
+        """Every model's transport, by name: ``Router(config, transport=fleet.transports())``."""
+        return {name: FleetTransport(server) for name, server in self._servers.items()}
+
     def update(self, name: str, /, **changes: Any) -> None:
-        """Change a model's spec at run time; down=True refuses connections, down=False serves again."""
+        """Change a model's spec at run time; down=True refuses connections, down=False serves again.
+        A new ``script`` starts from its first step."""
         server = self._server(name)
         if changes.get("name", name) != name:
             raise ValueError("a model cannot be renamed")
@@ -814,6 +1048,8 @@ class Fleet:
                     server.listen()  # if the port cannot be bound again, the old spec stays in force
             with server.lock:
                 server.spec = new
+                if "script" in changes:
+                    server.scripted = 0
 
     def spec(self, name: str) -> ModelSpec:
         """A copy of a model's current spec."""
@@ -898,6 +1134,11 @@ def example_routes() -> dict[str, list[str]]:
     }
 
 
+#: the example fleet's model that the demo degrades halfway through its run, and how
+DEGRADED_MODEL = "coder-7b"
+DEGRADATION: dict[str, Any] = {"error_rate": 0.5, "latency_s": 0.15}
+
+
 def _example_specs() -> list[ModelSpec]:
     """One embedding and three chat models with different speed/accuracy trade-offs."""
     return [
@@ -920,10 +1161,10 @@ def config_fleet(config: Config, seed: int = 0) -> Fleet:
     Raises ConfigError for a base_url that is not http://127.0.0.1 (or localhost) with path /v1, or a
     port two models share.
     """
-    from .exceptions import ConfigError
-
     known = {spec.name: spec for spec in _example_specs()}
-    specs, ports, owner = [], {}, {}
+    specs: list[ModelSpec] = []
+    ports: dict[str, int] = {}
+    owner: dict[int, str] = {}
     for name, model in config.models.items():
         where = f"models.{name}.base_url"
         parts = urlsplit(model.base_url)
@@ -937,16 +1178,44 @@ def config_fleet(config: Config, seed: int = 0) -> Fleet:
         if port in owner:
             raise ConfigError(where, f"port {port} is also {owner[port]}'s; each simulated model needs its own port")
         owner[port], ports[name] = name, port
-        base = known.get(name, ModelSpec(name))
-        specs.append(
-            dataclasses.replace(
-                base,
-                name=name,
-                served_name=model.backend_model,
-                kind=model.kind,
-                dim=model.dim or base.dim,
-                context_window=model.context_window,
-                accuracy=dict(base.accuracy),
-            )
-        )
+        specs.append(_as_configured(known.get(name, ModelSpec(name)), model))
     return Fleet(specs, seed=seed, ports=ports)
+
+
+def mock_fleet(
+    config: Config | Mapping[str, Any] | str | Path,
+    *specs: ModelSpec,
+    seed: int = 0,
+    record: bool = False,
+    **defaults: Any,
+) -> Fleet:
+    """An unstarted fleet simulating every model of a router config, for its in-process transports:
+    ``Router(config, transport=mock_fleet(config).transports())`` runs with no server at all.
+
+    A model behaves as the spec of its name among ``specs``, else as ``ModelSpec(name, **defaults)``;
+    either way with the config's model name, kind, dimension and context window. ``record``: see
+    :class:`Fleet`. Raises ValueError for a spec that names no model of the config.
+    """
+    config = load_config(config)
+    given = {spec.name: spec for spec in specs}
+    unknown = sorted(set(given) - set(config.models))
+    if unknown:
+        raise ValueError(f"specs name models not in the config: {unknown}")
+    return Fleet(
+        [_as_configured(given.get(name) or ModelSpec(name, **defaults), m) for name, m in config.models.items()],
+        seed=seed,
+        record=record,
+    )
+
+
+def _as_configured(spec: ModelSpec, model: ModelConfig) -> ModelSpec:
+    """A spec that serves a configured model: its name, served name, kind, dimension and window."""
+    return dataclasses.replace(
+        spec,
+        name=model.name,
+        served_name=model.backend_model,
+        kind=model.kind,
+        dim=model.dim or spec.dim,
+        context_window=model.context_window,
+        accuracy=dict(spec.accuracy),
+    )

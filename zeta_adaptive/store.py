@@ -54,6 +54,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from .exceptions import StoreError
+from .policies import LATENCY_FLOOR_S, log_latency
 
 if TYPE_CHECKING:  # pandas is imported by the methods that return frames, not by the call path
     import pandas as pd
@@ -211,7 +212,7 @@ def _insert(engine: Engine, table: Table) -> Any:
 
 def _log_latency(latency_s: float | None) -> float | None:
     """ln(latency) as the policies take it (floored at 1 microsecond); SQL's own on PostgreSQL."""
-    return None if latency_s is None else math.log(max(latency_s, 1e-6))
+    return None if latency_s is None else log_latency(latency_s)
 
 
 def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine:
@@ -1006,17 +1007,17 @@ class Store:
         t = attempts
         ok = t.c.outcome == "ok"
         if self.engine.dialect.name == "postgresql":
-            log_latency = func.ln(func.greatest(t.c.latency_s, 1e-6))
+            loglat = func.ln(func.greatest(t.c.latency_s, LATENCY_FLOOR_S))
         else:
-            log_latency = func.zeta_log_latency(t.c.latency_s)
+            loglat = func.zeta_log_latency(t.c.latency_s)
         when_ok = lambda value: func.sum(case((ok, value), else_=0.0))  # noqa: E731
         query = select(
             t.c.model,
             func.count().label("n"),
             when_ok(1.0).label("succ"),
             when_ok(t.c.latency_s).label("lat_sum"),
-            when_ok(log_latency).label("loglat_sum"),
-            when_ok(log_latency * log_latency).label("loglat_sq"),
+            when_ok(loglat).label("loglat_sum"),
+            when_ok(loglat * loglat).label("loglat_sq"),
             when_ok(t.c.cost).label("cost_sum"),
         ).where(t.c.task_type == task_type)
         if where is not None:

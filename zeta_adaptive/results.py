@@ -1,0 +1,197 @@
+"""What the router returns: a call's attempts, chat and embedding results, the streams that end in
+one, and the table of what its policies believe (``Router.preferences()``).
+
+These are plain values, kept apart from :mod:`zeta_adaptive.router` so that the exceptions, the
+gateway and user code can name them without importing the router.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "Attempt",
+    "ChatResult",
+    "EmbedResult",
+    "ChatStream",
+    "AsyncChatStream",
+    "PREFERENCE_COLUMNS",
+    "preference_frame",
+    "preference_records",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try at one model within a call."""
+
+    model: str
+    outcome: str
+    latency_s: float
+    status: int | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    error: str = ""
+    ttft_s: float | None = None  # time to first token (streamed attempts)
+
+
+@dataclass(frozen=True)
+class _Result:
+    call_id: str
+    task_type: str
+    model: str
+    attempts: list[Attempt]
+    ranking: tuple[str, ...]
+    propensity: float
+    latency_s: float
+
+    @property
+    def tokens_in(self) -> int:
+        return sum(a.tokens_in for a in self.attempts)
+
+    @property
+    def tokens_out(self) -> int:
+        return sum(a.tokens_out for a in self.attempts)
+
+    @property
+    def cost(self) -> float:
+        return sum(a.cost for a in self.attempts)
+
+
+@dataclass(frozen=True)
+class ChatResult(_Result):
+    """A chat answer: ``text`` from ``model``, with every attempt the call made."""
+
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class EmbedResult(_Result):
+    """Embedding vectors, one row per input text, from ``model``."""
+
+    vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), dtype=np.float32))
+
+
+class _Stream:
+    """What both streams share: the ChatResult that ends them, once read to the end."""
+
+    _result: ChatResult | None = None
+
+    @property
+    def result(self) -> ChatResult:
+        if self._result is None:
+            raise RuntimeError("the stream has not been read to its end")
+        return self._result
+
+
+class ChatStream(_Stream):
+    """A streamed chat call: iterate for text deltas; once exhausted, ``result`` is the ChatResult.
+
+    Fallback happens only before the first delta reaches you; a stream that breaks after that
+    raises :class:`StreamBroken`. Stopping early (``close()`` or leaving the loop) logs the call,
+    its open attempt as cancelled.
+    """
+
+    def __init__(self, items: Iterator[str | ChatResult]) -> None:
+        self._items = items
+
+    def __iter__(self) -> Iterator[str]:
+        for item in self._items:
+            if isinstance(item, ChatResult):
+                self._result = item
+            else:
+                yield item
+
+    def close(self) -> None:
+        """Stop reading: the call is logged with what happened so far."""
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
+
+
+class AsyncChatStream(_Stream):
+    """Async twin of :class:`ChatStream`: ``async for delta in stream``, then ``stream.result``."""
+
+    def __init__(self, items: AsyncIterator[str | ChatResult]) -> None:
+        self._items = items
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        async for item in self._items:
+            if isinstance(item, ChatResult):
+                self._result = item
+            else:
+                yield item
+
+    async def aclose(self) -> None:
+        """Stop reading: the call is logged with what happened so far."""
+        aclose = getattr(self._items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+#: the columns of ``Router.preferences()`` every route has, in order; a route with a cost budget
+#: adds ``budget_per_call``, ``spend_per_call``, ``cost_weight`` and ``budget_calls``
+PREFERENCE_COLUMNS = (
+    "rank",
+    "p_best",
+    "utility",
+    "utility_low",
+    "utility_high",
+    "n",
+    "n_effective",
+    "n_rated",
+    "success_rate",
+    "accuracy",
+    "latency_p50_s",
+    "latency_p95_s",
+    "cost",
+    "breaker",
+    "cooldown_left_s",
+    "in_flight",
+    "limit",
+    "no_load_s",
+)
+
+
+def preference_frame(
+    task_type: str,
+    models: Sequence[str],
+    statistics: Mapping[str, np.ndarray],
+    health: Sequence[Mapping[str, Any]],
+    budget: Mapping[str, Any],
+) -> pd.DataFrame:
+    """One route's rows of ``Router.preferences()``: indexed by (``task_type``, ``model``), best rank first.
+
+    ``statistics`` is the policy's :meth:`~zeta_adaptive.policies.Policy.statistics`, ``health``
+    each model's breaker and load snapshot (in ``models``' order), ``budget`` the route's cost
+    budget snapshot (empty without one), the same on every row.
+    """
+    import pandas as pd
+
+    per_model = {
+        key: [np.nan if row[key] is None else row[key] for row in health] for key in (health[0] if health else {})
+    }
+    frame = pd.DataFrame(
+        {**statistics, **per_model, **budget},
+        index=pd.MultiIndex.from_product([[task_type], list(models)], names=["task_type", "model"]),
+    )
+    columns = [c for c in PREFERENCE_COLUMNS if c in frame] + [c for c in budget if c in frame]
+    return frame[columns].sort_values("rank", kind="stable")
+
+
+def preference_records(frame: pd.DataFrame) -> dict[str, list[dict[Hashable, Any]]]:
+    """``Router.preferences()`` as JSON-ready rows per task type, best rank first (NaN as None)."""
+    flat = frame.reset_index()
+    flat = flat.astype(object).where(flat.notna(), None)
+    return {
+        str(task): rows.drop(columns="task_type").to_dict(orient="records")
+        for task, rows in flat.groupby("task_type", sort=False)
+    }
