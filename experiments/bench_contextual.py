@@ -1,6 +1,6 @@
 """Cost of per-prompt routing: features of a 2k-character prompt, and a contextual decision plus its update.
 
-    .venv/bin/python experiments/bench_contextual.py
+    .venv/bin/python -m experiments.bench_contextual
 
 Times are the minimum over repeats of the mean of a batch (the machine is shared), written to
 ``experiments/results/bench_contextual.md``.
@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+import zeta_adaptive.contextual  # noqa: F401 - registers the per-prompt policies with make_policy
 from zeta_adaptive import Featurizer, make_policy
 from zeta_adaptive.policies import Objective
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from .common import RESULTS
+
 TEXT = (
     "A patient suffers a CVA in the area of the left internal capsule conveying motor neurons to the right leg. "
     "The patient's leg will exhibit A. spastic paralysis. B. flaccid paralysis. C. tremor. D. hyporeflexia. Answer: "
@@ -52,7 +54,7 @@ def main() -> None:
         contextual = getattr(policy, "contextual", False)
         rng = np.random.default_rng(0)
 
-        def cycle(policy: Any = policy, contextual: bool = contextual, rng: np.random.Generator = rng) -> None:
+        def cycle(policy: Any = policy, contextual: bool = contextual, rng: Any = rng) -> None:
             model = (policy.rank(None, x) if contextual else policy.rank()).primary
             policy.update(model, True, 0.1, 1.0 if model == "strong" else 0.0)
             accuracy = float(rng.random() < 0.7)
@@ -70,7 +72,7 @@ def main() -> None:
     lines = [
         "# Contextual routing cost",
         "",
-        "Command: `.venv/bin/python experiments/bench_contextual.py`",
+        "Command: `.venv/bin/python -m experiments.bench_contextual`",
         "",
         "| step | µs | note |",
         "|---|---|---|",

@@ -25,7 +25,7 @@ calls it answered.
 
 Targets (issue 17): added p50 <= 1 ms; throughput with one worker >= 50% of direct; start-up < 2 s.
 
-    .venv/bin/python experiments/bench_gateway.py [--quick] [--out DIR] [--no-diagnose] [--no-litellm] [--litellm-site DIR]
+    .venv/bin/python -m experiments.bench_gateway [--quick] [--out DIR] [--no-diagnose] [--no-litellm] [--litellm-site DIR]
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,10 +45,8 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import interleave, markdown_table, parse_args, write_csv, write_markdown  # noqa: E402
-from mock_backend import MockServer  # noqa: E402
+from .common import ROOT, free_port, interleave, markdown_table, parse_args, write_csv, write_markdown
+from .mock_backend import MockServer
 
 MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
 MAX_TOKENS = 16
@@ -102,12 +99,6 @@ def passthrough_app() -> Any:
 # -- servers ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """A contender's server process on a loopback port; stopped with SIGTERM (its process group)."""
 
@@ -116,7 +107,7 @@ class Server:
     ) -> None:
         self.name, self.port, self.route, self.health = name, port, route, health
         self.base = f"http://127.0.0.1:{port}/v1"
-        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - the server's output, read after it stops
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - the server writes to it for its whole life
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             list(cmd), env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -220,10 +211,10 @@ def start_passthrough(mock_url: str) -> Server:
         sys.executable,
         "-m",
         "uvicorn",
-        "bench_gateway:passthrough_app",
+        "experiments.bench_gateway:passthrough_app",
         "--factory",
         "--app-dir",
-        str(HERE),
+        str(ROOT),
         "--port",
         str(port),
         "--no-access-log",

@@ -9,10 +9,8 @@ with the client) and parses the answer:
 * ``ours static (1 model)``: ``router.chat`` / ``await router.achat`` on a ``static`` route with one
   model; ``ours thompson (3 models)``: on a ``thompson`` route over three models (all three on the
   mock); logging on, into a SQLite file in a temporary folder (rows counted at the end);
-* diagnostics (not targets; ``--no-diagnose`` skips them): the static route with its log rows
-  dropped before the queue (what logging costs the caller), and the static route with a log writer
-  that collects rows for 20 ms before each transaction (a sketch of the suggested change to
-  ``Store._run``, patched into this benchmark process only: the package is unchanged);
+* diagnostic (not a target; ``--no-diagnose`` skips it): the static route with its log rows
+  dropped before the queue (what logging costs the caller);
 * ``LiteLLM Router``: ``Router.completion`` / ``acompletion``, model ``openai/mock`` with
   ``api_base`` = the mock's ``/v1``, a dummy key, one deployment (for ``static``) or a group of three
   (for ``thompson``); ``LITELLM_LOCAL_MODEL_COST_MAP=True``, telemetry, callbacks and message
@@ -25,7 +23,7 @@ median; its spread is the range of the same difference per round.
 Targets (issue 9): our median at most 1.10x direct's, or under 100 µs added; at least 20x less
 added latency than LiteLLM's Router.
 
-    .venv/bin/python experiments/bench_overhead.py [--quick] [--out DIR] [--no-diagnose] [--no-litellm]
+    .venv/bin/python -m experiments.bench_overhead [--quick] [--out DIR] [--no-diagnose] [--no-litellm]
 """
 
 from __future__ import annotations
@@ -46,9 +44,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleave, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
-from mock_backend import MockServer
+from .common import interleave, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
+from .mock_backend import MockServer
 
 MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
 MAX_TOKENS = 16
@@ -58,45 +55,7 @@ TARGET_VS_LITELLM = 20.0
 ROUTES = ("static", "thompson")
 ROUTE_LABEL = {"static": "static, 1 model", "thompson": "thompson, 3 models"}
 NOLOG = "ours static, log rows dropped (diagnostic)"
-BATCHING = "ours static, writer batching 20 ms (sketch)"
-LINGER_S = 0.02
 
-
-def _lingering_run(self: Any) -> None:
-    """Store._run as the suggested change would have it (for the sketch contender only, patched into
-    this process): after the first row, keep collecting for up to LINGER_S (or batch_size rows)
-    before writing, so a quiet router commits ~50 times a second instead of once per call, and the
-    caller's put() rarely has a sleeping writer to wake."""
-    import queue
-
-    from zeta_adaptive.store import _STOP, _Flush
-
-    stop = False
-    while not stop:
-        items = [self._queue.get()]
-        deadline = time.monotonic() + LINGER_S
-        while len(items) < self.batch_size and not (items[-1] is _STOP or isinstance(items[-1], _Flush)):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                items.append(self._queue.get(timeout=left))
-            except queue.Empty:
-                break
-        rows, markers = [], []
-        for item in items:
-            if item is _STOP:
-                stop = True
-            elif isinstance(item, _Flush):
-                markers.append(item)
-            else:
-                rows.append(item)
-        self._deliver(rows)
-        for marker in markers:
-            marker.event.set()
-
-
-# -- loopback guard ------------------------------------------------------------------------------
 
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
 FOREIGN: list[str] = []  # non-loopback connections (or lookups) that were refused
@@ -214,25 +173,14 @@ class Contenders:
         self.litellm = load_litellm() if with_litellm else None
         self.lrouter = litellm_router(self.litellm, base_url) if self.litellm is not None else None
         self.calls = 0  # routed calls made (to check the log afterwards)
-        # diagnostics: the same router with its log rows dropped before the queue, and one whose
-        # writer waits up to LINGER_S to batch rows (a sketch of a fix, patched into this process
-        # only: the package is unchanged)
+        # diagnostic: the same router with its log rows dropped before the queue
         (folder / "nolog").mkdir(parents=True, exist_ok=True)
-        (folder / "batching").mkdir(parents=True, exist_ok=True)
-        self.nolog = self.batching = None
+        self.nolog = None
         if diagnose:
             self.nolog = Router(router_config(base_url, folder / "nolog"))
             self.nolog.store.put_many = lambda items: None  # type: ignore[method-assign]
-            from zeta_adaptive import store as store_module
-
-            shipped = store_module.Store._run
-            store_module.Store._run = _lingering_run  # type: ignore[method-assign]
-            try:
-                self.batching = Router(router_config(base_url, folder / "batching"))
-            finally:
-                store_module.Store._run = shipped  # type: ignore[method-assign]
-        self.routers = [r for r in (self.router, self.nolog, self.batching) if r is not None]
-        self.diagnostics = {NOLOG: self.nolog, BATCHING: self.batching} if diagnose else {}
+        self.routers = [r for r in (self.router, self.nolog) if r is not None]
+        self.diagnostics = {NOLOG: self.nolog} if self.nolog is not None else {}
 
     # sync
     def direct(self) -> str:
@@ -548,8 +496,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"LiteLLM {litellm_version or 'not installed'}: Router, model openai/mock, api_base = the mock, LITELLM_LOCAL_MODEL_COST_MAP=True, telemetry/callbacks/message logging off. "
         f"Connections or name lookups outside loopback refused during the run: {len(FOREIGN)}{' (' + ', '.join(sorted(set(FOREIGN))[:5]) + ')' if FOREIGN else ''}.",
         "Added = contender p50 minus direct httpx p50 over all calls; 'rounds a..b' is the range of the same difference per round.",
-        f"Diagnostics (not targets): '{NOLOG}' is the same router with its log rows dropped before the queue, so 'ours static' minus it is what logging costs the caller; "
-        f"'{BATCHING}' has the store's writer thread patched (in this process only) to collect rows for up to {LINGER_S * 1000:.0f} ms before a transaction: a sketch of the suggested change.",
+        f"Diagnostic (not a target): '{NOLOG}' is the same router with its log rows dropped before the queue, so 'ours static' minus it is what logging costs the caller.",
         "cpu_us = client-process CPU time per call (all threads, the log writer included; the backend's process excluded), median over blocks: "
         "less sensitive than wall time to other load on the machine.",
     ]
@@ -567,7 +514,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_us",
         "added_cpu_us",
     ]
-    from common import markdown_table
+    from .common import markdown_table
 
     write_markdown(
         args.out / "bench_overhead.md",

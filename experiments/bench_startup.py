@@ -17,7 +17,7 @@
 
 LiteLLM's import is the reference.
 
-    .venv/bin/python experiments/bench_startup.py [--quick] [--out DIR] [--baseline-src DIR]
+    .venv/bin/python -m experiments.bench_startup [--quick] [--out DIR] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -34,13 +34,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
+from .common import ROOT, interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
 
 TASKS = ("code", "simple", "reasoning")
 MODELS = ("coder-7b", "general-7b", "reasoner-14b")
 CACHE = Path(tempfile.gettempdir()) / "zeta-bench-cache"
-ROOT = Path(__file__).resolve().parent.parent
 
 IMPORT_SNIPPET = "import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
 IMPORTS = {
@@ -119,14 +117,6 @@ def import_profile(statement: str, top: int = 8) -> list[dict[str, Any]]:
         (r for r in rows if "." not in r["module"]), key=lambda r: -r["cumulative_ms"]
     )  # first import of each package
     return packages[:top]
-
-
-def _head_revision() -> str:
-    from alembic.script import ScriptDirectory
-
-    from zeta_adaptive.store import _alembic_config
-
-    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head() or "none"
 
 
 def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
@@ -285,8 +275,10 @@ def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
 
 def cached_log(attempts: int, seed: int) -> tuple[Path, dict[str, int], bool]:
     """The cached log for this size, seed and schema revision, built when missing; (path, counts, built now)."""
+    from zeta_adaptive.store import head_revision
+
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"log-{attempts}-s{seed}-{_head_revision()}.db"
+    path = CACHE / f"log-{attempts}-s{seed}-{head_revision() or 'none'}.db"
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         return path, json.loads(meta.read_text()), False

@@ -23,7 +23,7 @@ database file / schema; the table gives the median and the range.
 
 Targets (issue 9): >= 50,000 attempts/s into SQLite, >= 20,000/s into PostgreSQL, no row lost.
 
-    .venv/bin/python experiments/bench_store.py [--quick] [--out DIR] [--backends sqlite,postgres]
+    .venv/bin/python -m experiments.bench_store [--quick] [--out DIR] [--backends sqlite,postgres]
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -45,8 +43,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleave, markdown_table, parse_args, write_csv, write_markdown
+from .common import PrivatePostgres, interleave, markdown_table, parse_args, postgres_bindir, write_csv, write_markdown
 
 TARGETS = {"sqlite": 50_000.0, "postgres": 20_000.0}
 TASKS = ("code", "simple", "reasoning")
@@ -131,50 +128,6 @@ def _full(table: str, row: dict[str, Any]) -> dict[str, Any]:
 # -- databases -----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pg_bindir() -> Path | None:
-    found = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
-    )
-    return found[-1].parent if found else None
-
-
-class PrivatePostgres:
-    """A throwaway PostgreSQL server (initdb + pg_ctl, as the postgres user when we are root)."""
-
-    def __init__(self, bindir: Path) -> None:
-        self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="zeta-bench-pg-"))
-        self.data = self.root / "data"
-        self.port = _free_port()
-        self.as_root = os.geteuid() == 0
-        if self.as_root:
-            shutil.chown(self.root, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        opts = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
-        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.data / "log"), "-w", "start")
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, tool: str, *args: str) -> None:
-        cmd = [str(self.bindir / tool), *args]
-        if self.as_root:
-            cmd = ["su", "postgres", "-c", " ".join(f"'{c}'" for c in cmd)]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-
-    def close(self) -> None:
-        try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-        except subprocess.SubprocessError:
-            pass
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
 @contextmanager
 def postgres_server() -> Iterator[tuple[str | None, str]]:
     """(base URL, where it comes from); URL None when no PostgreSQL can be had."""
@@ -182,12 +135,13 @@ def postgres_server() -> Iterator[tuple[str | None, str]]:
     if url:
         yield url, "ZETA_TEST_POSTGRES_URL (a throwaway schema per run)"
         return
-    bindir = _pg_bindir()
+    bindir = postgres_bindir()
     if bindir is None:
         yield None, "no ZETA_TEST_POSTGRES_URL and no /usr/lib/postgresql/*/bin/initdb"
         return
     try:
-        server = PrivatePostgres(bindir)
+        server = PrivatePostgres(bindir, fsync=True)  # default settings: the log's writes are what is measured
+        server.start()
     except (subprocess.SubprocessError, OSError) as exc:
         yield None, f"could not start a private PostgreSQL: {exc}"
         return
@@ -197,7 +151,7 @@ def postgres_server() -> Iterator[tuple[str | None, str]]:
             f"private server {bindir.parent.name} (initdb/pg_ctl, default settings) on 127.0.0.1:{server.port}",
         )
     finally:
-        server.close()
+        server.destroy()
 
 
 class Target:
@@ -274,12 +228,15 @@ def run_store(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: 
 
 def run_naive(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: Path) -> dict[str, Any]:
     """The peer: one transaction per call, in the caller's thread (same tables and INSERT)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
     from zeta_adaptive import Store
-    from zeta_adaptive.store import TABLES, _insert
+    from zeta_adaptive.store import TABLES
 
     store = Store(url, journal_dir=journal)  # creates the schema; its writer stays idle
     engine = store.engine
-    inserts = {name: _insert(engine, table) for name, table in TABLES.items()}
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    inserts = {name: dialect.insert(table).on_conflict_do_nothing() for name, table in TABLES.items()}  # as the store
     try:
         expected_attempts = sum(len(c) - 1 for c in calls)
         gc.collect()

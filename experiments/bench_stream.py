@@ -27,7 +27,7 @@ the report: where the time goes, by file:function.
 
 Target (issue 10): under 100 µs added at the median.
 
-    .venv/bin/python experiments/bench_stream.py [--rounds N] [--quick] [--out DIR] [--profile]
+    .venv/bin/python -m experiments.bench_stream [--rounds N] [--quick] [--out DIR] [--profile]
 
 Outputs: bench_stream.csv (one row per contender), bench_stream_samples.csv (every timed sample),
 bench_stream.md, bench_stream.png, and bench_stream_profile.md when profiled.
@@ -42,19 +42,15 @@ import io
 import json
 import pstats
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from .common import FleetProcess
 
 MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
 MAX_TOKENS = 8
@@ -62,50 +58,6 @@ MODEL = "m"
 TARGET_US = 100.0
 CONTENDERS = ("direct sync", "routed sync", "direct async", "routed async")
 PAIRS = (("sync", "direct sync", "routed sync"), ("async", "direct async", "routed async"))
-
-
-# == child: the backend =============================================================================
-
-
-def fleet_child() -> None:
-    """A one-model Fleet (latency 0, a few tokens); prints its base URL, serves until stdin closes."""
-    from zeta_adaptive.simulate import Fleet, ModelSpec
-
-    spec = ModelSpec(MODEL, latency_s=0.0, latency_sigma=0.0, tokens_out=4)
-    with Fleet([spec], seed=0) as fleet:
-        print(json.dumps({"url": fleet.base_url(MODEL)}), flush=True)
-        sys.stdin.read()
-
-
-class Backend:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--fleet"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the backend process ended (exit code {self.proc.poll()})")
-        self.url: str = json.loads(line)["url"]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> Backend:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 # == the contenders ================================================================================
@@ -236,8 +188,9 @@ class Contenders:
 
 def measure(c: Contenders, rounds: int, warmup: int) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     """Wall-clock TTFT samples and the calling thread's CPU time to the first token, per contender (ns)."""
-    from common import interleave
     from tqdm import tqdm
+
+    from .common import interleave
 
     table = c.table()
     for fn in table.values():  # untimed warm-up: pools, imports, caches, policy batches
@@ -277,7 +230,7 @@ def profile_paths(c: Contenders, n: int) -> dict[str, str]:
                 c.calls += 1
             elif name == "routed async":
 
-                async def routed(prof: cProfile.Profile) -> None:
+                async def routed(prof: cProfile.Profile = prof) -> None:
                     prof.enable()
                     stream = await c.router.achat("simple", MESSAGES, stream=True, max_tokens=MAX_TOKENS)
                     items = aiter(stream)
@@ -286,7 +239,7 @@ def profile_paths(c: Contenders, n: int) -> dict[str, str]:
                     async for _ in items:
                         pass
 
-                c.loop.run_until_complete(routed(prof))
+                c.loop.run_until_complete(routed())
                 c.calls += 1
             elif name == "direct sync":
                 prof.enable()
@@ -300,7 +253,7 @@ def profile_paths(c: Contenders, n: int) -> dict[str, str]:
                         pass
             else:
 
-                async def direct(prof: cProfile.Profile) -> None:
+                async def direct(prof: cProfile.Profile = prof) -> None:
                     prof.enable()
                     async with c.aclient.stream("POST", "chat/completions", json=c.body) as response:
                         lines = response.aiter_lines()
@@ -311,7 +264,7 @@ def profile_paths(c: Contenders, n: int) -> dict[str, str]:
                         async for _ in lines:
                             pass
 
-                c.loop.run_until_complete(direct(prof))
+                c.loop.run_until_complete(direct())
             c.settle()
         for kind, key in (("tottime", "tottime"), ("cumulative", "cumulative")):
             buf = io.StringIO()
@@ -404,7 +357,7 @@ def summarise(
 
 
 def plot(samples: dict[str, list[int]], path: Path) -> None:
-    from common import savefig, setup_matplotlib
+    from .common import savefig, setup_matplotlib
 
     plt = setup_matplotlib()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
@@ -431,7 +384,7 @@ def write_outputs(
     added: list[dict[str, Any]],
     extra: dict[str, Any],
 ) -> None:
-    from common import fmt, markdown_table, write_csv, write_markdown
+    from .common import fmt, markdown_table, write_csv, write_markdown
 
     out = args.out
     write_csv(out / "bench_stream.csv", rows + [{"contender": f"added ({a['mode']})", **a} for a in added])
@@ -515,18 +468,7 @@ def write_outputs(
                 "",
             ]
         parts += [f"Profiled TTFT totals (µs per stream, under cProfile): {extra['profile_totals']}"]
-        if extra.get("suggestion"):
-            parts += ["", extra["suggestion"]]
         sections.append(("Where the time goes", "\n".join(parts)))
-    if extra.get("components"):
-        sections.append(
-            (
-                "Steps the routed path adds, in process (no network)",
-                markdown_table(["step", "us_per_run"], extra["components"])
-                + "\n\nBest of 7 timings (`timeit`) per step: the least disturbed by other load. The router also parses each event "
-                "(`_StreamState.feed`) where a direct client parses it too, so only the difference between the last two rows is added.",
-            )
-        )
     sections.append(("Plot", "![TTFT distributions](bench_stream.png)"))
     notes = [
         "Backend: `simulate.Fleet`, one model, latency_s 0, 4 completion tokens (the first event carries the first delta), "
@@ -551,140 +493,8 @@ def write_outputs(
     )
 
 
-def components(c: Contenders, loops: int, repeats: int = 7) -> list[dict[str, Any]]:
-    """In-process cost of the steps the routed path adds before its request (or around its first
-    event), without the network: the best of ``repeats`` timings of ``loops`` runs, in µs per run
-    (the minimum is the least disturbed by other load on the machine)."""
-    import timeit
-
-    import httpx
-
-    from zeta_adaptive.backends import HttpxBackend, _StreamState
-
-    router = c.router
-    model = router.config.models[MODEL]
-    params = {"max_tokens": MAX_TOKENS}
-    with c.client.stream("POST", "chat/completions", json=c.body) as response:
-        lines = list(response.iter_lines())
-    first = next(line for line in lines if _first_delta(line))  # the event that carries the first delta
-
-    def call_setup() -> None:  # Router._begin_chat: input checks, task lookup, call id, breaker check, policy ranking
-        router._begin_chat("simple", MESSAGES, True, None, params)
-
-    def body_and_timeout() -> None:  # the attempt's body and its per-request httpx.Timeout
-        body = {**HttpxBackend._chat_body(model, MESSAGES, params), "stream": True}
-        httpx.Timeout(10.0, read=10.0)
-        del body
-
-    first_chunk = (first + "\n\n").encode()
-    answer = httpx.Response(200, headers={"content-type": "text/event-stream"})
-
-    def routed_parse() -> (
-        None
-    ):  # the router's event parser (size cap, SSE decoder, JSON depth guard) on the first event
-        state = _StreamState(0.0, 10.0, 10.0, model.response_cap(), 0)
-        state.open(answer, None, "")
-        state.feed(first_chunk)
-
-    def direct_parse() -> None:  # what the direct client does with the same line
-        _first_delta(first)
-
-    policy, route = router.policies["simple"], router.config.routes["simple"]
-
-    def call_id() -> None:  # part of call setup: the call id
-        uuid.uuid4().hex  # noqa: B018
-
-    def rank() -> None:  # part of call setup: the policy's ranking (numpy, even for one model)
-        policy.rank([MODEL])
-
-    def breakers() -> None:  # part of call setup: which models may be tried now
-        router.health.split(route.models)
-
-    async def ready() -> None:
-        return None
-
-    async def with_timeouts(n: int) -> None:
-        for _ in range(n):
-            async with asyncio.timeout(10.0):
-                await ready()
-
-    async def without(n: int) -> None:
-        for _ in range(n):
-            await ready()
-
-    def timeout_cost() -> float:  # astream_chat wraps the request, and then each line read, in asyncio.timeout
-        best = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            c.loop.run_until_complete(with_timeouts(loops))
-            t1 = time.perf_counter()
-            c.loop.run_until_complete(without(loops))
-            t2 = time.perf_counter()
-            best.append(((t1 - t0) - (t2 - t1)) / loops)
-        return 1e6 * min(best)
-
-    steps = [
-        ("call setup: Router._begin (task, call id, breakers, policy rank)", call_setup),
-        ("  of which the call id, uuid.uuid4().hex", call_id),
-        ("  of which the policy ranking (static, 1 model)", rank),
-        ("  of which the breaker check, Health.split", breakers),
-        ("attempt body + per-request httpx.Timeout", body_and_timeout),
-        ("first event: router _StreamState.feed", routed_parse),
-        ("first event: direct json.loads + delta lookup (for comparison)", direct_parse),
-    ]
-    out = []
-    for label, fn in steps:
-        best = min(timeit.repeat(fn, number=loops, repeat=repeats)) / loops
-        out.append({"step": label, "us_per_run": 1e6 * best})
-    out.append(
-        {
-            "step": "async only: one asyncio.timeout around an await (astream_chat: the request, then every line read)",
-            "us_per_run": timeout_cost(),
-        }
-    )
-    return out
-
-
-def suggestion_for(
-    profile_rows: dict[str, list[dict[str, Any]]], comps: list[dict[str, Any]], added: list[dict[str, Any]]
-) -> str:
-    """A reading of the profile and of the step timings: where the added time goes, and a suggested change."""
-    lines = []
-    for mode, rows in profile_rows.items():
-        top = ", ".join(f"`{r['function']}` {r['own_us']:.0f} µs" for r in rows[:4])
-        lines.append(f"- {mode} (cProfile): largest own times {top}.")
-    get = lambda prefix: next((c["us_per_run"] for c in comps if c["step"].lstrip().startswith(prefix)), float("nan"))  # noqa: E731
-    setup, uid, rank, timer = (
-        get("call setup"),
-        get("of which the call id"),
-        get("of which the policy"),
-        get("async only"),
-    )
-    parse = get("first event: router") - get("first event: direct")
-    missed = [a["mode"] for a in added if a["met"] != "met"]
-    lines.append(
-        f"- Both modes: the call setup, `zeta_adaptive/router.py:Router._begin` -> `_Call.__init__`, costs {setup:.0f} µs here, "
-        f"of which {uid:.0f} µs for `uuid.uuid4()` (an `os.urandom` system call) and {rank:.0f} µs for the policy ranking "
-        f"(`policies.py:Policy.rank`, numpy even for a one-model static route); the router's event parser adds {parse:.0f} µs over a direct parse."
-    )
-    lines.append(
-        f"- Async only: `zeta_adaptive/backends.py:HttpxBackend.astream_chat` enters an `asyncio.timeout` ({timer:.0f} µs each here) "
-        "around the request and again around every line it reads, on top of the read timeout httpcore already enforces; "
-        "the direct client pays only httpcore's."
-    )
-    if missed:
-        lines.append(
-            f"- Suggested change (missed: {', '.join(missed)}): in `astream_chat`, pass the per-read bound to httpx "
-            "(`httpx.Timeout(timeout_s, read=first_token_s)`, as `stream_chat` does) and keep one `asyncio.timeout` for the whole "
-            "attempt's hard bound around the request only, checking the attempt's total time between lines with `perf_counter` "
-            "(no timer per line); in `_Call.__init__`, make call ids from a per-process random prefix and a counter "
-            "(unique, sub-microsecond) and let `StaticPolicy` return a cached order for a given eligible set without numpy."
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from common import parse_args
+    from .common import parse_args
 
     args = parse_args(
         __doc__,
@@ -710,8 +520,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.warmup = args.warmup or (10 if args.quick else 200)
     tmp = Path(tempfile.mkdtemp(prefix="zeta-bench-stream-"))
     extra: dict[str, Any] = {}
-    with Backend() as backend:
-        c = Contenders(backend.url, tmp)
+    spec = {"name": MODEL, "latency_s": 0.0, "latency_sigma": 0.0, "tokens_out": 4}
+    with FleetProcess([spec]) as backend:
+        c = Contenders(backend.urls[MODEL], tmp)
         try:
             samples, cpu = measure(c, args.rounds, args.warmup)
             rows, added = summarise(samples, cpu)
@@ -737,9 +548,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 extra["profile_totals"] = ", ".join(f"{k} {v}" for k, v in totals.items())
             c.settle()
             extra["routed_calls"] = c.calls
-            extra["components"] = components(c, 200 if args.quick else 5000)
-            if "profile_rows" in extra:
-                extra["suggestion"] = suggestion_for(extra["profile_rows"], extra["components"], added)
         finally:
             c.close()
     extra["rows"] = {"calls": _count(tmp)}
@@ -760,7 +568,4 @@ def _count(folder: Path) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--fleet"]:
-        fleet_child()
-    else:
-        main()
+    main()

@@ -11,7 +11,7 @@ interleaved, the order rotating each round; the table gives the median batch and
 
 Target (issue 9): routed throughput at least 90% of direct httpx at every concurrency.
 
-    .venv/bin/python experiments/bench_throughput.py [--quick] [--out DIR]
+    .venv/bin/python -m experiments.bench_throughput [--quick] [--out DIR]
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_overhead import FOREIGN, ROUTE_LABEL, ROUTES, Contenders, guard_loopback
-from common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
-from mock_backend import MockServer
+from .bench_overhead import FOREIGN, ROUTE_LABEL, ROUTES, Contenders, guard_loopback
+from .common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
+from .mock_backend import MockServer
 
 CONCURRENCY = (1, 8, 64)
 TARGET_SHARE = 0.90

@@ -1,9 +1,10 @@
-"""Small helpers shared by the experiment scripts: command line, machine description, result files,
-interleaved runs. Generic on purpose (no policy or router code here), so any benchmark can reuse it.
+"""Small helpers shared by the experiments: command line, machine description, result files,
+interleaved runs, a private PostgreSQL server and a simulated fleet in its own process. Generic on
+purpose (no policy or router code here), so any benchmark (and the tests) can reuse it.
 
-Typical use in a script ``experiments/foo.py``::
+Typical use in a module ``experiments/foo.py``, run as ``python -m experiments.foo``::
 
-    from common import parse_args, write_csv, write_markdown, machine, interleave
+    from .common import parse_args, write_csv, write_markdown, machine, interleave
     args = parse_args(__doc__)            # --quick, --out DIR, --seed
     rows = [...]                          # list of dicts
     write_csv(args.out / "foo.csv", rows)
@@ -15,17 +16,26 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
+import json
 import os
 import platform
+import resource
 import shlex
+import shutil
+import socket
+import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+#: the repository root: experiments run from there as ``python -m experiments.NAME``
+ROOT = Path(__file__).resolve().parent.parent
 #: where results go by default: experiments/results next to this file
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = ROOT / "experiments" / "results"
 
 
 def parse_args(
@@ -51,14 +61,14 @@ def parse_args(
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
-    """The command that reproduces this run, relative to the repository root when possible."""
+    """The command that reproduces this run: ``.venv/bin/python -m experiments.NAME ARGS``."""
     script = Path(sys.argv[0]).resolve()
     try:
-        script_txt = str(script.relative_to(Path(__file__).resolve().parent.parent))
+        target = ["-m", ".".join(script.relative_to(ROOT).with_suffix("").parts)]
     except ValueError:
-        script_txt = str(script)
+        target = [str(script)]
     args = list(sys.argv[1:] if argv is None else argv)
-    return shlex.join([".venv/bin/python", script_txt, *args])
+    return shlex.join([".venv/bin/python", *target, *args])
 
 
 def _cpu_model() -> str:
@@ -248,3 +258,246 @@ def setup_matplotlib() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- a private PostgreSQL server ----------------------------------------------------------------------
+
+
+def postgres_bindir() -> Path | None:
+    """The newest PostgreSQL server's binaries (``initdb``, ``pg_ctl``) on this machine, if any."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    return found[-1].parent if found else None
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL server that a run may stop, start and freeze: ``initdb`` + ``pg_ctl`` in a
+    temporary folder on a free loopback port, as the postgres user when we are root. ``fsync=False``
+    (the default) trades the durability nobody needs here for speed; benchmarks of the log keep it."""
+
+    def __init__(self, bindir: Path | None = None, *, fsync: bool = False) -> None:
+        found = bindir or postgres_bindir()
+        if found is None:
+            raise FileNotFoundError("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
+        self.bindir = found
+        self.fsync = fsync
+        self.root = Path(tempfile.mkdtemp(prefix="zeta-pg-"))  # short: the socket lives in it
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self.running = False
+
+    def _run(self, tool: str, *args: str) -> None:
+        cmd = [str(self.bindir / tool), *args]
+        if self.as_root:
+            cmd = ["su", "postgres", "-c", " ".join(f"'{c}'" for c in cmd)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1" + ("" if self.fsync else " -c fsync=off")
+        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.data / "log"), "-w", "start")
+        self.running = True
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self.running = False
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the postmaster and every backend: SIGSTOP freezes the server, SIGCONT thaws it."""
+        pid = self.postmaster_pid()
+        if pid is None:
+            return
+        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+        for p in [pid, *map(int, children.split())]:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+
+    def destroy(self) -> None:
+        """Stop the server if it runs and delete its folder."""
+        if self.running:
+            try:
+                self.stop()
+            except subprocess.SubprocessError:
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PrivatePostgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+# -- the simulated fleet in its own process -----------------------------------------------------------
+
+
+def fleet_worker() -> None:
+    """Child process (``python -m experiments.common --fleet-worker``): obey one JSON command per stdin
+    line, answer one JSON line each on stdout, until EOF or ``close``.
+
+    Commands: {"op": "build", "specs": [...], "seed": s} (a fresh fleet, new ports; answers its URLs),
+    {"op": "update", "changes": [[name, {...}], ...]}, {"op": "requests"}, {"op": "cpu"}, {"op": "close"}.
+    Answers: {"ok": ...} or {"error": "..."}.
+    """
+    from zeta_adaptive.simulate import Fleet, ModelSpec
+
+    out, sys.stdout = sys.stdout, sys.stderr  # nothing else may write on the protocol channel
+    fleet: Fleet | None = None
+    cpu_at_build = 0.0
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def update(changes: list[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
+        assert fleet is not None
+        times = []  # per change: [name, perf_counter before, after] (CLOCK_MONOTONIC: the parent's clock too)
+        for name, change in changes:
+            before = time.perf_counter()
+            for attempt in range(20):  # coming back up re-binds the port: retry briefly if busy
+                try:
+                    fleet.update(name, **change)
+                    break
+                except OSError:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.05)
+            times.append([name, before, time.perf_counter()])
+        return times
+
+    try:
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            try:
+                if cmd["op"] == "build":
+                    if fleet is not None:
+                        fleet.close()
+                    fleet = Fleet([ModelSpec(**s) for s in cmd["specs"]], seed=cmd["seed"]).start()
+                    cpu_at_build = cpu()
+                    answer: dict[str, Any] = {"ok": {n: fleet.base_url(n) for n in fleet.names}}
+                elif cmd["op"] == "update":
+                    answer = {"ok": update(cmd["changes"])}
+                elif cmd["op"] == "cpu":
+                    answer = {"ok": cpu() - cpu_at_build}
+                elif cmd["op"] == "requests":
+                    assert fleet is not None
+                    answer = {"ok": {n: fleet.requests(n) for n in fleet.names}}
+                elif cmd["op"] == "close":
+                    out.write(json.dumps({"ok": True}) + "\n")
+                    out.flush()
+                    break
+                else:
+                    answer = {"error": f"unknown op {cmd['op']!r}"}
+            except Exception as exc:  # report, keep serving
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            out.write(json.dumps(answer) + "\n")
+            out.flush()
+    finally:
+        if fleet is not None:
+            fleet.close()
+
+
+def spawn(module: str, *args: str) -> subprocess.Popen[str]:
+    """A child ``python -m MODULE ARGS`` from the repository root, talking JSON lines over its
+    stdin and stdout (line-buffered text pipes)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+
+
+class FleetProcess:
+    """A simulated Fleet in a child process, so its servers do not share the measured process's CPU
+    and GIL; commands go through a pipe. With ``specs`` the fleet is built at once; without, the child
+    starts (and imports) now and :meth:`build` makes the fleet later."""
+
+    def __init__(self, specs: list[dict[str, Any]] | None = None, seed: int = 0) -> None:
+        self.proc = spawn("experiments.common", "--fleet-worker")
+        self._lock = threading.Lock()
+        self.specs: list[dict[str, Any]] = []
+        self.urls: dict[str, str] = {}
+        if specs is not None:
+            self.build(specs, seed)
+
+    def _ask(self, message: dict[str, Any]) -> Any:
+        with self._lock:
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            self.proc.stdin.write(json.dumps(message) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the fleet process ended (exit code {self.proc.poll()})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"fleet: {answer['error']}")
+        return answer["ok"]
+
+    def build(self, specs: list[dict[str, Any]], seed: int) -> None:
+        """A fresh fleet (new ports, fresh generators) replacing any earlier one: cheaper than a new process."""
+        self.specs = specs
+        self.urls = self._ask({"op": "build", "specs": specs, "seed": seed})
+
+    def update(self, changes: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, float, float]]:
+        """Apply several ``Fleet.update(name, **changes)`` in one round trip; per change, the
+        ``time.perf_counter()`` just before and after it (the child's clock is the same on Linux)."""
+        return [(name, before, after) for name, before, after in self._ask({"op": "update", "changes": changes})]
+
+    def cpu(self) -> float:
+        """CPU seconds the fleet process used since its fleet was built."""
+        return float(self._ask({"op": "cpu"}))
+
+    def requests(self) -> dict[str, int]:
+        return dict(self._ask({"op": "requests"}))
+
+    def model_config(self, **overrides: Any) -> dict[str, dict[str, Any]]:
+        return {name: {"base_url": url, **overrides} for name, url in self.urls.items()}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self._ask({"op": "close"})
+            except (RuntimeError, OSError, ValueError):
+                pass
+            try:
+                self.proc.stdin.close()  # type: ignore[union-attr]
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> FleetProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--fleet-worker"]:
+        fleet_worker()

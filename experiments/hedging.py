@@ -22,7 +22,7 @@ can hedge).
 Extra load: the share of calls that sent a second request (with two models, a hedge: a hang here
 ends in a late answer, not a failure), and attempts per call.
 
-    .venv/bin/python experiments/hedging.py [--calls N] [--rate R] [--seeds S] [--quick] [--out DIR]
+    .venv/bin/python -m experiments.hedging [--calls N] [--rate R] [--seeds S] [--quick] [--out DIR]
 
 ``--calls`` is per configuration and seed; ``--rate`` is for all three configurations together.
 """
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,9 +40,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
-from soak import FleetProcess
+from .common import FleetProcess, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
 
 MSG = [{"role": "user", "content": "Say hello."}]
 CONFIGS = {"off": None, "q=0.90": 0.90, "q=0.95": 0.95}
@@ -68,7 +65,7 @@ async def run_seed(
     out: dict[str, dict[str, Any]] = {}
     try:
         for config, hedge in CONFIGS.items():
-            fleets[config].rebuild([PRIMARY, BACKUP], seed)
+            fleets[config].build([PRIMARY, BACKUP], seed)
             route: dict[str, Any] = {"models": ["primary", "backup"], "policy": "static"}
             if hedge is not None:
                 route["hedge_quantile"] = hedge

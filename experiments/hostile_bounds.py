@@ -7,7 +7,7 @@ is made against the dripping model alone with ``deadline_s = 2``: the table give
 The bomb is asked for sync and async; the table gives the time and the peak resident memory added
 while the call ran (sampled from /proc every millisecond).
 
-    .venv/bin/python experiments/hostile_bounds.py [--out experiments/results]
+    .venv/bin/python -m experiments.hostile_bounds [--out experiments/results]
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any
 
 from zeta_adaptive import AllModelsFailed, Router, StreamBroken
 from zeta_adaptive.simulate import Fleet, ModelSpec
+
+from .common import RESULTS
 
 MSG = [{"role": "user", "content": "Say hello."}]
 DEADLINE_S = 2.0
@@ -70,7 +72,7 @@ def timed(run: Any) -> tuple[float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     specs = [
         ModelSpec("drip", latency_s=0.0, drip_rate=1.0, hang_s=60.0),
@@ -107,7 +109,7 @@ def main() -> None:
     lines = [
         "# Hostile backends: when calls end, what a bomb costs",
         "",
-        f"Reproduce: `.venv/bin/python experiments/hostile_bounds.py`. Deadline {DEADLINE_S:g} s, documented margin {MARGIN_S} s.",
+        f"Reproduce: `.venv/bin/python -m experiments.hostile_bounds`. Deadline {DEADLINE_S:g} s, documented margin {MARGIN_S} s.",
         "",
         "| backend, call | ended after (s) | attempt outcome | peak RSS added (MiB) |",
         "|---|---|---|---|",

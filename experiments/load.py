@@ -2,7 +2,7 @@
 
 Simulated models with request slots (``ModelSpec.slots``: that many requests are served at once,
 the others queue first come first served, as on a GPU server) answer over loopback HTTP from a
-separate process (``soak.FleetProcess``); every request takes ``SERVICE_S`` (lognormal, sigma 0.1)
+separate process (``experiments.common.FleetProcess``); every request takes ``SERVICE_S`` (lognormal, sigma 0.1)
 once it has a slot. Scenarios (rates in calls per second, capacities ``slots / SERVICE_S``):
 
 * ``quarter``: the better model (accuracy 0.90) has a quarter of the other's slots (2 vs 8), and
@@ -18,14 +18,13 @@ accuracy drawn as ``Fleet.sample_accuracy``). Each policy gets a fresh fleet and
 arrive as one Poisson process for ``--seconds`` seconds; the calls of the first 30 % of that time
 (warm-up: the limits and the accuracies are being learned) are left out of the statistics. ``accuracy`` is the mean of the answering models' mean accuracies.
 
-    .venv/bin/python experiments/load.py [--seconds S] [--quick] [--out DIR] [--seed N]
+    .venv/bin/python -m experiments.load [--seconds S] [--quick] [--out DIR] [--seed N]
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,12 +32,19 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, parse_args, percentile, savefig, setup_matplotlib, write_csv, write_markdown
-from soak import FleetProcess
-
 from zeta_adaptive import AllModelsFailed, Router
 from zeta_adaptive.simulate import Fleet, ModelSpec
+
+from .common import (
+    FleetProcess,
+    markdown_table,
+    parse_args,
+    percentile,
+    savefig,
+    setup_matplotlib,
+    write_csv,
+    write_markdown,
+)
 
 SERVICE_S = 0.1
 TASK = "simple"
@@ -73,7 +79,7 @@ def _config(fleet: FleetProcess, specs: list[dict[str, Any]], policy: str, store
 async def _run(scenario: str, policy: str, seconds: float, seed: int, fleet: FleetProcess, tmp: Path) -> dict[str, Any]:
     """One policy on one scenario: open-loop Poisson calls for ``seconds``; the row of statistics."""
     specs, rate, changes = SCENARIOS[scenario]
-    fleet.rebuild(specs, seed)
+    fleet.build(specs, seed)
     truth = Fleet([ModelSpec(**s) for s in specs])  # never started: only its sample_accuracy
     rng = np.random.default_rng(seed)
     calls: list[tuple[str | None, float]] = []  # (answering model, latency) in arrival order

@@ -23,7 +23,7 @@ folder, the recipe of tests/test_outage.py; its parts are skipped when there are
    loopback mock backend in its own process) with ``durability`` batched, journal, and a store that
    discards every row (no log writes), on SQLite; the added microseconds per call.
 
-    .venv/bin/python experiments/log_faults.py [--quick] [--out DIR]
+    .venv/bin/python -m experiments.log_faults [--quick] [--out DIR]
 
 Outputs: log_faults.csv (one row per measured value), log_faults_timeline.csv (each call of the
 freeze experiment), log_faults.md, log_faults.png. ``--quick`` is a smoke run (< 40 s).
@@ -50,22 +50,21 @@ from typing import Any
 import numpy as np
 from sqlalchemy import create_engine, text
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import (  # noqa: E402
+from zeta_adaptive import AllModelsFailed, Router, Store
+
+from .common import (
+    PrivatePostgres,
     markdown_table,
     parse_args,
     percentile,
+    postgres_bindir,
     run_interleaved,
     savefig,
     setup_matplotlib,
     write_csv,
     write_markdown,
 )
-from mock_backend import MockServer  # noqa: E402
-from soak import PrivatePostgres, _pg_bin  # noqa: E402  (the private PostgreSQL recipe, shared)
-
-from zeta_adaptive import AllModelsFailed, Router, Store  # noqa: E402
+from .mock_backend import MockServer
 
 MSG = [{"role": "user", "content": "hi"}]
 KEY = "sk-logfaults-7c1d0e4f9a2b"
@@ -232,17 +231,6 @@ def everything_in(url: str, folder: Path) -> str:
 # -- freezing PostgreSQL ------------------------------------------------------------------------------
 
 
-def freeze(pg: PrivatePostgres, sig: int) -> None:
-    """SIGSTOP / SIGCONT the private server: its postmaster and every backend."""
-    pid = int((pg.data / "postmaster.pid").read_text().split()[0])
-    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()
-    for p in [pid, *map(int, children)]:
-        try:
-            os.kill(p, sig)
-        except ProcessLookupError:
-            pass
-
-
 class Held:
     """A fault held for a while: a frozen PostgreSQL or a write-locked SQLite file; ``release()`` ends it."""
 
@@ -250,7 +238,7 @@ class Held:
         self.pg = pg
         self.conn = None
         if pg is not None:
-            freeze(pg, signal.SIGSTOP)
+            pg.signal(signal.SIGSTOP)
         else:
             self.engine = create_engine(url)
             self.conn = self.engine.connect()
@@ -258,7 +246,7 @@ class Held:
 
     def release(self) -> None:
         if self.pg is not None:
-            freeze(self.pg, signal.SIGCONT)
+            self.pg.signal(signal.SIGCONT)
         else:
             self.conn.rollback()
             self.conn.close()
@@ -393,9 +381,9 @@ def frozen(dbs: Databases, plan: Plan) -> tuple[dict[str, Any], list[dict[str, A
         def hold() -> None:
             time.sleep(max(start + window["from"] - time.monotonic(), 0.0))
             window["from"] = time.monotonic() - start
-            freeze(dbs.pg, signal.SIGSTOP)
+            dbs.pg.signal(signal.SIGSTOP)
             time.sleep(plan.freeze_s)
-            freeze(dbs.pg, signal.SIGCONT)
+            dbs.pg.signal(signal.SIGCONT)
             window["to"] = time.monotonic() - start
 
         holder = threading.Thread(target=hold, daemon=True)
@@ -426,7 +414,7 @@ def frozen(dbs: Databases, plan: Plan) -> tuple[dict[str, Any], list[dict[str, A
         router.close()
         close_s = time.perf_counter() - t0
     finally:
-        freeze(dbs.pg, signal.SIGCONT)
+        dbs.pg.signal(signal.SIGCONT)
         good.close()
     for row in timeline:  # "during": the call or its feedback overlapped the freeze
         row["phase"] = (
@@ -649,8 +637,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(__doc__, argv)
     plan = QUICK if args.quick else FULL
     began = time.monotonic()
-    bindir = _pg_bin()
-    pg = PrivatePostgres(bindir) if bindir is not None and plan.postgres else None
+    pg = PrivatePostgres() if postgres_bindir() is not None and plan.postgres else None
     root = Path(tempfile.mkdtemp(prefix="zeta-logfaults-"))
     csv_rows: list[dict[str, Any]] = []
     results: dict[str, Any] = {"poison": {}, "killed": {}}
@@ -686,7 +673,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         backend.close()
         if pg is not None:
             if pg.running:
-                freeze(pg, signal.SIGCONT)
+                pg.signal(signal.SIGCONT)
             pg.destroy()
     results["cost"] = cost
     write_csv(args.out / "log_faults.csv", csv_rows)

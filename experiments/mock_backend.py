@@ -7,8 +7,8 @@ of the request: the answer is pre-encoded). Run in a separate process it shares 
 client being measured, and it costs the client nothing but the HTTP exchange itself, so every
 microsecond a contender adds shows.
 
-    .venv/bin/python experiments/mock_backend.py [--port 0]          # prints "PORT <n>" when ready
-    .venv/bin/python experiments/mock_backend.py --compare [--calls N]  # this mock vs simulate.Fleet
+    .venv/bin/python -m experiments.mock_backend [--port 0]          # prints "PORT <n>" when ready
+    .venv/bin/python -m experiments.mock_backend --compare [--calls N]  # this mock vs simulate.Fleet
 
 ``--compare`` times a direct keep-alive ``httpx.Client`` POST against this mock and against
 ``zeta_adaptive.simulate.Fleet`` (``latency_s=0``, also in its own process), interleaved, and
@@ -27,10 +27,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import TracebackType
 
-HERE = Path(__file__).resolve().parent
+from .common import ROOT
 
 _CHAT = json.dumps(
     {
@@ -157,11 +156,16 @@ class MockServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> MockServer:
-        args = [sys.executable, str(HERE / "mock_backend.py")] + (["--fleet"] if self.fleet else [])
+        args = [sys.executable, "-m", "experiments.mock_backend"] + (["--fleet"] if self.fleet else [])
         # its own session: where the kernel groups CPU time by session (autogroup), the backend then
         # does not eat into the share of the client being measured
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True
+            args,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

@@ -4,7 +4,7 @@ Issue 8's experiment. A simulated fleet of three chat models (``zeta_adaptive.si
 real loopback HTTP) runs in its own child process, so it shares no GIL with any router. Two
 configurations route the same load against it, one after the other, each on an emptied log:
 
-* ``4x16``: 4 router processes (``python multiprocess.py --worker``), each ``await router.achat``
+* ``4x16``: 4 router processes (``python -m experiments.multiprocess --worker``), each ``await router.achat``
   at concurrency 16 (an ``asyncio.Semaphore``), ``calls / 4`` calls each;
 * ``1x64``: 1 router process at concurrency 64, all the calls.
 
@@ -30,7 +30,7 @@ when run as root), removed afterwards.
 Targets (issue 8): every process demotes the degraded model within 2 refresh intervals of the
 first one; no lost rows.
 
-    .venv/bin/python experiments/multiprocess.py [--calls N] [--quick] [--out DIR] [--refresh S]
+    .venv/bin/python -m experiments.multiprocess [--calls N] [--quick] [--out DIR] [--refresh S]
 
 ``--quick``: ~2,000 calls, a smoke test. Outputs: multiprocess.csv (one row per configuration),
 multiprocess_workers.csv (one row per worker), multiprocess_timeline.csv (per worker and 0.25 s
@@ -42,12 +42,10 @@ phase), multiprocess.md, multiprocess.png.
 from __future__ import annotations
 
 import asyncio
-import glob
 import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,8 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from .common import FleetProcess, PrivatePostgres, postgres_bindir, spawn
 
 MSG = [{"role": "user", "content": "Say hello."}]
 TASK = "simple"
@@ -77,95 +74,6 @@ SAMPLE_S = 0.2  # how often each worker samples router.preferences()
 ROWS_SAMPLE_S = 0.5  # how often the parent counts rows and reads the database CPU
 BIN_S = 0.25  # timeline bins of the plot
 CONFIGS = (("4x16", 4, 16), ("1x64", 1, 64))
-
-
-# == child: the simulated fleet ======================================================================
-
-
-def fleet_child() -> None:
-    """Build the Fleet from the first stdin line, print its URLs, then obey one JSON command per line.
-
-    In: {"specs": [...], "seed": s}; then {"op": "update", "name": n, "changes": {...}},
-    {"op": "rebuild", "specs": [...], "seed": s}, {"op": "requests"} or {"op": "close"}. Out: {"urls": {...}}, then one answer per command.
-    """
-    from zeta_adaptive.simulate import Fleet, ModelSpec
-
-    out, sys.stdout = sys.stdout, sys.stderr  # nothing else may write on the protocol channel
-    setup = json.loads(sys.stdin.readline())
-    fleet = Fleet([ModelSpec(**s) for s in setup["specs"]], seed=setup["seed"]).start()
-    out.write(json.dumps({"urls": {n: fleet.base_url(n) for n in fleet.names}}) + "\n")
-    out.flush()
-    try:
-        for line in sys.stdin:
-            cmd = json.loads(line)
-            if cmd["op"] == "rebuild":  # a fresh fleet (new ports, fresh generators), for the next configuration
-                fleet.close()
-                fleet = Fleet([ModelSpec(**s) for s in cmd["specs"]], seed=cmd["seed"]).start()
-                answer: dict[str, Any] = {"ok": {n: fleet.base_url(n) for n in fleet.names}}
-            elif cmd["op"] == "update":
-                fleet.update(cmd["name"], **cmd["changes"])
-                answer = {"ok": time.time()}
-            elif cmd["op"] == "requests":
-                answer = {"ok": {n: fleet.requests(n) for n in fleet.names}}
-            else:
-                out.write(json.dumps({"ok": True}) + "\n")
-                out.flush()
-                break
-            out.write(json.dumps(answer) + "\n")
-            out.flush()
-    finally:
-        fleet.close()
-
-
-def spawn(mode: str) -> subprocess.Popen:
-    """Start a child of this script (``--fleet`` or ``--worker``); it imports, then waits for its first stdin line."""
-    return subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), mode],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-    )
-
-
-class FleetProcess:
-    """The fleet child, driven through its pipes."""
-
-    def __init__(self) -> None:
-        self.proc = spawn("--fleet")
-        self.urls: dict[str, str] = {}
-
-    def fresh(self, seed: int) -> None:
-        """A fresh fleet with the healthy specs: the first one, or a rebuild of the last one (new ports)."""
-        if not self.urls:
-            self.urls = self._ask({"specs": SPECS, "seed": seed})["urls"]
-        else:
-            self.urls = self._ask({"op": "rebuild", "specs": SPECS, "seed": seed})["ok"]
-
-    def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(message) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the fleet process ended (exit code {self.proc.poll()})")
-        return json.loads(line)
-
-    def update(self, name: str, changes: dict[str, Any]) -> float:
-        """Apply Fleet.update in the child; returns the child's time.time() once it is in force."""
-        return float(self._ask({"op": "update", "name": name, "changes": changes})["ok"])
-
-    def requests(self) -> dict[str, int]:
-        return self._ask({"op": "requests"})["ok"]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self._ask({"op": "close"})
-                self.proc.wait(10)
-            except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
 
 
 # == child: one router process =======================================================================
@@ -308,60 +216,6 @@ async def _worker(job: dict[str, Any], say: Any) -> None:
 
 
 # == the database ===================================================================================
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivatePostgres:
-    """initdb + pg_ctl in a temporary folder on a free loopback port (the recipe of tests/test_outage.py)."""
-
-    def __init__(self, bindir: Path) -> None:
-        self.bindir = bindir
-        self.root = Path(tempfile.gettempdir()) / f"zeta-mp-pg-{os.getpid()}-{time.monotonic_ns()}"
-        self.data = self.root / "data"
-        self.port = _free_port()
-        self.as_root = os.geteuid() == 0
-        self.root.mkdir(parents=True)
-        if self.as_root:
-            shutil.chown(self.root, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-        self.running = False
-
-    def _run(self, tool: str, *args: str) -> None:
-        cmd = [str(self.bindir / tool), *args]
-        if self.as_root:
-            cmd = ["su", "postgres", "-c", " ".join(f"'{c}'" for c in cmd)]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
-        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.data / "log"), "-w", "start")
-        self.running = True
-
-    def postmaster_pid(self) -> int | None:
-        try:
-            return int((self.data / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def destroy(self) -> None:
-        if self.running:
-            try:
-                self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-            except subprocess.SubprocessError:
-                pass
-            self.running = False
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -601,7 +455,7 @@ def run_config(
 
     processes = len(procs)
     reset_log(url, journal)
-    fleet.fresh(args.seed)
+    fleet.build(SPECS, args.seed)  # a fresh fleet per configuration (new ports, fresh generators)
     note("log emptied and migrated, fleet started")
     sampler: RowSampler | None = None
     try:
@@ -666,7 +520,8 @@ def run_config(
             done = sum(progress.values())
             bar.update(done - bar.n)
             if t_degrade is None and done >= args.calls // 2:
-                t_degrade, calls_at_degrade = fleet.update(DEGRADED, DEGRADE), done
+                fleet.update([(DEGRADED, DEGRADE)])
+                t_degrade, calls_at_degrade = time.time(), done  # the degradation is in force
             if all(any("finished" in m for m in ms) for ms in messages):
                 break
             if any(p.poll() is not None for p in procs) or time.monotonic() > end:
@@ -941,7 +796,7 @@ def plot(
 ) -> None:
     """Per configuration: the degraded model's primary share per worker around the degradation and
     over the whole run, and the log write rate with the database CPU."""
-    from common import savefig, setup_matplotlib
+    from .common import savefig, setup_matplotlib
 
     plt = setup_matplotlib()
     fig, axes = plt.subplots(3, len(results), figsize=(6.5 * len(results), 10.5), squeeze=False)
@@ -999,7 +854,7 @@ def plot(
 
 
 def write_outputs(results: list[dict[str, Any]], args: Any, meta: dict[str, Any]) -> list[dict[str, Any]]:
-    from common import fmt, markdown_table, write_csv, write_markdown
+    from .common import fmt, markdown_table, write_csv, write_markdown
 
     summaries, workers, timelines, rows = [], [], [], []
     for res in results:
@@ -1248,7 +1103,7 @@ def write_outputs(results: list[dict[str, Any]], args: Any, meta: dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    from common import parse_args
+    from .common import parse_args
 
     args = parse_args(
         __doc__,
@@ -1299,12 +1154,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         # every child starts (and imports) now, while the database starts; each waits idle for its job
         fleet = FleetProcess()
         for label, n, _ in configs:
-            children[label] = [spawn("--worker") for _ in range(n)]
+            # a router process: it imports, then waits for its first stdin line
+            children[label] = [spawn("experiments.multiprocess", "--worker") for _ in range(n)]
         if env_url:
             url, meta_pg = env_url, "ZETA_TEST_POSTGRES_URL (its tables dropped before each configuration)"
             postmaster = find_postmaster(url)
         else:
-            bindir = _pg_bin()
+            bindir = postgres_bindir()
             if bindir is None:
                 raise SystemExit(
                     "no PostgreSQL: set ZETA_TEST_POSTGRES_URL or install the server (/usr/lib/postgresql/*/bin)"
@@ -1344,9 +1200,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--fleet"]:
-        fleet_child()
-    elif sys.argv[1:2] == ["--worker"]:
+    if sys.argv[1:2] == ["--worker"]:
         worker_child()
     else:
         main()

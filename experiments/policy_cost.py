@@ -21,7 +21,7 @@ rounds, as "name (baseline)". Without MABWiser installed (the ``bench`` extra) i
 out. The machine has 2 cores and other processes may run: compare within a run. BLAS thread
 variables are left as they are.
 
-    .venv/bin/python experiments/policy_cost.py [--quick] [--out DIR] [--baseline FILE]
+    .venv/bin/python -m experiments.policy_cost [--quick] [--out DIR] [--baseline FILE]
 """
 
 from __future__ import annotations
@@ -36,10 +36,9 @@ from types import ModuleType
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
-
 from zeta_adaptive import policies as current_policies
+
+from .common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
 
 PROBS = {
     2: (0.55, 0.70),

@@ -13,20 +13,20 @@ before the end), and the pseudo-regret after the change. Objective(w_latency=0, 
 score is the success rate. The configs of a seed run interleaved, in a rotating order, on the same
 outcomes.
 
-    .venv/bin/python experiments/policy_drift.py [--quick] [--out DIR] [--jobs N]
+    .venv/bin/python -m experiments.policy_drift [--quick] [--out DIR] [--jobs N]
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
+from zeta_adaptive.policies import Objective, make_policy
+
+from .common import (
     JOBS_OPTION,
     interleave,
     parallel_map,
@@ -36,8 +36,6 @@ from common import (
     write_csv,
     write_markdown,
 )
-
-from zeta_adaptive.policies import Objective, make_policy
 
 SCENARIOS = {
     "A: best degrades": ((0.90, 0.70, 0.50), (0.30, 0.70, 0.50)),
@@ -139,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         done = parallel_map(simulate, tasks, args.jobs, bar)
     results: list[dict] = []
     shares: dict[tuple[str, str], np.ndarray] = {}  # (scenario, label) -> (seeds, T) new-best indicator
-    for (_, s, _, _, _), runs in zip(tasks, done):
+    for (_seed, s, _sc_no, _, _), runs in zip(tasks, done):
         for row, lab, is_new in runs:
             results.append(row)
             shares.setdefault((row["scenario"], lab), np.zeros((n_seeds, T)))[s] = is_new

@@ -8,21 +8,21 @@ per step; those K initial pulls count as the first K steps. Every contender of a
 outcomes (common random numbers: arm i's outcome at step t is the same draw for all), and the
 contenders of a seed run interleaved, in a rotating order.
 
-    .venv/bin/python experiments/policy_regret.py [--quick] [--out DIR] [--jobs N]
+    .venv/bin/python -m experiments.policy_regret [--quick] [--out DIR] [--jobs N]
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
+from zeta_adaptive.policies import Objective, make_policy
+
+from .common import (
     JOBS_OPTION,
     interleave,
     parallel_map,
@@ -32,8 +32,6 @@ from common import (
     write_csv,
     write_markdown,
 )
-
-from zeta_adaptive.policies import Objective, make_policy
 
 ARM_SETS = {
     "3 arms": (0.55, 0.60, 0.70),
@@ -201,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _table(rows: list[dict]) -> str:
-    from common import markdown_table
+    from .common import markdown_table
 
     return markdown_table(list(rows[0]), rows)
 

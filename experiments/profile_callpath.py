@@ -10,7 +10,7 @@ threads, the log writers included) is charged to it, counted until its router's 
 Then ``--profile`` more routed calls run under cProfile (this tree only; the calling thread only)
 and the top functions by own and by cumulative time are written out.
 
-    .venv/bin/python experiments/profile_callpath.py [--baseline REV] [--calls N] [--rounds R] [--out DIR]
+    .venv/bin/python -m experiments.profile_callpath [--baseline REV] [--calls N] [--rounds R] [--out DIR]
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mock_backend import MockServer
-
 import zeta_adaptive
+
+from .mock_backend import MockServer
 
 MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
 BODY = {"max_tokens": 16, "model": "mock", "messages": MESSAGES}

@@ -8,24 +8,21 @@ feedback, reward = success x accuracy. Estimator times are the median of ``--rep
 timed as ``Replay.matched`` (the whole replay; the estimate is the mean reward of those rounds),
 median of ``--replay-repeats``. One interval is timed, for scale.
 
-    .venv/bin/python experiments/replay_speed.py [--quick] [--out DIR] [--calls N] [--repeats R] [--replay-repeats R]
+    .venv/bin/python -m experiments.replay_speed [--quick] [--out DIR] [--calls N] [--repeats R] [--replay-repeats R]
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_line, markdown_table, parse_args, write_csv, write_markdown
-
 from zeta_adaptive.policies import POLICIES, Objective, make_policy
 from zeta_adaptive.replay import DM, DR, IPS, SNIPS, Always, Learning, Replay, Uniform, prepare
+
+from .common import machine_line, markdown_table, parse_args, write_csv, write_markdown
 
 MODELS = ("m0", "m1", "m2", "m3", "m4")
 SUCCESS = np.array([0.98, 0.95, 0.9, 0.97, 0.85])

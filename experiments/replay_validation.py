@@ -17,14 +17,13 @@
    (a learning curve averaged over 400 online runs). Shown next to the interval that resamples only
    the matched rounds of one trajectory, which ignores the policy's own randomness.
 
-    .venv/bin/python experiments/replay_validation.py [--quick] [--out DIR] [--calls N] [--online-runs R]
+    .venv/bin/python -m experiments.replay_validation [--quick] [--out DIR] [--calls N] [--online-runs R]
         [--fixed-calls N] [--n-boot B] [--learning-boot B] [--calibration-logs L]
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,9 +31,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
 
 from zeta_adaptive import config as zconfig
 from zeta_adaptive.exceptions import AllModelsFailed
@@ -46,6 +42,8 @@ from zeta_adaptive.policies import (
 from zeta_adaptive.replay import DR, CellMeans, Learning, Replay, Uniform, compare, from_frame, load_logged, prepare
 from zeta_adaptive.router import Router
 from zeta_adaptive.simulate import Fleet, ModelSpec
+
+from .common import markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
 
 OBD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "obd"
 #: OBP 0.5.7 on the BTS sample, uniform target (from the issue)

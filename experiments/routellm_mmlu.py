@@ -15,7 +15,7 @@ regressions on the same features, trained on a held-out half, routing by the pre
 thresholds at the deciles of its scores as RouteLLM does). Metrics as RouteLLM defines them:
 strong-call share, accuracy, PGR, APGR (trapezoid over the share, ends included), CPT(50%), CPT(80%).
 
-    .venv/bin/python experiments/routellm_mmlu.py --orders 10 --router
+    .venv/bin/python -m experiments.routellm_mmlu --orders 10 --router
 
 writes ``experiments/results/routellm_mmlu.{json,md}`` and plots ``routellm_mmlu_*.png``.
 """
@@ -41,8 +41,9 @@ from zeta_adaptive import BudgetPacer, Features, Featurizer, Router
 from zeta_adaptive.policies import Objective, Policy, make_policy
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
+from .common import RESULTS
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm" / "mmlu.csv"
-RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("weak", "strong")
 OBJECTIVE = Objective(w_latency=0.0, w_cost=0.0)
 BUDGETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -470,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     result = {
         "command": " ".join(
-            [".venv/bin/python", "experiments/routellm_mmlu.py", *(argv if argv is not None else sys.argv[1:])]
+            [".venv/bin/python", "-m", "experiments.routellm_mmlu", *(argv if argv is not None else sys.argv[1:])]
         ),
         "questions": len(frame),
         "acc_weak": acc_weak,

@@ -1,12 +1,12 @@
 """Run every benchmark of the project in one go, then write ``experiments/results/SUMMARY.md``.
 
-Each script runs as its own subprocess (a fresh interpreter, so no benchmark inherits another's
+Each benchmark runs as its own subprocess, ``python -m experiments.NAME`` (a fresh interpreter, so no benchmark inherits another's
 imports, threads or heap), with ``--out`` pointing at one results folder (and ``--quick`` passed
 on). Scripts that do not exist (yet) are skipped with a note; a script that fails or runs past
 its time limit is reported and the others still run. ``run_all.json`` records how each ran;
 ``summary.py`` turns every result file into the one summary table.
 
-    .venv/bin/python experiments/run_all.py [--quick] [--out DIR] [--only NAME ...] [--timeout S]
+    .venv/bin/python -m experiments.run_all [--quick] [--out DIR] [--only NAME ...] [--timeout S]
 
 Without ``--out``, full runs write to experiments/results and ``--quick`` runs to a fresh
 temporary folder (a smoke run never overwrites measurements).
@@ -23,24 +23,22 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from common import RESULTS  # noqa: E402
-from summary import write_summary  # noqa: E402
+from .common import RESULTS, ROOT
+from .summary import write_summary
 
 #: every benchmark, in the order they run: ours first, then the other engineers' experiments
 SCRIPTS = (
-    "bench_overhead.py",
-    "bench_throughput.py",
-    "bench_store.py",
-    "bench_startup.py",
-    "bench_gateway.py",
-    "policy_cost.py",
-    "policy_regret.py",
-    "policy_drift.py",
-    "replay_speed.py",
-    "log_faults.py",
-    "load.py",
+    "bench_overhead",
+    "bench_throughput",
+    "bench_store",
+    "bench_startup",
+    "bench_gateway",
+    "policy_cost",
+    "policy_regret",
+    "policy_drift",
+    "replay_speed",
+    "log_faults",
+    "load",
 )
 
 
@@ -58,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (Path(tempfile.mkdtemp(prefix="zeta-bench-quick-")) if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     limit = args.timeout or (300.0 if args.quick else 1200.0)
-    wanted = {n if n.endswith(".py") else n + ".py" for n in args.only} if args.only else None
+    wanted = {n.removesuffix(".py") for n in args.only} if args.only else None
 
     runs = []
     start = time.perf_counter()
@@ -66,16 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in SCRIPTS:
         if wanted is not None and name not in wanted:
             continue
-        path = HERE / name
-        if not path.exists():
+        if not (ROOT / "experiments" / f"{name}.py").exists():
             print(f"== {name}: not found, skipped", flush=True)
             runs.append({"script": name, "status": "missing: skipped", "seconds": None})
             continue
-        cmd = [sys.executable, str(path), "--out", str(out)] + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, "-m", f"experiments.{name}", "--out", str(out)] + (["--quick"] if args.quick else [])
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
         try:
-            code = subprocess.run(cmd, env=env, timeout=limit).returncode
+            code = subprocess.run(cmd, env=env, timeout=limit, cwd=ROOT).returncode
             status = "ok" if code == 0 else f"failed (exit {code})"
         except subprocess.TimeoutExpired:
             status = f"stopped after {limit:.0f} s (time limit)"
@@ -87,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     command = (
         "make bench"
         if not args.quick and args.out is None and args.only is None
-        else " ".join([".venv/bin/python", "experiments/run_all.py", *(argv if argv is not None else sys.argv[1:])])
+        else " ".join([".venv/bin/python", "-m", "experiments.run_all", *(argv if argv is not None else sys.argv[1:])])
     )
     path = write_summary(out, command)
     print(path.read_text(encoding="utf-8"))

@@ -17,7 +17,7 @@ be missing, changed or written twice.
 Targets (issue 5): every call served while at least one model is healthy, zero calls past their
 deadline beyond the documented margin (0.25 s), zero lost or duplicated records.
 
-    .venv/bin/python experiments/soak.py [--calls N] [--concurrency C] [--time-cap S] [--quick] [--out DIR]
+    .venv/bin/python -m experiments.soak [--calls N] [--concurrency C] [--time-cap S] [--quick] [--out DIR]
 
 ``--quick``: ~1,000 calls, SQLite only (no PostgreSQL restart), for the smoke test.
 Outputs: soak.csv (one row per metric), soak_phases.csv (per fault window), soak_calls.csv (one row
@@ -28,17 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import glob
 import itertools
-import json
-import os
 import resource
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections import Counter
@@ -48,8 +41,7 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from .common import FleetProcess, PrivatePostgres, postgres_bindir
 
 MSG = [{"role": "user", "content": "Say hello."}]
 MARGIN_S = 0.25  # the documented deadline margin (README, "Deadlines")
@@ -107,207 +99,6 @@ class Setup:
             "max_cooldown_s": self.s(8.0),
             "when_all_cooling": "wait",
         }
-
-
-# -- the fleet in its own process ---------------------------------------------------------------------
-
-
-def _simulator() -> tuple[Any, Any]:
-    """``Fleet`` and ``ModelSpec`` from zeta_adaptive/simulate.py, loaded on their own when possible:
-    the module needs only the standard library and numpy, and skipping the package's ``__init__``
-    (SQLAlchemy, pandas, ...) makes the fleet process start in a fraction of the time."""
-    import importlib.util
-
-    path = Path(importlib.util.find_spec("zeta_adaptive").origin).parent / "simulate.py"  # type: ignore[arg-type]
-    try:
-        spec = importlib.util.spec_from_file_location("_zeta_simulate", path)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        sys.modules[spec.name] = module  # type: ignore[union-attr]  # dataclasses look their module up
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    except ImportError:  # the simulator grew package-relative imports: import it the usual way
-        from zeta_adaptive import simulate as module
-    return module.Fleet, module.ModelSpec
-
-
-def fleet_worker() -> None:
-    """Child process: build a Fleet from the first stdin line, print its URLs, obey commands until EOF.
-
-    Protocol: one JSON object per line each way. In: {"specs": [...], "seed": s}, then
-    {"op": "update", "changes": [[name, {...}], ...]}, {"op": "rebuild", "specs": [...], "seed": s},
-    {"op": "requests"}, {"op": "cpu"} or {"op": "close"}.
-    Out: {"urls": {...}}, then one answer per command ({"ok": ...} or {"error": "..."}).
-    """
-    Fleet, ModelSpec = _simulator()
-    out = sys.stdout
-    sys.stdout = sys.stderr  # nothing else may write on the protocol channel
-    setup = json.loads(sys.stdin.readline())
-    fleet = Fleet([ModelSpec(**s) for s in setup["specs"]], seed=setup["seed"]).start()
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_at_start = r.ru_utime + r.ru_stime
-    out.write(json.dumps({"urls": {n: fleet.base_url(n) for n in fleet.names}}) + "\n")
-    out.flush()
-    try:
-        for line in sys.stdin:
-            cmd = json.loads(line)
-            try:
-                if cmd["op"] == "update":
-                    times = []  # per change: [name, perf_counter before, after] (CLOCK_MONOTONIC: same clock as the parent)
-                    for name, changes in cmd["changes"]:
-                        before = time.perf_counter()
-                        for attempt in range(20):  # coming back up re-binds the port: retry briefly if busy
-                            try:
-                                fleet.update(name, **changes)
-                                break
-                            except OSError:
-                                if attempt == 19:
-                                    raise
-                                time.sleep(0.05)
-                        times.append([name, before, time.perf_counter()])
-                    answer: dict[str, Any] = {"ok": times}
-                elif cmd["op"] == "rebuild":  # a fresh fleet (new ports, fresh generators) in this process
-                    fleet.close()
-                    fleet = Fleet([ModelSpec(**s) for s in cmd["specs"]], seed=cmd["seed"]).start()
-                    answer = {"ok": {n: fleet.base_url(n) for n in fleet.names}}
-                elif cmd["op"] == "cpu":
-                    r = resource.getrusage(resource.RUSAGE_SELF)
-                    answer = {"ok": r.ru_utime + r.ru_stime - cpu_at_start}
-                elif cmd["op"] == "requests":
-                    answer = {"ok": {n: fleet.requests(n) for n in fleet.names}}
-                elif cmd["op"] == "close":
-                    answer = {"ok": True}
-                    out.write(json.dumps(answer) + "\n")
-                    out.flush()
-                    break
-                else:
-                    answer = {"error": f"unknown op {cmd['op']!r}"}
-            except Exception as exc:  # report, keep serving
-                answer = {"error": f"{type(exc).__name__}: {exc}"}
-            out.write(json.dumps(answer) + "\n")
-            out.flush()
-    finally:
-        fleet.close()
-
-
-class FleetProcess:
-    """A simulated Fleet running in a child process; ``update`` and ``requests`` go through a pipe."""
-
-    def __init__(self, specs: list[dict[str, Any]], seed: int = 0) -> None:
-        self.specs = specs
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--fleet-worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self._lock = threading.Lock()
-        self.urls: dict[str, str] = self._ask({"specs": specs, "seed": seed})["urls"]
-
-    def _ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            assert self.proc.stdin is not None and self.proc.stdout is not None
-            self.proc.stdin.write(json.dumps(message) + "\n")
-            self.proc.stdin.flush()
-            line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the fleet process ended (exit code {self.proc.poll()})")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(f"fleet: {answer['error']}")
-        return answer
-
-    def update(self, changes: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, float, float]]:
-        """Apply several ``Fleet.update(name, **changes)`` in one round trip; per change, the
-        ``time.perf_counter()`` just before and after it (the child's clock is the same on Linux)."""
-        return [tuple(x) for x in self._ask({"op": "update", "changes": changes})["ok"]]  # type: ignore[misc]
-
-    def rebuild(self, specs: list[dict[str, Any]], seed: int) -> None:
-        """Replace the fleet by a fresh one (same process, new ports): cheaper than a new process."""
-        self.specs = specs
-        self.urls = self._ask({"op": "rebuild", "specs": specs, "seed": seed})["ok"]
-
-    def cpu(self) -> float:
-        """CPU seconds the fleet process used since its fleet started."""
-        return float(self._ask({"op": "cpu"})["ok"])
-
-    def requests(self) -> dict[str, int]:
-        return self._ask({"op": "requests"})["ok"]
-
-    def model_config(self, **overrides: Any) -> dict[str, dict[str, Any]]:
-        return {name: {"base_url": url, **overrides} for name, url in self.urls.items()}
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self._ask({"op": "close"})
-            except (RuntimeError, OSError, ValueError):
-                pass
-            try:
-                self.proc.stdin.close()  # type: ignore[union-attr]
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> FleetProcess:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-# -- a private PostgreSQL server (the recipe of tests/test_outage.py) --------------------------------
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivatePostgres:
-    """initdb + pg_ctl in a temporary folder on a free loopback port, as the postgres user when root."""
-
-    def __init__(self, bindir: Path) -> None:
-        self.bindir = bindir
-        self.root = Path(tempfile.gettempdir()) / f"zeta-soak-pg-{os.getpid()}-{time.monotonic_ns()}"
-        self.data = self.root / "data"
-        self.port = _free_port()
-        self.as_root = os.geteuid() == 0
-        self.root.mkdir(parents=True)
-        if self.as_root:
-            shutil.chown(self.root, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-        self.running = False
-
-    def _run(self, tool: str, *args: str) -> None:
-        cmd = [str(self.bindir / tool), *args]
-        if self.as_root:
-            cmd = ["su", "postgres", "-c", " ".join(f"'{c}'" for c in cmd)]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.data / "log"), "-w", "start")
-        self.running = True
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-        self.running = False
-
-    def destroy(self) -> None:
-        if self.running:
-            try:
-                self.stop()
-            except subprocess.SubprocessError:
-                pass
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 # -- the fault schedule ----------------------------------------------------------------------------------
@@ -612,7 +403,10 @@ async def soak(args: Any, tmp: Path, pg: PrivatePostgres | None) -> dict[str, An
         fleet_requests = fleet.requests()
         cpu_fleet = fleet.cpu()
 
-    left_in_journal = sum(p.read_text(encoding="utf-8").count("\n") for p in journal_dir.glob("*.jsonl"))
+    left_in_journal = sum(
+        sum(1 for line in p.read_text(encoding="utf-8").splitlines(keepends=True) if line.endswith("\n"))
+        for p in journal_dir.glob("*.jsonl")
+    )
     db = read_log(url)
     return {
         "n": n,
@@ -884,7 +678,7 @@ COLORS = {
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
-    from common import savefig, setup_matplotlib
+    from .common import savefig, setup_matplotlib
 
     plt = setup_matplotlib()
     calls: Calls = res["calls"]
@@ -937,7 +731,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=7, loc="lower center", ncol=4, markerscale=3, framealpha=0.9)
     ax.grid(alpha=0.3)
     if res["samples"]:
-        t, rows, _, _, worst = map(np.array, zip(*res["samples"]))
+        t, rows, _errors, _written, worst = map(np.array, zip(*res["samples"]))
         ax2.plot(t, rows, color="tab:blue", label="rows waiting in the journal")
         ax2.set_ylabel("journal rows")
         ax3 = ax2.twinx()
@@ -952,7 +746,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
 
 
 def write_outputs(res: dict[str, Any], an: dict[str, Any], args: Any) -> dict[str, Any]:
-    from common import markdown_table, write_csv, write_markdown
+    from .common import markdown_table, write_csv, write_markdown
 
     m = an["metrics"]
     setup: Setup = res["setup"]
@@ -1153,7 +947,7 @@ def write_outputs(res: dict[str, Any], an: dict[str, Any], args: Any) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from common import parse_args
+    from .common import parse_args
 
     args = parse_args(
         __doc__,
@@ -1187,10 +981,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pg = None
     try:
         if args.store == "postgres":
-            bindir = _pg_bin()
-            if bindir is None:
+            if postgres_bindir() is None:
                 raise SystemExit("no PostgreSQL binaries under /usr/lib/postgresql/*/bin: use --store sqlite")
-            pg = PrivatePostgres(bindir)
+            pg = PrivatePostgres()
             pg.start()
         res = asyncio.run(soak(args, tmp, pg))
     finally:
@@ -1204,7 +997,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--fleet-worker"]:
-        fleet_worker()
-    else:
-        main()
+    main()

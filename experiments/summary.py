@@ -11,7 +11,7 @@ another shape contributes only its rows with a met/MISSED verdict in a ``target.
 file is listed as detail. ``run_all.json`` (written by ``run_all.py``), when present, adds how each
 script ran and for how long.
 
-    .venv/bin/python experiments/summary.py [--out DIR]      # DIR defaults to experiments/results
+    .venv/bin/python -m experiments.summary [--out DIR]      # DIR defaults to experiments/results
 """
 
 from __future__ import annotations
@@ -20,11 +20,9 @@ import argparse
 import csv
 import json
 import re
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine_line, markdown_table, now
+from .common import RESULTS, machine_line, markdown_table, now
 
 COLUMNS = ["workload", "ours", "peer", "ratio", "target", "met?"]
 _FIELDS = ("workload", "ours", "peer", "ratio", "target")

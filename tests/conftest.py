@@ -1,13 +1,20 @@
-"""Shared fixtures: a SQLite store URL per test, a clean PostgreSQL database when one is given,
-and the rule that CI (ZETA_REQUIRE_POSTGRES=1) fails when the PostgreSQL tests did not all run."""
+"""Shared fixtures: a SQLite store URL per test, a clean PostgreSQL database when one is given, a
+private PostgreSQL server, and the rule that CI (ZETA_REQUIRE_POSTGRES=1) fails when the PostgreSQL tests did not all run."""
 
 from __future__ import annotations
 
+import ast
+import itertools
 import os
 import tempfile
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+
+from experiments.common import PrivatePostgres, postgres_bindir
 
 # journals of stores opened without a journal_dir go to a throwaway folder, not the user's home
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="zeta-test-state-")
@@ -44,12 +51,55 @@ def pg_url() -> str:
     return PG_URL
 
 
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the test's own, running, that the test may stop, start and freeze."""
+    if postgres_bindir() is None:
+        pytest.skip("no PostgreSQL binaries on this machine")
+    pg = PrivatePostgres()
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.destroy()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_url(request, tmp_path) -> str:
     """Each test that takes it runs on SQLite and on PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'zeta.db'}"
     return request.getfixturevalue("pg_url")
+
+
+def _module_marks(path: Path) -> set[str]:
+    """The marks a test file puts on all its tests (``pytestmark = pytest.mark.X`` or a list), read
+    from its source without importing it."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
+            return {n.attr for n in ast.walk(node.value) if isinstance(n, ast.Attribute) and n.attr != "mark"}
+    return set()
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """A file whose module marks make ``-m`` false whatever marks its tests add (parameters, fixtures)
+    is not even imported: `make test-fast` then skips importing the gateway, notebook and experiment
+    stacks along with their tests."""
+    expr = config.getoption("markexpr")
+    if not expr or not collection_path.name.startswith("test_") or collection_path.suffix != ".py":
+        return None
+    marks = _module_marks(collection_path)
+    try:
+        names = {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)} - marks
+        if not marks or len(names) > 8:
+            return None
+        for added in itertools.product((False, True), repeat=len(names)):  # every mark a test may add
+            present = marks | {name for name, on in zip(sorted(names), added) if on}
+            if eval(expr, {"__builtins__": {}}, defaultdict(bool, dict.fromkeys(present, True))):
+                return None
+    except Exception:  # an expression beyond plain names, and/or/not: let pytest decide per test
+        return None
+    return True
 
 
 def pytest_collection_modifyitems(config, items):

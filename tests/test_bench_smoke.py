@@ -9,29 +9,16 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_experiment
 
-ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ROOT / "experiments"
+from experiments.summary import collect, write_summary
+
+pytestmark = pytest.mark.slow  # runs experiments
+
 SUMMARY_COLUMNS = ["workload", "ours", "peer", "ratio", "target", "met?"]
-
-
-def _run(script: str, out: Path, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(out / "state")}
-    proc = subprocess.run(
-        [sys.executable, str(EXPERIMENTS / script), "--quick", "--out", str(out), *extra],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
 
 
 def _header(path: Path) -> list[str]:
@@ -48,7 +35,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_bench_overhead_quick_writes_its_results(tmp_path):
     pytest.importorskip("litellm")
     pytest.importorskip("matplotlib")
-    _run("bench_overhead.py", tmp_path, "--no-diagnose", timeout=170)
+    run_experiment("bench_overhead", tmp_path, "--no-diagnose", timeout=170)
     for name in ("bench_overhead.csv", "bench_overhead_summary.csv", "bench_overhead.md", "bench_overhead.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     detail = _rows(tmp_path / "bench_overhead.csv")
@@ -69,8 +56,8 @@ def test_bench_overhead_quick_writes_its_results(tmp_path):
 @pytest.mark.timeout(120)
 def test_bench_store_quick_counts_every_row(tmp_path):
     # PostgreSQL only where one is given (CI): starting a private server would double the test's time
-    _run(
-        "bench_store.py",
+    run_experiment(
+        "bench_store",
         tmp_path,
         "--backends",
         "sqlite,postgres" if os.environ.get("ZETA_TEST_POSTGRES_URL") else "sqlite",
@@ -91,18 +78,13 @@ def test_bench_store_quick_counts_every_row(tmp_path):
 
 
 def test_summary_collects_the_headline_rows(tmp_path):
-    """summary.py turns a headline table (ours or another engineer's shape) into SUMMARY.md rows."""
+    """experiments.summary turns a headline table (ours or another engineer's shape) into SUMMARY.md rows."""
     (tmp_path / "a.md").write_text(
         "# A\n\n| workload | ours | peer | ratio (peer / ours, median) | target |\n|---|---|---|---|---|\n"
         "| w1 | 1 µs | 5 µs | 5 | met (>= 3x) |\n| w2 | 2 | 1 | 0.5 | MISSED (>= 3x) |\n\n- note\n"
     )
     (tmp_path / "b.md").write_text("# B\n\n| policy | regret |\n|---|---|\n| x | 1 |\n")
     (tmp_path / "b.csv").write_text("policy,regret\nx,1\n")
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        from summary import collect, write_summary
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
     rows, used, detail = collect(tmp_path)
     assert used == ["a.md"] and "b.md" in detail and "b.csv" in detail
     assert [r["met?"] for r in rows] == ["met", "MISSED"]

@@ -37,6 +37,7 @@ def spend(name: str, budget: float, steps: int = 1500, seed: int = 0) -> tuple[f
 
 @pytest.mark.parametrize("name", LEARNING)
 @pytest.mark.parametrize("budget", [0.2, 0.7])
+@pytest.mark.slow
 def test_mean_cost_tracks_the_budget_with_every_learning_policy(name, budget):
     mean, pacer = spend(name, budget)
     assert mean == pytest.approx(budget, abs=0.05)
@@ -71,6 +72,7 @@ def test_bad_budgets_raise():
     assert load_config(load_config(cfg).to_dict()).routes["x"].budget_per_call == 0.25
 
 
+@pytest.mark.slow
 def test_router_holds_the_budget_and_shows_it_in_preferences(tmp_path):
     config = {
         "store": f"sqlite:///{tmp_path}/x.db",

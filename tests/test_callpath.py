@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from helpers import router_config
 from loopback_http import send_json
 
 from zeta_adaptive import AllModelsFailed, RequestRejected, Router, Store, classify
@@ -116,13 +117,9 @@ def before_first_answer(spans: list[tuple[float, float]]) -> int:
 
 
 def loopback_config(server: Loopback, url: str, models: list[str], **top: Any) -> dict:
-    return {
-        "store": url,
-        "deadline_s": 20.0,  # generous bounds: these tests count requests, and the machine may be loaded
-        "models": {m: {"base_url": server.url, "model": m, "timeout_s": 10.0} for m in models},
-        "routes": {"simple": {"models": models, "policy": "static"}},
-        **top,
-    }
+    # generous bounds: these tests count requests, and the machine may be loaded
+    specs = {m: {"base_url": server.url, "model": m} for m in models}
+    return router_config(url, specs, {"simple": models}, timeout_s=10.0, **{"deadline_s": 20.0, **top})
 
 
 # -- one probe ------------------------------------------------------------------------------------
@@ -148,6 +145,7 @@ def _open_breakers(router: Router, server: Loopback, models: list[str]) -> float
 
 
 @pytest.mark.parametrize("models", [["a"], ["a", "b"]], ids=["single-model route", "every model cooling"])
+@pytest.mark.integration
 def test_fifty_async_calls_send_one_probe_to_a_half_open_model(sqlite_url, models):
     with Loopback() as server:
 
@@ -166,6 +164,7 @@ def test_fifty_async_calls_send_one_probe_to_a_half_open_model(sqlite_url, model
     assert sum(len(server.requests(m, since)) for m in models) == 50
 
 
+@pytest.mark.integration
 def test_twenty_threads_send_one_probe_to_a_half_open_model(sqlite_url):
     with Loopback() as server, Router(loopback_config(server, sqlite_url, ["a"], **PROBE_TOP)) as router:
         since = _open_breakers(router, server, ["a"])
@@ -177,6 +176,7 @@ def test_twenty_threads_send_one_probe_to_a_half_open_model(sqlite_url):
     assert len(spans) == 20 and before_first_answer(spans) == 1
 
 
+@pytest.mark.integration
 def test_calls_that_find_the_probe_out_take_the_next_model(sqlite_url):
     with Loopback() as server:
         cfg = loopback_config(server, sqlite_url, ["a", "b"], **PROBE_TOP)
@@ -198,6 +198,7 @@ def test_calls_that_find_the_probe_out_take_the_next_model(sqlite_url):
 # -- the router's own saturation ---------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_calls_beyond_max_in_flight_wait_for_a_slot_and_never_blame_the_model(sqlite_url):
     """40 async calls on one model with max_in_flight=4 answering in 0.25 s: ten rounds, at least
     2.5 s in all, beyond the attempt timeout of 2 s; waiting for a slot is not part of it."""
@@ -220,6 +221,7 @@ def test_calls_beyond_max_in_flight_wait_for_a_slot_and_never_blame_the_model(sq
     assert state["breaker"] == CLOSED and state["in_flight"] == 0
 
 
+@pytest.mark.integration
 def test_threads_beyond_max_in_flight_wait_for_a_slot(sqlite_url):
     with Loopback() as server:
         server.behaviour["a"] = answer(delay=0.2)
@@ -232,6 +234,7 @@ def test_threads_beyond_max_in_flight_wait_for_a_slot(sqlite_url):
     assert len(server.requests("a")) == 12 and server.peak["a"] == 2
 
 
+@pytest.mark.integration
 def test_a_call_that_cannot_get_a_slot_before_its_deadline_fails_without_an_attempt(sqlite_url):
     with Loopback() as server:
         server.behaviour["a"] = answer(delay=1.5)
@@ -285,6 +288,7 @@ def failure_rate(url: str, max_attempts: int | None, n: int = 1000) -> float:
     return asyncio.run(main()) / n
 
 
+@pytest.mark.slow
 def test_retries_bring_two_half_failing_models_under_eight_percent(tmp_path):
     without = failure_rate(f"sqlite:///{tmp_path / 'once.db'}", max_attempts=1)
     default = failure_rate(f"sqlite:///{tmp_path / 'retry.db'}", max_attempts=None)  # the default budget, 4

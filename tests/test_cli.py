@@ -68,6 +68,8 @@ def _fleet_toml(path: Path, ports: list[int], store: str) -> Path:
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.slow
+@pytest.mark.integration
 def test_fleet_serves_a_config_on_its_ports_until_stopped(tmp_path, stop):
     ports = _free_ports(2)
     config = _fleet_toml(tmp_path / "fleet.toml", ports, f"sqlite:///{tmp_path / 'example.db'}")
@@ -112,6 +114,7 @@ def test_fleet_refuses_a_busy_port_and_remote_urls(tmp_path):
     _one_line_error(_run("fleet", "--config", str(remote)), "models.coder-7b.base_url", "loopback only")
 
 
+@pytest.mark.integration
 def test_fleet_fixed_ports_bind_again_after_close():
     from zeta_adaptive.simulate import Fleet, ModelSpec
 
@@ -388,6 +391,7 @@ def test_replay_target_random_is_the_configs_name_and_uniform_an_alias(tmp_path)
     _one_line_error(unknown, "unknown policy 'rnd'; choose from ['random'")
 
 
+@pytest.mark.slow
 def test_learning_estimates_lie_inside_their_printed_interval(tmp_path):
     """On a log this small one replay can land outside its own bootstrap interval (seed 3 does, for
     Thompson's replay estimate): the interval is then withheld and said to be, never printed around

@@ -27,7 +27,12 @@ if os.environ.get("ZETA_COMPAT") != "1":
 if importlib.util.find_spec("litellm") is None or importlib.util.find_spec("fastapi") is None:
     pytest.skip("the compat extra (litellm[proxy]) is not installed", allow_module_level=True)
 
-pytestmark = [pytest.mark.compat, pytest.mark.timeout(400)]
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.timeout(400),
+    pytest.mark.slow,
+    pytest.mark.integration,
+]  # a LiteLLM proxy process
 
 MSG = [{"role": "user", "content": "hi there"}]
 #: the most the proxy may take to start on a loaded machine

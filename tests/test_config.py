@@ -597,6 +597,7 @@ def config_dicts(draw):
     phases=[Phase.explicit, Phase.generate],  # no shrinking: keeps a failing run fast; see the minimal tests below
 )
 @given(config_dicts())
+@pytest.mark.slow
 def test_round_trip(data):
     with mock.patch.dict(os.environ, {"OPENAI_API_KEY": "k", "VLLM_KEY": "k", "K": "k"}):  # keys must be set
         _check_round_trip(data)

@@ -53,6 +53,7 @@ def trained(seed: int = 0) -> tuple[LinearThompsonPolicy, object]:
     return policy, f(prompt("alpha", 99))
 
 
+@pytest.mark.slow
 def test_logged_propensity_is_the_exact_probability_of_the_primary():
     """If each logged propensity is P(primary | draws), then E[1{primary = m} / propensity] = 1 for every m
     the policy can choose, and the frequency of m matches the Gaussian posterior's probability."""
@@ -137,6 +138,7 @@ def config(tmp_path, store: str | None = None, **route) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_router_routes_per_prompt_with_delayed_feedback_and_logs_only_hashed_features(tmp_path):
     with fake_router(config(tmp_path)) as router:
         policy = router.policies["qa"]
@@ -175,6 +177,7 @@ def test_feedback_after_the_context_was_evicted_reads_the_logged_features(tmp_pa
         assert after[i] > before[i] + 0.05
 
 
+@pytest.mark.slow
 def test_warm_start_refits_the_linear_model_from_logged_features(store_url, tmp_path):
     cfg = config(tmp_path, store=store_url)
     with fake_router(cfg) as live:
@@ -209,6 +212,7 @@ def test_contextual_options_are_validated():
     assert isinstance(make_policy("lin_ucb", ["a"], alpha=0.5), LinUCBPolicy)
 
 
+@pytest.mark.integration
 def test_linear_thompson_routes_end_to_end_over_the_loopback_fleet(tmp_path):
     from zeta_adaptive.simulate import Fleet, ModelSpec
 

@@ -30,6 +30,7 @@ def topic_prompt(rng: np.random.Generator) -> tuple[str, str]:
     return topic, f"{topic} question number {rng.integers(1000)} about {topic} things"
 
 
+@pytest.mark.slow
 def test_ips_snips_and_dr_recover_the_value_of_a_frozen_target_from_a_log():
     rng = np.random.default_rng(0)
     target = make_policy("linear_thompson", ["a", "b"], OBJ, seed=1, feature_bits=8, explore=1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from zeta_adaptive.analysis import Log, load_log, model_summary
@@ -10,6 +11,8 @@ from zeta_adaptive.cli import main
 from zeta_adaptive.demo import DEGRADED_MODEL, run_demo
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_demo_routes_logs_and_reports(tmp_path):
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     report = run_demo(calls=400, store=url, seed=3, concurrency=8, progress=False)
@@ -24,6 +27,8 @@ def test_demo_routes_logs_and_reports(tmp_path):
     assert (degraded["outcome"] != "ok").any()  # the degradation happened and was logged
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_cli_demo(tmp_path):
     url = f"sqlite:///{tmp_path / 'cli-demo.db'}"
     result = CliRunner().invoke(main, ["demo", "--calls", "120", "--db", url, "--seed", "1"])
@@ -52,6 +57,8 @@ def test_model_summary_on_a_hand_built_log():
     assert model_summary(Log(calls.iloc[:0], attempts.iloc[:0], feedback.iloc[:0])).empty
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_second_demo_starts_a_fresh_log(tmp_path):
     url = f"sqlite:///{tmp_path / 'twice.db'}"
     run_demo(calls=40, store=url, seed=1, concurrency=4, progress=False)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
+from experiments import routellm_mmlu
 
-import routellm_mmlu  # noqa: E402
+pytestmark = pytest.mark.slow  # runs experiments
 
 
 @pytest.mark.skipif(not routellm_mmlu.DATA.exists(), reason="the RouteLLM data is not shipped here")

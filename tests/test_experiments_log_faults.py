@@ -5,14 +5,11 @@ mode loses no answered call. No timing is asserted: a quick run is a smoke test,
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import run_experiment
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # runs experiments
 
 
 def _value(rows: list[dict[str, str]], part: str, metric: str, scenario: str = "") -> str:
@@ -27,16 +24,7 @@ def _value(rows: list[dict[str, str]], part: str, metric: str, scenario: str = "
 
 @pytest.mark.timeout(300)  # generous: on a shared, loaded machine one import of the library can take seconds
 def test_log_faults_quick_writes_its_outputs_and_loses_nothing(tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(tmp_path / "state")}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "log_faults.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, f"log_faults.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    run_experiment("log_faults", tmp_path, timeout=280)
     for name in ("log_faults.csv", "log_faults.md", "log_faults.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     with open(tmp_path / "log_faults.csv", newline="", encoding="utf-8") as fh:

@@ -5,24 +5,19 @@ not tests)."""
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import run_experiments_side_by_side
 
 pytest.importorskip("mabwiser")
 pytest.importorskip("matplotlib")
 
 # about 15 s on an idle 2-core machine; the margin is for a loaded one (pytest-timeout covers the
 # module fixture's setup, which runs all three scripts)
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]  # runs experiments
 DEADLINE_S = 380
 
-ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ROOT / "experiments"
 SCRIPTS = ("policy_regret", "policy_drift", "policy_cost")
 OURS = {"static", "random", "epsilon_greedy", "ucb1", "kl_ucb", "thompson"}
 
@@ -30,32 +25,8 @@ OURS = {"static", "random", "epsilon_greedy", "ucb1", "kl_ucb", "thompson"}
 @pytest.fixture(scope="module")
 def quick_runs(tmp_path_factory) -> dict[str, Path]:
     """Run the three --quick scripts in parallel, each into its own temporary results directory."""
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    procs, outs = {}, {}
-    for name in SCRIPTS:
-        out = tmp_path_factory.mktemp(name)
-        outs[name] = out
-        procs[name] = subprocess.Popen(
-            [sys.executable, str(EXPERIMENTS / f"{name}.py"), "--quick", "--out", str(out)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    failures = []
-    deadline = time.monotonic() + DEADLINE_S
-    for name, proc in procs.items():
-        try:
-            output, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
-            failures.append(f"{name}: timed out\n{output[-2000:]}")
-            continue
-        if proc.returncode != 0:
-            failures.append(f"{name}: exit {proc.returncode}\n{output[-4000:]}")
-    assert not failures, "\n\n".join(failures)
+    outs = {name: tmp_path_factory.mktemp(name) for name in SCRIPTS}
+    run_experiments_side_by_side(outs, timeout=DEADLINE_S)
     return outs
 
 

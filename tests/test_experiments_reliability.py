@@ -5,40 +5,19 @@ duplicated record. No timing is asserted: the quick runs are smoke tests, not me
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_experiments_side_by_side
 
-ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ROOT / "experiments"
+pytestmark = pytest.mark.slow  # runs experiments
 
 
 @pytest.fixture(scope="module")
 def quick_runs(tmp_path_factory) -> dict[str, Path]:
     """Both scripts in quick mode, side by side (they are independent), each into its own folder."""
-    outs = {script: tmp_path_factory.mktemp(script.removesuffix(".py")) for script in ("soak.py", "hedging.py")}
-    procs = {
-        script: subprocess.Popen(
-            [sys.executable, str(EXPERIMENTS / script), "--quick", "--out", str(out)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for script, out in outs.items()
-    }
-    failures = []
-    for script, proc in procs.items():
-        try:
-            stdout, stderr = proc.communicate(timeout=110)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate()
-        if proc.returncode != 0:
-            failures.append(f"{script} exited with {proc.returncode}:\n{stdout[-2000:]}\n{stderr[-4000:]}")
-    assert not failures, "\n\n".join(failures)
+    outs = {name: tmp_path_factory.mktemp(name) for name in ("soak", "hedging")}
+    run_experiments_side_by_side(outs, timeout=110)
     return outs
 
 
@@ -54,7 +33,7 @@ def _nonempty(out: Path, names: list[str]) -> None:
 
 
 def test_soak_quick_writes_its_outputs_and_loses_no_record(quick_runs):
-    tmp_path = quick_runs["soak.py"]
+    tmp_path = quick_runs["soak"]
     _nonempty(tmp_path, ["soak.csv", "soak.md", "soak.png", "soak_phases.csv", "soak_calls.csv", "soak_timeline.csv"])
     metrics = {row["metric"]: row["value"] for row in _rows(tmp_path / "soak.csv")}
     completed = int(metrics["calls_completed"])
@@ -76,7 +55,7 @@ def test_soak_quick_writes_its_outputs_and_loses_no_record(quick_runs):
 
 
 def test_hedging_quick_writes_its_outputs(quick_runs):
-    tmp_path = quick_runs["hedging.py"]
+    tmp_path = quick_runs["hedging"]
     _nonempty(tmp_path, ["hedging.csv", "hedging.md", "hedging.png", "hedging_runs.csv"])
     rows = _rows(tmp_path / "hedging.csv")
     assert [row["config"] for row in rows] == ["off", "q=0.90", "q=0.95"]

@@ -10,29 +10,16 @@ in a temporary folder); without either it is skipped.
 from __future__ import annotations
 
 import csv
-import glob
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_experiment
 
-ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = ROOT / "experiments"
+from experiments.common import postgres_bindir
 
-
-def _run(script: str, out: Path, *extra: str, timeout: float = 110) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(EXPERIMENTS / script), "--quick", "--out", str(out), *extra],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout
+pytestmark = pytest.mark.slow  # runs experiments
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -50,7 +37,7 @@ def _columns(path: Path, wanted: set[str]) -> list[dict[str, str]]:
 
 
 def test_bench_stream_quick_writes_its_outputs(tmp_path):
-    _run("bench_stream.py", tmp_path)
+    run_experiment("bench_stream", tmp_path)
     rows = _columns(
         tmp_path / "bench_stream.csv",
         {"contender", "samples", "median_us", "p99_us", "cpu_median_us", "added_median_us", "added_p99_us", "met"},
@@ -73,7 +60,7 @@ def test_bench_stream_quick_writes_its_outputs(tmp_path):
 
 
 def _postgres_available() -> bool:
-    return bool(os.environ.get("ZETA_TEST_POSTGRES_URL")) or bool(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return bool(os.environ.get("ZETA_TEST_POSTGRES_URL")) or postgres_bindir() is not None
 
 
 @pytest.mark.postgres
@@ -82,7 +69,7 @@ def _postgres_available() -> bool:
 )
 def test_multiprocess_quick_writes_its_outputs_and_loses_no_row(tmp_path):
     # fewer calls than --quick's 2,000: the two configurations then fit the suite's time budget on a small machine
-    _run("multiprocess.py", tmp_path, "--calls", "300", timeout=115)
+    run_experiment("multiprocess", tmp_path, "--calls", "300", timeout=115)
     summary = _columns(
         tmp_path / "multiprocess.csv",
         {

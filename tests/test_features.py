@@ -22,6 +22,7 @@ def dense(f: Featurizer, x: Features) -> dict[str, float]:
     return dict(zip(DENSE_NAMES, x.dense(f.size)[f.hashed :], strict=True))
 
 
+@pytest.mark.slow
 def test_features_are_the_same_in_another_process_with_another_hash_seed():
     f = Featurizer(bits=10)
     here = f([{"role": "user", "content": PROMPT}]).to_json()

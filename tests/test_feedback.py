@@ -214,6 +214,7 @@ def test_feedback_given_by_previous_router_is_not_repeated(tmp_path):
     assert [r[3] for r in feedback_rows(tmp_path)] == [0.4]
 
 
+@pytest.mark.slow
 def test_duplicate_feedback_across_two_live_routers(tmp_path):
     """Two workers share one log. Feedback for a call reached the other worker first; the worker
     that made the call must not accept (and learn) a second accuracy the log will never hold."""

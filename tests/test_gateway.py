@@ -33,6 +33,8 @@ from zeta_adaptive.config import Config, ConfigError, KeyLimits, ServerConfig  #
 from zeta_adaptive.gateway import create_app, load_keys  # noqa: E402
 from zeta_adaptive.simulate import Fleet, ModelSpec  # noqa: E402
 
+pytestmark = pytest.mark.integration  # the gateway served over loopback, or in its own processes
+
 HELLO = [{"role": "user", "content": "Say hello."}]
 KEYS_ENV = "ZETA_TEST_GATEWAY_KEYS"
 SECRET_A, SECRET_B = "sk-test-alpha-0123456789", "sk-test-beta-9876543210"

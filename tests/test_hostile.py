@@ -23,12 +23,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import helpers
 import pytest
 
 from zeta_adaptive import AllModelsFailed, Router, StreamBroken
 from zeta_adaptive.backends import HttpxBackend, Outcome, Reply
 from zeta_adaptive.config import ModelConfig
 from zeta_adaptive.simulate import Fleet, ModelSpec
+
+pytestmark = pytest.mark.integration  # hostile servers on loopback
 
 MSG = [{"role": "user", "content": "hi"}]
 MARGIN_S = 0.25  # the documented bound on how far past its deadline a call may end
@@ -308,12 +311,9 @@ def backend_at(handler: Handler, **options: Any) -> Iterator[tuple[HttpxBackend,
 def router_config(
     tmp_path, urls: dict[str, str], deadline_s: float, timeout_s: float, **model_options: Any
 ) -> dict[str, Any]:
-    return {
-        "store": f"sqlite:///{tmp_path / 'zeta.db'}",
-        "deadline_s": deadline_s,
-        "models": {name: {"base_url": url, "timeout_s": timeout_s, **model_options} for name, url in urls.items()},
-        "routes": {"simple": {"models": list(urls), "policy": "static"}},
-    }
+    models = {name: {"base_url": url, **model_options} for name, url in urls.items()}
+    store = f"sqlite:///{tmp_path / 'zeta.db'}"
+    return helpers.router_config(store, models, {"simple": list(urls)}, timeout_s=timeout_s, deadline_s=deadline_s)
 
 
 def logged(tmp_path) -> list[tuple[str, str, int | None]]:

@@ -18,6 +18,10 @@ def _ids(n: int) -> list[str]:
     return [new_call_id() for _ in range(n)]
 
 
+def _ids_of_process(n: int) -> tuple[int, list[str]]:
+    return os.getpid(), _ids(n)
+
+
 def test_format_and_embedded_time():
     before = time.time_ns() // 1_000_000
     call_id = new_call_id()
@@ -49,23 +53,31 @@ def test_unique_across_threads():
 
 
 @pytest.mark.parametrize("method", ["spawn", "fork"])
+@pytest.mark.slow
 def test_unique_across_processes(method):
     """Worker processes (fresh interpreters, or forks of this one after it made ids) never collide
-    with each other or with the parent, and each has its own prefix."""
+    with each other or with the parent, and each has its own prefix. A loaded machine may hand two
+    chunks to one worker, so prefixes are counted per process that made ids, not per chunk."""
     parent_before = _ids(1_000)  # a fork inherits the module state as it is now
     ctx = mp.get_context(method)
     with ctx.Pool(4) as pool:
-        result = pool.map_async(_ids, [PER_WORKER] * 4)
+        result = pool.map_async(_ids_of_process, [PER_WORKER] * 4)
         parent_after = _ids(PER_WORKER)
-        chunks = result.get(timeout=60)
+        made = result.get(timeout=60)
+    chunks = [chunk for _, chunk in made]
     every = parent_before + parent_after + [i for chunk in chunks for i in chunk]
     assert len(set(every)) == len(every) == 1_000 + 5 * PER_WORKER
-    prefixes = {i[12:24] for i in every}
-    assert len(prefixes) == 5
+    prefixes: dict[int, set[str]] = {}
+    for pid, chunk in made:
+        prefixes.setdefault(pid, set()).update(i[12:24] for i in chunk)
+    assert all(len(p) == 1 for p in prefixes.values())  # one prefix per process
+    assert len({i[12:24] for i in parent_before + parent_after}) == 1
+    assert len({i[12:24] for i in every}) == 1 + len(prefixes)  # the parent's and each worker's, all different
     for chunk in chunks:
         assert chunk == sorted(chunk)
 
 
+@pytest.mark.slow
 def test_a_forked_child_reseeds():
     parent_prefix = new_call_id()[12:24]
     read, write = os.pipe()

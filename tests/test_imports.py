@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test imports the package in a fresh interpreter
+
 HEAVY = ("pandas", "matplotlib", "scipy", "jsonschema", "alembic", "tqdm", "sqlalchemy", "numpy", "httpx")
 
 

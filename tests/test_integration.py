@@ -11,6 +11,8 @@ import pytest
 from zeta_adaptive import AllModelsFailed, Router, Store
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
+pytestmark = pytest.mark.integration  # the simulated fleet on loopback
+
 MSG = [{"role": "user", "content": "hello"}]
 MARGIN_S = 0.25  # documented bound on how far a call may outlive its deadline
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from helpers import run_experiment
 from test_callpath import Loopback, answer, loopback_config
 
 from zeta_adaptive import Outcome, Reply, Router
@@ -28,6 +26,8 @@ from zeta_adaptive.exceptions import ConfigError
 from zeta_adaptive.health import Health
 from zeta_adaptive.limits import LoadConfig
 from zeta_adaptive.simulate import Fleet, ModelSpec
+
+pytestmark = pytest.mark.integration  # servers with slots on loopback
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -216,15 +216,7 @@ def test_slots_queue_requests_and_change_during_a_run() -> None:
 
 def test_the_load_experiment_runs_and_writes_its_files(tmp_path) -> None:
     """Smoke run (about 20 s: twelve one-second runs): every scenario and policy gives a row. No timing is asserted."""
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run(
-        [sys.executable, str(root / "experiments" / "load.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=root,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_experiment("load", tmp_path, timeout=300)
     with open(tmp_path / "load.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert {(r["scenario"], r["policy"]) for r in rows} == {

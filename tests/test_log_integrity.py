@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -18,12 +17,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers import NO_BREAKER, router_config
 from loopback_http import send_json
 from sqlalchemy import create_engine, text
-from test_outage import private_pg  # noqa: F401  (the fixture: a PostgreSQL server of the test's own)
 
 from zeta_adaptive import AllModelsFailed, ConfigError, FeedbackError, Router, Store, StoreError
 from zeta_adaptive.feedback import FeedbackBook
+
+pytestmark = pytest.mark.integration  # loopback servers, frozen and killed processes
 
 TESTS = Path(__file__).parent
 MSG = [{"role": "user", "content": "hi"}]
@@ -77,14 +78,7 @@ def servers():
 
 
 def config(store: str, tmp_path: Path, models: dict[str, str], routes: dict[str, list[str]], **extra) -> dict:
-    return {
-        "store": store,
-        "journal_dir": str(tmp_path / "journal"),
-        "models": {name: {"base_url": url, "timeout_s": 5.0} for name, url in models.items()},
-        "routes": {task: {"models": names, "policy": "static"} for task, names in routes.items()},
-        "breaker": {"consecutive_failures": 1000, "min_calls": 1000},
-        **extra,
-    }
+    return router_config(store, models, routes, tmp_path=tmp_path, breaker=NO_BREAKER, **extra)
 
 
 def counts(url: str) -> dict[str, int]:
@@ -230,7 +224,7 @@ def test_two_routers_rating_one_call_at_once_exactly_one_wins(store_url, tmp_pat
         for call_id in ids:
             barrier = threading.Barrier(2)
 
-            def rate(router, who, barrier, call_id):
+            def rate(router, who, barrier=barrier, call_id=call_id):
                 barrier.wait()
                 try:
                     router.feedback(call_id, 1.0)
@@ -238,10 +232,7 @@ def test_two_routers_rating_one_call_at_once_exactly_one_wins(store_url, tmp_pat
                 except FeedbackError:
                     pass
 
-            threads = [
-                threading.Thread(target=rate, args=(r, w, barrier, call_id))
-                for r, w in ((maker, "maker"), (other, "other"))
-            ]
+            threads = [threading.Thread(target=rate, args=(r, w)) for r, w in ((maker, "maker"), (other, "other"))]
             for t in threads:
                 t.start()
             for t in threads:
@@ -294,25 +285,10 @@ def test_a_call_older_than_the_window_is_rated_from_the_log(sqlite_url, tmp_path
 # -- a hung store --------------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def freeze(pg, sig: int) -> None:
-    """SIGSTOP / SIGCONT the private server: its postmaster and every backend."""
-    pid = int((pg.data / "postmaster.pid").read_text().split()[0])
-    for p in [pid, *_children(pid)]:
-        try:
-            os.kill(p, sig)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.fixture
-def frozen_pg(private_pg):  # noqa: F811 - the fixture imported from test_outage
+def frozen_pg(private_pg):
     yield private_pg
-    freeze(private_pg, signal.SIGCONT)  # whatever the test did, the server can be stopped
+    private_pg.signal(signal.SIGCONT)  # whatever the test did, the server can be stopped
 
 
 @pytest.mark.postgres
@@ -323,7 +299,7 @@ def test_a_frozen_postgres_delays_neither_calls_nor_feedback(frozen_pg, tmp_path
         for _ in range(20):
             router.feedback(router.chat("simple", MSG).call_id, 0.5)
         assert router.flush(30)
-        freeze(frozen_pg, signal.SIGSTOP)
+        frozen_pg.signal(signal.SIGSTOP)
         worst = 0.0
         until = time.monotonic() + 4.0
         n = 0
@@ -338,17 +314,17 @@ def test_a_frozen_postgres_delays_neither_calls_nor_feedback(frozen_pg, tmp_path
         assert router.flush(10) and router.store.journal.rows > 0
         with pytest.raises(StoreError):  # a call the router does not know must be looked up: refused, bounded
             router.feedback("0" * 32, 0.5)
-        freeze(frozen_pg, signal.SIGCONT)
+        frozen_pg.signal(signal.SIGCONT)
     got = counts(frozen_pg.url)
     assert got["calls"] == 20 + n and got["feedback"] == 20 + n
 
 
 @pytest.mark.postgres
-def test_a_router_starts_while_postgres_is_down_or_frozen_and_catches_up(private_pg, tmp_path, servers):  # noqa: F811
+def test_a_router_starts_while_postgres_is_down_or_frozen_and_catches_up(private_pg, tmp_path, servers):
     good = servers(lambda body: (200, ok()))
     cfg = config(private_pg.url, tmp_path, {"m": good.url}, {"simple": ["m"]}, store_timeout_s=1.0)
     Router(cfg).close()  # schema in place
-    freeze(private_pg, signal.SIGSTOP)
+    private_pg.signal(signal.SIGSTOP)
     try:
         t0 = time.monotonic()
         router = Router(cfg)
@@ -356,7 +332,7 @@ def test_a_router_starts_while_postgres_is_down_or_frozen_and_catches_up(private
         for _ in range(10):
             router.feedback(router.chat("simple", MSG).call_id, 1.0)
     finally:
-        freeze(private_pg, signal.SIGCONT)
+        private_pg.signal(signal.SIGCONT)
     deadline = time.monotonic() + 20
     while not router.warm and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -437,8 +413,8 @@ def test_sigkill_during_a_freeze_loses_at_most_the_journal_bound(frozen_pg, tmp_
     cfg = config(frozen_pg.url, tmp_path, {"m": good.url}, {"simple": ["m"]}, store_timeout_s=1.0)
 
     def hold():
-        freeze(frozen_pg, signal.SIGSTOP)
-        return lambda: freeze(frozen_pg, signal.SIGCONT)
+        frozen_pg.signal(signal.SIGSTOP)
+        return lambda: frozen_pg.signal(signal.SIGCONT)
 
     _assert_loss_bounded(cfg, tmp_path, hold)
 

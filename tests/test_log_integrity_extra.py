@@ -23,6 +23,7 @@ def backend():
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.integration
 def test_a_lone_surrogate_in_a_message_is_refused_as_invalid_and_logs_nothing(mode, tmp_path, backend):
     store = f"sqlite:///{tmp_path / 'log.db'}"
     cfg = {

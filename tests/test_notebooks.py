@@ -13,6 +13,8 @@ from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # executes the notebooks
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 PNG = b"\x89PNG\r\n\x1a\n"
 

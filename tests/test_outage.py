@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +14,8 @@ from sqlalchemy import create_engine, text
 from zeta_adaptive import Router, Store
 from zeta_adaptive.simulate import Fleet, ModelSpec
 from zeta_adaptive.store import metadata
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a store going away under router processes
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -94,66 +92,6 @@ def test_a_journal_left_by_a_dead_process_is_replayed_at_next_open(sqlite_url, t
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM calls")).scalar_one() == 30
     engine.dispose()
-
-
-# -- a private PostgreSQL server that the test may stop and start ------------------------------------
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivatePostgres:
-    """initdb + pg_ctl in a temporary folder on a free loopback port, run as the postgres user if we are root."""
-
-    def __init__(self, bindir: Path, root: Path) -> None:
-        self.bindir = bindir
-        self.data = root / "data"
-        self.port = _free_port()
-        self.as_root = os.geteuid() == 0
-        root.mkdir(parents=True, exist_ok=True)
-        if self.as_root:
-            shutil.chown(root, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, tool: str, *args: str) -> None:
-        cmd = [str(self.bindir / tool), *args]
-        if self.as_root:
-            cmd = ["su", "postgres", "-c", " ".join(f"'{c}'" for c in cmd)]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.data / "log"), "-w", "start")
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-
-@pytest.fixture
-def private_pg(tmp_path_factory):
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("no PostgreSQL binaries on this machine")
-    root = Path("/tmp") / f"zeta-pg-{os.getpid()}-{time.monotonic_ns()}"
-    pg = PrivatePostgres(bindir, root)
-    pg.start()
-    try:
-        yield pg
-    finally:
-        try:
-            pg.stop()
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.postgres

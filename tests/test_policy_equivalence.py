@@ -152,6 +152,7 @@ def _clear_gaps(values: np.ndarray, order: np.ndarray, idx: np.ndarray, gap: flo
     c=st.sampled_from([0.0, 3.0]),
     seed=st.integers(0, 1000),
 )
+@pytest.mark.slow
 def test_kl_ucb_ranks_as_bisection_on_the_same_statistics(k, history, discount, c, seed):
     """Same order as a 60-step bisection whenever the indices are not within 1e-8 of each other
     (the old 16-step bisection was exact to 2**-16 only); equal statistics tie in configured order."""
@@ -220,6 +221,7 @@ def test_kl_bound_matches_bisection_to_1e9_on_corners(p):
 
 @settings(max_examples=300, deadline=None, database=None)
 @given(p=st.floats(0.0, 1.0), log_budget=st.floats(-12.0, 6.0))
+@pytest.mark.slow
 def test_kl_bound_matches_bisection_to_1e6(p, log_budget):
     budget = 10.0**log_budget
     want = float(bisection_bound(np.array([p]), np.array([budget]))[0])
@@ -283,6 +285,7 @@ class BatchReference(ThompsonPolicy):
 
 
 @pytest.mark.parametrize("w_latency", [0.0, 0.1])
+@pytest.mark.slow
 def test_thompson_decisions_and_propensities_are_unchanged(w_latency):
     models = [f"m{i}" for i in range(4)]
     objective = Objective(w_latency=w_latency)

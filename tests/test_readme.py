@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # runs the README's commands
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RUNNABLE = {"sh": "sh", "shell": "sh", "bash": "sh", "console": "sh", "python": "python", "py": "python"}

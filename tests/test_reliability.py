@@ -190,6 +190,7 @@ def test_429_falls_back_when_the_deadline_cannot_wait(sqlite_url):
 # -- over loopback HTTP --------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_hedged_request_wins_over_a_hanging_primary(sqlite_url):
     specs = [
         ModelSpec("primary", latency_s=0.01, latency_sigma=0.1),
@@ -219,6 +220,7 @@ def test_hedged_request_wins_over_a_hanging_primary(sqlite_url):
     assert set(logged[logged["call_id"] == result.call_id]["outcome"]) == {"ok", "cancelled"}
 
 
+@pytest.mark.integration
 def test_a_saturated_model_is_skipped(sqlite_url):
     specs = [ModelSpec("small", latency_s=0.3, latency_sigma=0.0), ModelSpec("spare", latency_s=0.01)]
     with Fleet(specs) as fleet:
@@ -251,6 +253,7 @@ def test_a_rejected_request_teaches_nothing_about_the_model(sqlite_url):
         assert again.policies["simple"].n.sum() == 0
 
 
+@pytest.mark.slow
 def test_a_timeout_cut_short_by_the_deadline_does_not_extend_the_cooldown(sqlite_url):
     script: dict[str, list[Step | str]] = {"a": ["error", "error", Step(latency_s=0.4)]}
     with _router(sqlite_url, script, breaker={"cooldown_s": 0.3, "max_cooldown_s": 5.0}) as router:

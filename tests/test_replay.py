@@ -132,6 +132,7 @@ def test_task_types_get_their_own_models_and_traffic_weights():
         IPS().estimate(data, Always("a"))
 
 
+@pytest.mark.slow
 def test_replay_of_a_learning_policy_matches_its_own_choices():
     rng = np.random.default_rng(1)
     n, models = 1500, ["a", "b", "c"]
@@ -227,6 +228,7 @@ def _log(case, n=4000):
 
 @PROPERTIES
 @given(bandit())
+@pytest.mark.slow
 def test_ips_is_unbiased_within_sampling_error(case):
     data, models = _log(case)
     pi, mu, q = case["pi"], case["mu"], case["q"]
@@ -242,6 +244,7 @@ def test_ips_is_unbiased_within_sampling_error(case):
     st.lists(st.tuples(st.integers(0, 3), st.floats(-10, 10), st.floats(0.01, 1.0)), min_size=1, max_size=60),
     st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4).filter(lambda w: sum(w) > 0.01),
 )
+@pytest.mark.slow
 def test_snips_stays_within_the_reward_range(rows, weights):
     actions, rewards, p = zip(*rows)
     models = ["m0", "m1", "m2", "m3"]
@@ -258,6 +261,7 @@ def test_snips_stays_within_the_reward_range(rows, weights):
 
 @PROPERTIES
 @given(bandit())
+@pytest.mark.slow
 def test_the_logging_policy_reproduces_the_on_policy_mean(case):
     data, models = _log(case, n=500)
     logging = Distribution(dict(zip(models, case["mu"])))
@@ -406,6 +410,7 @@ def test_load_logged_defines_rewards_from_the_primary_attempt(small_log):
 
 
 @pytest.mark.skipif(not OBD.exists(), reason="the Open Bandit Dataset sample is not in ../shared/data/obd")
+@pytest.mark.slow
 def test_open_bandit_dataset_uniform_policy_from_bts_logs():
     def load(policy):
         raw = pd.read_csv(OBD / policy / "all" / "all.csv", index_col=0)
@@ -461,6 +466,8 @@ def _drive(fleet: Fleet, url: str, policy: str, calls: int, seed: int) -> float:
     return float(load_logged(url).reward.mean())
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_offline_intervals_cover_online_runs_on_the_simulated_fleet(tmp_path):
     """Random-policy logs on a loopback fleet; thompson and static offline vs online.
 
@@ -496,6 +503,7 @@ def test_offline_intervals_cover_online_runs_on_the_simulated_fleet(tmp_path):
 # -- command line -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_on_the_router_log(small_log, tmp_path):
     out = tmp_path / "db.csv"
     args = [

@@ -267,6 +267,7 @@ def test_attempt_timeout_is_bounded_by_remaining_deadline(tmp_path):
     assert called(fake) == ["a"]
 
 
+@pytest.mark.slow
 def test_deadline_stops_early_real_time(tmp_path):
     cfg = make_config(tmp_path, deadline_s=0.25)
     slow_failure = [Step("error", latency_s=0.15)]
@@ -295,6 +296,7 @@ def test_per_call_deadline_overrides_config(tmp_path):
     assert len(info.value.attempts) == 1
 
 
+@pytest.mark.slow
 def test_deadline_stops_early_with_scripted_latencies(tmp_path):
     """Three models that each time out at 0.25 s cannot all be tried within a 0.375 s deadline: the
     fleet spends 0.25 s on `a`, the remaining 0.125 s on `b`, and the call stops."""
@@ -607,6 +609,7 @@ def test_async_all_failed(tmp_path):
 
 
 @pytest.mark.parametrize("discount", [None, 0.9])
+@pytest.mark.slow
 def test_warm_start_restores_policy_statistics(tmp_path, discount):
     cfg = make_config(tmp_path)
     if discount is not None:

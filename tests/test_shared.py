@@ -16,6 +16,8 @@ from zeta_adaptive import Router, Store
 from zeta_adaptive.cli import main
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # router processes sharing one log
+
 MSG = [{"role": "user", "content": "hi"}]
 
 WORKER = textwrap.dedent(

@@ -56,6 +56,7 @@ def embed(client: httpx.Client, fleet: Fleet, name: str, texts: str | list[str])
     return client.post(f"{fleet.base_url(name)}/embeddings", json={"model": name, "input": texts})
 
 
+@pytest.mark.integration
 def test_chat_success_has_openai_shape_and_usage(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0, tokens_out=12))
     response = chat(client, fleet, "m")
@@ -76,6 +77,7 @@ def test_chat_success_has_openai_shape_and_usage(make_fleet: MakeFleet, client: 
     assert capped["choices"][0]["finish_reason"] == "length"
 
 
+@pytest.mark.integration
 def test_task_header_is_echoed_in_the_answer(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0))
     url = f"{fleet.base_url('m')}/chat/completions"
@@ -83,6 +85,7 @@ def test_task_header_is_echoed_in_the_answer(make_fleet: MakeFleet, client: http
     assert "[code]" in body["choices"][0]["message"]["content"]
 
 
+@pytest.mark.integration
 def test_embeddings_are_deterministic_unit_vectors(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("e", kind="embedding", dim=16, latency_s=0.0))
     body = embed(client, fleet, "e", ["alpha", "beta"]).json()
@@ -95,6 +98,7 @@ def test_embeddings_are_deterministic_unit_vectors(make_fleet: MakeFleet, client
     assert body["usage"]["prompt_tokens"] >= 1
 
 
+@pytest.mark.integration
 def test_invalid_requests_get_4xx(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0), ModelSpec("e", kind="embedding", latency_s=0.0))
     assert embed(client, fleet, "m", "text").status_code == 400
@@ -106,6 +110,7 @@ def test_invalid_requests_get_4xx(make_fleet: MakeFleet, client: httpx.Client) -
     assert client.get(f"{url}/nowhere").status_code == 404
 
 
+@pytest.mark.integration
 def test_models_endpoint_lists_the_model(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m"))
     body = client.get(f"{fleet.base_url('m')}/models").json()
@@ -113,6 +118,7 @@ def test_models_endpoint_lists_the_model(make_fleet: MakeFleet, client: httpx.Cl
     assert [model["id"] for model in body["data"]] == ["m"]
 
 
+@pytest.mark.integration
 def test_error_rate_one_gives_500_with_json_error(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", error_rate=1.0))
     response = chat(client, fleet, "m")
@@ -120,6 +126,7 @@ def test_error_rate_one_gives_500_with_json_error(make_fleet: MakeFleet, client:
     assert "error" in response.json()
 
 
+@pytest.mark.integration
 def test_rate_limit_gives_429_with_retry_after(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", rate_limit_rate=1.0, retry_after_s=2.5))
     response = chat(client, fleet, "m")
@@ -127,6 +134,7 @@ def test_rate_limit_gives_429_with_retry_after(make_fleet: MakeFleet, client: ht
     assert float(response.headers["Retry-After"]) == 2.5
 
 
+@pytest.mark.integration
 def test_malformed_answer_is_not_json(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0, malformed_rate=1.0))
     response = chat(client, fleet, "m")
@@ -135,6 +143,7 @@ def test_malformed_answer_is_not_json(make_fleet: MakeFleet, client: httpx.Clien
         json.loads(response.content)
 
 
+@pytest.mark.integration
 def test_empty_answer_has_no_choices(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0, empty_rate=1.0))
     response = chat(client, fleet, "m")
@@ -142,6 +151,7 @@ def test_empty_answer_has_no_choices(make_fleet: MakeFleet, client: httpx.Client
     assert response.json()["choices"] == []
 
 
+@pytest.mark.integration
 def test_hang_times_out_and_close_does_not_wait_for_it(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", hang_rate=1.0, hang_s=5.0))
     with pytest.raises(httpx.ReadTimeout):
@@ -152,6 +162,7 @@ def test_hang_times_out_and_close_does_not_wait_for_it(make_fleet: MakeFleet, cl
     fleet.close()
 
 
+@pytest.mark.integration
 def test_down_refuses_connections_and_up_serves_on_the_same_url(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0))
     url = fleet.base_url("m")
@@ -164,6 +175,7 @@ def test_down_refuses_connections_and_up_serves_on_the_same_url(make_fleet: Make
     assert client.get(f"{url}/models").status_code == 200
 
 
+@pytest.mark.integration
 def test_down_at_start_reserves_a_port(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0, down=True))
     with pytest.raises(httpx.ConnectError):
@@ -172,6 +184,7 @@ def test_down_at_start_reserves_a_port(make_fleet: MakeFleet, client: httpx.Clie
     assert chat(client, fleet, "m").status_code == 200
 
 
+@pytest.mark.integration
 def test_update_changes_behaviour_at_run_time(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0))
     assert chat(client, fleet, "m").status_code == 200
@@ -190,12 +203,14 @@ def test_update_changes_behaviour_at_run_time(make_fleet: MakeFleet, client: htt
         fleet.update("missing", error_rate=0.5)
 
 
+@pytest.mark.integration
 def test_spec_returns_a_copy(make_fleet: MakeFleet) -> None:
     fleet = make_fleet(ModelSpec("m", accuracy={"code": 0.9}))
     fleet.spec("m").accuracy["code"] = 0.1
     assert fleet.spec("m").accuracy == {"code": 0.9}
 
 
+@pytest.mark.integration
 def test_requests_are_counted(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("a", latency_s=0.0), ModelSpec("b", latency_s=0.0, error_rate=1.0))
     for _ in range(3):
@@ -205,6 +220,7 @@ def test_requests_are_counted(make_fleet: MakeFleet, client: httpx.Client) -> No
     assert fleet.requests("b") == 1
 
 
+@pytest.mark.integration
 def test_same_seed_gives_same_faults(make_fleet: MakeFleet, client: httpx.Client) -> None:
     def statuses(fleet: Fleet) -> list[int]:
         return [chat(client, fleet, "m").status_code for _ in range(20)]
@@ -225,6 +241,7 @@ def stream_lines(client: httpx.Client, fleet: Fleet, name: str, timeout: float =
         return [line for line in response.iter_lines() if line]
 
 
+@pytest.mark.integration
 def test_stream_sends_sse_chunks_then_done(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0, chunk_delay_s=0.001))
     lines = stream_lines(client, fleet, "m", stream_options={"include_usage": True})
@@ -243,12 +260,14 @@ def test_stream_sends_sse_chunks_then_done(make_fleet: MakeFleet, client: httpx.
     assert unasked and all("usage" not in chunk for chunk in unasked)
 
 
+@pytest.mark.integration
 def test_broken_stream_is_cut_before_done(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0, break_stream_rate=1.0))
     with pytest.raises(httpx.RemoteProtocolError):
         stream_lines(client, fleet, "m")
 
 
+@pytest.mark.integration
 def test_stalled_stream_times_out(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0, stall_first_token_rate=1.0, hang_s=5.0))
     with pytest.raises(httpx.ReadTimeout):
@@ -258,6 +277,7 @@ def test_stalled_stream_times_out(make_fleet: MakeFleet, client: httpx.Client) -
     assert time.perf_counter() - started < 1.0
 
 
+@pytest.mark.integration
 def test_sample_accuracy_matches_the_spec_means() -> None:
     fleet = Fleet([ModelSpec("m", accuracy={"code": 0.85, "simple": 0.3}, default_accuracy=0.6)], seed=3)
     for task, mean in (("code", 0.85), ("simple", 0.3), ("other", 0.6)):
@@ -268,6 +288,7 @@ def test_sample_accuracy_matches_the_spec_means() -> None:
     assert seeded[0] == seeded[1]
 
 
+@pytest.mark.integration
 def test_fleet_config_has_models_and_default_routes(make_fleet: MakeFleet) -> None:
     fleet = make_fleet(
         ModelSpec("e", kind="embedding", dim=4),
@@ -290,6 +311,7 @@ def test_fleet_config_has_models_and_default_routes(make_fleet: MakeFleet) -> No
         fleet.fleet_config(routes={"code": ["missing"]})
 
 
+@pytest.mark.integration
 def test_example_fleet_serves_its_routes(client: httpx.Client) -> None:
     with example_fleet() as fleet:
         config = fleet.fleet_config(routes=example_routes())
@@ -299,6 +321,7 @@ def test_example_fleet_serves_its_routes(client: httpx.Client) -> None:
         assert len(embed(client, fleet, "embed-4b", "x").json()["data"][0]["embedding"]) == 8
 
 
+@pytest.mark.integration
 def test_latency_roughly_matches_the_median(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("slow", latency_s=0.05, latency_sigma=0.0), ModelSpec("fast", latency_s=0.0))
 
@@ -313,6 +336,7 @@ def test_latency_roughly_matches_the_median(make_fleet: MakeFleet, client: httpx
     assert fast < 0.02
 
 
+@pytest.mark.integration
 def test_model_spec_rejects_bad_values() -> None:
     with pytest.raises(ValueError):
         ModelSpec("m", kind="vision")
@@ -327,6 +351,7 @@ def test_model_spec_rejects_bad_values() -> None:
 # -- strict like real servers (issue 14) ---------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_unknown_model_name_gets_openai_404(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0))
     response = chat(client, fleet, "m", model="gpt-9")
@@ -336,6 +361,7 @@ def test_unknown_model_name_gets_openai_404(make_fleet: MakeFleet, client: httpx
     assert client.post(url, json={"messages": CHAT}).status_code == 200  # no model: the served one, as vLLM does
 
 
+@pytest.mark.integration
 def test_a_configured_key_is_required(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0, api_key="sk-sim"))
     url = f"{fleet.base_url('m')}/chat/completions"
@@ -351,6 +377,7 @@ def test_a_configured_key_is_required(make_fleet: MakeFleet, client: httpx.Clien
     )
 
 
+@pytest.mark.integration
 def test_prompt_beyond_the_context_window_gets_vllm_400(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0, context_window=100))
     long = [{"role": "user", "content": "x" * 400}]  # 100 + 4 tokens
@@ -365,6 +392,7 @@ def test_prompt_beyond_the_context_window_gets_vllm_400(make_fleet: MakeFleet, c
     assert chat(client, fleet, "m", messages=[{"role": "user", "content": "x" * 300}], max_tokens=20).status_code == 200
 
 
+@pytest.mark.integration
 def test_n_and_stop_are_honoured(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0, tokens_out=12))
     body = chat(client, fleet, "m", n=3, stop=["careful"]).json()
@@ -375,6 +403,7 @@ def test_n_and_stop_are_honoured(make_fleet: MakeFleet, client: httpx.Client) ->
     assert chat(client, fleet, "m", stop=[1]).status_code == 400
 
 
+@pytest.mark.integration
 def test_streams_can_carry_an_error_event(make_fleet: MakeFleet, client: httpx.Client) -> None:
     fleet = make_fleet(ModelSpec("m", latency_s=0.0, stream_error_rate=1.0))
     lines = stream_lines(client, fleet, "m")
@@ -384,6 +413,7 @@ def test_streams_can_carry_an_error_event(make_fleet: MakeFleet, client: httpx.C
     assert len(lines) == 2 + 2  # two content chunks, then the error event and [DONE]
 
 
+@pytest.mark.integration
 def test_hostile_faults_drip_and_gzip_bomb_are_bounded_by_the_router(make_fleet: MakeFleet, tmp_path) -> None:
     from zeta_adaptive import Router
 
@@ -405,6 +435,7 @@ def test_hostile_faults_drip_and_gzip_bomb_are_bounded_by_the_router(make_fleet:
         assert attempts[0].latency_s < 0.5 + 0.25
 
 
+@pytest.mark.integration
 def test_a_fleet_key_must_be_configured_and_sent(make_fleet: MakeFleet, tmp_path, monkeypatch) -> None:
     from zeta_adaptive import AllModelsFailed, ConfigError, Router
     from zeta_adaptive.simulate import api_key_env
@@ -427,6 +458,7 @@ def test_a_fleet_key_must_be_configured_and_sent(make_fleet: MakeFleet, tmp_path
     assert "sk-wrong" not in str(info.value)
 
 
+@pytest.mark.integration
 def test_config_fleet_serves_each_model_under_the_name_the_router_sends(tmp_path) -> None:
     import socket
 
@@ -499,6 +531,7 @@ def _carried(fleet: Fleet, transports: dict[str, FleetTransport] | None) -> list
 
 
 @pytest.mark.parametrize("step, plain, streamed", FATES, ids=[str(f[0]) for f in FATES])
+@pytest.mark.integration
 def test_a_scripted_answer_ends_alike_over_loopback_and_in_process(step: Any, plain: str, streamed: str) -> None:
     """One spec, its answers carried by the loopback server and by the in-process transport: the
     backend's real parsing sees the same outcome, status and text either way."""

@@ -65,6 +65,7 @@ def test_migrations_create_the_tables_once(store_url):
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_rows_written_in_batches_from_many_threads(store_url):
     store = Store(store_url, batch_size=500)
     n_threads, per_thread = 4, 750

@@ -32,6 +32,7 @@ def _attempts(url: str, call_id: str):
         store.close()
 
 
+@pytest.mark.integration
 def test_stream_deltas_concatenate_to_the_answer(sqlite_url):
     with Fleet([ModelSpec("a", latency_s=0.005, tokens_out=12)]) as fleet:
         with Router(_cfg(fleet, sqlite_url, ["a"])) as router:
@@ -46,6 +47,7 @@ def test_stream_deltas_concatenate_to_the_answer(sqlite_url):
     assert logged["ttft_s"].notna().all()
 
 
+@pytest.mark.integration
 def test_a_stream_that_stalls_before_the_first_token_falls_back(sqlite_url):
     specs = [ModelSpec("stalls", stall_first_token_rate=1.0, hang_s=5.0), ModelSpec("b", latency_s=0.005)]
     with Fleet(specs) as fleet:
@@ -60,6 +62,7 @@ def test_a_stream_that_stalls_before_the_first_token_falls_back(sqlite_url):
     assert elapsed < 0.3 + 1.0
 
 
+@pytest.mark.integration
 def test_a_stream_that_breaks_mid_way_raises_and_is_logged(sqlite_url):
     specs = [ModelSpec("breaks", break_stream_rate=1.0, tokens_out=40), ModelSpec("b")]
     with Fleet(specs) as fleet:
@@ -75,6 +78,7 @@ def test_a_stream_that_breaks_mid_way_raises_and_is_logged(sqlite_url):
     assert logged["outcome"].tolist() == ["stream_broken"]
 
 
+@pytest.mark.integration
 def test_async_streams(sqlite_url):
     specs = [ModelSpec("stalls", stall_first_token_rate=1.0, hang_s=5.0), ModelSpec("b", latency_s=0.005)]
     with Fleet(specs) as fleet:
@@ -91,6 +95,7 @@ def test_async_streams(sqlite_url):
     assert [a.outcome for a in result.attempts] == ["timeout", "ok"]
 
 
+@pytest.mark.integration
 def test_stopping_a_stream_early_logs_the_call(sqlite_url):
     with Fleet([ModelSpec("a", tokens_out=30, chunk_delay_s=0.001)]) as fleet:
         with Router(_cfg(fleet, sqlite_url, ["a"])) as router:
@@ -164,6 +169,7 @@ def test_bad_validators_are_config_errors(validators, sqlite_url):
     assert info.value.field == "routes.simple.validators"
 
 
+@pytest.mark.integration
 def test_ttft_can_be_the_policys_latency(sqlite_url):
     with Fleet([ModelSpec("a", latency_s=0.005, tokens_out=20, chunk_delay_s=0.01)]) as fleet:
         with Router(_cfg(fleet, sqlite_url, ["a"], latency_measure="ttft")) as router:
@@ -178,6 +184,7 @@ def test_ttft_can_be_the_policys_latency(sqlite_url):
 # -- against a fleet as strict as real servers (issue 14) ----------------------------------------------
 
 
+@pytest.mark.integration
 def test_streamed_calls_log_the_usage_the_server_sends_when_asked(sqlite_url):
     with Fleet([ModelSpec("a", latency_s=0.0, tokens_out=12)]) as fleet:
         with Router(_cfg(fleet, sqlite_url, ["a"])) as router:
@@ -197,6 +204,7 @@ def test_streamed_calls_log_the_usage_the_server_sends_when_asked(sqlite_url):
     assert logged["tokens_out"].tolist() == [12]
 
 
+@pytest.mark.integration
 def test_a_fleet_stream_error_event_after_text_breaks_the_stream(sqlite_url):
     specs = [ModelSpec("err", latency_s=0.0, stream_error_rate=1.0), ModelSpec("b", latency_s=0.0)]
     with Fleet(specs) as fleet:

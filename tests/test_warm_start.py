@@ -11,6 +11,7 @@ from zeta_adaptive.simulate import ModelSpec
 
 
 @pytest.mark.parametrize("discount", [1.0, 0.9])
+@pytest.mark.slow
 def test_warm_start_matches_live_statistics(store_url, tmp_path, discount):
     rng = np.random.default_rng(3)
     flaky = [ModelSpec(name, error_rate=0.3, latency_s=0.004, latency_sigma=0.5, tokens_out=2) for name in "abc"]

@@ -15,6 +15,7 @@ from .exceptions import (
     ConfigError,
     FeedbackError,
     InvalidRequest,
+    MissingDependency,
     RequestRejected,
     StoreError,
     StreamBroken,
@@ -95,4 +96,5 @@ __all__ = [
     "InvalidRequest",
     "StoreError",
     "StreamBroken",
+    "MissingDependency",
 ]

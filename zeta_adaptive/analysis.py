@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 import pandas as pd
 
+from ._optional import requires
 from .store import Store
 
 if TYPE_CHECKING:
@@ -505,7 +506,8 @@ def cumulative_regret(log: Log, truth: Mapping[tuple[str, str], float] | pd.Data
 
 def _figure(n_panels: int, ncols: int = 2, panel: tuple[float, float] = (5.2, 3.2)) -> tuple[Figure, list[Axes]]:
     """A figure with ``n_panels`` axes in a grid, built without pyplot (no display, no global state)."""
-    from matplotlib.figure import Figure
+    with requires("plots"):
+        from matplotlib.figure import Figure
 
     ncols = max(1, min(ncols, n_panels))
     nrows = -(-n_panels // ncols)
@@ -519,7 +521,8 @@ def _figure(n_panels: int, ncols: int = 2, panel: tuple[float, float] = (5.2, 3.
 def _colors(names: Iterable[str], first: Sequence[str] = ()) -> dict[Any, Any]:
     """A fixed colour per name, ``first`` names then the rest sorted, so one model (or estimator)
     keeps its colour across the figures of a log."""
-    from matplotlib import color_sequences
+    with requires("plots"):
+        from matplotlib import color_sequences
 
     palette = color_sequences["tab10"]
     present = set(names)
@@ -621,7 +624,8 @@ def plot_failure_rates(
     """Left: each model's attempt failure rate over time, marker area growing with its attempts
     (:func:`model_failure_rates`); right: each task type's fallback rate (solid) and failed-call rate
     (dashed) over time (:func:`call_rates`)."""
-    from matplotlib.lines import Line2D
+    with requires("plots"):
+        from matplotlib.lines import Line2D
 
     fig, (left, right) = _figure(2, panel=(6.0, 3.8))
     colors = _colors(model_rates["model"])
@@ -696,7 +700,8 @@ def plot_policy_estimates(
     colour per estimator, from a table with ``task_type``, ``policy``, ``estimator``, ``value``,
     ``ci_low`` and ``ci_high`` (such as :func:`zeta_adaptive.replay.compare`'s); ``truth``
     (``task_type``, ``policy``, ``value``) adds the true values as black diamonds."""
-    from matplotlib.lines import Line2D
+    with requires("plots"):
+        from matplotlib.lines import Line2D
 
     tasks = sorted(estimates["task_type"].unique())
     policies = list(dict.fromkeys(estimates["policy"]))

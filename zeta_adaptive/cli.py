@@ -273,12 +273,8 @@ def preferences(config: str) -> None:
 )
 def serve(config: str, host: str, port: int, workers: int) -> None:
     """Serve the router as an OpenAI-compatible HTTP gateway until SIGTERM (which drains calls in flight)."""
-    try:
-        from .gateway import serve as run_gateway
-    except ImportError as exc:
-        raise click.ClickException(
-            f"the gateway needs the `gateway` extra (pip install 'zeta_adaptive[gateway]'): {exc}"
-        ) from None
+    from .gateway import serve as run_gateway  # without the `gateway` extra: MissingDependency, one line
+
     run_gateway(config, host=host, port=port, workers=workers)  # a ZetaError becomes one line (see _Cli)
 
 

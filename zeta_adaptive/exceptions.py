@@ -19,6 +19,7 @@ __all__ = [
     "StoreError",
     "StreamBroken",
     "ReplayError",
+    "MissingDependency",
 ]
 
 
@@ -107,3 +108,15 @@ class ReplayError(ZetaError, ValueError):
 
 class StoreError(ZetaError):
     """The outcome log could not be opened, migrated or read."""
+
+
+class MissingDependency(ZetaError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"{module} is not installed; it comes with the {extra!r} extra: pip install 'zeta_adaptive[{extra}]'",
+            name=module,
+        )

@@ -26,15 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+
+from ._optional import requires
+
+with requires("gateway"):
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
 
 from .config import Config, KeyLimits, ServerConfig, load_config
 from .exceptions import (
@@ -764,7 +768,8 @@ def serve(config_path: str | Path, host: str = "127.0.0.1", port: int = 8080, wo
     import shutil
     import tempfile
 
-    import uvicorn
+    with requires("gateway"):
+        import uvicorn
 
     config = Config.from_toml(config_path)
     load_keys(config.server)

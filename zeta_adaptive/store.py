@@ -53,6 +53,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
+from ._optional import requires
 from .exceptions import StoreError
 from .policies import LATENCY_FLOOR_S, log_latency
 
@@ -245,9 +246,10 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
         given = given if isinstance(given, str) else " ".join(given)
         connect_args["options"] = f"{given} -c statement_timeout={int(timeout_s * 1000)}".strip()
     # a bounded pool per process: the writer, the refresher and feedback look-ups
-    return create_engine(
-        url, pool_size=2, max_overflow=4, pool_pre_ping=True, pool_timeout=timeout_s, connect_args=connect_args
-    )
+    with requires("postgres"):  # the driver, psycopg, is imported here
+        return create_engine(
+            url, pool_size=2, max_overflow=4, pool_pre_ping=True, pool_timeout=timeout_s, connect_args=connect_args
+        )
 
 
 # -- what every store accepts ---------------------------------------------------------------------
