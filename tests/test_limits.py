@@ -132,3 +132,31 @@ def test_bad_bounds_are_refused() -> None:
         LoadConfig(min_limit=4, initial=2)
     with pytest.raises(ConfigError, match="tolerance"):
         LoadConfig(tolerance=1.0)
+
+
+def test_the_no_load_latency_is_the_lowest_window_median_of_the_baseline_period():
+    """The sliding-window minimum kept per decision equals the lowest median of every window decided
+    in the last ``baseline_s``, computed afresh, under drops, rising latency and old windows expiring."""
+    checked = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        clock = Clock()
+        config = LoadConfig(window=int(rng.integers(1, 5)), baseline_s=float(rng.uniform(0.2, 3.0)), max_limit=64)
+        limit = AdaptiveLimit(config, clock=clock)
+        decided: list[tuple[float, float]] = []  # (time, median) of every window, for the reference
+        for i in range(600):
+            clock.now += float(rng.exponential(0.05))
+            if rng.random() < 0.02:
+                limit.drop()  # a timeout decides without a median
+                continue
+            latency = float(rng.uniform(0.001, 0.01)) * (1 + i / 300)
+            window = [*limit._window, latency]
+            limit.started(int(rng.integers(1, 70)))
+            before = limit._window
+            limit.sample(latency)
+            if limit._window is not before and not limit._window:  # this sample closed a window
+                decided.append((clock.now, float(np.median(window))))
+                lowest = min(m for at, m in decided if at >= clock.now - config.baseline_s)
+                assert limit.no_load_s == pytest.approx(lowest, rel=0, abs=0)
+                checked += 1
+    assert checked > 1000

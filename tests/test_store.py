@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 
 from zeta_adaptive import Config, StoreError
+from zeta_adaptive import store as store_module
 from zeta_adaptive.cli import main
 from zeta_adaptive.store import Store
 
@@ -146,3 +148,36 @@ def test_cli_db_upgrade_reads_the_store_from_a_config(tmp_path):
     result = CliRunner().invoke(main, ["db", "upgrade", "--config", str(path)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "from-config.db").exists()
+
+
+def _written_without_flush(store: Store, table: str, rows: int, within_s: float = 30.0) -> bool:
+    """Whether ``rows`` rows reach ``table`` with nobody flushing (polled, bounded)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if store.count(table) >= rows:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_the_writer_delivers_on_its_own_tick_and_wakes_from_idle(sqlite_url, tmp_path, monkeypatch):
+    """Rows handed over while the writer ticks, and after it went idle, are written with no flush:
+    a hand-over that wakes no thread never leaves rows behind."""
+    monkeypatch.setattr(store_module, "IDLE_S", 0.1)  # asleep after two empty ticks of 50 ms
+    store = Store(sqlite_url, journal_dir=tmp_path / "journal", linger_s=0.05)
+    try:
+        store.put("calls", _call("first"))  # the writer starts asleep: this hand-over wakes it
+        assert _written_without_flush(store, "calls", 1)
+        for i in range(20):  # while it ticks, hand-overs do not wake it; its tick takes them
+            store.put("calls", _call(f"tick{i}"))
+            time.sleep(0.005)
+        assert _written_without_flush(store, "calls", 21)
+        for round_ in range(3):  # idle past IDLE_S: asleep, and woken again by the next row
+            time.sleep(0.3)
+            store.put("calls", _call(f"after-idle{round_}"))
+            assert _written_without_flush(store, "calls", 22 + round_)
+    finally:
+        store.close()
+    reopened = Store(sqlite_url, journal_dir=tmp_path / "journal")
+    assert reopened.count("calls") == 24
+    reopened.close()

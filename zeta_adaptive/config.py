@@ -525,13 +525,15 @@ def _load(data: Any) -> LoadConfig:
     data = _table("load", data)
     _check_keys("load", data, {f.name for f in fields(LoadConfig)})
     d = LoadConfig()
-    values = {
+    limits = {
         key: _integer(f"load.{key}", data.get(key, getattr(d, key)), 1)
         for key in ("initial", "min_limit", "max_limit", "window")
     }
-    values["tolerance"] = _number("load.tolerance", data.get("tolerance", d.tolerance))
-    values["baseline_s"] = _number("load.baseline_s", data.get("baseline_s", d.baseline_s))
-    return LoadConfig(**values)  # which checks that the bounds hold together
+    return LoadConfig(  # which checks that the bounds hold together
+        **limits,
+        tolerance=_number("load.tolerance", data.get("tolerance", d.tolerance)),
+        baseline_s=_number("load.baseline_s", data.get("baseline_s", d.baseline_s)),
+    )
 
 
 def _statuses(value: Any) -> frozenset[int]:

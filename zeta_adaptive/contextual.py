@@ -220,7 +220,16 @@ class LinearThompsonPolicy(ContextualPolicy):
         success = rng.beta(ok, failed, size=(draws, k))
         return np.bincount(self.objective.score(success, accuracy, latency, cost).argmax(axis=1), minlength=k) / draws
 
-    def _decide(self, idx, mean, var, ok, failed, latency, cost):
+    def _decide(
+        self,
+        idx: np.ndarray,
+        mean: np.ndarray,
+        var: np.ndarray,
+        ok: np.ndarray,
+        failed: np.ndarray,
+        latency: np.ndarray,
+        cost: np.ndarray,
+    ) -> tuple[np.ndarray, float]:
         z = self.rng.standard_normal((self.samples, len(idx) + 1))
         sd = self.explore * np.sqrt(var)
         accuracy = (
@@ -253,7 +262,16 @@ class LinUCBPolicy(ContextualPolicy):
         out[self._decide(self._all, mean, var, *parts)[0][0]] = 1.0
         return out
 
-    def _decide(self, idx, mean, var, ok, failed, latency, cost):
+    def _decide(
+        self,
+        idx: np.ndarray,
+        mean: np.ndarray,
+        var: np.ndarray,
+        ok: np.ndarray,
+        failed: np.ndarray,
+        latency: np.ndarray,
+        cost: np.ndarray,
+    ) -> tuple[np.ndarray, float]:
         upper = mean[idx] + mean[-1] + self.alpha * np.sqrt(var[idx] + var[-1])
         index = self.objective.score(ok / (ok + failed), upper, latency, cost)
         untried = ok + failed <= 2.0

@@ -368,7 +368,7 @@ class _Metrics:
         self.key_spend = Counter("zeta_key_spend", "Cost of the calls of each client key id", ["key_id"], registry=r)
         if shared:
             MultiProcessCollector(self.registry)
-        self.registry.register(_StateCollector(router))  # type: ignore[arg-type]
+        self.registry.register(_StateCollector(router))
 
 
 # -- the application ------------------------------------------------------------------------------
@@ -724,7 +724,7 @@ def create_app(source: Router | Config | Mapping[str, Any] | str | Path) -> Star
     Raises :class:`ConfigError` when ``[server] api_keys_env`` names a variable with no key.
     """
     owned = not isinstance(source, Router)
-    router = Router(load_config(source)) if owned else source  # type: ignore[arg-type]
+    router = source if isinstance(source, Router) else Router(load_config(source))
     try:
         gw = _Gateway(router, owned)
     except BaseException:
@@ -787,7 +787,7 @@ def serve(config_path: str | Path, host: str = "127.0.0.1", port: int = 8080, wo
             host=host,
             port=port,
             workers=workers,
-            timeout_graceful_shutdown=config.deadline_s + 5.0,
+            timeout_graceful_shutdown=math.ceil(config.deadline_s + 5.0),  # uvicorn takes whole seconds
             access_log=False,
             log_level="info",
             timeout_keep_alive=KEEP_ALIVE_S,

@@ -79,14 +79,16 @@ def check_messages(messages: Any) -> int:
         raise InvalidRequest(
             "messages must be a list of message dicts, got a str: wrap it as [{'role': 'user', 'content': ...}]"
         )
-    if isinstance(messages, (bytes, bytearray, Mapping)) or not isinstance(messages, Sequence):
+    if type(messages) is not list and (
+        isinstance(messages, (bytes, bytearray, Mapping)) or not isinstance(messages, Sequence)
+    ):
         raise InvalidRequest(f"messages must be a list of message dicts, got {type(messages).__name__}")
     if not messages:
         raise InvalidRequest("messages is empty: a call needs at least one message")
     chars = 0
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):
             raise InvalidRequest(f"{where} must be a dict with 'role' and 'content', got {type(message).__name__}")
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
@@ -171,14 +173,19 @@ def prompt_band(chars: int) -> int:
 
 
 def _check_json(where: str, value: Any) -> None:
-    """Refuse what cannot be sent as JSON: other types, non-string keys, NaN or infinity, nesting past MAX_DEPTH."""
+    """Refuse what cannot be sent as JSON: other types, non-string keys, NaN or infinity, nesting past MAX_DEPTH.
+
+    Exact dicts, lists and strings, which calls are made of, are told apart by their type before the
+    slower abstract checks (``Mapping``) that other containers need."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, str):
-            _check_unicode(where, item)
+        kind = type(item)
+        if kind is str or isinstance(item, str):
+            if not item.isascii():
+                _check_unicode(where, item)
             continue
-        if isinstance(item, (bool, int)) or item is None:
+        if kind is int or kind is bool or item is None or isinstance(item, int):
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
@@ -186,13 +193,14 @@ def _check_json(where: str, value: Any) -> None:
             continue
         if depth >= MAX_DEPTH:
             raise InvalidRequest(f"{where} is nested deeper than {MAX_DEPTH} levels")
-        if isinstance(item, Mapping):
+        if kind is dict or isinstance(item, Mapping):
             for key, child in item.items():
-                if not isinstance(key, str):
+                if type(key) is not str and not isinstance(key, str):
                     raise InvalidRequest(f"{where} has a non-string key {key!r}")
-                _check_unicode(where, key)
+                if not key.isascii():
+                    _check_unicode(where, key)
                 stack.append((child, depth + 1))
-        elif isinstance(item, (list, tuple)):
+        elif kind is list or isinstance(item, (list, tuple)):
             stack.extend((child, depth + 1) for child in item)
         else:
             raise InvalidRequest(

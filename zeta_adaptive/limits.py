@@ -77,7 +77,9 @@ class AdaptiveLimit:
         self._dropped = False
         self._slow_start = True
         self._changed_at = -math.inf  # replies to requests sent before the last change tell of the old limit
-        self._medians: deque[tuple[float, float]] = deque()  # (time, median) of recent windows that may be the least
+        # (time, median) of recent windows that may still be the lowest: each is lower than every
+        # older one kept (a sliding-window minimum, so a decision costs O(1) however many windows fit)
+        self._medians: deque[tuple[float, float]] = deque()
         self.no_load_s: float | None = None
 
     @property
@@ -111,10 +113,10 @@ class AdaptiveLimit:
             self._set(self.value * MIN_GRADIENT)
             return
         median = statistics.median(window)
-        medians = self._medians  # a sliding-window minimum: ascending medians, each newer than the one before
+        medians = self._medians
         while medians and medians[0][0] < now - c.baseline_s:
             medians.popleft()
-        while medians and medians[-1][1] >= median:
+        while medians and medians[-1][1] >= median:  # never the lowest again: this one is lower and newer
             medians.pop()
         medians.append((now, median))
         self.no_load_s = medians[0][1]

@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import math
+import operator
 import os
 import threading
 import time
@@ -203,10 +204,12 @@ def upgrade(engine: Engine) -> None:
 def _insert(engine: Engine, table: Table) -> Any:
     """An idempotent INSERT for this dialect: rows whose primary key exists are skipped."""
     if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
 
 
 def _log_latency(latency_s: float | None) -> float | None:
@@ -338,6 +341,18 @@ def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> N
         cur.execute(f"DROP TABLE {temp}")  # a later batch in the same transaction (a bisection) makes it again
 
 
+def _executemany_insert(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """SQLite: the idempotent INSERT by the driver's ``executemany`` on plain tuples, which skips
+    SQLAlchemy's per-row parameter processing (sanitized rows hold plain values in every column)."""
+    columns = [c.name for c in table.columns]
+    marks = ", ".join("?" * len(columns))
+    values = operator.itemgetter(*columns)
+    conn.exec_driver_sql(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks}) ON CONFLICT DO NOTHING",
+        [values(row) for row in rows],
+    )
+
+
 def _is_row_problem(exc: BaseException) -> bool:
     """Whether a failed write was refused for what some row holds (bisect it) rather than because the
     database is away, locked or slow (journal and retry)."""
@@ -372,7 +387,7 @@ class _Bounded:
     def _run(self) -> None:
         try:
             self.result = self._fn()
-        except BaseException as exc:  # handed to the waiter, whatever it is
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiter, whatever it is
             self.error = exc
         finally:
             self.done.set()
@@ -404,7 +419,7 @@ class Journal:
         self.lock = threading.Lock()
         for slot in itertools.count():
             path = directory / f"{key}-{slot}.jsonl"
-            fh = open(path, "a+b")
+            fh = open(path, "a+b")  # noqa: SIM115 - held open (and flocked) until close()
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -429,7 +444,7 @@ class Journal:
         with self.lock if path is None else contextlib.nullcontext():
             data = (path or self.path).read_bytes()
         end = data.rfind(b"\n") + 1
-        return [tuple(json.loads(line)) for line in data[:end].splitlines() if line.strip()], end  # type: ignore[misc]
+        return [tuple(json.loads(line)) for line in data[:end].splitlines() if line.strip()], end
 
     def discard(self, end: int, rows: int) -> None:
         """Forget the first ``end`` bytes (``rows`` rows) once the database has them; later appends stay."""
@@ -489,6 +504,8 @@ class _Flush:
 
 
 _STOP = object()
+#: seconds without a row after which the writer stops ticking and sleeps until the next hand-over
+IDLE_S = 1.0
 _WAKE = object()  # durability = "journal": rows are in the journal already, the writer only moves them
 Row = tuple[str, Mapping[str, Any]]
 DURABILITY = ("batched", "journal")
@@ -549,7 +566,7 @@ class Store:
             raise StoreError(
                 f"cannot open store {self.safe_url}: {type(exc).__name__}: {getattr(exc, 'orig', exc)}"
             ) from None
-        self._insert = {name: _insert(self.engine, table) for name, table in TABLES.items()}
+        self._insert_feedback = _insert(self.engine, feedback)  # one row, its winner returned (insert_feedback)
         self._stuck: _Bounded | None = None  # a database operation we stopped waiting for
         self._next_probe = 0.0
         self._delay = 0.05
@@ -570,6 +587,7 @@ class Store:
         self.journal = Journal(Path(journal_dir) if journal_dir else default_journal_dir(), key)
         self._items: collections.deque[Any] = collections.deque()  # rows and markers, in order
         self._wake = threading.Event()
+        self._asleep = True  # the writer waits for a hand-over rather than ticking (see _run)
         self._urgent = False  # a flush or stop waits in the queue: no lingering
         self.written = {name: 0 for name in TABLES}  # rows inserted (or found present), per table
         self.errors = 0  # failed database writes
@@ -636,14 +654,15 @@ class Store:
         """Queue several rows, in order (with ``durability = "journal"``: journaled first)."""
         if self._closed:
             raise StoreError("the store is closed")
-        items = list(items)
-        for table, _ in items:
+        rows = list(items)
+        for table, _ in rows:
             if table not in TABLES:
                 raise StoreError(f"unknown log table {table!r}; tables are {sorted(TABLES)}")
         if self.durability == "journal":
-            self.journal.append([(t, sanitize(t, r, self.scrub)) for t, r in items])
-            items = [_WAKE]
-        self._hand_over(items, urgent=False)
+            self.journal.append([(t, sanitize(t, r, self.scrub)) for t, r in rows])
+            self._hand_over((_WAKE,), urgent=False)
+        else:
+            self._hand_over(rows, urgent=False)
 
     def put_call(self, record: CallRecord) -> None:
         """Queue one call's rows as its record: the writer builds them (``durability = "journal"``: now)."""
@@ -653,13 +672,13 @@ class Store:
             self._hand_over((record,), urgent=False)
 
     def _hand_over(self, items: Sequence[Any], urgent: bool) -> None:
-        """Give the writer rows (one atomic ``extend``); wake it only for the first rows of a batch,
-        a full batch or a marker: a call never pays a thread hand-off of its own."""
-        first = not self._items
+        """Give the writer rows (one atomic ``extend``). While rows flow the writer collects them on
+        its own ``linger_s`` tick, so a call wakes no thread; only a sleeping (idle) writer, a full
+        batch, a flush or a stop sets the event."""
         self._items.extend(items)
         if urgent:
             self._urgent = True
-        if first or urgent or len(self._items) >= self.batch_size:
+        if urgent or self._asleep or len(self._items) >= self.batch_size:
             self._wake.set()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -700,21 +719,31 @@ class Store:
             raise StoreError(f"{self.dropped} log rows were lost: neither {self.safe_url} nor the journal took them")
 
     def _run(self) -> None:
-        """Collect rows for up to ``linger_s`` after the first one (or until a flush, a stop or a
-        full batch), then deliver them in one transaction: one wake-up and one commit per batch, not
-        per call, is what keeps the writer from taking CPU and the GIL from the call path. Nothing
-        raised in here stops the writer: rows of a batch that hit an unexpected error are journaled."""
+        """Deliver what was handed over every ``linger_s`` (at once for a flush, a stop or a full
+        batch) in one transaction: the writer's own tick, not a wake-up per call, and one commit per
+        batch are what keep it from taking CPU and the GIL from the call path. After ``IDLE_S``
+        without a row it sleeps until the next hand-over (or journal probe). Nothing raised in here
+        stops the writer: rows of a batch that hit an unexpected error are journaled."""
         stop = False
+        idle_ticks = math.ceil(IDLE_S / self.linger_s) if self.linger_s > 0 else 0
+        quiet = idle_ticks  # ticks in a row that found nothing: the writer starts asleep
         while not stop:
-            if not self._items:
-                self._wake.wait(self._idle_wait())
-            self._wake.clear()  # before draining: rows handed over from now on wake us again
-            if self._items and not self._urgent and len(self._items) < self.batch_size:
-                self._wake.wait(self.linger_s)  # let the batch fill (a flush, a stop or a full batch cuts it short)
+            if not self._items and quiet >= idle_ticks:
+                self._asleep = True  # from here on a hand-over wakes us
+                if not self._items:
+                    self._wake.wait(self._idle_wait())
+                self._asleep = False
+                self._wake.clear()
+            if not self._urgent and len(self._items) < self.batch_size and (self._items or quiet < idle_ticks):
+                self._wake.wait(self.linger_s)  # the tick (a flush, a stop or a full batch cuts it short)
+            self._wake.clear()  # before draining: a flush or stop handed over from now on is seen next turn
             self._urgent = False
-            items = []
+            items: list[Any] = []
             while self._items and len(items) < self.batch_size:
                 items.append(self._items.popleft())
+            quiet = 0 if items else quiet + 1
+            if not items and not (self.pending and time.monotonic() >= self._next_probe):
+                continue  # an empty tick: nothing to write, no journal probe due
             rows: list[Row] = []
             markers = []
             for item in items:
@@ -801,7 +830,7 @@ class Store:
                 return journaled
         try:
             op.outcome()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any driver error: a row problem (bisect) or an outage (journal)
             if not _is_row_problem(exc):
                 self._outage(exc)
                 return journaled
@@ -845,7 +874,7 @@ class Store:
         """Insert rows (bounded); if one is refused for what it holds, bisect. False if the database is away."""
         try:
             self._bounded(self._insert_rows, rows)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any driver error: a row problem (bisect) or an outage (journal)
             if not _is_row_problem(exc):
                 self._outage(exc)
                 return False
@@ -868,7 +897,7 @@ class Store:
         log.error("log row refused by %s, kept as a dead letter: %s %s: %s", self.safe_url, table, key, error)
         try:
             self.call(self._insert_dead, letter)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the dead-letter file is the last resort for whatever failed
             self.journal.dead_letter(table, values, error)
 
     def _insert_dead(self, letter: Mapping[str, Any]) -> None:
@@ -877,7 +906,7 @@ class Store:
 
     def _insert_rows(self, rows: Sequence[Row]) -> None:
         """Insert rows in one transaction, parents first: on PostgreSQL by COPY into a temporary
-        table and one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, elsewhere by ``executemany``."""
+        table and one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, on SQLite by the driver's ``executemany``."""
         by_table: dict[str, list[Mapping[str, Any]]] = {name: [] for name in TABLES}
         for table, row in rows:
             by_table[table].append(row)
@@ -888,7 +917,7 @@ class Store:
                 if self.engine.dialect.name == "postgresql":
                     _copy_insert(conn.connection.driver_connection, TABLES[name], by_table[name])
                 else:
-                    conn.execute(self._insert[name], by_table[name])
+                    _executemany_insert(conn, TABLES[name], by_table[name])
 
     def _healthy(self, rows: Sequence[Row]) -> None:
         self._delay = 0.05
@@ -927,7 +956,7 @@ class Store:
             self.journal.discard(end, 0)
             return True
         for start in range(0, len(rows), self.write_rows):
-            chunk = [(t, sanitize(t, r, self.scrub)) for t, r in rows[start : start + self.write_rows]]
+            chunk: list[Row] = [(t, sanitize(t, r, self.scrub)) for t, r in rows[start : start + self.write_rows]]
             if not self._ready() or not self._insert_or_bisect(chunk):
                 return False
         self.journal.discard(end, len(rows))
@@ -958,7 +987,7 @@ class Store:
         The primary key on ``feedback.call_id`` decides, so two processes rating a call at once
         cannot both win."""
         with self.engine.begin() as conn:
-            query = self._insert["feedback"].values(sanitize("feedback", row, self.scrub)).returning(feedback.c.call_id)
+            query = self._insert_feedback.values(sanitize("feedback", row, self.scrub)).returning(feedback.c.call_id)
             won = conn.execute(query).first() is not None
         if won:
             self.written["feedback"] += 1

@@ -26,7 +26,7 @@ def valid_json(text: str) -> str | None:
     """The answer parses as JSON."""
     try:
         json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         return f"answer is not valid JSON: {exc.msg}"
     return None
 
@@ -52,7 +52,7 @@ def json_schema(schema: dict[str, Any]) -> Validator:
     def check_schema(text: str) -> str | None:
         try:
             document = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             return f"answer is not valid JSON: {exc.msg}"
         error = jsonschema.exceptions.best_match(validator.iter_errors(document))
         return None if error is None else f"answer does not match the schema: {error.message}"[:200]
