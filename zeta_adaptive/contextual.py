@@ -209,14 +209,18 @@ class LinearThompsonPolicy(ContextualPolicy):
         self.samples = int(samples)
         self.explore = float(explore)
 
+    def _accuracy_draws(self, mean: np.ndarray, var: np.ndarray, rows: np.ndarray | slice, z: np.ndarray) -> np.ndarray:
+        """One draw of the rows' accuracies at x per row of ``z``, its spread scaled by ``explore``; the
+        last column of ``z`` draws the shared part, one for all models."""
+        sd = self.explore * np.sqrt(var)
+        return mean[rows] + sd[rows] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])
+
     def _primary_shares(
         self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
     ) -> np.ndarray:
         ok, failed, latency, cost = parts
         k = len(self.models)
-        z = rng.standard_normal((draws, k + 1))
-        sd = self.explore * np.sqrt(var)
-        accuracy = mean[:-1] + sd[:-1] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])
+        accuracy = self._accuracy_draws(mean, var, slice(None, -1), rng.standard_normal((draws, k + 1)))
         success = rng.beta(ok, failed, size=(draws, k))
         return np.bincount(self.objective.score(success, accuracy, latency, cost).argmax(axis=1), minlength=k) / draws
 
@@ -230,11 +234,7 @@ class LinearThompsonPolicy(ContextualPolicy):
         latency: np.ndarray,
         cost: np.ndarray,
     ) -> tuple[np.ndarray, float]:
-        z = self.rng.standard_normal((self.samples, len(idx) + 1))
-        sd = self.explore * np.sqrt(var)
-        accuracy = (
-            mean[idx] + sd[idx] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])
-        )  # the shared part is one draw for all
+        accuracy = self._accuracy_draws(mean, var, idx, self.rng.standard_normal((self.samples, len(idx) + 1)))
         success = self.rng.beta(ok, np.maximum(failed, 1.0))  # one draw per decision, shared by the batch
         scores = self.objective.score(success, accuracy, latency, cost)
         best = scores.argmax(axis=1)
