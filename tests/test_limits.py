@@ -64,8 +64,9 @@ def test_converges_to_the_servers_capacity(slots: int) -> None:
     limit = AdaptiveLimit(LoadConfig(), clock=clock)
     limits = serve(limit, clock, [slots] * 1500, service_s=0.05)
     settled = limits[500:]  # within 500 calls (about 30 windows of 16)
-    # the steady state admits at most `tolerance` times the capacity's worth of queueing
-    assert slots <= np.median(settled) <= math.ceil(1.5 * slots) + 1
+    # the upper quartile of a window shows a queue of one, so the steady state sits within a third
+    # of the capacity above it (a median-based rule let it sit at up to 1.5 times, 23 for 16 slots)
+    assert slots <= np.median(settled) <= slots + max(1, slots // 3)
     assert min(settled) >= max(1, slots // 2)
 
 

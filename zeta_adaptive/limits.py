@@ -3,15 +3,17 @@ concurrency-limits and Envoy's adaptive concurrency filter (a gradient controlle
 
 A model with ``N`` request slots answers in its no-load latency while at most ``N`` requests are
 out; beyond that the extra requests queue on the server and the latency grows with them. The
-controller watches the median latency of each window of successful replies (``window`` of them, and
-at least as many as the limit, so a window sees a whole round of requests) and compares it with
-the model's no-load latency, the lowest window median of the last ``baseline_s`` seconds:
+controller watches each window of successful replies (``window`` of them, and at least as many as
+the limit, so a window sees a whole round of requests) and compares its upper quartile with the
+model's no-load latency, the lowest window median of the last ``baseline_s`` seconds. The upper
+quartile, not the median, because a limit one above the capacity makes only a part of the requests
+wait: their wait shows in the window's slower quarter long before it moves the median.
 
-* median within ``tolerance`` times the no-load latency, and the window actually used the limit
-  (at least ``floor(limit)`` requests were out at once): the limit grows, doubling until the
+* upper quartile within ``tolerance`` times the no-load latency, and the window actually used the
+  limit (at least ``floor(limit)`` requests were out at once): the limit grows, doubling until the
   first shrink (a slow start, as in TCP, so a large server is found in a few windows), then by one;
-* median above it: queueing inflated the latency, the limit shrinks multiplicatively by the
-  gradient ``tolerance * no_load / median`` (at most halving it per window);
+* above it: queueing inflated the latency, the limit shrinks multiplicatively by the gradient
+  ``tolerance * no_load / upper quartile`` (at most halving it per window);
 * a timeout in the window (a drop) halves it.
 
 Replies to requests sent before the limit last changed are ignored: they measure the old limit.
@@ -120,11 +122,12 @@ class AdaptiveLimit:
             medians.pop()
         medians.append((now, median))
         self.no_load_s = medians[0][1]
-        if median <= c.tolerance * self.no_load_s:
+        upper = sorted(window)[(3 * len(window)) // 4]  # the upper quartile: a queue of one shows in a quarter
+        if upper <= c.tolerance * self.no_load_s:
             if busiest >= self.limit:  # only a limit that was reached has shown it holds
                 self._set(self.value * 2.0 if self._slow_start else self.value + 1.0)
         else:
-            self._set(self.value * max(MIN_GRADIENT, c.tolerance * self.no_load_s / median))
+            self._set(self.value * max(MIN_GRADIENT, c.tolerance * self.no_load_s / upper))
 
     def _set(self, value: float) -> None:
         if value < self.value:
