@@ -716,3 +716,21 @@ def test_max_response_bytes_defaults_and_validation(tmp_path):
     assert Config.from_dict(cfg.to_dict()) == cfg
     d["models"]["fast"]["max_response_bytes"] = 10
     expect_error(d, "models.fast.max_response_bytes", ">= 1024")
+
+
+def test_a_per_prompt_policy_loads_in_a_fresh_interpreter():
+    """linear_thompson is registered by its own module: a config naming it loads without importing it first."""
+    import subprocess
+    import sys
+
+    code = (
+        "from zeta_adaptive.config import load_config\n"
+        "from zeta_adaptive.policies import make_policy\n"
+        "m = {'base_url': 'http://127.0.0.1:9/v1'}\n"
+        "c = load_config({'store': 'sqlite:///:memory:', 'models': {'a': m, 'b': m},\n"
+        "    'routes': {'r': {'models': ['a', 'b'], 'policy': 'linear_thompson', 'feature_bits': 10}}})\n"
+        "print(c.routes['r'].policy, type(make_policy('lin_ucb', ['a', 'b'])).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["linear_thompson", "LinUCBPolicy"]

@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError
 
 from .exceptions import ConfigError
 from .limits import LoadConfig
-from .policies import OPTION_TYPES, POLICIES, Objective, make_policy
+from .policies import OPTION_TYPES, Objective, make_policy, registered
 from .scrub import read_key
 from .validators import build as build_validators
 
@@ -444,8 +444,8 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
                 f"got {sorted(spaces, key=str)}",
             )
     policy = data.get("policy", "thompson")
-    if not isinstance(policy, str) or policy not in POLICIES:
-        raise ConfigError(f"{where}.policy", f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
+    if not isinstance(policy, str) or policy not in registered():  # registers the per-prompt policies' options too
+        raise ConfigError(f"{where}.policy", f"unknown policy {policy!r}; choose from {sorted(registered())}")
     hedge = data.get("hedge_quantile")
     if hedge is not None:
         hedge = _number(f"{where}.hedge_quantile", hedge)

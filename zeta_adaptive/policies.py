@@ -43,6 +43,7 @@ __all__ = [
     "POLICIES",
     "OPTION_TYPES",
     "make_policy",
+    "registered",
 ]
 
 
@@ -801,10 +802,18 @@ OPTION_TYPES: dict[str, type] = {
 }
 
 
+def registered() -> dict[str, type[Policy]]:
+    """Every policy by name, the per-prompt ones included: their module registers them when imported,
+    which this does, so a config or a caller naming them works whatever was imported before."""
+    from . import contextual  # noqa: F401  (registers linear_thompson and lin_ucb)
+
+    return POLICIES
+
+
 def make_policy(name: str, models: Sequence[str], objective: Objective | None = None, **options: Any) -> Policy:
     """Build the policy registered under ``name``; unknown names or options raise ValueError."""
     try:
-        cls = POLICIES[name]
+        cls = registered()[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; choose from {sorted(POLICIES)}") from None
     allowed = {"seed", "discount", *cls.options}
