@@ -511,6 +511,20 @@ Row = tuple[str, Mapping[str, Any]]
 DURABILITY = ("batched", "journal")
 
 
+def _split(items: list[Any]) -> tuple[list[Row], list[_Flush]]:
+    """The rows among handed-over items (a call's record expanded into its rows) and the flushes to answer."""
+    rows: list[Row] = []
+    markers: list[_Flush] = []
+    for item in items:
+        if isinstance(item, _Flush):
+            markers.append(item)
+        elif isinstance(item, CallRecord):
+            rows.extend(item.rows())
+        elif item is not _WAKE and item is not _STOP:
+            rows.append(item)
+    return rows, markers
+
+
 class Store:
     """One interface to the log: queue rows without waiting, flush, close, and read back.
 
@@ -744,17 +758,8 @@ class Store:
             quiet = 0 if items else quiet + 1
             if not items and not (self.pending and time.monotonic() >= self._next_probe):
                 continue  # an empty tick: nothing to write, no journal probe due
-            rows: list[Row] = []
-            markers = []
-            for item in items:
-                if item is _STOP:
-                    stop = True
-                elif isinstance(item, _Flush):
-                    markers.append(item)
-                elif isinstance(item, CallRecord):
-                    rows.extend(item.rows())
-                elif item is not _WAKE:
-                    rows.append(item)
+            stop = any(item is _STOP for item in items)
+            rows, markers = _split(items)
             try:
                 self._deliver(rows)
             except Exception as exc:  # a bug must not stop the log: keep the rows, count and report it
@@ -844,19 +849,14 @@ class Store:
     def _journal_waiting(self) -> None:
         """Journal the rows handed over since the current batch began (their flushes are then
         answered): they must not wait in memory behind a slow write."""
-        rows: list[Row] = []
-        markers: list[_Flush] = []
+        items: list[Any] = []
         while self._items:
             item = self._items.popleft()
-            if item is _STOP:
+            if item is _STOP:  # left for the writer's loop, which stops on it
                 self._items.appendleft(item)
                 break
-            if isinstance(item, _Flush):
-                markers.append(item)
-            elif isinstance(item, CallRecord):
-                rows.extend(item.rows())
-            elif item is not _WAKE:
-                rows.append(item)
+            items.append(item)
+        rows, markers = _split(items)
         if rows:
             self._keep([(t, sanitize(t, r, self.scrub)) for t, r in rows])
         for marker in markers:
