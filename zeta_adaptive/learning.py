@@ -136,20 +136,22 @@ class Learner:
         read = self.store.call
         found = {}  # every read first: a store error part way leaves the policies untouched for the retry
         for task, policy in self.policies.items():
-            if policy.horizon() is None:
+            horizon = policy.horizon()
+            if horizon is None:  # sums: one aggregate row per model
                 found[task] = (
+                    True,
                     read(self.store.attempt_sums, task, learnable),
                     read(self.store.feedback_sums, task, others),
                 )
-            else:
-                horizon = policy.horizon()
+            else:  # discounted: the last events, in time order
                 found[task] = (
+                    False,
                     read(self.store.tail, "attempts", task, horizon, self.LEARNED_ATTEMPT_COLUMNS, learnable),
                     read(self.store.tail, "feedback", task, horizon, self.LEARNED_FEEDBACK_COLUMNS, others),
                 )
-        for task, (tried, rated) in found.items():
+        for task, (summed, tried, rated) in found.items():
             policy = self.policies[task]
-            if policy.horizon() is None:
+            if summed:
                 with self.locks[task]:
                     for sums in (tried, rated):
                         columns = {k: sums[k].to_numpy() for k in sums.columns if k != "model"}
