@@ -155,6 +155,7 @@ def estimate_tokens(messages: Messages) -> int:
 MAX_JSON_DEPTH = 128
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _ACCEPT_ENCODING = "gzip, deflate"
+_USER_AGENT = f"python-httpx/{httpx.__version__}"
 
 
 class _BadBody(Exception):
@@ -691,9 +692,9 @@ class HttpxBackend:
     ) -> None:
         self._models = dict(models)
         self._transports = self._given(transport)
-        self._clients = {
-            name: httpx.Client(**self._options(m), transport=self._sync(m)) for name, m in self._models.items()
-        }
+        self._pools = {name: self._sync(m) for name, m in self._models.items()}
+        self._headers = {name: self._default_headers(m) for name, m in self._models.items()}
+        self._urls = {name: httpx.URL(m.base_url + "/") for name, m in self._models.items()}
         self._aclients: dict[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = {}
         self._keepers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
         self._closing: set[asyncio.Future[Any]] = set()
@@ -739,12 +740,35 @@ class HttpxBackend:
         )
 
     @staticmethod
-    def _options(model: ModelConfig) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json", "Accept-Encoding": _ACCEPT_ENCODING}
+    def _default_headers(model: ModelConfig) -> list[tuple[str, str]]:
+        """The headers of every request to a model (httpx's client defaults, JSON, the key if any)."""
+        headers = [
+            ("Accept", "*/*"),
+            ("Accept-Encoding", _ACCEPT_ENCODING),
+            ("Connection", "keep-alive"),
+            ("User-Agent", _USER_AGENT),
+            ("Content-Type", "application/json"),
+        ]
         key = read_key(model.api_key_env) if model.api_key_env else None
         if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return {"base_url": model.base_url + "/", "headers": headers, "timeout": model.timeout_s}
+            headers.append(("Authorization", f"Bearer {key}"))
+        return headers
+
+    def _request(
+        self, model: ModelConfig, path: str, body: dict[str, Any], timeout: float | httpx.Timeout
+    ) -> httpx.Request:
+        """The POST of one attempt, built directly: the URL and headers are made once per model, and
+        the request goes straight to the model's transport, skipping the client's per-request merging
+        of URLs, headers and cookies (which cost as much as the whole router's decision)."""
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        bounds = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        return httpx.Request(
+            "POST",
+            self._urls[model.name].join(path),
+            headers=self._headers[model.name],
+            content=content,
+            extensions={"timeout": bounds.as_dict()},
+        )
 
     async def _aclient(self, model: ModelConfig) -> httpx.AsyncClient:
         """This event loop's client for a model, made on first use."""
@@ -762,7 +786,7 @@ class HttpxBackend:
             if client is None:
                 verify = _ssl_context() if self._https(model) else False
                 client = clients[model.name] = httpx.AsyncClient(
-                    **self._options(model), limits=self._limits(model), verify=verify, transport=self._async(model)
+                    limits=self._limits(model), verify=verify, transport=self._async(model)
                 )
         if keeper is not None:
             await anext(keeper)  # registers it with the loop, which closes it at shutdown_asyncgens()
@@ -807,11 +831,14 @@ class HttpxBackend:
         self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, cap: int, parse: Parse
     ) -> Reply:
         start = time.perf_counter()
-        client = self._clients[model.name]
+        request = self._request(model, path, body, timeout_s)
         try:
             with _hard_deadline(start + timeout_s):
-                with client.stream("POST", path, json=body, timeout=timeout_s) as response:
+                response = self._pools[model.name].handle_request(request)
+                try:
                     data, problem = _read(response, cap)
+                finally:
+                    response.close()
         except _ATTEMPT_FAILURES as exc:
             return _classify_exception(exc, time.perf_counter() - start)
         return _finish(response.status_code, response.headers, data, problem, time.perf_counter() - start, parse)
@@ -823,8 +850,11 @@ class HttpxBackend:
         try:
             async with asyncio.timeout(timeout_s):  # a hard bound on the whole attempt
                 client = await self._aclient(model)
-                async with client.stream("POST", path, json=body, timeout=timeout_s) as response:
+                response = await client.send(self._request(model, path, body, timeout_s), stream=True)
+                try:
                     data, problem = await _aread(response, cap)
+                finally:
+                    await response.aclose()
         except _ATTEMPT_FAILURES as exc:
             return _classify_exception(exc, time.perf_counter() - start)
         return _finish(response.status_code, response.headers, data, problem, time.perf_counter() - start, parse)
@@ -884,14 +914,12 @@ class HttpxBackend:
         state = _StreamState(
             time.perf_counter(), timeout_s, first_token_s, model.response_cap(), estimate_tokens(messages)
         )
-        client = self._clients[model.name]
+        request = self._request(model, "chat/completions", body, state.timeouts())
         response: httpx.Response | None = None
         data, problem = None, ""
         try:
             with _hard_deadline(state.read_deadline()):  # never held across a yield: it bounds this thread's I/O
-                response = client.send(
-                    client.build_request("POST", "chat/completions", json=body, timeout=state.timeouts()), stream=True
-                )
+                response = self._pools[model.name].handle_request(request)
                 if response.status_code >= 300:
                     data, problem = _read(response, model.response_cap())
             if (refused := state.open(response, data, problem)) is not None:
@@ -934,7 +962,7 @@ class HttpxBackend:
             async with asyncio.timeout(left()):
                 client = await self._aclient(model)
                 response = await client.send(
-                    client.build_request("POST", "chat/completions", json=body, timeout=state.timeouts()), stream=True
+                    self._request(model, "chat/completions", body, state.timeouts()), stream=True
                 )
                 if response.status_code >= 300:
                     data, problem = await _aread(response, model.response_cap())
@@ -961,8 +989,8 @@ class HttpxBackend:
 
     def close(self) -> None:
         """Close the sync pools, and every async pool whose loop still allows it."""
-        for client in self._clients.values():
-            client.close()
+        for pool in self._pools.values():
+            pool.close()
         with self._lock:  # the keepers stay: each ends (doing nothing more) when its loop shuts down
             pools = list(self._aclients.items())
             self._aclients.clear()
