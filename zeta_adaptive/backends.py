@@ -156,6 +156,7 @@ MAX_JSON_DEPTH = 128
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _ACCEPT_ENCODING = "gzip, deflate"
 _USER_AGENT = f"python-httpx/{httpx.__version__}"
+_PATHS = ("chat/completions", "embeddings")  # what the backend asks of a model, under its base URL
 
 
 class _BadBody(Exception):
@@ -694,7 +695,7 @@ class HttpxBackend:
         self._transports = self._given(transport)
         self._pools = {name: self._sync(m) for name, m in self._models.items()}
         self._headers = {name: self._default_headers(m) for name, m in self._models.items()}
-        self._urls = {name: httpx.URL(m.base_url + "/") for name, m in self._models.items()}
+        self._urls = {(name, path): httpx.URL(f"{m.base_url}/{path}") for name, m in self._models.items() for path in _PATHS}
         self._aclients: dict[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = {}
         self._keepers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
         self._closing: set[asyncio.Future[Any]] = set()
@@ -764,7 +765,7 @@ class HttpxBackend:
         bounds = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         return httpx.Request(
             "POST",
-            self._urls[model.name].join(path),
+            self._urls[model.name, path],
             headers=self._headers[model.name],
             content=content,
             extensions={"timeout": bounds.as_dict()},
