@@ -156,7 +156,9 @@ MAX_JSON_DEPTH = 128
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _ACCEPT_ENCODING = "gzip, deflate"
 _USER_AGENT = f"python-httpx/{httpx.__version__}"
-_PATHS = ("chat/completions", "embeddings")  # what the backend asks of a model, under its base URL
+_PATHS = ("chat/completions", "embeddings")
+#: request bodies as httpx encodes JSON (compact, UTF-8, no NaN), with one encoder for every request
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)  # what the backend asks of a model, under its base URL
 
 
 class _BadBody(Exception):
@@ -741,35 +743,40 @@ class HttpxBackend:
         )
 
     @staticmethod
-    def _default_headers(model: ModelConfig) -> list[tuple[str, str]]:
+    def _default_headers(model: ModelConfig) -> httpx.Headers:
         """The headers of every request to a model (httpx's client defaults, JSON, the key if any)."""
-        headers = [
-            ("Accept", "*/*"),
-            ("Accept-Encoding", _ACCEPT_ENCODING),
-            ("Connection", "keep-alive"),
-            ("User-Agent", _USER_AGENT),
-            ("Content-Type", "application/json"),
-        ]
+        headers = httpx.Headers(
+            {
+                "Host": httpx.URL(model.base_url).netloc.decode("ascii"),
+                "Accept": "*/*",
+                "Accept-Encoding": _ACCEPT_ENCODING,
+                "Connection": "keep-alive",
+                "User-Agent": _USER_AGENT,
+                "Content-Type": "application/json",
+            }
+        )
         key = read_key(model.api_key_env) if model.api_key_env else None
         if key:
-            headers.append(("Authorization", f"Bearer {key}"))
+            headers["Authorization"] = f"Bearer {key}"
         return headers
 
     def _request(
         self, model: ModelConfig, path: str, body: dict[str, Any], timeout: float | httpx.Timeout
     ) -> httpx.Request:
-        """The POST of one attempt, built directly: the URL and headers are made once per model, and
+        """The POST of one attempt, built directly: URL and headers are made once per model, and
         the request goes straight to the model's transport, skipping the client's per-request merging
-        of URLs, headers and cookies (which cost as much as the whole router's decision)."""
-        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        of URLs, headers and cookies (which cost as much as the router's own work on a call)."""
+        content = _JSON.encode(body).encode()
         bounds = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        return httpx.Request(
+        request = httpx.Request(
             "POST",
             self._urls[model.name, path],
             headers=self._headers[model.name],
-            content=content,
+            stream=httpx.ByteStream(content),
             extensions={"timeout": bounds.as_dict()},
         )
+        request.headers["Content-Length"] = str(len(content))
+        return request
 
     async def _aclient(self, model: ModelConfig) -> httpx.AsyncClient:
         """This event loop's client for a model, made on first use."""
