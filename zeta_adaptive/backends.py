@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import json
 import re
 import ssl
@@ -157,8 +156,11 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _ACCEPT_ENCODING = "gzip, deflate"
 _USER_AGENT = f"python-httpx/{httpx.__version__}"
 _PATHS = ("chat/completions", "embeddings")
+_TIMEOUTS = ("connect", "read", "write", "pool")  # httpx's timeout extension, one bound for all four
 #: request bodies as httpx encodes JSON (compact, UTF-8, no NaN), with one encoder for every request
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)  # what the backend asks of a model, under its base URL
+_JSON = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False
+)  # what the backend asks of a model, under its base URL
 
 
 class _BadBody(Exception):
@@ -234,14 +236,20 @@ def _parse_json(data: bytes) -> Any:
 _DEADLINE: ContextVar[float | None] = ContextVar("zeta_adaptive_deadline", default=None)
 
 
-@contextlib.contextmanager
-def _hard_deadline(at: float) -> Iterator[None]:
-    """Bound every socket operation of this thread's httpx calls inside the block by ``at``."""
-    token = _DEADLINE.set(at)
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
+class _hard_deadline:
+    """Bound every socket operation of this thread's httpx calls inside the block by ``at`` (a
+    class, not a generator: it runs on every attempt)."""
+
+    __slots__ = ("at", "token")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def __enter__(self) -> None:
+        self.token = _DEADLINE.set(self.at)
+
+    def __exit__(self, *exc: object) -> None:
+        _DEADLINE.reset(self.token)
 
 
 def _cut(timeout: float | None, expired: type[Exception]) -> float | None:
@@ -697,7 +705,9 @@ class HttpxBackend:
         self._transports = self._given(transport)
         self._pools = {name: self._sync(m) for name, m in self._models.items()}
         self._headers = {name: self._default_headers(m) for name, m in self._models.items()}
-        self._urls = {(name, path): httpx.URL(f"{m.base_url}/{path}") for name, m in self._models.items() for path in _PATHS}
+        self._urls = {
+            (name, path): httpx.URL(f"{m.base_url}/{path}") for name, m in self._models.items() for path in _PATHS
+        }
         self._aclients: dict[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = {}
         self._keepers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
         self._closing: set[asyncio.Future[Any]] = set()
@@ -767,13 +777,13 @@ class HttpxBackend:
         the request goes straight to the model's transport, skipping the client's per-request merging
         of URLs, headers and cookies (which cost as much as the router's own work on a call)."""
         content = _JSON.encode(body).encode()
-        bounds = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        bounds = timeout.as_dict() if isinstance(timeout, httpx.Timeout) else dict.fromkeys(_TIMEOUTS, timeout)
         request = httpx.Request(
             "POST",
             self._urls[model.name, path],
             headers=self._headers[model.name],
             stream=httpx.ByteStream(content),
-            extensions={"timeout": bounds.as_dict()},
+            extensions={"timeout": bounds},
         )
         request.headers["Content-Length"] = str(len(content))
         return request

@@ -453,9 +453,14 @@ class StaticPolicy(Policy):
     name = "static"
 
     def rank(self, eligible: Sequence[str] | None = None) -> Ranking:
-        if eligible is None:  # the common case needs no numpy at all
+        """The eligible models in configured order: a filter, with no numpy on a call's path."""
+        if eligible is None:
             return Ranking(self.models, 1.0)
-        return super().rank(eligible)
+        keep = set(eligible)
+        order = tuple([m for m in self.models if m in keep])
+        if not order or len(order) != len(keep):  # nothing eligible, or names the policy does not know
+            return super().rank(eligible)
+        return Ranking(order, 1.0)
 
     def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
         return np.sort(idx).tolist(), 1.0
