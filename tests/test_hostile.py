@@ -659,9 +659,11 @@ def test_sync_clients_exist_before_the_first_call_and_close_closes_async_ones():
         loop = asyncio.new_event_loop()
         try:
             assert loop.run_until_complete(backend.achat(model, MSG, {}, 5.0)).ok
-            (client,) = backend._aclients[loop].values()
+            (pool,) = backend._apools[loop].values()
             backend.close()  # from sync code, with the loop idle: closed on it
-            assert client.is_closed
+            assert not backend._apools
+            assert loop.run_until_complete(backend.achat(model, MSG, {}, 5.0)).ok  # on a new pool
+            assert backend._apools[loop]["m"] is not pool
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()

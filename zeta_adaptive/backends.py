@@ -155,12 +155,10 @@ MAX_JSON_DEPTH = 128
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _ACCEPT_ENCODING = "gzip, deflate"
 _USER_AGENT = f"python-httpx/{httpx.__version__}"
-_PATHS = ("chat/completions", "embeddings")
+_PATHS = ("chat/completions", "embeddings")  # what the backend asks of a model, under its base URL
 _TIMEOUTS = ("connect", "read", "write", "pool")  # httpx's timeout extension, one bound for all four
 #: request bodies as httpx encodes JSON (compact, UTF-8, no NaN), with one encoder for every request
-_JSON = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), allow_nan=False
-)  # what the backend asks of a model, under its base URL
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 class _BadBody(Exception):
@@ -687,15 +685,18 @@ async def _aread(response: httpx.Response, cap: int) -> tuple[bytes | None, str]
 class HttpxBackend:
     """OpenAI-compatible HTTP backend: one keep-alive pool per model, sync and async.
 
-    Sync clients are made with the backend (no setup cost on the first call); async clients on
-    first use in each event loop, and closed when that loop shuts down (``asyncio.run`` does
-    that), by :meth:`aclose`, or by :meth:`close` where the loop still allows it.
+    Each attempt's request is built here and handed to the model's httpx transport, as httpx's
+    client would after merging its defaults (which this does once per model): the router talks
+    to each ``base_url`` directly, so proxy environment variables are not read. Sync pools are
+    made with the backend (no setup cost on the first call); async ones on first use in each
+    event loop, and closed when that loop shuts down (``asyncio.run`` does that), by
+    :meth:`aclose`, or by :meth:`close` where the loop still allows it.
 
     ``transport`` (one for every model, or a mapping model name -> transport for some) replaces
-    the network: the clients send through it, and everything else (request bodies, headers,
-    timeouts, response parsing) runs as over the network. A sync-only transport fails async calls
-    with ``NotImplementedError``, and the other way round. Without one, sync I/O goes through the
-    deadline-cutting connection pool and async I/O through httpx's own.
+    the network, and everything else (request bodies, headers, timeouts, response parsing) runs
+    as over the network. A sync-only transport fails async calls with ``NotImplementedError``, and
+    the other way round. Without one, sync I/O goes through the deadline-cutting connection pool
+    and async I/O through httpx's own.
     """
 
     def __init__(
@@ -708,7 +709,7 @@ class HttpxBackend:
         self._urls = {
             (name, path): httpx.URL(f"{m.base_url}/{path}") for name, m in self._models.items() for path in _PATHS
         }
-        self._aclients: dict[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = {}
+        self._apools: dict[asyncio.AbstractEventLoop, dict[str, httpx.AsyncBaseTransport]] = {}
         self._keepers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
         self._closing: set[asyncio.Future[Any]] = set()
         self._lock = threading.Lock()
@@ -735,12 +736,13 @@ class HttpxBackend:
             return _deadline_transport(self._limits(model), self._https(model))
         return given if isinstance(given, httpx.BaseTransport) else httpx.BaseTransport()
 
-    def _async(self, model: ModelConfig) -> httpx.AsyncBaseTransport | None:
-        """The transport of a model's async clients: the one given, else None (httpx's own pool)."""
+    def _async(self, model: ModelConfig) -> httpx.AsyncBaseTransport:
+        """A model's async transport in one event loop: the one given, else a new httpx pool."""
         given = self._transports.get(model.name)
-        if given is None or isinstance(given, httpx.AsyncBaseTransport):
-            return given
-        return httpx.AsyncBaseTransport()
+        if given is None:
+            verify = _ssl_context() if self._https(model) else False
+            return httpx.AsyncHTTPTransport(verify=verify, limits=self._limits(model))
+        return given if isinstance(given, httpx.AsyncBaseTransport) else httpx.AsyncBaseTransport()
 
     @staticmethod
     def _https(model: ModelConfig) -> bool:
@@ -788,48 +790,44 @@ class HttpxBackend:
         request.headers["Content-Length"] = str(len(content))
         return request
 
-    async def _aclient(self, model: ModelConfig) -> httpx.AsyncClient:
-        """This event loop's client for a model, made on first use."""
+    async def _apool(self, model: ModelConfig) -> httpx.AsyncBaseTransport:
+        """This event loop's transport for a model, made on first use."""
         loop = asyncio.get_running_loop()
+        pools = self._apools.get(loop)
+        if pools is not None and (pool := pools.get(model.name)) is not None:
+            return pool
         with self._lock:
-            for dead in [other for other in self._aclients if other.is_closed()]:
-                self._aclients.pop(dead, None)
+            for dead in [other for other in self._apools if other.is_closed()]:
+                self._apools.pop(dead, None)
                 self._keepers.pop(dead, None)
-            clients = self._aclients.get(loop)
+            pools = self._apools.setdefault(loop, {})
             keeper = None
-            if clients is None:
-                clients = self._aclients[loop] = {}
-                keeper = self._keepers[loop] = self._keeper(loop, clients)
-            client = clients.get(model.name)
-            if client is None:
-                verify = _ssl_context() if self._https(model) else False
-                client = clients[model.name] = httpx.AsyncClient(
-                    limits=self._limits(model), verify=verify, transport=self._async(model)
-                )
+            if loop not in self._keepers:  # one per loop: after close(), the next pools reuse it
+                keeper = self._keepers[loop] = self._keeper(loop)
+            pool = pools.get(model.name)
+            if pool is None:
+                pool = pools[model.name] = self._async(model)
         if keeper is not None:
             await anext(keeper)  # registers it with the loop, which closes it at shutdown_asyncgens()
-        return client
+        return pool
 
-    async def _keeper(
-        self, loop: asyncio.AbstractEventLoop, clients: dict[str, httpx.AsyncClient]
-    ) -> AsyncIterator[None]:
+    async def _keeper(self, loop: asyncio.AbstractEventLoop) -> AsyncIterator[None]:
         """Lives as long as its loop: when the loop shuts down its async generators, the loop's
-        clients are closed with it (so ``asyncio.run`` per call leaves no connection open)."""
+        pools are closed with it (so ``asyncio.run`` per call leaves no connection open)."""
         try:
             yield
         finally:
             with self._lock:
-                if self._aclients.get(loop) is clients:
-                    del self._aclients[loop]
+                pools = self._apools.pop(loop, {})
                 self._keepers.pop(loop, None)
-            await self._close_all(clients)
+            await self._close_all(pools)
 
     @staticmethod
-    async def _close_all(clients: dict[str, httpx.AsyncClient]) -> None:
-        pending = list(clients.values())
-        clients.clear()
-        for client in pending:
-            await client.aclose()
+    async def _close_all(pools: dict[str, httpx.AsyncBaseTransport]) -> None:
+        pending = list(pools.values())
+        pools.clear()
+        for pool in pending:
+            await pool.aclose()
 
     @staticmethod
     def _chat_body(model: ModelConfig, messages: Messages, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -867,8 +865,8 @@ class HttpxBackend:
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):  # a hard bound on the whole attempt
-                client = await self._aclient(model)
-                response = await client.send(self._request(model, path, body, timeout_s), stream=True)
+                pool = await self._apool(model)
+                response = await pool.handle_async_request(self._request(model, path, body, timeout_s))
                 try:
                     data, problem = await _aread(response, cap)
                 finally:
@@ -978,9 +976,9 @@ class HttpxBackend:
         data, problem = None, ""
         try:
             async with asyncio.timeout(left()):
-                client = await self._aclient(model)
-                response = await client.send(
-                    self._request(model, "chat/completions", body, state.timeouts()), stream=True
+                pool = await self._apool(model)
+                response = await pool.handle_async_request(
+                    self._request(model, "chat/completions", body, state.timeouts())
                 )
                 if response.status_code >= 300:
                     data, problem = await _aread(response, model.response_cap())
@@ -1010,29 +1008,29 @@ class HttpxBackend:
         for pool in self._pools.values():
             pool.close()
         with self._lock:  # the keepers stay: each ends (doing nothing more) when its loop shuts down
-            pools = list(self._aclients.items())
-            self._aclients.clear()
+            pools = list(self._apools.items())
+            self._apools.clear()
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        for loop, clients in pools:
+        for loop, held in pools:
             if loop.is_closed():
                 continue
             if loop is current:  # close() called from async code: finish the job on this loop
-                task = loop.create_task(self._close_all(clients))
+                task = loop.create_task(self._close_all(held))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
             elif loop.is_running():
-                asyncio.run_coroutine_threadsafe(self._close_all(clients), loop)
+                asyncio.run_coroutine_threadsafe(self._close_all(held), loop)
             elif current is None:
-                loop.run_until_complete(self._close_all(clients))
+                loop.run_until_complete(self._close_all(held))
 
     async def aclose(self) -> None:
         """Close this loop's async pools (awaited), then everything :meth:`close` closes."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            clients = self._aclients.pop(loop, None)
-        if clients is not None:
-            await self._close_all(clients)
+            held = self._apools.pop(loop, None)
+        if held is not None:
+            await self._close_all(held)
         self.close()
