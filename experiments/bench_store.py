@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from zeta_adaptive.ids import new_call_id
+
 from .common import PrivatePostgres, interleave, markdown_table, parse_args, postgres_bindir, write_csv, write_markdown
 
 TARGETS = {"sqlite": 50_000.0, "postgres": 20_000.0}
@@ -65,7 +67,7 @@ def make_calls(n: int, seed: int) -> list[list[tuple[str, dict[str, Any]]]]:
     ts0 = time.time() - n * 0.01
     out = []
     for i in range(n):
-        call_id = uuid.uuid4().hex
+        call_id = new_call_id()
         k = int(n_attempts[i])
         order = [MODELS[(first[i] + j) % len(MODELS)] for j in range(len(MODELS))]
         ts = ts0 + i * 0.01
