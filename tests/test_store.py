@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -63,6 +65,23 @@ def test_migrations_create_the_tables_once(store_url):
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0006"
     finally:
         engine.dispose()
+
+
+def test_the_schema_head_the_store_knows_is_alembics():
+    """Opening a current log skips Alembic because the store knows the newest revision; it must be Alembic's."""
+    from alembic.script import ScriptDirectory
+
+    from zeta_adaptive.store import SCHEMA_HEAD, _alembic_config
+
+    assert ScriptDirectory.from_config(_alembic_config(None)).get_current_head() == SCHEMA_HEAD
+
+
+def test_opening_a_current_log_does_not_import_alembic(tmp_path):
+    url = f"sqlite:///{tmp_path / 'zeta.db'}"
+    Store(url).close()  # creates and stamps the log
+    code = f"import sys; from zeta_adaptive import Store; Store({url!r}).close(); print('alembic' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.slow

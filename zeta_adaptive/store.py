@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
-import functools
 import hashlib
 import itertools
 import json
@@ -173,12 +172,22 @@ def _alembic_config(connection: Any) -> Any:
     return cfg
 
 
-@functools.cache
-def head_revision() -> str | None:
-    """The newest migration: read once per process (loading Alembic is slow, and is no database wait)."""
-    from alembic.script import ScriptDirectory
+#: the newest migration (``migrations/versions``), so that opening a log already at it needs no
+#: Alembic, whose import is most of a Router's start-up; a test checks it against Alembic's head
+SCHEMA_HEAD = "0006"
 
-    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+
+def head_revision() -> str:
+    """The newest migration's revision."""
+    return SCHEMA_HEAD
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the log's schema is at (None for a log Alembic never stamped)."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(engine: Engine) -> None:
@@ -189,7 +198,6 @@ def upgrade(engine: Engine) -> None:
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
-    head = head_revision()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
@@ -197,7 +205,7 @@ def upgrade(engine: Engine) -> None:
         if current is None and not inspect(conn).has_table("calls"):  # a new log: the tables as of the newest migration
             metadata.create_all(conn)
             command.stamp(_alembic_config(conn), "head")
-        elif current != head:
+        elif current != SCHEMA_HEAD:
             command.upgrade(_alembic_config(conn), "head")
 
 
@@ -586,12 +594,13 @@ class Store:
         self._delay = 0.05
         self._migrated = not migrate
         if migrate:
-            head_revision()  # Python work, before the clock of the bounded database work starts
-            import alembic.command
-            import alembic.runtime.migration  # noqa: F401
-
             try:  # a router does not wait long for an absent database; a command does
-                self.call(upgrade, self.engine, timeout=timeout_s if background else max(timeout_s, 60.0))
+                wait = timeout_s if background else max(timeout_s, 60.0)
+                if self.call(current_revision, self.engine, timeout=wait) != SCHEMA_HEAD:
+                    import alembic.command  # Python work, before the clock of the bounded migration starts
+                    import alembic.runtime.migration  # noqa: F401
+
+                    self.call(upgrade, self.engine, timeout=wait)
                 self._migrated = True
             except (SQLAlchemyError, StoreError) as exc:
                 if not background:
