@@ -20,6 +20,7 @@ import logging
 import math
 import operator
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -54,7 +55,7 @@ from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from ._optional import requires
 from .exceptions import StoreError
-from .policies import LATENCY_FLOOR_S, log_latency
+from .policies import LATENCY_FLOOR_S
 from .records import CallRecord
 
 if TYPE_CHECKING:  # pandas is imported by the methods that return frames, not by the call path
@@ -220,11 +221,6 @@ def _insert(engine: Engine, table: Table) -> Any:
     return sqlite_insert(table).on_conflict_do_nothing()
 
 
-def _log_latency(latency_s: float | None) -> float | None:
-    """ln(latency) as the policies take it (floored at 1 microsecond); SQL's own on PostgreSQL."""
-    return None if latency_s is None else log_latency(latency_s)
-
-
 def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine:
     """An engine whose every wait is bounded: SQLite's busy timeout, PostgreSQL's connect and statement
     timeouts, and the pool's checkout timeout all follow ``timeout_s``."""
@@ -243,8 +239,11 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
             if parsed.database not in (None, "", ":memory:"):
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            try:  # SQLite's own ln() (3.35+, when built with its math functions) runs a warm start's sums
+                cur.execute("SELECT ln(1.0)")
+            except sqlite3.OperationalError:  # else Python's, a hundred times slower per row
+                dbapi_conn.create_function("ln", 1, math.log, deterministic=True)
             cur.close()
-            dbapi_conn.create_function("zeta_log_latency", 1, _log_latency, deterministic=True)
 
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": max(2, math.ceil(timeout_s))}  # libpq's minimum is 2 s
@@ -1029,10 +1028,10 @@ class Store:
 
         t = attempts
         ok = t.c.outcome == "ok"
-        if self.engine.dialect.name == "postgresql":
-            loglat = func.ln(func.greatest(t.c.latency_s, LATENCY_FLOOR_S))
-        else:
-            loglat = func.zeta_log_latency(t.c.latency_s)
+        floored = (func.greatest if self.engine.dialect.name == "postgresql" else func.max)(
+            t.c.latency_s, LATENCY_FLOOR_S
+        )
+        loglat = func.ln(floored)  # log_latency() in SQL
         when_ok = lambda value: func.sum(case((ok, value), else_=0.0))  # noqa: E731
         query = select(
             t.c.model,
