@@ -316,7 +316,8 @@ def sanitize(table: str, row: Mapping[str, Any], scrub: Callable[[str], str] = s
         if value is None:
             out[name] = None
         elif kind == "text":
-            out[name] = _clean_text(value, limit)
+            plain = type(value) is str and len(value) <= limit and value.isascii() and "\x00" not in value
+            out[name] = value if plain else _clean_text(value, limit)  # the common case without a call
         elif kind == "free":
             out[name] = _clean_text(scrub(value if type(value) is str else str(value)), limit)
         elif kind == "int":
