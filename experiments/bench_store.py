@@ -116,7 +116,7 @@ def make_calls(n: int, seed: int) -> list[list[tuple[str, dict[str, Any]]]]:
 def _full(table: str, row: dict[str, Any]) -> dict[str, Any]:
     """The row with every column of the current schema (as Router._log sends them): a router id
     where the table has one, None for the other columns this script does not know."""
-    from zeta_adaptive.store import TABLES
+    from zeta_adaptive import TABLES
 
     full = {c.name: None for c in TABLES[table].columns}
     if "router_id" in full:
@@ -230,8 +230,7 @@ def run_naive(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: 
     """The peer: one transaction per call, in the caller's thread (same tables and INSERT)."""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    from zeta_adaptive import Store
-    from zeta_adaptive.store import TABLES
+    from zeta_adaptive import TABLES, Store
 
     store = Store(url, journal_dir=journal)  # creates the schema; its writer stays idle
     engine = store.engine
@@ -271,8 +270,7 @@ def run_naive(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: 
 def run_floor(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: Path) -> dict[str, Any]:
     """The floor: the same rows as tuples through the driver's executemany (``exec_driver_sql``),
     5,000 rows per transaction, in the caller's thread: no queue, no per-row SQLAlchemy work."""
-    from zeta_adaptive import Store
-    from zeta_adaptive.store import TABLES
+    from zeta_adaptive import TABLES, Store
 
     store = Store(url, journal_dir=journal)
     engine = store.engine

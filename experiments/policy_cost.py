@@ -15,8 +15,8 @@ Our policies use the router's default Objective() (success, and latency with w_l
 Thompson also samples a log-latency posterior); ``thompson (success only)`` uses
 Objective(w_latency=0, w_cost=0), the same model as MABWiser's ThompsonSampling.
 
-``--baseline FILE`` also times the targeted policies of another ``policies.py`` (for example the
-one before a change, from ``git show REV:zeta_adaptive/policies.py``) in the same interleaved
+``--baseline FILE`` also times the targeted policies of another ``_policies.py`` (for example the
+one before a change, from ``git show REV:zeta_adaptive/_policies.py``) in the same interleaved
 rounds, as "name (baseline)". Without MABWiser installed (the ``bench`` extra) its rows are left
 out. The machine has 2 cores and other processes may run: compare within a run. BLAS thread
 variables are left as they are.
@@ -36,7 +36,7 @@ from types import ModuleType
 import numpy as np
 from tqdm import tqdm
 
-from zeta_adaptive import policies as current_policies
+import zeta_adaptive
 
 from .common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
 
@@ -70,7 +70,7 @@ clock = time.perf_counter_ns
 class Contender:
     """One policy instance with its own pre-drawn outcomes; ``block(n)`` runs n timed cycles."""
 
-    def __init__(self, name: str, k: int, seed: int, steps: int, policies: ModuleType = current_policies) -> None:
+    def __init__(self, name: str, k: int, seed: int, steps: int, policies: ModuleType = zeta_adaptive) -> None:
         self.name = name
         rng = np.random.default_rng([seed, k, 3])
         p = np.asarray(PROBS[k])
@@ -143,7 +143,7 @@ def stats_us(ns: np.ndarray) -> dict[str, float]:
 
 
 def load_baseline(path: Path) -> ModuleType:
-    """Another ``policies.py`` as a module of its own (it imports nothing from the package)."""
+    """Another ``_policies.py`` as a module of its own (it imports nothing from the package)."""
     spec = importlib.util.spec_from_file_location("baseline_policies", path)
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
     spec.loader.exec_module(module)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(
         __doc__,
         argv,
-        **{"--baseline": {"type": Path, "default": None, "help": "another policies.py to time alongside"}},
+        **{"--baseline": {"type": Path, "default": None, "help": "another _policies.py to time alongside"}},
     )
     warmup, rounds, block = (100, 2, 25) if args.quick else (2_000, 40, 250)
     have_mabwiser = importlib.util.find_spec("mabwiser") is not None

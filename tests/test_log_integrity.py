@@ -22,7 +22,7 @@ from loopback_http import send_json
 from sqlalchemy import create_engine, text
 
 from zeta_adaptive import AllModelsFailed, ConfigError, FeedbackError, Router, Store, StoreError
-from zeta_adaptive.feedback import FeedbackBook
+from zeta_adaptive._feedback import FeedbackBook
 
 pytestmark = pytest.mark.integration  # loopback servers, frozen and killed processes
 

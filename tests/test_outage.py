@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from zeta_adaptive import Router, Store
+from zeta_adaptive._store import metadata
 from zeta_adaptive.simulate import Fleet, ModelSpec
-from zeta_adaptive.store import metadata
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a store going away under router processes
 
@@ -74,7 +74,7 @@ def test_a_journal_left_by_a_dead_process_is_replayed_at_next_open(sqlite_url, t
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_outage import _call_row
-        from zeta_adaptive.store import Store
+        from zeta_adaptive._store import Store
         store = Store({sqlite_url!r}, journal_dir={str(journal_dir)!r})
         for i in range(30):
             store.put("calls", _call_row(i))

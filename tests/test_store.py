@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 
 from zeta_adaptive import Config, StoreError
-from zeta_adaptive import store as store_module
+from zeta_adaptive import _store as store_module
+from zeta_adaptive._store import Store
 from zeta_adaptive.cli import main
-from zeta_adaptive.store import Store
 
 
 def _attempt(call_id: str, idx: int) -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ._optional import requires
-from .store import Store
+from ._store import Store
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -14,9 +14,9 @@ import pandas as pd
 from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
+from ._exceptions import ZetaError
+from ._router import Router
 from .analysis import load_log, model_summary
-from .exceptions import ZetaError
-from .router import Router
 from .simulate import DEGRADATION, DEGRADED_MODEL, Fleet, example_fleet, example_routes
 
 __all__ = ["DemoReport", "run_demo", "TASK_MIX", "DEGRADED_MODEL"]

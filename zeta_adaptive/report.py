@@ -21,13 +21,13 @@ import pandas as pd
 from sqlalchemy.engine import make_url
 
 from . import analysis as za
-from .exceptions import ZetaError
-from .store import Store
+from ._exceptions import ZetaError
+from ._store import Store
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .config import Config
+    from ._config import Config
 
 __all__ = ["render_report", "write_report", "figure_png"]
 
@@ -180,7 +180,7 @@ def write_report(url: str, path: str | Path, *, demo: bool = False, config: Conf
         store.close()
     preferences = None
     if config is not None:
-        from .router import Router
+        from ._router import Router
 
         with Router(dataclasses.replace(config, store=url)) as router:
             preferences = router.preferences()

@@ -11,7 +11,7 @@ per model on 127.0.0.1 (:meth:`Fleet.start`), or an httpx transport with no sock
 The servers are as strict as real ones (OpenAI, vLLM): usage in a stream only when
 ``stream_options.include_usage`` asks for it; 404 with OpenAI's body for a model name they do
 not serve; 401 when the spec has an ``api_key`` and the request does not carry it; 400 with
-vLLM's body when the prompt (estimated as :func:`zeta_adaptive.backends.estimate_tokens`) plus
+vLLM's body when the prompt (estimated as :func:`zeta_adaptive._backends.estimate_tokens`) plus
 ``max_tokens`` exceeds the spec's ``context_window``; ``n``, ``stop`` and ``max_tokens`` honoured.
 """
 
@@ -44,9 +44,9 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from .backends import estimate_tokens
-from .config import Config, ModelConfig, load_config
-from .exceptions import ConfigError
+from ._backends import estimate_tokens
+from ._config import Config, ModelConfig, load_config
+from ._exceptions import ConfigError
 
 __all__ = [
     "ModelSpec",

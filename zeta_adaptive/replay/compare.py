@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..exceptions import ReplayError
-from ..policies import Objective
+from .._exceptions import ReplayError
+from .._policies import Objective
 from .data import Logged, as_logged
 from .estimators import ESTIMATORS, Estimator, learning_bootstrap
 from .targets import Static, parse_target, resolve

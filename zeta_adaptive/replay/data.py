@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..exceptions import ReplayError, StoreError
-from ..policies import Objective
+from .._exceptions import ReplayError, StoreError
+from .._policies import Objective
 
 if TYPE_CHECKING:
-    from ..store import Store
+    from .._store import Store
 
 #: how a logged call's reward is defined (see :func:`load_logged`)
 REWARDS = ("accuracy", "success", "utility")
@@ -81,7 +81,7 @@ def _open_store(store: Store | str) -> tuple[Store, bool]:
     """A Store for a URL (refusing to create a missing SQLite file), or the given Store, flushed."""
     from sqlalchemy.engine import make_url
 
-    from ..store import Store
+    from .._store import Store
 
     if isinstance(store, Store):
         store.flush()
@@ -129,7 +129,7 @@ def load_logged(
     from sqlalchemy import select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ..store import attempts, calls, feedback
+    from .._store import attempts, calls, feedback
 
     _check_on_invalid(on_invalid)
     if reward not in REWARDS:

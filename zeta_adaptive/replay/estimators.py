@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..exceptions import ReplayError
+from .._exceptions import ReplayError
 from .data import Logged, as_logged
 from .learning import Learning
 from .probabilities import ActionProbs, Resolved

@@ -1,7 +1,7 @@
 """Learning targets: a policy of this package run along the log, learning only where it matches (Li et al. 2011).
 
 The replay records, at every decision, the policy's probability of each model being primary
-(one-hot for a deterministic ranking, else :meth:`~zeta_adaptive.policies.Policy.primary_probabilities`),
+(one-hot for a deterministic ranking, else :meth:`~zeta_adaptive._policies.Policy.primary_probabilities`),
 so IPS, SNIPS, DM and DR read the same trajectory as the replay estimator. A policy that exposes
 no probabilities for a random decision (epsilon-greedy) gets the replay estimate only.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..exceptions import ReplayError
-from ..policies import Objective, Policy, make_policy
+from .._exceptions import ReplayError
+from .._policies import Objective, Policy, make_policy
 from .data import Logged
 from .probabilities import ActionProbs, Resolved
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..exceptions import ReplayError
+from .._exceptions import ReplayError
 from .data import Logged
 
 if TYPE_CHECKING:

@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from .exceptions import ConfigError
-from .limits import LoadConfig
-from .policies import OPTION_TYPES, Objective, make_policy, registered
-from .scrub import read_key
-from .validators import build as build_validators
+from ._exceptions import ConfigError
+from ._limits import LoadConfig
+from ._policies import OPTION_TYPES, Objective, make_policy, registered
+from ._scrub import read_key
+from ._validators import build as build_validators
 
 __all__ = [
     "ModelConfig",
