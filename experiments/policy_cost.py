@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 import zeta_adaptive
 
-from .common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
+from .common import interleave, markdown_table, parse_args, publish, savefig, setup_matplotlib, summary_row, write_csv
 
 PROBS = {
     2: (0.55, 0.70),
@@ -206,15 +206,16 @@ def main(argv: list[str] | None = None) -> dict:
             met = a["cycle_median_us"] < limit
             verdicts[(k, ours)] = met
             headline.append(
-                {
-                    "workload": f"{k} models, {ours} decision (rank with propensity + update), median / p99 µs",
-                    "ours": f"{a['cycle_median_us']:.1f} / {a['cycle_p99_us']:.0f} (rank {a['rank_median_us']:.1f})",
-                    "peer": f"{LABEL[peer]}: {b['cycle_median_us']:.1f} / {b['cycle_p99_us']:.0f}"
+                summary_row(
+                    f"{k} models, {ours} decision (rank with propensity + update), median / p99 µs",
+                    f"{a['cycle_median_us']:.1f} / {a['cycle_p99_us']:.0f} (rank {a['rank_median_us']:.1f})",
+                    f"{LABEL[peer]}: {b['cycle_median_us']:.1f} / {b['cycle_p99_us']:.0f}"
                     if b
                     else "MABWiser not installed",
-                    "ratio (peer / ours, median)": f"{b['cycle_median_us'] / a['cycle_median_us']:.3g}" if b else "–",
-                    "target": f"{'met' if met else 'MISSED'} (< {limit:g} µs median cycle)",
-                }
+                    f"{b['cycle_median_us'] / a['cycle_median_us']:.3g} (peer / ours, median)" if b else "–",
+                    f"< {limit:g} µs median cycle",
+                    met,
+                )
             )
     sections = []
     if baseline:
@@ -271,18 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     if not have_mabwiser:
         notes.append("MABWiser is not installed (pip install -e '.[bench]'): its rows are missing.")
-    write_markdown(
-        args.out / "policy_cost.md",
-        "Decision cost per call: ours vs MABWiser",
-        list(headline[0]),
-        headline,
-        command=args.command,
-        sections=sections,
-        notes=notes,
-        quick=args.quick,
-    )
     _plot(rows, args.out / "policy_cost.png")
-    print((args.out / "policy_cost.md").read_text())
+    publish(args, "policy_cost", "Decision cost per call: ours vs MABWiser", headline, sections=sections, notes=notes)
     return {"rows": rows, "verdicts": verdicts, "out": args.out}
 
 
