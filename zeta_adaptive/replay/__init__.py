@@ -38,7 +38,7 @@ from .._exceptions import ReplayError
 from .compare import Comparison, compare
 from .data import REWARDS, Logged, from_frame, load_logged, prepare
 from .estimators import DM, DR, ESTIMATORS, IPS, SNIPS, CellMeans, Estimate, Estimator, Replay
-from .learning import Learning
+from .learning import Learning, Replayed
 from .probabilities import ActionProbs, Resolved
 from .targets import Always, Distribution, Static, Target, Uniform, parse_target, resolve
 
@@ -51,6 +51,7 @@ __all__ = [
     "Logged",
     "ActionProbs",
     "Resolved",
+    "Replayed",
     "resolve",
     "Target",
     "Uniform",

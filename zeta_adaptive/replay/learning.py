@@ -53,7 +53,7 @@ class Learning:
         except (TypeError, ValueError) as exc:
             raise ReplayError(f"policy {self.name}: {exc}") from None
 
-    def resolve(self, data: Logged, progress: bool = False) -> Resolved:
+    def resolve(self, data: Logged, progress: bool = False) -> Replayed:
         """Run the policy along the log (Li et al. 2011, with rejection for non-uniform logs).
 
         Per task type, a round is a candidate with probability ``min propensity / propensity`` (1
@@ -85,7 +85,7 @@ class Learning:
                 row_step[rows] = sum(len(done) for done in tables) + steps.searchsorted(np.arange(len(rows)))
                 tables.append(table)
         probs = ActionProbs(np.concatenate(tables), row_step) if exposes else None
-        return Resolved(self.name, probs, np.sort(np.concatenate(accepted)), self)
+        return Replayed(self.name, probs, accepted=np.sort(np.concatenate(accepted)), learning=self)
 
     def _run_group(
         self, data: Logged, g: int, rows: np.ndarray, u: np.ndarray, record: bool, bar: Any
@@ -147,3 +147,11 @@ class Learning:
         if not one_hot.all():
             table[np.ix_(np.flatnonzero(~one_hot), idx)] = np.stack([d for d in dists if not isinstance(d, int)])
         return np.asarray(steps, dtype=np.int64), table
+
+
+@dataclass(frozen=True, eq=False)
+class Replayed(Resolved):
+    """A learning target resolved: the rows its replay matched, in time order, and the target, for the interval."""
+
+    accepted: np.ndarray = field(kw_only=True)
+    learning: Learning = field(kw_only=True)
