@@ -194,15 +194,8 @@ class Config:
             "models": {},
             "routes": {},
         }
-        if self.seed is not None:
-            out["seed"] = self.seed
-        if self.journal_dir is not None:
-            out["journal_dir"] = self.journal_dir
-        if self.refresh_s is not None:
-            out["refresh_s"] = self.refresh_s
-        if self.pgbouncer:
-            out["pgbouncer"] = True
-        for key in ("durability", "store_timeout_s", "feedback_window", "feedback_window_s", "max_attempts"):
+        optional = ("seed", "journal_dir", "refresh_s", "pgbouncer", "durability", "store_timeout_s")
+        for key in (*optional, "feedback_window", "feedback_window_s", "max_attempts"):
             if getattr(self, key) != getattr(Config, key):
                 out[key] = getattr(self, key)
         if self.rejecting_statuses != REJECTING_DEFAULT:
@@ -219,19 +212,11 @@ class Config:
                 if f.name != "name" and getattr(m, f.name) not in (None, "")
             }
         for task, r in self.routes.items():
-            out["routes"][task] = {"models": list(r.models), "policy": r.policy, **r.options}
-            if r.hedge_quantile is not None:
-                out["routes"][task]["hedge_quantile"] = r.hedge_quantile
-            if r.validators:
-                out["routes"][task]["validators"] = list(r.validators)
-            if r.latency_measure != "total":
-                out["routes"][task]["latency_measure"] = r.latency_measure
-            if r.max_attempts is not None:
-                out["routes"][task]["max_attempts"] = r.max_attempts
-            if r.load != "off":
-                out["routes"][task]["load"] = r.load
-            if r.budget_per_call is not None:
-                out["routes"][task]["budget_per_call"] = r.budget_per_call
+            route = out["routes"][task] = {"models": list(r.models), "policy": r.policy, **r.options}
+            for f in fields(r):  # the other settings, where they differ from the default
+                value = getattr(r, f.name)
+                if f.name not in ("task_type", "models", "policy", "options") and value != f.default:
+                    route[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
 
