@@ -133,12 +133,16 @@ class Step:
             raise ValueError(f"fate must be one of {', '.join(_FATES)}; got {self.fate!r}")
         if self.status is not None and not 400 <= self.status <= 599:
             raise ValueError(f"status must be an HTTP error status (400-599), got {self.status!r}")
-        for name in ("latency_s", "retry_after_s"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value < math.inf:
-                raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+        _check_within(((name, getattr(self, name)) for name in ("latency_s", "retry_after_s")), math.inf)
         if self.text == "":
             raise ValueError("text must not be empty (the fate 'empty' answers without text)")
+
+
+def _check_within(values: Iterable[tuple[str, float | None]], high: float) -> None:
+    """Reject a named value outside [0, 1] (``high`` 1) or not finite and >= 0 (``high`` inf); None passes."""
+    for name, value in values:
+        if value is not None and not (0.0 <= value <= 1.0 if high == 1.0 else 0.0 <= value < math.inf):
+            raise ValueError(f"{name} must be {'in [0, 1]' if high == 1.0 else 'finite and >= 0'}, got {value!r}")
 
 
 def _as_step(step: Step | str) -> Step:
@@ -186,17 +190,9 @@ class ModelSpec:
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         if self.kind not in ("chat", "embedding"):
             raise ValueError(f"kind must be 'chat' or 'embedding', got {self.kind!r}")
-        for name in _RATE_FIELDS:
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        for name in _NON_NEGATIVE_FIELDS:
-            value = getattr(self, name)
-            if not 0.0 <= value < math.inf:
-                raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
-        for task_type, value in self.accuracy.items():
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"accuracy[{task_type!r}] must be in [0, 1], got {value!r}")
+        _check_within(((name, getattr(self, name)) for name in _RATE_FIELDS), 1.0)
+        _check_within(((name, getattr(self, name)) for name in _NON_NEGATIVE_FIELDS), math.inf)
+        _check_within(((f"accuracy[{task!r}]", value) for task, value in self.accuracy.items()), 1.0)
         if self.context_window is not None and self.context_window < 1:
             raise ValueError(f"context_window must be >= 1, got {self.context_window!r}")
         if self.dim < 1 or self.tokens_out < 1:
