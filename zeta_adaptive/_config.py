@@ -285,6 +285,14 @@ def _integer(where: str, value: Any, minimum: int) -> int:
     return value
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite store URL names (None for another database, or SQLite in memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 def _optional(check: Callable[..., Any], where: str, data: Mapping[str, Any], key: str, *args: Any, **kw: Any) -> Any:
     """``data[key]`` as ``check`` reads it (at ``where.key``), or None where the key is absent or None."""
     value = data.get(key)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ._config import DEFAULT_STORE, Config
+from ._config import DEFAULT_STORE, Config, sqlite_file
 from ._exceptions import ConfigError, ZetaError
 
 DEFAULT_FLEET_CONFIG = "examples/fleet.toml"
@@ -69,18 +69,15 @@ class _Cli(click.Group):
 def _check_store(url: str, label: str, *, must_exist: bool) -> str:
     """The store URL if usable: a database URL this package supports, a SQLite file whose directory
     exists and, for commands that read a log, the file itself (they never create an empty log)."""
-    from sqlalchemy.engine import make_url
-
     from ._config import _store_url as validate_store_url
 
     try:
         validate_store_url(url)
     except ConfigError as exc:
         raise click.ClickException(f"{label}: {exc.problem}") from None
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    path = sqlite_file(url)
+    if path is None:
         return url
-    path = Path(parsed.database)
     if not path.parent.is_dir():
         raise click.ClickException(f"{label} {url}: directory {path.parent} does not exist")
     if must_exist and not path.is_file():
