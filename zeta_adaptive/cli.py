@@ -406,15 +406,7 @@ def replay(
         raise click.UsageError("give exactly one source: --db URL or --csv PATH")
     if out:
         _check_output(out, "--out")
-    given = dict(
-        policies=policies,
-        task_type=task_type,
-        targets=targets,
-        action=action,
-        propensity=propensity,
-        position=position,
-        contexts=contexts,
-    )
+    given = click.get_current_context().params  # every option's value, by parameter name
     source, misplaced = ("--db", _CSV_ONLY) if url is not None else ("--csv", _DB_ONLY)
     wrong = [flag for flag, name in misplaced.items() if given[name]]
     if wrong:
