@@ -76,19 +76,6 @@ _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip, deflate, no 
 _MALFORMED_CHAT = b'{"choices": ['
 _MALFORMED_EMBEDDING = b'{"object": "list", "data": ['
 _WORDS = ("the", "answer", "follows", "from", "a", "careful", "look", "at", "your", "question", "and", "so")
-_RATE_FIELDS = (
-    "error_rate",
-    "rate_limit_rate",
-    "malformed_rate",
-    "empty_rate",
-    "hang_rate",
-    "stall_first_token_rate",
-    "break_stream_rate",
-    "stream_error_rate",
-    "drip_rate",
-    "bomb_rate",
-    "default_accuracy",
-)
 _NON_NEGATIVE_FIELDS = ("latency_s", "latency_sigma", "retry_after_s", "hang_s", "chunk_delay_s")
 
 
@@ -190,7 +177,8 @@ class ModelSpec:
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         if self.kind not in ("chat", "embedding"):
             raise ValueError(f"kind must be 'chat' or 'embedding', got {self.kind!r}")
-        _check_within(((name, getattr(self, name)) for name in _RATE_FIELDS), 1.0)
+        probabilities = [f.name for f in dataclasses.fields(self) if f.name.endswith("_rate")] + ["default_accuracy"]
+        _check_within(((name, getattr(self, name)) for name in probabilities), 1.0)
         _check_within(((name, getattr(self, name)) for name in _NON_NEGATIVE_FIELDS), math.inf)
         _check_within(((f"accuracy[{task!r}]", value) for task, value in self.accuracy.items()), 1.0)
         if self.context_window is not None and self.context_window < 1:
