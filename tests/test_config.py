@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from in_process import fake_router
 
 from zeta_adaptive import Config, ConfigError, ModelConfig, load_config
-from zeta_adaptive.policies import Objective
+from zeta_adaptive._policies import Objective
 
 
 def base_config(tmp_path) -> dict[str, Any]:
@@ -724,8 +724,8 @@ def test_a_per_prompt_policy_loads_in_a_fresh_interpreter():
     import sys
 
     code = (
-        "from zeta_adaptive.config import load_config\n"
-        "from zeta_adaptive.policies import make_policy\n"
+        "from zeta_adaptive._config import load_config\n"
+        "from zeta_adaptive._policies import make_policy\n"
         "m = {'base_url': 'http://127.0.0.1:9/v1'}\n"
         "c = load_config({'store': 'sqlite:///:memory:', 'models': {'a': m, 'b': m},\n"
         "    'routes': {'r': {'models': ['a', 'b'], 'policy': 'linear_thompson', 'feature_bits': 10}}})\n"

@@ -27,8 +27,8 @@ import helpers
 import pytest
 
 from zeta_adaptive import AllModelsFailed, Router, StreamBroken
-from zeta_adaptive.backends import HttpxBackend, Outcome, Reply
-from zeta_adaptive.config import ModelConfig
+from zeta_adaptive._backends import HttpxBackend, Outcome, Reply
+from zeta_adaptive._config import ModelConfig
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
 pytestmark = pytest.mark.integration  # hostile servers on loopback
@@ -201,7 +201,7 @@ def deep_json(req: Request, sock: socket.socket, stop: threading.Event) -> None:
     send_json(sock, 200, b"[" * 100_000 + b"]" * 100_000)
 
 
-# -- error bodies as real servers send them (see the sources in zeta_adaptive.backends.CONTEXT_MARKERS) --
+# -- error bodies as real servers send them (see the sources in zeta_adaptive._backends.CONTEXT_MARKERS) --
 
 VLLM_CONTEXT = (
     400,

@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pytest
 
-from zeta_adaptive.exceptions import ConfigError
-from zeta_adaptive.limits import AdaptiveLimit, LoadConfig
+from zeta_adaptive._exceptions import ConfigError
+from zeta_adaptive._limits import AdaptiveLimit, LoadConfig
 
 
 class Clock:

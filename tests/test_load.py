@@ -21,10 +21,10 @@ from helpers import run_experiment
 from test_callpath import Loopback, answer, loopback_config
 
 from zeta_adaptive import Outcome, Reply, Router
-from zeta_adaptive.config import Config
-from zeta_adaptive.exceptions import ConfigError
-from zeta_adaptive.health import Health
-from zeta_adaptive.limits import LoadConfig
+from zeta_adaptive._config import Config
+from zeta_adaptive._exceptions import ConfigError
+from zeta_adaptive._health import Health
+from zeta_adaptive._limits import LoadConfig
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
 pytestmark = pytest.mark.integration  # servers with slots on loopback

@@ -11,8 +11,8 @@ import pytest
 
 from zeta_adaptive import AllModelsFailed, Router, UnknownTaskType
 from zeta_adaptive import analysis as za
+from zeta_adaptive._results import PREFERENCE_COLUMNS, preference_records
 from zeta_adaptive.report import write_report
-from zeta_adaptive.results import PREFERENCE_COLUMNS, preference_records
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
 

@@ -40,8 +40,8 @@ with requires("gateway"):
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-from .config import Config, KeyLimits, ServerConfig, load_config
-from .exceptions import (
+from ._config import Config, KeyLimits, ServerConfig, load_config
+from ._exceptions import (
     AllModelsFailed,
     ConfigError,
     FeedbackError,
@@ -51,11 +51,11 @@ from .exceptions import (
     StreamBroken,
     ZetaError,
 )
-from .feedback import check_call_id, validate_accuracy
-from .health import HALF_OPEN, OPEN
-from .results import preference_records
-from .router import AsyncChatStream, Router
-from .store import Store
+from ._feedback import check_call_id, validate_accuracy
+from ._health import HALF_OPEN, OPEN
+from ._results import preference_records
+from ._router import AsyncChatStream, Router
+from ._store import Store
 
 __all__ = ["create_app", "serve", "load_keys", "ClientKey", "CONFIG_ENV"]
 

@@ -53,10 +53,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
+from ._exceptions import StoreError
 from ._optional import requires
-from .exceptions import StoreError
-from .policies import LATENCY_FLOOR_S
-from .records import CallRecord
+from ._policies import LATENCY_FLOOR_S
+from ._records import CallRecord
 
 if TYPE_CHECKING:  # pandas is imported by the methods that return frames, not by the call path
     import pandas as pd
@@ -75,7 +75,7 @@ __all__ = [
     "sanitize",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("zeta_adaptive.store")  # the name before the module became private
 
 metadata = MetaData()
 

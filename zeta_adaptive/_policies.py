@@ -810,7 +810,7 @@ OPTION_TYPES: dict[str, type] = {
 def registered() -> dict[str, type[Policy]]:
     """Every policy by name, the per-prompt ones included: their module registers them when imported,
     which this does, so a config or a caller naming them works whatever was imported before."""
-    from . import contextual  # noqa: F401  (registers linear_thompson and lin_ucb)
+    from . import _contextual  # noqa: F401  (registers linear_thompson and lin_ucb)
 
     return POLICIES
 

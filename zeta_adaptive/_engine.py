@@ -18,21 +18,21 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar, cast
 
-from .backends import Outcome, Reply, StreamItem
-from .config import ModelConfig, RouteConfig
-from .exceptions import AllModelsFailed, RequestRejected, StreamBroken
-from .ids import new_call_id
-from .inputs import prompt_band
-from .lessons import rejected, teaches
-from .records import CallRecord
-from .results import Attempt
-from .validators import Validator
-from .validators import check as check_answer
+from ._backends import Outcome, Reply, StreamItem
+from ._config import ModelConfig, RouteConfig
+from ._exceptions import AllModelsFailed, RequestRejected, StreamBroken
+from ._ids import new_call_id
+from ._inputs import prompt_band
+from ._lessons import rejected, teaches
+from ._records import CallRecord
+from ._results import Attempt
+from ._validators import Validator
+from ._validators import check as check_answer
 
 if TYPE_CHECKING:
-    from .features import Features
-    from .health import Health
-    from .policies import Policy, Ranking
+    from ._features import Features
+    from ._health import Health
+    from ._policies import Policy, Ranking
 
 __all__ = ["Lane", "Call", "run", "arun", "MIN_ATTEMPT_S", "TRANSIENT", "RETRY_BACKOFF_S", "CHARS_PER_TOKEN"]
 

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Outcome, Reply
-from .config import BreakerConfig, ModelConfig
-from .limits import AdaptiveLimit, LoadConfig
+from ._backends import Outcome, Reply
+from ._config import BreakerConfig, ModelConfig
+from ._limits import AdaptiveLimit, LoadConfig
 
 __all__ = ["Breaker", "Health", "CLOSED", "OPEN", "HALF_OPEN"]
 

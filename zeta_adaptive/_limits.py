@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .exceptions import ConfigError
+from ._exceptions import ConfigError
 
 __all__ = ["LoadConfig", "AdaptiveLimit"]
 

@@ -35,9 +35,9 @@ import numpy as np
 from httpx_sse import ServerSentEvent
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # the conforming incremental parser httpx-sse uses itself
 
-from .config import ModelConfig
-from .exceptions import ConfigError
-from .scrub import read_key
+from ._config import ModelConfig
+from ._exceptions import ConfigError
+from ._scrub import read_key
 
 __all__ = [
     "Outcome",

@@ -17,25 +17,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import and_, or_
 
-from .budget import BudgetPacer
-from .config import Config
-from .contextual import ContextualPolicy, PendingContexts, logged_features, warm_start_contexts
-from .exceptions import StoreError
-from .feedback import RatedCall
-from .health import Health
-from .lessons import teaches_frame, teaches_sql
-from .policies import Policy, make_policy
-from .records import CallRecord
-from .store import Store
-from .store import attempts as attempts_table
-from .store import feedback as feedback_table
+from ._budget import BudgetPacer
+from ._config import Config
+from ._contextual import ContextualPolicy, PendingContexts, logged_features, warm_start_contexts
+from ._exceptions import StoreError
+from ._feedback import RatedCall
+from ._health import Health
+from ._lessons import teaches_frame, teaches_sql
+from ._policies import Policy, make_policy
+from ._records import CallRecord
+from ._store import Store
+from ._store import attempts as attempts_table
+from ._store import feedback as feedback_table
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["Learner"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("zeta_adaptive.learning")  # the name before the module became private
 
 
 class Learner:
