@@ -54,14 +54,14 @@ import warnings
 warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as caught:
     import zeta_adaptive.store
-    from zeta_adaptive.policies import make_policy
+    from zeta_adaptive.policies import ThompsonPolicy
     from zeta_adaptive import config as old_config
     import zeta_adaptive
     backends = zeta_adaptive.backends
 import zeta_adaptive._store, zeta_adaptive._policies, zeta_adaptive._config, zeta_adaptive._backends
 print(json.dumps({
     "warnings": [(w.category.__name__, str(w.message), w.filename) for w in caught],
-    "same": [zeta_adaptive.store is zeta_adaptive._store, make_policy is zeta_adaptive._policies.make_policy,
+    "same": [zeta_adaptive.store is zeta_adaptive._store, ThompsonPolicy is zeta_adaptive._policies.ThompsonPolicy,
              old_config is zeta_adaptive._config, backends is zeta_adaptive._backends,
              zeta_adaptive.store.Store is zeta_adaptive.Store],
     "spec": zeta_adaptive._store.__spec__.name,

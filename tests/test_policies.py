@@ -9,9 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zeta_adaptive import Objective, make_policy
+from zeta_adaptive import POLICIES, Objective, make_policy
 from zeta_adaptive._contextual import ContextualPolicy
-from zeta_adaptive._policies import POLICIES
 
 MAIN = ["static", "random", "thompson"]
 STAT_NAMES = ["n", "succ", "lat_n", "lat_sum", "cost_sum", "acc_n", "acc_sum"]

@@ -26,8 +26,8 @@ from zeta_adaptive._policies import (
     N,
     ThompsonPolicy,
     kl_ucb_bound,
-    make_policy,
 )
+from zeta_adaptive._registry import make_policy
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zeta_adaptive import Objective, make_policy
 from zeta_adaptive import _config as zconfig
 from zeta_adaptive._exceptions import AllModelsFailed, StoreError, ZetaError
-from zeta_adaptive._policies import Objective, make_policy
 from zeta_adaptive._router import Router
 from zeta_adaptive._store import Store
 from zeta_adaptive.cli import main

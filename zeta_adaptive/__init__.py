@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from ._contextual import LinearThompsonPolicy, LinUCBPolicy
     from ._features import Features, Featurizer
     from ._ids import new_call_id
-    from ._policies import POLICIES, Objective, Policy, Ranking, make_policy
+    from ._policies import Objective, Policy, Ranking
+    from ._registry import POLICIES, make_policy
     from ._results import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult
     from ._router import Router, classify
     from ._store import TABLES, Store, head_revision
@@ -49,7 +50,8 @@ __version__ = "0.1.0"
 _LAZY = {
     **dict.fromkeys(["HttpxBackend", "Outcome", "Reply"], "_backends"),
     **dict.fromkeys(["Config", "ModelConfig", "RouteConfig", "load_config"], "_config"),
-    **dict.fromkeys(["Objective", "Ranking", "Policy", "POLICIES", "make_policy"], "_policies"),
+    **dict.fromkeys(["Objective", "Ranking", "Policy"], "_policies"),
+    **dict.fromkeys(["POLICIES", "make_policy"], "_registry"),
     **dict.fromkeys(["AsyncChatStream", "Attempt", "ChatResult", "ChatStream", "EmbedResult"], "_results"),
     **dict.fromkeys(["Router", "classify"], "_router"),
     **dict.fromkeys(["Store", "TABLES", "head_revision"], "_store"),

@@ -22,7 +22,8 @@ from sqlalchemy.exc import ArgumentError
 
 from ._exceptions import ConfigError
 from ._limits import LoadConfig
-from ._policies import OPTION_TYPES, Objective, make_policy, registered
+from ._policies import Objective
+from ._registry import OPTION_TYPES, POLICIES, make_policy
 from ._scrub import read_key
 from ._validators import build as build_validators
 
@@ -427,8 +428,8 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
                 f"got {sorted(spaces, key=str)}",
             )
     policy = data.get("policy", "thompson")
-    if not isinstance(policy, str) or policy not in registered():  # registers the per-prompt policies' options too
-        raise ConfigError(f"{where}.policy", f"unknown policy {policy!r}; choose from {sorted(registered())}")
+    if not isinstance(policy, str) or policy not in POLICIES:
+        raise ConfigError(f"{where}.policy", f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
     hedge = _optional(_number, where, data, "hedge_quantile")
     if hedge is not None and not 0.0 < hedge < 1.0:
         raise ConfigError(f"{where}.hedge_quantile", f"must be in (0, 1), got {hedge!r}")

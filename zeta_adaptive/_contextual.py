@@ -37,7 +37,7 @@ import numpy as np
 from sqlalchemy import select
 
 from ._features import Features, Featurizer
-from ._policies import BELIEF_DRAWS, BELIEF_SEED, OPTION_TYPES, POLICIES, SUCC, N, Policy, Ranking, served_means
+from ._policies import BELIEF_DRAWS, BELIEF_SEED, SUCC, N, Policy, Ranking, served_means
 from ._store import Store, call_features
 from ._store import feedback as feedback_table
 
@@ -276,20 +276,6 @@ class LinUCBPolicy(ContextualPolicy):
         index = self.objective.score(ok / (ok + failed), upper, latency, cost)
         untried = ok + failed <= 2.0
         return np.argsort(-np.where(untried, np.inf, index), kind="stable"), 1.0  # models never tried come first
-
-
-POLICIES.update({p.name: p for p in (LinearThompsonPolicy, LinUCBPolicy)})
-OPTION_TYPES.update(
-    {
-        "feature_bits": int,
-        "max_chars": int,
-        "prior_var": float,
-        "gap_var": float,
-        "noise_var": float,
-        "alpha": float,
-        "explore": float,
-    }
-)
 
 
 class PendingContexts:

@@ -24,8 +24,9 @@ from ._exceptions import StoreError
 from ._feedback import RatedCall
 from ._health import Health
 from ._lessons import teaches_frame, teaches_sql
-from ._policies import Policy, make_policy
+from ._policies import Policy
 from ._records import CallRecord
+from ._registry import make_policy
 from ._store import Store
 from ._store import attempts as attempts_table
 from ._store import feedback as feedback_table

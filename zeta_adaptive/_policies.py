@@ -40,10 +40,6 @@ __all__ = [
     "UCB1Policy",
     "KLUCBPolicy",
     "ThompsonPolicy",
-    "POLICIES",
-    "OPTION_TYPES",
-    "make_policy",
-    "registered",
 ]
 
 
@@ -788,41 +784,3 @@ class ThompsonPolicy(Policy):
             wins[idx] = np.bincount(pos[:, 0], minlength=len(idx)) / self.samples
             cached = self._orders[key] = (idx[pos].tolist(), wins, [None] * self.samples)
         return cached
-
-
-POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (StaticPolicy, RandomPolicy, EpsilonGreedyPolicy, UCB1Policy, KLUCBPolicy, ThompsonPolicy)
-}
-
-#: the expected type of every policy option, for config validation
-OPTION_TYPES: dict[str, type] = {
-    "seed": int,
-    "discount": float,
-    "epsilon": float,
-    "c": float,
-    "prior_alpha": float,
-    "prior_beta": float,
-    "samples": int,
-    "max_lag": int,
-}
-
-
-def registered() -> dict[str, type[Policy]]:
-    """Every policy by name, the per-prompt ones included: their module registers them when imported,
-    which this does, so a config or a caller naming them works whatever was imported before."""
-    from . import _contextual  # noqa: F401  (registers linear_thompson and lin_ucb)
-
-    return POLICIES
-
-
-def make_policy(name: str, models: Sequence[str], objective: Objective | None = None, **options: Any) -> Policy:
-    """Build the policy registered under ``name``; unknown names or options raise ValueError."""
-    try:
-        cls = registered()[name]
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; choose from {sorted(POLICIES)}") from None
-    allowed = {"seed", "discount", *cls.options}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for policy {name!r}; allowed: {sorted(allowed)}")
-    return cls(models, objective=objective, **options)

@@ -17,7 +17,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._exceptions import ReplayError
-from .._policies import Objective, Policy, make_policy
+from .._policies import Objective, Policy
+from .._registry import make_policy
 from .data import Logged
 from .probabilities import ActionProbs, Resolved
 
