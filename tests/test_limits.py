@@ -2,7 +2,8 @@
 
 The simulation is a discrete-event queue in simulated time (the controller's injected clock), with
 more demand than any limit: a client keeps exactly ``limit`` requests out, so the controller alone
-decides how much queueing the server sees.
+decides how much queueing the server sees. Before each send the controller sees the send times of
+the requests out (:meth:`AdaptiveLimit.overdue`), as :class:`.Health` shows them before each claim.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def serve(limit: AdaptiveLimit, clock: Clock, capacity: list[int], service_s: fl
     limits: list[int] = []
     sent = 0
     while len(limits) < calls:
+        limit.overdue(sorted(at for _, at in out))
         while len(out) < limit.limit and sent < calls:  # demand exceeds any limit: keep it full
             slots = capacity[sent]
             while len(free_at) > slots:  # capacity shrank: the slots freeing last are gone
@@ -87,6 +89,76 @@ def test_bounded_by_max_in_flight_and_the_configured_bounds() -> None:
     assert min(limits) == 2 and max(limits) <= 5
 
 
+def _after_the_drop(fast_after: int, seed: int) -> tuple[int, int]:
+    """Replies from a capacity drop (8 -> 2 slots) until the limit first shrinks, and until it is within 3."""
+    clock = Clock()
+    limit = AdaptiveLimit(LoadConfig(fast_after=fast_after), clock=clock)
+    limits = serve(limit, clock, [8] * 600 + [2] * 600, service_s=0.05, seed=seed)
+    first = next(i for i in range(600, 1200) if limits[i] < limits[599])
+    near = next(i for i in range(600, 1200) if limits[i] <= 3)
+    return first - 600, near - 600
+
+
+def test_a_capacity_drop_is_followed_within_a_few_replies() -> None:
+    """Replies queued in a row (and requests out that long) shrink the limit at once, not after a
+    whole window: within 10 replies of the drop, and within 3 of the new capacity in 22, where
+    waiting for windows alone (``fast_after`` beyond any run of replies) takes up to 20 and 40."""
+    fast = [_after_the_drop(3, seed) for seed in range(10)]
+    windows_only = [_after_the_drop(10_000, seed) for seed in range(10)]
+    assert max(first for first, _ in fast) <= 10 and max(near for _, near in fast) <= 22
+    assert max(near for _, near in windows_only) > 22  # the bound above is one the old rule misses
+
+
+def _learned(config: LoadConfig, clock: Clock, latency_s: float = 0.05) -> AdaptiveLimit:
+    """A limit whose no-load latency is known (one window at ``latency_s``), its limit reached."""
+    limit = AdaptiveLimit(config, clock=clock)
+    for _ in range(config.window):
+        reply(limit, limit.limit)
+    assert limit.no_load_s == pytest.approx(latency_s)
+    return limit
+
+
+def test_one_or_two_slow_replies_decide_nothing_three_in_a_row_shrink_at_once() -> None:
+    clock = Clock()
+    limit = _learned(LoadConfig(initial=8, window=8, tolerance=1.5), clock)
+    before = limit.limit
+    clock.now = 1.0
+    for latency in (0.2, 0.05, 0.2, 0.2, 0.05):  # slow, but never three in a row
+        limit.sample(latency)
+    assert limit.limit == before and len(limit._window) == 5
+    for _ in range(3):
+        limit.sample(0.07)  # 1.4x no-load: below fast_factor (1.5)
+    assert limit.limit == before
+    for latency in (0.11, 0.2, 0.2):
+        limit.sample(latency)
+    # three in a row above 1.5x: shrunk at once (eleven replies into a window of sixteen) by
+    # no-load / their median, at most halving: 0.05 / 0.2 -> halved
+    assert limit.limit == before // 2 and limit._window == []
+
+
+def test_requests_out_too_long_shrink_it_before_they_answer() -> None:
+    clock = Clock()
+    limit = _learned(LoadConfig(initial=8, window=8), clock)  # no-load 50 ms; fast_factor 1.5: late after 75 ms
+    before = limit.limit
+    clock.now = 10.0
+    limit.overdue([9.90, 9.95, 9.99])  # two late, one not yet
+    assert limit.limit == before
+    limit.overdue([9.90, 9.91, 9.92, 9.99])  # three late (out 80 to 100 ms): shrunk by 50 / 90
+    assert limit.limit == math.floor(before * 0.05 / 0.09)
+    after = limit.limit
+    clock.now = 10.5
+    limit.overdue([9.90, 9.91, 9.92])  # sent before that change: they measured the old limit
+    assert limit.limit == after
+
+
+def test_expected_latency_grows_with_the_load_to_tolerance_times_no_load_at_the_limit() -> None:
+    clock = Clock()
+    assert AdaptiveLimit(LoadConfig(), clock=clock).expected_latency(0) is None  # nothing learned yet
+    limit = _learned(LoadConfig(initial=4, window=4, tolerance=1.5, max_limit=4), clock)
+    assert limit.limit == 4
+    assert [limit.expected_latency(n) for n in (0, 2, 4, 8)] == pytest.approx([0.05, 0.0625, 0.075, 0.1])
+
+
 def test_grows_only_when_the_limit_was_reached() -> None:
     limit = AdaptiveLimit(LoadConfig(initial=2, window=4), clock=Clock())
     for _ in range(40):
@@ -133,6 +205,10 @@ def test_bad_bounds_are_refused() -> None:
         LoadConfig(min_limit=4, initial=2)
     with pytest.raises(ConfigError, match="tolerance"):
         LoadConfig(tolerance=1.0)
+    with pytest.raises(ConfigError, match="fast_after"):
+        LoadConfig(fast_after=0)
+    with pytest.raises(ConfigError, match="fast_factor"):
+        LoadConfig(fast_factor=1.0)
 
 
 def test_the_no_load_latency_is_the_lowest_window_median_of_the_baseline_period():
