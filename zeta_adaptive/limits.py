@@ -10,8 +10,9 @@ quartile, not the median, because a limit one above the capacity makes only a pa
 wait: their wait shows in the window's slower quarter long before it moves the median.
 
 * upper quartile within ``tolerance`` times the no-load latency, and the window actually used the
-  limit (at least ``floor(limit)`` requests were out at once): the limit grows, doubling until the
-  first shrink (a slow start, as in TCP, so a large server is found in a few windows), then by one;
+  limit (at least ``floor(limit)`` requests were out at once), and its last replies are not slow
+  (see ``fast_after``): the limit grows, doubling until the first shrink (a slow start, as in TCP,
+  so a large server is found in a few windows), then by one;
 * above it: queueing inflated the latency, the limit shrinks multiplicatively by the gradient
   ``tolerance * no_load / upper quartile`` (at most halving it per window);
 * a timeout in the window (a drop) halves it;
@@ -23,7 +24,9 @@ wait: their wait shows in the window's slower quarter long before it moves the m
   became slower for good is recognised once ``baseline_s`` has passed. Requests still out count as
   such replies once they are that late (:meth:`AdaptiveLimit.overdue`), which shows it sooner still.
 
-Replies to requests sent before the limit last changed are ignored: they measure the old limit.
+Replies to requests sent before the limit last shrank are ignored: they measure a larger limit.
+Those sent before it grew still count: queueing under a smaller limit tells all the more, and a
+capacity that drops just as the limit grows must not go unseen until the next window.
 
 The limit stays within ``[min_limit, min(max_limit, cap)]``, ``cap`` being the model's
 ``max_in_flight``. The module does no I/O and reads time only through the injected clock, so a
@@ -58,7 +61,7 @@ class LoadConfig:
     tolerance: float = 1.5  # a median latency up to this many times the no-load latency is not queueing
     baseline_s: float = 60.0  # the no-load latency is the lowest window median of this many seconds
     fast_after: int = 3  # this many replies in a row slower than fast_factor x no-load shrink the limit at once
-    fast_factor: float = 1.5
+    fast_factor: float = 1.3
 
     def __post_init__(self) -> None:
         """Reject bounds that cannot hold together, naming the key (:class:`ConfigError`)."""
@@ -92,7 +95,7 @@ class AdaptiveLimit:
         self._dropped = False
         self._slow: list[float] = []  # the latest replies, in a row, slower than fast_factor x no-load
         self._slow_start = True
-        self._changed_at = -math.inf  # replies to requests sent before the last change tell of the old limit
+        self._changed_at = -math.inf  # replies to requests sent before the last shrink tell of the larger limit
         # (time, median) of recent windows that may still be the lowest: each is lower than every
         # older one kept (a sliding-window minimum, so a decision costs O(1) however many windows fit)
         self._medians: deque[tuple[float, float]] = deque()
@@ -177,7 +180,7 @@ class AdaptiveLimit:
             return
         upper = sorted(window)[(3 * len(window)) // 4]  # the upper quartile: a queue of one shows in a quarter
         if upper <= c.tolerance * self.no_load_s:
-            if busiest >= self.limit:  # only a limit that was reached has shown it holds
+            if busiest >= self.limit and not slow:  # only a limit reached, and no queue forming at the end, holds
                 self._set(self.value * 2.0 if self._slow_start else self.value + 1.0)
         else:
             self._set(self.value * max(MIN_GRADIENT, c.tolerance * self.no_load_s / upper))
@@ -195,7 +198,7 @@ class AdaptiveLimit:
             self._slow_start = False
         before = self.limit
         self.value = min(max(value, float(self.config.min_limit)), float(self.cap))
-        if self.limit != before:
+        if self.limit < before:
             self._changed_at = self.clock()
 
     def snapshot(self) -> dict[str, float | int | None]:
