@@ -20,7 +20,8 @@ arrive as one Poisson process for ``--seconds`` seconds; the calls of the first 
 
 ``--runs N`` repeats everything with seeds ``seed .. seed + N - 1`` (the targets table gives each
 run's p99 and their median); ``--scale K`` multiplies every service time by K and divides every
-rate by K: the same load, on which a stall of the measuring machine weighs K times less.
+rate by K (and the timeouts by K): the same load, on which a stall of the measuring machine weighs
+K times less.
 
     .venv/bin/python -m experiments.load [--seconds S] [--runs N] [--scale K] [--quick] [--out DIR] [--seed N]
 """
@@ -71,15 +72,17 @@ SCENARIOS: dict[str, tuple[list[dict[str, Any]], float, list[tuple[float, str, i
 }
 
 
-def _config(fleet: FleetProcess, specs: list[dict[str, Any]], policy: str, store: str, seed: int) -> dict[str, Any]:
-    models = fleet.model_config(timeout_s=5.0)
+def _config(
+    fleet: FleetProcess, specs: list[dict[str, Any]], policy: str, store: str, seed: int, scale: float
+) -> dict[str, Any]:
+    models = fleet.model_config(timeout_s=5.0 * scale)
     if policy == "oracle":
         for spec in specs:
             models[spec["name"]]["max_in_flight"] = spec["slots"]
     route = {"models": [s["name"] for s in specs], "policy": "static" if policy == "static" else "thompson"}
     if policy == "thompson+adaptive":
         route["load"] = "adaptive"
-    return {"store": store, "deadline_s": 10.0, "seed": seed, "models": models, "routes": {TASK: route}}
+    return {"store": store, "deadline_s": 10.0 * scale, "seed": seed, "models": models, "routes": {TASK: route}}
 
 
 async def _run(
@@ -97,7 +100,8 @@ async def _run(
     loop = asyncio.get_running_loop()
 
     with Router(
-        _config(fleet, specs, policy, f"sqlite:///{tmp / f'{scenario}-{policy}-{seed}.db'}", seed), warm_start=False
+        _config(fleet, specs, policy, f"sqlite:///{tmp / f'{scenario}-{policy}-{seed}.db'}", seed, scale),
+        warm_start=False,
     ) as router:
 
         async def one(i: int) -> None:

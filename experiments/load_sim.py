@@ -138,7 +138,7 @@ def main() -> None:
         __doc__,
         **{
             "--seconds": {"type": float, "default": 10.0, "help": "simulated seconds per run"},
-            "--runs": {"type": int, "default": 20, "help": "seeds per rule"},
+            "--runs": {"type": int, "default": 100, "help": "seeds per rule"},
         },
     )
     runs = 3 if args.quick else args.runs

@@ -128,7 +128,7 @@ class AdaptiveLimit:
 
     def overdue(self, sent: Iterable[float]) -> None:
         """Learn from the requests still out, by send time (clock), oldest first: ``fast_after`` of them
-        sent since the limit last changed and out longer than ``fast_factor`` times the no-load
+        sent since the limit last shrank and out longer than ``fast_factor`` times the no-load
         latency are queueing as surely as slow replies, and show it before any of them answers."""
         if self.no_load_s is None:
             return
@@ -142,7 +142,7 @@ class AdaptiveLimit:
             if at >= self._changed_at:
                 ages.append(now - at)
                 if len(ages) >= c.fast_after:
-                    self._window, self._busiest, self._slow = [], 0, []  # replies so far measured the old limit
+                    self._window, self._busiest, self._slow = [], 0, []  # the replies so far measured a larger limit
                     self._cut(ages)
                     return
 

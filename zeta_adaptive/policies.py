@@ -757,7 +757,9 @@ class ThompsonPolicy(Policy):
         self._batch: np.ndarray | None = None
         self._parts: tuple[np.ndarray, float | np.ndarray, np.ndarray, np.ndarray] | None = None  # the batch's parts
         self._stale = 0
-        self._orders: dict[bytes | None, tuple[list[list[int]], np.ndarray, list[Ranking | None]]] = {}
+        self._orders: dict[
+            bytes | tuple[bytes | None, bytes] | None, tuple[list[list[int]], np.ndarray, list[Ranking | None]]
+        ] = {}  # per eligible set (and given latencies): see _ordering
 
     def _changed(self) -> None:
         self._stale += 1
@@ -794,7 +796,18 @@ class ThompsonPolicy(Policy):
         The Ranking of each draw is built the first time it is picked and reused until the batch
         is redrawn, so a decision allocates nothing but the random number.
         """
-        orders, wins, rankings = self._ordering(self._eligible(eligible))
+        return self._pick(self._ordering(self._eligible(eligible)))
+
+    def rank_under_load(self, eligible: Sequence[str] | None, latency: Mapping[str, float]) -> Ranking:
+        """:meth:`rank` on the same batch of draws, rescored with the given models' latency in place
+        of their drawn one: the propensity is still exactly the primary's share of the batch's wins.
+        The orders are kept per set of given latencies until the batch is redrawn, as :meth:`rank` keeps its own."""
+        now = self._latency_now(latency) if self.objective.uses_latency else None
+        return self._pick(self._ordering(self._eligible(eligible), now))
+
+    def _pick(self, ordering: tuple[list[list[int]], np.ndarray, list[Ranking | None]]) -> Ranking:
+        """One draw of the batch, picked uniformly at random: its order (built once) and the primary's share of wins."""
+        orders, wins, rankings = ordering
         j = int(self.rng.random() * self.samples)
         ranking = rankings[j]
         if ranking is None:
@@ -803,31 +816,22 @@ class ThompsonPolicy(Policy):
             ranking = rankings[j] = Ranking(tuple([models[i] for i in order]), float(wins[order[0]]))
         return ranking
 
-    def rank_under_load(self, eligible: Sequence[str] | None, latency: Mapping[str, float]) -> Ranking:
-        """:meth:`rank` on the same batch of draws, rescored with the given models' latency in place
-        of their drawn one; the propensity is still exactly the primary's share of the batch's wins."""
-        idx = self._eligible(eligible)
-        self._current_batch()
-        assert self._parts is not None
-        success, accuracy, drawn, cost = self._parts
-        now = self._latency_now(latency)
-        given = ~np.isnan(now)
-        if not self.objective.uses_latency or not given[idx].any():
-            return self.rank(eligible)
-        scores = self.objective.score(success, accuracy, np.where(given, now, drawn), cost)[:, idx]
-        best = scores.argmax(axis=1)
-        j = int(self.rng.random() * self.samples)
-        order = idx[np.argsort(-scores[j], kind="stable")]
-        models = self.models
-        return Ranking(tuple([models[i] for i in order]), float(np.count_nonzero(best == best[j]) / self.samples))
-
-    def _ordering(self, idx: np.ndarray) -> tuple[list[list[int]], np.ndarray, list[Ranking | None]]:
+    def _ordering(
+        self, idx: np.ndarray, latency: np.ndarray | None = None
+    ) -> tuple[list[list[int]], np.ndarray, list[Ranking | None]]:
         """Per draw of the batch, the eligible models best first; each model's share of wins
-        (indexed by model, zero for models not eligible); and the Rankings built so far, per draw."""
+        (indexed by model, zero for models not eligible); and the Rankings built so far, per draw.
+        With ``latency`` (NaN: not given), the draws scored with those latencies."""
         batch = self._current_batch()
-        key = None if idx is self._all else idx.tobytes()
+        eligible = None if idx is self._all else idx.tobytes()
+        given = None if latency is None or np.isnan(latency[idx]).all() else latency
+        key = eligible if given is None else (eligible, bytes(given[idx].tobytes()))
         cached = self._orders.get(key)
         if cached is None:
+            if given is not None:
+                assert self._parts is not None
+                success, accuracy, drawn, cost = self._parts
+                batch = self.objective.score(success, accuracy, np.where(np.isnan(given), drawn, given), cost)
             pos = np.argsort(-batch[:, idx], axis=1, kind="stable")
             wins = np.zeros(len(self.models))
             wins[idx] = np.bincount(pos[:, 0], minlength=len(idx)) / self.samples
