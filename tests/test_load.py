@@ -270,6 +270,29 @@ def test_calls_waiting_for_a_slot_are_woken_one_per_release_in_turn() -> None:
     assert health.generation == since + 3
 
 
+def test_health_shows_the_limit_how_long_its_attempts_have_been_out() -> None:
+    """Three attempts out for longer than fast_factor x no-load shrink the limit when the next call
+    looks at the model, before any of them answers; the expected latency grows with those out."""
+    config = Config.from_dict(
+        {"models": {"a": {"base_url": "http://127.0.0.1:1/v1"}}, "routes": {"simple": {"models": ["a"]}}}
+    )
+    now = [0.0]
+    health = Health(config.models, config.breaker, clock=lambda: now[0], load=LoadConfig(initial=8, window=8))
+    for _ in range(8):  # one window at 50 ms: the no-load latency
+        health.acquire("a", True)
+        health.release("a", Reply(Outcome.OK, 0.05))
+    before = health.limits["a"].limit
+    assert health.expected_latencies(["a"]) == {"a": pytest.approx(0.05)}
+    for _ in range(3):
+        health.acquire("a", True)
+    assert health.expected_latencies(["a"])["a"] == pytest.approx(0.05 * (1 + 0.5 * 3 / before))
+    now[0] = 0.06  # out 60 ms: not late yet (1.3 x 50 ms = 65 ms)
+    assert health.split(["a"], True)[0] == ["a"] and health.limits["a"].limit == before
+    now[0] = 0.1  # out 100 ms, all three
+    health.split(["a"], True)
+    assert health.limits["a"].limit == before // 2  # no-load / their age = 0.5
+
+
 # -- the simulated fleet's request slots ---------------------------------------------------------
 
 
