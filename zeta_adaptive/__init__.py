@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from ._contextual import LinearThompsonPolicy, LinUCBPolicy
     from ._features import Features, Featurizer
     from ._ids import new_call_id
+    from ._limits import AdaptiveLimit, LoadConfig
     from ._policies import Objective, Policy, Ranking
     from ._registry import POLICIES, make_policy
     from ._results import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult
@@ -59,6 +60,7 @@ _LAZY = {
     **dict.fromkeys(["LinearThompsonPolicy", "LinUCBPolicy"], "_contextual"),
     **dict.fromkeys(["Features", "Featurizer"], "_features"),
     "new_call_id": "_ids",
+    **dict.fromkeys(["AdaptiveLimit", "LoadConfig"], "_limits"),
 }
 
 #: deprecated module name -> where it lives now (the old names work, with a DeprecationWarning, for one release)
@@ -144,6 +146,8 @@ __all__ = [
     "TABLES",
     "head_revision",
     "new_call_id",
+    "AdaptiveLimit",
+    "LoadConfig",
     "HttpxBackend",
     "Outcome",
     "Reply",

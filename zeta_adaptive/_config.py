@@ -506,12 +506,13 @@ def _load(data: Any) -> LoadConfig:
     d = LoadConfig()
     limits = {
         key: _integer(f"load.{key}", data.get(key, getattr(d, key)), 1)
-        for key in ("initial", "min_limit", "max_limit", "window")
+        for key in ("initial", "min_limit", "max_limit", "window", "fast_after")
     }
     return LoadConfig(  # which checks that the bounds hold together
         **limits,
         tolerance=_number("load.tolerance", data.get("tolerance", d.tolerance)),
         baseline_s=_number("load.baseline_s", data.get("baseline_s", d.baseline_s)),
+        fast_factor=_number("load.fast_factor", data.get("fast_factor", d.fast_factor)),
     )
 
 

@@ -113,7 +113,9 @@ class Call:
     teach the breaker or the policy. On a route with ``load = "adaptive"`` a model is also busy at
     its learned concurrency limit (:mod:`.limits`): the policy then ranks only the models below
     their limits (spill-over), so the logged propensity is the probability of the primary among
-    the models eligible given the load, and a model passed over learns nothing from that call.
+    the models eligible given the load, and a model passed over learns nothing from that call;
+    and the policy's objective takes each model at its expected latency at its current load
+    (:meth:`.Health.expected_latencies`, per-prompt policies excepted), not its learned average.
 
     Retries: a transient failure (``TRANSIENT``; a timeout only when the deadline did not cut it)
     puts the model back at the end of the queue, so the other models come first; a retry is
@@ -149,9 +151,14 @@ class Call:
             self.skipped.setdefault(name, "prompt_too_long")
         pool = [m for m in usable if m not in too_long] if too_long else usable
         self.features = features  # the prompt's features, when the route is contextual or the caller gave some
+        # under adaptive load the objective takes each model at its latency at its current load
+        loaded = self.adaptive and not lane.contextual and lane.route.latency_measure == "total"
+        latency = health.expected_latencies(pool or candidates) if loaded else None
         with lane.lock:
             if lane.contextual:
                 self.ranking: Ranking = lane.policy.rank(pool or None, features)  # type: ignore[call-arg]
+            elif latency:
+                self.ranking = lane.policy.rank_under_load(pool or None, latency)
             else:
                 self.ranking = lane.policy.rank(pool or None)
         ranked = self.ranking.order

@@ -292,7 +292,7 @@ def _usage(call: Any) -> dict[str, int]:
 
 
 class _StateCollector:
-    """Gauges read at scrape time: breakers, in-flight attempts, the log's queue and journal."""
+    """Gauges read at scrape time: breakers, in-flight attempts and learned limits, the log's queue and journal."""
 
     def __init__(self, router: Router) -> None:
         self.router = router
@@ -303,12 +303,19 @@ class _StateCollector:
             "zeta_breaker_state", "Circuit breaker per model: 0 closed, 1 half-open, 2 open", labels=["model"]
         )
         flight = GaugeMetricFamily("zeta_in_flight", "Attempts in flight per model", labels=["model"])
+        limit = GaugeMetricFamily(
+            "zeta_concurrency_limit",
+            "Learned concurrency limit per model (binding on load = adaptive routes)",
+            labels=["model"],
+        )
         for name in self.router.config.models:
             snap = health.snapshot(name)
             breaker.add_metric([name], _BREAKER_VALUE.get(snap["breaker"], 0.0))
             flight.add_metric([name], snap["in_flight"])
+            limit.add_metric([name], snap["limit"])
         yield breaker
         yield flight
+        yield limit
         state = store.describe()
         yield GaugeMetricFamily(
             "zeta_log_queue_depth", "Log rows handed to the background writer, not yet written", value=state["queued"]
