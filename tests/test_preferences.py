@@ -94,6 +94,7 @@ def test_reading_preferences_leaves_routing_alone(tmp_path):
     assert orders[0] == orders[1]
 
 
+@pytest.mark.slow  # renders the report with matplotlib (about 10 s under load)
 def test_the_html_report_shows_what_the_policies_believe(tmp_path):
     with _run(tmp_path) as router:
         router.flush()
