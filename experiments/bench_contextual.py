@@ -2,13 +2,15 @@
 
     .venv/bin/python -m experiments.bench_contextual
 
-Times are the minimum over repeats of the mean of a batch (the machine is shared), written to
-``experiments/results/bench_contextual.md``.
+Times are CPU time (``time.process_time``: the machine is shared, so wall-clock time counts other
+processes' turns), the minimum over repeats of the mean of a batch, written to
+``experiments/results/bench_contextual.md`` with the load average at the time.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,13 +31,13 @@ TEXT = (
 
 
 def best_of(fn: Any, n: int, repeats: int = 7) -> float:
-    """Minimum over repeats of the mean time of ``n`` calls, in microseconds."""
+    """Minimum over repeats of the mean CPU time of ``n`` calls, in microseconds."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         for _ in range(n):
             fn()
-        times.append((time.perf_counter() - start) / n * 1e6)
+        times.append((time.process_time() - start) / n * 1e6)
     return min(times)
 
 
@@ -73,6 +75,9 @@ def main() -> None:
         "# Contextual routing cost",
         "",
         "Command: `.venv/bin/python -m experiments.bench_contextual`",
+        "",
+        f"CPU time per step (µs), minimum over 7 batches of {args.n}; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores while measuring.",
         "",
         "| step | µs | note |",
         "|---|---|---|",
