@@ -39,7 +39,7 @@ from scipy.optimize import minimize
 from tqdm import tqdm
 
 from zeta_adaptive import BudgetPacer, Features, Featurizer, Router
-from zeta_adaptive.policies import Objective, Policy, make_policy
+from zeta_adaptive.policies import Objective, Policy, make_policy, registered
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
 from .common import RESULTS
@@ -87,11 +87,14 @@ def metrics(points: list[tuple[float, float]], acc_weak: float, acc_strong: floa
 class Stream:
     """One policy per task type, one budget multiplier for all of them, fed as the router feeds a policy."""
 
-    def __init__(self, kind: str, tasks: list[str], budget: float | None, seed: int) -> None:
+    def __init__(
+        self, kind: str, tasks: list[str], budget: float | None, seed: int, options: dict[str, Any] | None = None
+    ) -> None:
         self.contextual = kind in ("linear_thompson", "lin_ucb")
         name = "thompson" if kind.startswith("thompson") else kind
+        mine = {k: v for k, v in (options or {}).items() if k in registered()[name].options}
         self.policies: dict[str, Policy] = {
-            t: make_policy(name, MODELS, OBJECTIVE, seed=seed + i) for i, t in enumerate(tasks)
+            t: make_policy(name, MODELS, OBJECTIVE, seed=seed + i, **mine) for i, t in enumerate(tasks)
         }
         self.pacer = BudgetPacer(budget, OBJECTIVE) if budget is not None else None
 
@@ -120,7 +123,7 @@ def run_online(job: tuple[str, int, float, dict[str, Any]]) -> dict[str, Any]:
     order = np.random.default_rng(order_seed).permutation(len(frame))
     subjects = frame["subject"].to_numpy()
     tasks = sorted(set(subjects)) if kind == "thompson_subjects" else ["mmlu"]
-    stream = Stream(kind, tasks, budget, seed=order_seed * 1000 + int(budget * 100))
+    stream = Stream(kind, tasks, budget, seed=order_seed * 1000 + int(budget * 100), options=shared.get("options"))
     weak, strong_ok = frame["weak"].to_numpy(), frame["strong"].to_numpy()
     chosen = np.empty(len(order), dtype=np.int8)
     right = np.empty(len(order), dtype=np.int8)
@@ -186,13 +189,17 @@ def offline(frame: pd.DataFrame, x: sp.csr_matrix, seed: int) -> dict[str, Any]:
 
 
 def learning_curve(
-    frame: pd.DataFrame, features: list[Features], seed: int, budget: float = 0.5
+    frame: pd.DataFrame,
+    features: list[Features],
+    seed: int,
+    budget: float = 0.5,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """APGR on held-out questions of linear_thompson's learned state (posterior-mean gain) vs calls seen."""
     train, test = split(frame, seed)
     train = np.random.default_rng(seed).permutation(train)
     weak, strong_ok = frame["weak"].to_numpy(), frame["strong"].to_numpy()
-    stream = Stream("linear_thompson", ["mmlu"], budget, seed)
+    stream = Stream("linear_thompson", ["mmlu"], budget, seed, options)
     policy = stream.policies["mmlu"]
     marks = sorted({m for m in (0, 100, 250, 500, 1000, 2000, 3000, 4500, len(train)) if m <= len(train)})
     out, seen = [], 0
@@ -408,8 +415,8 @@ def _time(fn: Any, n: int) -> float:
 _SHARED: dict[str, Any] = {}
 
 
-def _init(frame: pd.DataFrame, features: list[Features]) -> None:
-    _SHARED.update(frame=frame, features=features)
+def _init(frame: pd.DataFrame, features: list[Features], options: dict[str, Any]) -> None:
+    _SHARED.update(frame=frame, features=features, options=options)
 
 
 def _run(job: tuple[str, int, float]) -> dict[str, Any]:
@@ -426,6 +433,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--policies", nargs="+", default=list(ONLINE), choices=ONLINE)
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions (smoke runs)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="policy options for the online runs (JSON values), each given to the policies that take it, e.g. explore=0.1",
+    )
     ap.add_argument("--router", action="store_true", help="also one run end to end through Router over loopback HTTP")
     ap.add_argument("--router-limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -447,7 +461,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.limit:
         frame = frame.iloc[: args.limit].reset_index(drop=True)
-    featurizer = make_policy("linear_thompson", MODELS).featurizer  # the contextual policies' default space
+    options = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    featurizer = make_policy(
+        "linear_thompson",
+        MODELS,
+        **{  # the contextual policies' feature space
+            k: v for k, v in options.items() if k in ("feature_bits", "max_chars")
+        },
+    ).featurizer
     features, feature_us, feature_us_2k = timed_features(featurizer, frame["prompt"].tolist())
     acc_weak, acc_strong = float(frame["weak"].mean()), float(frame["strong"].mean())
     orders = {
@@ -458,7 +479,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     with (
-        multiprocessing.get_context("fork").Pool(args.workers, initializer=_init, initargs=(frame, features)) as pool,
+        multiprocessing.get_context("fork").Pool(
+            args.workers, initializer=_init, initargs=(frame, features, options)
+        ) as pool,
         open(args.out / "routellm_mmlu_runs.jsonl", "w") as progress,
     ):
         for row in tqdm(pool.imap_unordered(_run, jobs), total=len(jobs), desc="online runs"):
@@ -470,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
     curve_rows = [
         row | {"seed": seed}
         for seed in tqdm(range(min(args.orders, 3)), desc="learning curve", leave=False)
-        for row in learning_curve(frame, features, seed)
+        for row in learning_curve(frame, features, seed, options=options)
     ]
     result = {
         "command": " ".join(
