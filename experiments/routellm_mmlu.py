@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sys
 import time
 from dataclasses import replace
@@ -37,7 +38,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 from tqdm import tqdm
 
-from zeta_adaptive import BudgetPacer, Features, Featurizer, Objective, Policy, Router, make_policy
+from zeta_adaptive import POLICIES, BudgetPacer, Features, Featurizer, Objective, Policy, Router, make_policy
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
 from .common import RESULTS
@@ -85,11 +86,14 @@ def metrics(points: list[tuple[float, float]], acc_weak: float, acc_strong: floa
 class Stream:
     """One policy per task type, one budget multiplier for all of them, fed as the router feeds a policy."""
 
-    def __init__(self, kind: str, tasks: list[str], budget: float | None, seed: int) -> None:
+    def __init__(
+        self, kind: str, tasks: list[str], budget: float | None, seed: int, options: dict[str, Any] | None = None
+    ) -> None:
         self.contextual = kind in ("linear_thompson", "lin_ucb")
         name = "thompson" if kind.startswith("thompson") else kind
+        mine = {k: v for k, v in (options or {}).items() if k in POLICIES[name].options}
         self.policies: dict[str, Policy] = {
-            t: make_policy(name, MODELS, OBJECTIVE, seed=seed + i) for i, t in enumerate(tasks)
+            t: make_policy(name, MODELS, OBJECTIVE, seed=seed + i, **mine) for i, t in enumerate(tasks)
         }
         self.pacer = BudgetPacer(budget, OBJECTIVE) if budget is not None else None
 
@@ -118,15 +122,15 @@ def run_online(job: tuple[str, int, float, dict[str, Any]]) -> dict[str, Any]:
     order = np.random.default_rng(order_seed).permutation(len(frame))
     subjects = frame["subject"].to_numpy()
     tasks = sorted(set(subjects)) if kind == "thompson_subjects" else ["mmlu"]
-    stream = Stream(kind, tasks, budget, seed=order_seed * 1000 + int(budget * 100))
+    stream = Stream(kind, tasks, budget, seed=order_seed * 1000 + int(budget * 100), options=shared.get("options"))
     weak, strong_ok = frame["weak"].to_numpy(), frame["strong"].to_numpy()
     chosen = np.empty(len(order), dtype=np.int8)
     right = np.empty(len(order), dtype=np.int8)
-    start = time.perf_counter()
+    start = time.process_time()
     for n, q in enumerate(order):
         task = subjects[q] if kind == "thompson_subjects" else "mmlu"
         chosen[n], right[n] = stream.step(task, features[q] if stream.contextual else None, (weak[q], strong_ok[q]))
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     return {
         "policy": kind,
         "order": order_seed,
@@ -184,13 +188,17 @@ def offline(frame: pd.DataFrame, x: sp.csr_matrix, seed: int) -> dict[str, Any]:
 
 
 def learning_curve(
-    frame: pd.DataFrame, features: list[Features], seed: int, budget: float = 0.5
+    frame: pd.DataFrame,
+    features: list[Features],
+    seed: int,
+    budget: float = 0.5,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """APGR on held-out questions of linear_thompson's learned state (posterior-mean gain) vs calls seen."""
     train, test = split(frame, seed)
     train = np.random.default_rng(seed).permutation(train)
     weak, strong_ok = frame["weak"].to_numpy(), frame["strong"].to_numpy()
-    stream = Stream("linear_thompson", ["mmlu"], budget, seed)
+    stream = Stream("linear_thompson", ["mmlu"], budget, seed, options)
     policy = stream.policies["mmlu"]
     marks = sorted({m for m in (0, 100, 250, 500, 1000, 2000, 3000, 4500, len(train)) if m <= len(train)})
     out, seen = [], 0
@@ -328,7 +336,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Online runs: {result['orders']} stream orders (per policy, see the table) x budgets {list(result['budgets'])} (strong-call share targets), "
         "policy objects driven as the router drives them; intervals are 95% over orders.",
         "",
-        "| router | APGR | CPT(50%) | CPT(80%) | mean abs(share - budget) | µs per decision | orders |",
+        "| router | APGR | CPT(50%) | CPT(80%) | mean abs(share - budget) | CPU µs per call (rank, update, feedback, pacer) | orders |",
         "|---|---|---|---|---|---|---|",
     ]
     for kind, s in result["online"].items():
@@ -379,33 +387,35 @@ def markdown(result: dict[str, Any]) -> str:
         ]
     lines += [
         f"Feature cost: {result['feature_us']:.0f} µs per prompt on average (mean prompt {result['mean_chars']:.0f} characters), "
-        f"{result['feature_us_2k']:.0f} µs for a 2,000-character prompt (min of repeats; machine shared, 2 cores).",
+        f"{result['feature_us_2k']:.0f} µs for a 2,000-character prompt (CPU time, min of repeats; machine shared, 2 cores, "
+        f"load average {result.get('load', float('nan')):.1f}).",
         "",
     ]
     return "\n".join(lines)
 
 
 def timed_features(featurizer: Featurizer, texts: list[str]) -> tuple[list[Features], float, float]:
-    start = time.perf_counter()
+    """Every text's features, the mean CPU time per text, and the best CPU time for a 2,000-character text."""
+    start = time.process_time()
     features = [featurizer.from_text(t) for t in tqdm(texts, desc="features", leave=False)]
-    mean_us = (time.perf_counter() - start) / len(texts) * 1e6
+    mean_us = (time.process_time() - start) / len(texts) * 1e6
     long = " ".join(texts[:20])[:2000]
     best = min(_time(lambda: featurizer.from_text(long), 200) for _ in range(5))
     return features, mean_us, best
 
 
 def _time(fn: Any, n: int) -> float:
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(n):
         fn()
-    return (time.perf_counter() - start) / n * 1e6
+    return (time.process_time() - start) / n * 1e6
 
 
 _SHARED: dict[str, Any] = {}
 
 
-def _init(frame: pd.DataFrame, features: list[Features]) -> None:
-    _SHARED.update(frame=frame, features=features)
+def _init(frame: pd.DataFrame, features: list[Features], options: dict[str, Any]) -> None:
+    _SHARED.update(frame=frame, features=features, options=options)
 
 
 def _run(job: tuple[str, int, float]) -> dict[str, Any]:
@@ -422,6 +432,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--policies", nargs="+", default=list(ONLINE), choices=ONLINE)
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions (smoke runs)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="policy options for the online runs (JSON values), each given to the policies that take it, e.g. explore=0.1",
+    )
     ap.add_argument("--router", action="store_true", help="also one run end to end through Router over loopback HTTP")
     ap.add_argument("--router-limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -443,7 +460,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.limit:
         frame = frame.iloc[: args.limit].reset_index(drop=True)
-    featurizer = Featurizer()
+    options = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    featurizer = make_policy(
+        "linear_thompson",
+        MODELS,
+        **{  # the contextual policies' feature space
+            k: v for k, v in options.items() if k in ("feature_bits", "max_chars")
+        },
+    ).featurizer
     features, feature_us, feature_us_2k = timed_features(featurizer, frame["prompt"].tolist())
     acc_weak, acc_strong = float(frame["weak"].mean()), float(frame["strong"].mean())
     orders = {
@@ -454,7 +478,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     with (
-        multiprocessing.get_context("fork").Pool(args.workers, initializer=_init, initargs=(frame, features)) as pool,
+        multiprocessing.get_context("fork").Pool(
+            args.workers, initializer=_init, initargs=(frame, features, options)
+        ) as pool,
         open(args.out / "routellm_mmlu_runs.jsonl", "w") as progress,
     ):
         for row in tqdm(pool.imap_unordered(_run, jobs), total=len(jobs), desc="online runs"):
@@ -466,7 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     curve_rows = [
         row | {"seed": seed}
         for seed in tqdm(range(min(args.orders, 3)), desc="learning curve", leave=False)
-        for row in learning_curve(frame, features, seed)
+        for row in learning_curve(frame, features, seed, options=options)
     ]
     result = {
         "command": " ".join(
@@ -485,6 +511,7 @@ def main(argv: list[str] | None = None) -> None:
         "feature_us": feature_us,
         "feature_us_2k": feature_us_2k,
         "mean_chars": float(frame["prompt"].str.len().mean()),
+        "load": os.getloadavg()[0],
     }
     if args.router:
         result["router"] = [through_router(frame, 0.5, 0, args.router_limit)]

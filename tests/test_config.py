@@ -734,3 +734,11 @@ def test_a_per_prompt_policy_loads_in_a_fresh_interpreter():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["linear_thompson", "LinUCBPolicy"]
+
+
+def test_a_per_prompt_route_option_that_is_a_flag_must_be_true_or_false(tmp_path):
+    d = base_config(tmp_path)
+    d["routes"]["code"] = {"models": ["big", "fast"], "policy": "linear_thompson", "idf": "yes"}
+    expect_error(d, "routes.code.idf", "true or false", "'yes'")
+    d["routes"]["code"]["idf"] = False
+    assert Config.from_dict(d).routes["code"].options["idf"] is False

@@ -111,6 +111,28 @@ def test_discount_widens_the_posterior_of_stale_weights_back_toward_the_prior():
     assert np.all(learned > 1.1 * prior)
 
 
+def test_idf_weighs_words_every_prompt_has_less():
+    policy = make_policy("linear_thompson", ["a", "b"], OBJ, seed=0)
+    plain = make_policy("linear_thompson", ["a", "b"], OBJ, seed=0, idf=False)
+    f = policy.featurizer
+    common, rare = f("answer"), f("zygote")
+    slot = {name: int(x.indices[0]) for name, x in (("common", common), ("rare", rare))}
+    for i in range(50):
+        x = f(f"answer question {i}")
+        policy.feedback("a", 1.0, x)
+        plain.feedback("a", 1.0, x)
+    j, v, h = policy._context(f("answer zygote"))
+    hashed = dict(zip(j[:h].tolist(), v[:h].tolist(), strict=True))
+    assert hashed[slot["rare"]] > 2 * hashed[slot["common"]]  # seen in every prompt vs in none
+    assert v[:h] @ v[:h] == pytest.approx(1.0)  # still unit norm
+    j, v, h = plain._context(f("answer zygote"))
+    assert dict(zip(j[:h].tolist(), v[:h].tolist(), strict=True))[slot["rare"]] == pytest.approx(
+        3**-0.5
+    )  # two words and their bigram
+    with pytest.raises(ValueError, match="idf"):
+        make_policy("linear_thompson", ["a", "b"], OBJ, idf="no")
+
+
 def test_pending_contexts_are_bounded_by_count_and_age():
     pending = PendingContexts(capacity=3, max_age_s=10.0)
     x = Featurizer(bits=6)("hi")

@@ -27,6 +27,9 @@ def test_routellm_mmlu_smoke(tmp_path):
             "--policies",
             "linear_thompson",
             "thompson_one",
+            "--set",
+            "explore=0.2",
+            "feature_bits=12",
             "--router",
             "--router-limit",
             "15",
@@ -36,6 +39,7 @@ def test_routellm_mmlu_smoke(tmp_path):
     )
     result = json.loads((tmp_path / "routellm_mmlu.json").read_text())
     assert set(result["online"]) == {"linear_thompson", "thompson_one"}
+    assert "explore=0.2" in result["command"]
     for summary in result["online"].values():
         assert summary["orders"] == 2 and summary["budget_error"] < 0.1
         assert 0.0 <= summary["apgr_mean"] <= 1.5

@@ -450,6 +450,8 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
             _integer(f"{where}.{key}", value, 0)
         elif expected is float:
             _number(f"{where}.{key}", value)
+        elif expected is bool and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{key}", f"must be true or false, got {value!r}")
     try:
         make_policy(policy, names, objective, **options)
     except (ValueError, TypeError) as exc:

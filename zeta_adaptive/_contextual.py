@@ -5,7 +5,10 @@ Per model, a Gaussian posterior with a diagonal covariance over the weights of t
 a prompt with features x as ``x . w`` (the bias slot's prior mean is 0.5). Feedback updates the
 posterior with one Kalman (assumed-density) step on the prompt's non-zero features only: the
 exact Bayesian update of the Gaussian linear model, projected back onto a diagonal covariance. So
-a decision and an update cost O(models x non-zero features), whatever the dimension.
+a decision and an update cost O(models x non-zero features), whatever the dimension. With ``idf``
+(the default) the hashed n-gram part of x is reweighted by each slot's inverse document frequency
+among the prompts learned so far, counted online by the policy itself (so warm start and replay,
+which relearn the same prompts, rebuild it), and rescaled to unit norm.
 
 The other parts of the objective are the base :class:`Policy`'s per-model statistics (success
 rate: its Beta posterior, drawn by Thompson sampling; latency and cost: their means), so the route's objective and its cost budget apply unchanged:
@@ -27,6 +30,7 @@ arrives; without features (feedback for an unknown context) only the bias weight
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -61,25 +65,41 @@ class ContextualPolicy(Policy):
     """
 
     contextual: ClassVar[bool] = True
-    options: ClassVar[tuple[str, ...]] = ("feature_bits", "max_chars", "prior_var", "gap_var", "noise_var")
+    options: ClassVar[tuple[str, ...]] = (
+        "feature_bits",
+        "max_chars",
+        "prior_var",
+        "gap_var",
+        "noise_var",
+        "idf",
+    )
 
     def __init__(
         self,
         models: Sequence[str],
         *,
-        feature_bits: int = 12,
+        feature_bits: int = 16,
         max_chars: int = 4096,
         prior_var: float = 0.1,
         gap_var: float = 0.05,
         noise_var: float = 0.25,
+        idf: bool = True,
         **common: Any,
     ) -> None:
         super().__init__(models, **common)
         if prior_var <= 0 or gap_var <= 0 or noise_var <= 0:
             raise ValueError("prior_var, gap_var and noise_var must be > 0")
+        if not isinstance(idf, bool):
+            raise ValueError(f"idf must be true or false, got {idf!r}")
         self.featurizer = Featurizer(feature_bits, max_chars)
+        self.hashed = self.featurizer.hashed
         size = self.featurizer.size
-        self.bias = self.featurizer.hashed  # the first dense slot is the constant 1
+        self.bias = self.hashed  # the first dense slot is the constant 1
+        self.idf = bool(idf)
+        self.df = np.zeros(self.hashed)  # in how many learned prompts each hashed slot occurs
+        self.log_df = np.zeros(self.hashed)  # log(df + 1)
+        self.docs = 0
+        self.log_docs = 1.0  # 1 + log(docs + 1)
         k = len(self.models)
         self.shared = k  # row of the shared weights, after one row per model
         self.noise_var = float(noise_var)
@@ -91,6 +111,31 @@ class ContextualPolicy(Policy):
         self.clock = 0  # contextual updates so far
         self.no_features = Features(np.array([self.bias], dtype=np.int64), np.array([1.0]))
         self._pairs = [np.array([[i], [k]]) for i in range(k)]
+
+    # -- the prompt's vector ----------------------------------------------------------------------
+    def _context(self, features: Features | None) -> tuple[np.ndarray, np.ndarray, int]:
+        """The slots and values the linear model sees, and how many of them are hashed n-grams.
+
+        With ``idf``, the hashed n-gram part is reweighted by its inverse document frequency among
+        the prompts learned so far (``1 + log((docs + 1) / (df + 1))``) and rescaled to unit norm:
+        words every prompt has (the template's) weigh less, the rarer words that tell prompts apart more.
+        """
+        if features is None:
+            return self.no_features.indices, self.no_features.values, 0
+        j, v = features.indices, features.values
+        h = int(np.searchsorted(j, self.hashed))  # hashed slots come first, the dense ones after
+        if not self.idf or not h:
+            return j, v, h
+        hv = v[:h] * (self.log_docs - self.log_df[j[:h]])
+        hv *= 1.0 / math.sqrt(hv @ hv)
+        return j, np.concatenate([hv, v[h:]]), h
+
+    def _absorb(self, slots: np.ndarray) -> None:
+        """Count a learned prompt's hashed slots for the inverse document frequency."""
+        self.df[slots] += 1.0
+        self.log_df[slots] = np.log(self.df[slots] + 1.0)
+        self.docs += 1
+        self.log_docs = 1.0 + math.log(self.docs + 1.0)
 
     # -- the linear model -----------------------------------------------------------------------
     def _precisions(self, rows: np.ndarray | slice, cols: np.ndarray) -> np.ndarray:
@@ -104,9 +149,9 @@ class ContextualPolicy(Policy):
 
     def _moments(self, features: Features | None) -> tuple[np.ndarray, np.ndarray]:
         """Mean and variance of ``x . w`` for each row of weights (models, then the shared row)."""
-        x = features if features is not None else self.no_features
-        mean = self.weights[:, x.indices] @ x.values
-        var = (1.0 / self._precisions(slice(None), x.indices)) @ (x.values * x.values)
+        j, v, _ = self._context(features)
+        mean = self.weights[:, j] @ v
+        var = (1.0 / self._precisions(slice(None), j)) @ (v * v)
         return mean, var
 
     def predict(self, features: Features | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -132,8 +177,9 @@ class ContextualPolicy(Policy):
     def learn(self, model: str, accuracy: float, features: Features | None = None) -> None:
         """One Kalman step of the shared and the model's weights toward an observed accuracy at these features."""
         rows = self._pairs[self.index[model]]  # the model's row and the shared row, as a column
-        x = features if features is not None else self.no_features
-        j, v = x.indices, x.values
+        j, v, h = self._context(features)
+        if self.idf and h:
+            self._absorb(j[:h])
         var = 1.0 / self._precisions(rows, j)  # (2, nnz)
         w = self.weights[rows, j]
         s = self.noise_var + (var[0] + var[1]) @ (v * v)
@@ -190,7 +236,7 @@ class LinearThompsonPolicy(ContextualPolicy):
 
     Per decision: one draw of each model's success rate from its Beta posterior, and ``samples``
     joint draws of the accuracies at x (their spread around the posterior mean scaled by
-    ``explore``: 1 is plain Thompson sampling; the default 0.3 explores less, because a diagonal
+    ``explore``: 1 is plain Thompson sampling; the default 0.05 explores less, because a diagonal
     posterior over hashed n-grams counts every unseen n-gram's prior variance and so overstates
     the uncertainty of a new prompt); one of those is picked uniformly at random and ranks the
     models. The logged propensity, the share of the batch's draws won by the chosen primary, is
@@ -200,7 +246,7 @@ class LinearThompsonPolicy(ContextualPolicy):
     name = "linear_thompson"
     options = (*ContextualPolicy.options, "samples", "explore")
 
-    def __init__(self, models: Sequence[str], *, samples: int = 64, explore: float = 0.3, **common: Any) -> None:
+    def __init__(self, models: Sequence[str], *, samples: int = 64, explore: float = 0.05, **common: Any) -> None:
         super().__init__(models, **common)
         if samples < 16:
             raise ValueError(f"samples must be >= 16, got {samples}")
@@ -249,7 +295,7 @@ class LinUCBPolicy(ContextualPolicy):
     name = "lin_ucb"
     options = (*ContextualPolicy.options, "alpha")
 
-    def __init__(self, models: Sequence[str], *, alpha: float = 0.3, **common: Any) -> None:
+    def __init__(self, models: Sequence[str], *, alpha: float = 0.1, **common: Any) -> None:
         super().__init__(models, **common)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")

@@ -1,18 +1,17 @@
-"""Prompt features for per-prompt routing: a sparse, signed, hashed vector computed cheaply from a call's messages.
+"""Prompt features for per-prompt routing: a sparse, hashed vector computed cheaply from a call's messages.
 
 A :class:`Featurizer` turns messages into :class:`Features` (sorted unique indices and float values)
 in a space of ``2**bits`` hashed slots plus a few dense slots:
 
 * hashed word uni- and bi-grams (lower-cased ASCII alphanumeric runs; other bytes separate words,
-  bytes >= 128 belong to words), signed hashing so collisions cancel on average, the block scaled
-  to unit L2 norm;
+  bytes >= 128 belong to words) with their counts, the block scaled to unit L2 norm;
 * a bias slot (always 1), log-scaled lengths (characters, words, lines), character-class shares
   (digits, upper case, punctuation, whitespace, non-ASCII) and code and math marker counts;
 * caller features (``{"name": value}``), hashed by name into the same hashed block.
 
-The hash is a polynomial hash of a word's bytes modulo 2**64 followed by a multiplicative mix,
-all in numpy: it is the same in every process and on every platform (no Python ``hash()``
-randomisation), and is vectorised (about 30 numpy operations per prompt, whatever its length). Only the text's last
+The hash is a polynomial hash of a word's bytes modulo 2**64 followed by a multiplicative mix
+(a bigram's: the first word's hash times an odd constant plus the second's), all in numpy: it is the same in every process and on every platform (no Python ``hash()``
+randomisation), and is vectorised (about 20 numpy operations per prompt, whatever its length). Only the text's last
 ``max_chars`` characters are scanned (the end of a chat is its latest turn). Only indices and
 values are ever logged, never the text.
 """
@@ -35,13 +34,17 @@ __all__ = ["Features", "Featurizer", "DENSE_NAMES", "message_text"]
 _P = np.uint64(0x100000001B3)  # FNV-64 prime: odd, so invertible modulo 2**64
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier: spreads low-entropy sums over the high bits
 _BIGRAM = np.uint64(0xC2B2AE3D27D4EB4F)
+_NO_SLOTS = np.empty(0, dtype=np.int64)
+_NO_VALUES = np.empty(0)
+_NO_SLOTS.flags.writeable = _NO_VALUES.flags.writeable = False
 
 # byte -> lower-cased byte for word bytes, 0 for separators (bytes >= 128 are word bytes: UTF-8 text)
 _LOWER = bytes((ord(chr(c).lower()) if chr(c).isalnum() else 0) if c < 128 else c for c in range(256))
 _CLASSES = ("digit", "upper", "punct", "space", "non_ascii")
 _CODE_CHARS = "{};<>[]"
-_MATH_CHARS = "=+-*/^$\\%<>"
-# byte -> its character classes, then whether it is a code or a math character (one matrix product per text)
+_MATH_CHARS = "=+-*/^$%<>"
+# byte -> what it adds to each of: the five classes, the code and math markers (a brace-like or an
+# operator character a quarter, a backtick 4/3 so that a ``` fence adds 4, a backslash as in \frac 4), line ends
 _CLASS_OF = np.array(
     [
         [
@@ -50,13 +53,18 @@ _CLASS_OF = np.array(
             c < 128 and not chr(c).isalnum() and not chr(c).isspace(),
             chr(c).isspace() and c < 128,
             c >= 128,
-            chr(c) in _CODE_CHARS,
-            chr(c) in _MATH_CHARS,
+            (chr(c) in _CODE_CHARS) / 4 + (c == ord("`")) * 4 / 3,
+            (chr(c) in _MATH_CHARS) / 4 + (c == ord("\\")) * 4,
+            c == 10,
         ]
         for c in range(256)
     ],
     dtype=np.float64,
 )
+# the distinct rows of _CLASS_OF (the bytes' kinds) and byte -> its kind: a text's class counts are one
+# translate, one bincount over a dozen kinds and one small product
+_KINDS, _KIND_IDS = np.unique(_CLASS_OF, axis=0, return_inverse=True)
+_KIND_OF = bytes(_KIND_IDS.ravel().tolist())
 
 DENSE_NAMES: tuple[str, ...] = (
     "bias",
@@ -117,7 +125,7 @@ def _stable_hash(name: str) -> int:
 class Featurizer:
     """Computes :class:`Features` from messages; configured by ``bits`` (hashed slots = 2**bits) and ``max_chars``."""
 
-    VERSION = 1  # bump when the computation changes: logged features of another version are not reused
+    VERSION = 2  # bump when the computation changes: logged features of another version are not reused
 
     def __init__(self, bits: int = 12, max_chars: int = 4096) -> None:
         if not 4 <= bits <= 24:
@@ -132,8 +140,9 @@ class Featurizer:
         n = 4 * self.max_chars  # UTF-8 takes at most 4 bytes per character
         inverse = pow(int(_P), -1, 1 << 64)
         self._pow = np.cumprod(np.r_[np.uint64(1), np.full(n + 1, _P, dtype=np.uint64)], dtype=np.uint64)
-        self._inv1 = np.cumprod(np.full(n + 2, np.uint64(inverse), dtype=np.uint64), dtype=np.uint64)  # P**-(k+1)
-        self._shift = np.uint64(64 - self.bits - 1)  # the top bits + 1 of a mixed hash: slot, then sign
+        # P**-(k+1) times the mix: a word's hash from the prefix sums at its edges in two multiplications
+        self._inv_mix = np.cumprod(np.full(n + 2, np.uint64(inverse), dtype=np.uint64), dtype=np.uint64) * _MIX
+        self._shift = np.uint64(64 - self.bits)  # a mixed hash's top bits are its slot
         self._dense_slots = np.arange(self.hashed, self.size, dtype=np.int64)
         self._log_scale = math.log1p(4 * self.max_chars)
 
@@ -156,9 +165,6 @@ class Featurizer:
         """Features of one text (its last ``max_chars`` characters)."""
         raw = text[-self.max_chars :].encode("utf-8", "replace")
         slots, values, words = self._ngrams(raw)
-        norm = math.sqrt(float(values @ values))
-        if norm > 0:
-            values /= norm
         if extra:  # the caller's values are added as they are, after the n-grams' scaling
             mine = {int(i): float(v) for i, v in zip(slots, values, strict=True)}
             for name, value in _checked(extra).items():
@@ -171,45 +177,52 @@ class Featurizer:
         return Features(indices, np.concatenate([values, self._dense(raw, words)]))
 
     def _ngrams(self, raw: bytes) -> tuple[np.ndarray, np.ndarray, int]:
-        """Sorted unique slots of the word uni- and bi-grams with their signed counts, and the number of words."""
+        """Sorted unique slots of the word uni- and bi-grams, their counts scaled to unit L2 norm, and the number of words.
+
+        About fifteen numpy operations whatever the text's length: words from the edges of the
+        word-byte runs, their hashes from one prefix sum, their slots' counts from one bincount.
+        """
         codes = np.frombuffer(b"\0" + raw.translate(_LOWER) + b"\0", dtype=np.uint8)
         inside = codes.astype(np.bool_)
         edges = np.flatnonzero(inside[1:] != inside[:-1])  # word i spans padded positions (edges[2i], edges[2i+1]]
-        if not len(edges):
-            return np.empty(0, dtype=np.int64), np.empty(0), 0
-        prefix = (codes * self._pow[: len(codes)]).cumsum()
-        before, last = edges[0::2], edges[1::2]
-        words = (prefix[last] - prefix[before]) * self._inv1[before] * _MIX
-        grams = np.concatenate([words, (words[:-1] * _BIGRAM + words[1:]) * _MIX])
-        counts = np.bincount((grams >> self._shift).astype(np.intp), minlength=2 * self.hashed)  # (slot, sign) pairs
-        signed = np.flatnonzero(counts)
-        slots = signed >> 1
-        values = counts[signed] * (1.0 - 2.0 * (signed & 1))
-        both = np.flatnonzero(slots[1:] == slots[:-1])  # slots hit with both signs are adjacent: merge them
-        if len(both):
-            values[both + 1] += values[both]
-            keep = np.ones(len(slots), dtype=np.bool_)
-            keep[both] = False
-            keep &= values != 0.0
-            slots, values = slots[keep], values[keep]
-        return slots, values, len(words)
+        n = len(edges) // 2
+        if not n:
+            return _NO_SLOTS, _NO_VALUES, 0
+        at = (codes * self._pow[: len(codes)]).cumsum()[edges]
+        before = edges[0::2]
+        grams = np.empty(2 * n - 1, dtype=np.uint64)  # words, then bigrams: their hashes, then slots
+        words, bigrams = grams[:n], grams[n:]
+        np.multiply(at[1::2] - at[0::2], self._inv_mix[before], out=words)
+        np.multiply(words[:-1], _BIGRAM, out=bigrams)
+        bigrams += words[1:]  # its top bits are mixed: those of words[:-1] times an odd constant
+        grams >>= self._shift
+        counts = np.bincount(grams.view(np.int64), minlength=self.hashed)
+        slots = np.flatnonzero(counts.astype(np.bool_))
+        values = counts[slots].astype(np.float64)
+        values *= 1.0 / math.sqrt(values @ values)
+        return slots, values, n
 
     def _dense(self, raw: bytes, words: int) -> np.ndarray:
         """Bias, log lengths, character-class shares and marker counts (each roughly in [0, 1])."""
+        kinds = np.bincount(np.frombuffer(raw.translate(_KIND_OF), dtype=np.uint8), minlength=len(_KINDS))
+        digit, upper, punct, space, non_ascii, code, math_, lines = (kinds @ _KINDS).tolist()
         n = max(len(raw), 1)
-        by_class = np.bincount(np.frombuffer(raw, dtype=np.uint8), minlength=256) @ _CLASS_OF
-        code = 4 * raw.count(b"```") + by_class[5] / 4.0
-        math_ = 4 * raw.count(b"\\frac") + by_class[6] / 4.0
         scale = self._log_scale
-        out = np.empty(len(DENSE_NAMES))
-        out[0] = 1.0
-        out[1] = math.log1p(len(raw)) / scale
-        out[2] = math.log1p(words) / scale
-        out[3] = math.log1p(raw.count(b"\n")) / scale
-        out[4:9] = by_class[:5] / n
-        out[9] = math.log1p(code) / 4.0
-        out[10] = math.log1p(math_) / 4.0
-        return out
+        return np.array(
+            [
+                1.0,
+                math.log1p(len(raw)) / scale,
+                math.log1p(words) / scale,
+                math.log1p(lines) / scale,
+                digit / n,
+                upper / n,
+                punct / n,
+                space / n,
+                non_ascii / n,
+                math.log1p(code) / 4.0,
+                math.log1p(math_) / 4.0,
+            ]
+        )
 
 
 def _checked(extra: Mapping[str, float]) -> dict[str, float]:

@@ -51,6 +51,7 @@ OPTION_TYPES: dict[str, type] = {
     "noise_var": float,
     "alpha": float,
     "explore": float,
+    "idf": bool,
 }
 
 
