@@ -72,7 +72,8 @@ def time_import(statement: str, pythonpath: Path = ROOT) -> float:
     """Seconds for ``statement`` in a fresh interpreter, start-up excluded. The package comes from
     ``pythonpath`` (this checkout by default), run from the temporary folder so the working
     directory cannot shadow it."""
-    extra = {"PYTHONPATH": str(pythonpath)}
+    given = os.environ.get("PYTHONPATH")  # e.g. where a peer is installed: kept, after the package's own path
+    extra = {"PYTHONPATH": os.pathsep.join([str(pythonpath), *([given] if given else [])])}
     if "litellm" in statement:
         extra.update({"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"})
     snippet = IMPORT_SNIPPET.format(statement=statement)
