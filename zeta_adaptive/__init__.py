@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .contextual import LinearThompsonPolicy, LinUCBPolicy
     from .features import Features, Featurizer
     from .policies import Objective, Ranking, make_policy
-    from .results import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult
+    from .results import AsyncChatStream, Attempt, CallInfo, ChatResult, ChatStream, EmbedResult
     from .router import Router, classify
     from .store import Store
 
@@ -41,7 +41,7 @@ _LAZY = {
     **dict.fromkeys(["HttpxBackend", "Outcome", "Reply"], "backends"),
     **dict.fromkeys(["Config", "ModelConfig", "RouteConfig", "load_config"], "config"),
     **dict.fromkeys(["Objective", "Ranking", "make_policy"], "policies"),
-    **dict.fromkeys(["AsyncChatStream", "Attempt", "ChatResult", "ChatStream", "EmbedResult"], "results"),
+    **dict.fromkeys(["AsyncChatStream", "Attempt", "CallInfo", "ChatResult", "ChatStream", "EmbedResult"], "results"),
     **dict.fromkeys(["Router", "classify"], "router"),
     "Store": "store",
     "BudgetPacer": "budget",
@@ -74,6 +74,7 @@ __all__ = [
     "EmbedResult",
     "ChatStream",
     "AsyncChatStream",
+    "CallInfo",
     "classify",
     "Objective",
     "Ranking",
