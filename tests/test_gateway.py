@@ -8,6 +8,7 @@ tests run `zeta-adaptive serve` as a subprocess, stopped by its PID.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -241,7 +242,8 @@ def test_every_model_failing_is_502_and_a_deadline_is_504(fleet, sqlite_url, tmp
     assert {r["outcome"] for r in logged} == {"failed"}
 
 
-def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, monkeypatch):
+def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="zeta_adaptive.gateway")
     monkeypatch.setenv(KEYS_ENV, f"team-a={SECRET_A}, {SECRET_B}")
     server = {"api_keys_env": KEYS_ENV, "keys": {"team-a": {"routes": ["simple"], "requests_per_minute": 2}}}
     app = create_app(config(fleet, sqlite_url, tmp_path, server=server))
@@ -284,6 +286,23 @@ def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, mon
         assert metric(base, "zeta_key_calls_total", key_id=bare_id, outcome="ok") == 1
         scraped = httpx.get(base.removesuffix("/v1") + "/metrics").text
     assert SECRET_A not in scraped and SECRET_B not in scraped
+    logged_keys = [r.getMessage() for r in caplog.records if r.name == "zeta_adaptive.gateway"]
+    assert {a.id for a in answers} <= {line.split()[1] for line in logged_keys if " key team-a " in line}
+    assert not any(SECRET_A in line or SECRET_B in line for line in caplog.messages)  # the key's id, never the key
+
+
+def test_ready_fails_while_every_model_cools_down(fleet, sqlite_url, tmp_path):
+    cfg = config(fleet, sqlite_url, tmp_path, routes={"simple": ["broken"]})
+    cfg["models"] = {"broken": cfg["models"]["broken"]}  # the fleet's other models would keep it ready
+    app = create_app(cfg)
+    with serving(app) as base:
+        root = base.removesuffix("/v1")
+        assert httpx.get(root + "/ready").status_code == 200
+        with pytest.raises(openai.InternalServerError):  # its retries open the breaker
+            client(base).chat.completions.create(model="simple", messages=HELLO)
+        ready = httpx.get(root + "/ready")
+        assert metric(base, "zeta_breaker_state", model="broken") == 2
+    assert ready.status_code == 503 and ready.json()["problems"] == ["every model is cooling down"]
 
 
 def test_spend_per_day_refuses_once_reached(fleet, sqlite_url, tmp_path, monkeypatch):
