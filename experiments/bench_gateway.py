@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +343,93 @@ def startup_times(folder: Path, mock_url: str, runs: int, workers: int) -> list[
     return out
 
 
+def layer_costs(folder: Path, mock_url: str, rounds: int, block: int) -> list[dict[str, Any]]:
+    """CPU per call of each layer a gateway call goes through, in this process (thread CPU time of
+    the event loop; ``process`` adds the log writer's threads), layers interleaved block by block:
+    a bare aiohttp request, the router's backend request (httpx on the aiohttp transport), a routed
+    call (``Router.achat``: policy, engine, log hand-over), and the gateway app called as ASGI
+    (admission, JSON, metrics; no HTTP server). The uvicorn server's own share is the gateway's
+    server CPU above minus the last."""
+    import json
+
+    import aiohttp
+
+    from zeta_adaptive.gateway import create_app
+
+    path, _db = gateway_config(folder, mock_url, "layers")
+    os.environ["BENCH_GATEWAY_KEYS"] = f"bench={KEY}"  # the app reads its client keys here
+    body = json.dumps(_body("static")).encode()
+    headers = {"content-type": "application/json", **HEADERS}
+
+    async def run() -> list[dict[str, Any]]:
+        app = create_app(path)
+        router = app.state.router
+        model = router.config.models["m0"]
+        session = aiohttp.ClientSession()
+
+        async def bare() -> None:
+            async with session.post(mock_url + "/chat/completions", data=body, headers=headers) as answer:
+                json.loads(await answer.read())
+
+        async def asgi() -> None:
+            scope: dict[str, Any] = {"type": "http", "method": "POST", "path": "/v1/chat/completions"}
+            scope["headers"] = [(k.encode(), v.encode()) for k, v in headers.items()]
+            scope.update({"http_version": "1.1", "scheme": "http", "query_string": b"", "root_path": ""})
+            scope.update({"asgi": {"version": "3.0"}, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)})
+            sent: list[MutableMapping[str, Any]] = []
+            gone = asyncio.Event()
+            requests = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def receive() -> dict[str, Any]:
+                if requests:
+                    return requests.pop()
+                await gone.wait()  # the client never leaves
+                return {"type": "http.disconnect"}
+
+            async def send(message: MutableMapping[str, Any]) -> None:
+                sent.append(message)
+
+            await app(scope, receive, send)
+            assert sent[0]["status"] == 200, sent
+
+        layers = {
+            "aiohttp request": bare,
+            "router's backend request (httpx on aiohttp)": lambda: router.backend.achat(
+                model, MESSAGES, {"max_tokens": MAX_TOKENS}, 60.0
+            ),
+            "routed call (Router.achat)": lambda: router.achat("static", MESSAGES, max_tokens=MAX_TOKENS),
+            "gateway app, called as ASGI": asgi,
+        }
+        loop_ms: dict[str, list[float]] = {name: [] for name in layers}
+        process_ms: dict[str, list[float]] = {name: [] for name in layers}
+        try:
+            for warm in layers.values():
+                for _ in range(block):
+                    await warm()
+            for _, name in interleave(list(layers), rounds):
+                layer = layers[name]
+                t0, p0 = time.thread_time(), time.process_time()
+                for _ in range(block):
+                    await layer()
+                loop_ms[name].append((time.thread_time() - t0) / block * 1e3)
+                process_ms[name].append((time.process_time() - p0) / block * 1e3)
+        finally:
+            await session.close()
+            await router.aclose()
+        return [
+            {
+                "layer": name,
+                "loop_cpu_ms_per_call": float(np.median(loop_ms[name])),
+                "process_cpu_ms_per_call": float(np.median(process_ms[name])),
+            }
+            for name in layers
+        ]
+
+    import uvloop
+
+    return uvloop.run(run())
+
+
 def count_calls(db: str) -> int:
     from zeta_adaptive import Store
 
@@ -563,6 +650,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         start = startup_times(folder, mock.base_url, starts, 1) + startup_times(
             folder, mock.base_url, max(1, starts // 2), 2
         )
+        layers = layer_costs(folder, mock.base_url, rounds * 2, block // 2)
     shutil.rmtree(folder, ignore_errors=True)
 
     table = headline(lat, thr, start, litellm_note)
@@ -570,7 +658,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.out / "bench_gateway.csv",
         [{"kind": "latency", **r} for r in lat]
         + [{"kind": "throughput", **r} for r in thr]
-        + [{"kind": "startup", **s} for s in start],
+        + [{"kind": "startup", **s} for s in start]
+        + [{"kind": "layer", **r} for r in layers],
     )
     write_csv(args.out / "bench_gateway_summary.csv", table)
     direct_cpu = next(r["client_cpu_ms_per_call"] for r in lat if r["contender"] == DIRECT)
@@ -590,6 +679,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("Latency, every contender (ms)", markdown_table(list(lat[0]), lat)),
         ("Throughput (calls/s)", markdown_table(list(thr[0]), thr)),
         ("Start-up (s)", markdown_table(list(start[0]), start)),
+        ("CPU per call by layer, in one process (ms; see layer_costs)", markdown_table(list(layers[0]), layers)),
     ]
     write_markdown(
         args.out / "bench_gateway.md",
@@ -602,7 +692,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         quick=args.quick,
     )
     print((args.out / "bench_gateway.md").read_text())
-    return {"latency": lat, "throughput": thr, "startup": start, "summary": table, "logged": logged}
+    return {"latency": lat, "throughput": thr, "startup": start, "layers": layers, "summary": table, "logged": logged}
 
 
 if __name__ == "__main__":
