@@ -15,9 +15,7 @@ from typing import Any
 
 import numpy as np
 
-import zeta_adaptive.contextual  # noqa: F401 - registers the per-prompt policies with make_policy
-from zeta_adaptive import Featurizer, make_policy
-from zeta_adaptive.policies import Objective
+from zeta_adaptive import Featurizer, Objective, make_policy
 
 from .common import RESULTS
 

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import ROOT, free_port, interleave, markdown_table, parse_args, write_csv, write_markdown
+from .common import ROOT, free_port, interleave, markdown_table, parse_args, publish, summary_row, write_csv
 from .mock_backend import MockServer
 
 MESSAGES = [{"role": "user", "content": "Say hello in five words."}]
@@ -477,10 +477,6 @@ def latency_rows(
     return rows
 
 
-def verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
-
-
 def headline(
     lat: list[dict[str, Any]], thr: list[dict[str, Any]], start: list[dict[str, float]], litellm_note: str
 ) -> list[dict[str, str]]:
@@ -488,19 +484,19 @@ def headline(
     ours = by[GATEWAY]
     peer = by.get(LITELLM)
     rows = [
-        {
-            "workload": "added p50 latency of one chat call through the gateway (1 worker), over a direct call",
-            "ours": f"+{ours['added_p50_ms']:.2f} ms (rounds {ours['round_added_min_ms']:.2f}..{ours['round_added_max_ms']:.2f}); "
+        summary_row(
+            "added p50 latency of one chat call through the gateway (1 worker), over a direct call",
+            f"+{ours['added_p50_ms']:.2f} ms (rounds {ours['round_added_min_ms']:.2f}..{ours['round_added_max_ms']:.2f}); "
             f"server CPU {ours['server_cpu_ms_per_call']:.2f} ms/call",
-            "peer": f"LiteLLM proxy +{peer['added_p50_ms']:.2f} ms; server CPU {peer['server_cpu_ms_per_call']:.2f} ms/call"
+            f"LiteLLM proxy +{peer['added_p50_ms']:.2f} ms; server CPU {peer['server_cpu_ms_per_call']:.2f} ms/call"
             if peer
             else litellm_note,
-            "ratio": f"{peer['added_p50_ms'] / ours['added_p50_ms']:.1f}x less added"
+            f"{peer['added_p50_ms'] / ours['added_p50_ms']:.1f}x less added"
             if peer and ours["added_p50_ms"] > 0
             else "–",
-            "target": f"<= {TARGET_ADDED_MS:g} ms added",
-            "met?": verdict(ours["added_p50_ms"] <= TARGET_ADDED_MS),
-        }
+            f"<= {TARGET_ADDED_MS:g} ms added",
+            ours["added_p50_ms"] <= TARGET_ADDED_MS,
+        )
     ]
     tp = {(r["contender"], r["concurrency"]): r for r in thr}
     for c in CONCURRENCY:
@@ -511,14 +507,14 @@ def headline(
             share = tp[(name, c)]["calls_per_s"] / direct
             lite = tp.get((LITELLM, c))
             rows.append(
-                {
-                    "workload": f"throughput at concurrency {c}, {name}",
-                    "ours": f"{tp[(name, c)]['calls_per_s']:.0f} calls/s",
-                    "peer": f"direct {direct:.0f}/s" + (f"; LiteLLM proxy {lite['calls_per_s']:.0f}/s" if lite else ""),
-                    "ratio": f"{share:.0%} of direct",
-                    "target": f">= {TARGET_SHARE:.0%} of direct" if name == GATEWAY else "– (reference)",
-                    "met?": verdict(share >= TARGET_SHARE) if name == GATEWAY else "",
-                }
+                summary_row(
+                    f"throughput at concurrency {c}, {name}",
+                    f"{tp[(name, c)]['calls_per_s']:.0f} calls/s",
+                    f"direct {direct:.0f}/s" + (f"; LiteLLM proxy {lite['calls_per_s']:.0f}/s" if lite else ""),
+                    f"{share:.0%} of direct",
+                    f">= {TARGET_SHARE:.0%} of direct" if name == GATEWAY else "– (reference)",
+                    share >= TARGET_SHARE if name == GATEWAY else None,
+                )
             )
     for workers in sorted({s["workers"] for s in start}):
         mine = [s for s in start if s["workers"] == workers]
@@ -526,14 +522,14 @@ def headline(
         ready = float(np.median([s["ready_s"] for s in mine]))
         peer_start = by.get(LITELLM, {}).get("startup_s")
         rows.append(
-            {
-                "workload": f"start-up of `zeta-adaptive serve`, {workers} worker{'s' if workers > 1 else ''}: spawn to 200 on /health (median of {len(mine)})",
-                "ours": f"{health:.2f} s (/ready {ready:.2f} s)",
-                "peer": f"LiteLLM proxy {peer_start:.1f} s" if peer_start else litellm_note,
-                "ratio": f"{peer_start / health:.1f}x faster" if peer_start else "–",
-                "target": f"< {TARGET_STARTUP_S:g} s" if workers == 1 else "– (reference)",
-                "met?": verdict(health < TARGET_STARTUP_S) if workers == 1 else "",
-            }
+            summary_row(
+                f"start-up of `zeta-adaptive serve`, {workers} worker{'s' if workers > 1 else ''}: spawn to 200 on /health (median of {len(mine)})",
+                f"{health:.2f} s (/ready {ready:.2f} s)",
+                f"LiteLLM proxy {peer_start:.1f} s" if peer_start else litellm_note,
+                f"{peer_start / health:.1f}x faster" if peer_start else "–",
+                f"< {TARGET_STARTUP_S:g} s" if workers == 1 else "– (reference)",
+                health < TARGET_STARTUP_S if workers == 1 else None,
+            )
         )
     return rows
 
@@ -681,17 +677,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("Start-up (s)", markdown_table(list(start[0]), start)),
         ("CPU per call by layer, in one process (ms; see layer_costs)", markdown_table(list(layers[0]), layers)),
     ]
-    write_markdown(
-        args.out / "bench_gateway.md",
-        "Gateway: added latency, throughput, start-up",
-        list(table[0]),
-        table,
-        command=args.command,
-        sections=sections,
-        notes=notes,
-        quick=args.quick,
+    publish(
+        args, "bench_gateway", "Gateway: added latency, throughput, start-up", table, sections=sections, notes=notes
     )
-    print((args.out / "bench_gateway.md").read_text())
     return {"latency": lat, "throughput": thr, "startup": start, "layers": layers, "summary": table, "logged": logged}
 
 

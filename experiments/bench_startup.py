@@ -122,8 +122,7 @@ def import_profile(statement: str, top: int = 8) -> list[dict[str, Any]]:
 def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
     """A realistic log with ``attempts`` attempts rows, bulk-inserted with Core executemany (rows as
     tuples through ``exec_driver_sql``, 50,000 calls per transaction), then cached."""
-    from zeta_adaptive import Store
-    from zeta_adaptive.store import TABLES
+    from zeta_adaptive import TABLES, Store
 
     tmp = path.with_suffix(".building")
     for p in (tmp, Path(str(tmp) + "-wal"), Path(str(tmp) + "-shm")):
@@ -275,7 +274,7 @@ def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
 
 def cached_log(attempts: int, seed: int) -> tuple[Path, dict[str, int], bool]:
     """The cached log for this size, seed and schema revision, built when missing; (path, counts, built now)."""
-    from zeta_adaptive.store import head_revision
+    from zeta_adaptive import head_revision
 
     CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / f"log-{attempts}-s{seed}-{head_revision() or 'none'}.db"

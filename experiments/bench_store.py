@@ -1,7 +1,7 @@
 """Log writes: attempts per second the background writer sustains into SQLite and PostgreSQL.
 
 Rows are shaped as ``Router._log`` writes them: per call one ``calls`` row and its ``attempts``
-rows (1 attempt for 80% of calls, 2 for 15%, 3 for 5%; random uuid4 call ids), handed to
+rows (1 attempt for 80% of calls, 2 for 15%, 3 for 5%; time-ordered call ids as the router makes), handed to
 ``Store.put_many`` call by call from the main thread, as the router does. The clock runs from the
 first ``put_many`` until ``Store.flush()`` returns (every row committed), so the producer's
 queueing cost and the writer's inserts both count. Afterwards the rows are counted in the
@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +41,8 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+
+from zeta_adaptive import new_call_id
 
 from .common import PrivatePostgres, interleave, markdown_table, parse_args, postgres_bindir, write_csv, write_markdown
 
@@ -65,7 +66,7 @@ def make_calls(n: int, seed: int) -> list[list[tuple[str, dict[str, Any]]]]:
     ts0 = time.time() - n * 0.01
     out = []
     for i in range(n):
-        call_id = uuid.uuid4().hex
+        call_id = new_call_id()
         k = int(n_attempts[i])
         order = [MODELS[(first[i] + j) % len(MODELS)] for j in range(len(MODELS))]
         ts = ts0 + i * 0.01
@@ -116,7 +117,7 @@ def make_calls(n: int, seed: int) -> list[list[tuple[str, dict[str, Any]]]]:
 def _full(table: str, row: dict[str, Any]) -> dict[str, Any]:
     """The row with every column of the current schema (as Router._log sends them): a router id
     where the table has one, None for the other columns this script does not know."""
-    from zeta_adaptive.store import TABLES
+    from zeta_adaptive import TABLES
 
     full = {c.name: None for c in TABLES[table].columns}
     if "router_id" in full:
@@ -230,8 +231,7 @@ def run_naive(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: 
     """The peer: one transaction per call, in the caller's thread (same tables and INSERT)."""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    from zeta_adaptive import Store
-    from zeta_adaptive.store import TABLES
+    from zeta_adaptive import TABLES, Store
 
     store = Store(url, journal_dir=journal)  # creates the schema; its writer stays idle
     engine = store.engine
@@ -271,8 +271,7 @@ def run_naive(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: 
 def run_floor(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: Path) -> dict[str, Any]:
     """The floor: the same rows as tuples through the driver's executemany (``exec_driver_sql``),
     5,000 rows per transaction, in the caller's thread: no queue, no per-row SQLAlchemy work."""
-    from zeta_adaptive import Store
-    from zeta_adaptive.store import TABLES
+    from zeta_adaptive import TABLES, Store
 
     store = Store(url, journal_dir=journal)
     engine = store.engine

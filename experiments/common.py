@@ -189,6 +189,24 @@ def write_markdown(
     return path
 
 
+def summary_row(
+    workload: str, ours: str, peer: str = "–", ratio: str = "–", target: str = "–", met: bool | None = None
+) -> dict[str, str]:
+    """One row of an experiment's summary table, in ``summary.py``'s columns; ``met`` None: no verdict (a reference)."""
+    verdict = "" if met is None else "met" if met else "MISSED"
+    return {"workload": workload, "ours": ours, "peer": peer, "ratio": ratio, "target": target, "met?": verdict}
+
+
+def publish(args: Any, name: str, title: str, table: Sequence[dict[str, Any]], **report: Any) -> str:
+    """Write ``NAME.md`` into ``args.out``: the summary table first, then ``report``'s sections and notes; print it."""
+    path = write_markdown(
+        args.out / f"{name}.md", title, list(table[0]), table, command=args.command, quick=args.quick, **report
+    )
+    text = path.read_text()
+    print(text)
+    return text
+
+
 def interleave(names: Sequence[str], rounds: int) -> Iterator[tuple[int, str]]:
     """``(round, name)`` for ``rounds`` rounds, each round visiting every name once, the start
     rotating each round, so slow drift in machine load hits every contender alike."""

@@ -105,8 +105,7 @@ def worker_child() -> None:
 async def _worker(job: dict[str, Any], say: Any) -> None:
     import numpy as np
 
-    from zeta_adaptive import Router
-    from zeta_adaptive.exceptions import ZetaError
+    from zeta_adaptive import Router, ZetaError
 
     loop = asyncio.get_running_loop()
     rng = np.random.default_rng(job["config"]["seed"])

@@ -15,8 +15,8 @@ Our policies use the router's default Objective() (success, and latency with w_l
 Thompson also samples a log-latency posterior); ``thompson (success only)`` uses
 Objective(w_latency=0, w_cost=0), the same model as MABWiser's ThompsonSampling.
 
-``--baseline FILE`` also times the targeted policies of another ``policies.py`` (for example the
-one before a change, from ``git show REV:zeta_adaptive/policies.py``) in the same interleaved
+``--baseline FILE`` also times the targeted policies of another ``_policies.py`` (for example the
+one before a change, from ``git show REV:zeta_adaptive/_policies.py``) in the same interleaved
 rounds, as "name (baseline)". Without MABWiser installed (the ``bench`` extra) its rows are left
 out. The machine has 2 cores and other processes may run: compare within a run. BLAS thread
 variables are left as they are.
@@ -36,9 +36,9 @@ from types import ModuleType
 import numpy as np
 from tqdm import tqdm
 
-from zeta_adaptive import policies as current_policies
+import zeta_adaptive
 
-from .common import interleave, markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
+from .common import interleave, markdown_table, parse_args, publish, savefig, setup_matplotlib, summary_row, write_csv
 
 PROBS = {
     2: (0.55, 0.70),
@@ -70,7 +70,7 @@ clock = time.perf_counter_ns
 class Contender:
     """One policy instance with its own pre-drawn outcomes; ``block(n)`` runs n timed cycles."""
 
-    def __init__(self, name: str, k: int, seed: int, steps: int, policies: ModuleType = current_policies) -> None:
+    def __init__(self, name: str, k: int, seed: int, steps: int, policies: ModuleType = zeta_adaptive) -> None:
         self.name = name
         rng = np.random.default_rng([seed, k, 3])
         p = np.asarray(PROBS[k])
@@ -143,7 +143,7 @@ def stats_us(ns: np.ndarray) -> dict[str, float]:
 
 
 def load_baseline(path: Path) -> ModuleType:
-    """Another ``policies.py`` as a module of its own (it imports nothing from the package)."""
+    """Another ``_policies.py`` as a module of its own (it imports nothing from the package)."""
     spec = importlib.util.spec_from_file_location("baseline_policies", path)
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
     spec.loader.exec_module(module)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(
         __doc__,
         argv,
-        **{"--baseline": {"type": Path, "default": None, "help": "another policies.py to time alongside"}},
+        **{"--baseline": {"type": Path, "default": None, "help": "another _policies.py to time alongside"}},
     )
     warmup, rounds, block = (100, 2, 25) if args.quick else (2_000, 40, 250)
     have_mabwiser = importlib.util.find_spec("mabwiser") is not None
@@ -206,15 +206,16 @@ def main(argv: list[str] | None = None) -> dict:
             met = a["cycle_median_us"] < limit
             verdicts[(k, ours)] = met
             headline.append(
-                {
-                    "workload": f"{k} models, {ours} decision (rank with propensity + update), median / p99 µs",
-                    "ours": f"{a['cycle_median_us']:.1f} / {a['cycle_p99_us']:.0f} (rank {a['rank_median_us']:.1f})",
-                    "peer": f"{LABEL[peer]}: {b['cycle_median_us']:.1f} / {b['cycle_p99_us']:.0f}"
+                summary_row(
+                    f"{k} models, {ours} decision (rank with propensity + update), median / p99 µs",
+                    f"{a['cycle_median_us']:.1f} / {a['cycle_p99_us']:.0f} (rank {a['rank_median_us']:.1f})",
+                    f"{LABEL[peer]}: {b['cycle_median_us']:.1f} / {b['cycle_p99_us']:.0f}"
                     if b
                     else "MABWiser not installed",
-                    "ratio (peer / ours, median)": f"{b['cycle_median_us'] / a['cycle_median_us']:.3g}" if b else "–",
-                    "target": f"{'met' if met else 'MISSED'} (< {limit:g} µs median cycle)",
-                }
+                    f"{b['cycle_median_us'] / a['cycle_median_us']:.3g} (peer / ours, median)" if b else "–",
+                    f"< {limit:g} µs median cycle",
+                    met,
+                )
             )
     sections = []
     if baseline:
@@ -271,18 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     if not have_mabwiser:
         notes.append("MABWiser is not installed (pip install -e '.[bench]'): its rows are missing.")
-    write_markdown(
-        args.out / "policy_cost.md",
-        "Decision cost per call: ours vs MABWiser",
-        list(headline[0]),
-        headline,
-        command=args.command,
-        sections=sections,
-        notes=notes,
-        quick=args.quick,
-    )
     _plot(rows, args.out / "policy_cost.png")
-    print((args.out / "policy_cost.md").read_text())
+    publish(args, "policy_cost", "Decision cost per call: ours vs MABWiser", headline, sections=sections, notes=notes)
     return {"rows": rows, "verdicts": verdicts, "out": args.out}
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from zeta_adaptive.policies import Objective, make_policy
+from zeta_adaptive import Objective, make_policy
 
 from .common import (
     JOBS_OPTION,

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from zeta_adaptive.policies import POLICIES, Objective, make_policy
+from zeta_adaptive import POLICIES, Objective, make_policy
 from zeta_adaptive.replay import DM, DR, IPS, SNIPS, Always, Learning, Replay, Uniform, prepare
 
 from .common import machine_line, markdown_table, parse_args, write_csv, write_markdown

@@ -32,15 +32,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from zeta_adaptive import config as zconfig
-from zeta_adaptive.exceptions import AllModelsFailed
-from zeta_adaptive.policies import (
-    POLICIES,
-    Objective,
-    make_policy,
-)
+from zeta_adaptive import POLICIES, AllModelsFailed, Objective, Router, make_policy
 from zeta_adaptive.replay import DR, CellMeans, Learning, Replay, Uniform, compare, from_frame, load_logged, prepare
-from zeta_adaptive.router import Router
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
 from .common import markdown_table, parse_args, savefig, setup_matplotlib, write_csv, write_markdown
@@ -113,7 +106,7 @@ def obd_validation(n_boot: int, seed: int) -> tuple[list[dict], list[dict], floa
 
 
 def router_config(fleet: Fleet, url: str, policy: str, options: dict, seed: int, order: list[str]) -> dict:
-    """A one-route config on the fleet; circuit breakers off where the router has them.
+    """A one-route config on the fleet; circuit breakers off.
 
     Cooldowns change which models are eligible over wall-clock time, which a replay at a different
     pace cannot reproduce; this validation is about the policies.
@@ -121,8 +114,7 @@ def router_config(fleet: Fleet, url: str, policy: str, options: dict, seed: int,
     cfg = fleet.fleet_config(routes={TASK: order}, store=url, seed=seed)
     cfg["objective"] = {"w_latency": OBJECTIVE.w_latency, "w_cost": OBJECTIVE.w_cost, "kind": OBJECTIVE.kind}
     cfg["routes"][TASK].update(policy=policy, **options)
-    if hasattr(zconfig, "BreakerConfig"):
-        cfg["breaker"] = {"consecutive_failures": 10**6, "failure_rate": 1.0, "min_calls": 10**6}
+    cfg["breaker"] = {"consecutive_failures": 10**6, "failure_rate": 1.0, "min_calls": 10**6}
     return cfg
 
 

@@ -2,7 +2,7 @@
 
 The uncontaminated MMLU questions are streamed in random orders; for each question the policy
 picks a model, is told that model's correctness (one-sided feedback: never the other model's),
-and pays cost 1 for a strong call, 0 for a weak one. A :class:`~zeta_adaptive.budget.BudgetPacer`
+and pays cost 1 for a strong call, 0 for a weak one. A :class:`~zeta_adaptive.BudgetPacer`
 holds the strong-call share at each budget of a sweep. The policies run as the router runs them
 (rank, update, feedback, pacer), but as objects: 14k questions x budgets x orders through HTTP
 would not fit in the time on 2 shared cores. One configuration also runs end to end through
@@ -37,8 +37,7 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 from tqdm import tqdm
 
-from zeta_adaptive import BudgetPacer, Features, Featurizer, Router
-from zeta_adaptive.policies import Objective, Policy, make_policy
+from zeta_adaptive import BudgetPacer, Features, Featurizer, Objective, Policy, Router, make_policy
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
 from .common import RESULTS

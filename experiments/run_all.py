@@ -39,6 +39,7 @@ SCRIPTS = (
     "replay_speed",
     "log_faults",
     "load",
+    "load_sim",
 )
 
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules: an experiment run in its quick mode, and a router config."""
+"""Helpers shared by the test modules: an experiment run in its quick mode, a router config, and a log row."""
 
 from __future__ import annotations
 
@@ -85,3 +85,25 @@ def router_config(
     if tmp_path is not None:
         cfg["journal_dir"] = str(tmp_path / "journal")
     return {**cfg, **top}
+
+
+def call_row(call_id: str, **overrides: Any) -> dict[str, Any]:
+    """A ``calls`` row as the router logs it (one attempt, answered by ``m``); ``overrides`` replace columns."""
+    return {
+        "call_id": call_id,
+        "ts": 1.0,
+        "task_type": "code",
+        "policy": "static",
+        "propensity": 1.0,
+        "ranking": '["m"]',
+        "model": "m",
+        "outcome": "ok",
+        "latency_s": 0.01,
+        "tokens_in": 3,
+        "tokens_out": 4,
+        "cost": 0.0,
+        "n_attempts": 1,
+        "prompt": None,
+        "answer": None,
+        **overrides,
+    }

@@ -18,9 +18,8 @@ import pytest
 
 pytest.importorskip("httpx_aiohttp")
 
-from zeta_adaptive import AllModelsFailed, Router
+from zeta_adaptive import AllModelsFailed, Router, load_config
 from zeta_adaptive.aiohttp_transport import aiohttp_transports
-from zeta_adaptive.config import load_config
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
 pytestmark = pytest.mark.integration

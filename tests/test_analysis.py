@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from matplotlib.figure import Figure
 
 from zeta_adaptive import analysis as za
+from zeta_adaptive._exceptions import ZetaError
+from zeta_adaptive._store import Store
 from zeta_adaptive.cli import main
 from zeta_adaptive.demo import DEGRADED_MODEL, run_demo
-from zeta_adaptive.exceptions import ZetaError
 from zeta_adaptive.report import render_report, write_report
 from zeta_adaptive.simulate import ModelSpec
-from zeta_adaptive.store import Store
 
 T0 = 1_700_000_000.0
 

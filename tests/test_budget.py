@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from in_process import fake_router
 
-from zeta_adaptive import BudgetPacer, ConfigError, load_config, make_policy
-from zeta_adaptive.policies import POLICIES, Objective
+from zeta_adaptive import POLICIES, BudgetPacer, ConfigError, Objective, load_config, make_policy
 from zeta_adaptive.simulate import ModelSpec
 
 OBJ = Objective(w_latency=0.0)

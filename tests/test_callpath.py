@@ -23,10 +23,10 @@ from helpers import router_config
 from loopback_http import send_json
 
 from zeta_adaptive import AllModelsFailed, RequestRejected, Router, Store, classify
-from zeta_adaptive.config import Config
-from zeta_adaptive.exceptions import ConfigError, InvalidRequest
-from zeta_adaptive.health import CLOSED, OPEN
-from zeta_adaptive.router import SCAN_CHARS, sample
+from zeta_adaptive._config import Config
+from zeta_adaptive._exceptions import ConfigError, InvalidRequest
+from zeta_adaptive._health import CLOSED, OPEN
+from zeta_adaptive._router import SCAN_CHARS, sample
 from zeta_adaptive.simulate import Fleet, ModelSpec, Step, mock_fleet
 
 MSG = [{"role": "user", "content": "hi"}]

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from in_process import fake_router
 
 from zeta_adaptive import Router
+from zeta_adaptive._exceptions import StoreError
+from zeta_adaptive._store import Store
 from zeta_adaptive.cli import main
-from zeta_adaptive.exceptions import StoreError
-from zeta_adaptive.store import Store
 
 CLI = str(Path(sys.executable).parent / "zeta-adaptive")
 MSG = [{"role": "user", "content": "hi"}]

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from in_process import fake_router
 
 from zeta_adaptive import Config, ConfigError, ModelConfig, load_config
-from zeta_adaptive.policies import Objective
+from zeta_adaptive._policies import Objective
 
 
 def base_config(tmp_path) -> dict[str, Any]:
@@ -719,13 +719,13 @@ def test_max_response_bytes_defaults_and_validation(tmp_path):
 
 
 def test_a_per_prompt_policy_loads_in_a_fresh_interpreter():
-    """linear_thompson is registered by its own module: a config naming it loads without importing it first."""
+    """The registry holds linear_thompson: a config naming it loads (and make_policy builds it) in a fresh interpreter."""
     import subprocess
     import sys
 
     code = (
-        "from zeta_adaptive.config import load_config\n"
-        "from zeta_adaptive.policies import make_policy\n"
+        "from zeta_adaptive._config import load_config\n"
+        "from zeta_adaptive._registry import make_policy\n"
         "m = {'base_url': 'http://127.0.0.1:9/v1'}\n"
         "c = load_config({'store': 'sqlite:///:memory:', 'models': {'a': m, 'b': m},\n"
         "    'routes': {'r': {'models': ['a', 'b'], 'policy': 'linear_thompson', 'feature_bits': 10}}})\n"

@@ -10,8 +10,8 @@ import pytest
 from in_process import fake_router
 
 from zeta_adaptive import Featurizer, LinearThompsonPolicy, LinUCBPolicy, Router, make_policy
-from zeta_adaptive.contextual import PendingContexts
-from zeta_adaptive.policies import Objective
+from zeta_adaptive._contextual import PendingContexts
+from zeta_adaptive._policies import Objective
 
 OBJ = Objective(w_latency=0.0)
 

@@ -10,8 +10,8 @@ import pytest
 from in_process import fake_router
 
 from zeta_adaptive import make_policy
-from zeta_adaptive.exceptions import ReplayError
-from zeta_adaptive.policies import Objective
+from zeta_adaptive._exceptions import ReplayError
+from zeta_adaptive._policies import Objective
 from zeta_adaptive.replay.contextual import (
     ContextualIPS,
     ContextualLog,

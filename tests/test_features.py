@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from zeta_adaptive import Features, Featurizer, InvalidRequest
-from zeta_adaptive.features import DENSE_NAMES, message_text
+from zeta_adaptive._features import DENSE_NAMES, message_text
 
 PROMPT = (
     "Write a Python function `def add(a, b):` that returns a + b.\nThen explain why 2^3 = 8, step by step. Ünïcode too."

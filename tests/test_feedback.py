@@ -13,7 +13,7 @@ import pytest
 from in_process import fake_router
 
 from zeta_adaptive import AllModelsFailed, FeedbackError, RequestRejected, ZetaError
-from zeta_adaptive.feedback import validate_accuracy
+from zeta_adaptive._feedback import validate_accuracy
 from zeta_adaptive.simulate import ModelSpec, Step
 
 HELLO = [{"role": "user", "content": "Hello"}]

@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, text
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
-from zeta_adaptive.config import Config, ConfigError, KeyLimits, ServerConfig  # noqa: E402
+from zeta_adaptive._config import Config, ConfigError, KeyLimits, ServerConfig  # noqa: E402
 from zeta_adaptive.gateway import create_app, load_keys  # noqa: E402
 from zeta_adaptive.simulate import Fleet, ModelSpec  # noqa: E402
 

@@ -27,8 +27,8 @@ import helpers
 import pytest
 
 from zeta_adaptive import AllModelsFailed, Router, StreamBroken
-from zeta_adaptive.backends import HttpxBackend, Outcome, Reply
-from zeta_adaptive.config import ModelConfig
+from zeta_adaptive._backends import HttpxBackend, Outcome, Reply
+from zeta_adaptive._config import ModelConfig
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
 pytestmark = pytest.mark.integration  # hostile servers on loopback
@@ -201,7 +201,7 @@ def deep_json(req: Request, sock: socket.socket, stop: threading.Event) -> None:
     send_json(sock, 200, b"[" * 100_000 + b"]" * 100_000)
 
 
-# -- error bodies as real servers send them (see the sources in zeta_adaptive.backends.CONTEXT_MARKERS) --
+# -- error bodies as real servers send them (see the sources in zeta_adaptive._backends.CONTEXT_MARKERS) --
 
 VLLM_CONTEXT = (
     400,
@@ -655,13 +655,15 @@ def test_asyncio_run_per_call_leaves_no_open_connections(tmp_path):
 def test_sync_clients_exist_before_the_first_call_and_close_closes_async_ones():
     with serve(healthy) as url:
         backend, model = backend_for(url)
-        assert set(backend._clients) == {"m"} and not backend._clients["m"].is_closed
+        assert set(backend._pools) == {"m"}
         loop = asyncio.new_event_loop()
         try:
             assert loop.run_until_complete(backend.achat(model, MSG, {}, 5.0)).ok
-            (client,) = backend._aclients[loop].values()
+            (pool,) = backend._apools[loop].values()
             backend.close()  # from sync code, with the loop idle: closed on it
-            assert client.is_closed and backend._clients["m"].is_closed
+            assert not backend._apools
+            assert loop.run_until_complete(backend.achat(model, MSG, {}, 5.0)).ok  # on a new pool
+            assert backend._apools[loop]["m"] is not pool
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()

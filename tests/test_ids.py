@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from zeta_adaptive.ids import new_call_id
+from zeta_adaptive._ids import new_call_id
 
 PER_WORKER = 5_000
 

@@ -15,11 +15,11 @@ from loopback_http import send_json
 from sqlalchemy import select
 
 from zeta_adaptive import Router, Store
-from zeta_adaptive.backends import Outcome, Reply, classify_error
-from zeta_adaptive.config import REJECTING_DEFAULT
-from zeta_adaptive.health import CLOSED, OPEN
-from zeta_adaptive.lessons import teaches, teaches_frame, teaches_sql
-from zeta_adaptive.store import attempts
+from zeta_adaptive._backends import Outcome, Reply, classify_error
+from zeta_adaptive._config import REJECTING_DEFAULT
+from zeta_adaptive._health import CLOSED, OPEN
+from zeta_adaptive._lessons import teaches, teaches_frame, teaches_sql
+from zeta_adaptive._store import attempts
 
 MSG = [{"role": "user", "content": "hi"}]
 LITELLM_UNKNOWN = {"error": {"message": "/chat/completions: Invalid model name passed in model=gpt-9.", "code": "400"}}

@@ -2,7 +2,8 @@
 
 The simulation is a discrete-event queue in simulated time (the controller's injected clock), with
 more demand than any limit: a client keeps exactly ``limit`` requests out, so the controller alone
-decides how much queueing the server sees.
+decides how much queueing the server sees. Before each send the controller sees the send times of
+the requests out (:meth:`AdaptiveLimit.overdue`), as :class:`.Health` shows them before each claim.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import math
 import numpy as np
 import pytest
 
-from zeta_adaptive.exceptions import ConfigError
-from zeta_adaptive.limits import AdaptiveLimit, LoadConfig
+from zeta_adaptive._exceptions import ConfigError
+from zeta_adaptive._limits import AdaptiveLimit, LoadConfig
 
 
 class Clock:
@@ -34,6 +35,7 @@ def serve(limit: AdaptiveLimit, clock: Clock, capacity: list[int], service_s: fl
     limits: list[int] = []
     sent = 0
     while len(limits) < calls:
+        limit.overdue(sorted(at for _, at in out))
         while len(out) < limit.limit and sent < calls:  # demand exceeds any limit: keep it full
             slots = capacity[sent]
             while len(free_at) > slots:  # capacity shrank: the slots freeing last are gone
@@ -87,6 +89,92 @@ def test_bounded_by_max_in_flight_and_the_configured_bounds() -> None:
     assert min(limits) == 2 and max(limits) <= 5
 
 
+def _after_the_drop(fast_after: int, seed: int) -> tuple[int, int]:
+    """Replies from a capacity drop (8 -> 2 slots) until the limit first shrinks, and until it is within 3."""
+    clock = Clock()
+    limit = AdaptiveLimit(LoadConfig(fast_after=fast_after), clock=clock)
+    limits = serve(limit, clock, [8] * 600 + [2] * 600, service_s=0.05, seed=seed)
+    first = next(i for i in range(600, 1200) if limits[i] < limits[599])
+    near = next(i for i in range(600, 1200) if limits[i] <= 3)
+    return first - 600, near - 600
+
+
+def test_a_capacity_drop_is_followed_within_a_few_replies() -> None:
+    """Replies queued in a row (and requests out that long) shrink the limit at once, not after a
+    whole window: the first shrink within 6 replies of the drop, within 3 of the new capacity in
+    24, where waiting for windows alone (``fast_after`` beyond any run of replies) takes 25 to 31
+    replies to get there in the same ten runs."""
+    fast = [_after_the_drop(3, seed) for seed in range(10)]
+    windows_only = [_after_the_drop(10_000, seed) for seed in range(10)]
+    assert max(first for first, _ in fast) <= 6 and max(near for _, near in fast) <= 24
+    assert min(near for _, near in windows_only) > 24  # the bound above is one the old rule misses in every run
+
+
+def _learned(config: LoadConfig, clock: Clock, latency_s: float = 0.05) -> AdaptiveLimit:
+    """A limit whose no-load latency is known (one window at ``latency_s``), its limit reached."""
+    limit = AdaptiveLimit(config, clock=clock)
+    for _ in range(config.window):
+        reply(limit, limit.limit)
+    assert limit.no_load_s == pytest.approx(latency_s)
+    return limit
+
+
+def test_one_or_two_slow_replies_decide_nothing_three_in_a_row_shrink_at_once() -> None:
+    clock = Clock()
+    limit = _learned(LoadConfig(initial=8, window=8, fast_factor=1.5), clock)
+    before = limit.limit
+    clock.now = 1.0
+    for latency in (0.2, 0.05, 0.2, 0.2, 0.05):  # slow, but never three in a row
+        limit.sample(latency)
+    assert limit.limit == before and len(limit._window) == 5
+    for _ in range(3):
+        limit.sample(0.07)  # 1.4x no-load: below fast_factor (1.5)
+    assert limit.limit == before
+    for latency in (0.11, 0.2, 0.2):
+        limit.sample(latency)
+    # three in a row above 1.5x: shrunk at once (eleven replies into a window of sixteen) by
+    # no-load / their median, at most halving: 0.05 / 0.2 -> halved
+    assert limit.limit == before // 2 and limit._window == []
+
+
+def test_a_growth_does_not_hide_the_replies_sent_before_it() -> None:
+    """Only a shrink makes the replies of earlier requests stale (they measured a larger limit); queueing
+    under a smaller limit still tells, so a capacity that drops just as the limit grows is not missed."""
+    clock = Clock()
+    limit = _learned(LoadConfig(initial=4, window=4), clock)  # slow start: 4 -> 8 at time 0
+    assert limit.limit == 8
+    clock.now = 0.1
+    for _ in range(3):
+        limit.sample(0.2)  # sent at -0.1, before the growth, and four times no-load
+    assert limit.limit == 4  # halved at once
+    for _ in range(3):
+        limit.sample(0.2)  # sent before that shrink: they measured the limit of 8
+    assert limit.limit == 4
+
+
+def test_requests_out_too_long_shrink_it_before_they_answer() -> None:
+    clock = Clock()
+    limit = _learned(LoadConfig(initial=8, window=8, fast_factor=1.5), clock)  # no-load 50 ms: late after 75 ms
+    before = limit.limit
+    clock.now = 10.0
+    limit.overdue([9.90, 9.95, 9.99])  # two late, one not yet
+    assert limit.limit == before
+    limit.overdue([9.90, 9.91, 9.92, 9.99])  # three late (out 80 to 100 ms): shrunk by 50 / 90
+    assert limit.limit == math.floor(before * 0.05 / 0.09)
+    after = limit.limit
+    clock.now = 10.5
+    limit.overdue([9.90, 9.91, 9.92])  # sent before that change: they measured the old limit
+    assert limit.limit == after
+
+
+def test_expected_latency_grows_with_the_load_to_tolerance_times_no_load_at_the_limit() -> None:
+    clock = Clock()
+    assert AdaptiveLimit(LoadConfig(), clock=clock).expected_latency(0) is None  # nothing learned yet
+    limit = _learned(LoadConfig(initial=4, window=4, tolerance=1.5, max_limit=4), clock)
+    assert limit.limit == 4
+    assert [limit.expected_latency(n) for n in (0, 2, 4, 8)] == pytest.approx([0.05, 0.0625, 0.075, 0.1])
+
+
 def test_grows_only_when_the_limit_was_reached() -> None:
     limit = AdaptiveLimit(LoadConfig(initial=2, window=4), clock=Clock())
     for _ in range(40):
@@ -133,6 +221,10 @@ def test_bad_bounds_are_refused() -> None:
         LoadConfig(min_limit=4, initial=2)
     with pytest.raises(ConfigError, match="tolerance"):
         LoadConfig(tolerance=1.0)
+    with pytest.raises(ConfigError, match="fast_after"):
+        LoadConfig(fast_after=0)
+    with pytest.raises(ConfigError, match="fast_factor"):
+        LoadConfig(fast_factor=1.0)
 
 
 def test_the_no_load_latency_is_the_lowest_window_median_of_the_baseline_period():
@@ -161,3 +253,14 @@ def test_the_no_load_latency_is_the_lowest_window_median_of_the_baseline_period(
                 assert limit.no_load_s == pytest.approx(lowest, rel=0, abs=0)
                 checked += 1
     assert checked > 1000
+
+
+def test_in_simulated_time_a_halving_keeps_p99_within_three_service_times() -> None:
+    """experiments.load_sim's halving scenario (the controller routing a discrete-event simulation):
+    with the fast path the p99 stays within three service times in each of ten runs, and its median
+    is below that of the rule that decides per window only. Simulated time: no wall clock asserted."""
+    from experiments.load_sim import _row
+
+    fast = [_row("fast path", seed, 10.0)["p99_per_service"] for seed in range(10)]
+    windows = [_row("windows only", seed, 10.0)["p99_per_service"] for seed in range(10)]
+    assert max(fast) <= 3.0 and np.median(fast) < np.median(windows)

@@ -17,12 +17,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import NO_BREAKER, router_config
+from helpers import NO_BREAKER, call_row, router_config
 from loopback_http import send_json
 from sqlalchemy import create_engine, text
 
 from zeta_adaptive import AllModelsFailed, ConfigError, FeedbackError, Router, Store, StoreError
-from zeta_adaptive.feedback import FeedbackBook
+from zeta_adaptive._feedback import FeedbackBook
 
 pytestmark = pytest.mark.integration  # loopback servers, frozen and killed processes
 
@@ -140,18 +140,16 @@ def test_poison_answers_land_sanitised_and_the_rest_of_the_log_is_complete(store
 
 
 def test_a_row_the_database_refuses_goes_to_the_dead_letters_and_nothing_else_is_lost(store_url, tmp_path):
-    from test_outage import _call_row
-
     store = Store(store_url, journal_dir=tmp_path / "j")
     for i in range(100):
-        row = _call_row(i)
+        row = call_row(f"c{i}", ts=float(i))
         if i in (17, 60):
             row = {k: v for k, v in row.items() if k != "ts"}  # NOT NULL: refused by every database
         store.put("calls", row)
     assert store.flush(30)
     assert store.dead == 2 and store.journal.rows == 0
     for i in range(100, 110):  # the writer goes on
-        store.put("calls", _call_row(i))
+        store.put("calls", call_row(f"c{i}", ts=float(i)))
     store.close()
     got = counts(store_url)
     assert got["calls"] == 108 and got["dead_letters"] == 2

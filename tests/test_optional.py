@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from zeta_adaptive import Store
 from zeta_adaptive import analysis as za
+from zeta_adaptive._exceptions import MissingDependency, ZetaError
 from zeta_adaptive.cli import main
-from zeta_adaptive.exceptions import MissingDependency, ZetaError
 
 
 def _hide(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:

@@ -9,36 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import call_row
 from sqlalchemy import create_engine, text
 
 from zeta_adaptive import Router, Store
+from zeta_adaptive._store import metadata
 from zeta_adaptive.simulate import Fleet, ModelSpec
-from zeta_adaptive.store import metadata
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a store going away under router processes
 
 MSG = [{"role": "user", "content": "hi"}]
-
-
-def _call_row(i: int) -> dict:
-    return {
-        "call_id": f"c{i}",
-        "ts": float(i),
-        "task_type": "simple",
-        "policy": "static",
-        "propensity": 1.0,
-        "ranking": '["m"]',
-        "model": "m",
-        "outcome": "ok",
-        "latency_s": 0.01,
-        "tokens_in": 1,
-        "tokens_out": 1,
-        "cost": 0.0,
-        "n_attempts": 1,
-        "prompt": None,
-        "answer": None,
-        "skipped": None,
-    }
 
 
 def test_rows_wait_in_the_journal_while_the_table_is_gone(sqlite_url, tmp_path):
@@ -47,14 +27,14 @@ def test_rows_wait_in_the_journal_while_the_table_is_gone(sqlite_url, tmp_path):
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE calls RENAME TO calls_away"))  # every insert now fails
     for i in range(50):
-        store.put("calls", _call_row(i))
+        store.put("calls", call_row(f"c{i}", ts=float(i)))
     assert store.flush(10)
     assert store.journal.rows == 50 and store.errors >= 1
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE calls_away RENAME TO calls"))
     time.sleep(2.1)  # past the longest back-off
     for i in range(50, 60):
-        store.put("calls", _call_row(i))
+        store.put("calls", call_row(f"c{i}", ts=float(i)))
     assert store.flush(10)
     assert store.journal.rows == 0
     assert store.count("calls") == 60
@@ -73,11 +53,11 @@ def test_a_journal_left_by_a_dead_process_is_replayed_at_next_open(sqlite_url, t
         f"""
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_outage import _call_row
-        from zeta_adaptive.store import Store
+        from helpers import call_row
+        from zeta_adaptive._store import Store
         store = Store({sqlite_url!r}, journal_dir={str(journal_dir)!r})
         for i in range(30):
-            store.put("calls", _call_row(i))
+            store.put("calls", call_row(f"c{{i}}", ts=float(i)))
         assert store.flush(10) and store.journal.rows == 30
         os._exit(0)  # dies without closing
         """
@@ -87,7 +67,7 @@ def test_a_journal_left_by_a_dead_process_is_replayed_at_next_open(sqlite_url, t
     metadata.tables["calls"].create(engine)
     store = Store(sqlite_url, journal_dir=journal_dir)
     assert store.count("calls") == 30
-    store.put("calls", _call_row(0))  # already there: written once
+    store.put("calls", call_row("c0", ts=0.0))  # already there: written once
     store.close()
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM calls")).scalar_one() == 30

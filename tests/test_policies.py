@@ -9,9 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zeta_adaptive import Objective, make_policy
-from zeta_adaptive.contextual import ContextualPolicy
-from zeta_adaptive.policies import POLICIES
+from zeta_adaptive import POLICIES, Objective, make_policy
+from zeta_adaptive._contextual import ContextualPolicy
 
 MAIN = ["static", "random", "thompson"]
 STAT_NAMES = ["n", "succ", "lat_n", "lat_sum", "cost_sum", "acc_n", "acc_sum"]
@@ -569,3 +568,51 @@ def test_bad_model_lists():
         make_policy("static", [])
     with pytest.raises(ValueError):
         make_policy("random", ["a", "a"])
+
+
+# -- ranking under load: the latency the objective uses is given per model --------------------------
+
+
+def _taught(name: str, **options) -> object:
+    """Two models with the same record (20 successes at 100 ms), an objective that weighs latency."""
+    policy = make_policy(name, ["a", "b"], Objective(w_latency=1.0), seed=5, **options)
+    for _ in range(20):
+        policy.update("a", True, 0.1)
+        policy.update("b", True, 0.1)
+    return policy
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("epsilon_greedy", {"epsilon": 0.0}), ("ucb1", {}), ("kl_ucb", {}), ("thompson", {})],
+)
+def test_a_model_slow_at_its_current_load_is_ranked_below_an_equal_one(name: str, options: dict) -> None:
+    policy = _taught(name, **options)
+    for slow, other in (("a", "b"), ("b", "a")):
+        rankings = [policy.rank_under_load(None, {slow: 1.0, other: 0.1}) for _ in range(50)]
+        assert {r.primary for r in rankings} == {other}  # 0.9 s more latency costs 0.9 of utility
+        assert all(0.0 < r.propensity <= 1.0 for r in rankings)
+    assert policy.rank_under_load(["a"], {"b": 1.0}).order == ("a",)  # given latencies of models not eligible: unused
+
+
+def test_latency_is_no_input_to_the_static_and_random_orders() -> None:
+    static = _taught("static")
+    assert {static.rank_under_load(None, {"a": 9.0}).order for _ in range(20)} == {("a", "b")}
+    random = _taught("random")
+    ranked = [random.rank_under_load(None, {"a": 9.0}) for _ in range(200)]
+    assert {r.propensity for r in ranked} == {0.5} and 60 < sum(r.primary == "a" for r in ranked) < 140
+
+
+def test_thompson_under_load_logs_the_primarys_exact_share_of_its_draws() -> None:
+    """With the batch fixed (no update in between), how often a model is primary matches the
+    propensity logged with it: the probability under the given latencies, not under the learned ones."""
+    policy = _taught("thompson", samples=64)
+    latency = {"a": 0.13, "b": 0.1}  # a a little slower now: a share of the draws still favours it
+    rankings = [policy.rank_under_load(None, latency) for _ in range(4000)]
+    shares = {m: sum(r.primary == m for r in rankings) / len(rankings) for m in ("a", "b")}
+    logged = {r.primary: r.propensity for r in rankings}
+    assert len({(r.primary, r.propensity) for r in rankings}) == 2  # one propensity per primary: the batch's share
+    assert logged["a"] + logged["b"] == pytest.approx(1.0)
+    assert shares["a"] == pytest.approx(logged["a"], abs=0.03)
+    plain = [policy.rank() for _ in range(4000)]  # the learned latencies, equal: about even
+    assert logged["a"] < 0.4 < sum(r.primary == "a" for r in plain) / len(plain) < 0.6

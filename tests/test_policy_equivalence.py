@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zeta_adaptive import Objective, Ranking
-from zeta_adaptive.policies import (
+from zeta_adaptive._policies import (
     ACC_N,
     ACC_SUM,
     COST_SUM,
@@ -26,8 +26,8 @@ from zeta_adaptive.policies import (
     N,
     ThompsonPolicy,
     kl_ucb_bound,
-    make_policy,
 )
+from zeta_adaptive._registry import make_policy
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -231,7 +231,7 @@ def test_kl_bound_matches_bisection_to_1e6(p, log_budget):
 def test_kl_bound_from_a_nearby_root_is_the_same():
     """From the root of a slightly different budget (extrapolated along the tangent when that is
     exact enough, else by Newton steps) the bound equals the cold result to 1e-9."""
-    from zeta_adaptive.policies import _kl_ucb
+    from zeta_adaptive._policies import _kl_ucb
 
     extrapolated = 0
     for p in (1e-6, 0.2, 0.5, 0.8, 0.999):
@@ -251,7 +251,7 @@ def test_kl_bound_from_a_nearby_root_is_the_same():
 def test_kl_ucb_extrapolations_do_not_drift():
     """A model left alone for many decisions (its mean and count fixed, the total count growing)
     keeps a bound equal to a cold computation: extrapolations never build on each other."""
-    from zeta_adaptive.policies import _kl_ucb
+    from zeta_adaptive._policies import _kl_ucb
 
     p, n = 0.62, 400.0
     near = None

@@ -11,8 +11,8 @@ import pytest
 
 from zeta_adaptive import AllModelsFailed, Router, UnknownTaskType
 from zeta_adaptive import analysis as za
+from zeta_adaptive._results import PREFERENCE_COLUMNS, preference_records
 from zeta_adaptive.report import write_report
-from zeta_adaptive.results import PREFERENCE_COLUMNS, preference_records
 from zeta_adaptive.simulate import Fleet, ModelSpec
 
 
@@ -94,6 +94,7 @@ def test_reading_preferences_leaves_routing_alone(tmp_path):
     assert orders[0] == orders[1]
 
 
+@pytest.mark.slow  # renders the report with matplotlib (about 10 s under load)
 def test_the_html_report_shows_what_the_policies_believe(tmp_path):
     with _run(tmp_path) as router:
         router.flush()

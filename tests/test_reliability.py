@@ -10,8 +10,8 @@ import pytest
 from in_process import fake_router
 
 from zeta_adaptive import AllModelsFailed, Outcome, Reply, Router, Store
-from zeta_adaptive.config import BreakerConfig, ModelConfig
-from zeta_adaptive.health import CLOSED, HALF_OPEN, OPEN, Breaker, Health
+from zeta_adaptive._config import BreakerConfig, ModelConfig
+from zeta_adaptive._health import CLOSED, HALF_OPEN, OPEN, Breaker, Health
 from zeta_adaptive.simulate import Fleet, ModelSpec, Step
 
 MSG = [{"role": "user", "content": "hi"}]

@@ -15,10 +15,12 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zeta_adaptive import config as zconfig
+from zeta_adaptive import Objective, make_policy
+from zeta_adaptive import _config as zconfig
+from zeta_adaptive._exceptions import AllModelsFailed, StoreError, ZetaError
+from zeta_adaptive._router import Router
+from zeta_adaptive._store import Store
 from zeta_adaptive.cli import main
-from zeta_adaptive.exceptions import AllModelsFailed, StoreError, ZetaError
-from zeta_adaptive.policies import Objective, make_policy
 from zeta_adaptive.replay import (
     DM,
     DR,
@@ -38,9 +40,7 @@ from zeta_adaptive.replay import (
     prepare,
     resolve,
 )
-from zeta_adaptive.router import Router
 from zeta_adaptive.simulate import Fleet, ModelSpec
-from zeta_adaptive.store import Store
 
 OBD = Path(__file__).resolve().parents[2] / "shared" / "data" / "obd"
 PROPERTIES = settings(max_examples=40, deadline=None, derandomize=True, database=None)

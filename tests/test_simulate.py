@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import pytest
 
-from zeta_adaptive.backends import HttpxBackend, Reply
-from zeta_adaptive.config import ModelConfig
-from zeta_adaptive.exceptions import ConfigError
+from zeta_adaptive._backends import HttpxBackend, Reply
+from zeta_adaptive._config import ModelConfig
+from zeta_adaptive._exceptions import ConfigError
 from zeta_adaptive.simulate import Fleet, FleetTransport, ModelSpec, Step, example_fleet, example_routes, mock_fleet
 
 MakeFleet = Callable[..., Fleet]

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 from click.testing import CliRunner
+from helpers import call_row
 from sqlalchemy import create_engine, inspect, text
 
 from zeta_adaptive import Config, StoreError
-from zeta_adaptive import store as store_module
+from zeta_adaptive import _store as store_module
+from zeta_adaptive._store import Store
 from zeta_adaptive.cli import main
-from zeta_adaptive.store import Store
 
 
 def _attempt(call_id: str, idx: int) -> dict:
@@ -32,26 +35,6 @@ def _attempt(call_id: str, idx: int) -> dict:
     }
 
 
-def _call(call_id: str) -> dict:
-    return {
-        "call_id": call_id,
-        "ts": 1.0,
-        "task_type": "code",
-        "policy": "static",
-        "propensity": 1.0,
-        "ranking": '["m"]',
-        "model": "m",
-        "outcome": "ok",
-        "latency_s": 0.01,
-        "tokens_in": 3,
-        "tokens_out": 4,
-        "cost": 0.0,
-        "n_attempts": 1,
-        "prompt": None,
-        "answer": None,
-    }
-
-
 def test_migrations_create_the_tables_once(store_url):
     Store(store_url).close()
     Store(store_url).close()  # a second open finds the schema current
@@ -65,6 +48,23 @@ def test_migrations_create_the_tables_once(store_url):
         engine.dispose()
 
 
+def test_the_schema_head_the_store_knows_is_alembics():
+    """Opening a current log skips Alembic because the store knows the newest revision; it must be Alembic's."""
+    from alembic.script import ScriptDirectory
+
+    from zeta_adaptive._store import SCHEMA_HEAD, _alembic_config
+
+    assert ScriptDirectory.from_config(_alembic_config(None)).get_current_head() == SCHEMA_HEAD
+
+
+def test_opening_a_current_log_does_not_import_alembic(tmp_path):
+    url = f"sqlite:///{tmp_path / 'zeta.db'}"
+    Store(url).close()  # creates and stamps the log
+    code = f"import sys; from zeta_adaptive import Store; Store({url!r}).close(); print('alembic' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.slow
 def test_rows_written_in_batches_from_many_threads(store_url):
     store = Store(store_url, batch_size=500)
@@ -73,7 +73,7 @@ def test_rows_written_in_batches_from_many_threads(store_url):
     def produce(t: int) -> None:
         for i in range(per_thread):
             cid = f"t{t}c{i}"
-            store.put_many([("calls", _call(cid)), ("attempts", _attempt(cid, 0))])
+            store.put_many([("calls", call_row(cid)), ("attempts", _attempt(cid, 0))])
 
     threads = [threading.Thread(target=produce, args=(t,)) for t in range(n_threads)]
     for th in threads:
@@ -88,9 +88,9 @@ def test_rows_written_in_batches_from_many_threads(store_url):
 
 def test_a_record_handed_in_twice_is_written_once(store_url):
     store = Store(store_url)
-    store.put("calls", _call("dup"))
+    store.put("calls", call_row("dup"))
     store.flush()
-    store.put("calls", _call("dup"))  # e.g. a retried batch
+    store.put("calls", call_row("dup"))  # e.g. a retried batch
     store.put("attempts", _attempt("dup", 0))
     store.put("attempts", _attempt("dup", 0))
     store.close()
@@ -102,7 +102,7 @@ def test_a_record_handed_in_twice_is_written_once(store_url):
 
 def test_reads_and_close_semantics(sqlite_url):
     store = Store(sqlite_url)
-    store.put("calls", _call("abc"))
+    store.put("calls", call_row("abc"))
     store.flush()
     assert store.find_call("abc")["model"] == "m"
     assert store.find_call("nope") is None
@@ -113,7 +113,7 @@ def test_reads_and_close_semantics(sqlite_url):
     store.close()
     store.close()  # idempotent
     with pytest.raises(StoreError, match="closed"):
-        store.put("calls", _call("late"))
+        store.put("calls", call_row("late"))
 
 
 def test_unreachable_database_raises_store_error_without_the_password():
@@ -166,15 +166,15 @@ def test_the_writer_delivers_on_its_own_tick_and_wakes_from_idle(sqlite_url, tmp
     monkeypatch.setattr(store_module, "IDLE_S", 0.1)  # asleep after two empty ticks of 50 ms
     store = Store(sqlite_url, journal_dir=tmp_path / "journal", linger_s=0.05)
     try:
-        store.put("calls", _call("first"))  # the writer starts asleep: this hand-over wakes it
+        store.put("calls", call_row("first"))  # the writer starts asleep: this hand-over wakes it
         assert _written_without_flush(store, "calls", 1)
         for i in range(20):  # while it ticks, hand-overs do not wake it; its tick takes them
-            store.put("calls", _call(f"tick{i}"))
+            store.put("calls", call_row(f"tick{i}"))
             time.sleep(0.005)
         assert _written_without_flush(store, "calls", 21)
         for round_ in range(3):  # idle past IDLE_S: asleep, and woken again by the next row
             time.sleep(0.3)
-            store.put("calls", _call(f"after-idle{round_}"))
+            store.put("calls", call_row(f"after-idle{round_}"))
             assert _written_without_flush(store, "calls", 22 + round_)
     finally:
         store.close()

@@ -9,7 +9,7 @@ import pytest
 from in_process import fake_router
 
 from zeta_adaptive import AllModelsFailed, Router, Store, StreamBroken
-from zeta_adaptive.exceptions import ConfigError
+from zeta_adaptive._exceptions import ConfigError
 from zeta_adaptive.simulate import Fleet, ModelSpec, Step
 
 MSG = [{"role": "user", "content": "tell me something"}]

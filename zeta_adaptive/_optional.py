@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .exceptions import MissingDependency
+from ._exceptions import MissingDependency
 
 __all__ = ["requires"]
 

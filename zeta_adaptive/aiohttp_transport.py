@@ -15,8 +15,8 @@ from contextlib import contextmanager
 
 import httpx
 
+from ._config import Config
 from ._optional import requires
-from .config import Config
 
 with requires("gateway"):
     import aiohttp

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ._optional import requires
-from .store import Store
+from ._store import Store
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -92,19 +92,9 @@ def model_summary(log: Log) -> pd.DataFrame:
     """Per task type and model: attempts, success rate, mean accuracy fed back, median latency of
     successful attempts, mean cost, and the model's share of the task's answered calls."""
     a = log.attempts
+    cols = ["attempts", "success_rate", "accuracy", "p50_latency_s", "mean_cost", "share"]
     if a.empty:
-        return pd.DataFrame(
-            columns=[
-                "task_type",
-                "model",
-                "attempts",
-                "success_rate",
-                "accuracy",
-                "p50_latency_s",
-                "mean_cost",
-                "share",
-            ]
-        )
+        return pd.DataFrame(columns=["task_type", "model", *cols])
     ok = a.assign(success=a["outcome"] == "ok")
     grouped = ok.groupby(["task_type", "model"])
     out = pd.DataFrame(
@@ -120,7 +110,6 @@ def model_summary(log: Log) -> pd.DataFrame:
     out["share"] = share.reindex(out.index).fillna(0.0)
     accuracy = log.feedback.groupby(["task_type", "model"])["accuracy"].mean()
     out["accuracy"] = accuracy.reindex(out.index)
-    cols = ["attempts", "success_rate", "accuracy", "p50_latency_s", "mean_cost", "share"]
     return out[cols].reset_index()
 
 
@@ -275,24 +264,11 @@ def latency_distribution(
         w = with_windows(log.calls, 1)[["call_id", "call_index"]]
         index = a[["call_id"]].merge(w, on="call_id", how="left")["call_index"].to_numpy()
         phase = np.where(index < split_at, "before", "after").astype(object)
-    counts = (
-        pd.DataFrame({"model": a["model"].to_numpy(), "phase": phase, "bin": idx})
-        .groupby(["model", "phase", "bin"])
-        .size()
-    )
-    present, k = (
-        cast(pd.MultiIndex, counts.index).droplevel("bin").unique(),
-        len(edges) - 1,
-    )  # every bin of each (model, phase)
-    full = pd.MultiIndex.from_arrays(
-        [
-            np.repeat(present.get_level_values(0), k),
-            np.repeat(present.get_level_values(1), k),
-            np.tile(np.arange(k), len(present)),
-        ],
-        names=["model", "phase", "bin"],
-    )
-    out = counts.reindex(full, fill_value=0).rename("count").reset_index()
+    counts = pd.crosstab([a["model"].to_numpy(), phase], idx, rownames=["model", "phase"], colnames=["bin"])
+    every_bin = counts.reindex(
+        columns=pd.RangeIndex(len(edges) - 1, name="bin"), fill_value=0
+    )  # of each (model, phase)
+    out = cast("pd.Series", every_bin.stack()).rename("count").reset_index()
     out["left"] = edges[out["bin"].to_numpy()]
     out["right"] = edges[out["bin"].to_numpy() + 1]
     out["fraction"] = out["count"] / out.groupby(["model", "phase"])["count"].transform("sum")
@@ -419,15 +395,8 @@ def _truth_frame(truth: Mapping[tuple[str, str], float] | pd.DataFrame) -> pd.Da
     if isinstance(truth, pd.DataFrame):
         frame = truth if "from_call" in truth else truth.assign(from_call=0)
         return frame[["task_type", "model", "reward", "from_call"]]
-    keys = list(truth)
-    return pd.DataFrame(
-        {
-            "task_type": [k[0] for k in keys],
-            "model": [k[1] for k in keys],
-            "reward": [float(truth[k]) for k in keys],
-            "from_call": 0,
-        }
-    )
+    rows = [(task, model, float(reward)) for (task, model), reward in truth.items()]
+    return pd.DataFrame(rows, columns=["task_type", "model", "reward"]).assign(from_call=0)
 
 
 def true_rewards(log: Log, truth: Mapping[tuple[str, str], float] | pd.DataFrame) -> pd.DataFrame:
@@ -487,18 +456,8 @@ def cumulative_regret(log: Log, truth: Mapping[tuple[str, str], float] | pd.Data
     c["regret"] = c["best"] - c["reward"]
     c["task_call"] = c.groupby("task_type").cumcount()
     c["cumulative_regret"] = c.groupby("task_type")["regret"].cumsum()
-    cols = [
-        "call_id",
-        "call_index",
-        "task_type",
-        "task_call",
-        "primary",
-        "reward",
-        "best",
-        "regret",
-        "cumulative_regret",
-    ]
-    return c[cols].reset_index(drop=True)
+    cols = ["call_id", "call_index", "task_type", "task_call", "primary", "reward", "best", "regret"]
+    return c[[*cols, "cumulative_regret"]].reset_index(drop=True)
 
 
 # -- plots ------------------------------------------------------------------------------------------
@@ -709,23 +668,17 @@ def plot_policy_estimates(
     fig, axes = _figure(len(tasks), ncols=len(tasks), panel=(4.2, 0.45 * len(policies) + 1.4))
     colors = _colors(_ESTIMATORS + estimators, first=_ESTIMATORS)
     offset = {e: (i - (len(estimators) - 1) / 2) * 0.8 / max(len(estimators), 1) for i, e in enumerate(estimators)}
+    row = {p: i for i, p in enumerate(policies)}
     for ax, task in zip(axes, tasks):
         d = estimates[estimates["task_type"] == task]
-        y = d["policy"].map({p: i for i, p in enumerate(policies)}) + d["estimator"].map(offset)
+        y = d["policy"].map(row) + d["estimator"].map(offset)
         for estimator, rows in d.assign(y=y).groupby("estimator", sort=False):
             err = np.vstack([rows["value"] - rows["ci_low"], rows["ci_high"] - rows["value"]]).clip(min=0)
             ax.errorbar(rows["value"], rows["y"], xerr=err, fmt="o", markersize=4, capsize=2, color=colors[estimator])
         if truth is not None:
             t = truth[truth["task_type"] == task]
             t = t[t["policy"].isin(policies)]
-            ax.scatter(
-                t["value"],
-                t["policy"].map({p: i for i, p in enumerate(policies)}),
-                marker="D",
-                color="black",
-                s=28,
-                zorder=3,
-            )
+            ax.scatter(t["value"], t["policy"].map(row), marker="D", color="black", s=28, zorder=3)
         ax.set_yticks(range(len(policies)), policies if ax is axes[0] else [""] * len(policies))
         ax.set(title=task, xlabel=xlabel, ylim=(len(policies) - 0.5, -0.5))
         ax.grid(axis="x", alpha=0.3)

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from .config import DEFAULT_STORE, Config
-from .exceptions import ConfigError, ZetaError
+from ._config import DEFAULT_STORE, Config, sqlite_file
+from ._exceptions import ConfigError, ZetaError
 
 DEFAULT_FLEET_CONFIG = "examples/fleet.toml"
 
@@ -69,18 +69,15 @@ class _Cli(click.Group):
 def _check_store(url: str, label: str, *, must_exist: bool) -> str:
     """The store URL if usable: a database URL this package supports, a SQLite file whose directory
     exists and, for commands that read a log, the file itself (they never create an empty log)."""
-    from sqlalchemy.engine import make_url
-
-    from .config import _store_url as validate_store_url
+    from ._config import _store_url as validate_store_url
 
     try:
         validate_store_url(url)
     except ConfigError as exc:
         raise click.ClickException(f"{label}: {exc.problem}") from None
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    path = sqlite_file(url)
+    if path is None:
         return url
-    path = Path(parsed.database)
     if not path.parent.is_dir():
         raise click.ClickException(f"{label} {url}: directory {path.parent} does not exist")
     if must_exist and not path.is_file():
@@ -180,7 +177,7 @@ def db() -> None:
 @click.option("--config", default=None, type=click.Path(exists=True, dir_okay=False), help="A router TOML file.")
 def upgrade(url: str | None, config: str | None) -> None:
     """Create or upgrade the log's tables to the newest migration."""
-    from .store import Store
+    from ._store import Store
 
     store = Store(_store_url(url, config, must_exist=False))
     store.close()
@@ -213,7 +210,7 @@ def prune(url: str | None, config: str | None, older_than: str, dry_run: bool, y
     """Delete old calls with their attempts and feedback, to bound the log's size (asks first unless --yes)."""
     import time
 
-    from .store import Store
+    from ._store import Store
 
     age = _duration(older_than)
     store = Store(_store_url(url, config, must_exist=True))
@@ -243,7 +240,7 @@ def prune(url: str | None, config: str | None, older_than: str, dry_run: bool, y
 def preferences(config: str) -> None:
     """Print what each task type's policy believes, rebuilt from the config's log: its learned order,
     then one row per model (``Router.preferences()``)."""
-    from .router import Router
+    from ._router import Router
 
     cfg = Config.from_toml(config)
     _check_store(cfg.store, f"store of {config}", must_exist=True)
@@ -409,15 +406,7 @@ def replay(
         raise click.UsageError("give exactly one source: --db URL or --csv PATH")
     if out:
         _check_output(out, "--out")
-    given = dict(
-        policies=policies,
-        task_type=task_type,
-        targets=targets,
-        action=action,
-        propensity=propensity,
-        position=position,
-        contexts=contexts,
-    )
+    given = click.get_current_context().params  # every option's value, by parameter name
     source, misplaced = ("--db", _CSV_ONLY) if url is not None else ("--csv", _DB_ONLY)
     wrong = [flag for flag, name in misplaced.items() if given[name]]
     if wrong:

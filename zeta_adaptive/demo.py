@@ -6,17 +6,16 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
+from ._config import sqlite_file
+from ._exceptions import ZetaError
+from ._router import Router
 from .analysis import load_log, model_summary
-from .exceptions import ZetaError
-from .router import Router
 from .simulate import DEGRADATION, DEGRADED_MODEL, Fleet, example_fleet, example_routes
 
 __all__ = ["DemoReport", "run_demo", "TASK_MIX", "DEGRADED_MODEL"]
@@ -106,11 +105,8 @@ async def _drive(
 
 def _start_fresh(store: str) -> None:
     """Move an earlier SQLite demo log aside (to ``<file>.prev``), so the log holds one run."""
-    url = make_url(store)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return
-    path = Path(url.database)
-    if path.exists():
+    path = sqlite_file(store)
+    if path is not None and path.exists():
         path.replace(path.with_name(path.name + ".prev"))
         for suffix in ("-wal", "-shm"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)

@@ -39,9 +39,8 @@ with requires("gateway"):
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-from .aiohttp_transport import aiohttp_transports
-from .config import Config, KeyLimits, ServerConfig, load_config
-from .exceptions import (
+from ._config import Config, KeyLimits, ServerConfig, load_config
+from ._exceptions import (
     AllModelsFailed,
     ConfigError,
     FeedbackError,
@@ -51,11 +50,12 @@ from .exceptions import (
     StreamBroken,
     ZetaError,
 )
-from .feedback import check_call_id, validate_accuracy
-from .health import HALF_OPEN, OPEN
-from .results import CallInfo, preference_records
-from .router import AsyncChatStream, OnCall, Router
-from .store import Store
+from ._feedback import check_call_id, validate_accuracy
+from ._health import HALF_OPEN, OPEN
+from ._results import CallInfo, preference_records
+from ._router import AsyncChatStream, OnCall, Router
+from ._store import Store
+from .aiohttp_transport import aiohttp_transports
 
 __all__ = ["create_app", "serve", "load_keys", "ClientKey", "CONFIG_ENV"]
 
@@ -260,7 +260,7 @@ def _usage(call: CallInfo) -> dict[str, int]:
 
 
 class _StateCollector:
-    """Gauges read at scrape time: breakers, in-flight attempts, the log's queue and journal."""
+    """Gauges read at scrape time: breakers, in-flight attempts and learned limits, the log's queue and journal."""
 
     def __init__(self, router: Router) -> None:
         self.router = router
@@ -271,12 +271,19 @@ class _StateCollector:
             "zeta_breaker_state", "Circuit breaker per model: 0 closed, 1 half-open, 2 open", labels=["model"]
         )
         flight = GaugeMetricFamily("zeta_in_flight", "Attempts in flight per model", labels=["model"])
+        limit = GaugeMetricFamily(
+            "zeta_concurrency_limit",
+            "Learned concurrency limit per model (binding on load = adaptive routes)",
+            labels=["model"],
+        )
         for name in self.router.config.models:
             snap = health.snapshot(name)
             breaker.add_metric([name], _BREAKER_VALUE.get(snap["breaker"], 0.0))
             flight.add_metric([name], snap["in_flight"])
+            limit.add_metric([name], snap["limit"])
         yield breaker
         yield flight
+        yield limit
         state = store.describe()
         yield GaugeMetricFamily(
             "zeta_log_queue_depth", "Log rows handed to the background writer, not yet written", value=state["queued"]

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from sqlalchemy.engine import make_url
 
 from . import analysis as za
-from .exceptions import ZetaError
-from .store import Store
+from ._config import sqlite_file
+from ._exceptions import ZetaError
+from ._store import Store
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .config import Config
+    from ._config import Config
 
 __all__ = ["render_report", "write_report", "figure_png"]
 
@@ -166,12 +166,8 @@ def write_report(url: str, path: str | Path, *, demo: bool = False, config: Conf
     """Render the log at ``url`` to an HTML file; ``demo=True`` (a log of one ``zeta-adaptive demo``
     run) adds regret against the simulated fleet and marks the degradation; ``config`` adds what its
     routes' policies believe, rebuilt from this log (``Router.preferences()``)."""
-    parsed = make_url(url)
-    if (
-        parsed.get_backend_name() == "sqlite"
-        and parsed.database not in (None, "", ":memory:")
-        and not Path(parsed.database).exists()
-    ):
+    path_of_log = sqlite_file(url)
+    if path_of_log is not None and not path_of_log.exists():
         raise ZetaError(f"no log at {url} (run `zeta-adaptive demo` to make one)")
     store = Store(url)
     try:
@@ -180,7 +176,7 @@ def write_report(url: str, path: str | Path, *, demo: bool = False, config: Conf
         store.close()
     preferences = None
     if config is not None:
-        from .router import Router
+        from ._router import Router
 
         with Router(dataclasses.replace(config, store=url)) as router:
             preferences = router.preferences()

@@ -11,7 +11,7 @@ per model on 127.0.0.1 (:meth:`Fleet.start`), or an httpx transport with no sock
 The servers are as strict as real ones (OpenAI, vLLM): usage in a stream only when
 ``stream_options.include_usage`` asks for it; 404 with OpenAI's body for a model name they do
 not serve; 401 when the spec has an ``api_key`` and the request does not carry it; 400 with
-vLLM's body when the prompt (estimated as :func:`zeta_adaptive.backends.estimate_tokens`) plus
+vLLM's body when the prompt (estimated as :func:`zeta_adaptive._backends.estimate_tokens`) plus
 ``max_tokens`` exceeds the spec's ``context_window``; ``n``, ``stop`` and ``max_tokens`` honoured.
 """
 
@@ -44,9 +44,9 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from .backends import estimate_tokens
-from .config import Config, ModelConfig, load_config
-from .exceptions import ConfigError
+from ._backends import estimate_tokens
+from ._config import Config, ModelConfig, load_config
+from ._exceptions import ConfigError
 
 __all__ = [
     "ModelSpec",
@@ -76,19 +76,6 @@ _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # gzip, deflate, no 
 _MALFORMED_CHAT = b'{"choices": ['
 _MALFORMED_EMBEDDING = b'{"object": "list", "data": ['
 _WORDS = ("the", "answer", "follows", "from", "a", "careful", "look", "at", "your", "question", "and", "so")
-_RATE_FIELDS = (
-    "error_rate",
-    "rate_limit_rate",
-    "malformed_rate",
-    "empty_rate",
-    "hang_rate",
-    "stall_first_token_rate",
-    "break_stream_rate",
-    "stream_error_rate",
-    "drip_rate",
-    "bomb_rate",
-    "default_accuracy",
-)
 _NON_NEGATIVE_FIELDS = ("latency_s", "latency_sigma", "retry_after_s", "hang_s", "chunk_delay_s")
 
 
@@ -133,12 +120,16 @@ class Step:
             raise ValueError(f"fate must be one of {', '.join(_FATES)}; got {self.fate!r}")
         if self.status is not None and not 400 <= self.status <= 599:
             raise ValueError(f"status must be an HTTP error status (400-599), got {self.status!r}")
-        for name in ("latency_s", "retry_after_s"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 <= value < math.inf:
-                raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+        _check_within(((name, getattr(self, name)) for name in ("latency_s", "retry_after_s")), math.inf)
         if self.text == "":
             raise ValueError("text must not be empty (the fate 'empty' answers without text)")
+
+
+def _check_within(values: Iterable[tuple[str, float | None]], high: float) -> None:
+    """Reject a named value outside [0, 1] (``high`` 1) or not finite and >= 0 (``high`` inf); None passes."""
+    for name, value in values:
+        if value is not None and not (0.0 <= value <= 1.0 if high == 1.0 else 0.0 <= value < math.inf):
+            raise ValueError(f"{name} must be {'in [0, 1]' if high == 1.0 else 'finite and >= 0'}, got {value!r}")
 
 
 def _as_step(step: Step | str) -> Step:
@@ -186,17 +177,10 @@ class ModelSpec:
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         if self.kind not in ("chat", "embedding"):
             raise ValueError(f"kind must be 'chat' or 'embedding', got {self.kind!r}")
-        for name in _RATE_FIELDS:
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        for name in _NON_NEGATIVE_FIELDS:
-            value = getattr(self, name)
-            if not 0.0 <= value < math.inf:
-                raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
-        for task_type, value in self.accuracy.items():
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"accuracy[{task_type!r}] must be in [0, 1], got {value!r}")
+        probabilities = [f.name for f in dataclasses.fields(self) if f.name.endswith("_rate")] + ["default_accuracy"]
+        _check_within(((name, getattr(self, name)) for name in probabilities), 1.0)
+        _check_within(((name, getattr(self, name)) for name in _NON_NEGATIVE_FIELDS), math.inf)
+        _check_within(((f"accuracy[{task!r}]", value) for task, value in self.accuracy.items()), 1.0)
         if self.context_window is not None and self.context_window < 1:
             raise ValueError(f"context_window must be >= 1, got {self.context_window!r}")
         if self.dim < 1 or self.tokens_out < 1:

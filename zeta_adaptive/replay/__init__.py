@@ -17,7 +17,7 @@ another policy would have earned on the same traffic. The package follows the Op
 * :mod:`~zeta_adaptive.replay.contextual`: per-prompt (contextual) targets on logged features.
 
 Fixed targets (:class:`Uniform`, :class:`Static`, :class:`Always`, :class:`Distribution`) suit
-every estimator; a learning target (:class:`Learning`, any policy of :mod:`zeta_adaptive.policies`)
+every estimator; a learning target (:class:`Learning`, any policy of :mod:`zeta_adaptive._policies`)
 is replayed along the log (Li et al. 2011) and suits :class:`Replay`, and IPS, SNIPS, DM and DR
 where the policy exposes its action probabilities (all but epsilon-greedy).
 
@@ -34,11 +34,11 @@ during replay only from the primary attempt of matched rounds (fallback attempts
 logged order, not the policy's, so they cannot be replayed) and gets feedback at once.
 """
 
-from ..exceptions import ReplayError
+from .._exceptions import ReplayError
 from .compare import Comparison, compare
 from .data import REWARDS, Logged, from_frame, load_logged, prepare
 from .estimators import DM, DR, ESTIMATORS, IPS, SNIPS, CellMeans, Estimate, Estimator, Replay
-from .learning import Learning
+from .learning import Learning, Replayed
 from .probabilities import ActionProbs, Resolved
 from .targets import Always, Distribution, Static, Target, Uniform, parse_target, resolve
 
@@ -51,6 +51,7 @@ __all__ = [
     "Logged",
     "ActionProbs",
     "Resolved",
+    "Replayed",
     "resolve",
     "Target",
     "Uniform",

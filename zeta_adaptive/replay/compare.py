@@ -9,10 +9,11 @@ from typing import Any
 
 import pandas as pd
 
-from ..exceptions import ReplayError
-from ..policies import Objective
+from .._exceptions import ReplayError
+from .._policies import Objective
 from .data import Logged, as_logged
 from .estimators import ESTIMATORS, Estimator, learning_bootstrap
+from .learning import Replayed
 from .targets import Static, parse_target, resolve
 
 
@@ -114,7 +115,7 @@ def compare(
             if e not in usable
         ]
         learned = None
-        if resolved.learning is not None and usable:
+        if isinstance(resolved, Replayed) and usable:
             learned = learning_bootstrap(logged, resolved.learning, usable, learning_boot, seed, progress)
         for i, est in enumerate(usable):
             try:
@@ -125,7 +126,7 @@ def compare(
                 skipped.append(f"{est.name} for {resolved.name}: {exc}")
                 continue
             if (
-                resolved.learning is not None
+                isinstance(resolved, Replayed)
                 and not math.isnan(estimate.ci_low)
                 and not estimate.ci_low <= estimate.value <= estimate.ci_high
             ):

@@ -28,11 +28,11 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import lsqr
 from sqlalchemy import select
 
-from ..contextual import ContextualPolicy
-from ..exceptions import ReplayError
-from ..features import Features
-from ..store import Store, call_features, calls
-from ..store import feedback as feedback_table
+from .._contextual import ContextualPolicy
+from .._exceptions import ReplayError
+from .._features import Features
+from .._store import Store, call_features, calls
+from .._store import feedback as feedback_table
 
 __all__ = [
     "ContextualLog",

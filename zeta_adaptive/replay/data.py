@@ -12,7 +12,6 @@ counted in ``attrs["dropped"]`` / :attr:`Logged.dropped`: never a silent wrong n
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -20,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ..exceptions import ReplayError, StoreError
-from ..policies import Objective
+from .._exceptions import ReplayError, StoreError
+from .._policies import Objective
 
 if TYPE_CHECKING:
-    from ..store import Store
+    from .._store import Store
 
 #: how a logged call's reward is defined (see :func:`load_logged`)
 REWARDS = ("accuracy", "success", "utility")
@@ -81,18 +80,16 @@ def _open_store(store: Store | str) -> tuple[Store, bool]:
     """A Store for a URL (refusing to create a missing SQLite file), or the given Store, flushed."""
     from sqlalchemy.engine import make_url
 
-    from ..store import Store
+    from .._config import sqlite_file
+    from .._store import Store
 
     if isinstance(store, Store):
         store.flush()
         return store, False
-    url = make_url(str(store))
-    if (
-        url.get_backend_name() == "sqlite"
-        and url.database not in (None, "", ":memory:")
-        and not os.path.exists(url.database)
-    ):
-        raise StoreError(f"no log at {url.render_as_string(hide_password=True)}: the file does not exist")
+    path = sqlite_file(str(store))
+    if path is not None and not path.exists():
+        safe = make_url(str(store)).render_as_string(hide_password=True)
+        raise StoreError(f"no log at {safe}: the file does not exist")
     return Store(str(store), migrate=False), True
 
 
@@ -129,7 +126,7 @@ def load_logged(
     from sqlalchemy import select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ..store import attempts, calls, feedback
+    from .._store import attempts, calls, feedback
 
     _check_on_invalid(on_invalid)
     if reward not in REWARDS:

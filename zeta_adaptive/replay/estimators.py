@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..exceptions import ReplayError
+from .._exceptions import ReplayError
 from .data import Logged, as_logged
-from .learning import Learning
+from .learning import Learning, Replayed
 from .probabilities import ActionProbs, Resolved
 from .targets import resolve
 
@@ -248,7 +248,7 @@ class Estimator:
 
     def _interval(self, data: Logged, resolved: Resolved, parts: Parts, progress: bool) -> tuple[float, float]:
         desc = f"{self.name} {resolved.name}"
-        if resolved.learning is not None:
+        if isinstance(resolved, Replayed):
             learned = learning_bootstrap(data, resolved.learning, [self], self.learning_boot, self.seed, progress)[0]
             return _percentiles(learned, self.alpha)
         if not self.refits:
@@ -304,7 +304,7 @@ class Replay(Estimator):
         return True
 
     def _matched(self, data: Logged, resolved: Resolved) -> np.ndarray:
-        if resolved.accepted is not None:
+        if isinstance(resolved, Replayed):
             return resolved.accepted
         mu_min = np.full(len(data.groups), np.inf)
         np.minimum.at(mu_min, data.group, data.propensity)

@@ -1,7 +1,7 @@
 """Learning targets: a policy of this package run along the log, learning only where it matches (Li et al. 2011).
 
 The replay records, at every decision, the policy's probability of each model being primary
-(one-hot for a deterministic ranking, else :meth:`~zeta_adaptive.policies.Policy.primary_probabilities`),
+(one-hot for a deterministic ranking, else :meth:`~zeta_adaptive._policies.Policy.primary_probabilities`),
 so IPS, SNIPS, DM and DR read the same trajectory as the replay estimator. A policy that exposes
 no probabilities for a random decision (epsilon-greedy) gets the replay estimate only.
 """
@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..exceptions import ReplayError
-from ..policies import Objective, Policy, make_policy
+from .._exceptions import ReplayError
+from .._policies import Objective, Policy
+from .._registry import make_policy
 from .data import Logged
 from .probabilities import ActionProbs, Resolved
 
@@ -53,7 +54,7 @@ class Learning:
         except (TypeError, ValueError) as exc:
             raise ReplayError(f"policy {self.name}: {exc}") from None
 
-    def resolve(self, data: Logged, progress: bool = False) -> Resolved:
+    def resolve(self, data: Logged, progress: bool = False) -> Replayed:
         """Run the policy along the log (Li et al. 2011, with rejection for non-uniform logs).
 
         Per task type, a round is a candidate with probability ``min propensity / propensity`` (1
@@ -85,7 +86,7 @@ class Learning:
                 row_step[rows] = sum(len(done) for done in tables) + steps.searchsorted(np.arange(len(rows)))
                 tables.append(table)
         probs = ActionProbs(np.concatenate(tables), row_step) if exposes else None
-        return Resolved(self.name, probs, np.sort(np.concatenate(accepted)), self)
+        return Replayed(self.name, probs, accepted=np.sort(np.concatenate(accepted)), learning=self)
 
     def _run_group(
         self, data: Logged, g: int, rows: np.ndarray, u: np.ndarray, record: bool, bar: Any
@@ -147,3 +148,11 @@ class Learning:
         if not one_hot.all():
             table[np.ix_(np.flatnonzero(~one_hot), idx)] = np.stack([d for d in dists if not isinstance(d, int)])
         return np.asarray(steps, dtype=np.int64), table
+
+
+@dataclass(frozen=True, eq=False)
+class Replayed(Resolved):
+    """A learning target resolved: the rows its replay matched, in time order, and the target, for the interval."""
+
+    accepted: np.ndarray = field(kw_only=True)
+    learning: Learning = field(kw_only=True)

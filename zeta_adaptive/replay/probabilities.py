@@ -7,15 +7,11 @@ probabilities per task type, a learning one a row per decision of its replay.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..exceptions import ReplayError
+from .._exceptions import ReplayError
 from .data import Logged
-
-if TYPE_CHECKING:
-    from .learning import Learning
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,12 +46,10 @@ class ActionProbs:
 
 @dataclass(frozen=True, eq=False)
 class Resolved:
-    """A target made concrete on one log: its action probabilities and, for learning ones, the replay."""
+    """A target made concrete on one log: its action probabilities (a learning one's result is a ``Replayed``)."""
 
     name: str
     probs: ActionProbs | None  # None: the policy exposes no action probabilities while it learns
-    accepted: np.ndarray | None = None  # rows a learning policy was matched with, in time order
-    learning: Learning | None = None  # the learning target replayed, for the interval
 
     def require_probs(self, estimator: str) -> ActionProbs:
         """The action probabilities, or a ReplayError naming the estimator that needs them."""

@@ -17,8 +17,9 @@ from weakref import WeakKeyDictionary
 
 import numpy as np
 
-from ..exceptions import ReplayError
-from ..policies import POLICIES, Objective
+from .._exceptions import ReplayError
+from .._policies import Objective
+from .._registry import POLICIES
 from .data import Logged
 from .learning import Learning
 from .probabilities import ActionProbs, Resolved
@@ -165,7 +166,7 @@ def parse_target(spec: str, *, objective: Objective | None = None, seed: int = 0
     """A target from its command-line spelling.
 
     ``random`` (the config's name; ``uniform`` is an alias), ``static``, ``always:MODEL``, or any policy name of
-    :data:`zeta_adaptive.policies.POLICIES` with optional options, e.g. ``thompson:discount=0.98``.
+    :data:`zeta_adaptive.POLICIES` with optional options, e.g. ``thompson:discount=0.98``.
     """
     spec = spec.strip()
     if spec in ("uniform", "random"):

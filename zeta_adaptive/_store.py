@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
-import functools
 import hashlib
 import itertools
 import json
@@ -21,6 +20,7 @@ import logging
 import math
 import operator
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -53,10 +53,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
+from ._exceptions import StoreError
 from ._optional import requires
-from .exceptions import StoreError
-from .policies import LATENCY_FLOOR_S, log_latency
-from .records import CallRecord
+from ._policies import LATENCY_FLOOR_S
+from ._records import CallRecord
 
 if TYPE_CHECKING:  # pandas is imported by the methods that return frames, not by the call path
     import pandas as pd
@@ -75,7 +75,7 @@ __all__ = [
     "sanitize",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("zeta_adaptive.store")  # the name before the module became private
 
 metadata = MetaData()
 
@@ -173,12 +173,22 @@ def _alembic_config(connection: Any) -> Any:
     return cfg
 
 
-@functools.cache
-def head_revision() -> str | None:
-    """The newest migration: read once per process (loading Alembic is slow, and is no database wait)."""
-    from alembic.script import ScriptDirectory
+#: the newest migration (``migrations/versions``), so that opening a log already at it needs no
+#: Alembic, whose import is most of a Router's start-up; a test checks it against Alembic's head
+SCHEMA_HEAD = "0006"
 
-    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
+
+def head_revision() -> str:
+    """The newest migration's revision."""
+    return SCHEMA_HEAD
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the log's schema is at (None for a log Alembic never stamped)."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(engine: Engine) -> None:
@@ -189,7 +199,6 @@ def upgrade(engine: Engine) -> None:
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
-    head = head_revision()
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
@@ -197,7 +206,7 @@ def upgrade(engine: Engine) -> None:
         if current is None and not inspect(conn).has_table("calls"):  # a new log: the tables as of the newest migration
             metadata.create_all(conn)
             command.stamp(_alembic_config(conn), "head")
-        elif current != head:
+        elif current != SCHEMA_HEAD:
             command.upgrade(_alembic_config(conn), "head")
 
 
@@ -210,11 +219,6 @@ def _insert(engine: Engine, table: Table) -> Any:
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert(table).on_conflict_do_nothing()
-
-
-def _log_latency(latency_s: float | None) -> float | None:
-    """ln(latency) as the policies take it (floored at 1 microsecond); SQL's own on PostgreSQL."""
-    return None if latency_s is None else log_latency(latency_s)
 
 
 def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine:
@@ -235,8 +239,11 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
             if parsed.database not in (None, "", ":memory:"):
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            try:  # SQLite's own ln() (3.35+, when built with its math functions) runs a warm start's sums
+                cur.execute("SELECT ln(1.0)")
+            except sqlite3.OperationalError:  # else Python's, a hundred times slower per row
+                dbapi_conn.create_function("ln", 1, math.log, deterministic=True)
             cur.close()
-            dbapi_conn.create_function("zeta_log_latency", 1, _log_latency, deterministic=True)
 
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": max(2, math.ceil(timeout_s))}  # libpq's minimum is 2 s
@@ -309,7 +316,8 @@ def sanitize(table: str, row: Mapping[str, Any], scrub: Callable[[str], str] = s
         if value is None:
             out[name] = None
         elif kind == "text":
-            out[name] = _clean_text(value, limit)
+            plain = type(value) is str and len(value) <= limit and value.isascii() and "\x00" not in value
+            out[name] = value if plain else _clean_text(value, limit)  # the common case without a call
         elif kind == "free":
             out[name] = _clean_text(scrub(value if type(value) is str else str(value)), limit)
         elif kind == "int":
@@ -586,12 +594,13 @@ class Store:
         self._delay = 0.05
         self._migrated = not migrate
         if migrate:
-            head_revision()  # Python work, before the clock of the bounded database work starts
-            import alembic.command
-            import alembic.runtime.migration  # noqa: F401
-
             try:  # a router does not wait long for an absent database; a command does
-                self.call(upgrade, self.engine, timeout=timeout_s if background else max(timeout_s, 60.0))
+                wait = timeout_s if background else max(timeout_s, 60.0)
+                if self.call(current_revision, self.engine, timeout=wait) != SCHEMA_HEAD:
+                    import alembic.command  # Python work, before the clock of the bounded migration starts
+                    import alembic.runtime.migration  # noqa: F401
+
+                    self.call(upgrade, self.engine, timeout=wait)
                 self._migrated = True
             except (SQLAlchemyError, StoreError) as exc:
                 if not background:
@@ -1020,10 +1029,10 @@ class Store:
 
         t = attempts
         ok = t.c.outcome == "ok"
-        if self.engine.dialect.name == "postgresql":
-            loglat = func.ln(func.greatest(t.c.latency_s, LATENCY_FLOOR_S))
-        else:
-            loglat = func.zeta_log_latency(t.c.latency_s)
+        floored = (func.greatest if self.engine.dialect.name == "postgresql" else func.max)(
+            t.c.latency_s, LATENCY_FLOOR_S
+        )
+        loglat = func.ln(floored)  # log_latency() in SQL
         when_ok = lambda value: func.sum(case((ok, value), else_=0.0))  # noqa: E731
         query = select(
             t.c.model,

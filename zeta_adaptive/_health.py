@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Outcome, Reply
-from .config import BreakerConfig, ModelConfig
-from .limits import AdaptiveLimit, LoadConfig
+from ._backends import Outcome, Reply
+from ._config import BreakerConfig, ModelConfig
+from ._limits import AdaptiveLimit, LoadConfig
 
 __all__ = ["Breaker", "Health", "CLOSED", "OPEN", "HALF_OPEN"]
 
@@ -109,6 +109,9 @@ class Health:
         self.breakers = {name: Breaker(config) for name in models}
         self.limits = {name: AdaptiveLimit(load or LoadConfig(), m.max_in_flight, clock) for name, m in models.items()}
         self.in_flight = dict.fromkeys(models, 0)
+        # send times of the attempts out, oldest first (one leaves per attempt ending: the oldest, as
+        # a server answers in turn; out of turn, the ages left read younger, never older, than they are)
+        self._sent: dict[str, deque[float]] = {name: deque() for name in models}
         self.latencies: dict[str, deque[float]] = {name: deque(maxlen=config.latency_window) for name in models}
         self.too_long: dict[str, int] = {}  # model -> the lowest prompt band in which it exceeded its context
         self._lock = threading.Lock()
@@ -118,8 +121,13 @@ class Health:
         self._queue: deque[Callable[[], None]] = deque()  # FIFO waiters (load-aware routes): one woken per release
 
     def _full(self, name: str, adaptive: bool) -> bool:
-        """Whether the model is at its in-flight limit: ``max_in_flight``, or the learned one if ``adaptive`` (lock held)."""
-        return self.in_flight[name] >= (self.limits[name].limit if adaptive else self.models[name].max_in_flight)
+        """Whether the model is at its in-flight limit: ``max_in_flight``, or the learned one if ``adaptive``
+        after it learned from the attempts out how late they are (lock held)."""
+        if not adaptive:
+            return self.in_flight[name] >= self.models[name].max_in_flight
+        limit = self.limits[name]
+        limit.overdue(self._sent[name])
+        return self.in_flight[name] >= limit.limit
 
     def split(self, candidates: Sequence[str], adaptive: bool = False) -> tuple[list[str], dict[str, str]]:
         """The candidates a call may try now, and the others with why: ``cooling_down`` or ``saturated``."""
@@ -135,6 +143,17 @@ class Health:
                 else:
                     usable.append(name)
         return usable, skipped
+
+    def expected_latencies(self, names: Sequence[str]) -> dict[str, float]:
+        """Each model's expected latency at its current load, of those whose no-load latency is known
+        (:meth:`.AdaptiveLimit.expected_latency`)."""
+        out = {}
+        with self._lock:
+            for name in names:
+                latency = self.limits[name].expected_latency(self.in_flight[name])
+                if latency is not None:
+                    out[name] = latency
+        return out
 
     def reopens_in(self, names: Sequence[str]) -> float:
         """Seconds until the first of these models may be tried again (0 if one may now)."""
@@ -171,6 +190,7 @@ class Health:
                     return None
                 breaker.probing = True
             self.in_flight[name] += 1
+            self._sent[name].append(self.clock())
             self.limits[name].started(self.in_flight[name])
             return probe
 
@@ -178,6 +198,7 @@ class Health:
         """Note an attempt ending and, if ``learn``, learn its outcome (see :mod:`.lessons`)."""
         with self._lock:
             self.in_flight[name] -= 1
+            self._sent[name].popleft()
             breaker = self.breakers[name]
             if probe:
                 breaker.probing = False

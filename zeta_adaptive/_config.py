@@ -11,7 +11,7 @@ import math
 import re
 import tomllib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,12 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from .exceptions import ConfigError
-from .limits import LoadConfig
-from .policies import OPTION_TYPES, Objective, make_policy, registered
-from .scrub import read_key
-from .validators import build as build_validators
+from ._exceptions import ConfigError
+from ._limits import LoadConfig
+from ._policies import Objective
+from ._registry import OPTION_TYPES, POLICIES, make_policy
+from ._scrub import read_key
+from ._validators import build as build_validators
 
 __all__ = [
     "ModelConfig",
@@ -194,15 +195,8 @@ class Config:
             "models": {},
             "routes": {},
         }
-        if self.seed is not None:
-            out["seed"] = self.seed
-        if self.journal_dir is not None:
-            out["journal_dir"] = self.journal_dir
-        if self.refresh_s is not None:
-            out["refresh_s"] = self.refresh_s
-        if self.pgbouncer:
-            out["pgbouncer"] = True
-        for key in ("durability", "store_timeout_s", "feedback_window", "feedback_window_s", "max_attempts"):
+        optional = ("seed", "journal_dir", "refresh_s", "pgbouncer", "durability", "store_timeout_s")
+        for key in (*optional, "feedback_window", "feedback_window_s", "max_attempts"):
             if getattr(self, key) != getattr(Config, key):
                 out[key] = getattr(self, key)
         if self.rejecting_statuses != REJECTING_DEFAULT:
@@ -219,19 +213,11 @@ class Config:
                 if f.name != "name" and getattr(m, f.name) not in (None, "")
             }
         for task, r in self.routes.items():
-            out["routes"][task] = {"models": list(r.models), "policy": r.policy, **r.options}
-            if r.hedge_quantile is not None:
-                out["routes"][task]["hedge_quantile"] = r.hedge_quantile
-            if r.validators:
-                out["routes"][task]["validators"] = list(r.validators)
-            if r.latency_measure != "total":
-                out["routes"][task]["latency_measure"] = r.latency_measure
-            if r.max_attempts is not None:
-                out["routes"][task]["max_attempts"] = r.max_attempts
-            if r.load != "off":
-                out["routes"][task]["load"] = r.load
-            if r.budget_per_call is not None:
-                out["routes"][task]["budget_per_call"] = r.budget_per_call
+            route = out["routes"][task] = {"models": list(r.models), "policy": r.policy, **r.options}
+            for f in fields(r):  # the other settings, where they differ from the default
+                value = getattr(r, f.name)
+                if f.name not in ("task_type", "models", "policy", "options") and value != f.default:
+                    route[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
 
@@ -298,6 +284,20 @@ def _integer(where: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(where, f"must be >= {minimum}, got {value!r}")
     return value
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite store URL names (None for another database, or SQLite in memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _optional(check: Callable[..., Any], where: str, data: Mapping[str, Any], key: str, *args: Any, **kw: Any) -> Any:
+    """``data[key]`` as ``check`` reads it (at ``where.key``), or None where the key is absent or None."""
+    value = data.get(key)
+    return None if value is None else check(f"{where}.{key}".lstrip("."), value, *args, **kw)
 
 
 def _string(where: str, value: Any) -> str:
@@ -378,43 +378,27 @@ def _model(name: str, data: Any) -> ModelConfig:
     kind = data.get("kind", "chat")
     if kind not in KINDS:
         raise ConfigError(f"{where}.kind", f"must be one of {list(KINDS)}, got {kind!r}")
-    api_key_env = data.get("api_key_env")
-    if api_key_env is not None:
-        api_key_env = _api_key_env(f"{where}.api_key_env", api_key_env)
     base_url = _base_url(f"{where}.base_url", data["base_url"])
     if not _VERSION_PATH.search(urlsplit(base_url).path):
         warnings.warn(
             f"{where}.base_url {base_url!r} has no version path such as /v1: OpenAI-compatible servers answer 404 without it",
             stacklevel=4,
         )
-    max_bytes = data.get("max_response_bytes")
-    if max_bytes is not None:
-        max_bytes = _integer(f"{where}.max_response_bytes", max_bytes, 1024)
-    dim = data.get("dim")
-    if dim is not None:
-        dim = _integer(f"{where}.dim", dim, 1)
-    context_window = data.get("context_window")
-    if context_window is not None:
-        context_window = _integer(f"{where}.context_window", context_window, 1)
     return ModelConfig(
         name=name,
         base_url=base_url,
         kind=kind,
         model=_string(f"{where}.model", data["model"]) if "model" in data else "",
-        api_key_env=api_key_env,
+        api_key_env=_optional(_api_key_env, where, data, "api_key_env"),
         timeout_s=_number(f"{where}.timeout_s", data.get("timeout_s", 10.0), positive=True),
         price_in_per_1k=_number(f"{where}.price_in_per_1k", data.get("price_in_per_1k", 0.0), minimum=0.0),
         price_out_per_1k=_number(f"{where}.price_out_per_1k", data.get("price_out_per_1k", 0.0), minimum=0.0),
         max_in_flight=_integer(f"{where}.max_in_flight", data.get("max_in_flight", 64), 1),
-        dim=dim,
-        context_window=context_window,
-        max_response_bytes=max_bytes,
+        dim=_optional(_integer, where, data, "dim", 1),
+        context_window=_optional(_integer, where, data, "context_window", 1),
+        max_response_bytes=_optional(_integer, where, data, "max_response_bytes", 1024),
         space=_string(f"{where}.space", data["space"]) if "space" in data else "",
-        first_token_timeout_s=(
-            _number(f"{where}.first_token_timeout_s", data["first_token_timeout_s"], positive=True)
-            if data.get("first_token_timeout_s") is not None
-            else None
-        ),
+        first_token_timeout_s=_optional(_number, where, data, "first_token_timeout_s", positive=True),
     )
 
 
@@ -444,13 +428,11 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
                 f"got {sorted(spaces, key=str)}",
             )
     policy = data.get("policy", "thompson")
-    if not isinstance(policy, str) or policy not in registered():  # registers the per-prompt policies' options too
-        raise ConfigError(f"{where}.policy", f"unknown policy {policy!r}; choose from {sorted(registered())}")
-    hedge = data.get("hedge_quantile")
-    if hedge is not None:
-        hedge = _number(f"{where}.hedge_quantile", hedge)
-        if not 0.0 < hedge < 1.0:
-            raise ConfigError(f"{where}.hedge_quantile", f"must be in (0, 1), got {hedge!r}")
+    if not isinstance(policy, str) or policy not in POLICIES:
+        raise ConfigError(f"{where}.policy", f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
+    hedge = _optional(_number, where, data, "hedge_quantile")
+    if hedge is not None and not 0.0 < hedge < 1.0:
+        raise ConfigError(f"{where}.hedge_quantile", f"must be in (0, 1), got {hedge!r}")
     validators = data.get("validators", [])
     if not isinstance(validators, list):
         raise ConfigError(f"{where}.validators", "must be a list")
@@ -461,9 +443,6 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
     measure = data.get("latency_measure", "total")
     if measure not in ("total", "ttft"):
         raise ConfigError(f"{where}.latency_measure", f"must be 'total' or 'ttft', got {measure!r}")
-    budget = data.get("budget_per_call")
-    if budget is not None:
-        budget = _number(f"{where}.budget_per_call", budget, positive=True)
     options = {k: v for k, v in data.items() if k not in _ROUTE_KEYS}
     for key, value in options.items():
         expected = OPTION_TYPES.get(key)
@@ -489,7 +468,7 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
         latency_measure=measure,
         max_attempts=max_attempts,
         load=load,
-        budget_per_call=budget,
+        budget_per_call=_optional(_number, where, data, "budget_per_call", positive=True),
     )
 
 
@@ -527,12 +506,13 @@ def _load(data: Any) -> LoadConfig:
     d = LoadConfig()
     limits = {
         key: _integer(f"load.{key}", data.get(key, getattr(d, key)), 1)
-        for key in ("initial", "min_limit", "max_limit", "window")
+        for key in ("initial", "min_limit", "max_limit", "window", "fast_after")
     }
     return LoadConfig(  # which checks that the bounds hold together
         **limits,
         tolerance=_number("load.tolerance", data.get("tolerance", d.tolerance)),
         baseline_s=_number("load.baseline_s", data.get("baseline_s", d.baseline_s)),
+        fast_factor=_number("load.fast_factor", data.get("fast_factor", d.fast_factor)),
     )
 
 
@@ -561,9 +541,7 @@ def _objective(data: Any) -> Objective:
 def _server(data: Any, routes: Mapping[str, RouteConfig]) -> ServerConfig:
     data = _table("server", data)
     _check_keys("server", data, {"api_keys_env", "keys"})
-    env = data.get("api_keys_env")
-    if env is not None:
-        _string("server.api_keys_env", env)
+    env = _optional(_string, "server", data, "api_keys_env")
     keys = {}
     specs = _table("server.keys", data.get("keys", {}))
     if specs and env is None:
@@ -579,13 +557,10 @@ def _server(data: Any, routes: Mapping[str, RouteConfig]) -> ServerConfig:
             unknown = sorted(set(allowed) - set(routes))
             if unknown:
                 raise ConfigError(f"{where}.routes", f"unknown route {unknown[0]!r}; routes are {sorted(routes)}")
-        rpm, spend = spec.get("requests_per_minute"), spec.get("spend_per_day")
         keys[key_id] = KeyLimits(
             routes=tuple(allowed) if allowed is not None else None,
-            requests_per_minute=_number(f"{where}.requests_per_minute", rpm, positive=True)
-            if rpm is not None
-            else None,
-            spend_per_day=_number(f"{where}.spend_per_day", spend, minimum=0.0) if spend is not None else None,
+            requests_per_minute=_optional(_number, where, spec, "requests_per_minute", positive=True),
+            spend_per_day=_optional(_number, where, spec, "spend_per_day", minimum=0.0),
         )
     return ServerConfig(api_keys_env=env, keys=keys)
 
@@ -620,12 +595,6 @@ def _parse(data: Mapping[str, Any]) -> Config:
     pgbouncer = data.get("pgbouncer", False)
     if not isinstance(pgbouncer, bool):
         raise ConfigError("pgbouncer", f"must be true or false, got {pgbouncer!r}")
-    seed = data.get("seed")
-    if seed is not None:
-        seed = _integer("seed", seed, 0)
-    journal_dir = data.get("journal_dir")
-    if journal_dir is not None:
-        journal_dir = _string("journal_dir", journal_dir)
     durability = data.get("durability", "batched")
     if durability not in ("batched", "journal"):
         raise ConfigError("durability", f"must be 'batched' or 'journal', got {durability!r}")
@@ -640,10 +609,10 @@ def _parse(data: Mapping[str, Any]) -> Config:
         deadline_s=_number("deadline_s", data.get("deadline_s", 30.0), positive=True),
         objective=objective,
         log_prompts=log_prompts,
-        seed=seed,
+        seed=_optional(_integer, "", data, "seed", 0),
         breaker=_breaker(data.get("breaker", {})),
-        journal_dir=journal_dir,
-        refresh_s=_number("refresh_s", data["refresh_s"], positive=True) if data.get("refresh_s") is not None else None,
+        journal_dir=_optional(_string, "", data, "journal_dir"),
+        refresh_s=_optional(_number, "", data, "refresh_s", positive=True),
         pgbouncer=pgbouncer,
         max_attempts=_integer("max_attempts", data.get("max_attempts", 4), 1),
         rejecting_statuses=_statuses(data.get("rejecting_statuses", sorted(REJECTING_DEFAULT))),

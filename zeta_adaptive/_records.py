@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .features import Features
-    from .results import Attempt
+    from ._features import Features
+    from ._results import Attempt
 
 __all__ = ["CallRecord"]
 

@@ -11,30 +11,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import and_, or_
 
-from .budget import BudgetPacer
-from .config import Config
-from .contextual import ContextualPolicy, PendingContexts, logged_features, warm_start_contexts
-from .exceptions import StoreError
-from .feedback import RatedCall
-from .health import Health
-from .lessons import teaches_frame, teaches_sql
-from .policies import Policy, make_policy
-from .records import CallRecord
-from .store import Store
-from .store import attempts as attempts_table
-from .store import feedback as feedback_table
+from ._budget import BudgetPacer
+from ._config import Config
+from ._contextual import ContextualPolicy, PendingContexts, logged_features, warm_start_contexts
+from ._exceptions import StoreError
+from ._feedback import RatedCall
+from ._health import Health
+from ._lessons import teaches_frame, teaches_sql
+from ._policies import Policy
+from ._records import CallRecord
+from ._registry import make_policy
+from ._store import Store
+from ._store import attempts as attempts_table
+from ._store import feedback as feedback_table
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["Learner"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("zeta_adaptive.learning")  # the name before the module became private
 
 
 class Learner:
@@ -48,6 +50,9 @@ class Learner:
 
     #: beyond a call's deadline, how far back each learn_from_shared_log() looks again for rows others wrote late
     SYNC_SLACK_S = 5.0
+    #: the bound on each read of a warm start retried in the background (a long log's sums may
+    #: take longer than the store's timeout, which only bounds what Router() waits for)
+    LATER_TIMEOUT_S = 600.0
     LEARNED_ATTEMPT_COLUMNS = ("task_type", "model", "outcome", "status", "error", "latency_s", "cost")
     LEARNED_FEEDBACK_COLUMNS = ("task_type", "model", "accuracy")
 
@@ -116,12 +121,13 @@ class Learner:
                 policy.feedback(call.model, value)
 
     # -- from the log ---------------------------------------------------------------------------
-    def _warm_start(self) -> None:
-        """Rebuild every policy's statistics from the logged history of its task type.
+    def _warm_start(self, timeout: float | None = None) -> None:
+        """Rebuild every policy's statistics from the logged history of its task type, each read
+        bounded by ``timeout`` (default: the store's).
 
-        An undiscounted policy's statistics are sums, so it reads one aggregate row per model; a
-        discounted one reads only its last ``horizon()`` events, older ones weighing < 1e-12.
-        Either way the cost does not grow with the length of the log.
+        An undiscounted policy's statistics are sums, so it reads one aggregate row per model (a
+        scan of its task type's attempts: about a second per million on SQLite); a discounted one
+        reads only its last ``horizon()`` events, older ones weighing < 1e-12.
         """
         a, f = attempts_table.c, feedback_table.c
         # rows stamped before the cut are all written (their calls ended a slack ago): summed here;
@@ -133,7 +139,10 @@ class Learner:
             a.ts < cut,
         )
         others = and_(or_(f.router_id.is_(None), f.router_id != self.router_id), f.ts < cut)  # our own: learned live
-        read = self.store.call
+
+        def read(fn: Callable[..., Any], *args: Any) -> Any:
+            return self.store.call(fn, *args, timeout=timeout)
+
         found = {}  # every read first: a store error part way leaves the policies untouched for the retry
         for task, policy in self.policies.items():
             horizon = policy.horizon()
@@ -172,10 +181,11 @@ class Learner:
             log.warning("reading the shared log after the warm start failed: %s", exc)
 
     def _warm_start_later(self) -> None:
-        """Retry the warm start until the store answers or the learner stops (started during an outage)."""
+        """Retry the warm start until the store answers or the learner stops (started during an outage,
+        or when the log was too long to sum within the store's timeout: then each read may take longer)."""
         while not self._stop.wait(1.0):
             try:
-                self._warm_start()
+                self._warm_start(timeout=self.LATER_TIMEOUT_S)
                 return
             except StoreError:
                 continue

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import InvalidRequest
+from ._exceptions import InvalidRequest
 
 __all__ = ["Features", "Featurizer", "DENSE_NAMES", "message_text"]
 

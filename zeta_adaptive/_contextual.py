@@ -1,7 +1,7 @@
 """Contextual (per-prompt) policies: each model's accuracy is a Bayesian linear function of the prompt's features.
 
 Per model, a Gaussian posterior with a diagonal covariance over the weights of the
-:class:`~zeta_adaptive.features.Featurizer`'s space models the accuracy of that model's answer to
+:class:`~zeta_adaptive._features.Featurizer`'s space models the accuracy of that model's answer to
 a prompt with features x as ``x . w`` (the bias slot's prior mean is 0.5). Feedback updates the
 posterior with one Kalman (assumed-density) step on the prompt's non-zero features only: the
 exact Bayesian update of the Gaussian linear model, projected back onto a diagonal covariance. So
@@ -15,7 +15,7 @@ rate: its Beta posterior, drawn by Thompson sampling; latency and cost: their me
   at x (``x . w`` is exactly Normal under the diagonal posterior), picks one draw uniformly at
   random and ranks by it; the logged propensity is the share of the draws whose best model is the
   chosen primary, which is exactly the probability of that primary given the draws (the same
-  scheme as :class:`~zeta_adaptive.policies.ThompsonPolicy`).
+  scheme as :class:`~zeta_adaptive._policies.ThompsonPolicy`).
 * ``lin_ucb`` ranks by the upper bound ``mean + alpha * sd`` of each model's accuracy at x, models
   never tried first; deterministic, propensity 1.
 
@@ -36,10 +36,10 @@ from typing import Any, ClassVar
 import numpy as np
 from sqlalchemy import select
 
-from .features import Features, Featurizer
-from .policies import BELIEF_DRAWS, BELIEF_SEED, OPTION_TYPES, POLICIES, SUCC, N, Policy, Ranking, served_means
-from .store import Store, call_features
-from .store import feedback as feedback_table
+from ._features import Features, Featurizer
+from ._policies import BELIEF_DRAWS, BELIEF_SEED, SUCC, N, Policy, Ranking, served_means
+from ._store import Store, call_features
+from ._store import feedback as feedback_table
 
 __all__ = [
     "ContextualPolicy",
@@ -276,20 +276,6 @@ class LinUCBPolicy(ContextualPolicy):
         index = self.objective.score(ok / (ok + failed), upper, latency, cost)
         untried = ok + failed <= 2.0
         return np.argsort(-np.where(untried, np.inf, index), kind="stable"), 1.0  # models never tried come first
-
-
-POLICIES.update({p.name: p for p in (LinearThompsonPolicy, LinUCBPolicy)})
-OPTION_TYPES.update(
-    {
-        "feature_bits": int,
-        "max_chars": int,
-        "prior_var": float,
-        "gap_var": float,
-        "noise_var": float,
-        "alpha": float,
-        "explore": float,
-    }
-)
 
 
 class PendingContexts:

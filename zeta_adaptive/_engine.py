@@ -18,21 +18,21 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar, cast
 
-from .backends import Outcome, Reply, StreamItem
-from .config import ModelConfig, RouteConfig
-from .exceptions import AllModelsFailed, RequestRejected, StreamBroken
-from .ids import new_call_id
-from .inputs import prompt_band
-from .lessons import rejected, teaches
-from .records import CallRecord
-from .results import Attempt
-from .validators import Validator
-from .validators import check as check_answer
+from ._backends import Outcome, Reply, StreamItem
+from ._config import ModelConfig, RouteConfig
+from ._exceptions import AllModelsFailed, RequestRejected, StreamBroken
+from ._ids import new_call_id
+from ._inputs import prompt_band
+from ._lessons import rejected, teaches
+from ._records import CallRecord
+from ._results import Attempt
+from ._validators import Validator
+from ._validators import check as check_answer
 
 if TYPE_CHECKING:
-    from .features import Features
-    from .health import Health
-    from .policies import Policy, Ranking
+    from ._features import Features
+    from ._health import Health
+    from ._policies import Policy, Ranking
 
 __all__ = ["Lane", "Call", "run", "arun", "MIN_ATTEMPT_S", "TRANSIENT", "RETRY_BACKOFF_S", "CHARS_PER_TOKEN"]
 
@@ -113,7 +113,9 @@ class Call:
     teach the breaker or the policy. On a route with ``load = "adaptive"`` a model is also busy at
     its learned concurrency limit (:mod:`.limits`): the policy then ranks only the models below
     their limits (spill-over), so the logged propensity is the probability of the primary among
-    the models eligible given the load, and a model passed over learns nothing from that call.
+    the models eligible given the load, and a model passed over learns nothing from that call;
+    and the policy's objective takes each model at its expected latency at its current load
+    (:meth:`.Health.expected_latencies`, per-prompt policies excepted), not its learned average.
 
     Retries: a transient failure (``TRANSIENT``; a timeout only when the deadline did not cut it)
     puts the model back at the end of the queue, so the other models come first; a retry is
@@ -149,9 +151,14 @@ class Call:
             self.skipped.setdefault(name, "prompt_too_long")
         pool = [m for m in usable if m not in too_long] if too_long else usable
         self.features = features  # the prompt's features, when the route is contextual or the caller gave some
+        # under adaptive load the objective takes each model at its latency at its current load
+        loaded = self.adaptive and not lane.contextual and lane.route.latency_measure == "total"
+        latency = health.expected_latencies(pool or candidates) if loaded else None
         with lane.lock:
             if lane.contextual:
                 self.ranking: Ranking = lane.policy.rank(pool or None, features)  # type: ignore[call-arg]
+            elif latency:
+                self.ranking = lane.policy.rank_under_load(pool or None, latency)
             else:
                 self.ranking = lane.policy.rank(pool or None)
         ranked = self.ranking.order

@@ -10,13 +10,23 @@ quartile, not the median, because a limit one above the capacity makes only a pa
 wait: their wait shows in the window's slower quarter long before it moves the median.
 
 * upper quartile within ``tolerance`` times the no-load latency, and the window actually used the
-  limit (at least ``floor(limit)`` requests were out at once): the limit grows, doubling until the
-  first shrink (a slow start, as in TCP, so a large server is found in a few windows), then by one;
+  limit (at least ``floor(limit)`` requests were out at once), and its last replies are not slow
+  (see ``fast_after``): the limit grows, doubling until the first shrink (a slow start, as in TCP,
+  so a large server is found in a few windows), then by one;
 * above it: queueing inflated the latency, the limit shrinks multiplicatively by the gradient
   ``tolerance * no_load / upper quartile`` (at most halving it per window);
-* a timeout in the window (a drop) halves it.
+* a timeout in the window (a drop) halves it;
+* ``fast_after`` replies in a row, each slower than ``fast_factor`` times the no-load latency, end
+  the window at once and shrink the limit by ``no-load / their median latency`` (at most halving):
+  a capacity that drops shows in the first replies queued behind it, and the calls sent while a
+  whole window fills would all queue. One slow reply alone (a long answer, a pause) decides nothing.
+  Such a short window's median counts towards the no-load latency like any other, so a model that
+  became slower for good is recognised once ``baseline_s`` has passed. Requests still out count as
+  such replies once they are that late (:meth:`AdaptiveLimit.overdue`), which shows it sooner still.
 
-Replies to requests sent before the limit last changed are ignored: they measure the old limit.
+Replies to requests sent before the limit last shrank are ignored: they measure a larger limit.
+Those sent before it grew still count: queueing under a smaller limit tells all the more, and a
+capacity that drops just as the limit grows must not go unseen until the next window.
 
 The limit stays within ``[min_limit, min(max_limit, cap)]``, ``cap`` being the model's
 ``max_in_flight``. The module does no I/O and reads time only through the injected clock, so a
@@ -29,10 +39,10 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .exceptions import ConfigError
+from ._exceptions import ConfigError
 
 __all__ = ["LoadConfig", "AdaptiveLimit"]
 
@@ -50,6 +60,8 @@ class LoadConfig:
     window: int = 8  # successful replies per decision (and at least as many as the limit)
     tolerance: float = 1.5  # a median latency up to this many times the no-load latency is not queueing
     baseline_s: float = 60.0  # the no-load latency is the lowest window median of this many seconds
+    fast_after: int = 3  # this many replies in a row slower than fast_factor x no-load shrink the limit at once
+    fast_factor: float = 1.3
 
     def __post_init__(self) -> None:
         """Reject bounds that cannot hold together, naming the key (:class:`ConfigError`)."""
@@ -64,6 +76,10 @@ class LoadConfig:
             raise ConfigError("load.tolerance", f"must be > 1, got {self.tolerance!r}")
         if not self.baseline_s > 0.0:
             raise ConfigError("load.baseline_s", f"must be > 0, got {self.baseline_s!r}")
+        if self.fast_after < 1:
+            raise ConfigError("load.fast_after", f"must be >= 1, got {self.fast_after!r}")
+        if not self.fast_factor > 1.0:
+            raise ConfigError("load.fast_factor", f"must be > 1, got {self.fast_factor!r}")
 
 
 class AdaptiveLimit:
@@ -77,8 +93,9 @@ class AdaptiveLimit:
         self._window: list[float] = []
         self._busiest = 0  # most requests out at once since the last decision
         self._dropped = False
+        self._slow: list[float] = []  # the latest replies, in a row, slower than fast_factor x no-load
         self._slow_start = True
-        self._changed_at = -math.inf  # replies to requests sent before the last change tell of the old limit
+        self._changed_at = -math.inf  # replies to requests sent before the last shrink tell of the larger limit
         # (time, median) of recent windows that may still be the lowest: each is lower than every
         # older one kept (a sliding-window minimum, so a decision costs O(1) however many windows fit)
         self._medians: deque[tuple[float, float]] = deque()
@@ -98,19 +115,55 @@ class AdaptiveLimit:
         if self.clock() - latency_s < self._changed_at:
             return
         self._window.append(latency_s)
-        if len(self._window) >= max(self.config.window, self.limit):
+        c = self.config
+        if self.no_load_s is not None and latency_s > c.fast_factor * self.no_load_s:
+            self._slow.append(latency_s)
+            if len(self._slow) >= c.fast_after:
+                self._decide()
+                return
+        else:
+            self._slow.clear()
+        if len(self._window) >= max(c.window, self.limit):
             self._decide()
+
+    def overdue(self, sent: Iterable[float]) -> None:
+        """Learn from the requests still out, by send time (clock), oldest first: ``fast_after`` of them
+        sent since the limit last shrank and out longer than ``fast_factor`` times the no-load
+        latency are queueing as surely as slow replies, and show it before any of them answers."""
+        if self.no_load_s is None:
+            return
+        c = self.config
+        now = self.clock()
+        late = now - c.fast_factor * self.no_load_s
+        ages: list[float] = []
+        for at in sent:
+            if at > late:
+                return
+            if at >= self._changed_at:
+                ages.append(now - at)
+                if len(ages) >= c.fast_after:
+                    self._window, self._busiest, self._slow = [], 0, []  # the replies so far measured a larger limit
+                    self._cut(ages)
+                    return
 
     def drop(self) -> None:
         """Learn a timeout: the model could not answer in time, a sign of overload."""
         self._dropped = True
         self._decide()
 
+    def expected_latency(self, in_flight: int) -> float | None:
+        """A request's expected latency if sent now with ``in_flight`` others out (None before the
+        first window): the no-load latency, growing linearly to ``tolerance`` times it at the limit,
+        as far as the controller lets queueing go, and on at that rate beyond it."""
+        if self.no_load_s is None:
+            return None
+        return self.no_load_s * (1.0 + (self.config.tolerance - 1.0) * in_flight / self.limit)
+
     def _decide(self) -> None:
         c = self.config
         now = self.clock()
-        window, busiest, dropped = self._window, self._busiest, self._dropped
-        self._window, self._busiest, self._dropped = [], 0, False
+        window, busiest, dropped, slow = self._window, self._busiest, self._dropped, self._slow
+        self._window, self._busiest, self._dropped, self._slow = [], 0, False, []
         if dropped:
             self._set(self.value * MIN_GRADIENT)
             return
@@ -122,19 +175,30 @@ class AdaptiveLimit:
             medians.pop()
         medians.append((now, median))
         self.no_load_s = medians[0][1]
+        if len(slow) >= c.fast_after:  # queueing shown by replies in a row: no need to wait for the whole window
+            self._cut(slow)
+            return
         upper = sorted(window)[(3 * len(window)) // 4]  # the upper quartile: a queue of one shows in a quarter
         if upper <= c.tolerance * self.no_load_s:
-            if busiest >= self.limit:  # only a limit that was reached has shown it holds
+            if busiest >= self.limit and not slow:  # only a limit reached, and no queue forming at the end, holds
                 self._set(self.value * 2.0 if self._slow_start else self.value + 1.0)
         else:
             self._set(self.value * max(MIN_GRADIENT, c.tolerance * self.no_load_s / upper))
+
+    def _cut(self, slow: list[float]) -> None:
+        """Shrink by the slowdown of requests that queued (at most halving): the share of the limit
+        the server still serves at once."""
+        assert self.no_load_s is not None
+        gradient = self.no_load_s / statistics.median(slow)
+        if gradient < 1.0:
+            self._set(self.value * max(MIN_GRADIENT, gradient))
 
     def _set(self, value: float) -> None:
         if value < self.value:
             self._slow_start = False
         before = self.limit
         self.value = min(max(value, float(self.config.min_limit)), float(self.cap))
-        if self.limit != before:
+        if self.limit < before:
             self._changed_at = self.clock()
 
     def snapshot(self) -> dict[str, float | int | None]:

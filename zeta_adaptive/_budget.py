@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .policies import LAT_N, Objective, Policy, served_means
+from ._policies import LAT_N, Objective, Policy, served_means
 
 __all__ = ["BudgetPacer"]
 

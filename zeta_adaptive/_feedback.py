@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .exceptions import FeedbackError
+from ._exceptions import FeedbackError
 
 __all__ = ["validate_accuracy", "check_call_id", "RatedCall", "FeedbackBook"]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, not_, or_
 
-from .backends import UNKNOWN_MODEL_MARKERS, Outcome
+from ._backends import UNKNOWN_MODEL_MARKERS, Outcome
 
 if TYPE_CHECKING:
     import pandas as pd

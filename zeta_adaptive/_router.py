@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
-from .backends import Backend, HttpxBackend, Messages, Reply, StreamItem, Transport
-from .config import Config, ModelConfig, load_config
-from .contextual import ContextualPolicy, PendingContexts
-from .engine import Call, Lane, Started, alast, arun, last, run
-from .exceptions import ConfigError, FeedbackError, StoreError, UnknownTaskType
-from .features import Features, Featurizer
-from .feedback import FeedbackBook, RatedCall, check_call_id, validate_accuracy
-from .inputs import (
+from ._backends import Backend, HttpxBackend, Messages, Reply, StreamItem, Transport
+from ._config import Config, ModelConfig, load_config
+from ._contextual import ContextualPolicy, PendingContexts
+from ._engine import Call, Lane, Started, alast, arun, last, run
+from ._exceptions import ConfigError, FeedbackError, StoreError, UnknownTaskType
+from ._features import Features, Featurizer
+from ._feedback import FeedbackBook, RatedCall, check_call_id, validate_accuracy
+from ._inputs import (
     check_deadline,
     check_messages,
     check_params,
@@ -39,22 +39,22 @@ from .inputs import (
     check_task_type,
     check_texts,
 )
-from .learning import Learner
-from .records import CallRecord
-from .results import AsyncChatStream, Attempt, CallInfo, ChatResult, ChatStream, EmbedResult, preference_frame
-from .scrub import Scrubber
-from .store import Store
-from .validators import Validator
-from .validators import build as build_validators
+from ._learning import Learner
+from ._records import CallRecord
+from ._results import AsyncChatStream, Attempt, CallInfo, ChatResult, ChatStream, EmbedResult, preference_frame
+from ._scrub import Scrubber
+from ._store import Store
+from ._validators import Validator
+from ._validators import build as build_validators
 
 if TYPE_CHECKING:
     import threading
 
     import pandas as pd
 
-    from .budget import BudgetPacer
-    from .health import Health
-    from .policies import Policy
+    from ._budget import BudgetPacer
+    from ._health import Health
+    from ._policies import Policy
 
 __all__ = ["Router", "Attempt", "ChatResult", "EmbedResult", "ChatStream", "AsyncChatStream", "CallInfo", "classify"]
 
@@ -508,8 +508,8 @@ class Router:
         With a task type, the route's rows indexed by ``model``; without, every route's, indexed by
         (``task_type``, ``model``), so ``prefs.loc[task]`` is one route's and ``reset_index()`` joins
         with :mod:`zeta_adaptive.analysis`' frames on those two columns. The columns are
-        :data:`~zeta_adaptive.results.PREFERENCE_COLUMNS` (see
-        :meth:`~zeta_adaptive.policies.Policy.statistics`), plus a route's cost budget when it has one.
+        :data:`~zeta_adaptive._results.PREFERENCE_COLUMNS` (see
+        :meth:`~zeta_adaptive._policies.Policy.statistics`), plus a route's cost budget when it has one.
         """
         import pandas as pd
 

@@ -17,14 +17,16 @@ says what a policy believes of each model now (its rank, probability of being th
 with an interval, counts, latency and cost), each policy in its own terms. ``rank`` returns the
 full order of the eligible models, primary first, and the probability with which the primary was
 chosen: exact for static, random and epsilon-greedy, and for Thompson sampling the exact
-probability under its batch of posterior draws (see :class:`ThompsonPolicy`).
+probability under its batch of posterior draws (see :class:`ThompsonPolicy`). ``rank_under_load``
+does the same with some models' latency given: their expected latency at their current load, which
+the caller measures (the policy stays pure), in place of the average the policy learned.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -40,10 +42,6 @@ __all__ = [
     "UCB1Policy",
     "KLUCBPolicy",
     "ThompsonPolicy",
-    "POLICIES",
-    "OPTION_TYPES",
-    "make_policy",
-    "registered",
 ]
 
 
@@ -291,6 +289,20 @@ class Policy:
         models = self.models
         return Ranking(tuple([models[i] for i in order]), propensity)
 
+    def rank_under_load(self, eligible: Sequence[str] | None, latency: Mapping[str, float]) -> Ranking:
+        """:meth:`rank` with the objective taking each model named in ``latency`` at that latency
+        (seconds: its expected latency at its current load) instead of the average it learned."""
+        order, propensity = self._order(self._eligible(eligible), self._latency_now(latency))
+        models = self.models
+        return Ranking(tuple([models[i] for i in order]), propensity)
+
+    def _latency_now(self, latency: Mapping[str, float]) -> np.ndarray:
+        """The given latencies indexed like ``models``, NaN for the models not given."""
+        now = np.full(len(self.models), np.nan)
+        for name, value in latency.items():
+            now[self.index[name]] = value
+        return now
+
     def _eligible(self, eligible: Sequence[str] | None) -> np.ndarray:
         if eligible is None:
             return self._all
@@ -300,7 +312,9 @@ class Policy:
             return self._all  # the router's usual case: every model eligible, in configured order
         return np.array([self.index[m] for m in eligible], dtype=np.int64)
 
-    def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
+    def _order(self, idx: np.ndarray, latency: np.ndarray | None = None) -> tuple[Sequence[int], float]:
+        """The eligible indices ``idx`` best first and P(primary chosen); ``latency`` (NaN: not
+        given) replaces the learned latency in the objective (see :meth:`rank_under_load`)."""
         raise NotImplementedError
 
     def primary_probabilities(self) -> np.ndarray | None:
@@ -315,10 +329,13 @@ class Policy:
             return 1.0
         return (self.stats[ACC_SUM] + 1.0) / (self.stats[ACC_N] + 2.0)
 
-    def means(self) -> dict[str, Any]:
-        """Point estimates per model: success (Laplace-smoothed), accuracy, mean latency and cost."""
+    def means(self, latency_now: np.ndarray | None = None) -> dict[str, Any]:
+        """Point estimates per model: success (Laplace-smoothed), accuracy, mean latency (or the
+        one in ``latency_now`` where given) and cost."""
         s = self.stats
         latency, cost = served_means(s)
+        if latency_now is not None:
+            latency = np.where(np.isnan(latency_now), latency, latency_now)
         return {
             "success": (s[SUCC] + 1.0) / (s[N] + 2.0),
             "accuracy": self._accuracy(),
@@ -326,9 +343,9 @@ class Policy:
             "cost": cost,
         }
 
-    def scores(self) -> np.ndarray:
-        """The objective at the point estimates, per model."""
-        m = self.means()
+    def scores(self, latency_now: np.ndarray | None = None) -> np.ndarray:
+        """The objective at the point estimates, per model (see :meth:`means`)."""
+        m = self.means(latency_now)
         return self.objective.score(m["success"], m["accuracy"], m["latency_s"], m["cost"])
 
     def statistics(self) -> dict[str, np.ndarray]:
@@ -380,6 +397,13 @@ class Policy:
 
     def _posterior_scores(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """``size`` joint posterior draws of every model's score from ``rng``, shape (size, models)."""
+        return self.objective.score(*self._posterior_parts(rng, size))
+
+    def _posterior_parts(
+        self, rng: np.random.Generator, size: int
+    ) -> tuple[np.ndarray, float | np.ndarray, np.ndarray, np.ndarray]:
+        """What :meth:`_posterior_scores` scores: draws of P(success) and accuracy (1 without
+        feedback), latency draws (zeros when the objective ignores latency) and mean cost."""
         s = self.stats
         k = len(self.models)
         a, b = self.prior_alpha, self.prior_beta
@@ -391,7 +415,7 @@ class Policy:
         p_success = g[:, :k] / (g[:, :k] + g[:, k : 2 * k])
         accuracy = g[:, 2 * k : 3 * k] / (g[:, 2 * k : 3 * k] + g[:, 3 * k :]) if rated else 1.0
         latency = self._latency_draws(rng, size) if self.objective.uses_latency else np.zeros(k)
-        return self.objective.score(p_success, accuracy, latency, served_means(s)[1])
+        return p_success, accuracy, latency, served_means(s)[1]
 
     def _log_latency_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per model: successful attempts, mean log-latency (0 without any) and sum of squared deviations."""
@@ -453,11 +477,16 @@ class StaticPolicy(Policy):
     name = "static"
 
     def rank(self, eligible: Sequence[str] | None = None) -> Ranking:
-        if eligible is None:  # the common case needs no numpy at all
+        """The eligible models in configured order: a filter, with no numpy on a call's path."""
+        if eligible is None:
             return Ranking(self.models, 1.0)
-        return super().rank(eligible)
+        keep = set(eligible)
+        order = tuple([m for m in self.models if m in keep])
+        if not order or len(order) != len(keep):  # nothing eligible, or names the policy does not know
+            return super().rank(eligible)
+        return Ranking(order, 1.0)
 
-    def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
+    def _order(self, idx: np.ndarray, latency: np.ndarray | None = None) -> tuple[Sequence[int], float]:
         return np.sort(idx).tolist(), 1.0
 
     def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -470,7 +499,7 @@ class RandomPolicy(Policy):
 
     name = "random"
 
-    def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
+    def _order(self, idx: np.ndarray, latency: np.ndarray | None = None) -> tuple[Sequence[int], float]:
         return self.rng.permutation(idx).tolist(), 1.0 / len(idx)
 
     def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -512,7 +541,7 @@ class _IndexPolicy(Policy):
         """One model's index from its mean success x accuracy, latency/cost penalty and count."""
         raise NotImplementedError
 
-    def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
+    def _order(self, idx: np.ndarray, latency: np.ndarray | None = None) -> tuple[Sequence[int], float]:
         s = self.stats.tolist()
         n_row, succ, lat_n, lat_sum, cost_sum, acc_n, acc_sum = (
             s[N],
@@ -536,6 +565,8 @@ class _IndexPolicy(Policy):
             acc = (acc_sum[i] + 1.0) / (acc_n[i] + 2.0) if rated else 1.0
             served = lat_n[i]  # the mean latency and cost of served_means, model by model
             penalty = (w_latency * lat_sum[i] + w_cost * cost_sum[i]) / served if served > 0 else 0.0
+            if latency is not None and latency[i] == latency[i]:  # given (not NaN): it replaces the mean
+                penalty += w_latency * (latency[i] - (lat_sum[i] / served if served > 0 else 0.0))
             mean = min(max(succ[i] / max(n, 1e-12) * acc, 0.0), 1.0)
             index[i] = self._index(mean, penalty, max(n, 1e-12), shared)
         return sorted(ids, key=index.__getitem__, reverse=True), 1.0
@@ -558,8 +589,8 @@ class EpsilonGreedyPolicy(Policy):
             raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
         self.epsilon = float(epsilon)
 
-    def _order(self, idx: np.ndarray) -> tuple[Sequence[int], float]:
-        greedy = idx[np.argsort(-self.scores()[idx], kind="stable")]
+    def _order(self, idx: np.ndarray, latency: np.ndarray | None = None) -> tuple[Sequence[int], float]:
+        greedy = idx[np.argsort(-self.scores(latency)[idx], kind="stable")]
         explore = self.rng.random() < self.epsilon
         order = self.rng.permutation(idx) if explore else greedy
         share = self.epsilon / len(idx)
@@ -725,8 +756,11 @@ class ThompsonPolicy(Policy):
         self.samples = int(samples)
         self.max_lag = int(max_lag)
         self._batch: np.ndarray | None = None
+        self._parts: tuple[np.ndarray, float | np.ndarray, np.ndarray, np.ndarray] | None = None  # the batch's parts
         self._stale = 0
-        self._orders: dict[bytes | None, tuple[list[list[int]], np.ndarray, list[Ranking | None]]] = {}
+        self._orders: dict[
+            bytes | tuple[bytes | None, bytes] | None, tuple[list[list[int]], np.ndarray, list[Ranking | None]]
+        ] = {}  # per eligible set (and given latencies): see _ordering
 
     def _changed(self) -> None:
         self._stale += 1
@@ -743,7 +777,8 @@ class ThompsonPolicy(Policy):
     def _current_batch(self) -> np.ndarray:
         lag = max(1, min(self.max_lag, self.updates // 100))
         if self._batch is None or self._stale >= lag:
-            self._batch = self.draw(self.samples)
+            self._parts = self._posterior_parts(self.rng, self.samples)
+            self._batch = self.objective.score(*self._parts)  # what draw() would give
             self._stale = 0
             self._orders.clear()
         return self._batch
@@ -762,7 +797,18 @@ class ThompsonPolicy(Policy):
         The Ranking of each draw is built the first time it is picked and reused until the batch
         is redrawn, so a decision allocates nothing but the random number.
         """
-        orders, wins, rankings = self._ordering(self._eligible(eligible))
+        return self._pick(self._ordering(self._eligible(eligible)))
+
+    def rank_under_load(self, eligible: Sequence[str] | None, latency: Mapping[str, float]) -> Ranking:
+        """:meth:`rank` on the same batch of draws, rescored with the given models' latency in place
+        of their drawn one: the propensity is still exactly the primary's share of the batch's wins.
+        The orders are kept per set of given latencies until the batch is redrawn, as :meth:`rank` keeps its own."""
+        now = self._latency_now(latency) if self.objective.uses_latency else None
+        return self._pick(self._ordering(self._eligible(eligible), now))
+
+    def _pick(self, ordering: tuple[list[list[int]], np.ndarray, list[Ranking | None]]) -> Ranking:
+        """One draw of the batch, picked uniformly at random: its order (built once) and the primary's share of wins."""
+        orders, wins, rankings = ordering
         j = int(self.rng.random() * self.samples)
         ranking = rankings[j]
         if ranking is None:
@@ -771,53 +817,24 @@ class ThompsonPolicy(Policy):
             ranking = rankings[j] = Ranking(tuple([models[i] for i in order]), float(wins[order[0]]))
         return ranking
 
-    def _ordering(self, idx: np.ndarray) -> tuple[list[list[int]], np.ndarray, list[Ranking | None]]:
+    def _ordering(
+        self, idx: np.ndarray, latency: np.ndarray | None = None
+    ) -> tuple[list[list[int]], np.ndarray, list[Ranking | None]]:
         """Per draw of the batch, the eligible models best first; each model's share of wins
-        (indexed by model, zero for models not eligible); and the Rankings built so far, per draw."""
+        (indexed by model, zero for models not eligible); and the Rankings built so far, per draw.
+        With ``latency`` (NaN: not given), the draws scored with those latencies."""
         batch = self._current_batch()
-        key = None if idx is self._all else idx.tobytes()
+        eligible = None if idx is self._all else idx.tobytes()
+        given = None if latency is None or np.isnan(latency[idx]).all() else latency
+        key = eligible if given is None else (eligible, bytes(given[idx].tobytes()))
         cached = self._orders.get(key)
         if cached is None:
+            if given is not None:
+                assert self._parts is not None
+                success, accuracy, drawn, cost = self._parts
+                batch = self.objective.score(success, accuracy, np.where(np.isnan(given), drawn, given), cost)
             pos = np.argsort(-batch[:, idx], axis=1, kind="stable")
             wins = np.zeros(len(self.models))
             wins[idx] = np.bincount(pos[:, 0], minlength=len(idx)) / self.samples
             cached = self._orders[key] = (idx[pos].tolist(), wins, [None] * self.samples)
         return cached
-
-
-POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (StaticPolicy, RandomPolicy, EpsilonGreedyPolicy, UCB1Policy, KLUCBPolicy, ThompsonPolicy)
-}
-
-#: the expected type of every policy option, for config validation
-OPTION_TYPES: dict[str, type] = {
-    "seed": int,
-    "discount": float,
-    "epsilon": float,
-    "c": float,
-    "prior_alpha": float,
-    "prior_beta": float,
-    "samples": int,
-    "max_lag": int,
-}
-
-
-def registered() -> dict[str, type[Policy]]:
-    """Every policy by name, the per-prompt ones included: their module registers them when imported,
-    which this does, so a config or a caller naming them works whatever was imported before."""
-    from . import contextual  # noqa: F401  (registers linear_thompson and lin_ucb)
-
-    return POLICIES
-
-
-def make_policy(name: str, models: Sequence[str], objective: Objective | None = None, **options: Any) -> Policy:
-    """Build the policy registered under ``name``; unknown names or options raise ValueError."""
-    try:
-        cls = registered()[name]
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; choose from {sorted(POLICIES)}") from None
-    allowed = {"seed", "discount", *cls.options}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for policy {name!r}; allowed: {sorted(allowed)}")
-    return cls(models, objective=objective, **options)

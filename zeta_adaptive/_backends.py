@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import json
 import re
 import ssl
@@ -36,9 +35,9 @@ import numpy as np
 from httpx_sse import ServerSentEvent
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # the conforming incremental parser httpx-sse uses itself
 
-from .config import ModelConfig
-from .exceptions import ConfigError
-from .scrub import read_key
+from ._config import ModelConfig
+from ._exceptions import ConfigError
+from ._scrub import read_key
 
 __all__ = [
     "Outcome",
@@ -155,6 +154,11 @@ def estimate_tokens(messages: Messages) -> int:
 MAX_JSON_DEPTH = 128
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _ACCEPT_ENCODING = "gzip, deflate"
+_USER_AGENT = f"python-httpx/{httpx.__version__}"
+_PATHS = ("chat/completions", "embeddings")  # what the backend asks of a model, under its base URL
+_TIMEOUTS = ("connect", "read", "write", "pool")  # httpx's timeout extension, one bound for all four
+#: request bodies as httpx encodes JSON (compact, UTF-8, no NaN), with one encoder for every request
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 class _BadBody(Exception):
@@ -230,14 +234,20 @@ def _parse_json(data: bytes) -> Any:
 _DEADLINE: ContextVar[float | None] = ContextVar("zeta_adaptive_deadline", default=None)
 
 
-@contextlib.contextmanager
-def _hard_deadline(at: float) -> Iterator[None]:
-    """Bound every socket operation of this thread's httpx calls inside the block by ``at``."""
-    token = _DEADLINE.set(at)
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
+class _hard_deadline:
+    """Bound every socket operation of this thread's httpx calls inside the block by ``at`` (a
+    class, not a generator: it runs on every attempt)."""
+
+    __slots__ = ("at", "token")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def __enter__(self) -> None:
+        self.token = _DEADLINE.set(self.at)
+
+    def __exit__(self, *exc: object) -> None:
+        _DEADLINE.reset(self.token)
 
 
 def _cut(timeout: float | None, expired: type[Exception]) -> float | None:
@@ -675,15 +685,18 @@ async def _aread(response: httpx.Response, cap: int) -> tuple[bytes | None, str]
 class HttpxBackend:
     """OpenAI-compatible HTTP backend: one keep-alive pool per model, sync and async.
 
-    Sync clients are made with the backend (no setup cost on the first call); async clients on
-    first use in each event loop, and closed when that loop shuts down (``asyncio.run`` does
-    that), by :meth:`aclose`, or by :meth:`close` where the loop still allows it.
+    Each attempt's request is built here and handed to the model's httpx transport, as httpx's
+    client would after merging its defaults (which this does once per model): the router talks
+    to each ``base_url`` directly, so proxy environment variables are not read. Sync pools are
+    made with the backend (no setup cost on the first call); async ones on first use in each
+    event loop, and closed when that loop shuts down (``asyncio.run`` does that), by
+    :meth:`aclose`, or by :meth:`close` where the loop still allows it.
 
     ``transport`` (one for every model, or a mapping model name -> transport for some) replaces
-    the network: the clients send through it, and everything else (request bodies, headers,
-    timeouts, response parsing) runs as over the network. A sync-only transport fails async calls
-    with ``NotImplementedError``, and the other way round. Without one, sync I/O goes through the
-    deadline-cutting connection pool and async I/O through httpx's own.
+    the network, and everything else (request bodies, headers, timeouts, response parsing) runs
+    as over the network. A sync-only transport fails async calls with ``NotImplementedError``, and
+    the other way round. Without one, sync I/O goes through the deadline-cutting connection pool
+    and async I/O through httpx's own.
     """
 
     def __init__(
@@ -691,10 +704,12 @@ class HttpxBackend:
     ) -> None:
         self._models = dict(models)
         self._transports = self._given(transport)
-        self._clients = {
-            name: httpx.Client(**self._options(m), transport=self._sync(m)) for name, m in self._models.items()
+        self._pools = {name: self._sync(m) for name, m in self._models.items()}
+        self._headers = {name: self._default_headers(m) for name, m in self._models.items()}
+        self._urls = {
+            (name, path): httpx.URL(f"{m.base_url}/{path}") for name, m in self._models.items() for path in _PATHS
         }
-        self._aclients: dict[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = {}
+        self._apools: dict[asyncio.AbstractEventLoop, dict[str, httpx.AsyncBaseTransport]] = {}
         self._keepers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
         self._closing: set[asyncio.Future[Any]] = set()
         self._lock = threading.Lock()
@@ -721,12 +736,13 @@ class HttpxBackend:
             return _deadline_transport(self._limits(model), self._https(model))
         return given if isinstance(given, httpx.BaseTransport) else httpx.BaseTransport()
 
-    def _async(self, model: ModelConfig) -> httpx.AsyncBaseTransport | None:
-        """The transport of a model's async clients: the one given, else None (httpx's own pool)."""
+    def _async(self, model: ModelConfig) -> httpx.AsyncBaseTransport:
+        """A model's async transport in one event loop: the one given, else a new httpx pool."""
         given = self._transports.get(model.name)
-        if given is None or isinstance(given, httpx.AsyncBaseTransport):
-            return given
-        return httpx.AsyncBaseTransport()
+        if given is None:
+            verify = _ssl_context() if self._https(model) else False
+            return httpx.AsyncHTTPTransport(verify=verify, limits=self._limits(model))
+        return given if isinstance(given, httpx.AsyncBaseTransport) else httpx.AsyncBaseTransport()
 
     @staticmethod
     def _https(model: ModelConfig) -> bool:
@@ -739,55 +755,79 @@ class HttpxBackend:
         )
 
     @staticmethod
-    def _options(model: ModelConfig) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json", "Accept-Encoding": _ACCEPT_ENCODING}
+    def _default_headers(model: ModelConfig) -> httpx.Headers:
+        """The headers of every request to a model (httpx's client defaults, JSON, the key if any)."""
+        headers = httpx.Headers(
+            {
+                "Host": httpx.URL(model.base_url).netloc.decode("ascii"),
+                "Accept": "*/*",
+                "Accept-Encoding": _ACCEPT_ENCODING,
+                "Connection": "keep-alive",
+                "User-Agent": _USER_AGENT,
+                "Content-Type": "application/json",
+            }
+        )
         key = read_key(model.api_key_env) if model.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        return {"base_url": model.base_url + "/", "headers": headers, "timeout": model.timeout_s}
+        return headers
 
-    async def _aclient(self, model: ModelConfig) -> httpx.AsyncClient:
-        """This event loop's client for a model, made on first use."""
+    def _request(
+        self, model: ModelConfig, path: str, body: dict[str, Any], timeout: float | httpx.Timeout
+    ) -> httpx.Request:
+        """The POST of one attempt, built directly: URL and headers are made once per model, and
+        the request goes straight to the model's transport, skipping the client's per-request merging
+        of URLs, headers and cookies (which cost as much as the router's own work on a call)."""
+        content = _JSON.encode(body).encode()
+        bounds = timeout.as_dict() if isinstance(timeout, httpx.Timeout) else dict.fromkeys(_TIMEOUTS, timeout)
+        request = httpx.Request(
+            "POST",
+            self._urls[model.name, path],
+            headers=self._headers[model.name],
+            stream=httpx.ByteStream(content),
+            extensions={"timeout": bounds},
+        )
+        request.headers["Content-Length"] = str(len(content))
+        return request
+
+    async def _apool(self, model: ModelConfig) -> httpx.AsyncBaseTransport:
+        """This event loop's transport for a model, made on first use."""
         loop = asyncio.get_running_loop()
+        pools = self._apools.get(loop)
+        if pools is not None and (pool := pools.get(model.name)) is not None:
+            return pool
         with self._lock:
-            for dead in [other for other in self._aclients if other.is_closed()]:
-                self._aclients.pop(dead, None)
+            for dead in [other for other in self._apools if other.is_closed()]:
+                self._apools.pop(dead, None)
                 self._keepers.pop(dead, None)
-            clients = self._aclients.get(loop)
+            pools = self._apools.setdefault(loop, {})
             keeper = None
-            if clients is None:
-                clients = self._aclients[loop] = {}
-                keeper = self._keepers[loop] = self._keeper(loop, clients)
-            client = clients.get(model.name)
-            if client is None:
-                verify = _ssl_context() if self._https(model) else False
-                client = clients[model.name] = httpx.AsyncClient(
-                    **self._options(model), limits=self._limits(model), verify=verify, transport=self._async(model)
-                )
+            if loop not in self._keepers:  # one per loop: after close(), the next pools reuse it
+                keeper = self._keepers[loop] = self._keeper(loop)
+            pool = pools.get(model.name)
+            if pool is None:
+                pool = pools[model.name] = self._async(model)
         if keeper is not None:
             await anext(keeper)  # registers it with the loop, which closes it at shutdown_asyncgens()
-        return client
+        return pool
 
-    async def _keeper(
-        self, loop: asyncio.AbstractEventLoop, clients: dict[str, httpx.AsyncClient]
-    ) -> AsyncIterator[None]:
+    async def _keeper(self, loop: asyncio.AbstractEventLoop) -> AsyncIterator[None]:
         """Lives as long as its loop: when the loop shuts down its async generators, the loop's
-        clients are closed with it (so ``asyncio.run`` per call leaves no connection open)."""
+        pools are closed with it (so ``asyncio.run`` per call leaves no connection open)."""
         try:
             yield
         finally:
             with self._lock:
-                if self._aclients.get(loop) is clients:
-                    del self._aclients[loop]
+                pools = self._apools.pop(loop, {})
                 self._keepers.pop(loop, None)
-            await self._close_all(clients)
+            await self._close_all(pools)
 
     @staticmethod
-    async def _close_all(clients: dict[str, httpx.AsyncClient]) -> None:
-        pending = list(clients.values())
-        clients.clear()
-        for client in pending:
-            await client.aclose()
+    async def _close_all(pools: dict[str, httpx.AsyncBaseTransport]) -> None:
+        pending = list(pools.values())
+        pools.clear()
+        for pool in pending:
+            await pool.aclose()
 
     @staticmethod
     def _chat_body(model: ModelConfig, messages: Messages, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -807,11 +847,14 @@ class HttpxBackend:
         self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, cap: int, parse: Parse
     ) -> Reply:
         start = time.perf_counter()
-        client = self._clients[model.name]
+        request = self._request(model, path, body, timeout_s)
         try:
             with _hard_deadline(start + timeout_s):
-                with client.stream("POST", path, json=body, timeout=timeout_s) as response:
+                response = self._pools[model.name].handle_request(request)
+                try:
                     data, problem = _read(response, cap)
+                finally:
+                    response.close()
         except _ATTEMPT_FAILURES as exc:
             return _classify_exception(exc, time.perf_counter() - start)
         return _finish(response.status_code, response.headers, data, problem, time.perf_counter() - start, parse)
@@ -822,9 +865,12 @@ class HttpxBackend:
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):  # a hard bound on the whole attempt
-                client = await self._aclient(model)
-                async with client.stream("POST", path, json=body, timeout=timeout_s) as response:
+                pool = await self._apool(model)
+                response = await pool.handle_async_request(self._request(model, path, body, timeout_s))
+                try:
                     data, problem = await _aread(response, cap)
+                finally:
+                    await response.aclose()
         except _ATTEMPT_FAILURES as exc:
             return _classify_exception(exc, time.perf_counter() - start)
         return _finish(response.status_code, response.headers, data, problem, time.perf_counter() - start, parse)
@@ -884,14 +930,12 @@ class HttpxBackend:
         state = _StreamState(
             time.perf_counter(), timeout_s, first_token_s, model.response_cap(), estimate_tokens(messages)
         )
-        client = self._clients[model.name]
+        request = self._request(model, "chat/completions", body, state.timeouts())
         response: httpx.Response | None = None
         data, problem = None, ""
         try:
             with _hard_deadline(state.read_deadline()):  # never held across a yield: it bounds this thread's I/O
-                response = client.send(
-                    client.build_request("POST", "chat/completions", json=body, timeout=state.timeouts()), stream=True
-                )
+                response = self._pools[model.name].handle_request(request)
                 if response.status_code >= 300:
                     data, problem = _read(response, model.response_cap())
             if (refused := state.open(response, data, problem)) is not None:
@@ -932,9 +976,9 @@ class HttpxBackend:
         data, problem = None, ""
         try:
             async with asyncio.timeout(left()):
-                client = await self._aclient(model)
-                response = await client.send(
-                    client.build_request("POST", "chat/completions", json=body, timeout=state.timeouts()), stream=True
+                pool = await self._apool(model)
+                response = await pool.handle_async_request(
+                    self._request(model, "chat/completions", body, state.timeouts())
                 )
                 if response.status_code >= 300:
                     data, problem = await _aread(response, model.response_cap())
@@ -961,32 +1005,32 @@ class HttpxBackend:
 
     def close(self) -> None:
         """Close the sync pools, and every async pool whose loop still allows it."""
-        for client in self._clients.values():
-            client.close()
+        for pool in self._pools.values():
+            pool.close()
         with self._lock:  # the keepers stay: each ends (doing nothing more) when its loop shuts down
-            pools = list(self._aclients.items())
-            self._aclients.clear()
+            pools = list(self._apools.items())
+            self._apools.clear()
         try:
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        for loop, clients in pools:
+        for loop, held in pools:
             if loop.is_closed():
                 continue
             if loop is current:  # close() called from async code: finish the job on this loop
-                task = loop.create_task(self._close_all(clients))
+                task = loop.create_task(self._close_all(held))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
             elif loop.is_running():
-                asyncio.run_coroutine_threadsafe(self._close_all(clients), loop)
+                asyncio.run_coroutine_threadsafe(self._close_all(held), loop)
             elif current is None:
-                loop.run_until_complete(self._close_all(clients))
+                loop.run_until_complete(self._close_all(held))
 
     async def aclose(self) -> None:
         """Close this loop's async pools (awaited), then everything :meth:`close` closes."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            clients = self._aclients.pop(loop, None)
-        if clients is not None:
-            await self._close_all(clients)
+            held = self._apools.pop(loop, None)
+        if held is not None:
+            await self._close_all(held)
         self.close()

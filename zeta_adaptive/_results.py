@@ -1,7 +1,7 @@
 """What the router returns: a call's attempts, chat and embedding results, the streams that end in
 one, and the table of what its policies believe (``Router.preferences()``).
 
-These are plain values, kept apart from :mod:`zeta_adaptive.router` so that the exceptions, the
+These are plain values, kept apart from :mod:`zeta_adaptive._router` so that the exceptions, the
 gateway and user code can name them without importing the router.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .engine import Call
+    from ._engine import Call
 
 __all__ = [
     "Attempt",
@@ -220,7 +220,7 @@ def preference_frame(
 ) -> pd.DataFrame:
     """One route's rows of ``Router.preferences()``: indexed by (``task_type``, ``model``), best rank first.
 
-    ``statistics`` is the policy's :meth:`~zeta_adaptive.policies.Policy.statistics`, ``health``
+    ``statistics`` is the policy's :meth:`~zeta_adaptive._policies.Policy.statistics`, ``health``
     each model's breaker and load snapshot (in ``models``' order), ``budget`` the route's cost
     budget snapshot (empty without one), the same on every row.
     """

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .results import Attempt
+    from ._results import Attempt
 
 __all__ = [
     "ZetaError",

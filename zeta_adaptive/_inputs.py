@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .exceptions import InvalidRequest
+from ._exceptions import InvalidRequest
 
 __all__ = [
     "ROLES",
