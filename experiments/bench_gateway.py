@@ -9,15 +9,18 @@ OpenAI-compatible backend (``experiments/mock_backend.py``); the client is this 
   (one model on the mock), logging every call to SQLite; ``gateway, 2 workers``: the same with
   ``--workers 2`` (throughput only);
 * diagnostics (not targets; ``--no-diagnose`` skips them): the gateway app under uvicorn's pure
-  Python stack (``--loop asyncio --http h11``), to show what uvloop and httptools buy, and a bare
-  Starlette passthrough (the request body forwarded to the mock with httpx, the answer returned as
-  it is): what framework and HTTP hop cost before any routing;
+  Python stack (``--loop asyncio --http h11``), to show what uvloop and httptools buy; the gateway
+  with its router on httpx's own connection pool instead of aiohttp (what the transport buys); a bare
+  Starlette passthrough (the request body forwarded to the mock with aiohttp, the gateway's HTTP
+  client, the answer returned as it is): what framework and HTTP hop cost before any routing;
 * ``LiteLLM proxy`` (only where ``litellm`` with its proxy extras is installed, else skipped with
   a note): ``litellm --config`` with one ``openai/mock`` deployment, one worker, cost map local,
   telemetry off.
 
 Latency: sequential calls on one keep-alive connection, in interleaved blocks after a warm-up;
-"added" is a contender's median minus direct's. Throughput: closed loop, ``C`` calls in flight on
+"added" is a contender's median minus direct's. Each server's CPU per call is read from ``/proc``
+(robust to the machine's load, unlike wall time), and so is this client's own (its httpx client:
+the cost of one async HTTP request on this machine). Throughput: closed loop, ``C`` calls in flight on
 ``C`` keep-alive connections for a fixed time, rounds interleaved; median calls/s. Start-up: spawn
 ``zeta-adaptive serve`` until ``/health`` answers 200 (and ``/ready``), median of several starts.
 At the end every gateway is stopped with SIGTERM and its log's calls rows are counted against the
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -39,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +59,9 @@ TARGET_SHARE = 0.5
 TARGET_STARTUP_S = 2.0
 CONCURRENCY = (16, 64)
 DIRECT, GATEWAY, GATEWAY2 = "direct", "gateway", "gateway, 2 workers"
-PURE_PYTHON, PASSTHROUGH, LITELLM = (
+PURE_PYTHON, HTTPX_POOL, PASSTHROUGH, LITELLM = (
     "gateway on asyncio + h11 (diagnostic)",
+    "gateway on httpx's own pool (diagnostic)",
     "Starlette passthrough (diagnostic)",
     "LiteLLM proxy",
 )
@@ -70,25 +75,23 @@ HEADERS = {"authorization": f"Bearer {KEY}"}
 
 
 def passthrough_app() -> Any:
-    """A Starlette app forwarding POST /v1/chat/completions to $BENCH_MOCK_URL as it is (uvicorn factory)."""
-    import httpx
+    """A Starlette app forwarding POST /v1/chat/completions to $BENCH_MOCK_URL as it is, with aiohttp
+    as the gateway's transport does (uvicorn factory)."""
+    import aiohttp
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
 
-    upstream: dict[str, httpx.AsyncClient] = {}
+    upstream: dict[str, aiohttp.ClientSession] = {}
+    url = os.environ["BENCH_MOCK_URL"] + "/chat/completions"
 
     async def chat(request: Request) -> Response:
         if "client" not in upstream:
-            limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-            upstream["client"] = httpx.AsyncClient(
-                base_url=os.environ["BENCH_MOCK_URL"] + "/", limits=limits, timeout=60
-            )
-        answer = await upstream["client"].post(
-            "chat/completions", content=await request.body(), headers={"content-type": "application/json"}
-        )
-        return Response(answer.content, answer.status_code, media_type="application/json")
+            upstream["client"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        body = await request.body()
+        async with upstream["client"].post(url, data=body, headers={"content-type": "application/json"}) as answer:
+            return Response(await answer.read(), answer.status, media_type="application/json")
 
     async def health(request: Request) -> Response:
         return Response(b"{}", media_type="application/json")
@@ -145,6 +148,11 @@ class Server:
         return self.proc.returncode
 
 
+def _slug(name: str) -> str:
+    """A contender's name as a file name."""
+    return re.sub(r"\W+", "_", name).strip("_")
+
+
 def gateway_config(folder: Path, mock_url: str, name: str) -> tuple[Path, str]:
     """A config file with route ``static`` (one model on the mock), logging to its own SQLite file."""
     db = folder / f"{name}.db"
@@ -175,53 +183,37 @@ def base_env() -> dict[str, str]:
 
 
 def start_gateway(folder: Path, mock_url: str, name: str, workers: int = 1) -> tuple[Server, str]:
-    path, db = gateway_config(folder, mock_url, name.replace(" ", "_").replace(",", ""))
+    path, db = gateway_config(folder, mock_url, _slug(name))
     port = free_port()
     cmd = [sys.executable, "-c", CLI, "serve", "--config", str(path), "--port", str(port), "--workers", str(workers)]
     return Server(name, cmd, port, base_env(), "static"), db
 
 
-def start_pure_python(folder: Path, mock_url: str) -> tuple[Server, str]:
-    path, db = gateway_config(folder, mock_url, "pure_python")
+def start_uvicorn(name: str, factory: str, env: dict[str, str], route: str, *options: str) -> Server:
+    """``uvicorn --factory`` serving ``factory`` (``module:function``) on a free loopback port."""
     port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", factory, "--factory", "--app-dir", str(ROOT), *options, "--port", str(port)]
+    return Server(name, [*cmd, "--no-access-log", "--log-level", "warning"], port, env, route)
+
+
+def start_diagnostic_gateway(folder: Path, mock_url: str, name: str, factory: str, *options: str) -> tuple[Server, str]:
+    """The gateway app under uvicorn (not ``serve``), its config in ``$ZETA_GATEWAY_CONFIG``."""
+    path, db = gateway_config(folder, mock_url, _slug(name))
     env = {**base_env(), "ZETA_GATEWAY_CONFIG": str(path)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "zeta_adaptive.gateway:app_from_env",
-        "--factory",
-        "--loop",
-        "asyncio",
-        "--http",
-        "h11",
-        "--port",
-        str(port),
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
-    return Server(PURE_PYTHON, cmd, port, env, "static"), db
+    return start_uvicorn(name, factory, env, "static", *options), db
+
+
+def httpx_pool_app() -> Any:
+    """The gateway on a router whose async calls use httpx's own pool, not aiohttp (uvicorn factory)."""
+    from zeta_adaptive import Router
+    from zeta_adaptive.gateway import CONFIG_ENV, create_app
+
+    return create_app(Router(os.environ[CONFIG_ENV]))
 
 
 def start_passthrough(mock_url: str) -> Server:
-    port = free_port()
     env = {**base_env(), "BENCH_MOCK_URL": mock_url}
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "experiments.bench_gateway:passthrough_app",
-        "--factory",
-        "--app-dir",
-        str(ROOT),
-        "--port",
-        str(port),
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
-    return Server(PASSTHROUGH, cmd, port, env, "mock")
+    return start_uvicorn(PASSTHROUGH, "experiments.bench_gateway:passthrough_app", env, "mock")
 
 
 def start_litellm(folder: Path, mock_url: str, site: Path | None) -> Server | None:
@@ -267,9 +259,10 @@ async def latency(
     block: int,
     warmup: int,
     cpu: dict[str, float],
+    client_cpu: dict[str, float],
 ) -> dict[str, list[np.ndarray]]:
     """Per-call wall times (ns) per block, sequential calls, contenders interleaved block by block;
-    ``cpu`` gets each server's CPU seconds over its timed blocks."""
+    ``cpu`` gets each server's CPU seconds over its timed blocks, ``client_cpu`` this process's."""
     import httpx
 
     clients = {
@@ -286,12 +279,13 @@ async def latency(
         for _, name in interleave(list(targets), rounds):
             client, body = clients[name], bodies[name]
             ns = np.empty(block, dtype=np.int64)
-            c0 = cpu_seconds(pids[name])
+            c0, mine = cpu_seconds(pids[name]), time.process_time()
             for i in range(block):
                 t0 = clock()
                 answer = await client.post("chat/completions", json=body)
                 ns[i] = clock() - t0
                 answer.raise_for_status()
+            client_cpu[name] = client_cpu.get(name, 0.0) + time.process_time() - mine
             cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pids[name]) - c0
             out[name].append(ns)
         return out
@@ -349,6 +343,93 @@ def startup_times(folder: Path, mock_url: str, runs: int, workers: int) -> list[
     return out
 
 
+def layer_costs(folder: Path, mock_url: str, rounds: int, block: int) -> list[dict[str, Any]]:
+    """CPU per call of each layer a gateway call goes through, in this process (thread CPU time of
+    the event loop; ``process`` adds the log writer's threads), layers interleaved block by block:
+    a bare aiohttp request, the router's backend request (httpx on the aiohttp transport), a routed
+    call (``Router.achat``: policy, engine, log hand-over), and the gateway app called as ASGI
+    (admission, JSON, metrics; no HTTP server). The uvicorn server's own share is the gateway's
+    server CPU above minus the last."""
+    import json
+
+    import aiohttp
+
+    from zeta_adaptive.gateway import create_app
+
+    path, _db = gateway_config(folder, mock_url, "layers")
+    os.environ["BENCH_GATEWAY_KEYS"] = f"bench={KEY}"  # the app reads its client keys here
+    body = json.dumps(_body("static")).encode()
+    headers = {"content-type": "application/json", **HEADERS}
+
+    async def run() -> list[dict[str, Any]]:
+        app = create_app(path)
+        router = app.state.router
+        model = router.config.models["m0"]
+        session = aiohttp.ClientSession()
+
+        async def bare() -> None:
+            async with session.post(mock_url + "/chat/completions", data=body, headers=headers) as answer:
+                json.loads(await answer.read())
+
+        async def asgi() -> None:
+            scope: dict[str, Any] = {"type": "http", "method": "POST", "path": "/v1/chat/completions"}
+            scope["headers"] = [(k.encode(), v.encode()) for k, v in headers.items()]
+            scope.update({"http_version": "1.1", "scheme": "http", "query_string": b"", "root_path": ""})
+            scope.update({"asgi": {"version": "3.0"}, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)})
+            sent: list[MutableMapping[str, Any]] = []
+            gone = asyncio.Event()
+            requests = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def receive() -> dict[str, Any]:
+                if requests:
+                    return requests.pop()
+                await gone.wait()  # the client never leaves
+                return {"type": "http.disconnect"}
+
+            async def send(message: MutableMapping[str, Any]) -> None:
+                sent.append(message)
+
+            await app(scope, receive, send)
+            assert sent[0]["status"] == 200, sent
+
+        layers = {
+            "aiohttp request": bare,
+            "router's backend request (httpx on aiohttp)": lambda: router.backend.achat(
+                model, MESSAGES, {"max_tokens": MAX_TOKENS}, 60.0
+            ),
+            "routed call (Router.achat)": lambda: router.achat("static", MESSAGES, max_tokens=MAX_TOKENS),
+            "gateway app, called as ASGI": asgi,
+        }
+        loop_ms: dict[str, list[float]] = {name: [] for name in layers}
+        process_ms: dict[str, list[float]] = {name: [] for name in layers}
+        try:
+            for warm in layers.values():
+                for _ in range(block):
+                    await warm()
+            for _, name in interleave(list(layers), rounds):
+                layer = layers[name]
+                t0, p0 = time.thread_time(), time.process_time()
+                for _ in range(block):
+                    await layer()
+                loop_ms[name].append((time.thread_time() - t0) / block * 1e3)
+                process_ms[name].append((time.process_time() - p0) / block * 1e3)
+        finally:
+            await session.close()
+            await router.aclose()
+        return [
+            {
+                "layer": name,
+                "loop_cpu_ms_per_call": float(np.median(loop_ms[name])),
+                "process_cpu_ms_per_call": float(np.median(process_ms[name])),
+            }
+            for name in layers
+        ]
+
+    import uvloop
+
+    return uvloop.run(run())
+
+
 def count_calls(db: str) -> int:
     from zeta_adaptive import Store
 
@@ -367,7 +448,10 @@ def _ms(ns: float) -> float:
 
 
 def latency_rows(
-    samples: dict[str, list[np.ndarray]], cpu: dict[str, float], pids: dict[str, int | None]
+    samples: dict[str, list[np.ndarray]],
+    cpu: dict[str, float],
+    client_cpu: dict[str, float],
+    pids: dict[str, int | None],
 ) -> list[dict[str, Any]]:
     direct = np.concatenate(samples[DIRECT])
     d50 = float(np.median(direct))
@@ -387,6 +471,7 @@ def latency_rows(
                 "round_added_max_ms": _ms(max(per_round)),
                 "ratio_to_direct": p50 / d50,
                 "server_cpu_ms_per_call": cpu[name] / allv.size * 1e3 if pids[name] is not None else None,
+                "client_cpu_ms_per_call": client_cpu[name] / allv.size * 1e3,
             }
         )
     return rows
@@ -474,7 +559,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         servers[GATEWAY], dbs[GATEWAY] = start_gateway(folder, mock.base_url, GATEWAY)
         servers[GATEWAY2], dbs[GATEWAY2] = start_gateway(folder, mock.base_url, GATEWAY2, workers=2)
         if not args.no_diagnose:
-            servers[PURE_PYTHON], dbs[PURE_PYTHON] = start_pure_python(folder, mock.base_url)
+            servers[PURE_PYTHON], dbs[PURE_PYTHON] = start_diagnostic_gateway(
+                folder,
+                mock.base_url,
+                PURE_PYTHON,
+                "zeta_adaptive.gateway:app_from_env",
+                "--loop",
+                "asyncio",
+                "--http",
+                "h11",
+            )
+            servers[HTTPX_POOL], dbs[HTTPX_POOL] = start_diagnostic_gateway(
+                folder, mock.base_url, HTTPX_POOL, "experiments.bench_gateway:httpx_pool_app"
+            )
             servers[PASSTHROUGH] = start_passthrough(mock.base_url)
         litellm = None if args.no_litellm else start_litellm(folder, mock.base_url, args.litellm_site)
         litellm_note = (
@@ -499,8 +596,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 name: (servers[name].proc.pid if name in servers else None) for name in targets
             }
             cpu: dict[str, float] = {}
-            samples = asyncio.run(latency(targets, pids, rounds, block, warmup, cpu))
-            lat = latency_rows(samples, cpu, pids)
+            client_cpu: dict[str, float] = {}
+            samples = asyncio.run(latency(targets, pids, rounds, block, warmup, cpu, client_cpu))
+            lat = latency_rows(samples, cpu, client_cpu, pids)
             for row in lat:
                 if row["contender"] == LITELLM:
                     row["startup_s"] = litellm_start
@@ -548,6 +646,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         start = startup_times(folder, mock.base_url, starts, 1) + startup_times(
             folder, mock.base_url, max(1, starts // 2), 2
         )
+        layers = layer_costs(folder, mock.base_url, rounds * 2, block // 2)
     shutil.rmtree(folder, ignore_errors=True)
 
     table = headline(lat, thr, start, litellm_note)
@@ -555,9 +654,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.out / "bench_gateway.csv",
         [{"kind": "latency", **r} for r in lat]
         + [{"kind": "throughput", **r} for r in thr]
-        + [{"kind": "startup", **s} for s in start],
+        + [{"kind": "startup", **s} for s in start]
+        + [{"kind": "layer", **r} for r in layers],
     )
     write_csv(args.out / "bench_gateway_summary.csv", table)
+    direct_cpu = next(r["client_cpu_ms_per_call"] for r in lat if r["contender"] == DIRECT)
     notes = [
         f"Latency: {rounds} rounds x {block} sequential calls per contender after {warmup} warm-up calls, contenders interleaved block by block; "
         "each contender has its own httpx.AsyncClient (one keep-alive connection).",
@@ -566,17 +667,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "Backend: experiments/mock_backend.py in its own process. Each server runs in its own process and session on 127.0.0.1; "
         "gateways log every call to their own SQLite file (WAL) through the background writer.",
         f"{LITELLM}: {'measured' if LITELLM in servers else litellm_note}.",
+        f"This machine's speed: one direct call cost this client (httpx.AsyncClient) {direct_cpu:.2f} ms of CPU; "
+        "issue 17 measured 0.4-0.5 ms for that on its machine, so milliseconds here are that many times longer.",
         *notes,
     ]
     sections = [
         ("Latency, every contender (ms)", markdown_table(list(lat[0]), lat)),
         ("Throughput (calls/s)", markdown_table(list(thr[0]), thr)),
         ("Start-up (s)", markdown_table(list(start[0]), start)),
+        ("CPU per call by layer, in one process (ms; see layer_costs)", markdown_table(list(layers[0]), layers)),
     ]
     publish(
         args, "bench_gateway", "Gateway: added latency, throughput, start-up", table, sections=sections, notes=notes
     )
-    return {"latency": lat, "throughput": thr, "startup": start, "summary": table, "logged": logged}
+    return {"latency": lat, "throughput": thr, "startup": start, "layers": layers, "summary": table, "logged": logged}
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ tests run `zeta-adaptive serve` as a subprocess, stopped by its PID.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -165,6 +166,17 @@ def test_stream_deltas_make_the_answer_and_usage_comes_when_asked(fleet, sqlite_
     assert all(c.usage is None for c in without)
 
 
+def test_a_stream_falls_back_before_its_first_token(fleet, sqlite_url, tmp_path):
+    app = create_app(config(fleet, sqlite_url, tmp_path, routes={"simple": ["broken", "good"]}))
+    with serving(app) as base:
+        chunks = list(client(base).chat.completions.create(model="simple", messages=HELLO, stream=True))
+        app.state.router.flush()
+        attempts = rows(sqlite_url, "SELECT model, outcome FROM attempts ORDER BY idx")
+    assert {c.model for c in chunks} == {"good"} and {c.id for c in chunks} == {chunks[0].id}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert attempts == [{"model": "broken", "outcome": "server_error"}, {"model": "good", "outcome": "ok"}]
+
+
 def test_embeddings_match_the_backend(fleet, sqlite_url, tmp_path):
     app = create_app(config(fleet, sqlite_url, tmp_path))
     texts = ["one", "two", "three"]
@@ -230,7 +242,8 @@ def test_every_model_failing_is_502_and_a_deadline_is_504(fleet, sqlite_url, tmp
     assert {r["outcome"] for r in logged} == {"failed"}
 
 
-def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, monkeypatch):
+def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="zeta_adaptive.gateway")
     monkeypatch.setenv(KEYS_ENV, f"team-a={SECRET_A}, {SECRET_B}")
     server = {"api_keys_env": KEYS_ENV, "keys": {"team-a": {"routes": ["simple"], "requests_per_minute": 2}}}
     app = create_app(config(fleet, sqlite_url, tmp_path, server=server))
@@ -250,6 +263,9 @@ def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, mon
             base + "/chat/completions", content=b"{not json", headers={"authorization": f"Bearer {SECRET_B}"}
         )
         assert malformed.status_code == 400 and malformed.json()["error"]["type"] == "invalid_request_error"
+        with pytest.raises(openai.BadRequestError) as router_option:  # the router's keywords are not the client's
+            client(base, SECRET_B).chat.completions.create(model="code", messages=HELLO, extra_body={"deadline_s": 9})
+        assert router_option.value.code == "invalid_parameter"
         answers = [team_a.chat.completions.create(model="simple", messages=HELLO) for _ in range(2)]
         with pytest.raises(openai.RateLimitError) as limited:
             team_a.chat.completions.create(model="simple", messages=HELLO)
@@ -264,12 +280,29 @@ def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, mon
         assert metric(base, "zeta_refused_requests_total", reason="unauthorized") == 2
         assert metric(base, "zeta_refused_requests_total", reason="model_not_found") == 2
         assert metric(base, "zeta_refused_requests_total", reason="rate_limited") == 1
-        assert metric(base, "zeta_refused_requests_total", reason="malformed") == 1
+        assert metric(base, "zeta_refused_requests_total", reason="malformed") == 2
         assert metric(base, "zeta_key_calls_total", key_id="team-a", outcome="ok") == 2
         bare_id = "key-" + __import__("hashlib").sha256(SECRET_B.encode()).hexdigest()[:8]
         assert metric(base, "zeta_key_calls_total", key_id=bare_id, outcome="ok") == 1
         scraped = httpx.get(base.removesuffix("/v1") + "/metrics").text
     assert SECRET_A not in scraped and SECRET_B not in scraped
+    logged_keys = [r.getMessage() for r in caplog.records if r.name == "zeta_adaptive.gateway"]
+    assert {a.id for a in answers} <= {line.split()[1] for line in logged_keys if " key team-a " in line}
+    assert not any(SECRET_A in line or SECRET_B in line for line in caplog.messages)  # the key's id, never the key
+
+
+def test_ready_fails_while_every_model_cools_down(fleet, sqlite_url, tmp_path):
+    cfg = config(fleet, sqlite_url, tmp_path, routes={"simple": ["broken"]})
+    cfg["models"] = {"broken": cfg["models"]["broken"]}  # the fleet's other models would keep it ready
+    app = create_app(cfg)
+    with serving(app) as base:
+        root = base.removesuffix("/v1")
+        assert httpx.get(root + "/ready").status_code == 200
+        with pytest.raises(openai.InternalServerError):  # its retries open the breaker
+            client(base).chat.completions.create(model="simple", messages=HELLO)
+        ready = httpx.get(root + "/ready")
+        assert metric(base, "zeta_breaker_state", model="broken") == 2
+    assert ready.status_code == 503 and ready.json()["problems"] == ["every model is cooling down"]
 
 
 def test_spend_per_day_refuses_once_reached(fleet, sqlite_url, tmp_path, monkeypatch):
@@ -464,10 +497,10 @@ def test_sigterm_drains_calls_in_flight(tmp_path, sqlite_url):
     assert len(rows(sqlite_url, "SELECT * FROM attempts")) == 4
 
 
-def test_two_workers_learn_together(tmp_path, sqlite_url):
+def test_two_workers_learn_together(tmp_path, store_url):
     with Fleet([ModelSpec("m1", latency_s=0.0), ModelSpec("m2", latency_s=0.0)], seed=2) as fleet:
         cfg = fleet.fleet_config(
-            {"simple": ["m1", "m2"]}, store=sqlite_url, refresh_s=0.2, seed=5, journal_dir=str(tmp_path / "journal")
+            {"simple": ["m1", "m2"]}, store=store_url, refresh_s=0.2, seed=5, journal_dir=str(tmp_path / "journal")
         )
         calls = 30
         with serve_command(cfg, tmp_path, workers=2) as (_proc, base):
@@ -494,7 +527,7 @@ def test_two_workers_learn_together(tmp_path, sqlite_url):
                 float(line.rpartition(" ")[2]) for line in scraped.splitlines() if line.startswith("zeta_calls_total{")
             )
             assert counted == calls  # whichever worker answers, the counters are the sum over both
-        logged = rows(sqlite_url, "SELECT count(*) AS n, count(DISTINCT router_id) AS routers FROM attempts")
+        logged = rows(store_url, "SELECT count(*) AS n, count(DISTINCT router_id) AS routers FROM attempts")
     assert logged == [{"n": calls, "routers": 2}]  # both workers routed, and each learned every attempt
 
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ._limits import AdaptiveLimit, LoadConfig
     from ._policies import Objective, Policy, Ranking
     from ._registry import POLICIES, make_policy
-    from ._results import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult
+    from ._results import AsyncChatStream, Attempt, CallInfo, ChatResult, ChatStream, EmbedResult
     from ._router import Router, classify
     from ._store import TABLES, Store, head_revision
 
@@ -53,7 +53,7 @@ _LAZY = {
     **dict.fromkeys(["Config", "ModelConfig", "RouteConfig", "load_config"], "_config"),
     **dict.fromkeys(["Objective", "Ranking", "Policy"], "_policies"),
     **dict.fromkeys(["POLICIES", "make_policy"], "_registry"),
-    **dict.fromkeys(["AsyncChatStream", "Attempt", "ChatResult", "ChatStream", "EmbedResult"], "_results"),
+    **dict.fromkeys(["AsyncChatStream", "Attempt", "CallInfo", "ChatResult", "ChatStream", "EmbedResult"], "_results"),
     **dict.fromkeys(["Router", "classify"], "_router"),
     **dict.fromkeys(["Store", "TABLES", "head_revision"], "_store"),
     "BudgetPacer": "_budget",
@@ -131,6 +131,7 @@ __all__ = [
     "EmbedResult",
     "ChatStream",
     "AsyncChatStream",
+    "CallInfo",
     "classify",
     "Objective",
     "Ranking",

@@ -16,12 +16,15 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ._engine import Call
+
 __all__ = [
     "Attempt",
     "ChatResult",
     "EmbedResult",
     "ChatStream",
     "AsyncChatStream",
+    "CallInfo",
     "PREFERENCE_COLUMNS",
     "preference_frame",
     "preference_records",
@@ -135,6 +138,53 @@ class AsyncChatStream(_Stream):
         aclose = getattr(self._items, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+class CallInfo:
+    """A call seen while it runs, read-only: what ``Router.achat(on_call=...)`` and ``Router.aembed(on_call=...)`` hand over.
+
+    It names the call before its result exists (a stream's first delta, or a call cancelled or
+    failed before it returns), so a server can put the call id on every chunk and account for calls
+    whose caller left.
+    """
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+
+    def __repr__(self) -> str:
+        return f"CallInfo(call_id={self.call_id!r}, task_type={self.task_type!r}, model={self.model!r})"
+
+    @property
+    def call_id(self) -> str:
+        return self._call.call_id
+
+    @property
+    def task_type(self) -> str:
+        return self._call.task_type
+
+    @property
+    def ts(self) -> float:
+        """Unix time the call began."""
+        return self._call.ts
+
+    @property
+    def model(self) -> str | None:
+        """The model of the attempt under way (a stream's: the one streaming), else the model that
+        answered, else None."""
+        for model, _started in self._call.open.values():
+            return model.name
+        return self._call.answer_model
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        """The attempts finished so far, in completion order."""
+        return list(self._call.attempts)
+
+    def remaining_s(self) -> float:
+        """Seconds left before the call's deadline (zero or less once it has passed)."""
+        return self._call.remaining()
 
 
 #: the columns of ``Router.preferences()`` every route has, in order; a route with a cost budget

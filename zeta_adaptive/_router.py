@@ -41,7 +41,7 @@ from ._inputs import (
 )
 from ._learning import Learner
 from ._records import CallRecord
-from ._results import AsyncChatStream, Attempt, ChatResult, ChatStream, EmbedResult, preference_frame
+from ._results import AsyncChatStream, Attempt, CallInfo, ChatResult, ChatStream, EmbedResult, preference_frame
 from ._scrub import Scrubber
 from ._store import Store
 from ._validators import Validator
@@ -56,7 +56,10 @@ if TYPE_CHECKING:
     from ._health import Health
     from ._policies import Policy
 
-__all__ = ["Router", "Attempt", "ChatResult", "EmbedResult", "ChatStream", "AsyncChatStream", "classify"]
+__all__ = ["Router", "Attempt", "ChatResult", "EmbedResult", "ChatStream", "AsyncChatStream", "CallInfo", "classify"]
+
+#: what ``on_call`` of the async calls is given as soon as a call is routed
+OnCall = Callable[[CallInfo], None]
 
 Classifier = Callable[[Messages], str]
 
@@ -364,6 +367,7 @@ class Router:
         stream: Literal[False] = False,
         deadline_s: float | None = None,
         features: Mapping[str, float] | None = None,
+        on_call: OnCall | None = None,
         **params: Any,
     ) -> ChatResult: ...
     @overload
@@ -375,6 +379,7 @@ class Router:
         stream: Literal[True],
         deadline_s: float | None = None,
         features: Mapping[str, float] | None = None,
+        on_call: OnCall | None = None,
         **params: Any,
     ) -> AsyncChatStream: ...
 
@@ -386,10 +391,17 @@ class Router:
         stream: bool = False,
         deadline_s: float | None = None,
         features: Mapping[str, float] | None = None,
+        on_call: OnCall | None = None,
         **params: Any,
     ) -> ChatResult | AsyncChatStream:
-        """Async twin of :meth:`chat`; on routes with ``hedge_quantile`` it also hedges slow primaries."""
+        """Async twin of :meth:`chat`; on routes with ``hedge_quantile`` it also hedges slow primaries.
+
+        ``on_call`` is given the call's :class:`CallInfo` once it is routed, before any attempt: its
+        id, model and attempts while it runs, also when it fails or is cancelled before returning.
+        """
         call = self._begin_chat(task_type, messages, stream, deadline_s, params, features)
+        if on_call is not None:
+            on_call(CallInfo(call))
         done = _chat_result(call)
         if stream:
 
@@ -414,10 +426,17 @@ class Router:
         return last(run(call, lambda m, s: (self.backend.embed(m, texts, s.timeout_s),), _embed_result(call)))
 
     async def aembed(
-        self, texts: Sequence[str], *, task_type: str = "embedding", deadline_s: float | None = None
+        self,
+        texts: Sequence[str],
+        *,
+        task_type: str = "embedding",
+        deadline_s: float | None = None,
+        on_call: OnCall | None = None,
     ) -> EmbedResult:
-        """Async twin of :meth:`embed`."""
+        """Async twin of :meth:`embed`; ``on_call`` as in :meth:`achat`."""
         texts, call = self._begin_embed(texts, task_type, deadline_s)
+        if on_call is not None:
+            on_call(CallInfo(call))
 
         async def reply(m: ModelConfig, s: Started) -> AsyncIterator[StreamItem]:
             yield await self.backend.aembed(m, texts, s.timeout_s)

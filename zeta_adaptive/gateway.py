@@ -19,9 +19,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,9 +52,10 @@ from ._exceptions import (
 )
 from ._feedback import check_call_id, validate_accuracy
 from ._health import HALF_OPEN, OPEN
-from ._results import preference_records
-from ._router import AsyncChatStream, Router
+from ._results import CallInfo, preference_records
+from ._router import AsyncChatStream, OnCall, Router
 from ._store import Store
+from .aiohttp_transport import aiohttp_transports
 
 __all__ = ["create_app", "serve", "load_keys", "ClientKey", "CONFIG_ENV"]
 
@@ -75,6 +75,8 @@ AUTO = "auto"
 KEEP_ALIVE_S = 75
 #: body keys the gateway reads itself; every other key of a chat request goes to the backend as it is
 _OWN_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
+#: the router's own keywords: a request body may not set them (400)
+_ROUTER_KEYS = frozenset({"task_type", "deadline_s", "features", "on_call"})
 _BREAKER_VALUE = {OPEN: 2.0, HALF_OPEN: 1.0}  # closed is 0
 #: FeedbackError.reason -> HTTP status and OpenAI-style error code
 _FEEDBACK_REFUSALS = {
@@ -210,27 +212,6 @@ def _malformed(message: str, code: str = "invalid_request") -> _Refused:
 
 # -- the router's calls ---------------------------------------------------------------------------
 
-_CALL: ContextVar[list[Any] | None] = ContextVar("zeta_gateway_call", default=None)
-
-
-def _watch_calls(router: Router) -> None:
-    """Hand each call's state to the request that started it (through a context variable).
-
-    The router names a call (id, attempts, the model streaming) only in its result or exception;
-    a stream's chunks need the id and model from the first token on, and a cancelled call returns
-    neither. Wrapping the router's ``_begin`` is the least intrusive way to reach the call.
-    """
-    begin = router._begin
-
-    def _begin(*args: Any, **kwargs: Any) -> Any:
-        call = begin(*args, **kwargs)
-        slot = _CALL.get()
-        if slot is not None:
-            slot.append(call)
-        return call
-
-    router._begin = _begin  # type: ignore[method-assign]
-
 
 async def _disconnected(request: Request) -> None:
     """Return once the client has gone (the body has been read, so only a disconnect can come)."""
@@ -267,23 +248,10 @@ async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
         watch.cancel()
 
 
-def _current_call() -> Any:
-    """The state of the call this request started (its slot is set by :meth:`_Gateway.begin`)."""
-    slot = _CALL.get()
-    assert slot, "this request started no call"
-    return slot[0]
-
-
-def _streaming_model(call: Any) -> str:
-    """The model whose attempt is streaming now (a stream has one attempt open at a time)."""
-    for model, _started in call.open.values():
-        return str(model.name)
-    return str(call.answer_model)
-
-
-def _usage(call: Any) -> dict[str, int]:
+def _usage(call: CallInfo) -> dict[str, int]:
     """Token usage of the answering attempt, as OpenAI reports it."""
-    answered = [a for a in call.attempts if a.outcome == "ok" and a.model == call.answer_model]
+    model = call.model
+    answered = [a for a in call.attempts if a.outcome == "ok" and a.model == model]
     tin, tout = (answered[-1].tokens_in, answered[-1].tokens_out) if answered else (0, 0)
     return {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}
 
@@ -387,7 +355,6 @@ class _Gateway:
     def __init__(self, router: Router, owned: bool) -> None:
         self.router = router
         self.owned = owned
-        _watch_calls(router)
         config = router.config
         self.kinds = {task: config.models[route.models[0]].kind for task, route in config.routes.items()}
         self.keys = load_keys(config.server)
@@ -460,42 +427,50 @@ class _Gateway:
         return _error(exc.status, exc.message, exc.kind, exc.code, exc.headers)
 
     # -- after routing: every call is counted ------------------------------------------------------
-    def finish(self, call: Any, key: ClientKey | None, outcome: str, started: float) -> None:
+    def finish(self, call: CallInfo, key: ClientKey | None, outcome: str, started: float) -> None:
         """Count a finished call (with its attempts, latency and the key's spend)."""
         m = self.metrics
-        m.calls.labels(call.task_type, call.answer_model or "none", outcome).inc()
-        for attempt in call.attempts:
+        attempts = call.attempts
+        m.calls.labels(call.task_type, call.model or "none", outcome).inc()
+        for attempt in attempts:
             m.attempts.labels(attempt.model, attempt.outcome).inc()
         m.latency.labels(call.task_type).observe(time.perf_counter() - started)
         if key is not None:
-            cost = sum(a.cost for a in call.attempts)
+            cost = sum(a.cost for a in attempts)
             m.key_calls.labels(key.key_id, outcome).inc()
             m.key_spend.labels(key.key_id).inc(cost)
             self.allowances[key.key_id].spend(cost)
             log.info("call %s key %s %s %s", call.call_id, key.key_id, call.task_type, outcome)
 
-    def failed(self, call: Any, key: ClientKey | None, exc: ZetaError, started: float) -> Response:
+    def failed(self, call: CallInfo, key: ClientKey | None, exc: ZetaError, started: float) -> Response:
         """The response (and count) of a call no model answered."""
         headers = {CALL_HEADER: call.call_id, TASK_HEADER: call.task_type}
         if isinstance(exc, RequestRejected):
             self.finish(call, key, "rejected", started)
             return _error(400, str(exc), "invalid_request_error", "request_rejected", headers)
-        if call.remaining() <= 0:
+        if call.remaining_s() <= 0:
             self.finish(call, key, "deadline_exceeded", started)
             return _error(504, str(exc), "api_error", "deadline_exceeded", headers)
         self.finish(call, key, "failed", started)
         return _error(502, str(exc), "api_error", "all_models_failed", headers)
 
-    async def begin(self, request: Request, start: Awaitable[T]) -> tuple[T, Any]:
-        """Start a router call; returns what ``start`` gives and the call's state."""
-        slot: list[Any] = []
-        _CALL.set(slot)
+    async def begin(
+        self, request: Request, key: ClientKey | None, started: float, start: Callable[[OnCall], Awaitable[T]]
+    ) -> tuple[T, CallInfo] | Response:
+        """Make a router call (``start`` hands ``on_call`` to the router): what it gives and the call,
+        or the response of a call no model answered or whose client left."""
+        seen: list[CallInfo] = []
         try:
-            return await _unless_gone(request, start), slot[0]
+            return await _unless_gone(request, start(seen.append)), seen[0]
         except InvalidRequest as exc:  # raised before the call began: a refusal
-            if slot:
+            if seen:
                 raise
             raise _malformed(str(exc)) from None
+        except (AllModelsFailed, RequestRejected) as exc:
+            return self.failed(seen[0], key, exc, started)
+        except _ClientGone:  # the router logged it, its open attempt cancelled
+            self.finish(seen[0], key, "cancelled", started)
+            return Response(status_code=499)
 
     # -- endpoints ---------------------------------------------------------------------------------
     async def chat(self, request: Request) -> Response:
@@ -511,6 +486,9 @@ class _Gateway:
             raise _malformed("`messages` must be a non-empty list of message objects with a `role`", "invalid_messages")
         task = self.route(key, body.get("model"), "chat", messages)
         deadline = self.deadline(request)
+        router_keys = sorted(_ROUTER_KEYS.intersection(body))
+        if router_keys:
+            raise _malformed(f"{router_keys} are router options, not OpenAI parameters", "invalid_parameter")
         self.admit(key)
         params = {k: v for k, v in body.items() if k not in _OWN_KEYS}
         if body.get("stream") is True:
@@ -518,12 +496,15 @@ class _Gateway:
             usage = isinstance(options, dict) and options.get("include_usage") is True
             params["stream_options"] = {"include_usage": True}  # the backend's usage prices the call
             return await self.stream(request, key, task, messages, deadline, params, usage, started)
-        try:
-            result, call = await self.begin(request, self.router.achat(task, messages, deadline_s=deadline, **params))
-        except (AllModelsFailed, RequestRejected) as exc:
-            return self.failed(_current_call(), key, exc, started)
-        except _ClientGone:
-            return self.gone(key, started)
+        done = await self.begin(
+            request,
+            key,
+            started,
+            lambda on_call: self.router.achat(task, messages, deadline_s=deadline, on_call=on_call, **params),
+        )
+        if isinstance(done, Response):
+            return done
+        result, call = done
         self.finish(call, key, "ok", started)
         answer = {
             "id": result.call_id,
@@ -539,11 +520,6 @@ class _Gateway:
             answer, headers={CALL_HEADER: result.call_id, MODEL_HEADER: result.model, TASK_HEADER: task}
         )
 
-    def gone(self, key: ClientKey | None, started: float) -> Response:
-        """Count a call whose client left (the router logged it, its open attempt cancelled)."""
-        self.finish(_current_call(), key, "cancelled", started)
-        return Response(status_code=499)
-
     async def stream(
         self,
         request: Request,
@@ -557,8 +533,10 @@ class _Gateway:
     ) -> Response:
         """Stream a call as OpenAI SSE chunks; a failure before the first token is an HTTP error."""
 
-        async def open_stream() -> tuple[AsyncChatStream, AsyncIterator[str], str]:
-            stream = await self.router.achat(task, messages, stream=True, deadline_s=deadline, **params)
+        async def open_stream(on_call: OnCall) -> tuple[AsyncChatStream, AsyncIterator[str], str]:
+            stream = await self.router.achat(
+                task, messages, stream=True, deadline_s=deadline, on_call=on_call, **params
+            )
             deltas = aiter(stream)
             try:
                 first = await anext(deltas, "")
@@ -567,20 +545,18 @@ class _Gateway:
                 raise
             return stream, deltas, first
 
-        try:
-            (stream, deltas, first), call = await self.begin(request, open_stream())
-        except (AllModelsFailed, RequestRejected) as exc:
-            return self.failed(_current_call(), key, exc, started)
-        except _ClientGone:
-            return self.gone(key, started)
-        model = _streaming_model(call)
+        done = await self.begin(request, key, started, open_stream)
+        if isinstance(done, Response):
+            return done
+        (stream, deltas, first), call = done
+        model = call.model or ""  # the model streaming: its attempt is open
         headers = {CALL_HEADER: call.call_id, MODEL_HEADER: model, TASK_HEADER: task, "cache-control": "no-cache"}
         chunks = self.chunks(call, key, stream, deltas, first, model, usage, started)
         return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
 
     async def chunks(
         self,
-        call: Any,
+        call: CallInfo,
         key: ClientKey | None,
         stream: AsyncChatStream,
         deltas: AsyncIterator[str],
@@ -633,12 +609,15 @@ class _Gateway:
         task = self.route(key, body.get("model"), "embedding")
         deadline = self.deadline(request)
         self.admit(key)
-        try:
-            result, call = await self.begin(request, self.router.aembed(texts, task_type=task, deadline_s=deadline))
-        except (AllModelsFailed, RequestRejected) as exc:
-            return self.failed(_current_call(), key, exc, started)
-        except _ClientGone:
-            return self.gone(key, started)
+        done = await self.begin(
+            request,
+            key,
+            started,
+            lambda on_call: self.router.aembed(texts, task_type=task, deadline_s=deadline, on_call=on_call),
+        )
+        if isinstance(done, Response):
+            return done
+        result, call = done
         self.finish(call, key, "ok", started)
         vectors = result.vectors
         if encoding == "base64":
@@ -726,12 +705,17 @@ class _Gateway:
 
 def create_app(source: Router | Config | Mapping[str, Any] | str | Path) -> Starlette:
     """The gateway as an ASGI app, on a router (left open at shutdown, only flushed) or on a config
-    (the app opens its router now and closes it, flushing the log, at shutdown).
+    (the app opens its router now, its async calls on aiohttp (:mod:`.aiohttp_transport`), and closes it, flushing the log,
+    at shutdown).
 
     Raises :class:`ConfigError` when ``[server] api_keys_env`` names a variable with no key.
     """
     owned = not isinstance(source, Router)
-    router = source if isinstance(source, Router) else Router(load_config(source))
+    if isinstance(source, Router):
+        router = source
+    else:
+        config = load_config(source)
+        router = Router(config, transport=aiohttp_transports(config))
     try:
         gw = _Gateway(router, owned)
     except BaseException:
