@@ -147,7 +147,8 @@ def fleet(config: str, seed: int) -> None:
 
     cfg = Config.from_toml(config)
     sim = config_fleet(cfg, seed)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
+    # SIGTERM stops it like Ctrl-C; SIGINT too even when started in the background, which ignores it
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with sim:
             click.echo(
@@ -163,7 +164,8 @@ def fleet(config: str, seed: int) -> None:
                 pass
             served = sum(sim.requests(name) for name in sim.names)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     click.echo(f"fleet stopped after {served} requests")
 
 
