@@ -27,7 +27,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpcore
 import httpx
@@ -323,16 +323,29 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _deadline_transport(limits: httpx.Limits, https: bool) -> httpx.HTTPTransport:
-    """httpx's transport over a connection pool that uses :class:`_DeadlineNetwork`.
+def pool_verify(model: ModelConfig) -> ssl.SSLContext | Literal[False]:
+    """What a model's connection pool verifies TLS with: the one shared context, or nothing over plain HTTP."""
+    return _ssl_context() if model.base_url.lower().startswith("https:") else False
+
+
+def pool_limits(model: ModelConfig) -> httpx.Limits:
+    """A model's connection pool: ``max_in_flight`` connections, all kept alive for 30 s."""
+    return httpx.Limits(
+        max_connections=model.max_in_flight, max_keepalive_connections=model.max_in_flight, keepalive_expiry=30.0
+    )
+
+
+def _deadline_transport(model: ModelConfig) -> httpx.HTTPTransport:
+    """httpx's transport for a model over a connection pool that uses :class:`_DeadlineNetwork`.
 
     httpx has no option for httpcore's ``network_backend``, so the pool is replaced after
     construction; everything else (request mapping, exception mapping) stays httpx's own.
     """
-    transport = httpx.HTTPTransport(verify=_ssl_context() if https else False, limits=limits)
+    verify, limits = pool_verify(model), pool_limits(model)
+    transport = httpx.HTTPTransport(verify=verify, limits=limits)
     transport._pool.close()
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=_ssl_context() if https else None,
+        ssl_context=verify or None,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
@@ -733,26 +746,15 @@ class HttpxBackend:
         """The transport of a model's sync client: the one given, else the deadline-cutting pool."""
         given = self._transports.get(model.name)
         if given is None:
-            return _deadline_transport(self._limits(model), self._https(model))
+            return _deadline_transport(model)
         return given if isinstance(given, httpx.BaseTransport) else httpx.BaseTransport()
 
     def _async(self, model: ModelConfig) -> httpx.AsyncBaseTransport:
         """A model's async transport in one event loop: the one given, else a new httpx pool."""
         given = self._transports.get(model.name)
         if given is None:
-            verify = _ssl_context() if self._https(model) else False
-            return httpx.AsyncHTTPTransport(verify=verify, limits=self._limits(model))
+            return httpx.AsyncHTTPTransport(verify=pool_verify(model), limits=pool_limits(model))
         return given if isinstance(given, httpx.AsyncBaseTransport) else httpx.AsyncBaseTransport()
-
-    @staticmethod
-    def _https(model: ModelConfig) -> bool:
-        return model.base_url.lower().startswith("https:")
-
-    @staticmethod
-    def _limits(model: ModelConfig) -> httpx.Limits:
-        return httpx.Limits(
-            max_connections=model.max_in_flight, max_keepalive_connections=model.max_in_flight, keepalive_expiry=30.0
-        )
 
     @staticmethod
     def _default_headers(model: ModelConfig) -> httpx.Headers:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import httpx
 
+from ._backends import pool_limits, pool_verify
 from ._config import Config
 from ._optional import requires
 
@@ -81,14 +82,4 @@ class Transport(AiohttpTransport):
 
 def aiohttp_transports(config: Config) -> dict[str, httpx.AsyncBaseTransport]:
     """One :class:`Transport` per model of ``config``, its pool sized like the router's own."""
-    https = any(m.base_url.lower().startswith("https:") for m in config.models.values())
-    verify = httpx.create_ssl_context() if https else False  # one CA bundle load for every model
-    return {
-        name: Transport(
-            verify=verify,
-            limits=httpx.Limits(
-                max_connections=m.max_in_flight, max_keepalive_connections=m.max_in_flight, keepalive_expiry=30.0
-            ),
-        )
-        for name, m in config.models.items()
-    }
+    return {name: Transport(verify=pool_verify(m), limits=pool_limits(m)) for name, m in config.models.items()}
