@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Column,
+    Connection,
     Engine,
     Float,
     Index,
@@ -183,12 +184,17 @@ def head_revision() -> str:
     return SCHEMA_HEAD
 
 
-def current_revision(engine: Engine) -> str | None:
+def _revision(conn: Connection) -> str | None:
     """The revision the log's schema is at (None for a log Alembic never stamped)."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """:func:`_revision` on a connection of its own."""
     with engine.connect() as conn:
-        if not inspect(conn).has_table("alembic_version"):
-            return None
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        return _revision(conn)
 
 
 def upgrade(engine: Engine) -> None:
@@ -197,12 +203,11 @@ def upgrade(engine: Engine) -> None:
     On PostgreSQL an advisory lock makes concurrent router processes migrate once, in turn.
     """
     from alembic import command
-    from alembic.runtime.migration import MigrationContext
 
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
-        current = MigrationContext.configure(conn).get_current_revision()
+        current = _revision(conn)
         if current is None and not inspect(conn).has_table("calls"):  # a new log: the tables as of the newest migration
             metadata.create_all(conn)
             command.stamp(_alembic_config(conn), "head")
@@ -597,8 +602,7 @@ class Store:
             try:  # a router does not wait long for an absent database; a command does
                 wait = timeout_s if background else max(timeout_s, 60.0)
                 if self.call(current_revision, self.engine, timeout=wait) != SCHEMA_HEAD:
-                    import alembic.command  # Python work, before the clock of the bounded migration starts
-                    import alembic.runtime.migration  # noqa: F401
+                    import alembic.command  # noqa: F401  (Python work, before the clock of the bounded migration starts)
 
                     self.call(upgrade, self.engine, timeout=wait)
                 self._migrated = True
