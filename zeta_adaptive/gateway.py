@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -75,8 +76,8 @@ AUTO = "auto"
 KEEP_ALIVE_S = 75
 #: body keys the gateway reads itself; every other key of a chat request goes to the backend as it is
 _OWN_KEYS = frozenset({"model", "messages", "stream", "stream_options"})
-#: the router's own keywords: a request body may not set them (400)
-_ROUTER_KEYS = frozenset({"task_type", "deadline_s", "features", "on_call"})
+#: the router's own keywords (read from ``Router.achat``, so they cannot drift): a request body may not set them (400)
+_ROUTER_KEYS = frozenset(inspect.signature(Router.achat).parameters) - {"self", "params"} - _OWN_KEYS
 _BREAKER_VALUE = {OPEN: 2.0, HALF_OPEN: 1.0}  # closed is 0
 #: FeedbackError.reason -> HTTP status and OpenAI-style error code
 _FEEDBACK_REFUSALS = {
