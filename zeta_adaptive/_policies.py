@@ -285,14 +285,16 @@ class Policy:
     # -- deciding -------------------------------------------------------------------------------
     def rank(self, eligible: Sequence[str] | None = None) -> Ranking:
         """Order the eligible models (default: all), best first, with P(primary chosen)."""
-        order, propensity = self._order(self._eligible(eligible))
-        models = self.models
-        return Ranking(tuple([models[i] for i in order]), propensity)
+        return self._ranking(self._eligible(eligible), None)
 
     def rank_under_load(self, eligible: Sequence[str] | None, latency: Mapping[str, float]) -> Ranking:
         """:meth:`rank` with the objective taking each model named in ``latency`` at that latency
         (seconds: its expected latency at its current load) instead of the average it learned."""
-        order, propensity = self._order(self._eligible(eligible), self._latency_now(latency))
+        return self._ranking(self._eligible(eligible), self._latency_now(latency))
+
+    def _ranking(self, idx: np.ndarray, latency: np.ndarray | None) -> Ranking:
+        """The Ranking of :meth:`_order` over the eligible indices ``idx``, as model names."""
+        order, propensity = self._order(idx, latency)
         models = self.models
         return Ranking(tuple([models[i] for i in order]), propensity)
 
