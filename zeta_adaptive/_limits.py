@@ -24,6 +24,16 @@ wait: their wait shows in the window's slower quarter long before it moves the m
   became slower for good is recognised once ``baseline_s`` has passed. Requests still out count as
   such replies once they are that late (:meth:`AdaptiveLimit.overdue`), which shows it sooner still.
 
+Answers of varying length make an LLM's latency spread at no load (lognormal sigma 0.3-1), and a
+rule that took the slow half of such replies for queueing cut every limit to 1. So the controller
+also learns the no-load **spread** (a robust standard deviation of log latency, 1.4826 MAD, smoothed
+over windows) and measures in its units: a window holds enough replies for its median to be within
+a third of ``tolerance``; each window median counts one standard error up before the lowest is
+taken (the lowest of many noisy medians is biased low); and the spread beyond ``SPREAD_COVERED``
+(what the default factors already absorb) moves the upper quartile and the slow-reply thresholds
+to the same quantiles of the no-load distribution (the 90th percentile for replies in a row, the
+99th for requests out, whose oldest are the long ones).
+
 Replies to requests sent before the limit last shrank are ignored: they measure a larger limit.
 Those sent before it grew still count: queueing under a smaller limit tells all the more, and a
 capacity that drops just as the limit grows must not go unseen until the next window.
@@ -48,6 +58,8 @@ __all__ = ["LoadConfig", "AdaptiveLimit"]
 
 #: the most a single window may shrink the limit by (a gradient below this is cut to it)
 MIN_GRADIENT = 0.5
+#: a spread of log latency (a robust standard deviation) the default factors absorb: the thresholds widen beyond it
+SPREAD_COVERED = 0.1
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,26 @@ class AdaptiveLimit:
         # older one kept (a sliding-window minimum, so a decision costs O(1) however many windows fit)
         self._medians: deque[tuple[float, float]] = deque()
         self.no_load_s: float | None = None
+        self.spread = 0.0  # the no-load latency's spread: a robust standard deviation of log latency
+
+    def _slow_s(self, z: float = 1.2816) -> float:
+        """Replies slower than this are queueing (``no_load_s`` is known): ``fast_factor`` times a
+        high quantile of the no-load latency (the 90th percentile for replies in a row, ``z`` its
+        normal score), so a model whose answers vary in length is not taken for a queueing one."""
+        assert self.no_load_s is not None
+        return self.config.fast_factor * self.no_load_s * math.exp(z * self._excess())
+
+    def _excess(self) -> float:
+        """The no-load spread beyond what ``tolerance`` and ``fast_factor`` already absorb."""
+        return max(0.0, self.spread - SPREAD_COVERED)
+
+    def _window_size(self) -> int:
+        """Replies per decision: ``window``, at least the limit, and enough that the window's median
+        of a spread latency is within a third of ``tolerance`` (its standard error is 1.25
+        spread / sqrt(n) in log latency)."""
+        c = self.config
+        needed = math.ceil((3.0 * self.spread / math.log(c.tolerance)) ** 2)
+        return max(c.window, self.limit, needed)
 
     @property
     def limit(self) -> int:
@@ -116,14 +148,14 @@ class AdaptiveLimit:
             return
         self._window.append(latency_s)
         c = self.config
-        if self.no_load_s is not None and latency_s > c.fast_factor * self.no_load_s:
+        if self.no_load_s is not None and latency_s > self._slow_s():
             self._slow.append(latency_s)
             if len(self._slow) >= c.fast_after:
                 self._decide()
                 return
         else:
             self._slow.clear()
-        if len(self._window) >= max(c.window, self.limit):
+        if len(self._window) >= self._window_size():
             self._decide()
 
     def overdue(self, sent: Iterable[float]) -> None:
@@ -134,7 +166,7 @@ class AdaptiveLimit:
             return
         c = self.config
         now = self.clock()
-        late = now - c.fast_factor * self.no_load_s
+        late = now - self._slow_s(2.3263)  # the 99th percentile: the oldest of many requests out are the long ones
         ages: list[float] = []
         for at in sent:
             if at > late:
@@ -167,7 +199,12 @@ class AdaptiveLimit:
         if dropped:
             self._set(self.value * MIN_GRADIENT)
             return
-        median = statistics.median(window)
+        logs = sorted(math.log(max(x, 1e-9)) for x in window)
+        center = statistics.median(logs)
+        spread = 1.4826 * statistics.median(abs(x - center) for x in logs)  # a robust standard deviation
+        self.spread = spread if self.no_load_s is None else 0.75 * self.spread + 0.25 * spread
+        # the lowest window median is biased low by the windows' noise: each counts one standard error up
+        median = math.exp(center + 1.2533 * self.spread / math.sqrt(len(logs)))
         medians = self._medians
         while medians and medians[0][0] < now - c.baseline_s:
             medians.popleft()
@@ -178,12 +215,13 @@ class AdaptiveLimit:
         if len(slow) >= c.fast_after:  # queueing shown by replies in a row: no need to wait for the whole window
             self._cut(slow)
             return
-        upper = sorted(window)[(3 * len(window)) // 4]  # the upper quartile: a queue of one shows in a quarter
-        if upper <= c.tolerance * self.no_load_s:
-            if busiest >= self.limit and not slow:  # only a limit reached, and no queue forming at the end, holds
-                self._set(self.value * 2.0 if self._slow_start else self.value + 1.0)
-        else:
+        # the upper quartile (a queue of one shows in a quarter) against the no-load latency's own
+        upper = math.exp(logs[(3 * len(logs)) // 4] - 0.6745 * self._excess())
+        if upper > c.tolerance * self.no_load_s:
             self._set(self.value * max(MIN_GRADIENT, c.tolerance * self.no_load_s / upper))
+            return
+        if busiest >= self.limit and not slow:  # only a limit reached, and no queue forming at the end, holds
+            self._set(self.value * 2.0 if self._slow_start else self.value + 1.0)
 
     def _cut(self, slow: list[float]) -> None:
         """Shrink by the slowdown of requests that queued (at most halving): the share of the limit
