@@ -24,9 +24,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# the unit tests: no subprocess runs of experiments, demo or notebooks, no loopback fleet, no PostgreSQL
+# the unit tests: no subprocess runs of experiments, demo or notebooks, no loopback fleet, no PostgreSQL;
+# in two processes (pytest-xdist), since many of them wait on timers (deadlines, the writer's linger)
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not integration and not postgres"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 -m "not slow and not integration and not postgres"
 
 # lint, format and type check (settings in pyproject.toml): all three run, and any failure fails the target
 check: $(VENV)/.installed-test

@@ -115,7 +115,9 @@ def test_feedback_error_is_a_value_error(tmp_path):
 
 def test_feedback_on_failed_call_raises(tmp_path):
     specs = ModelSpec("a", script=["error"]), ModelSpec("b", script=["hang"])
-    with fake_router(make_config(tmp_path), *specs) as router:
+    config = make_config(tmp_path)
+    config["models"]["b"]["timeout_s"] = 0.2  # the hang ends the call as soon as it times out
+    with fake_router(config, *specs) as router:
         with pytest.raises(AllModelsFailed) as info:
             router.chat("simple", HELLO)
         with pytest.raises(FeedbackError, match="no answer"):
