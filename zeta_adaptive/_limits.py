@@ -28,11 +28,11 @@ Answers of varying length make an LLM's latency spread at no load (lognormal sig
 rule that took the slow half of such replies for queueing cut every limit to 1. So the controller
 also learns the no-load **spread** (a robust standard deviation of log latency, 1.4826 MAD, smoothed
 over windows) and measures in its units: a window holds enough replies for its median to be within
-a third of ``tolerance``; each window median counts one standard error up before the lowest is
-taken (the lowest of many noisy medians is biased low); and the spread beyond ``SPREAD_COVERED``
-(what the default factors already absorb) moves the upper quartile and the slow-reply thresholds
-to the same quantiles of the no-load distribution (the 90th percentile for replies in a row, the
-99th for requests out, whose oldest are the long ones).
+a third of ``tolerance``; and the spread beyond ``SPREAD_COVERED`` (what the default factors
+already absorb) raises the no-load latency by the bias of a minimum (the lowest of K noisy window
+medians lies about sqrt(2 ln K) standard errors low) and moves the upper quartile and the
+slow-reply thresholds to the same quantiles of the no-load distribution (the 95th percentile for
+replies in a row, the 99th for requests out, whose oldest are the long ones).
 
 Replies to requests sent before the limit last shrank are ignored: they measure a larger limit.
 Those sent before it grew still count: queueing under a smaller limit tells all the more, and a
@@ -111,12 +111,13 @@ class AdaptiveLimit:
         # (time, median) of recent windows that may still be the lowest: each is lower than every
         # older one kept (a sliding-window minimum, so a decision costs O(1) however many windows fit)
         self._medians: deque[tuple[float, float]] = deque()
+        self._decided: deque[float] = deque()  # when each window of the last baseline_s was decided
         self.no_load_s: float | None = None
         self.spread = 0.0  # the no-load latency's spread: a robust standard deviation of log latency
 
-    def _slow_s(self, z: float = 1.2816) -> float:
+    def _slow_s(self, z: float = 1.6449) -> float:
         """Replies slower than this are queueing (``no_load_s`` is known): ``fast_factor`` times a
-        high quantile of the no-load latency (the 90th percentile for replies in a row, ``z`` its
+        high quantile of the no-load latency (the 95th percentile for replies in a row, ``z`` its
         normal score), so a model whose answers vary in length is not taken for a queueing one."""
         assert self.no_load_s is not None
         return self.config.fast_factor * self.no_load_s * math.exp(z * self._excess())
@@ -203,15 +204,19 @@ class AdaptiveLimit:
         center = statistics.median(logs)
         spread = 1.4826 * statistics.median(abs(x - center) for x in logs)  # a robust standard deviation
         self.spread = spread if self.no_load_s is None else 0.75 * self.spread + 0.25 * spread
-        # the lowest window median is biased low by the windows' noise: each counts one standard error up
-        median = math.exp(center + 1.2533 * self.spread / math.sqrt(len(logs)))
-        medians = self._medians
+        median = math.exp(center)
+        medians, decided = self._medians, self._decided
         while medians and medians[0][0] < now - c.baseline_s:
             medians.popleft()
         while medians and medians[-1][1] >= median:  # never the lowest again: this one is lower and newer
             medians.pop()
         medians.append((now, median))
-        self.no_load_s = medians[0][1]
+        while decided and decided[0] < now - c.baseline_s:
+            decided.popleft()
+        decided.append(now)
+        # the lowest of K noisy window medians lies about sqrt(2 ln K) standard errors below their centre
+        bias = math.sqrt(2.0 * math.log(len(decided))) * 1.2533 * self._excess() / math.sqrt(len(logs))
+        self.no_load_s = medians[0][1] * math.exp(bias)
         if len(slow) >= c.fast_after:  # queueing shown by replies in a row: no need to wait for the whole window
             self._cut(slow)
             return
