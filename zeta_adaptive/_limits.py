@@ -113,6 +113,7 @@ class AdaptiveLimit:
         self._medians: deque[tuple[float, float]] = deque()
         self._decided: deque[float] = deque()  # when each window of the last baseline_s was decided
         self.no_load_s: float | None = None
+        self._window_n = config.window  # replies per decision for the spread learned (see _window_for_spread)
         self.spread = 0.0  # the no-load latency's spread: a robust standard deviation of log latency
 
     def _slow_s(self, z: float = 1.6449) -> float:
@@ -126,13 +127,12 @@ class AdaptiveLimit:
         """The no-load spread beyond what ``tolerance`` and ``fast_factor`` already absorb."""
         return max(0.0, self.spread - SPREAD_COVERED)
 
-    def _window_size(self) -> int:
-        """Replies per decision: ``window``, at least the limit, and enough that the window's median
+    def _window_for_spread(self) -> int:
+        """Replies per decision: ``window``, and enough that the window's median
         of a spread latency is within a third of ``tolerance`` (its standard error is 1.25
         spread / sqrt(n) in log latency)."""
         c = self.config
-        needed = math.ceil((3.0 * self.spread / math.log(c.tolerance)) ** 2)
-        return max(c.window, self.limit, needed)
+        return max(c.window, math.ceil((3.0 * self.spread / math.log(c.tolerance)) ** 2))
 
     @property
     def limit(self) -> int:
@@ -156,7 +156,7 @@ class AdaptiveLimit:
                 return
         else:
             self._slow.clear()
-        if len(self._window) >= self._window_size():
+        if len(self._window) >= max(self._window_n, self.limit):  # and at least the limit
             self._decide()
 
     def overdue(self, sent: Iterable[float]) -> None:
@@ -204,6 +204,7 @@ class AdaptiveLimit:
         center = statistics.median(logs)
         spread = 1.4826 * statistics.median(abs(x - center) for x in logs)  # a robust standard deviation
         self.spread = spread if self.no_load_s is None else 0.75 * self.spread + 0.25 * spread
+        self._window_n = self._window_for_spread()
         median = math.exp(center)
         medians, decided = self._medians, self._decided
         while medians and medians[0][0] < now - c.baseline_s:
