@@ -783,6 +783,7 @@ def serve(config_path: str | Path, host: str = "127.0.0.1", port: int = 8080, wo
             access_log=False,
             log_level="info",
             timeout_keep_alive=KEEP_ALIVE_S,
+            ws="none",  # no websocket routes: skips importing a websockets implementation at start-up
         )
     finally:
         if metrics_dir is not None:
