@@ -1087,22 +1087,11 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(TABLES[table])).scalar_one())
 
-    def frame(
-        self,
-        table: str,
-        task_types: Iterable[str] | None = None,
-        *,
-        since: float | None = None,
-        exclude_router: str | None = None,
-        columns: Sequence[str] | None = None,
-    ) -> pd.DataFrame:
-        """A table as a DataFrame in time order: optionally some task types, rows from ``since``
-        (unix time) on, not written by router ``exclude_router``, only some ``columns``."""
+    def frame(self, table: str, task_types: Iterable[str] | None = None, **filters: Any) -> pd.DataFrame:
+        """:meth:`columns` as a DataFrame (for analysis: pandas is imported here, never on a router's path)."""
         import pandas as pd
 
-        return pd.DataFrame(
-            self.columns(table, task_types, since=since, exclude_router=exclude_router, columns=columns)
-        )
+        return pd.DataFrame(self.columns(table, task_types, **filters))
 
     def columns(
         self,
@@ -1113,7 +1102,8 @@ class Store:
         exclude_router: str | None = None,
         columns: Sequence[str] | None = None,
     ) -> Columns:
-        """:meth:`frame`'s rows column by column, without pandas (the warm start's and refresher's read)."""
+        """A table's rows in time order, column by column: optionally some task types, rows from
+        ``since`` (unix time) on, not written by router ``exclude_router``, only some ``columns``."""
         t = TABLES[table]
         query = select(*(t.c[name] for name in columns)) if columns else select(t)
         if task_types is not None:
