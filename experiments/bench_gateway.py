@@ -243,11 +243,12 @@ def _body(route: str) -> dict[str, Any]:
     return {"model": route, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process so far (0 for None): unlike wall time, barely moved by other load."""
+def cpu_seconds(pid: int | None, thread: int | None = None) -> float:
+    """User + system CPU time of a process (or of one of its threads) so far (0 for None): unlike
+    wall time, barely moved by other load."""
     if pid is None:
         return 0.0
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+    with open(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat", encoding="ascii") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -259,10 +260,12 @@ async def latency(
     block: int,
     warmup: int,
     cpu: dict[str, float],
+    loop_cpu: dict[str, float],
     client_cpu: dict[str, float],
 ) -> dict[str, list[np.ndarray]]:
     """Per-call wall times (ns) per block, sequential calls, contenders interleaved block by block;
-    ``cpu`` gets each server's CPU seconds over its timed blocks, ``client_cpu`` this process's."""
+    ``cpu`` gets each server's CPU seconds over its timed blocks, ``loop_cpu`` its main thread's
+    (the event loop's), ``client_cpu`` this process's."""
     import httpx
 
     clients = {
@@ -279,14 +282,16 @@ async def latency(
         for _, name in interleave(list(targets), rounds):
             client, body = clients[name], bodies[name]
             ns = np.empty(block, dtype=np.int64)
-            c0, mine = cpu_seconds(pids[name]), time.process_time()
+            pid = pids[name]
+            c0, l0, mine = cpu_seconds(pid), cpu_seconds(pid, pid), time.process_time()
             for i in range(block):
                 t0 = clock()
                 answer = await client.post("chat/completions", json=body)
                 ns[i] = clock() - t0
                 answer.raise_for_status()
             client_cpu[name] = client_cpu.get(name, 0.0) + time.process_time() - mine
-            cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pids[name]) - c0
+            cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pid) - c0
+            loop_cpu[name] = loop_cpu.get(name, 0.0) + cpu_seconds(pid, pid) - l0
             out[name].append(ns)
         return out
     finally:
@@ -326,8 +331,10 @@ async def throughput(base: str, route: str, concurrency: int, seconds: float) ->
     return done / elapsed, done + concurrency, failed
 
 
-def startup_times(folder: Path, mock_url: str, runs: int, workers: int) -> list[dict[str, float]]:
-    """Seconds from spawning ``zeta-adaptive serve`` to 200 on /health, then on /ready."""
+def startup_times(folder: Path, mock_url: str, runs: int, workers: int) -> list[dict[str, float | None]]:
+    """Seconds from spawning ``zeta-adaptive serve`` to 200 on /health, then on /ready; with one
+    worker (which serves in the spawned process) also the CPU seconds it had used by /health, the
+    figure other load on the machine barely moves."""
     import httpx
 
     out = []
@@ -335,9 +342,11 @@ def startup_times(folder: Path, mock_url: str, runs: int, workers: int) -> list[
         server, _ = start_gateway(folder, mock_url, f"startup{workers}_{i}", workers)
         try:
             health = server.wait_ready(120)
+            cpu = cpu_seconds(server.proc.pid) if workers == 1 else None
             while httpx.get(f"http://127.0.0.1:{server.port}/ready", timeout=5).status_code != 200:
                 time.sleep(0.01)
-            out.append({"workers": workers, "health_s": health, "ready_s": time.perf_counter() - server.started})
+            ready = time.perf_counter() - server.started
+            out.append({"workers": workers, "health_s": health, "ready_s": ready, "health_cpu_s": cpu})
         finally:
             server.stop()
     return out
@@ -450,6 +459,7 @@ def _ms(ns: float) -> float:
 def latency_rows(
     samples: dict[str, list[np.ndarray]],
     cpu: dict[str, float],
+    loop_cpu: dict[str, float],
     client_cpu: dict[str, float],
     pids: dict[str, int | None],
 ) -> list[dict[str, Any]]:
@@ -471,14 +481,40 @@ def latency_rows(
                 "round_added_max_ms": _ms(max(per_round)),
                 "ratio_to_direct": p50 / d50,
                 "server_cpu_ms_per_call": cpu[name] / allv.size * 1e3 if pids[name] is not None else None,
+                "server_loop_cpu_ms_per_call": loop_cpu[name] / allv.size * 1e3 if pids[name] is not None else None,
                 "client_cpu_ms_per_call": client_cpu[name] / allv.size * 1e3,
             }
         )
     return rows
 
 
+def where_cpu_goes(lat: list[dict[str, Any]], layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The gateway server's CPU per call split by layer: each in-process layer's increment over the
+    one below it, then what the served process spends beyond the app (uvicorn, socket I/O, and the
+    caches the client and the model evict between calls) and in its other threads (the log writer)."""
+    ours = next(r for r in lat if r["contender"] == GATEWAY)
+    inner = [r["loop_cpu_ms_per_call"] for r in layers]  # aiohttp, backend request, routed call, gateway app
+    parts = {
+        "aiohttp request to the model (in-process)": inner[0],
+        "the router's backend request on it (httpx request and response over aiohttp, parsing)": inner[1] - inner[0],
+        "the routed call around it (policy, call engine, log hand-over)": inner[2] - inner[1],
+        "the gateway app around that (Starlette routing, admission, JSON, metrics, disconnect watcher)": inner[3]
+        - inner[2],
+        "the served process's event loop beyond the app (uvicorn, socket I/O, cold caches)": ours[
+            "server_loop_cpu_ms_per_call"
+        ]
+        - inner[3],
+        "the served process's other threads (the log writer)": ours["server_cpu_ms_per_call"]
+        - ours["server_loop_cpu_ms_per_call"],
+    }
+    total = ours["server_cpu_ms_per_call"]
+    return [{"part": k, "ms_per_call": v, "share": f"{v / total:.0%}"} for k, v in parts.items()] + [
+        {"part": "the gateway server, measured (1 worker)", "ms_per_call": total, "share": "100%"}
+    ]
+
+
 def headline(
-    lat: list[dict[str, Any]], thr: list[dict[str, Any]], start: list[dict[str, float]], litellm_note: str
+    lat: list[dict[str, Any]], thr: list[dict[str, Any]], start: list[dict[str, Any]], litellm_note: str
 ) -> list[dict[str, str]]:
     by = {r["contender"]: r for r in lat}
     ours = by[GATEWAY]
@@ -520,11 +556,12 @@ def headline(
         mine = [s for s in start if s["workers"] == workers]
         health = float(np.median([s["health_s"] for s in mine]))
         ready = float(np.median([s["ready_s"] for s in mine]))
+        cpu = f", CPU {np.median([s['health_cpu_s'] for s in mine]):.2f} s" if workers == 1 else ""
         peer_start = by.get(LITELLM, {}).get("startup_s")
         rows.append(
             summary_row(
                 f"start-up of `zeta-adaptive serve`, {workers} worker{'s' if workers > 1 else ''}: spawn to 200 on /health (median of {len(mine)})",
-                f"{health:.2f} s (/ready {ready:.2f} s)",
+                f"{health:.2f} s (/ready {ready:.2f} s{cpu})",
                 f"LiteLLM proxy {peer_start:.1f} s" if peer_start else litellm_note,
                 f"{peer_start / health:.1f}x faster" if peer_start else "–",
                 f"< {TARGET_STARTUP_S:g} s" if workers == 1 else "– (reference)",
@@ -596,9 +633,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 name: (servers[name].proc.pid if name in servers else None) for name in targets
             }
             cpu: dict[str, float] = {}
+            loop_cpu: dict[str, float] = {}
             client_cpu: dict[str, float] = {}
-            samples = asyncio.run(latency(targets, pids, rounds, block, warmup, cpu, client_cpu))
-            lat = latency_rows(samples, cpu, client_cpu, pids)
+            samples = asyncio.run(latency(targets, pids, rounds, block, warmup, cpu, loop_cpu, client_cpu))
+            lat = latency_rows(samples, cpu, loop_cpu, client_cpu, pids)
             for row in lat:
                 if row["contender"] == LITELLM:
                     row["startup_s"] = litellm_start
@@ -650,6 +688,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shutil.rmtree(folder, ignore_errors=True)
 
     table = headline(lat, thr, start, litellm_note)
+    split = where_cpu_goes(lat, layers)
     write_csv(
         args.out / "bench_gateway.csv",
         [{"kind": "latency", **r} for r in lat]
@@ -676,11 +715,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("Throughput (calls/s)", markdown_table(list(thr[0]), thr)),
         ("Start-up (s)", markdown_table(list(start[0]), start)),
         ("CPU per call by layer, in one process (ms; see layer_costs)", markdown_table(list(layers[0]), layers)),
+        (
+            "Where the gateway server's CPU per call goes (ms; see where_cpu_goes)",
+            markdown_table(list(split[0]), split),
+        ),
     ]
     publish(
         args, "bench_gateway", "Gateway: added latency, throughput, start-up", table, sections=sections, notes=notes
     )
-    return {"latency": lat, "throughput": thr, "startup": start, "layers": layers, "summary": table, "logged": logged}
+    return {
+        "latency": lat,
+        "throughput": thr,
+        "startup": start,
+        "layers": layers,
+        "split": split,
+        "summary": table,
+        "logged": logged,
+    }
 
 
 if __name__ == "__main__":

@@ -416,6 +416,23 @@ def test_client_leaving_before_the_answer_cancels_the_call(fleet, sqlite_url, tm
         assert wait_for(attempts) == [{"outcome": "cancelled"}]  # not "timeout": the call did not wait for it
 
 
+def test_client_leaving_while_sending_its_request_is_not_a_call(fleet, sqlite_url, tmp_path, caplog):
+    """The chat route reads the body from ASGI itself: a client gone half way through it gets
+    nothing, is neither a call nor a refusal, and raises nothing in the server."""
+    app = create_app(config(fleet, sqlite_url, tmp_path))
+    with serving(app) as base:
+        port = int(base.rsplit(":", 1)[1].removesuffix("/v1"))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            head = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            sock.sendall(f"{head}content-length: 1000\r\n\r\n".encode() + b'{"model": "simple", ')
+        answer = client(base).chat.completions.create(model="simple", messages=HELLO)  # still serving
+        app.state.router.flush()
+        assert [r["call_id"] for r in rows(sqlite_url, "SELECT call_id FROM calls")] == [answer.id]
+        assert metric(base, "zeta_refused_requests_total", reason="malformed") == 0
+        assert metric(base, "zeta_calls_total", task_type="simple", model="good", outcome="ok") == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 # -- the command: SIGTERM, several workers --------------------------------------------------------
 
 

@@ -93,3 +93,31 @@ def test_every_public_name_resolves():
     missing = [name for name in zeta_adaptive.__all__ if not hasattr(zeta_adaptive, name)]
     assert missing == []
     assert {"TABLES", "Policy", "POLICIES", "ReplayError", "head_revision"} <= set(zeta_adaptive.__all__)
+
+
+WARM_START = """
+import time
+from zeta_adaptive import Router, Store
+store = Store({url!r}, journal_dir={journal!r})
+now = time.time()
+for i, (task, ts) in enumerate([("summed", now - 3600), ("discounted", now - 3600), ("summed", now), ("discounted", now)]):
+    row = dict(call_id=f"{{i:032x}}", idx=0, ts=ts, task_type=task, model="m", outcome="ok", status=200,
+               latency_s=0.1, tokens_in=1, tokens_out=1, cost=0.0, error=None, router_id="another-process")
+    store.put("attempts", row)
+assert store.flush(10)
+store.close()
+routes = {{"summed": {{"models": ["m"], "policy": "thompson"}},
+          "discounted": {{"models": ["m"], "policy": "thompson", "discount": 0.9}}}}
+config = {{"store": {url!r}, "journal_dir": {journal!r}, "models": {{"m": {{"base_url": "http://127.0.0.1:9/v1"}}}},
+           "routes": routes}}
+with Router(config) as router:  # old rows: the warm start's sums and tail; new ones: the shared log's read
+    learned = {{task: policy.updates for task, policy in router.learner.policies.items()}}
+    assert learned == {{"summed": 2, "discounted": 2}}, learned  # each route: one old row, one new
+"""
+
+
+def test_warm_start_and_shared_log_read_load_no_pandas(tmp_path):
+    """A router's start (the warm start's sums and tails, then the shared log's newer rows) reads rows
+    without pandas, whose import would be about a third of a gateway's start-up."""
+    statement = WARM_START.format(url=f"sqlite:///{tmp_path / 'log.db'}", journal=str(tmp_path / "journal"))
+    assert "pandas" not in loaded_after(statement)

@@ -1,4 +1,4 @@
-"""One rule says which attempts teach the policy and the breaker: live, in SQL and in pandas alike."""
+"""One rule says which attempts teach the policy and the breaker: live, in SQL and over logged rows alike."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from zeta_adaptive import Router, Store
 from zeta_adaptive._backends import Outcome, Reply, classify_error
 from zeta_adaptive._config import REJECTING_DEFAULT
 from zeta_adaptive._health import CLOSED, OPEN
-from zeta_adaptive._lessons import teaches, teaches_frame, teaches_sql
+from zeta_adaptive._lessons import teaches, teaches_rows, teaches_sql
 from zeta_adaptive._store import attempts
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -47,7 +47,7 @@ CASES: list[tuple[Reply, bool]] = [
 ]
 
 
-def test_the_rule_reads_the_same_live_in_sql_and_in_pandas(sqlite_url):
+def test_the_rule_reads_the_same_live_in_sql_and_over_logged_rows(sqlite_url):
     rejecting = REJECTING_DEFAULT
     expected = [teach for _, teach in CASES]
     live = [teaches(r.outcome, r.status, r.misconfigured, rejecting) for r, _ in CASES]
@@ -63,12 +63,13 @@ def test_the_rule_reads_the_same_live_in_sql_and_in_pandas(sqlite_url):
         assert store.flush(10)
         with store.engine.connect() as conn:
             kept = {i for (i,) in conn.execute(select(attempts.c.idx).where(teaches_sql(attempts, rejecting)))}
-        frame = store.frame("attempts")
+        rows = store.columns("attempts")
     finally:
         store.close()
     assert [i in kept for i in range(len(CASES))] == expected
-    assert teaches_frame(frame, rejecting).tolist() == expected
-    assert teaches_frame(frame.drop(columns="error"), rejecting).tolist()[:7] == expected[:7]  # without errors too
+    assert teaches_rows(rows, rejecting) == expected
+    del rows["error"]
+    assert teaches_rows(rows, rejecting)[:7] == expected[:7]  # without errors too
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Which attempts teach: one rule for the live policy and breaker, the warm start's SQL and pandas.
+"""Which attempts teach: one rule for the live policy and breaker, the warm start's SQL and logged rows.
 
 An attempt teaches its model's policy and breaker alike, unless it says nothing about the model:
 it was ``cancelled`` (a hedge's loser, an abandoned call), it ended ``context_exceeded`` (the prompt,
@@ -6,23 +6,20 @@ not the model), or the request itself was rejected (a ``client_error`` whose sta
 ``rejecting_statuses`` from an endpoint that is not misconfigured). A misconfigured endpoint (401,
 403, 404, or an error naming an unknown model) teaches both as a failure. The breaker alone also
 skips a timeout the call's deadline cut short, which the log does not record (see :mod:`.health`).
-The same rule is written here three ways, for a reply, for SQL rows and for a DataFrame, so the
-warm start learns from the log exactly what the live path learned.
+The same rule is written here three ways, for a reply, for SQL rows and for rows read from the log,
+so the warm start learns from the log exactly what the live path learned.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import and_, func, not_, or_
 
 from ._backends import UNKNOWN_MODEL_MARKERS, Outcome
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-__all__ = ["SILENT", "MISCONFIGURED_STATUSES", "rejected", "teaches", "teaches_sql", "teaches_frame"]
+__all__ = ["SILENT", "MISCONFIGURED_STATUSES", "rejected", "teaches", "teaches_sql", "teaches_rows"]
 
 #: outcomes that never teach: they say nothing about the model
 SILENT = frozenset({Outcome.CANCELLED, Outcome.CONTEXT_EXCEEDED})
@@ -52,12 +49,16 @@ def teaches_sql(table: Any, rejecting: Collection[int]) -> Any:
     return and_(c.outcome.notin_(_SILENT_NAMES), not_(refused))
 
 
-def teaches_frame(frame: pd.DataFrame, rejecting: Collection[int]) -> pd.Series:
-    """The rule as a boolean Series over attempt rows (``outcome``, ``status`` and, if present, ``error``)."""
-    error = frame["error"].fillna("").astype(str).str.lower() if "error" in frame else None
-    misconfigured = frame["status"].isin(MISCONFIGURED_STATUSES)
-    if error is not None:
-        for marker in UNKNOWN_MODEL_MARKERS:
-            misconfigured |= error.str.contains(marker, regex=False)
-    refused = (frame["outcome"] == str(Outcome.CLIENT_ERROR)) & frame["status"].isin(list(rejecting)) & ~misconfigured
-    return ~frame["outcome"].isin(_SILENT_NAMES) & ~refused
+def teaches_rows(rows: Mapping[str, Sequence[Any]], rejecting: Collection[int]) -> list[bool]:
+    """The rule over logged attempt rows, column by column (``outcome``, ``status`` and, if present,
+    ``error``; misconfiguration read from status and error as in :func:`teaches_sql`)."""
+    errors = rows["error"] if "error" in rows else [None] * len(rows["outcome"])
+    return [
+        teaches(
+            outcome,
+            status,
+            status in MISCONFIGURED_STATUSES or any(m in (error or "").lower() for m in UNKNOWN_MODEL_MARKERS),
+            rejecting,
+        )
+        for outcome, status, error in zip(rows["outcome"], rows["status"], errors)
+    ]

@@ -524,6 +524,15 @@ Row = tuple[str, Mapping[str, Any]]
 DURABILITY = ("batched", "journal")
 
 
+#: a query's rows column by column: what the warm start reads, and DataFrames are built from
+Columns = dict[str, list[Any]]
+
+
+def _columns(keys: list[str], rows: Sequence[Sequence[Any]]) -> Columns:
+    """Rows as columns, built column by column (pandas probing each SQLAlchemy Row for named fields is slow)."""
+    return {key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys}
+
+
 def _split(items: list[Any]) -> tuple[list[Row], list[_Flush]]:
     """The rows among handed-over items (a call's record expanded into its rows) and the flushes to answer."""
     rows: list[Row] = []
@@ -1010,10 +1019,8 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(select(feedback.c.call_id).where(feedback.c.call_id == call_id)).first() is not None
 
-    def tail(self, table: str, task_type: str, limit: int, columns: Sequence[str], where: Any = None) -> pd.DataFrame:
-        """The last ``limit`` rows of a task type (optionally filtered), in time order."""
-        import pandas as pd
-
+    def tail(self, table: str, task_type: str, limit: int, columns: Sequence[str], where: Any = None) -> Columns:
+        """The last ``limit`` rows of a task type (optionally filtered), in time order, column by column."""
         t = TABLES[table]
         query = select(*(t.c[name] for name in columns)).where(t.c.task_type == task_type)
         if where is not None:
@@ -1021,16 +1028,11 @@ class Store:
         order = [t.c.ts.desc(), t.c.idx.desc()] if table == "attempts" else [t.c.ts.desc()]
         with self.engine.connect() as conn:
             result = conn.execute(query.order_by(*order).limit(limit))
-            keys, rows = list(result.keys()), result.all()[::-1]
-        return pd.DataFrame(
-            {key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys}
-        )
+            return _columns(list(result.keys()), result.all()[::-1])
 
-    def attempt_sums(self, task_type: str, where: Any = None) -> pd.DataFrame:
+    def attempt_sums(self, task_type: str, where: Any = None) -> Columns:
         """Per model of a task type: attempts ``n``, successes ``succ``, and over successes the sums
         of latency, log-latency, its square and cost: what an undiscounted policy keeps."""
-        import pandas as pd
-
         t = attempts
         ok = t.c.outcome == "ok"
         floored = (func.greatest if self.engine.dialect.name == "postgresql" else func.max)(
@@ -1051,19 +1053,17 @@ class Store:
             query = query.where(where)
         with self.engine.connect() as conn:
             result = conn.execute(query.group_by(t.c.model))
-            return pd.DataFrame(result.all(), columns=list(result.keys()))
+            return _columns(list(result.keys()), result.all())
 
-    def feedback_sums(self, task_type: str, where: Any = None) -> pd.DataFrame:
+    def feedback_sums(self, task_type: str, where: Any = None) -> Columns:
         """Per model of a task type: ratings ``acc_n`` and the sum of accuracy ``acc_sum``."""
-        import pandas as pd
-
         query = select(feedback.c.model, func.count().label("acc_n"), func.sum(feedback.c.accuracy).label("acc_sum"))
         query = query.where(feedback.c.task_type == task_type)
         if where is not None:
             query = query.where(where)
         with self.engine.connect() as conn:
             result = conn.execute(query.group_by(feedback.c.model))
-            return pd.DataFrame(result.all(), columns=list(result.keys()))
+            return _columns(list(result.keys()), result.all())
 
     def prune(self, older_than: float, *, dry_run: bool = False) -> dict[str, int]:
         """Delete calls, attempts and feedback that started before ``older_than`` (unix time);
@@ -1087,7 +1087,13 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(TABLES[table])).scalar_one())
 
-    def frame(
+    def frame(self, table: str, task_types: Iterable[str] | None = None, **filters: Any) -> pd.DataFrame:
+        """:meth:`columns` as a DataFrame (for analysis: pandas is imported here, never on a router's path)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.columns(table, task_types, **filters))
+
+    def columns(
         self,
         table: str,
         task_types: Iterable[str] | None = None,
@@ -1095,11 +1101,9 @@ class Store:
         since: float | None = None,
         exclude_router: str | None = None,
         columns: Sequence[str] | None = None,
-    ) -> pd.DataFrame:
-        """A table as a DataFrame in time order: optionally some task types, rows from ``since``
-        (unix time) on, not written by router ``exclude_router``, only some ``columns``."""
-        import pandas as pd
-
+    ) -> Columns:
+        """A table's rows in time order, column by column: optionally some task types, rows from
+        ``since`` (unix time) on, not written by router ``exclude_router``, only some ``columns``."""
         t = TABLES[table]
         query = select(*(t.c[name] for name in columns)) if columns else select(t)
         if task_types is not None:
@@ -1111,8 +1115,4 @@ class Store:
         order = [t.c.ts, t.c.idx] if table == "attempts" else [t.c.ts]
         with self.engine.connect() as conn:
             result = conn.execute(query.order_by(*order))
-            keys, rows = list(result.keys()), result.all()
-        # built column by column: pandas probing each SQLAlchemy Row for named fields is slow
-        return pd.DataFrame(
-            {key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys}
-        )
+            return _columns(list(result.keys()), result.all())

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ with requires("gateway"):
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
+    from starlette.types import Receive, Scope, Send
 
 from ._config import Config, KeyLimits, ServerConfig, load_config
 from ._exceptions import (
@@ -70,6 +71,10 @@ DEADLINE_HEADER = "x-zeta-deadline-s"
 CALL_HEADER = "x-zeta-call-id"
 MODEL_HEADER = "x-zeta-model"
 TASK_HEADER = "x-zeta-task-type"
+#: the same names as raw ASGI header keys, encoded once
+_DEADLINE_KEY, _CALL_KEY, _MODEL_KEY, _TASK_KEY = (
+    h.encode() for h in (DEADLINE_HEADER, CALL_HEADER, MODEL_HEADER, TASK_HEADER)
+)
 AUTO = "auto"
 #: idle keep-alive connections are kept this long: more than reverse proxies' usual idle timeout
 #: (60 s), so a proxy never reuses a connection the gateway is closing (uvicorn's default is 5 s)
@@ -88,6 +93,7 @@ _FEEDBACK_REFUSALS = {
 }
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _DONE = b"data: [DONE]\n\n"
+_JSON_TYPE = (b"content-type", b"application/json")
 
 
 # -- client keys ----------------------------------------------------------------------------------
@@ -214,13 +220,13 @@ def _malformed(message: str, code: str = "invalid_request") -> _Refused:
 # -- the router's calls ---------------------------------------------------------------------------
 
 
-async def _disconnected(request: Request) -> None:
+async def _disconnected(receive: Receive) -> None:
     """Return once the client has gone (the body has been read, so only a disconnect can come)."""
-    while (await request.receive())["type"] != "http.disconnect":
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
-async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
+async def _unless_gone(receive: Receive, work: Awaitable[T]) -> T:
     """Await ``work``, cancelling it (the router then logs the call as cancelled) if the client leaves.
 
     One watcher task cancels this request's own task on a disconnect: measured cheaper than
@@ -236,7 +242,7 @@ async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
             gone = True
             me.cancel()
 
-    watch = asyncio.ensure_future(_disconnected(request))
+    watch = asyncio.ensure_future(_disconnected(receive))
     watch.add_done_callback(left)
     try:
         return await work
@@ -255,6 +261,63 @@ def _usage(call: CallInfo) -> dict[str, int]:
     answered = [a for a in call.attempts if a.outcome == "ok" and a.model == model]
     tin, tout = (answered[-1].tokens_in, answered[-1].tokens_out) if answered else (0, 0)
     return {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout}
+
+
+# -- raw ASGI: the chat and embeddings routes skip Starlette's Request and Response objects -------------
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """A request header's value (the first, if repeated), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The whole request body; :class:`_ClientGone` if the client leaves while sending it."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _answer_headers(call_id: str, model: str, task: str) -> list[tuple[bytes, bytes]]:
+    """The headers naming a call, the model that answered and the route."""
+    return [
+        (_CALL_KEY, call_id.encode()),
+        (_MODEL_KEY, model.encode("latin-1")),
+        (_TASK_KEY, task.encode("latin-1")),
+    ]
+
+
+async def _send_json(send: Send, payload: Any, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    """A 200 JSON answer, encoded once (as Starlette's JSONResponse encodes it)."""
+    body = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    start = [_JSON_TYPE, (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": 200, "headers": start})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Endpoint:
+    """A raw ASGI endpoint under Starlette's router (a function would be wrapped in Request and
+    Response objects): the handler sends its answer itself, or returns a Response to send (errors,
+    streams); a client that left while sending its request gets nothing."""
+
+    def __init__(self, handle: Callable[[Scope, Receive, Send], Awaitable[Response | None]]) -> None:
+        self.handle = handle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            response = await self.handle(scope, receive, send)
+        except _ClientGone:
+            return
+        if response is not None:
+            await response(scope, receive, send)
 
 
 # -- metrics --------------------------------------------------------------------------------------
@@ -345,6 +408,15 @@ class _Metrics:
         if shared:
             MultiProcessCollector(self.registry)
         self.registry.register(_StateCollector(router))
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (prometheus-client checks the
+        labels and takes a lock on every ``labels()`` call)."""
+        found = self._children.get((metric, labels))
+        if found is None:
+            found = self._children[metric, labels] = metric.labels(*labels)
+        return found
 
 
 # -- the application ------------------------------------------------------------------------------
@@ -363,10 +435,11 @@ class _Gateway:
         self.metrics = _Metrics(router)
 
     # -- admission: everything here happens before routing ----------------------------------------
-    def authorize(self, request: Request) -> ClientKey | None:
+    def authorize(self, authorization: str | None) -> ClientKey | None:
+        """The client key an ``Authorization`` header's value names (None without auth), or a 401 refusal."""
         if self.keys is None:
             return None
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        scheme, _, token = (authorization or "").partition(" ")
         key = self.keys.get(_digest(token.strip())) if scheme.lower() == "bearer" else None
         if key is None:
             raise _Refused(
@@ -379,9 +452,9 @@ class _Gateway:
         return key
 
     @staticmethod
-    async def body(request: Request) -> dict[str, Any]:
+    def body(raw: bytes) -> dict[str, Any]:
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except ValueError:
             raise _malformed("the request body is not valid JSON", "invalid_json") from None
         if not isinstance(body, dict):
@@ -410,8 +483,7 @@ class _Gateway:
             self.allowances[key.key_id].admit()
 
     @staticmethod
-    def deadline(request: Request) -> float | None:
-        raw = request.headers.get(DEADLINE_HEADER)
+    def deadline(raw: str | None) -> float | None:
         if raw is None:
             return None
         try:
@@ -432,14 +504,14 @@ class _Gateway:
         """Count a finished call (with its attempts, latency and the key's spend)."""
         m = self.metrics
         attempts = call.attempts
-        m.calls.labels(call.task_type, call.model or "none", outcome).inc()
+        m.child(m.calls, call.task_type, call.model or "none", outcome).inc()
         for attempt in attempts:
-            m.attempts.labels(attempt.model, attempt.outcome).inc()
-        m.latency.labels(call.task_type).observe(time.perf_counter() - started)
+            m.child(m.attempts, attempt.model, attempt.outcome).inc()
+        m.child(m.latency, call.task_type).observe(time.perf_counter() - started)
         if key is not None:
             cost = sum(a.cost for a in attempts)
-            m.key_calls.labels(key.key_id, outcome).inc()
-            m.key_spend.labels(key.key_id).inc(cost)
+            m.child(m.key_calls, key.key_id, outcome).inc()
+            m.child(m.key_spend, key.key_id).inc(cost)
             self.allowances[key.key_id].spend(cost)
             log.info("call %s key %s %s %s", call.call_id, key.key_id, call.task_type, outcome)
 
@@ -456,13 +528,13 @@ class _Gateway:
         return _error(502, str(exc), "api_error", "all_models_failed", headers)
 
     async def begin(
-        self, request: Request, key: ClientKey | None, started: float, start: Callable[[OnCall], Awaitable[T]]
+        self, receive: Receive, key: ClientKey | None, started: float, start: Callable[[OnCall], Awaitable[T]]
     ) -> tuple[T, CallInfo] | Response:
         """Make a router call (``start`` hands ``on_call`` to the router): what it gives and the call,
         or the response of a call no model answered or whose client left."""
         seen: list[CallInfo] = []
         try:
-            return await _unless_gone(request, start(seen.append)), seen[0]
+            return await _unless_gone(receive, start(seen.append)), seen[0]
         except InvalidRequest as exc:  # raised before the call began: a refusal
             if seen:
                 raise
@@ -474,10 +546,10 @@ class _Gateway:
             return Response(status_code=499)
 
     # -- endpoints ---------------------------------------------------------------------------------
-    async def chat(self, request: Request) -> Response:
+    async def chat(self, scope: Scope, receive: Receive, send: Send) -> Response | None:
         started = time.perf_counter()
-        key = self.authorize(request)
-        body = await self.body(request)
+        key = self.authorize(_header(scope, b"authorization"))
+        body = self.body(await _read_body(receive))
         messages = body.get("messages")
         if (
             not isinstance(messages, list)
@@ -486,7 +558,7 @@ class _Gateway:
         ):
             raise _malformed("`messages` must be a non-empty list of message objects with a `role`", "invalid_messages")
         task = self.route(key, body.get("model"), "chat", messages)
-        deadline = self.deadline(request)
+        deadline = self.deadline(_header(scope, _DEADLINE_KEY))
         router_keys = sorted(_ROUTER_KEYS.intersection(body))
         if router_keys:
             raise _malformed(f"{router_keys} are router options, not OpenAI parameters", "invalid_parameter")
@@ -496,9 +568,9 @@ class _Gateway:
             options = body.get("stream_options")
             usage = isinstance(options, dict) and options.get("include_usage") is True
             params["stream_options"] = {"include_usage": True}  # the backend's usage prices the call
-            return await self.stream(request, key, task, messages, deadline, params, usage, started)
+            return await self.stream(receive, key, task, messages, deadline, params, usage, started)
         done = await self.begin(
-            request,
+            receive,
             key,
             started,
             lambda on_call: self.router.achat(task, messages, deadline_s=deadline, on_call=on_call, **params),
@@ -517,13 +589,12 @@ class _Gateway:
             ],
             "usage": _usage(call),
         }
-        return JSONResponse(
-            answer, headers={CALL_HEADER: result.call_id, MODEL_HEADER: result.model, TASK_HEADER: task}
-        )
+        await _send_json(send, answer, _answer_headers(result.call_id, result.model, task))
+        return None
 
     async def stream(
         self,
-        request: Request,
+        receive: Receive,
         key: ClientKey | None,
         task: str,
         messages: list[Any],
@@ -546,7 +617,7 @@ class _Gateway:
                 raise
             return stream, deltas, first
 
-        done = await self.begin(request, key, started, open_stream)
+        done = await self.begin(receive, key, started, open_stream)
         if isinstance(done, Response):
             return done
         (stream, deltas, first), call = done
@@ -593,10 +664,10 @@ class _Gateway:
             finally:
                 self.finish(call, key, outcome, started)
 
-    async def embeddings(self, request: Request) -> Response:
+    async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> Response | None:
         started = time.perf_counter()
-        key = self.authorize(request)
-        body = await self.body(request)
+        key = self.authorize(_header(scope, b"authorization"))
+        body = self.body(await _read_body(receive))
         texts = body.get("input")
         if isinstance(texts, str):
             texts = [texts]
@@ -608,10 +679,10 @@ class _Gateway:
                 f"`encoding_format` must be 'float' or 'base64', got {encoding!r}", "invalid_encoding_format"
             )
         task = self.route(key, body.get("model"), "embedding")
-        deadline = self.deadline(request)
+        deadline = self.deadline(_header(scope, _DEADLINE_KEY))
         self.admit(key)
         done = await self.begin(
-            request,
+            receive,
             key,
             started,
             lambda on_call: self.router.aembed(texts, task_type=task, deadline_s=deadline, on_call=on_call),
@@ -632,14 +703,13 @@ class _Gateway:
             "model": result.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return JSONResponse(
-            answer, headers={CALL_HEADER: result.call_id, MODEL_HEADER: result.model, TASK_HEADER: task}
-        )
+        await _send_json(send, answer, _answer_headers(result.call_id, result.model, task))
+        return None
 
     async def feedback(self, request: Request) -> Response:
         """Rate a call: 200; unknown call 404; accuracy not in [0, 1] 400; a second rating 409."""
-        self.authorize(request)
-        body = await self.body(request)
+        self.authorize(request.headers.get("authorization"))
+        body = self.body(await request.body())
         call_id = body.get("call_id")
         try:
             accuracy = validate_accuracy(body.get("accuracy"))
@@ -652,7 +722,7 @@ class _Gateway:
         return JSONResponse({"call_id": call_id, "accuracy": accuracy, "status": "recorded"})
 
     async def models(self, request: Request) -> Response:
-        key = self.authorize(request)
+        key = self.authorize(request.headers.get("authorization"))
         names = [t for t in self.kinds if key is None or key.allows(t)]
         if any(self.kinds[t] == "chat" for t in names):
             names.append(AUTO)
@@ -661,7 +731,7 @@ class _Gateway:
 
     async def preferences(self, request: Request) -> Response:
         """What this worker's policies believe, per route the key may use (``x-zeta-worker``: its pid)."""
-        key = self.authorize(request)
+        key = self.authorize(request.headers.get("authorization"))
         tasks = [t for t in self.kinds if key is None or key.allows(t)]
         prefs = {t: rows for t, rows in preference_records(self.router.preferences()).items() if t in tasks}
         return JSONResponse(prefs, headers={"x-zeta-worker": str(os.getpid())})
@@ -730,8 +800,8 @@ def create_app(source: Router | Config | Mapping[str, Any] | str | Path) -> Star
         await gw.close()
 
     routes = [
-        Route("/v1/chat/completions", gw.chat, methods=["POST"]),
-        Route("/v1/embeddings", gw.embeddings, methods=["POST"]),
+        Route("/v1/chat/completions", _Endpoint(gw.chat), methods=["POST"]),
+        Route("/v1/embeddings", _Endpoint(gw.embeddings), methods=["POST"]),
         Route("/v1/feedback", gw.feedback, methods=["POST"]),
         Route("/v1/models", gw.models, methods=["GET"]),
         Route("/v1/preferences", gw.preferences, methods=["GET"]),
@@ -783,6 +853,8 @@ def serve(config_path: str | Path, host: str = "127.0.0.1", port: int = 8080, wo
             access_log=False,
             log_level="info",
             timeout_keep_alive=KEEP_ALIVE_S,
+            ws="none",  # no websocket routes: skips importing a websockets implementation at start-up
+            proxy_headers=False,  # nothing reads the client's address: no X-Forwarded-* middleware per request
         )
     finally:
         if metrics_dir is not None:
