@@ -9,11 +9,13 @@
   more fresh ``from zeta_adaptive import Router`` names the heaviest modules. Target (issue 16):
   ``import zeta_adaptive`` under 0.2 s.
 * Warm start: a SQLite log of 1,000,000 attempts (about 800,000 calls, 30% of them with feedback,
-  3 task types x 3 models) is built once with SQLAlchemy Core ``executemany`` and cached in the
+  3 task types x 3 models) is built once with SQLAlchemy Core ``executemany`` (then its attempt
+  rollups are rebuilt, as the store's writer would have kept them) and cached in the
   temporary folder (``zeta-bench-cache/``, keyed by size, seed and schema revision). Each sample is
   a fresh interpreter that imports the package, then times ``Router(config)`` on that log:
   ``warm_start=True`` (the default: it rebuilds every policy from the log) and, for reference,
-  ``warm_start=False`` (open the store and nothing else). Interleaved; median and range.
+  ``warm_start=False`` (open the store and nothing else). Interleaved; median and range. Target
+  (issue 16): ``Router()`` with its warm start under 2 s.
 
 LiteLLM's import is the reference.
 
@@ -47,6 +49,7 @@ IMPORTS = {
 }
 BASELINE = " (baseline)"
 TARGET_IMPORT_S = 0.2
+TARGET_WARM_S = 2.0  # issue 16: Router() with its warm start on the 1M-attempt log
 OPEN_SNIPPET = """
 import json, sys, time, tempfile
 import zeta_adaptive
@@ -122,7 +125,7 @@ def import_profile(statement: str, top: int = 8) -> list[dict[str, Any]]:
 
 def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
     """A realistic log with ``attempts`` attempts rows, bulk-inserted with Core executemany (rows as
-    tuples through ``exec_driver_sql``, 50,000 calls per transaction), then cached."""
+    tuples through ``exec_driver_sql``, 50,000 calls per transaction), its rollups rebuilt, then cached."""
     from zeta_adaptive import TABLES, Store
 
     tmp = path.with_suffix(".building")
@@ -262,6 +265,9 @@ def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
             counts["attempts"] += len(a_rows)
             counts["feedback"] += len(f_rows)
             bar.update(len(a_rows))
+    t_rollups = time.perf_counter()
+    store.rebuild_rollups()  # the rows went around the writer, which keeps the rollups the warm start reads
+    counts["rollup_ms"] = round((time.perf_counter() - t_rollups) * 1000)
     store.close()
     with engine.connect() as conn:  # fold the WAL into the file before it is cached
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -394,8 +400,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "ours": f"{warm['median_s']:.2f} s ({warm['min_s']:.2f}..{warm['max_s']:.2f})",
             "peer": f"same Router without warm start {cold['median_s']:.2f} s",
             "ratio": f"+{warm['median_s'] - cold['median_s']:.2f} s to rebuild",
-            "target": "reference (no target)",
-            "met?": "–",
+            "target": f"< {TARGET_WARM_S:g} s",
+            "met?": "met" if warm["median_s"] < TARGET_WARM_S else "MISSED",
         }
     )
     write_csv(args.out / "bench_startup_summary.csv", summary)
@@ -403,7 +409,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"Import: {import_rounds} fresh interpreters per statement, interleaved; perf_counter around the import statement only (interpreter start excluded). "
         "LiteLLM with LITELLM_LOCAL_MODEL_COST_MAP=True (no download of the price map).",
         f"Log: {counts['calls']:,} calls, {counts['attempts']:,} attempts, {counts['feedback']:,} feedback rows; 3 task types x 3 models, thompson routes. "
-        f"{'Built in this run' if built else 'Taken from the cache'} ({build_s:.1f} s): {log_path}.",
+        f"{'Built in this run' if built else 'Taken from the cache'} ({build_s:.1f} s): {log_path}; "
+        f"its hourly attempt rollups (which the warm start reads, scanning only the attempts after the last whole hour) "
+        f"were rebuilt from the attempts in {counts.get('rollup_ms', 0) / 1000:.1f} s after the bulk load.",
         f"Open: {open_rounds} fresh interpreters per variant, interleaved; the package is imported before the clock starts. "
         f"The warm-started policies hold {learned:,.0f} attempts between them (it must equal the log's attempts).",
     ]

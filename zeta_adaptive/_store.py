@@ -40,7 +40,9 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     case,
+    cast,
     create_engine,
     delete,
     event,
@@ -49,6 +51,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
@@ -71,6 +74,7 @@ __all__ = [
     "feedback",
     "dead_letters",
     "call_features",
+    "attempt_rollups",
     "upgrade",
     "default_journal_dir",
     "sanitize",
@@ -162,6 +166,30 @@ call_features = Table(
     Index("ix_call_features_task_ts", "task_type", "ts"),
 )
 
+#: the width in seconds of an ``attempt_rollups`` bucket (attempts are bucketed by ``trunc(ts / width)``)
+ROLLUP_BUCKET_S = 3600
+
+#: per task type, model, hour and everything the warm start's rule reads (see :mod:`.lessons`), the
+#: attempts' count and sums; the writer adds each batch's attempts in the batch's transaction, counting
+#: only rows it inserted, so that a warm start reads these few rows instead of scanning every attempt
+attempt_rollups = Table(
+    "attempt_rollups",
+    metadata,
+    Column("task_type", String(64), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("bucket", Integer, primary_key=True),  # trunc(ts / ROLLUP_BUCKET_S)
+    Column("outcome", String(16), primary_key=True),
+    Column("status", Integer, primary_key=True),  # the attempts' status, 0 for none
+    Column("unknown_model", Integer, primary_key=True),  # 1 if their error names an unknown model
+    Column("n", Integer, nullable=False),
+    Column("lat_sum", Float, nullable=False),
+    Column("loglat_sum", Float, nullable=False),  # of ln(max(latency_s, LATENCY_FLOOR_S))
+    Column("loglat_sq", Float, nullable=False),
+    Column("cost_sum", Float, nullable=False),
+)
+ROLLUP_KEY = ("task_type", "model", "bucket", "outcome", "status", "unknown_model")
+ROLLUP_SUMS = ("n", "lat_sum", "loglat_sum", "loglat_sq", "cost_sum")
+
 TABLES: dict[str, Table] = {t.name: t for t in (calls, attempts, feedback, call_features)}
 
 
@@ -176,7 +204,7 @@ def _alembic_config(connection: Any) -> Any:
 
 #: the newest migration (``migrations/versions``), so that opening a log already at it needs no
 #: Alembic, whose import is most of a Router's start-up; a test checks it against Alembic's head
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 
 
 def head_revision() -> str:
@@ -215,15 +243,20 @@ def upgrade(engine: Engine) -> None:
             command.upgrade(_alembic_config(conn), "head")
 
 
-def _insert(engine: Engine, table: Table) -> Any:
-    """An idempotent INSERT for this dialect: rows whose primary key exists are skipped."""
-    if engine.dialect.name == "postgresql":
+def _dialect_insert(dialect: str, table: Table) -> Any:
+    """The INSERT of this dialect, which has ``ON CONFLICT`` clauses."""
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        return pg_insert(table).on_conflict_do_nothing()
+        return pg_insert(table)
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    return sqlite_insert(table).on_conflict_do_nothing()
+    return sqlite_insert(table)
+
+
+def _insert(engine: Engine, table: Table) -> Any:
+    """An idempotent INSERT for this dialect: rows whose primary key exists are skipped."""
+    return _dialect_insert(engine.dialect.name, table).on_conflict_do_nothing()
 
 
 def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine:
@@ -263,6 +296,111 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
         return create_engine(
             url, pool_size=2, max_overflow=4, pool_pre_ping=True, pool_timeout=timeout_s, connect_args=connect_args
         )
+
+
+# -- rollups: the attempts' sums the warm start reads --------------------------------------------
+
+
+def rollup_bucket(ts: float) -> int:
+    """The rollup bucket of a time stamp: ``trunc(ts / ROLLUP_BUCKET_S)``, computed as SQL computes it."""
+    return int(ts / ROLLUP_BUCKET_S)
+
+
+def _bucket_sql(ts: Any, dialect: str) -> Any:
+    """:func:`rollup_bucket` in SQL (SQLite's CAST truncates; PostgreSQL's rounds, so trunc first)."""
+    quotient = ts / float(ROLLUP_BUCKET_S)
+    return cast(func.trunc(quotient) if dialect == "postgresql" else quotient, Integer)
+
+
+def _loglat_sql(latency: Any, dialect: str) -> Any:
+    """``ln(max(latency, LATENCY_FLOOR_S))`` in SQL: the log-latency a policy learns."""
+    return func.ln((func.greatest if dialect == "postgresql" else func.max)(latency, LATENCY_FLOOR_S))
+
+
+def _rollup_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The ``attempt_rollups`` increments of attempt rows (sanitized), sorted by key: concurrent
+    writers then lock the rollup rows they share in one order."""
+    from ._lessons import names_unknown_model  # with the backends it reads: off the store's import
+
+    sums: dict[tuple[Any, ...], list[float]] = {}
+    for row in rows:
+        outcome = row["outcome"]
+        key = (
+            row["task_type"],
+            row["model"],
+            rollup_bucket(row["ts"]),
+            outcome,
+            row["status"] or 0,
+            int(names_unknown_model(row["error"])) if outcome == "client_error" else 0,
+        )
+        latency = row["latency_s"]
+        loglat = math.log(max(latency, LATENCY_FLOOR_S))
+        acc = sums.get(key)
+        if acc is None:
+            sums[key] = [1, latency, loglat, loglat * loglat, row["cost"]]
+        else:
+            acc[0] += 1
+            acc[1] += latency
+            acc[2] += loglat
+            acc[3] += loglat * loglat
+            acc[4] += row["cost"]
+    return [dict(zip(ROLLUP_KEY + ROLLUP_SUMS, (*key, *acc))) for key, acc in sorted(sums.items())]
+
+
+def _add_rollups(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Add inserted attempt rows to their rollups (in the caller's transaction)."""
+    if not rows:
+        return
+    query = _dialect_insert(conn.dialect.name, attempt_rollups)
+    upsert = query.on_conflict_do_update(
+        index_elements=list(ROLLUP_KEY), set_={c: attempt_rollups.c[c] + query.excluded[c] for c in ROLLUP_SUMS}
+    )
+    conn.execute(upsert, _rollup_rows(rows))
+
+
+def rebuild_rollups(conn: Connection, bucket: int | None = None) -> None:
+    """Recompute ``attempt_rollups`` from the attempts, all of them or one ``bucket``'s: the
+    migration's backfill, and :meth:`Store.prune`'s repair of the bucket it cut."""
+    from ._lessons import unknown_model_sql
+
+    dialect = conn.dialect.name
+    a = attempts.c
+    bucket_of = _bucket_sql(a.ts, dialect)
+    loglat = _loglat_sql(a.latency_s, dialect)
+    unknown = case((and_(a.outcome == "client_error", unknown_model_sql(a.error)), 1), else_=0)
+    status = func.coalesce(a.status, 0)
+    query = select(
+        a.task_type,
+        a.model,
+        bucket_of,
+        a.outcome,
+        status,
+        unknown,
+        func.count(),
+        func.sum(a.latency_s),
+        func.sum(loglat),
+        func.sum(loglat * loglat),
+        func.sum(a.cost),
+    )
+    stale = delete(attempt_rollups)
+    if bucket is not None:  # the index on ts finds the rows; the bucket's own test is exact
+        start = bucket * ROLLUP_BUCKET_S
+        query = query.where(a.ts >= start - 1.0, a.ts < start + ROLLUP_BUCKET_S + 1.0, bucket_of == bucket)
+        stale = stale.where(attempt_rollups.c.bucket == bucket)
+    conn.execute(stale)
+    grouped = query.group_by(a.task_type, a.model, bucket_of, a.outcome, status, unknown)
+    conn.execute(attempt_rollups.insert().from_select(list(ROLLUP_KEY + ROLLUP_SUMS), grouped))
+
+
+_SUCCESS_SUMS = ("succ", "lat_sum", "loglat_sum", "loglat_sq", "cost_sum")
+
+
+def _success_sums(outcome: Any, n: Any, lat: Any, loglat: Any, cost: Any, squares: Any = None) -> list[Any]:
+    """The sums over successful attempts, as labelled columns: of attempts (``n`` each), latency,
+    log-latency, its square (``squares``, or ``loglat * loglat`` over single attempts) and cost."""
+    when_ok = lambda value: func.sum(case((outcome == "ok", value), else_=0.0))  # noqa: E731
+    values = (n, lat, loglat, loglat * loglat if squares is None else squares, cost)
+    return [when_ok(value).label(name) for name, value in zip(_SUCCESS_SUMS, values)]
 
 
 # -- what every store accepts ---------------------------------------------------------------------
@@ -339,11 +477,12 @@ def sanitize(table: str, row: Mapping[str, Any], scrub: Callable[[str], str] = s
 _RULES = {t.name: _column_rules(t) for t in (calls, attempts, feedback, call_features)}
 
 
-def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
     """PostgreSQL: COPY rows straight into the table (psycopg 3's COPY protocol, several times faster
-    than ``executemany``) behind a savepoint. A key already present fails the whole COPY, which only
-    a replayed batch meets: the savepoint is rolled back and the rows go through a transaction-scoped
-    temporary table and one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``."""
+    than ``executemany``) behind a savepoint; returns the rows inserted. A key already present fails
+    the whole COPY, which only a replayed batch meets: the savepoint is rolled back and the rows go
+    through a transaction-scoped temporary table and one ``INSERT ... SELECT ... ON CONFLICT DO
+    NOTHING RETURNING``, which names the rows that were new."""
     from psycopg.errors import UniqueViolation
 
     columns = [c.name for c in table.columns]
@@ -357,12 +496,16 @@ def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> N
             cur.execute("ROLLBACK TO SAVEPOINT zeta_copy")
         else:
             cur.execute("RELEASE SAVEPOINT zeta_copy")
-            return
+            return rows
         temp = f"zeta_copy_{table.name}"
         cur.execute(f"CREATE TEMP TABLE {temp} (LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DROP")
         _copy_rows(cur, temp, names, map(values, rows))
-        cur.execute(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING")
+        cur.execute(
+            f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING RETURNING {names}"
+        )
+        inserted = [dict(zip(columns, row)) for row in cur.fetchall()]
         cur.execute(f"DROP TABLE {temp}")  # a later batch in the same transaction (a bisection) makes it again
+    return inserted
 
 
 def _copy_rows(cur: Any, target: str, names: str, rows: Iterable[Sequence[Any]]) -> None:
@@ -372,16 +515,23 @@ def _copy_rows(cur: Any, target: str, names: str, rows: Iterable[Sequence[Any]])
             copy.write_row(row)
 
 
-def _executemany_insert(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+def _executemany_insert(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
     """SQLite: the idempotent INSERT by the driver's ``executemany`` on plain tuples, which skips
-    SQLAlchemy's per-row parameter processing (sanitized rows hold plain values in every column)."""
+    SQLAlchemy's per-row parameter processing (sanitized rows hold plain values in every column);
+    returns the rows inserted. When some keys were present (a replayed batch), the new rows are read
+    back: SQLite gives each a rowid above the largest before it, and the transaction holds the write lock."""
     columns = [c.name for c in table.columns]
-    marks = ", ".join("?" * len(columns))
+    names = ", ".join(columns)
     values = operator.itemgetter(*columns)
-    conn.exec_driver_sql(
-        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks}) ON CONFLICT DO NOTHING",
+    before = conn.exec_driver_sql(f"SELECT max(rowid) FROM {table.name}").scalar()
+    done = conn.exec_driver_sql(
+        f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
         [values(row) for row in rows],
     )
+    if done.rowcount == len(rows):
+        return rows
+    found = conn.exec_driver_sql(f"SELECT {names} FROM {table.name} WHERE rowid > ?", (before or 0,))
+    return [dict(zip(columns, row)) for row in found]
 
 
 def _is_row_problem(exc: BaseException) -> bool:
@@ -937,7 +1087,9 @@ class Store:
 
     def _insert_rows(self, rows: Sequence[Row]) -> None:
         """Insert rows in one transaction, parents first, skipping keys already present: on PostgreSQL
-        by COPY (:func:`_copy_insert`), on SQLite by the driver's ``executemany``."""
+        by COPY (:func:`_copy_insert`), on SQLite by the driver's ``executemany``. The attempts that
+        were new are added to their rollups in the same transaction: each counts once, however often
+        it is replayed."""
         by_table: dict[str, list[Mapping[str, Any]]] = {name: [] for name in TABLES}
         for table, row in rows:
             by_table[table].append(row)
@@ -946,9 +1098,11 @@ class Store:
                 if not by_table[name]:
                     continue
                 if self.engine.dialect.name == "postgresql":
-                    _copy_insert(conn.connection.driver_connection, TABLES[name], by_table[name])
+                    new = _copy_insert(conn.connection.driver_connection, TABLES[name], by_table[name])
                 else:
-                    _executemany_insert(conn, TABLES[name], by_table[name])
+                    new = _executemany_insert(conn, TABLES[name], by_table[name])
+                if name == "attempts":
+                    _add_rollups(conn, new)
 
     def _healthy(self, rows: Sequence[Row]) -> None:
         self._delay = 0.05
@@ -1044,31 +1198,48 @@ class Store:
             {key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys}
         )
 
-    def attempt_sums(self, task_type: str, where: Any = None) -> pd.DataFrame:
+    def attempt_sums(self, task_type: str, where: Any = None, rolled: tuple[float, Any] | None = None) -> pd.DataFrame:
         """Per model of a task type: attempts ``n``, successes ``succ``, and over successes the sums
-        of latency, log-latency, its square and cost: what an undiscounted policy keeps."""
+        of latency, log-latency, its square and cost: what an undiscounted policy keeps.
+
+        With ``rolled = (until, condition)`` the attempts of the whole rollup buckets before
+        ``until`` are read from ``attempt_rollups`` (the keys that meet ``condition``, a condition on
+        that table) and only the later attempts are scanned: the same sums, up to float rounding, in
+        time proportional to the buckets rather than the attempts. ``where`` must then hold for every
+        attempt before ``until`` that ``condition`` admits. One statement: one snapshot of the log.
+        """
         import pandas as pd
 
-        t = attempts
-        ok = t.c.outcome == "ok"
-        floored = (func.greatest if self.engine.dialect.name == "postgresql" else func.max)(
-            t.c.latency_s, LATENCY_FLOOR_S
-        )
-        loglat = func.ln(floored)  # log_latency() in SQL
-        when_ok = lambda value: func.sum(case((ok, value), else_=0.0))  # noqa: E731
-        query = select(
-            t.c.model,
-            func.count().label("n"),
-            when_ok(1.0).label("succ"),
-            when_ok(t.c.latency_s).label("lat_sum"),
-            when_ok(loglat).label("loglat_sum"),
-            when_ok(loglat * loglat).label("loglat_sq"),
-            when_ok(t.c.cost).label("cost_sum"),
-        ).where(t.c.task_type == task_type)
+        dialect = self.engine.dialect.name
+        a = attempts.c
+        loglat = _loglat_sql(a.latency_s, dialect)
+        query = select(a.model, func.count().label("n"), *_success_sums(a.outcome, 1.0, a.latency_s, loglat, a.cost))
+        query = query.where(a.task_type == task_type)
         if where is not None:
             query = query.where(where)
+        if rolled is None:
+            query = query.group_by(a.model)
+        else:
+            until, condition = rolled
+            first = rollup_bucket(until)  # the first bucket scanned: every earlier one ends by ``until``
+            if first * ROLLUP_BUCKET_S > until:  # float rounding at a bucket's edge
+                first -= 1
+            bucket_of = _bucket_sql(a.ts, dialect)
+            scanned = query.where(a.ts >= first * ROLLUP_BUCKET_S - 1.0, bucket_of >= first).group_by(a.model)
+            r = attempt_rollups.c
+            summed = select(
+                r.model,
+                func.sum(r.n).label("n"),
+                *_success_sums(r.outcome, cast(r.n, Float), r.lat_sum, r.loglat_sum, r.cost_sum, squares=r.loglat_sq),
+            ).where(r.task_type == task_type, r.bucket < first, condition)
+            parts = union_all(scanned, summed.group_by(r.model)).subquery()
+            query = select(
+                parts.c.model,
+                cast(func.sum(parts.c.n), Integer).label("n"),
+                *(cast(func.sum(parts.c[k]), Float).label(k) for k in _SUCCESS_SUMS),
+            ).group_by(parts.c.model)
         with self.engine.connect() as conn:
-            result = conn.execute(query.group_by(t.c.model))
+            result = conn.execute(query)
             return pd.DataFrame(result.all(), columns=list(result.keys()))
 
     def feedback_sums(self, task_type: str, where: Any = None) -> pd.DataFrame:
@@ -1094,11 +1265,20 @@ class Store:
                 "attempts": conn.execute(delete(attempts).where(attempts.c.ts < older_than)).rowcount,
                 "calls": conn.execute(delete(calls).where(calls.c.ts < older_than)).rowcount,
             }
+            cut = rollup_bucket(older_than)  # earlier buckets lost all their attempts; this one some
+            conn.execute(delete(attempt_rollups).where(attempt_rollups.c.bucket < cut))
+            rebuild_rollups(conn, cut)
             if dry_run:
                 conn.rollback()
             else:
                 conn.commit()
         return deleted
+
+    def rebuild_rollups(self) -> None:
+        """Recompute the attempts' rollups from every attempt, for a log loaded around the store (a
+        bulk insert): the warm start reads the rollups, the writer keeps them only for its own rows."""
+        with self.engine.begin() as conn:
+            rebuild_rollups(conn)
 
     def count(self, table: str) -> int:
         """Rows in one table of the log."""
