@@ -46,7 +46,7 @@ def pg_url() -> str:
     with engine.begin() as conn:
         conn.execute(
             text(
-                "DROP TABLE IF EXISTS feedback, attempts, calls, dead_letters, call_features, attempt_rollups, alembic_version CASCADE"
+                "DROP TABLE IF EXISTS feedback, attempts, calls, dead_letters, call_features, attempt_rollups, feedback_rollups, alembic_version CASCADE"
             )
         )
     engine.dispose()

@@ -1,6 +1,6 @@
-"""The attempts' hourly rollups: written once per inserted attempt, however often a batch is replayed,
-kept by prune and backfilled by migration 0007, and summing to what a scan of the attempts gives
-under every rule the warm start applies; on SQLite and PostgreSQL."""
+"""The hourly rollups of attempts and ratings: written once per inserted row, however often a batch is
+replayed, kept by prune and backfilled by migration 0007, and summing to what a scan of the rows
+gives under every rule the warm start applies; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from zeta_adaptive._store import (
     attempt_rollups,
     attempts,
     calls,
+    feedback,
+    feedback_rollups,
 )
 
 HOUR = ROLLUP_BUCKET_S
@@ -40,7 +42,8 @@ def _attempt_rows(
     n: int, start: float, seed: int, router_id: str = "other", hours: float = 5
 ) -> list[tuple[str, dict]]:
     """``n`` calls of one attempt each over ``hours`` from ``start`` (two of them exactly on an
-    hour's edge), of every kind, with latencies below and above the floor."""
+    hour's edge), of every kind, with latencies below and above the floor; every third one rated a
+    minute later (by ``router_id`` too)."""
     rng = np.random.default_rng(seed)
     rows: list[tuple[str, dict]] = []
     for i in range(n):
@@ -69,6 +72,9 @@ def _attempt_rows(
                 },
             )
         )
+        if i % 3 == 0:
+            rating = {"ts": ts + 60.0, "accuracy": float(rng.uniform()), "router_id": router_id}
+            rows.append(("feedback", {"call_id": cid, "task_type": rows[-1][1]["task_type"], "model": "a", **rating}))
     return rows
 
 
@@ -78,20 +84,27 @@ def _compare(store: Store, cut: float, rejecting: list[int], started: float | No
     a = attempts.c
     where = and_(teaches_sql(attempts, rejecting), or_(a.router_id.is_(None), a.router_id != "me"), a.ts < cut)
     until = cut if started is None else min(cut, started)
+    f = feedback.c
+    rated = and_(or_(f.router_id.is_(None), f.router_id != "me"), f.ts < cut)
     for task in ("code", "simple"):
-        scanned = store.attempt_sums(task, where).sort_values("model").reset_index(drop=True)
-        rolled = store.attempt_sums(task, where, (until, teaches_sql(attempt_rollups, rejecting)))
-        rolled = rolled.sort_values("model").reset_index(drop=True)
-        assert len(scanned) > 0
-        assert list(rolled["model"]) == list(scanned["model"])
-        assert list(rolled["n"]) == list(scanned["n"])
-        for column in ("succ", "lat_sum", "loglat_sum", "loglat_sq", "cost_sum"):
-            np.testing.assert_allclose(rolled[column].astype(float), scanned[column].astype(float), rtol=1e-9)
+        for sums, where_, condition, count in (
+            (store.attempt_sums, where, teaches_sql(attempt_rollups, rejecting), "n"),
+            (store.feedback_sums, rated, None, "acc_n"),
+        ):
+            scanned = sums(task, where_).sort_values("model").reset_index(drop=True)
+            rolled = sums(task, where_, (until, condition)).sort_values("model").reset_index(drop=True)
+            assert len(scanned) > 0
+            assert list(rolled["model"]) == list(scanned["model"])
+            assert list(rolled[count]) == list(scanned[count])
+            for column in set(scanned.columns) - {"model", count}:
+                np.testing.assert_allclose(rolled[column].astype(float), scanned[column].astype(float), rtol=1e-9)
 
 
-def _rollup_total(store: Store) -> int:
+def _rollup_total(store: Store, table: str = "attempts") -> int:
+    """The rows a table's rollups count."""
+    count = attempt_rollups.c.n if table == "attempts" else feedback_rollups.c.acc_n
     with store.engine.connect() as conn:
-        return int(conn.execute(select(func.coalesce(func.sum(attempt_rollups.c.n), 0))).scalar_one())
+        return int(conn.execute(select(func.coalesce(func.sum(count), 0))).scalar_one())
 
 
 def test_rollups_count_each_attempt_once_and_sum_to_the_scan(store_url, tmp_path):
@@ -105,8 +118,12 @@ def test_rollups_count_each_attempt_once_and_sum_to_the_scan(store_url, tmp_path
         assert store.flush(30)
         store.put_many(first[::2])  # and one that holds nothing new
         assert store.flush(30)
-        assert store.count("attempts") == 500
-        assert _rollup_total(store) == 500
+        assert store.count("attempts") == _rollup_total(store) == 500
+        assert store.count("feedback") == _rollup_total(store, "feedback") == 100 + 67
+        late = {"call_id": second[-1][1]["call_id"], "ts": time.time(), "task_type": "code", "model": "b"}
+        assert store.insert_feedback({**late, "accuracy": 0.25})  # a rating looked up in the log: its own path
+        assert not store.insert_feedback({**late, "accuracy": 0.75})
+        assert _rollup_total(store, "feedback") == 168
         for cut in (start + 2.5 * HOUR, start + 3 * HOUR, time.time()):  # mid-bucket, on an edge, now
             for rejecting in ([400, 413, 422], [422]):
                 _compare(store, cut, rejecting)
@@ -136,9 +153,10 @@ def test_prune_keeps_the_rollups_equal_to_the_scan(store_url, tmp_path):
         assert store.flush(30)
         assert store.prune(start + 2.5 * HOUR, dry_run=True)["attempts"] > 0
         assert _rollup_total(store) == 300  # a dry run rolls the rollups back too
-        deleted = store.prune(start + 2.5 * HOUR)["attempts"]
-        assert 0 < deleted < 300
-        assert _rollup_total(store) == store.count("attempts") == 300 - deleted
+        deleted = store.prune(start + 2.5 * HOUR)
+        assert 0 < deleted["attempts"] < 300 and 0 < deleted["feedback"] < 100
+        assert _rollup_total(store) == store.count("attempts") == 300 - deleted["attempts"]
+        assert _rollup_total(store, "feedback") == store.count("feedback") == 100 - deleted["feedback"]
         _compare(store, time.time(), [400, 413, 422])
     finally:
         store.close()
@@ -152,13 +170,14 @@ def test_migration_0007_backfills_the_rollups_of_an_existing_log(store_url, tmp_
         with engine.begin() as conn:
             command.upgrade(_alembic_config(conn), "0006")
         with engine.begin() as conn:  # a log written before the rollups existed
-            for table in (calls, attempts):
+            for table in (calls, attempts, feedback):
                 conn.execute(table.insert(), [r for t, r in rows if t == table.name])
     finally:
         engine.dispose()
     store = Store(store_url, journal_dir=tmp_path)  # migrates to the head
     try:
         assert _rollup_total(store) == 200
+        assert _rollup_total(store, "feedback") == 67
         _compare(store, time.time(), [400, 413, 422])
     finally:
         store.close()

@@ -128,7 +128,7 @@ class Learner:
 
         An undiscounted policy's statistics are sums: it reads them per model from the log's hourly
         rollups (whole hours before the cut and before this router began, so none of its own rows)
-        and scans only the attempts after them; a discounted one reads only its last ``horizon()``
+        and scans only the attempts and ratings after them; a discounted one reads only its last ``horizon()``
         events, older ones weighing < 1e-12.
         """
         a, f = attempts_table.c, feedback_table.c
@@ -141,7 +141,9 @@ class Learner:
             a.ts < cut,
         )
         others = and_(or_(f.router_id.is_(None), f.router_id != self.router_id), f.ts < cut)  # our own: learned live
-        rolled = (min(cut, self._started), teaches_sql(attempt_rollups, self.config.rejecting_statuses))
+        # the rollups' whole hours end before the cut and before this router began (none of its rows)
+        until = min(cut, self._started)
+        rolled = (until, teaches_sql(attempt_rollups, self.config.rejecting_statuses))
 
         def read(fn: Callable[..., Any], *args: Any) -> Any:
             return self.store.call(fn, *args, timeout=timeout)
@@ -153,7 +155,7 @@ class Learner:
                 found[task] = (
                     True,
                     read(self.store.attempt_sums, task, learnable, rolled),
-                    read(self.store.feedback_sums, task, others),
+                    read(self.store.feedback_sums, task, others, (until, None)),
                 )
             else:  # discounted: the last events, in time order
                 found[task] = (

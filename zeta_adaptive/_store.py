@@ -75,6 +75,7 @@ __all__ = [
     "dead_letters",
     "call_features",
     "attempt_rollups",
+    "feedback_rollups",
     "upgrade",
     "default_journal_dir",
     "sanitize",
@@ -187,8 +188,18 @@ attempt_rollups = Table(
     Column("loglat_sq", Float, nullable=False),
     Column("cost_sum", Float, nullable=False),
 )
-ROLLUP_KEY = ("task_type", "model", "bucket", "outcome", "status", "unknown_model")
-ROLLUP_SUMS = ("n", "lat_sum", "loglat_sum", "loglat_sq", "cost_sum")
+#: per task type, model and hour, the ratings' count and sum, kept like ``attempt_rollups``
+feedback_rollups = Table(
+    "feedback_rollups",
+    metadata,
+    Column("task_type", String(64), primary_key=True),
+    Column("model", String(128), primary_key=True),
+    Column("bucket", Integer, primary_key=True),  # trunc(ts / ROLLUP_BUCKET_S)
+    Column("acc_n", Integer, nullable=False),
+    Column("acc_sum", Float, nullable=False),
+)
+#: the rollup of each log table that has one: its key columns first, then its sums
+ROLLUPS: dict[str, Table] = {"attempts": attempt_rollups, "feedback": feedback_rollups}
 
 TABLES: dict[str, Table] = {t.name: t for t in (calls, attempts, feedback, call_features)}
 
@@ -317,12 +328,17 @@ def _loglat_sql(latency: Any, dialect: str) -> Any:
     return func.ln((func.greatest if dialect == "postgresql" else func.max)(latency, LATENCY_FLOOR_S))
 
 
-def _rollup_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The ``attempt_rollups`` increments of attempt rows (sanitized), sorted by key: concurrent
-    writers then lock the rollup rows they share in one order."""
+def _increments(table: str, rows: Iterable[Mapping[str, Any]]) -> dict[tuple[Any, ...], list[float]]:
+    """Per rollup key, the sums (in the rollup's column order) of rows of ``table`` (sanitized)."""
+    sums: dict[tuple[Any, ...], list[float]] = {}
+    if table == "feedback":
+        for row in rows:
+            acc = sums.setdefault((row["task_type"], row["model"], rollup_bucket(row["ts"])), [0, 0.0])
+            acc[0] += 1
+            acc[1] += row["accuracy"]
+        return sums
     from ._lessons import names_unknown_model  # with the backends it reads: off the store's import
 
-    sums: dict[tuple[Any, ...], list[float]] = {}
     for row in rows:
         outcome = row["outcome"]
         key = (
@@ -335,61 +351,59 @@ def _rollup_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         )
         latency = row["latency_s"]
         loglat = math.log(max(latency, LATENCY_FLOOR_S))
-        acc = sums.get(key)
-        if acc is None:
-            sums[key] = [1, latency, loglat, loglat * loglat, row["cost"]]
-        else:
-            acc[0] += 1
-            acc[1] += latency
-            acc[2] += loglat
-            acc[3] += loglat * loglat
-            acc[4] += row["cost"]
-    return [dict(zip(ROLLUP_KEY + ROLLUP_SUMS, (*key, *acc))) for key, acc in sorted(sums.items())]
+        acc = sums.setdefault(key, [0, 0.0, 0.0, 0.0, 0.0])
+        acc[0] += 1
+        acc[1] += latency
+        acc[2] += loglat
+        acc[3] += loglat * loglat
+        acc[4] += row["cost"]
+    return sums
 
 
-def _add_rollups(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Add inserted attempt rows to their rollups (in the caller's transaction)."""
+def _add_rollups(conn: Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Add rows just inserted into ``table`` to its rollups, in the caller's transaction, in key
+    order: concurrent writers then lock the rollup rows they share in one order."""
     if not rows:
         return
-    query = _dialect_insert(conn.dialect.name, attempt_rollups)
+    rollup = ROLLUPS[table]
+    names = [c.name for c in rollup.columns]
+    query = _dialect_insert(conn.dialect.name, rollup)
     upsert = query.on_conflict_do_update(
-        index_elements=list(ROLLUP_KEY), set_={c: attempt_rollups.c[c] + query.excluded[c] for c in ROLLUP_SUMS}
+        index_elements=[c.name for c in rollup.primary_key.columns],
+        set_={c.name: c + query.excluded[c.name] for c in rollup.columns if not c.primary_key},
     )
-    conn.execute(upsert, _rollup_rows(rows))
+    increments = sorted(_increments(table, rows).items())
+    conn.execute(upsert, [dict(zip(names, (*key, *acc))) for key, acc in increments])
 
 
-def rebuild_rollups(conn: Connection, bucket: int | None = None) -> None:
-    """Recompute ``attempt_rollups`` from the attempts, all of them or one ``bucket``'s: the
-    migration's backfill, and :meth:`Store.prune`'s repair of the bucket it cut."""
+def _rollup_source(table: str, dialect: str) -> tuple[list[Any], list[Any]]:
+    """A rollup's key columns and sums as SQL over its table (what :func:`_increments` computes)."""
+    if table == "feedback":
+        f = feedback.c
+        return [f.task_type, f.model, _bucket_sql(f.ts, dialect)], [func.count(), func.sum(f.accuracy)]
     from ._lessons import unknown_model_sql
 
-    dialect = conn.dialect.name
     a = attempts.c
-    bucket_of = _bucket_sql(a.ts, dialect)
     loglat = _loglat_sql(a.latency_s, dialect)
     unknown = case((and_(a.outcome == "client_error", unknown_model_sql(a.error)), 1), else_=0)
-    status = func.coalesce(a.status, 0)
-    query = select(
-        a.task_type,
-        a.model,
-        bucket_of,
-        a.outcome,
-        status,
-        unknown,
-        func.count(),
-        func.sum(a.latency_s),
-        func.sum(loglat),
-        func.sum(loglat * loglat),
-        func.sum(a.cost),
-    )
-    stale = delete(attempt_rollups)
+    keys = [a.task_type, a.model, _bucket_sql(a.ts, dialect), a.outcome, func.coalesce(a.status, 0), unknown]
+    sums = [func.count(), func.sum(a.latency_s), func.sum(loglat), func.sum(loglat * loglat), func.sum(a.cost)]
+    return keys, sums
+
+
+def rebuild_rollups(conn: Connection, table: str, bucket: int | None = None) -> None:
+    """Recompute the rollups of ``table`` (``attempts`` or ``feedback``) from its rows, all of them
+    or one ``bucket``'s: the migration's backfill, and :meth:`Store.prune`'s repair."""
+    rollup, ts = ROLLUPS[table], TABLES[table].c.ts
+    keys, sums = _rollup_source(table, conn.dialect.name)
+    query = select(*keys, *sums)
+    stale = delete(rollup)
     if bucket is not None:  # the index on ts finds the rows; the bucket's own test is exact
         start = bucket * ROLLUP_BUCKET_S
-        query = query.where(a.ts >= start - 1.0, a.ts < start + ROLLUP_BUCKET_S + 1.0, bucket_of == bucket)
-        stale = stale.where(attempt_rollups.c.bucket == bucket)
+        query = query.where(ts >= start - 1.0, ts < start + ROLLUP_BUCKET_S + 1.0, keys[2] == bucket)
+        stale = stale.where(rollup.c.bucket == bucket)
     conn.execute(stale)
-    grouped = query.group_by(a.task_type, a.model, bucket_of, a.outcome, status, unknown)
-    conn.execute(attempt_rollups.insert().from_select(list(ROLLUP_KEY + ROLLUP_SUMS), grouped))
+    conn.execute(rollup.insert().from_select([c.name for c in rollup.columns], query.group_by(*keys)))
 
 
 _SUCCESS_SUMS = ("succ", "lat_sum", "loglat_sum", "loglat_sq", "cost_sum")
@@ -1101,8 +1115,8 @@ class Store:
                     new = _copy_insert(conn.connection.driver_connection, TABLES[name], by_table[name])
                 else:
                     new = _executemany_insert(conn, TABLES[name], by_table[name])
-                if name == "attempts":
-                    _add_rollups(conn, new)
+                if name in ROLLUPS:
+                    _add_rollups(conn, name, new)
 
     def _healthy(self, rows: Sequence[Row]) -> None:
         self._delay = 0.05
@@ -1171,9 +1185,11 @@ class Store:
         """Insert one feedback row now, unless the call already has one: True if this row won.
         The primary key on ``feedback.call_id`` decides, so two processes rating a call at once
         cannot both win."""
+        clean = sanitize("feedback", row, self.scrub)
         with self.engine.begin() as conn:
-            query = self._insert_feedback.values(sanitize("feedback", row, self.scrub)).returning(feedback.c.call_id)
-            won = conn.execute(query).first() is not None
+            won = conn.execute(self._insert_feedback.values(clean).returning(feedback.c.call_id)).first() is not None
+            if won:
+                _add_rollups(conn, "feedback", [clean])
         if won:
             self.written["feedback"] += 1
         return won
@@ -1200,58 +1216,71 @@ class Store:
 
     def attempt_sums(self, task_type: str, where: Any = None, rolled: tuple[float, Any] | None = None) -> pd.DataFrame:
         """Per model of a task type: attempts ``n``, successes ``succ``, and over successes the sums
-        of latency, log-latency, its square and cost: what an undiscounted policy keeps.
+        of latency, log-latency, its square and cost: what an undiscounted policy keeps. ``rolled``:
+        see :meth:`_sums`."""
+        a, r = attempts.c, attempt_rollups.c
+        loglat = _loglat_sql(a.latency_s, self.engine.dialect.name)
+        scanned = [func.count().label("n"), *_success_sums(a.outcome, 1.0, a.latency_s, loglat, a.cost)]
+        summed = [
+            func.sum(r.n).label("n"),
+            *_success_sums(r.outcome, cast(r.n, Float), r.lat_sum, r.loglat_sum, r.cost_sum, squares=r.loglat_sq),
+        ]
+        return self._sums("attempts", task_type, scanned, where, rolled, summed)
 
-        With ``rolled = (until, condition)`` the attempts of the whole rollup buckets before
-        ``until`` are read from ``attempt_rollups`` (the keys that meet ``condition``, a condition on
-        that table) and only the later attempts are scanned: the same sums, up to float rounding, in
-        time proportional to the buckets rather than the attempts. ``where`` must then hold for every
-        attempt before ``until`` that ``condition`` admits. One statement: one snapshot of the log.
+    def feedback_sums(self, task_type: str, where: Any = None, rolled: tuple[float, Any] | None = None) -> pd.DataFrame:
+        """Per model of a task type: ratings ``acc_n`` and the sum of accuracy ``acc_sum``. ``rolled``: see :meth:`_sums`."""
+        f, r = feedback.c, feedback_rollups.c
+        scanned = [func.count().label("acc_n"), func.sum(f.accuracy).label("acc_sum")]
+        summed = [func.sum(r.acc_n).label("acc_n"), func.sum(r.acc_sum).label("acc_sum")]
+        return self._sums("feedback", task_type, scanned, where, rolled, summed)
+
+    def _sums(
+        self,
+        table: str,
+        task_type: str,
+        scanned: list[Any],
+        where: Any,
+        rolled: tuple[float, Any] | None,
+        summed: list[Any],
+    ) -> pd.DataFrame:
+        """Per model of a task type, the labelled sums ``scanned`` over the rows of ``table`` that meet ``where``.
+
+        With ``rolled = (until, condition)`` the rows of the whole rollup buckets before ``until``
+        are read from the table's rollups instead (the labelled sums ``summed`` over the keys that
+        meet ``condition``, a condition on the rollup table, or all when it is None) and only the
+        later rows are scanned: the same sums, up to float rounding, in time proportional to the
+        buckets rather than the rows. ``where`` must then hold for every row before ``until`` that
+        ``condition`` admits. One statement: one snapshot of the log.
         """
         import pandas as pd
 
-        dialect = self.engine.dialect.name
-        a = attempts.c
-        loglat = _loglat_sql(a.latency_s, dialect)
-        query = select(a.model, func.count().label("n"), *_success_sums(a.outcome, 1.0, a.latency_s, loglat, a.cost))
-        query = query.where(a.task_type == task_type)
+        t = TABLES[table]
+        query = select(t.c.model, *scanned).where(t.c.task_type == task_type)
         if where is not None:
             query = query.where(where)
         if rolled is None:
-            query = query.group_by(a.model)
+            query = query.group_by(t.c.model)
         else:
             until, condition = rolled
             first = rollup_bucket(until)  # the first bucket scanned: every earlier one ends by ``until``
             if first * ROLLUP_BUCKET_S > until:  # float rounding at a bucket's edge
                 first -= 1
-            bucket_of = _bucket_sql(a.ts, dialect)
-            scanned = query.where(a.ts >= first * ROLLUP_BUCKET_S - 1.0, bucket_of >= first).group_by(a.model)
-            r = attempt_rollups.c
-            summed = select(
-                r.model,
-                func.sum(r.n).label("n"),
-                *_success_sums(r.outcome, cast(r.n, Float), r.lat_sum, r.loglat_sum, r.cost_sum, squares=r.loglat_sq),
-            ).where(r.task_type == task_type, r.bucket < first, condition)
-            parts = union_all(scanned, summed.group_by(r.model)).subquery()
+            bucket_of = _bucket_sql(t.c.ts, self.engine.dialect.name)
+            query = query.where(t.c.ts >= first * ROLLUP_BUCKET_S - 1.0, bucket_of >= first).group_by(t.c.model)
+            r = ROLLUPS[table].c
+            kept = select(r.model, *summed).where(r.task_type == task_type, r.bucket < first)
+            if condition is not None:
+                kept = kept.where(condition)
+            parts = union_all(query, kept.group_by(r.model)).subquery()
             query = select(
                 parts.c.model,
-                cast(func.sum(parts.c.n), Integer).label("n"),
-                *(cast(func.sum(parts.c[k]), Float).label(k) for k in _SUCCESS_SUMS),
+                *(
+                    cast(func.sum(parts.c[c.name]), Integer if c.name in ("n", "acc_n") else Float).label(c.name)
+                    for c in scanned
+                ),
             ).group_by(parts.c.model)
         with self.engine.connect() as conn:
             result = conn.execute(query)
-            return pd.DataFrame(result.all(), columns=list(result.keys()))
-
-    def feedback_sums(self, task_type: str, where: Any = None) -> pd.DataFrame:
-        """Per model of a task type: ratings ``acc_n`` and the sum of accuracy ``acc_sum``."""
-        import pandas as pd
-
-        query = select(feedback.c.model, func.count().label("acc_n"), func.sum(feedback.c.accuracy).label("acc_sum"))
-        query = query.where(feedback.c.task_type == task_type)
-        if where is not None:
-            query = query.where(where)
-        with self.engine.connect() as conn:
-            result = conn.execute(query.group_by(feedback.c.model))
             return pd.DataFrame(result.all(), columns=list(result.keys()))
 
     def prune(self, older_than: float, *, dry_run: bool = False) -> dict[str, int]:
@@ -1267,7 +1296,8 @@ class Store:
             }
             cut = rollup_bucket(older_than)  # earlier buckets lost all their attempts; this one some
             conn.execute(delete(attempt_rollups).where(attempt_rollups.c.bucket < cut))
-            rebuild_rollups(conn, cut)
+            rebuild_rollups(conn, "attempts", cut)
+            rebuild_rollups(conn, "feedback")  # ratings go with their calls, from any hour
             if dry_run:
                 conn.rollback()
             else:
@@ -1275,10 +1305,11 @@ class Store:
         return deleted
 
     def rebuild_rollups(self) -> None:
-        """Recompute the attempts' rollups from every attempt, for a log loaded around the store (a
+        """Recompute the rollups from every attempt and rating, for a log loaded around the store (a
         bulk insert): the warm start reads the rollups, the writer keeps them only for its own rows."""
         with self.engine.begin() as conn:
-            rebuild_rollups(conn)
+            for table in ROLLUPS:
+                rebuild_rollups(conn, table)
 
     def count(self, table: str) -> int:
         """Rows in one table of the log."""

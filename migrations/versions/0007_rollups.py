@@ -1,5 +1,6 @@
-"""attempt_rollups: per task type, model, hour and teaching key, the attempts' count and sums, kept by
-the writer in each batch's transaction, so that a warm start reads them instead of every attempt.
+"""attempt_rollups and feedback_rollups: per task type, model and hour (and, for attempts, what the
+warm start's rule reads), the rows' count and sums, kept by the writer in each batch's transaction,
+so that a warm start reads them instead of every attempt and rating.
 
 Revision ID: 0007
 Revises: 0006
@@ -32,8 +33,18 @@ def upgrade() -> None:
         sa.Column("loglat_sq", sa.Float, nullable=False),
         sa.Column("cost_sum", sa.Float, nullable=False),
     )
-    rebuild_rollups(op.get_bind())  # the backfill: one GROUP BY over the attempts logged so far
+    op.create_table(
+        "feedback_rollups",
+        sa.Column("task_type", sa.String(64), primary_key=True),
+        sa.Column("model", sa.String(128), primary_key=True),
+        sa.Column("bucket", sa.Integer, primary_key=True),
+        sa.Column("acc_n", sa.Integer, nullable=False),
+        sa.Column("acc_sum", sa.Float, nullable=False),
+    )
+    for table in ("attempts", "feedback"):  # the backfill: one GROUP BY over each table's rows so far
+        rebuild_rollups(op.get_bind(), table)
 
 
 def downgrade() -> None:
+    op.drop_table("feedback_rollups")
     op.drop_table("attempt_rollups")
