@@ -352,15 +352,15 @@ def _increments(table: str, rows: Iterable[Mapping[str, Any]]) -> dict[tuple[Any
         )
         latency = row["latency_s"]
         loglat = log(latency if latency > floor else floor)
-        acc = sums.get(key)
-        if acc is None:
+        found = sums.get(key)
+        if found is None:
             sums[key] = [1, latency, loglat, loglat * loglat, row["cost"]]
         else:
-            acc[0] += 1
-            acc[1] += latency
-            acc[2] += loglat
-            acc[3] += loglat * loglat
-            acc[4] += row["cost"]
+            found[0] += 1
+            found[1] += latency
+            found[2] += loglat
+            found[3] += loglat * loglat
+            found[4] += row["cost"]
     return sums
 
 
