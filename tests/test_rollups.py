@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 from alembic import command
 from helpers import call_row
 from sqlalchemy import and_, create_engine, func, or_, select
@@ -91,8 +92,8 @@ def _compare(store: Store, cut: float, rejecting: list[int], started: float | No
             (store.attempt_sums, where, teaches_sql(attempt_rollups, rejecting), "n"),
             (store.feedback_sums, rated, None, "acc_n"),
         ):
-            scanned = sums(task, where_).sort_values("model").reset_index(drop=True)
-            rolled = sums(task, where_, (until, condition)).sort_values("model").reset_index(drop=True)
+            scanned = pd.DataFrame(sums(task, where_)).sort_values("model").reset_index(drop=True)
+            rolled = pd.DataFrame(sums(task, where_, (until, condition))).sort_values("model").reset_index(drop=True)
             assert len(scanned) > 0
             assert list(rolled["model"]) == list(scanned["model"])
             assert list(rolled[count]) == list(scanned[count])

@@ -27,7 +27,7 @@ from ._lessons import teaches_frame, teaches_sql
 from ._policies import Policy
 from ._records import CallRecord
 from ._registry import make_policy
-from ._store import Store, attempt_rollups
+from ._store import Store, as_frame, attempt_rollups
 from ._store import attempts as attempts_table
 from ._store import feedback as feedback_table
 
@@ -168,8 +168,7 @@ class Learner:
             if summed:
                 with self.locks[task]:
                     for sums in (tried, rated):
-                        columns = {k: sums[k].to_numpy() for k in sums.columns if k != "model"}
-                        policy.add_sums(sums["model"].tolist(), columns)
+                        policy.add_sums(sums["model"], {k: v for k, v in sums.items() if k != "model"})
             else:
                 self._learn(tried, rated)
             if isinstance(policy, ContextualPolicy):
@@ -235,9 +234,12 @@ class Learner:
         overlap = self._overlap()
         since = max(self._synced_until - overlap, self._warm_until)
         tasks = list(self.policies)
-        frame = self.store.frame
-        tried = self.store.call(lambda: frame("attempts", tasks, since=since, exclude_router=self.router_id))
-        rated = self.store.call(lambda: frame("feedback", tasks, since=since, exclude_router=self.router_id))
+        read = self.store.rows
+        tried_rows = self.store.call(lambda: read("attempts", tasks, since=since, exclude_router=self.router_id))
+        rated_rows = self.store.call(lambda: read("feedback", tasks, since=since, exclude_router=self.router_id))
+        if not tried_rows[1] and not rated_rows[1]:  # nothing new (a fresh warm start's usual case): no pandas
+            return 0
+        tried, rated = as_frame(*tried_rows), as_frame(*rated_rows)
         tried_keys = list(zip(["a"] * len(tried), tried["call_id"], tried["idx"]))
         rated_keys = list(zip(["f"] * len(rated), rated["call_id"], [0] * len(rated)))
         new_tried = np.array([k not in self._seen for k in tried_keys], dtype=bool)

@@ -167,8 +167,18 @@ call_features = Table(
     Index("ix_call_features_task_ts", "task_type", "ts"),
 )
 
-#: the width in seconds of an ``attempt_rollups`` bucket (attempts are bucketed by ``trunc(ts / width)``)
+#: the width in seconds of a rollup bucket (rows are bucketed by ``trunc(ts / width)``)
 ROLLUP_BUCKET_S = 3600
+
+
+def _rollup_key() -> list[Column[Any]]:
+    """The key columns every rollup starts with: task type, model and bucket."""
+    return [
+        Column("task_type", String(64), primary_key=True),
+        Column("model", String(128), primary_key=True),
+        Column("bucket", Integer, primary_key=True),  # trunc(ts / ROLLUP_BUCKET_S)
+    ]
+
 
 #: per task type, model, hour and everything the warm start's rule reads (see :mod:`.lessons`), the
 #: attempts' count and sums; the writer adds each batch's attempts in the batch's transaction, counting
@@ -176,9 +186,7 @@ ROLLUP_BUCKET_S = 3600
 attempt_rollups = Table(
     "attempt_rollups",
     metadata,
-    Column("task_type", String(64), primary_key=True),
-    Column("model", String(128), primary_key=True),
-    Column("bucket", Integer, primary_key=True),  # trunc(ts / ROLLUP_BUCKET_S)
+    *_rollup_key(),
     Column("outcome", String(16), primary_key=True),
     Column("status", Integer, primary_key=True),  # the attempts' status, 0 for none
     Column("unknown_model", Integer, primary_key=True),  # 1 if their error names an unknown model
@@ -192,9 +200,7 @@ attempt_rollups = Table(
 feedback_rollups = Table(
     "feedback_rollups",
     metadata,
-    Column("task_type", String(64), primary_key=True),
-    Column("model", String(128), primary_key=True),
-    Column("bucket", Integer, primary_key=True),  # trunc(ts / ROLLUP_BUCKET_S)
+    *_rollup_key(),
     Column("acc_n", Integer, nullable=False),
     Column("acc_sum", Float, nullable=False),
 )
@@ -1204,8 +1210,6 @@ class Store:
 
     def tail(self, table: str, task_type: str, limit: int, columns: Sequence[str], where: Any = None) -> pd.DataFrame:
         """The last ``limit`` rows of a task type (optionally filtered), in time order."""
-        import pandas as pd
-
         t = TABLES[table]
         query = select(*(t.c[name] for name in columns)).where(t.c.task_type == task_type)
         if where is not None:
@@ -1213,12 +1217,11 @@ class Store:
         order = [t.c.ts.desc(), t.c.idx.desc()] if table == "attempts" else [t.c.ts.desc()]
         with self.engine.connect() as conn:
             result = conn.execute(query.order_by(*order).limit(limit))
-            keys, rows = list(result.keys()), result.all()[::-1]
-        return pd.DataFrame(
-            {key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys}
-        )
+            return as_frame(list(result.keys()), result.all()[::-1])
 
-    def attempt_sums(self, task_type: str, where: Any = None, rolled: tuple[float, Any] | None = None) -> pd.DataFrame:
+    def attempt_sums(
+        self, task_type: str, where: Any = None, rolled: tuple[float, Any] | None = None
+    ) -> dict[str, list[Any]]:
         """Per model of a task type: attempts ``n``, successes ``succ``, and over successes the sums
         of latency, log-latency, its square and cost: what an undiscounted policy keeps. ``rolled``:
         see :meth:`_sums`."""
@@ -1231,7 +1234,9 @@ class Store:
         ]
         return self._sums("attempts", task_type, scanned, where, rolled, summed)
 
-    def feedback_sums(self, task_type: str, where: Any = None, rolled: tuple[float, Any] | None = None) -> pd.DataFrame:
+    def feedback_sums(
+        self, task_type: str, where: Any = None, rolled: tuple[float, Any] | None = None
+    ) -> dict[str, list[Any]]:
         """Per model of a task type: ratings ``acc_n`` and the sum of accuracy ``acc_sum``. ``rolled``: see :meth:`_sums`."""
         f, r = feedback.c, feedback_rollups.c
         scanned = [func.count().label("acc_n"), func.sum(f.accuracy).label("acc_sum")]
@@ -1246,7 +1251,7 @@ class Store:
         where: Any,
         rolled: tuple[float, Any] | None,
         summed: list[Any],
-    ) -> pd.DataFrame:
+    ) -> dict[str, list[Any]]:
         """Per model of a task type, the labelled sums ``scanned`` over the rows of ``table`` that meet ``where``.
 
         With ``rolled = (until, condition)`` the rows of the whole rollup buckets before ``until``
@@ -1254,10 +1259,9 @@ class Store:
         meet ``condition``, a condition on the rollup table, or all when it is None) and only the
         later rows are scanned: the same sums, up to float rounding, in time proportional to the
         buckets rather than the rows. ``where`` must then hold for every row before ``until`` that
-        ``condition`` admits. One statement: one snapshot of the log.
+        ``condition`` admits. One statement: one snapshot of the log. Plain lists per column: the
+        warm start of summed policies needs no pandas.
         """
-        import pandas as pd
-
         t = TABLES[table]
         query = select(t.c.model, *scanned).where(t.c.task_type == task_type)
         if where is not None:
@@ -1285,7 +1289,8 @@ class Store:
             ).group_by(parts.c.model)
         with self.engine.connect() as conn:
             result = conn.execute(query)
-            return pd.DataFrame(result.all(), columns=list(result.keys()))
+            keys, rows = list(result.keys()), result.all()
+        return {key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys}
 
     def prune(self, older_than: float, *, dry_run: bool = False) -> dict[str, int]:
         """Delete calls, attempts and feedback that started before ``older_than`` (unix time);
@@ -1331,8 +1336,18 @@ class Store:
     ) -> pd.DataFrame:
         """A table as a DataFrame in time order: optionally some task types, rows from ``since``
         (unix time) on, not written by router ``exclude_router``, only some ``columns``."""
-        import pandas as pd
+        return as_frame(*self.rows(table, task_types, since=since, exclude_router=exclude_router, columns=columns))
 
+    def rows(
+        self,
+        table: str,
+        task_types: Iterable[str] | None = None,
+        *,
+        since: float | None = None,
+        exclude_router: str | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> tuple[list[str], list[Any]]:
+        """What :meth:`frame` holds, as its column names and row tuples, without importing pandas."""
         t = TABLES[table]
         query = select(*(t.c[name] for name in columns)) if columns else select(t)
         if task_types is not None:
@@ -1344,8 +1359,14 @@ class Store:
         order = [t.c.ts, t.c.idx] if table == "attempts" else [t.c.ts]
         with self.engine.connect() as conn:
             result = conn.execute(query.order_by(*order))
-            keys, rows = list(result.keys()), result.all()
-        # built column by column: pandas probing each SQLAlchemy Row for named fields is slow
-        return pd.DataFrame(
-            {key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys}
-        )
+            return list(result.keys()), list(result.all())
+
+
+def as_frame(keys: Sequence[str], rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
+    """Rows (tuples in ``keys``' order) as a DataFrame, built column by column: pandas probing each
+    SQLAlchemy Row for named fields is slow."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys}
+    )
