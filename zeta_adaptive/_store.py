@@ -2,7 +2,9 @@
 
 Callers hand rows to :meth:`Store.put`, which only appends to an in-memory queue; one background
 thread drains the queue in batches, one transaction per batch, with ``INSERT ... ON CONFLICT DO
-NOTHING`` on primary keys, so a retried batch never writes a row twice. If the database fails, the
+NOTHING`` on primary keys, so a retried batch never writes a row twice; the same transaction adds
+the attempts and ratings it inserted to hourly rollups, which a warm start reads instead of every
+row. If the database fails, the
 batch is kept and retried with back-off; :meth:`Store.flush` waits until everything handed in so
 far is written. The schema is owned by the Alembic migrations in ``migrations/`` and is upgraded
 automatically when a store is opened.
