@@ -9,11 +9,13 @@
   more fresh ``from zeta_adaptive import Router`` names the heaviest modules. Target (issue 16):
   ``import zeta_adaptive`` under 0.2 s.
 * Warm start: a SQLite log of 1,000,000 attempts (about 800,000 calls, 30% of them with feedback,
-  3 task types x 3 models) is built once with SQLAlchemy Core ``executemany`` and cached in the
+  3 task types x 3 models) is built once with SQLAlchemy Core ``executemany`` (then its rollups
+  are rebuilt, as the store's writer would have kept them) and cached in the
   temporary folder (``zeta-bench-cache/``, keyed by size, seed and schema revision). Each sample is
   a fresh interpreter that imports the package, then times ``Router(config)`` on that log:
   ``warm_start=True`` (the default: it rebuilds every policy from the log) and, for reference,
-  ``warm_start=False`` (open the store and nothing else). Interleaved; median and range.
+  ``warm_start=False`` (open the store and nothing else). Interleaved; median and range. Target
+  (issue 16): ``Router()`` with its warm start under 2 s.
 
 LiteLLM's import is the reference.
 
@@ -47,18 +49,20 @@ IMPORTS = {
 }
 BASELINE = " (baseline)"
 TARGET_IMPORT_S = 0.2
+CPU = ", CPU seconds of the process"
+TARGET_WARM_S = 2.0  # issue 16: Router() with its warm start on the 1M-attempt log
 OPEN_SNIPPET = """
 import json, sys, time, tempfile
 import zeta_adaptive
 cfg = json.loads(sys.argv[1])
 cfg["journal_dir"] = tempfile.mkdtemp(prefix="zeta-bench-journal-")
 warm = sys.argv[2] == "1"
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 router = zeta_adaptive.Router(cfg, warm_start=warm)
-elapsed = time.perf_counter() - t
+elapsed, cpu = time.perf_counter() - t, time.process_time() - c
 n = sum(p.stats[0].sum() for p in router.policies.values())
 router.close()
-print(json.dumps({"seconds": elapsed, "learned_attempts": float(n)}))
+print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu, "learned_attempts": float(n)}))
 """
 
 
@@ -122,7 +126,7 @@ def import_profile(statement: str, top: int = 8) -> list[dict[str, Any]]:
 
 def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
     """A realistic log with ``attempts`` attempts rows, bulk-inserted with Core executemany (rows as
-    tuples through ``exec_driver_sql``, 50,000 calls per transaction), then cached."""
+    tuples through ``exec_driver_sql``, 50,000 calls per transaction), its rollups rebuilt, then cached."""
     from zeta_adaptive import TABLES, Store
 
     tmp = path.with_suffix(".building")
@@ -262,6 +266,9 @@ def build_log(path: Path, attempts: int, seed: int) -> dict[str, int]:
             counts["attempts"] += len(a_rows)
             counts["feedback"] += len(f_rows)
             bar.update(len(a_rows))
+    t_rollups = time.perf_counter()
+    store.rebuild_rollups()  # the rows went around the writer, which keeps the rollups the warm start reads
+    counts["rollup_ms"] = round((time.perf_counter() - t_rollups) * 1000)
     store.close()
     with engine.connect() as conn:  # fold the WAL into the file before it is cached
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -328,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
         },
     )
-    import_rounds, open_rounds, size = (2, 1, 20_000) if args.quick else (9, 3, 1_000_000)
+    import_rounds, open_rounds, size = (2, 1, 20_000) if args.quick else (9, 5, 1_000_000)
     have_litellm = _has("litellm")
 
     t_build = time.perf_counter()
@@ -356,6 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ):
         res = time_open(cfg, variants[name])
         opens.setdefault(name, []).append(res["seconds"])
+        opens.setdefault(name + CPU, []).append(res["cpu_seconds"])  # all threads: less noisy under load
         if variants[name]:
             learned = res["learned_attempts"]
     profile = import_profile(IMPORTS["from zeta_adaptive import Router"])
@@ -384,18 +392,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "met?": ("met" if met else "MISSED") if name == "import zeta_adaptive" else "–",
             }
         )
-    warm, cold = (
-        by[f"Router() on {counts['attempts']:,}-attempt SQLite log, warm start (default)"],
-        by[f"Router() on {counts['attempts']:,}-attempt SQLite log, no warm start (reference)"],
-    )
+    warm_key = f"Router() on {counts['attempts']:,}-attempt SQLite log, warm start (default)"
+    cold_key = f"Router() on {counts['attempts']:,}-attempt SQLite log, no warm start (reference)"
+    warm, cold = by[warm_key], by[cold_key]
     summary.append(
         {
             "workload": f"open a Router on a {counts['attempts']:,}-attempt SQLite log (warm start)",
-            "ours": f"{warm['median_s']:.2f} s ({warm['min_s']:.2f}..{warm['max_s']:.2f})",
-            "peer": f"same Router without warm start {cold['median_s']:.2f} s",
-            "ratio": f"+{warm['median_s'] - cold['median_s']:.2f} s to rebuild",
-            "target": "reference (no target)",
-            "met?": "–",
+            "ours": f"{warm['median_s']:.2f} s ({warm['min_s']:.2f}..{warm['max_s']:.2f}); CPU {by[warm_key + CPU]['median_s']:.2f} s",
+            "peer": f"same Router without warm start {cold['median_s']:.2f} s; CPU {by[cold_key + CPU]['median_s']:.2f} s",
+            "ratio": f"{warm['median_s'] - cold['median_s']:+.2f} s to rebuild",
+            "target": f"< {TARGET_WARM_S:g} s",
+            "met?": "met" if warm["median_s"] < TARGET_WARM_S else "MISSED",
         }
     )
     write_csv(args.out / "bench_startup_summary.csv", summary)
@@ -403,7 +410,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"Import: {import_rounds} fresh interpreters per statement, interleaved; perf_counter around the import statement only (interpreter start excluded). "
         "LiteLLM with LITELLM_LOCAL_MODEL_COST_MAP=True (no download of the price map).",
         f"Log: {counts['calls']:,} calls, {counts['attempts']:,} attempts, {counts['feedback']:,} feedback rows; 3 task types x 3 models, thompson routes. "
-        f"{'Built in this run' if built else 'Taken from the cache'} ({build_s:.1f} s): {log_path}.",
+        f"{'Built in this run' if built else 'Taken from the cache'} ({build_s:.1f} s): {log_path}; "
+        f"its hourly rollups of attempts and ratings (which the warm start reads, scanning only the rows after the last whole hour) "
+        f"were rebuilt from the rows in {counts.get('rollup_ms', 0) / 1000:.1f} s after the bulk load (from the cache: the time when it was built).",
         f"Open: {open_rounds} fresh interpreters per variant, interleaved; the package is imported before the clock starts. "
         f"The warm-started policies hold {learned:,.0f} attempts between them (it must equal the log's attempts).",
     ]

@@ -45,7 +45,9 @@ def pg_url() -> str:
     engine = create_engine(PG_URL)
     with engine.begin() as conn:
         conn.execute(
-            text("DROP TABLE IF EXISTS feedback, attempts, calls, dead_letters, call_features, alembic_version CASCADE")
+            text(
+                "DROP TABLE IF EXISTS feedback, attempts, calls, dead_letters, call_features, attempt_rollups, feedback_rollups, alembic_version CASCADE"
+            )
         )
     engine.dispose()
     return PG_URL

@@ -43,7 +43,7 @@ def test_migrations_create_the_tables_once(store_url):
         names = set(inspect(engine).get_table_names())
         assert {"calls", "attempts", "feedback", "dead_letters", "alembic_version"} <= names
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0006"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0007"
     finally:
         engine.dispose()
 

@@ -28,7 +28,7 @@ from ._lessons import teaches_rows, teaches_sql
 from ._policies import Policy
 from ._records import CallRecord
 from ._registry import make_policy
-from ._store import Columns, Store
+from ._store import Columns, Store, attempt_rollups
 from ._store import attempts as attempts_table
 from ._store import feedback as feedback_table
 
@@ -72,7 +72,8 @@ class Learner:
         }
         self.contexts = PendingContexts(config.feedback_window, config.feedback_window_s)  # features awaiting feedback
         self.health = Health(config.models, config.breaker, load=config.load)
-        self._synced_until = time.time()  # rows of other routers from here on are learned from the shared log
+        self._started = time.time()  # our own rows are stamped from here on
+        self._synced_until = self._started  # rows of other routers from here on are learned from the shared log
         self._warm_until = 0.0  # rows stamped before this were learned by the warm start: never read again
         self._seen: dict[tuple[str, str, int], float] = {}
         self._sharing = threading.Lock()  # one reader of the shared log at a time (refresher, warm start, caller)
@@ -123,9 +124,10 @@ class Learner:
         """Rebuild every policy's statistics from the logged history of its task type, each read
         bounded by ``timeout`` (default: the store's).
 
-        An undiscounted policy's statistics are sums, so it reads one aggregate row per model (a
-        scan of its task type's attempts: about a second per million on SQLite); a discounted one
-        reads only its last ``horizon()`` events, older ones weighing < 1e-12.
+        An undiscounted policy's statistics are sums: it reads them per model from the log's hourly
+        rollups (whole hours before the cut and before this router began, so none of its own rows)
+        and scans only the attempts and ratings after them; a discounted one reads only its last ``horizon()``
+        events, older ones weighing < 1e-12.
         """
         a, f = attempts_table.c, feedback_table.c
         # rows stamped before the cut are all written (their calls ended a slack ago): summed here;
@@ -137,6 +139,9 @@ class Learner:
             a.ts < cut,
         )
         others = and_(or_(f.router_id.is_(None), f.router_id != self.router_id), f.ts < cut)  # our own: learned live
+        # the rollups' whole hours end before the cut and before this router began (none of its rows)
+        until = min(cut, self._started)
+        rolled = (until, teaches_sql(attempt_rollups, self.config.rejecting_statuses))
 
         def read(fn: Callable[..., Any], *args: Any) -> Any:
             return self.store.call(fn, *args, timeout=timeout)
@@ -147,8 +152,8 @@ class Learner:
             if horizon is None:  # sums: one aggregate row per model
                 found[task] = (
                     True,
-                    read(self.store.attempt_sums, task, learnable),
-                    read(self.store.feedback_sums, task, others),
+                    read(self.store.attempt_sums, task, learnable, rolled),
+                    read(self.store.feedback_sums, task, others, (until, None)),
                 )
             else:  # discounted: the last events, in time order
                 found[task] = (

@@ -19,7 +19,16 @@ from sqlalchemy import and_, func, not_, or_
 
 from ._backends import UNKNOWN_MODEL_MARKERS, Outcome
 
-__all__ = ["SILENT", "MISCONFIGURED_STATUSES", "rejected", "teaches", "teaches_sql", "teaches_rows"]
+__all__ = [
+    "SILENT",
+    "MISCONFIGURED_STATUSES",
+    "rejected",
+    "teaches",
+    "names_unknown_model",
+    "unknown_model_sql",
+    "teaches_sql",
+    "teaches_rows",
+]
 
 #: outcomes that never teach: they say nothing about the model
 SILENT = frozenset({Outcome.CANCELLED, Outcome.CONTEXT_EXCEEDED})
@@ -38,13 +47,24 @@ def teaches(outcome: str, status: int | None, misconfigured: bool, rejecting: Co
     return outcome not in SILENT and not rejected(outcome, status, misconfigured, rejecting)
 
 
+def names_unknown_model(error: str | None) -> bool:
+    """Whether an attempt's error names an unknown model (a misconfigured endpoint)."""
+    lowered = error.lower() if error else ""
+    return any(marker in lowered for marker in UNKNOWN_MODEL_MARKERS)
+
+
+def unknown_model_sql(error: Any) -> Any:
+    """:func:`names_unknown_model` as a SQLAlchemy condition on an error column."""
+    lowered = func.lower(func.coalesce(error, ""))
+    return or_(*(lowered.contains(marker, autoescape=True) for marker in UNKNOWN_MODEL_MARKERS))
+
+
 def teaches_sql(table: Any, rejecting: Collection[int]) -> Any:
-    """The rule as a SQLAlchemy condition on an ``attempts`` table (misconfiguration read from status and error)."""
+    """The rule as a SQLAlchemy condition on an ``attempts`` table (misconfiguration read from status
+    and error) or on ``attempt_rollups`` (whose ``unknown_model`` says what the error said)."""
     c = table.c
-    misconfigured = or_(
-        c.status.in_(MISCONFIGURED_STATUSES),
-        *(func.lower(func.coalesce(c.error, "")).contains(marker) for marker in UNKNOWN_MODEL_MARKERS),
-    )
+    unknown_model = c.unknown_model == 1 if "unknown_model" in c else unknown_model_sql(c.error)
+    misconfigured = or_(c.status.in_(MISCONFIGURED_STATUSES), unknown_model)
     refused = and_(c.outcome == str(Outcome.CLIENT_ERROR), c.status.in_(sorted(rejecting)), not_(misconfigured))
     return and_(c.outcome.notin_(_SILENT_NAMES), not_(refused))
 
@@ -57,7 +77,7 @@ def teaches_rows(rows: Mapping[str, Sequence[Any]], rejecting: Collection[int]) 
         teaches(
             outcome,
             status,
-            status in MISCONFIGURED_STATUSES or any(m in (error or "").lower() for m in UNKNOWN_MODEL_MARKERS),
+            status in MISCONFIGURED_STATUSES or names_unknown_model(error),
             rejecting,
         )
         for outcome, status, error in zip(rows["outcome"], rows["status"], errors)

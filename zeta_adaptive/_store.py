@@ -2,7 +2,9 @@
 
 Callers hand rows to :meth:`Store.put`, which only appends to an in-memory queue; one background
 thread drains the queue in batches, one transaction per batch, with ``INSERT ... ON CONFLICT DO
-NOTHING`` on primary keys, so a retried batch never writes a row twice. If the database fails, the
+NOTHING`` on primary keys, so a retried batch never writes a row twice; the same transaction adds
+the attempts and ratings it inserted to hourly rollups, which a warm start reads instead of every
+row. If the database fails, the
 batch is kept and retried with back-off; :meth:`Store.flush` waits until everything handed in so
 far is written. The schema is owned by the Alembic migrations in ``migrations/`` and is upgraded
 automatically when a store is opened.
@@ -40,7 +42,9 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     case,
+    cast,
     create_engine,
     delete,
     event,
@@ -49,6 +53,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
@@ -71,6 +76,8 @@ __all__ = [
     "feedback",
     "dead_letters",
     "call_features",
+    "attempt_rollups",
+    "feedback_rollups",
     "upgrade",
     "default_journal_dir",
     "sanitize",
@@ -162,6 +169,46 @@ call_features = Table(
     Index("ix_call_features_task_ts", "task_type", "ts"),
 )
 
+#: the width in seconds of a rollup bucket (rows are bucketed by ``trunc(ts / width)``)
+ROLLUP_BUCKET_S = 3600
+
+
+def _rollup_key() -> list[Column[Any]]:
+    """The key columns every rollup starts with: task type, model and bucket."""
+    return [
+        Column("task_type", String(64), primary_key=True),
+        Column("model", String(128), primary_key=True),
+        Column("bucket", Integer, primary_key=True),  # trunc(ts / ROLLUP_BUCKET_S)
+    ]
+
+
+#: per task type, model, hour and everything the warm start's rule reads (see :mod:`.lessons`), the
+#: attempts' count and sums; the writer adds each batch's attempts in the batch's transaction, counting
+#: only rows it inserted, so that a warm start reads these few rows instead of scanning every attempt
+attempt_rollups = Table(
+    "attempt_rollups",
+    metadata,
+    *_rollup_key(),
+    Column("outcome", String(16), primary_key=True),
+    Column("status", Integer, primary_key=True),  # the attempts' status, 0 for none
+    Column("unknown_model", Integer, primary_key=True),  # 1 if their error names an unknown model
+    Column("n", Integer, nullable=False),
+    Column("lat_sum", Float, nullable=False),
+    Column("loglat_sum", Float, nullable=False),  # of ln(max(latency_s, LATENCY_FLOOR_S))
+    Column("loglat_sq", Float, nullable=False),
+    Column("cost_sum", Float, nullable=False),
+)
+#: per task type, model and hour, the ratings' count and sum, kept like ``attempt_rollups``
+feedback_rollups = Table(
+    "feedback_rollups",
+    metadata,
+    *_rollup_key(),
+    Column("acc_n", Integer, nullable=False),
+    Column("acc_sum", Float, nullable=False),
+)
+#: the rollup of each log table that has one: its key columns first, then its sums
+ROLLUPS: dict[str, Table] = {"attempts": attempt_rollups, "feedback": feedback_rollups}
+
 TABLES: dict[str, Table] = {t.name: t for t in (calls, attempts, feedback, call_features)}
 
 
@@ -176,7 +223,7 @@ def _alembic_config(connection: Any) -> Any:
 
 #: the newest migration (``migrations/versions``), so that opening a log already at it needs no
 #: Alembic, whose import is most of a Router's start-up; a test checks it against Alembic's head
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 
 
 def head_revision() -> str:
@@ -215,15 +262,20 @@ def upgrade(engine: Engine) -> None:
             command.upgrade(_alembic_config(conn), "head")
 
 
-def _insert(engine: Engine, table: Table) -> Any:
-    """An idempotent INSERT for this dialect: rows whose primary key exists are skipped."""
-    if engine.dialect.name == "postgresql":
+def _dialect_insert(dialect: str, table: Table) -> Any:
+    """The INSERT of this dialect, which has ``ON CONFLICT`` clauses."""
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        return pg_insert(table).on_conflict_do_nothing()
+        return pg_insert(table)
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    return sqlite_insert(table).on_conflict_do_nothing()
+    return sqlite_insert(table)
+
+
+def _insert(engine: Engine, table: Table) -> Any:
+    """An idempotent INSERT for this dialect: rows whose primary key exists are skipped."""
+    return _dialect_insert(engine.dialect.name, table).on_conflict_do_nothing()
 
 
 def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine:
@@ -263,6 +315,118 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
         return create_engine(
             url, pool_size=2, max_overflow=4, pool_pre_ping=True, pool_timeout=timeout_s, connect_args=connect_args
         )
+
+
+# -- rollups: the attempts' sums the warm start reads --------------------------------------------
+
+
+def rollup_bucket(ts: float) -> int:
+    """The rollup bucket of a time stamp: ``trunc(ts / ROLLUP_BUCKET_S)``, computed as SQL computes it."""
+    return int(ts / ROLLUP_BUCKET_S)
+
+
+def _bucket_sql(ts: Any, dialect: str) -> Any:
+    """:func:`rollup_bucket` in SQL (SQLite's CAST truncates; PostgreSQL's rounds, so trunc first)."""
+    quotient = ts / float(ROLLUP_BUCKET_S)
+    return cast(func.trunc(quotient) if dialect == "postgresql" else quotient, Integer)
+
+
+def _loglat_sql(latency: Any, dialect: str) -> Any:
+    """``ln(max(latency, LATENCY_FLOOR_S))`` in SQL: the log-latency a policy learns."""
+    return func.ln((func.greatest if dialect == "postgresql" else func.max)(latency, LATENCY_FLOOR_S))
+
+
+def _increments(table: str, rows: Iterable[Mapping[str, Any]]) -> dict[tuple[Any, ...], list[float]]:
+    """Per rollup key, the sums (in the rollup's column order) of rows of ``table`` (sanitized)."""
+    sums: dict[tuple[Any, ...], list[float]] = {}
+    if table == "feedback":
+        for row in rows:
+            acc = sums.setdefault((row["task_type"], row["model"], rollup_bucket(row["ts"])), [0, 0.0])
+            acc[0] += 1
+            acc[1] += row["accuracy"]
+        return sums
+    from ._lessons import names_unknown_model  # with the backends it reads: off the store's import
+
+    width, floor, log = float(ROLLUP_BUCKET_S), LATENCY_FLOOR_S, math.log  # the writer's loop: no calls it can spare
+    for row in rows:
+        outcome = row["outcome"]
+        key = (
+            row["task_type"],
+            row["model"],
+            int(row["ts"] / width),  # rollup_bucket()
+            outcome,
+            row["status"] or 0,
+            int(names_unknown_model(row["error"])) if outcome == "client_error" else 0,
+        )
+        latency = row["latency_s"]
+        loglat = log(latency if latency > floor else floor)
+        found = sums.get(key)
+        if found is None:
+            sums[key] = [1, latency, loglat, loglat * loglat, row["cost"]]
+        else:
+            found[0] += 1
+            found[1] += latency
+            found[2] += loglat
+            found[3] += loglat * loglat
+            found[4] += row["cost"]
+    return sums
+
+
+def _add_rollups(conn: Connection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Add rows just inserted into ``table`` to its rollups, in the caller's transaction, in key
+    order: concurrent writers then lock the rollup rows they share in one order."""
+    if not rows:
+        return
+    rollup = ROLLUPS[table]
+    names = [c.name for c in rollup.columns]
+    query = _dialect_insert(conn.dialect.name, rollup)
+    upsert = query.on_conflict_do_update(
+        index_elements=[c.name for c in rollup.primary_key.columns],
+        set_={c.name: c + query.excluded[c.name] for c in rollup.columns if not c.primary_key},
+    )
+    increments = sorted(_increments(table, rows).items())
+    conn.execute(upsert, [dict(zip(names, (*key, *acc))) for key, acc in increments])
+
+
+def _rollup_source(table: str, dialect: str) -> tuple[list[Any], list[Any]]:
+    """A rollup's key columns and sums as SQL over its table (what :func:`_increments` computes)."""
+    if table == "feedback":
+        f = feedback.c
+        return [f.task_type, f.model, _bucket_sql(f.ts, dialect)], [func.count(), func.sum(f.accuracy)]
+    from ._lessons import unknown_model_sql
+
+    a = attempts.c
+    loglat = _loglat_sql(a.latency_s, dialect)
+    unknown = case((and_(a.outcome == "client_error", unknown_model_sql(a.error)), 1), else_=0)
+    keys = [a.task_type, a.model, _bucket_sql(a.ts, dialect), a.outcome, func.coalesce(a.status, 0), unknown]
+    sums = [func.count(), func.sum(a.latency_s), func.sum(loglat), func.sum(loglat * loglat), func.sum(a.cost)]
+    return keys, sums
+
+
+def rebuild_rollups(conn: Connection, table: str, bucket: int | None = None) -> None:
+    """Recompute the rollups of ``table`` (``attempts`` or ``feedback``) from its rows, all of them
+    or one ``bucket``'s: the migration's backfill, and :meth:`Store.prune`'s repair."""
+    rollup, ts = ROLLUPS[table], TABLES[table].c.ts
+    keys, sums = _rollup_source(table, conn.dialect.name)
+    query = select(*keys, *sums)
+    stale = delete(rollup)
+    if bucket is not None:  # the index on ts finds the rows; the bucket's own test is exact
+        start = bucket * ROLLUP_BUCKET_S
+        query = query.where(ts >= start - 1.0, ts < start + ROLLUP_BUCKET_S + 1.0, keys[2] == bucket)
+        stale = stale.where(rollup.c.bucket == bucket)
+    conn.execute(stale)
+    conn.execute(rollup.insert().from_select([c.name for c in rollup.columns], query.group_by(*keys)))
+
+
+_SUCCESS_SUMS = ("succ", "lat_sum", "loglat_sum", "loglat_sq", "cost_sum")
+
+
+def _success_sums(outcome: Any, n: Any, lat: Any, loglat: Any, cost: Any, squares: Any = None) -> list[Any]:
+    """The sums over successful attempts, as labelled columns: of attempts (``n`` each), latency,
+    log-latency, its square (``squares``, or ``loglat * loglat`` over single attempts) and cost."""
+    when_ok = lambda value: func.sum(case((outcome == "ok", value), else_=0.0))  # noqa: E731
+    values = (n, lat, loglat, loglat * loglat if squares is None else squares, cost)
+    return [when_ok(value).label(name) for name, value in zip(_SUCCESS_SUMS, values)]
 
 
 # -- what every store accepts ---------------------------------------------------------------------
@@ -339,31 +503,61 @@ def sanitize(table: str, row: Mapping[str, Any], scrub: Callable[[str], str] = s
 _RULES = {t.name: _column_rules(t) for t in (calls, attempts, feedback, call_features)}
 
 
-def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """PostgreSQL: COPY rows into a transaction-scoped temporary table, then insert those whose key
-    is new; several times faster than ``executemany`` (psycopg 3's COPY protocol)."""
+def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    """PostgreSQL: COPY rows straight into the table (psycopg 3's COPY protocol, several times faster
+    than ``executemany``) behind a savepoint; returns the rows inserted. A key already present fails
+    the whole COPY, which only a replayed batch meets: the savepoint is rolled back and the rows go
+    through a transaction-scoped temporary table and one ``INSERT ... SELECT ... ON CONFLICT DO
+    NOTHING RETURNING``, which names the rows that were new."""
+    from psycopg.errors import UniqueViolation
+
     columns = [c.name for c in table.columns]
     names = ", ".join(columns)
-    temp = f"zeta_copy_{table.name}"
-    with raw.cursor() as cur:
-        cur.execute(f"CREATE TEMP TABLE {temp} (LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DROP")
-        with cur.copy(f"COPY {temp} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row([row.get(c) for c in columns])
-        cur.execute(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING")
-        cur.execute(f"DROP TABLE {temp}")  # a later batch in the same transaction (a bisection) makes it again
-
-
-def _executemany_insert(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """SQLite: the idempotent INSERT by the driver's ``executemany`` on plain tuples, which skips
-    SQLAlchemy's per-row parameter processing (sanitized rows hold plain values in every column)."""
-    columns = [c.name for c in table.columns]
-    marks = ", ".join("?" * len(columns))
     values = operator.itemgetter(*columns)
-    conn.exec_driver_sql(
-        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks}) ON CONFLICT DO NOTHING",
+    with raw.cursor() as cur:
+        cur.execute("SAVEPOINT zeta_copy")
+        try:
+            _copy_rows(cur, table.name, names, map(values, rows))
+        except UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT zeta_copy")
+        else:
+            cur.execute("RELEASE SAVEPOINT zeta_copy")
+            return rows
+        temp = f"zeta_copy_{table.name}"
+        cur.execute(f"CREATE TEMP TABLE {temp} (LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DROP")
+        _copy_rows(cur, temp, names, map(values, rows))
+        cur.execute(
+            f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING RETURNING {names}"
+        )
+        inserted = [dict(zip(columns, row)) for row in cur.fetchall()]
+        cur.execute(f"DROP TABLE {temp}")  # a later batch in the same transaction (a bisection) makes it again
+    return inserted
+
+
+def _copy_rows(cur: Any, target: str, names: str, rows: Iterable[Sequence[Any]]) -> None:
+    """COPY rows (tuples in ``names``' order) into ``target``."""
+    with cur.copy(f"COPY {target} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _executemany_insert(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    """SQLite: the idempotent INSERT by the driver's ``executemany`` on plain tuples, which skips
+    SQLAlchemy's per-row parameter processing (sanitized rows hold plain values in every column);
+    returns the rows inserted. When some keys were present (a replayed batch), the new rows are read
+    back: SQLite gives each a rowid above the largest before it, and the transaction holds the write lock."""
+    columns = [c.name for c in table.columns]
+    names = ", ".join(columns)
+    values = operator.itemgetter(*columns)
+    before = conn.exec_driver_sql(f"SELECT max(rowid) FROM {table.name}").scalar()
+    done = conn.exec_driver_sql(
+        f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
         [values(row) for row in rows],
     )
+    if done.rowcount == len(rows):
+        return rows
+    found = conn.exec_driver_sql(f"SELECT {names} FROM {table.name} WHERE rowid > ?", (before or 0,))
+    return [dict(zip(columns, row)) for row in found]
 
 
 def _is_row_problem(exc: BaseException) -> bool:
@@ -927,8 +1121,10 @@ class Store:
             conn.execute(_insert(self.engine, dead_letters), [letter])
 
     def _insert_rows(self, rows: Sequence[Row]) -> None:
-        """Insert rows in one transaction, parents first: on PostgreSQL by COPY into a temporary
-        table and one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, on SQLite by the driver's ``executemany``."""
+        """Insert rows in one transaction, parents first, skipping keys already present: on PostgreSQL
+        by COPY (:func:`_copy_insert`), on SQLite by the driver's ``executemany``. The attempts that
+        were new are added to their rollups in the same transaction: each counts once, however often
+        it is replayed."""
         by_table: dict[str, list[Mapping[str, Any]]] = {name: [] for name in TABLES}
         for table, row in rows:
             by_table[table].append(row)
@@ -937,9 +1133,11 @@ class Store:
                 if not by_table[name]:
                     continue
                 if self.engine.dialect.name == "postgresql":
-                    _copy_insert(conn.connection.driver_connection, TABLES[name], by_table[name])
+                    new = _copy_insert(conn.connection.driver_connection, TABLES[name], by_table[name])
                 else:
-                    _executemany_insert(conn, TABLES[name], by_table[name])
+                    new = _executemany_insert(conn, TABLES[name], by_table[name])
+                if name in ROLLUPS:
+                    _add_rollups(conn, name, new)
 
     def _healthy(self, rows: Sequence[Row]) -> None:
         self._delay = 0.05
@@ -1008,9 +1206,11 @@ class Store:
         """Insert one feedback row now, unless the call already has one: True if this row won.
         The primary key on ``feedback.call_id`` decides, so two processes rating a call at once
         cannot both win."""
+        clean = sanitize("feedback", row, self.scrub)
         with self.engine.begin() as conn:
-            query = self._insert_feedback.values(sanitize("feedback", row, self.scrub)).returning(feedback.c.call_id)
-            won = conn.execute(query).first() is not None
+            won = conn.execute(self._insert_feedback.values(clean).returning(feedback.c.call_id)).first() is not None
+            if won:
+                _add_rollups(conn, "feedback", [clean])
         if won:
             self.written["feedback"] += 1
         return won
@@ -1030,39 +1230,72 @@ class Store:
             result = conn.execute(query.order_by(*order).limit(limit))
             return _columns(list(result.keys()), result.all()[::-1])
 
-    def attempt_sums(self, task_type: str, where: Any = None) -> Columns:
+    def attempt_sums(self, task_type: str, where: Any = None, rolled: tuple[float, Any] | None = None) -> Columns:
         """Per model of a task type: attempts ``n``, successes ``succ``, and over successes the sums
-        of latency, log-latency, its square and cost: what an undiscounted policy keeps."""
-        t = attempts
-        ok = t.c.outcome == "ok"
-        floored = (func.greatest if self.engine.dialect.name == "postgresql" else func.max)(
-            t.c.latency_s, LATENCY_FLOOR_S
-        )
-        loglat = func.ln(floored)  # log_latency() in SQL
-        when_ok = lambda value: func.sum(case((ok, value), else_=0.0))  # noqa: E731
-        query = select(
-            t.c.model,
-            func.count().label("n"),
-            when_ok(1.0).label("succ"),
-            when_ok(t.c.latency_s).label("lat_sum"),
-            when_ok(loglat).label("loglat_sum"),
-            when_ok(loglat * loglat).label("loglat_sq"),
-            when_ok(t.c.cost).label("cost_sum"),
-        ).where(t.c.task_type == task_type)
-        if where is not None:
-            query = query.where(where)
-        with self.engine.connect() as conn:
-            result = conn.execute(query.group_by(t.c.model))
-            return _columns(list(result.keys()), result.all())
+        of latency, log-latency, its square and cost: what an undiscounted policy keeps. ``rolled``:
+        see :meth:`_sums`."""
+        a, r = attempts.c, attempt_rollups.c
+        loglat = _loglat_sql(a.latency_s, self.engine.dialect.name)
+        scanned = [func.count().label("n"), *_success_sums(a.outcome, 1.0, a.latency_s, loglat, a.cost)]
+        summed = [
+            func.sum(r.n).label("n"),
+            *_success_sums(r.outcome, cast(r.n, Float), r.lat_sum, r.loglat_sum, r.cost_sum, squares=r.loglat_sq),
+        ]
+        return self._sums("attempts", task_type, scanned, where, rolled, summed)
 
-    def feedback_sums(self, task_type: str, where: Any = None) -> Columns:
-        """Per model of a task type: ratings ``acc_n`` and the sum of accuracy ``acc_sum``."""
-        query = select(feedback.c.model, func.count().label("acc_n"), func.sum(feedback.c.accuracy).label("acc_sum"))
-        query = query.where(feedback.c.task_type == task_type)
+    def feedback_sums(self, task_type: str, where: Any = None, rolled: tuple[float, Any] | None = None) -> Columns:
+        """Per model of a task type: ratings ``acc_n`` and the sum of accuracy ``acc_sum``. ``rolled``: see :meth:`_sums`."""
+        f, r = feedback.c, feedback_rollups.c
+        scanned = [func.count().label("acc_n"), func.sum(f.accuracy).label("acc_sum")]
+        summed = [func.sum(r.acc_n).label("acc_n"), func.sum(r.acc_sum).label("acc_sum")]
+        return self._sums("feedback", task_type, scanned, where, rolled, summed)
+
+    def _sums(
+        self,
+        table: str,
+        task_type: str,
+        scanned: list[Any],
+        where: Any,
+        rolled: tuple[float, Any] | None,
+        summed: list[Any],
+    ) -> Columns:
+        """Per model of a task type, the labelled sums ``scanned`` over the rows of ``table`` that meet ``where``.
+
+        With ``rolled = (until, condition)`` the rows of the whole rollup buckets before ``until``
+        are read from the table's rollups instead (the labelled sums ``summed`` over the keys that
+        meet ``condition``, a condition on the rollup table, or all when it is None) and only the
+        later rows are scanned: the same sums, up to float rounding, in time proportional to the
+        buckets rather than the rows. ``where`` must then hold for every row before ``until`` that
+        ``condition`` admits. One statement: one snapshot of the log. Plain lists per column: the
+        warm start of summed policies needs no pandas.
+        """
+        t = TABLES[table]
+        query = select(t.c.model, *scanned).where(t.c.task_type == task_type)
         if where is not None:
             query = query.where(where)
+        if rolled is None:
+            query = query.group_by(t.c.model)
+        else:
+            until, condition = rolled
+            first = rollup_bucket(until)  # the first bucket scanned: every earlier one ends by ``until``
+            if first * ROLLUP_BUCKET_S > until:  # float rounding at a bucket's edge
+                first -= 1
+            bucket_of = _bucket_sql(t.c.ts, self.engine.dialect.name)
+            query = query.where(t.c.ts >= first * ROLLUP_BUCKET_S - 1.0, bucket_of >= first).group_by(t.c.model)
+            r = ROLLUPS[table].c
+            kept = select(r.model, *summed).where(r.task_type == task_type, r.bucket < first)
+            if condition is not None:
+                kept = kept.where(condition)
+            parts = union_all(query, kept.group_by(r.model)).subquery()
+            query = select(
+                parts.c.model,
+                *(
+                    cast(func.sum(parts.c[c.name]), Integer if c.name in ("n", "acc_n") else Float).label(c.name)
+                    for c in scanned
+                ),
+            ).group_by(parts.c.model)
         with self.engine.connect() as conn:
-            result = conn.execute(query.group_by(feedback.c.model))
+            result = conn.execute(query)
             return _columns(list(result.keys()), result.all())
 
     def prune(self, older_than: float, *, dry_run: bool = False) -> dict[str, int]:
@@ -1076,11 +1309,22 @@ class Store:
                 "attempts": conn.execute(delete(attempts).where(attempts.c.ts < older_than)).rowcount,
                 "calls": conn.execute(delete(calls).where(calls.c.ts < older_than)).rowcount,
             }
+            cut = rollup_bucket(older_than)  # earlier buckets lost all their attempts; this one some
+            conn.execute(delete(attempt_rollups).where(attempt_rollups.c.bucket < cut))
+            rebuild_rollups(conn, "attempts", cut)
+            rebuild_rollups(conn, "feedback")  # ratings go with their calls, from any hour
             if dry_run:
                 conn.rollback()
             else:
                 conn.commit()
         return deleted
+
+    def rebuild_rollups(self) -> None:
+        """Recompute the rollups from every attempt and rating, for a log loaded around the store (a
+        bulk insert): the warm start reads the rollups, the writer keeps them only for its own rows."""
+        with self.engine.begin() as conn:
+            for table in ROLLUPS:
+                rebuild_rollups(conn, table)
 
     def count(self, table: str) -> int:
         """Rows in one table of the log."""
