@@ -27,6 +27,7 @@ from zeta_adaptive.replay import (
     IPS,
     SNIPS,
     Always,
+    CellMeans,
     Distribution,
     Learning,
     Replay,
@@ -84,7 +85,7 @@ def test_dm_dr_by_hand():
     assert DM().estimate(data, Always("a")) == pytest.approx(q_a)
     assert DM().estimate(data, Uniform()) == pytest.approx((q_a + q_b + q_c) / 3)
     residual = 2.5 * (1.0 - q_a) + 2.0 * (0.5 - q_a)
-    assert DR().estimate(data, Always("a")) == pytest.approx(q_a + residual / 4)
+    assert DR(reward_model=CellMeans()).estimate(data, Always("a")) == pytest.approx(q_a + residual / 4)
     # with a context column, a cell's mean shrinks toward the action's mean over the task type
     raw = pd.DataFrame({"a": TINY["actions"], "r": TINY["rewards"], "p": TINY["propensities"], "x": [0, 0, 1, 1]})
     ctx = prepare(from_frame(raw, action="a", reward="r", propensity="p", context="x"))
