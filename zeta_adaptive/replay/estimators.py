@@ -37,12 +37,17 @@ def _crossfit(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per round, every action's predicted reward from a model fitted on the other ``folds - 1`` folds
     (rounds dealt to folds at random, seeded), as (predictions, each round's row in them)."""
-    fold = np.random.default_rng(np.random.SeedSequence([seed, 7])).permutation(data.n) % folds
+    fold = _folds(data.n, folds, seed)
     q = np.empty((data.n, len(data.actions)))
     for f in range(folds):
         test = fold == f
         q[test] = fit_predict(data.take(np.flatnonzero(~test), False), data.take(np.flatnonzero(test), False))
     return q, np.arange(data.n)
+
+
+def _folds(n: int, folds: int, seed: int) -> np.ndarray:
+    """Each of n rounds' fold: dealt at random (seeded), the folds' sizes within one of each other."""
+    return np.random.default_rng(np.random.SeedSequence([seed, 7])).permutation(n) % folds
 
 
 def _cell_groups(data: Logged) -> np.ndarray:
@@ -81,32 +86,45 @@ class CellMeans:
 
     def predict(self, data: Logged) -> tuple[np.ndarray, np.ndarray]:
         """Predicted rewards (rows, actions) and each round's row: the (cells, actions) table and the
-        rounds' cells in-sample, else one row per round."""
+        rounds' cells in-sample, else one row per round, from the table fitted without its fold."""
         if self.folds == 1:
             return self.fit(data), data.cell
-        groups = _cell_groups(data)
-        return _crossfit(lambda train, test: self.fit(train, groups)[test.cell], data, self.folds, self.seed)
+        fold = _folds(data.n, self.folds, self.seed)
+        # every fold's sums in one pass each; a fold's table is fitted on the totals minus its own sums
+        per_fold = self._sums(data, fold, self.folds)
+        tables = self._table(*(total.sum(axis=0) - total for total in per_fold), _cell_groups(data))
+        return tables[fold, data.cell], np.arange(data.n)
 
     def fit(self, data: Logged, cell_group: np.ndarray | None = None) -> np.ndarray:
         """The (cells, actions) table of predicted rewards; ``cell_group``: each cell's task type, when
         ``data`` is a part of the log that may lack some cells (else read from ``data``)."""
+        sums = (total[0] for total in self._sums(data, np.zeros(data.n, dtype=np.int64), 1))
+        return self._table(*sums, _cell_groups(data) if cell_group is None else cell_group)
+
+    @staticmethod
+    def _sums(data: Logged, fold: np.ndarray, folds: int) -> tuple[np.ndarray, ...]:
+        """Per fold: rounds and reward sums per task type, per (task type, action) and per (cell, action)."""
+        k, n_groups, n_cells, r = len(data.actions), len(data.groups), data.n_cells, data.reward
+        out: list[np.ndarray] = []
+        for key, size in ((data.group, n_groups), (data.group * k + data.action, n_groups * k)):
+            key = fold * size + key
+            out += [np.bincount(key, minlength=folds * size), np.bincount(key, r, folds * size)]
+        if n_cells != n_groups:
+            key = fold * (n_cells * k) + data.cell * k + data.action
+            out += [np.bincount(key, minlength=folds * n_cells * k), np.bincount(key, r, folds * n_cells * k)]
+        shapes = [(n_groups,), (n_groups,), (n_groups, k), (n_groups, k), (n_cells, k), (n_cells, k)]
+        return tuple(o.reshape(folds, *shape).astype(float) for o, shape in zip(out, shapes, strict=False))
+
+    def _table(self, *sums: np.ndarray) -> np.ndarray:
+        """The (..., cells, actions) table from :meth:`_sums` (any leading folds axis) and each cell's task type."""
         m = self.pseudo_count
-        k, n_groups, n_cells = len(data.actions), len(data.groups), data.n_cells
-        r = data.reward
-        sizes = np.bincount(data.group, minlength=n_groups)
-        group_mean = np.divide(np.bincount(data.group, r, n_groups), sizes, out=np.zeros(n_groups), where=sizes > 0)
-        key = data.group * k + data.action
-        n_ga = np.bincount(key, minlength=n_groups * k)
-        s_ga = np.bincount(key, r, n_groups * k)
-        per_action = ((s_ga + m * np.repeat(group_mean, k)) / (n_ga + m)).reshape(n_groups, k)
-        if cell_group is None:
-            cell_group = _cell_groups(data)
-        if n_cells == n_groups:  # no position or context: a cell is a task type, already fitted
-            return per_action[cell_group]
-        key = data.cell * k + data.action
-        n_ca = np.bincount(key, minlength=n_cells * k).reshape(n_cells, k)
-        s_ca = np.bincount(key, r, n_cells * k).reshape(n_cells, k)
-        return (s_ca + m * per_action[cell_group]) / (n_ca + m)
+        sizes, s_g, n_ga, s_ga, *cells, cell_group = sums
+        group_mean = np.divide(s_g, sizes, out=np.zeros_like(s_g), where=sizes > 0)
+        parent = ((s_ga + m * group_mean[..., None]) / (n_ga + m))[..., cell_group, :]
+        if not cells:  # no position or context: a cell is a task type, already fitted
+            return parent
+        n_ca, s_ca = cells
+        return (s_ca + m * parent) / (n_ca + m)
 
 
 @dataclass(frozen=True)
