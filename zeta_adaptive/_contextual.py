@@ -35,13 +35,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 from sqlalchemy import select
 
-from ._features import Features, Featurizer
-from ._policies import BELIEF_DRAWS, BELIEF_SEED, SUCC, N, Policy, Ranking, served_means
+from ._features import DENSE_NAMES, Features, Featurizer
+from ._policies import BELIEF_DRAWS, BELIEF_SEED, SUCC, N, Policy, Ranking, one_hot, served_means
 from ._store import Store, call_features
 from ._store import feedback as feedback_table
 
@@ -55,6 +55,37 @@ __all__ = [
 ]
 
 
+class _Context(NamedTuple):
+    """A prompt as the linear model sees it, and the model's weights at its slots (valid until the next update)."""
+
+    slots: np.ndarray  # the non-zero slots, hashed n-grams first
+    x: np.ndarray  # the values the model sees
+    hashed: int  # how many of the slots are hashed n-grams
+    df: np.ndarray | None  # with idf: their document frequencies
+    block: np.ndarray  # (2 rows, slots): every row's weights at the slots, then their variances (decayed)
+    mean: np.ndarray  # x . w of every row (models, then the shared row)
+    var: np.ndarray  # its variance
+
+
+class _Parts(NamedTuple):
+    """What the objective needs of each model besides its accuracy at x."""
+
+    ok: np.ndarray  # successes + 1 (the success rate's Beta posterior)
+    failed: np.ndarray  # failures + 1
+    latency: np.ndarray  # mean latency of a successful attempt (0 if none)
+    cost: np.ndarray  # mean cost of a successful attempt (0 if none)
+    untried: np.ndarray  # never attempted
+
+    def per_model(self) -> list[tuple[float, float, float, float, bool]]:
+        """The same by model, as Python values (a decision reads a handful: cheaper than numpy's calls)."""
+        return list(zip(*(p.tolist() for p in self), strict=True))
+
+
+#: a decision reads the per-model statistics as they were at most this many updates ago (as the
+#: Thompson policy's batches do): after every update early on, then every 1 % of updates up to this
+MAX_LAG = 32
+
+
 class ContextualPolicy(Policy):
     """Base of the per-prompt policies: the diagonal Gaussian linear model of accuracy per model.
 
@@ -62,6 +93,10 @@ class ContextualPolicy(Policy):
     model's feedback what makes a prompt easy or hard, the model's own weights (prior variance
     ``gap_var``, usually smaller than ``prior_var``) how that model departs from the others. The
     gap between two models is thus shrunk toward zero and estimated from its own evidence only.
+
+    Per slot, one column of ``table`` holds every row's weight mean, then their variances, so a
+    prompt's weights are one gather and its moments two products. The prompt's vector and weights are kept from
+    a decision to the feedback on the same :class:`Features` until the next update.
     """
 
     contextual: ClassVar[bool] = True
@@ -93,141 +128,176 @@ class ContextualPolicy(Policy):
             raise ValueError(f"idf must be true or false, got {idf!r}")
         self.featurizer = Featurizer(feature_bits, max_chars)
         self.hashed = self.featurizer.hashed
-        size = self.featurizer.size
         self.bias = self.hashed  # the first dense slot is the constant 1
         self.idf = bool(idf)
-        self.df = np.zeros(self.hashed)  # in how many learned prompts each hashed slot occurs
-        self.log_df = np.zeros(self.hashed)  # log(df + 1)
+        self.df = np.zeros(self.hashed, dtype=np.int64)  # in how many learned prompts each hashed slot occurs
         self.docs = 0
         self.log_docs = 1.0  # 1 + log(docs + 1)
+        self._log1p = np.log1p(np.arange(1024.0))  # log(1 + df) by df, grown with docs
         k = len(self.models)
-        self.shared = k  # row of the shared weights, after one row per model
+        self.rows = r = k + 1  # one row of weights per model, then the shared row
         self.noise_var = float(noise_var)
-        self.prior_precision = np.r_[np.full(k, 1.0 / float(gap_var)), 1.0 / float(prior_var)][:, None]
-        self.weights = np.zeros((k + 1, size))
-        self.weights[self.shared, self.bias] = 0.5
-        self.precision = np.repeat(self.prior_precision, size, axis=1)
-        self.touched = np.zeros((k + 1, size), dtype=np.int64)  # the clock when each weight was last updated
+        prior_var_rows = np.r_[np.full(k, float(gap_var)), float(prior_var)]
+        self.prior_precision = 1.0 / prior_var_rows
+        size = self.featurizer.size
+        self.table = np.zeros((2 * r, size))
+        self.table[r:] = prior_var_rows[:, None]
+        self.table[k, self.bias] = 0.5
+        self.touched = np.zeros(self.featurizer.size, dtype=np.int64)  # the clock when each slot was last updated
         self.clock = 0  # contextual updates so far
         self.no_features = Features(np.array([self.bias], dtype=np.int64), np.array([1.0]))
-        self._pairs = [np.array([[i], [k]]) for i in range(k)]
+        self._learns = [np.array([i, k, r + i, r + k]) for i in range(k)]  # a model's rows and the shared one's
+        self._flat = [rows[:, None] * size for rows in self._learns]  # where those rows start in the flat table
+        self._last: tuple[Features | None, int, _Context] | None = None
+        self._parts_now: list[tuple[float, float, float, float, bool]] | None = None
+        self._stale = 0
 
-    # -- the prompt's vector ----------------------------------------------------------------------
-    def _context(self, features: Features | None) -> tuple[np.ndarray, np.ndarray, int]:
-        """The slots and values the linear model sees, and how many of them are hashed n-grams.
+    # -- the prompt's vector and its weights ----------------------------------------------------
+    def _state(self, features: Features | None) -> _Context:
+        """The prompt's :class:`_Context` (None: the bias alone), kept until the next update.
 
         With ``idf``, the hashed n-gram part is reweighted by its inverse document frequency among
         the prompts learned so far (``1 + log((docs + 1) / (df + 1))``) and rescaled to unit norm:
         words every prompt has (the template's) weigh less, the rarer words that tell prompts apart more.
         """
-        if features is None:
-            return self.no_features.indices, self.no_features.values, 0
-        j, v = features.indices, features.values
-        h = int(np.searchsorted(j, self.hashed))  # hashed slots come first, the dense ones after
-        if not self.idf or not h:
-            return j, v, h
-        hv = v[:h] * (self.log_docs - self.log_df[j[:h]])
-        hv *= 1.0 / math.sqrt(hv @ hv)
-        return j, np.concatenate([hv, v[h:]]), h
+        last = self._last
+        if last is not None and last[0] is features and last[1] == self.clock:
+            return last[2]
+        j, v = (features or self.no_features).indices, (features or self.no_features).values
+        h = self._hashed_count(j) if features is not None else 0
+        df = None
+        if self.idf and h:
+            df = self.df.take(j[:h])
+            v = v.copy()
+            hv = v[:h]
+            hv *= self.log_docs - self._log1p.take(df)
+            hv *= 1.0 / math.sqrt(hv @ hv)
+        block = self._block(j)
+        r = self.rows
+        state = _Context(j, v, h, df, block, block[:r].dot(v), block[r:].dot(v * v))
+        self._last = (features, self.clock, state)
+        return state
 
-    def _absorb(self, slots: np.ndarray) -> None:
-        """Count a learned prompt's hashed slots for the inverse document frequency."""
-        self.df[slots] += 1.0
-        self.log_df[slots] = np.log(self.df[slots] + 1.0)
-        self.docs += 1
-        self.log_docs = 1.0 + math.log(self.docs + 1.0)
+    def _hashed_count(self, slots: np.ndarray) -> int:
+        """How many of these sorted slots are hashed n-grams (they come first, the dense slots after)."""
+        dense = len(DENSE_NAMES)
+        if len(slots) >= dense and slots[-dense] == self.hashed:  # every dense slot: the featurizer's usual case
+            return len(slots) - dense
+        return int(slots.searchsorted(self.hashed))
+
+    def _block(self, slots: np.ndarray) -> np.ndarray:
+        """The table's columns at these slots (a copy), the variances after the discount's lazy decay toward the prior."""
+        block = self.table.take(slots, axis=1)
+        if self.discount < 1.0:
+            r, prior = self.rows, self.prior_precision[:, None]
+            decay = self.discount ** (self.clock - self.touched.take(slots))
+            block[r:] = 1.0 / (prior + (1.0 / block[r:] - prior) * decay)
+        return block
 
     # -- the linear model -----------------------------------------------------------------------
-    def _precisions(self, rows: np.ndarray | slice, cols: np.ndarray) -> np.ndarray:
-        """Precision of the given weights (rows: a column of row indices, or every row) now, after the
-        discount's lazy decay toward the prior."""
-        p = self.precision[rows, cols]
-        if self.discount == 1.0:
-            return p
-        prior = self.prior_precision[rows] if isinstance(rows, slice) else self.prior_precision[rows[:, 0]]
-        return prior + (p - prior) * self.discount ** (self.clock - self.touched[rows, cols])
-
-    def _moments(self, features: Features | None) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance of ``x . w`` for each row of weights (models, then the shared row)."""
-        j, v, _ = self._context(features)
-        mean = self.weights[:, j] @ v
-        var = (1.0 / self._precisions(slice(None), j)) @ (v * v)
-        return mean, var
-
     def predict(self, features: Features | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and variance of every model's accuracy at these features (indexed like ``models``)."""
-        mean, var = self._moments(features)
-        return mean[:-1] + mean[-1], var[:-1] + var[-1]
+        state = self._state(features)
+        return state.mean[:-1] + state.mean[-1], state.var[:-1] + state.var[-1]
 
     def context_probabilities(self, features: Sequence[Features], draws: int = 4096) -> np.ndarray:
         """P(the primary is each model | x) for each context (rows; columns: ``models``), the policy unchanged:
         exact for a deterministic ranking, else the share of ``draws`` posterior draws seeded by the row."""
-        parts = self._parts(self._all)
+        parts = self._parts()
         out = np.zeros((len(features), len(self.models)))
         for row, x in enumerate(features):
-            out[row] = self._primary_shares(*self._moments(x), parts, np.random.default_rng(row), draws)
+            state = self._state(x)
+            out[row] = self._primary_shares(state.mean, state.var, parts, np.random.default_rng(row), draws)
         return out
 
     def _primary_shares(
-        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+        self, mean: np.ndarray, var: np.ndarray, parts: _Parts, rng: np.random.Generator, draws: int
     ) -> np.ndarray:
         """P(primary) of every model at one context's moments and the models' :meth:`_parts`."""
         raise NotImplementedError
 
     def learn(self, model: str, accuracy: float, features: Features | None = None) -> None:
-        """One Kalman step of the shared and the model's weights toward an observed accuracy at these features."""
-        rows = self._pairs[self.index[model]]  # the model's row and the shared row, as a column
-        j, v, h = self._context(features)
-        if self.idf and h:
-            self._absorb(j[:h])
-        var = 1.0 / self._precisions(rows, j)  # (2, nnz)
-        w = self.weights[rows, j]
-        s = self.noise_var + (var[0] + var[1]) @ (v * v)
-        gain = var * (v / s)
-        self.weights[rows, j] = w + gain * (accuracy - (w[0] + w[1]) @ v)
-        self.precision[rows, j] = 1.0 / (var - gain * v * var)
-        if self.discount < 1.0:
-            self.touched[rows, j] = self.clock
+        """One Kalman step of the shared and the model's weights toward an observed accuracy at these features.
+
+        The exact update of the Gaussian linear model restricted to the two rows, projected back on a
+        diagonal covariance: with g = var * x and s the prediction's variance plus the noise's,
+        w += g * residual / s and var -= g * g / s (both rows at once: one product of [g; g * g]).
+        """
+        i = self.index[model]
+        state = self._state(features)
+        j, x, block, rows = state.slots, state.x, state.block, self._learns[i]
+        if state.df is not None:
+            self._absorb(j[: state.hashed], state.df)
+        learned = block[rows]  # the model's and the shared weights, then their variances
+        mean, var = state.mean.tolist(), state.var.tolist()
+        scale = 1.0 / (self.noise_var + var[i] + var[-1])
+        step = scale * (accuracy - mean[i] - mean[-1])
+        g = np.empty_like(learned)
+        np.multiply(learned[2:], x, out=g[:2])
+        np.multiply(g[:2], g[:2], out=g[2:])
+        g *= [[step], [step], [-scale], [-scale]]
+        learned += g
+        if self.discount < 1.0:  # every row's variances were decayed to now: write them all back
+            block[rows] = learned
+            self.table[:, j] = block
+            self.touched.put(j, self.clock)
+        else:
+            self.table.put(j + self._flat[i], learned)
         self.clock += 1
+
+    def _absorb(self, slots: np.ndarray, df: np.ndarray) -> None:
+        """Count a learned prompt's hashed slots (``df``: their counts so far) for the inverse document frequency."""
+        self.df.put(slots, df + 1)
+        self.docs += 1
+        self.log_docs = 1.0 + math.log(self.docs + 1.0)
+        if self.docs + 1 >= len(self._log1p):
+            self._log1p = np.log1p(np.arange(2.0 * len(self._log1p)))
 
     def feedback(self, model: str, accuracy: float, features: Features | None = None) -> None:
         """Learn one answer's accuracy: the per-model statistics and the linear model at the call's features."""
         super().feedback(model, accuracy)
         self.learn(model, accuracy, features)
 
-    def _parts(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Success Beta posterior (successes + 1, failures + 1), latency and cost means of the eligible
-        models (latency and cost 0 if never served)."""
-        s = self.stats[:, idx]
-        return s[SUCC] + 1.0, s[N] - s[SUCC] + 1.0, *served_means(s)
+    def _parts(self) -> _Parts:
+        """Every model's success Beta posterior (successes + 1, failures + 1), latency and cost means
+        (latency and cost 0 if never served)."""
+        s = self.stats
+        return _Parts(s[SUCC] + 1.0, s[N] - s[SUCC] + 1.0, *served_means(s), s[N] == 0)
+
+    def _changed(self) -> None:
+        self._stale += 1
+
+    def _current_parts(self) -> list[tuple[float, float, float, float, bool]]:
+        """:meth:`_parts` by model as of at most ``max(1, min(MAX_LAG, updates // 100))`` updates ago."""
+        if self._parts_now is None or self._stale >= max(1, min(MAX_LAG, self.updates // 100)):
+            self._parts_now = self._parts().per_model()
+            self._stale = 0
+        return self._parts_now
 
     def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """P(primary) for a prompt without features (the bias alone), from a generator of its own;
         ranked by it, then by utility."""
-        mean, var = self._moments(None)
+        state = self._state(None)
         rng = np.random.default_rng(BELIEF_SEED)
-        p_best = self._primary_shares(mean, var, self._parts(self._all), rng, BELIEF_DRAWS)
+        p_best = self._primary_shares(state.mean, state.var, self._parts(), rng, BELIEF_DRAWS)
         return np.lexsort((-utility, -p_best)), p_best
 
     # -- deciding -------------------------------------------------------------------------------
     def rank(self, eligible: Sequence[str] | None = None, features: Features | None = None) -> Ranking:
         """Order the eligible models for a prompt with these features (None: the bias alone)."""
         idx = self._eligible(eligible)
-        mean, var = self._moments(features)
-        order, propensity = self._decide(idx, mean, var, *self._parts(idx))
-        return Ranking(tuple([self.models[i] for i in idx[order].tolist()]), propensity)
+        state = self._state(features)
+        order, propensity = self._decide(idx, state.mean, state.var, self._current_parts())
+        models = self.models
+        if idx is not self._all:
+            order = idx[order].tolist()
+        return Ranking(tuple([models[i] for i in order]), propensity)
 
     def _decide(
-        self,
-        idx: np.ndarray,
-        mean: np.ndarray,
-        var: np.ndarray,
-        ok: np.ndarray,
-        failed: np.ndarray,
-        latency: np.ndarray,
-        cost: np.ndarray,
-    ) -> tuple[np.ndarray, float]:
-        """The eligible models' order (positions in ``idx``) and P(primary), from the rows' moments."""
+        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
+    ) -> tuple[list[int], float]:
+        """The eligible models' order (positions in ``idx``) and P(primary), from the rows' moments
+        and every model's :meth:`_parts`."""
         raise NotImplementedError
 
 
@@ -240,7 +310,8 @@ class LinearThompsonPolicy(ContextualPolicy):
     posterior over hashed n-grams counts every unseen n-gram's prior variance and so overstates
     the uncertainty of a new prompt); one of those is picked uniformly at random and ranks the
     models. The logged propensity, the share of the batch's draws won by the chosen primary, is
-    the exact probability of that primary given the decision's draws.
+    the exact probability of that primary given the decision's draws. The standard normals behind
+    the accuracy draws come from a buffer filled 64 decisions at a time (independent draws either way).
     """
 
     name = "linear_thompson"
@@ -254,39 +325,63 @@ class LinearThompsonPolicy(ContextualPolicy):
             raise ValueError(f"explore must be >= 0, got {explore}")
         self.samples = int(samples)
         self.explore = float(explore)
+        self._normals = np.empty((self.rows + 1, 0))
+        self._used = 0
 
-    def _accuracy_draws(self, mean: np.ndarray, var: np.ndarray, rows: np.ndarray | slice, z: np.ndarray) -> np.ndarray:
-        """One draw of the rows' accuracies at x per row of ``z``, its spread scaled by ``explore``; the
-        last column of ``z`` draws the shared part, one for all models."""
-        sd = self.explore * np.sqrt(var)
-        return mean[rows] + sd[rows] * z[:, :-1] + (mean[-1] + sd[-1] * z[:, -1:])
+    def _accuracy_draws(self, mean: np.ndarray, var: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """One draw of every model's accuracy at x (rows) per column of ``z``, its spread scaled by
+        ``explore``; the last row of ``z`` draws the shared part, one for all models."""
+        sd = np.sqrt(var)
+        sd *= self.explore
+        spread = z * sd[:, None]
+        accuracy = spread[:-1]
+        accuracy += spread[-1]
+        accuracy += (mean[:-1] + mean[-1])[:, None]
+        return accuracy
 
     def _primary_shares(
-        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+        self, mean: np.ndarray, var: np.ndarray, parts: _Parts, rng: np.random.Generator, draws: int
     ) -> np.ndarray:
-        ok, failed, latency, cost = parts
         k = len(self.models)
-        accuracy = self._accuracy_draws(mean, var, slice(None, -1), rng.standard_normal((draws, k + 1)))
-        success = rng.beta(ok, failed, size=(draws, k))
-        return np.bincount(self.objective.score(success, accuracy, latency, cost).argmax(axis=1), minlength=k) / draws
+        accuracy = self._accuracy_draws(mean, var, rng.standard_normal((k + 1, draws)))
+        success = rng.beta(parts.ok[:, None], parts.failed[:, None], size=(k, draws))
+        scores = self.objective.score(success, accuracy, parts.latency[:, None], parts.cost[:, None])
+        return np.bincount(scores.argmax(axis=0), minlength=k) / draws
+
+    def _batch(self) -> np.ndarray:
+        """The next ``samples`` columns of standard normals (one row per row of weights), and a row of ones."""
+        used = self._used
+        if used + self.samples > self._normals.shape[1]:
+            self._normals = np.ones((self.rows + 1, 64 * self.samples))
+            self._normals[:-1] = self.rng.standard_normal((self.rows, 64 * self.samples))
+            used = 0
+        self._used = used + self.samples
+        return self._normals[:, used : used + self.samples]
 
     def _decide(
-        self,
-        idx: np.ndarray,
-        mean: np.ndarray,
-        var: np.ndarray,
-        ok: np.ndarray,
-        failed: np.ndarray,
-        latency: np.ndarray,
-        cost: np.ndarray,
-    ) -> tuple[np.ndarray, float]:
-        accuracy = self._accuracy_draws(mean, var, idx, self.rng.standard_normal((self.samples, len(idx) + 1)))
-        success = self.rng.beta(ok, np.maximum(failed, 1.0))  # one draw per decision, shared by the batch
-        scores = self.objective.score(success, accuracy, latency, cost)
-        best = scores.argmax(axis=1)
+        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
+    ) -> tuple[list[int], float]:
+        """The objective is affine in the accuracy, so each model's ``samples`` scores are one row of a
+        product with the batch of normals: its slope times its drawn deviation from the mean, plus its score at the mean."""
+        m = mean.tolist()
+        explore, sqrt = self.explore, math.sqrt
+        sd = [explore * sqrt(v) for v in var.tolist()]
+        shared_mean, shared_sd, k = m[-1], sd[-1], self.rows - 1
+        beta, score = self.rng.beta, self.objective.score  # one success draw per model and decision
+        weights = []
+        for i in idx.tolist():
+            ok, failed, latency, cost, _ = parts[i]
+            success = beta(ok, failed)
+            base = score(success, 0.0, latency, cost)
+            slope = score(success, 1.0, latency, cost) - base
+            row = [0.0] * (k + 2)  # per normal: the models' parts, the shared part; then the constant 1
+            row[i], row[k], row[-1] = slope * sd[i], slope * shared_sd, base + slope * (m[i] + shared_mean)
+            weights.append(row)
+        scores = np.array(weights).dot(self._batch())
+        best = scores.argmax(axis=0).tolist()
         u = int(self.rng.random() * self.samples)
-        order = np.argsort(-scores[u], kind="stable")
-        return order, float(np.count_nonzero(best == best[u])) / self.samples
+        drawn = scores[:, u].tolist()
+        return sorted(range(len(drawn)), key=drawn.__getitem__, reverse=True), best.count(best[u]) / self.samples
 
 
 class LinUCBPolicy(ContextualPolicy):
@@ -302,26 +397,21 @@ class LinUCBPolicy(ContextualPolicy):
         self.alpha = float(alpha)
 
     def _primary_shares(
-        self, mean: np.ndarray, var: np.ndarray, parts: tuple[np.ndarray, ...], rng: np.random.Generator, draws: int
+        self, mean: np.ndarray, var: np.ndarray, parts: _Parts, rng: np.random.Generator, draws: int
     ) -> np.ndarray:
-        out = np.zeros(len(self.models))
-        out[self._decide(self._all, mean, var, *parts)[0][0]] = 1.0
-        return out
+        return one_hot(np.array(self._decide(self._all, mean, var, parts.per_model())[0]), len(self.models))
 
     def _decide(
-        self,
-        idx: np.ndarray,
-        mean: np.ndarray,
-        var: np.ndarray,
-        ok: np.ndarray,
-        failed: np.ndarray,
-        latency: np.ndarray,
-        cost: np.ndarray,
-    ) -> tuple[np.ndarray, float]:
-        upper = mean[idx] + mean[-1] + self.alpha * np.sqrt(var[idx] + var[-1])
-        index = self.objective.score(ok / (ok + failed), upper, latency, cost)
-        untried = ok + failed <= 2.0
-        return np.argsort(-np.where(untried, np.inf, index), kind="stable"), 1.0  # models never tried come first
+        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
+    ) -> tuple[list[int], float]:
+        m, v = mean.tolist(), var.tolist()
+        shared_mean, shared_var, alpha, score = m[-1], v[-1], self.alpha, self.objective.score
+        index = []
+        for i in idx.tolist():
+            ok, failed, latency, cost, untried = parts[i]
+            upper = m[i] + shared_mean + alpha * math.sqrt(v[i] + shared_var)
+            index.append(math.inf if untried else score(ok / (ok + failed), upper, latency, cost))  # untried first
+        return sorted(range(len(index)), key=index.__getitem__, reverse=True), 1.0
 
 
 class PendingContexts:

@@ -37,7 +37,7 @@ logged order, not the policy's, so they cannot be replayed) and gets feedback at
 from .._exceptions import ReplayError
 from .compare import Comparison, compare
 from .data import REWARDS, Logged, from_frame, load_logged, prepare
-from .estimators import DM, DR, ESTIMATORS, IPS, SNIPS, CellMeans, Estimate, Estimator, Replay
+from .estimators import DM, DR, ESTIMATORS, IPS, SNIPS, CellMeans, Estimate, Estimator, FeatureRidge, Replay
 from .learning import Learning, Replayed
 from .probabilities import ActionProbs, Resolved
 from .targets import Always, Distribution, Static, Target, Uniform, parse_target, resolve
@@ -61,6 +61,7 @@ __all__ = [
     "Learning",
     "parse_target",
     "CellMeans",
+    "FeatureRidge",
     "Estimate",
     "Estimator",
     "Replay",

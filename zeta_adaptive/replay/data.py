@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 REWARDS = ("accuracy", "success", "utility")
 _ON_INVALID = ("raise", "drop")
 _CONTEXT = "context."
+_FEATURE = "feature."
 
 
 def _check_on_invalid(on_invalid: str) -> None:
@@ -205,6 +206,7 @@ def from_frame(
     reward: str,
     propensity: str,
     context: Sequence[str] | str = (),
+    features: Sequence[str] = (),
     position: str | None = None,
     time: str | None = None,
     call_id: str | None = None,
@@ -213,7 +215,9 @@ def from_frame(
 ) -> pd.DataFrame:
     """Take logged bandit data from any DataFrame with named columns, in the schema of :func:`load_logged`.
 
-    ``position`` and ``context`` columns define the cells of the DM/DR reward model; ``time`` orders
+    ``position`` and ``context`` columns define the cells of the DM/DR reward model; ``features``
+    are numeric context columns a :class:`~zeta_adaptive.replay.FeatureRidge` reward model regresses
+    on (a missing or non-numeric value raises, or drops the row); ``time`` orders
     the rounds (else the frame's order); ``group`` names a column whose values get separate
     policies (the router's task type); ``call_id`` is checked for duplicates. Actions become
     strings. Rows with a missing action, a missing or non-numeric reward, a missing, non-positive
@@ -221,7 +225,9 @@ def from_frame(
     """
     _check_on_invalid(on_invalid)
     context = [context] if isinstance(context, str) else list(context)
-    named = [action, reward, propensity, *context] + [c for c in (position, time, call_id, group) if c is not None]
+    features = list(features)
+    named = [action, reward, propensity, *context, *features]
+    named += [c for c in (position, time, call_id, group) if c is not None]
     missing = [c for c in named if c not in df.columns]
     if missing:
         raise ReplayError(f"no column(s) {missing} in the data; it has {list(df.columns)}")
@@ -237,11 +243,17 @@ def from_frame(
             out[name] = df[column].to_numpy()
     for c in context:
         out[_CONTEXT + c] = df[c].to_numpy()
+    for c in features:
+        out[_FEATURE + c] = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
     problems = {
         "with a missing action": out["action"].isna(),
         "with a missing or non-numeric reward": ~np.isfinite(out["reward"].to_numpy()),
         **_propensity_problems(out["propensity"].to_numpy()),
     }
+    if features:
+        problems["with a missing or non-numeric feature"] = ~np.isfinite(out[[_FEATURE + c for c in features]]).all(
+            axis=1
+        )
     if call_id is not None:
         problems["with a duplicated call id"] = out["call_id"].duplicated(keep=False)
     out = _screen(out, problems, on_invalid)
@@ -262,7 +274,8 @@ class Logged:
 
     ``actions`` names every model (column index of action probabilities); ``groups`` are the task
     types, each with its policy's ``models`` in order (the first is the static table's choice);
-    ``cell`` numbers the reward model's cells (task type x position x context).
+    ``cell`` numbers the reward model's cells (task type x position x context); ``features`` holds
+    the numeric context features of each round (no columns if none were given).
     """
 
     actions: tuple[str, ...]
@@ -279,6 +292,7 @@ class Logged:
     cost: np.ndarray
     accuracy: np.ndarray
     dropped: Mapping[str, int] = field(default_factory=dict)
+    features: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
 
     @property
     def n(self) -> int:
@@ -302,6 +316,7 @@ class Logged:
             propensity=self.propensity[idx],
             group=self.group[idx],
             cell=self.cell[idx],
+            features=self.features[idx],
             success=success,
             latency_s=latency_s,
             cost=cost,
@@ -390,6 +405,7 @@ def prepare(
         cost=column("cost", np.zeros(n)),
         accuracy=column("accuracy", reward),
         dropped=dict(frame.attrs.get("dropped", {})),
+        features=frame[[c for c in frame.columns if c.startswith(_FEATURE)]].to_numpy(dtype=float),
     )
 
 

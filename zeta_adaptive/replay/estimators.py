@@ -10,7 +10,7 @@ suits :class:`Replay`, and the others where the policy exposes its action probab
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -32,6 +32,36 @@ Parts = tuple[np.ndarray, np.ndarray | None, float]
 # -- reward model -----------------------------------------------------------------------------------
 
 
+def _crossfit(
+    fit_predict: Callable[[Logged, Logged], np.ndarray], data: Logged, folds: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per round, every action's predicted reward from a model fitted on the other ``folds - 1`` folds
+    (rounds dealt to folds at random, seeded), as (predictions, each round's row in them)."""
+    fold = _folds(data.n, folds, seed)
+    q = np.empty((data.n, len(data.actions)))
+    for f in range(folds):
+        test = fold == f
+        q[test] = fit_predict(data.take(np.flatnonzero(~test), False), data.take(np.flatnonzero(test), False))
+    return q, np.arange(data.n)
+
+
+def _folds(n: int, folds: int, seed: int) -> np.ndarray:
+    """Each of n rounds' fold: dealt at random (seeded), the folds' sizes within one of each other."""
+    return np.random.default_rng(np.random.SeedSequence([seed, 7])).permutation(n) % folds
+
+
+def _cell_groups(data: Logged) -> np.ndarray:
+    """The task type of each reward-model cell."""
+    cell_group = np.zeros(data.n_cells, dtype=np.int64)
+    cell_group[data.cell] = data.group
+    return cell_group
+
+
+def _check_folds(folds: int) -> None:
+    if not isinstance(folds, int) or folds < 1:
+        raise ReplayError(f"folds must be an integer >= 1 (1: fitted in-sample), got {folds!r}")
+
+
 @dataclass(frozen=True)
 class CellMeans:
     """Reward model for DM and DR: the mean reward of each action in each cell, shrunk toward coarser means.
@@ -40,34 +70,112 @@ class CellMeans:
     ``(sum + m * parent) / (count + m)`` with ``m = pseudo_count``, where the parent is the action's
     mean over its task type, itself shrunk the same way toward the task type's mean reward: cells
     and actions with little data fall back smoothly, and none is left at 0/0. Without position or
-    context a cell is a task type, and the action level is the model. Fitted in-sample.
+    context a cell is a task type, and the action level is the model. Fitted in-sample by default;
+    with ``folds`` K >= 2, cross-fitted: each round's prediction comes from the other folds' rounds,
+    so a round's own reward never enters the model that corrects it.
     """
 
     pseudo_count: float = 1.0
+    folds: int = 1
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.pseudo_count > 0:
             raise ReplayError(f"pseudo_count must be > 0, got {self.pseudo_count}")
+        _check_folds(self.folds)
 
-    def fit(self, data: Logged) -> np.ndarray:
-        """The (cells, actions) table of predicted rewards."""
+    def predict(self, data: Logged) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted rewards (rows, actions) and each round's row: the (cells, actions) table and the
+        rounds' cells in-sample, else one row per round, from the table fitted without its fold."""
+        if self.folds == 1:
+            return self.fit(data), data.cell
+        fold = _folds(data.n, self.folds, self.seed)
+        # every fold's sums in one pass each; a fold's table is fitted on the totals minus its own sums
+        per_fold = self._sums(data, fold, self.folds)
+        tables = self._table(*(total.sum(axis=0) - total for total in per_fold), _cell_groups(data))
+        return tables[fold, data.cell], np.arange(data.n)
+
+    def fit(self, data: Logged, cell_group: np.ndarray | None = None) -> np.ndarray:
+        """The (cells, actions) table of predicted rewards; ``cell_group``: each cell's task type, when
+        ``data`` is a part of the log that may lack some cells (else read from ``data``)."""
+        sums = (total[0] for total in self._sums(data, np.zeros(data.n, dtype=np.int64), 1))
+        return self._table(*sums, _cell_groups(data) if cell_group is None else cell_group)
+
+    @staticmethod
+    def _sums(data: Logged, fold: np.ndarray, folds: int) -> tuple[np.ndarray, ...]:
+        """Per fold: rounds and reward sums per task type, per (task type, action) and per (cell, action)."""
+        k, n_groups, n_cells, r = len(data.actions), len(data.groups), data.n_cells, data.reward
+        out: list[np.ndarray] = []
+        for key, size in ((data.group, n_groups), (data.group * k + data.action, n_groups * k)):
+            key = fold * size + key
+            out += [np.bincount(key, minlength=folds * size), np.bincount(key, r, folds * size)]
+        if n_cells != n_groups:
+            key = fold * (n_cells * k) + data.cell * k + data.action
+            out += [np.bincount(key, minlength=folds * n_cells * k), np.bincount(key, r, folds * n_cells * k)]
+        shapes = [(n_groups,), (n_groups,), (n_groups, k), (n_groups, k), (n_cells, k), (n_cells, k)]
+        return tuple(o.reshape(folds, *shape).astype(float) for o, shape in zip(out, shapes, strict=False))
+
+    def _table(self, *sums: np.ndarray) -> np.ndarray:
+        """The (..., cells, actions) table from :meth:`_sums` (any leading folds axis) and each cell's task type."""
         m = self.pseudo_count
-        k, n_groups, n_cells = len(data.actions), len(data.groups), data.n_cells
-        r = data.reward
-        sizes = np.bincount(data.group, minlength=n_groups)
-        group_mean = np.divide(np.bincount(data.group, r, n_groups), sizes, out=np.zeros(n_groups), where=sizes > 0)
-        key = data.group * k + data.action
-        n_ga = np.bincount(key, minlength=n_groups * k)
-        s_ga = np.bincount(key, r, n_groups * k)
-        per_action = ((s_ga + m * np.repeat(group_mean, k)) / (n_ga + m)).reshape(n_groups, k)
-        cell_group = np.zeros(n_cells, dtype=np.int64)
-        cell_group[data.cell] = data.group
-        if n_cells == n_groups:  # no position or context: a cell is a task type, already fitted
-            return per_action[cell_group]
-        key = data.cell * k + data.action
-        n_ca = np.bincount(key, minlength=n_cells * k).reshape(n_cells, k)
-        s_ca = np.bincount(key, r, n_cells * k).reshape(n_cells, k)
-        return (s_ca + m * per_action[cell_group]) / (n_ca + m)
+        sizes, s_g, n_ga, s_ga, *cells, cell_group = sums
+        group_mean = np.divide(s_g, sizes, out=np.zeros_like(s_g), where=sizes > 0)
+        parent = ((s_ga + m * group_mean[..., None]) / (n_ga + m))[..., cell_group, :]
+        if not cells:  # no position or context: a cell is a task type, already fitted
+            return parent
+        n_ca, s_ca = cells
+        return (s_ca + m * parent) / (n_ca + m)
+
+
+@dataclass(frozen=True)
+class FeatureRidge:
+    """Reward model over numeric context features: the cell means plus, per action, a ridge regression
+    of what they leave unexplained on the round's features, cross-fitted over ``folds``.
+
+    ``q(x, a) = cell_means(cell, a) + (x - mean) / sd . w_a`` with ``w_a`` the ridge (penalty ``l2``
+    on standardised features) fitted on the other folds' rounds of action a; the prediction is kept
+    within the training rewards' range. Needs the log's ``features`` (``from_frame(features=...)``);
+    without any it is the cross-fitted cell means. DR's interval refits it on every resample, so the
+    interval includes the reward model's own uncertainty.
+    """
+
+    l2: float = 10.0
+    pseudo_count: float = 1.0
+    folds: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.l2 > 0:
+            raise ReplayError(f"l2 must be > 0, got {self.l2}")
+        CellMeans(self.pseudo_count, self.folds)  # validates both
+        if self.folds < 2:
+            raise ReplayError("FeatureRidge is cross-fitted: folds must be >= 2")
+
+    def predict(self, data: Logged) -> tuple[np.ndarray, np.ndarray]:
+        """One row of predicted rewards per round (every action), each from the other folds."""
+        groups = _cell_groups(data)
+        return _crossfit(lambda train, test: self._fit_predict(train, test, groups), data, self.folds, self.seed)
+
+    def _fit_predict(self, train: Logged, test: Logged, cell_group: np.ndarray) -> np.ndarray:
+        table = CellMeans(self.pseudo_count).fit(train, cell_group)
+        q = table[test.cell]
+        d = train.features.shape[1]
+        if d:
+            mean, sd = train.features.mean(axis=0), train.features.std(axis=0)
+            sd[sd == 0] = 1.0
+            x, xt = (train.features - mean) / sd, (test.features - mean) / sd
+            residual = train.reward - table[train.cell, train.action]
+            for a in range(q.shape[1]):
+                rows = train.action == a
+                if rows.any():
+                    xa = x[rows]
+                    w = np.linalg.solve(xa.T @ xa + self.l2 * np.eye(d), xa.T @ residual[rows])
+                    q[:, a] += xt @ w
+        return np.clip(q, train.reward.min(), train.reward.max())
+
+
+#: what DM and DR accept as their reward model
+RewardModel = CellMeans | FeatureRidge
 
 
 def _direct(probs: ActionProbs, q: np.ndarray, cell: np.ndarray) -> np.ndarray:
@@ -366,14 +474,14 @@ class DM(Estimator):
     :class:`CellMeans`). ESS is the number of rounds. The interval refits the model on every resample.
     """
 
-    reward_model: CellMeans = field(default_factory=CellMeans)
+    reward_model: RewardModel = field(default_factory=CellMeans)
 
     name: ClassVar[str] = "dm"
     refits: ClassVar[bool] = True
 
     def parts(self, data: Logged, resolved: Resolved) -> Parts:
-        q = self.reward_model.fit(data)
-        return _direct(resolved.require_probs(self.name), q, data.cell), None, float(data.n)
+        q, row = self.reward_model.predict(data)
+        return _direct(resolved.require_probs(self.name), q, row), None, float(data.n)
 
 
 @dataclass(frozen=True)
@@ -381,21 +489,25 @@ class DR(_Weighted):
     """Doubly robust: DM plus the IPS-weighted residual of the reward model, per round.
 
     Unbiased if either the propensities or the reward model are right, usually with less variance
-    than IPS. ``clip`` caps the weights of the residual term (bias as in :class:`IPS`, on residuals).
-    The interval refits the reward model on every resample.
+    than IPS; with a cross-fitted reward model (``folds`` >= 2, :class:`FeatureRidge`) a round's
+    residual is taken from a model that never saw it, so the correction stays unbiased even where
+    the model overfits. ``clip`` caps the weights of the residual term (bias as in :class:`IPS`, on
+    residuals). The interval refits the reward model on every resample. The default reward model is
+    the cell means cross-fitted over 5 folds (on the Open Bandit sample: 1-2 % error where the same
+    model fitted in-sample erred by 5.6 %, see ``experiments/results/replay_validation.md``).
     """
 
-    reward_model: CellMeans = field(default_factory=CellMeans)
+    reward_model: RewardModel = field(default_factory=lambda: CellMeans(folds=5))
 
     name: ClassVar[str] = "dr"
     refits: ClassVar[bool] = True
 
     def parts(self, data: Logged, resolved: Resolved) -> Parts:
         probs = resolved.require_probs(self.name)
-        q = self.reward_model.fit(data)
+        q, row = self.reward_model.predict(data)
         w = self._weights(data, probs)
-        residual = data.reward - q[data.cell, data.action]
-        return _direct(probs, q, data.cell) + w * residual, None, _kish(w)
+        residual = data.reward - q[row, data.action]
+        return _direct(probs, q, row) + w * residual, None, _kish(w)
 
 
 ESTIMATORS: dict[str, type[Estimator]] = {e.name: e for e in (Replay, IPS, SNIPS, DM, DR)}
