@@ -143,10 +143,15 @@ def stats_us(ns: np.ndarray) -> dict[str, float]:
 
 
 def load_baseline(path: Path) -> ModuleType:
-    """Another ``_policies.py`` as a module of its own (it imports nothing from the package)."""
+    """Another ``_policies.py`` as a module of its own (it imports nothing from the package), given
+    a ``make_policy`` over its own policy classes (the package's lives in ``_registry``)."""
     spec = importlib.util.spec_from_file_location("baseline_policies", path)
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
     spec.loader.exec_module(module)
+    classes = {c.name: c for c in vars(module).values() if isinstance(c, type) and getattr(c, "name", "")}
+    module.make_policy = lambda name, models, objective, **options: classes[name](
+        models, objective=objective, **options
+    )
     return module
 
 

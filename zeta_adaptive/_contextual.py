@@ -264,7 +264,7 @@ class ContextualPolicy(Policy):
         s = self.stats
         return _Parts(s[SUCC] + 1.0, s[N] - s[SUCC] + 1.0, *served_means(s), s[N] == 0)
 
-    def _changed(self) -> None:
+    def _changed(self, model: int | None = None) -> None:
         self._stale += 1
 
     def _current_parts(self) -> list[tuple[float, float, float, float, bool]]:

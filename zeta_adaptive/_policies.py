@@ -24,6 +24,7 @@ the caller measures (the policy stays pure), in place of the average the policy 
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -182,7 +183,7 @@ class Policy:
             s[LOGLAT_SQ, i] += loglat * loglat
             s[COST_SUM, i] += cost
         self.updates += 1
-        self._changed()
+        self._changed(i if self.discount == 1.0 else None)
 
     def feedback(self, model: str, accuracy: float) -> None:
         """Learn one answer's accuracy in [0, 1], whenever it arrives."""
@@ -193,7 +194,7 @@ class Policy:
         self._cells[ACC_SUM, i] += accuracy
         self._cells[RATED, i] += 1.0
         self.updates += 1
-        self._changed()
+        self._changed(i if self.discount == 1.0 else None)
 
     def fit(
         self,
@@ -279,8 +280,10 @@ class Policy:
             return np.ones(n), 1.0
         return self.discount ** np.arange(n - 1, -1, -1, dtype=float), self.discount**n
 
-    def _changed(self) -> None:
-        """Hook for subclasses that cache anything derived from the statistics."""
+    def _changed(self, model: int | None = None) -> None:
+        """Hook for subclasses that cache anything derived from the statistics: called after every
+        change, with the index of the only model whose statistics changed, or None when any may have
+        (code that writes ``stats`` directly calls it too)."""
 
     # -- deciding -------------------------------------------------------------------------------
     def rank(self, eligible: Sequence[str] | None = None) -> Ranking:
@@ -517,11 +520,13 @@ class RandomPolicy(Policy):
 class _IndexPolicy(Policy):
     """Deterministic ranking by an index per model (propensity 1); models never tried come first.
 
-    ``c`` scales the exploration term of the index. The index is computed in plain Python, model by
-    model: for the few models of a route (up to about ten) that is several times cheaper than
-    numpy's per-call overhead, and each model's index is a function of its own statistics, the
-    total count and the objective only, so models with equal statistics tie and keep their
-    configured order (the sort is stable).
+    ``c`` scales the exploration term of the index. A model's index is a function of its own
+    statistics, the total count and the objective only, so models with equal statistics tie and
+    keep their configured order (the sort is stable). The parts that come from a model's own
+    statistics (mean, penalty, count) are cached and recomputed only for the models whose
+    statistics changed since the last decision (all of them when a discount fades every model),
+    so a decision computes just the exploration part from the total count, in plain Python: for
+    the few models of a route (up to about ten) several times cheaper than numpy's per-call overhead.
     """
 
     options = ("c",)
@@ -533,45 +538,80 @@ class _IndexPolicy(Policy):
         if c < 0:
             raise ValueError(f"c must be >= 0, got {c}")
         self.c = float(c)
-        self._all_ids = list(range(len(self.models)))
+        k = len(self.models)
+        self._all_ids = list(range(k))
+        # per model, from its own statistics (see _refresh)
+        self._mean = [0.0] * k  # success rate x accuracy, clipped to [0, 1]
+        self._penalty = [0.0] * k  # w_latency x mean latency + w_cost x mean cost
+        self._latency = [0.0] * k  # mean latency (0 before a success)
+        self._n = [0.0] * k  # the (discounted) attempt count
+        self._count = [0.0] * k  # the same, at least 1e-12; 0 for a model never tried
+        self._acc_n = [0.0] * k  # the (discounted) feedback count
+        self._total = 0.0  # the attempt count of every model
+        self._rated = False  # whether any feedback has arrived (before, accuracy counts as 1)
+        self._stale = set(self._all_ids)  # the models whose cached parts are out of date
+        self._rankings: dict[tuple[int, ...], Ranking] = {}  # see _ranking
 
-    def _exploration(self, total: float) -> float:
-        """The part of the exploration term shared by every model, from the total count."""
-        raise NotImplementedError
+    def _changed(self, model: int | None = None) -> None:
+        if model is None:
+            self._stale.update(self._all_ids)
+        else:
+            self._stale.add(model)
 
-    def _index(self, mean: float, penalty: float, n: float, shared: float) -> float:
-        """One model's index from its mean success x accuracy, latency/cost penalty and count."""
-        raise NotImplementedError
+    def _refresh(self) -> list[int]:
+        """Recompute the cached parts of the stale models (every model's when the first feedback
+        arrives) and say which."""
+        s, stale, count, acc_n = self._cells, self._stale, self._count, self._acc_n
+        for i in stale:
+            self._n[i], acc_n[i] = s[N, i], s[ACC_N, i]
+        rated = any(acc_n)
+        if rated != self._rated:  # accuracy now counts as 1 for no model, or (reset) for every model
+            self._rated = rated
+            stale.update(self._all_ids)
+        w_latency, w_cost = self.objective.w_latency, self.objective.w_cost
+        for i in stale:
+            n, served, lat_sum = self._n[i], s[LAT_N, i], s[LAT_SUM, i]
+            count[i] = (n if n > 1e-12 else 1e-12) if n > 0 else 0.0
+            acc = (s[ACC_SUM, i] + 1.0) / (acc_n[i] + 2.0) if rated else 1.0
+            self._mean[i] = min(max(s[SUCC, i] / (n if n > 1e-12 else 1e-12) * acc, 0.0), 1.0)
+            self._penalty[i] = (w_latency * lat_sum + w_cost * s[COST_SUM, i]) / served if served > 0 else 0.0
+            self._latency[i] = lat_sum / served if served > 0 else 0.0
+        refreshed = list(stale)
+        stale.clear()
+        self._total = sum(self._n)
+        return refreshed
 
     def _order(self, idx: np.ndarray, latency: np.ndarray | None = None) -> tuple[Sequence[int], float]:
-        s = self.stats.tolist()
-        n_row, succ, lat_n, lat_sum, cost_sum, acc_n, acc_sum = (
-            s[N],
-            s[SUCC],
-            s[LAT_N],
-            s[LAT_SUM],
-            s[COST_SUM],
-            s[ACC_N],
-            s[ACC_SUM],
-        )
-        rated = any(acc_n)
-        w_latency, w_cost = self.objective.w_latency, self.objective.w_cost
-        shared = self._exploration(sum(n_row))
-        index: dict[int, float] = {}
+        if self._stale:
+            self._refresh()
         ids = self._all_ids if idx is self._all else idx.tolist()
-        for i in ids:
-            n = n_row[i]
-            if n <= 0:
-                index[i] = math.inf
-                continue
-            acc = (acc_sum[i] + 1.0) / (acc_n[i] + 2.0) if rated else 1.0
-            served = lat_n[i]  # the mean latency and cost of served_means, model by model
-            penalty = (w_latency * lat_sum[i] + w_cost * cost_sum[i]) / served if served > 0 else 0.0
-            if latency is not None and latency[i] == latency[i]:  # given (not NaN): it replaces the mean
-                penalty += w_latency * (latency[i] - (lat_sum[i] / served if served > 0 else 0.0))
-            mean = min(max(succ[i] / max(n, 1e-12) * acc, 0.0), 1.0)
-            index[i] = self._index(mean, penalty, max(n, 1e-12), shared)
+        penalty = self._penalty
+        if latency is not None:  # a given latency (not NaN) replaces the learned mean in the penalty
+            w_latency = self.objective.w_latency
+            penalty = [
+                p if now != now else p + w_latency * (now - mean)
+                for p, now, mean in zip(penalty, latency.tolist(), self._latency)
+            ]
+        index = self._index_values(ids, penalty)
         return sorted(ids, key=index.__getitem__, reverse=True), 1.0
+
+    def _index_values(self, ids: list[int], penalty: list[float]) -> dict[int, float]:
+        """The index of each model in ``ids`` (infinite for a model never tried), given its penalty."""
+        raise NotImplementedError
+
+    #: how many Rankings an index policy keeps for reuse (its orders recur) before it starts afresh
+    RANKINGS_KEPT: ClassVar[int] = 256
+
+    def _ranking(self, idx: np.ndarray, latency: np.ndarray | None) -> Ranking:
+        """As for every policy, but each order's Ranking is built once and reused while it recurs."""
+        order = tuple(self._order(idx, latency)[0])
+        ranking = self._rankings.get(order)
+        if ranking is None:
+            if len(self._rankings) >= self.RANKINGS_KEPT:
+                self._rankings.clear()
+            models = self.models
+            ranking = self._rankings[order] = Ranking(tuple([models[i] for i in order]), 1.0)
+        return ranking
 
     def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The index order a decision takes now (deterministic), its first model surely primary."""
@@ -609,11 +649,10 @@ class UCB1Policy(_IndexPolicy):
 
     name = "ucb1"
 
-    def _exploration(self, total: float) -> float:
-        return 2.0 * math.log(max(total, 1.0 + 1e-9))
-
-    def _index(self, mean: float, penalty: float, n: float, shared: float) -> float:
-        return mean - penalty + self.c * math.sqrt(shared / n)
+    def _index_values(self, ids: list[int], penalty: list[float]) -> dict[int, float]:
+        shared = 2.0 * math.log(max(self._total, 1.0 + 1e-9))
+        c, mean, count, sqrt = self.c, self._mean, self._count, math.sqrt
+        return {i: mean[i] - penalty[i] + c * sqrt(shared / count[i]) if count[i] else math.inf for i in ids}
 
 
 def kl_ucb_bound(p: float, budget: float) -> float:
@@ -626,19 +665,21 @@ def kl_ucb_bound(p: float, budget: float) -> float:
 _Bound = tuple[float, float | None, float]
 
 
-def _kl_ucb(p: float, budget: float, near: _Bound | None) -> _Bound:
-    """:func:`kl_ucb_bound`, optionally started from the root in ``near`` (same p, another budget).
+def _kl_ucb(p: float, budget: float, near: _Bound | None, start: float = math.inf) -> _Bound:
+    """:func:`kl_ucb_bound`, optionally started from the root in ``near`` (same p, another budget)
+    or from ``start``, an x at or above the root (a tangent's end).
 
     Newton's method on ``h(x) = KL(p, 1 - exp(-x)) - budget``, where ``h`` is convex, increasing
     above ``p`` (``h'(x) = (q - p) / q``) and close to linear far from it, so Newton steps from above
     decrease monotonically to the root. From ``near``'s root the first step is the tangent to the
     new budget; when its error (about ``(1 - q) h'' / 2h'`` times the step squared, in q) is below
     1e-10, its end is the answer and ``near``'s root is kept as the next start, so such errors never
-    add up. Otherwise the start is the smaller of the upper bound ``x <= (budget + H(p)) / (1 - p)``
-    (from ``-p log q >= 0``) and, when the budget is small enough for it to be accurate, a
-    third-order expansion of KL around ``p`` (if that lands below the root, the first step goes
-    above it). Newton steps stop after a step from above whose remaining error is below 1e-10:
-    usually two or three from scratch.
+    add up. Otherwise its end, at or above the new root (``h`` is convex) and close to it, starts
+    the Newton steps (usually one), capped by the upper bound ``x <= (budget + H(p)) / (1 - p)``
+    (from ``-p log q >= 0``). Without a nearby root the start is the smaller of that bound and,
+    when the budget is small enough for it to be accurate, a third-order expansion of KL around
+    ``p`` (if that lands below the root, the first step goes above it). Newton steps stop after a
+    step from above whose remaining error is below 1e-10: usually two or three from scratch.
     """
     if budget <= 0.0 or p >= 1.0:
         return min(max(p, 0.0), 1.0), None, budget
@@ -646,20 +687,21 @@ def _kl_ucb(p: float, budget: float, near: _Bound | None) -> _Bound:
         return -math.expm1(-budget), budget, budget  # KL(0, q) = -log(1 - q), to 1e-11 for p this small
     near_x = near[1] if near is not None else None
     if near is not None and near_x is not None and near[0] > p:
-        near_budget = near[2]
-        near_q = -math.expm1(-near_x)
-        dx = (budget - near_budget) * near_q / (near_q - p)
-        if -1e-3 < dx < 1e-3 and dx * dx * p * (1.0 - near_q) * (1.0 - near_q) < 2e-10 * near_q * (near_q - p):
-            return -math.expm1(-(near_x + dx)), near_x, near_budget
+        slope, reach = _tangent(p, -math.expm1(-near_x))
+        dx = (budget - near[2]) * slope
+        if -reach < dx < reach:
+            return -math.expm1(-(near_x + dx)), near_x, near[2]
+        start = near_x + dx
     log = math.log
     p1 = 1.0 - p
     neg_entropy = p * log(p) + p1 * log(p1)
-    x = (budget - neg_entropy) / p1
-    var = p * p1
-    g = math.sqrt(2.0 * var * budget)
-    skew = (p1 - p) * g / (3.0 * var)
-    if -0.5 < skew < 0.5 and p + g * (1.0 + skew) < 1.0:
-        x = min(x, -math.log1p(-(p + g * (1.0 + skew))))
+    x = min(start, (budget - neg_entropy) / p1)
+    if start == math.inf:
+        var = p * p1
+        g = math.sqrt(2.0 * var * budget)
+        skew = (p1 - p) * g / (3.0 * var)
+        if -0.5 < skew < 0.5 and p + g * (1.0 + skew) < 1.0:
+            x = min(x, -math.log1p(-(p + g * (1.0 + skew))))
     offset = neg_entropy - budget
     for _ in range(_KL_MAX_STEPS):
         q = -math.expm1(-x)
@@ -675,14 +717,25 @@ def _kl_ucb(p: float, budget: float, near: _Bound | None) -> _Bound:
 _KL_MAX_STEPS = 50
 
 
+def _tangent(p: float, q: float) -> tuple[float, float]:
+    """At the root ``x`` of the bound ``q = 1 - exp(-x) > p``: ``dx / dbudget``, and how far in x
+    the tangent stays exact to 1e-10 (its error is ``p (1 - q)^2 dx^2 / 2q(q - p)`` in q; at most 1e-3)."""
+    curvature = p * (1.0 - q) * (1.0 - q)
+    exact = 2e-10 * q * (q - p)
+    return q / (q - p), min(1e-3, math.sqrt(exact / curvature)) if curvature > 0.0 else 1e-3
+
+
 class KLUCBPolicy(_IndexPolicy):
     """KL-UCB (Garivier & Cappe 2011): the largest q with ``n * KL(mean, q) <= log N + c log log N``.
 
     The Bernoulli KL applies to success x accuracy in [0, 1]; latency and cost are then subtracted.
-    The bound is found by Newton's method (:func:`kl_ucb_bound`); for a model whose mean and count
-    have not changed since the previous decision (only the total count has, so the bound moved a
-    little) it is extrapolated along the tangent from the last root when that is exact to 1e-10.
-    Models with equal mean and count share one computation, so they tie exactly.
+    The bound is found by Newton's method (:func:`kl_ucb_bound`) and kept with the tangent at its
+    root, written in the budget's shared part ``s = log N + c log log N``: ``q = 1 - exp(offset - s
+    * rate)`` while ``s`` stays in the window where that tangent is exact to 1e-10. So a decision
+    computes one exponential per model, and Newton's method only for a model whose mean or count
+    changed (started from its previous root) or whose window the total count has left (started
+    from the tangent's end: usually one step). Models with equal mean and count share one entry,
+    so they tie exactly.
     """
 
     name = "kl_ucb"
@@ -690,31 +743,74 @@ class KLUCBPolicy(_IndexPolicy):
 
     def __init__(self, models: Sequence[str], **options: Any) -> None:
         super().__init__(models, **options)
-        # (mean, n) -> bound, of the last decision that computed any, and of this one
-        self._last: dict[tuple[float, float], _Bound] = {}
-        self._now: dict[tuple[float, float], _Bound] = {}
+        k = len(self.models)
+        # (mean, count) -> [bound, root x, window low, window high, offset, rate], one per pair in use
+        self._now: dict[tuple[float, float], list[Any]] = {}
+        self._keys: list[tuple[float, float] | None] = [None] * k  # each model's (mean, count)
+        self._entry: list[list[Any] | None] = [None] * k  # and its entry in _now (None: never tried)
+        self._last: list[float | None] = [None] * k  # each model's latest root x: where its next Newton starts
 
-    def _exploration(self, total: float) -> float:
-        if self._now:
-            self._last, self._now = self._now, {}
-        log_total = math.log(max(total, math.e))
-        return log_total + self.c * math.log(max(log_total, 1.0))
+    def _refresh(self) -> list[int]:
+        """As for every index policy, then each refreshed model's entry: the one of its (mean, count)."""
+        refreshed = super()._refresh()
+        now, entry, keys = self._now, self._entry, self._keys
+        for i in refreshed:
+            old, key = keys[i], (self._mean[i], self._count[i]) if self._count[i] else None
+            if old == key:
+                continue
+            previous = entry[i]
+            if previous is not None and previous[1] is not None:
+                self._last[i] = previous[1]
+            keys[i] = key
+            entry[i] = None if key is None else now.setdefault(key, [0.0, None, math.inf, -math.inf, 0.0, 0.0])
+            if old is not None and old not in keys:
+                del now[old]
+        return refreshed
 
-    def _index(self, mean: float, penalty: float, n: float, shared: float) -> float:
-        key = (mean, n)
-        bound = self._now.get(key)
-        if bound is None:
-            bound = self._now[key] = _kl_ucb(mean, shared / n, self._last.get(key))
-        return bound[0] - penalty
+    def _index_values(self, ids: list[int], penalty: list[float]) -> dict[int, float]:
+        log_total = math.log(max(self._total, math.e))
+        shared = log_total + self.c * math.log(max(log_total, 1.0))
+        entry, expm1 = self._entry, math.expm1
+        index = {}
+        for i in ids:
+            e = entry[i]
+            if e is None:
+                index[i] = math.inf
+                continue
+            if e[2] < shared < e[3]:
+                e[0] = -expm1(e[4] - shared * e[5])
+            else:
+                self._root(i, e, shared)
+            index[i] = e[0] - penalty[i]
+        return index
+
+    def _root(self, i: int, e: list[Any], shared: float) -> None:
+        """Model i's bound at ``shared`` by Newton's method, and the window of the tangent at its root, into ``e``."""
+        p, n = self._mean[i], self._count[i]
+        budget = shared / n
+        start = self._last[i]
+        if e[1] is not None:
+            start = shared * e[5] - e[4]  # the tangent's end: at or above the root, close to it
+        elif start is None or -math.expm1(-start) <= p:
+            start = math.inf
+        q, x, _ = _kl_ucb(p, budget, None, start)
+        if x is None or q <= p:  # nothing to extrapolate from: computed anew at every decision
+            e[:] = [q, x, math.inf, -math.inf, 0.0, 0.0]
+            return
+        slope, reach = _tangent(p, q)
+        rate = slope / n
+        offset = budget * slope - x
+        e[:] = [-math.expm1(offset - shared * rate), x, shared - reach / rate, shared + reach / rate, offset, rate]
 
     def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """As for every index policy, on copies of the bound caches, so reading leaves the next decision's starts alone."""
-        last, now = self._last, self._now
-        self._last, self._now = dict(last), dict(now)
+        """As for every index policy, on a copy of the entries, so reading leaves the next decision's starts alone."""
+        if self._stale:
+            self._refresh()
+        saved = copy.deepcopy((self._now, self._keys, self._entry, self._last))
         try:
             return super()._belief(draws, utility)
         finally:
-            self._last, self._now = last, now
+            self._now, self._keys, self._entry, self._last = saved
 
 
 class ThompsonPolicy(Policy):
@@ -764,7 +860,7 @@ class ThompsonPolicy(Policy):
             bytes | tuple[bytes | None, bytes] | None, tuple[list[list[int]], np.ndarray, list[Ranking | None]]
         ] = {}  # per eligible set (and given latencies): see _ordering
 
-    def _changed(self) -> None:
+    def _changed(self, model: int | None = None) -> None:
         self._stale += 1
 
     def draw(self, size: int) -> np.ndarray:
