@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
         "Ours use the default Objective() (latency weighted 0.1: Thompson also draws log-latency); 'thompson (success only)' uses "
         "Objective(w_latency=0, w_cost=0) like MABWiser's Beta-Bernoulli model. KL-UCB is compared with MABWiser's UCB1 (MABWiser has no KL-UCB).",
         "Thompson redraws its 256-draw batch every max(1, min(32, updates/100)) updates; the mean includes that amortised cost, the median rarely does.",
-        "UCB1 and KL-UCB compute their index per model in plain Python (KL-UCB: Newton's method, warm-started from the last decision's root).",
+        "UCB1 and KL-UCB compute their index per model in plain Python from parts cached per model and recomputed only for the "
+        "model that changed (KL-UCB: one exponential per model along the tangent at its bound's root, Newton's method when that tangent stops being exact).",
         "Machine: 2 cores shared with other processes (see load_avg below); BLAS thread variables untouched. Compare within this run, not across runs.",
     ]
     if not have_mabwiser:

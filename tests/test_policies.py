@@ -616,3 +616,33 @@ def test_thompson_under_load_logs_the_primarys_exact_share_of_its_draws() -> Non
     assert shares["a"] == pytest.approx(logged["a"], abs=0.03)
     plain = [policy.rank() for _ in range(4000)]  # the learned latencies, equal: about even
     assert logged["a"] < 0.4 < sum(r.primary == "a" for r in plain) / len(plain) < 0.6
+
+
+@pytest.mark.parametrize("name", ["ucb1", "kl_ucb"])
+def test_index_policies_recompute_only_what_changed_and_see_every_change(name: str) -> None:
+    """An index policy caches each model's index parts: a decision with no change in between
+    returns the very same Ranking, and each kind of change (the first feedback, which changes
+    every model's accuracy term; an attempt; a direct write announced with _changed()) orders
+    the models as a fresh policy on the same statistics does."""
+    models = ["a", "b", "c"]
+    policy = make_policy(name, models, Objective(w_latency=0.0), c=0.0)
+    for model, successes in (("a", 8), ("b", 6), ("c", 4)):  # 10 attempts each: equal exploration terms
+        for t in range(10):
+            policy.update(model, t < successes, 0.2)
+
+    def fresh_order() -> tuple[str, ...]:
+        fresh = make_policy(name, models, Objective(w_latency=0.0), c=0.0)
+        fresh.stats[:] = policy.stats
+        return fresh.rank().order
+
+    first = policy.rank()
+    assert policy.rank() is first and first.order == fresh_order() == ("a", "b", "c")
+    for _ in range(3):
+        policy.feedback("b", 1.0)  # b: 0.6 x 0.8; a and c now at accuracy 0.5 (no feedback yet)
+    assert policy.rank().order == fresh_order() == ("b", "a", "c")
+    for _ in range(10):
+        policy.update("c", True, 0.2)
+    assert policy.rank().order == fresh_order()
+    policy.stats[:, policy.index["c"]] = 0.0  # c as never tried: it comes first
+    policy._changed()
+    assert policy.rank().order == fresh_order() == ("c", "b", "a")

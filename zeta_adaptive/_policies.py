@@ -785,22 +785,33 @@ class KLUCBPolicy(_IndexPolicy):
         return index
 
     def _root(self, i: int, e: list[Any], shared: float) -> None:
-        """Model i's bound at ``shared`` by Newton's method, and the window of the tangent at its root, into ``e``."""
+        """Model i's bound at ``shared`` and the window of the tangent at a new root, into ``e``.
+
+        A model whose window the growing total count has left is rooted ahead, at ``shared`` plus
+        0.9 times its last window's half-width, so its next window lasts about twice as long.
+        """
         p, n = self._mean[i], self._count[i]
-        budget = shared / n
-        start = self._last[i]
+        at, start = shared, self._last[i]
         if e[1] is not None:
-            start = shared * e[5] - e[4]  # the tangent's end: at or above the root, close to it
+            if shared >= e[3]:
+                at = shared + 0.45 * (e[3] - e[2])
+            start = at * e[5] - e[4]  # the tangent's end: at or above the root, close to it
         elif start is None or -math.expm1(-start) <= p:
             start = math.inf
-        q, x, _ = _kl_ucb(p, budget, None, start)
-        if x is None or q <= p:  # nothing to extrapolate from: computed anew at every decision
-            e[:] = [q, x, math.inf, -math.inf, 0.0, 0.0]
-            return
-        slope, reach = _tangent(p, q)
-        rate = slope / n
-        offset = budget * slope - x
-        e[:] = [-math.expm1(offset - shared * rate), x, shared - reach / rate, shared + reach / rate, offset, rate]
+        while True:
+            budget = at / n
+            q, x, _ = _kl_ucb(p, budget, None, start)
+            if x is None or q <= p:  # nothing to extrapolate from: computed anew at every decision
+                window = (math.inf, -math.inf, 0.0, 0.0)
+            else:
+                slope, reach = _tangent(p, q)
+                rate = slope / n
+                window = (at - reach / rate, at + reach / rate, budget * slope - x, rate)
+            if at == shared or window[0] < shared < window[1]:
+                break
+            at, start = shared, math.inf  # the window shrank below the step ahead: root at shared
+        low, high, offset, rate = window  # the bound from the tangent even at its root: models that tie, tie exactly
+        e[:] = [q if low > high else -math.expm1(offset - shared * rate), x, low, high, offset, rate]
 
     def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """As for every index policy, on a copy of the entries, so reading leaves the next decision's starts alone."""
