@@ -725,6 +725,21 @@ def _tangent(p: float, q: float) -> tuple[float, float]:
     return q / (q - p), min(1e-3, math.sqrt(exact / curvature)) if curvature > 0.0 else 1e-3
 
 
+def _tangent_window(
+    p: float, n: float, at: float, start: float
+) -> tuple[float, float | None, float, float, float, float]:
+    """The KL bound for mean ``p`` and count ``n`` at the shared term ``at`` (Newton from ``start``):
+    ``q``, the root ``x``, and the window ``(low, high)`` of the shared term where ``1 - exp(offset -
+    s * rate)`` is exact to 1e-10 (empty without a root to extrapolate from), ``offset``, ``rate``."""
+    budget = at / n
+    q, x, _ = _kl_ucb(p, budget, None, start)
+    if x is None or q <= p:
+        return q, x, math.inf, -math.inf, 0.0, 0.0
+    slope, reach = _tangent(p, q)
+    rate = slope / n
+    return q, x, at - reach / rate, at + reach / rate, budget * slope - x, rate
+
+
 class KLUCBPolicy(_IndexPolicy):
     """KL-UCB (Garivier & Cappe 2011): the largest q with ``n * KL(mean, q) <= log N + c log log N``.
 
@@ -762,7 +777,10 @@ class KLUCBPolicy(_IndexPolicy):
             if previous is not None and previous[1] is not None:
                 self._last[i] = previous[1]
             keys[i] = key
-            entry[i] = None if key is None else now.setdefault(key, [0.0, None, math.inf, -math.inf, 0.0, 0.0])
+            e = now.get(key) if key is not None else None
+            if key is not None and e is None:  # a new pair: an empty window, rooted at the next decision
+                e = now[key] = [0.0, None, math.inf, -math.inf, 0.0, 0.0]
+            entry[i] = e
             if old is not None and old not in keys:
                 del now[old]
         return refreshed
@@ -798,20 +816,12 @@ class KLUCBPolicy(_IndexPolicy):
             start = at * e[5] - e[4]  # the tangent's end: at or above the root, close to it
         elif start is None or -math.expm1(-start) <= p:
             start = math.inf
-        while True:
-            budget = at / n
-            q, x, _ = _kl_ucb(p, budget, None, start)
-            if x is None or q <= p:  # nothing to extrapolate from: computed anew at every decision
-                window = (math.inf, -math.inf, 0.0, 0.0)
-            else:
-                slope, reach = _tangent(p, q)
-                rate = slope / n
-                window = (at - reach / rate, at + reach / rate, budget * slope - x, rate)
-            if at == shared or window[0] < shared < window[1]:
-                break
-            at, start = shared, math.inf  # the window shrank below the step ahead: root at shared
-        low, high, offset, rate = window  # the bound from the tangent even at its root: models that tie, tie exactly
-        e[:] = [q if low > high else -math.expm1(offset - shared * rate), x, low, high, offset, rate]
+        q, x, low, high, offset, rate = _tangent_window(p, n, at, start)
+        if at != shared and not low < shared < high:  # the window shrank below the step ahead
+            q, x, low, high, offset, rate = _tangent_window(p, n, shared, math.inf)
+        if low < high:  # the bound from the tangent even at its root, so models that tie, tie exactly
+            q = -math.expm1(offset - shared * rate)
+        e[:] = [q, x, low, high, offset, rate]
 
     def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """As for every index policy, on a copy of the entries, so reading leaves the next decision's starts alone."""
