@@ -718,6 +718,7 @@ def test_max_response_bytes_defaults_and_validation(tmp_path):
     expect_error(d, "models.fast.max_response_bytes", ">= 1024")
 
 
+@pytest.mark.slow  # a fresh interpreter, or seconds of real time: not in make test-fast
 def test_a_per_prompt_policy_loads_in_a_fresh_interpreter():
     """The registry holds linear_thompson: a config naming it loads (and make_policy builds it) in a fresh interpreter."""
     import subprocess

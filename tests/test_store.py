@@ -57,6 +57,7 @@ def test_the_schema_head_the_store_knows_is_alembics():
     assert ScriptDirectory.from_config(_alembic_config(None)).get_current_head() == SCHEMA_HEAD
 
 
+@pytest.mark.slow  # a fresh interpreter, or seconds of real time: not in make test-fast
 def test_opening_a_current_log_does_not_import_alembic(tmp_path):
     url = f"sqlite:///{tmp_path / 'zeta.db'}"
     Store(url).close()  # creates and stamps the log
@@ -160,6 +161,7 @@ def _written_without_flush(store: Store, table: str, rows: int, within_s: float 
     return False
 
 
+@pytest.mark.slow  # a fresh interpreter, or seconds of real time: not in make test-fast
 def test_the_writer_delivers_on_its_own_tick_and_wakes_from_idle(sqlite_url, tmp_path, monkeypatch):
     """Rows handed over while the writer ticks, and after it went idle, are written with no flush:
     a hand-over that wakes no thread never leaves rows behind."""
