@@ -115,11 +115,14 @@ class AdaptiveLimit:
         self.no_load_s: float | None = None
         self._window_n = config.window  # replies per decision for the spread learned (see _window_for_spread)
         self.spread = 0.0  # the no-load latency's spread: a robust standard deviation of log latency
+        # a reply slower than this, or a request out longer than that, is queueing (inf until the
+        # no-load latency is known); both change only when a window is decided (see _slow_s)
+        self._slow_reply_s = self._overdue_s = math.inf
 
-    def _slow_s(self, z: float = 1.6449) -> float:
+    def _slow_s(self, z: float) -> float:
         """Replies slower than this are queueing (``no_load_s`` is known): ``fast_factor`` times a
-        high quantile of the no-load latency (the 95th percentile for replies in a row, ``z`` its
-        normal score), so a model whose answers vary in length is not taken for a queueing one."""
+        high quantile of the no-load latency (``z`` its normal score), so a model whose answers vary
+        in length is not taken for a queueing one."""
         assert self.no_load_s is not None
         return self.config.fast_factor * self.no_load_s * math.exp(z * self._excess())
 
@@ -149,7 +152,7 @@ class AdaptiveLimit:
             return
         self._window.append(latency_s)
         c = self.config
-        if self.no_load_s is not None and latency_s > self._slow_s():
+        if latency_s > self._slow_reply_s:
             self._slow.append(latency_s)
             if len(self._slow) >= c.fast_after:
                 self._decide()
@@ -167,7 +170,7 @@ class AdaptiveLimit:
             return
         c = self.config
         now = self.clock()
-        late = now - self._slow_s(2.3263)  # the 99th percentile: the oldest of many requests out are the long ones
+        late = now - self._overdue_s
         ages: list[float] = []
         for at in sent:
             if at > late:
@@ -218,6 +221,8 @@ class AdaptiveLimit:
         # the lowest of K noisy window medians lies about sqrt(2 ln K) standard errors below their centre
         bias = math.sqrt(2.0 * math.log(len(decided))) * 1.2533 * self._excess() / math.sqrt(len(logs))
         self.no_load_s = medians[0][1] * math.exp(bias)
+        self._slow_reply_s = self._slow_s(1.6449)  # the 95th percentile: replies in a row
+        self._overdue_s = self._slow_s(2.3263)  # the 99th: the oldest of many requests out are the long ones
         if len(slow) >= c.fast_after:  # queueing shown by replies in a row: no need to wait for the whole window
             self._cut(slow)
             return
