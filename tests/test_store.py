@@ -10,7 +10,7 @@ import time
 import pytest
 from click.testing import CliRunner
 from helpers import call_row
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, event, inspect, text
 
 from zeta_adaptive import Config, StoreError
 from zeta_adaptive import _store as store_module
@@ -43,7 +43,9 @@ def test_migrations_create_the_tables_once(store_url):
         names = set(inspect(engine).get_table_names())
         assert {"calls", "attempts", "feedback", "dead_letters", "alembic_version"} <= names
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0007"
+            assert (
+                conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == store_module.SCHEMA_HEAD
+            )
     finally:
         engine.dispose()
 
@@ -183,3 +185,67 @@ def test_the_writer_delivers_on_its_own_tick_and_wakes_from_idle(sqlite_url, tmp
     reopened = Store(sqlite_url, journal_dir=tmp_path / "journal")
     assert reopened.count("calls") == 24
     reopened.close()
+
+
+def _indexes(engine, table: str) -> set[str]:
+    return {ix["name"] for ix in inspect(engine).get_indexes(table)}
+
+
+def test_migration_0008_drops_the_time_only_indexes_and_prune_finds_old_rows_without_them(store_url, tmp_path):
+    from alembic import command
+
+    engine = create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(store_module._alembic_config(conn), "0007")
+        assert {"ix_attempts_ts"} <= _indexes(engine, "attempts") and {"ix_calls_ts"} <= _indexes(engine, "calls")
+        with engine.begin() as conn:  # a log written at 0007, two task types, an hour apart
+            rows = [
+                call_row(f"c{i}", ts=1000.0 + 3600 * (i % 2), task_type=("code", "chat")[i % 3 == 0]) for i in range(8)
+            ]
+            conn.execute(store_module.calls.insert(), rows)
+            conn.execute(
+                store_module.attempts.insert(),
+                [{**_attempt(r["call_id"], 0), "ts": r["ts"], "task_type": r["task_type"]} for r in rows],
+            )
+        store = Store(store_url, journal_dir=tmp_path)  # migrates to the head
+        try:
+            assert "ix_attempts_ts" not in _indexes(engine, "attempts")
+            assert "ix_calls_ts" not in _indexes(engine, "calls")
+            assert store.count("attempts") == 8
+            with store.engine.connect() as conn:
+                assert sorted(store_module._task_types(conn, store_module.attempts)) == ["chat", "code"]
+            assert store.prune(2000.0) == {"feedback": 0, "attempts": 4, "calls": 4}
+            assert store.count("calls") == store.count("attempts") == 4
+        finally:
+            store.close()
+        with engine.begin() as conn:
+            command.downgrade(store_module._alembic_config(conn), "0007")
+        assert "ix_attempts_ts" in _indexes(engine, "attempts") and "ix_calls_ts" in _indexes(engine, "calls")
+    finally:
+        engine.dispose()
+
+
+def test_prune_reads_old_rows_through_the_task_type_index(sqlite_url, tmp_path):
+    """SQLite's plans for the statements prune runs on calls and attempts search the (task_type, ts)
+    index rather than scan the table."""
+    store = Store(sqlite_url, journal_dir=tmp_path)
+    try:
+        store.put_many(
+            [("calls", call_row("c1", task_type="a")), ("attempts", {**_attempt("c1", 0), "task_type": "a"})]
+        )
+        assert store.flush(10)
+        ran: list[tuple[str, tuple]] = []
+        event.listen(store.engine, "before_cursor_execute", lambda c, cur, sql, params, *_: ran.append((sql, params)))
+        assert store.prune(5.0) == {"feedback": 0, "attempts": 1, "calls": 1}
+        deletes = [
+            (sql, params) for sql, params in ran if sql.startswith(("DELETE FROM calls", "DELETE FROM attempts"))
+        ]
+        assert len(deletes) == 2
+        with store.engine.connect() as conn:
+            for sql, params in deletes:
+                table = sql.split()[2]
+                plan = " ".join(row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
+                assert f"SEARCH {table} USING INDEX ix_{table}_task_ts (task_type=? AND ts<?)" in plan, plan
+    finally:
+        store.close()

@@ -22,6 +22,19 @@ _HEADERS = re.compile(
 )
 
 
+#: a word every header-shaped secret starts with, lower-cased: ASCII text without one needs no regex scan
+_HEADER_WORDS = ("authorization", "bearer", "api")
+
+
+def _may_hold_header(text: str) -> bool:
+    """Whether ``_HEADERS`` may match: always for non-ASCII text (Unicode case folding), else only
+    if a header word appears (a plain substring scan, many times faster than the regex)."""
+    if not text.isascii():
+        return True
+    lowered = text.lower()
+    return any(word in lowered for word in _HEADER_WORDS)
+
+
 def _keep_label(match: re.Match[str]) -> str:
     label = next(g for g in match.groups() if g is not None)
     return label + REDACTED
@@ -39,7 +52,12 @@ class Scrubber:
         for key in self.keys:
             if key in text:
                 text = text.replace(key, REDACTED)
-        return _HEADERS.sub(_keep_label, text)
+        return _HEADERS.sub(_keep_label, text) if _may_hold_header(text) else text
+
+    def finds(self, text: str) -> bool:
+        """Whether the text holds a key or a header-shaped secret: False means ``self(text)`` returns it
+        unchanged, also for each of several texts joined into one (a match in a part is one in the whole)."""
+        return any(key in text for key in self.keys) or (_may_hold_header(text) and _HEADERS.search(text) is not None)
 
     def __repr__(self) -> str:
         return f"Scrubber({len(self.keys)} keys)"

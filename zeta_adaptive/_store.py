@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -107,7 +108,6 @@ calls = Table(
     Column("answer", Text),  # only with log_prompts = true
     Column("skipped", Text),  # JSON {model: "cooling_down" | "saturated"} passed over at decision time
     Index("ix_calls_task_ts", "task_type", "ts"),
-    Index("ix_calls_ts", "ts"),
 )
 
 attempts = Table(
@@ -128,7 +128,6 @@ attempts = Table(
     Column("ttft_s", Float),  # time to first token, streamed attempts only
     Column("router_id", String(32)),  # the router process that made the attempt
     Index("ix_attempts_task_ts", "task_type", "ts"),
-    Index("ix_attempts_ts", "ts"),
 )
 
 feedback = Table(
@@ -223,7 +222,7 @@ def _alembic_config(connection: Any) -> Any:
 
 #: the newest migration (``migrations/versions``), so that opening a log already at it needs no
 #: Alembic, whose import is most of a Router's start-up; a test checks it against Alembic's head
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 
 
 def head_revision() -> str:
@@ -348,27 +347,26 @@ def _increments(table: str, rows: Iterable[Mapping[str, Any]]) -> dict[tuple[Any
     from ._lessons import names_unknown_model  # with the backends it reads: off the store's import
 
     width, floor, log = float(ROLLUP_BUCKET_S), LATENCY_FLOOR_S, math.log  # the writer's loop: no calls it can spare
-    for row in rows:
-        outcome = row["outcome"]
+    fields = operator.itemgetter("task_type", "model", "ts", "outcome", "status", "error", "latency_s", "cost")
+    for task_type, model, ts, outcome, status, error, latency, cost in map(fields, rows):
         key = (
-            row["task_type"],
-            row["model"],
-            int(row["ts"] / width),  # rollup_bucket()
+            task_type,
+            model,
+            int(ts / width),  # rollup_bucket()
             outcome,
-            row["status"] or 0,
-            int(names_unknown_model(row["error"])) if outcome == "client_error" else 0,
+            status or 0,
+            int(names_unknown_model(error)) if outcome == "client_error" else 0,
         )
-        latency = row["latency_s"]
         loglat = log(latency if latency > floor else floor)
         found = sums.get(key)
         if found is None:
-            sums[key] = [1, latency, loglat, loglat * loglat, row["cost"]]
+            sums[key] = [1, latency, loglat, loglat * loglat, cost]
         else:
             found[0] += 1
             found[1] += latency
             found[2] += loglat
             found[3] += loglat * loglat
-            found[4] += row["cost"]
+            found[4] += cost
     return sums
 
 
@@ -377,15 +375,20 @@ def _add_rollups(conn: Connection, table: str, rows: Sequence[Mapping[str, Any]]
     order: concurrent writers then lock the rollup rows they share in one order."""
     if not rows:
         return
+    names = [c.name for c in ROLLUPS[table].columns]
+    increments = sorted(_increments(table, rows).items())
+    conn.execute(_rollup_upsert(conn.dialect.name, table), [dict(zip(names, (*key, *acc))) for key, acc in increments])
+
+
+@functools.cache
+def _rollup_upsert(dialect: str, table: str) -> Any:
+    """The statement that adds increments to a rollup's rows (built once: SQLAlchemy takes milliseconds)."""
     rollup = ROLLUPS[table]
-    names = [c.name for c in rollup.columns]
-    query = _dialect_insert(conn.dialect.name, rollup)
-    upsert = query.on_conflict_do_update(
+    query = _dialect_insert(dialect, rollup)
+    return query.on_conflict_do_update(
         index_elements=[c.name for c in rollup.primary_key.columns],
         set_={c.name: c + query.excluded[c.name] for c in rollup.columns if not c.primary_key},
     )
-    increments = sorted(_increments(table, rows).items())
-    conn.execute(upsert, [dict(zip(names, (*key, *acc))) for key, acc in increments])
 
 
 def _rollup_source(table: str, dialect: str) -> tuple[list[Any], list[Any]]:
@@ -410,12 +413,26 @@ def rebuild_rollups(conn: Connection, table: str, bucket: int | None = None) -> 
     keys, sums = _rollup_source(table, conn.dialect.name)
     query = select(*keys, *sums)
     stale = delete(rollup)
-    if bucket is not None:  # the index on ts finds the rows; the bucket's own test is exact
+    if bucket is not None:  # the (task_type, ts) index finds the rows; the bucket's own test is exact
         start = bucket * ROLLUP_BUCKET_S
-        query = query.where(ts >= start - 1.0, ts < start + ROLLUP_BUCKET_S + 1.0, keys[2] == bucket)
+        present = TABLES[table].c.task_type.in_(_task_types(conn, TABLES[table]))
+        query = query.where(present, ts >= start - 1.0, ts < start + ROLLUP_BUCKET_S + 1.0, keys[2] == bucket)
         stale = stale.where(rollup.c.bucket == bucket)
     conn.execute(stale)
     conn.execute(rollup.insert().from_select([c.name for c in rollup.columns], query.group_by(*keys)))
+
+
+def _task_types(conn: Connection, table: Table) -> list[str]:
+    """The task types in a log table, found by skipping through its (task_type, ts) index, one probe
+    per task type (a loose index scan, on SQLite and PostgreSQL alike): with them a condition on
+    ``ts`` alone becomes one index range per task type, so no index on ``ts`` alone is needed."""
+    name = table.name
+    found = conn.exec_driver_sql(
+        f"WITH RECURSIVE seen(task_type) AS (SELECT min(task_type) FROM {name} UNION ALL "
+        f"SELECT (SELECT min(task_type) FROM {name} WHERE task_type > seen.task_type) FROM seen "
+        "WHERE seen.task_type IS NOT NULL) SELECT task_type FROM seen WHERE task_type IS NOT NULL"
+    )
+    return [row[0] for row in found]
 
 
 _SUCCESS_SUMS = ("succ", "lat_sum", "loglat_sum", "loglat_sq", "cost_sum")
@@ -475,32 +492,100 @@ def _clean_text(value: Any, limit: int) -> str:
     return text_value if len(text_value) <= limit else _truncate(text_value, limit)
 
 
-def sanitize(table: str, row: Mapping[str, Any], scrub: Callable[[str], str] = str) -> dict[str, Any]:
-    """The row as every store accepts it: secrets scrubbed, NUL and lone surrogates removed, text
-    cut to its column (with a marker), integers clamped to 32 bits, non-finite floats NULL (or 0
-    where the column is NOT NULL), numpy scalars made plain. Plain values pass through cheaply."""
-    out: dict[str, Any] = {}
-    for name, kind, limit, nullable in _RULES[table]:
-        value = row.get(name)
-        if value is None:
-            out[name] = None
-        elif kind == "text":
-            plain = type(value) is str and len(value) <= limit and value.isascii() and "\x00" not in value
-            out[name] = value if plain else _clean_text(value, limit)  # the common case without a call
-        elif kind == "free":
-            out[name] = _clean_text(scrub(value if type(value) is str else str(value)), limit)
-        elif kind == "int":
-            if type(value) is not int:
-                number = float(value)
-                value = int(number) if math.isfinite(number) else 0
-            out[name] = value if -limit - 1 <= value <= limit else max(-limit - 1, min(value, limit))
+def _clean_value(value: Any, kind: str, limit: int, nullable: bool, scrub: Callable[[str], str]) -> Any:
+    """One value as its column accepts it (see :func:`sanitize`)."""
+    if value is None:
+        return None
+    if kind == "text":
+        return _clean_text(value, limit)
+    if kind == "free":
+        return _clean_text(scrub(value if type(value) is str else str(value)), limit)
+    if kind == "int":
+        if type(value) is not int:
+            number = float(value)
+            value = int(number) if math.isfinite(number) else 0
+        return value if -limit - 1 <= value <= limit else max(-limit - 1, min(value, limit))
+    real = value if type(value) is float else float(value)
+    return real if real - real == 0.0 else (None if nullable else 0.0)  # NaN and inf fail x - x == 0
+
+
+def _plain_column(values: Sequence[Any], kind: str, limit: int, scrub: Callable[[str], str]) -> bool:
+    """Whether every value of a column is already as :func:`_clean_value` leaves it, checked on the
+    whole column at once (C-level scans, one per check) rather than value by value."""
+    types = set(map(type, values))
+    nulls = type(None) in types
+    types.discard(type(None))
+    present = [v for v in values if v is not None] if nulls else values
+    if kind in ("text", "free"):
+        if not types <= {str}:
+            return False
+        joined = "\n".join(present)
+        if "\x00" in joined or max(map(len, present), default=0) > limit:
+            return False
+        if not joined.isascii():
+            try:
+                joined.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        finds = getattr(scrub, "finds", None)  # a Scrubber checks the joined texts in one pass
+        return kind == "text" or scrub is str or (finds is not None and not finds(joined))
+    if kind == "int":
+        return types <= {int} and (not present or (-limit - 1 <= min(present) and max(present) <= limit))
+    if not types <= {float}:
+        return False
+    total = sum(present)
+    return total - total == 0.0  # finite: a NaN or an infinity (or an overflow) makes the sum fail
+
+
+def _sanitize_table(
+    table: str, rows: Sequence[Mapping[str, Any]], scrub: Callable[[str], str]
+) -> list[Mapping[str, Any]]:
+    """Rows of one table as :func:`sanitize` makes them: each column is checked whole and cleaned
+    value by value only if it needs it; plain dicts holding exactly the table's columns, all clean,
+    are returned as they are (the writer's common case, no copy)."""
+    rules, names = _RULES[table], _NAMES[table]
+    if not rows:
+        return []
+    try:
+        tuples = list(map(_GETTERS[table], rows))
+        exact = set(map(len, rows)) == {len(names)} and set(map(type, rows)) == {dict}
+    except KeyError:  # a row without some column: None there
+        tuples = [tuple(row.get(name) for name in names) for row in rows]
+        exact = False
+    columns: list[Sequence[Any]] = list(zip(*tuples))
+    clean = True
+    for i, (_, kind, limit, nullable) in enumerate(rules):
+        if not _plain_column(columns[i], kind, limit, scrub):
+            columns[i] = [_clean_value(v, kind, limit, nullable, scrub) for v in columns[i]]
+            clean = False
+    if clean and exact:
+        return list(rows)
+    return [dict(zip(names, values)) for values in zip(*columns)]
+
+
+def sanitize_rows(rows: Iterable[Row], scrub: Callable[[str], str] = str) -> list[Row]:
+    """Rows of any tables as :func:`sanitize` makes them, grouped by table (the writer's batches):
+    secrets scrubbed, NUL and lone surrogates removed, text cut to its column (with a marker),
+    integers clamped to 32 bits, non-finite floats NULL (or 0 where the column is NOT NULL), numpy
+    scalars made plain. Each column of each table is checked at once, so plain rows cost little."""
+    by_table: dict[str, list[Mapping[str, Any]]] = {}
+    for table, row in rows:
+        group = by_table.get(table)
+        if group is None:
+            by_table[table] = [row]
         else:
-            real = value if type(value) is float else float(value)
-            out[name] = real if real - real == 0.0 else (None if nullable else 0.0)  # NaN and inf fail x - x == 0
-    return out
+            group.append(row)
+    return [(table, row) for table, group in by_table.items() for row in _sanitize_table(table, group, scrub)]
+
+
+def sanitize(table: str, row: Mapping[str, Any], scrub: Callable[[str], str] = str) -> Mapping[str, Any]:
+    """One row as :func:`sanitize_rows` makes it."""
+    return _sanitize_table(table, [row], scrub)[0]
 
 
 _RULES = {t.name: _column_rules(t) for t in (calls, attempts, feedback, call_features)}
+_NAMES = {name: [rule[0] for rule in rules] for name, rules in _RULES.items()}
+_GETTERS = {name: operator.itemgetter(*names) for name, names in _NAMES.items()}
 
 
 def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
@@ -889,7 +974,7 @@ class Store:
             if table not in TABLES:
                 raise StoreError(f"unknown log table {table!r}; tables are {sorted(TABLES)}")
         if self.durability == "journal":
-            self.journal.append([(t, sanitize(t, r, self.scrub)) for t, r in rows])
+            self.journal.append(sanitize_rows(rows, self.scrub))
             self._hand_over((_WAKE,), urgent=False)
         else:
             self._hand_over(rows, urgent=False)
@@ -995,7 +1080,7 @@ class Store:
         """Put a batch in the database if it answers, else in the journal (or, failing that, memory)."""
         if self._backlog:
             rows, self._backlog = self._backlog + rows, []
-        rows = [(t, sanitize(t, r, self.scrub)) for t, r in rows]
+        rows = sanitize_rows(rows, self.scrub)
         if (not self.journal.rows or self._replay()) and (not rows or self._write(rows)):
             return
         self._keep(rows)
@@ -1074,7 +1159,7 @@ class Store:
             items.append(item)
         rows, markers = _split(items)
         if rows:
-            self._keep([(t, sanitize(t, r, self.scrub)) for t, r in rows])
+            self._keep(sanitize_rows(rows, self.scrub))
         for marker in markers:
             marker.event.set()
 
@@ -1176,7 +1261,7 @@ class Store:
             self.journal.discard(end, 0)
             return True
         for start in range(0, len(rows), self.write_rows):
-            chunk: list[Row] = [(t, sanitize(t, r, self.scrub)) for t, r in rows[start : start + self.write_rows]]
+            chunk = sanitize_rows(rows[start : start + self.write_rows], self.scrub)
             if not self._ready() or not self._insert_or_bisect(chunk):
                 return False
         self.journal.discard(end, len(rows))
@@ -1302,12 +1387,15 @@ class Store:
         """Delete calls, attempts and feedback that started before ``older_than`` (unix time);
         returns the rows deleted per table. Feedback goes with its call, whenever it arrived.
         ``dry_run`` rolls the deletion back: the counts of what it would delete."""
-        with self.engine.connect() as conn:
-            old = select(calls.c.call_id).where(calls.c.ts < older_than)
+        with self.engine.connect() as conn:  # old rows are found by task type and time: see _task_types
+            old_calls = and_(calls.c.task_type.in_(_task_types(conn, calls)), calls.c.ts < older_than)
+            old_attempts = and_(attempts.c.task_type.in_(_task_types(conn, attempts)), attempts.c.ts < older_than)
             deleted = {
-                "feedback": conn.execute(delete(feedback).where(feedback.c.call_id.in_(old))).rowcount,
-                "attempts": conn.execute(delete(attempts).where(attempts.c.ts < older_than)).rowcount,
-                "calls": conn.execute(delete(calls).where(calls.c.ts < older_than)).rowcount,
+                "feedback": conn.execute(
+                    delete(feedback).where(feedback.c.call_id.in_(select(calls.c.call_id).where(old_calls)))
+                ).rowcount,
+                "attempts": conn.execute(delete(attempts).where(old_attempts)).rowcount,
+                "calls": conn.execute(delete(calls).where(old_calls)).rowcount,
             }
             cut = rollup_bucket(older_than)  # earlier buckets lost all their attempts; this one some
             conn.execute(delete(attempt_rollups).where(attempt_rollups.c.bucket < cut))
