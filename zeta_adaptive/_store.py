@@ -544,22 +544,19 @@ def _sanitize_table(
     value by value only if it needs it; plain dicts holding exactly the table's columns, all clean,
     are returned as they are (the writer's common case, no copy)."""
     rules, names = _RULES[table], _NAMES[table]
-    if not rows:
-        return []
-    try:
-        tuples = list(map(_GETTERS[table], rows))
-        exact = set(map(len, rows)) == {len(names)} and set(map(type, rows)) == {dict}
+    try:  # lists of the values the rows hold, no new object per row (the writer's GC stays quiet)
+        columns = [list(map(operator.itemgetter(name), rows)) for name in names]
+        exact = set(map(len, rows)) <= {len(names)} and set(map(type, rows)) <= {dict}
     except KeyError:  # a row without some column: None there
-        tuples = [tuple(row.get(name) for name in names) for row in rows]
+        columns = [[row.get(name) for row in rows] for name in names]
         exact = False
-    columns: list[Sequence[Any]] = list(zip(*tuples))
     clean = True
     for i, (_, kind, limit, nullable) in enumerate(rules):
         if not _plain_column(columns[i], kind, limit, scrub):
             columns[i] = [_clean_value(v, kind, limit, nullable, scrub) for v in columns[i]]
             clean = False
     if clean and exact:
-        return list(rows)
+        return rows if isinstance(rows, list) else list(rows)
     return [dict(zip(names, values)) for values in zip(*columns)]
 
 
@@ -568,14 +565,18 @@ def sanitize_rows(rows: Iterable[Row], scrub: Callable[[str], str] = str) -> lis
     secrets scrubbed, NUL and lone surrogates removed, text cut to its column (with a marker),
     integers clamped to 32 bits, non-finite floats NULL (or 0 where the column is NOT NULL), numpy
     scalars made plain. Each column of each table is checked at once, so plain rows cost little."""
+    batch = rows if isinstance(rows, list) else list(rows)
     by_table: dict[str, list[Mapping[str, Any]]] = {}
-    for table, row in rows:
+    for table, row in batch:
         group = by_table.get(table)
         if group is None:
             by_table[table] = [row]
         else:
             group.append(row)
-    return [(table, row) for table, group in by_table.items() for row in _sanitize_table(table, group, scrub)]
+    clean = {table: _sanitize_table(table, group, scrub) for table, group in by_table.items()}
+    if all(clean[table] is group for table, group in by_table.items()):
+        return batch  # every row was clean as it came: the batch itself, no new tuple per row
+    return [(table, row) for table, group in clean.items() for row in group]
 
 
 def sanitize(table: str, row: Mapping[str, Any], scrub: Callable[[str], str] = str) -> Mapping[str, Any]:
@@ -585,7 +586,6 @@ def sanitize(table: str, row: Mapping[str, Any], scrub: Callable[[str], str] = s
 
 _RULES = {t.name: _column_rules(t) for t in (calls, attempts, feedback, call_features)}
 _NAMES = {name: [rule[0] for rule in rules] for name, rules in _RULES.items()}
-_GETTERS = {name: operator.itemgetter(*names) for name, names in _NAMES.items()}
 
 
 def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
@@ -602,7 +602,7 @@ def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> S
     with raw.cursor() as cur:
         cur.execute("SAVEPOINT zeta_copy")
         try:
-            _copy_rows(cur, table.name, names, map(values, rows))
+            _copy_rows(cur, table.name, table, map(values, rows))
         except UniqueViolation:
             cur.execute("ROLLBACK TO SAVEPOINT zeta_copy")
         else:
@@ -610,7 +610,7 @@ def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> S
             return rows
         temp = f"zeta_copy_{table.name}"
         cur.execute(f"CREATE TEMP TABLE {temp} (LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DROP")
-        _copy_rows(cur, temp, names, map(values, rows))
+        _copy_rows(cur, temp, table, map(values, rows))
         cur.execute(
             f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING RETURNING {names}"
         )
@@ -619,11 +619,24 @@ def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> S
     return inserted
 
 
-def _copy_rows(cur: Any, target: str, names: str, rows: Iterable[Sequence[Any]]) -> None:
-    """COPY rows (tuples in ``names``' order) into ``target``."""
-    with cur.copy(f"COPY {target} ({names}) FROM STDIN") as copy:
+def _copy_rows(cur: Any, target: str, table: Table, rows: Iterable[Sequence[Any]]) -> None:
+    """COPY rows (tuples in the order of ``table``'s columns) into ``target`` in PostgreSQL's binary
+    format: no text to format and parse per value (sanitized values fit their columns' types)."""
+    names = ", ".join(c.name for c in table.columns)
+    with cur.copy(f"COPY {target} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_PG_TYPES[table.name])
         for row in rows:
             copy.write_row(row)
+
+
+def _pg_type(column: Column[Any]) -> str:
+    """The PostgreSQL type a binary COPY sends a column's values as."""
+    if isinstance(column.type, String):  # Text too; varchar takes text's binary form
+        return "text"
+    return "int4" if isinstance(column.type, Integer) else "float8"
+
+
+_PG_TYPES = {name: [_pg_type(c) for c in table.columns] for name, table in TABLES.items()}
 
 
 def _executemany_insert(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
@@ -635,12 +648,16 @@ def _executemany_insert(conn: Any, table: Table, rows: Sequence[Mapping[str, Any
     names = ", ".join(columns)
     values = operator.itemgetter(*columns)
     before = conn.exec_driver_sql(f"SELECT max(rowid) FROM {table.name}").scalar()
-    done = conn.exec_driver_sql(
-        f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
-        [values(row) for row in rows],
-    )
-    if done.rowcount == len(rows):
-        return rows
+    cursor = conn.connection.driver_connection.cursor()  # the driver's own: it takes an iterator of tuples
+    try:
+        cursor.executemany(
+            f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
+            map(values, rows),
+        )
+        if cursor.rowcount == len(rows):
+            return rows
+    finally:
+        cursor.close()
     found = conn.exec_driver_sql(f"SELECT {names} FROM {table.name} WHERE rowid > ?", (before or 0,))
     return [dict(zip(columns, row)) for row in found]
 
@@ -817,7 +834,9 @@ def _split(items: list[Any]) -> tuple[list[Row], list[_Flush]]:
     rows: list[Row] = []
     markers: list[_Flush] = []
     for item in items:
-        if isinstance(item, _Flush):
+        if type(item) is tuple:  # a row, the common case first
+            rows.append(item)
+        elif isinstance(item, _Flush):
             markers.append(item)
         elif isinstance(item, CallRecord):
             rows.extend(item.rows())
@@ -870,9 +889,7 @@ class Store:
         self.buffer_rows = buffer_rows
         self.timeout_s = timeout_s
         self.journal_after_s = journal_after_s
-        self.write_rows = min(
-            batch_size, 1000
-        )  # rows per transaction: each write stays short, so a slow one means trouble
+        self.write_rows = batch_size  # rows per transaction: one writer batch, one COPY or executemany per table
         self.durability = durability
         self.scrub = scrub
         try:
@@ -1226,8 +1243,8 @@ class Store:
 
     def _healthy(self, rows: Sequence[Row]) -> None:
         self._delay = 0.05
-        for table, _ in rows:
-            self.written[table] += 1
+        for table, n in collections.Counter(map(operator.itemgetter(0), rows)).items():
+            self.written[table] += n
 
     def _outage(self, exc: BaseException) -> None:
         self.errors += 1
