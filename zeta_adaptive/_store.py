@@ -987,9 +987,9 @@ class Store:
         if self._closed:
             raise StoreError("the store is closed")
         rows = list(items)
-        for table, _ in rows:
-            if table not in TABLES:
-                raise StoreError(f"unknown log table {table!r}; tables are {sorted(TABLES)}")
+        unknown = set(map(operator.itemgetter(0), rows)) - TABLES.keys()
+        if unknown:
+            raise StoreError(f"unknown log table {next(iter(unknown))!r}; tables are {sorted(TABLES)}")
         if self.durability == "journal":
             self.journal.append(sanitize_rows(rows, self.scrub))
             self._hand_over((_WAKE,), urgent=False)
