@@ -8,6 +8,9 @@ OpenAI-compatible backend (``experiments/mock_backend.py``); the client is this 
 * ``gateway``: ``zeta-adaptive serve`` (uvicorn, uvloop + httptools, one worker), route ``static``
   (one model on the mock), logging every call to SQLite; ``gateway, 2 workers``: the same with
   ``--workers 2`` (throughput only);
+* ``gateway under granian`` (the server choice; only where ``granian`` is installed, the ``bench``
+  extra): the same gateway app served by granian (Rust HTTP server, ASGI interface, uvloop, one
+  worker) instead of uvicorn: what another server buys;
 * diagnostics (not targets; ``--no-diagnose`` skips them): the gateway app under uvicorn's pure
   Python stack (``--loop asyncio --http h11``), to show what uvloop and httptools buy; the gateway
   with its router on httpx's own connection pool instead of aiohttp (what the transport buys); a bare
@@ -19,7 +22,8 @@ OpenAI-compatible backend (``experiments/mock_backend.py``); the client is this 
 
 Latency: sequential calls on one keep-alive connection, in interleaved blocks after a warm-up;
 "added" is a contender's median minus direct's. Each server's CPU per call is read from ``/proc``
-(robust to the machine's load, unlike wall time), and so is this client's own (its httpx client:
+over every process of its session (granian serves from a child process; robust to the machine's
+load, unlike wall time), and so is this client's own (its httpx client:
 the cost of one async HTTP request on this machine). Throughput: closed loop, ``C`` calls in flight on
 ``C`` keep-alive connections for a fixed time, rounds interleaved; median calls/s. Start-up: spawn
 ``zeta-adaptive serve`` until ``/health`` answers 200 (and ``/ready``), median of several starts.
@@ -58,7 +62,7 @@ TARGET_ADDED_MS = 1.0
 TARGET_SHARE = 0.5
 TARGET_STARTUP_S = 2.0
 CONCURRENCY = (16, 64)
-DIRECT, GATEWAY, GATEWAY2 = "direct", "gateway", "gateway, 2 workers"
+DIRECT, GATEWAY, GATEWAY2, GRANIAN = "direct", "gateway", "gateway, 2 workers", "gateway under granian (server choice)"
 PURE_PYTHON, HTTPX_POOL, PASSTHROUGH, LITELLM = (
     "gateway on asyncio + h11 (diagnostic)",
     "gateway on httpx's own pool (diagnostic)",
@@ -211,6 +215,20 @@ def httpx_pool_app() -> Any:
     return create_app(Router(os.environ[CONFIG_ENV]))
 
 
+def start_granian(folder: Path, mock_url: str) -> tuple[Server, str] | None:
+    """The gateway app under granian (ASGI, uvloop, one worker), or None where granian is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("granian") is None:
+        return None
+    path, db = gateway_config(folder, mock_url, _slug(GRANIAN))
+    env = {**base_env(), "ZETA_GATEWAY_CONFIG": str(path)}
+    port = free_port()
+    cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--loop", "uvloop", "--no-ws"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    return Server(GRANIAN, [*cmd, "zeta_adaptive.gateway:app_from_env"], port, env, "static"), db
+
+
 def start_passthrough(mock_url: str) -> Server:
     env = {**base_env(), "BENCH_MOCK_URL": mock_url}
     return start_uvicorn(PASSTHROUGH, "experiments.bench_gateway:passthrough_app", env, "mock")
@@ -243,14 +261,26 @@ def _body(route: str) -> dict[str, Any]:
     return {"model": route, "messages": MESSAGES, "max_tokens": MAX_TOKENS}
 
 
-def cpu_seconds(pid: int | None, thread: int | None = None) -> float:
-    """User + system CPU time of a process (or of one of its threads) so far (0 for None): unlike
-    wall time, barely moved by other load."""
+def cpu_seconds(pid: int | None, mains_only: bool = False) -> float:
+    """User + system CPU seconds so far of every process of the session ``pid`` leads (a server and
+    its worker processes; 0 for None), or of their main threads only (where event loops run):
+    unlike wall time, barely moved by other load."""
     if pid is None:
         return 0.0
-    with open(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(
+                f"/proc/{entry}/task/{entry}/stat" if mains_only else f"/proc/{entry}/stat", encoding="ascii"
+            ) as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pid:  # its process group: the session's processes
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 async def latency(
@@ -264,8 +294,8 @@ async def latency(
     client_cpu: dict[str, float],
 ) -> dict[str, list[np.ndarray]]:
     """Per-call wall times (ns) per block, sequential calls, contenders interleaved block by block;
-    ``cpu`` gets each server's CPU seconds over its timed blocks, ``loop_cpu`` its main thread's
-    (the event loop's), ``client_cpu`` this process's."""
+    ``cpu`` gets each server's CPU seconds over its timed blocks, ``loop_cpu`` its processes' main
+    threads' (the event loop's), ``client_cpu`` this process's."""
     import httpx
 
     clients = {
@@ -283,7 +313,7 @@ async def latency(
             client, body = clients[name], bodies[name]
             ns = np.empty(block, dtype=np.int64)
             pid = pids[name]
-            c0, l0, mine = cpu_seconds(pid), cpu_seconds(pid, pid), time.process_time()
+            c0, l0, mine = cpu_seconds(pid), cpu_seconds(pid, mains_only=True), time.process_time()
             for i in range(block):
                 t0 = clock()
                 answer = await client.post("chat/completions", json=body)
@@ -291,7 +321,7 @@ async def latency(
                 answer.raise_for_status()
             client_cpu[name] = client_cpu.get(name, 0.0) + time.process_time() - mine
             cpu[name] = cpu.get(name, 0.0) + cpu_seconds(pid) - c0
-            loop_cpu[name] = loop_cpu.get(name, 0.0) + cpu_seconds(pid, pid) - l0
+            loop_cpu[name] = loop_cpu.get(name, 0.0) + cpu_seconds(pid, mains_only=True) - l0
             out[name].append(ns)
         return out
     finally:
@@ -534,10 +564,22 @@ def headline(
             ours["added_p50_ms"] <= TARGET_ADDED_MS,
         )
     ]
+    granian = by.get(GRANIAN)
+    if granian:
+        rows.append(
+            summary_row(
+                "the server under the gateway app (1 worker): uvicorn (httptools, uvloop), the default, against granian (Rust, ASGI, uvloop)",
+                f"uvicorn +{ours['added_p50_ms']:.2f} ms; server CPU {ours['server_cpu_ms_per_call']:.2f} ms/call",
+                f"granian +{granian['added_p50_ms']:.2f} ms; server CPU {granian['server_cpu_ms_per_call']:.2f} ms/call",
+                f"granian uses {granian['server_cpu_ms_per_call'] / ours['server_cpu_ms_per_call']:.2f}x the CPU",
+                "– (choice)",
+                None,
+            )
+        )
     tp = {(r["contender"], r["concurrency"]): r for r in thr}
     for c in CONCURRENCY:
         direct = tp[(DIRECT, c)]["calls_per_s"]
-        for name in (GATEWAY, GATEWAY2):
+        for name in (GATEWAY, GATEWAY2, GRANIAN):
             if (name, c) not in tp:
                 continue
             share = tp[(name, c)]["calls_per_s"] / direct
@@ -595,6 +637,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dbs: dict[str, str] = {}
         servers[GATEWAY], dbs[GATEWAY] = start_gateway(folder, mock.base_url, GATEWAY)
         servers[GATEWAY2], dbs[GATEWAY2] = start_gateway(folder, mock.base_url, GATEWAY2, workers=2)
+        granian = start_granian(folder, mock.base_url)
+        if granian is None:
+            notes.append(f"{GRANIAN}: skipped, granian is not installed (the `bench` extra).")
+        else:
+            servers[GRANIAN], dbs[GRANIAN] = granian
         if not args.no_diagnose:
             servers[PURE_PYTHON], dbs[PURE_PYTHON] = start_diagnostic_gateway(
                 folder,
@@ -649,8 +696,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 GATEWAY: (servers[GATEWAY].base, "static"),
                 GATEWAY2: (servers[GATEWAY2].base, "static"),
             }
-            if LITELLM in servers:
-                contenders[LITELLM] = (servers[LITELLM].base, "static")
+            for name in (GRANIAN, LITELLM):
+                if name in servers:
+                    contenders[name] = (servers[name].base, "static")
             results: dict[tuple[str, int], list[tuple[float, int, int]]] = {}
             for c in CONCURRENCY:
                 for _, name in interleave(list(contenders), thr_rounds):

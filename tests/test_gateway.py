@@ -30,6 +30,7 @@ from sqlalchemy import create_engine, text
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
+from zeta_adaptive import gateway  # noqa: E402
 from zeta_adaptive._config import Config, ConfigError, KeyLimits, ServerConfig  # noqa: E402
 from zeta_adaptive.gateway import create_app, load_keys  # noqa: E402
 from zeta_adaptive.simulate import Fleet, ModelSpec  # noqa: E402
@@ -403,7 +404,11 @@ def test_client_disconnect_mid_stream_cancels_the_call(fleet, sqlite_url, tmp_pa
         )
 
 
-def test_client_leaving_before_the_answer_cancels_the_call(fleet, sqlite_url, tmp_path):
+@pytest.mark.parametrize("watch_after_s", [None, 1.0], ids=["watched-when-it-leaves", "gone-before-watched"])
+def test_client_leaving_before_the_answer_cancels_the_call(fleet, sqlite_url, tmp_path, monkeypatch, watch_after_s):
+    """The client is watched once the call has run WATCH_AFTER_S; one that left before that is seen then."""
+    if watch_after_s is not None:  # the client leaves at 0.3 s, the watcher starts at 1 s, the model's timeout is 2 s
+        monkeypatch.setattr(gateway, "WATCH_AFTER_S", watch_after_s)
     app = create_app(config(fleet, sqlite_url, tmp_path, routes={"simple": ["hangs"]}))
     with serving(app) as base:
         with pytest.raises(httpx.ReadTimeout):  # the client gives up long before the model's 2 s timeout
