@@ -104,7 +104,7 @@ Z95 = 1.6448536269514722
 
 def log_latency(latency_s: float) -> float:
     """The log of a latency in seconds, floored at :data:`LATENCY_FLOOR_S`."""
-    return math.log(max(latency_s, LATENCY_FLOOR_S))
+    return math.log(LATENCY_FLOOR_S if latency_s < LATENCY_FLOOR_S else latency_s)  # max(), without its call
 
 
 def served_means(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -560,25 +560,30 @@ class _IndexPolicy(Policy):
 
     def _refresh(self) -> list[int]:
         """Recompute the cached parts of the stale models (every model's when the first feedback
-        arrives) and say which."""
-        s, stale, count, acc_n = self._cells, self._stale, self._count, self._acc_n
+        arrives) and say which (conditional expressions where min/max would cost a call each)."""
+        s, stale, n_, acc_n = self._cells, self._stale, self._n, self._acc_n
         for i in stale:
-            self._n[i], acc_n[i] = s[N, i], s[ACC_N, i]
+            n_[i], acc_n[i] = s[N, i], s[ACC_N, i]
         rated = any(acc_n)
         if rated != self._rated:  # accuracy now counts as 1 for no model, or (reset) for every model
             self._rated = rated
             stale.update(self._all_ids)
+        count, mean, penalty, latency = self._count, self._mean, self._penalty, self._latency
         w_latency, w_cost = self.objective.w_latency, self.objective.w_cost
         for i in stale:
-            n, served, lat_sum = self._n[i], s[LAT_N, i], s[LAT_SUM, i]
-            count[i] = (n if n > 1e-12 else 1e-12) if n > 0 else 0.0
-            acc = (s[ACC_SUM, i] + 1.0) / (acc_n[i] + 2.0) if rated else 1.0
-            self._mean[i] = min(max(s[SUCC, i] / (n if n > 1e-12 else 1e-12) * acc, 0.0), 1.0)
-            self._penalty[i] = (w_latency * lat_sum + w_cost * s[COST_SUM, i]) / served if served > 0 else 0.0
-            self._latency[i] = lat_sum / served if served > 0 else 0.0
+            n, served, lat_sum = n_[i], s[LAT_N, i], s[LAT_SUM, i]
+            floor = n if n > 1e-12 else 1e-12
+            count[i] = floor if n > 0 else 0.0
+            m = s[SUCC, i] / floor * ((s[ACC_SUM, i] + 1.0) / (acc_n[i] + 2.0) if rated else 1.0)
+            mean[i] = 0.0 if m < 0.0 else 1.0 if m > 1.0 else m  # min(max(m, 0), 1), NaN kept as max/min keep it
+            if served > 0:
+                penalty[i] = (w_latency * lat_sum + w_cost * s[COST_SUM, i]) / served
+                latency[i] = lat_sum / served
+            else:
+                penalty[i] = latency[i] = 0.0
         refreshed = list(stale)
         stale.clear()
-        self._total = sum(self._n)
+        self._total = sum(n_)
         return refreshed
 
     def _order(self, idx: np.ndarray, latency: np.ndarray | None = None) -> tuple[Sequence[int], float]:
@@ -695,7 +700,8 @@ def _kl_ucb(p: float, budget: float, near: _Bound | None, start: float = math.in
     log = math.log
     p1 = 1.0 - p
     neg_entropy = p * log(p) + p1 * log(p1)
-    x = min(start, (budget - neg_entropy) / p1)
+    x = (budget - neg_entropy) / p1
+    x = x if x < start else start  # min(start, x), without its call
     if start == math.inf:
         var = p * p1
         g = math.sqrt(2.0 * var * budget)
@@ -722,22 +728,8 @@ def _tangent(p: float, q: float) -> tuple[float, float]:
     the tangent stays exact to 1e-10 (its error is ``p (1 - q)^2 dx^2 / 2q(q - p)`` in q; at most 1e-3)."""
     curvature = p * (1.0 - q) * (1.0 - q)
     exact = 2e-10 * q * (q - p)
-    return q / (q - p), min(1e-3, math.sqrt(exact / curvature)) if curvature > 0.0 else 1e-3
-
-
-def _tangent_window(
-    p: float, n: float, at: float, start: float
-) -> tuple[float, float | None, float, float, float, float]:
-    """The KL bound for mean ``p`` and count ``n`` at the shared term ``at`` (Newton from ``start``):
-    ``q``, the root ``x``, and the window ``(low, high)`` of the shared term where ``1 - exp(offset -
-    s * rate)`` is exact to 1e-10 (empty without a root to extrapolate from), ``offset``, ``rate``."""
-    budget = at / n
-    q, x, _ = _kl_ucb(p, budget, None, start)
-    if x is None or q <= p:
-        return q, x, math.inf, -math.inf, 0.0, 0.0
-    slope, reach = _tangent(p, q)
-    rate = slope / n
-    return q, x, at - reach / rate, at + reach / rate, budget * slope - x, rate
+    reach = math.sqrt(exact / curvature) if curvature > 0.0 else 1e-3
+    return q / (q - p), reach if reach < 1e-3 else 1e-3
 
 
 class KLUCBPolicy(_IndexPolicy):
@@ -786,8 +778,9 @@ class KLUCBPolicy(_IndexPolicy):
         return refreshed
 
     def _index_values(self, ids: list[int], penalty: list[float]) -> dict[int, float]:
-        log_total = math.log(max(self._total, math.e))
-        shared = log_total + self.c * math.log(max(log_total, 1.0))
+        total = self._total
+        log_total = math.log(total) if total > math.e else 1.0
+        shared = log_total + self.c * math.log(log_total) if self.c else log_total
         entry, expm1 = self._entry, math.expm1
         index = {}
         for i in ids:
@@ -816,9 +809,18 @@ class KLUCBPolicy(_IndexPolicy):
             start = at * e[5] - e[4]  # the tangent's end: at or above the root, close to it
         elif start is None or -math.expm1(-start) <= p:
             start = math.inf
-        q, x, low, high, offset, rate = _tangent_window(p, n, at, start)
-        if at != shared and not low < shared < high:  # the window shrank below the step ahead
-            q, x, low, high, offset, rate = _tangent_window(p, n, shared, math.inf)
+        while True:  # the root at ``at`` and the window of s where its tangent is exact (empty without a root)
+            budget = at / n
+            q, x, _ = _kl_ucb(p, budget, None, start)
+            if x is not None and q > p:
+                slope, reach = _tangent(p, q)
+                rate = slope / n
+                low, high, offset = at - reach / rate, at + reach / rate, budget * slope - x
+            else:
+                low, high, offset, rate = math.inf, -math.inf, 0.0, 0.0
+            if at == shared or low < shared < high:
+                break
+            at, start = shared, math.inf  # the window shrank below the step ahead: root at ``shared``
         if low < high:  # the bound from the tangent even at its root, so models that tie, tie exactly
             q = -math.expm1(offset - shared * rate)
         e[:] = [q, x, low, high, offset, rate]
