@@ -95,7 +95,8 @@ class Stream:
         self.policies: dict[str, Policy] = {
             t: make_policy(name, MODELS, OBJECTIVE, seed=seed + i, **mine) for i, t in enumerate(tasks)
         }
-        self.pacer = BudgetPacer(budget, OBJECTIVE) if budget is not None else None
+        rate = {"rate": options["budget_rate"]} if options and "budget_rate" in options else {}
+        self.pacer = BudgetPacer(budget, OBJECTIVE, **rate) if budget is not None else None
 
     def step(self, task: str, x: Features | None, correct: tuple[int, int]) -> tuple[int, int]:
         """Route one question; returns (strong chosen, correct)."""
@@ -431,13 +432,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
     ap.add_argument("--policies", nargs="+", default=list(ONLINE), choices=ONLINE)
     ap.add_argument("--limit", type=int, default=None, help="only the first N questions (smoke runs)")
+    ap.add_argument(
+        "--subjects-half",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="only the questions of a random half of the subjects (seeded): held-out splits for screening settings",
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument(
         "--set",
         nargs="+",
         default=[],
         metavar="OPTION=VALUE",
-        help="policy options for the online runs (JSON values), each given to the policies that take it, e.g. explore=0.1",
+        help="policy options for the online runs (JSON values), each given to the policies that take it, e.g. "
+        "explore=0.1; budget_rate=R sets the budget pacer's rate",
     )
     ap.add_argument("--router", action="store_true", help="also one run end to end through Router over loopback HTTP")
     ap.add_argument("--router-limit", type=int, default=None)
@@ -458,6 +467,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"CPT(80%) {s['cpt80_mean']:.1f}%, mean abs(share - budget) {s['budget_error']:.4f}, {s['orders']} orders"
             )
         return
+    if args.subjects_half is not None:
+        subjects = sorted(set(frame["subject"]))
+        half = np.random.default_rng(100 + args.subjects_half).permutation(subjects)[: len(subjects) // 2]
+        frame = frame[frame["subject"].isin(half)].reset_index(drop=True)
     if args.limit:
         frame = frame.iloc[: args.limit].reset_index(drop=True)
     options = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}

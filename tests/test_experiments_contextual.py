@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from experiments import routellm_mmlu
@@ -22,6 +23,8 @@ def test_routellm_mmlu_smoke(tmp_path):
             "0.7",
             "--limit",
             "240",
+            "--subjects-half",
+            "0",
             "--workers",
             "1",
             "--policies",
@@ -30,6 +33,7 @@ def test_routellm_mmlu_smoke(tmp_path):
             "--set",
             "explore=0.2",
             "feature_bits=12",
+            "budget_rate=0.01",
             "--router",
             "--router-limit",
             "15",
@@ -40,6 +44,10 @@ def test_routellm_mmlu_smoke(tmp_path):
     result = json.loads((tmp_path / "routellm_mmlu.json").read_text())
     assert set(result["online"]) == {"linear_thompson", "thompson_one"}
     assert "explore=0.2" in result["command"]
+    frame = routellm_mmlu.load()
+    half = np.random.default_rng(100).permutation(sorted(set(frame["subject"])))[:28]
+    questions = frame[frame["subject"].isin(half)].iloc[:240]  # the first 240 of half the subjects
+    assert result["questions"] == 240 and result["acc_weak"] == pytest.approx(questions["weak"].mean())
     for summary in result["online"].values():
         assert summary["orders"] == 2 and summary["budget_error"] < 0.1
         assert 0.0 <= summary["apgr_mean"] <= 1.5

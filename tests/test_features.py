@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -106,3 +107,17 @@ def test_bad_configuration_raises():
         Featurizer(bits=2)
     with pytest.raises(ValueError):
         Featurizer(max_chars=1)
+
+
+def test_the_feature_space_is_pinned_to_its_version():
+    """Logged features are reused only within ``Featurizer.space``: a change of the computation must bump VERSION."""
+    f = Featurizer(bits=16)
+    x = f.from_text(PROMPT)
+    assert f.space == "v2-b16-c4096"
+    assert x.indices[: -len(DENSE_NAMES)].tolist() == [
+        1058, 1650, 2183, 3262, 5655, 12686, 14750, 16178, 17463, 19134, 19171, 19345, 21412, 21525,
+        27107, 30987, 31389, 31405, 32689, 33288, 34061, 34530, 34640, 37180, 39892, 39970, 46404, 47377,
+        51300, 53323, 54392, 54430, 54639, 55614, 56866, 58034, 59093, 60965, 62213, 65010,
+    ]  # fmt: skip
+    assert hashlib.sha256(x.to_json().encode()).hexdigest()[:16] == "14edd380091024ab"  # values too (6 digits)
+    assert x.indices.dtype == np.int64 and x.values.dtype == np.float64

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -61,10 +62,9 @@ _CLASS_OF = np.array(
     ],
     dtype=np.float64,
 )
-# the distinct rows of _CLASS_OF (the bytes' kinds) and byte -> its kind: a text's class counts are one
-# translate, one bincount over a dozen kinds and one small product
-_KINDS, _KIND_IDS = np.unique(_CLASS_OF, axis=0, return_inverse=True)
-_KIND_OF = bytes(_KIND_IDS.ravel().tolist())
+_BYTE_CLASSES = np.ascontiguousarray(_CLASS_OF.T)  # a text's class counts: this times its byte counts
+# where a uint64's high 32 bits are in its view as two uint32
+_HIGH = 1 if sys.byteorder == "little" else 0
 
 DENSE_NAMES: tuple[str, ...] = (
     "bias",
@@ -142,7 +142,7 @@ class Featurizer:
         self._pow = np.cumprod(np.r_[np.uint64(1), np.full(n + 1, _P, dtype=np.uint64)], dtype=np.uint64)
         # P**-(k+1) times the mix: a word's hash from the prefix sums at its edges in two multiplications
         self._inv_mix = np.cumprod(np.full(n + 2, np.uint64(inverse), dtype=np.uint64), dtype=np.uint64) * _MIX
-        self._shift = np.uint64(64 - self.bits)  # a mixed hash's top bits are its slot
+        self._shift = np.uint32(32 - self.bits)  # a mixed hash's top bits are its slot
         self._dense_slots = np.arange(self.hashed, self.size, dtype=np.int64)
         self._log_scale = math.log1p(4 * self.max_chars)
 
@@ -166,22 +166,22 @@ class Featurizer:
         raw = text[-self.max_chars :].encode("utf-8", "replace")
         slots, values, words = self._ngrams(raw)
         if extra:  # the caller's values are added as they are, after the n-grams' scaling
-            mine = {int(i): float(v) for i, v in zip(slots, values, strict=True)}
+            mine = {int(i): float(v) for i, v in zip(slots.tolist(), values.tolist(), strict=True)}
             for name, value in _checked(extra).items():
                 h = _stable_hash(name)
                 slot = h & (self.hashed - 1)
                 mine[slot] = mine.get(slot, 0.0) + (value if h >> 31 else -value)
             slots = np.array(sorted(k for k, v in mine.items() if v != 0.0), dtype=np.int64)
             values = np.array([mine[k] for k in slots.tolist()])
-        indices = np.concatenate([slots, self._dense_slots])
-        return Features(indices, np.concatenate([values, self._dense(raw, words)]))
+        return Features(np.concatenate((slots, self._dense_slots)), np.concatenate((values, self._dense(raw, words))))
 
     def _ngrams(self, raw: bytes) -> tuple[np.ndarray, np.ndarray, int]:
         """Sorted unique slots of the word uni- and bi-grams, their counts scaled to unit L2 norm, and the number of words.
 
-        About twenty numpy operations whatever the text's length: words from the edges of the
-        word-byte runs, their hashes from one prefix sum, their slots' counts from the runs of
-        equal slots once sorted (so the cost does not grow with the number of slots).
+        About twenty numpy calls whatever the text's length: words from the edges of the
+        word-byte runs, their hashes from one prefix sum, their slots (the hashes' top bits, as
+        uint32: half the sort of uint64) counted from the runs of equal slots once sorted (so the
+        cost does not grow with the number of slots).
         """
         codes = np.frombuffer(b"\0" + raw.translate(_LOWER) + b"\0", dtype=np.uint8)
         inside = codes.astype(np.bool_)
@@ -189,44 +189,43 @@ class Featurizer:
         n = len(edges) // 2
         if not n:
             return _NO_SLOTS, _NO_VALUES, 0
-        at = (codes * self._pow[: len(codes)]).cumsum()[edges]
-        before = edges[0::2]
-        grams = np.empty(2 * n - 1, dtype=np.uint64)  # words, then bigrams: their hashes, then slots
+        at = (codes * self._pow[: len(codes)]).cumsum().take(edges)
+        grams = np.empty(2 * n - 1, dtype=np.uint64)  # words, then bigrams: their hashes
         words, bigrams = grams[:n], grams[n:]
-        np.multiply(at[1::2] - at[0::2], self._inv_mix[before], out=words)
+        np.subtract(at[1::2], at[0::2], out=words)
+        words *= self._inv_mix.take(edges[0::2])
         np.multiply(words[:-1], _BIGRAM, out=bigrams)
         bigrams += words[1:]  # its top bits are mixed: those of words[:-1] times an odd constant
-        grams >>= self._shift
-        grams.sort()
-        edge = np.ones(len(grams) + 1, dtype=np.bool_)  # where each run of equal slots starts, and the end
-        np.not_equal(grams[1:], grams[:-1], out=edge[1:-1])
+        top = np.right_shift(grams.view(np.uint32)[_HIGH::2], self._shift)  # each hash's top bits: its slot
+        top.sort()
+        edge = np.empty(len(top) + 1, dtype=np.bool_)  # where each run of equal slots starts, and the end
+        edge[0] = edge[-1] = True
+        np.not_equal(top[1:], top[:-1], out=edge[1:-1])
         starts = edge.nonzero()[0]
-        slots = grams[starts[:-1]].view(np.int64)
         values = np.subtract(starts[1:], starts[:-1], dtype=np.float64)
         values *= 1.0 / math.sqrt(values @ values)
-        return slots, values, n
+        return top.take(starts[:-1]), values, n
 
-    def _dense(self, raw: bytes, words: int) -> np.ndarray:
+    def _dense(self, raw: bytes, words: int) -> list[float]:
         """Bias, log lengths, character-class shares and marker counts (each roughly in [0, 1])."""
-        kinds = np.bincount(np.frombuffer(raw.translate(_KIND_OF), dtype=np.uint8), minlength=len(_KINDS))
-        digit, upper, punct, space, non_ascii, code, math_, lines = (kinds @ _KINDS).tolist()
-        n = max(len(raw), 1)
-        scale = self._log_scale
-        return np.array(
-            [
-                1.0,
-                math.log1p(len(raw)) / scale,
-                math.log1p(words) / scale,
-                math.log1p(lines) / scale,
-                digit / n,
-                upper / n,
-                punct / n,
-                space / n,
-                non_ascii / n,
-                math.log1p(code) / 4.0,
-                math.log1p(math_) / 4.0,
-            ]
-        )
+        counts = _BYTE_CLASSES.dot(np.bincount(np.frombuffer(raw, dtype=np.uint8), minlength=256))
+        digit, upper, punct, space, non_ascii, code, math_, lines = counts.tolist()
+        share = 1.0 / max(len(raw), 1)
+        scale = 1.0 / self._log_scale
+        log1p = math.log1p
+        return [
+            1.0,
+            log1p(len(raw)) * scale,
+            log1p(words) * scale,
+            log1p(lines) * scale,
+            digit * share,
+            upper * share,
+            punct * share,
+            space * share,
+            non_ascii * share,
+            log1p(code) / 4.0,
+            log1p(math_) / 4.0,
+        ]
 
 
 def _checked(extra: Mapping[str, float]) -> dict[str, float]:
