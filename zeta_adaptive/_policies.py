@@ -662,41 +662,31 @@ class UCB1Policy(_IndexPolicy):
 
 def kl_ucb_bound(p: float, budget: float) -> float:
     """The largest q in [p, 1] with ``KL(p, q) <= budget`` for Bernoulli KL, to about 1e-10."""
-    return _kl_ucb(p, budget, None)[0]
+    return _kl_ucb(p, budget)[0]
 
 
-#: (q, x, budget): a bound q, and a root ``x = -log(1 - q')`` computed by Newton steps for ``budget``
-#: (the same q and budget unless q was extrapolated from a nearby root); x is None without a root
-_Bound = tuple[float, float | None, float]
+#: (q, x): a bound q, and the root ``x = -log(1 - q)`` Newton's method found; x is None without a root
+_Bound = tuple[float, float | None]
 
 
-def _kl_ucb(p: float, budget: float, near: _Bound | None, start: float = math.inf) -> _Bound:
-    """:func:`kl_ucb_bound`, optionally started from the root in ``near`` (same p, another budget)
-    or from ``start``, an x at or above the root (a tangent's end).
+def _kl_ucb(p: float, budget: float, start: float = math.inf) -> _Bound:
+    """:func:`kl_ucb_bound` with its root, optionally started from ``start``: a root nearby, or the
+    end of the tangent at one (at or above the root), as :meth:`KLUCBPolicy._root` gives.
 
     Newton's method on ``h(x) = KL(p, 1 - exp(-x)) - budget``, where ``h`` is convex, increasing
     above ``p`` (``h'(x) = (q - p) / q``) and close to linear far from it, so Newton steps from above
-    decrease monotonically to the root. From ``near``'s root the first step is the tangent to the
-    new budget; when its error (about ``(1 - q) h'' / 2h'`` times the step squared, in q) is below
-    1e-10, its end is the answer and ``near``'s root is kept as the next start, so such errors never
-    add up. Otherwise its end, at or above the new root (``h`` is convex) and close to it, starts
-    the Newton steps (usually one), capped by the upper bound ``x <= (budget + H(p)) / (1 - p)``
-    (from ``-p log q >= 0``). Without a nearby root the start is the smaller of that bound and,
-    when the budget is small enough for it to be accurate, a third-order expansion of KL around
-    ``p`` (if that lands below the root, the first step goes above it). Newton steps stop after a
-    step from above whose remaining error is below 1e-10: usually two or three from scratch.
+    decrease monotonically to the root (a start below it is sent above it by the first step). The
+    start is ``start`` (from a tangent's end, usually one step from the root), capped by the upper
+    bound ``x <= (budget + H(p)) / (1 - p)`` (from ``-p log q >= 0``); without one, the smaller of
+    that bound and, when the budget is small enough for it to be accurate, a
+    third-order expansion of KL around ``p`` (if that lands below the root, the first step goes
+    above it). Newton steps stop after a step from above whose remaining error is below 1e-10:
+    usually two or three from scratch.
     """
     if budget <= 0.0 or p >= 1.0:
-        return min(max(p, 0.0), 1.0), None, budget
+        return min(max(p, 0.0), 1.0), None
     if p < 1e-12:
-        return -math.expm1(-budget), budget, budget  # KL(0, q) = -log(1 - q), to 1e-11 for p this small
-    near_x = near[1] if near is not None else None
-    if near is not None and near_x is not None and near[0] > p:
-        slope, reach = _tangent(p, -math.expm1(-near_x))
-        dx = (budget - near[2]) * slope
-        if -reach < dx < reach:
-            return -math.expm1(-(near_x + dx)), near_x, near[2]
-        start = near_x + dx
+        return -math.expm1(-budget), budget  # KL(0, q) = -log(1 - q), to 1e-11 for p this small
     log = math.log
     p1 = 1.0 - p
     neg_entropy = p * log(p) + p1 * log(p1)
@@ -717,7 +707,7 @@ def _kl_ucb(p: float, budget: float, near: _Bound | None, start: float = math.in
         x -= step
         if step >= 0.0 and step * step * p * (1.0 - q) * (1.0 - q) < 2e-10 * q * (q - p):
             break
-    return -math.expm1(-x), x, budget
+    return -math.expm1(-x), x
 
 
 _KL_MAX_STEPS = 50
@@ -811,7 +801,7 @@ class KLUCBPolicy(_IndexPolicy):
             start = math.inf
         while True:  # the root at ``at`` and the window of s where its tangent is exact (empty without a root)
             budget = at / n
-            q, x, _ = _kl_ucb(p, budget, None, start)
+            q, x = _kl_ucb(p, budget, start)
             if x is not None and q > p:
                 slope, reach = _tangent(p, q)
                 rate = slope / n
