@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar, cast
 
 from ._backends import Outcome, Reply, StreamItem
@@ -70,6 +70,21 @@ class Lane:
     space: str | None  # the label of the features a call on this route logs
     router_id: str
     end: Callable[[CallRecord], None]  # logs a finished call (and remembers it for feedback)
+    # derived from the route once, not on every call
+    adaptive: bool = field(init=False)  # learned concurrency limits bound the models too
+    loaded: bool = field(init=False)  # the objective takes each model at its latency at its current load
+    windows: tuple[tuple[str, int], ...] = field(init=False)  # models with a declared context window: its characters
+
+    def __post_init__(self) -> None:
+        adaptive = self.route.load == "adaptive"
+        object.__setattr__(self, "adaptive", adaptive)
+        object.__setattr__(self, "loaded", adaptive and not self.contextual and self.route.latency_measure == "total")
+        windows = tuple(
+            (name, window * CHARS_PER_TOKEN)
+            for name in self.route.models
+            if (window := self.models[name].context_window) is not None
+        )
+        object.__setattr__(self, "windows", windows)
 
     def rejects(self, reply: Reply) -> bool:
         """Whether a backend refused the request itself (no model should see it again)."""
@@ -141,19 +156,17 @@ class Call:
         self.start = time.perf_counter()
         self.deadline = self.start + deadline_s
         self.band = prompt_band(chars)
-        self.adaptive = lane.route.load == "adaptive"  # learned concurrency limits bound the models too
-        health, candidates, models = lane.health, lane.route.models, lane.models
+        self.adaptive = lane.adaptive
+        health, candidates = lane.health, lane.route.models
         usable, self.skipped = health.split(candidates, self.adaptive)
-        too_long = {m for m in candidates if _over_window(models[m], chars)}
+        too_long = {m for m, limit in lane.windows if chars > limit}  # clearly longer than the declared window
         if health.too_long:  # some model already exceeded its context: the prompt's band decides
             too_long.update(m for m in candidates if not health.fits(m, self.band))
         for name in sorted(too_long):
             self.skipped.setdefault(name, "prompt_too_long")
         pool = [m for m in usable if m not in too_long] if too_long else usable
         self.features = features  # the prompt's features, when the route is contextual or the caller gave some
-        # under adaptive load the objective takes each model at its latency at its current load
-        loaded = self.adaptive and not lane.contextual and lane.route.latency_measure == "total"
-        latency = health.expected_latencies(pool or candidates) if loaded else None
+        latency = health.expected_latencies(pool or candidates) if lane.loaded else None
         with lane.lock:
             if lane.contextual:
                 self.ranking: Ranking = lane.policy.rank(pool or None, features)  # type: ignore[call-arg]
@@ -532,8 +545,3 @@ async def _hedge(call: Call, send: ASend, step: Step, delay: float) -> None:
         for task in running:
             task.cancel()
     call.cancel_open("lost the hedge race")
-
-
-def _over_window(model: ModelConfig, chars: int) -> bool:
-    """Whether a prompt of ``chars`` characters is clearly longer than the model's declared context window."""
-    return model.context_window is not None and chars > model.context_window * CHARS_PER_TOKEN

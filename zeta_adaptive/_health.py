@@ -117,6 +117,7 @@ class Health:
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
         self._generation = 0  # attempts ended so far: a waiter wakes when it moves
+        self._sync_waiting = 0  # threads in wait_release (not fifo): only then does a release notify
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._queue: deque[Callable[[], None]] = deque()  # FIFO waiters (load-aware routes): one woken per release
 
@@ -211,8 +212,11 @@ class Health:
                 elif reply.outcome is Outcome.TIMEOUT:
                     self.limits[name].drop()
             self._generation += 1
-            self._released.notify_all()
-            waiters, self._async_waiters = self._async_waiters, []
+            if self._sync_waiting:
+                self._released.notify_all()
+            waiters = self._async_waiters
+            if waiters:
+                self._async_waiters = []
             first = self._queue.popleft() if self._queue else None
         if first is not None:
             first()
@@ -228,7 +232,11 @@ class Health:
         """
         if not fifo:
             with self._released:
-                self._released.wait_for(lambda: self._generation != since, max(timeout_s, 0.0))
+                self._sync_waiting += 1
+                try:
+                    self._released.wait_for(lambda: self._generation != since, max(timeout_s, 0.0))
+                finally:
+                    self._sync_waiting -= 1
             return
         woken = threading.Event()
         if self._enqueue(since, woken.set, again):

@@ -86,6 +86,8 @@ def check_messages(messages: Any) -> int:
     if not messages:
         raise InvalidRequest("messages is empty: a call needs at least one message")
     chars = 0
+    # a list of messages that are each exactly {"role": ..., "content": ASCII text} is JSON as checked here
+    plain = isinstance(messages, (list, tuple))
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if type(message) is not dict and not isinstance(message, Mapping):
@@ -96,6 +98,7 @@ def check_messages(messages: Any) -> int:
         content = message.get("content")
         if isinstance(content, str):
             chars += len(content)
+            plain = plain and type(message) is dict and len(message) == 2 and content.isascii()
         elif isinstance(content, (list, tuple)):
             if not content:
                 raise InvalidRequest(f"{where}.content is an empty list of content parts")
@@ -106,16 +109,19 @@ def check_messages(messages: Any) -> int:
                 if part["type"] == "text" and not isinstance(text, str):
                     raise InvalidRequest(f"{where}.content[{j}] is a text part without a 'text' string")
                 chars += len(text) if isinstance(text, str) else 0
+            plain = False
         elif content is None:
             if not (role == "assistant" and (message.get("tool_calls") or message.get("function_call"))):
                 raise InvalidRequest(
                     f"{where}.content is missing or None; only an assistant message with tool_calls may have none"
                 )
+            plain = False
         else:
             raise InvalidRequest(
                 f"{where}.content must be a string or a list of content parts, got {type(content).__name__}"
             )
-    _check_json("messages", messages)
+    if not plain:  # a plain message's keys, role and text are JSON already
+        _check_json("messages", messages)
     return chars
 
 

@@ -204,8 +204,8 @@ class AdaptiveLimit:
             self._set(self.value * MIN_GRADIENT)
             return
         logs = sorted(math.log(max(x, 1e-9)) for x in window)
-        center = statistics.median(logs)
-        spread = 1.4826 * statistics.median(abs(x - center) for x in logs)  # a robust standard deviation
+        center = _median(logs)
+        spread = 1.4826 * _median(sorted(abs(x - center) for x in logs))  # a robust standard deviation
         self.spread = spread if self.no_load_s is None else 0.75 * self.spread + 0.25 * spread
         self._window_n = self._window_for_spread()
         median = math.exp(center)
@@ -253,3 +253,9 @@ class AdaptiveLimit:
     def snapshot(self) -> dict[str, float | int | None]:
         """The limit and what it is based on, for preferences() and logs."""
         return {"limit": self.limit, "no_load_s": self.no_load_s}
+
+
+def _median(ordered: list[float]) -> float:
+    """The median of a sorted non-empty list, as ``statistics.median`` computes it (which sorts again)."""
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
