@@ -50,11 +50,6 @@ TARGET_SHARE = 0.90
 #: after every update for its first 100 updates, then every updates/100 up to every 32, so a fresh
 #: route costs more per call for its first ~3,200 calls (what a decision costs: policy_cost)
 STEADY = 3200
-#: calls at concurrency 8 that the other contenders make meanwhile: httpcore checks every pooled
-#: connection on each request (about 45 µs each here), so a routed pool that kept the 8
-#: connections of that warm-up against a direct pool of 1 cost ours about 350 µs a call at
-#: concurrency 1 that direct httpx did not pay (experiments/results/profile_callpath.md)
-POOLED = 400
 
 
 ERRORS: dict[str, int] = {}  # failed calls per contender (counted, not fatal: a loaded machine can stall a call)
@@ -131,10 +126,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         async def run_all() -> None:
             try:
-                # the routes' policies past their first updates (see STEADY), and every contender's
-                # connection pool as a burst at concurrency 8 leaves it (see POOLED)
-                for name, fn in table.items():
-                    await batch(fn, steady if name.startswith("ours") else min(steady, POOLED), 8, name)
+                for name, fn in table.items():  # the routes' policies past their first updates (see STEADY)
+                    if name.startswith("ours"):
+                        await batch(fn, steady, 8, name)
+                # and the connections that left closed: each concurrency's warm-up opens what it needs,
+                # for every contender alike (httpcore checks every pooled connection on each request)
+                await c.aclose()
                 total = len(CONCURRENCY) * rounds * len(table)
                 with tqdm(total=total, desc="throughput batches", unit="batch") as bar:
                     for conc in CONCURRENCY:
@@ -204,8 +201,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rounds of ours / direct in the same round (lo..hi: its range).",
         f"Before the first concurrency, {steady} untimed calls through each route (concurrency 8), so Thompson sampling is past the early phase where it redraws "
         "its batch of posterior draws after nearly every update (in a run without this, 2026-11-30 at load 3-4.7, the fresh Thompson route reached 64% of direct at concurrency 1, cpu share 85%); "
-        f"meanwhile {min(steady, POOLED)} calls at concurrency 8 through each other contender, so every connection pool holds the connections such a burst leaves "
-        "(httpcore checks each pooled connection on every request: until 2026-11-30 only ours had this warm-up, and its 8 pooled connections against direct's 1 cost it about 350 µs a call at concurrency 1).",
+        "then every contender's connection pools are closed, so each concurrency starts from the connections its own warm-up opens, alike for all. "
+        "httpcore checks every pooled connection on each request (about 60 µs each here): until 2026-11-30 ours kept the 8 connections of those untimed calls "
+        "for the first 30 s of concurrency 1 while direct httpx had 1, which cost ours about 350 µs a call there (experiments/results/profile_callpath.md).",
         "Backend: experiments/mock_backend.py in its own process on 127.0.0.1 (one asyncio loop); the client is one process, one event loop.",
         f"Ours log to a SQLite file; each of our batches includes waiting for its rows to be written. Log rows found: {logged} calls for {c.calls} routed calls.",
         f"Connections or name lookups outside loopback refused during the run: {len(FOREIGN)}. "

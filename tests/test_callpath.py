@@ -510,6 +510,10 @@ BAD_CHATS = [
         "nested deeper",
     ),
     (("simple", [{"role": "user", "content": "hi", 1: "x"}]), {}, "non-string key"),
+    # beside the checks' shortcut for plain {role, content: ASCII text} messages
+    (("simple", [{"role": "user", "content": "hi", "name": {"a"}}]), {}, "set"),
+    (("simple", [{"role": "user", "content": "hi"}, {"role": "user", "content": "q \udc00"}]), {}, "not valid Unicode"),
+    (("simple", [{"role": "user", "content": "hi"}, {"role": "user", "content": "x", "w": float("nan")}]), {}, "JSON"),
     (("simple", MSG), {"deadline": 0.5}, "did you mean deadline_s"),
     (("simple", MSG), {"timeout_s": 1.0}, "deadline_s"),
     (("simple", MSG), {"task": "code"}, "task_type"),
