@@ -186,7 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     loop = asyncio.new_event_loop()
     with MockServer() as mock:
         client = httpx.Client(base_url=mock.base_url + "/", timeout=60.0)
-        aclient = httpx.AsyncClient(base_url=mock.base_url + "/", timeout=60.0)
+        # pooled as the router pools a model's connections (zeta_adaptive._backends.pool_limits), so that
+        # after --burst both keep the same connections: httpcore checks each one on every request
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=30.0)
+        aclient = httpx.AsyncClient(base_url=mock.base_url + "/", timeout=60.0, limits=limits)
         routers = {
             name: pkg.Router(config(mock.base_url, folder / str(i), args.route))
             for i, (name, pkg) in enumerate(packages.items())
