@@ -5,7 +5,7 @@ Three measurements on the rows of ``bench_store`` (60,000 calls, 75,000 attempts
 
 * Stages: the writer's work on each 5,000-row batch, done step by step in one thread with
   ``time.thread_time`` around each step (grouping the rows, sanitizing them, the rollup increments,
-  the ``max(rowid)`` probe, each table's ``executemany``, the rollup upsert, the commit), into a fresh
+  each table's ``executemany``, the rollup upsert, the commit), into a fresh
   SQLite file, best of ``--rounds`` passes; then the same batches through the store's own
   ``_insert_rows`` (SQLAlchemy's transaction included), so the sum of the steps can be checked
   against the whole. The stages are private functions of ``zeta_adaptive._store``: this script
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from zeta_adaptive import TABLES, Store
-from zeta_adaptive._store import _add_rollups, _increments, sanitize_rows
+from zeta_adaptive._store import _add_rollups, _executemany_insert, _increments, sanitize_rows
 
 from .bench_store import make_calls
 from .common import markdown_table, parse_args, write_markdown
@@ -58,28 +58,15 @@ def stages(folder: Path, batches: list[list[Row]]) -> dict[str, float]:
         spent[name] = spent.get(name, 0.0) + clock() - start
         return out
 
-    cols = {n: [c.name for c in TABLES[n].columns] for n in ("calls", "attempts")}
-    sql = {
-        n: f"INSERT INTO {n} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))}) ON CONFLICT DO NOTHING"
-        for n, c in cols.items()
-    }
-    getters = {n: operator.itemgetter(*c) for n, c in cols.items()}
     try:
         _increments("attempts", [batches[0][1][1]])  # imports what the increments read, off the clock
-        with store.engine.connect() as conn:  # the rollup upsert's statement through SQLAlchemy, as the store runs it
+        with store.engine.connect() as conn:  # the statements through SQLAlchemy, as the store runs them
             for batch in batches:
                 clean = timed("sanitize", lambda b=batch: sanitize_rows(list(b)))
                 by = timed("group by table", lambda c=clean: _group(c))
                 timed("begin", lambda: conn.begin())
                 for name in ("calls", "attempts"):
-                    timed(
-                        "max(rowid) probe", lambda n=name: conn.exec_driver_sql(f"SELECT max(rowid) FROM {n}").scalar()
-                    )
-                    cur = conn.connection.driver_connection.cursor()  # the store's own way
-                    timed(
-                        f"executemany {name}", lambda n=name, c=cur, b=by: c.executemany(sql[n], map(getters[n], b[n]))
-                    )
-                    cur.close()
+                    timed(f"executemany {name}", lambda n=name, b=by: _executemany_insert(conn, TABLES[n], b[n]))
                 timed("rollup increments (Python)", lambda b=by: _increments("attempts", b["attempts"]))
                 timed("rollup increments + upsert", lambda b=by: _add_rollups(conn, "attempts", b["attempts"]))
                 timed("commit", lambda: conn.commit())
@@ -192,8 +179,9 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(threads(folder, calls))
             for mode in ckpt:
                 ckpt[mode].append(checkpoints(folder, batches, mode))
-    stage_rows = [{"stage": k, "us_per_attempt": v * per, "share": v / sum(best.values())} for k, v in best.items()]
-    stage_rows.append({"stage": "sum of the stages", "us_per_attempt": sum(best.values()) * per, "share": 1.0})
+    total = sum(best.values())
+    stage_rows = [{"stage": k, "us_per_attempt": v * per, "share": v / total} for k, v in best.items()]
+    stage_rows.append({"stage": "sum of the stages", "us_per_attempt": total * per, "share": 1.0})
     stage_rows.append(
         {"stage": "store: sanitize + _insert_rows (one thread)", "us_per_attempt": min(wholes) * per, "share": "–"}
     )
