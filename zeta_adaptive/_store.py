@@ -1079,9 +1079,8 @@ class Store:
                 self._wake.wait(self.linger_s)  # the tick (a flush, a stop or a full batch cuts it short)
             self._wake.clear()  # before draining: a flush or stop handed over from now on is seen next turn
             self._urgent = False
-            items: list[Any] = []
-            while self._items and len(items) < self.batch_size:
-                items.append(self._items.popleft())
+            take = self._items.popleft  # at most a batch: what was handed over by now (others only append)
+            items: list[Any] = [take() for _ in itertools.repeat(None, min(len(self._items), self.batch_size))]
             quiet = 0 if items else quiet + 1
             if not items and not (self.pending and time.monotonic() >= self._next_probe):
                 continue  # an empty tick: nothing to write, no journal probe due
