@@ -18,18 +18,24 @@ database: none may be missing.
   no queue, no SQLAlchemy per-row work): what this machine gives at best right now, so the gap
   between it and the writer is the writer's own cost.
 
-Repeats run interleaved (SQLite, PostgreSQL, and the naive writers, rotating), each into a fresh
-database file / schema; the table gives the median and the range.
+Repeats (``--repeats``, default 5) run interleaved (SQLite, PostgreSQL, and the naive writers,
+rotating), each into a fresh database file / schema, after one untimed warm-up run of every writer
+(imports, first connections and statement caches stay out of the repeats); the table gives the
+median, the middle half and the range. Every repeat of the background writers is listed with the
+share of a core the process got and the machine's load, and the notes say what the spread follows.
+``--baseline REV`` adds the background writer of another git revision (``git archive``) to the same
+interleaving: an A/B comparison in one process, under the same load.
 
 Targets: >= 50,000 rows/s into SQLite, >= 20,000 rows/s into PostgreSQL, no row lost (issue 16;
 rows = attempts + calls rows; issue 9 put the same numbers in attempts/s, so both are reported).
 Lag: a paced run per backend measures the time from a call's ``put_many`` to its row being committed.
 
-    .venv/bin/python -m experiments.bench_store [--quick] [--out DIR] [--backends sqlite,postgres]
+    .venv/bin/python -m experiments.bench_store [--quick] [--out DIR] [--backends sqlite,postgres] [--repeats N] [--baseline REV]
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import shutil
@@ -40,6 +46,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -48,6 +55,7 @@ from tqdm import tqdm
 from zeta_adaptive import new_call_id
 
 from .common import PrivatePostgres, interleave, markdown_table, parse_args, postgres_bindir, write_csv, write_markdown
+from .profile_callpath import package_at
 
 TARGETS = {"sqlite": 50_000.0, "postgres": 20_000.0}
 TASKS = ("code", "simple", "reasoning")
@@ -195,11 +203,15 @@ class Target:
 # -- the measurements ----------------------------------------------------------------------------
 
 
-def run_store(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: Path) -> dict[str, Any]:
-    """The background writer: put_many per call, then flush; count the rows afterwards."""
-    from zeta_adaptive import Store
+def run_store(
+    url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: Path, package: ModuleType | None = None
+) -> dict[str, Any]:
+    """The background writer (of ``package``, by default this tree's): put_many per call, then flush;
+    count the rows afterwards."""
+    import zeta_adaptive
 
-    store = Store(url, journal_dir=journal)
+    store = (package or zeta_adaptive).Store(url, journal_dir=journal)
+    load = os.getloadavg()[0]
     try:
         expected_attempts = sum(len(c) - 1 for c in calls)
         gc.collect()
@@ -229,6 +241,7 @@ def run_store(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: 
         "lost": (len(calls) - got_calls) + (expected_attempts - got_attempts),
         "write_errors": errors,
         "journaled": pending,
+        "load_1min": load,
     }
 
 
@@ -380,11 +393,18 @@ def run_floor(url: str, calls: list[list[tuple[str, dict[str, Any]]]], journal: 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(
-        __doc__, argv, **{"--backends": {"default": "sqlite,postgres", "help": "comma-separated: sqlite, postgres"}}
+        __doc__,
+        argv,
+        **{
+            "--backends": {"default": "sqlite,postgres", "help": "comma-separated: sqlite, postgres"},
+            "--repeats": {"type": int, "default": 5, "help": "interleaved repeats of every writer (default 5)"},
+            "--baseline": {"default": None, "help": "also run the background writer of this git revision, interleaved"},
+        },
     )
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    repeats, n_calls, n_naive, paced_s = (1, 3_000, 300, 0.5) if args.quick else (3, 60_000, 2_000, 10.0)
+    repeats, n_calls, n_naive, paced_s = (1, 3_000, 300, 0.5) if args.quick else (args.repeats, 60_000, 2_000, 10.0)
     folder = Path(tempfile.mkdtemp(prefix="zeta-bench-store-"))
+    baseline = package_at(args.baseline, folder / "baseline") if args.baseline else None
     journal = folder / "journal"
     data = make_calls(n_calls, args.seed)
     naive_data = make_calls(n_naive, args.seed + 1)
@@ -396,13 +416,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         notes_pg = pg_from
         kinds = [k for k in backends if k == "sqlite" or (k == "postgres" and pg_url)]
         targets = {k: Target(k, folder, pg_url) for k in kinds}
-        tasks: dict[str, Callable[[], dict[str, Any]]] = {}
+        tasks: dict[str, tuple[Callable[[Any], dict[str, Any]], Any]] = {}  # name: (run, its calls)
         for k in kinds:
-            tasks[f"{k}: background writer"] = _task(run_store, targets[k], data, journal)
-            tasks[f"{k}: naive, one transaction per call"] = _task(run_naive, targets[k], naive_data, journal)
-            tasks[f"{k}: {FLOOR}"] = _task(run_floor, targets[k], data, journal)
+            tasks[f"{k}: background writer"] = (_task(run_store, targets[k], journal), data)
+            if baseline is not None:
+                ours_then = functools.partial(run_store, package=baseline)
+                tasks[f"{k}: background writer at {args.baseline}"] = (_task(ours_then, targets[k], journal), data)
+            tasks[f"{k}: naive, one transaction per call"] = (_task(run_naive, targets[k], journal), naive_data)
+            tasks[f"{k}: {FLOOR}"] = (_task(run_floor, targets[k], journal), data)
+        for run, calls in tasks.values():  # the warm-up: untimed, a twentieth of the calls
+            run(calls[: max(len(calls) // 20, 1)])
         for _, name in tqdm(list(interleave(list(tasks), repeats)), desc="store repeats", unit="run"):
-            results.setdefault(name, []).append(tasks[name]())
+            run, calls = tasks[name]
+            results.setdefault(name, []).append(run(calls))
         for k in kinds:  # after the throughput runs: one paced run per backend
             with targets[k].fresh() as url:
                 lag_rows.append({"backend": k, **run_paced(url, paced_data, journal, PACED_ROWS_PER_S)})
@@ -411,6 +437,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for name, runs in results.items():
         rates = [r["attempts_per_s"] for r in runs]
+        row_rates = [r["rows_per_s"] for r in runs]
         kind, how = name.split(": ", 1)
         rows.append(
             {
@@ -422,7 +449,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "attempts_per_s": float(np.median(rates)),
                 "min_attempts_per_s": float(min(rates)),
                 "max_attempts_per_s": float(max(rates)),
-                "rows_per_s": float(np.median([r["rows_per_s"] for r in runs])),
+                "rows_per_s": float(np.median(row_rates)),
+                "p25_rows_per_s": float(np.percentile(row_rates, 25)),
+                "p75_rows_per_s": float(np.percentile(row_rates, 75)),
                 "attempts_per_cpu_s": float(np.median([r["attempts_per_cpu_s"] for r in runs])),
                 "cpu_share": float(np.median([r["cpu_share"] for r in runs])),
                 "put_seconds": float(np.median([r["put_seconds"] for r in runs])),
@@ -433,6 +462,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
         )
     write_csv(args.out / "bench_store.csv", rows)
+    spread_rows, spread_notes = _spread(results)
+    write_csv(args.out / "bench_store_repeats.csv", spread_rows)
     by = {(r["backend"], r["writer"]): r for r in rows}
     summary = []
     for kind in ("sqlite", "postgres"):
@@ -454,6 +485,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             continue
         p = by[(kind, "naive, one transaction per call")]
         f = by[(kind, FLOOR)]
+        b = by.get((kind, f"background writer at {args.baseline}"))
         met_rows = o["rows_per_s"] >= TARGETS[kind] and o["lost"] == 0
         met_attempts = o["attempts_per_s"] >= TARGETS[kind] and o["lost"] == 0
         lag = next((r for r in lag_rows if r["backend"] == kind), None)
@@ -465,9 +497,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary.append(
             {
                 "workload": f"log writes, {label}: rows/s and attempts/s (background writer, batched)",
-                "ours": f"{o['rows_per_s']:,.0f} rows/s = {o['attempts_per_s']:,.0f} attempts/s ({o['min_attempts_per_s']:,.0f}..{o['max_attempts_per_s']:,.0f}) + calls rows; {o['attempts_per_cpu_s']:,.0f} attempts per CPU-s; lost {o['lost']}{lag_text}",
+                "ours": f"{o['rows_per_s']:,.0f} rows/s (median of {o['repeats']}; middle half {o['p25_rows_per_s']:,.0f}..{o['p75_rows_per_s']:,.0f}) = {o['attempts_per_s']:,.0f} attempts/s ({o['min_attempts_per_s']:,.0f}..{o['max_attempts_per_s']:,.0f}) + calls rows; {o['attempts_per_cpu_s']:,.0f} attempts per CPU-s; lost {o['lost']}{lag_text}",
                 "peer": f"one transaction per call {p['attempts_per_s']:,.0f}/s; floor (driver executemany, no queue) {f['attempts_per_s']:,.0f}/s",
-                "ratio": f"{o['attempts_per_s'] / p['attempts_per_s']:.1f}x naive, {o['attempts_per_s'] / f['attempts_per_s']:.2f}x floor",
+                "ratio": f"{o['attempts_per_s'] / p['attempts_per_s']:.1f}x naive, {o['attempts_per_s'] / f['attempts_per_s']:.2f}x floor"
+                + (f", {o['rows_per_s'] / b['rows_per_s']:.2f}x {args.baseline}" if b else ""),
                 "target": f">= {TARGETS[kind]:,.0f} rows/s (issue 16; issue 9 said attempts/s), none lost",
                 "met?": f"{'met' if met_rows else 'MISSED'} in rows/s; {'met' if met_attempts else 'MISSED'} in attempts/s",
             }
@@ -476,7 +509,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_csv(args.out / "bench_store_lag.csv", lag_rows)
     notes = [
         f"Background writer: {n_calls:,} calls per repeat ({by.get(('sqlite', 'background writer'), by.get(('postgres', 'background writer'), {})).get('attempts', 0):,} attempts + one calls row each), "
-        f"Store defaults (batch_size 5000); the floor writes the same calls. Naive peer: {n_naive:,} calls per repeat. {repeats} repeats each, interleaved; median, range in brackets.",
+        f"Store defaults (batch_size 5000); the floor writes the same calls. Naive peer: {n_naive:,} calls per repeat. {repeats} repeats each, interleaved, after an untimed warm-up run of each writer on a twentieth of its calls; median, middle half (p25..p75 of rows/s) and range of attempts/s in brackets."
+        + (
+            f" 'background writer at {args.baseline}': this benchmark's background writer run with the package at git revision {args.baseline}, in the same interleaving."
+            if args.baseline
+            else ""
+        ),
         "Clock: first put_many until flush() returns, both in the same process (the producer shares the GIL with the writer, as in the router). "
         "put_seconds = time spent queueing alone.",
         "attempts_per_cpu_s = attempts per second of this process's CPU time (all threads; the database server's excluded); "
@@ -495,6 +533,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary,
         command=args.command,
         sections=[("Every writer", markdown_table(list(rows[0]), rows))]
+        + [("What varies between repeats", markdown_table(list(spread_rows[0]), spread_rows) + "\n\n" + spread_notes)]
+        * bool(spread_rows)
         + [("Lag from a call's hand-over to its rows being committed", markdown_table(list(lag_rows[0]), lag_rows))]
         * bool(lag_rows),
         notes=notes,
@@ -504,13 +544,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return {"rows": rows, "summary": summary, "out": args.out}
 
 
+def _spread(results: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], str]:
+    """Each repeat of the background writers, and what their spread follows: the share of a core the
+    process got (other load), the producer's queueing time (the GIL it shares with the writer), or
+    neither (the writer's own work varies: checkpoints, batch boundaries)."""
+    rows, lines = [], []
+    for name, runs in results.items():
+        if "background writer" not in name:
+            continue
+        for i, r in enumerate(runs):
+            rows.append(
+                {
+                    "writer": name,
+                    "repeat": i + 1,
+                    "rows_per_s": r["rows_per_s"],
+                    "attempts_per_cpu_s": r["attempts_per_cpu_s"],
+                    "cpu_share": r["cpu_share"],
+                    "put_seconds": r["put_seconds"],
+                    "load_1min": r["load_1min"],
+                }
+            )
+        if len(runs) < 3:
+            continue
+        rate = np.array([r["rows_per_s"] for r in runs])
+        per_cpu = np.array([r["attempts_per_cpu_s"] for r in runs])
+        share = np.array([r["cpu_share"] for r in runs])
+        put = np.array([r["put_seconds"] for r in runs])
+        lines.append(
+            f"{name}: rows/s spread (max/min) {rate.max() / rate.min():.2f}, attempts per CPU-s spread "
+            f"{per_cpu.max() / per_cpu.min():.2f}; correlation of rows/s with cpu_share {np.corrcoef(rate, share)[0, 1]:+.2f}, "
+            f"with put_seconds {np.corrcoef(rate, put)[0, 1]:+.2f}."
+        )
+    return rows, "\n".join(f"- {line}" for line in lines)
+
+
 @contextmanager
 def _none() -> Iterator[tuple[None, str]]:
     yield None, "not requested"
 
 
-def _task(fn: Callable[..., dict[str, Any]], target: Target, data: Any, journal: Path) -> Callable[[], dict[str, Any]]:
-    def run() -> dict[str, Any]:
+def _task(fn: Callable[..., dict[str, Any]], target: Target, journal: Path) -> Callable[[Any], dict[str, Any]]:
+    def run(data: Any) -> dict[str, Any]:
         with target.fresh() as url:
             return fn(url, data, journal)
 

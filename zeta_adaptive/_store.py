@@ -643,22 +643,29 @@ def _executemany_insert(conn: Any, table: Table, rows: Sequence[Mapping[str, Any
     """SQLite: the idempotent INSERT by the driver's ``executemany`` on plain tuples, which skips
     SQLAlchemy's per-row parameter processing (sanitized rows hold plain values in every column);
     returns the rows inserted. When some keys were present (a replayed batch), the new rows are read
-    back: SQLite gives each a rowid above the largest before it, and the transaction holds the write lock."""
+    back by their rowids, which follow one another up to ``last_insert_rowid()``: the transaction
+    holds the write lock from its first insert on, and SQLite gives each new row the rowid after the
+    largest (below 2**63 - 1)."""
     columns = [c.name for c in table.columns]
     names = ", ".join(columns)
     values = operator.itemgetter(*columns)
-    before = conn.exec_driver_sql(f"SELECT max(rowid) FROM {table.name}").scalar()
     cursor = conn.connection.driver_connection.cursor()  # the driver's own: it takes an iterator of tuples
     try:
         cursor.executemany(
             f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
             map(values, rows),
         )
-        if cursor.rowcount == len(rows):
+        inserted = cursor.rowcount  # the rows' changes summed: a present key adds none
+        if inserted == len(rows):
             return rows
+        last = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
     finally:
         cursor.close()
-    found = conn.exec_driver_sql(f"SELECT {names} FROM {table.name} WHERE rowid > ?", (before or 0,))
+    if not inserted:
+        return []
+    found = conn.exec_driver_sql(
+        f"SELECT {names} FROM {table.name} WHERE rowid BETWEEN ? AND ?", (last - inserted + 1, last)
+    )
     return [dict(zip(columns, row)) for row in found]
 
 
@@ -813,6 +820,8 @@ class _Flush:
 
 
 _STOP = object()
+_TABLE_NAMES = frozenset(TABLES)
+_TABLE_OF = operator.itemgetter(0)
 #: seconds without a row after which the writer stops ticking and sleeps until the next hand-over
 IDLE_S = 1.0
 _WAKE = object()  # durability = "journal": rows are in the journal already, the writer only moves them
@@ -987,9 +996,9 @@ class Store:
         if self._closed:
             raise StoreError("the store is closed")
         rows = list(items)
-        unknown = set(map(operator.itemgetter(0), rows)) - TABLES.keys()
-        if unknown:
-            raise StoreError(f"unknown log table {next(iter(unknown))!r}; tables are {sorted(TABLES)}")
+        if not _TABLE_NAMES.issuperset(map(_TABLE_OF, rows)):
+            unknown = next(table for table, _ in rows if table not in TABLES)
+            raise StoreError(f"unknown log table {unknown!r}; tables are {sorted(TABLES)}")
         if self.durability == "journal":
             self.journal.append(sanitize_rows(rows, self.scrub))
             self._hand_over((_WAKE,), urgent=False)
@@ -1010,8 +1019,8 @@ class Store:
         self._items.extend(items)
         if urgent:
             self._urgent = True
-        if urgent or self._asleep or len(self._items) >= self.batch_size:
-            self._wake.set()
+        if (urgent or self._asleep or len(self._items) >= self.batch_size) and not self._wake.is_set():
+            self._wake.set()  # (setting it again takes a lock: a full queue would pay it on every call)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every row queued so far is in the database or the journal. False on timeout,
@@ -1070,9 +1079,8 @@ class Store:
                 self._wake.wait(self.linger_s)  # the tick (a flush, a stop or a full batch cuts it short)
             self._wake.clear()  # before draining: a flush or stop handed over from now on is seen next turn
             self._urgent = False
-            items: list[Any] = []
-            while self._items and len(items) < self.batch_size:
-                items.append(self._items.popleft())
+            take = self._items.popleft  # at most a batch: what was handed over by now (others only append)
+            items: list[Any] = [take() for _ in itertools.repeat(None, min(len(self._items), self.batch_size))]
             quiet = 0 if items else quiet + 1
             if not items and not (self.pending and time.monotonic() >= self._next_probe):
                 continue  # an empty tick: nothing to write, no journal probe due
