@@ -65,6 +65,8 @@ class _Context(NamedTuple):
     block: np.ndarray  # (2 rows, slots): every row's weights at the slots, then their variances (decayed)
     mean: np.ndarray  # x . w of every row (models, then the shared row)
     var: np.ndarray  # its variance
+    means: list[float]  # the same as Python floats (a decision and an update read a handful)
+    variances: list[float]
 
 
 class _Parts(NamedTuple):
@@ -147,6 +149,8 @@ class ContextualPolicy(Policy):
         self.clock = 0  # contextual updates so far
         self.no_features = Features(np.array([self.bias], dtype=np.int64), np.array([1.0]))
         self._learns = [np.array([i, k, r + i, r + k]) for i in range(k)]  # a model's rows and the shared one's
+        # their offsets in the flattened table, as a column: plus a prompt's slots, where its update goes
+        self._flat = [(rows * size)[:, None] for rows in self._learns]
         self._last: tuple[Features | None, int, _Context] | None = None
         self._parts_now: list[tuple[float, float, float, float, bool]] | None = None
         self._stale = 0
@@ -173,7 +177,8 @@ class ContextualPolicy(Policy):
             hv *= 1.0 / math.sqrt(hv @ hv)
         block = self._block(j)
         r = self.rows
-        state = _Context(j, v, h, df, block, block[:r].dot(v), block[r:].dot(v * v))
+        mean, var = block[:r].dot(v), block[r:].dot(v * v)
+        state = _Context(j, v, h, df, block, mean, var, mean.tolist(), var.tolist())
         self._last = (features, self.clock, state)
         return state
 
@@ -229,7 +234,7 @@ class ContextualPolicy(Policy):
         if state.df is not None:
             self._absorb(j[: state.hashed], state.df)
         learned = block.take(rows, axis=0)  # the model's and the shared weights, then their variances
-        mean, var = state.mean.tolist(), state.var.tolist()
+        mean, var = state.means, state.variances
         scale = 1.0 / (self.noise_var + var[i] + var[-1])
         g = learned[2:] * x
         weights = learned[:2]
@@ -243,8 +248,7 @@ class ContextualPolicy(Policy):
             table[:, j] = block
             self.touched.put(j, self.clock)
         else:
-            for row, values in zip(rows.tolist(), learned, strict=True):
-                table[row].put(j, values)
+            table.put(self._flat[i] + j, learned)
         self.clock += 1
 
     def _absorb(self, slots: np.ndarray, df: np.ndarray) -> None:
@@ -289,14 +293,14 @@ class ContextualPolicy(Policy):
         """Order the eligible models for a prompt with these features (None: the bias alone)."""
         idx = self._eligible(eligible)
         state = self._state(features)
-        order, propensity = self._decide(idx, state.mean, state.var, self._current_parts())
+        order, propensity = self._decide(idx, state.means, state.variances, self._current_parts())
         models = self.models
         if idx is not self._all:
             order = idx[order].tolist()
         return Ranking(tuple([models[i] for i in order]), propensity)
 
     def _decide(
-        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
+        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
         """The eligible models' order (positions in ``idx``) and P(primary), from the rows' moments
         and every model's :meth:`_parts`."""
@@ -372,13 +376,13 @@ class LinearThompsonPolicy(ContextualPolicy):
         return self._successes.pop()
 
     def _decide(
-        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
+        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
         """The objective is affine in the accuracy, so each model's ``samples`` scores are one row of a
         product with the batch of normals: its slope times its drawn deviation from the mean, plus its score at the mean."""
-        m = mean.tolist()
+        m = mean
         explore, sqrt = self.explore, math.sqrt
-        sd = [explore * sqrt(v) for v in var.tolist()]
+        sd = [explore * sqrt(v) for v in var]
         shared_mean, shared_sd, k = m[-1], sd[-1], self.rows - 1
         success, score = self._success_draw(parts), self.objective.score
         weights = []
@@ -411,12 +415,13 @@ class LinUCBPolicy(ContextualPolicy):
     def _primary_shares(
         self, mean: np.ndarray, var: np.ndarray, parts: _Parts, rng: np.random.Generator, draws: int
     ) -> np.ndarray:
-        return one_hot(np.array(self._decide(self._all, mean, var, parts.per_model())[0]), len(self.models))
+        order = self._decide(self._all, mean.tolist(), var.tolist(), parts.per_model())[0]
+        return one_hot(np.array(order), len(self.models))
 
     def _decide(
-        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
+        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
-        m, v = mean.tolist(), var.tolist()
+        m, v = mean, var
         shared_mean, shared_var, alpha, score = m[-1], v[-1], self.alpha, self.objective.score
         index = []
         for i in idx.tolist():
