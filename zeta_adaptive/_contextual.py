@@ -65,8 +65,6 @@ class _Context(NamedTuple):
     block: np.ndarray  # (2 rows, slots): every row's weights at the slots, then their variances (decayed)
     mean: np.ndarray  # x . w of every row (models, then the shared row)
     var: np.ndarray  # its variance
-    means: list[float]  # the same as Python floats (a decision and an update read a handful)
-    variances: list[float]
 
 
 class _Parts(NamedTuple):
@@ -177,8 +175,7 @@ class ContextualPolicy(Policy):
             hv *= 1.0 / math.sqrt(hv @ hv)
         block = self._block(j)
         r = self.rows
-        mean, var = block[:r].dot(v), block[r:].dot(v * v)
-        state = _Context(j, v, h, df, block, mean, var, mean.tolist(), var.tolist())
+        state = _Context(j, v, h, df, block, block[:r].dot(v), block[r:].dot(v * v))
         self._last = (features, self.clock, state)
         return state
 
@@ -232,9 +229,9 @@ class ContextualPolicy(Policy):
         state = self._state(features)
         j, x, block, rows = state.slots, state.x, state.block, self._learns[i]
         if state.df is not None:
-            self._absorb(j[: state.hashed])
+            self._absorb(j[: state.hashed], state.df)
         learned = block.take(rows, axis=0)  # the model's and the shared weights, then their variances
-        mean, var = state.means, state.variances
+        mean, var = state.mean.tolist(), state.var.tolist()
         scale = 1.0 / (self.noise_var + var[i] + var[-1])
         g = learned[2:] * x
         weights = learned[:2]
@@ -251,9 +248,9 @@ class ContextualPolicy(Policy):
             table.reshape(-1)[self._flat[i] + j] = learned  # a flat view's setitem: cheaper than put
         self.clock += 1
 
-    def _absorb(self, slots: np.ndarray) -> None:
-        """Count a learned prompt's hashed slots for the inverse document frequency."""
-        np.add.at(self.df, slots, 1)  # the slots are unique: df + 1 at each
+    def _absorb(self, slots: np.ndarray, df: np.ndarray) -> None:
+        """Count a learned prompt's hashed slots (``df``: their counts so far) for the inverse document frequency."""
+        self.df.put(slots, df + 1)
         self.docs += 1
         self.log_docs = 1.0 + math.log(self.docs + 1.0)
         if self.docs + 1 >= len(self._log1p):
@@ -293,14 +290,14 @@ class ContextualPolicy(Policy):
         """Order the eligible models for a prompt with these features (None: the bias alone)."""
         idx = self._eligible(eligible)
         state = self._state(features)
-        order, propensity = self._decide(idx, state.means, state.variances, self._current_parts())
+        order, propensity = self._decide(idx, state.mean, state.var, self._current_parts())
         models = self.models
         if idx is not self._all:
             order = idx[order].tolist()
         return Ranking(tuple([models[i] for i in order]), propensity)
 
     def _decide(
-        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
+        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
         """The eligible models' order (positions in ``idx``) and P(primary), from the rows' moments
         and every model's :meth:`_parts`."""
@@ -381,13 +378,13 @@ class LinearThompsonPolicy(ContextualPolicy):
         return self._successes.pop()
 
     def _decide(
-        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
+        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
         """The objective is affine in the accuracy, so each model's ``samples`` scores are one row of a
         product with the batch of normals: its slope times its drawn deviation from the mean, plus its score at the mean."""
-        m = mean
+        m = mean.tolist()
         explore, sqrt = self.explore, math.sqrt
-        sd = [explore * sqrt(v) for v in var]
+        sd = [explore * sqrt(v) for v in var.tolist()]
         shared_mean, shared_sd, k = m[-1], sd[-1], self.rows - 1
         success, score = self._success_draw(parts), self.objective.score
         weights = []
@@ -420,13 +417,12 @@ class LinUCBPolicy(ContextualPolicy):
     def _primary_shares(
         self, mean: np.ndarray, var: np.ndarray, parts: _Parts, rng: np.random.Generator, draws: int
     ) -> np.ndarray:
-        order = self._decide(self._all, mean.tolist(), var.tolist(), parts.per_model())[0]
-        return one_hot(np.array(order), len(self.models))
+        return one_hot(np.array(self._decide(self._all, mean, var, parts.per_model())[0]), len(self.models))
 
     def _decide(
-        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
+        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
-        m, v = mean, var
+        m, v = mean.tolist(), var.tolist()
         shared_mean, shared_var, alpha, score = m[-1], v[-1], self.alpha, self.objective.score
         index = []
         for i in idx.tolist():
