@@ -92,6 +92,37 @@ def test_lin_ucb_is_deterministic_with_propensity_one():
     assert len(ranks) == 1 and next(iter(ranks)).propensity == 1.0
 
 
+def test_an_update_changes_only_the_model_and_shared_rows_at_the_prompt_slots_by_one_kalman_step():
+    """The write-back lands at the learning model's and the shared rows, at the prompt's slots, and nowhere else."""
+    policy = make_policy("lin_ucb", ["a", "b", "c"], OBJ, seed=0, idf=False, noise_var=0.2)
+    x = policy.featurizer("what is the derivative of x squared, and why?")
+    before = policy.table.copy()
+    mean, var = (m.tolist() for m in policy._state(x)[5:7])
+    policy.learn("b", 1.0, x)
+    r, j = policy.rows, x.indices
+    changed = np.argwhere(policy.table != before)
+    assert set(changed[:, 0].tolist()) == {1, 3, r + 1, r + 3}  # model b's rows and the shared ones
+    assert set(changed[:, 1].tolist()) <= set(j.tolist())
+    scale = 1.0 / (0.2 + var[1] + var[3])
+    for row in (1, 3):
+        g = before[r + row, j] * x.values
+        assert np.allclose(policy.table[row, j], before[row, j] + g * scale * (1.0 - mean[1] - mean[3]))
+        assert np.allclose(policy.table[r + row, j], before[r + row, j] - g * g * scale)
+
+
+def test_linear_thompson_batches_are_consecutive_column_blocks_of_one_draw_of_normals():
+    """The contiguous batches hold the generator's stream as one (rows, 64 * samples) draw, a row of ones below."""
+    policy = make_policy("linear_thompson", ["a", "b"], OBJ, seed=5, samples=16)
+    expected = np.random.default_rng(5).standard_normal((policy.rows, 64 * 16))
+    for b in range(64 + 1):  # past the buffer's end: the next draw of the stream refills it
+        batch = policy._batch()
+        if b == 64:
+            expected = np.random.default_rng(5).standard_normal((2 * policy.rows, 64 * 16))[policy.rows :]
+            b = 0
+        assert np.array_equal(batch[:-1], expected[:, b * 16 : (b + 1) * 16]) and (batch[-1] == 1.0).all()
+        assert batch.flags.c_contiguous
+
+
 def test_discount_widens_the_posterior_of_stale_weights_back_toward_the_prior():
     sticky = make_policy("linear_thompson", ["a", "b"], OBJ, seed=0)
     fading = make_policy("linear_thompson", ["a", "b"], OBJ, seed=0, discount=0.9)

@@ -147,6 +147,8 @@ class ContextualPolicy(Policy):
         self.clock = 0  # contextual updates so far
         self.no_features = Features(np.array([self.bias], dtype=np.int64), np.array([1.0]))
         self._learns = [np.array([i, k, r + i, r + k]) for i in range(k)]  # a model's rows and the shared one's
+        # their offsets in the flattened table, as a column: plus a prompt's slots, where its update goes
+        self._flat = [(rows * size)[:, None] for rows in self._learns]
         self._last: tuple[Features | None, int, _Context] | None = None
         self._parts_now: list[tuple[float, float, float, float, bool]] | None = None
         self._stale = 0
@@ -243,8 +245,7 @@ class ContextualPolicy(Policy):
             table[:, j] = block
             self.touched.put(j, self.clock)
         else:
-            for row, values in zip(rows.tolist(), learned, strict=True):
-                table[row].put(j, values)
+            table.reshape(-1)[self._flat[i] + j] = learned  # a flat view's setitem: cheaper than put
         self.clock += 1
 
     def _absorb(self, slots: np.ndarray, df: np.ndarray) -> None:
@@ -327,8 +328,9 @@ class LinearThompsonPolicy(ContextualPolicy):
             raise ValueError(f"explore must be >= 0, got {explore}")
         self.samples = int(samples)
         self.explore = float(explore)
-        self._normals = np.empty((self.rows + 1, 0))
-        self._used = 0
+        # 64 batches of normals, each (rows of weights + a row of ones, samples): a batch is contiguous for the product
+        self._normals = np.ones((64, self.rows + 1, self.samples))
+        self._used = 64  # batches used: the first decision fills the buffer
         self._successes: list[list[float]] = []  # success-rate draws from the current parts, one row per decision
         self._successes_of: object = None  # the parts they were drawn from
 
@@ -353,14 +355,18 @@ class LinearThompsonPolicy(ContextualPolicy):
         return np.bincount(scores.argmax(axis=0), minlength=k) / draws
 
     def _batch(self) -> np.ndarray:
-        """The next ``samples`` columns of standard normals (one row per row of weights), and a row of ones."""
+        """The next ``samples`` columns of standard normals (one row per row of weights), and a row of ones.
+
+        Drawn 64 batches at a time as one (rows, 64 * samples) array, whose consecutive column
+        blocks are the batches (the generator's stream as one draw of that shape)."""
         used = self._used
-        if used + self.samples > self._normals.shape[1]:
-            self._normals = np.ones((self.rows + 1, 64 * self.samples))
-            self._normals[:-1] = self.rng.standard_normal((self.rows, 64 * self.samples))
+        if used == len(self._normals):
+            rows, samples = self.rows, self.samples
+            drawn = self.rng.standard_normal((rows, len(self._normals) * samples))
+            self._normals[:, :-1] = drawn.reshape(rows, -1, samples).transpose(1, 0, 2)
             used = 0
-        self._used = used + self.samples
-        return self._normals[:, used : used + self.samples]
+        self._used = used + 1
+        return self._normals[used]
 
     def _success_draw(self, parts: list[tuple[float, float, float, float, bool]]) -> list[float]:
         """One draw of every model's success rate from its Beta posterior in ``parts``: drawn 16 decisions at a

@@ -36,8 +36,7 @@ _P = np.uint64(0x100000001B3)  # FNV-64 prime: odd, so invertible modulo 2**64
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier: spreads low-entropy sums over the high bits
 _BIGRAM = np.uint64(0xC2B2AE3D27D4EB4F)
 _NO_SLOTS = np.empty(0, dtype=np.int64)
-_NO_VALUES = np.empty(0)
-_NO_SLOTS.flags.writeable = _NO_VALUES.flags.writeable = False
+_NO_SLOTS.flags.writeable = False
 
 # byte -> lower-cased byte for word bytes, 0 for separators (bytes >= 128 are word bytes: UTF-8 text)
 _LOWER = bytes((ord(chr(c).lower()) if chr(c).isalnum() else 0) if c < 128 else c for c in range(256))
@@ -164,19 +163,29 @@ class Featurizer:
     def from_text(self, text: str, extra: Mapping[str, float] | None = None) -> Features:
         """Features of one text (its last ``max_chars`` characters)."""
         raw = text[-self.max_chars :].encode("utf-8", "replace")
-        slots, values, words = self._ngrams(raw)
+        slots, counts, words = self._ngrams(raw)
+        dense = self._dense(raw, words)
+        k = len(slots)
+        indices = np.empty(k + len(dense), dtype=np.int64)  # filled in place: no concatenation's conversions
+        values = np.empty(k + len(dense))
+        indices[:k] = slots
+        indices[k:] = self._dense_slots
+        if k:  # the counts scaled to unit L2 norm (the integer dot is exact, as the float one was)
+            np.multiply(counts, 1.0 / math.sqrt(counts @ counts), out=values[:k])
+        values[k:] = dense
         if extra:  # the caller's values are added as they are, after the n-grams' scaling
-            mine = {int(i): float(v) for i, v in zip(slots.tolist(), values.tolist(), strict=True)}
+            mine = {int(i): float(v) for i, v in zip(slots.tolist(), values[:k].tolist(), strict=True)}
             for name, value in _checked(extra).items():
                 h = _stable_hash(name)
                 slot = h & (self.hashed - 1)
                 mine[slot] = mine.get(slot, 0.0) + (value if h >> 31 else -value)
-            slots = np.array(sorted(k for k, v in mine.items() if v != 0.0), dtype=np.int64)
-            values = np.array([mine[k] for k in slots.tolist()])
-        return Features(np.concatenate((slots, self._dense_slots)), np.concatenate((values, self._dense(raw, words))))
+            hashed = np.array(sorted(k for k, v in mine.items() if v != 0.0), dtype=np.int64)
+            indices = np.concatenate((hashed, self._dense_slots))
+            values = np.concatenate(([mine[k] for k in hashed.tolist()], dense))
+        return Features(indices, values)
 
     def _ngrams(self, raw: bytes) -> tuple[np.ndarray, np.ndarray, int]:
-        """Sorted unique slots of the word uni- and bi-grams, their counts scaled to unit L2 norm, and the number of words.
+        """Sorted unique slots of the word uni- and bi-grams (uint32), their counts, and the number of words.
 
         About twenty numpy calls whatever the text's length: words from the edges of the
         word-byte runs, their hashes from one prefix sum, their slots (the hashes' top bits, as
@@ -188,12 +197,12 @@ class Featurizer:
         edges = (inside[1:] != inside[:-1]).nonzero()[0]  # word i spans padded positions (edges[2i], edges[2i+1]]
         n = len(edges) // 2
         if not n:
-            return _NO_SLOTS, _NO_VALUES, 0
+            return _NO_SLOTS, _NO_SLOTS, 0
         at = (codes * self._pow[: len(codes)]).cumsum().take(edges)
         grams = np.empty(2 * n - 1, dtype=np.uint64)  # words, then bigrams: their hashes
         words, bigrams = grams[:n], grams[n:]
         np.subtract(at[1::2], at[0::2], out=words)
-        words *= self._inv_mix.take(edges[0::2])
+        words *= self._inv_mix.take(edges)[0::2]  # a contiguous index: take copies a strided one first
         np.multiply(words[:-1], _BIGRAM, out=bigrams)
         bigrams += words[1:]  # its top bits are mixed: those of words[:-1] times an odd constant
         top = np.right_shift(grams.view(np.uint32)[_HIGH::2], self._shift)  # each hash's top bits: its slot
@@ -202,9 +211,7 @@ class Featurizer:
         edge[0] = edge[-1] = True
         np.not_equal(top[1:], top[:-1], out=edge[1:-1])
         starts = edge.nonzero()[0]
-        values = np.subtract(starts[1:], starts[:-1], dtype=np.float64)
-        values *= 1.0 / math.sqrt(values @ values)
-        return top.take(starts[:-1]), values, n
+        return top.take(starts[:-1]), np.subtract(starts[1:], starts[:-1]), n
 
     def _dense(self, raw: bytes, words: int) -> list[float]:
         """Bias, log lengths, character-class shares and marker counts (each roughly in [0, 1])."""
