@@ -1,4 +1,7 @@
-"""The probit per-prompt policy: its assumed-density step, learning, calibration, exact propensities, determinism, the router."""
+"""The probit per-prompt policy: its assumed-density step, calibration, determinism, bounded memory, options.
+
+Learning per prompt, exact propensities and warm start through the router are checked with the
+other contextual policies in test_contextual.py."""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import math
 
 import numpy as np
 import pytest
-from in_process import fake_router
 from scipy.special import ndtr
 
 from zeta_adaptive import ConfigError, ProbitThompsonPolicy, load_config, make_policy
@@ -48,24 +50,6 @@ def test_probit_step_is_finite_far_in_the_tail_and_mixes_fractional_accuracies()
     assert half == pytest.approx((0.5 * one[0] + 0.5 * zero[0], 0.5 * one[1] + 0.5 * zero[1]))
 
 
-def test_learns_which_model_suits_which_prompt():
-    policy = make_policy("probit_thompson", ["a", "b"], OBJ, seed=1)
-    f = policy.featurizer
-    rng = np.random.default_rng(0)
-    for i in range(400):
-        text = prompt("alpha" if rng.random() < 0.5 else "beta", i)
-        x = f(text)
-        model = policy.rank(None, x).primary
-        policy.update(model, True, 0.1)
-        policy.feedback(model, float(rng.random() < truth(text)[model]), x)
-    right = 0
-    for i in range(400, 500):
-        text = prompt("alpha" if i % 2 else "beta", i)
-        mean, _ = policy.predict(f(text))
-        right += ("a" if mean[0] > mean[1] else "b") == max(truth(text), key=truth(text).get)
-    assert right >= 95
-
-
 def test_predicted_accuracy_is_calibrated():
     policy = make_policy("probit_thompson", ["a", "b"], OBJ, seed=0)
     x = policy.featurizer("one recurring prompt")
@@ -78,39 +62,6 @@ def test_predicted_accuracy_is_calibrated():
         ndtr(0.0), abs=0.25
     )  # b never rated: near the prior's 1/2, only shared weights moved
     assert var[0] < var[1]
-
-
-def test_logged_propensity_is_the_exact_probability_of_the_primary():
-    """E[1{primary = m} / propensity] = 1 for every model, and frequencies match a Monte Carlo of the posterior."""
-    policy = make_policy("probit_thompson", ["a", "b", "c"], OBJ, seed=2, explore=1.0)
-    f = policy.featurizer
-    for i in range(30):
-        for model, acc in (("a", 0.8), ("b", 0.6), ("c", 0.7)):
-            policy.update(model, i % 10 != 0 or model != "b", 0.1)
-            policy.feedback(model, acc, f(prompt("alpha", i)))
-    x = f(prompt("alpha", 99))
-    n = 6000
-    weights = dict.fromkeys(policy.models, 0.0)
-    counts = dict.fromkeys(policy.models, 0)
-    for _ in range(n):
-        r = policy.rank(None, x)
-        assert 0.0 < r.propensity <= 1.0
-        weights[r.primary] += 1.0 / r.propensity
-        counts[r.primary] += 1
-    for m in policy.models:
-        assert weights[m] / n == pytest.approx(1.0, abs=0.12)
-    gen = np.random.default_rng(5)
-    m, v = policy._state(x)[-2:]
-    size = 200_000
-    z = gen.standard_normal((size, 4))
-    latent = m[:3] + np.sqrt(v[:3]) * z[:, :3] + (m[3] + np.sqrt(v[3]) * z[:, 3:])
-    accuracy = ndtr(latent / np.sqrt(1.0 + v[:3] + v[3]))
-    success = gen.beta(policy.stats[1] + 1.0, policy.stats[0] - policy.stats[1] + 1.0, size=(size, 3))
-    exact = np.bincount((success * accuracy).argmax(axis=1), minlength=3) / size
-    for i, model in enumerate(policy.models):
-        assert counts[model] / n == pytest.approx(exact[i], abs=4 * math.sqrt(exact[i] * (1 - exact[i]) / n) + 2e-3)
-    shares = policy.context_probabilities([x], draws=20_000)[0]  # the same posterior, drawn by the policy itself
-    np.testing.assert_allclose(shares, exact, atol=0.02)
 
 
 def test_deterministic_for_a_seed_and_bounded():
@@ -148,27 +99,3 @@ def test_options_and_config():
                 "routes": {"x": {"models": ["a"], "policy": "probit_thompson", "noise_var": 0.1}},
             }
         )
-
-
-def test_router_learns_per_prompt_and_warm_starts_the_probit_model(tmp_path):
-    cfg = {
-        "store": f"sqlite:///{tmp_path}/x.db",
-        "journal_dir": str(tmp_path / "journal"),
-        "seed": 7,
-        "objective": {"w_latency": 0.0},
-        "models": {"weak": {"base_url": "http://weak:8000/v1"}, "strong": {"base_url": "http://strong:8000/v1"}},
-        "routes": {"qa": {"models": ["weak", "strong"], "policy": "probit_thompson"}},
-    }
-    with fake_router(cfg) as live:
-        for i in range(40):
-            text = prompt("alpha" if i % 3 else "beta", i)
-            result = live.chat("qa", [{"role": "user", "content": text}])
-            live.feedback(result.call_id, truth(text, "weak", "strong")[result.model])
-        live.flush()
-        policy = live.policies["qa"]
-        assert isinstance(policy, ProbitThompsonPolicy) and policy.clock == 40
-        table = policy.table.copy()
-    with fake_router(cfg) as again:
-        r = again.policies["qa"].rows
-        np.testing.assert_allclose(again.policies["qa"].table[:r], table[:r], atol=1e-5)
-        np.testing.assert_allclose(again.policies["qa"].table[r:], table[r:], rtol=1e-5)
