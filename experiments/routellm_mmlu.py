@@ -47,7 +47,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm" / "m
 MODELS = ("weak", "strong")
 OBJECTIVE = Objective(w_latency=0.0, w_cost=0.0)
 BUDGETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-ONLINE = ("linear_thompson", "lin_ucb", "thompson_one", "thompson_subjects")
+ONLINE = ("linear_thompson", "probit_thompson", "lin_ucb", "thompson_one", "thompson_subjects")
 
 # RouteLLM, arXiv:2406.18665v4, Table 2 (5-shot MMLU): routers trained elsewhere, not on these questions
 PUBLISHED = {
@@ -89,8 +89,8 @@ class Stream:
     def __init__(
         self, kind: str, tasks: list[str], budget: float | None, seed: int, options: dict[str, Any] | None = None
     ) -> None:
-        self.contextual = kind in ("linear_thompson", "lin_ucb")
         name = "thompson" if kind.startswith("thompson") else kind
+        self.contextual = getattr(POLICIES[name], "contextual", False)
         mine = {k: v for k, v in (options or {}).items() if k in POLICIES[name].options}
         self.policies: dict[str, Policy] = {
             t: make_policy(name, MODELS, OBJECTIVE, seed=seed + i, **mine) for i, t in enumerate(tasks)
@@ -484,7 +484,9 @@ def main(argv: list[str] | None = None) -> None:
     features, feature_us, feature_us_2k = timed_features(featurizer, frame["prompt"].tolist())
     acc_weak, acc_strong = float(frame["weak"].mean()), float(frame["strong"].mean())
     orders = {
-        k: args.orders if k == "linear_thompson" or args.orders_other is None else args.orders_other
+        k: args.orders
+        if k in ("linear_thompson", "probit_thompson") or args.orders_other is None
+        else args.orders_other
         for k in args.policies
     }
     jobs = [(k, o, b) for o in range(args.orders) for k in args.policies for b in args.budgets if o < orders[k]]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import routellm_mmlu
+from experiments import routellm_mmlu, routellm_screen
 
 pytestmark = pytest.mark.slow  # runs experiments
 
@@ -29,6 +29,7 @@ def test_routellm_mmlu_smoke(tmp_path):
             "1",
             "--policies",
             "linear_thompson",
+            "probit_thompson",
             "thompson_one",
             "--set",
             "explore=0.2",
@@ -42,7 +43,7 @@ def test_routellm_mmlu_smoke(tmp_path):
         ]
     )
     result = json.loads((tmp_path / "routellm_mmlu.json").read_text())
-    assert set(result["online"]) == {"linear_thompson", "thompson_one"}
+    assert set(result["online"]) == {"linear_thompson", "probit_thompson", "thompson_one"}
     assert "explore=0.2" in result["command"]
     frame = routellm_mmlu.load()
     half = np.random.default_rng(100).permutation(sorted(set(frame["subject"])))[:28]
@@ -62,3 +63,16 @@ def test_metrics_match_routellm_definitions():
     points = [(s, 0.6 + 0.2 * s) for s in (0.1, 0.5, 0.9)]
     m = routellm_mmlu.metrics(points, 0.6, 0.8)
     assert m["apgr"] == pytest.approx(0.5) and m["cpt50"] == pytest.approx(50.0) and m["cpt80"] == pytest.approx(80.0)
+
+
+@pytest.mark.skipif(not routellm_mmlu.DATA.exists(), reason="the RouteLLM data is not shipped here")
+@pytest.mark.parametrize("model", ["diag", "probit"])
+def test_routellm_screen_runs_the_online_protocol(tmp_path, monkeypatch, model):
+    monkeypatch.setattr(routellm_screen, "CACHE", tmp_path / "features.npz")
+    frame = routellm_mmlu.load().iloc[:400].reset_index(drop=True)
+    csr = routellm_screen.features(frame, bits=12)
+    runs = [routellm_screen.run(frame, csr, 0, model=model, budgets=(0.2, 0.8)) for _ in range(2)]
+    assert runs[0] == runs[1]  # seeded: the same order gives the same run
+    shares = [share for share, _ in runs[0]["points"]]
+    assert shares == pytest.approx([0.2, 0.8], abs=0.1)  # the pacer holds each budget's share
+    assert 0.0 <= runs[0]["apgr"] <= 1.5

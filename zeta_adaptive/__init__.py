@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ._ids import new_call_id
     from ._limits import AdaptiveLimit, LoadConfig
     from ._policies import Objective, Policy, Ranking
+    from ._probit import ProbitThompsonPolicy
     from ._registry import POLICIES, make_policy
     from ._results import AsyncChatStream, Attempt, CallInfo, ChatResult, ChatStream, EmbedResult
     from ._router import Router, classify
@@ -57,6 +58,7 @@ _LAZY = {
     **dict.fromkeys(["Router", "classify"], "_router"),
     **dict.fromkeys(["Store", "TABLES", "head_revision"], "_store"),
     "BudgetPacer": "_budget",
+    "ProbitThompsonPolicy": "_probit",
     **dict.fromkeys(["LinearThompsonPolicy", "LinUCBPolicy"], "_contextual"),
     **dict.fromkeys(["Features", "Featurizer"], "_features"),
     "new_call_id": "_ids",
@@ -142,6 +144,7 @@ __all__ = [
     "Features",
     "LinearThompsonPolicy",
     "LinUCBPolicy",
+    "ProbitThompsonPolicy",
     "BudgetPacer",
     "Store",
     "TABLES",

@@ -232,12 +232,12 @@ class ContextualPolicy(Policy):
             self._absorb(j[: state.hashed], state.df)
         learned = block.take(rows, axis=0)  # the model's and the shared weights, then their variances
         mean, var = state.mean.tolist(), state.var.tolist()
-        scale = 1.0 / (self.noise_var + var[i] + var[-1])
+        step, shrink = self._innovation(accuracy, mean[i] + mean[-1], var[i] + var[-1])
         g = learned[2:] * x
         weights = learned[:2]
-        weights += g * (scale * (accuracy - mean[i] - mean[-1]))
+        weights += g * step
         g *= g
-        g *= scale
+        g *= shrink
         learned[2:] -= g
         table = self.table
         if self.discount < 1.0:  # every row's variances were decayed to now: write them all back
@@ -247,6 +247,12 @@ class ContextualPolicy(Policy):
         else:
             table.reshape(-1)[self._flat[i] + j] = learned  # a flat view's setitem: cheaper than put
         self.clock += 1
+
+    def _innovation(self, accuracy: float, mean: float, var: float) -> tuple[float, float]:
+        """One observation's ``(step, shrink)`` for a prediction N(mean, var): the Gaussian model's residual over
+        its variance plus the noise's, and one over that variance (the probit model overrides it)."""
+        scale = 1.0 / (self.noise_var + var)
+        return (accuracy - mean) * scale, scale
 
     def _absorb(self, slots: np.ndarray, df: np.ndarray) -> None:
         """Count a learned prompt's hashed slots (``df``: their counts so far) for the inverse document frequency."""

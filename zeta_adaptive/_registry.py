@@ -17,6 +17,7 @@ from ._policies import (
     ThompsonPolicy,
     UCB1Policy,
 )
+from ._probit import ProbitThompsonPolicy
 
 __all__ = ["POLICIES", "OPTION_TYPES", "make_policy"]
 
@@ -31,6 +32,7 @@ POLICIES: dict[str, type[Policy]] = {
         ThompsonPolicy,
         LinearThompsonPolicy,
         LinUCBPolicy,
+        ProbitThompsonPolicy,
     )
 }
 
