@@ -59,6 +59,29 @@ def test_overspending_raises_the_cost_weight_and_underspending_lowers_it():
     assert policy.objective.w_cost < 0.3
 
 
+def test_underspending_while_the_dear_model_is_untried_does_not_wind_up():
+    # The cheap model serves 2,000 calls under budget before the dear one is ever tried: the multiplier
+    # stops at the objective's score range, so once the dear model is tried it takes a few dozen calls,
+    # not the 2,000 an unbounded integral (-40 here) would need to unwind.
+    policy = make_policy("thompson", ["cheap", "dear"], OBJ, seed=0)
+    pacer = BudgetPacer(0.1, OBJ, rate=0.02)
+    for _ in range(2000):
+        policy.update("cheap", True, 0.1, 0.0)
+        policy.feedback("cheap", 0.6)
+        pacer.observe(0.0, policy)
+    assert pacer.multiplier == pytest.approx(-1.0)
+    run = 0
+    for _ in range(2000):
+        model = policy.rank().primary if run else "dear"
+        if model != "dear":
+            break
+        run += 1
+        policy.update("dear", True, 0.1, 1.0)
+        policy.feedback("dear", 0.9)
+        pacer.observe(1.0, policy)
+    assert 1 < run < 150
+
+
 def test_bad_budgets_raise():
     with pytest.raises(ValueError):
         BudgetPacer(0.0, OBJ)

@@ -8,6 +8,12 @@ price of cost until cheaper models win often enough; underspending lowers it bac
 objective's own weight, and below it when the route spends less than it may: the budget is a
 target, not only a cap, so dearer models are used more when the route underspends. Because ``lam`` integrates the spend's error, the cumulative overspend is
 bounded by ``lam * scale / rate``: the mean cost per call converges to B whenever B is reachable.
+``lam`` is kept within the widest score gap the objective's other terms can make (1 for accuracy
+plus the latency term of the slowest model): beyond it the price of cost alone decides every call,
+and integrating further only winds up a debt (anti-windup). Without that bound, a route that
+underspends while its dear model is still untried (an untried model's mean cost is 0, so a negative
+price cannot draw calls to it) wound ``lam`` down by 0.02 a call, and once the model was tried it took
+every call for about as many calls as the wind-up had lasted (1,500 on RouteLLM's MMLU at budget 0.1).
 It works with every policy, since every policy scores models through its ``objective``.
 """
 
@@ -41,9 +47,13 @@ class BudgetPacer:
         """Account one finished call's cost and set the policy's cost weight for the next calls."""
         self.calls += 1
         self.spent += cost
+        bound = 1.0
         if policy.stats[LAT_N].any():  # once a model has a successful attempt, it has a mean cost
-            self.scale = max(float(served_means(policy.stats)[1].max()), self.budget)
-        self.multiplier += self.rate * (cost - self.budget) / self.scale
+            latency, costs = served_means(policy.stats)
+            self.scale = max(float(costs.max()), self.budget)
+            bound += self.base.w_latency * float(latency.max())
+        lam = self.multiplier + self.rate * (cost - self.budget) / self.scale
+        self.multiplier = min(max(lam, -bound), bound)
         policy.objective = replace(self.base, w_cost=self.cost_weight)
         policy._changed()
 
