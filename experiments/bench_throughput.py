@@ -10,7 +10,9 @@ LiteLLM Router's ``acompletion`` as a reference (fewer calls: it is much slower)
 
 On a shared two-core machine one batch can run several times slower than the next, so the
 measurement is many short batches: at each concurrency an untimed warm-up batch per contender,
-then ``rounds`` rounds, each running every contender's batch once, the order rotating each round.
+then ``rounds`` rounds (21: single rounds vary 0.5-1.6x even on a quiet machine, and the median
+of 9 rounds still swung by 15% from one run to the next), each running every contender's batch once,
+the order rotating each round.
 The share of direct is the median over rounds of (ours / direct in the same round), so a slow
 stretch of the machine hits both sides of each ratio; the median batch and the range are shown
 too. CPU per call is measured three ways: the client process's (all threads, also LiteLLM's
@@ -92,10 +94,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         argv,
         **{
             "--no-litellm": {"action": "store_true", "help": "skip the LiteLLM reference"},
-            "--rounds": {"type": int, "default": None, "help": "rounds per concurrency (default 9; 2 with --quick)"},
+            "--rounds": {"type": int, "default": None, "help": "rounds per concurrency (default 21; 2 with --quick)"},
         },
     )
-    rounds = args.rounds or (2 if args.quick else 9)
+    rounds = args.rounds or (2 if args.quick else 21)
     calls, peer_calls = (64, 32) if args.quick else (300, 50)
     steady = 64 if args.quick else STEADY
     guard_loopback()
