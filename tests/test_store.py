@@ -249,3 +249,38 @@ def test_prune_reads_old_rows_through_the_task_type_index(sqlite_url, tmp_path):
                 assert f"SEARCH {table} USING INDEX ix_{table}_task_ts (task_type=? AND ts<?)" in plan, plan
     finally:
         store.close()
+
+
+def test_rows_queued_behind_a_slow_write_are_journaled_within_journal_after_s(sqlite_url, tmp_path, monkeypatch):
+    # The first batch's write takes 0.7 s and lands; the row handed over meanwhile then meets a
+    # database that hangs. It must reach the journal within journal_after_s of its hand-over: counted
+    # from its own write's start, as before, it waited for both (about 1.55 s here).
+    store = Store(sqlite_url, journal_dir=tmp_path / "journal", timeout_s=2.0, journal_after_s=1.0)
+    real_insert, real_append = store._insert_rows, store.journal.append
+    delays = iter([0.7, 2.5])  # fault injection around the real insert: slow, then hanging
+
+    def slow_insert(rows):
+        time.sleep(next(delays, 0.0))
+        real_insert(rows)
+
+    journaled: list[tuple[float, set[str]]] = []
+
+    def append(batch):
+        real_append(batch)
+        journaled.append((time.monotonic(), {row["call_id"] for table, row in batch if table == "calls"}))
+
+    monkeypatch.setattr(store, "_insert_rows", slow_insert)
+    monkeypatch.setattr(store.journal, "append", append)
+    store.put("calls", call_row("a"))
+    time.sleep(0.25)  # the writer is in the slow write of "a"
+    handed = time.monotonic()
+    store.put("calls", call_row("b"))
+    deadline = handed + 4.0
+    while not journaled and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert journaled and journaled[0][1] == {"b"}
+    assert journaled[0][0] - handed <= store.journal_after_s + 0.15
+    store.close()
+    reopened = Store(sqlite_url)
+    assert reopened.count("calls") == 2  # "a" written, "b" replayed from the journal (or found present): once each
+    reopened.close()

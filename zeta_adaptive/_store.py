@@ -824,6 +824,8 @@ _TABLE_NAMES = frozenset(TABLES)
 _TABLE_OF = operator.itemgetter(0)
 #: seconds without a row after which the writer stops ticking and sleeps until the next hand-over
 IDLE_S = 1.0
+#: how often the writer checks on a running write (whether to journal, whether it ran past its timeout)
+_CHECK_S = 0.05
 _WAKE = object()  # durability = "journal": rows are in the journal already, the writer only moves them
 Row = tuple[str, Mapping[str, Any]]
 DURABILITY = ("batched", "journal")
@@ -929,6 +931,7 @@ class Store:
         self._items: collections.deque[Any] = collections.deque()  # rows and markers, in order
         self._wake = threading.Event()
         self._asleep = True  # the writer waits for a hand-over rather than ticking (see _run)
+        self._since = time.monotonic()  # no row of the batch being written was handed over before this
         self._urgent = False  # a flush or stop waits in the queue: no lingering
         self.written = {name: 0 for name in TABLES}  # rows inserted (or found present), per table
         self.errors = 0  # failed database writes
@@ -1068,6 +1071,7 @@ class Store:
         stop = False
         idle_ticks = math.ceil(IDLE_S / self.linger_s) if self.linger_s > 0 else 0
         quiet = idle_ticks  # ticks in a row that found nothing: the writer starts asleep
+        since = time.monotonic()  # no row of the next batch was handed over before this
         while not stop:
             if not self._items and quiet >= idle_ticks:
                 self._asleep = True  # from here on a hand-over wakes us
@@ -1075,12 +1079,14 @@ class Store:
                     self._wake.wait(self._idle_wait())
                 self._asleep = False
                 self._wake.clear()
+                since = time.monotonic()  # what woke us was handed over just before (by the wake-up's delay)
             if not self._urgent and len(self._items) < self.batch_size and (self._items or quiet < idle_ticks):
                 self._wake.wait(self.linger_s)  # the tick (a flush, a stop or a full batch cuts it short)
             self._wake.clear()  # before draining: a flush or stop handed over from now on is seen next turn
             self._urgent = False
             take = self._items.popleft  # at most a batch: what was handed over by now (others only append)
             items: list[Any] = [take() for _ in itertools.repeat(None, min(len(self._items), self.batch_size))]
+            self._since, since = since, time.monotonic()  # the batch's rows came after the last drain
             quiet = 0 if items else quiet + 1
             if not items and not (self.pending and time.monotonic() >= self._next_probe):
                 continue  # an empty tick: nothing to write, no journal probe due
@@ -1106,9 +1112,11 @@ class Store:
         if self._backlog:
             rows, self._backlog = self._backlog + rows, []
         rows = sanitize_rows(rows, self.scrub)
-        if (not self.journal.rows or self._replay()) and (not rows or self._write(rows)):
-            return
-        self._keep(rows)
+        if self.journal.rows:  # the database was away: newer rows join the journal before its replay
+            self._keep(rows)  # (whose probe may wait on a locked or frozen database), in their order
+            self._replay()
+        elif rows and not self._write(rows):
+            self._keep(rows)
 
     def _keep(self, rows: list[Row]) -> None:
         """Journal rows the database did not take; hold them in memory if the journal fails too."""
@@ -1138,27 +1146,11 @@ class Store:
 
     def _write_chunk(self, chunk: list[Row], rest: list[Row]) -> bool | None:
         """Write one chunk: None when it landed and the batch goes on; True when the rest of the
-        batch is in the journal instead; False when the database is away and nothing was journaled.
-
-        While a write runs no row waits in memory longer than ``journal_after_s``: the rest of the
-        batch, then rows handed over meanwhile, are journaled. A write still running after
-        ``timeout_s`` is left to finish on its own (replaying the journal later finds its rows
-        present) and the store is treated as away.
-        """
+        batch is in the journal instead; False when the database is away and nothing was journaled."""
         op = _Bounded(lambda: self._insert_rows(chunk))
-        started = time.monotonic()
-        journaled = False
-        while not op.done.wait(0.05):
-            waited = time.monotonic() - started
-            if not journaled and waited + self.linger_s >= self.journal_after_s:
-                self.journal.append(rest)
-                journaled = True
-            if journaled:
-                self._journal_waiting()
-            if waited >= self.timeout_s:
-                self._stuck = op
-                self._outage(StoreTimeout(f"no answer within {self.timeout_s:g} s"))
-                return journaled
+        finished, journaled = self._await(op, rest)
+        if not finished:
+            return journaled
         try:
             op.outcome()
         except Exception as exc:  # noqa: BLE001 - any driver error: a row problem (bisect) or an outage (journal)
@@ -1171,6 +1163,33 @@ class Store:
             return None if self._bisect(chunk, exc) else False
         self._healthy(chunk)
         return True if journaled else None
+
+    def _await(self, op: _Bounded, rest: list[Row]) -> tuple[bool, bool]:
+        """Wait for one of the writer's inserts: (whether it finished, whether ``rest`` was journaled).
+
+        While it runs no row waits in memory longer than ``journal_after_s``: ``rest`` (the batch's
+        unwritten rows), then the rows handed over meanwhile, are journaled once the batch's oldest
+        row (handed over after the drain before it, ``_since``) is within two checks of that age, the
+        margin for the check's interval and the journal's fsync. Counting from the insert's start
+        instead let rows that queued behind a slow write, or behind a probe of a locked database, wait
+        for both (1.0-1.9 s). An insert still running after ``timeout_s`` is left to finish on its own
+        (replaying the journal later finds its rows present) and the store is treated as away.
+        """
+        started = time.monotonic()
+        journaled = False
+        while not op.done.wait(_CHECK_S):
+            now = time.monotonic()
+            if not journaled and now - self._since + 2 * _CHECK_S >= self.journal_after_s:
+                if rest:
+                    self.journal.append(rest)
+                journaled = True
+            if journaled:
+                self._journal_waiting()
+            if now - started >= self.timeout_s:
+                self._stuck = op
+                self._outage(StoreTimeout(f"no answer within {self.timeout_s:g} s"))
+                return False, journaled
+        return True, journaled
 
     def _journal_waiting(self) -> None:
         """Journal the rows handed over since the current batch began (their flushes are then
@@ -1198,8 +1217,11 @@ class Store:
 
     def _insert_or_bisect(self, rows: list[Row]) -> bool:
         """Insert rows (bounded); if one is refused for what it holds, bisect. False if the database is away."""
+        op = _Bounded(lambda: self._insert_rows(rows))
+        if not self._await(op, [])[0]:
+            return False
         try:
-            self._bounded(self._insert_rows, rows)
+            op.outcome()
         except Exception as exc:  # noqa: BLE001 - any driver error: a row problem (bisect) or an outage (journal)
             if not _is_row_problem(exc):
                 self._outage(exc)
