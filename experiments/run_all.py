@@ -31,13 +31,16 @@ SCRIPTS = (
     "bench_overhead",
     "bench_throughput",
     "bench_store",
+    "bench_stream",
     "bench_startup",
     "bench_gateway",
     "policy_cost",
     "policy_regret",
     "policy_drift",
     "replay_speed",
+    "replay_validation",
     "log_faults",
+    "multiprocess",
     "load",
     "load_sim",
 )
@@ -51,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", nargs="*", default=None, help="run only these scripts (names with or without .py)")
     parser.add_argument(
-        "--timeout", type=float, default=None, help="seconds allowed per script (default 1200, 300 with --quick)"
+        "--timeout", type=float, default=None, help="seconds allowed per script (default 2400; 300 with --quick)"
     )
     args = parser.parse_args(argv)
     out = args.out or (Path(tempfile.mkdtemp(prefix="zeta-bench-quick-")) if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
-    limit = args.timeout or (300.0 if args.quick else 1200.0)
+    # replay_validation alone takes about 1,200 s on a quiet 2-core machine
+    limit = args.timeout or (300.0 if args.quick else 2400.0)
     wanted = {n.removesuffix(".py") for n in args.only} if args.only else None
 
     runs = []
