@@ -295,6 +295,10 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
             if parsed.database not in (None, "", ":memory:"):
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            # checkpoint the WAL every 10,000 pages (about 40 MB), not 1,000: the log's index pages change
+            # in every batch, so a rarer checkpoint copies each page once for many batches (+18% rows/s
+            # in bench_store, interleaved)
+            cur.execute("PRAGMA wal_autocheckpoint=10000")
             try:  # SQLite's own ln() (3.35+, when built with its math functions) runs a warm start's sums
                 cur.execute("SELECT ln(1.0)")
             except sqlite3.OperationalError:  # else Python's, a hundred times slower per row
