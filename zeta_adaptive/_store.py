@@ -4,9 +4,8 @@ Callers hand rows to :meth:`Store.put`, which only appends to an in-memory queue
 thread drains the queue in batches, one transaction per batch, with ``INSERT ... ON CONFLICT DO
 NOTHING`` on primary keys, so a retried batch never writes a row twice; the same transaction adds
 the attempts and ratings it inserted to hourly rollups, which a warm start reads instead of every
-row. If the database fails, the
-batch is kept and retried with back-off; :meth:`Store.flush` waits until everything handed in so
-far is written. The schema is owned by the Alembic migrations in ``migrations/`` and is upgraded
+row. If the database fails, the batch is kept and retried with back-off; :meth:`Store.flush` waits
+until everything handed in so far is written. The schema is owned by the Alembic migrations in ``migrations/`` and is upgraded
 automatically when a store is opened.
 """
 
@@ -282,17 +281,15 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
     timeouts, and the pool's checkout timeout all follow ``timeout_s``."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        folder = Path(parsed.database or ".").parent
-        if (
-            parsed.database not in (None, "", ":memory:") and not folder.is_dir()
-        ):  # SQLite would only say "unable to open database file"
+        folder, on_disk = Path(parsed.database or ".").parent, parsed.database not in (None, "", ":memory:")
+        if on_disk and not folder.is_dir():  # SQLite would only say "unable to open database file"
             raise StoreError(f"cannot open store {url}: directory {folder} does not exist")
         engine = create_engine(url, connect_args={"timeout": timeout_s, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            if parsed.database not in (None, "", ":memory:"):
+            if on_disk:
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             # checkpoint the WAL every 10,000 pages (about 40 MB), not 1,000: the log's index pages change
@@ -470,17 +467,14 @@ def _column_rules(table: Table) -> list[tuple[str, str, int, bool]]:
     """(name, kind, limit, nullable) per column: what :func:`sanitize` enforces. Free text (``Text``
     columns: errors, prompts, answers) is also scrubbed of secrets; names (``String``) are ours."""
     rules = []
-    for column in table.columns:
-        if isinstance(column.type, Text):
-            rules.append(
-                (column.name, "free", ERROR_CHARS if column.name == "error" else TEXT_CHARS, bool(column.nullable))
-            )
-        elif isinstance(column.type, String):
-            rules.append((column.name, "text", column.type.length or TEXT_CHARS, bool(column.nullable)))
-        elif isinstance(column.type, Integer):
-            rules.append((column.name, "int", INT_MAX, bool(column.nullable)))
-        elif isinstance(column.type, Float):
-            rules.append((column.name, "float", 0, bool(column.nullable)))
+    for c in table.columns:
+        if isinstance(c.type, Text):
+            kind, limit = "free", ERROR_CHARS if c.name == "error" else TEXT_CHARS
+        elif isinstance(c.type, String):
+            kind, limit = "text", c.type.length or TEXT_CHARS
+        else:
+            kind, limit = ("int", INT_MAX) if isinstance(c.type, Integer) else ("float", 0)
+        rules.append((c.name, kind, limit, bool(c.nullable)))
     return rules
 
 
@@ -753,9 +747,7 @@ class Journal:
         """Write rows durably (flushed and fsynced) before the caller forgets them."""
         data = "".join(json.dumps([t, r], separators=(",", ":")) + "\n" for t, r in batch).encode()
         with self.lock:
-            self._fh.write(data)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            _durable(self._fh, data)
             self.rows += len(batch)
 
     def read(self, path: Path | None = None) -> tuple[list[Row], int]:
@@ -773,9 +765,7 @@ class Journal:
             tail = self._fh.read()
             self._fh.seek(0)
             self._fh.truncate(0)
-            self._fh.write(tail)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            _durable(self._fh, tail)
             self.rows = max(self.rows - rows, 0)
 
     def orphans(self) -> list[Path]:
@@ -796,9 +786,7 @@ class Journal:
     def dead_letter(self, table: str, row: Mapping[str, Any], error: str) -> None:
         """Keep a row that neither the database's tables nor its dead-letter table took, with why."""
         with open(self.directory / f"{self.key}-dead.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"table": table, "row": row, "error": error}, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            _durable(fh, json.dumps({"table": table, "row": row, "error": error}, default=str) + "\n")
 
     def close(self) -> None:
         """Release the file; an empty journal is removed."""
@@ -806,6 +794,13 @@ class Journal:
         self._fh.close()
         if empty:
             self.path.unlink(missing_ok=True)
+
+
+def _durable(fh: Any, data: Any) -> None:
+    """Write to a file, flushed and fsynced."""
+    fh.write(data)
+    fh.flush()
+    os.fsync(fh.fileno())
 
 
 def default_journal_dir() -> Path:
@@ -842,6 +837,11 @@ Columns = dict[str, list[Any]]
 def _columns(keys: list[str], rows: Sequence[Sequence[Any]]) -> Columns:
     """Rows as columns, built column by column (pandas probing each SQLAlchemy Row for named fields is slow)."""
     return {key: list(column) for key, column in zip(keys, zip(*rows))} if rows else {key: [] for key in keys}
+
+
+def _order(table: Table) -> list[Column[Any]]:
+    """A log table's time order: by ``ts``, attempts of one call by their index."""
+    return [table.c.ts, table.c.idx] if table.name == "attempts" else [table.c.ts]
 
 
 def _split(items: list[Any]) -> tuple[list[Row], list[_Flush]]:
@@ -1151,22 +1151,30 @@ class Store:
     def _write_chunk(self, chunk: list[Row], rest: list[Row]) -> bool | None:
         """Write one chunk: None when it landed and the batch goes on; True when the rest of the
         batch is in the journal instead; False when the database is away and nothing was journaled."""
-        op = _Bounded(lambda: self._insert_rows(chunk))
+        landed, journaled, refused = self._try_insert(chunk, rest)
+        if refused is None:
+            return None if landed and not journaled else journaled
+        if journaled:  # the rows are in the journal now: its replay bisects them
+            self._replay()
+            return True
+        return None if self._bisect(chunk, refused) else False
+
+    def _try_insert(self, rows: list[Row], rest: list[Row]) -> tuple[bool, bool, Exception | None]:
+        """Insert rows (bounded, see :meth:`_await`): (whether they landed, whether ``rest`` was
+        journaled, the error if the database refused them for what they hold); an outage is recorded."""
+        op = _Bounded(lambda: self._insert_rows(rows))
         finished, journaled = self._await(op, rest)
         if not finished:
-            return journaled
+            return False, journaled, None
         try:
             op.outcome()
         except Exception as exc:  # noqa: BLE001 - any driver error: a row problem (bisect) or an outage (journal)
-            if not _is_row_problem(exc):
-                self._outage(exc)
-                return journaled
-            if journaled:  # the rows are in the journal now: its replay bisects them
-                self._replay()
-                return True
-            return None if self._bisect(chunk, exc) else False
-        self._healthy(chunk)
-        return True if journaled else None
+            if _is_row_problem(exc):
+                return False, journaled, exc
+            self._outage(exc)
+            return False, journaled, None
+        self._healthy(rows)
+        return True, journaled, None
 
     def _await(self, op: _Bounded, rest: list[Row]) -> tuple[bool, bool]:
         """Wait for one of the writer's inserts: (whether it finished, whether ``rest`` was journaled).
@@ -1221,30 +1229,14 @@ class Store:
 
     def _insert_or_bisect(self, rows: list[Row]) -> bool:
         """Insert rows (bounded); if one is refused for what it holds, bisect. False if the database is away."""
-        op = _Bounded(lambda: self._insert_rows(rows))
-        if not self._await(op, [])[0]:
-            return False
-        try:
-            op.outcome()
-        except Exception as exc:  # noqa: BLE001 - any driver error: a row problem (bisect) or an outage (journal)
-            if not _is_row_problem(exc):
-                self._outage(exc)
-                return False
-            return self._bisect(rows, exc)
-        self._healthy(rows)
-        return True
+        landed, _, refused = self._try_insert(rows, [])
+        return landed or (refused is not None and self._bisect(rows, refused))
 
     def _dead_letter(self, row: Row, exc: BaseException) -> None:
         table, values = row
         error = self.scrub(_describe(exc))[:ERROR_CHARS]
         key = json.dumps([values.get(c.name) for c in TABLES[table].primary_key.columns], default=str)[:64]
-        letter = {
-            "ts": time.time(),
-            "table_name": table,
-            "row_key": key,
-            "row": json.dumps(values, default=str),
-            "error": error,
-        }
+        letter = dict(ts=time.time(), table_name=table, row_key=key, row=json.dumps(values, default=str), error=error)
         self.dead += 1
         log.error("log row refused by %s, kept as a dead letter: %s %s: %s", self.safe_url, table, key, error)
         try:
@@ -1361,10 +1353,7 @@ class Store:
         query = select(*(t.c[name] for name in columns)).where(t.c.task_type == task_type)
         if where is not None:
             query = query.where(where)
-        order = [t.c.ts.desc(), t.c.idx.desc()] if table == "attempts" else [t.c.ts.desc()]
-        with self.engine.connect() as conn:
-            result = conn.execute(query.order_by(*order).limit(limit))
-            return _columns(list(result.keys()), result.all()[::-1])
+        return self._read(query.order_by(*(c.desc() for c in _order(t))).limit(limit), reverse=True)
 
     def attempt_sums(self, task_type: str, where: Any = None, rolled: tuple[float, Any] | None = None) -> Columns:
         """Per model of a task type: attempts ``n``, successes ``succ``, and over successes the sums
@@ -1430,9 +1419,13 @@ class Store:
                     for c in scanned
                 ),
             ).group_by(parts.c.model)
+        return self._read(query)
+
+    def _read(self, query: Any, reverse: bool = False) -> Columns:
+        """A query's rows (``reverse``: last first) column by column."""
         with self.engine.connect() as conn:
             result = conn.execute(query)
-            return _columns(list(result.keys()), result.all())
+            return _columns(list(result.keys()), result.all()[::-1] if reverse else result.all())
 
     def prune(self, older_than: float, *, dry_run: bool = False) -> dict[str, int]:
         """Delete calls, attempts and feedback that started before ``older_than`` (unix time);
@@ -1495,7 +1488,4 @@ class Store:
             query = query.where(t.c.ts >= since)
         if exclude_router is not None:
             query = query.where(or_(t.c.router_id.is_(None), t.c.router_id != exclude_router))
-        order = [t.c.ts, t.c.idx] if table == "attempts" else [t.c.ts]
-        with self.engine.connect() as conn:
-            result = conn.execute(query.order_by(*order))
-            return _columns(list(result.keys()), result.all())
+        return self._read(query.order_by(*_order(t)))
