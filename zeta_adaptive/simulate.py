@@ -77,22 +77,12 @@ _MALFORMED_CHAT = b'{"choices": ['
 _MALFORMED_EMBEDDING = b'{"object": "list", "data": ['
 _WORDS = ("the", "answer", "follows", "from", "a", "careful", "look", "at", "your", "question", "and", "so")
 _NON_NEGATIVE_FIELDS = ("latency_s", "latency_sigma", "retry_after_s", "hang_s", "chunk_delay_s")
-
-
 _FATES = (
-    "ok",
-    "error",
-    "rate_limit",
-    "malformed",
-    "empty",
-    "hang",
-    "drip",
-    "bomb",
-    "stall",
-    "break",
-    "stream_error",
-    "disconnect",
+    *("ok", "error", "rate_limit", "malformed", "empty", "hang", "drip", "bomb"),  # ok, and the rates' faults
+    *("stall", "break", "stream_error", "disconnect"),  # a stream's faults, and a connection closed unanswered
 )
+#: the fates a spec's ``*_rate`` fields draw from one uniform number, in the order they are tried
+_DRAWN_FATES = ("hang", "error", "rate_limit", "malformed", "empty", "drip", "bomb")
 
 
 @dataclass(frozen=True)
@@ -166,9 +156,7 @@ class ModelSpec:
     context_window: int | None = None  # prompt + max_tokens above this gets vLLM's 400 context-length answer
     drip_rate: float = 0.0  # hostile: headers, then one body byte every DRIP_INTERVAL_S for up to hang_s
     bomb_rate: float = 0.0  # hostile: a gzip bomb (1 GiB of JSON whitespace, about 1 MB on the wire)
-    slots: int | None = (
-        None  # requests served at once, as a GPU server's batch; others queue first come first served (None: no bound)
-    )
+    slots: int | None = None  # requests served at once, as a GPU server's batch; others queue in turn (None: no bound)
     script: Sequence[Step | str] = ()  # the answers to the next requests in order (the last repeats), instead of draws
 
     def __post_init__(self) -> None:
@@ -215,16 +203,8 @@ def _fate(spec: ModelSpec, draw: _Draw) -> str:
     if draw.step is not None:
         return draw.step.fate
     edge = 0.0
-    for fate, rate in (
-        ("hang", spec.hang_rate),
-        ("error", spec.error_rate),
-        ("rate_limit", spec.rate_limit_rate),
-        ("malformed", spec.malformed_rate),
-        ("empty", spec.empty_rate),
-        ("drip", spec.drip_rate),
-        ("bomb", spec.bomb_rate),
-    ):
-        edge += rate
+    for fate in _DRAWN_FATES:
+        edge += getattr(spec, f"{fate}_rate")
         if draw.fault < edge:
             return fate
     return "ok"
@@ -354,16 +334,6 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 def _error_body(message: str, kind: str, code: int | str) -> dict[str, Any]:
     """An OpenAI-shaped error body."""
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
-def _vllm_error(message: str) -> dict[str, Any]:
-    """vLLM's error body for a bad request (as its OpenAI-compatible server sends it, status 400)."""
-    return {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
-
-
-def _seconds_header(seconds: float) -> str:
-    """Format a duration for Retry-After: an integer when whole, else a short decimal."""
-    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
 
 def _refusal(
@@ -807,8 +777,9 @@ class _ModelServer:
             request = _parse_chat(payload, spec) if wanted == "chat" else _parse_embedding(payload)
         except _BadRequest as exc:
             return _json(wake, 400, _error_body(str(exc), "invalid_request_error", 400))
-        except _ContextExceeded as exc:
-            return _json(wake, 400, _vllm_error(str(exc)))
+        except _ContextExceeded as exc:  # vLLM's error body for a bad request
+            vllm = {"object": "error", "message": str(exc), "type": "BadRequestError", "param": None, "code": 400}
+            return _json(wake, 400, vllm)
         return self._fated(spec, wake, number, header("X-Sim-Task"), payload, request)
 
     def _fated(
@@ -832,9 +803,8 @@ class _ModelServer:
             message = step.message or "simulated internal error"
             return _json(wake, status, _error_body(message, kind, status), wait_s=step.latency_s or 0.0)
         if fate == "rate_limit":
-            retry = {
-                "Retry-After": _seconds_header(spec.retry_after_s if step.retry_after_s is None else step.retry_after_s)
-            }
+            after = spec.retry_after_s if step.retry_after_s is None else step.retry_after_s
+            retry = {"Retry-After": str(int(after)) if float(after).is_integer() else f"{after:g}"}  # whole: an integer
             limit = _error_body(step.message or "simulated rate limit", "rate_limit_error", 429)
             return _json(wake, 429, limit, retry, wait_s=step.latency_s or 0.0)
         wait = spec.hang_s if fate == "hang" else 0.0
@@ -920,11 +890,7 @@ class Fleet:
     """A set of simulated models, each served on its own loopback port, changeable at run time."""
 
     def __init__(
-        self,
-        specs: Iterable[ModelSpec],
-        seed: int = 0,
-        ports: Mapping[str, int] | None = None,
-        record: bool = False,
+        self, specs: Iterable[ModelSpec], seed: int = 0, ports: Mapping[str, int] | None = None, record: bool = False
     ) -> None:
         """``ports`` binds the named models to fixed loopback ports (the others get free ones);
         ``record`` keeps every request's model and JSON body, in arrival order, in :attr:`received`."""
@@ -1063,11 +1029,7 @@ class Fleet:
         specs = [server.current() for server in self._servers.values()]
         models: dict[str, dict[str, Any]] = {}
         for spec in specs:
-            entry: dict[str, Any] = {
-                "base_url": self.base_url(spec.name),
-                "kind": spec.kind,
-                "timeout_s": _CONFIG_TIMEOUT_S,
-            }
+            entry: dict[str, Any] = dict(base_url=self.base_url(spec.name), kind=spec.kind, timeout_s=_CONFIG_TIMEOUT_S)
             if spec.kind == "embedding":
                 entry["dim"] = spec.dim
             if spec.context_window is not None:
