@@ -131,11 +131,7 @@ def _content_chars(content: Any) -> int:
     if isinstance(content, str):
         return len(content)
     if isinstance(content, list):
-        return sum(
-            len(part.get("text") or "")
-            for part in content
-            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
-        )
+        return sum(len(p["text"]) for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str))
     return 0
 
 
@@ -481,6 +477,8 @@ def parse_embeddings(body: Any, latency_s: float, status: int, count: int, dim: 
 
 
 Parse = Callable[[Any, float, int], Reply]
+#: one attempt's model, path, request body, response cap and parser
+_Job = tuple[ModelConfig, str, dict[str, Any], int, Parse]
 
 
 def _finish(
@@ -508,13 +506,12 @@ class _StreamState:
     and everything within ``timeout_s``.
     """
 
-    def __init__(self, start: float, timeout_s: float, first_token_s: float, cap: int, prompt_tokens: int) -> None:
-        self.start = start
-        self.end = start + timeout_s
+    def __init__(self, model: ModelConfig, messages: Messages, timeout_s: float, first_token_s: float) -> None:
+        self.start = self.last_chunk = time.perf_counter()
+        self.end = self.start + timeout_s
         self.gap_s = min(first_token_s, timeout_s)
-        self.last_chunk = start
-        self.cap = cap
-        self.prompt_tokens = prompt_tokens
+        self.cap = model.response_cap()
+        self.prompt_tokens = estimate_tokens(messages)
         self.parts: list[str] = []
         self.ttft: float | None = None
         self.tokens_in = 0
@@ -539,14 +536,8 @@ class _StreamState:
         """The answer's headers arrived: the Reply for a refusal (its body read), else None and the
         body is decoded from now on with the answer's content-encoding."""
         if response.status_code >= 300:
-            return _finish(
-                response.status_code,
-                response.headers,
-                error_body,
-                problem,
-                time.perf_counter() - self.start,
-                parse_chat,
-            )
+            latency = time.perf_counter() - self.start
+            return _finish(response.status_code, response.headers, error_body, problem, latency, parse_chat)
         try:
             self._body = _Body(_wire_encoding(response), self.cap)
         except _BadBody as exc:
@@ -605,27 +596,19 @@ class _StreamState:
             return content
         return None
 
-    def _tokens(self, text: str) -> tuple[int, int, bool]:
-        """Usage as the server reported it, else estimated (four characters per token)."""
+    def _reply(self, outcome: Outcome, status: int | None, answer: str, **more: Any) -> Reply:
+        """The attempt's Reply, with usage as the server reported it, else estimated (four characters per token)."""
         if self.usage_seen:
-            return self.tokens_in, self.tokens_out, False
-        return self.prompt_tokens, (len(text) // 4 if text else 0), True
+            tin, tout, estimated = self.tokens_in, self.tokens_out, False
+        else:
+            tin, tout, estimated = self.prompt_tokens, len(answer) // 4, True
+        latency = time.perf_counter() - self.start
+        return Reply(outcome, latency, status, tin, tout, ttft_s=self.ttft, tokens_estimated=estimated, **more)
 
     def failure(self, outcome: Outcome, error: str, status: int | None = 200) -> Reply:
         """A failed attempt: after the first token it is a broken stream, whatever the cause."""
-        if self.parts:
-            outcome = Outcome.STREAM_BROKEN
-        tin, tout, estimated = self._tokens("".join(self.parts))
-        return Reply(
-            outcome,
-            time.perf_counter() - self.start,
-            status,
-            tin,
-            tout,
-            error=" ".join(error.split())[:ERROR_CHARS],
-            ttft_s=self.ttft,
-            tokens_estimated=estimated,
-        )
+        outcome = Outcome.STREAM_BROKEN if self.parts else outcome
+        return self._reply(outcome, status, "".join(self.parts), error=" ".join(error.split())[:ERROR_CHARS])
 
     def finish(self, status: int) -> Reply:
         """The final Reply once the body ended: ok if it said [DONE] and had text."""
@@ -641,17 +624,7 @@ class _StreamState:
         text = "".join(self.parts)
         if not text.strip():
             return self.failure(Outcome.MALFORMED, "answer is empty", status)
-        tin, tout, estimated = self._tokens(text)
-        return Reply(
-            Outcome.OK,
-            time.perf_counter() - self.start,
-            status,
-            tin,
-            tout,
-            text=text,
-            ttft_s=self.ttft,
-            tokens_estimated=estimated,
-        )
+        return self._reply(Outcome.OK, status, text, text=text)
 
 
 def _wire_encoding(response: httpx.Response) -> str | None:
@@ -835,18 +808,28 @@ class HttpxBackend:
     def _chat_body(model: ModelConfig, messages: Messages, params: Mapping[str, Any]) -> dict[str, Any]:
         return {**params, "model": model.backend_model, "messages": list(messages)}
 
-    @staticmethod
-    def _embed_body(model: ModelConfig, texts: Sequence[str]) -> dict[str, Any]:
-        return {"model": model.backend_model, "input": list(texts)}
-
     def _stream_body(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any]) -> dict[str, Any]:
         """A streaming request that asks for usage in the last chunk unless the caller chose stream_options."""
         body = {**self._chat_body(model, messages, params), "stream": True}
         body.setdefault("stream_options", {"include_usage": True})
         return body
 
+    def _chat_job(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any]) -> _Job:
+        """What a chat attempt sends and how its answer is read (for :meth:`_send` and :meth:`_asend`)."""
+        return model, "chat/completions", self._chat_body(model, messages, params), model.response_cap(), parse_chat
+
+    @staticmethod
+    def _embed_job(model: ModelConfig, texts: Sequence[str]) -> _Job:
+        """What an embeddings attempt sends and how its answer is read."""
+
+        def parse(body: Any, latency: float, status: int) -> Reply:
+            return parse_embeddings(body, latency, status, len(texts), model.dim)
+
+        body = {"model": model.backend_model, "input": list(texts)}
+        return model, "embeddings", body, model.response_cap(len(texts)), parse
+
     def _send(
-        self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, cap: int, parse: Parse
+        self, timeout_s: float, model: ModelConfig, path: str, body: dict[str, Any], cap: int, parse: Parse
     ) -> Reply:
         start = time.perf_counter()
         request = self._request(model, path, body, timeout_s)
@@ -862,7 +845,7 @@ class HttpxBackend:
         return _finish(response.status_code, response.headers, data, problem, time.perf_counter() - start, parse)
 
     async def _asend(
-        self, model: ModelConfig, path: str, body: dict[str, Any], timeout_s: float, cap: int, parse: Parse
+        self, timeout_s: float, model: ModelConfig, path: str, body: dict[str, Any], cap: int, parse: Parse
     ) -> Reply:
         start = time.perf_counter()
         try:
@@ -877,61 +860,24 @@ class HttpxBackend:
             return _classify_exception(exc, time.perf_counter() - start)
         return _finish(response.status_code, response.headers, data, problem, time.perf_counter() - start, parse)
 
-    @staticmethod
-    def _embed_parse(model: ModelConfig, texts: Sequence[str]) -> Parse:
-        def parse(body: Any, latency: float, status: int) -> Reply:
-            return parse_embeddings(body, latency, status, len(texts), model.dim)
-
-        return parse
-
     def chat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
-        return self._send(
-            model,
-            "chat/completions",
-            self._chat_body(model, messages, params),
-            timeout_s,
-            model.response_cap(),
-            parse_chat,
-        )
+        return self._send(timeout_s, *self._chat_job(model, messages, params))
 
     async def achat(self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float) -> Reply:
-        return await self._asend(
-            model,
-            "chat/completions",
-            self._chat_body(model, messages, params),
-            timeout_s,
-            model.response_cap(),
-            parse_chat,
-        )
+        return await self._asend(timeout_s, *self._chat_job(model, messages, params))
 
     def embed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
-        return self._send(
-            model,
-            "embeddings",
-            self._embed_body(model, texts),
-            timeout_s,
-            model.response_cap(len(texts)),
-            self._embed_parse(model, texts),
-        )
+        return self._send(timeout_s, *self._embed_job(model, texts))
 
     async def aembed(self, model: ModelConfig, texts: Sequence[str], timeout_s: float) -> Reply:
-        return await self._asend(
-            model,
-            "embeddings",
-            self._embed_body(model, texts),
-            timeout_s,
-            model.response_cap(len(texts)),
-            self._embed_parse(model, texts),
-        )
+        return await self._asend(timeout_s, *self._embed_job(model, texts))
 
     def stream_chat(
         self, model: ModelConfig, messages: Messages, params: Mapping[str, Any], timeout_s: float, first_token_s: float
     ) -> Iterator[StreamItem]:
         """Stream a chat completion: text deltas, then a final Reply (bounds: see :class:`_StreamState`)."""
         body = self._stream_body(model, messages, params)
-        state = _StreamState(
-            time.perf_counter(), timeout_s, first_token_s, model.response_cap(), estimate_tokens(messages)
-        )
+        state = _StreamState(model, messages, timeout_s, first_token_s)
         request = self._request(model, "chat/completions", body, state.timeouts())
         response: httpx.Response | None = None
         data, problem = None, ""
@@ -967,9 +913,7 @@ class HttpxBackend:
         """Async twin of :meth:`stream_chat`; each read is bounded by ``asyncio.timeout``, never
         across a ``yield``, so the caller's own awaits between deltas are not cut."""
         body = self._stream_body(model, messages, params)
-        state = _StreamState(
-            time.perf_counter(), timeout_s, first_token_s, model.response_cap(), estimate_tokens(messages)
-        )
+        state = _StreamState(model, messages, timeout_s, first_token_s)
 
         def left() -> float:
             return max(state.read_deadline() - time.perf_counter(), 0.0)
