@@ -91,6 +91,9 @@ class Ranking:
 N, SUCC, LAT_N, LAT_SUM, LOGLAT_SUM, LOGLAT_SQ, COST_SUM, ACC_N, ACC_SUM, SEEN, RATED = range(11)
 ATTEMPT_ROWS = slice(N, COST_SUM + 1)
 FEEDBACK_ROWS = slice(ACC_N, ACC_SUM + 1)
+#: the rows :meth:`Policy.add_sums` takes, by name (it adds ``lat_n``, ``seen`` and ``rated`` from them)
+_SUMMED = {"n": N, "succ": SUCC, "lat_sum": LAT_SUM, "loglat_sum": LOGLAT_SUM, "loglat_sq": LOGLAT_SQ}
+_SUMMED |= {"cost_sum": COST_SUM, "acc_n": ACC_N, "acc_sum": ACC_SUM}
 
 #: the shortest latency a log is taken of (a zero or negative clock difference counts as this)
 LATENCY_FLOOR_S = 1e-6
@@ -242,19 +245,9 @@ class Policy:
         if self.discount != 1.0:
             raise ValueError("sums lose the order a discounted policy needs: use fit()")
         idx, keep = self._indices(models)
-        rows = {
-            "n": N,
-            "succ": SUCC,
-            "lat_sum": LAT_SUM,
-            "loglat_sum": LOGLAT_SUM,
-            "loglat_sq": LOGLAT_SQ,
-            "cost_sum": COST_SUM,
-            "acc_n": ACC_N,
-            "acc_sum": ACC_SUM,
-        }
         for name, values in sums.items():
             kept = np.asarray(values, dtype=float)[keep]
-            np.add.at(self.stats[rows[name]], idx[keep], kept)
+            np.add.at(self.stats[_SUMMED[name]], idx[keep], kept)
             if name in ("succ", "n", "acc_n"):
                 np.add.at(self.stats[{"succ": LAT_N, "n": SEEN, "acc_n": RATED}[name]], idx[keep], kept)
             if name in ("n", "acc_n"):
@@ -341,12 +334,8 @@ class Policy:
         latency, cost = served_means(s)
         if latency_now is not None:
             latency = np.where(np.isnan(latency_now), latency, latency_now)
-        return {
-            "success": (s[SUCC] + 1.0) / (s[N] + 2.0),
-            "accuracy": self._accuracy(),
-            "latency_s": latency,
-            "cost": cost,
-        }
+        success = (s[SUCC] + 1.0) / (s[N] + 2.0)
+        return {"success": success, "accuracy": self._accuracy(), "latency_s": latency, "cost": cost}
 
     def scores(self, latency_now: np.ndarray | None = None) -> np.ndarray:
         """The objective at the point estimates, per model (see :meth:`means`)."""
@@ -826,6 +815,10 @@ class KLUCBPolicy(_IndexPolicy):
             self._now, self._keys, self._entry, self._last = saved
 
 
+#: per draw of a Thompson batch the eligible models best first, each model's share of wins, the Rankings built so far
+_Ordering = tuple[list[list[int]], np.ndarray, list[Ranking | None]]
+
+
 class ThompsonPolicy(Policy):
     """Thompson sampling: rank by one joint posterior draw of each model's score.
 
@@ -869,9 +862,7 @@ class ThompsonPolicy(Policy):
         self._batch: np.ndarray | None = None
         self._parts: tuple[np.ndarray, float | np.ndarray, np.ndarray, np.ndarray] | None = None  # the batch's parts
         self._stale = 0
-        self._orders: dict[
-            bytes | tuple[bytes | None, bytes] | None, tuple[list[list[int]], np.ndarray, list[Ranking | None]]
-        ] = {}  # per eligible set (and given latencies): see _ordering
+        self._orders: dict[bytes | tuple[bytes | None, bytes] | None, _Ordering] = {}  # see _ordering
 
     def _changed(self, model: int | None = None) -> None:
         self._stale += 1
@@ -917,7 +908,7 @@ class ThompsonPolicy(Policy):
         now = self._latency_now(latency) if self.objective.uses_latency else None
         return self._pick(self._ordering(self._eligible(eligible), now))
 
-    def _pick(self, ordering: tuple[list[list[int]], np.ndarray, list[Ranking | None]]) -> Ranking:
+    def _pick(self, ordering: _Ordering) -> Ranking:
         """One draw of the batch, picked uniformly at random: its order (built once) and the primary's share of wins."""
         orders, wins, rankings = ordering
         j = int(self.rng.random() * self.samples)
@@ -928,9 +919,7 @@ class ThompsonPolicy(Policy):
             ranking = rankings[j] = Ranking(tuple([models[i] for i in order]), float(wins[order[0]]))
         return ranking
 
-    def _ordering(
-        self, idx: np.ndarray, latency: np.ndarray | None = None
-    ) -> tuple[list[list[int]], np.ndarray, list[Ranking | None]]:
+    def _ordering(self, idx: np.ndarray, latency: np.ndarray | None = None) -> _Ordering:
         """Per draw of the batch, the eligible models best first; each model's share of wins
         (indexed by model, zero for models not eligible); and the Rankings built so far, per draw.
         With ``latency`` (NaN: not given), the draws scored with those latencies."""
