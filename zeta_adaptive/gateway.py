@@ -158,28 +158,17 @@ class _Allowance:
         if limits.spend_per_day is not None:
             self._roll()
             if self.spent >= limits.spend_per_day:
-                raise _Refused(
-                    429,
-                    f"this key's spend for today ({self.spent:.4g}) reached its limit of {limits.spend_per_day:g}",
-                    "rate_limit_error",
-                    "spend_limit_exceeded",
-                    "spend_limited",
-                )
+                message = f"this key's spend for today ({self.spent:.4g}) reached its limit of {limits.spend_per_day:g}"
+                raise _Refused(429, message, "rate_limit_error", "spend_limit_exceeded", "spend_limited")
         rpm = limits.requests_per_minute
         if rpm is not None:
             now = time.monotonic()
             self.tokens = min(rpm, self.tokens + (now - self.stamp) * rpm / 60.0)
             self.stamp = now
             if self.tokens < 1.0:
-                wait = math.ceil((1.0 - self.tokens) * 60.0 / rpm)
-                raise _Refused(
-                    429,
-                    f"this key is limited to {rpm:g} requests per minute",
-                    "rate_limit_error",
-                    "rate_limit_exceeded",
-                    "rate_limited",
-                    {"retry-after": str(wait)},
-                )
+                message, wait = f"this key is limited to {rpm:g} requests per minute", (1.0 - self.tokens) * 60.0 / rpm
+                retry = {"retry-after": str(math.ceil(wait))}
+                raise _Refused(429, message, "rate_limit_error", "rate_limit_exceeded", "rate_limited", retry)
             self.tokens -= 1.0
 
     def spend(self, cost: float) -> None:
@@ -299,11 +288,7 @@ async def _read_body(receive: Receive) -> bytes:
 
 def _answer_headers(call_id: str, model: str, task: str) -> list[tuple[bytes, bytes]]:
     """The headers naming a call, the model that answered and the route."""
-    return [
-        (_CALL_KEY, call_id.encode()),
-        (_MODEL_KEY, model.encode("latin-1")),
-        (_TASK_KEY, task.encode("latin-1")),
-    ]
+    return [(_CALL_KEY, call_id.encode()), (_MODEL_KEY, model.encode("latin-1")), (_TASK_KEY, task.encode("latin-1"))]
 
 
 async def _send_json(send: Send, payload: Any, headers: Sequence[tuple[bytes, bytes]]) -> None:
@@ -314,17 +299,16 @@ async def _send_json(send: Send, payload: Any, headers: Sequence[tuple[bytes, by
     await send({"type": "http.response.body", "body": body})
 
 
+_Refuse = Callable[[_Refused], Response]
+
+
 class _Endpoint:
     """A raw ASGI endpoint (a function under Starlette's router would be wrapped in Request and
     Response objects): the handler sends its answer itself, or returns a Response to send (errors,
     streams), or raises :class:`_Refused` (answered by ``refuse``); a client that left while
     sending its request gets nothing."""
 
-    def __init__(
-        self,
-        handle: Callable[[Scope, Receive, Send], Awaitable[Response | None]],
-        refuse: Callable[[_Refused], Response],
-    ) -> None:
+    def __init__(self, handle: Callable[[Scope, Receive, Send], Awaitable[Response | None]], refuse: _Refuse) -> None:
         self.handle = handle
         self.refuse = refuse
 
@@ -367,46 +351,32 @@ class _StateCollector:
         self.router = router
 
     def collect(self) -> Iterable[Any]:
-        health, store = self.router.health, self.router.store
-        breaker = GaugeMetricFamily(
+        health, gauge, counter = self.router.health, GaugeMetricFamily, CounterMetricFamily
+        breaker = gauge(
             "zeta_breaker_state", "Circuit breaker per model: 0 closed, 1 half-open, 2 open", labels=["model"]
         )
-        flight = GaugeMetricFamily("zeta_in_flight", "Attempts in flight per model", labels=["model"])
-        limit = GaugeMetricFamily(
-            "zeta_concurrency_limit",
-            "Learned concurrency limit per model (binding on load = adaptive routes)",
-            labels=["model"],
-        )
+        flight = gauge("zeta_in_flight", "Attempts in flight per model", labels=["model"])
+        about = "Learned concurrency limit per model (binding on load = adaptive routes)"
+        limit = gauge("zeta_concurrency_limit", about, labels=["model"])
         for name in self.router.config.models:
             snap = health.snapshot(name)
             breaker.add_metric([name], _BREAKER_VALUE.get(snap["breaker"], 0.0))
             flight.add_metric([name], snap["in_flight"])
             limit.add_metric([name], snap["limit"])
-        yield breaker
-        yield flight
-        yield limit
-        state = store.describe()
-        yield GaugeMetricFamily(
-            "zeta_log_queue_depth", "Log rows handed to the background writer, not yet written", value=state["queued"]
-        )
-        yield GaugeMetricFamily(
-            "zeta_log_rows_journaled",
-            "Log rows waiting in the local journal (or memory) for the database",
-            value=state["pending"],
-        )
-        yield GaugeMetricFamily(
-            "zeta_log_available", "1 while the log's database takes rows directly", value=float(state["available"])
-        )
-        written = CounterMetricFamily("zeta_log_rows_written", "Log rows written to the database", labels=["table"])
+        yield from (breaker, flight, limit)
+        state = self.router.store.describe()
+        for family, name, about, field in (
+            (gauge, "queue_depth", "Log rows handed to the background writer, not yet written", "queued"),
+            (gauge, "rows_journaled", "Log rows waiting in the local journal (or memory) for the database", "pending"),
+            (gauge, "available", "1 while the log's database takes rows directly", "available"),
+            (counter, "rows_dead", "Log rows the database refused, kept as dead letters", "dead"),
+            (counter, "rows_dropped", "Log rows lost (neither database nor journal took them)", "dropped"),
+        ):
+            yield family(f"zeta_log_{name}", about, value=float(state[field]))
+        written = counter("zeta_log_rows_written", "Log rows written to the database", labels=["table"])
         for table, rows in state["written"].items():
             written.add_metric([table], rows)
         yield written
-        yield CounterMetricFamily(
-            "zeta_log_rows_dead", "Log rows the database refused, kept as dead letters", value=state["dead"]
-        )
-        yield CounterMetricFamily(
-            "zeta_log_rows_dropped", "Log rows lost (neither database nor journal took them)", value=state["dropped"]
-        )
 
 
 class _Metrics:
@@ -479,13 +449,8 @@ class _Gateway:
         scheme, _, token = (authorization or "").partition(" ")
         key = self.keys.get(_digest(token.strip())) if scheme.lower() == "bearer" else None
         if key is None:
-            raise _Refused(
-                401,
-                "Incorrect or missing API key: send `Authorization: Bearer <key>`",
-                "invalid_request_error",
-                "invalid_api_key",
-                "unauthorized",
-            )
+            message = "Incorrect or missing API key: send `Authorization: Bearer <key>`"
+            raise _Refused(401, message, "invalid_request_error", "invalid_api_key", "unauthorized")
         return key
 
     @staticmethod
@@ -506,13 +471,8 @@ class _Gateway:
         if self.kinds.get(task) != kind or (key is not None and not key.allows(task)):
             known = sorted(t for t, k in self.kinds.items() if k == kind and (key is None or key.allows(t)))
             chosen = f" (the classifier chose {task!r})" if task != name else ""
-            raise _Refused(
-                404,
-                f"The model {name!r}{chosen} does not exist or is not a {kind} route; routes: {known}",
-                "invalid_request_error",
-                "model_not_found",
-                "model_not_found",
-            )
+            message = f"The model {name!r}{chosen} does not exist or is not a {kind} route; routes: {known}"
+            raise _Refused(404, message, "invalid_request_error", "model_not_found", "model_not_found")
         return task
 
     def admit(self, key: ClientKey | None) -> None:
@@ -611,12 +571,8 @@ class _Gateway:
             usage = isinstance(options, dict) and options.get("include_usage") is True
             params["stream_options"] = {"include_usage": True}  # the backend's usage prices the call
             return await self.stream(receive, key, task, messages, deadline, params, usage, started)
-        done = await self.begin(
-            receive,
-            key,
-            started,
-            lambda on_call: self.router.achat(task, messages, deadline_s=deadline, on_call=on_call, **params),
-        )
+        run = lambda oc: self.router.achat(task, messages, deadline_s=deadline, on_call=oc, **params)  # noqa: E731
+        done = await self.begin(receive, key, started, run)
         if isinstance(done, Response):
             return done
         result, call = done
@@ -723,12 +679,8 @@ class _Gateway:
         task = self.route(key, body.get("model"), "embedding")
         deadline = self.deadline(_header(scope, _DEADLINE_KEY))
         self.admit(key)
-        done = await self.begin(
-            receive,
-            key,
-            started,
-            lambda on_call: self.router.aembed(texts, task_type=task, deadline_s=deadline, on_call=on_call),
-        )
+        run = lambda oc: self.router.aembed(texts, task_type=task, deadline_s=deadline, on_call=oc)  # noqa: E731
+        done = await self.begin(receive, key, started, run)
         if isinstance(done, Response):
             return done
         result, call = done
