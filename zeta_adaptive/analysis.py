@@ -157,10 +157,7 @@ def between(log: Log, start: int, stop: int) -> Log:
     feedback: for before/after comparisons around a change."""
     w = with_windows(log.calls, 1)
     keep = w.loc[(w["call_index"] >= start) & (w["call_index"] < stop), "call_id"]
-    calls = log.calls[log.calls["call_id"].isin(keep)]
-    return Log(
-        calls, log.attempts[log.attempts["call_id"].isin(keep)], log.feedback[log.feedback["call_id"].isin(keep)]
-    )
+    return Log(*(table[table["call_id"].isin(keep)] for table in (log.calls, log.attempts, log.feedback)))
 
 
 def _shares(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -415,18 +412,10 @@ def true_rewards(log: Log, truth: Mapping[tuple[str, str], float] | pd.DataFrame
     grid = w.merge(table[["task_type", "model"]].drop_duplicates(), on="task_type").sort_values(
         "call_index", kind="stable"
     )
-    grid = pd.merge_asof(
-        grid,
-        table.sort_values("from_call", kind="stable"),
-        left_on="call_index",
-        right_on="from_call",
-        by=["task_type", "model"],
-    )
-    return (
-        grid[["call_id", "call_index", "task_type", "model", "reward"]]
-        .sort_values(["call_index", "model"])
-        .reset_index(drop=True)
-    )
+    truth_at = table.sort_values("from_call", kind="stable")
+    grid = pd.merge_asof(grid, truth_at, left_on="call_index", right_on="from_call", by=["task_type", "model"])
+    columns = ["call_id", "call_index", "task_type", "model", "reward"]
+    return grid[columns].sort_values(["call_index", "model"]).reset_index(drop=True)
 
 
 def cumulative_regret(log: Log, truth: Mapping[tuple[str, str], float] | pd.DataFrame) -> pd.DataFrame:
@@ -443,11 +432,8 @@ def cumulative_regret(log: Log, truth: Mapping[tuple[str, str], float] | pd.Data
     c = w[["call_id", "call_index", "task_type"]].merge(
         r.loc[r["position"] == 0, ["call_id", "model"]].rename(columns={"model": "primary"}), on="call_id", how="left"
     )
-    c = c.merge(
-        rewards[["call_id", "model", "reward"]].rename(columns={"model": "primary"}),
-        on=["call_id", "primary"],
-        how="left",
-    )
+    primary_reward = rewards[["call_id", "model", "reward"]].rename(columns={"model": "primary"})
+    c = c.merge(primary_reward, on=["call_id", "primary"], how="left")
     c["best"] = c["call_id"].map(rewards.groupby("call_id")["reward"].max())
     missing = c[c["reward"].isna() | c["best"].isna()]
     if not missing.empty:
@@ -593,12 +579,8 @@ def plot_failure_rates(
         left.plot(_mid(d), d["failure_rate"], color=colors[model], linewidth=1, alpha=0.7)
         left.scatter(_mid(d), d["failure_rate"], s=8 + size * d["attempts"], color=colors[model], zorder=3)
     _mark(left, mark, mark_label)
-    left.set(
-        title="Failed attempts per model (marker area ~ attempts)",
-        xlabel=xlabel,
-        ylabel="share of attempts failed",
-        ylim=(-0.03, 1.03),
-    )
+    title = "Failed attempts per model (marker area ~ attempts)"
+    left.set(title=title, xlabel=xlabel, ylabel="share of attempts failed", ylim=(-0.03, 1.03))
     handles = [Line2D([], [], color=c, marker="o", label=m) for m, c in colors.items()]
     left.legend(handles=handles + left.get_legend_handles_labels()[0], fontsize="small", loc="upper left")
     task_colors = _colors(rates["task_type"])
