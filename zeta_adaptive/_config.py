@@ -187,11 +187,7 @@ class Config:
             "store": self.store,
             "deadline_s": self.deadline_s,
             "log_prompts": self.log_prompts,
-            "objective": {
-                "w_latency": self.objective.w_latency,
-                "w_cost": self.objective.w_cost,
-                "kind": self.objective.kind,
-            },
+            "objective": _fields(self.objective),
             "models": {},
             "routes": {},
         }
@@ -203,15 +199,11 @@ class Config:
             out["rejecting_statuses"] = sorted(self.rejecting_statuses)
         if self.server != ServerConfig():
             out["server"] = _server_dict(self.server)
-        out["breaker"] = {f.name: getattr(self.breaker, f.name) for f in fields(self.breaker)}
+        out["breaker"] = _fields(self.breaker)
         if self.load != LoadConfig():
-            out["load"] = {f.name: getattr(self.load, f.name) for f in fields(self.load)}
+            out["load"] = _fields(self.load)
         for name, m in self.models.items():
-            out["models"][name] = {
-                f.name: getattr(m, f.name)
-                for f in fields(m)
-                if f.name != "name" and getattr(m, f.name) not in (None, "")
-            }
+            out["models"][name] = {k: v for k, v in _fields(m).items() if k != "name" and v not in (None, "")}
         for task, r in self.routes.items():
             route = out["routes"][task] = {"models": list(r.models), "policy": r.policy, **r.options}
             for f in fields(r):  # the other settings, where they differ from the default
@@ -219,6 +211,11 @@ class Config:
                 if f.name not in ("task_type", "models", "policy", "options") and value != f.default:
                     route[f.name] = list(value) if isinstance(value, tuple) else value
         return out
+
+
+def _fields(settings: Any) -> dict[str, Any]:
+    """A dataclass's fields by name."""
+    return {f.name: getattr(settings, f.name) for f in fields(settings)}
 
 
 def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
@@ -233,37 +230,8 @@ def load_config(source: Config | Mapping[str, Any] | str | Path) -> Config:
 # -- validation ---------------------------------------------------------------------------------
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"name"}
-_ROUTE_KEYS = (
-    "models",
-    "policy",
-    "hedge_quantile",
-    "validators",
-    "latency_measure",
-    "max_attempts",
-    "load",
-    "budget_per_call",
-)
-_TOP_KEYS = {
-    "models",
-    "routes",
-    "store",
-    "deadline_s",
-    "objective",
-    "log_prompts",
-    "seed",
-    "breaker",
-    "journal_dir",
-    "refresh_s",
-    "pgbouncer",
-    "durability",
-    "store_timeout_s",
-    "feedback_window",
-    "feedback_window_s",
-    "max_attempts",
-    "rejecting_statuses",
-    "server",
-    "load",
-}
+_ROUTE_KEYS = {f.name for f in fields(RouteConfig)} - {"task_type", "options"}  # every other key is a policy option
+_TOP_KEYS = {f.name for f in fields(Config)}
 #: the longest task type and model names the log's columns hold
 TASK_CHARS, MODEL_CHARS = 64, 128
 
@@ -303,6 +271,18 @@ def _optional(check: Callable[..., Any], where: str, data: Mapping[str, Any], ke
 def _string(where: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(where, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _choice(where: str, value: Any, choices: tuple[str, ...]) -> Any:
+    if value not in choices:
+        raise ConfigError(where, f"must be {' or '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _bool(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(where, f"must be true or false, got {value!r}")
     return value
 
 
@@ -440,9 +420,7 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
         build_validators(validators)
     except ValueError as exc:
         raise ConfigError(f"{where}.validators", str(exc)) from None
-    measure = data.get("latency_measure", "total")
-    if measure not in ("total", "ttft"):
-        raise ConfigError(f"{where}.latency_measure", f"must be 'total' or 'ttft', got {measure!r}")
+    measure = _choice(f"{where}.latency_measure", data.get("latency_measure", "total"), ("total", "ttft"))
     options = {k: v for k, v in data.items() if k not in _ROUTE_KEYS}
     for key, value in options.items():
         expected = OPTION_TYPES.get(key)
@@ -450,16 +428,14 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
             _integer(f"{where}.{key}", value, 0)
         elif expected is float:
             _number(f"{where}.{key}", value)
-        elif expected is bool and not isinstance(value, bool):
-            raise ConfigError(f"{where}.{key}", f"must be true or false, got {value!r}")
+        elif expected is bool:
+            _bool(f"{where}.{key}", value)
     try:
         make_policy(policy, names, objective, **options)
     except (ValueError, TypeError) as exc:
         raise ConfigError(where, str(exc)) from None
     max_attempts = _integer(f"{where}.max_attempts", data["max_attempts"], 1) if "max_attempts" in data else None
-    load = data.get("load", "off")
-    if load not in ("adaptive", "off"):
-        raise ConfigError(f"{where}.load", f"must be 'adaptive' or 'off', got {load!r}")
+    load = _choice(f"{where}.load", data.get("load", "off"), ("adaptive", "off"))
     return RouteConfig(
         task_type=task,
         models=tuple(names),
@@ -478,9 +454,7 @@ def _breaker(data: Any) -> BreakerConfig:
     data = _table("breaker", data)
     _check_keys("breaker", data, {f.name for f in fields(BreakerConfig)})
     d = BreakerConfig()
-    when = data.get("when_all_cooling", d.when_all_cooling)
-    if when not in ("wait", "try"):
-        raise ConfigError("breaker.when_all_cooling", f"must be 'wait' or 'try', got {when!r}")
+    when = _choice("breaker.when_all_cooling", data.get("when_all_cooling", d.when_all_cooling), ("wait", "try"))
     rate = _number("breaker.failure_rate", data.get("failure_rate", d.failure_rate), positive=True)
     if rate > 1:
         raise ConfigError("breaker.failure_rate", f"must be in (0, 1], got {rate!r}")
@@ -572,7 +546,7 @@ def _server_dict(server: ServerConfig) -> dict[str, Any]:
     if server.api_keys_env is not None:
         out["api_keys_env"] = server.api_keys_env
     for key_id, limits in server.keys.items():
-        entry = {f.name: getattr(limits, f.name) for f in fields(limits) if getattr(limits, f.name) is not None}
+        entry = {k: v for k, v in _fields(limits).items() if v is not None}
         if "routes" in entry:
             entry["routes"] = list(entry["routes"])
         out["keys"][key_id] = entry
@@ -591,15 +565,9 @@ def _parse(data: Mapping[str, Any]) -> Config:
     if not raw_routes:
         raise ConfigError("routes", "at least one route is required")
     routes = {task: _route(task, spec, models, objective) for task, spec in raw_routes.items()}
-    log_prompts = data.get("log_prompts", False)
-    if not isinstance(log_prompts, bool):
-        raise ConfigError("log_prompts", f"must be true or false, got {log_prompts!r}")
-    pgbouncer = data.get("pgbouncer", False)
-    if not isinstance(pgbouncer, bool):
-        raise ConfigError("pgbouncer", f"must be true or false, got {pgbouncer!r}")
-    durability = data.get("durability", "batched")
-    if durability not in ("batched", "journal"):
-        raise ConfigError("durability", f"must be 'batched' or 'journal', got {durability!r}")
+    log_prompts = _bool("log_prompts", data.get("log_prompts", False))
+    pgbouncer = _bool("pgbouncer", data.get("pgbouncer", False))
+    durability = _choice("durability", data.get("durability", "batched"), ("batched", "journal"))
     return Config(
         models=models,
         routes=routes,
