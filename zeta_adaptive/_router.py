@@ -31,14 +31,7 @@ from ._engine import Call, Lane, Started, alast, arun, last, run
 from ._exceptions import ConfigError, FeedbackError, StoreError, UnknownTaskType
 from ._features import Features, Featurizer
 from ._feedback import FeedbackBook, RatedCall, check_call_id, validate_accuracy
-from ._inputs import (
-    check_deadline,
-    check_messages,
-    check_params,
-    check_stream,
-    check_task_type,
-    check_texts,
-)
+from ._inputs import check_deadline, check_messages, check_params, check_stream, check_task_type, check_texts
 from ._learning import Learner
 from ._records import CallRecord
 from ._results import AsyncChatStream, Attempt, CallInfo, ChatResult, ChatStream, EmbedResult, preference_frame
@@ -458,25 +451,21 @@ class Router:
         call_id = check_call_id(call_id)
         if self._closed:
             raise StoreError("the router is closed")
-        call = self.book.claim(call_id)
-        if call is None:
-            call = self._claim_logged(call_id)
-        else:
-            row = self._feedback_row(call, value)
-            won: bool | None = None
-            if self.store.available:
-                try:
-                    won = self.store.call(self.store.insert_feedback, row)
-                except StoreError:
-                    won = None
-            if won is False:
-                raise FeedbackError(f"call {call_id} already has feedback", "already_rated")
-            if won is None:
-                self.store.put("feedback", row)
-            self.learner.learn_feedback(call, value)
-            return
-        if not self.store.call(self.store.insert_feedback, self._feedback_row(call, value)):
+        remembered = self.book.claim(call_id)
+        call = self._claim_logged(call_id) if remembered is None else remembered
+        row = self._feedback_row(call, value)
+        won: bool | None = None
+        if remembered is None:  # the log decides, now (a StoreError while it is away)
+            won = self.store.call(self.store.insert_feedback, row)
+        elif self.store.available:  # else the row is journaled like any other
+            try:
+                won = self.store.call(self.store.insert_feedback, row)
+            except StoreError:
+                won = None
+        if won is False:
             raise FeedbackError(f"call {call_id} already has feedback", "already_rated")
+        if won is None:
+            self.store.put("feedback", row)
         self.learner.learn_feedback(call, value)
 
     async def afeedback(self, call_id: str, accuracy: float) -> None:
@@ -533,11 +522,8 @@ class Router:
 
     def preferences_dict(self, task_type: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """Deprecated: :meth:`preferences` before it was a DataFrame (rows best first by the point estimate)."""
-        warnings.warn(
-            "Router.preferences_dict() is deprecated; Router.preferences() returns a DataFrame",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        message = "Router.preferences_dict() is deprecated; Router.preferences() returns a DataFrame"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
         out = {}
         for task in self._routes(task_type):
             with self.locks[task]:
