@@ -79,12 +79,8 @@ class Lane:
         adaptive = self.route.load == "adaptive"
         object.__setattr__(self, "adaptive", adaptive)
         object.__setattr__(self, "loaded", adaptive and not self.contextual and self.route.latency_measure == "total")
-        windows = tuple(
-            (name, window * CHARS_PER_TOKEN)
-            for name in self.route.models
-            if (window := self.models[name].context_window) is not None
-        )
-        object.__setattr__(self, "windows", windows)
+        windows = ((name, self.models[name].context_window) for name in self.route.models)
+        object.__setattr__(self, "windows", tuple((n, w * CHARS_PER_TOKEN) for n, w in windows if w is not None))
 
     def rejects(self, reply: Reply) -> bool:
         """Whether a backend refused the request itself (no model should see it again)."""
@@ -226,11 +222,8 @@ class Call:
                 name = self.queue.pop(0)
                 if name in self.tried:  # a retry of a transient failure, unless the failures opened the breaker
                     wait = lane.jitter.uniform(*RETRY_BACKOFF_S)
-                    if (
-                        len(self.attempts) >= lane.max_attempts
-                        or wait + MIN_ATTEMPT_S >= remaining
-                        or lane.health.reopens_in([name])
-                    ):
+                    spent = len(self.attempts) >= lane.max_attempts or wait + MIN_ATTEMPT_S >= remaining
+                    if spent or lane.health.reopens_in([name]):
                         continue
                 elif self._wait_first:
                     self._wait_first = False
@@ -340,18 +333,9 @@ class Call:
         cost = model.cost(reply.tokens_in, reply.tokens_out)
         error = lane.scrub(reply.error) if reply.error else ""
         outcome = reply.outcome
+        tokens = (reply.tokens_in, reply.tokens_out)
         self.attempts.append(
-            Attempt(
-                model.name,
-                str(outcome),
-                reply.latency_s,
-                reply.status,
-                reply.tokens_in,
-                reply.tokens_out,
-                cost,
-                error,
-                reply.ttft_s,
-            )
+            Attempt(model.name, str(outcome), reply.latency_s, reply.status, *tokens, cost, error, reply.ttft_s)
         )
         self.indices.append(index)
         del self.open[index]
@@ -531,9 +515,7 @@ async def _hedge(call: Call, send: ASend, step: Step, delay: float) -> None:
     try:
         done, _ = await asyncio.wait(running, timeout=delay)
         if not done and (second := call.next()) is not None and second.model is not None:
-            launch(
-                second.model
-            )  # a second step never waits: retries and cooldown waits come only before a first attempt
+            launch(second.model)  # a second step never waits: retries and cooldown waits come before a first attempt
         while running:
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
