@@ -118,14 +118,8 @@ def demo(calls: int, db: str, seed: int, concurrency: int, append: bool) -> None
     """Route calls across a simulated loopback fleet in which one model degrades halfway, and report."""
     from .demo import run_demo
 
-    report = run_demo(
-        calls=calls,
-        store=_check_store(db, "--db", must_exist=False),
-        seed=seed,
-        concurrency=concurrency,
-        fresh=not append,
-    )
-    click.echo(report.render())
+    store = _check_store(db, "--db", must_exist=False)
+    click.echo(run_demo(calls=calls, store=store, seed=seed, concurrency=concurrency, fresh=not append).render())
 
 
 @main.command()
@@ -423,11 +417,8 @@ def replay(
         )
         chosen = list(policies)
     else:
-        missing = [
-            flag
-            for flag, value in (("--action", action), ("--reward", reward), ("--propensity", propensity))
-            if not value
-        ]
+        needed = (("--action", action), ("--reward", reward), ("--propensity", propensity))
+        missing = [flag for flag, value in needed if not value]
         if missing or csv_path is None or action is None or reward is None or propensity is None:
             raise click.UsageError(f"--csv needs {', '.join(missing)}")
         if not targets:
@@ -446,15 +437,10 @@ def replay(
             on_invalid=on_invalid,
         )
         chosen = list(targets)
+    data, parsed = prepare(frame, on_invalid=on_invalid), [parse_target(spec, seed=seed) for spec in chosen]
+    names = list(estimators) or list(ESTIMATORS)
     result = compare(
-        prepare(frame, on_invalid=on_invalid),
-        [parse_target(spec, seed=seed) for spec in chosen],
-        list(estimators) or list(ESTIMATORS),
-        seed=seed,
-        n_boot=n_boot,
-        learning_boot=learning_boot,
-        progress=True,
-        skip_failing=True,
+        data, parsed, names, seed=seed, n_boot=n_boot, learning_boot=learning_boot, progress=True, skip_failing=True
     )
     click.echo(_cli_spelling(result.render(), replay))
     if result.table.empty:
