@@ -39,15 +39,7 @@ from ._config import ModelConfig
 from ._exceptions import ConfigError
 from ._scrub import read_key
 
-__all__ = [
-    "Outcome",
-    "Reply",
-    "Backend",
-    "HttpxBackend",
-    "Transport",
-    "estimate_tokens",
-    "classify_error",
-]
+__all__ = ["Outcome", "Reply", "Backend", "HttpxBackend", "Transport", "estimate_tokens", "classify_error"]
 
 
 class Outcome(StrEnum):
