@@ -74,11 +74,6 @@ def teaches_rows(rows: Mapping[str, Sequence[Any]], rejecting: Collection[int]) 
     ``error``; misconfiguration read from status and error as in :func:`teaches_sql`)."""
     errors = rows["error"] if "error" in rows else [None] * len(rows["outcome"])
     return [
-        teaches(
-            outcome,
-            status,
-            status in MISCONFIGURED_STATUSES or names_unknown_model(error),
-            rejecting,
-        )
+        teaches(outcome, status, status in MISCONFIGURED_STATUSES or names_unknown_model(error), rejecting)
         for outcome, status, error in zip(rows["outcome"], rows["status"], errors)
     ]
