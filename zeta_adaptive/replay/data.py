@@ -333,10 +333,7 @@ def _natural(values: Sequence[str]) -> list[str]:
 
 
 def prepare(
-    frame: pd.DataFrame,
-    models: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
-    *,
-    on_invalid: str = "raise",
+    frame: pd.DataFrame, models: Sequence[str] | Mapping[str, Sequence[str]] | None = None, *, on_invalid: str = "raise"
 ) -> Logged:
     """Turn a frame from :func:`load_logged` or :func:`from_frame` into arrays for the estimators.
 
