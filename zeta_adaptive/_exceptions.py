@@ -9,18 +9,9 @@ if TYPE_CHECKING:
     from ._results import Attempt
 
 __all__ = [
-    "ZetaError",
-    "ConfigError",
-    "UnknownTaskType",
-    "InvalidRequest",
-    "RequestRejected",
-    "AllModelsFailed",
-    "FeedbackError",
-    "StoreError",
-    "StreamBroken",
-    "ReplayError",
-    "MissingDependency",
-]
+    "ZetaError", "ConfigError", "UnknownTaskType", "InvalidRequest", "RequestRejected", "AllModelsFailed",
+    "FeedbackError", "StoreError", "StreamBroken", "ReplayError", "MissingDependency",
+]  # fmt: skip
 
 
 class ZetaError(Exception):
