@@ -34,16 +34,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 __all__ = [
-    "Objective",
-    "Ranking",
-    "Policy",
-    "StaticPolicy",
-    "RandomPolicy",
-    "EpsilonGreedyPolicy",
-    "UCB1Policy",
-    "KLUCBPolicy",
-    "ThompsonPolicy",
-]
+    "Objective", "Ranking", "Policy", "StaticPolicy", "RandomPolicy", "EpsilonGreedyPolicy", "UCB1Policy",
+    "KLUCBPolicy", "ThompsonPolicy",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
