@@ -19,16 +19,9 @@ if TYPE_CHECKING:
     from ._engine import Call
 
 __all__ = [
-    "Attempt",
-    "ChatResult",
-    "EmbedResult",
-    "ChatStream",
-    "AsyncChatStream",
-    "CallInfo",
-    "PREFERENCE_COLUMNS",
-    "preference_frame",
-    "preference_records",
-]
+    "Attempt", "ChatResult", "EmbedResult", "ChatStream", "AsyncChatStream", "CallInfo", "PREFERENCE_COLUMNS",
+    "preference_frame", "preference_records",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
