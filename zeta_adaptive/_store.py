@@ -68,20 +68,9 @@ if TYPE_CHECKING:  # pandas is imported by the methods that return frames, not b
     import pandas as pd
 
 __all__ = [
-    "Store",
-    "Journal",
-    "metadata",
-    "calls",
-    "attempts",
-    "feedback",
-    "dead_letters",
-    "call_features",
-    "attempt_rollups",
-    "feedback_rollups",
-    "upgrade",
-    "default_journal_dir",
-    "sanitize",
-]
+    "Store", "Journal", "metadata", "calls", "attempts", "feedback", "dead_letters", "call_features",
+    "attempt_rollups", "feedback_rollups", "upgrade", "default_journal_dir", "sanitize",
+]  # fmt: skip
 
 log = logging.getLogger("zeta_adaptive.store")  # the name before the module became private
 
