@@ -35,15 +35,9 @@ from .._store import Store, call_features, calls
 from .._store import feedback as feedback_table
 
 __all__ = [
-    "ContextualLog",
-    "load_contextual",
-    "action_probabilities",
-    "ContextualIPS",
-    "ContextualSNIPS",
-    "ContextualDR",
-    "evaluate",
-    "ESTIMATORS",
-]
+    "ContextualLog", "load_contextual", "action_probabilities", "ContextualIPS", "ContextualSNIPS", "ContextualDR",
+    "evaluate", "ESTIMATORS",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
