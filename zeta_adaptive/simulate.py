@@ -49,16 +49,9 @@ from ._config import Config, ModelConfig, load_config
 from ._exceptions import ConfigError
 
 __all__ = [
-    "ModelSpec",
-    "Step",
-    "Fleet",
-    "FleetTransport",
-    "mock_fleet",
-    "example_fleet",
-    "example_routes",
-    "config_fleet",
-    "api_key_env",
-]
+    "ModelSpec", "Step", "Fleet", "FleetTransport", "mock_fleet", "example_fleet", "example_routes",
+    "config_fleet", "api_key_env",
+]  # fmt: skip
 
 _HOST = "127.0.0.1"
 _POLL_S = 0.02  # how often an idle server loop checks for shutdown; bounds close() and down=True
