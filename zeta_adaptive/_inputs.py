@@ -26,18 +26,10 @@ ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function
 MAX_DEPTH = 64
 #: keyword arguments that look like router options, never OpenAI parameters: name -> what to use instead
 ROUTER_LOOKALIKES = {
-    "deadline": "deadline_s",
-    "deadline_ms": "deadline_s",
-    "timeout": "deadline_s",
-    "timeout_s": "deadline_s",
-    "task": "task_type",
+    **dict.fromkeys(["deadline", "deadline_ms", "timeout", "timeout_s"], "deadline_s"),
+    **dict.fromkeys(["task", "route"], "task_type"),
     "streaming": "stream",
-    "features": "",
-    "route": "task_type",
-    "policy": "",
-    "model": "",
-    "fallbacks": "",
-    "max_attempts": "",
+    **dict.fromkeys(["features", "policy", "model", "fallbacks", "max_attempts"], ""),
 }
 #: prompt-length bands, by character count: a model that exceeded its context in one band is
 #: demoted for prompts of that band and longer ones
