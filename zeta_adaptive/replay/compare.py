@@ -109,11 +109,8 @@ def compare(
             tables = ", ".join(f"{g} -> {m[0]}" for g, m in zip(logged.groups, logged.models))
             notes.append(f"static: the first of each task type's models ({tables})")
         usable = [e for e in built if e.applies_to(resolved)]
-        skipped += [
-            f"{e.name} for {resolved.name}: it exposes no action probabilities while it learns"
-            for e in built
-            if e not in usable
-        ]
+        why = "it exposes no action probabilities while it learns"
+        skipped += [f"{e.name} for {resolved.name}: {why}" for e in built if e not in usable]
         learned = None
         if isinstance(resolved, Replayed) and usable:
             learned = learning_bootstrap(logged, resolved.learning, usable, learning_boot, seed, progress)
@@ -125,11 +122,8 @@ def compare(
                     raise
                 skipped.append(f"{est.name} for {resolved.name}: {exc}")
                 continue
-            if (
-                isinstance(resolved, Replayed)
-                and not math.isnan(estimate.ci_low)
-                and not estimate.ci_low <= estimate.value <= estimate.ci_high
-            ):
+            outside = not math.isnan(estimate.ci_low) and not estimate.ci_low <= estimate.value <= estimate.ci_high
+            if isinstance(resolved, Replayed) and outside:
                 notes.append(
                     f"{est.name} for {resolved.name}: the estimate {estimate.value:.4g} lies outside its bootstrap interval; interval withheld"
                 )
