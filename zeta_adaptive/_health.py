@@ -175,8 +175,8 @@ class Health:
         """Claim an attempt at a model, checking and claiming in one step.
 
         Returns None when the model is busy (at ``max_in_flight`` or, if ``adaptive``, at its learned
-        limit; or its breaker is not closed and
-        its probe is out), else whether this attempt is the probe (True) or an ordinary one (False).
+        limit; or its breaker is not closed and its probe is out), else whether this attempt is the
+        probe (True) or an ordinary one (False).
         A breaker that is open or half-open admits one attempt at a time, even one tried before its
         cooldown ends (a model that is cooling down is still tried last, rather than never).
         """
@@ -272,10 +272,7 @@ class Health:
         with self._lock:
             if self._generation != since:
                 return False
-            if front:
-                self._queue.appendleft(wake)
-            else:
-                self._queue.append(wake)
+            (self._queue.appendleft if front else self._queue.append)(wake)
             return True
 
     def _dequeue(self, wake: Callable[[], None]) -> None:
