@@ -1301,16 +1301,8 @@ class Store:
 
     def describe(self) -> dict[str, Any]:
         """The writer's counters, for metrics and reports."""
-        return {
-            "written": dict(self.written),
-            "queued": len(self._items),
-            "pending": self.pending,
-            "errors": self.errors,
-            "dead": self.dead,
-            "dropped": self.dropped,
-            "crashes": self.crashes,
-            "available": self.available,
-        }
+        counters = ("pending", "errors", "dead", "dropped", "crashes", "available")
+        return {"written": dict(self.written), "queued": len(self._items), **{k: getattr(self, k) for k in counters}}
 
     # -- reading --------------------------------------------------------------------------------
     def find_call(self, call_id: str) -> dict[str, Any] | None:
