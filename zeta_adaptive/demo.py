@@ -57,11 +57,9 @@ class DemoReport:
                 shares = ", ".join(f"{m} {c / total:.0%}" for m, c in counts.most_common())
                 lines.append(f"   primary {phase} degradation: {shares}")
             table = self.summary[self.summary["task_type"] == task].drop(columns="task_type")
-            lines.append(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+            lines.append(table.to_string(index=False, float_format="{:.3f}".format))
             lines.append("   what the policy believes now:")
-            lines.append(
-                belief[list(BELIEF_VIEW)].reset_index().to_string(index=False, float_format=lambda x: f"{x:.3f}")
-            )
+            lines.append(belief[list(BELIEF_VIEW)].reset_index().to_string(index=False, float_format="{:.3f}".format))
             lines.append("")
         lines.append(f"The log is in {self.store}")
         return "\n".join(lines)
