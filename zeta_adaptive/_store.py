@@ -821,6 +821,8 @@ DURABILITY = ("batched", "journal")
 
 #: a query's rows column by column: what the warm start reads, and DataFrames are built from
 Columns = dict[str, list[Any]]
+#: what a read of sums takes from the rollups: (until, condition), see :meth:`Store._sums`
+Rolled = tuple[float, Any] | None
 
 
 def _columns(keys: list[str], rows: Sequence[Sequence[Any]]) -> Columns:
@@ -1336,7 +1338,7 @@ class Store:
             query = query.where(where)
         return self._read(query.order_by(*(c.desc() for c in _order(t))).limit(limit), reverse=True)
 
-    def attempt_sums(self, task_type: str, where: Any = None, rolled: tuple[float, Any] | None = None) -> Columns:
+    def attempt_sums(self, task_type: str, where: Any = None, rolled: Rolled = None) -> Columns:
         """Per model of a task type: attempts ``n``, successes ``succ``, and over successes the sums
         of latency, log-latency, its square and cost: what an undiscounted policy keeps. ``rolled``:
         see :meth:`_sums`."""
@@ -1349,7 +1351,7 @@ class Store:
         ]
         return self._sums("attempts", task_type, scanned, where, rolled, summed)
 
-    def feedback_sums(self, task_type: str, where: Any = None, rolled: tuple[float, Any] | None = None) -> Columns:
+    def feedback_sums(self, task_type: str, where: Any = None, rolled: Rolled = None) -> Columns:
         """Per model of a task type: ratings ``acc_n`` and the sum of accuracy ``acc_sum``. ``rolled``: see :meth:`_sums`."""
         f, r = feedback.c, feedback_rollups.c
         scanned = [func.count().label("acc_n"), func.sum(f.accuracy).label("acc_sum")]
@@ -1357,13 +1359,7 @@ class Store:
         return self._sums("feedback", task_type, scanned, where, rolled, summed)
 
     def _sums(
-        self,
-        table: str,
-        task_type: str,
-        scanned: list[Any],
-        where: Any,
-        rolled: tuple[float, Any] | None,
-        summed: list[Any],
+        self, table: str, task_type: str, scanned: list[Any], where: Any, rolled: Rolled, summed: list[Any]
     ) -> Columns:
         """Per model of a task type, the labelled sums ``scanned`` over the rows of ``table`` that meet ``where``.
 
