@@ -38,21 +38,9 @@ POLICIES: dict[str, type[Policy]] = {
 
 #: the expected type of every policy option, for config validation
 OPTION_TYPES: dict[str, type] = {
-    "seed": int,
-    "discount": float,
-    "epsilon": float,
-    "c": float,
-    "prior_alpha": float,
-    "prior_beta": float,
-    "samples": int,
-    "max_lag": int,
-    "feature_bits": int,
-    "max_chars": int,
-    "prior_var": float,
-    "gap_var": float,
-    "noise_var": float,
-    "alpha": float,
-    "explore": float,
+    **dict.fromkeys(["seed", "samples", "max_lag", "feature_bits", "max_chars"], int),
+    **dict.fromkeys(["discount", "epsilon", "c", "prior_alpha", "prior_beta", "alpha", "explore"], float),
+    **dict.fromkeys(["prior_var", "gap_var", "noise_var"], float),
     "idf": bool,
 }
 
