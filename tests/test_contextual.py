@@ -116,16 +116,17 @@ def test_an_update_changes_only_the_model_and_shared_rows_at_the_prompt_slots_by
 
 
 def test_linear_thompson_batches_are_consecutive_column_blocks_of_one_draw_of_normals():
-    """The contiguous batches hold the generator's stream as one (rows, 64 * samples) draw, a row of ones below."""
+    """The contiguous batches hold the generator's stream as one (rows, 64 * samples) draw, a row of ones below,
+    then the 64 batches' uniform picks of the column that ranks."""
     policy = make_policy("linear_thompson", ["a", "b"], OBJ, seed=5, samples=16)
-    expected = np.random.default_rng(5).standard_normal((policy.rows, 64 * 16))
+    stream = np.random.default_rng(5)
+    draws = [(stream.standard_normal((policy.rows, 64 * 16)), stream.integers(0, 16, 64)) for _ in range(2)]
     for b in range(64 + 1):  # past the buffer's end: the next draw of the stream refills it
-        batch = policy._batch()
-        if b == 64:
-            expected = np.random.default_rng(5).standard_normal((2 * policy.rows, 64 * 16))[policy.rows :]
-            b = 0
-        assert np.array_equal(batch[:-1], expected[:, b * 16 : (b + 1) * 16]) and (batch[-1] == 1.0).all()
-        assert batch.flags.c_contiguous
+        batch, u = policy._batch()
+        normals, picks = draws[b // 64]
+        b %= 64
+        assert np.array_equal(batch[:-1], normals[:, b * 16 : (b + 1) * 16]) and (batch[-1] == 1.0).all()
+        assert batch.flags.c_contiguous and u == picks[b]
 
 
 def test_discount_widens_the_posterior_of_stale_weights_back_toward_the_prior():

@@ -336,6 +336,7 @@ class LinearThompsonPolicy(ContextualPolicy):
         self.explore = float(explore)
         # 64 batches of normals, each (rows of weights + a row of ones, samples): a batch is contiguous for the product
         self._normals = np.ones((64, self.rows + 1, self.samples))
+        self._picks: list[int] = []  # per batch, which of its draws ranks the models (uniform)
         self._used = 64  # batches used: the first decision fills the buffer
         self._successes: list[list[float]] = []  # success-rate draws from the current parts, one row per decision
         self._successes_of: object = None  # the parts they were drawn from
@@ -360,26 +361,28 @@ class LinearThompsonPolicy(ContextualPolicy):
         scores = self.objective.score(success, accuracy, parts.latency[:, None], parts.cost[:, None])
         return np.bincount(scores.argmax(axis=0), minlength=k) / draws
 
-    def _batch(self) -> np.ndarray:
-        """The next ``samples`` columns of standard normals (one row per row of weights), and a row of ones.
+    def _batch(self) -> tuple[np.ndarray, int]:
+        """The next ``samples`` columns of standard normals (one row per row of weights) with a row of ones,
+        and which of its columns ranks the models (uniform).
 
         Drawn 64 batches at a time as one (rows, 64 * samples) array, whose consecutive column
-        blocks are the batches (the generator's stream as one draw of that shape)."""
+        blocks are the batches (the generator's stream as one draw of that shape), then the 64 picks."""
         used = self._used
         if used == len(self._normals):
             rows, samples = self.rows, self.samples
             drawn = self.rng.standard_normal((rows, len(self._normals) * samples))
             self._normals[:, :-1] = drawn.reshape(rows, -1, samples).transpose(1, 0, 2)
+            self._picks = self.rng.integers(0, samples, len(self._normals)).tolist()
             used = 0
         self._used = used + 1
-        return self._normals[used]
+        return self._normals[used], self._picks[used]
 
     def _success_draw(self, parts: list[tuple[float, float, float, float, bool]]) -> list[float]:
-        """One draw of every model's success rate from its Beta posterior in ``parts``: drawn 16 decisions at a
-        time while the parts stay the same (one numpy call instead of one per model and decision)."""
+        """One draw of every model's success rate from its Beta posterior in ``parts``: drawn ``MAX_LAG`` decisions
+        at a time while the parts stay the same (one numpy call instead of one per model and decision)."""
         if self._successes_of is not parts or not self._successes:
             ok, failed = np.array([p[:2] for p in parts]).T
-            self._successes = self.rng.beta(ok, failed, size=(16, len(parts))).tolist()
+            self._successes = self.rng.beta(ok, failed, size=(MAX_LAG, len(parts))).tolist()
             self._successes_of = parts
         return self._successes.pop()
 
@@ -392,18 +395,21 @@ class LinearThompsonPolicy(ContextualPolicy):
         explore, sqrt = self.explore, math.sqrt
         sd = [explore * sqrt(v) for v in var.tolist()]
         shared_mean, shared_sd, k = m[-1], sd[-1], self.rows - 1
-        success, score = self._success_draw(parts), self.objective.score
+        success, line = self._success_draw(parts), self.objective.line
         weights = []
         for i in idx.tolist():
             _, _, latency, cost, _ = parts[i]
-            base = score(success[i], 0.0, latency, cost)
-            slope = score(success[i], 1.0, latency, cost) - base
+            base, slope = line(success[i], latency, cost)
             row = [0.0] * (k + 2)  # per normal: the models' parts, the shared part; then the constant 1
             row[i], row[k], row[-1] = slope * sd[i], slope * shared_sd, base + slope * (m[i] + shared_mean)
             weights.append(row)
-        scores = np.array(weights).dot(self._batch())
+        normals, u = self._batch()
+        return self._ranked(np.array(weights).dot(normals), u)
+
+    def _ranked(self, scores: np.ndarray, u: int) -> tuple[list[int], float]:
+        """The order by column ``u`` of the eligible models' sampled ``scores`` (rows), and P(primary):
+        the share of the columns that the chosen primary wins."""
         best = scores.argmax(axis=0).tolist()
-        u = int(self.rng.random() * self.samples)
         drawn = scores[:, u].tolist()
         return sorted(range(len(drawn)), key=drawn.__getitem__, reverse=True), best.count(best[u]) / self.samples
 

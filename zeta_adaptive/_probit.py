@@ -101,11 +101,10 @@ class ProbitThompsonPolicy(LinearThompsonPolicy):
     ) -> tuple[list[int], float]:
         """The eligible models' ``samples`` scores from the batch's accuracy draws (not affine in the
         latent draws: each is mapped through the CDF); one column ranks, its winner's share of the columns is P(primary)."""
-        accuracy = self._accuracy_draws(mean, var, self._batch()[:-1])
+        normals, u = self._batch()
+        accuracy = self._accuracy_draws(mean, var, normals[:-1])
         success = self._success_draw(parts)
         score = self.objective.score
-        scores = np.array([score(success[i], accuracy[i], parts[i][2], parts[i][3]) for i in idx.tolist()])
-        best = scores.argmax(axis=0).tolist()
-        u = int(self.rng.random() * self.samples)
-        drawn = scores[:, u].tolist()
-        return sorted(range(len(drawn)), key=drawn.__getitem__, reverse=True), best.count(best[u]) / self.samples
+        return self._ranked(
+            np.array([score(success[i], accuracy[i], parts[i][2], parts[i][3]) for i in idx.tolist()]), u
+        )
