@@ -77,7 +77,9 @@ def load(path: Path = DATA, weak: str = "weak", strong: str = "strong") -> pd.Da
         frame = frame[frame["contaminated"].astype(bool) == 0]
     frame = frame.rename(columns={weak: "weak", strong: "strong"})
     for column in ("weak", "strong"):
-        values = frame[column].map({True: 1, False: 0, "True": 1, "False": 0, "true": 1, "false": 0})  # 1 == True, 0 == False
+        values = frame[column].map(
+            {True: 1, False: 0, "True": 1, "False": 0, "true": 1, "false": 0}
+        )  # 1 == True, 0 == False
         if values.isna().any():
             raise SystemExit(f"{path}: column {column!r} must hold 0/1 or true/false correctness")
         frame[column] = values.astype(int)
