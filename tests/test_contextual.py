@@ -77,7 +77,7 @@ def test_logged_propensity_is_the_exact_probability_of_the_primary(name):
     # frequencies against a Monte Carlo of the posterior itself: success rates from their Beta
     # posteriors, accuracies as per-model parts plus one shared part
     gen = np.random.default_rng(5)
-    m, v = policy._state(x)[-2:]
+    m, v = policy._moments(x)
     size = 200_000
     z = gen.standard_normal((size, 4))
     accuracy = m[:3] + np.sqrt(v[:3]) * z[:, :3] + (m[3] + np.sqrt(v[3]) * z[:, 3:])
@@ -102,7 +102,7 @@ def test_an_update_changes_only_the_model_and_shared_rows_at_the_prompt_slots_by
     policy = make_policy("lin_ucb", ["a", "b", "c"], OBJ, seed=0, idf=False, noise_var=0.2)
     x = policy.featurizer("what is the derivative of x squared, and why?")
     before = policy.table.copy()
-    mean, var = (m.tolist() for m in policy._state(x)[5:7])
+    mean, var = policy._state(x)[5:7]
     policy.learn("b", 1.0, x)
     r, j = policy.rows, x.indices
     changed = np.argwhere(policy.table != before)

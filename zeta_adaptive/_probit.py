@@ -97,12 +97,12 @@ class ProbitThompsonPolicy(LinearThompsonPolicy):
         return _ndtr(mean / np.sqrt(1.0 + var)), var
 
     def _decide(
-        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
+        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
         """The eligible models' ``samples`` scores from the batch's accuracy draws (not affine in the
         latent draws: each is mapped through the CDF); one column ranks, its winner's share of the columns is P(primary)."""
         normals, u = self._batch()
-        accuracy = self._accuracy_draws(mean, var, normals[:-1])
+        accuracy = self._accuracy_draws(np.array(mean), np.array(var), normals[:-1])
         success = self._success_draw(parts)
         score = self.objective.score
         return self._ranked(
