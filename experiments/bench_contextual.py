@@ -11,6 +11,7 @@ shares. Written to ``experiments/results/bench_contextual.md`` with the load ave
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 from functools import partial
@@ -66,12 +67,13 @@ def main() -> None:
             options = {"feature_bits": bits} if name != "thompson" else {}
             policy = make_policy(name, ["weak", "strong"], Objective(w_latency=0.0), seed=0, **options)
             contextual = getattr(policy, "contextual", False)
-            rng = np.random.default_rng(0)
+            # the answers' accuracies drawn beforehand: the timed cycle is the policy's work alone
+            answers = itertools.cycle((np.random.default_rng(0).random(4096) < 0.7).astype(float).tolist())
 
-            def cycle(policy: Any = policy, contextual: bool = contextual, rng: Any = rng, x: Any = x) -> None:
+            def cycle(policy: Any = policy, contextual: bool = contextual, answers: Any = answers, x: Any = x) -> None:
                 model = (policy.rank(None, x) if contextual else policy.rank()).primary
                 policy.update(model, True, 0.1, 1.0 if model == "strong" else 0.0)
-                accuracy = float(rng.random() < 0.7)
+                accuracy = next(answers)
                 policy.feedback(model, accuracy, x) if contextual else policy.feedback(model, accuracy)
 
             for _ in range(2000):  # past the first updates, when the statistics are read after every one

@@ -18,6 +18,12 @@ strong-call share, accuracy, PGR, APGR (trapezoid over the share, ends included)
     .venv/bin/python -m experiments.routellm_mmlu --orders 10 --router
 
 writes ``experiments/results/routellm_mmlu.{json,md}`` and plots ``routellm_mmlu_*.png``.
+
+Any other benchmark in RouteLLM's response format runs the same way: ``--data FILE`` (a CSV with a
+``prompt`` column and a 0/1 or true/false correctness column per model, ``--weak-column`` and
+``--strong-column``; optional ``subject`` and ``contaminated`` columns) writes
+``routellm_NAME.*`` (``--name``, default the file's stem). Without subjects every question is one
+task type and ``thompson_subjects`` is skipped.
 """
 
 from __future__ import annotations
@@ -60,10 +66,24 @@ PUBLISHED = {
 }
 
 
-def load(path: Path = DATA) -> pd.DataFrame:
-    """The questions RouteLLM evaluates on (not flagged contaminated)."""
+def load(path: Path = DATA, weak: str = "weak", strong: str = "strong") -> pd.DataFrame:
+    """The questions RouteLLM evaluates on (not flagged contaminated): ``prompt``, ``weak`` and ``strong``
+    (1 if that model answered right), and ``subject`` if the file has one."""
     frame = pd.read_csv(path)
-    return frame[frame["contaminated"] == 0].reset_index(drop=True)
+    missing = [c for c in ("prompt", weak, strong) if c not in frame.columns]
+    if missing:
+        raise SystemExit(f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(frame.columns)})")
+    if "contaminated" in frame.columns:
+        frame = frame[frame["contaminated"].astype(bool) == 0]
+    frame = frame.rename(columns={weak: "weak", strong: "strong"})
+    for column in ("weak", "strong"):
+        values = frame[column].map(
+            {True: 1, False: 0, "True": 1, "False": 0, "true": 1, "false": 0}
+        )  # 1 == True, 0 == False
+        if values.isna().any():
+            raise SystemExit(f"{path}: column {column!r} must hold 0/1 or true/false correctness")
+        frame[column] = values.astype(int)
+    return frame.reset_index(drop=True)
 
 
 # -- RouteLLM's metrics ---------------------------------------------------------------------------
@@ -119,17 +139,17 @@ class Stream:
 def run_online(job: tuple[str, int, float, dict[str, Any]]) -> dict[str, Any]:
     """One policy, one stream order, one budget: strong share, accuracy and the share's error per 1k-call window."""
     kind, order_seed, budget, shared = job
-    frame, features = shared["frame"], shared["features"]
+    frame, features, task_type = shared["frame"], shared["features"], shared["task_type"]
     order = np.random.default_rng(order_seed).permutation(len(frame))
-    subjects = frame["subject"].to_numpy()
-    tasks = sorted(set(subjects)) if kind == "thompson_subjects" else ["mmlu"]
+    subjects = frame["subject"].to_numpy() if kind == "thompson_subjects" else None
+    tasks = sorted(set(subjects)) if subjects is not None else [task_type]
     stream = Stream(kind, tasks, budget, seed=order_seed * 1000 + int(budget * 100), options=shared.get("options"))
     weak, strong_ok = frame["weak"].to_numpy(), frame["strong"].to_numpy()
     chosen = np.empty(len(order), dtype=np.int8)
     right = np.empty(len(order), dtype=np.int8)
     start = time.process_time()
     for n, q in enumerate(order):
-        task = subjects[q] if kind == "thompson_subjects" else "mmlu"
+        task = subjects[q] if subjects is not None else task_type
         chosen[n], right[n] = stream.step(task, features[q] if stream.contextual else None, (weak[q], strong_ok[q]))
     elapsed = time.process_time() - start
     return {
@@ -214,7 +234,9 @@ def learning_curve(
 
 
 # -- end to end through the router over loopback HTTP -------------------------------------------------
-def through_router(frame: pd.DataFrame, budget: float, seed: int, limit: int | None) -> dict[str, Any]:
+def through_router(
+    frame: pd.DataFrame, budget: float, seed: int, limit: int | None, task_type: str = "mmlu"
+) -> dict[str, Any]:
     """Stream the questions through Router.chat over the loopback fleet; feedback from the data's correctness."""
     order = np.random.default_rng(seed).permutation(len(frame))[:limit]
     specs = [
@@ -224,19 +246,19 @@ def through_router(frame: pd.DataFrame, budget: float, seed: int, limit: int | N
     chosen, right = [], []
     with Fleet(specs, seed=seed) as fleet:
         config = fleet.fleet_config(
-            {"mmlu": list(MODELS)}, seed=seed, objective={"w_latency": 0.0}, store="sqlite:///:memory:"
+            {task_type: list(MODELS)}, seed=seed, objective={"w_latency": 0.0}, store="sqlite:///:memory:"
         )
         config["models"]["strong"]["price_out_per_1k"] = 1000.0 / 32  # the fleet's 32 answer tokens cost 1
-        config["routes"]["mmlu"].update(policy="linear_thompson", budget_per_call=budget)
+        config["routes"][task_type].update(policy="linear_thompson", budget_per_call=budget)
         start = time.perf_counter()
         with Router(config) as router:
             for q in tqdm(order, desc=f"router, budget {budget}", leave=False):
-                result = router.chat("mmlu", [{"role": "user", "content": frame["prompt"][q]}], max_tokens=32)
+                result = router.chat(task_type, [{"role": "user", "content": frame["prompt"][q]}], max_tokens=32)
                 correct = int(frame[result.model][q])
                 router.feedback(result.call_id, float(correct))
                 chosen.append(result.model == "strong")
                 right.append(correct)
-            prefs = router.preferences("mmlu").iloc[0]
+            prefs = router.preferences(task_type).iloc[0]
         elapsed = time.perf_counter() - start
     return {
         "budget": budget,
@@ -282,6 +304,7 @@ def plot(
     curve_rows: list[dict[str, float]],
     acc: tuple[float, float],
     out: Path,
+    name: str = "mmlu",
 ) -> None:
     import matplotlib
 
@@ -310,10 +333,10 @@ def plot(
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, label="random (0.500)")
     ax.set_xlabel("strong-call share")
     ax.set_ylabel("PGR")
-    ax.set_title("MMLU: PGR vs strong-call share (online, one-sided feedback)")
+    ax.set_title(f"{name}: PGR vs strong-call share (online, one-sided feedback)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "routellm_mmlu_pgr.png", dpi=120)
+    fig.savefig(out / f"routellm_{name}_pgr.png", dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
     lc = pd.DataFrame(curve_rows).groupby("calls")["apgr"].agg(["mean", "std"]).reset_index()
@@ -321,15 +344,15 @@ def plot(
     ax.axhline(0.5, color="grey", lw=0.8)
     ax.set_xlabel("calls seen (training half, budget 0.5)")
     ax.set_ylabel("held-out APGR of the learned state")
-    ax.set_title("linear_thompson learning curve on MMLU")
+    ax.set_title(f"linear_thompson learning curve on {name}")
     fig.tight_layout()
-    fig.savefig(out / "routellm_mmlu_learning.png", dpi=120)
+    fig.savefig(out / f"routellm_{name}_learning.png", dpi=120)
     plt.close(fig)
 
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "# RouteLLM MMLU: per-prompt routing with a cost budget",
+        f"# RouteLLM {result['name']}: per-prompt routing with a cost budget",
         "",
         f"Command: `{result['command']}`",
         "",
@@ -351,7 +374,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"| offline logistic regression (held-out half, {len(off)} splits) | {off['apgr'].mean():.3f} ± {1.96 * off['apgr'].std(ddof=1) / np.sqrt(len(off)):.3f} "
         f"| {off['cpt50'].mean():.1f}% | {off['cpt80'].mean():.1f}% | n/a | n/a | |"
     )
-    for name, (apgr, c50, c80) in PUBLISHED.items():
+    for name, (apgr, c50, c80) in result["published"].items():
         lines.append(f"| RouteLLM published: {name} | {apgr:.3f} | {c50:.2f}% | {c80:.2f}% | | | |")
     lines += [
         "",
@@ -415,8 +438,8 @@ def _time(fn: Any, n: int) -> float:
 _SHARED: dict[str, Any] = {}
 
 
-def _init(frame: pd.DataFrame, features: list[Features], options: dict[str, Any]) -> None:
-    _SHARED.update(frame=frame, features=features, options=options)
+def _init(frame: pd.DataFrame, features: list[Features], options: dict[str, Any], task_type: str) -> None:
+    _SHARED.update(frame=frame, features=features, options=options, task_type=task_type)
 
 
 def _run(job: tuple[str, int, float]) -> dict[str, Any]:
@@ -426,6 +449,10 @@ def _run(job: tuple[str, int, float]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--orders", type=int, default=10, help="stream orders for linear_thompson (the acceptance target)")
+    ap.add_argument("--data", type=Path, default=DATA, help="a benchmark in RouteLLM's response format (default: MMLU)")
+    ap.add_argument("--name", default=None, help="the benchmark's name in the outputs (default: the file's stem)")
+    ap.add_argument("--weak-column", default="weak", help="the weak model's correctness column")
+    ap.add_argument("--strong-column", default="strong", help="the strong model's correctness column")
     ap.add_argument(
         "--orders-other", type=int, default=None, help="stream orders for the other online policies (default: --orders)"
     )
@@ -458,7 +485,8 @@ def main(argv: list[str] | None = None) -> None:
         help="only summarise the runs of a runs .jsonl file (e.g. a sweep cut short)",
     )
     args = ap.parse_args(argv)
-    frame = load()
+    frame = load(args.data, args.weak_column, args.strong_column)
+    name = args.name or args.data.stem
     if args.summarise is not None:
         rows = [json.loads(line) for line in args.summarise.read_text().splitlines() if line.strip()]
         for kind, s in summarise(rows, float(frame["weak"].mean()), float(frame["strong"].mean())).items():
@@ -467,6 +495,12 @@ def main(argv: list[str] | None = None) -> None:
                 f"CPT(80%) {s['cpt80_mean']:.1f}%, mean abs(share - budget) {s['budget_error']:.4f}, {s['orders']} orders"
             )
         return
+    if "subject" not in frame.columns:
+        if args.subjects_half is not None:
+            raise SystemExit(f"{args.data}: --subjects-half needs a 'subject' column")
+        if "thompson_subjects" in args.policies:
+            print("no 'subject' column: thompson_subjects skipped (every question is one task type)")
+            args.policies = [p for p in args.policies if p != "thompson_subjects"]
     if args.subjects_half is not None:
         subjects = sorted(set(frame["subject"]))
         half = np.random.default_rng(100 + args.subjects_half).permutation(subjects)[: len(subjects) // 2]
@@ -494,9 +528,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with (
         multiprocessing.get_context("fork").Pool(
-            args.workers, initializer=_init, initargs=(frame, features, options)
+            args.workers, initializer=_init, initargs=(frame, features, options, name)
         ) as pool,
-        open(args.out / "routellm_mmlu_runs.jsonl", "w") as progress,
+        open(args.out / f"routellm_{name}_runs.jsonl", "w") as progress,
     ):
         for row in tqdm(pool.imap_unordered(_run, jobs), total=len(jobs), desc="online runs"):
             rows.append(row)
@@ -522,17 +556,18 @@ def main(argv: list[str] | None = None) -> None:
         "runs": rows,
         "offline": [{k: v for k, v in r.items() if k != "points"} for r in offline_runs],
         "learning_curve": curve_rows,
-        "published": PUBLISHED,
+        "name": name,
+        "published": PUBLISHED if args.data == DATA else {},
         "feature_us": feature_us,
         "feature_us_2k": feature_us_2k,
         "mean_chars": float(frame["prompt"].str.len().mean()),
         "load": os.getloadavg()[0],
     }
     if args.router:
-        result["router"] = [through_router(frame, 0.5, 0, args.router_limit)]
-    (args.out / "routellm_mmlu.json").write_text(json.dumps(result, indent=1, default=float))
-    (args.out / "routellm_mmlu.md").write_text(markdown(result))
-    plot(result["online"], offline_runs, curve_rows, (acc_weak, acc_strong), args.out)
+        result["router"] = [through_router(frame, 0.5, 0, args.router_limit, name)]
+    (args.out / f"routellm_{name}.json").write_text(json.dumps(result, indent=1, default=float))
+    (args.out / f"routellm_{name}.md").write_text(markdown(result))
+    plot(result["online"], offline_runs, curve_rows, (acc_weak, acc_strong), args.out, name)
     print(markdown(result))
 
 

@@ -211,6 +211,17 @@ def test_cost_per_call(small):
     assert c.loc["emb", "tokens_out_per_call"] == 20
 
 
+def test_cost_over_time(small):
+    """Windows of the code calls c0-c2 and c4, c5, c7 (costs 1, 2, 0.5 | 0, 0.5, 0.5): each window's mean and the running one."""
+    c = za.cost_over_time(small, 2).set_index(["task_type", "window"])
+    assert c.loc[("code", 0), "calls"] == 3 and c.loc[("code", 1), "calls"] == 3
+    assert c.loc[("code", 0), "cost_per_call"] == pytest.approx(3.5 / 3)
+    assert c.loc[("code", 1), "cost_per_call"] == pytest.approx(1.0 / 3)
+    assert c.loc[("code", 0), "running_cost_per_call"] == pytest.approx(3.5 / 3)
+    assert c.loc[("code", 1), "running_cost_per_call"] == pytest.approx(4.5 / 6)  # cost_per_call's total
+    assert (c.loc["emb", "cost_per_call"] == 0).all()
+
+
 def test_feedback_coverage(small):
     f = za.feedback_coverage(small).set_index(["task_type", "model"])
     assert f.loc[("code", "a")].tolist() == [1, 1, 1.0, 0.9]
@@ -377,6 +388,7 @@ def test_plots_return_figures_with_their_panels(small, tmp_path):
         "latency": (za.plot_latency(za.latency_distribution(small, split_at=4)), 3),  # a, b, e
         "failures": (za.plot_failure_rates(za.model_failure_rates(small, 2), za.call_rates(small, 2), mark=4), 2),
         "ordering": (za.plot_ordering(za.ordering_over_time(small, 2)), 1),  # emb has one model: left out
+        "cost": (za.plot_cost_over_time(za.cost_over_time(small, 2), budgets={"code": 0.7}), 2),
         "regret": (
             za.plot_regret(za.cumulative_regret(small, {("code", "a"): 0.9, ("code", "b"): 0.6, ("emb", "e"): 0.5})),
             1,
@@ -386,6 +398,10 @@ def test_plots_return_figures_with_their_panels(small, tmp_path):
         assert isinstance(fig, Figure), name
         assert sum(ax.get_visible() for ax in fig.axes) == panels, name
         assert all(ax.has_data() for ax in fig.axes if ax.get_visible()), name
+    code = figures["cost"][0].axes[0]
+    assert code.get_title() == "code" and any(
+        line.get_label() == "budget_per_call" and line.get_ydata()[0] == 0.7 for line in code.get_lines()
+    )
     path = tmp_path / "failures.png"
     figures["failures"][0].savefig(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -427,7 +443,8 @@ def test_cli_report_renders_every_plot_and_table(demo, small, tmp_path):
     assert page.count("<h2>") == 7 and page.count("<table") == 7
     assert "Cumulative regret" in page and f"{len(log.calls)} calls" in page and url in page
     plain = render_report(small)
-    assert plain.count("<img") == 4 and "Cumulative regret" not in plain  # no truth, no regret
+    assert plain.count("<img") == 5 and "Cumulative regret" not in plain  # no truth, no regret
+    assert "Spend per call over time" in plain  # the small log's code calls are paid
     missing = CliRunner().invoke(main, ["report", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--html", str(out)])
     assert missing.exit_code == 1 and "no log at" in missing.output
 
@@ -442,3 +459,27 @@ def test_report_refuses_what_it_cannot_render(small, tmp_path):
     _write(url)
     with pytest.raises(ZetaError, match="no true reward"):  # not a demo log: no silent regret of zero
         write_report(url, tmp_path / "r.html", demo=True)
+
+
+def test_report_draws_a_routes_budget_from_its_preferences(small, monkeypatch):
+    """With preferences that carry a route's budget_per_call, the spend section draws it (the real plot, watched)."""
+    drawn = []
+
+    def watched(cost, **kwargs):
+        drawn.append(kwargs["budgets"])
+        return plot(cost, **kwargs)
+
+    plot = za.plot_cost_over_time
+    monkeypatch.setattr(za, "plot_cost_over_time", watched)
+    prefs = pd.DataFrame(
+        {
+            "task_type": ["code", "code", "emb"],
+            "model": ["a", "b", "e"],
+            "rank": [1, 2, 1],
+            "budget_per_call": [0.7, 0.7, None],
+        }
+    ).set_index(["task_type", "model"])
+    page = render_report(small, preferences=prefs)
+    assert "Spend per call over time" in page and "budget_per_call" in page
+    assert page.count("<img") == render_report(small).count("<img")  # the same plots, the budget drawn in one
+    assert drawn == [{"code": 0.7}, None]  # emb has no budget; without preferences, none

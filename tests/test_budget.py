@@ -91,6 +91,9 @@ def test_bad_budgets_raise():
     with pytest.raises(ConfigError, match="budget_per_call"):
         load_config(cfg)
     cfg["routes"]["x"]["budget_per_call"] = 0.25
+    with pytest.raises(ConfigError, match="no model of the route has a price"):  # it could never be held
+        load_config(cfg)
+    cfg["models"]["a"]["price_out_per_1k"] = 2.0
     assert load_config(load_config(cfg).to_dict()).routes["x"].budget_per_call == 0.25
 
 

@@ -77,7 +77,7 @@ def test_logged_propensity_is_the_exact_probability_of_the_primary(name):
     # frequencies against a Monte Carlo of the posterior itself: success rates from their Beta
     # posteriors, accuracies as per-model parts plus one shared part
     gen = np.random.default_rng(5)
-    m, v = policy._state(x)[-2:]
+    m, v = policy._moments(x)
     size = 200_000
     z = gen.standard_normal((size, 4))
     accuracy = m[:3] + np.sqrt(v[:3]) * z[:, :3] + (m[3] + np.sqrt(v[3]) * z[:, 3:])
@@ -102,7 +102,7 @@ def test_an_update_changes_only_the_model_and_shared_rows_at_the_prompt_slots_by
     policy = make_policy("lin_ucb", ["a", "b", "c"], OBJ, seed=0, idf=False, noise_var=0.2)
     x = policy.featurizer("what is the derivative of x squared, and why?")
     before = policy.table.copy()
-    mean, var = (m.tolist() for m in policy._state(x)[5:7])
+    mean, var = policy._state(x)[5:7]
     policy.learn("b", 1.0, x)
     r, j = policy.rows, x.indices
     changed = np.argwhere(policy.table != before)
@@ -116,16 +116,17 @@ def test_an_update_changes_only_the_model_and_shared_rows_at_the_prompt_slots_by
 
 
 def test_linear_thompson_batches_are_consecutive_column_blocks_of_one_draw_of_normals():
-    """The contiguous batches hold the generator's stream as one (rows, 64 * samples) draw, a row of ones below."""
+    """The contiguous batches hold the generator's stream as one (rows, 64 * samples) draw, a row of ones below,
+    then the 64 batches' uniform picks of the column that ranks."""
     policy = make_policy("linear_thompson", ["a", "b"], OBJ, seed=5, samples=16)
-    expected = np.random.default_rng(5).standard_normal((policy.rows, 64 * 16))
+    stream = np.random.default_rng(5)
+    draws = [(stream.standard_normal((policy.rows, 64 * 16)), stream.integers(0, 16, 64)) for _ in range(2)]
     for b in range(64 + 1):  # past the buffer's end: the next draw of the stream refills it
-        batch = policy._batch()
-        if b == 64:
-            expected = np.random.default_rng(5).standard_normal((2 * policy.rows, 64 * 16))[policy.rows :]
-            b = 0
-        assert np.array_equal(batch[:-1], expected[:, b * 16 : (b + 1) * 16]) and (batch[-1] == 1.0).all()
-        assert batch.flags.c_contiguous
+        batch, u = policy._batch()
+        normals, picks = draws[b // 64]
+        b %= 64
+        assert np.array_equal(batch[:-1], normals[:, b * 16 : (b + 1) * 16]) and (batch[-1] == 1.0).all()
+        assert batch.flags.c_contiguous and u == picks[b]
 
 
 def test_discount_widens_the_posterior_of_stale_weights_back_toward_the_prior():

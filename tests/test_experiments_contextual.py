@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from experiments import routellm_mmlu, routellm_screen
@@ -76,3 +77,59 @@ def test_routellm_screen_runs_the_online_protocol(tmp_path, monkeypatch, model):
     shares = [share for share, _ in runs[0]["points"]]
     assert shares == pytest.approx([0.2, 0.8], abs=0.1)  # the pacer holds each budget's share
     assert 0.0 <= runs[0]["apgr"] <= 1.5
+
+
+def _benchmark_file(path, n: int = 600) -> None:
+    """A benchmark in RouteLLM's raw response format (model-named true/false columns, no subjects): the strong
+    model alone answers the prompts that mention a theorem, both answer the others."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(n):
+        hard = bool(rng.random() < 0.4)
+        topic = "prove the theorem about primes" if hard else "add the two numbers"
+        rows.append(
+            {
+                "prompt": f"Question {i}: {topic} {rng.integers(100)} and {rng.integers(100)}. Answer:",
+                "mistralai/Mixtral-8x7B-Instruct-v0.1": not hard,
+                "gpt-4-1106-preview": True,
+            }
+        )
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_routellm_experiment_runs_on_another_benchmark_file(tmp_path):
+    """--data takes any file in RouteLLM's format: one task type, its own output names, and the router learns the gap."""
+    data = tmp_path / "gsm_like.csv"
+    _benchmark_file(data)
+    argv = [
+        "--data",
+        str(data),
+        "--weak-column",
+        "mistralai/Mixtral-8x7B-Instruct-v0.1",
+        "--strong-column",
+        "gpt-4-1106-preview",
+        "--orders",
+        "2",
+        "--budgets",
+        "0.2",
+        "0.5",
+        "0.8",
+        "--workers",
+        "1",
+        "--policies",
+        "linear_thompson",
+        "thompson_subjects",
+        "--set",
+        "feature_bits=12",
+        "--out",
+        str(tmp_path),
+    ]
+    routellm_mmlu.main(argv)
+    result = json.loads((tmp_path / "routellm_gsm_like.json").read_text())
+    assert set(result["online"]) == {"linear_thompson"}  # no subjects: the per-subject policy is skipped
+    assert result["questions"] == 600 and result["published"] == {}
+    assert result["acc_strong"] == 1.0 and 0.5 < result["acc_weak"] < 0.7
+    assert result["online"]["linear_thompson"]["apgr_mean"] > 0.7  # a random router scores 0.5
+    assert (tmp_path / "routellm_gsm_like_pgr.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="no column 'gpt4'"):
+        routellm_mmlu.main([*argv[:4], "--strong-column", "gpt4", "--out", str(tmp_path)])

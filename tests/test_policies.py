@@ -646,3 +646,20 @@ def test_index_policies_recompute_only_what_changed_and_see_every_change(name: s
     policy.stats[:, policy.index["c"]] = 0.0  # c as never tried: it comes first
     policy._changed()
     assert policy.rank().order == fresh_order() == ("c", "b", "a")
+
+
+@given(
+    kind=st.sampled_from(Objective.KINDS),
+    w=st.tuples(st.floats(0, 5), st.floats(0, 5)),
+    p=st.floats(0, 1),
+    latency=st.floats(0, 60),
+    cost=st.floats(0, 10),
+    accuracy=st.floats(0, 1),
+)
+def test_objective_line_is_the_score_in_closed_form(
+    kind: str, w: tuple[float, float], p: float, latency: float, cost: float, accuracy: float
+) -> None:
+    """The (base, slope) a sampling policy scores its draws with gives the objective's score at every accuracy."""
+    objective = Objective(w_latency=w[0], w_cost=w[1], kind=kind)
+    base, slope = objective.line(p, latency, cost)
+    assert math.isclose(base + slope * accuracy, float(objective.score(p, accuracy, latency, cost)), abs_tol=1e-9)

@@ -32,6 +32,7 @@ def _run(tmp_path, calls: int = 60) -> Iterator[Router]:
         )
         cfg["routes"]["simple"]["policy"] = "thompson"
         cfg["routes"]["code"].update(policy="ucb1", budget_per_call=0.5)
+        cfg["models"]["good"]["price_out_per_1k"] = 1.0
         with Router(cfg) as router:
             for i in range(calls):
                 task = "simple" if i % 2 else "code"

@@ -430,6 +430,12 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
         raise ConfigError(where, str(exc)) from None
     max_attempts = _integer(f"{where}.max_attempts", data["max_attempts"], 1) if "max_attempts" in data else None
     load = _choice(f"{where}.load", data.get("load", "off"), ("adaptive", "off"))
+    budget = _optional(_number, where, data, "budget_per_call", positive=True)
+    if budget is not None and not any(models[n].price_in_per_1k or models[n].price_out_per_1k for n in names):
+        raise ConfigError(
+            f"{where}.budget_per_call",
+            "no model of the route has a price (price_in_per_1k, price_out_per_1k): every call would cost 0",
+        )
     return RouteConfig(
         task_type=task,
         models=tuple(names),
@@ -440,7 +446,7 @@ def _route(task: str, data: Any, models: Mapping[str, ModelConfig], objective: O
         latency_measure=measure,
         max_attempts=max_attempts,
         load=load,
-        budget_per_call=_optional(_number, where, data, "budget_per_call", positive=True),
+        budget_per_call=budget,
     )
 
 

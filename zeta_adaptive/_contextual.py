@@ -63,8 +63,10 @@ class _Context(NamedTuple):
     hashed: int  # how many of the slots are hashed n-grams
     df: np.ndarray | None  # with idf: their document frequencies
     block: np.ndarray  # (2 rows, slots): every row's weights at the slots, then their variances (decayed)
-    mean: np.ndarray  # x . w of every row (models, then the shared row)
-    var: np.ndarray  # its variance
+    # x . w of every row (models, then the shared row) and its variance, as Python floats: a decision and an
+    # update read a handful of them (cheaper than numpy's calls)
+    mean: list[float]
+    var: list[float]
 
 
 class _Parts(NamedTuple):
@@ -175,9 +177,14 @@ class ContextualPolicy(Policy):
             hv *= 1.0 / math.sqrt(hv @ hv)
         block = self._block(j)
         r = self.rows
-        state = _Context(j, v, h, df, block, block[:r].dot(v), block[r:].dot(v * v))
+        state = _Context(j, v, h, df, block, block[:r].dot(v).tolist(), block[r:].dot(v * v).tolist())
         self._last = (features, self.clock, state)
         return state
+
+    def _moments(self, features: Features | None) -> tuple[np.ndarray, np.ndarray]:
+        """Every row's ``x . w`` at these features and its variance, as arrays."""
+        state = self._state(features)
+        return np.array(state.mean), np.array(state.var)
 
     def _hashed_count(self, slots: np.ndarray) -> int:
         """How many of these sorted slots are hashed n-grams (they come first, the dense slots after)."""
@@ -198,8 +205,8 @@ class ContextualPolicy(Policy):
     # -- the linear model -----------------------------------------------------------------------
     def predict(self, features: Features | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and variance of every model's accuracy at these features (indexed like ``models``)."""
-        state = self._state(features)
-        return state.mean[:-1] + state.mean[-1], state.var[:-1] + state.var[-1]
+        mean, var = self._moments(features)
+        return mean[:-1] + mean[-1], var[:-1] + var[-1]
 
     def context_probabilities(self, features: Sequence[Features], draws: int = 4096) -> np.ndarray:
         """P(the primary is each model | x) for each context (rows; columns: ``models``), the policy unchanged:
@@ -207,8 +214,7 @@ class ContextualPolicy(Policy):
         parts = self._parts()
         out = np.zeros((len(features), len(self.models)))
         for row, x in enumerate(features):
-            state = self._state(x)
-            out[row] = self._primary_shares(state.mean, state.var, parts, np.random.default_rng(row), draws)
+            out[row] = self._primary_shares(*self._moments(x), parts, np.random.default_rng(row), draws)
         return out
 
     def _primary_shares(
@@ -231,7 +237,7 @@ class ContextualPolicy(Policy):
         if state.df is not None:
             self._absorb(j[: state.hashed], state.df)
         learned = block.take(rows, axis=0)  # the model's and the shared weights, then their variances
-        mean, var = state.mean.tolist(), state.var.tolist()
+        mean, var = state.mean, state.var
         step, shrink = self._innovation(accuracy, mean[i] + mean[-1], var[i] + var[-1])
         g = learned[2:] * x
         weights = learned[:2]
@@ -286,9 +292,8 @@ class ContextualPolicy(Policy):
     def _belief(self, draws: np.ndarray, utility: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """P(primary) for a prompt without features (the bias alone), from a generator of its own;
         ranked by it, then by utility."""
-        state = self._state(None)
         rng = np.random.default_rng(BELIEF_SEED)
-        p_best = self._primary_shares(state.mean, state.var, self._parts(), rng, BELIEF_DRAWS)
+        p_best = self._primary_shares(*self._moments(None), self._parts(), rng, BELIEF_DRAWS)
         return np.lexsort((-utility, -p_best)), p_best
 
     # -- deciding -------------------------------------------------------------------------------
@@ -303,7 +308,7 @@ class ContextualPolicy(Policy):
         return Ranking(tuple([models[i] for i in order]), propensity)
 
     def _decide(
-        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
+        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
         """The eligible models' order (positions in ``idx``) and P(primary), from the rows' moments
         and every model's :meth:`_parts`."""
@@ -336,6 +341,7 @@ class LinearThompsonPolicy(ContextualPolicy):
         self.explore = float(explore)
         # 64 batches of normals, each (rows of weights + a row of ones, samples): a batch is contiguous for the product
         self._normals = np.ones((64, self.rows + 1, self.samples))
+        self._picks: list[int] = []  # per batch, which of its draws ranks the models (uniform)
         self._used = 64  # batches used: the first decision fills the buffer
         self._successes: list[list[float]] = []  # success-rate draws from the current parts, one row per decision
         self._successes_of: object = None  # the parts they were drawn from
@@ -360,50 +366,55 @@ class LinearThompsonPolicy(ContextualPolicy):
         scores = self.objective.score(success, accuracy, parts.latency[:, None], parts.cost[:, None])
         return np.bincount(scores.argmax(axis=0), minlength=k) / draws
 
-    def _batch(self) -> np.ndarray:
-        """The next ``samples`` columns of standard normals (one row per row of weights), and a row of ones.
+    def _batch(self) -> tuple[np.ndarray, int]:
+        """The next ``samples`` columns of standard normals (one row per row of weights) with a row of ones,
+        and which of its columns ranks the models (uniform).
 
         Drawn 64 batches at a time as one (rows, 64 * samples) array, whose consecutive column
-        blocks are the batches (the generator's stream as one draw of that shape)."""
+        blocks are the batches (the generator's stream as one draw of that shape), then the 64 picks."""
         used = self._used
         if used == len(self._normals):
             rows, samples = self.rows, self.samples
             drawn = self.rng.standard_normal((rows, len(self._normals) * samples))
             self._normals[:, :-1] = drawn.reshape(rows, -1, samples).transpose(1, 0, 2)
+            self._picks = self.rng.integers(0, samples, len(self._normals)).tolist()
             used = 0
         self._used = used + 1
-        return self._normals[used]
+        return self._normals[used], self._picks[used]
 
     def _success_draw(self, parts: list[tuple[float, float, float, float, bool]]) -> list[float]:
-        """One draw of every model's success rate from its Beta posterior in ``parts``: drawn 16 decisions at a
-        time while the parts stay the same (one numpy call instead of one per model and decision)."""
+        """One draw of every model's success rate from its Beta posterior in ``parts``: drawn ``MAX_LAG`` decisions
+        at a time while the parts stay the same (one numpy call instead of one per model and decision)."""
         if self._successes_of is not parts or not self._successes:
             ok, failed = np.array([p[:2] for p in parts]).T
-            self._successes = self.rng.beta(ok, failed, size=(16, len(parts))).tolist()
+            self._successes = self.rng.beta(ok, failed, size=(MAX_LAG, len(parts))).tolist()
             self._successes_of = parts
         return self._successes.pop()
 
     def _decide(
-        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
+        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
         """The objective is affine in the accuracy, so each model's ``samples`` scores are one row of a
         product with the batch of normals: its slope times its drawn deviation from the mean, plus its score at the mean."""
-        m = mean.tolist()
+        m = mean
         explore, sqrt = self.explore, math.sqrt
-        sd = [explore * sqrt(v) for v in var.tolist()]
+        sd = [explore * sqrt(v) for v in var]
         shared_mean, shared_sd, k = m[-1], sd[-1], self.rows - 1
-        success, score = self._success_draw(parts), self.objective.score
+        success, line = self._success_draw(parts), self.objective.line
         weights = []
         for i in idx.tolist():
             _, _, latency, cost, _ = parts[i]
-            base = score(success[i], 0.0, latency, cost)
-            slope = score(success[i], 1.0, latency, cost) - base
+            base, slope = line(success[i], latency, cost)
             row = [0.0] * (k + 2)  # per normal: the models' parts, the shared part; then the constant 1
             row[i], row[k], row[-1] = slope * sd[i], slope * shared_sd, base + slope * (m[i] + shared_mean)
             weights.append(row)
-        scores = np.array(weights).dot(self._batch())
+        normals, u = self._batch()
+        return self._ranked(np.array(weights).dot(normals), u)
+
+    def _ranked(self, scores: np.ndarray, u: int) -> tuple[list[int], float]:
+        """The order by column ``u`` of the eligible models' sampled ``scores`` (rows), and P(primary):
+        the share of the columns that the chosen primary wins."""
         best = scores.argmax(axis=0).tolist()
-        u = int(self.rng.random() * self.samples)
         drawn = scores[:, u].tolist()
         return sorted(range(len(drawn)), key=drawn.__getitem__, reverse=True), best.count(best[u]) / self.samples
 
@@ -423,12 +434,13 @@ class LinUCBPolicy(ContextualPolicy):
     def _primary_shares(
         self, mean: np.ndarray, var: np.ndarray, parts: _Parts, rng: np.random.Generator, draws: int
     ) -> np.ndarray:
-        return one_hot(np.array(self._decide(self._all, mean, var, parts.per_model())[0]), len(self.models))
+        order = self._decide(self._all, mean.tolist(), var.tolist(), parts.per_model())[0]
+        return one_hot(np.array(order), len(self.models))
 
     def _decide(
-        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
+        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
-        m, v = mean.tolist(), var.tolist()
+        m, v = mean, var
         shared_mean, shared_var, alpha, score = m[-1], v[-1], self.alpha, self.objective.score
         index = []
         for i in idx.tolist():

@@ -63,6 +63,13 @@ class Objective:
             return value / np.maximum(latency_s, 1e-3)
         return value - self.w_latency * latency_s - self.w_cost * cost
 
+    def line(self, p_success: float, latency_s: float, cost: float) -> tuple[float, float]:
+        """One model's score as a line in its accuracy, ``(score at accuracy 0, slope)``: :meth:`score` in
+        closed form for Python floats, for a policy that scores many accuracy draws of a few models."""
+        if self.kind == "ratio":
+            return 0.0, p_success / max(latency_s, 1e-3)
+        return -self.w_latency * latency_s - self.w_cost * cost, p_success
+
     @property
     def uses_latency(self) -> bool:
         return self.kind == "ratio" or self.w_latency > 0

@@ -97,15 +97,14 @@ class ProbitThompsonPolicy(LinearThompsonPolicy):
         return _ndtr(mean / np.sqrt(1.0 + var)), var
 
     def _decide(
-        self, idx: np.ndarray, mean: np.ndarray, var: np.ndarray, parts: list[tuple[float, float, float, float, bool]]
+        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
         """The eligible models' ``samples`` scores from the batch's accuracy draws (not affine in the
         latent draws: each is mapped through the CDF); one column ranks, its winner's share of the columns is P(primary)."""
-        accuracy = self._accuracy_draws(mean, var, self._batch()[:-1])
+        normals, u = self._batch()
+        accuracy = self._accuracy_draws(np.array(mean), np.array(var), normals[:-1])
         success = self._success_draw(parts)
         score = self.objective.score
-        scores = np.array([score(success[i], accuracy[i], parts[i][2], parts[i][3]) for i in idx.tolist()])
-        best = scores.argmax(axis=0).tolist()
-        u = int(self.rng.random() * self.samples)
-        drawn = scores[:, u].tolist()
-        return sorted(range(len(drawn)), key=drawn.__getitem__, reverse=True), best.count(best[u]) / self.samples
+        return self._ranked(
+            np.array([score(success[i], accuracy[i], parts[i][2], parts[i][3]) for i in idx.tolist()]), u
+        )

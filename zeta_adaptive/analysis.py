@@ -35,10 +35,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Log", "load_log", "model_summary", "suggest_bins", "with_windows", "between", "traffic_share", "call_rates",
-    "model_failure_rates", "latency_quantiles", "latency_distribution", "cost_per_call", "feedback_coverage",
-    "rank_positions", "ordering_over_time", "learned_order", "truth_from_specs", "demo_truth", "true_rewards",
-    "cumulative_regret", "plot_traffic_share", "plot_latency", "plot_failure_rates", "plot_ordering",
-    "plot_regret", "plot_policy_estimates",
+    "model_failure_rates", "latency_quantiles", "latency_distribution", "cost_per_call", "cost_over_time",
+    "feedback_coverage", "rank_positions", "ordering_over_time", "learned_order", "truth_from_specs", "demo_truth",
+    "true_rewards", "cumulative_regret", "plot_traffic_share", "plot_latency", "plot_failure_rates", "plot_ordering",
+    "plot_cost_over_time", "plot_regret", "plot_policy_estimates",
 ]  # fmt: skip
 
 By = Literal["call", "time"]
@@ -266,6 +266,17 @@ def cost_per_call(log: Log) -> pd.DataFrame:
     out.insert(3, "cost_per_call", out["cost"] / out["calls"])
     out.insert(4, "cost_per_answer", out["cost"] / out["answered"].where(out["answered"] > 0))
     return out.reset_index()
+
+
+def cost_over_time(log: Log, bins: int = 20, by: By = "call") -> pd.DataFrame:
+    """Per task type and window: ``calls``, ``cost_per_call`` (the window's mean cost of a call, every
+    attempt paid) and ``running_cost_per_call`` (the mean since the start): what a ``budget_per_call`` holds."""
+    w = with_windows(log.calls, bins, by)
+    out = w.groupby(["task_type", *_WINDOW]).agg(calls=("call_id", "size"), cost=("cost", "sum")).reset_index()
+    out["cost_per_call"] = out["cost"] / out["calls"]
+    by_task = out.groupby("task_type")
+    out["running_cost_per_call"] = by_task["cost"].cumsum() / by_task["calls"].cumsum()
+    return out.drop(columns="cost")
 
 
 def feedback_coverage(log: Log) -> pd.DataFrame:
@@ -597,6 +608,32 @@ def plot_ordering(
         ax.set(title=task, xlabel=xlabel, ylabel="mean place in fallback order", ylim=(sizes[task] + 0.1, 0.9))
     _legend(fig, axes)
     fig.suptitle("Learned preference order over time (1 = primary)")
+    return fig
+
+
+def plot_cost_over_time(
+    cost: pd.DataFrame,
+    *,
+    budgets: Mapping[str, float] | None = None,
+    mark: float | None = None,
+    mark_label: str = "change",
+    xlabel: str = "call index",
+) -> Figure:
+    """Each task type's cost per call over time, from :func:`cost_over_time`: per window and since the
+    start, with the route's ``budget_per_call`` (dashed) where ``budgets`` gives one."""
+    tasks = sorted(cost["task_type"].unique())
+    fig, axes = _figure(len(tasks))
+    for ax, task in zip(axes, tasks):
+        c = cost[cost["task_type"] == task]
+        ax.plot(_mid(c), c["cost_per_call"], marker="o", markersize=3, color="C0", label="per window")
+        ax.plot(_mid(c), c["running_cost_per_call"], color="C1", label="since the start")
+        if budgets is not None and task in budgets:
+            ax.axhline(budgets[task], color="k", linestyle="--", linewidth=1, label="budget_per_call")
+        _mark(ax, mark, mark_label)
+        ax.set(title=task, xlabel=xlabel, ylabel="cost per call")
+        ax.set_ylim(bottom=0)
+    _legend(fig, axes)
+    fig.suptitle("Spend per call over time")
     return fig
 
 

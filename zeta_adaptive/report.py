@@ -133,6 +133,25 @@ def render_report(
                 _table(preferences.reset_index()),
             )
         )
+    spent = log.calls.groupby("task_type")["cost"].sum()
+    if (spent > 0).any():  # a log without prices has nothing to show here
+        budgets = None
+        if preferences is not None and "budget_per_call" in preferences:
+            per_route = preferences.groupby(level="task_type")["budget_per_call"].first().dropna()
+            budgets = {str(task): float(b) for task, b in per_route.items()}
+        paid = log.calls[log.calls["task_type"].isin(spent[spent > 0].index)]
+        sections.append(
+            _section(
+                "Spend per call over time",
+                "Mean cost of a call per task type, window by window and since the start; dashed, the route's budget_per_call where one is set.",
+                _img(
+                    za.plot_cost_over_time(
+                        za.cost_over_time(za.Log(paid, log.attempts, log.feedback), bins), budgets=budgets, **over_time
+                    ),
+                    "spend per call over time",
+                ),
+            )
+        )
     if regret is not None:
         final = regret.groupby("task_type", as_index=False).agg(
             calls=("call_id", "size"), cumulative_regret=("cumulative_regret", "last"), mean_regret=("regret", "mean")
