@@ -102,10 +102,6 @@ def action_probabilities(policy: ContextualPolicy, features: Sequence[Features],
     return policy.context_probabilities(features, draws)
 
 
-def _ridge(a: sp.csr_matrix, y: np.ndarray, l2: float) -> np.ndarray:
-    return lsqr(a, y, damp=np.sqrt(l2))[0]
-
-
 def _reward_model(
     log: ContextualLog, rows: np.ndarray, x: sp.csr_matrix, folds: int, l2: float, seed: int
 ) -> np.ndarray:
@@ -123,7 +119,7 @@ def _reward_model(
                 q[test, a] = mean
                 continue
             base = rewards[fit].mean()
-            w = _ridge(x[rows[fit]], rewards[fit] - base, l2)
+            w = lsqr(x[rows[fit]], rewards[fit] - base, damp=np.sqrt(l2))[0]  # ridge regression
             q[test, a] = np.clip(base + x[rows[test]] @ w, 0.0, 1.0)
     return q
 
