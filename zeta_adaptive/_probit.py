@@ -105,6 +105,4 @@ class ProbitThompsonPolicy(LinearThompsonPolicy):
         accuracy = self._accuracy_draws(np.array(mean), np.array(var), normals[:-1])
         success = self._success_draw(parts)
         score = self.objective.score
-        return self._ranked(
-            np.array([score(success[i], accuracy[i], parts[i][2], parts[i][3]) for i in ids]), u
-        )
+        return self._ranked(np.array([score(success[i], accuracy[i], parts[i][2], parts[i][3]) for i in ids]), u)
