@@ -440,12 +440,13 @@ class LinUCBPolicy(ContextualPolicy):
         self, ids: list[int], mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
         m, v = mean, var
-        shared_mean, shared_var, alpha, score = m[-1], v[-1], self.alpha, self.objective.score
+        shared_mean, shared_var, alpha, line = m[-1], v[-1], self.alpha, self.objective.line
         index = []
         for i in ids:
             ok, failed, latency, cost, untried = parts[i]
             upper = m[i] + shared_mean + alpha * math.sqrt(v[i] + shared_var)
-            index.append(math.inf if untried else score(ok / (ok + failed), upper, latency, cost))  # untried first
+            base, slope = line(ok / (ok + failed), latency, cost)
+            index.append(math.inf if untried else base + slope * upper)  # untried first
         return sorted(range(len(index)), key=index.__getitem__, reverse=True), 1.0
 
 

@@ -103,6 +103,6 @@ class ProbitThompsonPolicy(LinearThompsonPolicy):
         latent draws: each is mapped through the CDF); one column ranks, its winner's share of the columns is P(primary)."""
         normals, u = self._batch()
         accuracy = self._accuracy_draws(np.array(mean), np.array(var), normals[:-1])
-        success = self._success_draw(parts)
-        score = self.objective.score
-        return self._ranked(np.array([score(success[i], accuracy[i], parts[i][2], parts[i][3]) for i in ids]), u)
+        success, line = self._success_draw(parts), self.objective.line
+        lines = [line(success[i], parts[i][2], parts[i][3]) for i in ids]
+        return self._ranked(np.array([base + slope * accuracy[i] for i, (base, slope) in zip(ids, lines)]), u)
