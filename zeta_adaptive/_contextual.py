@@ -300,18 +300,17 @@ class ContextualPolicy(Policy):
     def rank(self, eligible: Sequence[str] | None = None, features: Features | None = None) -> Ranking:
         """Order the eligible models for a prompt with these features (None: the bias alone)."""
         idx = self._eligible(eligible)
+        ids = self._all_ids if idx is self._all else idx.tolist()
         state = self._state(features)
-        order, propensity = self._decide(idx, state.mean, state.var, self._current_parts())
+        order, propensity = self._decide(ids, state.mean, state.var, self._current_parts())
         models = self.models
-        if idx is not self._all:
-            order = idx[order].tolist()
-        return Ranking(tuple([models[i] for i in order]), propensity)
+        return Ranking(tuple([models[ids[i]] for i in order]), propensity)
 
     def _decide(
-        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
+        self, ids: list[int], mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
-        """The eligible models' order (positions in ``idx``) and P(primary), from the rows' moments
-        and every model's :meth:`_parts`."""
+        """The eligible models' order (positions in ``ids``, their indices) and P(primary), from the rows'
+        moments and every model's :meth:`_parts`."""
         raise NotImplementedError
 
 
@@ -392,7 +391,7 @@ class LinearThompsonPolicy(ContextualPolicy):
         return self._successes.pop()
 
     def _decide(
-        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
+        self, ids: list[int], mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
         """The objective is affine in the accuracy, so each model's ``samples`` scores are one row of a
         product with the batch of normals: its slope times its drawn deviation from the mean, plus its score at the mean."""
@@ -402,7 +401,7 @@ class LinearThompsonPolicy(ContextualPolicy):
         shared_mean, shared_sd, k = m[-1], sd[-1], self.rows - 1
         success, line = self._success_draw(parts), self.objective.line
         weights = []
-        for i in idx.tolist():
+        for i in ids:
             _, _, latency, cost, _ = parts[i]
             base, slope = line(success[i], latency, cost)
             row = [0.0] * (k + 2)  # per normal: the models' parts, the shared part; then the constant 1
@@ -434,19 +433,20 @@ class LinUCBPolicy(ContextualPolicy):
     def _primary_shares(
         self, mean: np.ndarray, var: np.ndarray, parts: _Parts, rng: np.random.Generator, draws: int
     ) -> np.ndarray:
-        order = self._decide(self._all, mean.tolist(), var.tolist(), parts.per_model())[0]
+        order = self._decide(self._all_ids, mean.tolist(), var.tolist(), parts.per_model())[0]
         return one_hot(np.array(order), len(self.models))
 
     def _decide(
-        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
+        self, ids: list[int], mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
         m, v = mean, var
-        shared_mean, shared_var, alpha, score = m[-1], v[-1], self.alpha, self.objective.score
+        shared_mean, shared_var, alpha, line = m[-1], v[-1], self.alpha, self.objective.line
         index = []
-        for i in idx.tolist():
+        for i in ids:
             ok, failed, latency, cost, untried = parts[i]
             upper = m[i] + shared_mean + alpha * math.sqrt(v[i] + shared_var)
-            index.append(math.inf if untried else score(ok / (ok + failed), upper, latency, cost))  # untried first
+            base, slope = line(ok / (ok + failed), latency, cost)
+            index.append(math.inf if untried else base + slope * upper)  # untried first
         return sorted(range(len(index)), key=index.__getitem__, reverse=True), 1.0
 
 

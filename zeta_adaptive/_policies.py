@@ -157,7 +157,8 @@ class Policy:
         self.stats = np.zeros((11, len(self.models)))
         self._cells: Any = self.stats.data  # stats[row, i] as Python floats: no numpy scalars per update
         self.updates = 0  # undiscounted number of update() and feedback() calls
-        self._all = np.arange(len(self.models))
+        self._all = np.arange(len(self.models))  # every model eligible: what _eligible returns in the usual case
+        self._all_ids = list(range(len(self.models)))  # the same as Python ints, for a policy that loops over them
 
     # named views of the statistics rows
     n = property(lambda self: self.stats[N])
@@ -528,7 +529,6 @@ class _IndexPolicy(Policy):
             raise ValueError(f"c must be >= 0, got {c}")
         self.c = float(c)
         k = len(self.models)
-        self._all_ids = list(range(k))
         # per model, from its own statistics (see _refresh)
         self._mean = [0.0] * k  # success rate x accuracy, clipped to [0, 1]
         self._penalty = [0.0] * k  # w_latency x mean latency + w_cost x mean cost

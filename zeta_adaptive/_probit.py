@@ -97,14 +97,12 @@ class ProbitThompsonPolicy(LinearThompsonPolicy):
         return _ndtr(mean / np.sqrt(1.0 + var)), var
 
     def _decide(
-        self, idx: np.ndarray, mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
+        self, ids: list[int], mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
         """The eligible models' ``samples`` scores from the batch's accuracy draws (not affine in the
         latent draws: each is mapped through the CDF); one column ranks, its winner's share of the columns is P(primary)."""
         normals, u = self._batch()
         accuracy = self._accuracy_draws(np.array(mean), np.array(var), normals[:-1])
-        success = self._success_draw(parts)
-        score = self.objective.score
-        return self._ranked(
-            np.array([score(success[i], accuracy[i], parts[i][2], parts[i][3]) for i in idx.tolist()]), u
-        )
+        success, line = self._success_draw(parts), self.objective.line
+        lines = [line(success[i], parts[i][2], parts[i][3]) for i in ids]
+        return self._ranked(np.array([base + slope * accuracy[i] for i, (base, slope) in zip(ids, lines)]), u)
