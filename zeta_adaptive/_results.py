@@ -183,11 +183,25 @@ class CallInfo:
 #: the columns of ``Router.preferences()`` every route has, in order; a route with a cost budget
 #: adds ``budget_per_call``, ``spend_per_call``, ``cost_weight`` and ``budget_calls``
 PREFERENCE_COLUMNS = (
-    "rank", "p_best", "utility", "utility_low", "utility_high",  # the policy's belief
-    "n", "n_effective", "n_rated",  # what it rests on
-    "success_rate", "accuracy", "latency_p50_s", "latency_p95_s", "cost",  # its estimates
-    "breaker", "cooldown_left_s", "in_flight", "limit", "no_load_s",  # the model's health and load
-)  # fmt: skip
+    "rank",
+    "p_best",
+    "utility",
+    "utility_low",
+    "utility_high",
+    "n",
+    "n_effective",
+    "n_rated",
+    "success_rate",
+    "accuracy",
+    "latency_p50_s",
+    "latency_p95_s",
+    "cost",
+    "breaker",
+    "cooldown_left_s",
+    "in_flight",
+    "limit",
+    "no_load_s",
+)
 
 
 def preference_frame(
