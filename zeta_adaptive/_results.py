@@ -19,9 +19,16 @@ if TYPE_CHECKING:
     from ._engine import Call
 
 __all__ = [
-    "Attempt", "ChatResult", "EmbedResult", "ChatStream", "AsyncChatStream", "CallInfo", "PREFERENCE_COLUMNS",
-    "preference_frame", "preference_records",
-]  # fmt: skip
+    "Attempt",
+    "ChatResult",
+    "EmbedResult",
+    "ChatStream",
+    "AsyncChatStream",
+    "CallInfo",
+    "PREFERENCE_COLUMNS",
+    "preference_frame",
+    "preference_records",
+]
 
 
 @dataclass(frozen=True, slots=True)
