@@ -49,9 +49,16 @@ from ._config import Config, ModelConfig, load_config
 from ._exceptions import ConfigError
 
 __all__ = [
-    "ModelSpec", "Step", "Fleet", "FleetTransport", "mock_fleet", "example_fleet", "example_routes",
-    "config_fleet", "api_key_env",
-]  # fmt: skip
+    "ModelSpec",
+    "Step",
+    "Fleet",
+    "FleetTransport",
+    "mock_fleet",
+    "example_fleet",
+    "example_routes",
+    "config_fleet",
+    "api_key_env",
+]
 
 _HOST = "127.0.0.1"
 _POLL_S = 0.02  # how often an idle server loop checks for shutdown; bounds close() and down=True
