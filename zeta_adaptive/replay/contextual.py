@@ -35,9 +35,15 @@ from .._store import Store, call_features, calls
 from .._store import feedback as feedback_table
 
 __all__ = [
-    "ContextualLog", "load_contextual", "action_probabilities", "ContextualIPS", "ContextualSNIPS", "ContextualDR",
-    "evaluate", "ESTIMATORS",
-]  # fmt: skip
+    "ContextualLog",
+    "load_contextual",
+    "action_probabilities",
+    "ContextualIPS",
+    "ContextualSNIPS",
+    "ContextualDR",
+    "evaluate",
+    "ESTIMATORS",
+]
 
 
 @dataclass(frozen=True)
