@@ -28,9 +28,15 @@ from ._scrub import read_key
 from ._validators import build as build_validators
 
 __all__ = [
-    "ModelConfig", "RouteConfig", "BreakerConfig", "KeyLimits", "ServerConfig", "Config", "load_config",
+    "ModelConfig",
+    "RouteConfig",
+    "BreakerConfig",
+    "KeyLimits",
+    "ServerConfig",
+    "Config",
+    "load_config",
     "DEFAULT_STORE",
-]  # fmt: skip
+]
 
 DEFAULT_STORE = "sqlite:///zeta.db"
 #: HTTP statuses meaning the request itself is bad (for every model), unless the config says otherwise

@@ -9,9 +9,18 @@ if TYPE_CHECKING:
     from ._results import Attempt
 
 __all__ = [
-    "ZetaError", "ConfigError", "UnknownTaskType", "InvalidRequest", "RequestRejected", "AllModelsFailed",
-    "FeedbackError", "StoreError", "StreamBroken", "ReplayError", "MissingDependency",
-]  # fmt: skip
+    "ZetaError",
+    "ConfigError",
+    "UnknownTaskType",
+    "InvalidRequest",
+    "RequestRejected",
+    "AllModelsFailed",
+    "FeedbackError",
+    "StoreError",
+    "StreamBroken",
+    "ReplayError",
+    "MissingDependency",
+]
 
 
 class ZetaError(Exception):

@@ -16,9 +16,16 @@ from typing import Any
 from ._exceptions import InvalidRequest
 
 __all__ = [
-    "ROLES", "MAX_DEPTH", "check_messages", "check_params", "check_texts", "check_deadline", "check_task_type",
-    "check_stream", "prompt_band",
-]  # fmt: skip
+    "ROLES",
+    "MAX_DEPTH",
+    "check_messages",
+    "check_params",
+    "check_texts",
+    "check_deadline",
+    "check_task_type",
+    "check_stream",
+    "prompt_band",
+]
 
 #: the message roles OpenAI-compatible servers know
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})

@@ -20,9 +20,15 @@ from sqlalchemy import and_, func, not_, or_
 from ._backends import UNKNOWN_MODEL_MARKERS, Outcome
 
 __all__ = [
-    "SILENT", "MISCONFIGURED_STATUSES", "rejected", "teaches", "names_unknown_model", "unknown_model_sql",
-    "teaches_sql", "teaches_rows",
-]  # fmt: skip
+    "SILENT",
+    "MISCONFIGURED_STATUSES",
+    "rejected",
+    "teaches",
+    "names_unknown_model",
+    "unknown_model_sql",
+    "teaches_sql",
+    "teaches_rows",
+]
 
 #: outcomes that never teach: they say nothing about the model
 SILENT = frozenset({Outcome.CANCELLED, Outcome.CONTEXT_EXCEEDED})

@@ -34,9 +34,16 @@ from typing import Any, ClassVar
 import numpy as np
 
 __all__ = [
-    "Objective", "Ranking", "Policy", "StaticPolicy", "RandomPolicy", "EpsilonGreedyPolicy", "UCB1Policy",
-    "KLUCBPolicy", "ThompsonPolicy",
-]  # fmt: skip
+    "Objective",
+    "Ranking",
+    "Policy",
+    "StaticPolicy",
+    "RandomPolicy",
+    "EpsilonGreedyPolicy",
+    "UCB1Policy",
+    "KLUCBPolicy",
+    "ThompsonPolicy",
+]
 
 
 @dataclass(frozen=True)

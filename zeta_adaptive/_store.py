@@ -68,9 +68,20 @@ if TYPE_CHECKING:  # pandas is imported by the methods that return frames, not b
     import pandas as pd
 
 __all__ = [
-    "Store", "Journal", "metadata", "calls", "attempts", "feedback", "dead_letters", "call_features",
-    "attempt_rollups", "feedback_rollups", "upgrade", "default_journal_dir", "sanitize",
-]  # fmt: skip
+    "Store",
+    "Journal",
+    "metadata",
+    "calls",
+    "attempts",
+    "feedback",
+    "dead_letters",
+    "call_features",
+    "attempt_rollups",
+    "feedback_rollups",
+    "upgrade",
+    "default_journal_dir",
+    "sanitize",
+]
 
 log = logging.getLogger("zeta_adaptive.store")  # the name before the module became private
 

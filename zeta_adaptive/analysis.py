@@ -34,12 +34,35 @@ if TYPE_CHECKING:
     from .simulate import ModelSpec
 
 __all__ = [
-    "Log", "load_log", "model_summary", "suggest_bins", "with_windows", "between", "traffic_share", "call_rates",
-    "model_failure_rates", "latency_quantiles", "latency_distribution", "cost_per_call", "cost_over_time",
-    "feedback_coverage", "rank_positions", "ordering_over_time", "learned_order", "truth_from_specs", "demo_truth",
-    "true_rewards", "cumulative_regret", "plot_traffic_share", "plot_latency", "plot_failure_rates", "plot_ordering",
-    "plot_cost_over_time", "plot_regret", "plot_policy_estimates",
-]  # fmt: skip
+    "Log",
+    "load_log",
+    "model_summary",
+    "suggest_bins",
+    "with_windows",
+    "between",
+    "traffic_share",
+    "call_rates",
+    "model_failure_rates",
+    "latency_quantiles",
+    "latency_distribution",
+    "cost_per_call",
+    "cost_over_time",
+    "feedback_coverage",
+    "rank_positions",
+    "ordering_over_time",
+    "learned_order",
+    "truth_from_specs",
+    "demo_truth",
+    "true_rewards",
+    "cumulative_regret",
+    "plot_traffic_share",
+    "plot_latency",
+    "plot_failure_rates",
+    "plot_ordering",
+    "plot_cost_over_time",
+    "plot_regret",
+    "plot_policy_estimates",
+]
 
 By = Literal["call", "time"]
 _WINDOW = ["window", "start", "end"]
