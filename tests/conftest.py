@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from experiments.common import PrivatePostgres, postgres_bindir
 
@@ -20,6 +20,23 @@ from experiments.common import PrivatePostgres, postgres_bindir
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="zeta-test-state-")
 
 PG_URL = os.environ.get("ZETA_TEST_POSTGRES_URL")
+
+
+def _worker_database(url: str, worker: str) -> str:
+    """Under pytest-xdist, each worker's own database beside the given one (created when missing), so
+    that one worker's fixture dropping the tables never pulls them from under the other's test."""
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is None:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+if PG_URL and os.environ.get("PYTEST_XDIST_WORKER"):
+    PG_URL = os.environ["ZETA_TEST_POSTGRES_URL"] = _worker_database(PG_URL, os.environ["PYTEST_XDIST_WORKER"])
 REQUIRE_PG = os.environ.get("ZETA_REQUIRE_POSTGRES") == "1"
 
 _pg = {"collected": 0, "passed": 0}
