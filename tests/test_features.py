@@ -68,6 +68,15 @@ def test_words_are_case_and_position_free_and_bigrams_count():
     assert set(swapped.indices) != set(other.indices)  # same words, other bigram
 
 
+def test_an_ngram_counts_once_however_often_it_appears():
+    """Presence, not counts: a repeated word weighs as much as any other n-gram of the prompt."""
+    f = Featurizer(bits=12)
+    x = f.from_text("apple apple apple pie")  # apple, pie, "apple apple", "apple pie"
+    hashed = x.values[x.indices < f.hashed]
+    np.testing.assert_allclose(hashed, np.full(len(hashed), 1 / np.sqrt(len(hashed))))
+    assert len(hashed) == 4
+
+
 def test_markers_and_classes():
     f = Featurizer()
     code = dense(f, f.from_text("```python\ndef f(x):\n    return {x: [1, 2]};\n```"))
@@ -113,11 +122,11 @@ def test_the_feature_space_is_pinned_to_its_version():
     """Logged features are reused only within ``Featurizer.space``: a change of the computation must bump VERSION."""
     f = Featurizer(bits=16)
     x = f.from_text(PROMPT)
-    assert f.space == "v2-b16-c4096"
+    assert f.space == "v3-b16-c4096"
     assert x.indices[: -len(DENSE_NAMES)].tolist() == [
         1058, 1650, 2183, 3262, 5655, 12686, 14750, 16178, 17463, 19134, 19171, 19345, 21412, 21525,
         27107, 30987, 31389, 31405, 32689, 33288, 34061, 34530, 34640, 37180, 39892, 39970, 46404, 47377,
         51300, 53323, 54392, 54430, 54639, 55614, 56866, 58034, 59093, 60965, 62213, 65010,
     ]  # fmt: skip
-    assert hashlib.sha256(x.to_json().encode()).hexdigest()[:16] == "14edd380091024ab"  # values too (6 digits)
+    assert hashlib.sha256(x.to_json().encode()).hexdigest()[:16] == "adb699deb577e2d0"  # values too (6 digits)
     assert x.indices.dtype == np.int64 and x.values.dtype == np.float64
