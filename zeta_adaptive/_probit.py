@@ -7,8 +7,8 @@ discounting, delayed feedback, warm start), but reads ``x . w`` as a latent scor
 assumed-density filtering (the exact posterior of one probit observation, projected back on a
 diagonal Gaussian): a surprising answer moves the weights much more than an expected one, and an
 accuracy near 0 or 1 cannot be overshot, which the linear-Gaussian model's fixed noise cannot do.
-Why: on RouteLLM's MMLU file (one-sided feedback, budgets 0.1-0.9) its online APGR is 0.632 against
-``linear_thompson``'s 0.618, better on every stream order (``experiments/results/routellm_mmlu.md``).
+Why: on RouteLLM's MMLU file (one-sided feedback, budgets 0.1-0.9) its online APGR is 0.635 against
+``linear_thompson``'s 0.620, better on every stream order (``experiments/results/routellm_mmlu.md``).
 
 Decision and propensity as in ``linear_thompson``: ``samples`` joint draws of the latent scores,
 scaled by ``explore``, each mapped to an accuracy ``Phi(f / sqrt(1 + var))`` (the predictive
