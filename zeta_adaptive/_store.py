@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import importlib
 import itertools
 import json
 import logging
@@ -261,14 +262,8 @@ def upgrade(engine: Engine) -> None:
 
 
 def _dialect_insert(dialect: str, table: Table) -> Any:
-    """The INSERT of this dialect, which has ``ON CONFLICT`` clauses."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table)
+    """This dialect's INSERT, which has ``ON CONFLICT`` clauses (its module imported on first use)."""
+    return importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert(table)
 
 
 def _insert(engine: Engine, table: Table) -> Any:
@@ -564,13 +559,9 @@ def sanitize_rows(rows: Iterable[Row], scrub: Callable[[str], str] = str) -> lis
     integers clamped to 32 bits, non-finite floats NULL (or 0 where the column is NOT NULL), numpy
     scalars made plain. Each column of each table is checked at once, so plain rows cost little."""
     batch = rows if isinstance(rows, list) else list(rows)
-    by_table: dict[str, list[Mapping[str, Any]]] = {}
+    by_table: collections.defaultdict[str, list[Mapping[str, Any]]] = collections.defaultdict(list)
     for table, row in batch:
-        group = by_table.get(table)
-        if group is None:
-            by_table[table] = [row]
-        else:
-            group.append(row)
+        by_table[table].append(row)
     clean = {table: _sanitize_table(table, group, scrub) for table, group in by_table.items()}
     if all(clean[table] is group for table, group in by_table.items()):
         return batch  # every row was clean as it came: the batch itself, no new tuple per row
