@@ -577,7 +577,7 @@ _RULES = {t.name: _column_rules(t) for t in (calls, attempts, feedback, call_fea
 _NAMES = {name: [rule[0] for rule in rules] for name, rules in _RULES.items()}
 
 
-def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+def _copy_insert(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
     """PostgreSQL: COPY rows straight into the table (psycopg 3's COPY protocol, several times faster
     than ``executemany``) behind a savepoint; returns the rows inserted. A key already present fails
     the whole COPY, which only a replayed batch meets: the savepoint is rolled back and the rows go
@@ -588,7 +588,7 @@ def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> S
     columns = [c.name for c in table.columns]
     names = ", ".join(columns)
     values = operator.itemgetter(*columns)
-    with raw.cursor() as cur:
+    with conn.connection.driver_connection.cursor() as cur:
         cur.execute("SAVEPOINT zeta_copy")
         try:
             _copy_rows(cur, table.name, table, map(values, rows))
@@ -1207,8 +1207,7 @@ class Store:
                 break
             items.append(item)
         rows, markers = _split(items)
-        if rows:
-            self._keep(sanitize_rows(rows, self.scrub))
+        self._keep(sanitize_rows(rows, self.scrub))
         for marker in markers:
             marker.event.set()
 
@@ -1249,14 +1248,12 @@ class Store:
         by_table: dict[str, list[Mapping[str, Any]]] = {name: [] for name in TABLES}
         for table, row in rows:
             by_table[table].append(row)
+        insert = _copy_insert if self.engine.dialect.name == "postgresql" else _executemany_insert
         with self.engine.begin() as conn:
             for name in ("calls", "attempts", "feedback", "call_features"):
                 if not by_table[name]:
                     continue
-                if self.engine.dialect.name == "postgresql":
-                    new = _copy_insert(conn.connection.driver_connection, TABLES[name], by_table[name])
-                else:
-                    new = _executemany_insert(conn, TABLES[name], by_table[name])
+                new = insert(conn, TABLES[name], by_table[name])
                 if name in ROLLUPS:
                     _add_rollups(conn, name, new)
 
