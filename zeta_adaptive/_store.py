@@ -969,22 +969,18 @@ class Store:
 
     # -- bounded operations ---------------------------------------------------------------------
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
-        """Run a database operation, waiting at most ``timeout`` (the store's ``timeout_s``);
-        raises StoreError if it fails for want of the database or does not finish in time."""
-        try:
-            return self._bounded(fn, *args, timeout=timeout)
-        except (SQLAlchemyError, StoreTimeout) as exc:
-            raise StoreError(f"store {self.safe_url} failed: {_describe(exc)}") from None
-
-    def _bounded(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
-        """Run ``fn(*args)`` on its own thread; its result or its exception, or StoreTimeout (and the
-        operation is remembered as hung, so the writer does not pile more onto the database)."""
+        """Run ``fn(*args)`` on its own thread, waiting at most ``timeout`` (the store's ``timeout_s``);
+        raises StoreError if it fails for want of the database or does not finish in time (the
+        operation is then remembered as hung, so the writer does not pile more onto the database)."""
         op = _Bounded(lambda: fn(*args))
         limit = self.timeout_s if timeout is None else timeout
-        if not op.done.wait(limit):
-            self._stuck = op
-            raise StoreTimeout(f"no answer within {limit:g} s")
-        return op.outcome()
+        try:
+            if not op.done.wait(limit):
+                self._stuck = op
+                raise StoreTimeout(f"no answer within {limit:g} s")
+            return op.outcome()
+        except (SQLAlchemyError, StoreTimeout) as exc:
+            raise StoreError(f"store {self.safe_url} failed: {_describe(exc)}") from None
 
     # -- writing (never blocks the caller) --------------------------------------------------------
     def put(self, table: str, row: Mapping[str, Any]) -> None:
