@@ -5,8 +5,8 @@ thread drains the queue in batches, one transaction per batch, with ``INSERT ...
 NOTHING`` on primary keys, so a retried batch never writes a row twice; the same transaction adds
 the attempts and ratings it inserted to hourly rollups, which a warm start reads instead of every
 row. If the database fails, the batch is kept and retried with back-off; :meth:`Store.flush` waits
-until everything handed in so far is written. The schema is owned by the Alembic migrations in ``migrations/`` and is upgraded
-automatically when a store is opened.
+until everything handed in so far is written. The schema is owned by the Alembic migrations in
+``migrations/`` and is upgraded automatically when a store is opened.
 """
 
 from __future__ import annotations
