@@ -781,9 +781,8 @@ class Journal:
 
     def close(self) -> None:
         """Release the file; an empty journal is removed."""
-        empty = self.rows == 0
         self._fh.close()
-        if empty:
+        if self.rows == 0:
             self.path.unlink(missing_ok=True)
 
 
