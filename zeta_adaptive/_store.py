@@ -5,8 +5,8 @@ thread drains the queue in batches, one transaction per batch, with ``INSERT ...
 NOTHING`` on primary keys, so a retried batch never writes a row twice; the same transaction adds
 the attempts and ratings it inserted to hourly rollups, which a warm start reads instead of every
 row. If the database fails, the batch is kept and retried with back-off; :meth:`Store.flush` waits
-until everything handed in so far is written. The schema is owned by the Alembic migrations in ``migrations/`` and is upgraded
-automatically when a store is opened.
+until everything handed in so far is written. The schema is owned by the Alembic migrations in
+``migrations/`` and is upgraded automatically when a store is opened.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import importlib
 import itertools
 import json
 import logging
@@ -261,14 +262,8 @@ def upgrade(engine: Engine) -> None:
 
 
 def _dialect_insert(dialect: str, table: Table) -> Any:
-    """The INSERT of this dialect, which has ``ON CONFLICT`` clauses."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table)
+    """This dialect's INSERT, which has ``ON CONFLICT`` clauses (its module imported on first use)."""
+    return importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert(table)
 
 
 def _insert(engine: Engine, table: Table) -> Any:
@@ -564,13 +559,9 @@ def sanitize_rows(rows: Iterable[Row], scrub: Callable[[str], str] = str) -> lis
     integers clamped to 32 bits, non-finite floats NULL (or 0 where the column is NOT NULL), numpy
     scalars made plain. Each column of each table is checked at once, so plain rows cost little."""
     batch = rows if isinstance(rows, list) else list(rows)
-    by_table: dict[str, list[Mapping[str, Any]]] = {}
+    by_table: collections.defaultdict[str, list[Mapping[str, Any]]] = collections.defaultdict(list)
     for table, row in batch:
-        group = by_table.get(table)
-        if group is None:
-            by_table[table] = [row]
-        else:
-            group.append(row)
+        by_table[table].append(row)
     clean = {table: _sanitize_table(table, group, scrub) for table, group in by_table.items()}
     if all(clean[table] is group for table, group in by_table.items()):
         return batch  # every row was clean as it came: the batch itself, no new tuple per row
@@ -586,7 +577,7 @@ _RULES = {t.name: _column_rules(t) for t in (calls, attempts, feedback, call_fea
 _NAMES = {name: [rule[0] for rule in rules] for name, rules in _RULES.items()}
 
 
-def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+def _copy_insert(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
     """PostgreSQL: COPY rows straight into the table (psycopg 3's COPY protocol, several times faster
     than ``executemany``) behind a savepoint; returns the rows inserted. A key already present fails
     the whole COPY, which only a replayed batch meets: the savepoint is rolled back and the rows go
@@ -597,7 +588,7 @@ def _copy_insert(raw: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> S
     columns = [c.name for c in table.columns]
     names = ", ".join(columns)
     values = operator.itemgetter(*columns)
-    with raw.cursor() as cur:
+    with conn.connection.driver_connection.cursor() as cur:
         cur.execute("SAVEPOINT zeta_copy")
         try:
             _copy_rows(cur, table.name, table, map(values, rows))
@@ -790,9 +781,8 @@ class Journal:
 
     def close(self) -> None:
         """Release the file; an empty journal is removed."""
-        empty = self.rows == 0
         self._fh.close()
-        if empty:
+        if self.rows == 0:
             self.path.unlink(missing_ok=True)
 
 
@@ -978,22 +968,18 @@ class Store:
 
     # -- bounded operations ---------------------------------------------------------------------
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
-        """Run a database operation, waiting at most ``timeout`` (the store's ``timeout_s``);
-        raises StoreError if it fails for want of the database or does not finish in time."""
-        try:
-            return self._bounded(fn, *args, timeout=timeout)
-        except (SQLAlchemyError, StoreTimeout) as exc:
-            raise StoreError(f"store {self.safe_url} failed: {_describe(exc)}") from None
-
-    def _bounded(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
-        """Run ``fn(*args)`` on its own thread; its result or its exception, or StoreTimeout (and the
-        operation is remembered as hung, so the writer does not pile more onto the database)."""
+        """Run ``fn(*args)`` on its own thread, waiting at most ``timeout`` (the store's ``timeout_s``);
+        raises StoreError if it fails for want of the database or does not finish in time (the
+        operation is then remembered as hung, so the writer does not pile more onto the database)."""
         op = _Bounded(lambda: fn(*args))
         limit = self.timeout_s if timeout is None else timeout
-        if not op.done.wait(limit):
-            self._stuck = op
-            raise StoreTimeout(f"no answer within {limit:g} s")
-        return op.outcome()
+        try:
+            if not op.done.wait(limit):
+                self._stuck = op
+                raise StoreTimeout(f"no answer within {limit:g} s")
+            return op.outcome()
+        except (SQLAlchemyError, StoreTimeout) as exc:
+            raise StoreError(f"store {self.safe_url} failed: {_describe(exc)}") from None
 
     # -- writing (never blocks the caller) --------------------------------------------------------
     def put(self, table: str, row: Mapping[str, Any]) -> None:
@@ -1216,8 +1202,7 @@ class Store:
                 break
             items.append(item)
         rows, markers = _split(items)
-        if rows:
-            self._keep(sanitize_rows(rows, self.scrub))
+        self._keep(sanitize_rows(rows, self.scrub))
         for marker in markers:
             marker.event.set()
 
@@ -1258,14 +1243,12 @@ class Store:
         by_table: dict[str, list[Mapping[str, Any]]] = {name: [] for name in TABLES}
         for table, row in rows:
             by_table[table].append(row)
+        insert = _copy_insert if self.engine.dialect.name == "postgresql" else _executemany_insert
         with self.engine.begin() as conn:
             for name in ("calls", "attempts", "feedback", "call_features"):
                 if not by_table[name]:
                     continue
-                if self.engine.dialect.name == "postgresql":
-                    new = _copy_insert(conn.connection.driver_connection, TABLES[name], by_table[name])
-                else:
-                    new = _executemany_insert(conn, TABLES[name], by_table[name])
+                new = insert(conn, TABLES[name], by_table[name])
                 if name in ROLLUPS:
                     _add_rollups(conn, name, new)
 
