@@ -226,7 +226,8 @@ def test_threads_beyond_max_in_flight_wait_for_a_slot(sqlite_url):
     with Loopback() as server:
         server.behaviour["a"] = answer(delay=0.2)
         cfg = loopback_config(server, sqlite_url, ["a"], deadline_s=30.0)
-        cfg["models"]["a"].update(max_in_flight=2, timeout_s=1.0)  # six rounds of 0.2 s: at least 1.2 s
+        # six rounds of 0.2 s (at least 1.2 s in all); each attempt's timeout leaves room for a busy machine
+        cfg["models"]["a"].update(max_in_flight=2, timeout_s=5.0)
         with Router(cfg) as router, ThreadPoolExecutor(12) as pool:
             results = list(pool.map(lambda _: router.chat("simple", MSG), range(12)))
             assert router.health.snapshot("a")["breaker"] == CLOSED
