@@ -4,9 +4,9 @@ A :class:`Featurizer` turns messages into :class:`Features` (sorted unique indic
 in a space of ``2**bits`` hashed slots plus a few dense slots:
 
 * hashed word uni- and bi-grams (lower-cased ASCII alphanumeric runs; other bytes separate words,
-  bytes >= 128 belong to words), each present one 1 whatever its count, the block scaled to unit L2
-  norm (presence, not counts: on RouteLLM's MMLU a router on presence separates the prompts the strong
-  model is needed for better, APGR +0.01 with the same classifier);
+  bytes >= 128 belong to words), each one present weighing 1 whatever its count, the block scaled to
+  unit L2 norm (presence, not counts: on RouteLLM's MMLU it routes better, APGR +0.011 offline with
+  the same classifier and +0.003 online with ``probit_thompson``);
 * a bias slot (always 1), log-scaled lengths (characters, words, lines), character-class shares
   (digits, upper case, punctuation, whitespace, non-ASCII) and code and math marker counts;
 * caller features (``{"name": value}``), hashed by name into the same hashed block.

@@ -190,19 +190,23 @@ class CallInfo:
 #: the columns of ``Router.preferences()`` every route has, in order; a route with a cost budget
 #: adds ``budget_per_call``, ``spend_per_call``, ``cost_weight`` and ``budget_calls``
 PREFERENCE_COLUMNS = (
+    # the policy's belief
     "rank",
     "p_best",
     "utility",
     "utility_low",
     "utility_high",
+    # what it rests on
     "n",
     "n_effective",
     "n_rated",
+    # its estimates
     "success_rate",
     "accuracy",
     "latency_p50_s",
     "latency_p95_s",
     "cost",
+    # the model's health and load
     "breaker",
     "cooldown_left_s",
     "in_flight",
