@@ -61,7 +61,7 @@ def main() -> None:
             )
         )
         x = featurizer(messages)
-        for name in ("linear_thompson", "lin_ucb", "thompson"):
+        for name in ("linear_thompson", "probit_thompson", "lin_ucb", "thompson"):
             if name == "thompson" and bits != 12:
                 continue
             options = {"feature_bits": bits} if name != "thompson" else {}

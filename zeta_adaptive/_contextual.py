@@ -346,15 +346,37 @@ class LinearThompsonPolicy(ContextualPolicy):
         self._successes_of: object = None  # the parts they were drawn from
 
     def _accuracy_draws(self, mean: np.ndarray, var: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """One draw of every model's accuracy at x (rows) per column of ``z``, its spread scaled by
-        ``explore``; the last row of ``z`` draws the shared part, one for all models."""
-        sd = np.sqrt(var)
-        sd *= self.explore
-        spread = z * sd[:, None]
-        accuracy = spread[:-1]
-        accuracy += spread[-1]
-        accuracy += (mean[:-1] + mean[-1])[:, None]
-        return accuracy
+        """One draw of every model's accuracy at x (rows) per column of ``z`` (a row per row of weights: the
+        last draws the shared part, one for all models), by the same coefficients as a decision's."""
+        ids, m, v = self._all_ids, mean.tolist(), var.tolist()
+        rows = np.array(self._coefficients(ids, m, v, [(0.0, a) for a in self._latent_scale(ids, v)]))
+        latent = rows[:, :-1].dot(z)
+        latent += rows[:, -1:]
+        return self._to_accuracy(latent)
+
+    def _latent_scale(self, ids: list[int], var: list[float]) -> list[float]:
+        """What each model's drawn ``x . w`` is multiplied by before :meth:`_to_accuracy` (the linear model: 1)."""
+        return [1.0] * len(ids)
+
+    def _to_accuracy(self, latent: np.ndarray) -> np.ndarray:
+        """Accuracy draws from the scaled draws of ``x . w`` (the linear model: the same)."""
+        return latent
+
+    def _coefficients(
+        self, ids: list[int], mean: list[float], var: list[float], lines: list[tuple[float, float]]
+    ) -> list[list[float]]:
+        """Per eligible model and its line ``(offset, scale)``, the coefficients that make
+        ``offset + scale * (drawn x . w)`` one row of a product
+        with a batch of normals: its own row's spread, the shared row's (one draw for all models), then the
+        constant (the batch's row of ones)."""
+        explore, sqrt, k = self.explore, math.sqrt, self.rows - 1
+        shared_mean, shared_sd = mean[-1], explore * sqrt(var[-1])
+        rows = []
+        for i, (b, a) in zip(ids, lines):
+            row = [0.0] * (k + 2)
+            row[i], row[k], row[-1] = a * explore * sqrt(var[i]), a * shared_sd, a * (mean[i] + shared_mean) + b
+            rows.append(row)
+        return rows
 
     def _primary_shares(
         self, mean: np.ndarray, var: np.ndarray, parts: _Parts, rng: np.random.Generator, draws: int
@@ -393,22 +415,12 @@ class LinearThompsonPolicy(ContextualPolicy):
     def _decide(
         self, ids: list[int], mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
-        """The objective is affine in the accuracy, so each model's ``samples`` scores are one row of a
-        product with the batch of normals: its slope times its drawn deviation from the mean, plus its score at the mean."""
-        m = mean
-        explore, sqrt = self.explore, math.sqrt
-        sd = [explore * sqrt(v) for v in var]
-        shared_mean, shared_sd, k = m[-1], sd[-1], self.rows - 1
+        """The objective is affine in the accuracy (here ``x . w`` itself), so each model's ``samples`` scores are
+        one row of a product with the batch of normals: its line's slope scales the draw, its base is added."""
         success, line = self._success_draw(parts), self.objective.line
-        weights = []
-        for i in ids:
-            _, _, latency, cost, _ = parts[i]
-            base, slope = line(success[i], latency, cost)
-            row = [0.0] * (k + 2)  # per normal: the models' parts, the shared part; then the constant 1
-            row[i], row[k], row[-1] = slope * sd[i], slope * shared_sd, base + slope * (m[i] + shared_mean)
-            weights.append(row)
+        lines = [line(success[i], parts[i][2], parts[i][3]) for i in ids]
         normals, u = self._batch()
-        return self._ranked(np.array(weights).dot(normals), u)
+        return self._ranked(np.array(self._coefficients(ids, mean, var, lines)).dot(normals), u)
 
     def _ranked(self, scores: np.ndarray, u: int) -> tuple[list[int], float]:
         """The order by column ``u`` of the eligible models' sampled ``scores`` (rows), and P(primary):

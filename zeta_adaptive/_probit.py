@@ -85,10 +85,12 @@ class ProbitThompsonPolicy(LinearThompsonPolicy):
     def _innovation(self, accuracy: float, mean: float, var: float) -> tuple[float, float]:
         return probit_step(accuracy, mean, var)
 
-    def _accuracy_draws(self, mean: np.ndarray, var: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """The latent draws of the linear model, each mapped to the predictive accuracy ``Phi(f / sqrt(1 + var))``."""
-        latent = super()._accuracy_draws(mean, var, z)
-        latent *= (1.0 / np.sqrt(1.0 + var[:-1] + var[-1]))[:, None]
+    def _latent_scale(self, ids: list[int], var: list[float]) -> list[float]:
+        """``1 / sqrt(1 + var)`` per model: its scaled draw maps through the CDF to the predictive accuracy at that draw."""
+        shared_var, sqrt = var[-1], math.sqrt
+        return [1.0 / sqrt(1.0 + var[i] + shared_var) for i in ids]
+
+    def _to_accuracy(self, latent: np.ndarray) -> np.ndarray:
         return _ndtr(latent)
 
     def predict(self, features: Features | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -99,10 +101,13 @@ class ProbitThompsonPolicy(LinearThompsonPolicy):
     def _decide(
         self, ids: list[int], mean: list[float], var: list[float], parts: list[tuple[float, float, float, float, bool]]
     ) -> tuple[list[int], float]:
-        """The eligible models' ``samples`` scores from the batch's accuracy draws (not affine in the
-        latent draws: each is mapped through the CDF); one column ranks, its winner's share of the columns is P(primary)."""
+        """The batch's accuracy draws (one product, mapped through the CDF), then each model's line: the score
+        is not affine in the latent draw, so the line comes after; one column ranks, its winner's share is P(primary)."""
         normals, u = self._batch()
-        accuracy = self._accuracy_draws(np.array(mean), np.array(var), normals[:-1])
+        rows = self._coefficients(ids, mean, var, [(0.0, a) for a in self._latent_scale(ids, var)])
+        accuracy = self._to_accuracy(np.array(rows).dot(normals))
         success, line = self._success_draw(parts), self.objective.line
-        lines = [line(success[i], parts[i][2], parts[i][3]) for i in ids]
-        return self._ranked(np.array([base + slope * accuracy[i] for i, (base, slope) in zip(ids, lines)]), u)
+        base, slope = zip(*[line(success[i], parts[i][2], parts[i][3]) for i in ids], strict=True)
+        accuracy *= np.array(slope)[:, None]
+        accuracy += np.array(base)[:, None]
+        return self._ranked(accuracy, u)
