@@ -41,10 +41,11 @@ def _mills(z: float) -> float:
 
 
 def _ndtr(x: np.ndarray) -> np.ndarray:
-    """The normal CDF of an array (scipy imported here, not at import: the router's import stays light)."""
+    """The normal CDF of an array, in place (scipy is imported at the first call, not at import: the
+    router's import stays light)."""
     from scipy.special import ndtr
 
-    return np.asarray(ndtr(x))
+    return np.asarray(ndtr(x, out=x))
 
 
 def probit_step(accuracy: float, mean: float, var: float) -> tuple[float, float]:
@@ -107,7 +108,7 @@ class ProbitThompsonPolicy(LinearThompsonPolicy):
         rows = self._coefficients(ids, mean, var, [(0.0, a) for a in self._latent_scale(ids, var)])
         accuracy = self._to_accuracy(np.array(rows).dot(normals))
         success, line = self._success_draw(parts), self.objective.line
-        base, slope = zip(*[line(success[i], parts[i][2], parts[i][3]) for i in ids], strict=True)
-        accuracy *= np.array(slope)[:, None]
-        accuracy += np.array(base)[:, None]
+        lines = np.array([line(success[i], parts[i][2], parts[i][3]) for i in ids])  # (base, slope) rows
+        accuracy *= lines[:, 1:]
+        accuracy += lines[:, :1]
         return self._ranked(accuracy, u)
