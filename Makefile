@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# a LiteLLM proxy for the compatibility test, in a venv of its own (its pins stay out of ours)
+COMPAT_VENV := .venv-litellm
+LITELLM     ?= litellm[proxy]==1.108.7
 
 .PHONY: demo test test-fast check bench compat report clean
 
@@ -21,8 +24,15 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/zeta-adaptive demo
 
-test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+$(COMPAT_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(COMPAT_VENV)/bin/python -m pip install -q '$(LITELLM)'
+	touch $@
+
+# the whole suite, the compatibility test against a real LiteLLM proxy included
+test: $(VENV)/.installed-test $(COMPAT_VENV)/.installed
+	ZETA_LITELLM=$(COMPAT_VENV)/bin/litellm $(BIN)/python -m pytest -q -p no:cacheprovider
 
 # the unit tests: no subprocess runs of experiments, demo or notebooks, no loopback fleet, no PostgreSQL;
 # in two processes (pytest-xdist), since many of them wait on timers (deadlines, the writer's linger)
@@ -47,12 +57,12 @@ report: $(VENV)/.installed-plots
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m experiments.run_all $(BENCH_ARGS)
 
-# `make compat`: the router against a real OpenAI-compatible server (a LiteLLM proxy with mock
-# models on 127.0.0.1), from the `compat` extra; skipped by `make test`.
-compat: $(VENV)/.installed-test $(VENV)/.installed-compat
-	ZETA_COMPAT=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m compat tests/test_compat_litellm.py
+# `make compat`: only the router against a real OpenAI-compatible server (a LiteLLM proxy with
+# mock models on 127.0.0.1, from its own venv); `make test` runs it too.
+compat: $(VENV)/.installed-test $(COMPAT_VENV)/.installed
+	ZETA_LITELLM=$(COMPAT_VENV)/bin/litellm $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_compat_litellm.py
 
 # everything `make demo`, `make report` and the README's examples write (logs with their WAL files,
 # the demo's previous log, the report), besides the venv and caches
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache zeta.db zeta.db-* zeta.db.prev example.db example.db-* zeta-report.html
+	rm -rf $(VENV) $(COMPAT_VENV) *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache zeta.db zeta.db-* zeta.db.prev example.db example.db-* zeta-report.html

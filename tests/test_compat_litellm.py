@@ -2,13 +2,15 @@
 
 The proxy runs on 127.0.0.1 with ``mock_response`` models (no network) behind a master key; the
 router sends chat, a stream and embeddings through it and the test checks tokens, cost, fallback
-and the log. Run by ``make compat`` (which installs the ``compat`` extra and sets ZETA_COMPAT=1);
-skipped otherwise, since the proxy takes up to a minute to start.
+and the log, and how the router reads LiteLLM's own errors (a context window exceeded, a rate
+limit, an unknown model name, a stream that breaks). The proxy comes from a venv of its own
+(``.venv-litellm``, made by ``make test`` and ``make compat``, which name its command in
+``ZETA_LITELLM``); without the variable the file looks for ``litellm`` beside this Python and is
+skipped if there is none, so a bare ``pytest`` still runs.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import socket
@@ -22,10 +24,10 @@ import pytest
 
 from zeta_adaptive import Router, Store
 
-if os.environ.get("ZETA_COMPAT") != "1":
-    pytest.skip("compatibility tests run with ZETA_COMPAT=1 (make compat)", allow_module_level=True)
-if importlib.util.find_spec("litellm") is None or importlib.util.find_spec("fastapi") is None:
-    pytest.skip("the compat extra (litellm[proxy]) is not installed", allow_module_level=True)
+#: the proxy's command: ZETA_LITELLM (which must then exist), else ``litellm`` beside this Python
+LITELLM = Path(os.environ.get("ZETA_LITELLM") or Path(sys.executable).with_name("litellm"))
+if "ZETA_LITELLM" not in os.environ and not LITELLM.exists():
+    pytest.skip("no LiteLLM proxy: `make test` or `make compat` installs one in .venv-litellm", allow_module_level=True)
 
 pytestmark = [
     pytest.mark.compat,
@@ -48,6 +50,12 @@ model_list:
     litellm_params: {model: openai/broken, api_key: unused, api_base: "http://127.0.0.1:%(dead)d/v1"}
   - model_name: emb
     litellm_params: {model: openai/text-embedding-3-small, api_key: unused, mock_response: [0.1, 0.2, 0.3]}
+  - model_name: tight
+    litellm_params: {model: openai/tight, api_key: unused, mock_response: "litellm.ContextWindowExceededError"}
+  - model_name: limited
+    litellm_params: {model: openai/limited, api_key: unused, mock_response: "litellm.RateLimitError"}
+  - model_name: flaky
+    litellm_params: {model: openai/flaky, api_key: unused, mock_response: "Exception: mock_streaming_error"}
 litellm_settings: {num_retries: 0, request_timeout: 5}
 router_settings: {num_retries: 0}
 general_settings: {master_key: os.environ/ZETA_COMPAT_MASTER_KEY}
@@ -69,10 +77,11 @@ def proxy(tmp_path_factory):
     port = _free_port()
     key = "sk-" + secrets.token_hex(24)
     env = {**os.environ, "ZETA_COMPAT_MASTER_KEY": key, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    litellm = Path(sys.executable).with_name("litellm")
+    if not LITELLM.exists():
+        pytest.fail(f"ZETA_LITELLM names {LITELLM}, which does not exist")
     log = open(folder / "proxy.log", "wb")  # noqa: SIM115 - closed at teardown
     process = subprocess.Popen(
-        [str(litellm), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+        [str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -156,3 +165,34 @@ def test_chat_stream_embeddings_and_fallback_through_litellm(proxy, sqlite_url):
         chat.call_id, "cost"
     ] == pytest.approx(chat.cost)
     assert sorted(attempts[attempts["call_id"] == fell_back.call_id]["outcome"]) == ["ok", "server_error"]
+
+
+def test_litellm_errors_read_as_what_they_are_and_the_key_stays_out_of_the_log(proxy, sqlite_url):
+    """LiteLLM's own refusals (its mock errors: a context window exceeded, a rate limit, a stream
+    that fails before its first chunk) and its answer to an unknown model name each get their
+    outcome, and the call moves on to the next model; the proxy's key is nowhere in the log file."""
+    config = _config(proxy, sqlite_url)
+    for name in ("tight", "limited", "flaky", "nosuch"):
+        config["models"][name] = {**config["models"]["big"], "model": name}
+    for route, first in (("long", "tight"), ("busy", "limited"), ("streamed", "flaky"), ("typo", "nosuch")):
+        config["routes"][route] = {"models": [first, "big"], "policy": "static"}
+    with Router(config) as router:
+        long, busy, typo = (router.chat(route, MSG) for route in ("long", "busy", "typo"))
+        stream = router.chat("streamed", MSG, stream=True)
+        text = "".join(stream)
+
+    def tried(result):
+        return [(a.model, a.outcome, a.status) for a in result.attempts]
+
+    assert tried(long) == [("tight", "context_exceeded", 400), ("big", "ok", 200)]
+    assert tried(busy) == [("limited", "rate_limited", 429), ("big", "ok", 200)]
+    assert tried(typo) == [("nosuch", "client_error", 400), ("big", "ok", 200)]
+    assert "Invalid model name" in typo.attempts[0].error  # a misconfigured endpoint: the call moved on
+    assert tried(stream.result)[0][:2] == ("flaky", "server_error") and tried(stream.result)[1] == ("big", "ok", 200)
+    assert text == stream.result.text == "hello from big"
+    assert all(r.text == "hello from big" for r in (long, busy, typo))
+    key = os.environ.get("ZETA_COMPAT_KEY") or ""
+    assert key.startswith("sk-")
+    database = Path(sqlite_url.removeprefix("sqlite:///"))
+    written = [p for p in database.parent.iterdir() if p.name.startswith(database.name)]
+    assert written and not any(key.encode() in p.read_bytes() for p in written)
