@@ -1,12 +1,14 @@
-"""Helpers shared by the test modules: an experiment run in its quick mode, a router config, and a log row."""
+"""Helpers shared by the test modules: an experiment run in its quick mode, a router config, a log row, and an app served."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +109,23 @@ def call_row(call_id: str, **overrides: Any) -> dict[str, Any]:
         "answer": None,
         **overrides,
     }
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a thread on a free loopback port; yields its /v1 base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="gateway-under-test", daemon=True)
+    thread.start()
+    until = time.monotonic() + 20
+    while not server.started and thread.is_alive() and time.monotonic() < until:
+        time.sleep(0.01)
+    assert server.started, "the gateway did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import serving
 
 from zeta_adaptive import Router, Store
 
@@ -196,3 +197,43 @@ def test_litellm_errors_read_as_what_they_are_and_the_key_stays_out_of_the_log(p
     database = Path(sqlite_url.removeprefix("sqlite:///"))
     written = [p for p in database.parent.iterdir() if p.name.startswith(database.name)]
     assert written and not any(key.encode() in p.read_bytes() for p in written)
+
+
+def test_the_openai_client_through_the_gateway_to_litellm(proxy, sqlite_url, tmp_path):
+    """The whole path with parts nobody here wrote at both ends: the official ``openai`` client, the
+    gateway, the router, a LiteLLM proxy; an answer, a stream with its usage, embeddings, a fallback
+    past LiteLLM's rate limit, each one logged call with the tokens the proxy counted."""
+    openai = pytest.importorskip("openai")
+    from zeta_adaptive.gateway import create_app
+
+    config = _config(proxy, sqlite_url)
+    config["models"]["limited"] = {**config["models"]["big"], "model": "limited"}
+    config["routes"]["busy"] = {"models": ["limited", "big"], "policy": "static"}
+    config["journal_dir"] = str(tmp_path / "journal")
+    app = create_app(config)
+    with serving(app) as base:
+        client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=30)
+        answer = client.chat.completions.create(model="simple", messages=MSG, max_tokens=16)
+        chunks = list(
+            client.chat.completions.create(
+                model="simple", messages=MSG, stream=True, stream_options={"include_usage": True}
+            )
+        )
+        busy = client.chat.completions.with_raw_response.create(model="busy", messages=MSG)
+        vectors = client.embeddings.create(model="embedding", input=["one text"])
+        app.state.router.flush()
+        store = Store(sqlite_url)
+        try:
+            calls, attempts = store.frame("calls"), store.frame("attempts")
+        finally:
+            store.close()
+    assert answer.choices[0].message.content == "hello from small" and answer.usage.completion_tokens > 0
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert text == "hello from small" and len(usage) == 1 and usage[0].completion_tokens > 0
+    assert busy.headers["x-zeta-model"] == "big" and busy.parse().choices[0].message.content == "hello from big"
+    assert len(vectors.data) == 1 and len(vectors.data[0].embedding) == 3
+    assert sorted(calls["task_type"]) == ["busy", "embedding", "simple", "simple"]
+    logged = attempts.set_index("call_id")
+    assert logged.loc[answer.id, "tokens_out"] == answer.usage.completion_tokens
+    assert sorted(attempts[attempts["call_id"] == busy.parse().id]["outcome"]) == ["ok", "rate_limited"]

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,8 @@ from sqlalchemy import create_engine, text
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
+
+from helpers import serving  # noqa: E402
 
 from zeta_adaptive import gateway  # noqa: E402
 from zeta_adaptive._config import Config, ConfigError, KeyLimits, ServerConfig  # noqa: E402
@@ -64,24 +65,6 @@ def config(
     for spec in cfg["routes"].values():
         spec["policy"] = "static"  # try the listed order: what each test expects
     return cfg
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Serve an app with uvicorn in a thread on a free loopback port; yields its /v1 base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="gateway-under-test", daemon=True)
-    thread.start()
-    until = time.monotonic() + 20
-    while not server.started and thread.is_alive() and time.monotonic() < until:
-        time.sleep(0.01)
-    assert server.started, "the gateway did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def client(base: str, key: str = "unused") -> Any:
