@@ -33,6 +33,7 @@ import json
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -244,9 +245,13 @@ def through_router(
         ModelSpec("strong", latency_s=0.0005, latency_sigma=0.0),
     ]
     chosen, right = [], []
-    with Fleet(specs, seed=seed) as fleet:
+    with Fleet(specs, seed=seed) as fleet, tempfile.TemporaryDirectory() as folder:
         config = fleet.fleet_config(
-            {task_type: list(MODELS)}, seed=seed, objective={"w_latency": 0.0}, store="sqlite:///:memory:"
+            {task_type: list(MODELS)},
+            seed=seed,
+            objective={"w_latency": 0.0},
+            store=f"sqlite:///{folder}/log.db",
+            journal_dir=f"{folder}/journal",
         )
         config["models"]["strong"]["price_out_per_1k"] = 1000.0 / 32  # the fleet's 32 answer tokens cost 1
         config["routes"][task_type].update(policy="linear_thompson", budget_per_call=budget)

@@ -9,10 +9,10 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from helpers import call_row
+from helpers import call_row, router_config
 from sqlalchemy import create_engine, event, inspect, text
 
-from zeta_adaptive import Config, StoreError
+from zeta_adaptive import Config, Router, StoreError
 from zeta_adaptive import _store as store_module
 from zeta_adaptive._store import Store
 from zeta_adaptive.cli import main
@@ -284,3 +284,15 @@ def test_rows_queued_behind_a_slow_write_are_journaled_within_journal_after_s(sq
     reopened = Store(sqlite_url)
     assert reopened.count("calls") == 2  # "a" written, "b" replayed from the journal (or found present): once each
     reopened.close()
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://"])
+def test_sqlite_in_memory_is_refused_before_anything_is_written(tmp_path, url):
+    """An in-memory SQLite database is one per connection: the background writer would see no tables
+    and journal every row for a database that dies with the process. It is refused at once, by name."""
+    with pytest.raises(StoreError, match=r"SQLite in memory is one database per connection.*name a file"):
+        Store(url)
+    config = router_config(url, {"m": "http://127.0.0.1:9/v1"}, {"r": ["m"]}, tmp_path=tmp_path)
+    with pytest.raises(StoreError, match="SQLite in memory"):
+        Router(config)
+    assert not (tmp_path / "journal").exists() or not any((tmp_path / "journal").iterdir())

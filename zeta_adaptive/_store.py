@@ -276,16 +276,20 @@ def _engine(url: str, pgbouncer: bool = False, timeout_s: float = 2.0) -> Engine
     timeouts, and the pool's checkout timeout all follow ``timeout_s``."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        folder, on_disk = Path(parsed.database or ".").parent, parsed.database not in (None, "", ":memory:")
-        if on_disk and not folder.is_dir():  # SQLite would only say "unable to open database file"
+        if parsed.database in (None, "", ":memory:"):  # each connection (thread) would get its own empty database
+            raise StoreError(
+                f"cannot use store {url}: SQLite in memory is one database per connection, and the log is written "
+                "from a background thread, which would see none of it; name a file (a temporary one will do)"
+            )
+        folder = Path(parsed.database).parent
+        if not folder.is_dir():  # SQLite would only say "unable to open database file"
             raise StoreError(f"cannot open store {url}: directory {folder} does not exist")
         engine = create_engine(url, connect_args={"timeout": timeout_s, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            if on_disk:
-                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             # checkpoint the WAL every 10,000 pages (about 40 MB), not 1,000: the log's index pages change
             # in every batch, so a rarer checkpoint copies each page once for many batches (+18% rows/s
