@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._results import Attempt
@@ -24,7 +24,22 @@ __all__ = [
 
 
 class ZetaError(Exception):
-    """Base class of every error raised by zeta_adaptive."""
+    """Base class of every error raised by zeta_adaptive.
+
+    Errors pickle (to cross a process pool, for example) with their message and attributes,
+    whatever their constructor takes.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[ZetaError], args: tuple[Any, ...], state: dict[str, Any]) -> ZetaError:
+    """A pickled error as it was, without calling its constructor."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(ZetaError, ValueError):
@@ -120,3 +135,6 @@ class MissingDependency(ZetaError, ImportError):
             f"{module} is not installed; it comes with the {extra!r} extra: pip install 'zeta_adaptive[{extra}]'",
             name=module,
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.module, self.extra)  # ImportError's ``name`` is not in the instance dict

@@ -261,6 +261,7 @@ class Router:
         """Check the call's task type and deadline, choose its route and open it (the arguments are checked by then)."""
         if self._closed:
             raise RuntimeError("the router is closed")
+        self.store.check_process()  # a forked child: before anything is sent
         check_task_type(task_type, required=messages is None)
         check_deadline(deadline_s)
         task = task_type if task_type is not None else self.classifier(messages or [])
@@ -451,6 +452,7 @@ class Router:
         call_id = check_call_id(call_id)
         if self._closed:
             raise StoreError("the router is closed")
+        self.store.check_process()
         remembered = self.book.claim(call_id)
         call = self._claim_logged(call_id) if remembered is None else remembered
         row = self._feedback_row(call, value)

@@ -26,6 +26,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -814,6 +815,17 @@ class _Flush:
 
 _STOP = object()
 _TABLE_NAMES = frozenset(TABLES)
+
+#: every open store of this process: a forked child marks them inherited (see :meth:`Store.check_process`)
+_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+def _mark_inherited() -> None:
+    for store in list(_STORES):
+        store.inherited = True
+
+
+os.register_at_fork(after_in_child=_mark_inherited)
 _TABLE_OF = operator.itemgetter(0)
 #: seconds without a row after which the writer stops ticking and sleeps until the next hand-over
 IDLE_S = 1.0
@@ -894,6 +906,8 @@ class Store:
     ) -> None:
         if durability not in DURABILITY:
             raise StoreError(f"durability must be one of {list(DURABILITY)}, got {durability!r}")
+        self.pid = os.getpid()
+        self.inherited = False  # set in a forked child: the writer thread and the connections stayed behind
         self.url = url
         self.batch_size = batch_size
         self.linger_s = linger_s
@@ -940,6 +954,7 @@ class Store:
         self.crashes = 0  # unexpected errors caught in the writer (its rows were journaled)
         self._backlog: list[Row] = []  # rows neither the database nor the journal took yet
         self._closed = False
+        _STORES.add(self)
         for path in self.journal.orphans():  # adopt what crashed processes left: one file to replay
             rows, _ = self.journal.read(path)
             if rows:
@@ -970,11 +985,21 @@ class Store:
             self._migrated and self._stuck is None and self.journal.rows == 0 and self._next_probe <= time.monotonic()
         )
 
+    def check_process(self) -> None:
+        """Raise StoreError in a forked child: a fork copies neither the writer thread (rows queued there
+        would never be written) nor connections it can share safely with its parent."""
+        if self.inherited:
+            raise StoreError(
+                f"the log store was opened in process {self.pid} and this is its forked child {os.getpid()}, "
+                "which inherits neither its writer thread nor its connections: open a new Router (or Store) here"
+            )
+
     # -- bounded operations ---------------------------------------------------------------------
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None) -> Any:
         """Run ``fn(*args)`` on its own thread, waiting at most ``timeout`` (the store's ``timeout_s``);
         raises StoreError if it fails for want of the database or does not finish in time (the
         operation is then remembered as hung, so the writer does not pile more onto the database)."""
+        self.check_process()
         op = _Bounded(lambda: fn(*args))
         limit = self.timeout_s if timeout is None else timeout
         try:
@@ -992,6 +1017,7 @@ class Store:
 
     def put_many(self, items: Iterable[Row]) -> None:
         """Queue several rows, in order (with ``durability = "journal"``: journaled first)."""
+        self.check_process()
         if self._closed:
             raise StoreError("the store is closed")
         rows = list(items)
@@ -1006,8 +1032,8 @@ class Store:
 
     def put_call(self, record: CallRecord) -> None:
         """Queue one call's rows as its record: the writer builds them (``durability = "journal"``: now)."""
-        if self._closed or self.durability == "journal":
-            self.put_many(record.rows())
+        if self._closed or self.inherited or self.durability == "journal":
+            self.put_many(record.rows())  # (which refuses a closed or inherited store)
         else:
             self._hand_over((record,), urgent=False)
 
@@ -1024,6 +1050,7 @@ class Store:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every row queued so far is in the database or the journal. False on timeout,
         if the writer has stopped, or if rows were lost since the store opened."""
+        self.check_process()
         marker = _Flush()
         self._hand_over([marker], urgent=True)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -1036,11 +1063,14 @@ class Store:
         """Write what is queued, stop the writer and release connections (idempotent).
 
         Rows the database cannot take stay in the journal and are written by the next store
-        opened on the same URL. Raises StoreError if rows were lost.
+        opened on the same URL. Raises StoreError if rows were lost. In a forked child it only marks
+        the store closed: the writer, the journal and the connections are the parent's.
         """
         if self._closed:
             return
         self._closed = True
+        if self.inherited:
+            return
         self._hand_over([_STOP], urgent=True)
         self._writer.join(timeout)
         if self._writer.is_alive():
