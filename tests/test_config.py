@@ -227,6 +227,19 @@ def test_bad_base_url(tmp_path, url, fragment):
     expect_error(d, "models.fast.base_url", fragment)
 
 
+@pytest.mark.parametrize(
+    "url", ["http://alice:s3cret-pw@host:8000/v1", "https://s3cret-pw@host/v1", "http://:s3cret-pw@[::1]:8/v1"]
+)
+def test_a_base_url_with_credentials_is_refused_without_showing_them(tmp_path, url):
+    """Credentials in a base URL would never be sent (the router authenticates with api_key_env's key)
+    and would show in every repr of the config: refused, and the error does not repeat them."""
+    d = base_config(tmp_path)
+    d["models"]["fast"]["base_url"] = url
+    with pytest.raises(ConfigError, match="must not carry credentials") as caught:
+        Config.from_dict(d)
+    assert caught.value.field == "models.fast.base_url" and "s3cret-pw" not in str(caught.value)
+
+
 def test_base_url_port_zero_rejected(tmp_path):
     """Port 0 cannot be connected to; it is as bad as port 99999."""
     d = base_config(tmp_path)

@@ -19,6 +19,7 @@ from zeta_adaptive import (
     RequestRejected,
     Router,
     Store,
+    StoreError,
     UnknownTaskType,
     classify,
 )
@@ -396,7 +397,7 @@ def test_rows_match_calls_and_attempts(tmp_path):
     # attempts are numbered 0.. within each call
     per_call = rows(tmp_path, "SELECT call_id, COUNT(*), MIN(idx), MAX(idx) FROM attempts GROUP BY call_id")
     assert all(lo == 0 and hi == n - 1 for _, n, lo, hi in per_call)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StoreError, match="the router is closed"):  # as the README says: a ZetaError
         router.chat("simple", HELLO)
 
 

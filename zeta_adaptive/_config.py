@@ -302,6 +302,12 @@ def _check_keys(where: str, data: Mapping[str, Any], allowed: set[str]) -> None:
 def _base_url(where: str, value: Any) -> str:
     url = _string(where, value)
     parts = urlsplit(url)
+    if "@" in parts.netloc:  # checked first, and the URL not echoed: it holds a secret
+        raise ConfigError(
+            where,
+            "must not carry credentials (user:password@host): the router authenticates with the key in "
+            "api_key_env only, so they would not be sent, and they would show wherever the URL does",
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(where, f"bad URL {url!r}: expected http(s)://host[:port]/path")
     try:

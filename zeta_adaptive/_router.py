@@ -260,7 +260,7 @@ class Router:
     ) -> Call:
         """Check the call's task type and deadline, choose its route and open it (the arguments are checked by then)."""
         if self._closed:
-            raise RuntimeError("the router is closed")
+            raise StoreError("the router is closed")
         self.store.check_process()  # a forked child: before anything is sent
         check_task_type(task_type, required=messages is None)
         check_deadline(deadline_s)
