@@ -96,17 +96,41 @@ def test_async_streams(sqlite_url):
 
 
 @pytest.mark.integration
-def test_stopping_a_stream_early_logs_the_call(sqlite_url):
-    with Fleet([ModelSpec("a", tokens_out=30, chunk_delay_s=0.001)]) as fleet:
-        with Router(_cfg(fleet, sqlite_url, ["a"])) as router:
-            stream = router.chat("simple", MSG, stream=True)
-            for _ in stream:
-                break
-            stream.close()
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_stopping_a_stream_early_logs_the_call_with_the_tokens_it_showed(sqlite_url, mode):
+    """The model generated at least the text the caller read: the cancelled attempt is logged with
+    those tokens and the prompt's, estimated at four characters a token, and their cost."""
+    with Fleet([ModelSpec("a", tokens_out=60, chunk_delay_s=0.001)]) as fleet:
+        cfg = _cfg(fleet, sqlite_url, ["a"])
+        cfg["models"]["a"].update(price_in_per_1k=1.0, price_out_per_1k=2.0)
+        with Router(cfg) as router:
+            if mode == "sync":
+                stream = router.chat("simple", MSG, stream=True)
+                shown = [delta for _, delta in zip(range(5), stream, strict=False)]
+                stream.close()
+            else:
+
+                async def read_five() -> list[str]:
+                    stream = await router.achat("simple", MSG, stream=True)
+                    seen = []
+                    async for delta in stream:
+                        seen.append(delta)
+                        if len(seen) == 5:
+                            break
+                    await stream.aclose()
+                    return seen
+
+                shown = asyncio.run(read_five())
             assert router.health.in_flight["a"] == 0
     store = Store(sqlite_url)
-    assert store.count("calls") == 1 and store.frame("attempts")["outcome"].tolist() == ["cancelled"]
+    attempts = store.frame("attempts")
+    assert store.count("calls") == 1 and attempts["outcome"].tolist() == ["cancelled"]
     store.close()
+    prompt_chars = sum(len(m["content"]) for m in MSG)
+    tokens_out = len("".join(shown)) // 4
+    assert len(shown) == 5 and tokens_out > 0
+    assert attempts[["tokens_in", "tokens_out"]].values.tolist() == [[prompt_chars // 4, tokens_out]]
+    assert attempts["cost"].tolist() == [pytest.approx(prompt_chars // 4 / 1000 * 1.0 + tokens_out / 1000 * 2.0)]
 
 
 def test_validator_failure_falls_back_for_plain_calls(sqlite_url):

@@ -114,6 +114,8 @@ class Backend(Protocol):
 
 # -- token estimates ----------------------------------------------------------------------------
 
+#: characters per token: the one rule for every estimate of tokens from text (the usual rough figure)
+CHARS_PER_TOKEN = 4
 #: tokens an OpenAI-style chat template adds per message (role markers, separators)
 MESSAGE_OVERHEAD_TOKENS = 4
 
@@ -128,11 +130,13 @@ def _content_chars(content: Any) -> int:
 
 
 def estimate_tokens(messages: Messages) -> int:
-    """A server-free estimate of a prompt's tokens: four characters per token plus
+    """A server-free estimate of a prompt's tokens: ``CHARS_PER_TOKEN`` characters per token plus
     ``MESSAGE_OVERHEAD_TOKENS`` per message. Used when a stream reports no usage, and by the
     simulated fleet to decide when a prompt exceeds a context window."""
     return sum(
-        _content_chars(m.get("content")) // 4 + MESSAGE_OVERHEAD_TOKENS for m in messages if isinstance(m, Mapping)
+        _content_chars(m.get("content")) // CHARS_PER_TOKEN + MESSAGE_OVERHEAD_TOKENS
+        for m in messages
+        if isinstance(m, Mapping)
     )
 
 
@@ -593,7 +597,7 @@ class _StreamState:
         if self.usage_seen:
             tin, tout, estimated = self.tokens_in, self.tokens_out, False
         else:
-            tin, tout, estimated = self.prompt_tokens, len(answer) // 4, True
+            tin, tout, estimated = self.prompt_tokens, len(answer) // CHARS_PER_TOKEN, True
         latency = time.perf_counter() - self.start
         return Reply(outcome, latency, status, tin, tout, ttft_s=self.ttft, tokens_estimated=estimated, **more)
 

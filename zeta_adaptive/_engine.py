@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar, cast
 
-from ._backends import Outcome, Reply, StreamItem
+from ._backends import CHARS_PER_TOKEN, Outcome, Reply, StreamItem
 from ._config import ModelConfig, RouteConfig
 from ._exceptions import AllModelsFailed, RequestRejected, StreamBroken
 from ._ids import new_call_id
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ._health import Health
     from ._policies import Policy, Ranking
 
-__all__ = ["Lane", "Call", "run", "arun", "MIN_ATTEMPT_S", "TRANSIENT", "RETRY_BACKOFF_S", "CHARS_PER_TOKEN"]
+__all__ = ["Lane", "Call", "run", "arun", "MIN_ATTEMPT_S", "TRANSIENT", "RETRY_BACKOFF_S"]
 
 T = TypeVar("T")
 
@@ -44,8 +44,6 @@ MIN_ATTEMPT_S = 0.1
 TRANSIENT = frozenset({Outcome.SERVER_ERROR, Outcome.CONNECT_ERROR, Outcome.MALFORMED, Outcome.TIMEOUT})
 #: a retry of a model this call already tried waits a seeded random pause in this range first
 RETRY_BACKOFF_S = (0.01, 0.05)
-#: characters per token, to tell from a prompt's length whether it fits a declared context window
-CHARS_PER_TOKEN = 4
 #: what a stream that ended without its final reply counts as
 _NO_RESULT = Reply(Outcome.MALFORMED, 0.0, error="stream gave no result")
 
@@ -152,6 +150,8 @@ class Call:
         self.start = time.perf_counter()
         self.deadline = self.start + deadline_s
         self.band = prompt_band(chars)
+        self.chars = chars  # the prompt's characters
+        self.shown = 0  # characters of streamed text the caller received
         self.adaptive = lane.adaptive
         health, candidates = lane.health, lane.route.models
         usable, self.skipped = health.split(candidates, self.adaptive)
@@ -297,9 +297,15 @@ class Call:
         return Started(index, timeout, min(model.first_token_timeout_s or timeout, timeout))
 
     def cancel_open(self, why: str) -> None:
-        """Record every attempt still in flight as cancelled (a hedge's loser, or an aborted call)."""
+        """Record every attempt still in flight as cancelled (a hedge's loser, or an aborted call). A stream
+        its caller left after text reached it is logged with the tokens of that text and of the prompt,
+        estimated (``CHARS_PER_TOKEN``): the model generated at least that much, and is billed for it."""
         for index, (model, started) in list(self.open.items()):
-            self.record(model, Reply(Outcome.CANCELLED, time.perf_counter() - started, error=why[:200]), index)
+            reply = Reply(Outcome.CANCELLED, time.perf_counter() - started, error=why[:200])
+            if self.shown:
+                reply.tokens_in, reply.tokens_out = self.chars // CHARS_PER_TOKEN, self.shown // CHARS_PER_TOKEN
+                reply.tokens_estimated = True
+            self.record(model, reply, index)
 
     def abort(self, exc: BaseException) -> None:
         """The call was cancelled or a backend raised: close its open attempts and log what happened."""
@@ -314,6 +320,7 @@ class Call:
         """
         if isinstance(item, str):
             self.final = True
+            self.shown += len(item)
             return True
         self._taken = item
         return False

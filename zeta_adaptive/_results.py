@@ -100,7 +100,8 @@ class ChatStream(_Stream):
 
     Fallback happens only before the first delta reaches you; a stream that breaks after that
     raises :class:`StreamBroken`. Stopping early (``close()`` or leaving the loop) logs the call,
-    its open attempt as cancelled.
+    its open attempt as cancelled, with the tokens of the text you received and of the prompt
+    (estimated, four characters a token) and their cost.
     """
 
     def __init__(self, items: Iterator[str | ChatResult]) -> None:

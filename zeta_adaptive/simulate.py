@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from ._backends import estimate_tokens
+from ._backends import CHARS_PER_TOKEN, estimate_tokens
 from ._config import Config, ModelConfig, load_config
 from ._exceptions import ConfigError
 
@@ -247,8 +247,8 @@ def _deflated(data: bytes, final: bool) -> bytes:
 
 
 def _text_tokens(chars: int) -> int:
-    """The usual rough token count: one token per four characters, at least one."""
-    return max(1, chars // 4)
+    """The usual rough token count (``CHARS_PER_TOKEN`` characters a token), at least one."""
+    return max(1, chars // CHARS_PER_TOKEN)
 
 
 class _ChatRequest(NamedTuple):
