@@ -80,6 +80,8 @@ class Reply:
     ttft_s: float | None = None  # time to first token, for streamed answers
     tokens_estimated: bool = False  # the server reported no usage: tokens are estimated (see estimate_tokens)
     misconfigured: bool = False  # the endpoint's setup is wrong (bad key, unknown model name), not the request
+    tool_calls: list[dict[str, Any]] | None = None  # the answer's tool calls, as OpenAI's API writes them
+    finish_reason: str | None = None  # why the model stopped, as the server said ("stop", "length", "tool_calls")
 
     @property
     def ok(self) -> bool:
@@ -435,7 +437,7 @@ def _usage(body: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def parse_chat(body: Any, latency_s: float, status: int) -> Reply:
-    """Turn a chat completion body into a Reply; no choices or an empty answer is malformed."""
+    """Turn a chat completion body into a Reply; no choices, or neither text nor tool calls, is malformed."""
     if not isinstance(body, Mapping):
         return Reply(Outcome.MALFORMED, latency_s, status, error="answer is not a JSON object")
     tin, tout = _usage(body)
@@ -445,11 +447,12 @@ def parse_chat(body: Any, latency_s: float, status: int) -> Reply:
     message = choices[0].get("message") if isinstance(choices[0], Mapping) else None
     if not isinstance(message, Mapping):
         return Reply(Outcome.MALFORMED, latency_s, status, tin, tout, error="first choice has no message")
-    text = message.get("content")
-    if isinstance(text, str) and text.strip():
-        return Reply(Outcome.OK, latency_s, status, tin, tout, text=text)
-    if message.get("tool_calls"):
-        return Reply(Outcome.OK, latency_s, status, tin, tout, text=json.dumps(message["tool_calls"]))
+    content, calls, finish = message.get("content"), message.get("tool_calls"), choices[0].get("finish_reason")
+    text = content if isinstance(content, str) else ""
+    tool_calls = calls if isinstance(calls, list) and calls and all(isinstance(c, Mapping) for c in calls) else None
+    if text.strip() or tool_calls:
+        reason = finish if isinstance(finish, str) else None
+        return Reply(Outcome.OK, latency_s, status, tin, tout, text=text, tool_calls=tool_calls, finish_reason=reason)
     return Reply(Outcome.MALFORMED, latency_s, status, tin, tout, error="answer is empty")
 
 
@@ -509,6 +512,8 @@ class _StreamState:
         self.cap = model.response_cap()
         self.prompt_tokens = estimate_tokens(messages)
         self.parts: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}  # tool calls by index, their deltas merged
+        self.finish_reason: str | None = None
         self.ttft: float | None = None
         self.tokens_in = 0
         self.tokens_out = 0
@@ -583,6 +588,10 @@ class _StreamState:
         choices = event.get("choices")
         first = choices[0] if isinstance(choices, list) and choices else None
         delta = first.get("delta") if isinstance(first, Mapping) else None
+        if isinstance(first, Mapping) and isinstance(first.get("finish_reason"), str):
+            self.finish_reason = first["finish_reason"]
+        if isinstance(delta, Mapping) and isinstance(delta.get("tool_calls"), list):
+            self._merge_calls(delta["tool_calls"])
         content = delta.get("content") if isinstance(delta, Mapping) else None
         if isinstance(content, str) and content:
             if self.ttft is None:
@@ -591,6 +600,24 @@ class _StreamState:
             self.parts.append(content)
             return content
         return None
+
+    def _merge_calls(self, deltas: list[Any]) -> None:
+        """Fold streamed tool-call deltas into whole calls: by ``index``, ``id``, ``type`` and the function's
+        ``name`` as first given, its ``arguments`` concatenated (OpenAI's stream format)."""
+        for d in deltas:
+            if not isinstance(d, Mapping):
+                continue
+            index = d.get("index", len(self.calls))
+            call = self.calls.setdefault(index if isinstance(index, int) else len(self.calls), {"function": {}})
+            for key in ("id", "type"):
+                if isinstance(d.get(key), str):
+                    call.setdefault(key, d[key])
+            function = d.get("function")
+            if isinstance(function, Mapping):
+                if isinstance(function.get("name"), str):
+                    call["function"].setdefault("name", function["name"])
+                if isinstance(function.get("arguments"), str):
+                    call["function"]["arguments"] = call["function"].get("arguments", "") + function["arguments"]
 
     def _reply(self, outcome: Outcome, status: int | None, answer: str, **more: Any) -> Reply:
         """The attempt's Reply, with usage as the server reported it, else estimated (four characters per token)."""
@@ -618,9 +645,10 @@ class _StreamState:
         if not self.done:
             return self.failure(Outcome.MALFORMED, "stream ended without [DONE]", status)
         text = "".join(self.parts)
-        if not text.strip():
+        calls = [self.calls[i] for i in sorted(self.calls)] or None
+        if not text.strip() and not calls:
             return self.failure(Outcome.MALFORMED, "answer is empty", status)
-        return self._reply(Outcome.OK, status, text, text=text)
+        return self._reply(Outcome.OK, status, text, text=text, tool_calls=calls, finish_reason=self.finish_reason)
 
 
 def _wire_encoding(response: httpx.Response) -> str | None:

@@ -333,7 +333,7 @@ class Call:
     def record(self, model: ModelConfig, reply: Reply, index: int) -> None:
         """Keep one attempt's reply, validate it, teach the policy and the breaker at once."""
         lane = self.lane
-        if reply.ok and lane.validators:
+        if reply.ok and lane.validators and (reply.text or not reply.tool_calls):  # tool calls alone: no text to check
             problem = check_answer(lane.validators, reply.text or "")
             if problem:
                 reply = replace(reply, outcome=Outcome.INVALID, error=problem)

@@ -71,9 +71,13 @@ class _Result:
 
 @dataclass(frozen=True)
 class ChatResult(_Result):
-    """A chat answer: ``text`` from ``model``, with every attempt the call made."""
+    """A chat answer: ``text`` from ``model``, with every attempt the call made; ``tool_calls`` the
+    answer's tool calls (OpenAI's shape: ``id``, ``type``, ``function`` with ``name`` and ``arguments``)
+    and ``finish_reason`` why the model stopped, as the server said them (None where it did not)."""
 
     text: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)

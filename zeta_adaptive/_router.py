@@ -574,7 +574,9 @@ class Router:
 
 def _chat_result(call: Call) -> Callable[[Reply], ChatResult]:
     """What a chat call returns once answered."""
-    return lambda answer: ChatResult(**call.fields(), text=answer.text or "")
+    return lambda answer: ChatResult(
+        **call.fields(), text=answer.text or "", tool_calls=answer.tool_calls, finish_reason=answer.finish_reason
+    )
 
 
 _EMPTY = np.empty((0, 0), dtype=np.float32)  # no answer ends ok without vectors: for the type checker

@@ -54,7 +54,7 @@ from ._exceptions import (
 )
 from ._feedback import check_call_id, validate_accuracy
 from ._health import HALF_OPEN, OPEN
-from ._results import CallInfo, preference_records
+from ._results import CallInfo, ChatResult, preference_records
 from ._router import AsyncChatStream, OnCall, Router
 from ._store import Store
 from .aiohttp_transport import aiohttp_transports
@@ -197,6 +197,18 @@ class _Refused(Exception):
 
 class _ClientGone(Exception):
     """The client disconnected before its answer was ready; the call was cancelled."""
+
+
+def _message(result: ChatResult) -> dict[str, Any]:
+    """A chat answer as OpenAI's ``message``: its text, and its tool calls when it made some (content None without text)."""
+    if not result.tool_calls:
+        return {"role": "assistant", "content": result.text}
+    return {"role": "assistant", "content": result.text or None, "tool_calls": result.tool_calls}
+
+
+def _finish_reason(result: ChatResult) -> str:
+    """Why the model stopped, as its server said; else "tool_calls" for an answer that is tool calls, "stop" otherwise."""
+    return result.finish_reason or ("tool_calls" if result.tool_calls else "stop")
 
 
 def _error(status: int, message: str, kind: str, code: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -582,9 +594,7 @@ class _Gateway:
             "object": "chat.completion",
             "created": int(call.ts),
             "model": result.model,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": "stop"}
-            ],
+            "choices": [{"index": 0, "message": _message(result), "finish_reason": _finish_reason(result)}],
             "usage": _usage(call),
         }
         await _send_json(send, answer, _answer_headers(result.call_id, result.model, task))
@@ -648,7 +658,11 @@ class _Gateway:
             yield delta(f'"role": "assistant", "content": {json.dumps(first)}')
             async for text in deltas:
                 yield delta(f'"content": {json.dumps(text)}')
-            yield delta("", '"stop"')
+            result = stream.result
+            if result.tool_calls:  # gathered whole from the backend's deltas: sent as one delta, as clients merge them
+                calls = [{"index": i, **c} for i, c in enumerate(result.tool_calls)]
+                yield delta(f'"tool_calls": {json.dumps(calls)}')
+            yield delta("", json.dumps(_finish_reason(result)))
             if usage:
                 yield f'data: {head}, "choices": [], "usage": {json.dumps(_usage(call))}}}\n\n'.encode()
             yield _DONE

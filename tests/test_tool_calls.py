@@ -1,0 +1,146 @@
+"""Tool calls (function calling) through the router and the gateway, against a small server that answers
+the way OpenAI's API does: a message whose ``content`` is null and whose ``tool_calls`` name a function,
+or, streamed, the tool call in pieces (its arguments split across chunks) and ``finish_reason`` at the end."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from helpers import serving
+
+from zeta_adaptive import Router
+
+pytestmark = pytest.mark.integration  # a loopback server (and the gateway served)
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+MSG = [{"role": "user", "content": "weather in Paris?"}]
+
+
+class ToolServer:
+    """Answers every chat request with CALL (streamed in pieces when asked); keeps the request bodies."""
+
+    def __init__(self) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.bodies.append(body)
+                if not body.get("stream"):
+                    data = json.dumps(
+                        {
+                            "choices": [
+                                {
+                                    "index": 0,
+                                    "message": {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                                    "finish_reason": "tool_calls",
+                                }
+                            ],
+                            "usage": {"prompt_tokens": 12, "completion_tokens": 7},
+                        }
+                    ).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
+                pieces: list[dict[str, Any]] = [
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [{**CALL, "index": 0, "function": {"name": "get_weather", "arguments": ""}}],
+                    },
+                    {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+                    {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+                ]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for i, delta in enumerate(pieces):
+                    finish = "tool_calls" if i == len(pieces) - 1 else None
+                    event = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    self.wfile.flush()
+                usage = {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 7}}
+                self.wfile.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.bodies: list[dict[str, Any]] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def tool_server():
+    server = ToolServer()
+    yield server
+    server.close()
+
+
+def _config(url: str, store: str, tmp_path) -> dict[str, Any]:
+    return {
+        "store": store,
+        "journal_dir": str(tmp_path / "journal"),
+        "models": {"m": {"base_url": url, "timeout_s": 5.0}},
+        "routes": {"agent": {"models": ["m"], "policy": "static"}},
+    }
+
+
+def test_the_router_returns_tool_calls_whole_plain_and_streamed(tool_server, sqlite_url, tmp_path):
+    with Router(_config(tool_server.url, sqlite_url, tmp_path)) as router:
+        plain = router.chat("agent", MSG, tools=TOOLS)
+        stream = router.chat("agent", MSG, stream=True, tools=TOOLS)
+        deltas = list(stream)
+    assert plain.model == "m" and plain.text == "" and plain.tool_calls == [CALL]
+    assert plain.finish_reason == "tool_calls" and plain.attempts[0].tokens_out == 7
+    assert deltas == [] and stream.result.tool_calls == [CALL] and stream.result.finish_reason == "tool_calls"
+    assert stream.result.attempts[0].tokens_out == 7
+    assert all(body["tools"] == TOOLS for body in tool_server.bodies)  # the tools reached the server
+
+
+def test_the_openai_client_gets_tool_calls_through_the_gateway(tool_server, sqlite_url, tmp_path):
+    openai = pytest.importorskip("openai")
+    from zeta_adaptive.gateway import create_app
+
+    with serving(create_app(_config(tool_server.url, sqlite_url, tmp_path))) as base:
+        client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=20)
+        answer = client.chat.completions.create(model="agent", messages=MSG, tools=TOOLS)
+        merged: dict[int, dict[str, Any]] = {}  # what a client does with streamed tool-call deltas
+        finish = None
+        for chunk in client.chat.completions.create(model="agent", messages=MSG, tools=TOOLS, stream=True):
+            choice = chunk.choices[0]
+            finish = choice.finish_reason or finish
+            for call in choice.delta.tool_calls or []:
+                into = merged.setdefault(call.index, {"id": call.id, "name": "", "arguments": ""})
+                into["name"] += call.function.name or ""
+                into["arguments"] += call.function.arguments or ""
+    message = answer.choices[0].message
+    assert answer.choices[0].finish_reason == "tool_calls" and message.content is None
+    assert [(c.id, c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls] == [
+        ("call_1", "get_weather", {"city": "Paris"})
+    ]
+    assert finish == "tool_calls"
+    assert [(c["id"], c["name"], json.loads(c["arguments"])) for c in merged.values()] == [
+        ("call_1", "get_weather", {"city": "Paris"})
+    ]
