@@ -251,6 +251,9 @@ def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, mon
         with pytest.raises(openai.BadRequestError) as router_option:  # the router's keywords are not the client's
             client(base, SECRET_B).chat.completions.create(model="code", messages=HELLO, extra_body={"deadline_s": 9})
         assert router_option.value.code == "invalid_parameter"
+        with pytest.raises(openai.BadRequestError) as several:  # one routed answer per call, not n billed and 1 shown
+            client(base, SECRET_B).chat.completions.create(model="code", messages=HELLO, n=2)
+        assert several.value.status_code == 400 and "n=2" in several.value.message
         answers = [team_a.chat.completions.create(model="simple", messages=HELLO) for _ in range(2)]
         with pytest.raises(openai.RateLimitError) as limited:
             team_a.chat.completions.create(model="simple", messages=HELLO)
@@ -265,7 +268,7 @@ def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, mon
         assert metric(base, "zeta_refused_requests_total", reason="unauthorized") == 2
         assert metric(base, "zeta_refused_requests_total", reason="model_not_found") == 2
         assert metric(base, "zeta_refused_requests_total", reason="rate_limited") == 1
-        assert metric(base, "zeta_refused_requests_total", reason="malformed") == 2
+        assert metric(base, "zeta_refused_requests_total", reason="malformed") == 3  # bad JSON, a router option, n=2
         assert metric(base, "zeta_key_calls_total", key_id="team-a", outcome="ok") == 2
         bare_id = "key-" + __import__("hashlib").sha256(SECRET_B.encode()).hexdigest()[:8]
         assert metric(base, "zeta_key_calls_total", key_id=bare_id, outcome="ok") == 1

@@ -127,6 +127,10 @@ def check_params(params: Mapping[str, Any]) -> None:
                 f"{key!r} looks like a router option, not an OpenAI parameter{hint} "
                 "(router options: task_type, stream, deadline_s; the router chooses the model)"
             )
+    if params.get("n", 1) not in (1, None):  # the backend would make (and bill) n answers, the caller get one
+        raise InvalidRequest(
+            f"n={params['n']!r}: a routed call returns one answer; make several calls for several answers"
+        )
     _check_json("parameters", params)
 
 
