@@ -296,3 +296,15 @@ def test_sqlite_in_memory_is_refused_before_anything_is_written(tmp_path, url):
     with pytest.raises(StoreError, match="SQLite in memory"):
         Router(config)
     assert not (tmp_path / "journal").exists() or not any((tmp_path / "journal").iterdir())
+
+
+def test_a_journal_directory_that_cannot_be_made_is_a_store_error_naming_it(tmp_path):
+    """Where the journal cannot be written (a read-only home in a container; here a path under a file,
+    which fails for root too) the router does not start, and says where and what to set."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    config = router_config(
+        f"sqlite:///{tmp_path / 'log.db'}", {"m": "http://127.0.0.1:9/v1"}, {"r": ["m"]}, journal_dir=str(blocked / "j")
+    )
+    with pytest.raises(StoreError, match=r"cannot write the log's journal in .*a-file/j .*set journal_dir"):
+        Router(config)

@@ -723,13 +723,19 @@ class Journal:
     """
 
     def __init__(self, directory: Path, key: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.key = key
         self.lock = threading.Lock()
         for slot in itertools.count():
             path = directory / f"{key}-{slot}.jsonl"
-            fh = open(path, "a+b")  # noqa: SIM115 - held open (and flocked) until close()
+            try:  # a read-only home (a container's) must say so, and how to fix it, not raise an OSError
+                directory.mkdir(parents=True, exist_ok=True)
+                fh = open(path, "a+b")  # noqa: SIM115 - held open (and flocked) until close()
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot write the log's journal in {directory} ({exc.strerror or exc}): set journal_dir "
+                    "(or XDG_STATE_HOME) to a writable directory"
+                ) from None
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -923,6 +929,12 @@ class Store:
             raise StoreError(
                 f"cannot open store {self.safe_url}: {type(exc).__name__}: {getattr(exc, 'orig', exc)}"
             ) from None
+        key = "journal-" + hashlib.sha1(self.safe_url.encode()).hexdigest()[:16]
+        try:  # before the database is touched: a journal that cannot be written stops the store here
+            self.journal = Journal(Path(journal_dir) if journal_dir else default_journal_dir(), key)
+        except StoreError:
+            self.engine.dispose()
+            raise
         self._insert_feedback = _insert(self.engine, feedback)  # one row, its winner returned (insert_feedback)
         self._stuck: _Bounded | None = None  # a database operation we stopped waiting for
         self._next_probe = 0.0
@@ -938,10 +950,9 @@ class Store:
                 self._migrated = True
             except (SQLAlchemyError, StoreError) as exc:
                 if not background:
+                    self.journal.close()
                     raise StoreError(f"cannot open store {self.safe_url}: {_describe(exc)}") from None
                 log.warning("store %s is not reachable (%s): journaling until it is", self.safe_url, _describe(exc))
-        key = "journal-" + hashlib.sha1(self.safe_url.encode()).hexdigest()[:16]
-        self.journal = Journal(Path(journal_dir) if journal_dir else default_journal_dir(), key)
         self._items: collections.deque[Any] = collections.deque()  # rows and markers, in order
         self._wake = threading.Event()
         self._asleep = True  # the writer waits for a hand-over rather than ticking (see _run)
