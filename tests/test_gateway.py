@@ -269,6 +269,19 @@ def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, mon
         assert metric(base, "zeta_refused_requests_total", reason="model_not_found") == 2
         assert metric(base, "zeta_refused_requests_total", reason="rate_limited") == 1
         assert metric(base, "zeta_refused_requests_total", reason="malformed") == 3  # bad JSON, a router option, n=2
+        # feedback: a key rates only calls on its own routes (team-a may use "simple", not "code")
+        rate = lambda secret, call_id: httpx.post(  # noqa: E731
+            base + "/feedback",
+            json={"call_id": call_id, "accuracy": 1.0},
+            headers={"authorization": f"Bearer {secret}"},
+        )
+        forbidden = rate(SECRET_A, other.id)
+        assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "route_not_allowed"
+        assert rate(SECRET_A, answers[0].id).status_code == 200 and rate(SECRET_B, other.id).status_code == 200
+        app.state.router.flush()
+        assert sorted(r["call_id"] for r in rows(sqlite_url, "SELECT call_id FROM feedback")) == sorted(
+            [answers[0].id, other.id]
+        )
         assert metric(base, "zeta_key_calls_total", key_id="team-a", outcome="ok") == 2
         bare_id = "key-" + __import__("hashlib").sha256(SECRET_B.encode()).hexdigest()[:8]
         assert metric(base, "zeta_key_calls_total", key_id=bare_id, outcome="ok") == 1

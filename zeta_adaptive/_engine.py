@@ -189,6 +189,7 @@ class Call:
         self.indices: list[int] = []  # for each attempt (in completion order), its index in starts
         self.open: dict[int, tuple[ModelConfig, float]] = {}  # attempts started and not yet recorded
         self.cut: dict[int, bool] = {}  # whether an attempt's timeout was cut by the deadline
+        self.deadline_hit = False  # an attempt whose timeout was the rest of the deadline timed out
         self.probes: set[int] = set()  # attempts that are their model's probe
         self.answer: Reply | None = None
         self.answer_model: str | None = None
@@ -348,6 +349,7 @@ class Call:
         del self.open[index]
         learn = teaches(outcome, reply.status, reply.misconfigured, lane.rejecting)
         cut = outcome is Outcome.TIMEOUT and self.cut.get(index, False)
+        self.deadline_hit = self.deadline_hit or cut  # it timed out at the call's deadline (a timer may fire early)
         # a timeout the deadline cut short says little about the model's health
         lane.health.release(model.name, reply, learn=learn and not cut, probe=index in self.probes)
         self.probes.discard(index)
@@ -403,6 +405,10 @@ class Call:
             )
         )
 
+    def out_of_time(self) -> bool:
+        """Whether the call used up its deadline: none of it left, or an attempt timed out at it."""
+        return self.deadline_hit or self.remaining() <= 0
+
     def finish(self) -> Reply:
         """Log the call and return the answering reply, or raise what went wrong."""
         answer = self.answer
@@ -413,7 +419,7 @@ class Call:
             raise RequestRejected(self.call_id, self.attempts)
         if self.attempts and self.attempts[-1].outcome == Outcome.STREAM_BROKEN:
             raise StreamBroken(self.call_id, self.attempts)
-        reason = "deadline exceeded" if self.remaining() <= 0 else ("every model left was busy" if self.busy else "")
+        reason = "deadline exceeded" if self.out_of_time() else ("every model left was busy" if self.busy else "")
         raise AllModelsFailed(self.call_id, self.task_type, self.attempts, reason)
 
     def fields(self) -> dict[str, Any]:

@@ -110,7 +110,8 @@ class StreamBroken(ZetaError):
 
 class FeedbackError(ZetaError, ValueError):
     """Feedback was rejected; ``reason`` says why: ``invalid`` (accuracy not in [0, 1], a bad call id),
-    ``unknown_call``, ``no_answer`` (every model failed) or ``already_rated``."""
+    ``unknown_call``, ``no_answer`` (every model failed), ``already_rated`` or ``forbidden`` (the call
+    is on a route the caller may not use)."""
 
     def __init__(self, message: str, reason: str = "invalid") -> None:
         self.reason = reason

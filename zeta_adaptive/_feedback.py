@@ -13,7 +13,7 @@ import numbers
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,20 +75,28 @@ class FeedbackBook:
                     break
                 self._recent.popitem(last=False)
 
-    def claim(self, call_id: str) -> RatedCall | None:
+    def claim(self, call_id: str, routes: Collection[str] | None = None) -> RatedCall | None:
         """Mark one of our calls as rated and return it; None if the call is not in the window.
-        Raises FeedbackError (and changes nothing) for a call without answer or already rated."""
+        Raises FeedbackError (and changes nothing) for a call on a task type outside ``routes`` (when
+        given), without answer, or already rated."""
         with self._lock:
             entry = self._recent.get(call_id)
             if entry is None or self.clock() - entry[3] > self.max_age_s:
                 return None
             task_type, model, rated, at = entry
+            check_route(call_id, task_type, routes)
             if model is None:
                 raise FeedbackError(f"call {call_id} has no answer to rate: every model failed", "no_answer")
             if rated:
                 raise FeedbackError(f"call {call_id} already has feedback", "already_rated")
             self._recent[call_id] = (task_type, model, True, at)
         return RatedCall(call_id, task_type, model)
+
+
+def check_route(call_id: str, task_type: str, routes: Collection[str] | None) -> None:
+    """FeedbackError ``forbidden`` for a call whose task type is not among ``routes`` (None: any)."""
+    if routes is not None and task_type not in routes:
+        raise FeedbackError(f"call {call_id} is on a route this caller may not use", "forbidden")
 
 
 def check_call_id(call_id: object) -> str:

@@ -191,6 +191,10 @@ class CallInfo:
         """Seconds left before the call's deadline (zero or less once it has passed)."""
         return self._call.remaining()
 
+    def out_of_time(self) -> bool:
+        """Whether the call used up its deadline (none left, or an attempt timed out at it)."""
+        return self._call.out_of_time()
+
 
 #: the columns of ``Router.preferences()`` every route has, in order; a route with a cost budget
 #: adds ``budget_per_call``, ``spend_per_call``, ``cost_weight`` and ``budget_calls``

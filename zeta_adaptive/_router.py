@@ -11,13 +11,14 @@ config, the backend, the store, the :class:`.learning.Learner` and the feedback 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import re
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -30,7 +31,7 @@ from ._contextual import ContextualPolicy, PendingContexts
 from ._engine import Call, Lane, Started, alast, arun, last, run
 from ._exceptions import ConfigError, FeedbackError, StoreError, UnknownTaskType
 from ._features import Features, Featurizer
-from ._feedback import FeedbackBook, RatedCall, check_call_id, validate_accuracy
+from ._feedback import FeedbackBook, RatedCall, check_call_id, check_route, validate_accuracy
 from ._inputs import check_deadline, check_messages, check_params, check_stream, check_task_type, check_texts
 from ._learning import Learner
 from ._records import CallRecord
@@ -438,7 +439,7 @@ class Router:
         return await alast(arun(call, reply, _embed_result(call), hedge=True))
 
     # -- feedback and state ---------------------------------------------------------------------
-    def feedback(self, call_id: str, accuracy: float) -> None:
+    def feedback(self, call_id: str, accuracy: float, *, routes: Collection[str] | None = None) -> None:
         """Record the accuracy in [0, 1] of a call's answer and teach the policy that chose it.
 
         Raises :class:`FeedbackError` (and writes and learns nothing) for an unknown call id, a call
@@ -446,15 +447,16 @@ class Router:
         key decides), NaN or a value outside [0, 1]. A call this process made is checked from
         memory; while the store is away its rating is journaled like any row. A call of another
         process (or one older than ``feedback_window``) is checked in the log, bounded by
-        ``store_timeout_s``: while the store is away that raises :class:`StoreError`.
+        ``store_timeout_s``: while the store is away that raises :class:`StoreError`. With ``routes``
+        (the gateway passes a key's), a call on another task type is refused (``forbidden``).
         """
         value = validate_accuracy(accuracy)
         call_id = check_call_id(call_id)
         if self._closed:
             raise StoreError("the router is closed")
         self.store.check_process()
-        remembered = self.book.claim(call_id)
-        call = self._claim_logged(call_id) if remembered is None else remembered
+        remembered = self.book.claim(call_id, routes)
+        call = self._claim_logged(call_id, routes) if remembered is None else remembered
         row = self._feedback_row(call, value)
         won: bool | None = None
         if remembered is None:  # the log decides, now (a StoreError while it is away)
@@ -470,15 +472,16 @@ class Router:
             self.store.put("feedback", row)
         self.learner.learn_feedback(call, value)
 
-    async def afeedback(self, call_id: str, accuracy: float) -> None:
+    async def afeedback(self, call_id: str, accuracy: float, *, routes: Collection[str] | None = None) -> None:
         """Async twin of :meth:`feedback` (the bounded database work runs on a worker thread)."""
-        await asyncio.to_thread(self.feedback, call_id, accuracy)
+        await asyncio.to_thread(functools.partial(self.feedback, call_id, accuracy, routes=routes))
 
-    def _claim_logged(self, call_id: str) -> RatedCall:
+    def _claim_logged(self, call_id: str, routes: Collection[str] | None) -> RatedCall:
         """A call found in the log (another process's, or older than the window), not yet rated."""
         row = self.store.call(self.store.find_call, call_id)
         if row is None:
             raise FeedbackError(f"unknown call id {call_id!r}", "unknown_call")
+        check_route(call_id, row["task_type"], routes)
         if row["model"] is None:
             raise FeedbackError(f"call {call_id} has no answer to rate: every model failed", "no_answer")
         return RatedCall(call_id, row["task_type"], row["model"])

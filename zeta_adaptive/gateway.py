@@ -92,6 +92,7 @@ _FEEDBACK_REFUSALS = {
     "unknown_call": (404, "call_not_found"),
     "no_answer": (400, "call_without_answer"),
     "already_rated": (409, "already_rated"),
+    "forbidden": (403, "route_not_allowed"),
 }
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _DONE = b"data: [DONE]\n\n"
@@ -535,7 +536,7 @@ class _Gateway:
         if isinstance(exc, RequestRejected):
             self.finish(call, key, "rejected", started)
             return _error(400, str(exc), "invalid_request_error", "request_rejected", headers)
-        if call.remaining_s() <= 0:
+        if call.out_of_time():
             self.finish(call, key, "deadline_exceeded", started)
             return _error(504, str(exc), "api_error", "deadline_exceeded", headers)
         self.finish(call, key, "failed", started)
@@ -715,13 +716,15 @@ class _Gateway:
         return None
 
     async def feedback(self, request: Request) -> Response:
-        """Rate a call: 200; unknown call 404; accuracy not in [0, 1] 400; a second rating 409."""
-        self.authorize(request.headers.get("authorization"))
+        """Rate a call: 200; unknown call 404; accuracy not in [0, 1] 400; a second rating 409; a call on a
+        route the key may not use 403 (nothing written: a team cannot teach another team's routes)."""
+        key = self.authorize(request.headers.get("authorization"))
         body = self.body(await request.body())
         call_id = body.get("call_id")
+        routes = None if key is None else [t for t in self.kinds if key.allows(t)]  # a key rates its routes' calls
         try:
             accuracy = validate_accuracy(body.get("accuracy"))
-            await self.router.afeedback(check_call_id(call_id), accuracy)
+            await self.router.afeedback(check_call_id(call_id), accuracy, routes=routes)
         except FeedbackError as exc:
             status, code = _FEEDBACK_REFUSALS[exc.reason]
             return _error(status, str(exc), "invalid_request_error", code)
