@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from helpers import NO_BREAKER, call_row, router_config
-from loopback_http import send_json
+from loopback_http import send_events, send_json
 from sqlalchemy import create_engine, text
 
 from zeta_adaptive import AllModelsFailed, ConfigError, FeedbackError, Router, Store, StoreError
@@ -32,7 +32,9 @@ KEY = "sk-test-4f9a2b7c1d0e"
 
 
 class Canned:
-    """A loopback OpenAI-like server whose answers are chosen per request by ``answer(body) -> (status, dict)``."""
+    """A loopback OpenAI-like server whose answers are chosen per request by ``answer(body) -> (status, payload)``:
+    a dict is a JSON body, a list a stream of server-sent events (then ``[DONE]``). It keeps each request's
+    Authorization header and body."""
 
     def __init__(self, answer) -> None:
         outer = self
@@ -41,13 +43,18 @@ class Canned:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.auth.append(self.headers.get("Authorization"))
+                outer.bodies.append(body)
                 status, payload = answer(body)
-                send_json(self, status, payload)
+                if isinstance(payload, list):
+                    send_events(self, payload)
+                else:
+                    send_json(self, status, payload)
 
             def log_message(self, *args) -> None:
                 pass
 
         self.auth: list[str | None] = []
+        self.bodies: list[dict] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -11,6 +11,7 @@ import signal
 import time
 
 import pytest
+from helpers import router_config
 from sqlalchemy import create_engine, text
 from test_log_integrity import Canned, ok
 
@@ -31,12 +32,7 @@ def backend():
 @pytest.mark.integration
 def test_a_lone_surrogate_in_a_message_is_refused_as_invalid_and_logs_nothing(mode, tmp_path, backend):
     store = f"sqlite:///{tmp_path / 'log.db'}"
-    cfg = {
-        "store": store,
-        "journal_dir": str(tmp_path / "journal"),
-        "models": {"m": {"base_url": backend.url, "timeout_s": 5.0}},
-        "routes": {"simple": {"models": ["m"], "policy": "static"}},
-    }
+    cfg = router_config(store, {"m": backend.url}, {"simple": ["m"]}, tmp_path=tmp_path)
     with Router(cfg) as router:
         with pytest.raises(InvalidRequest):
             if mode == "sync":
@@ -72,12 +68,7 @@ def _in_child(router: Router, call_id: str) -> str:
 @pytest.mark.integration
 def test_a_forked_child_cannot_use_its_parents_router_and_the_parent_loses_nothing(tmp_path, backend):
     store = f"sqlite:///{tmp_path / 'log.db'}"
-    cfg = {
-        "store": store,
-        "journal_dir": str(tmp_path / "journal"),
-        "models": {"m": {"base_url": backend.url, "timeout_s": 5.0}},
-        "routes": {"simple": {"models": ["m"], "policy": "static"}},
-    }
+    cfg = router_config(store, {"m": backend.url}, {"simple": ["m"]}, tmp_path=tmp_path)
     with Router(cfg) as router:
         first = router.chat("simple", [{"role": "user", "content": "before the fork"}])
         sent = len(backend.auth)

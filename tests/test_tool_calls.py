@@ -5,12 +5,11 @@ or, streamed, the tool call in pieces (its arguments split across chunks) and ``
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from helpers import serving
+from test_log_integrity import Canned
 
 from zeta_adaptive import Router
 
@@ -29,71 +28,28 @@ CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", 
 MSG = [{"role": "user", "content": "weather in Paris?"}]
 
 
-class ToolServer:
-    """Answers every chat request with CALL (streamed in pieces when asked); keeps the request bodies."""
-
-    def __init__(self) -> None:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.bodies.append(body)
-                if not body.get("stream"):
-                    data = json.dumps(
-                        {
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "message": {"role": "assistant", "content": None, "tool_calls": [CALL]},
-                                    "finish_reason": "tool_calls",
-                                }
-                            ],
-                            "usage": {"prompt_tokens": 12, "completion_tokens": 7},
-                        }
-                    ).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                    return
-                pieces: list[dict[str, Any]] = [
-                    {
-                        "role": "assistant",
-                        "content": None,
-                        "tool_calls": [{**CALL, "index": 0, "function": {"name": "get_weather", "arguments": ""}}],
-                    },
-                    {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
-                    {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
-                ]
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                for i, delta in enumerate(pieces):
-                    finish = "tool_calls" if i == len(pieces) - 1 else None
-                    event = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                    self.wfile.flush()
-                usage = {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 7}}
-                self.wfile.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.bodies: list[dict[str, Any]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def tool_answer(body: dict[str, Any]) -> tuple[int, Any]:
+    """CALL as OpenAI's API sends it: whole in a message, or streamed in pieces (its arguments split)."""
+    if not body.get("stream"):
+        message = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+        choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+        return 200, {"choices": [choice], "usage": {"prompt_tokens": 12, "completion_tokens": 7}}
+    head = {**CALL, "index": 0, "function": {"name": "get_weather", "arguments": ""}}
+    deltas = [
+        {"role": "assistant", "content": None, "tool_calls": [head]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+    ]
+    events: list[Any] = [
+        {"choices": [{"index": 0, "delta": d, "finish_reason": "tool_calls" if i == 2 else None}]}
+        for i, d in enumerate(deltas)
+    ]
+    return 200, [*events, {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 7}}]
 
 
 @pytest.fixture
 def tool_server():
-    server = ToolServer()
+    server = Canned(tool_answer)
     yield server
     server.close()
 
