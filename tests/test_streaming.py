@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -238,3 +239,47 @@ def test_a_fleet_stream_error_event_after_text_breaks_the_stream(sqlite_url):
                 for _ in stream:
                     pass
     assert _attempts(sqlite_url, info.value.call_id)["outcome"].tolist() == ["stream_broken"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_closing_the_router_lets_calls_under_way_end_and_ends_held_streams(sqlite_url, mode):
+    """A call still running when the router closes gets its answer and its log rows (it used to get
+    StoreError, its rows lost); a half-read stream still held is ended, logged as cancelled, at once."""
+    specs = [ModelSpec("slow", latency_s=0.6, latency_sigma=0.0), ModelSpec("a", tokens_out=60, chunk_delay_s=0.001)]
+    with Fleet(specs) as fleet:
+        cfg = fleet.fleet_config({"slow": ["slow"], "simple": ["a"]}, store=sqlite_url, deadline_s=5.0)
+        for route in cfg["routes"].values():
+            route["policy"] = "static"
+        router = Router(cfg)
+        if mode == "sync":
+            answers: list[str] = []
+            worker = threading.Thread(target=lambda: answers.append(router.chat("slow", MSG).text))
+            worker.start()
+            held = router.chat("simple", MSG, stream=True)
+            first = next(iter(held))
+            time.sleep(0.1)  # the slow call is under way
+            start = time.perf_counter()
+            router.close()
+            closed_after = time.perf_counter() - start
+            worker.join(10)
+        else:
+
+            async def scenario() -> tuple[list[str], str, float]:
+                slow = asyncio.ensure_future(router.achat("slow", MSG))
+                stream = await router.achat("simple", MSG, stream=True)
+                shown = await anext(aiter(stream))
+                await asyncio.sleep(0.1)
+                start = time.perf_counter()
+                await router.aclose()
+                return [(await slow).text], shown, time.perf_counter() - start
+
+            answers, first, closed_after = asyncio.run(scenario())
+    assert len(answers) == 1 and answers[0] and first
+    assert 0.2 < closed_after < 3.0  # it waited for the slow call (0.6 s from its start), not the deadline (5 s)
+    store = Store(sqlite_url)
+    calls = store.frame("calls").set_index("task_type")
+    attempts = store.frame("attempts").set_index("model")
+    store.close()
+    assert calls.loc["slow", "outcome"] == "ok" and attempts.loc["slow", "outcome"] == "ok"
+    assert attempts.loc["a", "outcome"] == "cancelled" and attempts.loc["a", "tokens_out"] >= 0

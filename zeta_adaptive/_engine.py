@@ -67,6 +67,7 @@ class Lane:
     contextual: bool  # the policy ranks with the prompt's features
     space: str | None  # the label of the features a call on this route logs
     router_id: str
+    begin: Callable[[], None]  # a call starts its attempts (the router counts the calls under way)
     end: Callable[[CallRecord], None]  # logs a finished call (and remembers it for feedback)
     # derived from the route once, not on every call
     adaptive: bool = field(init=False)  # learned concurrency limits bound the models too
@@ -445,6 +446,7 @@ def run(call: Call, send: Send, done: Callable[[Reply], T]) -> Iterator[str | T]
 
     Fallback happens only while nothing was shown; a plain call's ``send`` yields its reply alone.
     """
+    call.lane.begin()
     try:
         while (step := call.next()) is not None:
             call.pause(step)
@@ -463,6 +465,7 @@ def run(call: Call, send: Send, done: Callable[[Reply], T]) -> Iterator[str | T]
 async def arun(call: Call, send: ASend, done: Callable[[Reply], T], hedge: bool = False) -> AsyncIterator[str | T]:
     """Async twin of :func:`run`; with ``hedge`` (plain calls), on routes with ``hedge_quantile`` it
     also asks the next model when the primary is slow."""
+    call.lane.begin()
     try:
         while (step := call.next()) is not None:
             await call.apause(step)

@@ -11,13 +11,16 @@ config, the backend, the store, the :class:`.learning.Learner` and the feedback 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import random
 import re
+import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -42,8 +45,6 @@ from ._validators import Validator
 from ._validators import build as build_validators
 
 if TYPE_CHECKING:
-    import threading
-
     import pandas as pd
 
     from ._budget import BudgetPacer
@@ -112,6 +113,30 @@ def _end(parts: Sequence[str], limit: int, tail: bool) -> str:
     return "\n".join(reversed(taken) if tail else taken)
 
 
+class _UnderWay:
+    """A count of the calls under way (attempts started, record not yet handed to the log), so that
+    closing waits for them: a call that ended after the store closed lost its answer and its log rows."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = threading.Condition()
+
+    def enter(self) -> None:
+        with self._idle:
+            self.count += 1
+
+    def leave(self) -> None:
+        with self._idle:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until no call is under way, at most ``timeout`` seconds; whether none is."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self.count == 0, timeout)
+
+
 class Router:
     """Routes calls by task type across a fleet, falls back within a deadline, logs and learns.
 
@@ -158,6 +183,8 @@ class Router:
         self.book = FeedbackBook(self.config.feedback_window, self.config.feedback_window_s)
         self.router_id = uuid.uuid4().hex[:16]
         self._closed = False
+        self._under_way = _UnderWay()  # calls that started their attempts and are not logged yet
+        self._streams: weakref.WeakSet[ChatStream | AsyncChatStream] = weakref.WeakSet()  # closed with the router
         self._featurizer = Featurizer()  # for caller features on routes that are not contextual
         self.learner = Learner(self.config, self.store, self.router_id, warm_start)
         self._lanes = self._build_lanes(random.Random(c.seed))
@@ -185,15 +212,19 @@ class Router:
                 contextual=contextual,
                 space=policy.featurizer.space if isinstance(policy, ContextualPolicy) else self._featurizer.space,
                 router_id=self.router_id,
+                begin=self._under_way.enter,
                 end=self._ended,
             )
         return lanes
 
     def _ended(self, record: CallRecord) -> None:
         """A call ended: the learner observes it, the store logs it, the feedback book remembers it."""
-        self.learner.observe(record)
-        self.store.put_call(record)
-        self.book.remember(record.call_id, record.task_type, record.model)
+        try:
+            self.learner.observe(record)
+            self.store.put_call(record)
+            self.book.remember(record.call_id, record.task_type, record.model)
+        finally:
+            self._under_way.leave()
 
     # -- what the learner holds ------------------------------------------------------------------
     @property
@@ -350,7 +381,9 @@ class Router:
             def deltas(m: ModelConfig, s: Started) -> Iterator[StreamItem]:
                 return self.backend.stream_chat(m, messages, params, s.timeout_s, s.first_token_s)
 
-            return ChatStream(run(call, deltas, done))
+            chat_stream = ChatStream(run(call, deltas, done))
+            self._streams.add(chat_stream)
+            return chat_stream
         return last(run(call, lambda m, s: (self.backend.chat(m, messages, params, s.timeout_s),), done))
 
     @overload
@@ -403,7 +436,9 @@ class Router:
             def deltas(m: ModelConfig, s: Started) -> AsyncIterator[StreamItem]:
                 return self.backend.astream_chat(m, messages, params, s.timeout_s, s.first_token_s)
 
-            return AsyncChatStream(arun(call, deltas, done))
+            astream = AsyncChatStream(arun(call, deltas, done))
+            self._streams.add(astream)
+            return astream
 
         async def reply(m: ModelConfig, s: Started) -> AsyncIterator[StreamItem]:
             yield await self.backend.achat(m, messages, params, s.timeout_s)
@@ -543,18 +578,34 @@ class Router:
         return self.store.flush(timeout)
 
     def close(self) -> None:
-        """Flush the log and release connections (idempotent)."""
+        """Refuse new calls, end the streams still held (logged as cancelled, with what they showed), let
+        the calls under way end (at most ``deadline_s``: theirs are bounded by it), then flush the log
+        and release connections (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        if not self.store.inherited:
+            for stream in list(self._streams):  # a stream still held is ended (logged as cancelled)
+                if isinstance(stream, ChatStream):
+                    with contextlib.suppress(ValueError):  # it is being read on another thread: waited for
+                        stream.close()
+            self._under_way.wait(self.config.deadline_s)
         self.learner.close()
         self.backend.close()
         self.store.close()
 
     async def aclose(self) -> None:
-        """Async twin of :meth:`close`: also closes the async connection pools."""
+        """Async twin of :meth:`close` (the calls under way are awaited without blocking the loop that
+        runs them); also closes the async connection pools."""
         if self._closed:
             return
+        for stream in list(self._streams):
+            if isinstance(stream, AsyncChatStream):
+                with contextlib.suppress(RuntimeError):  # it is being read by another task: waited for
+                    await stream.aclose()
+        until = time.monotonic() + self.config.deadline_s
+        while self._under_way.count and time.monotonic() < until and not self.store.inherited:
+            await asyncio.sleep(0.005)
         await self.backend.aclose()
         self.close()
 
