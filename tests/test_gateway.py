@@ -170,6 +170,9 @@ def test_embeddings_match_the_backend(fleet, sqlite_url, tmp_path):
         floats = httpx.post(base + "/embeddings", json={"model": "embedding", "input": "one"}).json()
         with pytest.raises(openai.NotFoundError):
             client(base).embeddings.create(model="simple", input=texts)  # a chat route
+        with pytest.raises(openai.BadRequestError) as sized:  # not passed on: refused, not silently ignored
+            client(base).embeddings.create(model="embedding", input=texts, dimensions=4)
+        assert sized.value.code == "invalid_dimensions"
     direct = client(fleet.base_url("vectors")).embeddings.create(model="vectors", input=texts)
     assert ours.model == "vectors" and [d.index for d in ours.data] == [0, 1, 2]
     np.testing.assert_allclose([d.embedding for d in ours.data], [d.embedding for d in direct.data], rtol=1e-6)

@@ -686,6 +686,10 @@ class _Gateway:
             texts = [texts]
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise _malformed("`input` must be a string or a non-empty list of strings", "invalid_input")
+        if body.get("dimensions") is not None:  # silently ignored, the client would get vectors of another size
+            raise _malformed(
+                "`dimensions` is not supported: a route's models answer in their own dimension", "invalid_dimensions"
+            )
         encoding = body.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
             raise _malformed(
