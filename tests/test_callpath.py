@@ -530,6 +530,9 @@ BAD_CHATS = [
     (("simple", MSG), {"deadline_s": float("nan")}, "deadline_s"),
     (("simple", MSG), {"deadline_s": "2"}, "deadline_s"),
     (("simple", MSG), {"stream": "yes"}, "stream"),
+    (("simple", MSG), {"n": 3}, "n=3: a routed call returns one answer"),
+    (("simple", MSG), {"logprobs": True}, "not log probabilities"),
+    (("simple", MSG), {"top_logprobs": 2}, "not log probabilities"),
     ((123, MSG), {}, "task_type"),
     ((["simple"], MSG), {}, "task_type"),
 ]
@@ -631,6 +634,8 @@ def test_good_inputs_of_every_shape_pass_through(sqlite_url):
         "temperature": 0.2,
         "max_tokens": 16,
         "response_format": {"type": "json_schema", "json_schema": {"schema": schema}},
+        "n": 1,  # what the router returns: one answer, no log probabilities
+        "logprobs": False,
     }
     router, fleet = _input_router(sqlite_url)
     with router:

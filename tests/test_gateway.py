@@ -257,6 +257,9 @@ def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, mon
         with pytest.raises(openai.BadRequestError) as several:  # one routed answer per call, not n billed and 1 shown
             client(base, SECRET_B).chat.completions.create(model="code", messages=HELLO, n=2)
         assert several.value.status_code == 400 and "n=2" in several.value.message
+        with pytest.raises(openai.BadRequestError) as logprobs:  # asked for, and would be silently dropped
+            client(base, SECRET_B).chat.completions.create(model="code", messages=HELLO, logprobs=True)
+        assert "logprobs" in logprobs.value.message
         answers = [team_a.chat.completions.create(model="simple", messages=HELLO) for _ in range(2)]
         with pytest.raises(openai.RateLimitError) as limited:
             team_a.chat.completions.create(model="simple", messages=HELLO)
@@ -271,7 +274,9 @@ def test_auth_limits_and_refusals_are_not_calls(fleet, sqlite_url, tmp_path, mon
         assert metric(base, "zeta_refused_requests_total", reason="unauthorized") == 2
         assert metric(base, "zeta_refused_requests_total", reason="model_not_found") == 2
         assert metric(base, "zeta_refused_requests_total", reason="rate_limited") == 1
-        assert metric(base, "zeta_refused_requests_total", reason="malformed") == 3  # bad JSON, a router option, n=2
+        assert (
+            metric(base, "zeta_refused_requests_total", reason="malformed") == 4
+        )  # bad JSON, a router option, n, logprobs
         # feedback: a key rates only calls on its own routes (team-a may use "simple", not "code")
         rate = lambda secret, call_id: httpx.post(  # noqa: E731
             base + "/feedback",

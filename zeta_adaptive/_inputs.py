@@ -131,6 +131,8 @@ def check_params(params: Mapping[str, Any]) -> None:
         raise InvalidRequest(
             f"n={params['n']!r}: a routed call returns one answer; make several calls for several answers"
         )
+    if params.get("logprobs") or params.get("top_logprobs") is not None:  # else asked for and silently dropped
+        raise InvalidRequest("logprobs: a routed call returns the answer's text and tool calls, not log probabilities")
     _check_json("parameters", params)
 
 
