@@ -607,7 +607,7 @@ class _StreamState:
         for d in deltas:
             if not isinstance(d, Mapping):
                 continue
-            index = d.get("index", len(self.calls))
+            index = d.get("index")
             call = self.calls.setdefault(index if isinstance(index, int) else len(self.calls), {"function": {}})
             for key in ("id", "type"):
                 if isinstance(d.get(key), str):

@@ -348,11 +348,14 @@ class LinearThompsonPolicy(ContextualPolicy):
     def _accuracy_draws(self, mean: np.ndarray, var: np.ndarray, z: np.ndarray) -> np.ndarray:
         """One draw of every model's accuracy at x (rows) per column of ``z`` (a row per row of weights: the
         last draws the shared part, one for all models), by the same coefficients as a decision's."""
-        ids, m, v = self._all_ids, mean.tolist(), var.tolist()
-        rows = np.array(self._coefficients(ids, m, v, [(0.0, a) for a in self._latent_scale(ids, v)]))
+        rows = np.array(self._latent_rows(self._all_ids, mean.tolist(), var.tolist()))
         latent = rows[:, :-1].dot(z)
         latent += rows[:, -1:]
         return self._to_accuracy(latent)
+
+    def _latent_rows(self, ids: list[int], mean: list[float], var: list[float]) -> list[list[float]]:
+        """:meth:`_coefficients` of each model's scaled ``x . w`` itself (offset 0, its :meth:`_latent_scale`)."""
+        return self._coefficients(ids, mean, var, [(0.0, a) for a in self._latent_scale(ids, var)])
 
     def _latent_scale(self, ids: list[int], var: list[float]) -> list[float]:
         """What each model's drawn ``x . w`` is multiplied by before :meth:`_to_accuracy` (the linear model: 1)."""

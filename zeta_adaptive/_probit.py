@@ -105,8 +105,7 @@ class ProbitThompsonPolicy(LinearThompsonPolicy):
         """The batch's accuracy draws (one product, mapped through the CDF), then each model's line: the score
         is not affine in the latent draw, so the line comes after; one column ranks, its winner's share is P(primary)."""
         normals, u = self._batch()
-        rows = self._coefficients(ids, mean, var, [(0.0, a) for a in self._latent_scale(ids, var)])
-        accuracy = self._to_accuracy(np.array(rows).dot(normals))
+        accuracy = self._to_accuracy(np.array(self._latent_rows(ids, mean, var)).dot(normals))
         success, line = self._success_draw(parts), self.objective.line
         lines = np.array([line(success[i], parts[i][2], parts[i][3]) for i in ids])  # (base, slope) rows
         accuracy *= lines[:, 1:]

@@ -24,7 +24,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import numpy as np
 
@@ -111,6 +111,9 @@ def _end(parts: Sequence[str], limit: int, tail: bool) -> str:
         taken.append(part[-left:] if tail else part[:left])
         left -= len(taken[-1]) + 1
     return "\n".join(reversed(taken) if tail else taken)
+
+
+_S = TypeVar("_S", ChatStream, AsyncChatStream)
 
 
 class _UnderWay:
@@ -585,29 +588,38 @@ class Router:
             return
         self._closed = True
         if not self.store.inherited:
-            for stream in list(self._streams):  # a stream still held is ended (logged as cancelled)
-                if isinstance(stream, ChatStream):
-                    with contextlib.suppress(ValueError):  # it is being read on another thread: waited for
-                        stream.close()
+            for stream in self._held(ChatStream):
+                with contextlib.suppress(ValueError):  # it is being read on another thread: waited for
+                    stream.close()
             self._under_way.wait(self.config.deadline_s)
+        self._release()
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close`: the streams and calls under way are ended and awaited without
+        blocking the loop that runs them; also closes the async connection pools."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self.store.inherited:
+            for stream in self._held(ChatStream):
+                with contextlib.suppress(ValueError):
+                    stream.close()
+            for astream in self._held(AsyncChatStream):
+                with contextlib.suppress(RuntimeError):  # it is being read by another task: waited for
+                    await astream.aclose()
+            await asyncio.to_thread(self._under_way.wait, self.config.deadline_s)
+        await self.backend.aclose()
+        self._release()
+
+    def _held(self, kind: type[_S]) -> list[_S]:
+        """The streams of this kind that callers still hold."""
+        return [s for s in list(self._streams) if isinstance(s, kind)]
+
+    def _release(self) -> None:
+        """Stop learning from the shared log, close the connection pools and the store."""
         self.learner.close()
         self.backend.close()
         self.store.close()
-
-    async def aclose(self) -> None:
-        """Async twin of :meth:`close` (the calls under way are awaited without blocking the loop that
-        runs them); also closes the async connection pools."""
-        if self._closed:
-            return
-        for stream in list(self._streams):
-            if isinstance(stream, AsyncChatStream):
-                with contextlib.suppress(RuntimeError):  # it is being read by another task: waited for
-                    await stream.aclose()
-        until = time.monotonic() + self.config.deadline_s
-        while self._under_way.count and time.monotonic() < until and not self.store.inherited:
-            await asyncio.sleep(0.005)
-        await self.backend.aclose()
-        self.close()
 
     def __enter__(self) -> Router:
         return self

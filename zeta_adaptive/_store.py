@@ -821,17 +821,6 @@ class _Flush:
 
 _STOP = object()
 _TABLE_NAMES = frozenset(TABLES)
-
-#: every open store of this process: a forked child marks them inherited (see :meth:`Store.check_process`)
-_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
-
-
-def _mark_inherited() -> None:
-    for store in list(_STORES):
-        store.inherited = True
-
-
-os.register_at_fork(after_in_child=_mark_inherited)
 _TABLE_OF = operator.itemgetter(0)
 #: seconds without a row after which the writer stops ticking and sleeps until the next hand-over
 IDLE_S = 1.0
@@ -872,6 +861,18 @@ def _split(items: list[Any]) -> tuple[list[Row], list[_Flush]]:
         elif item is not _WAKE and item is not _STOP:
             rows.append(item)
     return rows, markers
+
+
+#: every open store of this process: a forked child marks them inherited (see :meth:`Store.check_process`)
+_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+def _mark_inherited() -> None:
+    for store in list(_STORES):
+        store.inherited = True
+
+
+os.register_at_fork(after_in_child=_mark_inherited)
 
 
 class Store:

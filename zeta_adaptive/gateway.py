@@ -476,13 +476,17 @@ class _Gateway:
             raise _malformed("the request body must be a JSON object", "invalid_json")
         return body
 
+    def routes_of(self, key: ClientKey | None) -> list[str]:
+        """The routes a key may use (every route without keys)."""
+        return [t for t in self.kinds if key is None or key.allows(t)]
+
     def route(self, key: ClientKey | None, name: Any, kind: str, messages: Any = None) -> str:
         """The task type a request names (or the classifier picks for ``auto``), if it may use it."""
         if not isinstance(name, str) or not name:
             raise _malformed("`model` must name a route, or be 'auto'", "invalid_model")
         task = self.router.classifier(messages) if name == AUTO and kind == "chat" else name
         if self.kinds.get(task) != kind or (key is not None and not key.allows(task)):
-            known = sorted(t for t, k in self.kinds.items() if k == kind and (key is None or key.allows(t)))
+            known = sorted(t for t in self.routes_of(key) if self.kinds[t] == kind)
             chosen = f" (the classifier chose {task!r})" if task != name else ""
             message = f"The model {name!r}{chosen} does not exist or is not a {kind} route; routes: {known}"
             raise _Refused(404, message, "invalid_request_error", "model_not_found", "model_not_found")
@@ -725,7 +729,7 @@ class _Gateway:
         key = self.authorize(request.headers.get("authorization"))
         body = self.body(await request.body())
         call_id = body.get("call_id")
-        routes = None if key is None else [t for t in self.kinds if key.allows(t)]  # a key rates its routes' calls
+        routes = None if key is None else self.routes_of(key)  # a key rates its routes' calls
         try:
             accuracy = validate_accuracy(body.get("accuracy"))
             await self.router.afeedback(check_call_id(call_id), accuracy, routes=routes)
@@ -738,7 +742,7 @@ class _Gateway:
 
     async def models(self, request: Request) -> Response:
         key = self.authorize(request.headers.get("authorization"))
-        names = [t for t in self.kinds if key is None or key.allows(t)]
+        names = self.routes_of(key)
         if any(self.kinds[t] == "chat" for t in names):
             names.append(AUTO)
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "zeta_adaptive"} for name in names]
@@ -747,7 +751,7 @@ class _Gateway:
     async def preferences(self, request: Request) -> Response:
         """What this worker's policies believe, per route the key may use (``x-zeta-worker``: its pid)."""
         key = self.authorize(request.headers.get("authorization"))
-        tasks = [t for t in self.kinds if key is None or key.allows(t)]
+        tasks = self.routes_of(key)
         prefs = {t: rows for t, rows in preference_records(self.router.preferences()).items() if t in tasks}
         return JSONResponse(prefs, headers={"x-zeta-worker": str(os.getpid())})
 
